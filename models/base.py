@@ -1,0 +1,173 @@
+"""The streaming interface every quietcast suppressor shares.
+
+A suppressor takes blocks of audio shaped ``[channels, frames]`` (float32,
+any ``frames`` >= 0, the same ``channels`` on every call) at its own sample
+rate (48 kHz for every suppressor in this package) and returns a block of the
+same shape. Output is the input delayed by a fixed, declared number of
+samples, :attr:`Suppressor.latency`, whatever the block sizes: feeding one
+long block or the same samples in blocks of 1, 64 or 8193 frames gives
+bit-identical output. State is per channel; one call processes every
+channel in one batch.
+
+Internally a suppressor works on hops (10 ms = 480 samples at 48 kHz).
+:class:`HopSuppressor` turns arbitrary block sizes into hops with one hop of
+buffering: ``latency = hop + algorithmic_latency``.
+
+Input hygiene is part of the contract: NaN and +-Inf samples are replaced by
+0 before processing, values are clipped to +-``MAX_ABS`` and denormals are
+flushed to zero, so nothing non-finite ever comes out. The number of
+replaced samples is counted in :attr:`Suppressor.bad_samples`.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+SAMPLE_RATE = 48_000
+HOP = 480  # 10 ms at 48 kHz
+MAX_ABS = 64.0  # +36 dBFS: anything above is clipped before processing
+_TINY = np.float32(1e-30)
+
+
+def sanitize(block: np.ndarray) -> tuple[np.ndarray, int]:
+    """Return a float32 copy of ``block`` with NaN/Inf zeroed, huge values
+    clipped to +-MAX_ABS and denormals flushed; and how many samples were
+    not finite."""
+    x = np.array(block, dtype=np.float32, copy=True)
+    finite = np.isfinite(x)
+    bad = int(x.size - np.count_nonzero(finite))
+    if bad:
+        x[~finite] = 0.0
+    np.clip(x, -MAX_ABS, MAX_ABS, out=x)
+    x[np.abs(x) < _TINY] = 0.0
+    return x, bad
+
+
+class Suppressor(abc.ABC):
+    """Streaming noise suppressor: ``process(block[C, N]) -> block[C, N]``.
+
+    Attributes:
+        sample_rate: the rate the suppressor runs at (Hz).
+        channels: number of channels; fixed at construction.
+        latency: output delay in samples, constant for the object's life.
+        bad_samples: NaN/Inf input samples replaced by 0 so far.
+    """
+
+    name: str = "suppressor"
+    sample_rate: int = SAMPLE_RATE
+
+    def __init__(self, channels: int = 1):
+        if not isinstance(channels, (int, np.integer)) or channels < 1:
+            raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
+        self.channels = int(channels)
+        self.bad_samples = 0
+
+    @property
+    @abc.abstractmethod
+    def latency(self) -> int:
+        """Delay from input to output, in samples at :attr:`sample_rate`."""
+
+    @abc.abstractmethod
+    def process(self, block: np.ndarray) -> np.ndarray:
+        """Process ``block[channels, frames]``; returns the same shape."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget all state, as if newly built."""
+
+    def _check_block(self, block: np.ndarray) -> np.ndarray:
+        block = np.asarray(block)
+        if block.ndim != 2 or block.shape[0] != self.channels:
+            raise ValueError(
+                f"{self.name}: block must be shaped [channels={self.channels}, frames], "
+                f"got {tuple(block.shape)}"
+            )
+        return block
+
+
+class HopSuppressor(Suppressor):
+    """Adapts a hop-by-hop core to any block size at a fixed latency.
+
+    Subclasses implement :meth:`process_hop` (``[C, hop] -> [C, hop]``,
+    output delayed by :attr:`algorithmic_latency`) and :meth:`reset_core`.
+    One hop of zeros is pre-filled at the output, so any block size can be
+    served at once: total latency = ``hop + algorithmic_latency``.
+    """
+
+    hop: int = HOP
+    algorithmic_latency: int = 0
+
+    def __init__(self, channels: int = 1):
+        super().__init__(channels)
+        self._init_fifos()
+
+    def _init_fifos(self) -> None:
+        cap = 4 * self.hop
+        self._in = np.zeros((self.channels, cap), np.float32)
+        self._in_n = 0
+        self._out = np.zeros((self.channels, cap), np.float32)
+        self._out_n = self.hop  # one hop of pre-filled zeros
+
+    @property
+    def latency(self) -> int:
+        return self.hop + self.algorithmic_latency
+
+    def reset(self) -> None:
+        self._init_fifos()
+        self.bad_samples = 0
+        self.reset_core()
+
+    @abc.abstractmethod
+    def process_hop(self, hop: np.ndarray) -> np.ndarray:
+        """Process exactly ``[channels, hop]`` clean float32 samples."""
+
+    @abc.abstractmethod
+    def reset_core(self) -> None:
+        """Reset the hop core's state."""
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        block = self._check_block(block)
+        n = block.shape[1]
+        x, bad = sanitize(block)
+        self.bad_samples += bad
+        out = np.empty((self.channels, n), np.float32)
+        hop = self.hop
+        pos = 0  # read position in x
+        done = 0  # samples written to out
+        while pos < n:
+            take = min(hop - self._in_n, n - pos)
+            self._in[:, self._in_n:self._in_n + take] = x[:, pos:pos + take]
+            self._in_n += take
+            pos += take
+            if self._in_n == hop:
+                y = self.process_hop(self._in[:, :hop])
+                self._in_n = 0
+                # out fifo holds at most one hop before this push
+                self._out[:, self._out_n:self._out_n + hop] = y
+                self._out_n += hop
+            # drain what the caller's block can take so far
+            give = min(self._out_n, pos - done)
+            if give:
+                out[:, done:done + give] = self._out[:, :give]
+                self._out[:, :self._out_n - give] = self._out[:, give:self._out_n]
+                self._out_n -= give
+                done += give
+        assert done == n
+        return out
+
+
+class Passthrough(HopSuppressor):
+    """A suppressor that removes nothing: the input delayed by one hop.
+
+    Useful as a stand-in in tests and as the reference for the bypass path.
+    """
+
+    name = "passthrough"
+
+    def process_hop(self, hop: np.ndarray) -> np.ndarray:
+        return hop.copy()
+
+    def reset_core(self) -> None:
+        pass
