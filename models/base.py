@@ -57,6 +57,8 @@ class Suppressor(abc.ABC):
 
     name: str = "suppressor"
     sample_rate: int = SAMPLE_RATE
+    #: live parameters: name -> (min, max, default, unit)
+    PARAMS: dict = {"strength_db": (0.0, 60.0, 0.0, "dB")}
 
     def __init__(self, channels: int = 1):
         if not isinstance(channels, (int, np.integer)) or channels < 1:
@@ -76,6 +78,16 @@ class Suppressor(abc.ABC):
     @abc.abstractmethod
     def reset(self) -> None:
         """Forget all state, as if newly built."""
+
+    def set_param(self, name: str, value: float) -> None:
+        """Set a live parameter; ValueError names it, the value and range."""
+        if name not in self.PARAMS:
+            raise ValueError(f"{self.name}: unknown parameter {name!r}; known: {', '.join(self.PARAMS)}")
+        lo, hi = self.PARAMS[name][:2]
+        v = float(value)
+        if not (lo <= v <= hi):
+            raise ValueError(f"{self.name}: {name}={value} is out of range [{lo:g}, {hi:g}]")
+        setattr(self, name, v)
 
     def _check_block(self, block: np.ndarray) -> np.ndarray:
         block = np.asarray(block)

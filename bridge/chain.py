@@ -1,0 +1,361 @@
+"""Effect chains: an ordered list of named stages, from TOML or Python.
+
+TOML (one ``[[stage]]`` table per stage; every key but ``name``, ``type``
+and ``bypass`` is a parameter of the stage type)::
+
+    name = "voice"                 # optional
+    [[stage]]
+    name = "hp"
+    type = "highpass"              # any streamable pedalboard built-in
+    cutoff_frequency_hz = 80
+    [[stage]]
+    name = "nr"
+    type = "denoise"               # a quietcast suppressor
+    model = "default"
+    strength = 0.9
+    [[stage]]
+    name = "verb"
+    type = "plugin"                # a VST3 plugin hosted by pedalboard
+    path = "/usr/lib/vst3/some.vst3"
+    params = { mix = 0.2 }
+
+Python, with the same names::
+
+    chain = Chain([
+        {"name": "hp", "type": "highpass", "cutoff_frequency_hz": 80},
+        {"name": "nr", "type": "denoise", "strength": 0.9},
+    ])
+    proc = chain.processor(sample_rate=48000, channels=2)
+    out = proc.process(block)            # streaming, fixed proc.latency
+    whole = chain.process_array(x, 48000)  # one array, latency removed
+
+Every problem of a chain is reported at once (:class:`ChainSpecError`),
+with "did you mean" hints for misspelt types and parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from .errors import ChainSpecError, ParameterError, PluginLoadError, Problem, did_you_mean
+from .stages import COMMON, MixStage, Stage, build_stage, params_of, resolve_type
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+TOP_KEYS = ("name", "description", "stage")
+
+
+@dataclass
+class StageSpec:
+    """One checked stage: its name, canonical type, parameter values (only
+    those given) and bypass flag."""
+
+    name: str
+    type: str
+    values: dict[str, Any] = field(default_factory=dict)
+    bypass: bool = False
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "type": self.type, **self.values}
+        if self.bypass:
+            d["bypass"] = True
+        return d
+
+
+def _check_stage(raw: Any, index: int, seen: set, base_dir: str | None, problems: list[Problem]) -> StageSpec | None:
+    where = f"stage {index + 1}"
+    if not isinstance(raw, dict):
+        problems.append(Problem(where, f"must be a table of keys, got {type(raw).__name__}"))
+        return None
+    ok = True
+    name = raw.get("name")
+    if name is None:
+        problems.append(Problem(where, "missing 'name' (lower-case letters, digits, '_'; e.g. name = \"nr\")"))
+        ok = False
+    elif not isinstance(name, str) or not NAME_RE.match(name):
+        problems.append(Problem(where, f"name {name!r} is not allowed: use 1-32 lower-case letters, digits and '_', starting with a letter"))
+        ok = False
+    elif name in seen:
+        problems.append(Problem(where, f"name {name!r} is used by an earlier stage; stage names must be unique"))
+        ok = False
+    else:
+        seen.add(name)
+        where = f"stage {name!r}"
+    if "type" not in raw:
+        problems.append(Problem(where, "missing 'type'"))
+        return None
+    stype, prob = resolve_type(raw["type"])
+    if prob:
+        problems.append(Problem(where, prob.message))
+        return None
+    params = params_of(stype)
+    values: dict[str, Any] = {}
+    bypass = False
+    for key, val in raw.items():
+        if key in ("name", "type"):
+            continue
+        if key == "bypass":
+            try:
+                bypass = COMMON.get("bypass").check(val)
+            except ParameterError as e:
+                problems.append(Problem(where, str(e)))
+            continue
+        if key not in params:
+            known = ", ".join(["bypass", *(p.name for p in params)])
+            problems.append(Problem(where, f"unknown parameter {key!r} for type {stype!r}{did_you_mean(key, [p.name for p in params] + ['bypass'])}; known: {known}"))
+            ok = False
+            continue
+        try:
+            values[key] = params.get(key).check(val)
+        except ParameterError as e:
+            problems.append(Problem(where, str(e)))
+            ok = False
+    if stype == "plugin":
+        path = values.get("path")
+        if not path:
+            problems.append(Problem(where, "a 'plugin' stage needs path = \"/path/to/plugin.vst3\""))
+            ok = False
+        else:
+            if base_dir and not os.path.isabs(path):
+                path = os.path.normpath(os.path.join(base_dir, path))
+            values["path"] = path
+            if not os.path.exists(path):
+                problems.append(Problem(where, f"plugin path {path!r} does not exist"))
+                ok = False
+    if stype == "convolution" and not values.get("impulse_response_filename"):
+        problems.append(Problem(where, "a 'convolution' stage needs impulse_response_filename"))
+        ok = False
+    if stype == "denoise" and "model" in values:
+        from quietcast.models import available_models
+
+        if values["model"] not in available_models():
+            problems.append(Problem(where, f"model {values['model']!r} is unknown{did_you_mean(values['model'], available_models())}; known models: {', '.join(available_models())}"))
+            ok = False
+    return StageSpec(name, stype, values, bypass) if ok else None
+
+
+class Chain:
+    """A checked, immutable chain description. Build a running
+    :class:`ChainProcessor` for a sample rate and channel count with
+    :meth:`processor`."""
+
+    def __init__(self, stages: Iterable[Any] = (), name: str = "chain", source: str = "chain", base_dir: str | None = None):
+        problems: list[Problem] = []
+        seen: set = set()
+        specs = []
+        if isinstance(stages, (dict, str, bytes)):
+            raise ChainSpecError([Problem("", "stages must be a list of tables")], source)
+        for i, raw in enumerate(stages):
+            if isinstance(raw, StageSpec):
+                raw = raw.to_dict()
+            spec = _check_stage(raw, i, seen, base_dir, problems)
+            if spec:
+                specs.append(spec)
+        if problems:
+            raise ChainSpecError(problems, source)
+        self.stages: list[StageSpec] = specs
+        self.name = name
+        self.source = source
+
+    # -- constructors
+    @classmethod
+    def from_dict(cls, doc: dict, source: str = "chain", base_dir: str | None = None) -> "Chain":
+        if not isinstance(doc, dict):
+            raise ChainSpecError([Problem("", "a chain must be a table with [[stage]] entries")], source)
+        problems = []
+        for key in doc:
+            if key not in TOP_KEYS:
+                problems.append(Problem("", f"unknown top-level key {key!r}{did_you_mean(key, TOP_KEYS)}; allowed: {', '.join(TOP_KEYS)}"))
+        stages = doc.get("stage", [])
+        if not isinstance(stages, list):
+            problems.append(Problem("", "'stage' must be an array of tables: write each stage under [[stage]]"))
+            stages = []
+        try:
+            chain = cls(stages, name=str(doc.get("name", "chain")), source=source, base_dir=base_dir)
+        except ChainSpecError as e:
+            raise ChainSpecError(problems + e.problems, source) from None
+        if problems:
+            raise ChainSpecError(problems, source)
+        return chain
+
+    @classmethod
+    def from_toml_string(cls, text: str, source: str = "chain", base_dir: str | None = None) -> "Chain":
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ChainSpecError([Problem("", f"not valid TOML: {e}")], source) from None
+        return cls.from_dict(doc, source=source, base_dir=base_dir)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike) -> "Chain":
+        path = os.fspath(path)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ChainSpecError([Problem("", f"cannot read chain file: {e.strerror}")], path) from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ChainSpecError([Problem("", "chain file is not UTF-8 text")], path) from None
+        return cls.from_toml_string(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+
+    @classmethod
+    def load(cls, what: str) -> "Chain":
+        """A chain by file path, or by the name of a bundled chain."""
+        if os.path.exists(what) or what.endswith(".toml") or os.sep in what:
+            return cls.from_toml(what)
+        bundled = bundled_chains()
+        if what in bundled:
+            return cls.from_toml(bundled[what])
+        raise ChainSpecError(
+            [Problem("", f"no chain file {what!r} and no bundled chain of that name{did_you_mean(what, bundled)}; bundled: {', '.join(sorted(bundled))}")],
+            what,
+        )
+
+    @classmethod
+    def default(cls) -> "Chain":
+        return cls.load("default")
+
+    # -- use
+    def to_dict(self) -> dict:
+        return {"name": self.name, "stage": [s.to_dict() for s in self.stages]}
+
+    def __repr__(self) -> str:
+        return f"Chain({self.name!r}, stages=[{', '.join(f'{s.name}:{s.type}' for s in self.stages)}])"
+
+    def needs_neural(self) -> bool:
+        from quietcast.models import resolve_model
+
+        return any(s.type == "denoise" and resolve_model(s.values.get("model", "default")) not in ("dsp", "passthrough") for s in self.stages)
+
+    def processor(self, sample_rate: int = 48_000, channels: int = 1) -> "ChainProcessor":
+        """Build every stage; all build problems (a plugin that will not load,
+        an unknown plugin parameter ...) are raised together."""
+        if not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
+        if not (1000 <= int(sample_rate) <= 384_000):
+            raise ValueError(f"sample_rate {sample_rate} is out of range [1000, 384000] Hz")
+        problems: list[Problem] = []
+        built: list[Stage] = []
+        latency = 0
+        for spec in self.stages:
+            try:
+                st = build_stage(spec.type, spec.name, dict(spec.values), int(sample_rate), channels, dry_delay=latency)
+            except (ParameterError, PluginLoadError, ValueError) as e:
+                problems.append(Problem(f"stage {spec.name!r}", str(e)))
+                continue
+            except Exception as e:  # pedalboard may raise RuntimeError etc.
+                problems.append(Problem(f"stage {spec.name!r}", f"{type(e).__name__}: {e}"))
+                continue
+            st.bypass = spec.bypass
+            st._was_bypassed = spec.bypass
+            latency += st.latency
+            built.append(st)
+        if problems:
+            raise ChainSpecError(problems, self.source)
+        return ChainProcessor(self, built, int(sample_rate), channels)
+
+    def check(self, sample_rate: int = 48_000, channels: int = 1) -> None:
+        """Build once to find problems that only building shows."""
+        self.processor(sample_rate, channels)
+
+    def process_array(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Process a whole ``[channels, frames]`` (or mono ``[frames]``)
+        array; the result has the same shape, latency removed."""
+        x = np.asarray(audio, dtype=np.float32)
+        mono = x.ndim == 1
+        if mono:
+            x = x[None, :]
+        proc = self.processor(sample_rate, x.shape[0])
+        y = proc.process_aligned(x)
+        return y[0] if mono else y
+
+
+class ChainProcessor:
+    """A running chain: :meth:`process` any block size, output delayed by
+    :attr:`latency` samples; :meth:`set_param` by ``stage.param``."""
+
+    def __init__(self, chain: Chain, stages: list[Stage], sample_rate: int, channels: int):
+        self.chain = chain
+        self.stages = stages
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.latency = sum(s.latency for s in stages)
+        self.bad_samples = 0
+        self._by_name = {s.name: s for s in stages}
+        self._mix = [s for s in stages if isinstance(s, MixStage)]
+
+    def stage(self, name: str) -> Stage:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise ParameterError(name, f"no stage of that name{did_you_mean(name, self._by_name)}; stages: {', '.join(self._by_name) or 'none'}") from None
+
+    def set_param(self, address: str, value: Any) -> Any:
+        """``"nr.strength"`` -> set parameter ``strength`` of stage ``nr``."""
+        if "." not in address:
+            raise ParameterError(address, "address must be STAGE.PARAM, e.g. 'nr.strength'")
+        sname, pname = address.split(".", 1)
+        return self.stage(sname).set_param(pname, value)
+
+    @property
+    def faults(self) -> dict[str, str]:
+        return {s.name: s.fault for s in self.stages if s.fault}
+
+    def reset(self) -> None:
+        for s in self.stages:
+            s.reset()
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        """Stream ``block[channels, frames]``; NaN/Inf input samples become 0
+        (counted in :attr:`bad_samples`)."""
+        from quietcast.models.base import sanitize
+
+        x = np.asarray(block)
+        if x.ndim != 2 or x.shape[0] != self.channels:
+            raise ValueError(f"block must be shaped [channels={self.channels}, frames], got {tuple(x.shape)}")
+        x, bad = sanitize(x)
+        self.bad_samples += bad
+        for m in self._mix:
+            m.feed_chain_input(x)
+        y = x
+        for s in self.stages:
+            y = s.process(y)
+        return y
+
+    def process_aligned(self, x: np.ndarray, block: int = 65_536) -> np.ndarray:
+        """Process a whole array in blocks, then flush, and return exactly
+        ``x.shape`` with the latency removed."""
+        n = x.shape[1]
+        L = self.latency
+        out = np.empty((self.channels, n + L), np.float32)
+        pos = 0
+        for i in range(0, n, block):
+            y = self.process(x[:, i:i + block])
+            out[:, pos:pos + y.shape[1]] = y
+            pos += y.shape[1]
+        if L:
+            out[:, pos:pos + L] = self.process(np.zeros((self.channels, L), np.float32))
+        return out[:, L:]
+
+
+def bundled_chains() -> dict[str, str]:
+    """Name -> path of the chains shipped in quietcast/bridge/chains."""
+    d = os.path.join(os.path.dirname(__file__), "chains")
+    out = {}
+    if os.path.isdir(d):
+        for f in os.listdir(d):
+            if f.endswith(".toml"):
+                out[f[:-5]] = os.path.join(d, f)
+    return out

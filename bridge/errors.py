@@ -1,0 +1,75 @@
+"""The exception tree of quietcast.bridge.
+
+Every error carries the thing it is about (a stage, a parameter, a file) and
+also inherits the matching builtin, so callers can catch either
+``ChainSpecError`` or plain ``ValueError``. The CLI turns these into one
+clear line and a non-zero exit; nothing here calls ``exit()``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or ``''``."""
+    close = difflib.get_close_matches(str(word), list(choices), n=2, cutoff=0.6)
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+
+
+class BridgeError(Exception):
+    """Base of every error raised by quietcast.bridge."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a chain: where (``stage 'nr'`` ...) and what."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+
+class ChainSpecError(BridgeError, ValueError):
+    """A chain file or spec is invalid. Holds every problem found, not just
+    the first: ``err.problems``."""
+
+    def __init__(self, problems: list[Problem], source: str = "chain"):
+        self.problems = list(problems)
+        self.source = source
+        n = len(self.problems)
+        head = f"{source}: {n} problem{'s' if n != 1 else ''}"
+        super().__init__(head + "\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class ParameterError(BridgeError, ValueError):
+    """A parameter value is of the wrong type or out of its range, or the
+    parameter does not exist. The message names the parameter, the value
+    and the allowed range or the close matches."""
+
+    def __init__(self, address: str, message: str):
+        self.address = address
+        super().__init__(f"{address}: {message}" if address else message)
+
+
+class PluginLoadError(BridgeError, OSError):
+    """A hosted plugin could not be found or loaded."""
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        super().__init__(f"plugin {path!r}: {message}")
+
+
+class AudioFileError(BridgeError, OSError):
+    """An audio file could not be read (missing, corrupt, unsupported) or
+    written."""
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        super().__init__(f"{path}: {message}")

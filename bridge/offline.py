@@ -1,0 +1,449 @@
+"""Offline processing: run a chain over files and folders.
+
+- Streams in blocks (never loads a whole file): memory stays flat whatever
+  the file's length.
+- Keeps the sample rate and channel layout unless told
+  (``sample_rate=``, ``channels=``); stages that need 48 kHz resample
+  internally.
+- The output is latency aligned: same length as the input, no delay.
+- Never loses data: writes a hidden temporary file beside the target and
+  renames it into place only when complete; refuses to overwrite unless
+  ``overwrite=True``; a corrupt or unreadable input is reported and skipped
+  and the other files go on.
+- ``jobs=N`` processes N files at once in worker processes.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .chain import Chain
+from .errors import AudioFileError, BridgeError, ChainSpecError
+
+READ_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif", ".bwf")
+WRITE_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".aiff")
+BLOCK = 65_536
+_BIT_DEPTHS = {"int8": 8, "int16": 16, "int24": 24, "int32": 32, "float32": 32, "float64": 32}
+
+
+@dataclass
+class Job:
+    src: str
+    dst: str
+
+
+@dataclass
+class FileResult:
+    src: str
+    dst: str
+    ok: bool
+    seconds: float = 0.0  # audio duration processed
+    elapsed: float = 0.0  # wall time
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Summary:
+    results: list[FileResult]
+    elapsed: float
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def audio_seconds(self) -> float:
+        return sum(r.seconds for r in self.results if r.ok)
+
+    def text(self) -> str:
+        ok = len(self.results) - len(self.failed)
+        rtf = self.elapsed / self.audio_seconds if self.audio_seconds else 0.0
+        lines = [
+            f"{ok} of {len(self.results)} file(s) processed, {len(self.failed)} failed; "
+            f"{self.audio_seconds:.1f} s of audio in {self.elapsed:.1f} s (real-time factor {rtf:.3f})"
+        ]
+        for r in self.results:
+            for w in r.warnings:
+                lines.append(f"warning: {r.src}: {w}")
+        for r in self.failed:
+            lines.append(f"FAILED: {r.src}: {r.error}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# planning
+
+
+def _is_audio(path: str) -> bool:
+    return path.lower().endswith(READ_EXTS)
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, str]]:
+    """Files, folders (recursive) and glob patterns -> ``(file, relative
+    name)`` pairs in a stable order. Raises BridgeError for an input that
+    matches nothing."""
+    out: list[tuple[str, str]] = []
+    missing = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = []
+            for root, dirs, files in os.walk(item):
+                dirs.sort()
+                for f in sorted(files):
+                    p = os.path.join(root, f)
+                    if _is_audio(p) and not f.startswith("."):
+                        found.append((p, os.path.relpath(p, item)))
+            if not found:
+                missing.append(f"{item} (a folder with no audio files: {', '.join(READ_EXTS)})")
+            out.extend(found)
+        elif os.path.exists(item):
+            out.append((item, os.path.basename(item)))
+        elif glob.has_magic(item):
+            matches = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            if not matches:
+                missing.append(f"{item} (pattern matches no file)")
+            out.extend((p, os.path.basename(p)) for p in matches)
+        else:
+            missing.append(f"{item} (no such file or folder)")
+    if missing:
+        raise BridgeError("input not found: " + "; ".join(missing))
+    return out
+
+
+def plan_jobs(inputs: Iterable[str], output: str, fmt: str | None = None) -> list[Job]:
+    """Map inputs to outputs. One input file and an ``output`` with an audio
+    extension -> that file; otherwise ``output`` is a folder and relative
+    paths under each input folder are kept. ``fmt`` (e.g. ``"flac"``)
+    changes the output extension."""
+    pairs = expand_inputs(inputs)
+    if fmt is not None:
+        fmt = "." + fmt.lower().lstrip(".")
+        if fmt not in WRITE_EXTS:
+            raise BridgeError(f"output format {fmt!r} is not supported; choose one of {', '.join(e[1:] for e in WRITE_EXTS)}")
+    single_file = (
+        len(pairs) == 1 and not os.path.isdir(output) and os.path.splitext(output)[1].lower() in WRITE_EXTS
+    )
+    if not single_file and os.path.splitext(output)[1].lower() in WRITE_EXTS and len(pairs) > 1:
+        raise BridgeError(f"output {output!r} is a single file but there are {len(pairs)} inputs; give a folder")
+    if not single_file and os.path.isfile(output):
+        raise BridgeError(f"output {output!r} is an existing file; give a folder for these inputs")
+    jobs = []
+    seen: dict[str, str] = {}
+    for src, rel in pairs:
+        if single_file:
+            dst = output
+        else:
+            dst = os.path.join(output, rel)
+            if fmt:
+                dst = os.path.splitext(dst)[0] + fmt
+            elif os.path.splitext(dst)[1].lower() not in WRITE_EXTS:
+                dst = os.path.splitext(dst)[0] + ".wav"
+        key = os.path.abspath(dst)
+        if key in seen:
+            raise BridgeError(f"inputs {seen[key]!r} and {src!r} would both be written to {dst!r}")
+        seen[key] = src
+        jobs.append(Job(src, dst))
+    return jobs
+
+
+# --------------------------------------------------------------------------
+# one file
+
+
+def _open_input(src: str, sample_rate: int | None):
+    from pedalboard.io import AudioFile
+
+    try:
+        f = AudioFile(src)
+    except Exception as e:
+        raise AudioFileError(src, f"cannot be read as audio: {_short(e)}") from None
+    if f.frames == 0:
+        f.close()
+        raise AudioFileError(src, "holds no audio frames")
+    if sample_rate and int(sample_rate) != int(f.samplerate):
+        return f, f.resampled_to(float(sample_rate))
+    return f, f
+
+
+def _short(e: Exception) -> str:
+    s = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return s[:300]
+
+
+def _layout(x: np.ndarray, channels: int | None) -> np.ndarray:
+    if channels is None or channels == x.shape[0]:
+        return x
+    if channels == 1:
+        return x.mean(axis=0, keepdims=True)
+    if x.shape[0] == 1:
+        return np.repeat(x, channels, axis=0)
+    raise BridgeError(f"cannot map {x.shape[0]} channels to {channels}; only downmix to 1 or upmix from 1")
+
+
+_PROC_CACHE: dict = {}
+
+
+def _processor(chain: Chain, sample_rate: int, channels: int):
+    """One processor per (chain, rate, channels) per process, reset between
+    files: plugins load once per worker, not once per file."""
+    key = (id(chain), sample_rate, channels)
+    proc = _PROC_CACHE.get(key)
+    if proc is None or proc.chain is not chain:
+        if len(_PROC_CACHE) > 8:
+            _PROC_CACHE.clear()
+        proc = chain.processor(sample_rate, channels)
+        _PROC_CACHE[key] = proc
+    else:
+        proc.reset()
+    return proc
+
+
+def process_file(
+    chain: Chain,
+    src: str,
+    dst: str,
+    *,
+    overwrite: bool = False,
+    sample_rate: int | None = None,
+    channels: int | None = None,
+    block: int = BLOCK,
+    on_progress: Callable[[float], None] | None = None,
+) -> FileResult:
+    """Process ``src`` through ``chain`` into ``dst``; never raises for a
+    bad input file, returns a :class:`FileResult` saying what happened."""
+    t0 = time.monotonic()
+    res = FileResult(src, dst, ok=False)
+    if os.path.exists(dst) and not overwrite:
+        res.error = f"output {dst} exists; pass --overwrite to replace it"
+        return res
+    ext = os.path.splitext(dst)[1].lower()
+    if ext not in WRITE_EXTS:
+        res.error = f"cannot write {ext or 'files without an extension'}; use one of {', '.join(WRITE_EXTS)}"
+        return res
+    folder = os.path.dirname(os.path.abspath(dst))
+    tmp = os.path.join(folder, f".{os.path.basename(dst)}.qc-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        res.seconds = _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res)
+        os.replace(tmp, dst)
+        res.ok = True
+    except (AudioFileError, BridgeError) as e:
+        res.error = str(e).removeprefix(f"{src}: ")
+    except ChainSpecError as e:
+        res.error = str(e)
+    except MemoryError:
+        res.error = "out of memory"
+    except OSError as e:
+        res.error = f"{e.strerror or e} ({e.filename or dst})"
+    except Exception as e:  # a decoder or plugin error: report, go on
+        res.error = f"{type(e).__name__}: {_short(e)}"
+    finally:
+        if not res.ok and os.path.exists(tmp):
+            os.unlink(tmp)
+        res.elapsed = time.monotonic() - t0
+    return res
+
+
+def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res) -> float:
+    from pedalboard.io import AudioFile
+
+    raw, reader = _open_input(src, sample_rate)
+    try:
+        sr = int(round(reader.samplerate))
+        in_ch = reader.num_channels
+        ch = channels or in_ch
+        bit_depth = _BIT_DEPTHS.get(str(raw.file_dtype), 16)
+        ext = os.path.splitext(tmp)[1].lower()
+        kw = {"bit_depth": 16 if ext == ".mp3" else min(bit_depth, 24 if ext == ".flac" else 32)}
+        proc = _processor(chain, sr, ch)
+        L = proc.latency
+        skip = L
+        done = 0
+        with AudioFile(tmp, "w", sr, ch, **kw) as out:
+            while True:
+                try:
+                    x = reader.read(block)
+                except Exception as e:
+                    raise AudioFileError(src, f"decoding failed after {done / sr:.2f} s: {_short(e)}") from None
+                if x.shape[1] == 0:
+                    break
+                x = _layout(x, channels)
+                y = proc.process(x)
+                done += x.shape[1]
+                if skip:
+                    cut = min(skip, y.shape[1])
+                    y = y[:, cut:]
+                    skip -= cut
+                if y.shape[1]:
+                    out.write(y)
+                if proc.faults:
+                    name, why = next(iter(proc.faults.items()))
+                    raise BridgeError(f"stage {name!r} failed at {done / sr:.2f} s ({why}); output not written")
+                if on_progress:
+                    on_progress(x.shape[1] / sr)
+            if done == 0:
+                raise AudioFileError(src, "holds no audio frames")
+            # flush the chain's latency: the output is exactly as long as the input
+            if L:
+                tail = proc.process(np.zeros((ch, L), np.float32))[:, skip:]
+                out.write(np.ascontiguousarray(tail))
+            if proc.faults:
+                name, why = next(iter(proc.faults.items()))
+                raise BridgeError(f"stage {name!r} failed at the end of the file ({why}); output not written")
+        if proc.bad_samples:
+            res.warnings.append(f"{proc.bad_samples} NaN/Inf input sample(s) were replaced by silence")
+        return done / sr
+    finally:
+        raw.close()
+
+
+# --------------------------------------------------------------------------
+# many files
+
+_WORKER_CHAIN: Chain | None = None
+
+
+def _worker_init(chain_doc: dict, source: str) -> None:
+    global _WORKER_CHAIN
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    _WORKER_CHAIN = Chain.from_dict(chain_doc, source=source)
+
+
+def _worker_run(job: Job, overwrite, sample_rate, channels) -> FileResult:
+    return process_file(_WORKER_CHAIN, job.src, job.dst, overwrite=overwrite, sample_rate=sample_rate, channels=channels)
+
+
+def process_files(
+    chain: Chain,
+    jobs: list[Job],
+    *,
+    workers: int = 1,
+    overwrite: bool = False,
+    sample_rate: int | None = None,
+    channels: int | None = None,
+    progress: "Progress | None" = None,
+) -> Summary:
+    """Process every job; one failure never stops the others."""
+    t0 = time.monotonic()
+    results: list[FileResult] = []
+    if progress:
+        progress.start(len(jobs))
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            if progress:
+                progress.file_started(job.src)
+            r = process_file(chain, job.src, job.dst, overwrite=overwrite, sample_rate=sample_rate,
+                             channels=channels, on_progress=progress.advance if progress else None)
+            results.append(r)
+            if progress:
+                progress.file_done(r)
+    else:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")  # safe with torch and plugin hosts
+        order = {id(j): i for i, j in enumerate(jobs)}
+        slots: list[FileResult | None] = [None] * len(jobs)
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
+                                 initializer=_worker_init, initargs=(chain.to_dict(), chain.source)) as pool:
+            futs = {pool.submit(_worker_run, j, overwrite, sample_rate, channels): j for j in jobs}
+            for fut in as_completed(futs):
+                j = futs[fut]
+                try:
+                    r = fut.result()
+                except Exception as e:  # a worker died (e.g. a plugin crashed it)
+                    r = FileResult(j.src, j.dst, ok=False, error=f"worker failed: {type(e).__name__}: {_short(e)}")
+                slots[order[id(j)]] = r
+                if progress:
+                    progress.file_done(r)
+        results = [r for r in slots if r is not None]
+    if progress:
+        progress.finish()
+    return Summary(results, time.monotonic() - t0)
+
+
+class Progress:
+    """A one-line progress display on a terminal (stderr), silent when
+    stderr is not a terminal unless ``force``."""
+
+    def __init__(self, total_seconds: float = 0.0, stream=None, force: bool = False):
+        self.stream = stream or sys.stderr
+        self.enabled = force or getattr(self.stream, "isatty", lambda: False)()
+        self.total_seconds = total_seconds
+        self.done_seconds = 0.0
+        self.files = 0
+        self.files_done = 0
+        self.failed = 0
+        self._t0 = time.monotonic()
+        self._last = 0.0
+        self._current = ""
+
+    def start(self, files: int) -> None:
+        self.files = files
+        self._t0 = time.monotonic()
+        self._draw(force=True)
+
+    def file_started(self, src: str) -> None:
+        self._current = os.path.basename(src)
+        self._draw(force=True)
+
+    def advance(self, seconds: float) -> None:
+        self.done_seconds += seconds
+        self._draw()
+
+    def file_done(self, r: FileResult) -> None:
+        self.files_done += 1
+        if not r.ok:
+            self.failed += 1
+        elif self.files > 1 and self._current == "":
+            self.done_seconds += r.seconds
+        self._draw(force=True)
+
+    def finish(self) -> None:
+        if self.enabled:
+            self._draw(force=True)
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _draw(self, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < 0.2:
+            return
+        self._last = now
+        el = now - self._t0
+        pct = ""
+        if self.total_seconds:
+            frac = min(1.0, self.done_seconds / self.total_seconds)
+            bar = "#" * int(frac * 24)
+            eta = (el / frac - el) if frac > 0 else 0
+            pct = f"[{bar:<24}] {frac * 100:5.1f}% eta {eta:5.0f}s "
+        line = (f"\r{pct}{self.files_done}/{self.files} files"
+                f"{', ' + str(self.failed) + ' failed' if self.failed else ''} "
+                f"{self.done_seconds:8.1f}s audio {el:6.1f}s {self._current[:30]}")
+        self.stream.write(line + "\x1b[K")
+        self.stream.flush()
+
+
+def total_duration(jobs: list[Job]) -> float:
+    """Sum of input durations (0 for unreadable files) for the progress bar."""
+    from pedalboard.io import AudioFile
+
+    total = 0.0
+    for j in jobs:
+        try:
+            with AudioFile(j.src) as f:
+                total += f.duration
+        except Exception:
+            pass
+    return total

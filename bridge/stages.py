@@ -1,0 +1,701 @@
+"""Chain stages: what each stage type accepts, and the streaming objects that
+run them.
+
+Every runtime stage follows one contract (the same as a suppressor's):
+``process(block[channels, frames]) -> block[channels, frames]`` for any
+block size, output delayed by a fixed :attr:`Stage.latency` in samples.
+
+Stage types:
+
+- every streamable pedalboard built-in, by snake_case name (``highpass``,
+  ``compressor``, ``noise_gate``, ``reverb`` ...), with its parameters;
+- ``plugin``: a VST3 plugin hosted by pedalboard (``path``, ``params``);
+- ``denoise``: a quietcast suppressor from quietcast.models (``model``,
+  ``strength``, ``max_attenuation_db``), resampled to 48 kHz and back when
+  the chain runs at another rate;
+- ``gain``: a smoothed gain (``gain_db``);
+- ``mix``: blends what the stages before it made with the chain's own input,
+  latency aligned (``wet`` 0..1).
+
+pedalboard plugins called with ``reset=False`` return their output already
+aligned (latency trimmed) but *shorter* until their latency is filled; a
+:class:`_AlignedFifo` turns that back into a fixed delay, which is measured
+once when the stage is built (:func:`probe_latency`).
+
+Every stage can be bypassed (``bypass = true``): its output is then its
+input delayed by its latency, bit-exact, so the chain's timing never moves.
+A stage whose processing raises, or returns NaN/Inf, is put in fault bypass
+the same way and reports why in :attr:`Stage.fault` (a plugin fault costs
+only its own stage, never the process).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import ParameterError, PluginLoadError, Problem, did_you_mean
+from .params import Param, ParamSet
+
+COMMON = ParamSet.of(
+    Param("bypass", "bool", False, doc="pass the input through, delayed by the stage latency"),
+)
+
+
+# --------------------------------------------------------------------------
+# small streaming helpers
+
+
+class DelayLine:
+    """Delays ``[channels, frames]`` blocks by a fixed number of samples."""
+
+    def __init__(self, channels: int, delay: int):
+        self.channels = channels
+        self.delay = int(delay)
+        self._buf = np.zeros((channels, self.delay), np.float32)
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        if self.delay == 0:
+            return np.array(x, np.float32, copy=True)
+        joined = np.concatenate([self._buf, x.astype(np.float32, copy=False)], axis=1)
+        n = x.shape[1]
+        self._buf = joined[:, n:].copy()
+        return joined[:, :n]
+
+    def reset(self) -> None:
+        self._buf[:] = 0.0
+
+
+class _AlignedFifo:
+    """Turns an aligned producer of variable-length output into a fixed delay.
+
+    Prefilled with ``latency`` zeros. If the producer ever falls further
+    behind than that, the missing samples are given as zeros and the same
+    number of later samples is dropped, so the delay never changes; each
+    such event counts in ``underruns``.
+    """
+
+    def __init__(self, channels: int, latency: int):
+        self.channels = channels
+        self.latency = int(latency)
+        self.underruns = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self._buf = np.zeros((self.channels, self.latency), np.float32)
+        self._debt = 0
+
+    def push(self, y: np.ndarray) -> None:
+        if y.shape[1] == 0:
+            return
+        if self._debt:
+            drop = min(self._debt, y.shape[1])
+            y = y[:, drop:]
+            self._debt -= drop
+        self._buf = np.concatenate([self._buf, y.astype(np.float32, copy=False)], axis=1)
+
+    def pull(self, n: int) -> np.ndarray:
+        have = self._buf.shape[1]
+        if have >= n:
+            out = self._buf[:, :n]
+            self._buf = self._buf[:, n:]
+            return out
+        out = np.zeros((self.channels, n), np.float32)
+        out[:, :have] = self._buf
+        self._buf = self._buf[:, :0]
+        self._debt += n - have
+        self.underruns += 1
+        return out
+
+
+def probe_latency(
+    run: Callable[[np.ndarray], np.ndarray],
+    reset: Callable[[], None],
+    channels: int,
+    span: int = 24_000,
+    sizes: tuple[int, ...] = (1, 64, 480, 4096),
+) -> int:
+    """How many samples an aligned, variable-output processor holds back:
+    the largest shortfall of output behind input seen while streaming
+    silence in blocks of each of ``sizes``. ``reset`` is called after each
+    pass so the processor is left as new."""
+    worst = 0
+    reset()
+    for size in sizes:
+        total = span if size > 1 else min(span, 4096)
+        block = np.zeros((channels, size), np.float32)
+        fed = produced = 0
+        while fed < total:
+            produced += run(block).shape[1]
+            fed += size
+            worst = max(worst, fed - produced)
+        reset()
+    return worst
+
+
+# --------------------------------------------------------------------------
+# runtime stage
+
+
+class Stage:
+    """A running stage: ``process(block) -> block`` at a fixed latency.
+
+    Subclasses implement :meth:`_process` (same length out, delayed by
+    :attr:`latency`), :meth:`_reset` and, for live changes,
+    :meth:`_apply_param`.
+    """
+
+    type_name = "stage"
+
+    def __init__(self, name: str, sample_rate: int, channels: int, params: ParamSet):
+        self.name = name
+        self.sample_rate = int(sample_rate)
+        self.channels = int(channels)
+        self.param_set = params
+        self.values: dict[str, Any] = {}
+        self.bypass = False
+        self.fault: str | None = None
+        self._dry: DelayLine | None = None
+        self._was_bypassed = False
+
+    # -- to implement
+    latency: int = 0
+
+    def _process(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _reset(self) -> None:
+        pass
+
+    def _apply_param(self, name: str, value: Any) -> None:
+        raise ParameterError(f"{self.name}.{name}", "cannot be changed while running")
+
+    # -- shared behaviour
+    def _finish_init(self) -> None:
+        self._dry = DelayLine(self.channels, self.latency)
+
+    def set_param(self, name: str, value: Any) -> Any:
+        """Check and apply one parameter; returns the value as stored."""
+        if name == "bypass":
+            self.bypass = COMMON.get("bypass").check(value, self.name)
+            return self.bypass
+        p = self.param_set.get(name, self.name)
+        v = p.check(value, self.name)
+        self._apply_param(name, v)
+        self.values[name] = v
+        return v
+
+    def describe_params(self) -> list[dict]:
+        return [p.describe() | {"value": self.values.get(p.name, p.default)} for p in self.param_set]
+
+    def reset(self) -> None:
+        self._reset()
+        if self._dry is not None:
+            self._dry.reset()
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        dry = self._dry.process(x)
+        if self.fault is not None:
+            return dry
+        try:
+            wet = self._process(x)
+        except Exception as e:  # a stage fault costs the stage, not the process
+            self.fault = f"raised {type(e).__name__}: {e}"
+            return dry
+        if wet.shape != x.shape:
+            self.fault = f"returned shape {wet.shape}, expected {x.shape}"
+            return dry
+        if not np.isfinite(wet).all():
+            self.fault = "returned NaN or Inf samples"
+            return dry
+        bypass = self.bypass
+        if bypass == self._was_bypassed:
+            return dry if bypass else wet
+        # a bypass change: one block's linear crossfade, no click
+        self._was_bypassed = bypass
+        n = x.shape[1]
+        ramp = np.linspace(0.0, 1.0, n, dtype=np.float32) if n else np.zeros(0, np.float32)
+        if not bypass:
+            ramp = ramp[::-1]
+        return wet * (1.0 - ramp) + dry * ramp
+
+
+# --------------------------------------------------------------------------
+# pedalboard built-ins
+
+
+def _db(name, default, lo=-100.0, hi=24.0, doc=""):
+    return Param(name, "float", default, lo, hi, "dB", doc=doc)
+
+
+def _ms(name, default, lo=0.0, hi=5000.0):
+    return Param(name, "float", default, lo, hi, "ms")
+
+
+def _hz(name, default, lo=1.0, hi=20_000.0):
+    return Param(name, "float", default, lo, hi, "Hz")
+
+
+def _unit(name, default, lo=0.0, hi=1.0):
+    return Param(name, "float", default, lo, hi)
+
+
+_Q = Param("q", "float", 0.7071067690849304, 0.05, 20.0)
+
+#: stage type -> (pedalboard class name, parameters)
+BUILTINS: dict[str, tuple[str, ParamSet]] = {
+    "highpass": ("HighpassFilter", ParamSet.of(_hz("cutoff_frequency_hz", 50.0))),
+    "lowpass": ("LowpassFilter", ParamSet.of(_hz("cutoff_frequency_hz", 50.0))),
+    "high_shelf": ("HighShelfFilter", ParamSet.of(_hz("cutoff_frequency_hz", 440.0), _db("gain_db", 0.0, -48, 48), _Q)),
+    "low_shelf": ("LowShelfFilter", ParamSet.of(_hz("cutoff_frequency_hz", 440.0), _db("gain_db", 0.0, -48, 48), _Q)),
+    "peak": ("PeakFilter", ParamSet.of(_hz("cutoff_frequency_hz", 440.0), _db("gain_db", 0.0, -48, 48), _Q)),
+    "ladder": ("LadderFilter", ParamSet.of(
+        Param("mode", "choice", "LPF12", choices=("LPF12", "HPF12", "BPF12", "LPF24", "HPF24", "BPF24")),
+        _hz("cutoff_hz", 200.0), _unit("resonance", 0.0), Param("drive", "float", 1.0, 1.0, 100.0))),
+    "compressor": ("Compressor", ParamSet.of(
+        _db("threshold_db", 0.0), Param("ratio", "float", 1.0, 1.0, 100.0), _ms("attack_ms", 1.0, 0.01, 1000.0),
+        _ms("release_ms", 100.0, 1.0))),
+    "limiter": ("Limiter", ParamSet.of(_db("threshold_db", -10.0, -100.0, 0.0), _ms("release_ms", 100.0, 1.0))),
+    "brickwall_limiter": ("BrickwallLimiter", ParamSet.of(
+        _db("ceiling_db", -1.0, -60.0, 0.0), _ms("release_ms", 100.0, 1.0), _ms("lookahead_ms", 5.0, 0.0, 50.0),
+        Param("true_peak", "bool", False))),
+    "noise_gate": ("NoiseGate", ParamSet.of(
+        _db("threshold_db", -100.0, -120.0, 0.0), Param("ratio", "float", 10.0, 1.0, 100.0),
+        _ms("attack_ms", 1.0, 0.01, 1000.0), _ms("release_ms", 100.0, 1.0))),
+    "clipping": ("Clipping", ParamSet.of(_db("threshold_db", -6.0, -60.0, 0.0))),
+    "distortion": ("Distortion", ParamSet.of(_db("drive_db", 25.0, 0.0, 80.0))),
+    "bitcrush": ("Bitcrush", ParamSet.of(Param("bit_depth", "float", 8.0, 1.0, 32.0))),
+    "invert": ("Invert", ParamSet.of()),
+    "chorus": ("Chorus", ParamSet.of(
+        _hz("rate_hz", 1.0, 0.0, 100.0), _unit("depth", 0.25), _ms("centre_delay_ms", 7.0, 0.0, 100.0),
+        _unit("feedback", 0.0, -1.0, 1.0), _unit("mix", 0.5))),
+    "phaser": ("Phaser", ParamSet.of(
+        _hz("rate_hz", 1.0, 0.0, 100.0), _unit("depth", 0.5), _hz("centre_frequency_hz", 1300.0),
+        _unit("feedback", 0.0, -1.0, 1.0), _unit("mix", 0.5))),
+    "delay": ("Delay", ParamSet.of(
+        Param("delay_seconds", "float", 0.5, 0.0, 10.0, "s"), _unit("feedback", 0.0), _unit("mix", 0.5))),
+    "reverb": ("Reverb", ParamSet.of(
+        _unit("room_size", 0.5), _unit("damping", 0.5), _unit("wet_level", 0.33), _unit("dry_level", 0.4),
+        _unit("width", 1.0), _unit("freeze_mode", 0.0))),
+    "convolution": ("Convolution", ParamSet.of(
+        Param("impulse_response_filename", "str", None, doc="path of an impulse-response audio file"),
+        _unit("mix", 1.0))),
+    "mp3_compressor": ("MP3Compressor", ParamSet.of(Param("vbr_quality", "float", 2.0, 0.0, 10.0))),
+    "gsm_compressor": ("GSMFullRateCompressor", ParamSet.of()),
+    "resample": ("Resample", ParamSet.of(Param("target_sample_rate", "float", 8000.0, 1000.0, 192_000.0, "Hz"))),
+}
+
+#: other spellings accepted for built-in types
+ALIASES = {
+    "highpass_filter": "highpass", "lowpass_filter": "lowpass", "high_shelf_filter": "high_shelf",
+    "low_shelf_filter": "low_shelf", "peak_filter": "peak", "ladder_filter": "ladder",
+    "noisegate": "noise_gate", "gate": "noise_gate", "gsm_full_rate_compressor": "gsm_compressor",
+}
+
+#: pedalboard built-ins we refuse, with why
+UNSUPPORTED = {
+    "pitch_shift": "pedalboard's PitchShift does not stream (reset=False output is misaligned at small blocks)",
+}
+
+
+def _pb_value(param: Param, value):
+    if param.name == "mode":
+        import pedalboard
+
+        return getattr(pedalboard.LadderFilter.Mode, value)
+    return value
+
+
+class PedalboardStage(Stage):
+    """A pedalboard plugin (built-in or hosted) streamed with ``reset=False``."""
+
+    type_name = "pedalboard"
+
+    def __init__(self, name, sample_rate, channels, params: ParamSet, plugin, values: dict):
+        super().__init__(name, sample_rate, channels, params)
+        self.plugin = plugin
+        self.values = dict(values)
+        self._pending = np.zeros((channels, 0), np.float32)
+        self.latency = probe_latency(self._run, self._reset_plugin, channels)
+        self._fifo = _AlignedFifo(channels, self.latency)
+        self._finish_init()
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        # pedalboard guesses the channel axis from the shape: a block of
+        # frames <= channels would be misread, so such tiny blocks wait for
+        # the next one (this is where a multichannel stage's few samples of
+        # latency at block size 1 come from).
+        c = getattr(self.plugin, "pb_channels", self.channels)
+        if c > 1:
+            if self._pending.shape[1]:
+                x = np.concatenate([self._pending, x], axis=1)
+                self._pending = self._pending[:, :0]
+            if x.shape[1] <= c:
+                self._pending = x.copy()
+                return x[:, :0]
+        return self.plugin.process(x, float(self.sample_rate), buffer_size=max(1, min(x.shape[1], 8192)), reset=False)
+
+    def _reset_plugin(self) -> None:
+        self.plugin.reset()
+        self._pending = np.zeros((self.channels, 0), np.float32)
+
+    def _process(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[1]:
+            self._fifo.push(self._run(x))
+        return self._fifo.pull(x.shape[1])
+
+    def _reset(self) -> None:
+        self._reset_plugin()
+        self._fifo.reset()
+
+    def _apply_param(self, name, value):
+        setattr(self.plugin, name, _pb_value(self.param_set.get(name), value))
+
+
+def build_builtin(type_name: str, name: str, sample_rate: int, channels: int, values: dict) -> PedalboardStage:
+    import pedalboard
+
+    cls_name, params = BUILTINS[type_name]
+    kwargs = {k: _pb_value(params.get(k), v) for k, v in values.items()}
+    plugin = getattr(pedalboard, cls_name)(**kwargs)
+    return PedalboardStage(name, sample_rate, channels, params, plugin, values)
+
+
+# --------------------------------------------------------------------------
+# hosted plugins
+
+PLUGIN_PARAMS = ParamSet.of(
+    Param("path", "str", None, doc="path of a .vst3 bundle"),
+    Param("plugin_name", "str", None, doc="which plugin of a multi-plugin bundle"),
+    Param("params", "dict", {}, doc="initial values of the plugin's own parameters, by name"),
+)
+
+
+def _plugin_param_set(plugin) -> ParamSet:
+    """Our Param view of a hosted plugin's parameters (pedalboard names)."""
+    out = []
+    for key, p in plugin.parameters.items():
+        try:
+            lo, hi = float(p.min_value), float(p.max_value)
+        except (TypeError, ValueError):
+            out.append(Param(key, "str", None))
+            continue
+        unit = p.label or ""
+        step = getattr(p, "step_size", None)
+        cur = float(getattr(plugin, key)) if not isinstance(getattr(plugin, key), (str, bool)) else getattr(plugin, key)
+        if step == 1.0 and (lo, hi) == (0.0, 1.0):
+            out.append(Param(key, "bool", bool(cur)))
+        elif step == 1.0 and lo.is_integer() and hi.is_integer():
+            out.append(Param(key, "int", int(cur), lo, hi, unit))
+        else:
+            out.append(Param(key, "float", cur, lo, hi, unit))
+    return ParamSet.of(*out)
+
+
+def set_plugin_param(plugin, key: str, value) -> None:
+    """Set a hosted plugin's parameter exactly. Plain attribute assignment
+    snaps to pedalboard's 1000-step scan of the parameter (-6 dB becomes
+    -5.988 dB); asking the plugin to parse the value's text is exact."""
+    prm = plugin.parameters[key]
+    text = ("1" if value else "0") if isinstance(value, bool) else repr(value)
+    try:
+        prm.raw_value = prm.get_raw_value_for_text(text)
+    except Exception:
+        setattr(plugin, key, value)
+
+
+def load_vst3(path: str, plugin_name: str | None = None):
+    """Load a VST3 plugin with a clear error naming the path."""
+    import pedalboard
+
+    if not os.path.exists(path):
+        raise PluginLoadError(path, "no such file or folder")
+    try:
+        return pedalboard.load_plugin(path, plugin_name=plugin_name)
+    except Exception as e:  # pedalboard raises ImportError/ValueError/RuntimeError
+        raise PluginLoadError(path, f"could not be loaded: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else type(e).__name__
+
+
+class _ChannelAdapter:
+    """Runs a plugin whose bus layout differs from the chain's: a stereo
+    plugin on a mono chain gets the signal on both inputs and its outputs
+    averaged; a mono plugin on a multichannel chain runs one instance per
+    channel."""
+
+    def __init__(self, instances: list, mode: str):
+        self.instances = instances
+        self.mode = mode  # "same", "up", "split"
+        self.pb_channels = {"up": 2, "split": 1}.get(mode)
+
+    def process(self, x, sr, buffer_size, reset):
+        if self.mode == "same":
+            return self.instances[0].process(x, sr, buffer_size=buffer_size, reset=reset)
+        if self.mode == "up":
+            y = self.instances[0].process(np.repeat(x, 2, axis=0), sr, buffer_size=buffer_size, reset=reset)
+            return y.mean(axis=0, keepdims=True)
+        ys = [p.process(x[i:i + 1], sr, buffer_size=buffer_size, reset=reset) for i, p in enumerate(self.instances)]
+        n = min(y.shape[1] for y in ys)
+        return np.concatenate([y[:, :n] for y in ys], axis=0)
+
+    def reset(self):
+        for p in self.instances:
+            p.reset()
+
+
+class PluginStage(PedalboardStage):
+    """A VST3 plugin: its own parameters are settable by their pedalboard
+    names (``stage.set_param("gain_db", -6)``); ``path`` is fixed."""
+
+    type_name = "plugin"
+
+    def __init__(self, name, sample_rate, channels, path, plugin_name=None, params=None):
+        first = load_vst3(path, plugin_name)
+        own = _plugin_param_set(first)
+        values = {}
+        problems = []
+        for k, v in (params or {}).items():
+            try:
+                values[k] = own.get(k, name).check(v, name)
+            except ParameterError as e:
+                problems.append(str(e))
+        if problems:
+            raise ParameterError("", "; ".join(problems))
+        instances, mode = self._fit_channels(first, path, plugin_name, channels, sample_rate)
+        for inst in instances:
+            for k, v in values.items():
+                set_plugin_param(inst, k, v)
+        self.path = path
+        self._instances = instances
+        adapter = _ChannelAdapter(instances, mode)
+        adapter.pb_channels = adapter.pb_channels or channels
+        super().__init__(name, sample_rate, channels, own, adapter, values)
+
+    @staticmethod
+    def _fit_channels(plugin, path, plugin_name, channels, sample_rate):
+        def accepts(p, c):
+            try:
+                p.process(np.zeros((c, 32), np.float32), float(sample_rate), reset=True)
+                return True
+            except ValueError:
+                return False
+
+        if accepts(plugin, channels):
+            plugin.reset()
+            return [plugin], "same"
+        if channels == 1 and accepts(plugin, 2):
+            plugin.reset()
+            return [plugin], "up"
+        if channels > 1 and accepts(plugin, 1):
+            plugin.reset()
+            return [plugin] + [load_vst3(path, plugin_name) for _ in range(channels - 1)], "split"
+        raise PluginLoadError(path, f"accepts neither {channels}-channel audio nor a mono/stereo layout quietcast can adapt")
+
+    def _apply_param(self, name, value):
+        for inst in self._instances:
+            set_plugin_param(inst, name, value)
+
+
+# --------------------------------------------------------------------------
+# quietcast stages
+
+DENOISE_PARAMS = ParamSet.of(
+    Param("model", "str", "default", doc="suppressor name: 'default', 'dsp', ... (quietcast models list)"),
+    Param("strength", "float", 1.0, 0.0, 1.0, doc="share of max_attenuation_db to allow (fader)"),
+    Param("max_attenuation_db", "float", None, 0.0, 60.0, "dB",
+          doc="largest attenuation of noise at strength 1 (default: the model's own)"),
+)
+
+
+class DenoiseStage(Stage):
+    """A quietcast suppressor. It runs at 48 kHz: at another chain rate the
+    block is resampled in and out, and the declared latency includes the
+    resamplers' delay."""
+
+    type_name = "denoise"
+
+    def __init__(self, name, sample_rate, channels, model="default", strength=1.0, max_attenuation_db=None):
+        super().__init__(name, sample_rate, channels, DENOISE_PARAMS)
+        from quietcast.models import create_suppressor
+
+        self.suppressor = create_suppressor(model, channels)
+        self.model = self.suppressor.name
+        if max_attenuation_db is None:
+            max_attenuation_db = float(getattr(self.suppressor, "max_attenuation_db", 30.0))
+        self.values = {"model": model, "strength": strength, "max_attenuation_db": max_attenuation_db}
+        self._apply_strength()
+        sr = self.sample_rate
+        if sr == self.suppressor.sample_rate:
+            self._resampled = False
+            self.latency = self.suppressor.latency
+        else:
+            from pedalboard.io import StreamResampler
+
+            self._resampled = True
+            self._rin = StreamResampler(sr, self.suppressor.sample_rate, channels)
+            self._rout = StreamResampler(self.suppressor.sample_rate, sr, channels)
+            self._skip = self.suppressor.latency
+            self.latency = probe_latency(self._run_resampled, self._reset, channels)
+            self._fifo = _AlignedFifo(channels, self.latency)
+        self._finish_init()
+
+    def _apply_strength(self):
+        db = self.values["strength"] * self.values["max_attenuation_db"]
+        self.suppressor.set_param("strength_db", db)
+
+    def _apply_param(self, name, value):
+        if name == "model":
+            raise ParameterError(f"{self.name}.model", "cannot be changed while running; load a new chain")
+        self.values[name] = value
+        self._apply_strength()
+
+    def _run_resampled(self, x: np.ndarray) -> np.ndarray:
+        y48 = self.suppressor.process(self._rin.process(x))
+        if self._skip:  # make the suppressor's output aligned, like the resamplers'
+            drop = min(self._skip, y48.shape[1])
+            y48 = y48[:, drop:]
+            self._skip -= drop
+        return self._rout.process(y48)
+
+    def _process(self, x):
+        if not self._resampled:
+            return self.suppressor.process(x)
+        if x.shape[1]:
+            self._fifo.push(self._run_resampled(x))
+        return self._fifo.pull(x.shape[1])
+
+    def _reset(self):
+        self.suppressor.reset()
+        self._apply_strength()
+        if self._resampled:
+            self._rin.reset()
+            self._rout.reset()
+            self._skip = self.suppressor.latency
+            if hasattr(self, "_fifo"):
+                self._fifo.reset()
+
+
+GAIN_PARAMS = ParamSet.of(Param("gain_db", "float", 0.0, -96.0, 24.0, "dB", allow_neg_inf=True))
+
+
+def _db_to_lin(db: float) -> float:
+    return 0.0 if db == -math.inf else 10.0 ** (db / 20.0)
+
+
+class GainStage(Stage):
+    """A gain in dB (-inf mutes). A change ramps linearly over one block."""
+
+    type_name = "gain"
+
+    def __init__(self, name, sample_rate, channels, gain_db=0.0):
+        super().__init__(name, sample_rate, channels, GAIN_PARAMS)
+        self.values = {"gain_db": gain_db}
+        self._g = self._target = _db_to_lin(gain_db)
+        self._finish_init()
+
+    def _apply_param(self, name, value):
+        self._target = _db_to_lin(value)
+
+    def _process(self, x):
+        n = x.shape[1]
+        if self._g == self._target or n == 0:
+            return x * np.float32(self._g)
+        ramp = np.linspace(self._g, self._target, n, dtype=np.float32)
+        self._g = self._target
+        return x * ramp
+
+    def _reset(self):
+        self._g = self._target
+
+
+MIX_PARAMS = ParamSet.of(Param("wet", "float", 1.0, 0.0, 1.0, doc="share of the processed signal; the rest is the chain input"))
+
+
+class MixStage(Stage):
+    """Blends the output of the stages before it (wet) with the chain's own
+    input (dry), delayed to line up; no latency of its own."""
+
+    type_name = "mix"
+
+    def __init__(self, name, sample_rate, channels, wet=1.0, dry_delay=0):
+        super().__init__(name, sample_rate, channels, MIX_PARAMS)
+        self.values = {"wet": wet}
+        self._wet = self._target = float(wet)
+        self._chain_dry = DelayLine(channels, dry_delay)
+        self._chain_in: np.ndarray | None = None
+        self._finish_init()
+
+    def feed_chain_input(self, x: np.ndarray) -> None:
+        self._chain_in = self._chain_dry.process(x)
+
+    def _apply_param(self, name, value):
+        self._target = float(value)
+
+    def _process(self, x):
+        d = self._chain_in
+        n = x.shape[1]
+        if self._wet == self._target or n == 0:
+            w = np.float32(self._wet)
+        else:
+            w = np.linspace(self._wet, self._target, n, dtype=np.float32)
+            self._wet = self._target
+        return x * w + d * (np.float32(1.0) - w)
+
+    def _reset(self):
+        self._wet = self._target
+        self._chain_dry.reset()
+
+
+OWN_TYPES: dict[str, ParamSet] = {
+    "plugin": PLUGIN_PARAMS,
+    "denoise": DENOISE_PARAMS,
+    "gain": GAIN_PARAMS,
+    "mix": MIX_PARAMS,
+}
+
+
+def all_types() -> list[str]:
+    return sorted(list(OWN_TYPES) + list(BUILTINS))
+
+
+def params_of(type_name: str) -> ParamSet:
+    if type_name in OWN_TYPES:
+        return OWN_TYPES[type_name]
+    return BUILTINS[type_name][1]
+
+
+def resolve_type(type_name: Any) -> tuple[str | None, Problem | None]:
+    """Canonical stage type for ``type_name``, or a problem saying why not."""
+    if not isinstance(type_name, str):
+        return None, Problem("", f"'type' must be a string, got {type_name!r}")
+    t = type_name.strip().lower().replace("-", "_")
+    t = ALIASES.get(t, t)
+    if t in UNSUPPORTED:
+        return None, Problem("", f"type {type_name!r} is not supported: {UNSUPPORTED[t]}")
+    if t in OWN_TYPES or t in BUILTINS:
+        return t, None
+    return None, Problem(
+        "", f"unknown type {type_name!r}{did_you_mean(t, all_types() + list(ALIASES))}; known types: {', '.join(all_types())}"
+    )
+
+
+def build_stage(type_name: str, name: str, values: dict, sample_rate: int, channels: int, dry_delay: int = 0) -> Stage:
+    """Build a runtime stage from checked ``values`` (without ``bypass``)."""
+    if type_name == "plugin":
+        st = PluginStage(name, sample_rate, channels, values["path"], values.get("plugin_name"), values.get("params"))
+    elif type_name == "denoise":
+        st = DenoiseStage(name, sample_rate, channels, **values)
+    elif type_name == "gain":
+        st = GainStage(name, sample_rate, channels, **values)
+    elif type_name == "mix":
+        st = MixStage(name, sample_rate, channels, dry_delay=dry_delay, **values)
+    else:
+        st = build_builtin(type_name, name, sample_rate, channels, values)
+    return st
