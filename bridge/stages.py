@@ -136,6 +136,33 @@ def probe_latency(
     return worst
 
 
+class _ShapeGuard:
+    """pedalboard guesses the channel axis from an array's shape, so a block
+    with frames <= channels is misread (or refused when square). Such tiny
+    blocks wait to be joined with the next one; this is where a
+    multichannel pedalboard stage's few samples of latency come from when
+    it is streamed one frame at a time."""
+
+    def __init__(self, channels: int, pb_channels: int):
+        self.channels = channels
+        self.limit = pb_channels if pb_channels > 1 else 0
+        self.reset()
+
+    def reset(self) -> None:
+        self._pending = np.zeros((self.channels, 0), np.float32)
+
+    def take(self, x: np.ndarray) -> np.ndarray:
+        if not self.limit:
+            return x
+        if self._pending.shape[1]:
+            x = np.concatenate([self._pending, x], axis=1)
+            self._pending = self._pending[:, :0]
+        if x.shape[1] <= self.limit:
+            self._pending = x.copy()
+            return x[:, :0]
+        return x
+
+
 # --------------------------------------------------------------------------
 # runtime stage
 
@@ -318,29 +345,20 @@ class PedalboardStage(Stage):
         super().__init__(name, sample_rate, channels, params)
         self.plugin = plugin
         self.values = dict(values)
-        self._pending = np.zeros((channels, 0), np.float32)
+        self._guard = _ShapeGuard(channels, getattr(plugin, "pb_channels", channels))
         self.latency = probe_latency(self._run, self._reset_plugin, channels)
         self._fifo = _AlignedFifo(channels, self.latency)
         self._finish_init()
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        # pedalboard guesses the channel axis from the shape: a block of
-        # frames <= channels would be misread, so such tiny blocks wait for
-        # the next one (this is where a multichannel stage's few samples of
-        # latency at block size 1 come from).
-        c = getattr(self.plugin, "pb_channels", self.channels)
-        if c > 1:
-            if self._pending.shape[1]:
-                x = np.concatenate([self._pending, x], axis=1)
-                self._pending = self._pending[:, :0]
-            if x.shape[1] <= c:
-                self._pending = x.copy()
-                return x[:, :0]
+        x = self._guard.take(x)
+        if x.shape[1] == 0:
+            return x
         return self.plugin.process(x, float(self.sample_rate), buffer_size=max(1, min(x.shape[1], 8192)), reset=False)
 
     def _reset_plugin(self) -> None:
         self.plugin.reset()
-        self._pending = np.zeros((self.channels, 0), np.float32)
+        self._guard.reset()
 
     def _process(self, x: np.ndarray) -> np.ndarray:
         if x.shape[1]:
@@ -542,6 +560,8 @@ class DenoiseStage(Stage):
             self._rin = StreamResampler(sr, self.suppressor.sample_rate, channels)
             self._rout = StreamResampler(self.suppressor.sample_rate, sr, channels)
             self._skip = self.suppressor.latency
+            self._guard = _ShapeGuard(channels, channels)
+            self._guard_out = _ShapeGuard(channels, channels)
             self.latency = probe_latency(self._run_resampled, self._reset, channels)
             self._fifo = _AlignedFifo(channels, self.latency)
         self._finish_init()
@@ -557,11 +577,18 @@ class DenoiseStage(Stage):
         self._apply_strength()
 
     def _run_resampled(self, x: np.ndarray) -> np.ndarray:
-        y48 = self.suppressor.process(self._rin.process(x))
+        x = self._guard.take(x)
+        if x.shape[1] == 0:
+            return x
+        r = self._rin.process(x)
+        y48 = self.suppressor.process(r) if r.shape[1] else r
         if self._skip:  # make the suppressor's output aligned, like the resamplers'
             drop = min(self._skip, y48.shape[1])
             y48 = y48[:, drop:]
             self._skip -= drop
+        y48 = self._guard_out.take(y48)
+        if y48.shape[1] == 0:
+            return y48
         return self._rout.process(y48)
 
     def _process(self, x):
@@ -577,6 +604,8 @@ class DenoiseStage(Stage):
         if self._resampled:
             self._rin.reset()
             self._rout.reset()
+            self._guard.reset()
+            self._guard_out.reset()
             self._skip = self.suppressor.latency
             if hasattr(self, "_fifo"):
                 self._fifo.reset()

@@ -357,6 +357,10 @@ class DspSuppressor(HopSuppressor):
         np.cumsum(G, axis=1, out=cs[:, 1:])
         G = ((cs[:, self._g_hi] - cs[:, self._g_lo]) / self._g_w).astype(_F32)
         np.clip(G, gmin, _F32(1.0), out=G)
+        # DC and Nyquist bins are real (chi-square with 1 degree of
+        # freedom: twice the variance): they follow their neighbours.
+        G[:, 0] = G[:, 1]
+        G[:, -1] = G[:, -2]
         self.gain = G
 
         # meter: energy-weighted reduction of this hop

@@ -60,26 +60,10 @@ import pytest
 
 pedalboard = pytest.importorskip("pedalboard")
 
-_TESTS_DIR = pathlib.Path(__file__).resolve().parents[1]
-if str(_TESTS_DIR) not in sys.path:
-    sys.path.insert(0, str(_TESTS_DIR))
-from plugins.build import ToolchainMissing, build_qcgain  # noqa: E402
+from plugins.build import build_qcgain  # noqa: E402  (tests/ is on sys.path via conftest)
 
 SR = 48000
 PARAMS = {"gain_db", "delay_samples", "fault"}
-
-
-def _build(build_dir: pathlib.Path, channels: int = 2) -> pathlib.Path:
-    try:
-        return build_qcgain(build_dir, channels=channels)
-    except ToolchainMissing as exc:
-        pytest.skip(str(exc))
-
-
-@pytest.fixture(scope="module")
-def qcgain_vst3(tmp_path_factory) -> pathlib.Path:
-    # Module-scoped here; move it to tests/conftest.py (session scope) to share it.
-    return _build(tmp_path_factory.mktemp("qcgain"))
 
 
 @pytest.fixture
@@ -249,8 +233,8 @@ def test_stereo_plugin_refuses_mono_input(plugin):
         plugin.process(np.zeros((1, 64), np.float32), SR)
 
 
-def test_mono_variant(tmp_path_factory):
-    bundle = _build(tmp_path_factory.mktemp("qcgain_mono"), channels=1)
+def test_mono_variant(qcgain_mono_vst3):
+    bundle = qcgain_mono_vst3
     assert bundle.name == "qcgain_mono.vst3"
     mono = pedalboard.load_plugin(str(bundle))
     assert mono.name == "QC Test Gain Mono"

@@ -1,0 +1,274 @@
+"""The ``quietcast`` command line.
+
+Subcommands::
+
+    quietcast process CHAIN INPUT... -o OUTPUT   run a chain over files/folders
+    quietcast demo [-o DIR]                      clean the bundled noisy clip
+    quietcast chain check FILE                   validate a chain file
+    quietcast chain show CHAIN                   the chain, its stages and latency
+    quietcast chain types [TYPE]                 stage types and their parameters
+    quietcast models                             suppressors available here
+
+User mistakes end in one clear line on stderr (``quietcast: error: ...``)
+and a non-zero exit status, never a traceback: 2 for a bad command line,
+chain or input; 1 when some files failed to process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXIT_OK = 0
+EXIT_FAILED_FILES = 1
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed as one line, exit status 2."""
+
+
+def _chain(what: str):
+    from quietcast.bridge import Chain
+
+    return Chain.load(what)
+
+
+# --------------------------------------------------------------------------
+# process
+
+
+def cmd_process(args) -> int:
+    from quietcast.bridge.offline import Progress, plan_jobs, process_files, total_duration
+
+    chain = _chain(args.chain)
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs} is out of range: give 1 or more")
+    if args.sample_rate is not None and not (8000 <= args.sample_rate <= 192_000):
+        raise UserError(f"--sample-rate {args.sample_rate} is out of range [8000, 192000] Hz")
+    try:
+        jobs = plan_jobs(args.inputs, args.output, args.format)
+    except Exception as e:
+        raise UserError(str(e)) from None
+    # build once up front so a broken plugin or parameter is reported before any file
+    chain.check(args.sample_rate or 48_000, args.channels or 1)
+    progress = None
+    if not args.quiet:
+        progress = Progress(total_duration(jobs) if len(jobs) <= 2000 else 0.0, force=args.progress)
+    summary = process_files(
+        chain, jobs, workers=args.jobs, overwrite=args.overwrite,
+        sample_rate=args.sample_rate, channels=args.channels, progress=progress,
+    )
+    if args.json:
+        print(json.dumps({
+            "files": [r.__dict__ for r in summary.results],
+            "failed": len(summary.failed),
+            "audio_seconds": summary.audio_seconds,
+            "elapsed": summary.elapsed,
+        }, indent=2))
+    if not args.quiet or summary.failed:
+        print(summary.text(), file=sys.stderr)
+    return EXIT_FAILED_FILES if summary.failed else EXIT_OK
+
+
+# --------------------------------------------------------------------------
+# chain
+
+
+def cmd_chain_check(args) -> int:
+    chain = _chain(args.chain)
+    chain.check(args.sample_rate, args.channels)
+    print(f"{args.chain}: OK ({len(chain.stages)} stage(s))")
+    return EXIT_OK
+
+
+def cmd_chain_show(args) -> int:
+    chain = _chain(args.chain)
+    proc = chain.processor(args.sample_rate, args.channels)
+    doc = {
+        "name": chain.name,
+        "source": chain.source,
+        "sample_rate": proc.sample_rate,
+        "channels": proc.channels,
+        "latency_samples": proc.latency,
+        "latency_ms": round(1000.0 * proc.latency / proc.sample_rate, 3),
+        "stages": [
+            {"name": s.name, "type": s.type_name if s.type_name not in ("pedalboard",) else spec.type,
+             "latency_samples": s.latency, "bypass": s.bypass, "params": {p["name"]: p["value"] for p in s.describe_params()}}
+            for s, spec in zip(proc.stages, chain.stages)
+        ],
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+        return EXIT_OK
+    print(f"chain {doc['name']!r} from {doc['source']}: {len(doc['stages'])} stage(s), "
+          f"latency {proc.latency} samples = {doc['latency_ms']} ms at {proc.sample_rate} Hz, {proc.channels} ch")
+    for st in doc["stages"]:
+        params = ", ".join(f"{k}={v}" for k, v in st["params"].items() if k != "params")
+        print(f"  {st['name']:<12} {st['type']:<16} {st['latency_samples']:>6} smp  {'[bypass] ' if st['bypass'] else ''}{params}")
+    return EXIT_OK
+
+
+def cmd_chain_types(args) -> int:
+    from quietcast.bridge.stages import all_types, params_of, resolve_type
+
+    names = all_types()
+    if args.type:
+        t, prob = resolve_type(args.type)
+        if prob:
+            raise UserError(prob.message)
+        names = [t]
+    out = {}
+    for t in names:
+        out[t] = [p.describe() for p in params_of(t)]
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+        return EXIT_OK
+    for t, params in out.items():
+        print(t)
+        for p in params:
+            rng = ""
+            if p["type"] in ("float", "int"):
+                rng = f"[{p['min']}, {p['max']}] {p['unit']}".rstrip()
+            elif p["type"] == "choice":
+                rng = "one of " + ", ".join(p["choices"])
+            print(f"  {p['name']:<28} {p['type']:<6} default={p['default']!s:<10} {rng}")
+    return EXIT_OK
+
+
+def cmd_models(args) -> int:
+    from quietcast.models import available_models, create_suppressor, resolve_model
+
+    rows = []
+    for name in available_models():
+        sup = create_suppressor(name, 1)
+        rows.append({"name": name, "is": resolve_model(name), "sample_rate": sup.sample_rate,
+                     "latency_samples": sup.latency, "latency_ms": 1000.0 * sup.latency / sup.sample_rate})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            alias = f" (= {r['is']})" if r["is"] != r["name"] else ""
+            print(f"{r['name']:<12}{alias:<10} {r['sample_rate']} Hz, latency {r['latency_samples']} samples = {r['latency_ms']:.1f} ms")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
+# demo
+
+
+def cmd_demo(args) -> int:
+    from quietcast.daemon.demo import format_summary, run_demo
+
+    chain = _chain(args.chain) if args.chain else None
+    summary = run_demo(args.output, chain=chain)
+    print(format_summary(summary))
+    print(f"\nwrote {os.path.abspath(args.output)}: noisy.wav, cleaned.wav, clean_reference.wav, spectrogram.png, summary.json")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="quietcast",
+        description="Background-noise removal for broadcast audio: effect chains over files, "
+                    "a live JACK daemon (coming), ZeroMQ and MIDI control (coming).",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    pr = sub.add_parser(
+        "process", help="run a chain over audio files and folders",
+        description="Run CHAIN over audio files, folders (recursive) and glob patterns. Streams in blocks "
+                    "(any length), keeps sample rate and channel layout unless told, output is latency aligned. "
+                    "Writes a temporary file and renames it into place; never overwrites without --overwrite. "
+                    "A file that cannot be read is reported and skipped; the exit status is 1 if any file failed.",
+    )
+    pr.add_argument("chain", metavar="CHAIN", help="chain TOML file, or a bundled chain name (default, dry)")
+    pr.add_argument("inputs", metavar="INPUT", nargs="+", help="audio files, folders or glob patterns")
+    pr.add_argument("-o", "--output", required=True, metavar="OUTPUT",
+                    help="output file (one input) or folder (relative paths under input folders are kept)")
+    pr.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="files processed in parallel (default 1)")
+    pr.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    pr.add_argument("--format", metavar="EXT", help="output format for folder outputs: wav, flac, mp3, ogg, aiff")
+    pr.add_argument("--sample-rate", type=int, metavar="HZ", help="resample the output to HZ (default: keep)")
+    pr.add_argument("--channels", type=int, choices=(1, 2), help="downmix to 1 or upmix mono to 2 channels")
+    pr.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress, summary only on failure")
+    pr.add_argument("--json", action="store_true", help="print per-file results as JSON on stdout")
+    pr.set_defaults(func=cmd_process)
+
+    de = sub.add_parser("demo", help="clean the bundled noisy speech clip and report",
+                        description="Run the default chain on the bundled noisy speech clip; write before/after "
+                                    "audio, a spectrogram PNG and a levels/SNR summary.")
+    de.add_argument("-o", "--output", default="demo-out", metavar="DIR", help="output folder (default demo-out)")
+    de.add_argument("--chain", metavar="CHAIN", help="chain file or bundled name instead of the default chain")
+    de.set_defaults(func=cmd_demo)
+
+    ch = sub.add_parser("chain", help="check, show and document chains")
+    chs = ch.add_subparsers(dest="chain_command", metavar="SUBCOMMAND")
+    c1 = chs.add_parser("check", help="validate a chain (every problem at once)")
+    c2 = chs.add_parser("show", help="a chain's stages, parameters and latency")
+    for c in (c1, c2):
+        c.add_argument("chain", metavar="CHAIN", help="chain TOML file or bundled chain name")
+        c.add_argument("--sample-rate", type=int, default=48_000, metavar="HZ")
+        c.add_argument("--channels", type=int, default=1, metavar="N")
+    c1.set_defaults(func=cmd_chain_check)
+    c2.add_argument("--json", action="store_true")
+    c2.set_defaults(func=cmd_chain_show)
+    c3 = chs.add_parser("types", help="stage types and their parameters")
+    c3.add_argument("type", nargs="?", metavar="TYPE")
+    c3.add_argument("--json", action="store_true")
+    c3.set_defaults(func=cmd_chain_types)
+    ch.set_defaults(func=lambda a: _help(ch))
+
+    mo = sub.add_parser("models", help="suppressors available here, with their latency")
+    mo.add_argument("--json", action="store_true")
+    mo.set_defaults(func=cmd_models)
+    return p
+
+
+def _help(parser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("quietcast")
+    except Exception:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from quietcast.bridge.errors import BridgeError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except (UserError, BridgeError) as e:
+        msg = str(e)
+        print(f"quietcast: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as e:  # e.g. an out-of-range model parameter
+        print(f"quietcast: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("quietcast: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""Chains: spec errors (all at once, with hints), streaming invariants across
+block sizes, bypass bit-exactness, NaN safety, latency accounting, faults,
+and a chain hosting our real VST3 plugin."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from quietcast.bridge import Chain, ChainSpecError, ParameterError
+
+SR = 48_000
+BLOCKS = (1, 64, 65, 256, 8193)
+
+
+def stream(proc, x, block):
+    return np.concatenate([proc.process(x[:, i:i + block]) for i in range(0, x.shape[1], block)], axis=1)
+
+
+def spec_problems(text: str) -> list[str]:
+    with pytest.raises(ChainSpecError) as ei:
+        Chain.from_toml_string(text, source="t.toml")
+    assert isinstance(ei.value, ValueError)  # the builtin is inherited too
+    return [str(p) for p in ei.value.problems]
+
+
+# --------------------------------------------------------------------------
+# spec errors
+
+
+def test_every_problem_is_reported_at_once():
+    probs = spec_problems('''
+nmae = "x"
+[[stage]]
+name = "hp"
+type = "higpass"
+[[stage]]
+name = "nr"
+type = "denoise"
+strenght = 0.5
+[[stage]]
+name = "nr"
+type = "compressor"
+ratio = 0.2
+[[stage]]
+type = "gain"
+gain_db = "loud"
+''')
+    text = "\n".join(probs)
+    assert len(probs) == 7, text
+    assert "'nmae' (did you mean 'name'?)" in text
+    assert "unknown type 'higpass' (did you mean 'highpass'" in text
+    assert "unknown parameter 'strenght' for type 'denoise' (did you mean 'strength'?)" in text
+    assert "name 'nr' is used by an earlier stage" in text
+    assert "ratio: value 0.2 is out of range [1, 100]" in text
+    assert "missing 'name'" in text
+    # the bad value of the nameless stage is reported too
+    assert "stage 4: gain_db: value 'loud' is not a number" in text
+
+
+def test_bad_value_names_parameter_value_and_range():
+    probs = spec_problems('[[stage]]\nname = "nr"\ntype = "denoise"\nstrength = 1.5\n')
+    assert probs == ["stage 'nr': strength: value 1.5 is out of range [0, 1]"]
+
+
+def test_non_number_value():
+    probs = spec_problems('[[stage]]\nname = "g"\ntype = "gain"\ngain_db = "loud"\n')
+    assert "gain_db: value 'loud' is not a number; allowed range [-96, 24] or -inf dB" in probs[0]
+
+
+def test_invalid_toml_is_one_clear_problem():
+    probs = spec_problems('[[stage]\nname = "x"')
+    assert len(probs) == 1 and probs[0].startswith("not valid TOML")
+
+
+def test_stage_must_be_array_of_tables():
+    probs = spec_problems('[stage]\nname = "x"\ntype = "gain"\n')
+    assert "array of tables" in probs[0]
+
+
+def test_unknown_model_suggests():
+    probs = spec_problems('[[stage]]\nname = "nr"\ntype = "denoise"\nmodel = "dps"\n')
+    assert "model 'dps' is unknown (did you mean 'dsp'?)" in probs[0]
+
+
+def test_missing_plugin_path_is_named(tmp_path):
+    (tmp_path / "c.toml").write_text('[[stage]]\nname = "v"\ntype = "plugin"\npath = "nope.vst3"\n')
+    with pytest.raises(ChainSpecError) as ei:
+        Chain.from_toml(tmp_path / "c.toml")
+    # relative paths resolve against the chain file's folder
+    assert f"plugin path '{tmp_path / 'nope.vst3'}' does not exist" in str(ei.value)
+
+
+def test_plugin_without_path():
+    probs = spec_problems('[[stage]]\nname = "v"\ntype = "plugin"\n')
+    assert "needs path" in probs[0]
+
+
+def test_bad_stage_names():
+    probs = spec_problems('[[stage]]\nname = "Bad Name"\ntype = "gain"\n')
+    assert "name 'Bad Name' is not allowed" in probs[0]
+
+
+def test_unsupported_builtin_says_why():
+    probs = spec_problems('[[stage]]\nname = "p"\ntype = "pitch_shift"\n')
+    assert "not supported" in probs[0] and "stream" in probs[0]
+
+
+def test_unreadable_and_non_utf8_files(tmp_path):
+    with pytest.raises(ChainSpecError, match="cannot read chain file"):
+        Chain.from_toml(tmp_path / "missing.toml")
+    bad = tmp_path / "bin.toml"
+    bad.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ChainSpecError, match="not UTF-8"):
+        Chain.from_toml(bad)
+
+
+def test_unknown_bundled_chain_suggests():
+    with pytest.raises(ChainSpecError, match="did you mean 'default'"):
+        Chain.load("defualt")
+
+
+def test_python_api_uses_the_same_names():
+    c = Chain([{"name": "hp", "type": "highpass", "cutoff_frequency_hz": 80},
+               {"name": "nr", "type": "denoise", "strength": 0.5}])
+    assert [s.name for s in c.stages] == ["hp", "nr"]
+    assert Chain.from_dict(c.to_dict()).to_dict() == c.to_dict()
+    with pytest.raises(ChainSpecError, match="cutof_frequency_hz"):
+        Chain([{"name": "hp", "type": "highpass", "cutof_frequency_hz": 80}])
+
+
+# --------------------------------------------------------------------------
+# streaming invariants
+
+
+@pytest.mark.parametrize("sr", [48_000, 44_100])
+def test_streaming_equals_whole_for_every_block_size(noisy_speechlike, sr):
+    x = np.repeat(noisy_speechlike[0][:, : sr * 2], 2, axis=0)
+    x[1] *= 0.5
+    proc = Chain.default().processor(sr, 2)
+    whole = proc.process(x)
+    for b in BLOCKS:
+        proc.reset()
+        y = stream(proc, x, b)
+        if sr == 48_000:  # no resampler: bit-exact
+            np.testing.assert_array_equal(y, whole, err_msg=f"block size {b}")
+        else:  # the resampler's SIMD paths round differently per chunk size
+            np.testing.assert_allclose(y, whole, rtol=0, atol=1e-7, err_msg=f"block size {b}")
+
+
+def test_process_array_is_latency_aligned():
+    # a linear chain: gain then the passthrough suppressor, impulse in
+    c = Chain([{"name": "g", "type": "gain", "gain_db": -6.0},
+               {"name": "nr", "type": "denoise", "model": "passthrough"}])
+    x = np.zeros(4800, np.float32)
+    x[1000] = 1.0
+    y = c.process_array(x, SR)
+    assert y.shape == x.shape
+    assert int(np.argmax(np.abs(y))) == 1000
+    assert y[1000] == pytest.approx(10 ** (-6 / 20), rel=1e-6)
+
+
+def test_latency_is_declared_and_exact_through_resampling():
+    c = Chain([{"name": "nr", "type": "denoise", "model": "passthrough"}])
+    for sr in (48_000, 44_100, 16_000):
+        proc = c.processor(sr, 1)
+        x = np.zeros((1, sr // 2), np.float32)
+        x[0, 2000] = 1.0
+        y = stream(proc, x, 256)
+        peak = int(np.argmax(np.abs(y[0])))
+        # exact at 48 kHz; through a resampler the delay is fractional, so
+        # the peak may land one sample either side
+        tol = 0 if sr == 48_000 else 1
+        assert abs(peak - (2000 + proc.latency)) <= tol, (sr, peak, proc.latency)
+
+
+# --------------------------------------------------------------------------
+# bypass, NaN, faults, live parameter changes
+
+
+def test_bypassed_chain_is_bit_exact_delayed(noisy_speechlike):
+    x = noisy_speechlike[0]
+    c = Chain([{"name": "hp", "type": "highpass", "cutoff_frequency_hz": 200, "bypass": True},
+               {"name": "nr", "type": "denoise", "model": "dsp", "bypass": True},
+               {"name": "comp", "type": "compressor", "threshold_db": -30, "ratio": 4, "bypass": True}])
+    proc = c.processor(SR, 1)
+    assert proc.latency > 0
+    y = stream(proc, x, 256)
+    L = proc.latency
+    np.testing.assert_array_equal(y[:, L:], x[:, :-L])
+    assert not y[:, :L].any()
+
+
+def test_empty_chain_is_identity():
+    x = np.random.default_rng(0).standard_normal((2, 1000)).astype(np.float32)
+    proc = Chain.load("dry").processor(SR, 2)
+    assert proc.latency == 0
+    np.testing.assert_array_equal(proc.process(x), x)
+
+
+def test_live_bypass_toggle_crossfades_without_a_jump(noisy_speechlike):
+    x = noisy_speechlike[0]
+    c = Chain([{"name": "g", "type": "gain", "gain_db": -20.0}])
+    proc = c.processor(SR, 1)
+    a = proc.process(x[:, :4800])
+    proc.set_param("g.bypass", True)
+    b = proc.process(x[:, 4800:9600])
+    # the first sample after the switch continues from the wet signal; the
+    # block ends fully dry; no step bigger than the signal's own
+    assert b[0, 0] == pytest.approx(x[0, 4800] * 0.1, abs=1e-6)
+    assert b[0, -1] == pytest.approx(x[0, 9599], abs=1e-6)
+    steps = np.abs(np.diff(np.concatenate([a, b], axis=1)[0]))
+    assert steps.max() <= np.abs(np.diff(x[0, :9600])).max() + 1e-6
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e-39, 1e30])
+def test_nan_inf_denormal_never_come_out(bad, noisy_speechlike):
+    x = noisy_speechlike[0][:, :SR].copy()
+    x[0, ::97] = bad
+    proc = Chain.default().processor(SR, 1)
+    y = stream(proc, x, 480)
+    assert np.isfinite(y).all()
+    assert not proc.faults
+    if not np.isfinite(bad):
+        assert proc.bad_samples == len(range(0, SR, 97))
+
+
+def test_set_param_checks_range_and_names():
+    proc = Chain.default().processor(SR, 1)
+    assert proc.set_param("nr.strength", 0.5) == 0.5
+    with pytest.raises(ParameterError, match=r"nr.strength: value 2 is out of range \[0, 1\]"):
+        proc.set_param("nr.strength", 2)
+    with pytest.raises(ParameterError, match="did you mean 'comp'"):
+        proc.set_param("cmop.ratio", 2)
+    with pytest.raises(ParameterError, match="did you mean 'threshold_db'"):
+        proc.set_param("comp.treshold_db", -10)
+    with pytest.raises(ParameterError, match="NaN"):
+        proc.set_param("comp.threshold_db", math.nan)
+
+
+def test_gain_change_ramps(noisy_speechlike):
+    proc = Chain([{"name": "g", "type": "gain"}]).processor(SR, 1)
+    ones = np.ones((1, 480), np.float32)
+    proc.process(ones)
+    proc.set_param("g.gain_db", -math.inf)
+    y = proc.process(ones)[0]
+    assert y[0] == pytest.approx(1.0) and y[-1] == 0.0
+    assert np.all(np.diff(y) <= 0)
+
+
+def test_mix_blends_with_aligned_input():
+    c = Chain([{"name": "nr", "type": "denoise", "model": "passthrough"},
+               {"name": "g", "type": "gain", "gain_db": -math.inf},
+               {"name": "m", "type": "mix", "wet": 0.25}])
+    x = np.random.default_rng(3).standard_normal((1, 9600)).astype(np.float32)
+    y = c.process_array(x, SR)
+    # wet is silence, so the output is 75 % of the input, aligned
+    np.testing.assert_allclose(y, 0.75 * x, atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# the real plugin inside a chain
+
+
+def plugin_chain(path, **params):
+    return Chain([{"name": "hp", "type": "highpass", "cutoff_frequency_hz": 20},
+                  {"name": "v", "type": "plugin", "path": str(path), "params": params}])
+
+
+@pytest.mark.plugin
+@pytest.mark.parametrize("channels", [1, 2])
+def test_plugin_stage_gain_and_latency(qcgain_vst3, channels):
+    proc = plugin_chain(qcgain_vst3, gain_db=-6.0, delay_samples=100).processor(SR, channels)
+    # 100 samples of plugin delay, plus at most a few samples that let the
+    # stage take blocks as small as one frame
+    assert 100 <= proc.latency <= 104
+    x = np.zeros((channels, 4800), np.float32)
+    x[:, 10] = 1.0
+    for b in (1, 64, 4096):
+        proc.reset()
+        y = stream(proc, x, b)
+        assert int(np.argmax(np.abs(y[0]))) == 10 + proc.latency, b
+    proc.reset()
+    x = np.random.default_rng(0).standard_normal((channels, 9600)).astype(np.float32) * 0.1
+    y = proc.process(x)
+    L = proc.latency
+    ref = Chain([{"name": "hp", "type": "highpass", "cutoff_frequency_hz": 20}]).process_array(x, SR)
+    np.testing.assert_allclose(y[:, L:], ref[:, :-L] * 10 ** (-6 / 20), atol=1e-5)
+
+
+@pytest.mark.plugin
+def test_plugin_parameter_set_live_is_exact(qcgain_vst3):
+    proc = plugin_chain(qcgain_vst3).processor(SR, 2)
+    proc.set_param("v.gain_db", -6.0)
+    assert proc.stage("v").plugin.instances[0].gain_db == pytest.approx(-6.0, abs=1e-4)
+    with pytest.raises(ParameterError, match=r"gain_db: value 30 is out of range \[-60, 24\]"):
+        proc.set_param("v.gain_db", 30)
+
+
+@pytest.mark.plugin
+def test_unknown_plugin_parameter_lists_the_real_ones(qcgain_vst3):
+    with pytest.raises(ChainSpecError) as ei:
+        plugin_chain(qcgain_vst3, gain=-6.0).processor(SR, 2)
+    msg = str(ei.value)
+    assert "unknown parameter (did you mean 'gain_db'?)" in msg
+    assert "gain_db, delay_samples, fault" in msg
+
+
+@pytest.mark.plugin
+def test_plugin_that_is_not_a_plugin(tmp_path):
+    fake = tmp_path / "fake.vst3"
+    fake.mkdir()
+    with pytest.raises(ChainSpecError, match=r"plugin '.*fake.vst3': could not be loaded"):
+        Chain([{"name": "v", "type": "plugin", "path": str(fake)}]).processor(SR, 1)
+
+
+@pytest.mark.plugin
+def test_faulty_plugin_is_isolated_to_its_stage(qcgain_vst3):
+    proc = plugin_chain(qcgain_vst3).processor(SR, 2)
+    x = np.random.default_rng(1).standard_normal((2, 4800)).astype(np.float32) * 0.1
+    proc.process(x)
+    proc.set_param("v.fault", True)  # the plugin now outputs NaN
+    y = proc.process(x)
+    assert np.isfinite(y).all()
+    assert "v" in proc.faults and "NaN" in proc.faults["v"]
+    # from then on the stage passes its input through at the same latency
+    y2 = proc.process(x)
+    assert np.isfinite(y2).all() and np.abs(y2).max() > 0
+
+
+@pytest.mark.plugin
+def test_mono_plugin_on_a_stereo_chain_runs_per_channel(qcgain_mono_vst3):
+    c = Chain([{"name": "v", "type": "plugin", "path": str(qcgain_mono_vst3), "params": {"gain_db": -12.0}}])
+    x = np.random.default_rng(2).standard_normal((2, 4800)).astype(np.float32) * 0.1
+    y = c.process_array(x, SR)
+    np.testing.assert_allclose(y, x * 10 ** (-12 / 20), atol=1e-5)
