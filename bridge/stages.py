@@ -546,7 +546,7 @@ class DenoiseStage(Stage):
         self.suppressor = create_suppressor(model, channels)
         self.model = self.suppressor.name
         if max_attenuation_db is None:
-            max_attenuation_db = float(getattr(self.suppressor, "max_attenuation_db", 30.0))
+            max_attenuation_db = float(self.suppressor.PARAMS["strength_db"][2])
         self.values = {"model": model, "strength": strength, "max_attenuation_db": max_attenuation_db}
         self._apply_strength()
         sr = self.sample_rate

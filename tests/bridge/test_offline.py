@@ -1,0 +1,157 @@
+"""Offline processing of files and folders: layout kept, latency aligned,
+no data lost (temp + rename, no overwrite, corrupt inputs skipped)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from pedalboard.io import AudioFile
+
+from quietcast.bridge import Chain
+from quietcast.bridge.errors import BridgeError
+from quietcast.bridge.offline import plan_jobs, process_file, process_files
+
+
+def write(path, x, sr, **kw):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with AudioFile(str(path), "w", sr, x.shape[0], **kw) as f:
+        f.write(x)
+
+
+def read(path):
+    with AudioFile(str(path)) as f:
+        return f.read(f.frames), f.samplerate, f.file_dtype
+
+
+def sig(ch, n, seed=0):
+    return (np.random.default_rng(seed).standard_normal((ch, n)) * 0.1).astype(np.float32)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    src = tmp_path / "in"
+    write(src / "a.wav", sig(2, 44_100 * 2), 44_100)
+    write(src / "sub" / "b.flac", sig(1, 48_000 * 3, 1), 48_000)
+    (src / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt junk junk junk" * 40)
+    (src / "notes.txt").write_text("not audio, ignored")
+    return src
+
+
+def leftovers(folder):
+    return [f for _, _, fs in os.walk(folder) for f in fs if ".qc-tmp-" in f]
+
+
+def test_folder_with_a_corrupt_file(tree, tmp_path):
+    out = tmp_path / "out"
+    jobs = plan_jobs([str(tree)], str(out))
+    assert sorted(os.path.relpath(j.dst, out) for j in jobs) == ["a.wav", "broken.wav", os.path.join("sub", "b.flac")]
+    s = process_files(Chain.default(), jobs)
+    assert len(s.failed) == 1 and s.failed[0].src.endswith("broken.wav")
+    assert "cannot be read as audio" in s.failed[0].error
+    assert (out / "a.wav").exists() and (out / "sub" / "b.flac").exists()
+    assert not (out / "broken.wav").exists()
+    assert leftovers(out) == []
+    assert "1 failed" in s.text() and "FAILED" in s.text()
+
+
+def test_layout_rate_length_and_depth_are_kept(tree, tmp_path):
+    dst = tmp_path / "a_out.wav"
+    r = process_file(Chain.default(), str(tree / "a.wav"), str(dst))
+    assert r.ok, r.error
+    y, sr, dtype = read(dst)
+    x, sr_in, dtype_in = read(tree / "a.wav")
+    assert (sr, y.shape, dtype) == (sr_in, x.shape, dtype_in)
+    assert r.seconds == pytest.approx(2.0)
+
+
+def test_output_is_latency_aligned_and_equals_in_memory(tmp_path):
+    x = np.zeros((1, 48_000), np.float32)
+    x[0, 5000] = 0.5
+    write(tmp_path / "imp.wav", x, 48_000, bit_depth=32)
+    chain = Chain([{"name": "g", "type": "gain", "gain_db": -6.0},
+                   {"name": "nr", "type": "denoise", "model": "passthrough"}])
+    r = process_file(chain, str(tmp_path / "imp.wav"), str(tmp_path / "o.wav"), block=1000)
+    assert r.ok, r.error
+    y, _, _ = read(tmp_path / "o.wav")
+    assert y.shape == x.shape and int(np.argmax(np.abs(y))) == 5000
+    np.testing.assert_allclose(y, chain.process_array(x, 48_000), atol=1e-7)
+
+
+def test_refuses_to_overwrite_without_flag(tree, tmp_path):
+    dst = tmp_path / "o.wav"
+    dst.write_bytes(b"precious")
+    r = process_file(Chain.load("dry"), str(tree / "a.wav"), str(dst))
+    assert not r.ok and "--overwrite" in r.error
+    assert dst.read_bytes() == b"precious"
+    r = process_file(Chain.load("dry"), str(tree / "a.wav"), str(dst), overwrite=True)
+    assert r.ok and read(dst)[0].shape == (2, 88_200)
+
+
+def test_failure_midway_leaves_no_partial_output(tmp_path, qcgain_vst3):
+    x = sig(2, 48_000 * 2)
+    write(tmp_path / "in.wav", x, 48_000)
+    chain = Chain([{"name": "v", "type": "plugin", "path": str(qcgain_vst3)}])
+    dst = tmp_path / "o.wav"
+    calls = {"n": 0}
+
+    def turn_faulty(_sec):
+        calls["n"] += 1
+        if calls["n"] == 2:  # after the second block the plugin starts emitting NaN
+            from quietcast.bridge.offline import _PROC_CACHE
+
+            for proc in _PROC_CACHE.values():
+                if proc.chain is chain:
+                    proc.set_param("v.fault", True)
+
+    r = process_file(chain, str(tmp_path / "in.wav"), str(dst), block=4800, on_progress=turn_faulty)
+    assert not r.ok and "stage 'v' failed" in r.error and "NaN" in r.error
+    assert not dst.exists() and leftovers(tmp_path) == []
+
+
+def test_nan_samples_in_a_float_file_are_reported_and_cleaned(tmp_path):
+    x = sig(1, 48_000)
+    x[0, 100:200] = np.nan
+    write(tmp_path / "nan.wav", x, 48_000, bit_depth=32)
+    r = process_file(Chain.default(), str(tmp_path / "nan.wav"), str(tmp_path / "o.wav"))
+    assert r.ok
+    assert any("100 NaN/Inf" in w for w in r.warnings)
+    y, _, _ = read(tmp_path / "o.wav")
+    assert np.isfinite(y).all()
+
+
+def test_resample_and_downmix_when_told(tree, tmp_path):
+    r = process_file(Chain.default(), str(tree / "a.wav"), str(tmp_path / "o.flac"), sample_rate=16_000, channels=1)
+    assert r.ok, r.error
+    y, sr, _ = read(tmp_path / "o.flac")
+    assert sr == 16_000 and y.shape[0] == 1 and abs(y.shape[1] - 32_000) <= 2
+
+
+def test_parallel_jobs_give_the_same_bytes(tree, tmp_path):
+    a, b = tmp_path / "one", tmp_path / "two"
+    s1 = process_files(Chain.default(), plan_jobs([str(tree)], str(a)), workers=1)
+    s2 = process_files(Chain.default(), plan_jobs([str(tree)], str(b)), workers=2)
+    assert len(s1.failed) == len(s2.failed) == 1
+    for rel in ("a.wav", os.path.join("sub", "b.flac")):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes()
+
+
+def test_plan_errors(tree, tmp_path):
+    with pytest.raises(BridgeError, match="no such file or folder"):
+        plan_jobs([str(tmp_path / "nope.wav")], str(tmp_path / "o"))
+    with pytest.raises(BridgeError, match="pattern matches no file"):
+        plan_jobs([str(tmp_path / "*.ogg")], str(tmp_path / "o"))
+    with pytest.raises(BridgeError, match="single file but there are 3 inputs"):
+        plan_jobs([str(tree)], str(tmp_path / "o.wav"))
+    with pytest.raises(BridgeError, match="output format '.xyz' is not supported"):
+        plan_jobs([str(tree)], str(tmp_path / "o"), fmt="xyz")
+    jobs = plan_jobs([str(tree / "*.wav")], str(tmp_path / "o"), fmt="flac")
+    assert sorted(os.path.basename(j.dst) for j in jobs) == ["a.flac", "broken.flac"]
+
+
+def test_empty_audio_file_is_reported(tmp_path):
+    write(tmp_path / "empty.wav", np.zeros((1, 0), np.float32), 48_000)
+    r = process_file(Chain.default(), str(tmp_path / "empty.wav"), str(tmp_path / "o.wav"))
+    assert not r.ok and "no audio frames" in r.error
+    assert not (tmp_path / "o.wav").exists()

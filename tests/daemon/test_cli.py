@@ -1,0 +1,109 @@
+"""The real ``quietcast`` command, run as a user would run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from pedalboard.io import AudioFile
+
+EXE = shutil.which("quietcast")
+
+
+def qc(*args, cwd=None):
+    cmd = [EXE] if EXE else [sys.executable, "-m", "quietcast.daemon"]
+    return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_console_script_is_installed():
+    assert EXE, "pip install should put the 'quietcast' console script on PATH"
+
+
+@pytest.mark.parametrize("args", [[], ["process"], ["demo"], ["chain"], ["chain", "check"], ["chain", "show"],
+                                  ["chain", "types"], ["models"]])
+def test_help_on_every_level(args):
+    r = qc(*args, "--help")
+    assert r.returncode == 0 and "usage: quietcast" in r.stdout
+
+
+def test_no_command_prints_help_and_fails():
+    r = qc()
+    assert r.returncode == 2 and "usage" in r.stderr
+
+
+@pytest.fixture
+def folder(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    x = (np.random.default_rng(0).standard_normal((1, 48_000)) * 0.1).astype(np.float32)
+    for name in ("one.wav", "two.wav"):
+        with AudioFile(str(d / name), "w", 48_000, 1) as f:
+            f.write(x)
+    (d / "zz_corrupt.flac").write_bytes(b"fLaC" + os.urandom(3000))
+    return d
+
+
+def test_process_folder_with_corrupt_file(folder, tmp_path):
+    out = tmp_path / "out"
+    r = qc("process", "default", folder, "-o", out, "--jobs", 2, "--json")
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["failed"] == 1
+    bad = [f for f in doc["files"] if not f["ok"]]
+    assert bad[0]["src"].endswith("zz_corrupt.flac")
+    assert "FAILED: " in r.stderr and "zz_corrupt.flac" in r.stderr
+    assert sorted(os.listdir(out)) == ["one.wav", "two.wav"]
+    assert "Traceback" not in r.stderr
+
+
+def test_rerun_without_overwrite_refuses_and_keeps_outputs(folder, tmp_path):
+    out = tmp_path / "out"
+    assert qc("process", "dry", folder / "one.wav", "-o", out / "x.wav").returncode == 0
+    before = (out / "x.wav").read_bytes()
+    r = qc("process", "default", folder / "one.wav", "-o", out / "x.wav")
+    assert r.returncode == 1 and "--overwrite" in r.stderr
+    assert (out / "x.wav").read_bytes() == before
+    assert qc("process", "default", folder / "one.wav", "-o", out / "x.wav", "--overwrite").returncode == 0
+    assert (out / "x.wav").read_bytes() != before
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["process", "nope.toml", "x.wav", "-o", "y.wav"], "cannot read chain file"),
+    (["process", "default", "missing.wav", "-o", "y.wav"], "input not found: missing.wav"),
+    (["process", "default", "in", "-o", "o", "--jobs", "0"], "--jobs 0 is out of range"),
+    (["process", "defualt", "in", "-o", "o"], "did you mean 'default'"),
+    (["chain", "types", "higpass"], "did you mean 'highpass'"),
+])
+def test_user_mistakes_are_one_clear_line(args, needle, folder, tmp_path):
+    (tmp_path / "in").mkdir(exist_ok=True)
+    r = qc(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert needle in r.stderr and r.stderr.startswith("quietcast: error:")
+    assert "Traceback" not in r.stderr
+
+
+def test_chain_check_lists_all_problems(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text('[[stage]]\nname = "a"\ntype = "gian"\n[[stage]]\nname = "b"\ntype = "compressor"\nratio = 0\n')
+    r = qc("chain", "check", f)
+    assert r.returncode == 2
+    assert "2 problems" in r.stderr and "did you mean 'gain'" in r.stderr and "ratio: value 0 is out of range" in r.stderr
+
+
+def test_chain_show_reports_latency():
+    r = qc("chain", "show", "default", "--json")
+    assert r.returncode == 0
+    doc = json.loads(r.stdout)
+    assert doc["latency_samples"] == sum(s["latency_samples"] for s in doc["stages"]) > 0
+    assert doc["latency_ms"] == pytest.approx(1000 * doc["latency_samples"] / 48_000, abs=1e-3)
+
+
+def test_models_lists_dsp():
+    r = qc("models", "--json")
+    names = {m["name"] for m in json.loads(r.stdout)}
+    assert {"default", "dsp", "passthrough"} <= names
