@@ -25,11 +25,15 @@ Figures (all in dB; "in" = the noisy input, "out" = the chain's output):
   with the clean reference scaled by the least-squares gain first, so a pure
   level change is not counted as error.
 - ``noise_floor_in_dbfs`` / ``noise_floor_out_dbfs`` /
-  ``noise_floor_reduction_db``: RMS over the noise-only lead-in (from
-  ``lead_in_start_s``, skipping the suppressor's first noise-estimate
-  convergence, to the end of the lead-in), noisy vs processed.
+  ``noise_floor_reduction_db``: RMS over the noise-only lead-in
+  (``noise_floor_window_s``: 0.25-1.0 s, skipping the suppressor's first
+  noise-estimate convergence), noisy vs processed.
 - ``pause_noise_reduction_db``: the same over the pauses between and after
-  the utterances (noise-only frames after the lead-in).
+  the utterances (noise-only stretches after the lead-in, at least 100 ms
+  from any voice frame): whether the suppression holds once people talk.
+- ``*_a`` variants (``noise_floor_reduction_db_a`` ...): the same figures
+  A-weighted, closer to how loud the residual noise sounds (unweighted
+  figures are dominated by low-frequency rumble).
 - ``speech_level_change_db``: level of the voice itself in the output vs in
   the clean reference, over voice-active 20 ms frames: 20 log10 of the
   least-squares gain of the clean reference in the output. It is what the
@@ -61,7 +65,7 @@ VOICE_RANGE_DB = 30.0    # frames within this of the loud frames are voice-activ
 OUTPUT_FILES = ("noisy.wav", "cleaned.wav", "clean_reference.wav", "spectrogram.png", "summary.json")
 
 __all__ = [
-    "SR", "OUTPUT_FILES", "assets_dir", "load_clip", "voice_mask", "analyse",
+    "SR", "OUTPUT_FILES", "assets_dir", "load_clip", "voice_mask", "a_weighted", "analyse",
     "write_report", "plot_spectrograms", "format_summary", "run_demo",
 ]
 
@@ -124,6 +128,20 @@ def _si_sdr(est: np.ndarray, ref: np.ndarray) -> float:
     return _db(_energy(target)) - _db(_energy(est - target))
 
 
+def a_weighted(x: np.ndarray, sr: int = SR) -> np.ndarray:
+    """``x`` through the IEC 61672 A-weighting curve (zero phase, FFT;
+    0 dB at 1 kHz): level figures that follow loudness of the noise rather
+    than its inaudible low-frequency energy."""
+    x = np.asarray(x, np.float64)
+    n = len(x)
+    nfft = 1 << int(np.ceil(np.log2(max(2 * n, 2))))
+    f2 = np.fft.rfftfreq(nfft, 1 / sr) ** 2
+    ra = (12194.0**2 * f2**2) / (
+        (f2 + 20.6**2) * np.sqrt((f2 + 107.7**2) * (f2 + 737.9**2)) * (f2 + 12194.0**2))
+    ra *= 10 ** (2.0 / 20)
+    return np.fft.irfft(np.fft.rfft(x, nfft) * ra, nfft)[:n]
+
+
 def voice_mask(clean: np.ndarray, sr: int = SR) -> np.ndarray:
     """Per-sample boolean: inside a 20 ms frame whose clean level is within
     30 dB of the loud frames (95th percentile)."""
@@ -169,6 +187,7 @@ def analyse(
         "input_si_sdr_db": _si_sdr(noisy, clean),
         "output_si_sdr_db": _si_sdr(out, clean),
     }
+    noisy_a, out_a = a_weighted(noisy, sr), a_weighted(out, sr)
     # noise floor on the lead-in (noise only)
     a, b = int(lead_in_skip_s * sr), int(lead_in_s * sr)
     if b - a >= int(0.1 * sr):
@@ -176,15 +195,25 @@ def analyse(
         d["noise_floor_in_dbfs"] = _rms_dbfs(noisy[a:b])
         d["noise_floor_out_dbfs"] = _rms_dbfs(out[a:b])
         d["noise_floor_reduction_db"] = d["noise_floor_in_dbfs"] - d["noise_floor_out_dbfs"]
+        d["noise_floor_in_dbfs_a"] = _rms_dbfs(noisy_a[a:b])
+        d["noise_floor_out_dbfs_a"] = _rms_dbfs(out_a[a:b])
+        d["noise_floor_reduction_db_a"] = d["noise_floor_in_dbfs_a"] - d["noise_floor_out_dbfs_a"]
     # voice-active and pause regions (from the clean reference)
     voice = voice_mask(clean, sr)
     # pauses: noise-only after the lead-in, 100 ms away from any voice frame
     guard = int(0.1 * sr)
-    near = np.convolve(voice.astype(np.float32), np.ones(2 * guard + 1, np.float32), "same") > 0
+    cs = np.concatenate([[0], np.cumsum(voice, dtype=np.int64)])
+    idx = np.arange(n)
+    near = cs[np.minimum(idx + guard + 1, n)] - cs[np.maximum(idx - guard, 0)] > 0
     pause = ~near
     pause[: b] = False
     if pause.sum() >= int(0.1 * sr):
-        d["pause_noise_reduction_db"] = _rms_dbfs(noisy[pause]) - _rms_dbfs(out[pause])
+        d["pause_noise_in_dbfs"] = _rms_dbfs(noisy[pause])
+        d["pause_noise_out_dbfs"] = _rms_dbfs(out[pause])
+        d["pause_noise_reduction_db"] = d["pause_noise_in_dbfs"] - d["pause_noise_out_dbfs"]
+        d["pause_noise_in_dbfs_a"] = _rms_dbfs(noisy_a[pause])
+        d["pause_noise_out_dbfs_a"] = _rms_dbfs(out_a[pause])
+        d["pause_noise_reduction_db_a"] = d["pause_noise_in_dbfs_a"] - d["pause_noise_out_dbfs_a"]
         d["pause_s"] = float(pause.sum() / sr)
     if voice.any():
         c, y, x = clean[voice], out[voice], noisy[voice]
@@ -212,11 +241,14 @@ def analyse(
     return _rounded(d)
 
 
-def _rounded(v: Any) -> Any:
+_FINE = ("processing_s", "realtime_factor")
+
+
+def _rounded(v: Any, key: str = "") -> Any:
     if isinstance(v, float):
-        return round(v, 4) if abs(v) < 1 else round(v, 2)
+        return round(v, 4 if key in _FINE else 2)
     if isinstance(v, dict):
-        return {k: _rounded(x) for k, x in v.items()}
+        return {k: _rounded(x, k) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_rounded(x) for x in v]
     return v
@@ -229,13 +261,21 @@ def format_summary(d: dict) -> str:
         v = d.get(key)
         return "—" if v is None else (fmt.format(v) + (f" {unit}" if unit else ""))
 
+    def less(key: str) -> str:
+        return "—" if d.get(key) is None else f"{d[key]:.1f} dB less"
+
     rows = [
         ("", "input", "output", "change"),
         ("SNR (vs clean)", f("input_snr_db", fmt="{:.1f}"), f("output_snr_db", fmt="{:.1f}"), f("snr_improvement_db")),
         ("SI-SDR", f("input_si_sdr_db", fmt="{:.1f}"), f("output_si_sdr_db", fmt="{:.1f}"), f("si_sdr_improvement_db")),
-        ("noise floor (lead-in)", f("noise_floor_in_dbfs", "dBFS", "{:.1f}"), f("noise_floor_out_dbfs", "dBFS", "{:.1f}"),
-         f("noise_floor_reduction_db", fmt="{:.1f}") + " less" if "noise_floor_reduction_db" in d else "—"),
-        ("noise in pauses", "", "", f("pause_noise_reduction_db", fmt="{:.1f}") + " less" if "pause_noise_reduction_db" in d else "—"),
+        ("noise floor, lead-in", f("noise_floor_in_dbfs", "dBFS", "{:.1f}"), f("noise_floor_out_dbfs", "dBFS", "{:.1f}"),
+         less("noise_floor_reduction_db")),
+        ("  A-weighted", f("noise_floor_in_dbfs_a", "dBFS", "{:.1f}"), f("noise_floor_out_dbfs_a", "dBFS", "{:.1f}"),
+         less("noise_floor_reduction_db_a")),
+        ("noise in pauses", f("pause_noise_in_dbfs", "dBFS", "{:.1f}"), f("pause_noise_out_dbfs", "dBFS", "{:.1f}"),
+         less("pause_noise_reduction_db")),
+        ("  A-weighted", f("pause_noise_in_dbfs_a", "dBFS", "{:.1f}"), f("pause_noise_out_dbfs_a", "dBFS", "{:.1f}"),
+         less("pause_noise_reduction_db_a")),
         ("speech RMS (voice frames)", f("speech_rms_in_dbfs", "dBFS", "{:.1f}"), f("speech_rms_out_dbfs", "dBFS", "{:.1f}"), ""),
         ("voice level (vs clean)", "", "", f("speech_level_change_db")),
         ("peak", f("peak_in_dbfs", "dBFS", "{:.1f}"), f("peak_out_dbfs", "dBFS", "{:.1f}"), ""),
@@ -405,21 +445,3 @@ def run_demo(out_dir: str, chain=None, overwrite: bool = True) -> dict:
     summary = analyse(clean, noisy, processed, SR, latency_samples=proc.latency, processing_s=elapsed, extra=extra)
     write_report(out_dir, clean, noisy, processed, summary, SR, overwrite=True)
     return summary
-
-
-def main(argv=None) -> int:  # a stand-in until the CLI wires ``quietcast demo``
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m quietcast.daemon.demo", description="run the offline demo")
-    ap.add_argument("out_dir", nargs="?", default="quietcast-demo")
-    ap.add_argument("--chain", default=None, help="bundled chain name or TOML path (default: default)")
-    ap.add_argument("--no-overwrite", action="store_true")
-    a = ap.parse_args(argv)
-    d = run_demo(a.out_dir, a.chain, overwrite=not a.no_overwrite)
-    print(format_summary(d))
-    print(f"wrote {', '.join(OUTPUT_FILES)} to {a.out_dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
