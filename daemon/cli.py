@@ -2,6 +2,8 @@
 
 Subcommands::
 
+    quietcast run [-c CONFIG] [--server NAME]    the live JACK daemon
+    quietcast config check|show|schema           daemon configs
     quietcast process CHAIN INPUT... -o OUTPUT   run a chain over files/folders
     quietcast demo [-o DIR]                      clean the bundled noisy clip
     quietcast chain check FILE                   validate a chain file
@@ -156,6 +158,56 @@ def cmd_models(args) -> int:
 
 
 # --------------------------------------------------------------------------
+# run, config
+
+
+def cmd_run(args) -> int:
+    from .config import DEFAULT_CONFIG_PATH, load_config
+    from .service import Daemon, setup_logging
+
+    cfg = load_config(args.config or DEFAULT_CONFIG_PATH)  # every problem at once, nothing started
+    for ch in cfg.channels:  # build each chain once: a plugin that will not load stops us here
+        if ch.chain_spec is not None:
+            ch.chain_spec.check(48_000, 1)
+    setup_logging(args.log_level)
+    _set_threads(cfg.engine.threads)
+    d = Daemon(cfg, server=args.server)
+    d.install_signal_handlers()
+    return d.run()
+
+
+def _set_threads(n: int) -> None:
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
+def cmd_config_check(args) -> int:
+    from .config import cmd_config_check as check
+
+    ok, text = check(args.file)
+    if ok:
+        print(text)
+        return EXIT_OK
+    print(f"quietcast: error: {text}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_config_show(args) -> int:
+    from .config import cmd_config_show as show
+
+    print(show(args.file), end="")
+    return EXIT_OK
+
+
+def cmd_config_schema(args) -> int:
+    from .config import cmd_config_schema as schema
+
+    print(schema(as_json=args.json))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
 # demo
 
 
@@ -175,8 +227,8 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="quietcast",
-        description="Background-noise removal for broadcast audio: effect chains over files, "
-                    "a live JACK daemon (coming), ZeroMQ and MIDI control (coming).",
+        description="Background-noise removal for broadcast audio: a live multi-channel JACK daemon "
+                    "and the same effect chains over files.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -225,6 +277,31 @@ def build_parser() -> argparse.ArgumentParser:
     c3.add_argument("--json", action="store_true")
     c3.set_defaults(func=cmd_chain_types)
     ch.set_defaults(func=lambda a: _help(ch))
+
+    ru = sub.add_parser(
+        "run", help="run the live daemon in the JACK graph",
+        description="Start the live daemon: one JACK client with an input and output port per configured channel "
+                    "(plus voice/background stems), all channels cleaned in one batch at a fixed, declared latency "
+                    "(reported on the ports and in the log). Waits for the JACK server and reconnects when it comes "
+                    "back. SIGTERM/SIGINT fade out and stop; a second SIGINT exits at once.",
+    )
+    ru.add_argument("-c", "--config", metavar="FILE", help="daemon config (default: the shipped example, `quietcast config show`)")
+    ru.add_argument("--server", metavar="NAME", help="JACK server name (overrides [jack] server)")
+    ru.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    ru.set_defaults(func=cmd_run)
+
+    co = sub.add_parser("config", help="check and show daemon configs")
+    cos = co.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    k1 = cos.add_parser("check", help="validate a config file (every problem at once)")
+    k1.add_argument("file", metavar="FILE")
+    k1.set_defaults(func=cmd_config_check)
+    k2 = cos.add_parser("show", help="print the effective config (defaults filled in) as TOML")
+    k2.add_argument("file", metavar="FILE", nargs="?", help="config file (default: the shipped example)")
+    k2.set_defaults(func=cmd_config_show)
+    k3 = cos.add_parser("schema", help="every config key with its type, range and default")
+    k3.add_argument("--json", action="store_true")
+    k3.set_defaults(func=cmd_config_schema)
+    co.set_defaults(func=lambda a: _help(co))
 
     mo = sub.add_parser("models", help="suppressors available here, with their latency")
     mo.add_argument("--json", action="store_true")

@@ -66,3 +66,88 @@ def noisy_speechlike(rng):
     pink = np.convolve(white, np.exp(-np.arange(64) / 16.0), mode="same")
     noise = 0.02 * pink / pink.std()
     return (speech + noise)[None, :].astype(np.float32), speech.astype(np.float32), noise.astype(np.float32)
+
+
+# --------------------------------------------------------------------------
+# a private JACK server (jackd --no-realtime -d dummy), unique per session
+
+
+class JackServer:
+    """A private ``jackd -d dummy`` with a unique name; ``restart()`` kills
+    and starts it again (same name, same settings)."""
+
+    def __init__(self, name: str, rate: int = 48_000, period: int = 256):
+        self.name, self.rate, self.period = name, rate, period
+        self.proc = None
+        self.log = pathlib.Path(f"/tmp/{name}.log")
+
+    def start(self, timeout: float = 10.0) -> "JackServer":
+        import shutil
+        import subprocess
+        import time
+
+        jackd = shutil.which("jackd")
+        if not jackd:
+            if os.environ.get("CI"):
+                pytest.fail("CI must install jackd2 (jackd not on PATH)")
+            pytest.skip("jackd not installed (apt-get install jackd2)")
+        env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1", JACK_NO_START_SERVER="1")
+        self.proc = subprocess.Popen(
+            [jackd, "-n", self.name, "--no-realtime", "-d", "dummy", "-r", str(self.rate), "-p", str(self.period)],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        import jack
+
+        while time.monotonic() < deadline:
+            try:
+                c = jack.Client("probe", servername=self.name, no_start_server=True)
+                c.close()
+                return self
+            except jack.JackError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"jackd exited: {self.log.read_text()[-2000:]}")
+                time.sleep(0.05)
+        raise RuntimeError(f"jackd {self.name} did not start in {timeout} s")
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.proc = None
+
+    def restart(self) -> "JackServer":
+        self.stop()
+        return self.start()
+
+
+@pytest.fixture(scope="session")
+def jack_servers():
+    """Factory: ``jack_servers(period=256, rate=48000)`` -> a running
+    private server, shared by the session for the same settings."""
+    import uuid
+
+    made: dict = {}
+    tag = uuid.uuid4().hex[:6]
+
+    def get(period: int = 256, rate: int = 48_000) -> JackServer:
+        key = (period, rate)
+        srv = made.get(key)
+        if srv is None or srv.proc is None or srv.proc.poll() is not None:
+            srv = JackServer(f"qct{os.getpid()}{tag}p{period}r{rate}", rate, period).start()
+            made[key] = srv
+        return srv
+
+    yield get
+    for srv in made.values():
+        srv.stop()
+
+
+@pytest.fixture
+def jack_server(jack_servers):
+    return jack_servers(256)

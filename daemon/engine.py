@@ -1,0 +1,344 @@
+"""The real-time engine: every hop (10 ms), all channels in one batch.
+
+Per hop, for the block ``x[N, H]`` of all N channels::
+
+    x * input gain -> suppressor (one batched call; voice estimate v)
+    background b = x_aligned - v
+    main = v + r * b            r from strength (floor on attenuation) and
+                                background_db (remix level), per channel
+    -> the channel's post-chain (pedalboard / plugins / our stages)
+    -> bypass crossfade (to the input delayed by the same latency, bit-exact)
+    -> mute, output gain -> meters -> output ring
+
+Parameters are read once per hop from an immutable snapshot
+(:meth:`Engine.set_params` swaps the whole tuple), and every change is
+ramped over one hop: no zipper noise, no click on bypass or mute.
+
+Timing and latency. The engine processes hop ``k`` (input frames
+``[kH, (k+1)H)``) once the JACK callback has published it, and writes the
+result at output frames ``[kH + B, (k+1)H + B)``. ``B`` is the smallest
+buffering that lets every hop's output be ready before the callback needs
+it for any JACK period ``P`` (``H + P - gcd(H, P)``), plus ``safety_ms``
+for the engine's own compute time. The daemon's latency is therefore fixed
+and declared::
+
+    latency = suppressor latency + longest post-chain latency + B
+
+Channels with shorter post-chains are padded so all channels stay aligned
+with one another. If the engine misses a deadline, the callback plays the
+dry input delayed by exactly this latency (see jackio.py) and counts it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from quietcast.bridge.stages import DelayLine, DenoiseStage
+
+from . import jackio
+
+
+@dataclass(frozen=True)
+class ChannelParams:
+    """Live parameters of one channel (an immutable snapshot)."""
+
+    strength: float = 1.0  # 0..1 share of the engine's max attenuation
+    input_gain_db: float = 0.0
+    output_gain_db: float = 0.0  # -inf = silence
+    background_db: float = -math.inf  # background remixed into the main output
+    bypass: bool = False
+    mute: bool = False
+
+
+def _lin(db: float) -> float:
+    return 0.0 if db == -math.inf else 10.0 ** (db / 20.0)
+
+
+def buffering(hop: int, period: int, safety: int) -> int:
+    """Frames of buffering so that every hop's output is ready in time for
+    a JACK period of ``period`` frames: ``hop + period - gcd(hop, period)``
+    plus ``safety`` frames for compute time."""
+    return hop + period - math.gcd(hop, period) + safety
+
+
+@dataclass
+class EngineStats:
+    hops: int = 0
+    late_hops: int = 0  # finished after the callback had passed their slot
+    skipped_hops: int = 0  # dropped to catch up after a stall
+    stalls: int = 0
+
+
+class Engine:
+    """All channels' processing. Build on the main thread (hosted plugins
+    must be loaded there); :meth:`run` on the engine thread.
+
+    Args:
+        channels: channel configs (``name``, ``chain`` (a bridge Chain or
+            None), ``stems`` and the :class:`ChannelParams` fields).
+        sample_rate: the JACK server's rate.
+        model, max_attenuation_db, safety_ms, max_backlog_ms: engine settings.
+    """
+
+    def __init__(self, channels: list[Any], sample_rate: int, *, model: str = "default",
+                 max_attenuation_db: float | None = None, safety_ms: float = 10.0,
+                 max_backlog_ms: float = 500.0, slow_hop_s: float = 0.0):
+        self.sample_rate = int(sample_rate)
+        self.names = [c.name for c in channels]
+        self.stems = [bool(getattr(c, "stems", False)) for c in channels]
+        n = self.n = len(channels)
+        self.hop = max(1, round(self.sample_rate / 100))
+        self.safety = int(round(safety_ms * self.sample_rate / 1000.0))
+        self.max_backlog = int(max_backlog_ms * self.sample_rate / 1000.0)
+        self.slow_hop_s = slow_hop_s  # test hook: an injected slow stage
+        self.sup = DenoiseStage("nr", self.sample_rate, n, model=model, strength=1.0,
+                                max_attenuation_db=max_attenuation_db)
+        self.model = self.sup.model
+        self.max_attenuation_db = self.sup.values["max_attenuation_db"]
+        ls = self.sup.latency
+        self.chains = [c.chain.processor(self.sample_rate, 1) if getattr(c, "chain", None) else None for c in channels]
+        lc = [p.latency if p else 0 for p in self.chains]
+        lmax = max(lc) if lc else 0
+        self.chain_pad = [DelayLine(1, lmax - L) for L in lc]
+        self.stem_delay = DelayLine(2 * n, lmax)
+        self.align_delay = DelayLine(n, ls)  # x (after input gain) lined up with the voice
+        self.dry_delay = DelayLine(n, ls + lmax)  # raw input lined up with the output (bypass)
+        self.processing_latency = ls + lmax
+        self.params: tuple[ChannelParams, ...] = tuple(
+            ChannelParams(**{f: getattr(c, f) for f in ChannelParams.__dataclass_fields__ if hasattr(c, f)})
+            for c in channels
+        )
+        self._prev = self._targets(self.params)
+        self._ramp = (np.arange(1, self.hop + 1, dtype=np.float32) / self.hop)[None, :]
+        self.stats = EngineStats()
+        self.hop_times = np.zeros(1024, np.float64)
+        self.meters: dict = {}
+        self._acc = self._new_acc()
+        self._stop = threading.Event()
+        self.io: jackio.JackIO | None = None
+        self.B = 0
+        self.next_in = 0
+
+    # ------------------------------------------------------------------
+    # latency
+
+    def latency_for_period(self, period: int) -> int:
+        """The daemon's total latency in frames for a JACK period."""
+        return self.processing_latency + buffering(self.hop, period, self.safety)
+
+    # ------------------------------------------------------------------
+    # parameters
+
+    def set_params(self, name: str, **changes) -> ChannelParams:
+        """Replace one channel's snapshot (values must already be checked).
+        Takes effect at the next hop, ramped over that hop."""
+        i = self.names.index(name)
+        new = replace(self.params[i], **changes)
+        params = list(self.params)
+        params[i] = new
+        self.params = tuple(params)  # one reference swap: the engine reads it once per hop
+        return new
+
+    def _targets(self, params) -> dict[str, np.ndarray]:
+        A = self.max_attenuation_db
+        ga = _lin(-A)
+        in_g, r, out_g, byp = [], [], [], []
+        for p in params:
+            in_g.append(_lin(p.input_gain_db))
+            floor = _lin(-p.strength * A)
+            rs = (floor - ga) / (1.0 - ga) if A > 0 else 1.0
+            r.append(max(rs, _lin(p.background_db)))
+            out_g.append(0.0 if p.mute else _lin(p.output_gain_db))
+            byp.append(1.0 if p.bypass else 0.0)
+        f = lambda v: np.asarray(v, np.float32)[:, None]  # noqa: E731
+        return {"in": f(in_g), "r": f(r), "out": f(out_g), "bypass": f(byp)}
+
+    def _ramped(self, key: str, tgt: dict) -> np.ndarray:
+        a, b = self._prev[key], tgt[key]
+        if np.array_equal(a, b):
+            return b
+        return a + (b - a) * self._ramp
+
+    # ------------------------------------------------------------------
+    # one hop
+
+    def process_hop(self, x: np.ndarray) -> np.ndarray:
+        """``x[N, H]`` raw input -> ``[outputs, H]``: main for every channel,
+        then voice and background for channels with stems."""
+        tgt = self._targets(self.params)
+        if self.slow_hop_s:
+            time.sleep(self.slow_hop_s)
+        xin = x * self._ramped("in", tgt)
+        v = self.sup.process(xin)
+        xa = self.align_delay.process(xin)
+        bg = xa - v
+        main = v + self._ramped("r", tgt) * bg
+        if any(self.chains):
+            for i, proc in enumerate(self.chains):
+                row = main[i:i + 1]
+                main[i:i + 1] = proc.process(row) if proc else self.chain_pad[i].process(row)
+        dry = self.dry_delay.process(x)
+        byp = self._ramped("bypass", tgt)
+        if byp.any():
+            main = main * (1.0 - byp) + dry * byp
+            full = np.asarray(byp[:, -1] == 1.0)
+            if full.any():  # fully bypassed channels: bit-exact dry
+                main[full] = dry[full]
+        out = main * self._ramped("out", tgt)
+        self._prev = tgt
+        self._meter(x, xa, v, out)
+        if not any(self.stems):
+            return out
+        stems = self.stem_delay.process(np.concatenate([v, bg], axis=0))
+        rows = [out]
+        for i, s in enumerate(self.stems):
+            if s:
+                rows.append(stems[[i, self.n + i]])
+        return np.concatenate(rows, axis=0)
+
+    # ------------------------------------------------------------------
+    # meters (~20 Hz snapshots for the control plane)
+
+    def _new_acc(self):
+        n = self.n
+        return {"hops": 0, "pin": np.zeros(n), "pout": np.zeros(n), "ein": np.zeros(n), "eout": np.zeros(n),
+                "ex": np.zeros(n), "ev": np.zeros(n)}
+
+    def _meter(self, x, xa, v, out) -> None:
+        a = self._acc
+        a["hops"] += 1
+        a["pin"] = np.maximum(a["pin"], np.abs(x).max(axis=1))
+        a["pout"] = np.maximum(a["pout"], np.abs(out).max(axis=1))
+        a["ein"] += np.mean(np.square(x, dtype=np.float64), axis=1)
+        a["eout"] += np.mean(np.square(out, dtype=np.float64), axis=1)
+        a["ex"] += np.mean(np.square(xa, dtype=np.float64), axis=1)
+        a["ev"] += np.mean(np.square(v, dtype=np.float64), axis=1)
+        if a["hops"] >= 5:
+            db = lambda e: [round(10 * math.log10(max(float(q), 1e-12)), 2) for q in e]  # noqa: E731
+            h = a["hops"]
+            self.meters = {
+                name: {"peak_in_db": pi, "peak_out_db": po, "rms_in_db": ri, "rms_out_db": ro,
+                       "gain_reduction_db": round(min(0.0, gr), 2)}
+                for name, pi, po, ri, ro, gr in zip(
+                    self.names, db(a["pin"] ** 2), db(a["pout"] ** 2), db(a["ein"] / h), db(a["eout"] / h),
+                    [10 * math.log10(max(ev, 1e-12) / max(ex, 1e-12)) for ev, ex in zip(a["ev"], a["ex"])])
+            }
+            self._acc = self._new_acc()
+
+    # ------------------------------------------------------------------
+    # the engine thread
+
+    def attach(self, io: jackio.JackIO) -> None:
+        """Start serving ``io`` (after it opened): positions from zero."""
+        self.io = io
+        self.B = buffering(self.hop, io.period, self.safety)
+        self.next_in = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Process hops as the callback publishes them, until :meth:`stop`."""
+        self._stop.clear()
+        sleep_s = max(0.0005, self.hop / self.sample_rate / 4)
+        while not self._stop.is_set():
+            if not self.step():
+                time.sleep(sleep_s)
+
+    def step(self) -> bool:
+        """Process every complete hop available. False when there was none."""
+        io = self.io
+        if io is None:
+            return False
+        cnt = io.counters
+        H, B = self.hop, self.B
+        did = False
+        while True:
+            pos = int(cnt[jackio.IN_POS])
+            k0 = self.next_in
+            if k0 + H > pos:
+                return did
+            if pos - k0 > self.max_backlog:
+                self._skip_ahead(pos)
+                continue
+            x = _ring_read(io.inring, k0, H)
+            t0 = time.perf_counter()
+            y = self.process_hop(x)
+            self.hop_times[self.stats.hops % len(self.hop_times)] = time.perf_counter() - t0
+            _ring_write(io.outring, k0 + B, y)
+            cnt[jackio.OUT_READY] = k0 + B + H
+            if k0 + B < int(cnt[jackio.IN_POS]):
+                self.stats.late_hops += 1
+            self.stats.hops += 1
+            self.next_in = k0 + H
+            did = True
+
+    def _skip_ahead(self, pos: int) -> None:
+        """After a stall: jump to the newest complete hop, fill the output
+        gap with the dry path so the callback never reads stale frames."""
+        io = self.io
+        H, B = self.hop, self.B
+        new = (pos // H - 1) * H
+        self.stats.stalls += 1
+        self.stats.skipped_hops += (new - self.next_in) // H
+        start = max(int(io.counters[jackio.OUT_READY]), pos)
+        end = new + B
+        if end > start:
+            D = io.latency
+            dry = _ring_read(io.inring[[io.out_channel[j] for j in range(len(io.out_names))]], start - D, end - start)
+            for j, kind in enumerate(io.out_kind):
+                if kind == "background":
+                    dry[j] = 0.0
+            _ring_write(io.outring, start, dry)
+            io.counters[jackio.OUT_READY] = end
+        # every stateful part restarts from the new position: reset, then
+        # pre-roll the hops just before it (their output is already covered
+        # by the dry path) so delay lines hold the right history
+        self.reset_state()
+        roll = -(-self.processing_latency // H) + 1
+        for k in range(max(0, new - roll * H), new, H):
+            self.process_hop(_ring_read(io.inring, k, H))
+        self.next_in = new
+
+    def reset_state(self) -> None:
+        """Forget all signal state (suppressor, chains, delay lines)."""
+        self.sup.reset()
+        for d in (self.align_delay, self.dry_delay, self.stem_delay, *self.chain_pad):
+            d.reset()
+        for proc in self.chains:
+            if proc:
+                proc.reset()
+
+    # ------------------------------------------------------------------
+
+    def hop_time_percentiles(self) -> dict[str, float]:
+        n = min(self.stats.hops, len(self.hop_times))
+        if not n:
+            return {"p50_ms": 0.0, "p99_ms": 0.0}
+        t = self.hop_times[:n] * 1000.0
+        return {"p50_ms": round(float(np.percentile(t, 50)), 3), "p99_ms": round(float(np.percentile(t, 99)), 3)}
+
+
+def _ring_read(ring: np.ndarray, start: int, n: int) -> np.ndarray:
+    off = start & jackio.MASK
+    if off + n <= jackio.RING:
+        return ring[:, off:off + n].copy()
+    first = jackio.RING - off
+    return np.concatenate([ring[:, off:], ring[:, :n - first]], axis=1)
+
+
+def _ring_write(ring: np.ndarray, start: int, y: np.ndarray) -> None:
+    n = y.shape[1]
+    off = start & jackio.MASK
+    if off + n <= jackio.RING:
+        ring[:, off:off + n] = y
+    else:
+        first = jackio.RING - off
+        ring[:, off:] = y[:, :first]
+        ring[:, :n - first] = y[:, first:]

@@ -1,0 +1,114 @@
+"""Test-side JACK clients: a player and a recorder, each its own client so
+the graph has no loop (a loop would add a period of delay). Frame
+positions are JACK's absolute frame times, so a latency is measured
+exactly: ``recorder frame - player frame``."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import jack
+import numpy as np
+
+
+class Player:
+    """Plays ``signals[i]`` on port ``out_i`` once :meth:`play` is called."""
+
+    def __init__(self, server: str, channels: int = 1, name: str = "player"):
+        self.client = jack.Client(name, servername=server, no_start_server=True)
+        self.ports = [self.client.outports.register(f"out_{i}") for i in range(channels)]
+        self.signals = np.zeros((channels, 0), np.float32)
+        self.pos = -1
+        self.start_frame = None
+        self.done = threading.Event()
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames):
+        arrs = [p.get_array() for p in self.ports]
+        if self.pos < 0:
+            for a in arrs:
+                a[:] = 0
+            return
+        if self.start_frame is None:
+            self.start_frame = self.client.last_frame_time
+        i = self.pos
+        n = self.signals.shape[1]
+        for k, a in enumerate(arrs):
+            chunk = self.signals[k, i:i + frames]
+            a[:len(chunk)] = chunk
+            a[len(chunk):] = 0
+        self.pos = i + frames
+        if self.pos >= n:
+            self.done.set()
+
+    def play(self, signals: np.ndarray, timeout: float = 60.0) -> int:
+        """Play and wait until done; returns the absolute start frame."""
+        self.signals = np.atleast_2d(signals).astype(np.float32)
+        self.start_frame = None
+        self.done.clear()
+        self.pos = 0
+        if not self.done.wait(timeout):
+            raise TimeoutError("player did not finish")
+        self.pos = -1
+        return self.start_frame
+
+    def name(self, i: int = 0) -> str:
+        return self.ports[i].name
+
+    def close(self):
+        self.client.deactivate()
+        self.client.close()
+
+
+class Recorder:
+    """Records ports ``in_i`` continuously into a ring, with frame times."""
+
+    def __init__(self, server: str, channels: int = 1, seconds: float = 30.0, name: str = "recorder"):
+        self.client = jack.Client(name, servername=server, no_start_server=True)
+        self.ports = [self.client.inports.register(f"in_{i}") for i in range(channels)]
+        self.buf = np.zeros((channels, int(seconds * self.client.samplerate)), np.float32)
+        self.n = 0
+        self.first_frame = None
+        self.recording = False
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames):
+        if not self.recording:
+            return
+        if self.first_frame is None:
+            self.first_frame = self.client.last_frame_time
+        n = self.n
+        if n + frames > self.buf.shape[1]:
+            return
+        for k, p in enumerate(self.ports):
+            self.buf[k, n:n + frames] = p.get_array()
+        self.n = n + frames
+
+    def start(self):
+        self.n = 0
+        self.first_frame = None
+        self.recording = True
+
+    def stop(self) -> np.ndarray:
+        self.recording = False
+        time.sleep(0.05)
+        return self.buf[:, :self.n].copy()
+
+    def name(self, i: int = 0) -> str:
+        return self.ports[i].name
+
+    def close(self):
+        self.client.deactivate()
+        self.client.close()
+
+
+def wait_until(pred, timeout: float = 10.0, step: float = 0.02) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
