@@ -212,10 +212,24 @@ def cmd_config_schema(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from quietcast.daemon.demo import format_summary, run_demo
+    from .demo import format_summary, jackd_running, run_demo, run_live_demo
 
-    chain = _chain(args.chain) if args.chain else None
-    summary = run_demo(args.output, chain=chain)
+    live = not args.offline
+    if live and args.chain:
+        raise UserError("--chain applies to the offline demo; add --offline (the live demo runs the daemon's engine)")
+    if live:
+        import shutil
+
+        if not shutil.which("jackd") and not jackd_running(args.server):
+            print("quietcast: jackd is not installed; running the offline demo instead "
+                  "(Debian: apt-get install jackd2)", file=sys.stderr)
+            live = False
+    if live:
+        summary = run_live_demo(args.output, server=args.server, model=args.model,
+                                progress=lambda m: print(m, file=sys.stderr))
+    else:
+        chain = _chain(args.chain) if args.chain else None
+        summary = run_demo(args.output, chain=chain)
     print(format_summary(summary))
     print(f"\nwrote {os.path.abspath(args.output)}: noisy.wav, cleaned.wav, clean_reference.wav, spectrogram.png, summary.json")
     return EXIT_OK
@@ -254,11 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print per-file results as JSON on stdout")
     pr.set_defaults(func=cmd_process)
 
-    de = sub.add_parser("demo", help="clean the bundled noisy speech clip and report",
-                        description="Run the default chain on the bundled noisy speech clip; write before/after "
-                                    "audio, a spectrogram PNG and a levels/SNR summary.")
+    de = sub.add_parser("demo", help="clean the bundled noisy speech clip, live through JACK, and report",
+                        description="Play the bundled noisy speech clip through the live daemon in a JACK graph "
+                                    "(a private `jackd -d dummy` is started when no server runs) and record it; "
+                                    "or, with --offline, run a chain over it as a file. Writes before/after audio, "
+                                    "a spectrogram PNG and a levels/SNR/latency summary.")
     de.add_argument("-o", "--output", default="demo-out", metavar="DIR", help="output folder (default demo-out)")
-    de.add_argument("--chain", metavar="CHAIN", help="chain file or bundled name instead of the default chain")
+    de.add_argument("--offline", action="store_true", help="process the clip as a file instead of through JACK")
+    de.add_argument("--chain", metavar="CHAIN", help="with --offline: chain file or bundled name (default: default)")
+    de.add_argument("--server", metavar="NAME", help="use this running JACK server")
+    de.add_argument("--model", default="default", help="suppressor for the live demo (quietcast models)")
     de.set_defaults(func=cmd_demo)
 
     ch = sub.add_parser("chain", help="check, show and document chains")

@@ -157,6 +157,9 @@ class Daemon:
         """Supervise until stopped. Returns the exit status (0)."""
         interval = self.config.jack.reconnect_interval_ms / 1000.0
         waiting_logged = False
+        # the JACK callback needs the GIL every period: hand it over at least
+        # every 0.5 ms instead of Python's default 5 ms (a whole period at 256)
+        sys.setswitchinterval(0.0005)
         try:
             while not self._stop.is_set():
                 io = self.io

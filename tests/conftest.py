@@ -109,21 +109,41 @@ class JackServer:
                 time.sleep(0.05)
         raise RuntimeError(f"jackd {self.name} did not start in {timeout} s")
 
-    def stop(self) -> None:
+    def stop(self, crash: bool = False) -> None:
+        """SIGTERM (jackd cleans up after itself), or SIGKILL with
+        ``crash=True`` to look like a crash."""
         import signal
         import subprocess
 
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            self.proc.send_signal(signal.SIGKILL if crash else signal.SIGTERM)
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
-                pass
+                self.proc.kill()
+                self.proc.wait(5)
         self.proc = None
 
     def restart(self) -> "JackServer":
         self.stop()
         return self.start()
+
+
+def _clean_stale_jack_shm() -> None:
+    """A jackd killed with SIGKILL leaves its entry in JACK's shared-memory
+    registry, and JACK2 refuses to start a ninth server ("Too many servers
+    already active"). When no jackd runs at all, the registry is stale:
+    remove it."""
+    import glob
+    import subprocess
+
+    if subprocess.run(["pgrep", "-x", "jackd"], capture_output=True).returncode == 0:
+        return
+    for f in glob.glob("/dev/shm/jack*"):
+        try:
+            os.unlink(f)
+        except OSError:
+            pass
 
 
 @pytest.fixture(scope="session")
@@ -132,6 +152,7 @@ def jack_servers():
     private server, shared by the session for the same settings."""
     import uuid
 
+    _clean_stale_jack_shm()
     made: dict = {}
     tag = uuid.uuid4().hex[:6]
 

@@ -1,7 +1,12 @@
-"""Test-side JACK clients: a player and a recorder, each its own client so
-the graph has no loop (a loop would add a period of delay). Frame
-positions are JACK's absolute frame times, so a latency is measured
-exactly: ``recorder frame - player frame``."""
+"""JACK clients for the demo, tests and benchmarks: a player and a recorder,
+each its own client so the graph has no loop (a loop would add a period of
+delay).
+
+Alignment does not trust JACK frame times (an xrun makes them jump while
+no client processes the skipped cycle): the player notes how many frames
+the recorder had recorded when it started playing (the player runs before
+the recorder in every cycle), so input frame ``j`` is at recording index
+``start_index + j + latency`` whatever happens to the clock."""
 
 from __future__ import annotations
 
@@ -15,8 +20,10 @@ import numpy as np
 class Player:
     """Plays ``signals[i]`` on port ``out_i`` once :meth:`play` is called."""
 
-    def __init__(self, server: str, channels: int = 1, name: str = "player"):
+    def __init__(self, server: str, channels: int = 1, name: str = "player", recorder: "Recorder | None" = None):
         self.client = jack.Client(name, servername=server, no_start_server=True)
+        self.recorder = recorder
+        self.start_index = None
         self.ports = [self.client.outports.register(f"out_{i}") for i in range(channels)]
         self.signals = np.zeros((channels, 0), np.float32)
         self.pos = -1
@@ -33,6 +40,8 @@ class Player:
             return
         if self.start_frame is None:
             self.start_frame = self.client.last_frame_time
+            if self.recorder is not None:
+                self.start_index = self.recorder.n
         i = self.pos
         n = self.signals.shape[1]
         for k, a in enumerate(arrs):
@@ -44,15 +53,18 @@ class Player:
             self.done.set()
 
     def play(self, signals: np.ndarray, timeout: float = 60.0) -> int:
-        """Play and wait until done; returns the absolute start frame."""
+        """Play and wait until done; returns the recorder's index at the
+        first played frame when a recorder is attached, else the start
+        frame time."""
         self.signals = np.atleast_2d(signals).astype(np.float32)
         self.start_frame = None
+        self.start_index = None
         self.done.clear()
         self.pos = 0
         if not self.done.wait(timeout):
             raise TimeoutError("player did not finish")
         self.pos = -1
-        return self.start_frame
+        return self.start_index if self.recorder is not None else self.start_frame
 
     def name(self, i: int = 0) -> str:
         return self.ports[i].name
