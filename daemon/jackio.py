@@ -39,21 +39,10 @@ import threading
 import time
 from typing import Callable
 
-import numpy as np
-
-# counter slots (int64, preallocated; written by the callback unless noted)
-CYCLES = 0
-IN_POS = 1  # absolute input frames written (published after the copy)
-OUT_READY = 2  # absolute output frames the engine has written (engine writes)
-DEADLINE_MISSES = 3  # cycles that needed the dry fallback (wholly or partly)
-MISSED_FRAMES = 4  # frames served from the dry fallback
-XRUNS = 5  # from JACK's xrun callback (non-RT thread)
-LATE_START = 6  # cycles before the engine's first output (not misses)
-N_COUNTERS = 8
-
-RING = 1 << 17  # frames per channel: 2.7 s at 48 kHz
-MASK = RING - 1
-TIMING_SLOTS = 4096
+from .buffers import (  # noqa: F401  (re-exported: the engine and tests use jackio.X)
+    CYCLES, DEADLINE_MISSES, IN_POS, LATE_START, MASK, MISSED_FRAMES, OUT_READY, RING, TIMING_SLOTS, XRUNS,
+    allocate,
+)
 
 CAPTURE, PLAYBACK = 0, 1
 
@@ -136,11 +125,9 @@ class JackIO:
                 self.out_names += [f"{c}_voice", f"{c}_background"]
                 self.out_channel += [i, i]
                 self.out_kind += ["voice", "background"]
-        self.inring = np.zeros((n, RING), np.float32)
-        self.outring = np.zeros((len(self.out_names), RING), np.float32)
-        self.silence = np.zeros(RING, np.float32)
-        self.counters = np.zeros(N_COUNTERS, np.int64)
-        self.timings = np.zeros(TIMING_SLOTS, np.int64)  # callback durations, ns
+        b = allocate(n, len(self.out_names))
+        self.inring, self.outring, self.silence = b.inring, b.outring, b.silence
+        self.counters, self.timings = b.counters, b.timings  # callback durations in ns
         self.client = None
         self.latency = 0
         self.period = 0

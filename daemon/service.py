@@ -17,6 +17,7 @@ forces an immediate exit.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -194,8 +195,11 @@ class Daemon:
                 self._stop.wait(0.05)
         finally:
             self._fade_out()
+            final = self.status()
             self._close_io()
             self.ready.clear()
+            log.info("final status: %s", json.dumps({k: v for k, v in final.items() if k not in ("meters", "params")},
+                                                    default=str))
         return 0
 
     def _fade_out(self) -> None:
