@@ -266,11 +266,43 @@ CHANNEL_KEYS: tuple[Key, ...] = (
         is_list=True, extra=_pattern_rule, rule="each 'client:port' (fnmatch wildcards allowed)"),
 )
 
-SECTIONS = ("jack", "engine", "channel")
+def _endpoint_rule(v: str) -> str | None:
+    if v and not re.match(r"^(ipc|tcp)://\S+$", v):
+        return "is not a ZeroMQ endpoint: write ipc:///path/to/socket or tcp://127.0.0.1:PORT (or \"\" for the default)"
+    return None
+
+
+CONTROL_KEYS: tuple[Key, ...] = (
+    Key(Param("enabled", "bool", True, doc="serve the ZeroMQ control socket and the event stream")),
+    Key(Param("bind", "str", "", doc="command endpoint (ROUTER); \"\" = ipc://$RUNTIME_DIRECTORY/control"),
+        extra=_endpoint_rule, rule="ipc://PATH or tcp://HOST:PORT; non-loopback tcp needs CURVE keys"),
+    Key(Param("events", "str", "", doc="event endpoint (PUB); \"\" = ipc://$RUNTIME_DIRECTORY/events"),
+        extra=_endpoint_rule, rule="ipc://PATH or tcp://HOST:PORT"),
+    Key(Param("curve_secret_key", "str", "", doc="server secret key file (quietcast keys generate); enables CURVE")),
+    Key(Param("curve_clients", "str", "", doc="folder of authorised client public key files (*.key)")),
+    Key(Param("meter_hz", "float", 20.0, 1.0, 60.0, "Hz", doc="rate of meter.CHANNEL messages")),
+)
+
+MIDI_KEYS: tuple[Key, ...] = (
+    Key(Param("enabled", "bool", True, doc="MIDI control (a JACK MIDI in/out port pair always; hardware by name)")),
+    Key(Param("inputs", "str", (), doc="hardware MIDI input ports (ALSA), by name or part of it"), is_list=True),
+    Key(Param("outputs", "str", (), doc="hardware MIDI output ports for feedback (LEDs, motor faders)"), is_list=True),
+    Key(Param("mapping", "str", "", doc="mapping file (TOML); \"\" = midi.toml in the state directory; "
+                                        "MIDI learn saves bindings here")),
+)
+
+STATE_KEYS: tuple[Key, ...] = (
+    Key(Param("file", "str", "", doc="state file; \"\" = state.json in $STATE_DIRECTORY (or ~/.local/state/quietcast)")),
+    Key(Param("restore", "bool", True, doc="restore saved parameter values at start")),
+    Key(Param("save_debounce_ms", "int", 1000, 0, 60_000, "ms", doc="wait this long after a change before saving")),
+)
+
+SECTIONS = ("jack", "engine", "control", "midi", "state", "channel")
 
 
 def _section_keys(section: str) -> tuple[Key, ...]:
-    return {"jack": JACK_KEYS, "engine": engine_keys(), "channel": CHANNEL_KEYS}[section]
+    return {"jack": JACK_KEYS, "engine": engine_keys(), "control": CONTROL_KEYS, "midi": MIDI_KEYS,
+            "state": STATE_KEYS, "channel": CHANNEL_KEYS}[section]
 
 
 # --------------------------------------------------------------------------
@@ -300,6 +332,31 @@ class EngineConfig:
     safety_ms: float = 10.0
     max_backlog_ms: float = 500.0
     threads: int = 1
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    enabled: bool = True
+    bind: str = ""
+    events: str = ""
+    curve_secret_key: str = ""
+    curve_clients: str = ""
+    meter_hz: float = 20.0
+
+
+@dataclass(frozen=True)
+class MidiConfig:
+    enabled: bool = True
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    mapping: str = ""
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    file: str = ""
+    restore: bool = True
+    save_debounce_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -359,6 +416,9 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     channels: list[ChannelConfig] = field(default_factory=list)
     path: str | None = field(default=None, compare=False)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    midi: MidiConfig = field(default_factory=MidiConfig)
+    state: StateConfig = field(default_factory=StateConfig)
 
     def channel(self, name: str) -> ChannelConfig:
         for ch in self.channels:
@@ -377,6 +437,8 @@ class Config:
         return {
             "jack": {f.name: getattr(self.jack, f.name) for f in fields(self.jack)},
             "engine": {f.name: getattr(self.engine, f.name) for f in fields(self.engine)},
+            **{sec: {f.name: (list(v) if isinstance(v := getattr(getattr(self, sec), f.name), tuple) else v)
+                     for f in fields(getattr(self, sec))} for sec in ("control", "midi", "state")},
             "channel": [c.to_dict() for c in self.channels],
         }
 
@@ -508,9 +570,19 @@ def config_from_dict(doc: Any, source: str = "config", base_dir: str | None = No
             fmt = "[[channel]]" if owner == "channel" else f"[{owner}]"
             problems.append(Problem(key, f"unknown key at the top level: it belongs in the {fmt} section; write it below a {fmt} line"))
         else:
-            problems.append(Problem(f"[{key}]", f"unknown section{did_you_mean(key, SECTIONS)}; sections: [jack], [engine], [[channel]]"))
+            problems.append(Problem(f"[{key}]", f"unknown section{did_you_mean(key, SECTIONS)}; sections: [jack], [engine], "
+                                                 "[control], [midi], [state], [[channel]]"))
 
     jack = _check_table(_as_table(doc, "jack", problems), JACK_KEYS, "[jack]", problems)
+    control = _check_table(_as_table(doc, "control", problems), CONTROL_KEYS, "[control]", problems)
+    midi = _check_table(_as_table(doc, "midi", problems), MIDI_KEYS, "[midi]", problems)
+    state = _check_table(_as_table(doc, "state", problems), STATE_KEYS, "[state]", problems)
+    for sec, vals, keys in (("control", control, ("curve_secret_key", "curve_clients")), ("midi", midi, ("mapping",)),
+                            ("state", state, ("file",))):
+        for k in keys:  # paths relative to the config file
+            if vals.get(k):
+                v = os.path.expanduser(vals[k])
+                vals[k] = os.path.normpath(os.path.join(base_dir if base_dir is not None else os.getcwd(), v))
     engine = _check_table(_as_table(doc, "engine", problems), engine_keys(), "[engine]", problems)
     safety = engine.get("safety_ms", EngineConfig.safety_ms)
     backlog = engine.get("max_backlog_ms", EngineConfig.max_backlog_ms)
@@ -539,7 +611,8 @@ def config_from_dict(doc: Any, source: str = "config", base_dir: str | None = No
             channels.append(ch)
     if problems:
         raise ConfigError(problems, source)
-    return Config(JackConfig(**jack), EngineConfig(**engine), channels, path)
+    return Config(JackConfig(**jack), EngineConfig(**engine), channels, path,
+                  ControlConfig(**control), MidiConfig(**midi), StateConfig(**state))
 
 
 def parse_config(text: str, source: str = "config", base_dir: str | None = None, path: str | None = None) -> Config:

@@ -124,6 +124,7 @@ class Engine:
         self.io: jackio.JackIO | None = None
         self.B = 0
         self.next_in = 0
+        self.registry = None  # set by the daemon: chain changes queued for this thread
 
     # ------------------------------------------------------------------
     # latency
@@ -171,6 +172,9 @@ class Engine:
     def process_hop(self, x: np.ndarray) -> np.ndarray:
         """``x[N, H]`` raw input -> ``[outputs, H]``: main for every channel,
         then voice and background for channels with stems."""
+        reg = self.registry
+        if reg is not None and reg.pending:
+            reg.apply_pending(self)
         tgt = self._targets(self.params)
         if self.slow_hop_s:
             time.sleep(self.slow_hop_s)

@@ -59,6 +59,9 @@ class Daemon:
         self._down_since: float | None = None
         self._sigint = 0
         self.on_ready: list[Callable[["Daemon"], None]] = []
+        from .registry import Registry
+
+        self.registry = Registry(self)
 
     # ------------------------------------------------------------------
     # engine
@@ -84,6 +87,8 @@ class Daemon:
                          safety_ms=e.safety_ms, max_backlog_ms=e.max_backlog_ms, **self.engine_options)
             if eng is not None:  # keep the live parameter values across a rate change
                 new.params = eng.params
+            new.registry = self.registry
+            self.registry.reapply(new)
             self.engine = new
             log.info("engine: %d channel(s) at %d Hz, model %s, processing latency %d frames",
                      new.n, sample_rate, new.model, new.processing_latency)

@@ -532,8 +532,8 @@ def test_round_trip_everything(confdir):
 def test_to_dict_lists_every_key():
     d = cfg(ONE).to_dict()
     schema = describe_schema()
-    assert list(d) == ["jack", "engine", "channel"]
-    for section in ("jack", "engine"):
+    assert list(d) == ["jack", "engine", "control", "midi", "state", "channel"]
+    for section in ("jack", "engine", "control", "midi", "state"):
         assert list(d[section]) == [k["name"] for k in schema[section]]
     assert list(d["channel"][0]) == [k["name"] for k in schema["channel"]]
 
@@ -570,7 +570,7 @@ def test_dump_toml_header():
 
 def test_describe_schema():
     s = describe_schema()
-    assert list(s) == ["jack", "engine", "channel"]
+    assert list(s) == ["jack", "engine", "control", "midi", "state", "channel"]
     keys = {k["name"]: k for k in s["channel"]}
     assert keys["name"]["required"] is True
     assert keys["strength"]["min"] == 0.0 and keys["strength"]["max"] == 1.0 and keys["strength"]["default"] == 1.0

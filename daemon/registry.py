@@ -1,0 +1,220 @@
+"""The parameter registry: one address per controllable value.
+
+Addresses::
+
+    CHANNEL.PARAM                 host.strength, guest.bypass, host.output_gain_db
+    CHANNEL.chain.STAGE.PARAM     host.chain.comp.threshold_db, host.chain.verb.mix
+                                  (every parameter of every post-chain stage and
+                                  hosted plugin, plus STAGE.bypass)
+
+Each address has a type, unit, range and default (channel parameters come
+from the config schema, chain parameters from the stage or the plugin
+itself). ZeroMQ, MIDI, the CLI, the state file and the config all go
+through :meth:`Registry.set`, so an unknown address or an out-of-range
+value is refused the same way everywhere: with the close matches, or the
+allowed range, in the message.
+
+Thread safety: :meth:`set` may be called from any thread (the control
+thread, the MIDI dispatcher). Channel values reach the engine as one
+immutable snapshot swap; chain values are queued and applied by the engine
+thread at the start of its next hop, so a plugin is never touched from two
+threads at once. Listeners (:meth:`add_listener`) hear every change with
+its source ("zmq", "midi", "state", "config", ...), which is how MIDI
+feedback, ``event.param`` and the state file follow changes from
+elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Callable
+
+from quietcast.bridge.errors import ParameterError, did_you_mean
+from quietcast.bridge.params import Param
+
+#: live channel parameters (the rest of a channel's config needs a reload)
+CHANNEL_PARAMS = ("strength", "input_gain_db", "output_gain_db", "background_db", "bypass", "mute")
+
+Listener = Callable[[str, Any, str], None]
+
+
+def channel_param(name: str) -> Param:
+    from .config import CHANNEL_KEYS
+
+    for k in CHANNEL_KEYS:
+        if k.name == name:
+            return k.param
+    raise KeyError(name)
+
+
+class Registry:
+    """Addresses -> values for a running daemon.
+
+    Args:
+        daemon: the :class:`~quietcast.daemon.service.Daemon` (the engine is
+            looked up on every call: it is rebuilt when the sample rate
+            changes).
+    """
+
+    def __init__(self, daemon):
+        self.daemon = daemon
+        self._listeners: list[Listener] = []
+        self.pending: deque = deque()  # (channel index, stage, param, value) for the engine thread
+        # chain values set live, re-applied when the engine is rebuilt
+        self.chain_overrides: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------
+    # listeners
+
+    def add_listener(self, fn: Listener) -> None:
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Listener) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
+    def _notify(self, address: str, value: Any, source: str) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn(address, value, source)
+            except Exception:  # a listener never breaks a set
+                pass
+
+    # ------------------------------------------------------------------
+    # lookup
+
+    @property
+    def engine(self):
+        eng = self.daemon.engine
+        if eng is None:
+            raise ParameterError("", "the engine is not running yet (waiting for the JACK server)")
+        return eng
+
+    def channels(self) -> list[str]:
+        return [c.name for c in self.daemon.config.channels]
+
+    def _channel_index(self, name: str, address: str) -> int:
+        names = self.channels()
+        if name not in names:
+            raise ParameterError(address, f"no channel {name!r}{did_you_mean(name, names)}; channels: {', '.join(names)}")
+        return names.index(name)
+
+    def resolve(self, address: Any) -> tuple[int, str | None, Param]:
+        """``(channel index, stage or None, Param)`` for an address, or a
+        ParameterError with the close matches."""
+        if not isinstance(address, str) or not address:
+            raise ParameterError(str(address), "an address is a string like 'host.strength' or 'host.chain.comp.ratio'")
+        parts = address.split(".")
+        if len(parts) == 2:
+            ch, name = parts
+            i = self._channel_index(ch, address)
+            if name not in CHANNEL_PARAMS:
+                hint = did_you_mean(name, CHANNEL_PARAMS + ("chain",))
+                raise ParameterError(address, f"unknown parameter{hint}; channel parameters: {', '.join(CHANNEL_PARAMS)}"
+                                              f", and chain stages under {ch}.chain.STAGE.PARAM")
+            return i, None, channel_param(name)
+        if len(parts) == 4 and parts[1] == "chain":
+            ch, _, stage, name = parts
+            i = self._channel_index(ch, address)
+            proc = self.engine.chains[i]
+            if proc is None:
+                raise ParameterError(address, f"channel {ch!r} has no post-chain")
+            st = proc.stage(stage) if stage in proc._by_name else None
+            if st is None:
+                stages = list(proc._by_name)
+                raise ParameterError(address, f"no stage {stage!r}{did_you_mean(stage, stages)}; stages: {', '.join(stages)}")
+            if name == "bypass":
+                return i, stage, Param("bypass", "bool", False)
+            return i, stage, st.param_set.get(name, f"{ch}.chain.{stage}")
+        raise ParameterError(address, "an address is CHANNEL.PARAM or CHANNEL.chain.STAGE.PARAM"
+                                      f"{did_you_mean(address, self.addresses())}")
+
+    def addresses(self) -> list[str]:
+        return [d["address"] for d in self.list()]
+
+    # ------------------------------------------------------------------
+    # the three operations
+
+    def list(self, prefix: str = "") -> list[dict]:
+        """Every address (under ``prefix``) with type, unit, range, default
+        and current value."""
+        out = []
+        eng = self.daemon.engine
+        for i, ch in enumerate(self.channels()):
+            for name in CHANNEL_PARAMS:
+                p = channel_param(name)
+                out.append(self._describe(f"{ch}.{name}", p, self._channel_value(i, name)))
+            proc = eng.chains[i] if eng is not None else None
+            if proc is None:
+                continue
+            for st in proc.stages:
+                out.append(self._describe(f"{ch}.chain.{st.name}.bypass", Param("bypass", "bool", False), st.bypass))
+                for p in st.param_set:
+                    if p.kind in ("dict",) or p.name in ("path", "plugin_name", "model"):
+                        continue
+                    out.append(self._describe(f"{ch}.chain.{st.name}.{p.name}", p, st.values.get(p.name, p.default)))
+        if prefix:
+            out = [d for d in out if d["address"] == prefix or d["address"].startswith(prefix.rstrip(".") + ".")]
+        return out
+
+    @staticmethod
+    def _describe(address: str, p: Param, value: Any) -> dict:
+        d = p.describe()
+        d.pop("name", None)
+        return {"address": address, **d, "value": value}
+
+    def _channel_value(self, i: int, name: str) -> Any:
+        eng = self.daemon.engine
+        if eng is not None:
+            return getattr(eng.params[i], name)
+        return getattr(self.daemon.config.channels[i], name)
+
+    def get(self, address: str) -> Any:
+        i, stage, p = self.resolve(address)
+        if stage is None:
+            return self._channel_value(i, p.name)
+        st = self.engine.chains[i].stage(stage)
+        if p.name == "bypass":
+            return st.bypass
+        return self.chain_overrides.get(address, st.values.get(p.name, p.default))
+
+    def set(self, address: str, value: Any, source: str = "api") -> Any:
+        """Check ``value`` against the address's range and apply it.
+        Returns the stored value. Raises ParameterError (a ValueError)."""
+        i, stage, p = self.resolve(address)
+        v = p.check(value)
+        if isinstance(v, float) and math.isinf(v) and not p.allow_neg_inf:  # pragma: no cover - Param refuses
+            raise ParameterError(address, f"value {v} is out of range {p.range_text()}")
+        if stage is None:
+            self.engine.set_params(self.channels()[i], **{p.name: v})
+        else:
+            self.chain_overrides[address] = v
+            self.pending.append((i, stage, p.name, v))
+        self._notify(address, v, source)
+        return v
+
+    # ------------------------------------------------------------------
+    # engine side
+
+    def apply_pending(self, engine) -> None:
+        """Called by the engine thread at the start of a hop."""
+        while self.pending:
+            i, stage, name, v = self.pending.popleft()
+            proc = engine.chains[i]
+            if proc is not None:
+                try:
+                    proc.stage(stage).set_param(name, v)
+                except Exception:  # checked already; a plugin may still refuse
+                    pass
+
+    def reapply(self, engine) -> None:
+        """After an engine rebuild: put live chain values back."""
+        for address, v in self.chain_overrides.items():
+            ch, _, stage, name = address.split(".")
+            i = self.channels().index(ch)
+            if engine.chains[i] is not None:
+                try:
+                    engine.chains[i].stage(stage).set_param(name, v)
+                except Exception:
+                    pass
