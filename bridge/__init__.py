@@ -10,11 +10,14 @@ The public API::
 """
 
 from .chain import Chain, ChainProcessor, StageSpec, bundled_chains
-from .errors import AudioFileError, BridgeError, ChainSpecError, ParameterError, PluginLoadError, Problem
+from .errors import (
+    AudioFileError, BridgeError, ChainSpecError, ParameterError, PluginLoadError, Problem, UnknownParameterError,
+)
 from .params import Param, ParamSet
 
 __all__ = [
     "Chain", "ChainProcessor", "StageSpec", "bundled_chains",
     "AudioFileError", "BridgeError", "ChainSpecError", "ParameterError", "PluginLoadError", "Problem",
+    "UnknownParameterError",
     "Param", "ParamSet",
 ]

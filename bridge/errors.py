@@ -58,6 +58,11 @@ class ParameterError(BridgeError, ValueError):
         super().__init__(f"{address}: {message}" if address else message)
 
 
+class UnknownParameterError(ParameterError):
+    """The address or parameter does not exist (as opposed to a value that
+    is out of range)."""
+
+
 class PluginLoadError(BridgeError, OSError):
     """A hosted plugin could not be found or loaded."""
 

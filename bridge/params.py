@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ParameterError, did_you_mean
+from .errors import ParameterError, UnknownParameterError, did_you_mean
 
 KINDS = ("float", "int", "bool", "str", "choice", "dict")
 
@@ -134,6 +134,6 @@ class ParamSet:
         except KeyError:
             addr = f"{where}.{name}" if where else name
             known = ", ".join(self.params) or "none"
-            raise ParameterError(
+            raise UnknownParameterError(
                 addr, f"unknown parameter{did_you_mean(name, self.params)}; known parameters: {known}"
             ) from None

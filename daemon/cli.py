@@ -4,6 +4,8 @@ Subcommands::
 
     quietcast run [-c CONFIG] [--server NAME]    the live JACK daemon
     quietcast config check|show|schema           daemon configs
+    quietcast ctl COMMAND ...                    control a running daemon (ZeroMQ)
+    quietcast keys generate DIR                  CURVE keys for remote control
     quietcast process CHAIN INPUT... -o OUTPUT   run a chain over files/folders
     quietcast demo [-o DIR]                      clean the bundled noisy clip
     quietcast chain check FILE                   validate a chain file
@@ -166,6 +168,10 @@ def cmd_run(args) -> int:
     from .service import Daemon, setup_logging
 
     cfg = load_config(args.config or DEFAULT_CONFIG_PATH)  # every problem at once, nothing started
+    if cfg.control.enabled:
+        from .control import check_endpoints
+
+        check_endpoints(cfg.control)  # a non-loopback bind without CURVE keys stops us here
     for ch in cfg.channels:  # build each chain once: a plugin that will not load stops us here
         if ch.chain_spec is not None:
             ch.chain_spec.check(48_000, 1)
@@ -204,6 +210,153 @@ def cmd_config_schema(args) -> int:
     from .config import cmd_config_schema as schema
 
     print(schema(as_json=args.json))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------
+# ctl: the shell client
+
+
+def _ctl_value(text: str):
+    t = text.strip()
+    low = t.lower()
+    if low in ("on", "true", "yes"):
+        return True
+    if low in ("off", "false", "no"):
+        return False
+    if low in ("-inf", "inf", "+inf"):
+        return low.lstrip("+")
+    try:
+        v = json.loads(t)
+        if isinstance(v, (int, float, bool)):
+            return v
+    except ValueError:
+        pass
+    return text
+
+
+def _ctl_print(args, result) -> None:
+    from .commands import dumps
+
+    if args.json or not isinstance(result, (dict, list)):
+        out = dumps(result).decode()
+        print(json.dumps(json.loads(out), indent=2) if args.json else (out.strip('"') if isinstance(result, str) else out))
+        return
+    if isinstance(result, list) and result and isinstance(result[0], dict) and "address" in result[0]:
+        for d in result:
+            rng = f"[{d.get('min')}, {d.get('max')}]" if d.get("type") in ("float", "int") else d.get("type")
+            print(f"{d['address']:<44} {dumps(d['value']).decode():>10} {d.get('unit') or '':<4} {rng}")
+        return
+    for k, v in result.items():
+        print(f"{k}: {dumps(v).decode() if isinstance(v, (dict, list)) else v}")
+
+
+def cmd_ctl(args) -> int:
+    from .client import Client
+    from .errors import ControlError
+
+    sub = args.ctl_command
+    if not sub:
+        return _help(args._ctl_parser)
+    try:
+        with Client(args.endpoint, timeout=args.timeout, curve_server_key=args.server_key,
+                    curve_client_key=args.client_key) as c:
+            if sub == "watch":
+                return _ctl_watch(c, args)
+            if sub == "learn":
+                return _ctl_learn(c, args)
+            if sub == "call":
+                try:
+                    a = json.loads(args.args) if args.args else {}
+                except ValueError as e:
+                    raise UserError(f"ctl call: ARGS must be a JSON object: {e}") from None
+                if not isinstance(a, dict):
+                    raise UserError("ctl call: ARGS must be a JSON object")
+                result = c.call(args.cmd, **a)
+            elif sub == "set":
+                pairs = args.pairs
+                if len(pairs) % 2:
+                    raise UserError("ctl set: give ADDRESS VALUE pairs")
+                vals = {pairs[i]: _ctl_value(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+                result = c.call("set", address=pairs[0], value=vals[pairs[0]]) if len(vals) == 1 \
+                    else c.call("set", values=vals)
+            elif sub == "get":
+                result = c.call("get", address=args.addresses[0]) if len(args.addresses) == 1 \
+                    else c.call("get", addresses=args.addresses)
+            elif sub in ("bypass", "mute"):
+                on = None if args.state in (None, "toggle") else args.state == "on"
+                result = c.call(sub, channel=args.channel, on=on)
+            elif sub == "list":
+                result = c.call("list", prefix=args.prefix) if args.prefix else c.call("list")
+            elif sub == "load-chain":
+                result = c.call("load_chain", channel=args.channel, chain=args.chain)
+            else:
+                result = c.call(sub.replace("-", "_"))
+    except ControlError as e:
+        print(f"quietcast: error: {e.code}: {e.message}", file=sys.stderr)
+        for p in (e.details or {}).get("problems", [])[:50]:
+            print(f"  - {p}", file=sys.stderr)
+        return 3 if e.code == "timeout" else 1
+    _ctl_print(args, result)
+    return EXIT_OK
+
+
+def _ctl_learn(c, args) -> int:
+    res = c.call("learn", address=args.address, timeout_s=args.wait)
+    print(f"armed {res['armed']}: move a control on the MIDI controller (within {res['timeout_s']:g} s)", file=sys.stderr)
+    for topic, msg in c.events(["event.learn"], timeout=args.wait + 2):
+        if msg.get("address") == args.address:
+            if msg.get("timed_out"):
+                print(f"quietcast: error: learn timed out: nothing moved within {args.wait:g} s", file=sys.stderr)
+                return 1
+            _ctl_print(args, msg)
+            return EXIT_OK
+    print("quietcast: error: learn: no answer from the daemon's event stream", file=sys.stderr)
+    return 1
+
+
+def _ctl_watch(c, args) -> int:
+    """Live meters in the terminal (Ctrl-C to stop)."""
+    topics = [f"meter.{ch}" for ch in args.channels] if args.channels else ["meter.", "event."]
+    shown = 0
+    tty = sys.stdout.isatty() and not args.json
+    rows: dict = {}
+
+    def bar(db, width=30, floor=-60.0):
+        v = 0.0 if db is None else max(0.0, min(1.0, (db - floor) / -floor))
+        return "#" * int(v * width) + "." * (width - int(v * width))
+
+    try:
+        for topic, msg in c.events(topics, timeout=args.idle):
+            if args.json:
+                print(json.dumps({"topic": topic, **msg}), flush=True)
+            elif topic.startswith("meter."):
+                rows[topic[6:]] = msg
+                if tty:
+                    sys.stdout.write(f"\x1b[{len(rows)}A" if shown else "")
+                for name, m in rows.items():
+                    line = (f"{name:<10} in {bar(m['rms_in_db'])} {m['rms_in_db']:6.1f}  out {bar(m['rms_out_db'])} "
+                            f"{m['rms_out_db']:6.1f} dBFS  GR {m['gain_reduction_db']:5.1f} dB")
+                    print(line + ("\x1b[K" if tty else ""))
+                shown += 1
+            else:
+                print(f"{topic}: {json.dumps(msg)}")
+            if args.count and shown >= args.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def cmd_keys_generate(args) -> int:
+    import zmq.auth
+
+    os.makedirs(args.dir, mode=0o700, exist_ok=True)
+    pub, sec = zmq.auth.create_certificates(args.dir, args.name)
+    os.chmod(sec, 0o600)
+    print(f"public key: {pub}\nsecret key: {sec}\n"
+          f"server: [control] curve_secret_key = {sec!r}; clients: copy {os.path.basename(pub)} into the folder named "
+          "by curve_clients (for a client key) or give it to clients as --server-key (for the server key)")
     return EXIT_OK
 
 
@@ -322,6 +475,54 @@ def build_parser() -> argparse.ArgumentParser:
     k3.set_defaults(func=cmd_config_schema)
     co.set_defaults(func=lambda a: _help(co))
 
+    ct = sub.add_parser("ctl", help="control a running daemon (ZeroMQ)",
+                        description="Send commands to a running daemon over its control socket. "
+                                    "Exit status: 0 ok, 1 the daemon refused (error code printed), "
+                                    "2 usage, 3 no reply (daemon not running?).")
+    ct.add_argument("-e", "--endpoint", metavar="ENDPOINT",
+                    help="command endpoint (default: $QUIETCAST_ENDPOINT or the daemon's default ipc socket)")
+    ct.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds to wait for a reply (default 5)")
+    ct.add_argument("--json", action="store_true", help="print results as JSON")
+    ct.add_argument("--server-key", metavar="FILE", help="CURVE: the daemon's public key file")
+    ct.add_argument("--client-key", metavar="FILE", help="CURVE: this client's secret key file")
+    cts = ct.add_subparsers(dest="ctl_command", metavar="COMMAND")
+    cts.add_parser("status", help="latency, xruns, deadline misses, meters, parameters")
+    cts.add_parser("version", help="package and protocol versions")
+    x = cts.add_parser("list", help="every parameter address with type, range and value")
+    x.add_argument("prefix", nargs="?", metavar="PREFIX", help="e.g. host or host.chain.comp")
+    x = cts.add_parser("get", help="current value(s)")
+    x.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    x = cts.add_parser("set", help="set value(s): ADDRESS VALUE [ADDRESS VALUE ...] (-inf, on/off accepted)")
+    x.add_argument("pairs", nargs="+", metavar="ADDRESS VALUE")
+    for name in ("bypass", "mute"):
+        x = cts.add_parser(name, help=f"{name} a channel (toggle without a state)")
+        x.add_argument("channel", metavar="CHANNEL")
+        x.add_argument("state", nargs="?", choices=("on", "off", "toggle"))
+    x = cts.add_parser("load-chain", help="replace a channel's post-chain (file or bundled name; '' removes)")
+    x.add_argument("channel", metavar="CHANNEL")
+    x.add_argument("chain", metavar="CHAIN")
+    cts.add_parser("save-state", help="write the state file now")
+    cts.add_parser("reload", help="re-read the config file (like SIGHUP)")
+    x = cts.add_parser("learn", help="MIDI learn: bind the next moved control to ADDRESS")
+    x.add_argument("address", metavar="ADDRESS")
+    x.add_argument("--wait", type=float, default=30.0, metavar="S", help="give up after S seconds (default 30)")
+    x = cts.add_parser("watch", help="live meters and events in the terminal")
+    x.add_argument("channels", nargs="*", metavar="CHANNEL")
+    x.add_argument("--count", type=int, default=0, help="stop after N meter updates")
+    x.add_argument("--idle", type=float, default=None, metavar="S", help="stop after S seconds without a message")
+    x = cts.add_parser("call", help="any command with JSON arguments (for scripts)")
+    x.add_argument("cmd", metavar="CMD")
+    x.add_argument("args", nargs="?", metavar="JSON", help='e.g. \'{"address": "host.strength"}\'')
+    ct.set_defaults(func=cmd_ctl, _ctl_parser=ct)
+
+    ke = sub.add_parser("keys", help="CURVE key pairs for remote control")
+    kes = ke.add_subparsers(dest="keys_command", metavar="SUBCOMMAND")
+    x = kes.add_parser("generate", help="make NAME.key (public) and NAME.key_secret in DIR")
+    x.add_argument("dir", metavar="DIR")
+    x.add_argument("--name", default="quietcast", help="file name stem (default quietcast)")
+    x.set_defaults(func=cmd_keys_generate)
+    ke.set_defaults(func=lambda a: _help(ke))
+
     mo = sub.add_parser("models", help="suppressors available here, with their latency")
     mo.add_argument("--json", action="store_true")
     mo.set_defaults(func=cmd_models)
@@ -346,6 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     from quietcast.bridge.errors import BridgeError
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "ctl" in argv and "set" in argv[argv.index("ctl"):] and "--" not in argv:
+        i = argv.index("set", argv.index("ctl"))  # values such as -inf are not options
+        argv.insert(i + 1, "--")
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

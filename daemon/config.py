@@ -292,6 +292,7 @@ MIDI_KEYS: tuple[Key, ...] = (
 )
 
 STATE_KEYS: tuple[Key, ...] = (
+    Key(Param("enabled", "bool", True, doc="keep parameter values (and MIDI bindings) across restarts")),
     Key(Param("file", "str", "", doc="state file; \"\" = state.json in $STATE_DIRECTORY (or ~/.local/state/quietcast)")),
     Key(Param("restore", "bool", True, doc="restore saved parameter values at start")),
     Key(Param("save_debounce_ms", "int", 1000, 0, 60_000, "ms", doc="wait this long after a change before saving")),
@@ -354,6 +355,7 @@ class MidiConfig:
 
 @dataclass(frozen=True)
 class StateConfig:
+    enabled: bool = True
     file: str = ""
     restore: bool = True
     save_debounce_ms: int = 1000

@@ -543,7 +543,8 @@ def run_live_demo(out_dir: str, server: str | None = None, model: str = "default
     say = progress or (lambda msg: None)
     try:
         cfg = parse_config(f'[jack]\nclient_name = "quietcast-demo"\nserver = "{server or ""}"\n'
-                           f'[engine]\nmodel = "{model}"\n[[channel]]\nname = "demo"\n')
+                           f'[engine]\nmodel = "{model}"\n[control]\nenabled = false\n[midi]\nenabled = false\n'
+                           '[state]\nenabled = false\n[[channel]]\nname = "demo"\n')
         d = Daemon(cfg)
         th = threading.Thread(target=d.run, name="quietcast-daemon", daemon=True)
         th.start()

@@ -105,6 +105,7 @@ class Engine:
         self.chains = [c.chain.processor(self.sample_rate, 1) if getattr(c, "chain", None) else None for c in channels]
         lc = [p.latency if p else 0 for p in self.chains]
         lmax = max(lc) if lc else 0
+        self.chain_budget = lmax  # a swapped-in chain may use up to this much latency
         self.chain_pad = [DelayLine(1, lmax - L) for L in lc]
         self.stem_delay = DelayLine(2 * n, lmax)
         self.align_delay = DelayLine(n, ls)  # x (after input gain) lined up with the voice
@@ -309,6 +310,15 @@ class Engine:
         for k in range(max(0, new - roll * H), new, H):
             self.process_hop(_ring_read(io.inring, k, H))
         self.next_in = new
+
+    def swap_chain(self, i: int, proc) -> None:
+        """Replace channel ``i``'s post-chain (engine thread, at a hop
+        boundary); its latency must fit :attr:`chain_budget`."""
+        L = proc.latency if proc else 0
+        if L > self.chain_budget:
+            raise ValueError(f"chain latency {L} exceeds the budget of {self.chain_budget} frames")
+        self.chains[i] = proc
+        self.chain_pad[i] = DelayLine(1, self.chain_budget - L)
 
     def reset_state(self) -> None:
         """Forget all signal state (suppressor, chains, delay lines)."""

@@ -30,7 +30,7 @@ import math
 from collections import deque
 from typing import Any, Callable
 
-from quietcast.bridge.errors import ParameterError, did_you_mean
+from quietcast.bridge.errors import ParameterError, UnknownParameterError, did_you_mean
 from quietcast.bridge.params import Param
 
 #: live channel parameters (the rest of a channel's config needs a reload)
@@ -88,7 +88,9 @@ class Registry:
     def engine(self):
         eng = self.daemon.engine
         if eng is None:
-            raise ParameterError("", "the engine is not running yet (waiting for the JACK server)")
+            from .errors import NotReadyError
+
+            raise NotReadyError("the engine is not running yet (waiting for the JACK server)")
         return eng
 
     def channels(self) -> list[str]:
@@ -97,21 +99,21 @@ class Registry:
     def _channel_index(self, name: str, address: str) -> int:
         names = self.channels()
         if name not in names:
-            raise ParameterError(address, f"no channel {name!r}{did_you_mean(name, names)}; channels: {', '.join(names)}")
+            raise UnknownParameterError(address, f"no channel {name!r}{did_you_mean(name, names)}; channels: {', '.join(names)}")
         return names.index(name)
 
     def resolve(self, address: Any) -> tuple[int, str | None, Param]:
         """``(channel index, stage or None, Param)`` for an address, or a
         ParameterError with the close matches."""
         if not isinstance(address, str) or not address:
-            raise ParameterError(str(address), "an address is a string like 'host.strength' or 'host.chain.comp.ratio'")
+            raise UnknownParameterError(str(address), "an address is a string like 'host.strength' or 'host.chain.comp.ratio'")
         parts = address.split(".")
         if len(parts) == 2:
             ch, name = parts
             i = self._channel_index(ch, address)
             if name not in CHANNEL_PARAMS:
                 hint = did_you_mean(name, CHANNEL_PARAMS + ("chain",))
-                raise ParameterError(address, f"unknown parameter{hint}; channel parameters: {', '.join(CHANNEL_PARAMS)}"
+                raise UnknownParameterError(address, f"unknown parameter{hint}; channel parameters: {', '.join(CHANNEL_PARAMS)}"
                                               f", and chain stages under {ch}.chain.STAGE.PARAM")
             return i, None, channel_param(name)
         if len(parts) == 4 and parts[1] == "chain":
@@ -119,15 +121,15 @@ class Registry:
             i = self._channel_index(ch, address)
             proc = self.engine.chains[i]
             if proc is None:
-                raise ParameterError(address, f"channel {ch!r} has no post-chain")
+                raise UnknownParameterError(address, f"channel {ch!r} has no post-chain")
             st = proc.stage(stage) if stage in proc._by_name else None
             if st is None:
                 stages = list(proc._by_name)
-                raise ParameterError(address, f"no stage {stage!r}{did_you_mean(stage, stages)}; stages: {', '.join(stages)}")
+                raise UnknownParameterError(address, f"no stage {stage!r}{did_you_mean(stage, stages)}; stages: {', '.join(stages)}")
             if name == "bypass":
                 return i, stage, Param("bypass", "bool", False)
             return i, stage, st.param_set.get(name, f"{ch}.chain.{stage}")
-        raise ParameterError(address, "an address is CHANNEL.PARAM or CHANNEL.chain.STAGE.PARAM"
+        raise UnknownParameterError(address, "an address is CHANNEL.PARAM or CHANNEL.chain.STAGE.PARAM"
                                       f"{did_you_mean(address, self.addresses())}")
 
     def addresses(self) -> list[str]:
@@ -183,7 +185,7 @@ class Registry:
         """Check ``value`` against the address's range and apply it.
         Returns the stored value. Raises ParameterError (a ValueError)."""
         i, stage, p = self.resolve(address)
-        v = p.check(value)
+        v = p.check(value, address.rsplit(".", 1)[0])
         if isinstance(v, float) and math.isinf(v) and not p.allow_neg_inf:  # pragma: no cover - Param refuses
             raise ParameterError(address, f"value {v} is out of range {p.range_text()}")
         if stage is None:
@@ -200,7 +202,14 @@ class Registry:
     def apply_pending(self, engine) -> None:
         """Called by the engine thread at the start of a hop."""
         while self.pending:
-            i, stage, name, v = self.pending.popleft()
+            item = self.pending.popleft()
+            if callable(item):  # a job for the engine thread (e.g. a chain swap)
+                try:
+                    item(engine)
+                except Exception:
+                    pass
+                continue
+            i, stage, name, v = item
             proc = engine.chains[i]
             if proc is not None:
                 try:

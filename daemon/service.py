@@ -1,25 +1,32 @@
-"""The daemon's lifecycle: connect to JACK, run the engine, survive jackd
-going away, stop cleanly.
+"""The daemon's lifecycle: connect to JACK, run the engine, serve control,
+survive jackd going away, stop cleanly.
 
 Threads:
 
-- main thread (:meth:`Daemon.run`): the supervisor. Builds the engine
-  (hosted plugins must be loaded on the main thread), opens the JACK
-  client, applies connection rules when ports appear, reconnects when the
-  server comes back, handles stop requests.
+- the supervisor (:meth:`Daemon.run`, the main thread under ``quietcast
+  run``): builds the engine (hosted plugins must be loaded on the thread
+  that loaded the first one), opens the JACK client, applies connection
+  rules when ports appear, reconnects when the server comes back, runs
+  jobs other threads post with :meth:`Daemon.call_in_main` (load_chain,
+  reload), handles stop requests.
 - engine thread (:meth:`Engine.run`): processes hops.
+- control thread (control.py): ZeroMQ commands and events.
+- MIDI dispatcher (midi.py), state saver timers.
 - JACK's own threads: the process callback (copies only) and the
   notification thread (callbacks that only set events or bump counters).
 
-Signals only set flags (:meth:`Daemon.request_stop`); a second SIGINT
-forces an immediate exit.
+Start-up order: control socket, JACK (waits for the server), state
+restore, MIDI; shutdown runs in reverse inside ``finally``. Signals only
+set flags; a second SIGINT forces an immediate exit.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
@@ -28,68 +35,90 @@ from typing import Any, Callable
 
 import numpy as np
 
+from quietcast.bridge.errors import ChainSpecError
+
 from . import jackio
 from .engine import Engine
+from .errors import ControlError, NotReadyError
 
 log = logging.getLogger("quietcast")
+
+_NO_CHAIN = object()
 
 
 class Daemon:
     """Runs one configured set of channels in the JACK graph.
 
     Args:
-        config: a loaded daemon config (``jack``, ``engine``, ``channels``).
+        config: a loaded daemon config (quietcast.daemon.config.Config).
         server: overrides ``config.jack.server`` when given.
-        chains: channel name -> bridge Chain (post-chains already loaded).
+        chains: channel name -> bridge Chain (else each channel's config).
+        engine_options: extra Engine keyword arguments (test hooks).
     """
 
     def __init__(self, config: Any, server: str | None = None, chains: dict | None = None,
                  engine_options: dict | None = None):
+        from .registry import Registry
+
         self.config = config
         self.server = server if server is not None else config.jack.server
-        self.chains = chains or {}
+        self.chains: dict = dict(chains or {})
         self.engine_options = engine_options or {}
         self.io: jackio.JackIO | None = None
         self.engine: Engine | None = None
+        self.registry = Registry(self)
+        self.control = None
+        self.midi = None
+        self.state = None
         self._engine_thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._reload_requested = threading.Event()
         self.ready = threading.Event()  # audio flows and connections are made
         self.reconnects = 0
         self.last_reconnect_s: float | None = None
         self._down_since: float | None = None
         self._sigint = 0
+        self._restored = False
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._supervisor: int | None = None
         self.on_ready: list[Callable[["Daemon"], None]] = []
-        from .registry import Registry
-
-        self.registry = Registry(self)
 
     # ------------------------------------------------------------------
     # engine
+
+    def _chain_of(self, c):
+        got = self.chains.get(c.name, _NO_CHAIN)
+        if got is _NO_CHAIN:
+            return getattr(c, "chain_spec", None)
+        return got
 
     def _channel_specs(self):
         class Spec:
             pass
 
         out = []
+        old = {n: p for n, p in zip(self.engine.names, self.engine.params)} if self.engine else {}
         for c in self.config.channels:
             s = Spec()
             for k in ("name", "stems", "strength", "input_gain_db", "output_gain_db", "background_db", "bypass", "mute"):
                 setattr(s, k, getattr(c, k))
-            s.chain = self.chains.get(c.name, getattr(c, "chain_spec", None))
+            if c.name in old:  # live values survive a rebuild
+                for k, v in old[c.name].__dict__.items():
+                    setattr(s, k, v)
+            s.chain = self._chain_of(c)
             out.append(s)
         return out
 
     def _engine_for(self, sample_rate: int) -> Engine:
         eng = self.engine
-        if eng is None or eng.sample_rate != sample_rate:
+        if eng is None or eng.sample_rate != sample_rate or getattr(self, "_rebuild", False):
             e = self.config.engine
             new = Engine(self._channel_specs(), sample_rate, model=e.model, max_attenuation_db=e.max_attenuation_db,
                          safety_ms=e.safety_ms, max_backlog_ms=e.max_backlog_ms, **self.engine_options)
-            if eng is not None:  # keep the live parameter values across a rate change
-                new.params = eng.params
             new.registry = self.registry
             self.registry.reapply(new)
             self.engine = new
+            self._rebuild = False
             log.info("engine: %d channel(s) at %d Hz, model %s, processing latency %d frames",
                      new.n, sample_rate, new.model, new.processing_latency)
         return self.engine
@@ -130,6 +159,15 @@ class Daemon:
             self.io.close()
             self.io = None
 
+    def _reopen(self) -> None:
+        """Rebuild the engine and re-open the client (a short dropout)."""
+        self._close_io()
+        self._rebuild = True
+        self.ready.clear()
+        if self._try_open():
+            self.ready.set()
+            self.emit("event.state", {"state": "ready", "latency_frames": self.io.latency})
+
     def _apply_rules(self) -> None:
         io = self.io
         if io is None:
@@ -140,10 +178,181 @@ class Daemon:
             log.info("connected %d port(s) by rule", made)
 
     # ------------------------------------------------------------------
+    # services around the engine
+
+    def emit(self, topic: str, doc: dict) -> None:
+        if self.control is not None:
+            self.control.emit(topic, doc)
+
+    def _start_services(self) -> None:
+        from .state import StateStore, default_state_dir
+
+        cfg = self.config
+        if getattr(cfg, "control", None) is not None and cfg.control.enabled:
+            from .control import ControlServer
+
+            self.control = ControlServer(self, cfg.control)
+            self.control.start()
+            self.registry.add_listener(
+                lambda a, v, s: self.emit("event.param", {"address": a, "value": v, "source": s}))
+        st = getattr(cfg, "state", None)
+        if st is not None and st.enabled:
+            path = st.file or os.path.join(default_state_dir(), "state.json")
+            self.state = StateStore(path, st.save_debounce_ms / 1000.0)
+
+    def _on_first_ready(self) -> None:
+        """Restore saved values (once), then follow changes; start MIDI."""
+        if self._restored:
+            return
+        self._restored = True
+        from .state import restore, snapshot
+
+        if self.state is not None:
+            if self.config.state.restore:
+                doc = self.state.load()
+                if doc:
+                    n, problems = restore(self.registry, doc)
+                    log.info("restored %d value(s) from %s", n, self.state.path)
+                    for p in problems:
+                        log.warning("state: not restored: %s", p)
+                    self._midi_saved = doc.get("midi")
+            self.state.attach(lambda: snapshot(self.registry, self.midi))
+            self.registry.add_listener(self.state.changed)
+        self._start_midi()
+
+    def _start_midi(self) -> None:
+        cfg = getattr(self.config, "midi", None)
+        if cfg is None or not cfg.enabled:
+            return
+        try:
+            from .midi import MidiControl
+        except ImportError:
+            return
+        try:
+            state_dir = os.path.dirname(self.state.path) if self.state else None
+            self.midi = MidiControl(self.registry, cfg, self.server, self.config.jack.client_name, state_dir=state_dir)
+            self.midi.on_learned = lambda b: self.emit("event.learn", b)
+            self.midi.start()
+        except Exception as e:  # MIDI trouble never stops the audio
+            log.warning("MIDI control not started: %s", e)
+            self.midi = None
+
+    def call_in_main(self, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
+        """Run ``fn`` on the supervisor thread (where plugins may be loaded)
+        and return its result; from the supervisor itself, call directly."""
+        if self._supervisor is None or threading.get_ident() == self._supervisor:
+            return fn()
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((fn, fut))
+        return fut.result(timeout)
+
+    def _run_jobs(self) -> None:
+        while True:
+            try:
+                fn, fut = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # handed to the caller's thread
+                fut.set_exception(e)
+
+    # ------------------------------------------------------------------
+    # commands that change the graph or the config
+
+    def load_chain(self, channel: str, chain: str) -> dict:
+        from quietcast.bridge import Chain
+
+        i = self.registry._channel_index(channel, channel)
+        new = None
+        if chain:
+            try:
+                new = Chain.load(chain)
+            except ChainSpecError as e:
+                raise ControlError("failed", str(e), {"problems": [str(p) for p in e.problems]}) from None
+
+        def job():
+            eng = self.engine
+            if eng is None:
+                raise NotReadyError("the engine is not running yet (waiting for the JACK server)")
+            try:
+                proc = new.processor(eng.sample_rate, 1) if new else None
+            except ChainSpecError as e:
+                raise ControlError("failed", str(e), {"problems": [str(p) for p in e.problems]}) from None
+            self.chains[channel] = new
+            for a in [a for a in self.registry.chain_overrides if a.startswith(f"{channel}.chain.")]:
+                del self.registry.chain_overrides[a]
+            L = proc.latency if proc else 0
+            if L <= eng.chain_budget:
+                self.registry.pending.append(lambda e, i=i, proc=proc: e.swap_chain(i, proc))
+                return {"latency_frames": self.io.latency if self.io else None, "reopened": False}
+            log.info("chain of %s needs %d frames, more than the %d budgeted: re-opening", channel, L, eng.chain_budget)
+            self._reopen()
+            return {"latency_frames": self.io.latency if self.io else None, "reopened": True}
+
+        out = self.call_in_main(job)
+        log.info("loaded chain %r on channel %s", chain, channel)
+        self.emit("event.state", {"state": "chain_loaded", "channel": channel, "chain": chain, **out})
+        return out
+
+    def reload(self) -> dict:
+        from .config import ConfigError, load_config
+        from .registry import CHANNEL_PARAMS
+
+        path = getattr(self.config, "path", None)
+        if not path:
+            raise ControlError("failed", "this daemon was not started from a config file: nothing to reload")
+        try:
+            new = load_config(path)
+        except ConfigError as e:
+            log.warning("reload refused, the running config stays: %s", e)
+            raise ControlError("failed", str(e), {"problems": [str(p) for p in e.problems]}) from None
+
+        def job():
+            old = self.config
+
+            def shape(c):
+                return (c.name, c.chain, c.stems, tuple(c.connect_in), tuple(c.connect_out))
+
+            structural = (old.jack != new.jack or old.engine != new.engine
+                          or [shape(c) for c in old.channels] != [shape(c) for c in new.channels])
+            changed = []
+            if structural:
+                self.config = new
+                self.chains = {}
+                self._reopen()
+            else:
+                for oc, nc in zip(old.channels, new.channels):
+                    for k in CHANNEL_PARAMS:
+                        if getattr(oc, k) != getattr(nc, k):
+                            self.registry.set(f"{nc.name}.{k}", getattr(nc, k), source="config")
+                            changed.append(f"{nc.name}.{k}")
+                self.config = new
+            return {"changed": changed, "rebuilt": structural}
+
+        out = self.call_in_main(job)
+        log.info("reloaded %s: %s", path, "engine rebuilt" if out["rebuilt"] else f"{len(out['changed'])} value(s) changed")
+        self.emit("event.state", {"state": "reloaded", **out})
+        return out
+
+    def save_state(self) -> dict:
+        from .state import snapshot
+
+        if self.state is None:
+            raise ControlError("unavailable", "no state file is configured")
+        doc = snapshot(self.registry, self.midi)
+        self.state.save(doc)
+        return {"path": self.state.path, "params": len(doc["params"])}
+
+    # ------------------------------------------------------------------
     # running
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def request_reload(self) -> None:
+        """Re-read the config on the supervisor thread (what SIGHUP does)."""
+        self._reload_requested.set()
 
     def install_signal_handlers(self) -> None:
         def on_term(signum, frame):
@@ -156,23 +365,37 @@ class Daemon:
                 os._exit(130)
             self.request_stop()
 
+        def on_hup(signum, frame):
+            self._reload_requested.set()
+
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_int)
+        signal.signal(signal.SIGHUP, on_hup)
 
     def run(self) -> int:
         """Supervise until stopped. Returns the exit status (0)."""
+        self._supervisor = threading.get_ident()
         interval = self.config.jack.reconnect_interval_ms / 1000.0
         waiting_logged = False
         # the JACK callback needs the GIL every period: hand it over at least
         # every 0.5 ms instead of Python's default 5 ms (a whole period at 256)
         sys.setswitchinterval(0.0005)
         try:
+            self._start_services()
             while not self._stop.is_set():
+                self._run_jobs()
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    try:
+                        self.reload()
+                    except ControlError as e:
+                        log.warning("SIGHUP reload: %s", e.message)
                 io = self.io
                 if io is None or not io.alive:
                     if io is not None:
                         log.warning("JACK server went away; reconnecting every %.1f s", interval)
                         self.ready.clear()
+                        self.emit("event.state", {"state": "reconnecting"})
                         self._down_since = time.monotonic()
                         self._close_io()
                     if self._try_open():
@@ -182,7 +405,9 @@ class Daemon:
                             self.last_reconnect_s = time.monotonic() - self._down_since
                             log.info("back after %.2f s", self.last_reconnect_s)
                             self._down_since = None
+                        self._on_first_ready()
                         self.ready.set()
+                        self.emit("event.state", {"state": "ready", "latency_frames": self.io.latency})
                         for cb in self.on_ready:
                             cb(self)
                     else:
@@ -199,10 +424,19 @@ class Daemon:
                     continue
                 self._stop.wait(0.05)
         finally:
+            self.emit("event.state", {"state": "stopping"})
             self._fade_out()
             final = self.status()
+            if self.midi is not None:
+                self.midi.stop()
+            if self.state is not None:
+                self.state.flush()
             self._close_io()
             self.ready.clear()
+            if self.control is not None:
+                time.sleep(0.05)  # let the stopping event out
+                self.control.stop()
+            self._run_jobs()
             log.info("final status: %s", json.dumps({k: v for k, v in final.items() if k not in ("meters", "params")},
                                                     default=str))
         return 0
@@ -218,6 +452,8 @@ class Daemon:
         deadline = time.monotonic() + 3 * hop_s + io.latency / io.sample_rate + 0.1
         while time.monotonic() < deadline:
             time.sleep(hop_s)
+        # (the mute went straight to the engine, not through the registry:
+        # the saved state keeps the real values)
 
     # ------------------------------------------------------------------
     # status
@@ -246,14 +482,14 @@ class Daemon:
                 "callback_load_p50": round(float(np.percentile(t, 50)) / period_s, 4) if len(t) else 0.0,
                 "callback_load_p99": round(float(np.percentile(t, 99)) / period_s, 4) if len(t) else 0.0,
             })
+        if self.control is not None:
+            st["control"] = {"endpoint": self.control.endpoint, "events": self.control.events_endpoint,
+                             "requests": self.control.requests, "errors": self.control.errors}
+        if self.state is not None:
+            st["state"] = {"path": self.state.path, "saves": self.state.saves, "last_error": self.state.last_error}
         return st
 
 
 def setup_logging(level: str = "info") -> None:
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def fmt_latency(frames: int, rate: int) -> str:
-    return f"{frames} frames = {1000.0 * frames / rate:.2f} ms" if rate else f"{frames} frames"
-

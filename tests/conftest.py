@@ -23,6 +23,24 @@ from plugins.build import ToolchainMissing, build_qcgain  # noqa: E402
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_dirs(tmp_path_factory):
+    """Daemons started by tests keep their state files and control sockets
+    in this session's temporary folders, never in the user's."""
+    state = tmp_path_factory.mktemp("state")
+    run = tmp_path_factory.mktemp("run")
+    old = {k: os.environ.get(k) for k in ("XDG_STATE_HOME", "RUNTIME_DIRECTORY", "STATE_DIRECTORY")}
+    os.environ["XDG_STATE_HOME"] = str(state)
+    os.environ["RUNTIME_DIRECTORY"] = str(run)
+    os.environ.pop("STATE_DIRECTORY", None)
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def _build(tmp_path_factory, channels: int) -> pathlib.Path:
     try:
         return build_qcgain(tmp_path_factory.mktemp(f"qcgain{channels}"), channels=channels)

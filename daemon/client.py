@@ -1,0 +1,150 @@
+"""A small Python client for the daemon's control protocol.
+
+    from quietcast.daemon.client import Client
+
+    with Client() as c:                       # the default ipc endpoint
+        print(c.status()["latency_ms"])
+        c.set("host.strength", 0.7)
+        for topic, msg in c.events(["meter.host"], timeout=5):
+            print(topic, msg["rms_out_db"])
+
+Errors come back as :class:`~quietcast.daemon.errors.ControlError` with the
+protocol's ``code``; a daemon that does not answer within ``timeout``
+raises ``ControlError("timeout", ...)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from typing import Any, Iterator
+
+from . import commands as proto
+from .errors import ControlError
+
+
+def _decode(raw: bytes) -> Any:
+    return json.loads(raw.decode("utf-8"))
+
+
+class Client:
+    """Talk to a running daemon.
+
+    Args:
+        endpoint: command endpoint (default: $QUIETCAST_ENDPOINT, else the
+            daemon's default ipc socket in the runtime directory).
+        events_endpoint: PUB endpoint (default: asked from the daemon).
+        timeout: seconds to wait for each reply.
+        curve_server_key: the server's public key file, for CURVE.
+        curve_client_key: this client's secret key file, for CURVE.
+    """
+
+    def __init__(self, endpoint: str | None = None, events_endpoint: str | None = None, timeout: float = 5.0,
+                 curve_server_key: str | None = None, curve_client_key: str | None = None):
+        import zmq
+
+        from .control import default_endpoints
+
+        self.endpoint = endpoint or os.environ.get("QUIETCAST_ENDPOINT") or default_endpoints()[0]
+        self._events_endpoint = events_endpoint
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._ctx = zmq.Context.instance()
+        self._curve = (curve_server_key, curve_client_key)
+        self._sock = self._socket(zmq.DEALER)
+        self._sock.connect(self.endpoint)
+
+    def _socket(self, kind):
+        import zmq
+        import zmq.auth
+
+        s = self._ctx.socket(kind)
+        s.linger = 0
+        server_key, client_key = self._curve
+        if server_key:
+            server_public, _ = zmq.auth.load_certificate(server_key)
+            public, secret = zmq.auth.load_certificate(client_key) if client_key else zmq.curve_keypair()
+            s.curve_serverkey = server_public
+            s.curve_publickey = public
+            s.curve_secretkey = secret
+        return s
+
+    def close(self) -> None:
+        self._sock.close(0)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the protocol
+    def call(self, cmd: str, **args) -> Any:
+        """Send one command and return its result (or raise ControlError)."""
+        import zmq
+
+        cls = proto.find(cmd)
+        req = cls.message(id=next(self._ids), **args)
+        self._sock.send(proto.dumps(req))
+        deadline = time.monotonic() + self.timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                # the socket may hold a late reply now: start afresh
+                self._sock.close(0)
+                self._sock = self._socket(zmq.DEALER)
+                self._sock.connect(self.endpoint)
+                raise ControlError("timeout", f"no reply from {self.endpoint} within {self.timeout:g} s "
+                                              "(is `quietcast run` running? see `systemctl status quietcast`)")
+            rep = _decode(self._sock.recv())
+            if rep.get("id") != req["id"]:
+                continue  # a late reply to an earlier, timed-out request
+            if rep.get("ok"):
+                return rep.get("result")
+            err = rep.get("error") or {}
+            raise ControlError(err.get("code", "internal"), err.get("message", "?"), err.get("details"))
+
+    def status(self) -> dict:
+        return self.call("status")
+
+    def list(self, prefix: str = "") -> list:
+        return self.call("list", prefix=prefix) if prefix else self.call("list")
+
+    def get(self, address: str) -> Any:
+        return self.call("get", address=address)
+
+    def set(self, address: str, value: Any) -> Any:
+        return self.call("set", address=address, value=value)
+
+    def bypass(self, channel: str, on: bool | None = None) -> bool:
+        return self.call("bypass", channel=channel, on=on)
+
+    def mute(self, channel: str, on: bool | None = None) -> bool:
+        return self.call("mute", channel=channel, on=on)
+
+    # -- events
+    def events_endpoint(self) -> str:
+        if self._events_endpoint is None:
+            self._events_endpoint = self.call("subscribe")["endpoint"]
+        return self._events_endpoint
+
+    def events(self, topics: list[str] | None = None, timeout: float | None = None) -> Iterator[tuple[str, dict]]:
+        """Yield ``(topic, message)`` from the event stream; ``topics`` are
+        prefixes ("meter." for all meters); stops after ``timeout`` seconds
+        without a message (None: never)."""
+        import zmq
+
+        sub = self._socket(zmq.SUB)
+        sub.connect(self.events_endpoint())
+        for t in topics or [""]:
+            sub.setsockopt(zmq.SUBSCRIBE, t.encode())
+        try:
+            while True:
+                if not sub.poll(None if timeout is None else int(timeout * 1000), zmq.POLLIN):
+                    return
+                topic, raw = sub.recv_multipart()[:2]
+                yield topic.decode(), _decode(raw)
+        finally:
+            sub.close(0)

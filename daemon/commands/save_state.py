@@ -1,0 +1,14 @@
+from . import Command
+
+
+class SaveState(Command):
+    """Write every parameter value (and MIDI learn bindings) to the state
+    file now, atomically (write, fsync, rename). The daemon also saves by
+    itself shortly after each change. Result: ``path`` and ``params``
+    (how many values were saved)."""
+
+    name = "save_state"
+    args = {}
+
+    def execute(self, ctx, args):
+        return ctx.save_state()

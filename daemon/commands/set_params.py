@@ -1,0 +1,30 @@
+from . import Arg, Command
+from ..errors import ControlError
+
+
+class Set(Command):
+    """Set one parameter (``address`` and ``value``) or several at once
+    (``values``: address -> value; all are checked before any is applied).
+    The value is checked against the address's range exactly as the config
+    and MIDI are; the result is the value as stored (the object of stored
+    values for ``values``). Every change is published as ``event.param``
+    and moves mapped MIDI controllers (feedback). Numbers ramp over one hop
+    (10 ms): no zipper noise."""
+
+    name = "set"
+    args = {"address": Arg("str", required=False, doc="parameter address, e.g. host.strength"),
+            "value": Arg("value", required=False, doc="number, boolean, or a string such as \"-inf\""),
+            "values": Arg("object", required=False, doc="address -> value, applied together")}
+
+    def execute(self, ctx, args):
+        reg = ctx.registry
+        if "values" in args:
+            if "address" in args or "value" in args:
+                raise ControlError("bad_args", "set: give either address and value, or values")
+            for a, v in args["values"].items():  # check everything first
+                _, _, p = reg.resolve(a)
+                p.check(v, a.rsplit(".", 1)[0])
+            return {a: reg.set(a, v, source="zmq") for a, v in args["values"].items()}
+        if "address" not in args or "value" not in args:
+            raise ControlError("bad_args", "set: give 'address' and 'value' (or 'values')")
+        return reg.set(args["address"], args["value"], source="zmq")

@@ -1,0 +1,24 @@
+from . import Command
+
+
+class Status(Command):
+    """The daemon's state in one reply, for operators and monitoring.
+
+    Result: ``ready`` (audio flows, connections made), ``channels``,
+    ``sample_rate``, ``period``, ``latency_frames`` and ``latency_ms`` (the
+    fixed, declared latency through the daemon, also reported to JACK on
+    the ports), ``model``, ``cycles``, ``xruns``, ``deadline_misses`` and
+    ``missed_frames`` (cycles and frames served by the dry fallback),
+    ``hops``, ``late_hops``, ``skipped_hops``, ``hop_time`` (engine p50/p99
+    ms), ``callback_load_p50``/``_p99`` (share of a period), ``reconnects``,
+    ``meters`` (latest per channel) and ``params`` (every channel's values).
+    """
+
+    name = "status"
+    args = {}
+
+    def execute(self, ctx, args):
+        st = ctx.daemon.status()
+        if ctx.midi is not None:
+            st["midi"] = ctx.midi.status()
+        return st

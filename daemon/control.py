@@ -1,0 +1,302 @@
+"""The ZeroMQ control plane: commands on a ROUTER socket, telemetry on PUB.
+
+One thread owns both sockets (ZeroMQ sockets are not thread-safe). It
+answers every well-formed request, replies with an error code to every
+malformed one (see quietcast.daemon.commands), and never lets a client
+crash the daemon or block the audio: commands only touch the registry's
+snapshot and queue, and publishing never waits (a slow subscriber loses
+its own messages at the high-water mark).
+
+Endpoints: ``ipc://$RUNTIME_DIRECTORY/control`` and ``.../events`` by
+default (socket files mode 0660), or ``tcp://127.0.0.1:PORT``. A tcp bind
+to anything but loopback is refused unless CURVE is configured (a server
+secret key and a folder of authorised client public keys, made with
+``quietcast keys generate``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Any
+
+from quietcast.bridge.errors import ParameterError, UnknownParameterError
+
+from . import commands as proto
+from .errors import ControlError, ControlSetupError, NotReadyError
+
+log = logging.getLogger("quietcast.control")
+
+
+def runtime_dir() -> str:
+    """$RUNTIME_DIRECTORY (systemd), else $XDG_RUNTIME_DIR/quietcast, else
+    /tmp/quietcast-UID."""
+    d = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if d:
+        return d
+    x = os.environ.get("XDG_RUNTIME_DIR")
+    return os.path.join(x, "quietcast") if x else f"/tmp/quietcast-{os.getuid()}"
+
+
+def default_endpoints() -> tuple[str, str]:
+    d = runtime_dir()
+    return f"ipc://{os.path.join(d, 'control')}", f"ipc://{os.path.join(d, 'events')}"
+
+
+def is_loopback(endpoint: str) -> bool:
+    """ipc:// is local; tcp:// only to 127.0.0.0/8, ::1 or localhost."""
+    if endpoint.startswith("ipc://") or endpoint.startswith("inproc://"):
+        return True
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # an interface name or a wildcard: not loopback
+
+
+def check_endpoints(cfg) -> tuple[str, str]:
+    """The command and event endpoints for a [control] config, or
+    ControlSetupError for a non-loopback bind without CURVE."""
+    d_cmd, d_ev = default_endpoints()
+    cmd, ev = cfg.bind or d_cmd, cfg.events or d_ev
+    if not cfg.curve_secret_key:
+        for what, e in (("bind", cmd), ("events", ev)):
+            if not is_loopback(e):
+                raise ControlSetupError(
+                    f"[control] {what} = {e!r} is not a loopback or ipc endpoint: that needs CURVE keys "
+                    "([control] curve_secret_key and curve_clients; make them with `quietcast keys generate DIR`)")
+    else:
+        if not os.path.isfile(cfg.curve_secret_key):
+            raise ControlSetupError(f"[control] curve_secret_key {cfg.curve_secret_key!r} does not exist")
+        if not cfg.curve_clients or not os.path.isdir(cfg.curve_clients):
+            raise ControlSetupError(f"[control] curve_clients {cfg.curve_clients!r} must be a folder of client public keys")
+    return cmd, ev
+
+
+class ControlServer:
+    """Serves the control protocol for a :class:`~quietcast.daemon.service.Daemon`."""
+
+    def __init__(self, daemon, cfg):
+        self.daemon = daemon
+        self.cfg = cfg
+        self.endpoint, self.events_endpoint = check_endpoints(cfg)
+        self.meter_hz = cfg.meter_hz
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.requests = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._setup_error: Exception | None = None
+        self._auth = None
+
+    # -- context used by the commands
+    @property
+    def registry(self):
+        return self.daemon.registry
+
+    @property
+    def midi(self):
+        return self.daemon.midi
+
+    def load_chain(self, channel: str, chain: str) -> dict:
+        return self.daemon.load_chain(channel, chain)
+
+    def save_state(self) -> dict:
+        return self.daemon.save_state()
+
+    def reload(self) -> dict:
+        return self.daemon.reload()
+
+    def emit(self, topic: str, doc: dict) -> None:
+        """Queue an event for publishing (any thread)."""
+        self.events.put((topic, doc))
+
+    # -- lifecycle
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="quietcast-control", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._setup_error is not None:
+            raise self._setup_error
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _bind(self, sock, endpoint: str) -> None:
+        if endpoint.startswith("ipc://"):
+            path = endpoint[len("ipc://"):]
+            os.makedirs(os.path.dirname(path) or ".", mode=0o750, exist_ok=True)
+            if os.path.exists(path):  # a stale socket from a crashed run
+                os.unlink(path)
+        sock.bind(endpoint)
+        if endpoint.startswith("ipc://"):
+            os.chmod(endpoint[len("ipc://"):], 0o660)
+
+    def _curve(self, ctx, socks) -> None:
+        import zmq
+        import zmq.auth
+        from zmq.auth.thread import ThreadAuthenticator
+
+        public, secret = zmq.auth.load_certificate(self.cfg.curve_secret_key)
+        if not secret:
+            raise ControlSetupError(f"{self.cfg.curve_secret_key}: not a secret key file (use the .key_secret file)")
+        self._auth = ThreadAuthenticator(ctx)
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=self.cfg.curve_clients)
+        for s in socks:
+            s.curve_secretkey = secret
+            s.curve_publickey = public
+            s.curve_server = True
+
+    def _run(self) -> None:
+        import zmq
+
+        ctx = zmq.Context.instance()
+        router = ctx.socket(zmq.ROUTER)
+        pub = ctx.socket(zmq.PUB)
+        try:
+            for s in (router, pub):
+                s.linger = 0
+            router.setsockopt(zmq.MAXMSGSIZE, 1 << 20)  # bigger frames: the peer is dropped
+            router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+            router.sndhwm = 1000
+            pub.sndhwm = 1000
+            if self.cfg.curve_secret_key:
+                self._curve(ctx, (router, pub))
+            self._bind(router, self.endpoint)
+            self._bind(pub, self.events_endpoint)
+        except Exception as e:
+            self._setup_error = e if isinstance(e, ControlSetupError) else ControlSetupError(f"control socket: {e}")
+            self._ready.set()
+            router.close(0)
+            pub.close(0)
+            return
+        log.info("control on %s, events on %s%s", self.endpoint, self.events_endpoint,
+                 " (CURVE)" if self.cfg.curve_secret_key else "")
+        self._ready.set()
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        period = 1.0 / self.meter_hz
+        next_meter = time.monotonic()
+        last_xruns = last_misses = None
+        try:
+            while not self._stop.is_set():
+                timeout = max(0.0, next_meter - time.monotonic())
+                if poller.poll(int(timeout * 1000) + 1):
+                    for _ in range(256):  # drain, but keep meters flowing under a flood
+                        try:
+                            frames = router.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        try:
+                            self._answer(router, frames)
+                        except Exception:  # never let a request end the control thread
+                            log.exception("could not answer a request")
+                self._publish_events(pub)
+                now = time.monotonic()
+                if now >= next_meter:
+                    next_meter = now + period
+                    last_xruns, last_misses = self._publish_meters(pub, last_xruns, last_misses)
+        finally:
+            router.close(0)
+            pub.close(0)
+            if self._auth is not None:
+                self._auth.stop()
+            for e in (self.endpoint, self.events_endpoint):
+                if e.startswith("ipc://"):
+                    try:
+                        os.unlink(e[len("ipc://"):])
+                    except OSError:
+                        pass
+
+    # -- requests
+    def _answer(self, router, frames: list[bytes]) -> None:
+        import zmq
+
+        self.requests += 1
+        if len(frames) < 2:
+            return  # nothing to answer to
+        envelope = [frames[0]]
+        rest = frames[1:]
+        if rest and rest[0] == b"" and len(rest) > 1:  # a REQ client's delimiter
+            envelope.append(b"")
+            rest = rest[1:]
+        reply = self.handle(rest)
+        try:
+            router.send_multipart(envelope + [proto.dumps(reply)], zmq.NOBLOCK)
+        except zmq.ZMQError:  # the peer is gone or not reading: drop
+            pass
+
+    def handle(self, frames: list[bytes]) -> dict:
+        """One request (its frames after the envelope) -> the reply."""
+        id_ = None
+        try:
+            if len(frames) != 1:
+                raise ControlError("bad_frame", f"a request is one JSON frame, got {len(frames)} frames")
+            id_, cmd, args = proto.parse_request(frames[0])
+            cls = proto.find(cmd)
+            checked = cls.check_args(args)
+            return proto.reply_ok(id_, cls().execute(self, checked))
+        except ControlError as e:
+            self.errors += 1
+            if "id" in e.details:
+                id_ = e.details["id"]
+            det = {k: v for k, v in e.details.items() if k != "id"}
+            return proto.reply_error(id_, e.code, e.message, det or None)
+        except UnknownParameterError as e:
+            self.errors += 1
+            return proto.reply_error(id_, "unknown_param", str(e))
+        except ParameterError as e:
+            self.errors += 1
+            return proto.reply_error(id_, "out_of_range", str(e))
+        except NotReadyError as e:
+            self.errors += 1
+            return proto.reply_error(id_, "not_ready", str(e))
+        except Exception as e:  # a bug: log it, answer, carry on
+            self.errors += 1
+            log.exception("internal error answering a request")
+            return proto.reply_error(id_, "internal", f"{type(e).__name__}: {e}")
+
+    # -- telemetry
+    def _publish(self, pub, topic: str, doc: Any) -> None:
+        import zmq
+
+        try:
+            pub.send_multipart([topic.encode(), proto.dumps(doc)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def _publish_events(self, pub) -> None:
+        for _ in range(1000):
+            try:
+                topic, doc = self.events.get_nowait()
+            except queue.Empty:
+                return
+            self._publish(pub, topic, doc)
+
+    def _publish_meters(self, pub, last_xruns, last_misses):
+        d = self.daemon
+        eng, io = d.engine, d.io
+        if eng is not None:
+            for name, m in dict(eng.meters).items():
+                self._publish(pub, f"meter.{name}", m)
+        if io is not None and io.client is not None:
+            from . import jackio
+
+            x, m = int(io.counters[jackio.XRUNS]), int(io.counters[jackio.DEADLINE_MISSES])
+            if last_xruns is not None and (x > last_xruns or m > last_misses):
+                self._publish(pub, "event.xrun", {"xruns": x, "deadline_misses": m,
+                                                  "new_xruns": x - last_xruns, "new_deadline_misses": m - last_misses})
+            return x, m
+        return None, None
