@@ -330,6 +330,7 @@ def _ctl_watch(c, args) -> int:
         for topic, msg in c.events(topics, timeout=args.idle):
             if args.json:
                 print(json.dumps({"topic": topic, **msg}), flush=True)
+                shown += topic.startswith("meter.")
             elif topic.startswith("meter."):
                 rows[topic[6:]] = msg
                 if tty:

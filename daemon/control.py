@@ -31,6 +31,9 @@ from .errors import ControlError, ControlSetupError, NotReadyError
 
 log = logging.getLogger("quietcast.control")
 
+MAX_RATE = 2000.0  # requests a second served, at most
+BURST = 200.0
+
 
 def runtime_dir() -> str:
     """$RUNTIME_DIRECTORY (systemd), else $XDG_RUNTIME_DIR/quietcast, else
@@ -190,15 +193,26 @@ class ControlServer:
         period = 1.0 / self.meter_hz
         next_meter = time.monotonic()
         last_xruns = last_misses = None
+        budget, last = float(BURST), time.monotonic()
         try:
             while not self._stop.is_set():
                 timeout = max(0.0, next_meter - time.monotonic())
                 if poller.poll(int(timeout * 1000) + 1):
-                    for _ in range(256):  # drain, but keep meters flowing under a flood
+                    # at most MAX_RATE requests a second: a flood queues in
+                    # ZeroMQ (and is dropped at its high-water mark) instead
+                    # of taking the CPU and the GIL from the audio threads
+                    now = time.monotonic()
+                    budget = min(BURST, budget + (now - last) * MAX_RATE)
+                    last = now
+                    if budget < 1:
+                        time.sleep((1 - budget) / MAX_RATE)
+                        continue
+                    for _ in range(int(budget)):
                         try:
                             frames = router.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
+                        budget -= 1
                         try:
                             self._answer(router, frames)
                         except Exception:  # never let a request end the control thread

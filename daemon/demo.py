@@ -479,7 +479,8 @@ def jackd_running(server: str | None = None) -> bool:
 
 
 class PrivateJackd:
-    """``jackd --no-realtime -d dummy`` under a unique name, stopped on exit."""
+    """``jackd -d dummy`` under a unique name (realtime where allowed),
+    stopped on exit."""
 
     def __init__(self, rate: int = SR, period: int = 256):
         import shutil
@@ -495,8 +496,9 @@ class PrivateJackd:
         import subprocess
 
         env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1", JACK_NO_START_SERVER="1")
-        self.proc = subprocess.Popen([self.exe, "-n", self.name, "--no-realtime", "-d", "dummy",
-                                      "-r", str(self.rate), "-p", str(self.period)],
+        from .jackclients import jackd_command
+
+        self.proc = subprocess.Popen(jackd_command(self.exe, self.name, self.rate, self.period),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                      start_new_session=True)
         deadline = time.monotonic() + 10

@@ -124,3 +124,28 @@ def wait_until(pred, timeout: float = 10.0, step: float = 0.02) -> bool:
             return True
         time.sleep(step)
     return pred()
+
+
+def realtime_allowed() -> bool:
+    """Whether this process may use SCHED_FIFO (as root, or with rtprio
+    limits from the audio group): then a private jackd runs realtime, as
+    production JACK does, and a busy machine does not cause xruns."""
+    import os
+
+    if os.environ.get("QUIETCAST_JACK_NO_RT"):
+        return False
+    try:
+        param = os.sched_param(1)
+        old = os.sched_getscheduler(0), os.sched_getparam(0)
+        os.sched_setscheduler(0, os.SCHED_FIFO, param)
+        os.sched_setscheduler(0, old[0], old[1])
+        return True
+    except (PermissionError, OSError, AttributeError):
+        return False
+
+
+def jackd_command(exe: str, name: str, rate: int = 48_000, period: int = 256) -> list[str]:
+    """The command line of a private dummy-driver jackd: realtime where the
+    system allows it (see :func:`realtime_allowed`), else ``--no-realtime``."""
+    rt = ["-R"] if realtime_allowed() else ["--no-realtime"]
+    return [exe, "-n", name, *rt, "-d", "dummy", "-r", str(rate), "-p", str(period)]

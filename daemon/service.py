@@ -284,7 +284,18 @@ class Daemon:
                 del self.registry.chain_overrides[a]
             L = proc.latency if proc else 0
             if L <= eng.chain_budget:
-                self.registry.pending.append(lambda e, i=i, proc=proc: e.swap_chain(i, proc))
+                if self._engine_thread is not None and self._engine_thread.is_alive():
+                    done = threading.Event()
+
+                    def swap(e, i=i, proc=proc):
+                        e.swap_chain(i, proc)
+                        done.set()
+
+                    self.registry.pending.append(swap)  # at a hop boundary, on the engine thread
+                    if not done.wait(5):
+                        raise ControlError("failed", "the engine did not take the new chain within 5 s")
+                else:
+                    eng.swap_chain(i, proc)
                 return {"latency_frames": self.io.latency if self.io else None, "reopened": False}
             log.info("chain of %s needs %d frames, more than the %d budgeted: re-opening", channel, L, eng.chain_budget)
             self._reopen()

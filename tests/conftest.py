@@ -91,8 +91,9 @@ def noisy_speechlike(rng):
 
 
 class JackServer:
-    """A private ``jackd -d dummy`` with a unique name; ``restart()`` kills
-    and starts it again (same name, same settings)."""
+    """A private ``jackd -d dummy`` with a unique name (realtime where the
+    machine allows it, like a production jackd; else --no-realtime);
+    ``restart()`` kills and starts it again (same name, same settings)."""
 
     def __init__(self, name: str, rate: int = 48_000, period: int = 256):
         self.name, self.rate, self.period = name, rate, period
@@ -110,8 +111,10 @@ class JackServer:
                 pytest.fail("CI must install jackd2 (jackd not on PATH)")
             pytest.skip("jackd not installed (apt-get install jackd2)")
         env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1", JACK_NO_START_SERVER="1")
+        from quietcast.daemon.jackclients import jackd_command
+
         self.proc = subprocess.Popen(
-            [jackd, "-n", self.name, "--no-realtime", "-d", "dummy", "-r", str(self.rate), "-p", str(self.period)],
+            jackd_command(jackd, self.name, self.rate, self.period),
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout
         import jack

@@ -1,0 +1,448 @@
+"""The ZeroMQ control plane against a real daemon on a private jackd: every
+command and every error code, a 10,000-frame fuzz, CURVE, events."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from quietcast.daemon import jackio
+from quietcast.daemon.client import Client
+from quietcast.daemon.commands import ERROR_CODES, MAX_FRAME, protocol_markdown
+from quietcast.daemon.config import parse_config
+from quietcast.daemon.errors import ControlError
+from quietcast.daemon.service import Daemon
+
+pytestmark = pytest.mark.jack
+
+POST = '[[stage]]\nname = "comp"\ntype = "compressor"\nthreshold_db = -20\nratio = 3\n'
+
+
+def make_config(tmp_path, server, extra_control="", channels=None, model="dsp"):
+    (tmp_path / "post.toml").write_text(POST)
+    chans = channels or ['[[channel]]\nname = "host"\nchain = "post.toml"\n', '[[channel]]\nname = "guest"\n']
+    text = (f'[jack]\nclient_name = "qcc"\nserver = "{server}"\nreconnect_interval_ms = 100\n'
+            f'[engine]\nmodel = "{model}"\n'
+            f'[control]\nbind = "ipc://{tmp_path}/ctl"\nevents = "ipc://{tmp_path}/ev"\n{extra_control}\n'
+            f'[midi]\nenabled = false\n[state]\nfile = "{tmp_path}/state.json"\nsave_debounce_ms = 50\n'
+            + "".join(chans))
+    path = tmp_path / "quietcast.toml"
+    path.write_text(text)
+    from quietcast.daemon.config import load_config
+
+    return load_config(path)
+
+
+class Served:
+    def __init__(self, cfg):
+        self.daemon = Daemon(cfg)
+        self.thread = threading.Thread(target=self.daemon.run, daemon=True)
+        self.thread.start()
+
+    def wait_ready(self):
+        assert self.daemon.ready.wait(15)
+        return self
+
+    def stop(self):
+        self.daemon.request_stop()
+        self.thread.join(15)
+
+
+@pytest.fixture
+def served(tmp_path, jack_server):
+    s = Served(make_config(tmp_path, jack_server.name)).wait_ready()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def client(served, tmp_path):
+    with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
+        yield c
+
+
+def raw(tmp_path):
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.linger = 0
+    s.connect(f"ipc://{tmp_path}/ctl")
+    return s
+
+
+def ask(sock, frames, timeout=5.0):
+    sock.send_multipart(frames if isinstance(frames, list) else [frames])
+    if not sock.poll(int(timeout * 1000)):
+        return None
+    return json.loads(sock.recv())
+
+
+# --------------------------------------------------------------------------
+# every command
+
+
+def test_status_version_subscribe(client, tmp_path):
+    st = client.status()
+    assert st["ready"] and st["channels"] == ["host", "guest"]
+    assert st["latency_frames"] > 0 and st["latency_ms"] == pytest.approx(1000 * st["latency_frames"] / 48_000, abs=1e-3)
+    assert st["control"]["endpoint"] == f"ipc://{tmp_path}/ctl"
+    v = client.call("version")
+    assert v["protocol"] == 1 and "set" in v["commands"] and "learn" in v["commands"]
+    sub = client.call("subscribe")
+    assert sub["endpoint"] == f"ipc://{tmp_path}/ev" and "meter.host" in sub["topics"]
+
+
+def test_list_get_set(client):
+    addrs = {d["address"]: d for d in client.list()}
+    assert {"host.strength", "guest.bypass", "host.chain.comp.threshold_db", "host.chain.comp.bypass"} <= set(addrs)
+    d = addrs["host.chain.comp.threshold_db"]
+    assert (d["min"], d["max"], d["unit"]) == (-100.0, 24.0, "dB")
+    assert [d["address"] for d in client.list("host.chain.comp")][0].startswith("host.chain.comp.")
+    assert client.set("host.strength", 0.25) == 0.25
+    assert client.get("host.strength") == 0.25
+    assert client.set("host.chain.comp.ratio", 5) == 5.0
+    assert client.get("host.chain.comp.ratio") == 5.0
+    both = client.call("set", values={"guest.output_gain_db": -6, "guest.background_db": "-inf"})
+    assert both == {"guest.output_gain_db": -6.0, "guest.background_db": "-inf"}
+    assert client.call("get", addresses=["guest.output_gain_db", "guest.background_db"]) == both
+    # a batch is checked whole before anything is applied
+    with pytest.raises(ControlError) as e:
+        client.call("set", values={"guest.strength": 0.1, "guest.input_gain_db": 99})
+    assert e.value.code == "out_of_range" and client.get("guest.strength") == 1.0
+
+
+def test_bypass_and_mute_toggle_and_set(client):
+    assert client.bypass("host") is True
+    assert client.bypass("host") is False
+    assert client.bypass("host", True) is True and client.get("host.bypass") is True
+    assert client.mute("guest", True) is True and client.mute("guest") is False
+
+
+def test_changes_are_published_as_events(client):
+    got = []
+
+    def listen():
+        for topic, msg in client.__class__(client.endpoint).events(["event.param", "meter.host"], timeout=5):
+            got.append((topic, msg))
+            if {t for t, _ in got} >= {"event.param", "meter.host"}:
+                return
+
+    th = threading.Thread(target=listen)
+    th.start()
+    time.sleep(0.3)  # let the subscription reach the publisher
+    client.set("host.input_gain_db", -3)
+    th.join(10)
+    params = [m for t, m in got if t == "event.param"]
+    assert params and params[0] == {"address": "host.input_gain_db", "value": -3.0, "source": "zmq"}
+    meters = [m for t, m in got if t == "meter.host"]
+    assert meters and set(meters[0]) >= {"peak_in_db", "rms_out_db", "gain_reduction_db"}
+
+
+def test_save_state_and_restore_after_kill(tmp_path, jack_server):
+    cfg = make_config(tmp_path, jack_server.name)
+    s = Served(cfg).wait_ready()
+    try:
+        with Client(f"ipc://{tmp_path}/ctl") as c:
+            c.set("host.strength", 0.3)
+            c.set("host.chain.comp.threshold_db", -33)
+            res = c.call("save_state")
+        assert res["path"] == str(tmp_path / "state.json") and res["params"] >= 10
+        doc = json.loads((tmp_path / "state.json").read_text())
+        assert doc["params"]["host.strength"] == 0.3
+    finally:
+        s.stop()
+    s = Served(make_config(tmp_path, jack_server.name)).wait_ready()
+    try:
+        with Client(f"ipc://{tmp_path}/ctl") as c:
+            assert c.get("host.strength") == 0.3
+            assert c.get("host.chain.comp.threshold_db") == -33.0
+    finally:
+        s.stop()
+
+
+def test_load_chain_within_budget_and_beyond(client, tmp_path, served):
+    lat = client.status()["latency_frames"]
+    (tmp_path / "other.toml").write_text('[[stage]]\nname = "g"\ntype = "gain"\ngain_db = -3\n')
+    r = client.call("load_chain", channel="host", chain=str(tmp_path / "other.toml"))
+    assert r == {"latency_frames": lat, "reopened": False}
+    assert client.get("host.chain.g.gain_db") == -3.0
+    # a chain with more latency than budgeted: the client re-opens, latency grows
+    r = client.call("load_chain", channel="guest", chain="default")
+    assert r["reopened"] is True and r["latency_frames"] > lat
+    assert client.status()["latency_frames"] == r["latency_frames"]
+    with pytest.raises(ControlError) as e:
+        client.call("load_chain", channel="host", chain="nope.toml")
+    assert e.value.code == "failed" and "cannot read chain file" in e.value.message
+
+
+def test_reload_good_and_broken(client, tmp_path):
+    cfgfile = tmp_path / "quietcast.toml"
+    text = cfgfile.read_text()
+    cfgfile.write_text(text.replace('name = "guest"\n', 'name = "guest"\nstrength = 0.4\n'))
+    r = client.call("reload")
+    assert r == {"changed": ["guest.strength"], "rebuilt": False}
+    assert client.get("guest.strength") == 0.4
+    cfgfile.write_text(text.replace('name = "guest"\n', 'name = "guest"\nstrenght = 0.4\nmute = 3\n'))
+    with pytest.raises(ControlError) as e:
+        client.call("reload")
+    assert e.value.code == "failed" and len(e.value.details["problems"]) == 2
+    assert "did you mean 'strength'" in e.value.message
+    assert client.get("guest.strength") == 0.4 and client.status()["ready"]
+
+
+def test_learn_without_midi_is_unavailable(client):
+    with pytest.raises(ControlError) as e:
+        client.call("learn", address="host.strength")
+    assert e.value.code == "unavailable"
+
+
+def test_readme_protocol_section_matches_the_docstrings():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    assert protocol_markdown() in readme, "regenerate the README's protocol section from the command docstrings"
+
+
+# --------------------------------------------------------------------------
+# every error code
+
+
+@pytest.mark.parametrize("frames,code", [
+    ([b"\xff\xfe"], "bad_frame"),
+    ([b"not json"], "bad_frame"),
+    ([b"[1, 2]"], "bad_frame"),
+    ([b"x" * (MAX_FRAME + 1)], "bad_frame"),
+    ([b'{"v": 1, "id": 1, "cmd": "status"}', b"extra"], "bad_frame"),
+    ([b'{"id": 1, "cmd": "status"}'], "bad_version"),
+    ([b'{"v": 2, "id": 1, "cmd": "status"}'], "bad_version"),
+    ([b'{"v": 1, "id": true, "cmd": "status"}'], "bad_request"),
+    ([b'{"v": 1, "id": 1}'], "bad_request"),
+    ([b'{"v": 1, "id": 1, "cmd": "status", "args": []}'], "bad_request"),
+    ([b'{"v": 1, "id": 1, "cmd": "status", "colour": "red"}'], "bad_request"),
+    ([b'{"v": 1, "id": 1, "cmd": "stauts"}'], "unknown_command"),
+    ([b'{"v": 1, "id": 1, "cmd": "get", "args": {"adress": "host.strength"}}'], "bad_args"),
+    ([b'{"v": 1, "id": 1, "cmd": "bypass", "args": {}}'], "bad_args"),
+    ([b'{"v": 1, "id": 1, "cmd": "set", "args": {"address": 5, "value": 1}}'], "bad_args"),
+    ([b'{"v": 1, "id": 1, "cmd": "get", "args": {"address": "host.strenght"}}'], "unknown_param"),
+    ([b'{"v": 1, "id": 1, "cmd": "set", "args": {"address": "host.strength", "value": 7}}'], "out_of_range"),
+    ([b'{"v": 1, "id": 1, "cmd": "learn", "args": {"address": "host.strength"}}'], "unavailable"),
+    ([b'{"v": 1, "id": 1, "cmd": "load_chain", "args": {"channel": "host", "chain": "nope"}}'], "failed"),
+])
+def test_error_codes(served, tmp_path, frames, code):
+    s = raw(tmp_path)
+    try:
+        rep = ask(s, frames)
+    finally:
+        s.close(0)
+    assert rep is not None and rep["ok"] is False and rep["v"] == 1
+    assert rep["error"]["code"] == code, rep
+    assert rep["error"]["message"]
+
+
+def test_messages_name_the_range_and_the_close_match(client):
+    with pytest.raises(ControlError, match=r"host.strength: value 7 is out of range \[0, 1\]"):
+        client.set("host.strength", 7)
+    with pytest.raises(ControlError, match="did you mean 'host.strength'|did you mean 'strength'"):
+        client.get("host.strenght")
+
+
+def test_not_ready_before_jack(tmp_path):
+    # no JACK server by that name: control answers, the engine is not there
+    s = Served(make_config(tmp_path, f"nojack{os.getpid()}"))
+    try:
+        with Client(f"ipc://{tmp_path}/ctl") as c:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    st = c.status()
+                    break
+                except ControlError as e:
+                    if e.code != "timeout" or time.monotonic() > deadline:
+                        raise
+            assert st["ready"] is False
+            with pytest.raises(ControlError) as e:
+                c.set("host.chain.comp.ratio", 2)
+            assert e.value.code == "not_ready"
+    finally:
+        s.stop()
+    assert set(ERROR_CODES) >= {"not_ready", "internal"}
+
+
+def test_req_clients_work_too(served, tmp_path):
+    s = zmq.Context.instance().socket(zmq.REQ)
+    s.linger = 0
+    s.connect(f"ipc://{tmp_path}/ctl")
+    s.send(b'{"v": 1, "id": "a", "cmd": "get", "args": {"address": "host.strength"}}')
+    assert s.poll(5000)
+    assert json.loads(s.recv()) == {"v": 1, "id": "a", "ok": True, "result": 1.0}
+    s.close(0)
+
+
+# --------------------------------------------------------------------------
+# fuzz
+
+
+FUZZER = r"""
+import json, random, sys
+import zmq
+from quietcast.daemon.commands import ERROR_CODES, MAX_FRAME
+
+def garbage(rng):
+    kind = rng.randrange(8)
+    if kind == 0:
+        return [rng.randbytes(rng.randrange(0, 200))]
+    if kind == 1:  # wrong types everywhere
+        doc = {"v": rng.choice([1, "1", None, 1.5, [], {}]), "id": rng.choice([1, "x", None, [], {}, True, 2.5]),
+               "cmd": rng.choice(["set", "get", 5, None, "", "status"]), "args": rng.choice([{}, [], "a", 1, None])}
+        return [json.dumps(doc).encode()]
+    if kind == 2:  # missing fields
+        doc = {"v": 1, "id": rng.randrange(100), "cmd": "set", "args": {"address": "host.strength", "value": 0.5}}
+        for k in rng.sample(list(doc), rng.randrange(1, 4)):
+            del doc[k]
+        return [json.dumps(doc).encode()]
+    if kind == 3:  # unknown commands
+        return [json.dumps({"v": 1, "id": 1, "cmd": rng.randbytes(8).hex()}).encode()]
+    if kind == 4:  # oversized
+        return [b'{"v": 1, "id": 1, "cmd": "status", "pad": "' + b"x" * (MAX_FRAME + rng.randrange(1, 5000)) + b'"}']
+    if kind == 5:  # multipart garbage
+        return [rng.randbytes(rng.randrange(0, 30)) for _ in range(rng.randrange(2, 6))]
+    if kind == 6:  # bad values for real addresses
+        val = rng.choice([float("nan"), 1e308, -1e308, "loud", [], {}, None, True, "-inf", 10 ** 30])
+        addr = rng.choice(["host.strength", "host.chain.comp.ratio", "guest.output_gain_db", "nope.x", "host"])
+        return [json.dumps({"v": 1, "id": 1, "cmd": "set", "args": {"address": addr, "value": val}}).encode()]
+    doc = json.dumps({"v": 1, "id": 1, "cmd": "get", "args": {"address": "a" * rng.randrange(0, 2000)}}).encode()
+    return [doc[: rng.randrange(1, 100)]]  # truncated JSON
+
+endpoint, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(seed)
+s = zmq.Context.instance().socket(zmq.DEALER)
+s.linger = 0
+s.connect(endpoint)
+replies = errors = bad_codes = 0
+
+def take():
+    global replies, errors, bad_codes
+    rep = json.loads(s.recv_multipart()[-1])  # after a REQ-style empty delimiter, if any
+    replies += 1
+    if not rep["ok"]:
+        errors += 1
+        bad_codes += rep["error"]["code"] not in ERROR_CODES
+
+for i in range(n):
+    s.send_multipart(garbage(rng))
+    while s.poll(0):
+        take()
+while replies < n and s.poll(20000):
+    take()
+print(json.dumps({"replies": replies, "errors": errors, "bad_codes": bad_codes}))
+"""
+
+
+def test_fuzz_10000_malformed_frames(served, tmp_path):
+    """Random bytes, wrong types, missing fields, unknown commands,
+    oversized frames, multipart garbage, from another process (its own
+    GIL, as a real client would be)."""
+    import sys
+
+    io = served.daemon.io
+    time.sleep(1.0)  # past the start-up (a graph change may xrun once)
+    xruns0, misses0 = int(io.counters[jackio.XRUNS]), int(io.counters[jackio.DEADLINE_MISSES])
+    r = subprocess.run([sys.executable, "-c", FUZZER, f"ipc://{tmp_path}/ctl", "10000", "1234"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    # every frame got a reply (none is dropped here: none exceeds 1 MiB),
+    # every error carries a documented code, and the only successes are
+    # the few requests the generator made valid by chance (e.g. no "id")
+    assert res["replies"] == 10_000
+    assert res["errors"] >= 9_500 and res["bad_codes"] == 0
+    with Client(f"ipc://{tmp_path}/ctl") as c:
+        st = c.status()
+        assert st["ready"] and c.get("host.strength") in (0.5, 1.0)
+    assert served.thread.is_alive()
+    assert int(io.counters[jackio.DEADLINE_MISSES]) == misses0
+    assert int(io.counters[jackio.XRUNS]) == xruns0
+
+
+# --------------------------------------------------------------------------
+# CURVE and binding rules
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_curve(tmp_path, jack_server):
+    import zmq.auth
+
+    keys = tmp_path / "keys"
+    clients = tmp_path / "clients"
+    keys.mkdir()
+    clients.mkdir()
+    srv_pub, srv_sec = zmq.auth.create_certificates(str(keys), "server")
+    cli_pub, cli_sec = zmq.auth.create_certificates(str(keys), "client")
+    _, bad_sec = zmq.auth.create_certificates(str(keys), "stranger")
+    shutil.copy(cli_pub, clients)
+    port, evport = _free_port(), _free_port()
+    cfg = make_config(tmp_path, jack_server.name,
+                      extra_control=f'curve_secret_key = "{srv_sec}"\ncurve_clients = "{clients}"\n')
+    cfg = cfg.__class__(cfg.jack, cfg.engine, cfg.channels, cfg.path,
+                        cfg.control.__class__(True, f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{evport}",
+                                              str(srv_sec), str(clients), 20.0), cfg.midi, cfg.state)
+    s = Served(cfg).wait_ready()
+    try:
+        ep = f"tcp://127.0.0.1:{port}"
+        with Client(ep, curve_server_key=str(srv_pub), curve_client_key=str(cli_sec)) as c:
+            assert c.status()["ready"]
+        with Client(ep, timeout=1.5) as c:  # no CURVE at all
+            with pytest.raises(ControlError) as e:
+                c.status()
+            assert e.value.code == "timeout"
+        with Client(ep, timeout=1.5, curve_server_key=str(srv_pub), curve_client_key=str(bad_sec)) as c:
+            with pytest.raises(ControlError) as e:  # a key not in curve_clients
+                c.status()
+            assert e.value.code == "timeout"
+    finally:
+        s.stop()
+
+
+def test_non_loopback_bind_without_keys_is_refused_at_start(tmp_path, jack_server):
+    cfg = tmp_path / "q.toml"
+    cfg.write_text(f'[jack]\nserver = "{jack_server.name}"\nclient_name = "qcnl"\n[control]\nbind = "tcp://0.0.0.0:5599"\n'
+                   '[[channel]]\nname = "host"\n')
+    r = subprocess.run([shutil.which("quietcast"), "run", "-c", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "is not a loopback or ipc endpoint: that needs CURVE keys" in r.stderr
+    import jack
+
+    c = jack.Client("looker2", servername=jack_server.name, no_start_server=True)
+    try:
+        assert not c.get_ports("qcnl:")
+    finally:
+        c.close()
+
+
+def test_ctl_cli_round_trip(served, tmp_path):
+    exe = shutil.which("quietcast")
+    env = dict(os.environ, QUIETCAST_ENDPOINT=f"ipc://{tmp_path}/ctl")
+    run = lambda *a: subprocess.run([exe, "ctl", *a], capture_output=True, text=True, env=env, timeout=60)  # noqa: E731
+    r = run("set", "host.background_db", "-inf")
+    assert r.returncode == 0 and r.stdout.strip() == "-inf"
+    r = run("--json", "get", "host.background_db")
+    assert json.loads(r.stdout) == "-inf"
+    r = run("set", "host.strength", "3")
+    assert r.returncode == 1 and "out_of_range" in r.stderr and "[0, 1]" in r.stderr
+    r = run("--json", "watch", "host", "--count", "2")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(lines) == 2 and lines[0]["topic"] == "meter.host"
+    r = subprocess.run([exe, "ctl", "-e", f"ipc://{tmp_path}/nothing", "--timeout", "0.5", "status"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3 and "no reply" in r.stderr
