@@ -62,6 +62,7 @@ class Client:
 
         s = self._ctx.socket(kind)
         s.linger = 0
+        s.sndtimeo = max(1, int(self.timeout * 1000))
         server_key, client_key = self._curve
         if server_key:
             server_public, _ = zmq.auth.load_certificate(server_key)
@@ -87,8 +88,11 @@ class Client:
 
         cls = proto.find(cmd)
         req = cls.message(id=next(self._ids), **args)
-        self._sock.send(proto.dumps(req))
         deadline = time.monotonic() + self.timeout
+        try:  # blocks while no connection is up (e.g. a refused CURVE handshake)
+            self._sock.send(proto.dumps(req))
+        except zmq.Again:
+            deadline = 0.0
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self._sock.poll(int(left * 1000) + 1, zmq.POLLIN):
