@@ -82,6 +82,13 @@ class Daemon:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._supervisor: int | None = None
         self.on_ready: list[Callable[["Daemon"], None]] = []
+        from .notify import Notifier
+
+        self.notifier = Notifier()
+        self._last_ping = 0.0
+        self._ping_hops = -1
+        self._last_status = 0.0
+        self.faults: dict[str, str] = {}
 
     # ------------------------------------------------------------------
     # engine
@@ -317,6 +324,8 @@ class Daemon:
             new = load_config(path)
         except ConfigError as e:
             log.warning("reload refused, the running config stays: %s", e)
+            self.notifier.reloading()
+            self.notifier.ready(self._status_line())
             raise ControlError("failed", str(e), {"problems": [str(p) for p in e.problems]}) from None
 
         def job():
@@ -341,7 +350,11 @@ class Daemon:
                 self.config = new
             return {"changed": changed, "rebuilt": structural}
 
-        out = self.call_in_main(job)
+        self.notifier.reloading()
+        try:
+            out = self.call_in_main(job)
+        finally:
+            self.notifier.ready(self._status_line())
         log.info("reloaded %s: %s", path, "engine rebuilt" if out["rebuilt"] else f"{len(out['changed'])} value(s) changed")
         self.emit("event.state", {"state": "reloaded", **out})
         return out
@@ -382,6 +395,9 @@ class Daemon:
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_int)
         signal.signal(signal.SIGHUP, on_hup)
+        import faulthandler
+
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # thread stacks to the log (stderr)
 
     def run(self) -> int:
         """Supervise until stopped. Returns the exit status (0)."""
@@ -418,6 +434,7 @@ class Daemon:
                             self._down_since = None
                         self._on_first_ready()
                         self.ready.set()
+                        self.notifier.ready(self._status_line())
                         self.emit("event.state", {"state": "ready", "latency_frames": self.io.latency})
                         for cb in self.on_ready:
                             cb(self)
@@ -425,8 +442,10 @@ class Daemon:
                         if not waiting_logged:
                             log.warning("waiting for the JACK server%s", f" {self.server!r}" if self.server else "")
                             waiting_logged = True
+                        self._housekeeping()
                         self._stop.wait(interval)
                         continue
+                self._housekeeping()
                 if self.io.ports_changed.is_set():
                     self._apply_rules()
                 if self.io.period_changed.is_set():
@@ -435,6 +454,7 @@ class Daemon:
                     continue
                 self._stop.wait(0.05)
         finally:
+            self.notifier.stopping()
             self.emit("event.state", {"state": "stopping"})
             self._fade_out()
             final = self.status()
@@ -451,6 +471,46 @@ class Daemon:
             log.info("final status: %s", json.dumps({k: v for k, v in final.items() if k not in ("meters", "params")},
                                                     default=str))
         return 0
+
+    def _status_line(self) -> str:
+        io, eng = self.io, self.engine
+        if io is None or io.client is None:
+            return f"waiting for the JACK server{' ' + repr(self.server) if self.server else ''}"
+        c = io.counters
+        return (f"{len(self.config.channels)} channel(s), latency {1000.0 * io.latency / io.sample_rate:.1f} ms, "
+                f"{int(c[jackio.XRUNS])} xruns, {int(c[jackio.DEADLINE_MISSES])} deadline misses, "
+                f"{self.reconnects} reconnects" + (f", {len(self.faults)} stage fault(s)" if self.faults else ""))
+
+    def _housekeeping(self) -> None:
+        """Watchdog pings (only while the engine makes progress), STATUS
+        every few seconds, stage faults reported once each."""
+        now = time.monotonic()
+        n = self.notifier
+        if n.watchdog_s and now - self._last_ping >= n.watchdog_s / 2:
+            eng, io = self.engine, self.io
+            running = io is not None and io.alive and eng is not None
+            hops = eng.stats.hops if eng is not None else -1
+            if not running or hops != self._ping_hops:  # waiting for JACK is not a hang
+                n.watchdog()
+                self._last_ping = now
+                self._ping_hops = hops
+        if now - self._last_status >= 5.0:
+            self._last_status = now
+            n.status(self._status_line())
+        eng = self.engine
+        if eng is not None:
+            for name, proc in zip(eng.names, eng.chains):
+                for stage, why in (proc.faults.items() if proc else ()):
+                    key = f"{name}.chain.{stage}"
+                    if key not in self.faults:
+                        self.faults[key] = why
+                        log.warning("channel %s: stage %s failed (%s); it is bypassed, the other channels run on",
+                                    name, stage, why)
+                        self.emit("event.state", {"state": "fault", "channel": name, "stage": stage, "reason": why})
+            if eng.sup.fault and "suppressor" not in self.faults:
+                self.faults["suppressor"] = eng.sup.fault
+                log.error("the suppressor failed (%s); every channel now passes the delayed dry signal", eng.sup.fault)
+                self.emit("event.state", {"state": "fault", "stage": "suppressor", "reason": eng.sup.fault})
 
     def _fade_out(self) -> None:
         """Ramp every output to silence over one hop, let it play, then stop."""
@@ -496,6 +556,7 @@ class Daemon:
         if self.control is not None:
             st["control"] = {"endpoint": self.control.endpoint, "events": self.control.events_endpoint,
                              "requests": self.control.requests, "errors": self.control.errors}
+        st["faults"] = dict(self.faults)
         if self.state is not None:
             st["state"] = {"path": self.state.path, "saves": self.state.saves, "last_error": self.state.last_error}
         return st

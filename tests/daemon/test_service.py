@@ -1,0 +1,358 @@
+"""Service and reliability: systemd units verify, sd_notify in the right
+order, the watchdog follows the engine, reload by SIGHUP, state survives
+kill -9, a corrupt state file is set aside, a faulty plugin costs only its
+stage, SIGTERM and a second SIGINT."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from quietcast.daemon.client import Client
+from quietcast.daemon.config import load_config
+from quietcast.daemon.jackclients import Player, Recorder, wait_until
+from quietcast.daemon.notify import Notifier
+from quietcast.daemon.service import Daemon
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+EXE = shutil.which("quietcast")
+
+
+# --------------------------------------------------------------------------
+# units
+
+
+def _verify(unit_files: list[pathlib.Path], user: bool, tmp_path) -> subprocess.CompletedProcess:
+    exe = shutil.which("systemd-analyze")
+    if not exe:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have systemd-analyze (apt-get install systemd)")
+        pytest.skip("systemd-analyze not installed")
+    env = dict(os.environ)
+    if user:
+        rt = tmp_path / "xdg"
+        rt.mkdir(mode=0o700, exist_ok=True)
+        env["XDG_RUNTIME_DIR"] = str(rt)
+    cmd = [exe, "verify"] + (["--user"] if user else []) + [str(f) for f in unit_files]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+
+
+def _localised(src: pathlib.Path, dst_dir: pathlib.Path) -> pathlib.Path:
+    """The unit with ExecStart pointing at this machine's quietcast (and
+    pw-jack replaced by env where PipeWire is absent)."""
+    text = src.read_text().replace("/usr/local/bin/quietcast", EXE)
+    if not os.path.exists("/usr/bin/pw-jack"):
+        text = text.replace("/usr/bin/pw-jack ", shutil.which("env") + " ")
+    dst = dst_dir / src.name
+    dst.write_text(text)
+    return dst
+
+
+def test_system_units_verify(tmp_path):
+    units = [_localised(REPO / "systemd" / n, tmp_path) for n in ("quietcast.service", "jackd.service")]
+    r = _verify(units, False, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = (REPO / "systemd" / "quietcast.service").read_text()
+    for key in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "RuntimeDirectory=quietcast",
+                "StateDirectory=quietcast", "ConfigurationDirectory=quietcast", "SupplementaryGroups=audio",
+                "LimitRTPRIO=", "LimitMEMLOCK=infinity", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                "ProtectHome=yes", "PrivateTmp=yes", "RestrictAddressFamilies=", "SystemCallArchitectures=native",
+                "After=jackd.service", "ExecReload="):
+        assert key in text, key
+
+
+def test_user_unit_verifies(tmp_path):
+    d = tmp_path / "user"
+    d.mkdir()
+    r = _verify([_localised(REPO / "systemd" / "user" / "quietcast.service", d)], True, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_broken_unit_is_caught(tmp_path):
+    bad = tmp_path / "quietcast.service"
+    bad.write_text((REPO / "systemd" / "quietcast.service").read_text().replace("/usr/local/bin/quietcast", "/nonexistent/qc"))
+    r = _verify([bad], False, tmp_path)
+    assert r.returncode != 0 and "not executable" in (r.stdout + r.stderr)
+
+
+# --------------------------------------------------------------------------
+# helpers: a daemon in a subprocess, a fake NOTIFY_SOCKET
+
+
+def write_config(tmp_path, server, client="qcs", extra_channel_host="", post=None, debounce=100):
+    if post:
+        (tmp_path / "post.toml").write_text(post)
+    text = (f'[jack]\nclient_name = "{client}"\nserver = "{server}"\nreconnect_interval_ms = 100\n'
+            '[engine]\nmodel = "dsp"\n'
+            f'[control]\nbind = "ipc://{tmp_path}/ctl"\nevents = "ipc://{tmp_path}/ev"\n'
+            f'[midi]\nenabled = false\n[state]\nfile = "{tmp_path}/state.json"\nsave_debounce_ms = {debounce}\n'
+            f'[[channel]]\nname = "host"\n{extra_channel_host}' + ('chain = "post.toml"\n' if post else "")
+            + '[[channel]]\nname = "guest"\n')
+    path = tmp_path / "quietcast.toml"
+    path.write_text(text)
+    return path
+
+
+class NotifySocket:
+    def __init__(self, tmp_path):
+        self.path = str(tmp_path / "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+
+    def drain(self, seconds: float) -> list[str]:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
+            except socket.timeout:
+                pass
+        return [m for _, m in self.messages]
+
+    def wait_for(self, line: str, timeout: float = 20.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if any(line in m.split("\n") for _, m in self.messages):
+                return True
+            self.drain(0.2)
+        return False
+
+    def close(self):
+        self.sock.close()
+
+
+def start(cfg_path, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.Popen([EXE, "run", "-c", str(cfg_path), "--log-level", "info"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def client(tmp_path, timeout=10.0):
+    return Client(f"ipc://{tmp_path}/ctl", timeout=timeout)
+
+
+def wait_ready(tmp_path, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with client(tmp_path, timeout=1.0) as c:
+                if c.status()["ready"]:
+                    return True
+        except Exception:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def stop(proc, sig=signal.SIGTERM) -> str:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    return out
+
+
+# --------------------------------------------------------------------------
+# notify, watchdog, reload, stop
+
+
+def test_notify_messages_in_order(tmp_path, jack_server):
+    ns = NotifySocket(tmp_path)
+    cfg = write_config(tmp_path, jack_server.name)
+    proc = start(cfg, {"NOTIFY_SOCKET": ns.path, "WATCHDOG_USEC": "1000000"})
+    try:
+        assert ns.wait_for("READY=1"), stop(proc)
+        ns.drain(1.5)
+        with client(tmp_path) as c:
+            c.call("reload")
+        ns.drain(0.5)
+        out = stop(proc)
+        assert proc.returncode == 0, out
+        ns.drain(0.5)
+    finally:
+        ns.close()
+    msgs = [m for _, m in ns.messages]
+    first_ready = next(i for i, m in enumerate(msgs) if "READY=1" in m.split("\n"))
+    assert any(l.startswith("STATUS=") and "latency" in l for l in msgs[first_ready].split("\n"))
+    assert any(m == "WATCHDOG=1" for m in msgs[first_ready:])
+    rel = next(i for i, m in enumerate(msgs) if m.startswith("RELOADING=1"))
+    assert rel > first_ready
+    assert any("READY=1" in m.split("\n") for m in msgs[rel + 1:])
+    stopping = [i for i, m in enumerate(msgs) if m == "STOPPING=1"]
+    assert stopping and stopping[0] > rel
+    assert "final status" in out
+
+
+def test_a_stalled_engine_stops_the_watchdog(tmp_path, jack_server):
+    cfg = load_config(write_config(tmp_path, jack_server.name))
+    ns = NotifySocket(tmp_path)
+    d = Daemon(cfg)
+    d.notifier = Notifier({"NOTIFY_SOCKET": ns.path, "WATCHDOG_USEC": "600000"})
+    th = threading.Thread(target=d.run, daemon=True)
+    th.start()
+    try:
+        assert d.ready.wait(20)
+        before = [m for m in ns.drain(2.0) if m == "WATCHDOG=1"]
+        assert len(before) >= 3  # every 0.3 s while audio flows
+        d.engine.slow_hop_s = 5.0  # the engine thread hangs inside a hop
+        ns.drain(1.0)  # the ping in flight
+        ns.messages.clear()
+        after = [m for m in ns.drain(2.5) if m == "WATCHDOG=1"]
+        assert after == []
+        # the control thread is fine all along: it does not hide the hang
+        with Client(f"ipc://{tmp_path}/ctl") as c:
+            assert c.call("version")["protocol"] == 1
+    finally:
+        d.engine.slow_hop_s = 0.0
+        d.request_stop()
+        th.join(20)
+        ns.close()
+
+
+def test_sighup_reloads_good_and_keeps_running_on_broken(tmp_path, jack_server):
+    cfg = write_config(tmp_path, jack_server.name)
+    proc = start(cfg)
+    try:
+        assert wait_ready(tmp_path)
+        good = cfg.read_text().replace('name = "guest"\n', 'name = "guest"\nstrength = 0.6\n')
+        cfg.write_text(good)
+        proc.send_signal(signal.SIGHUP)
+        with client(tmp_path) as c:
+            assert wait_until(lambda: c.get("guest.strength") == 0.6, timeout=10)
+            cfg.write_text(good.replace("strength = 0.6", "strength = 6\nstrenght = 1"))
+            proc.send_signal(signal.SIGHUP)
+            time.sleep(1.0)
+            assert c.get("guest.strength") == 0.6 and c.status()["ready"]
+        out = stop(proc)
+    finally:
+        if proc.poll() is None:
+            stop(proc, signal.SIGKILL)
+    assert "reload refused, the running config stays" in out
+    assert "did you mean 'strength'" in out and "out of range [0, 1]" in out
+
+
+def test_kill_9_and_restart_restores_every_parameter(tmp_path, jack_server):
+    post = '[[stage]]\nname = "comp"\ntype = "compressor"\nthreshold_db = -20\nratio = 3\n'
+    cfg = write_config(tmp_path, jack_server.name, post=post)
+    values = {"host.strength": 0.35, "host.input_gain_db": -4.5, "host.output_gain_db": "-inf",
+              "host.background_db": -18.0, "host.mute": True, "guest.bypass": True,
+              "host.chain.comp.threshold_db": -31.0, "host.chain.comp.ratio": 6.5, "host.chain.comp.bypass": True}
+    proc = start(cfg)
+    try:
+        assert wait_ready(tmp_path)
+        with client(tmp_path) as c:
+            c.call("set", values=values)
+        state = tmp_path / "state.json"
+        assert wait_until(lambda: state.exists() and json.loads(state.read_text())["params"]["host.chain.comp.ratio"] == 6.5,
+                          timeout=10)
+    finally:
+        stop(proc, signal.SIGKILL)
+    proc = start(cfg)
+    try:
+        assert wait_ready(tmp_path)
+        with client(tmp_path) as c:
+            got = c.call("get", addresses=list(values))
+        assert got == values
+    finally:
+        out = stop(proc)
+    assert "restored" in out
+
+
+def test_corrupt_state_file_is_set_aside(tmp_path, jack_server):
+    cfg = write_config(tmp_path, jack_server.name)
+    (tmp_path / "state.json").write_bytes(b'{"params": {"host.strength": 0.2,,, garbage')
+    proc = start(cfg)
+    try:
+        assert wait_ready(tmp_path)
+        with client(tmp_path) as c:
+            assert c.get("host.strength") == 1.0  # from the config
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0
+    assert "is corrupt" in out and "moved aside" in out
+    assert glob.glob(str(tmp_path / "state.json.corrupt-*"))
+
+
+def test_second_sigint_forces_exit(tmp_path, jack_server):
+    proc = start(write_config(tmp_path, jack_server.name))
+    try:
+        assert wait_ready(tmp_path)
+        # a slow stop (fading out) is cut short by a second ^C
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)  # the first one is being handled: the fade-out takes ~0.2 s
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "second interrupt" in out
+
+
+def test_sigusr1_dumps_thread_stacks(tmp_path, jack_server):
+    proc = start(write_config(tmp_path, jack_server.name))
+    try:
+        assert wait_ready(tmp_path)
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+    finally:
+        out = stop(proc)
+    assert "quietcast-engine" in out or "Thread 0x" in out
+    assert proc.returncode == 0
+
+
+# --------------------------------------------------------------------------
+# a faulty plugin costs its stage, nothing else
+
+
+@pytest.mark.plugin
+def test_faulty_plugin_is_isolated_to_its_channel(tmp_path, jack_server, qcgain_vst3):
+    post = f'[[stage]]\nname = "v"\ntype = "plugin"\npath = "{qcgain_vst3}"\n'
+    cfg = write_config(tmp_path, jack_server.name, post=post,
+                       extra_channel_host="strength = 0.0\n")
+    text = cfg.read_text().replace('name = "guest"\n', 'name = "guest"\nstrength = 0.0\n')
+    cfg.write_text(text)
+    proc = start(cfg)
+    rec = play = None
+    try:
+        assert wait_ready(tmp_path)
+        srv = jack_server.name
+        rec = Recorder(srv, 2, name="frec")
+        play = Player(srv, 2, name="fplay", recorder=rec)
+        for i, ch in enumerate(("host", "guest")):
+            play.client.connect(play.name(i), f"qcs:{ch}_in")
+            play.client.connect(f"qcs:{ch}_out", rec.name(i))
+        with client(tmp_path) as c:
+            c.set("host.chain.v.fault", True)  # the plugin now returns NaN
+            assert wait_until(lambda: "host.chain.v" in c.status()["faults"], timeout=10)
+            st = c.status()
+            assert "NaN" in st["faults"]["host.chain.v"] and st["ready"]
+            lat = st["latency_frames"]
+        t = np.arange(48_000) / 48_000
+        x = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 660 * t)]).astype(np.float32)
+        rec.start()
+        time.sleep(0.05)
+        start_i = play.play(x)
+        time.sleep(lat / 48_000 + 0.3)
+        y = rec.stop()[:, start_i + lat:start_i + lat + x.shape[1]]
+        # both channels still carry their own signal, finite, aligned
+        assert np.isfinite(y).all()
+        for i in range(2):
+            np.testing.assert_allclose(y[i], x[i], atol=1e-4)
+    finally:
+        for cl in (play, rec):
+            if cl is not None:
+                cl.close()
+        out = stop(proc)
+    assert "stage v failed" in out and "the other channels run on" in out
