@@ -498,7 +498,17 @@ class PrivateJackd:
         env = dict(os.environ, JACK_NO_AUDIO_RESERVATION="1", JACK_NO_START_SERVER="1")
         from .jackclients import jackd_command
 
+        def die_with_parent():
+            import ctypes
+            import signal
+
+            try:  # PR_SET_PDEATHSIG: the private server never outlives the demo
+                ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+            except OSError:
+                pass
+
         self.proc = subprocess.Popen(jackd_command(self.exe, self.name, self.rate, self.period),
+                                     preexec_fn=die_with_parent,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                      start_new_session=True)
         deadline = time.monotonic() + 10

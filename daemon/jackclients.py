@@ -29,8 +29,13 @@ class Player:
         self.pos = -1
         self.start_frame = None
         self.done = threading.Event()
+        self.xruns = 0  # JACK tells every client; a recording made across one is shifted
         self.client.set_process_callback(self._process)
+        self.client.set_xrun_callback(self._on_xrun)
         self.client.activate()
+
+    def _on_xrun(self, delayed_usecs):
+        self.xruns += 1
 
     def _process(self, frames):
         arrs = [p.get_array() for p in self.ports]

@@ -90,6 +90,18 @@ def noisy_speechlike(rng):
 # a private JACK server (jackd --no-realtime -d dummy), unique per session
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the test process dies (even by
+    SIGKILL), so no private jackd outlives its session."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class JackServer:
     """A private ``jackd -d dummy`` with a unique name (realtime where the
     machine allows it, like a production jackd; else --no-realtime);
@@ -115,7 +127,8 @@ class JackServer:
 
         self.proc = subprocess.Popen(
             jackd_command(jackd, self.name, self.rate, self.period),
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         import jack
 

@@ -71,14 +71,20 @@ class Running:
     def connect(self, src, dst):
         self.player.client.connect(src, dst)
 
-    def run(self, signals):
+    def run(self, signals, tries: int = 3):
         """Play ``signals`` and record; returns (recording aligned so that
-        index 0 is the player's first frame, declared latency)."""
-        self.recorder.start()
-        time.sleep(0.05)
-        start = self.player.play(signals)
-        time.sleep((self.daemon.io.latency + 4 * self.daemon.io.period) / 48_000 + 0.1)
-        rec = self.recorder.stop()
+        index 0 is the player's first frame, declared latency). An xrun
+        during the take (a busy machine: JACK skips a cycle and the
+        recording shifts) makes it try again, up to ``tries`` takes."""
+        for _ in range(tries):
+            x0 = self.player.xruns
+            self.recorder.start()
+            time.sleep(0.05)
+            start = self.player.play(signals)
+            time.sleep((self.daemon.io.latency + 4 * self.daemon.io.period) / 48_000 + 0.1)
+            rec = self.recorder.stop()
+            if self.player.xruns == x0:
+                break
         return rec[:, start:], self.daemon.io.latency
 
 
