@@ -36,16 +36,26 @@ class Problem:
         return f"{self.where}: {self.message}" if self.where else self.message
 
 
-class ChainSpecError(BridgeError, ValueError):
-    """A chain file or spec is invalid. Holds every problem found, not just
-    the first: ``err.problems``."""
+class ProblemsError(BridgeError, ValueError):
+    """A file or spec with problems: holds every problem found, not just
+    the first (``err.problems``), and names its ``source``. The message is
+    ``SOURCE: N problems`` and one ``  - where: what`` line each.
+    Subclasses set :attr:`default_source`."""
 
-    def __init__(self, problems: list[Problem], source: str = "chain"):
+    default_source = "input"
+
+    def __init__(self, problems: list[Problem], source: str | None = None):
         self.problems = list(problems)
-        self.source = source
+        self.source = source = source or self.default_source
         n = len(self.problems)
         head = f"{source}: {n} problem{'s' if n != 1 else ''}"
         super().__init__(head + "\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class ChainSpecError(ProblemsError):
+    """A chain file or spec is invalid."""
+
+    default_source = "chain"
 
 
 class ParameterError(BridgeError, ValueError):

@@ -79,7 +79,7 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
-from quietcast.bridge.errors import BridgeError, ChainSpecError, ParameterError, Problem, did_you_mean
+from quietcast.bridge.errors import ChainSpecError, ParameterError, Problem, ProblemsError, did_you_mean
 from quietcast.bridge.params import Param
 
 if sys.version_info >= (3, 11):
@@ -103,16 +103,11 @@ SERVER_NAME_MAX = 64
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class ConfigError(BridgeError, ValueError):
+class ConfigError(ProblemsError):
     """The config is invalid. ``.problems`` holds every problem found, not
     just the first; ``.source`` names the file (or "config")."""
 
-    def __init__(self, problems: list[Problem], source: str = "config"):
-        self.problems = list(problems)
-        self.source = source
-        n = len(self.problems)
-        head = f"{source}: {n} problem{'s' if n != 1 else ''}"
-        super().__init__(head + "\n" + "\n".join(f"  - {p}" for p in self.problems))
+    default_source = "config"
 
 
 # --------------------------------------------------------------------------
