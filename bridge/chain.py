@@ -37,19 +37,13 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import ChainSpecError, ParameterError, PluginLoadError, Problem, did_you_mean
+from .errors import ChainSpecError, ParameterError, PluginLoadError, Problem, did_you_mean, parse_toml, read_utf8
 from .stages import COMMON, MixStage, Stage, build_stage, params_of, resolve_type
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 TOP_KEYS = ("name", "description", "stage")
@@ -190,24 +184,12 @@ class Chain:
 
     @classmethod
     def from_toml_string(cls, text: str, source: str = "chain", base_dir: str | None = None) -> "Chain":
-        try:
-            doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ChainSpecError([Problem("", f"not valid TOML: {e}")], source) from None
-        return cls.from_dict(doc, source=source, base_dir=base_dir)
+        return cls.from_dict(parse_toml(text, source, ChainSpecError), source=source, base_dir=base_dir)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> "Chain":
         path = os.fspath(path)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise ChainSpecError([Problem("", f"cannot read chain file: {e.strerror}")], path) from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ChainSpecError([Problem("", "chain file is not UTF-8 text")], path) from None
+        text = read_utf8(path, "chain file", ChainSpecError)
         return cls.from_toml_string(text, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
     @classmethod

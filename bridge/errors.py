@@ -88,3 +88,33 @@ class AudioFileError(BridgeError, OSError):
     def __init__(self, path: str, message: str):
         self.path = path
         super().__init__(f"{path}: {message}")
+
+
+def read_utf8(path: str, what: str, error: type[ProblemsError]) -> str:
+    """The text of a UTF-8 file, or ``error`` naming ``path`` with one clear
+    problem (unreadable, or not UTF-8 with the byte and line)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise error([Problem("", f"cannot read {what}: {e.strerror or e}")], path) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise error([Problem("", f"{what} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line})")], path) from None
+
+
+def parse_toml(text: str, source: str, error: type[ProblemsError]) -> dict:
+    """A TOML document, or ``error`` with the parser's message (line and
+    column included)."""
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise error([Problem("", f"not valid TOML: {e}")], source) from None

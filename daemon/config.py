@@ -75,17 +75,14 @@ from __future__ import annotations
 import math
 import os
 import re
-import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
-from quietcast.bridge.errors import ChainSpecError, ParameterError, Problem, ProblemsError, did_you_mean
+from quietcast.bridge.errors import (
+    ChainSpecError, ParameterError, Problem, ProblemsError, did_you_mean, parse_toml, read_utf8,
+)
 from quietcast.bridge.params import Param
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = [
     "DEFAULT_CONFIG_PATH", "MAX_CHANNELS", "ConfigError",
@@ -614,11 +611,7 @@ def config_from_dict(doc: Any, source: str = "config", base_dir: str | None = No
 
 def parse_config(text: str, source: str = "config", base_dir: str | None = None, path: str | None = None) -> Config:
     """Check config TOML text (see :func:`config_from_dict`)."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError([Problem("", f"not valid TOML: {e}")], source) from None
-    return config_from_dict(doc, source=source, base_dir=base_dir, path=path)
+    return config_from_dict(parse_toml(text, source, ConfigError), source=source, base_dir=base_dir, path=path)
 
 
 def load_config(path: str | os.PathLike) -> Config:
@@ -626,16 +619,7 @@ def load_config(path: str | os.PathLike) -> Config:
     its folder. Every problem, including an unreadable or non-UTF-8 file,
     is a :class:`ConfigError`."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ConfigError([Problem("", f"cannot read config file: {e.strerror or e}")], path) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ConfigError([Problem("", f"config file is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line})")], path) from None
+    text = read_utf8(path, "config file", ConfigError)
     full = os.path.abspath(path)
     return parse_config(text, source=path, base_dir=os.path.dirname(full), path=full)
 

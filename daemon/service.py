@@ -473,7 +473,7 @@ class Daemon:
         return 0
 
     def _status_line(self) -> str:
-        io, eng = self.io, self.engine
+        io = self.io
         if io is None or io.client is None:
             return f"waiting for the JACK server{' ' + repr(self.server) if self.server else ''}"
         c = io.counters
