@@ -79,7 +79,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import queue
 import shutil
 import signal
@@ -91,6 +90,9 @@ import time
 import uuid
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import machine_info  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -952,45 +954,12 @@ def search_capacity(rig: Rig, model: str, opts, save) -> dict:
 # report
 
 
-def machine_info() -> dict:
-    from importlib import metadata
-
-    cpu = platform.processor() or ""
+def jackd_version() -> str | None:
+    """The first line of ``jackd --version`` (None when it cannot be run)."""
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    vers = {}
-    for pkg in ("numpy", "JACK-Client", "pedalboard", "torch", "quietcast"):
-        try:
-            vers[pkg] = metadata.version(pkg)
-        except Exception:
-            vers[pkg] = None
-    try:
-        jackd = subprocess.run(["jackd", "--version"], capture_output=True, text=True, timeout=10).stdout.split("\n")[0]
+        return subprocess.run(["jackd", "--version"], capture_output=True, text=True, timeout=10).stdout.split("\n")[0]
     except Exception:
-        jackd = None
-    mem = None
-    try:
-        mem = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except Exception:
-        pass
-    git = {}
-    try:
-        git["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                       text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.split("\n")
-        git["modified"] = [ln[3:] for ln in dirty if ln.strip()]
-    except Exception:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)), "memory_gib": mem,
-            "os": platform.platform(), "python": platform.python_version(), "jackd": jackd, "versions": vers,
-            "git": git}
+        return None
 
 
 def busy_processes(limit: int = 5) -> list[str]:
@@ -1232,7 +1201,9 @@ def main(argv=None) -> int:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "mode": "quick" if q else "full",
         "argv": sys.argv[1:] if argv is None else list(argv),
-        "machine": machine_info(), "note": note, "load_start": [round(x, 2) for x in os.getloadavg()],
+        "machine": machine_info(("numpy", "JACK-Client", "pedalboard", "torch", "quietcast"),
+                                extra={"jackd": jackd_version()}),
+        "note": note, "load_start": [round(x, 2) for x in os.getloadavg()],
         "other_processes": busy_processes(),
         "daemon_mode": opts.daemon, "daemon_mode_text": modes[opts.daemon], "features": opts.features,
         "daemon_config_example": config_text("SERVER", "qcb1", "dsp", 1, opts.features, opts.tmp),

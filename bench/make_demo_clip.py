@@ -29,7 +29,9 @@ import sys
 
 import numpy as np
 
-SR = 48_000
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import SR, fade, hiss, load_48k, voice_rms_db  # noqa: E402
+
 SEED = 20240611
 LEAD_IN_S = 1.0        # noise only, so the noise floor is obvious
 GAP_S = 0.45           # pause between the two utterances
@@ -46,71 +48,25 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
 
-def load_48k(path: str) -> np.ndarray:
-    """Mono float32 at 48 kHz (pedalboard's resampler)."""
-    from pedalboard.io import AudioFile
-
-    with AudioFile(path) as f:
-        sr = f.samplerate
-        if int(round(sr)) == SR:
-            x = f.read(f.frames)
-        else:
-            with f.resampled_to(float(SR)) as r:
-                x = r.read(r.frames)
-    return np.asarray(x, np.float32).mean(axis=0)
-
-
-def frame_rms_db(x: np.ndarray, n: int = 960) -> np.ndarray:
-    m = len(x) // n
-    fr = x[: m * n].reshape(m, n).astype(np.float64)
-    return 10 * np.log10(np.mean(fr**2, axis=1) + 1e-20)
-
-
-def voice_rms_db(x: np.ndarray) -> float:
-    db = frame_rms_db(x)
-    active = db > np.percentile(db, 95) - 30
-    return float(10 * np.log10(np.mean(10 ** (db[active] / 10))))
-
-
-def fade(x: np.ndarray, n: int = 240) -> np.ndarray:
-    """Short raised-cosine fades so no utterance starts or ends with a step."""
-    x = x.copy()
-    w = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, n, dtype=np.float32))
-    x[:n] *= w
-    x[-n:] *= w[::-1]
-    return x
-
-
-def hiss(n: int, rng: np.random.Generator) -> np.ndarray:
-    """White noise high-passed above ~7.5 kHz (FFT brick wall with a
-    1 kHz cosine ramp): fills the band the 16 kHz recording lacks."""
-    w = rng.standard_normal(n)
-    W = np.fft.rfft(w)
-    f = np.fft.rfftfreq(n, 1 / SR)
-    ramp = np.clip((f - 7000) / 1000, 0, 1)
-    W *= 0.5 - 0.5 * np.cos(np.pi * ramp)
-    return np.fft.irfft(W, n).astype(np.float32)
-
-
 def build(data: str) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(SEED)
     parts = [np.zeros(int(LEAD_IN_S * SR), np.float32)]
     for i, rel in enumerate(SPEECH):
         if i:
             parts.append(np.zeros(int(GAP_S * SR), np.float32))
-        parts.append(fade(load_48k(os.path.join(data, rel))))
+        parts.append(fade(load_48k(os.path.join(data, rel))[0]))
     parts.append(np.zeros(int(TAIL_S * SR), np.float32))
     clean = np.concatenate(parts)
     n = len(clean)
     clean *= 10 ** ((VOICE_RMS_DBFS - voice_rms_db(clean)) / 20)
 
-    bed = load_48k(os.path.join(data, NOISE))
+    bed = load_48k(os.path.join(data, NOISE))[0]
     start = int(NOISE_OFFSET_S * SR)
     if len(bed) < start + n:
         raise SystemExit(f"{NOISE} is too short for a {n / SR:.1f} s clip")
     bed = bed[start:start + n].astype(np.float64)
     bed -= bed.mean()
-    h = hiss(n, rng).astype(np.float64)
+    h = hiss(n, rng, np.float32).astype(np.float64)  # float32 on the way, as the shipped clip was built
     h *= np.sqrt(np.mean(bed**2) / np.mean(h**2)) * 10 ** (HISS_DB / 20)
     noise = bed + h
     # fade the bed in over 20 ms so the file does not start with a step

@@ -73,7 +73,6 @@ import datetime  # noqa: E402
 import gc  # noqa: E402
 import glob  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -83,6 +82,9 @@ import time  # noqa: E402
 import wave  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import fade, hiss, load_48k, machine_info, voice_rms_db  # noqa: E402
 
 try:
     from threadpoolctl import threadpool_limits  # type: ignore
@@ -126,41 +128,6 @@ def _short(e: BaseException) -> str:
 # input signal
 
 
-def load_48k(path: str) -> tuple[np.ndarray, float]:
-    """Mono float32 at 48 kHz (pedalboard's resampler) and the file's rate."""
-    from pedalboard.io import AudioFile
-
-    with AudioFile(path) as f:
-        sr = float(f.samplerate)
-        if int(round(sr)) == SR:
-            x = f.read(f.frames)
-        else:
-            with f.resampled_to(float(SR)) as r:
-                x = r.read(r.frames)
-    return np.asarray(x, np.float32).mean(axis=0), sr
-
-
-def frame_rms_db(x: np.ndarray, n: int = 960) -> np.ndarray:
-    m = len(x) // n
-    fr = x[: m * n].reshape(m, n).astype(np.float64)
-    return 10 * np.log10(np.mean(fr**2, axis=1) + 1e-20)
-
-
-def voice_rms_db(x: np.ndarray) -> float:
-    db = frame_rms_db(x)
-    active = db > np.percentile(db, 95) - 30
-    return float(10 * np.log10(np.mean(10 ** (db[active] / 10))))
-
-
-def fade(x: np.ndarray, n: int = 240) -> np.ndarray:
-    x = x.copy()
-    n = min(n, len(x) // 2)
-    w = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, n, dtype=np.float32))
-    x[:n] *= w
-    x[len(x) - n:] *= w[::-1]
-    return x
-
-
 def loop_to(x: np.ndarray, n: int, xfade: int = 2400) -> np.ndarray:
     """Repeat ``x`` to ``n`` samples with equal-power crossfades at the seams."""
     x = x.astype(np.float64)
@@ -174,14 +141,6 @@ def loop_to(x: np.ndarray, n: int, xfade: int = 2400) -> np.ndarray:
         seam = out[-xfade:] * fout + x[:xfade] * fin
         out = np.concatenate([out[:-xfade], seam, x[xfade:]])
     return out[:n]
-
-
-def hiss(n: int, rng: np.random.Generator) -> np.ndarray:
-    """White noise above ~7.5 kHz: fills the band a 16 kHz recording lacks."""
-    W = np.fft.rfft(rng.standard_normal(n))
-    f = np.fft.rfftfreq(n, 1 / SR)
-    W *= 0.5 - 0.5 * np.cos(np.pi * np.clip((f - 7000) / 1000, 0, 1))
-    return np.fft.irfft(W, n)
 
 
 def pink(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -739,48 +698,6 @@ def long_file(sig: dict, long_s: float, nr_lengths: list[float], nr_long: str, t
 # report
 
 
-def machine_info() -> dict:
-    from importlib import metadata
-
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    vers = {}
-    for pkg in ("numpy", "pedalboard", "scipy", "noisereduce", "speexdsp-ns", "torch", "quietcast"):
-        try:
-            vers[pkg] = metadata.version(pkg)
-        except Exception:
-            vers[pkg] = None
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except Exception:
-        affinity = None
-    mem = None
-    try:
-        mem = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except Exception:
-        pass
-    git = {}
-    try:
-        git["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                       text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.split("\n")
-        git["modified"] = [ln[3:] for ln in dirty if ln.strip()]
-    except Exception:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "cores_usable": affinity, "memory_gib": mem,
-            "os": platform.platform(), "python": platform.python_version(), "versions": vers,
-            "threads": {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-            | {"threadpoolctl": THREADPOOLCTL}, "git": git}
-
-
 def fmt_table(headers: list[str], rows: list[list[str]]) -> str:
     rows = [list(r) + [""] * (len(headers) - len(r)) for r in rows]
     w = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
@@ -891,11 +808,14 @@ def main(argv=None) -> int:
     data = a.data or None
     log(f"building {seconds:g} s of input ({'from ' + data if data and os.path.isdir(data) else 'synthetic'}) ...")
     sig = build_input(data, seconds, a.noise, a.snr_db)
+    threads = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    machine = machine_info(("numpy", "pedalboard", "scipy", "noisereduce", "speexdsp-ns", "torch", "quietcast"),
+                           extra={"threads": threads | {"threadpoolctl": THREADPOOLCTL}})
     res: dict = {"benchmark": "quietcast bench/offline.py", "date": datetime.datetime.now().isoformat(timespec="seconds"),
                  "command": " ".join([os.path.relpath(sys.argv[0], REPO) if sys.argv[0] else "bench/offline.py"] + sys.argv[1:]),
                  "config": {"seconds": seconds, "long_seconds": long_s, "nr_lengths": nr_lengths, "nr_long": a.nr_long,
                             "repeat": repeat, "chain_model": a.model, "quick": a.quick, "hop": HOP, "block": BLOCK},
-                 "machine": machine_info(), "input": sig["info"]}
+                 "machine": machine, "input": sig["info"]}
     res["rtf"] = rtf_rows(sig, repeat, a.model)
     if long_s > 0:
         res["long_file"] = long_file(sig, long_s, nr_lengths, a.nr_long, a.tmpdir, a.model)

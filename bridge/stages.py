@@ -539,11 +539,15 @@ class DenoiseStage(Stage):
 
     type_name = "denoise"
 
-    def __init__(self, name, sample_rate, channels, model="default", strength=1.0, max_attenuation_db=None):
+    def __init__(self, name, sample_rate, channels, model="default", strength=1.0, max_attenuation_db=None,
+                 whole_hops: bool = False):
         super().__init__(name, sample_rate, channels, DENOISE_PARAMS)
         from quietcast.models import create_suppressor
 
         self.suppressor = create_suppressor(model, channels)
+        if whole_hops and self.sample_rate == self.suppressor.sample_rate and hasattr(self.suppressor, "set_aligned"):
+            # the caller (the live engine) passes whole hops only: no hop of buffering
+            self.suppressor.set_aligned(True)
         self.model = self.suppressor.name
         if max_attenuation_db is None:
             max_attenuation_db = float(self.suppressor.PARAMS["strength_db"][2])

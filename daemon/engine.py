@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from quietcast.bridge.stages import DelayLine, DenoiseStage
+from quietcast.models.base import HOP
 
 from . import jackio
 
@@ -98,7 +99,7 @@ class Engine:
         self.max_backlog = int(max_backlog_ms * self.sample_rate / 1000.0)
         self.slow_hop_s = slow_hop_s  # test hook: an injected slow stage
         self.sup = DenoiseStage("nr", self.sample_rate, n, model=model, strength=1.0,
-                                max_attenuation_db=max_attenuation_db)
+                                max_attenuation_db=max_attenuation_db, whole_hops=self.hop == HOP)
         self.model = self.sup.model
         self.max_attenuation_db = self.sup.values["max_attenuation_db"]
         ls = self.sup.latency

@@ -110,6 +110,7 @@ class HopSuppressor(Suppressor):
 
     hop: int = HOP
     algorithmic_latency: int = 0
+    _aligned = False
 
     def __init__(self, channels: int = 1):
         super().__init__(channels)
@@ -120,11 +121,19 @@ class HopSuppressor(Suppressor):
         self._in = np.zeros((self.channels, cap), np.float32)
         self._in_n = 0
         self._out = np.zeros((self.channels, cap), np.float32)
-        self._out_n = self.hop  # one hop of pre-filled zeros
+        self._out_n = 0 if self._aligned else self.hop  # one hop of pre-filled zeros
+
+    def set_aligned(self, on: bool = True) -> None:
+        """For a caller that only ever passes whole hops (blocks of a
+        multiple of :attr:`hop` frames, from the first call on; the live
+        engine does): no hop of buffering is needed, so the latency drops
+        to :attr:`algorithmic_latency`. State is reset."""
+        self._aligned = bool(on)
+        self._init_fifos()
 
     @property
     def latency(self) -> int:
-        return self.hop + self.algorithmic_latency
+        return (0 if self._aligned else self.hop) + self.algorithmic_latency
 
     def reset(self) -> None:
         self._init_fifos()
@@ -142,6 +151,8 @@ class HopSuppressor(Suppressor):
     def process(self, block: np.ndarray) -> np.ndarray:
         block = self._check_block(block)
         n = block.shape[1]
+        if self._aligned and n % self.hop:
+            raise ValueError(f"{self.name}: in aligned mode blocks must be whole hops ({self.hop} frames), got {n}")
         x, bad = sanitize(block)
         self.bad_samples += bad
         out = np.empty((self.channels, n), np.float32)

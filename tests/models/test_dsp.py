@@ -399,3 +399,20 @@ def test_import_is_numpy_only():
             "print(sorted(m for m in ('scipy', 'torch', 'pedalboard', 'soundfile') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_aligned_mode_drops_the_hop_buffer_and_keeps_the_output():
+    from quietcast.models.base import HOP
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((2, HOP * 40)) * 0.1).astype(np.float32)
+    a = DspSuppressor(channels=2)
+    b = DspSuppressor(channels=2)
+    b.set_aligned(True)
+    assert b.latency == a.latency - HOP == b.algorithmic_latency
+    ya = a.process(x)
+    yb = np.concatenate([b.process(x[:, i:i + HOP]) for i in range(0, x.shape[1], HOP)], axis=1)
+    # the same signal, one hop earlier
+    np.testing.assert_array_equal(yb[:, :-HOP], ya[:, HOP:])
+    with pytest.raises(ValueError, match="whole hops"):
+        b.process(x[:, :100])

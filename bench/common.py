@@ -1,0 +1,128 @@
+"""Helpers shared by the benchmark scripts (bench/live.py, bench/offline.py,
+bench/make_demo_clip.py).
+
+Not a package: the scripts run as ``python bench/X.py`` and put this folder
+on ``sys.path`` to import it. Keep the imports light (numpy only at module
+level): bench/offline.py measures the RSS of children that import it, and
+sets its thread-count environment variables before numpy is imported, so it
+imports this module only after that.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+import numpy as np
+
+SR = 48_000
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+# --------------------------------------------------------------------------
+# machine information
+
+
+def machine_info(packages=("numpy", "pedalboard", "torch", "quietcast"), extra: dict | None = None) -> dict:
+    """What a benchmark's JSON records about where it ran: CPU model, cores
+    (all, and usable by this process; None where the affinity is unknown),
+    physical memory (GiB), OS, Python, the installed versions of
+    ``packages`` (None for one that is not installed), then the items of
+    ``extra`` (the caller's own, e.g. a tool's version or thread limits),
+    and the git commit with the tracked files modified in the working tree."""
+    from importlib import metadata
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    vers = {}
+    for pkg in packages:
+        try:
+            vers[pkg] = metadata.version(pkg)
+        except Exception:
+            vers[pkg] = None
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except Exception:
+        affinity = None
+    mem = None
+    try:
+        mem = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except Exception:
+        pass
+    git = {}
+    try:
+        git["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                       text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+        git["modified"] = [ln[3:] for ln in dirty if ln.strip()]
+    except Exception:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "cores_usable": affinity, "memory_gib": mem,
+            "os": platform.platform(), "python": platform.python_version(), "versions": vers,
+            **(extra or {}), "git": git}
+
+
+# --------------------------------------------------------------------------
+# audio
+
+
+def load_48k(path: str) -> tuple[np.ndarray, float]:
+    """Mono float32 at 48 kHz (pedalboard's resampler) and the file's own rate."""
+    from pedalboard.io import AudioFile
+
+    with AudioFile(path) as f:
+        sr = float(f.samplerate)
+        if int(round(sr)) == SR:
+            x = f.read(f.frames)
+        else:
+            with f.resampled_to(float(SR)) as r:
+                x = r.read(r.frames)
+    return np.asarray(x, np.float32).mean(axis=0), sr
+
+
+def frame_rms_db(x: np.ndarray, n: int = 960) -> np.ndarray:
+    """RMS level (dB) of each whole ``n``-sample frame (960 = 20 ms at 48 kHz)."""
+    m = len(x) // n
+    fr = x[: m * n].reshape(m, n).astype(np.float64)
+    return 10 * np.log10(np.mean(fr**2, axis=1) + 1e-20)
+
+
+def voice_rms_db(x: np.ndarray) -> float:
+    """RMS level (dB) over the voice-active 20 ms frames: those within 30 dB
+    of the 95th-percentile frame."""
+    db = frame_rms_db(x)
+    active = db > np.percentile(db, 95) - 30
+    return float(10 * np.log10(np.mean(10 ** (db[active] / 10))))
+
+
+def fade(x: np.ndarray, n: int = 240) -> np.ndarray:
+    """A copy of ``x`` with short raised-cosine fades (``n`` samples, at most
+    half its length) so it neither starts nor ends with a step."""
+    x = x.copy()
+    n = min(n, len(x) // 2)
+    w = 0.5 - 0.5 * np.cos(np.linspace(0, np.pi, n, dtype=np.float32))
+    x[:n] *= w
+    x[len(x) - n:] *= w[::-1]
+    return x
+
+
+def hiss(n: int, rng: np.random.Generator, dtype=None) -> np.ndarray:
+    """White noise high-passed above ~7.5 kHz (FFT brick wall with a 1 kHz
+    cosine ramp): fills the band a 16 kHz recording lacks. float64, or
+    ``dtype`` when given."""
+    W = np.fft.rfft(rng.standard_normal(n))
+    f = np.fft.rfftfreq(n, 1 / SR)
+    W *= 0.5 - 0.5 * np.cos(np.pi * np.clip((f - 7000) / 1000, 0, 1))
+    h = np.fft.irfft(W, n)
+    return h if dtype is None else h.astype(dtype)
