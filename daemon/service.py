@@ -225,7 +225,9 @@ class Daemon:
                     self._midi_saved = doc.get("midi")
             self.state.attach(lambda: snapshot(self.registry, self.midi))
             self.registry.add_listener(self.state.changed)
-        self._start_midi()
+        # MIDI ports may take a while to open (or never, on a broken
+        # setup): that must not hold back READY or the audio
+        threading.Thread(target=self._start_midi, name="quietcast-midi-start", daemon=True).start()
 
     def _start_midi(self) -> None:
         cfg = getattr(self.config, "midi", None)
