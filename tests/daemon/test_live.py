@@ -29,6 +29,8 @@ def config(server, channels, model="dsp", client="qcd", **engine):
     eng = "\n".join(f"{k} = {v}" for k, v in engine.items())
     text = f'[jack]\nclient_name = "{client}"\nserver = "{server}"\nreconnect_interval_ms = 100\n'
     text += f'[engine]\nmodel = "{model}"\n{eng}\n'
+    # the audio path only: control, MIDI and state have their own tests
+    text += '[control]\nenabled = false\n[midi]\nenabled = false\n[state]\nenabled = false\n'
     for ch in channels:
         text += "[[channel]]\n" + "\n".join(f"{k} = {_toml(v)}" for k, v in ch.items()) + "\n"
     return parse_config(text)
