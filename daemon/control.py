@@ -217,6 +217,7 @@ class ControlServer:
                             self._answer(router, frames)
                         except Exception:  # never let a request end the control thread
                             log.exception("could not answer a request")
+                        time.sleep(0)  # hand the GIL over now: the JACK callback may be waiting for it
                 self._publish_events(pub)
                 now = time.monotonic()
                 if now >= next_meter:

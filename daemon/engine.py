@@ -127,6 +127,7 @@ class Engine:
         self.B = 0
         self.next_in = 0
         self.registry = None  # set by the daemon: chain changes queued for this thread
+        self.realtime = False  # whether the engine thread got SCHED_FIFO
 
     # ------------------------------------------------------------------
     # latency
@@ -252,6 +253,7 @@ class Engine:
     def run(self) -> None:
         """Process hops as the callback publishes them, until :meth:`stop`."""
         self._stop.clear()
+        self.realtime = _try_realtime(1)
         sleep_s = max(0.0005, self.hop / self.sample_rate / 4)
         while not self._stop.is_set():
             if not self.step():
@@ -338,6 +340,20 @@ class Engine:
             return {"p50_ms": 0.0, "p99_ms": 0.0}
         t = self.hop_times[:n] * 1000.0
         return {"p50_ms": round(float(np.percentile(t, 50)), 3), "p99_ms": round(float(np.percentile(t, 99)), 3)}
+
+
+def _try_realtime(priority: int) -> bool:
+    """Put the calling thread in SCHED_FIFO at ``priority`` (the lowest RT
+    level by default: above every normal thread, below JACK's own), where
+    the system allows it (RLIMIT_RTPRIO; the systemd unit sets it). A
+    busy machine then cannot delay the engine past its deadline."""
+    import os
+
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        return True
+    except (PermissionError, OSError, AttributeError):
+        return False
 
 
 def _ring_read(ring: np.ndarray, start: int, n: int) -> np.ndarray:

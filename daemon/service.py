@@ -406,9 +406,10 @@ class Daemon:
         self._supervisor = threading.get_ident()
         interval = self.config.jack.reconnect_interval_ms / 1000.0
         waiting_logged = False
-        # the JACK callback needs the GIL every period: hand it over at least
-        # every 0.5 ms instead of Python's default 5 ms (a whole period at 256)
-        sys.setswitchinterval(0.0005)
+        # the JACK callback needs the GIL every period: a thread that holds it
+        # must hand it over within 0.1 ms, not Python's default 5 ms (a whole
+        # period at 256 frames)
+        sys.setswitchinterval(0.0001)
         try:
             self._start_services()
             while not self._stop.is_set():
@@ -538,6 +539,7 @@ class Daemon:
         if eng is not None:
             st.update({
                 "model": eng.model, "hop": eng.hop, "processing_latency": eng.processing_latency,
+                "engine_realtime": eng.realtime,
                 "hops": eng.stats.hops, "late_hops": eng.stats.late_hops, "skipped_hops": eng.stats.skipped_hops,
                 "stalls": eng.stats.stalls, "hop_time": eng.hop_time_percentiles(), "meters": eng.meters,
                 "params": {n: p.__dict__ for n, p in zip(eng.names, eng.params)},

@@ -23,6 +23,15 @@ from plugins.build import ToolchainMissing, build_qcgain  # noqa: E402
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def quietcast_exe() -> str:
+    """The ``quietcast`` console script of the Python running the tests
+    (the project's .venv under .ci/run), never another install on PATH."""
+    import shutil
+
+    here = pathlib.Path(sys.executable).parent / "quietcast"
+    return str(here) if here.exists() else (shutil.which("quietcast") or "quietcast")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_dirs(tmp_path_factory):
     """Daemons started by tests keep their state files and control sockets
@@ -192,10 +201,13 @@ def jack_servers():
 
     def get(period: int = 256, rate: int = 48_000) -> JackServer:
         key = (period, rate)
-        srv = made.get(key)
+        srv = made.pop(key, None)
         if srv is None or srv.proc is None or srv.proc.poll() is not None:
+            # JACK2 allows few servers at once: keep the two most recent
+            while len(made) >= 2:
+                made.pop(next(iter(made))).stop()
             srv = JackServer(f"qct{os.getpid()}{tag}p{period}r{rate}", rate, period).start()
-            made[key] = srv
+        made[key] = srv  # most recently used last
         return srv
 
     yield get

@@ -50,8 +50,6 @@ plugin itself to parse the text instead, which is exact.
 
 from __future__ import annotations
 
-import pathlib
-import sys
 import threading
 import time
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from conftest import quietcast_exe
 from pedalboard.io import AudioFile
 
-EXE = shutil.which("quietcast")
+EXE = quietcast_exe()
 
 
 def qc(*args, cwd=None):

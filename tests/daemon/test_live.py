@@ -6,16 +6,16 @@ a bad config starts nothing."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 
 import jack
 import numpy as np
 import pytest
+
+from conftest import quietcast_exe
 
 from quietcast.daemon.jackclients import Player, Recorder, wait_until
 from quietcast.daemon import jackio
@@ -170,7 +170,7 @@ def test_bad_config_starts_nothing(jack_server, tmp_path):
     f = tmp_path / "bad.toml"
     f.write_text(f'[jack]\nserver = "{jack_server.name}"\nclient_nam = "x"\n[engine]\nmodel = "dps"\n'
                  '[[channel]]\nname = "Host"\n[[channel]]\nname = "b"\nstrength = 2\n')
-    exe = shutil.which("quietcast")
+    exe = quietcast_exe()
     r = subprocess.run([exe, "run", "-c", str(f)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "4 problems" in r.stderr
@@ -190,7 +190,7 @@ def test_jackd_restart_is_survived_with_connections_restored(jack_servers, tmp_p
         f'[jack]\nclient_name = "qcr"\nserver = "{srv.name}"\nreconnect_interval_ms = 100\n'
         '[engine]\nmodel = "dsp"\n'
         '[[channel]]\nname = "host"\nstrength = 0.0\nconnect_in = ["player:out_0"]\nconnect_out = ["recorder:in_*"]\n')
-    proc = subprocess.Popen([shutil.which("quietcast"), "run", "-c", str(cfgfile)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([quietcast_exe(), "run", "-c", str(cfgfile)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         def flows():
@@ -232,7 +232,7 @@ def test_the_readme_demo_runs_live_on_a_private_server(tmp_path):
     out = tmp_path / "demo"
     env = dict(os.environ)
     env.pop("JACK_DEFAULT_SERVER", None)
-    r = subprocess.run([shutil.which("quietcast"), "demo", "-o", str(out)], capture_output=True, text=True,
+    r = subprocess.run([quietcast_exe(), "demo", "-o", str(out)], capture_output=True, text=True,
                        timeout=120, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "through the daemon on JACK server quietcast-demo-" in r.stderr

@@ -19,6 +19,8 @@ import time
 import numpy as np
 import pytest
 
+from conftest import quietcast_exe
+
 from quietcast.daemon.client import Client
 from quietcast.daemon.config import load_config
 from quietcast.daemon.jackclients import Player, Recorder, wait_until
@@ -26,7 +28,7 @@ from quietcast.daemon.notify import Notifier
 from quietcast.daemon.service import Daemon
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-EXE = shutil.which("quietcast")
+EXE = quietcast_exe()
 
 
 # --------------------------------------------------------------------------
