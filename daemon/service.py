@@ -350,6 +350,11 @@ class Daemon:
                             self.registry.set(f"{nc.name}.{k}", getattr(nc, k), source="config")
                             changed.append(f"{nc.name}.{k}")
                 self.config = new
+            if self.midi is not None:
+                try:
+                    self.midi.reload()  # the mapping file too; a broken one keeps the old bindings
+                except Exception as e:
+                    log.warning("MIDI mapping not reloaded: %s", e)
             return {"changed": changed, "rebuilt": structural}
 
         self.notifier.reloading()
@@ -435,6 +440,8 @@ class Daemon:
                             self.last_reconnect_s = time.monotonic() - self._down_since
                             log.info("back after %.2f s", self.last_reconnect_s)
                             self._down_since = None
+                            if self.midi is not None:
+                                self.midi.reopen_jack()  # its bridge follows the server at once
                         self._on_first_ready()
                         self.ready.set()
                         self.notifier.ready(self._status_line())

@@ -1,0 +1,1583 @@
+"""MIDI control: controllers move parameters, parameters move controllers.
+
+Ports
+-----
+- A JACK MIDI input and output, always (when ``[midi] enabled``):
+  ``CLIENT-midi-in:in`` (controllers -> quietcast) and
+  ``CLIENT-midi-out:out`` (feedback: LEDs, motor faders), on the daemon's
+  server. They are python-rtmidi JACK clients held by a small bridge
+  process (:data:`_BRIDGE`, one per daemon) that talks to the daemon over
+  pipes. Why not in the daemon's process: python-rtmidi calls libjack
+  holding the GIL, and the daemon's audio client has Python callbacks
+  (process, latency, port registration), so the server ends up waiting
+  on a callback that waits on the GIL -- each rtmidi JACK open or close
+  then costs a server timeout (an xrun, ~1.5 s) or hangs for good. A
+  JACK-Client MIDI client in the daemon would avoid that but add a second
+  Python process callback taking the GIL every period next to the audio
+  one. The bridge polls rtmidi's input queue rather than using its
+  callback: python-rtmidi 1.5's JACK input callback repeats or garbles
+  messages in a burst (1000 CCs). The bridge waits for the server when it
+  is not there, exits when it goes away, and is started again (at once
+  with :meth:`MidiControl.reopen_jack`, else after 1 s, backing off while
+  it keeps failing).
+- Hardware ports through python-rtmidi's ALSA API in the daemon's process
+  (no JACK involved), by name: each entry of ``[midi] inputs`` /
+  ``outputs`` is matched (case-insensitive, exact name first, else a part
+  of it) against the port names rtmidi lists, never by a bare index and
+  never interactively. Where the ALSA sequencer is absent (no
+  ``/dev/snd/seq``: containers, servers) one warning per port names it
+  and says so, and the daemon keeps running on the JACK ports. A port
+  that is missing while ALSA works is looked for again every few seconds
+  (a USB controller plugged in later).
+
+Threads
+-------
+Input callbacks only enqueue: rtmidi's ALSA input callback and the
+bridge's reader thread put ``(port label, message)`` on a
+:class:`queue.SimpleQueue`; the registry listener only puts the changed
+address there. One dispatcher thread takes everything off the queue,
+applies the mapping (``registry.set(..., source="midi")``), sends feedback
+and is the only thread that opens, closes or writes to the ports after
+:meth:`MidiControl.start` (writes to the bridge never block: a full pipe
+drops the message and counts it). :meth:`MidiControl.stop` puts a
+sentinel on the queue and joins it. System exclusive, clock and
+active-sensing messages are dropped before they are queued.
+
+Mapping file (TOML)
+-------------------
+One ``[[map]]`` table per binding::
+
+    [[map]]
+    address = "host.strength"   # any registry address, chain stages and plugins included
+    type = "cc"                 # cc | note | pitch_bend
+    channel = 1                 # MIDI channel 1..16
+    number = 7                  # CC or note number 0..127 (CC 0..31 with cc14; not for pitch_bend)
+    curve = "linear"            # linear | db | log   (default: chosen from the parameter, see below)
+    min = 0.0                   # value at the controller's minimum (default: the range's low end;
+                                # -inf for a dB parameter that allows it: the bottom stop is "off")
+    max = 1.0                   # value at the controller's maximum (default: the range's high end)
+    button = "toggle"           # bool parameters: toggle | momentary
+    takeover = "pickup"         # pickup (soft takeover) | jump
+    cc14 = false                # 14-bit CC: number is the MSB controller, number + 32 the LSB
+
+Every problem in the file is reported at once (:class:`MidiMapError`, with
+"did you mean" hints and, when the registry is given, the registry's own
+message for an unknown address). The default ``curve`` is ``db`` for
+gain-like dB parameters (unit dB and -inf allowed, or a name with gain /
+level / volume / background / ceiling), ``log`` for Hz parameters with a
+positive low end, ``linear`` otherwise. One control may drive several
+addresses (a gang); the same control and address twice is an error.
+
+Curves (controller position ``p`` = value / 127, or / 16383 for 14-bit CC
+and pitch bend):
+
+- ``linear``: ``min + p * (max - min)`` (``min > max`` turns it round).
+  An int parameter is rounded; a choice parameter is split into equal zones.
+- ``log``: geometric, ``min * (max / min) ** p``, for frequencies
+  (``min > 0``): equal travel per octave.
+- ``db``: a console fader law. If 0 dB lies inside (min, max), it sits at
+  3/4 of the travel and the top quarter is linear in dB from 0 dB to
+  ``max``; otherwise ``max`` is the reference at the top. Below the
+  reference the fader follows the shape of Ardour's classic fader law
+  (``gain_to_slider_position`` = ``((6 log2 g + 192) / 198) ** 8``, which
+  puts -10 / -20 / -40 dB at 0.65, 0.41 and 0.15 of the travel to unity):
+  ``s = (1 - d / 192) ** 8`` (``d`` = dB below the reference), rescaled so
+  that the bottom of travel is ``min`` (spans over 128 dB stretch the
+  192); when the parameter allows -inf and ``min`` is not set (or is
+  ``-inf``) the bottom stop (0) is -inf ("off").
+  For ``output_gain_db`` [-96, +24]: 0 dB at 75 %, +12 dB at 87.5 %,
+  about -9.4 dB at 50 %, -24.5 dB at 25 %, -79 dB on the first step above
+  the stop. Every curve has an exact inverse, used for feedback and pickup.
+
+Buttons (bool parameters): ``toggle`` flips on every press (CC value >= 64,
+note-on with velocity > 0); ``momentary`` follows the button (CC >= 64 /
+note-on = on, CC < 64 / note-off = off). Notes drive bool parameters only;
+pitch bend drives numbers only.
+
+Soft takeover (``takeover = "pickup"``, the default for numbers): after
+the value changes from anywhere else (ZeroMQ, another control, a state
+restore) and at start-up, the binding is detached: the control's values
+are ignored (counted as ``ignored_pickup``) until it passes through the
+current value (crosses it between two messages, or comes within one
+7-bit step of it); then it follows. ``jump`` applies every value at once.
+
+14-bit CC: the MSB (CC n) resets the LSB to 0 and is applied, the LSB
+(CC n + 32) refines it (the MIDI 1.0 rule, so a fader moving up never
+goes backwards).
+
+Feedback: when a mapped value changes, the mapped CC / note is sent on
+the JACK MIDI output and every hardware output (14-bit: MSB then LSB;
+bools: 127 / 0, notes as note-on with velocity 127 or 0, which Mackie-style
+surfaces read as LED on / off) -- except to a fader or knob whose own
+message made the change (an echo would fight the hand on a motor fader);
+buttons always get their LED state. :meth:`MidiControl.start` sends the
+current value of every binding once.
+
+MIDI learn: :meth:`MidiControl.learn` arms one address; the next CC,
+note-on or pitch bend on any input is bound to it with the defaults above
+(a CC n < 32 followed within 0.1 s by CC n + 32 is learned as 14-bit),
+replacing any binding of that address and any binding of that control, and
+the mapping file is rewritten atomically (temp file, fsync, rename). Learn
+rewrites the file from the bindings, so comments in it are not kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from quietcast.bridge.errors import BridgeError, ParameterError, Problem, did_you_mean
+from quietcast.bridge.params import Param
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "MidiControl", "MidiMapError", "Binding", "Learn", "Curve",
+    "load_mapping", "parse_mapping", "mapping_to_toml", "default_curve",
+    "TYPES", "CURVES", "BUTTONS", "TAKEOVERS",
+]
+
+log = logging.getLogger("quietcast.midi")
+
+TYPES = ("cc", "note", "pitch_bend")
+CURVES = ("linear", "db", "log")
+BUTTONS = ("toggle", "momentary")
+TAKEOVERS = ("pickup", "jump")
+KEYS = ("address", "type", "channel", "number", "curve", "min", "max", "button", "takeover", "cc14")
+
+#: seconds between looks for hardware ports that were missing (ALSA present)
+HARDWARE_RETRY_S = 5.0
+#: how long learn waits for the LSB (CC n + 32) after CC n to call it 14-bit
+CC14_LEARN_WINDOW_S = 0.1
+_FADER_K = 192.0  # dB span of the taper below the reference (Ardour's law)
+_GAINLIKE = ("gain", "level", "volume", "background", "ceiling")
+
+#: seconds before starting the JACK MIDI bridge again after it stopped (doubles while
+#: it keeps failing at once, up to JACK_RETRY_MAX_S)
+JACK_RETRY_S = 1.0
+JACK_RETRY_MAX_S = 60.0
+#: how long start() waits for the JACK MIDI ports to exist
+JACK_READY_S = 10.0
+
+
+class MidiMapError(BridgeError, ValueError):
+    """The MIDI mapping file is invalid. ``.problems`` holds every problem
+    found; ``.source`` names the file."""
+
+    def __init__(self, problems: list[Problem], source: str = "midi mapping"):
+        self.problems = list(problems)
+        self.source = source
+        n = len(self.problems)
+        head = f"{source}: {n} problem{'s' if n != 1 else ''}"
+        super().__init__(head + "\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+# --------------------------------------------------------------------------
+# bindings and curves
+
+
+@dataclass(frozen=True)
+class Binding:
+    """One ``[[map]]`` entry. ``channel`` is 1..16 as printed on devices;
+    ``min``/``max``/``curve`` None mean "from the parameter"."""
+
+    address: str
+    type: str = "cc"
+    channel: int = 1
+    number: int = 0
+    curve: str | None = None
+    min: float | None = None
+    max: float | None = None
+    button: str = "toggle"
+    takeover: str = "pickup"
+    cc14: bool = False
+
+    @property
+    def control(self) -> tuple[str, int, int]:
+        """``(type, channel 0..15, number)``; pitch bend has number 0."""
+        return (self.type, self.channel - 1, 0 if self.type == "pitch_bend" else self.number)
+
+    @property
+    def steps(self) -> int:
+        return 16383 if (self.cc14 or self.type == "pitch_bend") else 127
+
+    def describe_control(self) -> str:
+        if self.type == "pitch_bend":
+            return f"pitch bend on channel {self.channel}"
+        if self.cc14:
+            what = f"CC {self.number}/{self.number + 32} (14-bit)"
+        else:
+            what = f"{'CC' if self.type == 'cc' else 'note'} {self.number}"
+        return f"{what} on channel {self.channel}"
+
+    def to_dict(self) -> dict:
+        """The ``[[map]]`` table (keys left at their defaults are omitted,
+        except address, type, channel, number and curve)."""
+        d: dict[str, Any] = {"address": self.address, "type": self.type, "channel": self.channel}
+        if self.type != "pitch_bend":
+            d["number"] = self.number
+        if self.curve is not None:
+            d["curve"] = self.curve
+        if self.min is not None:
+            d["min"] = self.min
+        if self.max is not None:
+            d["max"] = self.max
+        if self.button != "toggle":
+            d["button"] = self.button
+        if self.takeover != "pickup":
+            d["takeover"] = self.takeover
+        if self.cc14:
+            d["cc14"] = True
+        return d
+
+
+def default_curve(p: Param) -> str:
+    """The curve learn picks (and a ``[[map]]`` without ``curve`` gets)."""
+    if p.kind not in ("float", "int"):
+        return "linear"
+    if p.unit == "dB" and (p.allow_neg_inf or any(w in p.name for w in _GAINLIKE)):
+        return "db"
+    if p.unit == "Hz" and p.lo is not None and p.lo > 0 and p.hi is not None:
+        return "log"
+    return "linear"
+
+
+class Curve:
+    """Controller position ``p`` in [0, 1] <-> parameter value, for one
+    binding on one parameter (see the module docstring for the laws).
+
+    ``lo``/``hi`` are the values at p = 0 and p = 1 (``lo`` finite; with
+    ``bottom_inf`` the bottom stop itself is -inf)."""
+
+    def __init__(self, kind: str, lo: float, hi: float, bottom_inf: bool = False):
+        self.kind, self.lo, self.hi, self.bottom_inf = kind, float(lo), float(hi), bottom_inf
+        if kind == "log" and not (lo > 0 and hi > 0):
+            raise ValueError("the log curve needs min and max above 0")
+        if kind == "db":
+            if not lo < hi:
+                raise ValueError("the db curve needs min below max")
+            self.ref = 0.0 if lo < 0.0 < hi else hi
+            self.p_ref = 0.75 if self.ref < hi else 1.0
+            self.k = max(_FADER_K, 1.5 * (self.ref - lo))
+            self.s_lo = self._s(self.ref - lo)
+
+    def _s(self, d: float) -> float:
+        return (1.0 - d / self.k) ** 8
+
+    def value(self, p: float) -> float:
+        p = min(1.0, max(0.0, p))
+        if self.bottom_inf and p == 0.0:
+            return -math.inf
+        lo, hi = self.lo, self.hi
+        if self.kind == "linear":
+            return lo + p * (hi - lo)
+        if self.kind == "log":
+            return lo * (hi / lo) ** p
+        # db
+        if p >= self.p_ref:
+            return hi if self.p_ref >= 1.0 else self.ref + (p - self.p_ref) / (1.0 - self.p_ref) * (hi - self.ref)
+        s = self.s_lo + (p / self.p_ref) * (1.0 - self.s_lo)
+        return self.ref - self.k * (1.0 - s ** 0.125)
+
+    def position(self, v: float) -> float:
+        """The inverse: where the control stands for value ``v`` (clipped
+        to [0, 1]; -inf is 0)."""
+        if v == -math.inf:
+            return 0.0
+        lo, hi = self.lo, self.hi
+        if self.kind == "linear":
+            p = 0.0 if hi == lo else (v - lo) / (hi - lo)
+        elif self.kind == "log":
+            p = 0.0 if v <= 0 else math.log(v / lo) / math.log(hi / lo)
+        elif v >= self.ref:
+            p = 1.0 if hi <= self.ref else self.p_ref + (1.0 - self.p_ref) * (v - self.ref) / (hi - self.ref)
+        else:
+            d = min(self.ref - v, self.ref - lo)
+            p = self.p_ref * (self._s(d) - self.s_lo) / (1.0 - self.s_lo)
+        return min(1.0, max(0.0, p))
+
+
+def _curve_for(b: Binding, p: Param) -> Curve:
+    """The binding's curve on parameter ``p`` (raises ValueError)."""
+    kind = b.curve or default_curve(p)
+    bottom_inf = False
+    lo = b.min if b.min is not None else p.lo
+    hi = b.max if b.max is not None else p.hi
+    if lo is not None and lo == -math.inf:
+        bottom_inf, lo = True, p.lo
+    elif b.min is None and p.allow_neg_inf and kind == "db":
+        bottom_inf = True
+    if lo is None or hi is None:
+        raise ValueError(f"the parameter has no {'low' if lo is None else 'high'} end: set min and max")
+    return Curve(kind, lo, hi, bottom_inf)
+
+
+# --------------------------------------------------------------------------
+# the mapping file
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_entry(raw: Any, i: int, registry, problems: list[Problem]) -> Binding | None:
+    where = f"[[map]] {i + 1}"
+    if not isinstance(raw, dict):
+        problems.append(Problem(where, f"must be a table of keys, got {type(raw).__name__} {raw!r}"))
+        return None
+    n0 = len(problems)
+    addr = raw.get("address")
+    if isinstance(addr, str) and addr:
+        where = f"[[map]] {i + 1} ({addr})"
+
+    def bad(key: str, msg: str) -> None:
+        problems.append(Problem(f"{where} {key}", msg))
+
+    for k in raw:
+        if k not in KEYS:
+            bad(k, f"unknown key{did_you_mean(k, KEYS)}; keys: {', '.join(KEYS)}")
+    param = None
+    if "address" not in raw:
+        bad("address", 'missing (required): e.g. address = "host.strength"')
+    elif not isinstance(addr, str) or not addr:
+        bad("address", f"value {addr!r} is not an address like 'host.strength' or 'host.chain.comp.threshold_db'")
+    elif registry is not None:
+        try:
+            param = registry.resolve(addr)[2]
+        except ParameterError as e:
+            bad("address", str(e)[len(addr) + 2:] if str(e).startswith(addr + ": ") else str(e))
+    vals: dict[str, Any] = {}
+
+    def choice(key: str, options: tuple, default: Any) -> Any:
+        v = raw.get(key, default)
+        if v is not default and v not in options:
+            bad(key, f"value {v!r} is not one of {', '.join(options)}{did_you_mean(str(v), options)}")
+            return default
+        return v
+
+    typ = choice("type", TYPES, "cc")
+    vals["type"] = typ
+    ch = raw.get("channel", 1)
+    if not (isinstance(ch, int) and not isinstance(ch, bool)) or not 1 <= ch <= 16:
+        bad("channel", f"value {ch!r} is not a MIDI channel: an integer 1..16")
+        ch = 1
+    vals["channel"] = ch
+    cc14 = raw.get("cc14", False)
+    if not isinstance(cc14, bool):
+        bad("cc14", f"value {cc14!r} is not a boolean (true or false)")
+        cc14 = False
+    if cc14 and typ != "cc":
+        bad("cc14", f"14-bit applies to type = \"cc\" only, not {typ!r}")
+        cc14 = False
+    vals["cc14"] = cc14
+    if typ == "pitch_bend":
+        if "number" in raw:
+            bad("number", "pitch bend has no number: remove it (a channel has one pitch bend)")
+        vals["number"] = 0
+    elif "number" not in raw:
+        bad("number", f"missing (required for type = {typ!r}): the {'CC' if typ == 'cc' else 'note'} number 0..127")
+    else:
+        num = raw["number"]
+        top = 31 if cc14 else 127
+        if not (isinstance(num, int) and not isinstance(num, bool)) or not 0 <= num <= top:
+            why = " (14-bit: the MSB controller 0..31; its LSB is number + 32)" if cc14 else ""
+            bad("number", f"value {num!r} is not an integer 0..{top}{why}")
+        else:
+            vals["number"] = num
+    curve = raw.get("curve")
+    if curve is not None and curve not in CURVES:
+        bad("curve", f"value {curve!r} is not one of {', '.join(CURVES)}{did_you_mean(str(curve), CURVES)}")
+        curve = None
+    vals["curve"] = curve
+    for key in ("min", "max"):
+        if key in raw:
+            v = raw[key]
+            if not _is_number(v) or math.isnan(v) or v == math.inf or (v == -math.inf and key == "max"):
+                bad(key, f"value {v!r} is not a number{' (only min may be -inf)' if v == -math.inf else ''}")
+            else:
+                vals[key] = float(v)
+    button = choice("button", BUTTONS, "toggle")
+    vals["button"] = button
+    vals["takeover"] = choice("takeover", TAKEOVERS, "pickup")
+
+    # against the parameter
+    if param is not None:
+        kind = param.kind
+        if kind in ("str", "dict"):
+            bad("address", f"a {kind} parameter cannot be driven by MIDI")
+        elif kind == "bool":
+            if typ == "pitch_bend":
+                bad("type", f"{addr!r} is on/off: map a button (cc or note), not pitch bend")
+            for key in ("min", "max", "curve"):
+                if key in raw:
+                    bad(key, f"{addr!r} is on/off (bool): {key} does not apply; use button = \"toggle\" or \"momentary\"")
+        else:
+            if typ == "note":
+                bad("type", f"{addr!r} is a {kind} with range {param.range_text()}: a note can only drive an on/off "
+                            "parameter; map a cc (fader, knob) or pitch_bend")
+            if raw.get("button") in BUTTONS:  # (an unknown value is reported once, above)
+                bad("button", f"applies to on/off (bool) parameters only; {addr!r} is a {kind}")
+            if kind == "choice" and ("min" in raw or "max" in raw or curve not in (None, "linear")):
+                bad("curve", f"{addr!r} is a choice ({param.range_text()}): the control is split into equal zones; "
+                             "remove curve, min and max")
+            elif kind in ("float", "int"):
+                _check_range(raw, vals, param, addr, bad)
+    if len(problems) > n0 or "number" not in vals:
+        return None
+    return Binding(address=addr, **vals)
+
+
+def _check_range(raw: dict, vals: dict, p: Param, addr: str, bad: Callable[[str, str], None]) -> None:
+    lo = vals.get("min", p.lo)
+    hi = vals.get("max", p.hi)
+    for key, v in (("min", vals.get("min")), ("max", vals.get("max"))):
+        if v is None:
+            continue
+        if v == -math.inf:
+            if not p.allow_neg_inf:
+                bad(key, f"value -inf is out of range {p.range_text()} of {addr!r}")
+            continue
+        if (p.lo is not None and v < p.lo) or (p.hi is not None and v > p.hi):
+            bad(key, f"value {v:g} is out of range {p.range_text()} of {addr!r}")
+            return
+    if lo is None or hi is None:
+        end = "low" if lo is None else "high"
+        bad("min" if lo is None else "max", f"{addr!r} has no {end} end ({p.range_text()}): set min and max")
+        return
+    curve = vals.get("curve") or default_curve(p)
+    if lo == hi:
+        bad("max", f"min and max are both {lo:g}: the control would do nothing")
+    elif curve == "log":
+        low = p.lo if lo == -math.inf else lo
+        if not (low > 0 and hi > 0):
+            bad("curve", f"log needs min and max above 0 (here {lo:g} .. {hi:g}); use linear")
+    elif curve == "db" and not (lo < hi):
+        bad("max", f"the db curve needs min below max (here {lo:g} .. {hi:g})")
+
+
+def parse_mapping(text: str, source: str = "midi mapping", registry=None) -> list[Binding]:
+    """Check mapping TOML text; every problem at once as a
+    :class:`MidiMapError`. With ``registry`` the addresses and ranges are
+    checked against the running daemon's parameters."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise MidiMapError([Problem("", f"not valid TOML: {e}")], source) from None
+    problems: list[Problem] = []
+    for k in doc:
+        if k != "map":
+            problems.append(Problem(k, f"unknown key at the top level{did_you_mean(k, ('map',))}: write each "
+                                       "binding under a [[map]] line"))
+    entries = doc.get("map", [])
+    if isinstance(entries, dict):
+        problems.append(Problem("[map]", "write each binding under [[map]] (double brackets), not [map]"))
+        entries = [entries]
+    elif not isinstance(entries, list):
+        problems.append(Problem("map", f"must be an array of tables ([[map]]), got {type(entries).__name__}"))
+        entries = []
+    out: list[Binding] = []
+    for i, raw in enumerate(entries):
+        b = _check_entry(raw, i, registry, problems)
+        if b is not None:
+            out.append(b)
+    # conflicts between entries
+    seen: dict[tuple, int] = {}
+    lsb_of: dict[tuple, int] = {}
+    for i, b in enumerate(out):
+        key = (b.control, b.address)
+        if key in seen:
+            problems.append(Problem(f"[[map]] ({b.address})", f"{b.describe_control()} is mapped to it twice"))
+        seen[key] = i
+        if b.cc14:
+            lsb_of[("cc", b.channel - 1, b.number + 32)] = i
+    for b in out:
+        if not b.cc14 and b.control in lsb_of:
+            other = out[lsb_of[b.control]]
+            problems.append(Problem(f"[[map]] ({b.address})", f"{b.describe_control()} is the LSB of the 14-bit "
+                                                               f"control of {other.address!r}"))
+    if problems:
+        raise MidiMapError(problems, source)
+    return out
+
+
+def load_mapping(path: str | os.PathLike, registry=None) -> list[Binding]:
+    """Read and check a mapping file; a missing file is no bindings."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise MidiMapError([Problem("", f"cannot read mapping file: {e.strerror or e}")], path) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MidiMapError([Problem("", f"not UTF-8 text (byte 0x{data[e.start]:02x})")], path) from None
+    return parse_mapping(text, source=path, registry=registry)
+
+
+def mapping_to_toml(bindings: list[Binding]) -> str:
+    from .config import to_toml
+
+    head = ("# quietcast MIDI mapping (see quietcast.daemon.midi): one [[map]] per binding.\n"
+            "# MIDI learn rewrites this file from the bindings; comments are not kept.\n\n")
+    return head + (to_toml({"map": [b.to_dict() for b in bindings]}) if bindings else "")
+
+
+def _write_atomic(path: str, text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".midi-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - some filesystems cannot fsync a folder
+        pass
+
+
+def default_state_dir() -> str:
+    """$STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/quietcast, else
+    ~/.local/state/quietcast (the same folder as the state file)."""
+    d = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if d:
+        return d
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "quietcast")
+
+
+# --------------------------------------------------------------------------
+# runtime state of one binding
+
+
+class _Bound:
+    """A binding with its resolved parameter, curve and takeover state.
+    Touched by the dispatcher thread only."""
+
+    def __init__(self, spec: Binding, registry):
+        self.spec = spec
+        self.registry = registry
+        self.param: Param | None = None
+        self.curve: Curve | None = None
+        self.attached = spec.takeover == "jump"
+        self.last_raw: int | None = None
+        self.msb = 0  # 14-bit CC: the last MSB
+
+    def refresh(self) -> Param:
+        """Resolve the address again (a reloaded chain may change ranges)."""
+        p = self.registry.resolve(self.spec.address)[2]
+        if p != self.param:
+            self.param = p
+            self.curve = _curve_for(self.spec, p) if p.kind in ("float", "int") else None
+        return p
+
+    @property
+    def numeric(self) -> bool:
+        return self.param is not None and self.param.kind in ("float", "int")
+
+    def value_for(self, raw: int) -> Any:
+        p, steps = self.param, self.spec.steps
+        pos = raw / steps
+        if p.kind == "choice":
+            n = len(p.choices)
+            return p.choices[min(n - 1, int(pos * n))]
+        v = self.curve.value(pos)
+        if v != -math.inf:
+            if p.lo is not None:
+                v = max(v, p.lo)
+            if p.hi is not None:
+                v = min(v, p.hi)
+            if p.kind == "int":
+                v = int(round(v))
+        return v
+
+    def raw_for(self, value: Any) -> int:
+        p, steps = self.param, self.spec.steps
+        if p.kind == "bool":
+            return 127 if value else 0
+        if p.kind == "choice":
+            n = len(p.choices)
+            i = p.choices.index(value) if value in p.choices else 0
+            return int(round((i + 0.5) / n * steps))
+        return int(round(self.curve.position(float(value)) * steps))
+
+
+# --------------------------------------------------------------------------
+# learn
+
+
+class Learn:
+    """One armed MIDI learn. ``state``: armed, learned, timeout, cancelled;
+    ``binding`` once learned; :meth:`wait` blocks until it ends."""
+
+    def __init__(self, address: str, timeout_s: float, on_learned: Callable[[dict], None] | None):
+        self.address = address
+        self.timeout_s = timeout_s
+        self.deadline = time.monotonic() + timeout_s
+        self.on_learned = on_learned
+        self.state = "armed"
+        self.binding: Binding | None = None
+        self.note = ""  # why an event was passed over, for learn_status
+        self._done = threading.Event()
+
+    def finish(self, state: str, binding: Binding | None = None) -> None:
+        self.state, self.binding = state, binding
+        self._done.set()
+
+    def wait(self, timeout: float | None = None) -> Binding | None:
+        self._done.wait(timeout)
+        return self.binding
+
+    def status(self) -> dict:
+        d: dict[str, Any] = {"address": self.address, "state": self.state}
+        if self.state == "armed":
+            d["seconds_left"] = round(max(0.0, self.deadline - time.monotonic()), 1)
+        if self.binding is not None:
+            d["binding"] = self.binding.to_dict()
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+# --------------------------------------------------------------------------
+# ports
+
+
+def _rtmidi():
+    import rtmidi
+
+    return rtmidi
+
+
+#: The JACK MIDI bridge: a small program run in its own process (one per
+#: MidiControl) that holds the two python-rtmidi JACK clients. stdin: one
+#: message to send per line, hex ("b0 07 40"); EOF = close and exit.
+#: stdout: "ready IN_PORT OUT_PORT" once the ports exist, "m b0 07 40" per
+#: message received, "error TEXT" before giving up. It waits for the server
+#: when it is not there yet, and exits when the server goes away.
+_BRIDGE = r'''
+import os, queue, signal, sys, threading, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
+lock = threading.Lock()
+def say(line):
+    with lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+name = sys.argv[1]
+try:
+    import jack, rtmidi
+except ImportError as e:
+    say("error cannot import %s" % e)
+    sys.exit(2)
+sendq = queue.SimpleQueue()
+def read_stdin():
+    for line in sys.stdin.buffer:
+        sendq.put(line)
+    sendq.put(None)
+threading.Thread(target=read_stdin, daemon=True).start()
+watch = None
+while watch is None:  # wait for the server ($JACK_DEFAULT_SERVER)
+    try:
+        watch = jack.Client(name + "-watch", no_start_server=True)
+    except jack.JackError:
+        try:
+            if sendq.get(timeout=0.5) is None:
+                sys.exit(0)
+        except queue.Empty:
+            pass
+watch.set_shutdown_callback(lambda status, reason: os._exit(3))
+def midi_ports():
+    return {p.name for p in watch.get_ports(is_midi=True)}
+try:
+    before = midi_ports()
+    mi = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=name + "-in", queue_size_limit=16384)
+    mi.ignore_types(sysex=True, timing=True, active_sense=True)
+    mi.open_virtual_port("in")
+    mo = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=name + "-out")
+    mo.open_virtual_port("out")
+    new = midi_ports() - before
+except Exception as e:
+    say("error %s: %s" % (type(e).__name__, e))
+    os._exit(2)
+def pick(suffix, default):
+    hits = sorted(p for p in new if p.endswith(suffix))
+    return hits[0] if hits else default
+stopping = threading.Event()
+def write_out():
+    # rtmidi's own input queue, polled: with a callback, python-rtmidi 1.5's
+    # JACK input repeats or garbles messages in a burst (seen with 1000 CCs)
+    idle = 0
+    while not stopping.is_set():
+        m = mi.get_message()
+        if m is None:  # 1 ms while a control moves, up to 8 ms when all is still
+            idle += 1
+            time.sleep(0.001 if idle < 50 else 0.002 if idle < 300 else 0.008)
+            continue
+        idle = 0
+        say("m " + bytes(m[0]).hex(" "))
+poller = threading.Thread(target=write_out, daemon=True)
+poller.start()
+say("ready %s %s" % (pick(":in", name + "-in:in"), pick(":out", name + "-out:out")))
+while True:
+    line = sendq.get()
+    if line is None:
+        break
+    try:
+        mo.send_message(list(bytes.fromhex(line.decode("ascii"))))
+    except Exception:
+        pass
+stopping.set()
+poller.join()  # (deleting mi while it is polled would crash)
+for o in (mi, mo):
+    try:
+        o.close_port()
+        o.delete()
+    except Exception:
+        pass
+watch.close()
+sys.stdout.flush()
+os._exit(0)
+'''
+
+
+class _JackBridge:
+    """The daemon's side of the JACK MIDI bridge (see :data:`_BRIDGE`).
+
+    Why a process of its own: python-rtmidi calls libjack holding the GIL.
+    In the daemon's process, whose audio client has Python callbacks
+    (process, latency, port registration), the server then waits for a
+    callback that waits for the GIL: every rtmidi JACK open or close costs
+    a server timeout (an xrun, ~1.5 s) or hangs for good. A JACK-Client
+    MIDI client in the daemon would avoid that but put a second Python
+    process callback, taking the GIL every period, next to the audio one.
+    In the bridge process rtmidi's own C++ callback does the per-period
+    work and the daemon's audio thread shares its GIL with nobody new.
+
+    A reader thread turns the bridge's lines into queue items for the
+    dispatcher (``(label, bytes)``; ``("jack_ready", proc)``; ``("jack_down", proc)``)
+    and does nothing else. :meth:`send` never blocks: the pipe is
+    non-blocking and a message that does not fit is dropped and counted.
+    """
+
+    def __init__(self, name: str, server: str, q: queue.SimpleQueue, label: str = "jack"):
+        self.name, self.server, self.q, self.label = name, server, q, label
+        self.proc: Any = None
+        self.in_port: str | None = None
+        self.out_port: str | None = None
+        self.ready = threading.Event()
+        self.problem = ""
+        self.dropped = 0
+        self.starts = 0
+        self.started_at = 0.0
+        self._reader: threading.Thread | None = None
+
+    def open(self) -> None:
+        """Start the bridge process (returns at once; ``ready`` is set when
+        the ports exist). Raises OSError when it cannot be started."""
+        import subprocess
+
+        self.close()
+        self.ready.clear()
+        self.in_port = self.out_port = None
+        self.problem = ""
+        env = dict(os.environ, JACK_NO_START_SERVER="1")
+        if self.server:
+            env["JACK_DEFAULT_SERVER"] = self.server
+        proc = subprocess.Popen([sys.executable, "-c", _BRIDGE, self.name], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                                start_new_session=True, close_fds=True)
+        os.set_blocking(proc.stdin.fileno(), False)  # written with os.write: whole lines or nothing
+        self.proc, self.started_at = proc, time.monotonic()
+        self.starts += 1
+        self._reader = threading.Thread(target=self._read, args=(proc,), name="quietcast-midi-bridge", daemon=True)
+        self._reader.start()
+
+    def _read(self, proc) -> None:
+        q, label = self.q, self.label
+        for raw in proc.stdout:
+            if raw.startswith(b"m "):
+                try:
+                    q.put((label, bytes.fromhex(raw[2:].decode("ascii"))))
+                except ValueError:
+                    pass
+            elif raw.startswith(b"ready "):
+                parts = raw.decode("utf-8", "replace").split()
+                if len(parts) == 3:
+                    self.in_port, self.out_port = parts[1], parts[2]
+                self.ready.set()
+                q.put(("jack_ready", proc))
+            elif raw.startswith(b"error "):
+                self.problem = raw[6:].decode("utf-8", "replace").strip()
+        try:
+            proc.wait(5)
+        except Exception:
+            pass
+        if proc is self.proc:
+            self.ready.clear()
+        q.put(("jack_down", proc))
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def send(self, msg: list[int]) -> bool:
+        """Queue one message for the bridge; never blocks."""
+        if not (self.ready.is_set() and self.alive):
+            return False
+        try:
+            os.write(self.proc.stdin.fileno(), bytes(msg).hex(" ").encode("ascii") + b"\n")
+            return True
+        except (BlockingIOError, BrokenPipeError, OSError):
+            self.dropped += 1
+            return False
+
+    def close(self, timeout: float = 5.0) -> None:
+        proc, self.proc = self.proc, None
+        self.ready.clear()
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()  # EOF: the bridge closes its ports and exits
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout)
+        except Exception:
+            proc.kill()
+            proc.wait(5)
+        if self._reader is not None:
+            self._reader.join(timeout)
+            self._reader = None
+        try:
+            proc.stdout.close()
+        except OSError:
+            pass
+
+
+def _match_port(want: str, names: list[str]) -> tuple[int | None, str]:
+    """Index of the port named ``want`` (exact, else case-insensitive part
+    of a name) and a note (ambiguity, close names)."""
+    for i, n in enumerate(names):
+        if n == want:
+            return i, ""
+    low = want.lower()
+    hits = [i for i, n in enumerate(names) if low in n.lower()]
+    if hits:
+        note = ""
+        if len(hits) > 1:
+            note = f"{len(hits)} ports match: {', '.join(repr(names[i]) for i in hits)}; using the first"
+        return hits[0], note
+    avail = ", ".join(repr(n) for n in names) or "none"
+    return None, f"no port matches{did_you_mean(want, names)}; ports: {avail}"
+
+
+class _Hardware:
+    """One configured hardware port (ALSA), by name."""
+
+    def __init__(self, direction: str, want: str):
+        self.direction, self.want = direction, want
+        self.obj = None
+        self.name: str | None = None
+        self.problem = ""
+        self.alsa_missing = False
+        self.alsa_error = ""
+        self.warned = False
+
+    def try_open(self, client: str, callback=None) -> bool:
+        rtmidi = _rtmidi()
+        kind = "input" if self.direction == "in" else "output"
+        try:
+            obj = (rtmidi.MidiIn if self.direction == "in" else rtmidi.MidiOut)(rtmidi.API_LINUX_ALSA, name=client)
+        except rtmidi.RtMidiError as e:
+            self.no_alsa(str(e))
+            return False
+        try:
+            names = obj.get_ports()
+            i, note = _match_port(self.want, names)
+            if i is None:
+                self.problem = f"MIDI {kind} {self.want!r} not found: {note}; looking again every {HARDWARE_RETRY_S:g} s"
+                obj.delete()
+                return False
+            if self.direction == "in":
+                obj.ignore_types(sysex=True, timing=True, active_sense=True)
+                obj.set_callback(callback, f"alsa:{names[i]}")
+            obj.open_port(i, name=f"{kind} {self.want}")
+        except rtmidi.RtMidiError as e:
+            self.problem = f"MIDI {kind} {self.want!r} could not be opened: {e}"
+            try:
+                obj.delete()
+            except Exception:
+                pass
+            return False
+        self.obj, self.name, self.problem = obj, names[i], note
+        if note:
+            log.warning("MIDI %s %r: %s", kind, self.want, note)
+        log.info("MIDI %s %r opened (ALSA port %r)", kind, self.want, self.name)
+        return True
+
+    def no_alsa(self, why: str) -> None:
+        kind = "input" if self.direction == "in" else "output"
+        self.alsa_missing, self.alsa_error = True, why
+        self.problem = (f"MIDI {kind} {self.want!r} not opened: the ALSA sequencer is not available "
+                        f"(/dev/snd/seq: {why}); MIDI works on the JACK ports only")
+
+    def close(self) -> None:
+        if self.obj is not None:
+            try:
+                if self.direction == "in":
+                    self.obj.cancel_callback()
+                self.obj.close_port()
+                self.obj.delete()
+            except Exception:  # pragma: no cover
+                pass
+            self.obj = None
+
+    def status(self) -> dict:
+        if self.obj is not None:
+            return {"open": True, "port": self.name, **({"note": self.problem} if self.problem else {})}
+        return {"open": False, "problem": self.problem}
+
+
+# --------------------------------------------------------------------------
+# the controller
+
+
+_STOP = object()
+
+
+class MidiControl:
+    """MIDI in/out for a running daemon.
+
+    Args:
+        registry: the daemon's :class:`~quietcast.daemon.registry.Registry`
+            (the engine must exist: chain addresses resolve through it).
+        midi_config: :class:`~quietcast.daemon.config.MidiConfig`.
+        jack_server: the JACK server name ("" = $JACK_DEFAULT_SERVER or default).
+        client_name: the daemon's JACK client name; the JACK MIDI ports
+            are ``CLIENT-midi:in`` and ``CLIENT-midi:out``.
+        state_dir: where ``midi.toml`` lives when ``midi_config.mapping``
+            is "" (default: $STATE_DIRECTORY, else $XDG_STATE_HOME/quietcast,
+            else ~/.local/state/quietcast).
+
+    Thread safety: :meth:`learn`, :meth:`cancel_learn`, :meth:`unbind`,
+    :meth:`bindings`, :meth:`status` and :meth:`learn_status` may be called
+    from any thread; the ports and the bindings are only touched by the
+    dispatcher thread. ``on_learned`` callbacks (``fn(binding dict)``) run
+    on the dispatcher thread and must not block.
+    """
+
+    def __init__(self, registry, midi_config, jack_server: str = "", client_name: str = "quietcast",
+                 state_dir: str | None = None):
+        self.registry = registry
+        self.config = midi_config
+        self.server = jack_server or ""
+        self.client_name = client_name
+        if midi_config.mapping:
+            self.mapping_path = midi_config.mapping
+        else:
+            self.mapping_path = os.path.join(state_dir or default_state_dir(), "midi.toml")
+        #: ``fn(doc)`` or a list of them, called on the dispatcher thread when a
+        #: learn ends: the binding's ``[[map]]`` dict, or ``{"address": ...,
+        #: "timed_out": True}``
+        self.on_learned: Callable[[dict], None] | list | None = None
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._tls = threading.local()
+        self._lock = threading.Lock()  # guards _learn
+        self._learn: Learn | None = None
+        self._last_learn: Learn | None = None
+        self._pending_cc14: tuple | None = None  # learn: (Learn, channel, number, deadline)
+        self._bound: list[_Bound] = []
+        self._by_control: dict[tuple, list[_Bound]] = {}
+        self._by_address: dict[str, list[_Bound]] = {}
+        self._jack = _JackBridge(f"{client_name}-midi", self.server, self._q)
+        self._jack_problem = ""
+        self._jack_backoff = JACK_RETRY_S
+        self._next_jack_retry = 0.0
+        self._hw_in: list[_Hardware] = []
+        self._hw_out: list[_Hardware] = []
+        self._next_retry = 0.0
+        self.counters = {"received": 0, "applied": 0, "ignored_pickup": 0, "unmapped": 0,
+                         "feedback_sent": 0, "errors": 0}
+        self.last_error = ""
+        self._failing: set[str] = set()
+        self.started = False
+
+    # ------------------------------------------------------------------
+    # names
+
+    @property
+    def jack_in_name(self) -> str:
+        """The JACK MIDI input port, ``CLIENT-midi-in:in`` (as JACK named
+        it: a taken client name gets a suffix)."""
+        return self._jack.in_port or f"{self.client_name}-midi-in:in"
+
+    @property
+    def jack_out_name(self) -> str:
+        """The JACK MIDI output port, ``CLIENT-midi-out:out``."""
+        return self._jack.out_port or f"{self.client_name}-midi-out:out"
+
+    # ------------------------------------------------------------------
+    # lifecycle
+
+    def start(self, wait_ready_s: float = JACK_READY_S) -> None:
+        """Load the mapping (raises :class:`MidiMapError` with every
+        problem), open the ports, start the dispatcher, send every mapped
+        value once. Waits up to ``wait_ready_s`` for the JACK MIDI ports
+        (0: return at once; they appear when the bridge is up, ~0.3 s).
+        Does nothing when ``enabled = false``."""
+        if not self.config.enabled or self.started:
+            return
+        self._install(load_mapping(self.mapping_path, self.registry))
+        if self._open_jack() and wait_ready_s > 0 and not self._jack.ready.wait(wait_ready_s):
+            self._jack_problem = (f"the JACK MIDI ports are not there after {wait_ready_s:g} s "
+                                  f"(server {self.server or 'default'!r}); they will appear when it answers")
+            log.warning("%s", self._jack_problem)
+        self._hw_in = [_Hardware("in", n) for n in self.config.inputs]
+        self._hw_out = [_Hardware("out", n) for n in self.config.outputs]
+        self._open_hardware(first=True)
+        self.registry.add_listener(self._on_change)
+        self._thread = threading.Thread(target=self._run, name="quietcast-midi", daemon=True)
+        self.started = True
+        self._thread.start()
+        self.sync_feedback()
+        log.info("MIDI: %d binding(s) from %s; JACK ports %s, %s", len(self._bound), self.mapping_path,
+                 self.jack_in_name, self.jack_out_name)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the dispatcher (sentinel + join), then close every port."""
+        if not self.started:
+            return
+        self.registry.remove_listener(self._on_change)
+        self._q.put(_STOP)
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._close_jack()
+        for h in self._hw_in + self._hw_out:
+            h.close()
+        with self._lock:
+            if self._learn is not None:
+                self._learn.finish("cancelled")
+                self._learn = None
+        self.started = False
+
+    def reopen_jack(self) -> None:
+        """Start the JACK MIDI bridge again now. Optional after the daemon
+        reconnected to a restarted jackd: the bridge exits with the old
+        server and is started again within about a second by itself."""
+        if self.started:
+            self._call(self._reopen_jack_now)
+
+    def reload(self) -> int:
+        """Read the mapping file again; returns the number of bindings.
+        Raises :class:`MidiMapError` (the old bindings stay)."""
+        specs = load_mapping(self.mapping_path, self.registry)
+        self._call(lambda: self._install(specs))
+        self.sync_feedback()
+        return len(specs)
+
+    def sync_feedback(self) -> None:
+        """Send every mapped value to the outputs (LEDs, motor faders)."""
+        for addr in list(self._by_address):
+            self._q.put(("sync", addr))
+
+    # ------------------------------------------------------------------
+    # public, any thread
+
+    def learn(self, address: str, timeout_s: float = 30.0, on_learned: Callable[[dict], None] | None = None) -> Learn:
+        """Arm MIDI learn for ``address`` (checked now: ParameterError with
+        the close matches). The next CC / note-on / pitch bend on any input
+        is bound to it and saved. Replaces an armed learn. Returns the
+        :class:`Learn` (``.wait()``, ``.status()``)."""
+        p = self.registry.resolve(address)[2]
+        if p.kind in ("str", "dict"):
+            raise ParameterError(address, f"a {p.kind} parameter cannot be driven by MIDI")
+        if not (isinstance(timeout_s, (int, float)) and not isinstance(timeout_s, bool) and 0 < timeout_s <= 3600):
+            raise ParameterError("timeout_s", f"value {timeout_s!r} is out of range (0, 3600] s")
+        if not self.started:
+            raise RuntimeError("MIDI is not running (disabled in [midi], or not started)")
+        lr = Learn(address, float(timeout_s), on_learned)
+        with self._lock:
+            if self._learn is not None:
+                self._learn.finish("cancelled")
+            self._learn = self._last_learn = lr
+        self._q.put(("wake",))
+        log.info("MIDI learn armed for %s (%g s): move a control", address, timeout_s)
+        return lr
+
+    def cancel_learn(self) -> bool:
+        with self._lock:
+            lr, self._learn = self._learn, None
+        if lr is not None:
+            lr.finish("cancelled")
+            return True
+        return False
+
+    def learn_status(self) -> dict:
+        with self._lock:
+            lr = self._learn or self._last_learn
+        return lr.status() if lr is not None else {"state": "idle"}
+
+    def bindings(self) -> list[dict]:
+        """Every binding as its ``[[map]]`` dict, plus ``attached`` (pickup
+        state) and ``control`` (in words)."""
+        out = []
+        for b in list(self._bound):
+            d = b.spec.to_dict()
+            if b.spec.curve is None:
+                try:
+                    p = self.registry.resolve(b.spec.address)[2]
+                    if p.kind in ("float", "int"):
+                        d["curve"] = default_curve(p)
+                except (ParameterError, ValueError):
+                    pass
+            d["attached"] = b.attached
+            d["control"] = b.spec.describe_control()
+            out.append(d)
+        return out
+
+    def unbind(self, address: str) -> int:
+        """Remove every binding of ``address``; saves the mapping file.
+        Returns how many were removed."""
+        def do():
+            keep = [b.spec for b in self._bound if b.spec.address != address]
+            n = len(self._bound) - len(keep)
+            if n:
+                self._install(keep)
+                self._save()
+            return n
+        return self._call(do)
+
+    def status(self) -> dict:
+        st: dict[str, Any] = {
+            "enabled": bool(self.config.enabled), "running": self.started, "mapping": self.mapping_path,
+            "bindings": len(self._bound),
+            "jack": {"in": self.jack_in_name if self._jack.ready.is_set() else None,
+                     "out": self.jack_out_name if self._jack.ready.is_set() else None,
+                     **({"problem": self._jack_problem} if self._jack_problem else {}),
+                     "bridge_starts": self._jack.starts,
+                     **({"feedback_dropped": self._jack.dropped} if self._jack.dropped else {})},
+            "hardware_inputs": {h.want: h.status() for h in self._hw_in},
+            "hardware_outputs": {h.want: h.status() for h in self._hw_out},
+            **self.counters,
+            "learn": self.learn_status(),
+        }
+        if self.last_error:
+            st["last_error"] = self.last_error
+        return st
+
+    # ------------------------------------------------------------------
+    # ports (start/stop, then the dispatcher thread only)
+
+    def _open_jack(self) -> bool:
+        try:
+            self._jack.open()
+        except OSError as e:
+            self._jack_problem = f"the JACK MIDI bridge could not be started: {e}"
+            log.warning("%s", self._jack_problem)
+            self._next_jack_retry = time.monotonic() + self._jack_backoff
+            return False
+        return True
+
+    def _close_jack(self) -> None:
+        self._jack.close()
+
+    def _reopen_jack_now(self) -> None:
+        self._jack_backoff = JACK_RETRY_S
+        self._open_jack()
+
+    def _jack_event(self, tag: str) -> None:
+        """The bridge reported its ports ready, or it stopped."""
+        if tag == "jack_ready":
+            if self._jack_problem:
+                log.info("JACK MIDI ports open: %s, %s", self.jack_in_name, self.jack_out_name)
+            self._jack_problem = ""
+            self._jack_backoff = JACK_RETRY_S
+            for addr in list(self._by_address):  # LEDs and motor faders catch up
+                self._feedback(addr, None, None, detach=False)
+            return
+        # jack_down: the bridge exited (the server went away, or it failed)
+        ran = time.monotonic() - self._jack.started_at
+        why = self._jack.problem or "the JACK server went away"
+        if not self._jack_problem:
+            log.warning("JACK MIDI ports gone: %s; reopening", why)
+        self._jack_problem = f"JACK MIDI ports gone: {why}"
+        self._jack.close()
+        if ran < 5.0:  # it fails at once: back off
+            self._jack_backoff = min(JACK_RETRY_MAX_S, self._jack_backoff * 2)
+        else:
+            self._jack_backoff = JACK_RETRY_S
+        self._next_jack_retry = time.monotonic() + self._jack_backoff
+
+    def _open_hardware(self, first: bool = False) -> None:
+        no_alsa = ""
+        for h in self._hw_in + self._hw_out:
+            if h.obj is not None or (h.alsa_missing and not first):
+                continue
+            if no_alsa:  # one look at ALSA is enough: do not ask (and print ALSA's error) again
+                h.no_alsa(no_alsa)
+                ok = False
+            else:
+                ok = h.try_open(self.client_name, self._enqueue if h.direction == "in" else None)
+                if h.alsa_missing:
+                    no_alsa = h.alsa_error
+            if not ok:
+                if not h.warned:
+                    log.warning("%s", h.problem)
+                    h.warned = True
+        self._next_retry = time.monotonic() + HARDWARE_RETRY_S
+
+    # ------------------------------------------------------------------
+    # producers: enqueue only
+
+    def _enqueue(self, event, label) -> None:
+        """rtmidi input callback (rtmidi's thread): enqueue, nothing else."""
+        self._q.put((label, event[0]))
+
+    def _on_change(self, address: str, value: Any, source: str) -> None:
+        """Registry listener (the caller's thread): enqueue, nothing else."""
+        if address in self._by_address:
+            self._q.put(("changed", address, value, getattr(self._tls, "applying", None)))
+
+    def _call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Run ``fn`` on the dispatcher thread and return its result (inline
+        when the dispatcher is not running or this is it)."""
+        t = self._thread
+        if t is None or not t.is_alive() or threading.current_thread() is t:
+            return fn()
+        box: dict = {}
+        done = threading.Event()
+        self._q.put(("call", fn, box, done))
+        if not done.wait(timeout):
+            raise TimeoutError("the MIDI dispatcher did not answer")
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
+
+    # ------------------------------------------------------------------
+    # the dispatcher thread
+
+    def _run(self) -> None:
+        q = self._q
+        while True:
+            try:
+                item = q.get(timeout=0.05 if (self._learn is not None or self._pending_cc14) else 0.5)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                break
+            try:
+                self._housekeeping()
+                if item is not None:
+                    self._handle(item)
+            except Exception as e:  # the dispatcher never dies
+                self.counters["errors"] += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                log.exception("MIDI dispatcher")
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if self._pending_cc14 is not None and now >= self._pending_cc14[3]:
+            lr, ch, num, _ = self._pending_cc14
+            self._pending_cc14 = None
+            self._learned(lr, "cc", ch, num, cc14=False)
+        with self._lock:
+            lr = self._learn
+            if lr is not None and now >= lr.deadline and self._pending_cc14 is None:
+                self._learn = None
+            else:
+                lr = None
+        if lr is not None:
+            lr.finish("timeout")
+            log.info("MIDI learn for %s timed out after %g s", lr.address, lr.timeout_s)
+            self._announce(lr, {"address": lr.address, "timed_out": True, "timeout_s": lr.timeout_s})
+        if self._jack.proc is None and now >= self._next_jack_retry:
+            self._open_jack()
+        if now >= self._next_retry and any(h.obj is None and not h.alsa_missing for h in self._hw_in + self._hw_out):
+            self._open_hardware()
+
+    def _handle(self, item: tuple) -> None:
+        tag = item[0]
+        if tag == "changed":
+            self._feedback(item[1], item[2], item[3])
+        elif tag == "sync":
+            self._feedback(item[1], None, None, detach=False)
+        elif tag == "call":
+            _, fn, box, done = item
+            try:
+                box["result"] = fn()
+            except BaseException as e:
+                box["error"] = e
+            done.set()
+        elif tag in ("jack_ready", "jack_down"):
+            if item[1] is self._jack.proc:  # not an older bridge's news
+                self._jack_event(tag)
+        elif tag == "wake":
+            pass
+        else:
+            try:
+                self._midi(item[1])
+            finally:  # counted once handled: a caller that saw the count sees the effect
+                self.counters["received"] += 1
+
+    # -- incoming
+
+    def _midi(self, msg: list[int]) -> None:
+        if not msg:
+            return
+        status = msg[0]
+        kind, ch = status & 0xF0, status & 0x0F
+        if kind == 0xB0 and len(msg) >= 3:
+            ev = ("cc", ch, msg[1], msg[2])
+        elif kind == 0x90 and len(msg) >= 3:
+            ev = ("note", ch, msg[1], msg[2])  # velocity 0 = release
+        elif kind == 0x80 and len(msg) >= 3:
+            ev = ("note", ch, msg[1], 0)
+        elif kind == 0xE0 and len(msg) >= 3:
+            ev = ("pitch_bend", ch, 0, (msg[2] << 7) | msg[1])
+        else:
+            self.counters["unmapped"] += 1
+            return
+        if self._learn_event(ev):
+            return
+        typ, ch, num, val = ev
+        hit = False
+        for b in self._by_control.get((typ, ch, num), ()):
+            hit = True
+            self._apply(b, val)
+        if typ == "cc" and 32 <= num < 64:
+            for b in self._by_control.get(("cc", ch, num - 32), ()):
+                if b.spec.cc14:
+                    hit = True
+                    self._apply(b, val, lsb=True)
+        if not hit:
+            self.counters["unmapped"] += 1
+
+    def _apply(self, b: _Bound, val: int, lsb: bool = False) -> None:
+        spec = b.spec
+        try:
+            p = b.refresh()
+        except (ParameterError, ValueError) as e:
+            self._error(spec.address, str(e))
+            return
+        if p.kind == "bool":
+            press = val >= 64 if spec.type == "cc" else val > 0
+            if spec.button == "momentary":
+                new = press
+            elif press:
+                new = not bool(self.registry.get(spec.address))
+            else:
+                return
+            self._set(b, new)
+            return
+        if spec.cc14 and spec.type == "cc":
+            if lsb:
+                raw = (b.msb << 7) | val
+            else:
+                b.msb = val
+                raw = val << 7
+        else:
+            raw = val
+        if b.numeric and not b.attached:
+            cur = b.raw_for(self.registry.get(spec.address))
+            tol = spec.steps / 127.0
+            prev = b.last_raw
+            b.last_raw = raw
+            crossed = prev is not None and (prev - cur) * (raw - cur) <= 0
+            if not (crossed or abs(raw - cur) <= tol):
+                self.counters["ignored_pickup"] += 1
+                return
+            b.attached = True
+        b.last_raw = raw
+        self._set(b, b.value_for(raw))
+
+    def _set(self, b: _Bound, value: Any) -> None:
+        self._tls.applying = b
+        try:
+            self.registry.set(b.spec.address, value, source="midi")
+        except (ParameterError, ValueError) as e:
+            self._error(b.spec.address, str(e))
+            return
+        finally:
+            self._tls.applying = None
+        self.counters["applied"] += 1
+        self._failing.discard(b.spec.address)
+
+    def _error(self, address: str, msg: str) -> None:
+        self.counters["errors"] += 1
+        self.last_error = msg
+        if address not in self._failing:  # once per address until it works again
+            self._failing.add(address)
+            log.warning("MIDI binding for %s: %s", address, msg)
+
+    # -- feedback
+
+    def _feedback(self, address: str, value: Any, source: _Bound | None, detach: bool = True) -> None:
+        """``address`` changed (``value`` None: read it); ``source`` is the
+        binding whose message made the change, if any. ``detach=False``:
+        only resend the value (no change happened)."""
+        bs = self._by_address.get(address)
+        if not bs:
+            return
+        if value is None:
+            try:
+                value = self.registry.get(address)
+            except (ParameterError, ValueError):
+                return
+        for b in bs:
+            try:
+                p = b.refresh()
+            except (ParameterError, ValueError):
+                continue
+            if detach and b is not source and b.spec.takeover == "pickup":
+                b.attached = False  # soft takeover: wait for the control to pass the new value
+            if b is source and p.kind != "bool":
+                continue  # no echo to the fader that moved it
+            try:
+                self._send_value(b, value)
+            except Exception as e:  # pragma: no cover - a port may be gone
+                self._error(address, f"feedback not sent: {e}")
+
+    def _send_value(self, b: _Bound, value: Any) -> None:
+        spec = b.spec
+        raw = b.raw_for(value)
+        ch = spec.channel - 1
+        if spec.type == "note":
+            msgs = [[0x90 | ch, spec.number, 127 if raw >= 64 else 0]]
+        elif spec.type == "pitch_bend":
+            msgs = [[0xE0 | ch, raw & 0x7F, raw >> 7]]
+        elif spec.cc14:
+            msgs = [[0xB0 | ch, spec.number, raw >> 7], [0xB0 | ch, spec.number + 32, raw & 0x7F]]
+        else:
+            msgs = [[0xB0 | ch, spec.number, raw]]
+        sent = False
+        for m in msgs:
+            sent = self._jack.send(m) or sent
+        for h in self._hw_out:
+            if h.obj is not None:
+                for m in msgs:
+                    h.obj.send_message(m)
+                sent = True
+        if sent:
+            self.counters["feedback_sent"] += 1
+
+    # -- bindings and learn (dispatcher thread, or before it starts)
+
+    def _install(self, specs: list[Binding]) -> None:
+        old = {(b.spec): b for b in self._bound}
+        bound = []
+        for s in specs:
+            b = old.get(s) or _Bound(s, self.registry)
+            bound.append(b)
+        by_control: dict[tuple, list[_Bound]] = {}
+        by_address: dict[str, list[_Bound]] = {}
+        for b in bound:
+            by_control.setdefault(b.spec.control, []).append(b)
+            by_address.setdefault(b.spec.address, []).append(b)
+        self._bound, self._by_control, self._by_address = bound, by_control, by_address
+
+    def _save(self) -> None:
+        _write_atomic(self.mapping_path, mapping_to_toml([b.spec for b in self._bound]))
+
+    def _learn_event(self, ev: tuple) -> bool:
+        """Offer an event to an armed learn; True when it was used."""
+        typ, ch, num, val = ev
+        pend = self._pending_cc14
+        if pend is not None:
+            lr, pch, pnum, _ = pend
+            self._pending_cc14 = None
+            if typ == "cc" and ch == pch and num == pnum + 32:
+                self._learned(lr, "cc", pch, pnum, cc14=True)
+                return True
+            # anything else: it was a 7-bit CC; this event is then dispatched as usual
+            self._learned(lr, "cc", pch, pnum, cc14=False)
+        with self._lock:
+            lr = self._learn
+        if lr is None or lr.state != "armed":
+            return False
+        try:
+            p = self.registry.resolve(lr.address)[2]
+        except ParameterError as e:
+            with self._lock:
+                self._learn = None
+            lr.note = str(e)
+            lr.finish("cancelled")
+            return False
+        if typ == "note" and val == 0:
+            return True  # the release of the press that was learned (or of an ignored one)
+        if typ == "note" and p.kind != "bool":
+            lr.note = f"note {num} passed over: {lr.address} is a number; move a fader or knob"
+            return True
+        if typ == "pitch_bend" and p.kind == "bool":
+            lr.note = f"pitch bend passed over: {lr.address} is on/off; press a button"
+            return True
+        if typ == "cc" and num < 32 and p.kind in ("float", "int"):
+            self._pending_cc14 = (lr, ch, num, time.monotonic() + CC14_LEARN_WINDOW_S)
+            return True
+        self._learned(lr, typ, ch, num, cc14=False)
+        return True
+
+    def _announce(self, lr: Learn, doc: dict) -> None:
+        cbs = self.on_learned
+        cbs = [] if cbs is None else [cbs] if callable(cbs) else list(cbs)
+        for fn in ([lr.on_learned] if lr.on_learned else []) + cbs:
+            try:
+                fn(dict(doc))
+            except Exception:
+                log.exception("MIDI on_learned callback")
+
+    def _learned(self, lr: Learn, typ: str, ch: int, num: int, cc14: bool) -> None:
+        with self._lock:
+            if self._learn is lr:
+                self._learn = None
+        if lr.state != "armed":
+            return
+        try:
+            p = self.registry.resolve(lr.address)[2]
+        except ParameterError as e:
+            lr.note = str(e)
+            lr.finish("cancelled")
+            return
+        spec = Binding(address=lr.address, type=typ, channel=ch + 1, number=0 if typ == "pitch_bend" else num,
+                       curve=None if p.kind in ("bool", "choice") else default_curve(p), cc14=cc14,
+                       takeover="pickup" if p.kind in ("float", "int") else "jump")
+        keep = [b.spec for b in self._bound if b.spec.address != spec.address and b.spec.control != spec.control]
+        if cc14:
+            keep = [s for s in keep if s.control != ("cc", ch, num + 32)]
+        self._install(keep + [spec])
+        try:
+            self._save()
+        except OSError as e:
+            lr.note = f"bound, but the mapping file {self.mapping_path} was not saved: {e}"
+            log.error("MIDI learn: %s", lr.note)
+        log.info("MIDI learn: %s -> %s", spec.describe_control(), spec.address)
+        lr.finish("learned", spec)
+        self._announce(lr, spec.to_dict())
+        self._feedback(spec.address, None, None, detach=False)

@@ -1,0 +1,837 @@
+"""MIDI control against a real private jackd: a control surface made of
+python-rtmidi JACK clients in another process sends CC / notes / pitch
+bend to our JACK MIDI input and listens on our output, a real Daemon runs
+on a thread, and :class:`~quietcast.daemon.midi.MidiControl` (whose JACK
+ports live in its bridge process) drives the daemon's registry.
+
+Timing: every wait polls with a timeout; "nothing changed" is checked
+after a flush (all messages sent so far have been handled: the dispatcher
+counts a message once it is done with it). No test asserts a duration.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import uuid
+
+import pytest
+
+from quietcast.bridge.errors import ParameterError
+from quietcast.daemon import midi
+from quietcast.daemon.config import MidiConfig, parse_config
+from quietcast.daemon.jackclients import wait_until
+from quietcast.daemon.midi import Binding, Curve, MidiControl, MidiMapError, load_mapping, parse_mapping
+
+# --------------------------------------------------------------------------
+# curves and the mapping file (no server)
+
+
+def test_db_curve_is_a_console_fader_law():
+    c = Curve("db", -96.0, 24.0, bottom_inf=True)  # output_gain_db
+    assert c.value(0.0) == -math.inf
+    assert c.value(1.0) == pytest.approx(24.0)
+    assert c.value(0.75) == pytest.approx(0.0, abs=1e-9)  # unity at 3/4 of the travel
+    assert c.value(0.875) == pytest.approx(12.0)  # linear in dB above unity
+    assert -10.0 < c.value(0.5) < -9.0
+    assert -25.0 < c.value(0.25) < -24.0
+    assert -85.0 < c.value(1 / 127) < -75.0  # the first step above the "off" stop
+    ps = [i / 127 for i in range(128)]
+    vs = [c.value(p) for p in ps]
+    assert all(a < b for a, b in zip(vs, vs[1:]))  # monotonic
+    for p, v in zip(ps, vs):
+        assert c.position(v) == pytest.approx(p, abs=1e-9)
+    # no 0 dB inside the range: the top is the reference
+    c = Curve("db", -96.0, 0.0, bottom_inf=True)  # background_db
+    assert c.value(1.0) == 0.0 and c.value(0.0) == -math.inf
+    assert -8 < c.value(0.75) < -6
+    # without -inf the bottom is min
+    c = Curve("db", -60.0, 24.0)
+    assert c.value(0.0) == pytest.approx(-60.0) and c.value(0.75) == pytest.approx(0.0, abs=1e-9)
+    assert c.position(-60.0) == 0.0 and c.position(-100.0) == 0.0 and c.position(99.0) == 1.0
+
+
+def test_linear_and_log_curves_invert():
+    lin = Curve("linear", 0.0, 1.0)
+    assert lin.value(64 / 127) == pytest.approx(64 / 127)
+    rev = Curve("linear", 10.0, -10.0)
+    assert rev.value(0.0) == 10.0 and rev.value(1.0) == -10.0 and rev.position(5.0) == pytest.approx(0.25)
+    log = Curve("log", 20.0, 20_000.0)
+    assert log.value(0.5) == pytest.approx(math.sqrt(20 * 20_000))  # geometric: equal travel per octave
+    assert log.value(1 / 3) == pytest.approx(200.0)
+    for p in (0.0, 0.1, 0.5, 0.9, 1.0):
+        assert log.position(log.value(p)) == pytest.approx(p, abs=1e-12)
+    with pytest.raises(ValueError):
+        Curve("log", 0.0, 100.0)
+    with pytest.raises(ValueError):
+        Curve("db", 0.0, -10.0)
+
+
+def test_mapping_file_round_trips_and_lists_every_syntax_problem():
+    bs = [Binding("host.strength", "cc", 1, 7), Binding("host.bypass", "note", 10, 36, button="momentary"),
+          Binding("guest.output_gain_db", "cc", 2, 0, curve="db", cc14=True, min=-math.inf, max=10.0),
+          Binding("guest.strength", "pitch_bend", 16, takeover="jump")]
+    text = midi.mapping_to_toml(bs)
+    assert parse_mapping(text) == bs
+    bad = """
+[[map]]
+adress = "host.strength"
+number = 1
+
+[[map]]
+address = "host.strength"
+type = "ccc"
+channel = 0
+number = 128
+curve = "lin"
+takeover = "pick"
+
+[[map]]
+address = "host.strength"
+type = "pitch_bend"
+number = 3
+cc14 = "yes"
+
+[[map]]
+address = "guest.strength"
+number = 40
+cc14 = true
+max = inf
+
+[mapp]
+"""
+    with pytest.raises(MidiMapError) as ei:
+        parse_mapping(bad, source="midi.toml")
+    e = ei.value
+    text = str(e)
+    assert isinstance(e, ValueError) and text.startswith("midi.toml: ")
+    expected = [
+        ("adress", "did you mean 'address'"), ("address", "missing"),
+        ("type", "did you mean 'cc'"), ("channel", "1..16"), ("number", "0..127"),
+        ("curve", "did you mean 'linear'"), ("takeover", "did you mean 'pickup'"),
+        ("number", "pitch bend has no number"), ("cc14", "not a boolean"),
+        ("number", "0..31"), ("max", "not a number"), ("mapp", "[[map]]"),
+    ]
+    for where, what in expected:
+        assert any(where in p.where + " " + p.message and what in str(p) for p in e.problems), (where, what, text)
+    assert len(e.problems) == len(expected), text
+    with pytest.raises(MidiMapError, match="not valid TOML"):
+        parse_mapping("[[map]\naddress =")
+    dup = '[[map]]\naddress = "host.strength"\nnumber = 7\n[[map]]\naddress = "host.strength"\nnumber = 7\n'
+    with pytest.raises(MidiMapError, match="twice"):
+        parse_mapping(dup)
+    lsb = ('[[map]]\naddress = "host.strength"\nnumber = 7\ncc14 = true\n'
+           '[[map]]\naddress = "guest.strength"\nnumber = 39\n')
+    with pytest.raises(MidiMapError, match="LSB of the 14-bit"):
+        parse_mapping(lsb)
+
+
+def test_atomic_save_and_missing_file(tmp_path):
+    path = tmp_path / "sub" / "midi.toml"
+    assert load_mapping(path) == []
+    midi._write_atomic(str(path), midi.mapping_to_toml([Binding("host.mute", "note", 1, 5)]))
+    assert load_mapping(path) == [Binding("host.mute", "note", 1, 5)]
+    assert os.listdir(path.parent) == ["midi.toml"]  # no temp file left behind
+
+
+def test_ports_are_matched_by_name_never_blindly():
+    names = ["Midi Through:Midi Through Port-0 14:0", "X-TOUCH COMPACT:X-TOUCH COMPACT MIDI 1 20:0"]
+    assert midi._match_port("X-Touch Compact", names) == (1, "")
+    assert midi._match_port(names[0], names) == (0, "")
+    i, note = midi._match_port("nanoKONTROL", names)
+    assert i is None and "no port matches" in note and "X-TOUCH" in note
+    i, note = midi._match_port("midi", names)
+    assert i == 0 and "2 ports match" in note
+
+
+# --------------------------------------------------------------------------
+# the live rig
+
+CHAIN = """
+name = "midi-test"
+[[stage]]
+name = "hp"
+type = "highpass"
+cutoff_frequency_hz = 80
+[[stage]]
+name = "comp"
+type = "compressor"
+threshold_db = -20
+ratio = 2
+"""
+
+
+@pytest.fixture
+def daemon(jack_servers, tmp_path_factory):
+    """A real Daemon (2 channels; ``host`` with a post-chain hp + comp) on
+    a private jackd (one per test: none may hold a JACK client while a
+    test restarts the server). Its own MIDI, control socket and state file are off:
+    each test starts its own MidiControl on the daemon's registry."""
+    from quietcast.daemon.service import Daemon
+
+    srv = jack_servers(256)
+    folder = tmp_path_factory.mktemp("midi-daemon")
+    (folder / "chain.toml").write_text(CHAIN)
+    text = (f'[jack]\nclient_name = "qcmidi"\nserver = "{srv.name}"\nreconnect_interval_ms = 100\n'
+            '[engine]\nmodel = "dsp"\n[control]\nenabled = false\n[midi]\nenabled = false\n[state]\nenabled = false\n'
+            '[[channel]]\nname = "host"\nchain = "chain.toml"\n[[channel]]\nname = "guest"\n')
+    cfg = parse_config(text, base_dir=str(folder))
+    d = Daemon(cfg)
+    t = threading.Thread(target=d.run, name="daemon", daemon=True)
+    t.start()
+    assert d.ready.wait(20), "daemon did not become ready"
+    d.server_name = srv.name
+    yield d
+    d.request_stop()
+    t.join(15)
+
+
+#: the control surface: python-rtmidi's JACK API in its own process (in the
+#: test process it would call libjack holding the GIL while the daemon's
+#: JACK client has Python callbacks: see the midi module docstring)
+SURFACE = r"""
+import sys, threading, time, rtmidi
+name = sys.argv[1]
+tx = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=name + "-tx")
+tx.open_virtual_port("out")
+rx = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=name + "-rx", queue_size_limit=16384)
+rx.open_virtual_port("in")
+rx.ignore_types(sysex=False, timing=False, active_sense=False)
+stopping = threading.Event()
+def writer():  # polled: python-rtmidi's JACK input callback garbles bursts
+    while not stopping.is_set():
+        m = rx.get_message()
+        if m is None:
+            time.sleep(0.001)
+            continue
+        sys.stdout.write("rx " + " ".join(map(str, m[0])) + "\n")
+        sys.stdout.flush()
+poller = threading.Thread(target=writer, daemon=True)
+poller.start()
+sys.stdout.write("ready\n"); sys.stdout.flush()
+for line in sys.stdin:
+    if line.strip() == "quit":
+        break
+    if line.strip():
+        tx.send_message([int(x) for x in line.split()])
+stopping.set()
+poller.join()  # (closing rx while it is polled could crash)
+tx.close_port(); rx.close_port()
+"""
+
+
+class Surface:
+    """A MIDI control surface: python-rtmidi JACK clients in another
+    process (``NAME-tx:out`` sends to the daemon's MIDI input,
+    ``NAME-rx:in`` listens on its output), patched by a JACK client here."""
+
+    def __init__(self, server: str, mc: MidiControl):
+        import subprocess
+        import sys
+
+        import jack
+
+        self.mc = mc
+        self.closed = False
+        self.name = f"surf{uuid.uuid4().hex[:6]}"
+        env = dict(os.environ, JACK_DEFAULT_SERVER=server, JACK_NO_START_SERVER="1")
+        self.proc = subprocess.Popen([sys.executable, "-c", SURFACE, self.name], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        self.got: list[list[int]] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        assert self._ready.wait(20), "the surface process did not start"
+        self.patch = jack.Client(f"{self.name}-patch", servername=server, no_start_server=True)
+        self.patch.connect(f"{self.name}-tx:out", mc.jack_in_name)
+        self.patch.connect(mc.jack_out_name, f"{self.name}-rx:in")
+        self.sent = 0
+        # handshake: a message sent while a connection is still being made
+        # can be lost; from the first one that arrives on, none is
+        before = mc.counters["received"]
+        for _ in range(40):
+            self.send([0xBF, 119, 0])  # channel 16, nothing mapped there
+            if wait_until(lambda: mc.counters["received"] > before, 0.25, 0.005):
+                break
+        else:
+            raise AssertionError("no MIDI reached the daemon's input")
+        self.base = mc.counters["received"] - self.sent
+
+    def _read(self):
+        for line in self.proc.stdout:
+            if line.startswith("ready"):
+                self._ready.set()
+            elif line.startswith("rx "):
+                self.got.append([int(x) for x in line.split()[1:]])
+
+    def send(self, msg: list[int]) -> None:
+        self.send_many([msg])
+
+    def send_many(self, msgs) -> None:
+        self.proc.stdin.write("".join(" ".join(map(str, m)) + "\n" for m in msgs))
+        self.proc.stdin.flush()
+        self.sent += len(msgs)
+
+    def cc(self, ch: int, number: int, value: int) -> None:
+        self.send([0xB0 | (ch - 1), number, value])
+
+    def note_on(self, ch: int, note: int, vel: int = 127) -> None:
+        self.send([0x90 | (ch - 1), note, vel])
+
+    def note_off(self, ch: int, note: int) -> None:
+        self.send([0x80 | (ch - 1), note, 0])
+
+    def bend(self, ch: int, value14: int) -> None:
+        self.send([0xE0 | (ch - 1), value14 & 0x7F, value14 >> 7])
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until the daemon has handled every message sent so far."""
+        assert wait_until(lambda: self.mc.counters["received"] >= self.sent + self.base, timeout, 0.005), \
+            f"sent {self.sent}, handled {self.mc.counters['received'] - self.base}"
+
+    def expect(self, msg: list[int], timeout: float = 5.0) -> None:
+        assert wait_until(lambda: msg in self.got, timeout, 0.005), f"{msg} not received; got {self.got[-10:]}"
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait(10)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.patch.close()
+
+
+def _has_ports(server: str, mc: MidiControl) -> bool:
+    import jack
+
+    try:
+        c = jack.Client(f"probe{uuid.uuid4().hex[:6]}", servername=server, no_start_server=True)
+    except jack.JackError:
+        return False
+    try:
+        return {mc.jack_in_name, mc.jack_out_name} <= {p.name for p in c.get_ports(is_midi=True)}
+    finally:
+        c.close()
+
+
+class Rig:
+    """A MidiControl on the daemon's registry with its own mapping file,
+    and a Surface connected to it."""
+
+    def __init__(self, daemon, tmp_path, mapping: str | None = None, midi_server: str | None = None, **cfg):
+        self.daemon = daemon
+        self.reg = daemon.registry
+        self.path = tmp_path / "midi.toml"
+        if mapping is not None:
+            self.path.write_text(mapping)
+        self.server = midi_server or daemon.server_name
+        self.mc = MidiControl(self.reg, MidiConfig(enabled=True, mapping=str(self.path), **cfg),
+                              self.server, f"qcm{uuid.uuid4().hex[:6]}")
+        self.mc.start()
+        try:
+            # start() waits for the ports, but a loaded machine may take longer
+            assert wait_until(lambda: _has_ports(self.server, self.mc), 60, 0.05), self.mc.status()
+            self.s = Surface(self.server, self.mc)
+        except BaseException:
+            self.mc.stop()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.s.close()
+        self.mc.stop()
+
+    def value_becomes(self, address: str, want, timeout: float = 5.0, abs_tol: float = 1e-9):
+        def ok():
+            v = self.reg.get(address)
+            if isinstance(want, bool) or want in (math.inf, -math.inf):
+                return v == want
+            return v == pytest.approx(want, abs=abs_tol)
+        assert wait_until(ok, timeout, 0.005), f"{address} = {self.reg.get(address)!r}, expected {want!r}"
+
+
+def _map(**entries) -> str:
+    out = []
+    for addr, kv in entries.items():
+        out.append("[[map]]")
+        out.append(f'address = "{addr.replace("__", ".")}"')
+        for k, v in kv.items():
+            out.append(f"{k} = " + ('"%s"' % v if isinstance(v, str) else ("true" if v is True else "false" if v is False
+                                                                          else repr(v))))
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.jack
+def test_cc_moves_parameters_with_their_curves(daemon, tmp_path):
+    reg = daemon.registry
+    mapping = _map(
+        host__strength=dict(type="cc", channel=1, number=7, takeover="jump"),
+        host__output_gain_db=dict(type="cc", channel=1, number=8, curve="db", takeover="jump"),
+        host__chain__comp__threshold_db=dict(type="cc", channel=1, number=9, min=-60.0, max=0.0, takeover="jump"),
+        host__chain__hp__cutoff_frequency_hz=dict(type="cc", channel=1, number=10, min=20.0, max=20000.0,
+                                                  takeover="jump"),  # default curve for Hz: log
+    )
+    with Rig(daemon, tmp_path, mapping) as r:
+        s = r.s
+        # linear: 0..127 -> 0..1
+        for raw in (0, 127, 64, 1):
+            s.cc(1, 7, raw)
+            r.value_becomes("host.strength", raw / 127)
+        # db fader law on output_gain_db [-96, 24] or -inf: bottom stop = off
+        fader = Curve("db", -96.0, 24.0, bottom_inf=True)
+        s.cc(1, 8, 127)
+        r.value_becomes("host.output_gain_db", 24.0)
+        s.cc(1, 8, 0)
+        r.value_becomes("host.output_gain_db", -math.inf)
+        s.cc(1, 8, 95)  # 3/4 of the travel: about unity
+        r.value_becomes("host.output_gain_db", fader.value(95 / 127))
+        assert abs(reg.get("host.output_gain_db")) < 0.5
+        s.cc(1, 8, 64)
+        r.value_becomes("host.output_gain_db", fader.value(64 / 127))
+        assert -10.0 < reg.get("host.output_gain_db") < -8.0
+        # a chain stage parameter, reaching the engine's stage
+        s.cc(1, 9, 64)
+        r.value_becomes("host.chain.comp.threshold_db", -60.0 + 60.0 * 64 / 127)
+        comp = daemon.engine.chains[0].stage("comp")
+        assert wait_until(lambda: comp.values["threshold_db"] == pytest.approx(-60.0 + 60.0 * 64 / 127), 5)
+        s.cc(1, 9, 0)
+        r.value_becomes("host.chain.comp.threshold_db", -60.0)
+        # log for Hz: equal travel per octave
+        s.cc(1, 10, 0)
+        r.value_becomes("host.chain.hp.cutoff_frequency_hz", 20.0, abs_tol=1e-6)
+        s.cc(1, 10, 127)
+        r.value_becomes("host.chain.hp.cutoff_frequency_hz", 20000.0, abs_tol=1e-6)
+        s.cc(1, 10, 64)
+        r.value_becomes("host.chain.hp.cutoff_frequency_hz", 20.0 * 1000.0 ** (64 / 127), abs_tol=1e-6)
+        # other channels and messages are not mapped
+        st = r.mc.status()
+        s.cc(2, 7, 0)
+        s.flush()
+        assert reg.get("host.strength") == pytest.approx(1 / 127)
+        assert r.mc.status()["unmapped"] > st["unmapped"]
+        assert r.mc.status()["errors"] == 0
+        kinds = {b["address"]: b["curve"] for b in r.mc.bindings()}
+        assert kinds["host.chain.hp.cutoff_frequency_hz"] == "log" and kinds["host.output_gain_db"] == "db"
+
+
+@pytest.mark.jack
+def test_soft_takeover_holds_until_the_fader_crosses_the_value(daemon, tmp_path):
+    reg = daemon.registry
+    reg.set("host.strength", 0.5, source="test")  # the fader's raw position would be 63.5
+    with Rig(daemon, tmp_path, _map(host__strength=dict(number=11))) as r:
+        s, mc = r.s, r.mc
+        assert r.mc.bindings()[0]["attached"] is False  # pickup: detached until the fader gets there
+        ignored0 = mc.counters["ignored_pickup"]
+        for raw in (10, 20, 30, 40, 50, 60):  # below the value: the parameter holds
+            s.cc(1, 11, raw)
+        s.flush()
+        assert reg.get("host.strength") == 0.5
+        assert mc.counters["ignored_pickup"] - ignored0 == 6
+        s.cc(1, 11, 70)  # 60 -> 70 crosses 63.5: picked up
+        r.value_becomes("host.strength", 70 / 127)
+        s.cc(1, 11, 80)
+        r.value_becomes("host.strength", 80 / 127)
+        # a change from elsewhere detaches the fader again
+        reg.set("host.strength", 0.2, source="zmq")  # raw 25.4
+        s.cc(1, 11, 90)
+        s.cc(1, 11, 100)
+        s.flush()
+        assert reg.get("host.strength") == pytest.approx(0.2)
+        s.cc(1, 11, 26)  # within one step of 25.4: picked up
+        r.value_becomes("host.strength", 26 / 127)
+        # coming from above and crossing also picks up
+        reg.set("host.strength", 0.6, source="zmq")  # raw 76.2
+        s.cc(1, 11, 20)
+        s.cc(1, 11, 120)  # jumped over it (fast move): crossed
+        r.value_becomes("host.strength", 120 / 127)
+        assert mc.counters["errors"] == 0
+
+
+@pytest.mark.jack
+def test_14_bit_cc_and_pitch_bend_resolution(daemon, tmp_path):
+    reg = daemon.registry
+    mapping = _map(host__strength=dict(number=3, cc14=True, takeover="jump"),
+                   guest__strength=dict(type="pitch_bend", channel=3, takeover="jump"))
+    with Rig(daemon, tmp_path, mapping) as r:
+        s = r.s
+        s.cc(1, 3, 64)  # MSB
+        s.cc(1, 35, 1)  # LSB
+        r.value_becomes("host.strength", (64 * 128 + 1) / 16383)
+        s.cc(1, 35, 127)
+        r.value_becomes("host.strength", (64 * 128 + 127) / 16383)
+        s.cc(1, 3, 100)  # a new MSB resets the LSB (MIDI 1.0)
+        r.value_becomes("host.strength", 100 * 128 / 16383)
+        s.cc(1, 3, 127)
+        s.cc(1, 35, 127)
+        r.value_becomes("host.strength", 1.0)
+        # steps finer than 7 bits: 16383 distinct values
+        s.cc(1, 3, 0)
+        s.cc(1, 35, 1)
+        r.value_becomes("host.strength", 1 / 16383)
+        assert 0 < reg.get("host.strength") < 1 / 127
+        s.bend(3, 16383)
+        r.value_becomes("guest.strength", 1.0)
+        s.bend(3, 8192)
+        r.value_becomes("guest.strength", 8192 / 16383)
+        s.bend(3, 0)
+        r.value_becomes("guest.strength", 0.0)
+
+
+@pytest.mark.jack
+def test_toggle_and_momentary_buttons(daemon, tmp_path):
+    reg = daemon.registry
+    for a in ("host.bypass", "host.mute", "guest.bypass"):
+        reg.set(a, False, source="test")
+    mapping = _map(host__bypass=dict(type="note", channel=1, number=40),
+                   host__mute=dict(type="cc", channel=1, number=64, button="momentary"),
+                   guest__bypass=dict(type="cc", channel=1, number=65))
+    try:
+        with Rig(daemon, tmp_path, mapping) as r:
+            s = r.s
+            s.note_on(1, 40)
+            r.value_becomes("host.bypass", True)
+            s.expect([0x90, 40, 127])  # the button's LED follows the toggled state
+            s.note_off(1, 40)
+            s.flush()
+            assert reg.get("host.bypass") is True
+            s.note_on(1, 40, 100)
+            r.value_becomes("host.bypass", False)
+            s.expect([0x90, 40, 0])
+            s.note_on(1, 40, 0)  # note-on with velocity 0 is a release
+            s.flush()
+            assert reg.get("host.bypass") is False
+            # momentary: on while held
+            s.cc(1, 64, 127)
+            r.value_becomes("host.mute", True)
+            s.cc(1, 64, 0)
+            r.value_becomes("host.mute", False)
+            s.cc(1, 64, 64)
+            r.value_becomes("host.mute", True)
+            s.cc(1, 64, 63)
+            r.value_becomes("host.mute", False)
+            # a CC toggle flips on each press (>= 64); releases do nothing
+            s.cc(1, 65, 127)
+            r.value_becomes("guest.bypass", True)
+            s.cc(1, 65, 0)
+            s.cc(1, 65, 127)
+            r.value_becomes("guest.bypass", False)
+            assert r.mc.counters["errors"] == 0
+    finally:
+        for a in ("host.bypass", "host.mute", "guest.bypass"):
+            reg.set(a, False, source="test")
+
+
+@pytest.mark.jack
+def test_feedback_follows_changes_from_elsewhere(daemon, tmp_path):
+    reg = daemon.registry
+    mapping = _map(host__strength=dict(number=7),
+                   guest__strength=dict(number=2, cc14=True, takeover="jump"),
+                   host__output_gain_db=dict(number=8, channel=5),
+                   host__bypass=dict(type="note", number=40))
+    try:
+        with Rig(daemon, tmp_path, mapping) as r:
+            s = r.s
+            reg.set("host.strength", 0.25, source="zmq")
+            s.expect([0xB0, 7, 32])  # 0.25 * 127 = 31.75
+            reg.set("guest.strength", 0.5, source="zmq")  # 14-bit: 8192 = MSB 64, LSB 0
+            s.expect([0xB0, 2, 64])
+            s.expect([0xB0, 34, 0])
+            assert s.got.index([0xB0, 34, 0]) > s.got.index([0xB0, 2, 64])  # MSB first
+            reg.set("host.output_gain_db", 0.0, source="zmq")  # unity: 3/4 of the travel on the db curve
+            s.expect([0xB4, 8, 95])
+            reg.set("host.output_gain_db", -math.inf, source="zmq")
+            s.expect([0xB4, 8, 0])
+            reg.set("host.bypass", True, source="zmq")
+            s.expect([0x90, 40, 127])
+            reg.set("host.bypass", False, source="zmq")
+            s.expect([0x90, 40, 0])
+            # no echo to the fader that made the change
+            s.cc(1, 7, 32)  # picks up at 0.25 (within a step)
+            s.cc(1, 7, 40)
+            r.value_becomes("host.strength", 40 / 127)
+            reg.set("host.bypass", True, source="zmq")  # a marker after it
+            s.expect([0x90, 40, 127])
+            assert [0xB0, 7, 40] not in s.got and [0xB0, 7, 32] == [m for m in s.got if m[:2] == [0xB0, 7]][-1]
+            assert r.mc.counters["feedback_sent"] >= 7
+    finally:
+        reg.set("host.bypass", False, source="test")
+        reg.set("host.output_gain_db", 0.0, source="test")
+
+
+@pytest.mark.jack
+def test_learn_binds_saves_and_then_follows(daemon, tmp_path):
+    reg = daemon.registry
+    reg.set("host.input_gain_db", 0.0, source="test")
+    announced = []
+    with Rig(daemon, tmp_path) as r:
+        s, mc = r.s, r.mc
+        mc.on_learned = announced.append
+        with pytest.raises(ParameterError, match="did you mean 'input_gain_db'"):
+            mc.learn("host.input_gain")
+        lr = mc.learn("host.input_gain_db", timeout_s=20)
+        assert mc.learn_status()["state"] == "armed"
+        s.cc(2, 20, 10)
+        b = lr.wait(10)
+        assert b == Binding("host.input_gain_db", "cc", 2, 20, curve="db")
+        assert mc.learn_status()["state"] == "learned"
+        assert load_mapping(r.path, reg) == [b]  # saved
+        assert announced and announced[-1]["address"] == "host.input_gain_db" and announced[-1]["number"] == 20
+        # it now follows, with soft takeover: unity sits at 3/4 of the travel (raw 95.25)
+        s.cc(2, 20, 90)
+        s.flush()
+        assert reg.get("host.input_gain_db") == 0.0
+        s.cc(2, 20, 100)
+        fader = Curve("db", -60.0, 24.0)
+        r.value_becomes("host.input_gain_db", fader.value(100 / 127))
+        s.cc(2, 20, 127)
+        r.value_becomes("host.input_gain_db", 24.0)
+
+        # 14-bit: CC n then CC n + 32 within the learn window
+        lr = mc.learn("guest.strength", timeout_s=20)
+        s.cc(1, 1, 64)
+        s.cc(1, 33, 0)
+        assert lr.wait(10) == Binding("guest.strength", "cc", 1, 1, curve="linear", cc14=True)
+        # a note is passed over for a number; pitch bend is taken
+        lr2 = mc.learn("guest.input_gain_db", timeout_s=20)
+        s.note_on(4, 60)
+        s.flush()
+        assert lr2.status()["state"] == "armed" and "passed over" in lr2.status()["note"]
+        s.bend(4, 8192)
+        assert lr2.wait(10) == Binding("guest.input_gain_db", "pitch_bend", 4, 0, curve="db")
+        # a button on an on/off parameter
+        lr = mc.learn("guest.mute", timeout_s=20)
+        s.note_on(1, 36)
+        assert lr.wait(10) == Binding("guest.mute", "note", 1, 36, takeover="jump")
+        # relearning an address replaces its binding; the file has them all
+        lr = mc.learn("host.input_gain_db", timeout_s=20)
+        s.cc(2, 21, 0)
+        assert lr.wait(10).number == 21
+        saved = load_mapping(r.path, reg)
+        assert {(x.address, x.number) for x in saved} == {
+            ("host.input_gain_db", 21), ("guest.strength", 1), ("guest.input_gain_db", 0), ("guest.mute", 36)}
+        assert {b["address"] for b in mc.bindings()} == {x.address for x in saved}
+        # unbind
+        assert mc.unbind("guest.mute") == 1
+        assert "guest.mute" not in {x.address for x in load_mapping(r.path, reg)}
+        # timeout
+        lr = mc.learn("host.strength", timeout_s=0.3)
+        assert lr.wait(10) is None
+        assert lr.state == "timeout" and mc.learn_status()["state"] == "timeout"
+        assert wait_until(lambda: announced[-1].get("timed_out") is True, 5)
+        assert announced[-1]["address"] == "host.strength"
+
+
+@pytest.mark.jack
+def test_a_malformed_mapping_file_lists_every_problem(daemon, tmp_path):
+    bad = """
+[[map]]
+address = "host.strenght"
+number = 1
+
+[[map]]
+address = "host.chain.comp.threshold_db"
+number = 5
+min = -200.0
+
+[[map]]
+address = "host.bypass"
+type = "pitch_bend"
+
+[[map]]
+address = "host.strength"
+type = "note"
+number = 10
+button = "toggel"
+
+[[map]]
+address = "host.chain.hp.cutoff_frequency_hz"
+number = 6
+curve = "log"
+min = 0.0
+
+[[map]]
+address = "host.chain.compp.ratio"
+number = 12
+
+[[map]]
+address = "guest.strength"
+number = 13
+curve = "db"
+"""
+    path = tmp_path / "midi.toml"
+    path.write_text(bad)
+    mc = MidiControl(daemon.registry, MidiConfig(mapping=str(path)), daemon.server_name, "qcbad")
+    with pytest.raises(MidiMapError) as ei:
+        mc.start()
+    e = ei.value
+    text = str(e)
+    assert text.startswith(f"{path}: ")
+    expected = ["did you mean 'strength'", "value -200 is out of range [-100, 24] dB",
+                "on/off: map a button", "a note can only drive an on/off", "did you mean 'toggle'",
+                "value 0 is out of range [1, 20000] Hz", "did you mean 'comp'"]
+    for what in expected:
+        assert any(what in str(p) for p in e.problems), (what, text)
+    assert len(e.problems) == len(expected), text
+    assert not mc.started and mc.status()["running"] is False
+    # the daemon is untouched
+    assert daemon.ready.is_set()
+    # a mapping outside the parameter's range and a db curve on a linear
+    # param are checked against the live registry too
+    ok = _map(guest__strength=dict(number=13, curve="db"))
+    assert parse_mapping(ok, registry=daemon.registry)[0].curve == "db"
+
+
+@pytest.mark.jack
+def test_missing_hardware_port_warns_and_the_daemon_keeps_running(daemon, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="quietcast.midi")
+    with Rig(daemon, tmp_path, _map(host__strength=dict(number=7, takeover="jump")),
+             inputs=("X-Touch Compact",), outputs=("X-Touch Out",)) as r:
+        warnings = [rec.getMessage() for rec in caplog.records if rec.name == "quietcast.midi"]
+        alsa = os.path.exists("/dev/snd/seq")
+        for name in ("X-Touch Compact", "X-Touch Out"):
+            msgs = [m for m in warnings if repr(name) in m]
+            assert len(msgs) == 1, warnings  # one clear warning per port
+            assert ("not found" if alsa else "the ALSA sequencer is not available") in msgs[0]
+        st = r.mc.status()
+        assert st["hardware_inputs"]["X-Touch Compact"]["open"] is False
+        assert st["hardware_outputs"]["X-Touch Out"]["problem"]
+        assert st["jack"]["in"] == r.mc.jack_in_name and st["jack"]["out"] == r.mc.jack_out_name
+        # MIDI still works on the JACK ports, and the daemon runs on
+        r.s.cc(1, 7, 100)
+        r.value_becomes("host.strength", 100 / 127)
+        assert daemon.ready.is_set() and daemon.status()["ready"]
+
+
+@pytest.mark.jack
+def test_a_flood_of_midi_does_not_crash_and_ends_on_the_last_value(daemon, tmp_path):
+    with Rig(daemon, tmp_path, _map(host__strength=dict(number=7, takeover="jump"),
+                                     guest__strength=dict(number=8))) as r:
+        s, mc = r.s, r.mc
+        hops0 = daemon.engine.stats.hops
+        for i in range(999):
+            s.cc(1, 7 + (i % 2), i % 128)
+        s.cc(1, 7, 77)
+        s.flush(timeout=30)
+        r.value_becomes("host.strength", 77 / 127)
+        st = mc.status()
+        assert st["errors"] == 0 and st["applied"] > 0
+        assert st["received"] >= 1000
+        # the engine kept going and the daemon is up
+        assert wait_until(lambda: daemon.engine.stats.hops > hops0 + 5, 10)
+        assert daemon.ready.is_set()
+        # and MIDI still answers
+        s.cc(1, 7, 5)
+        r.value_becomes("host.strength", 5 / 127)
+
+
+@pytest.mark.jack
+def test_stop_joins_the_dispatcher_and_closes_the_ports(daemon, tmp_path):
+    import jack
+
+    r = Rig(daemon, tmp_path, _map(host__strength=dict(number=7, takeover="jump")))
+    mc = r.mc
+    thread = mc._thread
+    ins, outs = mc.jack_in_name, mc.jack_out_name
+    names = lambda: {p.name for p in r.s.patch.get_ports(is_midi=True)}  # noqa: E731
+    assert {ins, outs} <= names()
+    r.__exit__(None, None, None)
+    assert not thread.is_alive()
+    probe = jack.Client("midi-probe", servername=daemon.server_name, no_start_server=True)
+    try:
+        assert not ({ins, outs} & {p.name for p in probe.get_ports(is_midi=True)})
+    finally:
+        probe.close()
+    # the registry listener is gone: a set does not queue feedback any more
+    daemon.registry.set("host.strength", 0.3, source="zmq")
+    left = []
+    while not mc._q.empty():
+        left.append(mc._q.get_nowait())
+    assert not [x for x in left if isinstance(x, tuple) and x[0] == "changed"], left
+    mc.stop()  # twice is fine
+
+
+@pytest.mark.jack
+def test_disabled_or_stopped_midi_refuses_learn_and_reloads_its_file(daemon, tmp_path):
+    off = MidiControl(daemon.registry, MidiConfig(enabled=False, mapping=str(tmp_path / "off.toml")),
+                      daemon.server_name, "qcoff")
+    off.start()
+    assert not off.started and off.status()["enabled"] is False and off.status()["jack"]["in"] is None
+    with pytest.raises(RuntimeError, match="not running"):
+        off.learn("host.strength")
+    off.stop()
+    # the default mapping path is midi.toml in the state folder
+    mc = MidiControl(daemon.registry, MidiConfig(), daemon.server_name, "qcdef", state_dir=str(tmp_path / "st"))
+    assert mc.mapping_path == str(tmp_path / "st" / "midi.toml")
+    # reload: a new file is picked up; a broken one is refused and the bindings stay
+    with Rig(daemon, tmp_path, _map(host__strength=dict(number=7, takeover="jump"))) as r:
+        assert [b["number"] for b in r.mc.bindings()] == [7]
+        r.path.write_text(_map(host__strength=dict(number=17, takeover="jump")))
+        assert r.mc.reload() == 1
+        r.s.cc(1, 17, 3)
+        r.value_becomes("host.strength", 3 / 127)
+        r.path.write_text(_map(host__strenght=dict(number=18)))
+        with pytest.raises(MidiMapError, match="did you mean 'strength'"):
+            r.mc.reload()
+        assert [b["number"] for b in r.mc.bindings()] == [17]
+        st = r.mc.status()
+        for key in ("received", "applied", "ignored_pickup", "unmapped", "feedback_sent", "errors", "learn",
+                    "hardware_inputs", "hardware_outputs", "mapping", "bindings"):
+            assert key in st
+        assert st["running"] is True and st["bindings"] == 1
+
+
+@pytest.mark.jack
+def test_midi_ports_come_back_after_jackd_restarts(jack_server, tmp_path):
+    """jackd restarts under the MIDI ports. A real registry and engine, the
+    engine built without opening JACK: no JACK client of this process is
+    open while the server dies and starts again (libjack's process-wide
+    state does not like that; the daemon's own reconnect is tested in
+    test_live.py, in a subprocess)."""
+    from quietcast.daemon.service import Daemon
+
+    srv = jack_server
+    d = Daemon(parse_config('[engine]\nmodel = "dsp"\n[[channel]]\nname = "host"\n'))
+    d._engine_for(48_000)
+    path = tmp_path / "midi.toml"
+    path.write_text(_map(host__strength=dict(number=7, takeover="jump")))
+    mc = MidiControl(d.registry, MidiConfig(mapping=str(path)), srv.name, "qcmr")
+    mc.start()
+    s = None
+
+    def becomes(raw):
+        return wait_until(lambda: d.registry.get("host.strength") == pytest.approx(raw / 127), 10)
+
+    try:
+        assert wait_until(lambda: _has_ports(srv.name, mc), 30)
+        s = Surface(srv.name, mc)
+        s.cc(1, 7, 10)
+        assert becomes(10)
+        s.close()
+        srv.restart()
+        # the MIDI ports come back by themselves (no call needed)
+        assert wait_until(lambda: _has_ports(srv.name, mc), 30), mc.status()
+        assert mc.status()["jack"]["in"] == mc.jack_in_name and mc.status()["jack"]["bridge_starts"] == 2
+        s = Surface(srv.name, mc)  # connects to the reopened ports and hands a message over
+        s.cc(1, 7, 90)
+        assert becomes(90)
+        # reopen_jack() (for the daemon to call after it reconnects) does it at once
+        s.close()
+        mc.reopen_jack()
+        assert wait_until(lambda: mc.status()["jack"]["bridge_starts"] == 3 and _has_ports(srv.name, mc), 30)
+        s = Surface(srv.name, mc)
+        s.cc(1, 7, 20)
+        assert becomes(20)
+        assert mc.counters["errors"] == 0
+    finally:
+        if s is not None:
+            s.close()
+        mc.stop()
