@@ -128,19 +128,15 @@ import math
 import os
 import queue
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from quietcast.bridge.errors import BridgeError, ParameterError, Problem, did_you_mean
+from quietcast.bridge.errors import ParameterError, Problem, ProblemsError, did_you_mean, parse_toml, read_utf8
 from quietcast.bridge.params import Param
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from .state import atomic_write, default_state_dir
 
 __all__ = [
     "MidiControl", "MidiMapError", "Binding", "Learn", "Curve",
@@ -171,16 +167,11 @@ JACK_RETRY_MAX_S = 60.0
 JACK_READY_S = 10.0
 
 
-class MidiMapError(BridgeError, ValueError):
+class MidiMapError(ProblemsError):
     """The MIDI mapping file is invalid. ``.problems`` holds every problem
     found; ``.source`` names the file."""
 
-    def __init__(self, problems: list[Problem], source: str = "midi mapping"):
-        self.problems = list(problems)
-        self.source = source
-        n = len(self.problems)
-        head = f"{source}: {n} problem{'s' if n != 1 else ''}"
-        super().__init__(head + "\n" + "\n".join(f"  - {p}" for p in self.problems))
+    default_source = "midi mapping"
 
 
 # --------------------------------------------------------------------------
@@ -470,10 +461,7 @@ def parse_mapping(text: str, source: str = "midi mapping", registry=None) -> lis
     """Check mapping TOML text; every problem at once as a
     :class:`MidiMapError`. With ``registry`` the addresses and ranges are
     checked against the running daemon's parameters."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise MidiMapError([Problem("", f"not valid TOML: {e}")], source) from None
+    doc = parse_toml(text, source, MidiMapError)
     problems: list[Problem] = []
     for k in doc:
         if k != "map":
@@ -514,18 +502,9 @@ def parse_mapping(text: str, source: str = "midi mapping", registry=None) -> lis
 def load_mapping(path: str | os.PathLike, registry=None) -> list[Binding]:
     """Read and check a mapping file; a missing file is no bindings."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
+    if not os.path.exists(path):
         return []
-    except OSError as e:
-        raise MidiMapError([Problem("", f"cannot read mapping file: {e.strerror or e}")], path) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise MidiMapError([Problem("", f"not UTF-8 text (byte 0x{data[e.start]:02x})")], path) from None
-    return parse_mapping(text, source=path, registry=registry)
+    return parse_mapping(read_utf8(path, "mapping file", MidiMapError), source=path, registry=registry)
 
 
 def mapping_to_toml(bindings: list[Binding]) -> str:
@@ -537,39 +516,7 @@ def mapping_to_toml(bindings: list[Binding]) -> str:
 
 
 def _write_atomic(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".midi-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - some filesystems cannot fsync a folder
-        pass
-
-
-def default_state_dir() -> str:
-    """$STATE_DIRECTORY (systemd), else $XDG_STATE_HOME/quietcast, else
-    ~/.local/state/quietcast (the same folder as the state file)."""
-    d = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-    if d:
-        return d
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "quietcast")
+    atomic_write(path, text.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------
