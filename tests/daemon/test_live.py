@@ -206,6 +206,8 @@ def test_jackd_restart_is_survived_with_connections_restored(jack_servers, tmp_p
                 return (time.monotonic() - t0) if got else None
             finally:
                 p.pos = -1
+                p.done.set()  # let the playing thread return
+                th.join(5)
                 p.close()
                 rec.close()
 
