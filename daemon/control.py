@@ -100,6 +100,9 @@ class ControlServer:
         self._ready = threading.Event()
         self._setup_error: Exception | None = None
         self._auth = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
 
     # -- context used by the commands
     @property
@@ -120,8 +123,13 @@ class ControlServer:
         return self.daemon.reload()
 
     def emit(self, topic: str, doc: dict) -> None:
-        """Queue an event for publishing (any thread)."""
+        """Queue an event for publishing (any thread); wakes the control
+        thread at once, so events do not wait for the next meter tick."""
         self.events.put((topic, doc))
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full: the thread is awake already
 
     # -- lifecycle
     def start(self) -> None:
@@ -190,6 +198,7 @@ class ControlServer:
         self._ready.set()
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         period = 1.0 / self.meter_hz
         next_meter = time.monotonic()
         last_xruns = last_misses = None
@@ -197,7 +206,14 @@ class ControlServer:
         try:
             while not self._stop.is_set():
                 timeout = max(0.0, next_meter - time.monotonic())
-                if poller.poll(int(timeout * 1000) + 1):
+                ready = dict(poller.poll(int(timeout * 1000) + 1))
+                if self._wake_r in ready:
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except (BlockingIOError, OSError):
+                        pass
+                if router in ready:
                     # at most MAX_RATE requests a second: a flood queues in
                     # ZeroMQ (and is dropped at its high-water mark) instead
                     # of taking the CPU and the GIL from the audio threads

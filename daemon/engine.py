@@ -116,6 +116,7 @@ class Engine:
             ChannelParams(**{f: getattr(c, f) for f in ChannelParams.__dataclass_fields__ if hasattr(c, f)})
             for c in channels
         )
+        self._writers = threading.Lock()  # serialises set_params callers (never the engine thread)
         self._prev = self._targets(self.params)
         self._ramp = (np.arange(1, self.hop + 1, dtype=np.float32) / self.hop)[None, :]
         self.stats = EngineStats()
@@ -143,10 +144,11 @@ class Engine:
         """Replace one channel's snapshot (values must already be checked).
         Takes effect at the next hop, ramped over that hop."""
         i = self.names.index(name)
-        new = replace(self.params[i], **changes)
-        params = list(self.params)
-        params[i] = new
-        self.params = tuple(params)  # one reference swap: the engine reads it once per hop
+        with self._writers:  # control, MIDI and reload threads; the engine never takes it
+            new = replace(self.params[i], **changes)
+            params = list(self.params)
+            params[i] = new
+            self.params = tuple(params)  # one reference swap: the engine reads it once per hop
         return new
 
     def _targets(self, params) -> dict[str, np.ndarray]:

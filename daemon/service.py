@@ -89,6 +89,7 @@ class Daemon:
         self._ping_hops = -1
         self._last_status = 0.0
         self.faults: dict[str, str] = {}
+        self._totals = {"cycles": 0, "xruns": 0, "deadline_misses": 0, "missed_frames": 0}
 
     # ------------------------------------------------------------------
     # engine
@@ -163,8 +164,14 @@ class Daemon:
             self._engine_thread.join(timeout=5)
             self._engine_thread = None
         if self.io is not None:
+            c = self.io.counters  # the counters restart with every client: keep totals
+            for k in self._totals:
+                self._totals[k] += int(c[getattr(jackio, k.upper())])
             self.io.close()
             self.io = None
+            import gc
+
+            gc.collect()  # the old rings go now, not at some later cycle collection
 
     def _reopen(self) -> None:
         """Rebuild the engine and re-open the client (a short dropout)."""
@@ -486,9 +493,10 @@ class Daemon:
         io = self.io
         if io is None or io.client is None:
             return f"waiting for the JACK server{' ' + repr(self.server) if self.server else ''}"
-        c = io.counters
+        c, t = io.counters, self._totals
         return (f"{len(self.config.channels)} channel(s), latency {1000.0 * io.latency / io.sample_rate:.1f} ms, "
-                f"{int(c[jackio.XRUNS])} xruns, {int(c[jackio.DEADLINE_MISSES])} deadline misses, "
+                f"{int(c[jackio.XRUNS]) + t['xruns']} xruns, "
+                f"{int(c[jackio.DEADLINE_MISSES]) + t['deadline_misses']} deadline misses, "
                 f"{self.reconnects} reconnects" + (f", {len(self.faults)} stage fault(s)" if self.faults else ""))
 
     def _housekeeping(self) -> None:
@@ -559,8 +567,11 @@ class Daemon:
             st.update({
                 "sample_rate": io.sample_rate, "period": io.period,
                 "latency_frames": io.latency, "latency_ms": round(1000.0 * io.latency / io.sample_rate, 3),
-                "cycles": cyc, "xruns": int(c[jackio.XRUNS]), "deadline_misses": int(c[jackio.DEADLINE_MISSES]),
-                "missed_frames": int(c[jackio.MISSED_FRAMES]),
+                # totals since start, across reconnects
+                "cycles": cyc + self._totals["cycles"],
+                "xruns": int(c[jackio.XRUNS]) + self._totals["xruns"],
+                "deadline_misses": int(c[jackio.DEADLINE_MISSES]) + self._totals["deadline_misses"],
+                "missed_frames": int(c[jackio.MISSED_FRAMES]) + self._totals["missed_frames"],
                 "callback_load_p50": round(float(np.percentile(t, 50)) / period_s, 4) if len(t) else 0.0,
                 "callback_load_p99": round(float(np.percentile(t, 99)) / period_s, 4) if len(t) else 0.0,
             })

@@ -4,8 +4,10 @@ saved atomically and restored at start.
 - Saving writes a temporary file beside the target, fsyncs it, renames it
   into place and fsyncs the folder: a crash (or kill -9) at any moment
   leaves either the old file or the new one, never a torn one.
-- Saves are debounced: a change arms a timer; more changes within
-  ``debounce_s`` push it back, so a fader sweep costs one write.
+- Saves are debounced by one saver thread: a change sets a due time
+  ``debounce_s`` ahead (a fader sweep costs one write), capped at
+  ``5 * debounce_s`` after the first unsaved change, so continuous
+  automation is still saved every few seconds.
 - A state file that cannot be read or parsed is moved aside
   (``state.json.corrupt-TIMESTAMP``) with a warning, never fatal; the
   daemon starts from its config.
@@ -73,9 +75,9 @@ class StateStore:
         self.debounce_s = debounce_s
         self.saves = 0
         self.last_error: str | None = None
-        self._timer: threading.Timer | None = None
-        self._lock = threading.Lock()  # control/MIDI threads only; never the audio path
+        self._lock = threading.Lock()  # control/MIDI/saver threads only; never the audio path
         self._snapshot: Callable[[], dict] | None = None
+        self._wake = None
 
     # -- reading
     def load(self) -> dict | None:
@@ -112,19 +114,42 @@ class StateStore:
             self.saves += 1
 
     def attach(self, snapshot: Callable[[], dict]) -> None:
-        """Use ``snapshot()`` for debounced saves."""
+        """Use ``snapshot()`` for debounced saves (one saver thread)."""
         self._snapshot = snapshot
+        self._wake = threading.Event()
+        self._due = None  # monotonic time of the next save, None when clean
+        self._first = None  # when the oldest unsaved change happened
+        self._closed = False
+        threading.Thread(target=self._saver, name="quietcast-state", daemon=True).start()
 
     def changed(self, *_ignored) -> None:
-        """A value changed: save after the debounce delay."""
+        """A value changed: save ``debounce_s`` after the last change, and
+        at the latest ``5 * debounce_s`` (at least 2 s) after the first
+        unsaved one, so continuous automation is still saved. Cheap: no
+        thread or timer per change."""
         if self._snapshot is None:
             return
-        with self._lock:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = threading.Timer(self.debounce_s, self._save_now)
-            self._timer.daemon = True
-            self._timer.start()
+        now = time.monotonic()
+        if self._first is None:
+            self._first = now
+        cap = self._first + max(5 * self.debounce_s, 2.0)
+        self._due = min(now + self.debounce_s, cap)
+        self._wake.set()
+
+    def _saver(self) -> None:
+        while not self._closed:
+            due = self._due
+            if due is None:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            left = due - time.monotonic()
+            if left > 0:
+                self._wake.wait(left)
+                self._wake.clear()
+                continue
+            self._due = self._first = None
+            self._save_now()
 
     def _save_now(self) -> None:
         try:
@@ -135,11 +160,13 @@ class StateStore:
             log.warning("could not save state to %s: %s", self.path, self.last_error)
 
     def flush(self) -> None:
-        """Save now if a debounced save is pending."""
-        with self._lock:
-            t, self._timer = self._timer, None
-        if t is not None:
-            t.cancel()
+        """Save now if a save is pending; stop the saver thread."""
+        pending = self._due is not None
+        self._closed = True
+        self._due = self._first = None
+        if getattr(self, "_wake", None) is not None:
+            self._wake.set()
+        if pending and self._snapshot is not None:
             self._save_now()
 
 
