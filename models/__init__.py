@@ -11,8 +11,12 @@ Names known to :func:`create_suppressor`:
   always-available fallback and baseline.
 - ``passthrough``: removes nothing (input delayed by one hop); for tests and
   as the reference of the bypass path.
+- ``neural``: the small causal recurrent network of :mod:`.neural` with the
+  shipped bundle ``models/assets/default`` (or ``bundle=NAME_OR_PATH``);
+  needs torch, which is imported only when such a suppressor is built.
 - ``default``: the best model available here (the shipped neural bundle
-  when present, else ``dsp``).
+  when present, its checksum is right and torch is installed, else
+  ``dsp``).
 """
 
 from __future__ import annotations
@@ -31,10 +35,44 @@ def _dsp(channels: int, **kw) -> Suppressor:
     return DspSuppressor(channels=channels, **kw)
 
 
+def _neural(channels: int, **kw) -> Suppressor:
+    from .neural import NeuralSuppressor
+
+    return NeuralSuppressor(channels=channels, **kw)
+
+
 _FACTORIES = {
     "dsp": _dsp,
+    "neural": _neural,
     "passthrough": lambda channels, **kw: Passthrough(channels),
 }
+
+_default_cache: dict = {}
+
+
+def _default_model() -> str:
+    """"neural" when the shipped bundle models/assets/default verifies
+    (config + sha256, no torch import) and torch is installed, else "dsp".
+    Cached per bundle state (config/weights mtimes)."""
+    import importlib.util
+    import pathlib
+
+    d = pathlib.Path(__file__).resolve().parent / "assets" / "default"
+    try:
+        key = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(d.iterdir()) if p.is_file())
+    except OSError:
+        return "dsp"
+    if key not in _default_cache:
+        from .bundle import BundleError, verify_bundle
+
+        try:
+            verify_bundle(d)
+            ok = importlib.util.find_spec("torch") is not None
+        except (BundleError, OSError):
+            ok = False
+        _default_cache.clear()
+        _default_cache[key] = "neural" if ok else "dsp"
+    return _default_cache[key]
 
 
 def available_models() -> list[str]:
@@ -43,8 +81,9 @@ def available_models() -> list[str]:
 
 
 def resolve_model(name: str) -> str:
+    """The real model behind ``name`` ("default" -> "neural" or "dsp")."""
     if name == "default":
-        return "dsp"
+        return _default_model()
     return name
 
 

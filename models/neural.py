@@ -1,0 +1,565 @@
+"""The ``neural`` suppressor: a small causal recurrent network, 48 kHz full band.
+
+Signal path per 10 ms hop (480 samples), every channel in one batch:
+
+1. STFT analysis exactly as in :mod:`quietcast.models.dsp`: periodic
+   sqrt-Hann window of 960 samples, hop 480, 960-point real FFT (481 bins,
+   50 Hz apart). Synthesis with the same window and overlap-add.
+2. Features (causal, per channel): the log power of 32 triangular ERB-like
+   bands (band centres 2 bins = 100 Hz apart below 1.2 kHz, ERB-spaced
+   above, up to 24 kHz) in two forms: relative to an exponential running
+   mean (time constant 1 s) and absolute; and the complex spectrum of the
+   lowest 64 bins (0-3.2 kHz, harmonics resolved) divided by the square
+   root of a running mean of its power ("unit norm", as in DeepFilterNet).
+3. Network: two small linear encoders (band features -> 96, low-band
+   complex -> 64, ReLU), two GRUs of 160 units (the second one residual),
+   and a head of 32 band gains (sigmoid), interpolated to the 481 bins with
+   the same triangular filterbank (RNNoise style): ``V = G * X``. 328,768
+   parameters with the default hyper-parameters (:data:`DEFAULT_ARCH`).
+   Optional (``df_order > 0``; off in the shipped bundle): a causal complex
+   "deep filter" of that order on the lowest 64 bins, added as a residual,
+   ``V = G*X + sum_i C_i * X[t-i]`` (``|Re C|, |Im C| < 1``, zero at
+   initialisation). In a one-CPU-hour training run it learnt a smoothing
+   that cost more speech fidelity at high SNR than it removed noise at low
+   SNR, so the default bundle does without it.
+4. Output: the voice estimate ``v`` (inverse STFT of ``V``); the background
+   ``b = x_delayed - v``; the suppressor's output is ``v + a * b`` with
+   ``a = max(10**(-strength_db/20), 10**(background_db/20))``: the
+   background is never attenuated by more than ``strength_db`` (the same
+   "maximum attenuation" meaning as the ``dsp`` suppressor), and
+   ``background_db`` remixes it at a chosen level (``-inf``: only the
+   ``strength_db`` floor remains). With ``a == 1`` (``strength_db=0`` or
+   ``background_db=0``) the output is the input delayed, bit-exact.
+
+Latency, exactly: algorithmic latency ``window - hop`` = 480 samples (10 ms;
+the network itself is causal, no look-ahead frames), plus the 480-sample hop
+buffer of :class:`~quietcast.models.base.HopSuppressor`: **960 samples =
+20 ms at 48 kHz**, the same as the ``dsp`` suppressor.
+
+torch is imported by this module (and only by it, bundle loading and
+training): ``import quietcast.models`` stays light. Inference runs under
+``torch.inference_mode`` on preallocated tensors; the number of threads is
+the caller's business (``torch.set_num_threads``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import HOP, SAMPLE_RATE, HopSuppressor, sanitize
+
+__all__ = ["QCNet", "NeuralSuppressor", "DEFAULT_ARCH", "erb_filterbank"]
+
+#: architecture hyper-parameters (stored in a bundle's config.json "arch")
+DEFAULT_ARCH = {
+    "sample_rate": SAMPLE_RATE,
+    "hop": HOP,
+    "window": 2 * HOP,
+    "n_bands": 32,
+    "min_band_bins": 2,
+    "df_bins": 64,
+    "df_order": 0,
+    "enc_dim": 96,
+    "df_enc_dim": 64,
+    "hidden": 160,
+    "norm_tau_s": 1.0,
+}
+
+_LE_EPS = 1e-10  # band power floor (-100 dB)
+_LE_MAX = 80.0  # dB; clamps absurd inputs (the input is already clipped to +-64)
+_M_INIT = -30.0  # running-mean initial value (dB)
+_U_INIT = 1e-3  # unit-norm running power initial value
+_XN_MAX = 8.0
+#: a frame whose windowed mean square is below this (about -123 dBFS) is
+#: "digital silence": it does not update any state (running means, GRUs)
+SILENT_MS = 5e-13
+
+
+def erb_filterbank(n_bands: int = 32, sample_rate: int = SAMPLE_RATE, window: int = 2 * HOP,
+                   min_bins: int = 2) -> np.ndarray:
+    """Triangular band filterbank ``[n_bands, window//2+1]``: each bin's
+    weights over the bands sum to 1 (so ``gains @ fb`` interpolates band
+    gains to bins). Centres ERB-spaced from 0 Hz to Nyquist, at least
+    ``min_bins`` bins apart."""
+    n_bins = window // 2 + 1
+    df = sample_rate / window
+
+    def erb(f):
+        return 21.4 * np.log10(1.0 + 0.00437 * f)
+
+    def ierb(e):
+        return (10 ** (e / 21.4) - 1.0) / 0.00437
+
+    c = np.round(ierb(np.linspace(0.0, erb(sample_rate / 2), n_bands)) / df).astype(np.int64)
+    c[0] = 0
+    for i in range(1, n_bands):
+        c[i] = max(c[i], c[i - 1] + min_bins)
+    if c[-1] > n_bins - 1:
+        raise ValueError(f"{n_bands} bands of >= {min_bins} bins do not fit in {n_bins} bins")
+    c[-1] = n_bins - 1
+    fb = np.zeros((n_bands, n_bins), np.float64)
+    for i in range(n_bands - 1):
+        lo, hi = c[i], c[i + 1]
+        k = np.arange(lo, hi + 1)
+        w = (hi - k) / (hi - lo)
+        fb[i, lo:hi + 1] += w
+        fb[i + 1, lo:hi + 1] += 1.0 - w
+    # a bin between two centres got w + (1 - w) = 1; an interior centre bin
+    # was visited by the triangles on both sides (1 + 1): renormalise.
+    fb /= fb.sum(axis=0, keepdims=True)
+    return fb.astype(np.float32)
+
+
+class QCNet(nn.Module):
+    """The network. :meth:`forward` runs whole sequences (training, offline);
+    the streaming path (:func:`_fused_step`, used by
+    :class:`NeuralSuppressor`) runs one frame for many channels on the same
+    weights. Both compute the same function (to float rounding: the tests
+    hold them within 1e-6)."""
+
+    def __init__(self, **arch):
+        super().__init__()
+        a = dict(DEFAULT_ARCH)
+        unknown = set(arch) - set(a)
+        if unknown:
+            raise ValueError(f"unknown architecture keys: {sorted(unknown)}")
+        a.update(arch)
+        self.arch = a
+        self.n_bins = a["window"] // 2 + 1
+        nb, kd, od, h = a["n_bands"], a["df_bins"], a["df_order"], a["hidden"]
+        self.n_bands, self.df_bins, self.df_order, self.hidden = nb, kd, od, h
+        fb = torch.from_numpy(erb_filterbank(nb, a["sample_rate"], a["window"], a["min_band_bins"]))
+        self.register_buffer("fb_interp", fb, persistent=False)  # [nb, F], columns sum to 1
+        fb_e = (fb / fb.sum(dim=1, keepdim=True)).t().contiguous()  # [F, nb]: mean power per band
+        self.register_buffer("fb_energy", fb_e, persistent=False)
+        self.alpha = float(math.exp(-a["hop"] / (a["sample_rate"] * a["norm_tau_s"])))
+        self.enc = nn.Linear(2 * nb, a["enc_dim"])
+        self.df_enc = nn.Linear(2 * kd, a["df_enc_dim"])
+        self.gru1 = nn.GRU(a["enc_dim"] + a["df_enc_dim"], h, batch_first=True)
+        self.gru2 = nn.GRU(h, h, batch_first=True)
+        self.gain = nn.Linear(h, nb)
+        self.df = nn.Linear(h, od * kd * 2) if od > 0 else None
+        with torch.no_grad():
+            if self.df is not None:
+                self.df.weight.zero_()
+                self.df.bias.zero_()
+            self.gain.bias.fill_(1.0)  # start near "let everything through"
+
+    # ------------------------------------------------------------ features
+    def _band_db(self, P: torch.Tensor) -> torch.Tensor:
+        return (10.0 * torch.log10(P @ self.fb_energy + _LE_EPS)).clamp_(max=_LE_MAX)
+
+    def _heads(self, y: torch.Tensor, X: torch.Tensor, Xl_hist: list[torch.Tensor]):
+        g = torch.sigmoid(self.gain(y))
+        G = g @ self.fb_interp
+        if self.df is None:
+            return X * G, g
+        c = torch.tanh(self.df(y))
+        c = c.unflatten(-1, (self.df_order, self.df_bins, 2))
+        V = X * G
+        kd = self.df_bins
+        acc = None
+        for i, xi in enumerate(Xl_hist):
+            ci = torch.complex(c[..., i, :, 0], c[..., i, :, 1])
+            term = ci * xi
+            acc = term if acc is None else acc + term
+        V = torch.cat([V[..., :kd] + acc, V[..., kd:]], dim=-1)
+        return V, g
+
+    def forward(self, X: torch.Tensor, silent: torch.Tensor | None = None):
+        """``X``: complex STFT ``[B, T, F]`` (frames as in the streaming
+        path, starting from zero state). Returns the voice spectrum ``V``
+        ``[B, T, F]`` and the band gains ``[B, T, n_bands]``.
+
+        ``silent`` (bool ``[B, T]``, optional): frames of digital silence,
+        which leave every state (running means, GRU states) as it was, as
+        in the streaming path. Training passes None (the shipped bundle
+        was trained so)."""
+        B, T, F = X.shape
+        P = X.real.square() + X.imag.square()
+        lE = self._band_db(P)
+        a = self.alpha
+        m = torch.full((B, self.n_bands), _M_INIT, dtype=lE.dtype, device=X.device)
+        kd = self.df_bins
+        Pl = P[..., :kd]
+        u = torch.full((B, kd), _U_INIT, dtype=lE.dtype, device=X.device)
+        ms, us = [], []
+        hold = silent is not None and bool(silent.any())
+        for t in range(T):
+            if hold:
+                st = silent[:, t, None]
+                m = torch.where(st, m, a * m + (1.0 - a) * lE[:, t])
+                u = torch.where(st, u, a * u + (1.0 - a) * Pl[:, t])
+            else:
+                m = a * m + (1.0 - a) * lE[:, t]
+                u = a * u + (1.0 - a) * Pl[:, t]
+            ms.append(m)
+            us.append(u)
+        M = torch.stack(ms, 1)
+        U = torch.stack(us, 1)
+        f = torch.cat([(lE - M) * 0.05, (lE + 30.0) * 0.025], dim=-1)
+        Xl = X[..., :kd]
+        xn = Xl * torch.rsqrt(U + _LE_EPS)
+        xf = torch.cat([xn.real, xn.imag], dim=-1).clamp(-_XN_MAX, _XN_MAX)
+        z = torch.cat([torch.relu(self.enc(f)), torch.relu(self.df_enc(xf))], dim=-1)
+        if hold:
+            h1 = _gru_held(self.gru1, z, silent)
+            h2 = _gru_held(self.gru2, h1, silent)
+        else:
+            h1, _ = self.gru1(z)
+            h2, _ = self.gru2(h1)
+        y = h1 + h2
+        hist = [Xl]
+        for i in range(1, self.df_order):
+            hist.append(torch.cat([Xl.new_zeros(B, i, kd), Xl[:, :T - i]], dim=1))
+        return self._heads(y, X, hist)
+
+
+def _gru_held(gru: nn.GRU, z: torch.Tensor, silent: torch.Tensor) -> torch.Tensor:
+    """``gru`` over ``z[B, T, I]`` frame by frame, the state held on
+    ``silent`` frames (whose output is the held state)."""
+    h = z.new_zeros(z.shape[0], gru.hidden_size)
+    out = []
+    for t in range(z.shape[1]):
+        hn = torch.gru_cell(z[:, t], h, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
+        h = torch.where(silent[:, t, None], h, hn)
+        out.append(h)
+    return torch.stack(out, 1)
+
+
+def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: torch.Tensor,
+                fb_i: torch.Tensor, m: torch.Tensor, u: torch.Tensor, h1: torch.Tensor, h2: torch.Tensor,
+                xh: torch.Tensor, ola: torch.Tensor, w: list[torch.Tensor], alpha: float, mix: float,
+                out: torch.Tensor) -> None:
+    """One streaming hop for all channels, on weights prepared by
+    :func:`_prepare_weights` (encoder scalings folded in, GRU input split,
+    low-band features interleaved). TorchScript-able.
+
+    ``hop``: new input ``[C, H]``; ``prev``: the previous input hop (updated
+    to ``hop``); ``m, u, h1, h2, xh, ola``: state, updated in place; ``out``:
+    ``[3, C, H]`` receives (output, voice, background)."""
+    C = hop.shape[0]
+    H = hop.shape[1]
+    kd = u.shape[1]
+    order = xh.shape[1]
+    fr = torch.cat((prev, hop), dim=1)
+    xw = fr * win
+    silent = xw.square().mean(1) < SILENT_MS  # [C]: digital silence holds every state
+    hold = bool(silent.any())
+    sil = silent.unsqueeze(1)
+    Xr = torch.view_as_real(torch.fft.rfft(xw, dim=1))  # [C, F, 2]
+    P = Xr.square().sum(-1)
+    lE = torch.log10(torch.addmm(w[0], P, fb_e)).mul_(10.0).clamp_(max=_LE_MAX)
+    if hold:
+        m.copy_(torch.where(sil, m, alpha * m + (1.0 - alpha) * lE))
+        u.copy_(torch.where(sil, u, alpha * u + (1.0 - alpha) * P[:, :kd]))
+    else:
+        m.mul_(alpha).add_(lE, alpha=1.0 - alpha)
+        u.mul_(alpha).add_(P[:, :kd], alpha=1.0 - alpha)
+    e = torch.relu(torch.addmm(torch.addmm(w[3], lE, w[1]), m, w[2]))
+    xl = Xr[:, :kd]
+    xf = (xl * torch.rsqrt(u + _LE_EPS).unsqueeze(-1)).reshape(C, 2 * kd).clamp_(-_XN_MAX, _XN_MAX)
+    d = torch.relu(torch.addmm(w[5], xf, w[4]))
+    # GRU 1 (input split into the two encoder outputs: no concatenation)
+    gi = torch.addmm(torch.addmm(w[8], e, w[6]), d, w[7])
+    gh = torch.addmm(w[10], h1, w[9])
+    hh = h1.shape[1]
+    rz = torch.sigmoid(gi[:, :2 * hh] + gh[:, :2 * hh])
+    n = torch.tanh(gi[:, 2 * hh:] + rz[:, :hh] * gh[:, 2 * hh:])
+    h1n = n + rz[:, hh:] * (h1 - n)
+    gi = torch.addmm(w[12], h1n, w[11])
+    gh = torch.addmm(w[14], h2, w[13])
+    rz = torch.sigmoid(gi[:, :2 * hh] + gh[:, :2 * hh])
+    n = torch.tanh(gi[:, 2 * hh:] + rz[:, :hh] * gh[:, 2 * hh:])
+    h2n = n + rz[:, hh:] * (h2 - n)
+    if hold:
+        h1n = torch.where(sil, h1, h1n)
+        h2n = torch.where(sil, h2, h2n)
+    h1.copy_(h1n)
+    h2.copy_(h2n)
+    y = h1n + h2n
+    G = torch.sigmoid(torch.addmm(w[16], y, w[15])).mm(fb_i)  # [C, F]
+    V = Xr * G.unsqueeze(-1)
+    if order > 0:  # deep filter on the low band; history newest first
+        c = torch.tanh(torch.addmm(w[18], y, w[17])).view(C, order, kd, 2)
+        if order > 1:
+            xh[:, 1:] = xh[:, :-1].clone()
+        xh[:, 0] = xl
+        cr = c[..., 0]
+        ci = c[..., 1]
+        xr = xh[..., 0]
+        xi = xh[..., 1]
+        V[:, :kd, 0] += (cr * xr - ci * xi).sum(1)
+        V[:, :kd, 1] += (cr * xi + ci * xr).sum(1)
+    yt = torch.fft.irfft(torch.view_as_complex(V), n=2 * H, dim=1).mul_(win)
+    v = yt[:, :H] + ola
+    ola.copy_(yt[:, H:])
+    out[1].copy_(v)
+    torch.sub(prev, v, out=out[2])
+    if mix == 1.0:
+        out[0].copy_(prev)
+    else:
+        torch.add(v, out[2], alpha=mix, out=out[0])
+    prev.copy_(hop)
+
+
+def _prepare_weights(net: QCNet) -> list[torch.Tensor]:
+    """The weights of ``net`` rearranged for :func:`_fused_step` (all
+    transposed for ``addmm(bias, x, W)``)."""
+    nb, kd, od, h = net.n_bands, net.df_bins, net.df_order, net.hidden
+    with torch.no_grad():
+        We, be = net.enc.weight, net.enc.bias
+        W1, W2 = We[:, :nb], We[:, nb:]
+        A = 0.05 * W1 + 0.025 * W2  # f = [(lE - m) * 0.05, (lE + 30) * 0.025]
+        Bm = -0.05 * W1
+        be2 = be + 0.75 * W2.sum(dim=1)
+        Wd = net.df_enc.weight  # columns: [re_0..re_kd-1, im_0..im_kd-1] -> interleaved
+        Wd_il = torch.stack([Wd[:, :kd], Wd[:, kd:]], dim=-1).reshape(Wd.shape[0], 2 * kd)
+        g1, g2 = net.gru1, net.gru2
+        ed = net.enc.out_features
+        w = [
+            torch.full((nb,), _LE_EPS),  # 0
+            A.t(), Bm.t(), be2,  # 1-3
+            Wd_il.t(), net.df_enc.bias,  # 4-5
+            g1.weight_ih_l0[:, :ed].t(), g1.weight_ih_l0[:, ed:].t(), g1.bias_ih_l0,  # 6-8
+            g1.weight_hh_l0.t(), g1.bias_hh_l0,  # 9-10
+            g2.weight_ih_l0.t(), g2.bias_ih_l0, g2.weight_hh_l0.t(), g2.bias_hh_l0,  # 11-14
+            net.gain.weight.t(), net.gain.bias,  # 15-16
+        ]
+        if net.df is not None:
+            w += [net.df.weight.t(), net.df.bias]  # 17-18
+    return [t.detach().contiguous().clone() for t in w]
+
+
+def _window(n: int) -> np.ndarray:
+    return np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)
+
+
+class NeuralSuppressor(HopSuppressor):
+    """Streaming wrapper of :class:`QCNet` (48 kHz, 10 ms hop).
+
+    Args:
+        channels: channels per block, each with its own state (GRU hidden
+            states, running means, overlap-add tail), all in one batch.
+        bundle: a bundle name (``models/assets/<name>``), a folder, or a
+            loaded :class:`~quietcast.models.bundle.Bundle`.
+        strength_db: maximum attenuation of the background (0 = exact
+            delay). Default: the bundle's ``defaults.strength_db`` (15 dB).
+        background_db: level at which the background (input - voice) is
+            mixed back; ``-inf`` (default) leaves only the strength floor.
+        device: torch device (``"cpu"``; CUDA is planned, see issue 5).
+
+    Attributes:
+        latency: 960 samples (20 ms) = 480 (hop buffer) + 480 algorithmic
+            (window 960 - hop 480; the network has no look-ahead).
+        gain_reduction_db: ``float32[channels]``, last hop's output energy
+            vs input energy in dB (>= 0 usually).
+    """
+
+    name = "neural"
+    sample_rate = SAMPLE_RATE
+    hop = HOP
+    window = 2 * HOP
+    algorithmic_latency = window - hop
+
+    PARAMS: dict[str, tuple[float, float, float, str]] = {
+        "strength_db": (0.0, 60.0, 15.0, "dB"),
+        "background_db": (-math.inf, 0.0, -math.inf, "dB"),
+    }
+
+    def __init__(self, channels: int = 1, bundle="default", strength_db: float | None = None,
+                 background_db: float | None = None, device: str = "cpu"):
+        from .bundle import Bundle, load_bundle
+
+        b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.bundle = b
+        arch = b.config["arch"]
+        if (arch["sample_rate"], arch["hop"], arch["window"]) != (self.sample_rate, self.hop, self.window):
+            raise ValueError(f"bundle {b.path}: sample_rate/hop/window {arch['sample_rate']}/{arch['hop']}/"
+                             f"{arch['window']} differ from {self.sample_rate}/{self.hop}/{self.window}")
+        self.device = torch.device(device)
+        self.net = b.build_model().to(self.device).eval()
+        defaults = b.config.get("defaults", {})
+        d_strength = float(defaults.get("strength_db", self.PARAMS["strength_db"][2]))
+        # this bundle's default strength is what callers read as the default
+        self.PARAMS = dict(self.PARAMS, strength_db=(0.0, 60.0, d_strength, "dB"))
+        self._strength_db = 0.0
+        self._background_db = -math.inf
+        super().__init__(channels)
+        self.reset_core()
+        self.set_param("strength_db", d_strength if strength_db is None else strength_db)
+        self.set_param("background_db", -math.inf if background_db is None else background_db)
+
+    # ------------------------------------------------------------ params
+    @classmethod
+    def _check_param(cls, name: str, value) -> float:
+        if name not in cls.PARAMS:
+            raise ValueError(f"{cls.name}: unknown parameter {name!r}; known: {', '.join(cls.PARAMS)}")
+        lo, hi = cls.PARAMS[name][:2]
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}={value!r} is not a number (range [{lo:g}, {hi:g}])") from None
+        if not (lo <= v <= hi):  # also refuses NaN
+            raise ValueError(f"{name}={value!r} is out of range [{lo:g}, {hi:g}]")
+        return v
+
+    def set_param(self, name: str, value) -> None:
+        """Set ``strength_db`` or ``background_db``; takes effect next hop."""
+        v = self._check_param(name, value)
+        if name == "strength_db":
+            self._strength_db = v
+        else:
+            self._background_db = v
+        a = max(10.0 ** (-self._strength_db / 20.0),
+                0.0 if self._background_db == -math.inf else 10.0 ** (self._background_db / 20.0))
+        self._mix = float(a)
+
+    def get_param(self, name: str) -> float:
+        if name not in self.PARAMS:
+            self._check_param(name, 0)
+        return getattr(self, name)
+
+    @property
+    def strength_db(self) -> float:
+        return self._strength_db
+
+    @strength_db.setter
+    def strength_db(self, value) -> None:
+        self.set_param("strength_db", value)
+
+    @property
+    def background_db(self) -> float:
+        return self._background_db
+
+    @background_db.setter
+    def background_db(self, value) -> None:
+        self.set_param("background_db", value)
+
+    # ------------------------------------------------------------- state
+    def _init_fifos(self) -> None:
+        super()._init_fifos()
+        # output fifo rows: [output; voice; background], each C rows
+        self._out3 = np.zeros((3 * self.channels, 4 * self.hop), np.float32)
+        self._out3_n = 0 if self._aligned else self.hop  # one hop of pre-filled zeros unless aligned
+
+    def reset_core(self) -> None:
+        c, dev, net = self.channels, self.device, self.net
+        H = self.hop
+        z = dict(device=dev, dtype=torch.float32)
+        self._m = torch.full((c, net.n_bands), _M_INIT, **z)
+        self._u = torch.full((c, net.df_bins), _U_INIT, **z)
+        self._h1 = torch.zeros(c, net.hidden, **z)
+        self._h2 = torch.zeros(c, net.hidden, **z)
+        self._xh = torch.zeros(c, net.df_order, net.df_bins, 2, **z)  # low-band history, newest first
+        self._prev = torch.zeros(c, H, **z)  # previous input hop
+        self._ola = torch.zeros(c, H, **z)  # overlap-add tail
+        self._win = torch.from_numpy(_window(self.window)).to(dev)
+        self._w = [t.to(dev) for t in _prepare_weights(net)]
+        self._fb_e = net.fb_energy.to(dev)
+        self._fb_i = net.fb_interp.to(dev)
+        self._out_t = torch.zeros(3, c, H, **z)
+        self._hop_buf = np.zeros((3 * c, H), np.float32)
+        self.gain_reduction_db = np.zeros(c, np.float32)
+
+    # -------------------------------------------------------------- core
+    @torch.inference_mode()
+    def _core(self, hop: np.ndarray) -> None:
+        """One hop ``[C, hop]``; writes [output; voice; background] into
+        ``self._hop_buf`` (``[3C, hop]``)."""
+        x = torch.from_numpy(hop)
+        if self.device.type != "cpu":
+            x = x.to(self.device)
+        _fused_step(x, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._h1, self._h2,
+                    self._xh, self._ola, self._w, self.net.alpha, self._mix, self._out_t)
+        C = self.channels
+        o = self._out_t.reshape(3 * C, self.hop)
+        if self.device.type == "cpu":
+            np.copyto(self._hop_buf, o.numpy())
+        else:
+            self._hop_buf[:] = o.cpu().numpy()
+        # meter: this hop's input (delayed) vs output energy
+        y = self._hop_buf[:C]
+        xin = self._hop_buf[C:2 * C] + self._hop_buf[2 * C:]  # voice + background = delayed input
+        e_in = np.einsum("ij,ij->i", xin, xin)
+        e_out = np.einsum("ij,ij->i", y, y)
+        self.gain_reduction_db = (10.0 * np.log10((e_in + 1e-30) / (e_out + 1e-30))).astype(np.float32)
+
+    def process_hop(self, hop: np.ndarray) -> np.ndarray:
+        self._core(hop)
+        return self._hop_buf[:self.channels].copy()
+
+    def _run(self, block: np.ndarray) -> np.ndarray:
+        """HopSuppressor.process with a 3-stem output fifo; returns
+        ``[3C, N]`` (output, voice, background)."""
+        block = self._check_block(block)
+        n = block.shape[1]
+        x, bad = sanitize(block)
+        self.bad_samples += bad
+        C, hop = self.channels, self.hop
+        out = np.empty((3 * C, n), np.float32)
+        pos = done = 0
+        while pos < n:
+            take = min(hop - self._in_n, n - pos)
+            self._in[:, self._in_n:self._in_n + take] = x[:, pos:pos + take]
+            self._in_n += take
+            pos += take
+            if self._in_n == hop:
+                self._core(self._in[:, :hop])
+                self._in_n = 0
+                self._out3[:, self._out3_n:self._out3_n + hop] = self._hop_buf
+                self._out3_n += hop
+            give = min(self._out3_n, pos - done)
+            if give:
+                out[:, done:done + give] = self._out3[:, :give]
+                self._out3[:, :self._out3_n - give] = self._out3[:, give:self._out3_n]
+                self._out3_n -= give
+                done += give
+        return out
+
+    def process(self, block: np.ndarray) -> np.ndarray:
+        """``block[C, N] -> [C, N]``: voice + background at the
+        strength/background level, delayed by :attr:`latency`."""
+        return self._run(block)[:self.channels]
+
+    def process_stems(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``block[C, N] -> (voice[C, N], background[C, N])``, both delayed
+        by :attr:`latency`; ``voice + background`` is the delayed input (to
+        float rounding). Shares state with :meth:`process`."""
+        r = self._run(block)
+        C = self.channels
+        return r[C:2 * C], r[2 * C:]
+
+    # ----------------------------------------------------------- offline
+    @torch.inference_mode()
+    def process_offline(self, x: np.ndarray) -> np.ndarray:
+        """Whole-signal forward pass (:meth:`QCNet.forward`, batched over
+        time): returns what :meth:`process` returns for ``x[C, N]`` on a
+        fresh object (same latency, same length), to float rounding."""
+        x, _ = sanitize(self._check_block(x))
+        C, N = x.shape
+        H, W = self.hop, self.window
+        T = max(0, -(-(N - H) // H))  # complete hops that reach the output
+        out = np.zeros((C, N), np.float32)
+        if T == 0:
+            return out
+        xp = np.zeros((C, (T + 1) * H), np.float32)
+        m = min(N, T * H)
+        xp[:, H:H + m] = x[:, :m]
+        xt = torch.from_numpy(xp).to(self.device)
+        frames = xt.unfold(1, W, H) * self._win  # [C, T, W]
+        X = torch.fft.rfft(frames, dim=-1)
+        V, _ = self.net(X, silent=frames.square().mean(-1) < SILENT_MS)
+        y = torch.fft.irfft(V, n=W, dim=-1) * self._win  # [C, T, W]
+        v = y[:, :, :H].clone()
+        v[:, 1:] += y[:, :-1, H:]
+        v = v.reshape(C, T * H)
+        prev = xt[:, :T * H]
+        a = self._mix
+        o = prev if a == 1.0 else v + a * (prev - v)
+        out[:, H:] = o.cpu().numpy()[:, :N - H]
+        return out

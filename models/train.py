@@ -1,0 +1,763 @@
+"""Train the ``neural`` suppressor (CPU, one thread; a GPU when present).
+
+Usage::
+
+    nice -n 15 python -m quietcast.models.train --out models/assets/default \\
+        --minutes 70 --seed 0
+
+Reproducible with a seed: the network's initial weights, every training
+mixture and the order of everything come from ``--seed`` (one thread, CPU).
+``--minutes`` sets a budget of CPU minutes (``--max-wall-minutes`` caps the
+wall-clock time): after a 100-step warm-up the learning rate follows a
+cosine over the used share of the budget, changing once per 25 steps (the
+machine may be shared, so the step rate is not known in advance); every rate is recorded in the bundle's config (``lr_blocks``) and
+``--schedule BUNDLE/config.json`` replays exactly the same run without
+looking at the clock. ``--steps N`` uses a cosine over N steps instead.
+
+Data (see ``../shared/data/README.md`` and the model card): clean speech
+from LJ Speech 1.1 (public domain) and the Debian asterisk-core-sounds
+en/es/fr G.722 prompts (CC BY-SA 3.0, decoded with PyAV), noise from
+UrbanSound8K folds 1-2 (CC BY-NC 3.0: non-commercial), nonspeech100,
+misc noise beds and music beds, plus synthetic coloured noise. Everything
+is resampled to 48 kHz once and cached under ``--cache`` (int16 .npy).
+
+The held-out split (never used in training, for the model card and
+``bench/quality.py``): LJ Speech files whose number is a multiple of 6
+plus the two files in the demo clip, the whole Russian asterisk voice
+(an unseen speaker), UrbanSound8K recordings whose fsID hashes into 1/10,
+nonspeech100 n91-n100, ``misc/noise1.flac`` (the demo clip's bed), and one
+music bed. :func:`heldout_split` writes the exact lists into the config.
+
+Mixtures are made on the fly: speech utterances with random pauses, a
+spectral-band-replication copy of 5.5-11 kHz into the empty band above the
+source's Nyquist (a stand-in for full-band speech, which we do not have),
+an optional synthetic room impulse response (applied to the target too: the
+model removes noise, not reverberation), one or two noise files (looped) and synthetic
+coloured noise, SNR uniform in -5..25 dB (plus some noise-only and
+speech-only examples), level -50..-6 dBFS, and sometimes band-limiting
+(input and target alike) and clipping (input only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import shlex
+import sys
+import time
+import zlib
+
+import numpy as np
+
+SR = 48_000
+DATA = pathlib.Path(os.environ.get("QUIETCAST_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"))
+ASTERISK = pathlib.Path("/usr/share/asterisk/sounds")
+VOICES = {"en": "en_US_f_Allison", "es": "es_MX_f_Allison", "fr": "fr_CA_f_June", "ru": "ru_RU_f_IvrvoiceRU"}
+HELDOUT_VOICES = ("ru",)
+HELDOUT_LJ_EXTRA = ("LJ001-0054", "LJ001-0107")  # the demo clip's speech
+HELDOUT_MISC = ("noise1.flac",)  # the demo clip's bed
+HELDOUT_NONSPEECH = tuple(f"n{i}.flac" for i in range(91, 101))
+HELDOUT_MUSIC = ("Karissa_Hobbs_-_Lets_Go_Fishin.hq.ogg",)
+CACHE_VERSION = 1
+
+
+# --------------------------------------------------------------------- data
+def _data_root(data=None) -> pathlib.Path:
+    root = pathlib.Path(data) if data else DATA
+    if not (root / "speech").is_dir():
+        raise FileNotFoundError(f"training data not found at {root} (set QUIETCAST_DATA or --data)")
+    return root
+
+
+def _is_speech_prompt(rel: str) -> bool:
+    base = rel.rsplit("/", 1)[-1]
+    if rel.split("/")[1:2] == ["silence"]:
+        return False
+    return not any(t in base for t in ("2tone", "beep"))
+
+
+def list_sources(data=None) -> list[dict]:
+    """Every audio file we may use: dicts with name (stable id), path, kind
+    (speech/noise), group, and split (train/heldout)."""
+    root = _data_root(data)
+    out = []
+    for p in sorted((root / "speech" / "ljspeech").glob("*.flac")):
+        num = int(p.stem.split("-")[1])
+        held = num % 6 == 0 or p.stem in HELDOUT_LJ_EXTRA
+        out.append(dict(name=f"ljspeech/{p.name}", path=str(p), kind="speech", group="ljspeech",
+                        split="heldout" if held else "train"))
+    for lang, voice in VOICES.items():
+        d = ASTERISK / voice
+        for p in sorted(d.rglob("*.g722")):
+            rel = f"{voice}/{p.relative_to(d).as_posix()}"
+            if not _is_speech_prompt(rel):
+                continue
+            out.append(dict(name=f"asterisk/{rel}", path=str(p), kind="speech", group=f"asterisk-{lang}",
+                            split="heldout" if lang in HELDOUT_VOICES else "train"))
+    for p in sorted((root / "noise" / "urbansound8k").rglob("*.flac")):
+        fsid = p.name.split("-")[0]
+        held = zlib.crc32(fsid.encode()) % 10 == 0  # whole recordings, all their slices
+        out.append(dict(name=f"urbansound8k/{p.parent.name}/{p.name}", path=str(p), kind="noise",
+                        group="urbansound8k", split="heldout" if held else "train"))
+    for p in sorted((root / "noise" / "nonspeech100").glob("*.flac")):
+        out.append(dict(name=f"nonspeech100/{p.name}", path=str(p), kind="noise", group="nonspeech100",
+                        split="heldout" if p.name in HELDOUT_NONSPEECH else "train"))
+    for p in sorted((root / "noise" / "misc").glob("*.flac")):
+        out.append(dict(name=f"misc/{p.name}", path=str(p), kind="noise", group="misc",
+                        split="heldout" if p.name in HELDOUT_MISC else "train"))
+    for p in sorted((root / "music").glob("*.ogg")):
+        out.append(dict(name=f"music/{p.name}", path=str(p), kind="noise", group="music",
+                        split="heldout" if p.name in HELDOUT_MUSIC else "train"))
+    return out
+
+
+def heldout_split(data=None) -> dict:
+    """The held-out lists as written into the bundle config."""
+    src = list_sources(data)
+    return {
+        "speech": [s["name"] for s in src if s["kind"] == "speech" and s["split"] == "heldout"],
+        "noise": [s["name"] for s in src if s["kind"] == "noise" and s["split"] == "heldout"],
+        "rule": "LJ Speech numbers divisible by 6 + LJ001-0054, LJ001-0107 (demo); asterisk ru voice "
+                "(unseen speaker); UrbanSound8K fsIDs with crc32 % 10 == 0; nonspeech100 n91-n100; "
+                "misc/noise1.flac (demo); music/Karissa_Hobbs",
+    }
+
+
+def read_audio(path: str) -> tuple[np.ndarray, int]:
+    """Mono float32 samples and their rate (FLAC/Ogg via soundfile, raw
+    G.722 via PyAV)."""
+    if path.endswith(".g722"):
+        import av
+
+        with av.open(path, format="g722") as c:
+            rate = c.streams.audio[0].rate
+            frames = [f.to_ndarray().reshape(-1) for f in c.decode(audio=0)]
+        x = np.concatenate(frames) if frames else np.zeros(0, np.int16)
+        if x.dtype == np.int16:
+            x = x.astype(np.float32) / 32768.0
+        return x.astype(np.float32), int(rate)
+    import soundfile as sf
+
+    x, rate = sf.read(path, dtype="float32", always_2d=True)
+    return x.mean(axis=1), int(rate)
+
+
+def resample(x: np.ndarray, rate: int, target: int = SR) -> np.ndarray:
+    if rate == target:
+        return x.astype(np.float32)
+    from scipy.signal import resample_poly
+
+    g = math.gcd(rate, target)
+    return resample_poly(x, target // g, rate // g).astype(np.float32)
+
+
+def build_cache(cache: str | pathlib.Path, data=None, log=print) -> pathlib.Path:
+    """Decode + resample every source to 48 kHz int16 once (peak-normalised
+    per file: levels are randomised in training anyway)."""
+    cache = pathlib.Path(cache) / f"v{CACHE_VERSION}"
+    index_path = cache / "index.json"
+    if index_path.exists():
+        return cache
+    cache.mkdir(parents=True, exist_ok=True)
+    src = list_sources(data)
+    for kind in ("speech", "noise"):
+        items = [s for s in src if s["kind"] == kind]
+        chunks, pos, t0 = [], 0, time.time()
+        for i, s in enumerate(items):
+            x, rate = read_audio(s["path"])
+            x = resample(x - x.mean(), rate)
+            peak = float(np.abs(x).max()) if x.size else 0.0
+            if x.size < SR // 4 or peak < 1e-4:
+                s["skip"] = True
+                continue
+            q = np.round(x * (0.95 * 32767 / peak)).astype(np.int16)
+            s.update(start=pos, length=int(q.size), rate=rate)
+            chunks.append(q)
+            pos += q.size
+            if i % 200 == 0:
+                log(f"cache {kind}: {i}/{len(items)} files, {pos / SR / 60:.1f} min, {time.time() - t0:.0f} s")
+        np.save(cache / f"{kind}.npy", np.concatenate(chunks))
+    index = [s for s in src if not s.get("skip")]
+    index_path.write_text(json.dumps(index))
+    log(f"cache written to {cache}")
+    return cache
+
+
+class Corpus:
+    """The cached audio of one split, as int16 memory maps + index."""
+
+    def __init__(self, cache: pathlib.Path, split: str, exclude=()):
+        index = json.loads((cache / "index.json").read_text())
+        self.audio = {k: np.load(cache / f"{k}.npy", mmap_mode="r") for k in ("speech", "noise")}
+        self.items = {k: [s for s in index if s["kind"] == k and s["split"] == split and s["group"] not in exclude]
+                      for k in ("speech", "noise")}
+        if split == "train":  # load into memory: random access is the hot path
+            self.audio = {k: np.asarray(v) for k, v in self.audio.items()}
+        # weight noise groups: urbansound is the bulk; give the others a fair share
+        w = {"urbansound8k": 0.55, "nonspeech100": 0.2, "misc": 0.13, "music": 0.12}
+        groups = [s["group"] for s in self.items["noise"]]
+        counts = {g: groups.count(g) for g in set(groups)}
+        p = np.array([w.get(g, 0.1) / counts[g] for g in groups], np.float64)
+        self.noise_p = p / p.sum()
+        self.speech_bw = np.array([s["rate"] / 2 for s in self.items["speech"]], np.float64)
+
+    def get(self, kind: str, i: int) -> np.ndarray:
+        s = self.items[kind][i]
+        return self.audio[kind][s["start"]:s["start"] + s["length"]]
+
+
+# ----------------------------------------------------------------- mixing
+_I16 = np.float32(1.0 / 32768.0)
+
+
+def _rms(x):
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-20))
+
+
+def _speech_segment(rng, corpus: Corpus, n: int) -> tuple[np.ndarray, float]:
+    """Random utterances with pauses, levelled to one another; and the
+    lowest source bandwidth in the segment (Hz)."""
+    out = np.zeros(n, np.float32)
+    pos = int(rng.integers(0, SR // 2)) if rng.random() < 0.5 else 0
+    bw = SR / 2
+    ns = len(corpus.items["speech"])
+    while pos < n:
+        i = int(rng.integers(ns))
+        u = corpus.get("speech", i)
+        if u.size > n - pos and rng.random() < 0.7:  # start inside a long utterance
+            off = int(rng.integers(0, u.size - (n - pos) // 2))
+            u = u[off:]
+        u = u[:n - pos].astype(np.float32) * _I16
+        out[pos:pos + u.size] = u * np.float32(10 ** (rng.uniform(-6, 6) / 20) / (_rms(u) + 1e-4))
+        bw = min(bw, corpus.speech_bw[i])
+        pos += u.size + int(rng.uniform(0.0, 0.6) * SR)
+    return out, bw
+
+
+def _sbr(rng, x: np.ndarray, bw: float) -> np.ndarray:
+    """Fill the empty band above ``bw`` with an attenuated, tilted copy of
+    the octave below it (frequency translation), so the network sees
+    speech-correlated high-band energy."""
+    X = np.fft.rfft(x)
+    df = SR / x.size
+    kc = int(bw / df * rng.uniform(0.9, 0.98))
+    width = kc // 2
+    src = X[kc - width:kc].copy()
+    atten = 10 ** (-rng.uniform(6, 20) / 20)
+    k = kc
+    gain = atten
+    while k < X.size:
+        m = min(width, X.size - k)
+        tilt = np.linspace(1.0, 10 ** (-rng.uniform(2, 8) / 20), m)
+        X[k:k + m] += src[:m] * gain * tilt
+        gain *= tilt[-1] * 10 ** (-rng.uniform(0, 4) / 20)
+        k += m
+    return np.fft.irfft(X, n=x.size).astype(np.float32)
+
+
+def _rir(rng) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic RIR (exponentially decaying noise, RT60 0.15-0.8 s) and
+    its early part (direct + 50 ms) for the target."""
+    rt60 = rng.uniform(0.15, 0.8)
+    n = int(min(rt60 * 1.2, 0.9) * SR)
+    t = np.arange(n) / SR
+    h = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)
+    # a little low-pass on the tail: walls absorb highs
+    h = np.convolve(h, np.ones(3) / 3, mode="same")
+    pre = int(rng.uniform(0.002, 0.01) * SR)
+    h[:pre] = 0
+    h[0] = rng.uniform(1.0, 3.0) * np.sqrt(np.sum(h[pre:pre + SR // 100] ** 2) + 1e-9)
+    early = h.copy()
+    early[pre + int(0.05 * SR):] = 0
+    s = 1.0 / np.sqrt(np.sum(early ** 2))
+    return (h * s).astype(np.float32), (early * s).astype(np.float32)
+
+
+def _fftconv2(x: np.ndarray, h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``x * h1`` and ``x * h2`` (truncated to len(x)), float32 FFTs."""
+    import scipy.fft as sfft
+
+    nf = sfft.next_fast_len(x.size + max(h1.size, h2.size) - 1, real=True)
+    X = sfft.rfft(x.astype(np.float32), nf)
+    H = sfft.rfft(np.stack([h1, h2]).astype(np.float32), nf, axis=1)
+    y = sfft.irfft(X[None] * H, nf, axis=1)[:, :x.size]
+    return y[0].astype(np.float32), y[1].astype(np.float32)
+
+
+def _coloured_noise(rng, n: int) -> np.ndarray:
+    """Full-band noise with a random spectral tilt (-6..+3 dB/oct) and a
+    few random resonances (hum-like tones sometimes)."""
+    X = np.fft.rfft(rng.standard_normal(n))
+    f = np.fft.rfftfreq(n, 1 / SR)
+    f[0] = f[1]
+    slope = rng.uniform(-6, 3)
+    X *= (f / 1000.0) ** (slope / 6.02)
+    x = np.fft.irfft(X, n)
+    if rng.random() < 0.2:  # mains hum + harmonics
+        f0 = rng.choice([50.0, 60.0])
+        t = np.arange(n) / SR
+        hum = sum(rng.uniform(0.1, 1) / k * np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.3)) for k in range(1, 8))
+        x = x / _rms(x) + rng.uniform(0.5, 3) * hum / _rms(hum)
+    return (x / _rms(x)).astype(np.float32)
+
+
+def _noise_segment(rng, corpus: Corpus, n: int) -> np.ndarray:
+    out = np.zeros(n, np.float32)
+    k = 1 if rng.random() < 0.7 else 2
+    for _ in range(k):
+        i = int(rng.choice(len(corpus.noise_p), p=corpus.noise_p))
+        u = corpus.get("noise", i)
+        if u.size >= n:
+            off = int(rng.integers(0, u.size - n + 1))
+            seg = u[off:off + n].astype(np.float32) * _I16
+        else:  # loop short files, with a random phase
+            reps = n // u.size + 2
+            seg = np.tile(u.astype(np.float32) * _I16, reps)
+            off = int(rng.integers(0, u.size))
+            seg = seg[off:off + n]
+        out += seg * np.float32(10 ** (rng.uniform(-10, 0) / 20) / (_rms(seg) + 1e-5))
+    if rng.random() < 0.4:
+        c = _coloured_noise(rng, n)
+        lvl = rng.uniform(-30, 0) if _rms(out) > 0 else 0.0
+        out += c * np.float32(10 ** (lvl / 20) * (_rms(out) if _rms(out) > 1e-6 else 1.0))
+    return out
+
+
+def _lowpass(x: np.ndarray, fc: float) -> np.ndarray:
+    X = np.fft.rfft(x)
+    f = np.fft.rfftfreq(x.size, 1 / SR)
+    X *= np.clip((fc * 1.1 - f) / (0.1 * fc), 0.0, 1.0)
+    return np.fft.irfft(X, n=x.size).astype(np.float32)
+
+
+def make_mixture(rng, corpus: Corpus, n: int, snr_range=(-5.0, 25.0), augment: bool = True, version: int = 2):
+    """One (noisy, clean target) pair of ``n`` samples at 48 kHz.
+
+    ``version`` 1 is the mixing of the first training stage; version 2
+    (fine-tuning) never makes exact digital silence inside an example: its
+    "clean speech" examples carry noise 40-60 dB down (in version 1 they
+    were exactly noise-free, which taught the network that a digitally
+    silent start means "nothing to remove"), and 25 % of examples start
+    after 1-1439 samples of digital silence (a source that starts mid-hop)."""
+    r = rng.random()
+    speech_on = r >= 0.04  # 4 % noise only
+    noise_on = not (0.04 <= r < 0.08) or version >= 2  # v1: 4 % clean speech only
+    if version >= 2 and 0.04 <= r < 0.08:
+        snr_range = (40.0, 60.0)
+    s = np.zeros(n, np.float32)
+    if speech_on:
+        s, bw = _speech_segment(rng, corpus, n)
+        if augment and bw < SR / 2 - 1000 and rng.random() < 0.75:
+            s = _sbr(rng, s, bw)
+    if speech_on and augment and rng.random() < 0.3:  # reverberant speech stays the target: no dereverb
+        h, _early = _rir(rng)
+        s = _fftconv2(s, h, h)[0]
+    target = s
+    noise = _noise_segment(rng, corpus, n) if noise_on else np.zeros(n, np.float32)
+    if speech_on and noise_on:
+        snr = rng.uniform(*snr_range)
+        ps, pn = _rms(s), _rms(noise)
+        noise *= np.float32(ps / (pn + 1e-9) * 10 ** (-snr / 20))
+    x = s + noise
+    if version >= 2 and rng.random() < 0.25:  # starts mid-hop after digital silence
+        k = int(rng.integers(1, 3 * 480))
+        x = np.concatenate([np.zeros(k, np.float32), x[:n - k]])
+        target = np.concatenate([np.zeros(k, np.float32), target[:n - k]])
+    level = 10 ** (rng.uniform(-50, -6) / 20) / (_rms(x) + 1e-9)
+    x *= np.float32(level)
+    target = target * np.float32(level)
+    if augment and rng.random() < 0.15:  # band-limited channel (codec, old mic)
+        fc = rng.uniform(3500, 16000)
+        x, target = _lowpass(x, fc), _lowpass(target, fc)
+    if augment and rng.random() < 0.08:  # clipping: input only
+        peak = float(np.abs(x).max())
+        if peak > 0:
+            lim = peak * rng.uniform(0.2, 0.7)
+            g = min(0.99 / lim, 10.0)
+            x, target = np.clip(x * g, -0.99, 0.99), target * g
+    return x.astype(np.float32), target.astype(np.float32)
+
+
+def heldout_mixtures(cache, n: int = 48, seed: int = 20240611, seconds: float = 6.0,
+                     snrs=(-5.0, 0.0, 5.0, 10.0, 15.0, 20.0)) -> list[dict]:
+    """Deterministic evaluation mixtures from the held-out split only:
+    one held-out utterance (or several, with pauses) + one held-out noise
+    file, plain additive mixing (no augmentation), SNR cycling over
+    ``snrs``, speech level -35..-15 dBFS. Half of them use LJ Speech
+    (same reader as training, unseen sentences, 11 kHz band), half the
+    Russian asterisk voice (unseen speaker, 8 kHz band)."""
+    cache = pathlib.Path(cache)
+    if not (cache / "index.json").exists():
+        cache = cache / f"v{CACHE_VERSION}"
+    corp = Corpus(cache, "heldout")
+    rng = np.random.default_rng(seed)
+    sp = corp.items["speech"]
+    groups = {"ljspeech": [i for i, s in enumerate(sp) if s["group"] == "ljspeech"],
+              "asterisk-ru": [i for i, s in enumerate(sp) if s["group"] == "asterisk-ru"]}
+    L = int(seconds * SR)
+    out = []
+    for k in range(n):
+        g = "ljspeech" if k % 2 == 0 else "asterisk-ru"
+        clean = np.zeros(L, np.float32)
+        pos = int(rng.uniform(0.3, 0.8) * SR)  # noise-only lead-in
+        names = []
+        while pos < L - SR // 2:
+            i = int(rng.choice(groups[g]))
+            u = corp.get("speech", i)[: L - pos].astype(np.float32) * _I16
+            clean[pos:pos + u.size] = u / (_rms(u) + 1e-6)
+            names.append(sp[i]["name"])
+            pos += u.size + int(rng.uniform(0.2, 0.6) * SR)
+        j = int(rng.choice(len(corp.noise_p), p=corp.noise_p))
+        nz = corp.get("noise", j).astype(np.float32) * _I16
+        if nz.size < L:
+            nz = np.tile(nz, L // nz.size + 1)
+        off = int(rng.integers(0, nz.size - L + 1))
+        noise = nz[off:off + L].copy()
+        noise -= noise.mean()
+        snr = float(snrs[(k // 2) % len(snrs)])
+        act = np.abs(clean) > 0
+        ps = _rms(clean[act]) if act.any() else 1.0  # active-speech level
+        noise *= np.float32(ps / (_rms(noise) + 1e-9) * 10 ** (-snr / 20))
+        level = 10 ** (rng.uniform(-35, -15) / 20) / ps
+        clean *= np.float32(level)
+        noise *= np.float32(level)
+        out.append(dict(noisy=(clean + noise).astype(np.float32), clean=clean, noise=noise, snr_db=snr,
+                        speech=names, noise_name=corp.items["noise"][j]["name"], group=g))
+    return out
+
+
+def si_sdr(est: np.ndarray, ref: np.ndarray) -> float:
+    est = est.astype(np.float64) - est.mean()
+    ref = ref.astype(np.float64) - ref.mean()
+    a = np.dot(est, ref) / (np.dot(ref, ref) + 1e-12)
+    t = a * ref
+    return float(10 * np.log10((np.dot(t, t) + 1e-12) / (np.dot(est - t, est - t) + 1e-12)))
+
+
+# ---------------------------------------------------------------- training
+def _stft(x, win, hop):
+    """Frames exactly as the streaming path sees them: one hop of zeros
+    before the signal; ``x[B, N]`` (N multiple of hop) -> ``[B, N/hop, F]``."""
+    import torch
+
+    xp = torch.nn.functional.pad(x, (hop, 0))
+    fr = xp.unfold(1, 2 * hop, hop)
+    return torch.fft.rfft(fr * win, dim=-1)
+
+
+def _loss(net, V, S, X, g):
+    import torch
+
+    scale = torch.rsqrt(X.real.square().add(X.imag.square()).mean(dim=(1, 2), keepdim=True) + 1e-12)
+    Vn, Sn = V * scale, S * scale
+    c = 0.3
+    pv = Vn.real.square() + Vn.imag.square() + 1e-8
+    ps = Sn.real.square() + Sn.imag.square() + 1e-8
+    mv, ms = pv.pow(c / 2), ps.pow(c / 2)
+    l_mag = (mv - ms).square().mean()
+    fv, fs = pv.pow((c - 1) / 2), ps.pow((c - 1) / 2)
+    l_cplx = ((Vn.real * fv - Sn.real * fs).square() + (Vn.imag * fv - Sn.imag * fs).square()).mean()
+    Px = X.real.square() + X.imag.square()
+    Ps = S.real.square() + S.imag.square()
+    ex = Px @ net.fb_energy
+    es = Ps @ net.fb_energy
+    gt = torch.sqrt(es / (ex + 1e-12)).clamp(0.0, 1.0)
+    l_gain = (g.sqrt() - gt.sqrt()).square().mean()
+    return l_mag + l_cplx + 0.5 * l_gain, (float(l_mag.detach()), float(l_cplx.detach()), float(l_gain.detach()))
+
+
+def _silent(x, win, hop):
+    """Digital-silence frames ``[B, T]``, as the streaming path sees them."""
+    import torch
+
+    from .neural import SILENT_MS
+
+    fr = torch.nn.functional.pad(x, (hop, 0)).unfold(1, 2 * hop, hop) * win
+    return fr.square().mean(-1) < SILENT_MS
+
+
+def _quick_eval(net, mixes, win, hop) -> float:
+    """Mean SI-SDR improvement (dB) of the voice estimate on held-out mixes."""
+    import torch
+
+    with torch.no_grad():
+        x = torch.from_numpy(np.stack([m["noisy"] for m in mixes]))
+        n = x.shape[1] // hop * hop
+        X = _stft(x[:, :n], win, hop)
+        V, _ = net(X)
+        y = torch.fft.irfft(V, n=2 * hop, dim=-1) * win
+        v = y[:, :, :hop].clone()
+        v[:, 1:] += y[:, :-1, hop:]
+        v = v.reshape(len(mixes), -1).numpy()
+    imp = []
+    for i, m in enumerate(mixes):
+        d = hop  # algorithmic latency of the offline pass
+        ref = m["clean"][SR // 2:n - d]
+        imp.append(si_sdr(v[i, SR // 2 + d:n], ref) - si_sdr(m["noisy"][SR // 2:n - d], ref))
+    return float(np.mean(imp))
+
+
+WARMUP = 100  # steps, linear
+BLOCK = 25  # after warm-up the learning rate changes every BLOCK steps
+
+
+def _cosine(p: float, base: float) -> float:
+    p = min(1.0, max(0.0, p))
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
+
+_SOURCE_NOTES = {
+    "ljspeech": "LJ Speech 1.1 subset, one female US-English reader (public domain)",
+    "asterisk-en": "asterisk-core-sounds-en-g722 (Debian), voice Allison, en_US (CC BY-SA 3.0)",
+    "asterisk-es": "asterisk-core-sounds-es-g722 (Debian), voice Allison, es_MX (CC BY-SA 3.0)",
+    "asterisk-fr": "asterisk-core-sounds-fr-g722 (Debian), voice June, fr_CA (CC BY-SA 3.0)",
+    "asterisk-ru": "asterisk-core-sounds-ru-g722 (Debian), voice IvrvoiceRU, ru_RU (CC BY-SA 3.0)",
+    "urbansound8k": "UrbanSound8K folds 1-2 (CC BY-NC 3.0: non-commercial)",
+    "nonspeech100": "nonspeech100, Hu & Wang (research set, licence not stated)",
+    "misc": "shared/data/noise/misc (test samples of Apache-2.0 / MIT repositories)",
+    "music": "music beds (CC BY 3.0 / public domain; credits in shared/data/music/*.txt)",
+}
+
+
+def _train_sources(corpus: "Corpus", exclude=()) -> dict:
+    out = {}
+    for kind in ("speech", "noise"):
+        groups = {}
+        for s in corpus.items[kind]:
+            groups[s["group"]] = groups.get(s["group"], 0) + 1
+        out[kind] = [f"{_SOURCE_NOTES.get(g, g)}: {n} files" for g, n in sorted(groups.items())]
+    out["noise"].append("synthetic coloured noise (tilt -6..+3 dB/oct) and mains hum (generated)")
+    out["excluded_groups"] = list(exclude)
+    return out
+
+
+def train(args) -> pathlib.Path:
+    import torch
+
+    from .bundle import save_bundle
+    from .neural import DEFAULT_ARCH, QCNet, _window
+
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    log_f = open(args.log, "a") if args.log else None
+
+    def log(msg):
+        line = f"[{time.strftime('%H:%M:%S')} +{(time.time() - t_start) / 60:5.1f}m] {msg}"
+        print(line, flush=True)
+        if log_f:
+            log_f.write(line + "\n")
+            log_f.flush()
+
+    cache = build_cache(args.cache, args.data, log=log)
+    exclude = tuple(g for g in args.exclude.split(",") if g)
+    corpus = Corpus(cache, "train", exclude)
+    log(f"train corpus: {len(corpus.items['speech'])} speech files, {len(corpus.items['noise'])} noise files"
+        + (f" (excluded: {', '.join(exclude)})" if exclude else ""))
+    val = heldout_mixtures(cache, n=12, seed=777, seconds=4.0)
+
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    net = QCNet(**DEFAULT_ARCH)
+    init_cfg = None
+    if args.init:
+        from .bundle import load_bundle
+
+        ib = load_bundle(args.init)
+        net.load_state_dict(ib.state_dict)
+        init_cfg = ib.config
+        log(f"initialised from bundle {ib.path} (sha256 {ib.config['weights']['sha256'][:12]})")
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    hop = DEFAULT_ARCH["hop"]
+    win = torch.from_numpy(_window(2 * hop))
+    n = int(args.seconds * SR) // hop * hop
+    ckpt = pathlib.Path(args.ckpt)
+    # Learning rate: linear warm-up over WARMUP steps, then one value per
+    # block of BLOCK steps on a cosine from lr to 5 % of it. With --minutes
+    # the cosine follows the elapsed share of the time budget (the machine
+    # may be shared) and every block's value is recorded; --schedule replays
+    # such a record exactly, --steps alone uses the step share.
+    replay = None
+    if args.schedule:
+        rec = json.loads(pathlib.Path(args.schedule).read_text())
+        replay = rec["training"]["lr_blocks"] if isinstance(rec, dict) else rec
+        args.steps = WARMUP + BLOCK * len(replay)
+    step, elapsed0, cpu0, hist, blocks = 0, 0.0, 0.0, [], []
+    if args.resume and ckpt.exists():
+        st = torch.load(ckpt, map_location="cpu", weights_only=True)
+        net.load_state_dict(st["net"])
+        opt.load_state_dict(st["opt"])
+        rng.bit_generator.state = json.loads(st["rng"])
+        torch.set_rng_state(st["torch_rng"])
+        step, elapsed0, cpu0 = int(st["step"]), float(st["elapsed"]), float(st["cpu"])
+        hist, blocks = json.loads(st["hist"]), json.loads(st["blocks"])
+        log(f"resumed from {ckpt} at step {step}")
+
+    def save_ckpt():
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "rng": json.dumps(rng.bit_generator.state),
+                    "torch_rng": torch.get_rng_state(), "step": step, "elapsed": elapsed(),
+                    "cpu": cpu0 + time.process_time() - c_run,
+                    "hist": json.dumps(hist), "blocks": json.dumps(blocks)}, tmp)
+        tmp.replace(ckpt)
+
+    def elapsed() -> float:
+        return elapsed0 + time.time() - t_run
+
+    def progress() -> float:
+        """Share of the budget used: CPU time of this process against
+        --minutes, wall time against --max-wall-minutes, whichever is ahead
+        (on a shared machine the CPU share varies)."""
+        cpu = cpu0 + time.process_time() - c_run
+        return max(cpu / (args.minutes * 60.0), elapsed() / (args.max_wall_minutes * 60.0))
+
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    t_run, c_run = time.time(), time.process_time()
+    t_ckpt = t_eval = time.time()
+    run_avg = None
+    lr = args.lr
+    while True:
+        if step < WARMUP:
+            lr = args.lr * (step + 1) / WARMUP
+        elif (step - WARMUP) % BLOCK == 0:
+            b = (step - WARMUP) // BLOCK
+            if replay is not None:
+                if b >= len(replay):
+                    break
+                lr = replay[b]
+            elif args.steps:
+                if step >= args.steps:
+                    break
+                lr = _cosine((step - WARMUP) / max(1, args.steps - WARMUP), args.lr)
+            else:
+                if progress() >= 1.0:
+                    break
+                lr = _cosine(progress(), args.lr)
+            if b == len(blocks):
+                blocks.append(lr)
+        for gr in opt.param_groups:
+            gr["lr"] = lr
+        pairs = [make_mixture(rng, corpus, n, version=args.mix_version) for _ in range(args.batch)]
+        x = torch.from_numpy(np.stack([p[0] for p in pairs]))
+        s = torch.from_numpy(np.stack([p[1] for p in pairs]))
+        X, S = _stft(x, win, hop), _stft(s, win, hop)
+        V, g = net(X, silent=_silent(x, win, hop) if args.mix_version >= 2 else None)
+        loss, parts = _loss(net, V, S, X, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = float(torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0))
+        opt.step()
+        step += 1
+        lv = float(loss.detach())
+        run_avg = lv if run_avg is None else 0.98 * run_avg + 0.02 * lv
+        if step % BLOCK == 0:
+            log(f"step {step} loss {run_avg:.4f} (mag {parts[0]:.4f} cplx {parts[1]:.4f} "
+                f"gain {parts[2]:.4f}) gnorm {gn:.2f} lr {lr:.2e} {elapsed() / max(1, step):.2f} s/step")
+        if time.time() - t_eval > args.eval_every * 60:
+            net.eval()
+            imp = _quick_eval(net, val, win, hop)
+            net.train()
+            hist.append({"step": step, "loss": run_avg, "val_si_sdr_imp_db": round(imp, 3)})
+            log(f"step {step}: held-out SI-SDR improvement {imp:+.2f} dB")
+            t_eval = time.time()
+        if time.time() - t_ckpt > args.ckpt_every * 60:
+            save_ckpt()
+            t_ckpt = time.time()
+    net.eval()
+    imp = _quick_eval(net, val, win, hop)
+    hist.append({"step": step, "loss": run_avg, "val_si_sdr_imp_db": round(imp, 3)})
+    log(f"final step {step}: held-out SI-SDR improvement {imp:+.2f} dB")
+    save_ckpt()
+    train_s = elapsed()
+    cmd = ["python", "-m", "quietcast.models.train"] + [a for a in sys.argv[1:]]
+    config = {
+        "model": "neural",
+        "name": pathlib.Path(args.out).name,
+        "arch": dict(DEFAULT_ARCH),
+        "sample_rate": SR,
+        "hop": hop,
+        "window": 2 * hop,
+        "latency_samples": {"algorithmic": hop, "hop_buffer": hop, "total": 2 * hop},
+        "defaults": {"strength_db": 15.0, "background_db": None},
+        "training": {
+            "command": " ".join(shlex.quote(c) for c in cmd),
+            "replay_command": f"python -m quietcast.models.train --out OUT --schedule {args.out}/config.json"
+                              + (" --init BASE" if args.init else "")
+                              + f" --mix-version {args.mix_version} --seed {args.seed} --batch {args.batch}"
+                              f" --seconds {args.seconds} --lr {args.lr}",
+            "mix_version": args.mix_version,
+            "init": None if init_cfg is None else {"bundle": str(args.init), "sha256": init_cfg["weights"]["sha256"],
+                                                   "config": "base_config.json"},
+            "seed": args.seed, "steps": step, "batch": args.batch,
+            "segment_s": args.seconds, "lr": args.lr,
+            "optimizer": f"Adam, linear warm-up {WARMUP} steps, then one rate per {BLOCK} steps on a cosine to 5 %"
+                         " of the elapsed share of the time budget (recorded in lr_blocks)",
+            "lr_blocks": [float(v) for v in blocks],  # exact (repr round-trips)
+            "loss": "compressed (c=0.3) spectral magnitude MSE + compressed complex MSE + 0.5 * band sqrt-gain MSE",
+            "threads": args.threads, "device": "cpu", "train_seconds": round(train_s, 1),
+            "train_cpu_seconds": round(cpu0 + time.process_time() - c_run, 1),
+            "torch": torch.__version__, "history": hist,
+        },
+        "data": {
+            "train": _train_sources(corpus, exclude),
+            "heldout": heldout_split(args.data),
+            "mixing": "SNR U(-5, 25) dB, level U(-50, -6) dBFS, 30 % synthetic RIR (RT60 0.15-0.8 s; target "
+                      "reverberant too), 75 % spectral band replication above the source band, 15 % band-limiting "
+                      "(3.5-16 kHz, input and target), 8 % clipping (input), 4 % noise-only, 4 % speech-only",
+        },
+    }
+    if init_cfg is not None:  # keep the first stage's record (its lr_blocks replay it)
+        base = dict(init_cfg)
+        base["training"] = dict(base["training"])
+        rc = base["training"].get("replay_command", "")
+        if "--mix-version" not in rc:
+            base["training"]["replay_command"] = rc.replace(" --seed", " --mix-version 1 --seed").replace(
+                "/config.json", "/base_config.json")
+            base["training"]["mix_version"] = 1
+        pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
+        (pathlib.Path(args.out) / "base_config.json").write_text(json.dumps(base, indent=2) + "\n")
+    out = save_bundle(net, config, args.out)
+    log(f"bundle written to {out} ({step} steps, {train_s / 60:.1f} min)")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m quietcast.models.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="models/assets/default", help="bundle folder to write")
+    p.add_argument("--minutes", type=float, default=70.0, help="budget in CPU minutes of this process")
+    p.add_argument("--max-wall-minutes", type=float, default=None,
+                   help="wall-clock cap (default 1.5 x --minutes); the schedule follows whichever runs out first")
+    p.add_argument("--steps", type=int, default=0, help="a fixed number of steps (overrides --minutes)")
+    p.add_argument("--schedule", default=None,
+                   help="a bundle's config.json (or a JSON list of block rates): replay its run exactly")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=12)
+    p.add_argument("--seconds", type=float, default=2.0, help="segment length")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data", default=None, help="shared data folder (default ../shared/data)")
+    p.add_argument("--init", default=None, help="start from this bundle's weights (fine-tuning)")
+    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2),
+                   help="mixing recipe (1: the first stage of the default bundle; 2: no digital silence inside "
+                        "examples, starts mid-hop; see make_mixture)")
+    p.add_argument("--exclude", default="",
+                   help="comma-separated source groups to leave out, e.g. urbansound8k (non-commercial licence)"
+                        " or urbansound8k,nonspeech100 (licence-clean bundle)")
+    p.add_argument("--cache", default="/tmp/quietcast_cache")
+    p.add_argument("--ckpt", default=None, help="checkpoint file (default /tmp/quietcast_train_seed<N>.pt)")
+    p.add_argument("--resume", action="store_true", help="continue from --ckpt if it exists")
+    p.add_argument("--ckpt-every", type=float, default=3.0, help="minutes")
+    p.add_argument("--eval-every", type=float, default=5.0, help="minutes")
+    p.add_argument("--log", default=None, help="also append the log to this file")
+    args = p.parse_args(argv)
+    if args.max_wall_minutes is None:
+        args.max_wall_minutes = 1.5 * args.minutes
+    if args.ckpt is None:
+        args.ckpt = f"/tmp/quietcast_train_seed{args.seed}.pt"
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""The ``neural`` suppressor: streaming invariants, stems, parameters,
+bundles (checksum, formats, registry) and the shipped default bundle.
+
+Most tests use a random-weight bundle written to a temporary folder, so
+they do not depend on training; the last ones check the shipped bundle
+``models/assets/default``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from quietcast.models import available_models, create_suppressor, resolve_model
+from quietcast.models.bundle import ASSETS, BundleError, load_bundle, save_bundle, verify_bundle
+from quietcast.models.neural import DEFAULT_ARCH, NeuralSuppressor, QCNet, erb_filterbank
+
+LATENCY = 960
+REPO = pathlib.Path(__file__).resolve().parents[2]
+DEMO = REPO / "daemon" / "assets" / "demo"
+
+
+TINY_ARCH = {"df_order": 2}  # the optional low-band deep filter too (the shipped arch has none)
+
+
+def _random_net(seed: int = 0, **arch) -> QCNet:
+    torch.manual_seed(seed)
+    net = QCNet(**(arch or TINY_ARCH))
+    with torch.no_grad():  # exercise every path: non-zero deep filter, varied gains
+        if net.df is not None:
+            net.df.weight.normal_(0.0, 0.05)
+            net.df.bias.normal_(0.0, 0.1)
+        net.gain.weight.normal_(0.0, 0.2)
+        net.gain.bias.normal_(0.0, 1.0)
+    return net
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("bundle") / "tiny"
+    net = _random_net()
+    save_bundle(net, {"model": "neural", "arch": net.arch, "defaults": {"strength_db": 18.0}}, path)
+    return path
+
+
+def _sup(bundle, channels=1, **kw) -> NeuralSuppressor:
+    return NeuralSuppressor(channels, bundle=bundle, **kw)
+
+
+def _stream(sup, x: np.ndarray, block: int) -> np.ndarray:
+    return np.concatenate([sup.process(x[:, i:i + block]) for i in range(0, x.shape[1], block)], axis=1)
+
+
+def _si_sdr(est, ref) -> float:
+    est = est.astype(np.float64) - est.mean()
+    ref = ref.astype(np.float64) - ref.mean()
+    t = np.dot(est, ref) / np.dot(ref, ref) * ref
+    return float(10 * np.log10(np.dot(t, t) / np.dot(est - t, est - t)))
+
+
+# ---------------------------------------------------------------- streaming
+@pytest.mark.parametrize("block", [1, 64, 65, 256, 8193])
+def test_streaming_equals_offline_forward(tiny_bundle, noisy_speechlike, block):
+    x = noisy_speechlike[0][:, :48_000 + 123]  # ~1 s keeps block=1 quick
+    offline = _sup(tiny_bundle).process_offline(x)  # QCNet.forward over the whole signal
+    y = _stream(_sup(tiny_bundle), x, block)
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert np.max(np.abs(y - offline)) <= 1e-6
+    assert np.all(y[:, :LATENCY // 2] == 0.0)  # the hop buffer's pre-filled zeros
+    assert np.max(np.abs(y)) > 0.01
+
+
+@pytest.mark.parametrize("df_order", [0, 1, 3])
+def test_streaming_equals_offline_other_archs(tmp_path, noisy_speechlike, df_order):
+    net = _random_net(2, df_order=df_order)
+    save_bundle(net, {"model": "neural", "arch": net.arch}, tmp_path / "b")
+    x = noisy_speechlike[0][:, :30_000]
+    offline = _sup(tmp_path / "b").process_offline(x)
+    assert np.max(np.abs(_stream(_sup(tmp_path / "b"), x, 65) - offline)) <= 1e-6
+
+
+def test_latency_is_declared_and_exact(tiny_bundle):
+    sup = _sup(tiny_bundle, strength_db=0.0)
+    assert sup.latency == LATENCY == sup.hop + sup.algorithmic_latency
+    assert (sup.hop, sup.window, sup.sample_rate) == (480, 960, 48_000)
+    x = np.zeros((1, 4000), np.float32)
+    x[0, 100] = 1.0
+    y = sup.process(x)
+    assert int(np.argmax(np.abs(y[0]))) == 100 + LATENCY
+
+
+def test_strength_zero_is_the_delayed_input(tiny_bundle, noisy_speechlike):
+    x = noisy_speechlike[0]
+    sup = _sup(tiny_bundle, 2, strength_db=0.0)
+    xx = np.concatenate([x, -0.5 * x])
+    y = _stream(sup, xx, 777)
+    assert np.array_equal(y[:, LATENCY:], xx[:, :-LATENCY])
+    assert np.all(y[:, :LATENCY] == 0.0)
+    # the same through background_db = 0 (background mixed back in full)
+    sup = _sup(tiny_bundle, 2, strength_db=30.0, background_db=0.0)
+    assert np.array_equal(sup.process(xx)[:, LATENCY:], xx[:, :-LATENCY])
+
+
+def test_strength_bounds_attenuation(tiny_bundle, noisy_speechlike):
+    x = noisy_speechlike[0]
+    outs = {}
+    for s in (6.0, 20.0, 40.0):
+        outs[s] = _sup(tiny_bundle, strength_db=s).process(x)
+    e_in = np.sum(x[:, :-LATENCY].astype(np.float64) ** 2)
+    e = {s: np.sum(y[:, LATENCY:].astype(np.float64) ** 2) for s, y in outs.items()}
+    assert e[6.0] > e[20.0] > e[40.0]  # more strength, more removed
+    assert e[6.0] <= e_in * 1.05
+
+
+def test_stems_sum_to_delayed_input_and_remix(tiny_bundle, noisy_speechlike):
+    x = noisy_speechlike[0]
+    sup = _sup(tiny_bundle)
+    v, b = [], []
+    for i in range(0, x.shape[1], 1000):
+        vi, bi = sup.process_stems(x[:, i:i + 1000])
+        v.append(vi)
+        b.append(bi)
+    v, b = np.concatenate(v, 1), np.concatenate(b, 1)
+    assert np.max(np.abs(v + b - np.pad(x, ((0, 0), (LATENCY, 0)))[:, :x.shape[1]])) < 1e-6
+    assert np.sum(v ** 2) > 0 and np.sum(b ** 2) > 0
+    # output = voice + a * background, a = max(strength floor, background level)
+    for strength, bg in ((15.0, -math.inf), (40.0, -6.0), (10.0, -30.0)):
+        y = _sup(tiny_bundle, strength_db=strength, background_db=bg).process(x)
+        a = max(10 ** (-strength / 20), 0.0 if bg == -math.inf else 10 ** (bg / 20))
+        assert np.max(np.abs(y - (v + a * b))) < 1e-6
+
+
+def test_nan_inf_input_gives_finite_output(tiny_bundle, noisy_speechlike):
+    x = noisy_speechlike[0][:, :20_000].copy()
+    x[0, 1000:1010] = np.nan
+    x[0, 5000] = np.inf
+    x[0, 7000] = -np.inf
+    x[0, 9000:9100] = 1e30
+    sup = _sup(tiny_bundle)
+    y = _stream(sup, x, 333)
+    assert np.all(np.isfinite(y))
+    assert sup.bad_samples == 12
+    y2 = sup.process(np.zeros((1, 4800), np.float32))
+    assert np.all(np.isfinite(y2))
+
+
+def test_channels_batched_equal_separate(tiny_bundle, noisy_speechlike, rng):
+    x0 = noisy_speechlike[0][0, :30_000]
+    xs = np.stack([x0, 0.1 * rng.standard_normal(x0.size).astype(np.float32), np.roll(x0, 4321) * 3.0,
+                   np.zeros_like(x0)])
+    batched = _stream(_sup(tiny_bundle, 4), xs, 1000)
+    for c in range(4):
+        alone = _stream(_sup(tiny_bundle, 1), xs[c:c + 1], 1000)
+        assert np.max(np.abs(batched[c] - alone[0])) <= 1e-5
+    assert np.all(batched[3] == 0.0)  # a silent channel stays silent
+
+
+def test_reset_restarts_from_scratch(tiny_bundle, noisy_speechlike):
+    x = noisy_speechlike[0][:, :20_000]
+    sup = _sup(tiny_bundle)
+    first = sup.process(x)
+    sup.process(np.ones((1, 3000), np.float32))
+    sup.reset()
+    assert np.array_equal(sup.process(x), first)
+
+
+def test_params_checked(tiny_bundle):
+    sup = _sup(tiny_bundle)
+    assert sup.strength_db == 18.0 == sup.PARAMS["strength_db"][2]  # the bundle's default
+    assert sup.background_db == -math.inf
+    sup.set_param("strength_db", 25)
+    sup.background_db = -12.0
+    assert (sup.get_param("strength_db"), sup.get_param("background_db")) == (25.0, -12.0)
+    for name, bad in (("strength_db", -1), ("strength_db", 61), ("strength_db", float("nan")),
+                      ("background_db", 3.0), ("bogus", 1.0)):
+        with pytest.raises(ValueError, match=name):
+            sup.set_param(name, bad)
+    with pytest.raises(ValueError, match="channels=1"):
+        sup.process(np.zeros((2, 480), np.float32))
+
+
+def test_filterbank_interpolates():
+    fb = erb_filterbank(32, 48_000, 960, 2)
+    assert fb.shape == (32, 481)
+    assert np.allclose(fb.sum(axis=0), 1.0, atol=1e-6)
+    assert np.all(fb >= 0)
+
+
+# ------------------------------------------------------------------ bundles
+def test_tiny_bundle_loads_and_runs(tiny_bundle, noisy_speechlike):
+    cfg = json.loads((tiny_bundle / "config.json").read_text())
+    assert cfg["format"] == "quietcast-bundle" and cfg["weights"]["file"] == "weights.safetensors"
+    assert cfg["weights"]["params"] == sum(p.numel() for p in QCNet(**TINY_ARCH).parameters())
+    b = load_bundle(tiny_bundle)
+    assert set(b.state_dict) == set(QCNet(**TINY_ARCH).state_dict())
+    sup = create_suppressor("neural", 2, bundle=str(tiny_bundle))
+    assert sup.name == "neural" and sup.latency == LATENCY
+    y = sup.process(np.repeat(noisy_speechlike[0], 2, axis=0))
+    assert y.shape == (2, noisy_speechlike[0].shape[1]) and np.all(np.isfinite(y))
+
+
+def test_bundle_checksum_mismatch_raises(tiny_bundle, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_bundle, bad)
+    w = bad / "weights.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-5] ^= 0x01
+    w.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"weights\.safetensors.*sha256 mismatch"):
+        load_bundle(bad)
+    with pytest.raises(BundleError, match="sha256 mismatch"):
+        create_suppressor("neural", 1, bundle=str(bad))
+    w.unlink()
+    with pytest.raises(BundleError, match="weights file missing"):
+        verify_bundle(bad)
+    with pytest.raises(BundleError, match="missing config.json"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def test_bundle_pt_format_and_arch_mismatch(tmp_path, noisy_speechlike):
+    net = _random_net(1)
+    save_bundle(net, {"model": "neural", "arch": net.arch}, tmp_path / "pt", fmt="pt")
+    assert (tmp_path / "pt" / "weights.pt").is_file()
+    a = _sup(tmp_path / "pt").process(noisy_speechlike[0])
+    save_bundle(net, {"model": "neural", "arch": net.arch}, tmp_path / "st")
+    b = _sup(tmp_path / "st").process(noisy_speechlike[0])
+    assert np.array_equal(a, b)
+    arch = dict(net.arch, hidden=96)
+    save_bundle(net, {"model": "neural", "arch": arch}, tmp_path / "wrong")
+    with pytest.raises(BundleError, match="do not match the architecture"):
+        load_bundle(tmp_path / "wrong").build_model()
+
+
+def test_import_models_does_not_import_torch():
+    code = ("import sys, quietcast.models as m; m.resolve_model('default'); "
+            "s = m.create_suppressor('dsp', 1); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------- shipped bundle
+def test_default_bundle_is_shipped_and_resolves():
+    cfg = verify_bundle("default")
+    assert (ASSETS / "default" / "MODEL_CARD.md").is_file()
+    assert cfg["arch"]["hop"] == 480 and cfg["latency_samples"]["total"] == LATENCY
+    assert cfg["data"]["heldout"]["speech"] and cfg["data"]["heldout"]["noise"]
+    size = sum(p.stat().st_size for p in (ASSETS / "default").iterdir())
+    assert size < 10 * 2 ** 20
+    assert "neural" in available_models()
+    assert resolve_model("default") == "neural"
+    sup = create_suppressor("default", 1)
+    assert isinstance(sup, NeuralSuppressor) and sup.latency == LATENCY
+
+
+def test_default_bundle_improves_synthetic_mix(noisy_speechlike):
+    """Gated harmonic bursts in pink noise (not speech the model has seen):
+    the noise between bursts goes down by most of the 15 dB strength, the
+    bursts are kept (SI-SDR against them not worse than the input's)."""
+    x, speech, _noise = noisy_speechlike
+    sup = NeuralSuppressor(1)
+    assert sup.strength_db == 15.0
+    y = sup.process(x)[0, LATENCY:]
+    xin, ref = x[0, :-LATENCY], speech[:-LATENCY]
+    skip = 24_000  # let the running means settle
+    env = np.convolve(np.abs(ref), np.ones(480) / 480, mode="same")
+    gaps = env[skip:] < 1e-4
+    assert gaps.sum() > 48_000 * 0.3
+
+    def level(v):
+        return 10 * np.log10(np.mean(v[skip:][gaps].astype(np.float64) ** 2))
+
+    assert level(xin) - level(y) > 8.0, (level(xin), level(y))
+    before, after = _si_sdr(xin[skip:], ref[skip:]), _si_sdr(y[skip:], ref[skip:])
+    assert after > before - 0.5, (before, after)
+    # the voice stem removes more than the strength-limited output
+    v, _b = NeuralSuppressor(1).process_stems(x)
+    assert level(xin) - level(v[0, LATENCY:]) > level(xin) - level(y)
+
+
+def test_default_bundle_improves_heldout_demo_clip():
+    """The demo clip is made of held-out files (LJ001-0054, LJ001-0107 and
+    misc/noise1.flac are in the bundle's held-out list)."""
+    from pedalboard.io import AudioFile
+
+    cfg = verify_bundle("default")
+    held = set(cfg["data"]["heldout"]["speech"]) | set(cfg["data"]["heldout"]["noise"])
+    assert {"ljspeech/LJ001-0054.flac", "ljspeech/LJ001-0107.flac", "misc/noise1.flac"} <= held
+    with AudioFile(str(DEMO / "clean.flac")) as f:
+        assert f.samplerate == 48_000
+        clean = f.read(f.frames)[0]
+    with AudioFile(str(DEMO / "noise.flac")) as f:
+        noise = f.read(f.frames)[0]
+    x = (clean + noise)[None, :]
+    sup = create_suppressor("default", 1)
+    y = sup.process(x)[0, LATENCY:]
+    ref = clean[:-LATENCY]
+    s = 48_000  # from 1 s: the clip's noise-only lead-in
+    before = _si_sdr(x[0, s:-LATENCY], ref[s:])
+    after = _si_sdr(y[s:], ref[s:])
+    assert after > before + 5.0, (before, after)
+
+
+def test_aligned_mode_drops_the_hop_buffer_and_keeps_the_output():
+    """The live engine passes whole hops (set_aligned): one hop less
+    latency, the same output."""
+    from quietcast.models import create_suppressor
+
+    x = (np.random.default_rng(9).standard_normal((2, 480 * 30)) * 0.1).astype(np.float32)
+    a = create_suppressor("neural", 2)
+    b = create_suppressor("neural", 2)
+    b.set_aligned(True)
+    assert b.latency == a.latency - 480
+    ya = a.process(x)
+    yb = np.concatenate([b.process(x[:, i:i + 480]) for i in range(0, x.shape[1], 480)], axis=1)
+    np.testing.assert_array_equal(yb[:, :-480], ya[:, 480:])
