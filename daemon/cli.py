@@ -45,13 +45,23 @@ def _chain(what: str):
 
 
 def cmd_process(args) -> int:
-    from quietcast.bridge.offline import Progress, plan_jobs, process_files, total_duration
+    from quietcast.bridge.offline import READ_EXTS, Progress, plan_jobs, process_files, total_duration
 
+    if args.ray is not None:
+        from quietcast.bridge.cluster import require_ray
+
+        require_ray()  # without the extra: one line saying how to install it, exit 2
+        if args.ray != "local" and (os.path.exists(args.ray) or args.ray.lower().endswith(READ_EXTS)
+                                    or any(c in args.ray for c in "*?[")):
+            args.inputs.append(args.ray)  # `... a.wav --ray b.wav`: b.wav is an input, Ray is local
+            args.ray = "local"
     chain = _chain(args.chain)
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs {args.jobs} is out of range: give 1 or more")
     if args.sample_rate is not None and not (8000 <= args.sample_rate <= 192_000):
         raise UserError(f"--sample-rate {args.sample_rate} is out of range [8000, 192000] Hz")
+    if args.split_seconds < 0 or args.gpus_per_task <= 0:
+        raise UserError("--split-seconds must be >= 0 and --gpus-per-task > 0")
     try:
         jobs = plan_jobs(args.inputs, args.output, args.format)
     except Exception as e:
@@ -61,10 +71,19 @@ def cmd_process(args) -> int:
     progress = None
     if not args.quiet:
         progress = Progress(total_duration(jobs) if len(jobs) <= 2000 else 0.0, force=args.progress)
-    summary = process_files(
-        chain, jobs, workers=args.jobs, overwrite=args.overwrite,
-        sample_rate=args.sample_rate, channels=args.channels, progress=progress,
-    )
+    if args.ray is not None:
+        from quietcast.bridge.cluster import process_files_ray
+
+        summary = process_files_ray(
+            chain, jobs, address=None if args.ray == "local" else args.ray, num_cpus=args.jobs,
+            overwrite=args.overwrite, sample_rate=args.sample_rate, channels=args.channels, progress=progress,
+            split_seconds=args.split_seconds, gpus_per_task=args.gpus_per_task,
+        )
+    else:
+        summary = process_files(
+            chain, jobs, workers=args.jobs or 1, overwrite=args.overwrite,
+            sample_rate=args.sample_rate, channels=args.channels, progress=progress,
+        )
     if args.json:
         print(json.dumps({
             "files": [r.__dict__ for r in summary.results],
@@ -406,13 +425,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run CHAIN over audio files, folders (recursive) and glob patterns. Streams in blocks "
                     "(any length), keeps sample rate and channel layout unless told, output is latency aligned. "
                     "Writes a temporary file and renames it into place; never overwrites without --overwrite. "
-                    "A file that cannot be read is reported and skipped; the exit status is 1 if any file failed.",
+                    "A file that cannot be read is reported and skipped; the exit status is 1 if any file failed. "
+                    "With --ray the files run as Ray tasks (local Ray, or a cluster whose nodes all see the inputs "
+                    "and OUTPUT at the same paths); long files are split at digital silence and stitched back "
+                    "exactly.",
     )
     pr.add_argument("chain", metavar="CHAIN", help="chain TOML file, or a bundled chain name (default, dry)")
     pr.add_argument("inputs", metavar="INPUT", nargs="+", help="audio files, folders or glob patterns")
     pr.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                     help="output file (one input) or folder (relative paths under input folders are kept)")
-    pr.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="files processed in parallel (default 1)")
+    pr.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+                    help="files processed in parallel (default 1); with --ray and no ADDRESS: CPUs of the local "
+                         "Ray instance (default: all cores)")
     pr.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     pr.add_argument("--format", metavar="EXT", help="output format for folder outputs: wav, flac, mp3, ogg, aiff")
     pr.add_argument("--sample-rate", type=int, metavar="HZ", help="resample the output to HZ (default: keep)")
@@ -420,6 +444,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress, summary only on failure")
     pr.add_argument("--json", action="store_true", help="print per-file results as JSON on stdout")
+    pr.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                    help="run the files as Ray tasks: on a new local Ray instance without ADDRESS, else on the "
+                         "cluster at ADDRESS ('auto', HOST:PORT, ray://HOST:10001); put it after the inputs or "
+                         "write --ray=ADDRESS. Needs: pip install 'quietcast[cluster]'")
+    pr.add_argument("--split-seconds", type=float, default=600.0, metavar="S",
+                    help="with --ray: split files longer than S seconds at digital silence into parallel tasks, "
+                         "stitched back exactly (default 600; 0: never split)")
+    pr.add_argument("--gpus-per-task", type=float, default=1.0, metavar="G",
+                    help="with --ray: GPUs each task asks for when the chain has a neural stage and the cluster "
+                         "has GPUs (default 1; a fraction shares a GPU)")
     pr.set_defaults(func=cmd_process)
 
     de = sub.add_parser("demo", help="clean the bundled noisy speech clip, live through JACK, and report",
