@@ -78,6 +78,8 @@ class StateStore:
         self._lock = threading.Lock()  # control/MIDI/saver threads only; never the audio path
         self._snapshot: Callable[[], dict] | None = None
         self._wake = None
+        self._due = self._first = None  # set by changed(); flush() may run before attach()
+        self._closed = False
 
     # -- reading
     def load(self) -> dict | None:

@@ -31,6 +31,11 @@ Signal path per 10 ms hop (480 samples), every channel in one batch:
    ``strength_db`` floor remains). With ``a == 1`` (``strength_db=0`` or
    ``background_db=0``) the output is the input delayed, bit-exact.
 
+Digital silence (a frame whose windowed mean square is below
+:data:`SILENT_MS`, about -123 dBFS: a muted or not yet started source)
+leaves every state as it was, so a channel that starts, or comes back,
+mid-hop behaves as if the silence had not been there.
+
 Latency, exactly: algorithmic latency ``window - hop`` = 480 samples (10 ms;
 the network itself is causal, no look-ahead frames), plus the 480-sample hop
 buffer of :class:`~quietcast.models.base.HopSuppressor`: **960 samples =

@@ -3,16 +3,24 @@
 Usage::
 
     nice -n 15 python -m quietcast.models.train --out models/assets/default \\
-        --minutes 70 --seed 0
+        --minutes 60 --max-wall-minutes 75 --seed 0
 
 Reproducible with a seed: the network's initial weights, every training
 mixture and the order of everything come from ``--seed`` (one thread, CPU).
 ``--minutes`` sets a budget of CPU minutes (``--max-wall-minutes`` caps the
 wall-clock time): after a 100-step warm-up the learning rate follows a
 cosine over the used share of the budget, changing once per 25 steps (the
-machine may be shared, so the step rate is not known in advance); every rate is recorded in the bundle's config (``lr_blocks``) and
-``--schedule BUNDLE/config.json`` replays exactly the same run without
-looking at the clock. ``--steps N`` uses a cosine over N steps instead.
+machine may be shared, so the step rate is not known in advance); every
+rate is recorded in the bundle's config (``lr_blocks``) and ``--schedule
+BUNDLE/config.json`` replays exactly the same run without looking at the
+clock. ``--steps N`` uses a cosine over N steps instead.
+
+``--init BUNDLE`` fine-tunes from a bundle's weights; ``--mix-version``
+picks the mixing recipe (1: the first stage of the shipped bundle, 2: no
+digital silence inside examples, some examples start mid-hop; see
+:func:`make_mixture` and the model card for the two-stage recipe of the
+shipped ``default`` bundle). ``--exclude urbansound8k,nonspeech100`` trains
+a licence-clean model.
 
 Data (see ``../shared/data/README.md`` and the model card): clean speech
 from LJ Speech 1.1 (public domain) and the Debian asterisk-core-sounds
@@ -31,9 +39,9 @@ music bed. :func:`heldout_split` writes the exact lists into the config.
 Mixtures are made on the fly: speech utterances with random pauses, a
 spectral-band-replication copy of 5.5-11 kHz into the empty band above the
 source's Nyquist (a stand-in for full-band speech, which we do not have),
-an optional synthetic room impulse response (applied to the target too: the
-model removes noise, not reverberation), one or two noise files (looped) and synthetic
-coloured noise, SNR uniform in -5..25 dB (plus some noise-only and
+an optional synthetic room impulse response (applied to the target too:
+the model removes noise, not reverberation), one or two noise files
+(looped) and synthetic coloured noise, SNR uniform in -5..25 dB (plus some noise-only and
 speech-only examples), level -50..-6 dBFS, and sometimes band-limiting
 (input and target alike) and clipping (input only).
 """

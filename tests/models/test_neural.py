@@ -21,7 +21,7 @@ import torch
 
 from quietcast.models import available_models, create_suppressor, resolve_model
 from quietcast.models.bundle import ASSETS, BundleError, load_bundle, save_bundle, verify_bundle
-from quietcast.models.neural import DEFAULT_ARCH, NeuralSuppressor, QCNet, erb_filterbank
+from quietcast.models.neural import NeuralSuppressor, QCNet, erb_filterbank
 
 LATENCY = 960
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -85,6 +85,20 @@ def test_streaming_equals_offline_other_archs(tmp_path, noisy_speechlike, df_ord
     x = noisy_speechlike[0][:, :30_000]
     offline = _sup(tmp_path / "b").process_offline(x)
     assert np.max(np.abs(_stream(_sup(tmp_path / "b"), x, 65) - offline)) <= 1e-6
+
+
+def test_digital_silence_holds_the_state(tiny_bundle, noisy_speechlike):
+    """Frames of digital silence change no state: a stream that starts with
+    whole hops of zeros gives the same output, only later; and streaming
+    still equals the offline pass with silences anywhere."""
+    x = noisy_speechlike[0][:, :30_000]
+    ref = _sup(tiny_bundle).process(x)
+    z = np.concatenate([np.zeros((1, 10 * 480), np.float32), x], axis=1)
+    assert np.array_equal(_sup(tiny_bundle).process(z)[:, 4800:], ref)
+    y = x.copy()
+    y[:, 5000:12_345] = 0.0
+    y[:, 20_000:20_003] = 0.0
+    assert np.max(np.abs(_stream(_sup(tiny_bundle), y, 64) - _sup(tiny_bundle).process_offline(y))) <= 1e-6
 
 
 def test_latency_is_declared_and_exact(tiny_bundle):
@@ -285,19 +299,37 @@ def test_default_bundle_improves_synthetic_mix(noisy_speechlike):
     assert level(xin) - level(v[0, LATENCY:]) > level(xin) - level(y)
 
 
-def test_default_bundle_improves_heldout_demo_clip():
-    """The demo clip is made of held-out files (LJ001-0054, LJ001-0107 and
-    misc/noise1.flac are in the bundle's held-out list)."""
+def _demo_clip():
     from pedalboard.io import AudioFile
 
-    cfg = verify_bundle("default")
-    held = set(cfg["data"]["heldout"]["speech"]) | set(cfg["data"]["heldout"]["noise"])
-    assert {"ljspeech/LJ001-0054.flac", "ljspeech/LJ001-0107.flac", "misc/noise1.flac"} <= held
     with AudioFile(str(DEMO / "clean.flac")) as f:
         assert f.samplerate == 48_000
         clean = f.read(f.frames)[0]
     with AudioFile(str(DEMO / "noise.flac")) as f:
         noise = f.read(f.frames)[0]
+    return clean, noise
+
+
+@pytest.mark.parametrize("silence", [0, 480 * 7, 6146, 48_000 + 77])
+def test_default_bundle_suppresses_noise_after_digital_silence(silence):
+    """A source that starts after digital silence, on or off the hop grid
+    (a live channel unmuted mid-hop): its noise-only lead-in is cut by
+    most of the strength within the first second."""
+    clean, noise = _demo_clip()
+    x = np.concatenate([np.zeros(silence, np.float32), clean + noise])[None, :]
+    y = create_suppressor("default", 1).process(x)[0, LATENCY:]
+    a, b = silence + 12_000, silence + 48_000  # 0.25..1.0 s of the noise-only lead-in
+    red = 10 * np.log10(np.mean(x[0, a:b] ** 2) / np.mean(y[a:b] ** 2))
+    assert red > 10.0, red
+
+
+def test_default_bundle_improves_heldout_demo_clip():
+    """The demo clip is made of held-out files (LJ001-0054, LJ001-0107 and
+    misc/noise1.flac are in the bundle's held-out list)."""
+    cfg = verify_bundle("default")
+    held = set(cfg["data"]["heldout"]["speech"]) | set(cfg["data"]["heldout"]["noise"])
+    assert {"ljspeech/LJ001-0054.flac", "ljspeech/LJ001-0107.flac", "misc/noise1.flac"} <= held
+    clean, noise = _demo_clip()
     x = (clean + noise)[None, :]
     sup = create_suppressor("default", 1)
     y = sup.process(x)[0, LATENCY:]
