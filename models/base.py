@@ -65,6 +65,9 @@ class Suppressor(abc.ABC):
             raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
         self.channels = int(channels)
         self.bad_samples = 0
+        for n, spec in self.PARAMS.items():  # defaults, unless a subclass set them already
+            if not hasattr(self, f"_{n}"):
+                setattr(self, f"_{n}", float(spec[2]))
 
     @property
     @abc.abstractmethod
@@ -79,15 +82,42 @@ class Suppressor(abc.ABC):
     def reset(self) -> None:
         """Forget all state, as if newly built."""
 
-    def set_param(self, name: str, value: float) -> None:
-        """Set a live parameter; ValueError names it, the value and range."""
+    def check_param(self, name: str, value) -> float:
+        """``value`` as a float for the live parameter ``name``, or a
+        ValueError naming the parameter, the value and the allowed range
+        (an unknown name, a non-number, NaN, or out of range)."""
         if name not in self.PARAMS:
             raise ValueError(f"{self.name}: unknown parameter {name!r}; known: {', '.join(self.PARAMS)}")
         lo, hi = self.PARAMS[name][:2]
-        v = float(value)
-        if not (lo <= v <= hi):
-            raise ValueError(f"{self.name}: {name}={value} is out of range [{lo:g}, {hi:g}]")
-        setattr(self, name, v)
+        try:
+            if isinstance(value, (bool, np.bool_, str, bytes)):
+                raise TypeError
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.name}: {name}={value!r} is not a number; allowed range [{lo:g}, {hi:g}]") from None
+        if not (lo <= v <= hi):  # also refuses NaN
+            raise ValueError(f"{self.name}: {name}={value!r} is out of range [{lo:g}, {hi:g}]")
+        return v
+
+    def set_param(self, name: str, value) -> None:
+        """Set a live parameter (stored as ``self._NAME``); subclasses that
+        derive state from it extend this. Takes effect at the next hop."""
+        setattr(self, f"_{name}", self.check_param(name, value))
+
+    def get_param(self, name: str) -> float:
+        """Current value of a parameter listed in :attr:`PARAMS`."""
+        if name not in self.PARAMS:
+            self.check_param(name, 0.0)  # the unknown-name error
+        return float(getattr(self, f"_{name}"))
+
+    @property
+    def strength_db(self) -> float:
+        """Maximum attenuation in dB (0: the output is the delayed input)."""
+        return self._strength_db
+
+    @strength_db.setter
+    def strength_db(self, value) -> None:
+        self.set_param("strength_db", value)
 
     def _check_block(self, block: np.ndarray) -> np.ndarray:
         block = np.asarray(block)

@@ -195,54 +195,18 @@ class DspSuppressor(HopSuppressor):
         self.reset_core()
 
     # ------------------------------------------------------------ parameters
-    @classmethod
-    def _check_param(cls, name: str, value) -> float:
-        if name not in cls.PARAMS:
-            raise ValueError(
-                f"{cls.name}: unknown parameter {name!r}; known: {', '.join(cls.PARAMS)}"
-            )
-        lo, hi = cls.PARAMS[name][:2]
-        try:
-            if isinstance(value, (bool, np.bool_, str, bytes)):
-                raise TypeError
-            v = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{cls.name}: {name}={value!r} is not a number; allowed range [{lo:g}, {hi:g}]"
-            ) from None
-        if not (lo <= v <= hi):  # also refuses NaN
-            raise ValueError(f"{cls.name}: {name}={value} is out of range [{lo:g}, {hi:g}]")
-        return v
-
     def set_param(self, name: str, value) -> None:
         """Set a parameter listed in :attr:`PARAMS`; takes effect next hop.
 
         Raises ValueError naming the parameter, the value and the allowed
         range for an unknown name, a non-number or a value out of range
         (e.g. ``dsp: strength_db=120 is out of range [0, 60]``)."""
-        v = self._check_param(name, value)
+        v = self.check_param(name, value)
         if name == "strength_db":
             gmin = 10.0 ** (-v / 20.0)
             # one tuple, swapped atomically under a concurrent process()
             self._floor = (_F32(gmin), _F32(v / self._REF_DB))
             self._strength_db = v
-
-    def get_param(self, name: str) -> float:
-        """Current value of a parameter listed in :attr:`PARAMS`."""
-        if name not in self.PARAMS:
-            raise ValueError(
-                f"{self.name}: unknown parameter {name!r}; known: {', '.join(self.PARAMS)}"
-            )
-        return float(getattr(self, name))
-
-    @property
-    def strength_db(self) -> float:
-        """Maximum attenuation in dB (0: the output is the delayed input)."""
-        return self._strength_db
-
-    @strength_db.setter
-    def strength_db(self, value) -> None:
-        self.set_param("strength_db", value)
 
     # ---------------------------------------------------------------- meters
     @property

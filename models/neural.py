@@ -400,22 +400,9 @@ class NeuralSuppressor(HopSuppressor):
         self.set_param("background_db", -math.inf if background_db is None else background_db)
 
     # ------------------------------------------------------------ params
-    @classmethod
-    def _check_param(cls, name: str, value) -> float:
-        if name not in cls.PARAMS:
-            raise ValueError(f"{cls.name}: unknown parameter {name!r}; known: {', '.join(cls.PARAMS)}")
-        lo, hi = cls.PARAMS[name][:2]
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}={value!r} is not a number (range [{lo:g}, {hi:g}])") from None
-        if not (lo <= v <= hi):  # also refuses NaN
-            raise ValueError(f"{name}={value!r} is out of range [{lo:g}, {hi:g}]")
-        return v
-
     def set_param(self, name: str, value) -> None:
         """Set ``strength_db`` or ``background_db``; takes effect next hop."""
-        v = self._check_param(name, value)
+        v = self.check_param(name, value)
         if name == "strength_db":
             self._strength_db = v
         else:
@@ -423,19 +410,6 @@ class NeuralSuppressor(HopSuppressor):
         a = max(10.0 ** (-self._strength_db / 20.0),
                 0.0 if self._background_db == -math.inf else 10.0 ** (self._background_db / 20.0))
         self._mix = float(a)
-
-    def get_param(self, name: str) -> float:
-        if name not in self.PARAMS:
-            self._check_param(name, 0)
-        return getattr(self, name)
-
-    @property
-    def strength_db(self) -> float:
-        return self._strength_db
-
-    @strength_db.setter
-    def strength_db(self, value) -> None:
-        self.set_param("strength_db", value)
 
     @property
     def background_db(self) -> float:
