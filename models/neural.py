@@ -22,6 +22,12 @@ Signal path per 10 ms hop (480 samples), every channel in one batch:
    initialisation). In a one-CPU-hour training run it learnt a smoothing
    that cost more speech fidelity at high SNR than it removed noise at low
    SNR, so the default bundle does without it.
+   Optional (``fine_bins > 0``): a per-bin refinement of the gains of the
+   lowest ``fine_bins`` bins, where the 50 Hz bins resolve the harmonics
+   of a voice and 100 Hz-wide bands cannot:
+   ``G_k = sigmoid(logit(G_k) + q_k)``, ``q = Linear([GRU output, low-band
+   encoder output])``, zero at initialisation (so a bundle fine-tuned with
+   it starts from its parent's output exactly).
 4. Output: the voice estimate ``v`` (inverse STFT of ``V``); the background
    ``b = x_delayed - v``; the suppressor's output is ``v + a * b`` with
    ``a = max(10**(-strength_db/20), 10**(background_db/20))``: the
@@ -68,6 +74,7 @@ DEFAULT_ARCH = {
     "min_band_bins": 2,
     "df_bins": 64,
     "df_order": 0,
+    "fine_bins": 0,
     "enc_dim": 96,
     "df_enc_dim": 64,
     "hidden": 160,
@@ -79,6 +86,7 @@ _LE_MAX = 80.0  # dB; clamps absurd inputs (the input is already clipped to +-64
 _M_INIT = -30.0  # running-mean initial value (dB)
 _U_INIT = 1e-3  # unit-norm running power initial value
 _XN_MAX = 8.0
+_G_MIN = 1e-6  # gain clamp before the logit of the per-bin refinement
 #: a frame whose windowed mean square is below this (about -123 dBFS) is
 #: "digital silence": it does not update any state (running means, GRUs)
 SILENT_MS = 5e-13
@@ -148,19 +156,27 @@ class QCNet(nn.Module):
         self.gru2 = nn.GRU(h, h, batch_first=True)
         self.gain = nn.Linear(h, nb)
         self.df = nn.Linear(h, od * kd * 2) if od > 0 else None
+        nf = a["fine_bins"]
+        if nf < 0 or nf > kd:
+            raise ValueError(f"fine_bins {nf} out of range 0..df_bins ({kd})")
+        self.fine_bins = nf
+        self.fine = nn.Linear(h + a["df_enc_dim"], nf) if nf > 0 else None
         with torch.no_grad():
-            if self.df is not None:
-                self.df.weight.zero_()
-                self.df.bias.zero_()
+            for head in (self.df, self.fine):
+                if head is not None:  # zero at initialisation: the band gains alone
+                    head.weight.zero_()
+                    head.bias.zero_()
             self.gain.bias.fill_(1.0)  # start near "let everything through"
 
     # ------------------------------------------------------------ features
     def _band_db(self, P: torch.Tensor) -> torch.Tensor:
         return (10.0 * torch.log10(P @ self.fb_energy + _LE_EPS)).clamp_(max=_LE_MAX)
 
-    def _heads(self, y: torch.Tensor, X: torch.Tensor, Xl_hist: list[torch.Tensor]):
+    def _heads(self, y: torch.Tensor, X: torch.Tensor, Xl_hist: list[torch.Tensor], d: torch.Tensor):
         g = torch.sigmoid(self.gain(y))
         G = g @ self.fb_interp
+        if self.fine is not None:
+            G = _refine(G, self.fine(torch.cat([y, d], dim=-1)))
         if self.df is None:
             return X * G, g
         c = torch.tanh(self.df(y))
@@ -210,7 +226,8 @@ class QCNet(nn.Module):
         Xl = X[..., :kd]
         xn = Xl * torch.rsqrt(U + _LE_EPS)
         xf = torch.cat([xn.real, xn.imag], dim=-1).clamp(-_XN_MAX, _XN_MAX)
-        z = torch.cat([torch.relu(self.enc(f)), torch.relu(self.df_enc(xf))], dim=-1)
+        d = torch.relu(self.df_enc(xf))
+        z = torch.cat([torch.relu(self.enc(f)), d], dim=-1)
         if hold:
             h1 = _gru_held(self.gru1, z, silent)
             h2 = _gru_held(self.gru2, h1, silent)
@@ -221,7 +238,17 @@ class QCNet(nn.Module):
         hist = [Xl]
         for i in range(1, self.df_order):
             hist.append(torch.cat([Xl.new_zeros(B, i, kd), Xl[:, :T - i]], dim=1))
-        return self._heads(y, X, hist)
+        return self._heads(y, X, hist, d)
+
+
+def _refine(G: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Per-bin refinement of the lowest ``q.shape[-1]`` bins of the
+    interpolated gains ``G``: ``sigmoid(logit(G) + q)`` (``q = 0`` leaves
+    ``G`` as it is; the result stays in 0..1)."""
+    nf = q.shape[-1]
+    gl = G[..., :nf].clamp(_G_MIN, 1.0 - _G_MIN)
+    gl = torch.sigmoid(torch.log(gl) - torch.log1p(-gl) + q)
+    return torch.cat([gl, G[..., nf:]], dim=-1)
 
 
 def _gru_held(gru: nn.GRU, z: torch.Tensor, silent: torch.Tensor) -> torch.Tensor:
@@ -288,6 +315,8 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     h2.copy_(h2n)
     y = h1n + h2n
     G = torch.sigmoid(torch.addmm(w[16], y, w[15])).mm(fb_i)  # [C, F]
+    if len(w) > 19:  # per-bin refinement of the low band from [y, d]
+        G = _refine(G, torch.addmm(torch.addmm(w[21], y, w[19]), d, w[20]))
     V = Xr * G.unsqueeze(-1)
     if order > 0:  # deep filter on the low band; history newest first
         c = torch.tanh(torch.addmm(w[18], y, w[17])).view(C, order, kd, 2)
@@ -335,8 +364,10 @@ def _prepare_weights(net: QCNet) -> list[torch.Tensor]:
             g2.weight_ih_l0.t(), g2.bias_ih_l0, g2.weight_hh_l0.t(), g2.bias_hh_l0,  # 11-14
             net.gain.weight.t(), net.gain.bias,  # 15-16
         ]
-        if net.df is not None:
-            w += [net.df.weight.t(), net.df.bias]  # 17-18
+        w += [net.df.weight.t(), net.df.bias] if net.df is not None else [torch.zeros(0), torch.zeros(0)]  # 17-18
+        if net.fine is not None:
+            Wf = net.fine.weight
+            w += [Wf[:, :h].t(), Wf[:, h:].t(), net.fine.bias]  # 19-21
     return [t.detach().contiguous().clone() for t in w]
 
 

@@ -53,6 +53,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shlex
 import sys
 import time
@@ -541,6 +542,21 @@ def _train_sources(corpus: "Corpus", exclude=()) -> dict:
     return out
 
 
+def _lineage(parent: dict, parent_path) -> list[dict]:
+    """The training records of every stage before this one, oldest first:
+    the parent's lineage (or, in the older layout, its ``base_config.json``)
+    and the parent's own record. Each keeps its exact ``lr_blocks``."""
+    if "lineage" in parent:
+        earlier = [dict(r) for r in parent["lineage"]]
+    else:
+        base = pathlib.Path(str(parent_path)) / "base_config.json"
+        earlier = [dict(json.loads(base.read_text())["training"])] if base.exists() else []
+    recs = earlier + [dict(parent["training"])]
+    for k, rec in enumerate(recs, 1):
+        rec["stage"] = k
+    return recs
+
+
 def train(args) -> pathlib.Path:
     import torch
 
@@ -567,15 +583,26 @@ def train(args) -> pathlib.Path:
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    net = QCNet(**DEFAULT_ARCH)
+    arch = dict(DEFAULT_ARCH, fine_bins=args.fine_bins)
     init_cfg = None
     if args.init:
         from .bundle import load_bundle
 
         ib = load_bundle(args.init)
-        net.load_state_dict(ib.state_dict)
         init_cfg = ib.config
-        log(f"initialised from bundle {ib.path} (sha256 {ib.config['weights']['sha256'][:12]})")
+        # the parent's architecture, plus the heads asked for here (which
+        # start at zero: the parent's output exactly)
+        arch = dict(DEFAULT_ARCH, **init_cfg["arch"])
+        arch["fine_bins"] = max(arch.get("fine_bins", 0), args.fine_bins)
+        net = QCNet(**arch)
+        missing, unexpected = net.load_state_dict(ib.state_dict, strict=False)
+        new = [k for k in missing if not k.startswith("fine.")]
+        if new or unexpected:
+            raise SystemExit(f"--init {args.init}: weights do not fit (missing {new}, unexpected {unexpected})")
+        log(f"initialised from bundle {ib.path} (sha256 {ib.config['weights']['sha256'][:12]})"
+            + (f"; new zero heads: {sorted({k.split('.')[0] for k in missing})}" if missing else ""))
+    else:
+        net = QCNet(**arch)
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     hop = DEFAULT_ARCH["hop"]
     win = torch.from_numpy(_window(2 * hop))
@@ -589,7 +616,14 @@ def train(args) -> pathlib.Path:
     replay = None
     if args.schedule:
         rec = json.loads(pathlib.Path(args.schedule).read_text())
-        replay = rec["training"]["lr_blocks"] if isinstance(rec, dict) else rec
+        if isinstance(rec, dict):
+            stages = rec.get("lineage", []) + [rec["training"]]
+            k = args.stage or len(stages)
+            if not 1 <= k <= len(stages):
+                raise SystemExit(f"--stage {k}: {args.schedule} records stages 1..{len(stages)}")
+            replay = stages[k - 1]["lr_blocks"]
+        else:
+            replay = rec
         args.steps = WARMUP + BLOCK * len(replay)
     step, elapsed0, cpu0, hist, blocks = 0, 0.0, 0.0, [], []
     if args.resume and ckpt.exists():
@@ -679,10 +713,12 @@ def train(args) -> pathlib.Path:
     save_ckpt()
     train_s = elapsed()
     cmd = ["python", "-m", "quietcast.models.train"] + [a for a in sys.argv[1:]]
+    lineage = [] if init_cfg is None else _lineage(init_cfg, args.init)
+    stage = len(lineage) + 1
     config = {
         "model": "neural",
         "name": pathlib.Path(args.out).name,
-        "arch": dict(DEFAULT_ARCH),
+        "arch": dict(net.arch),
         "sample_rate": SR,
         "hop": hop,
         "window": 2 * hop,
@@ -690,13 +726,13 @@ def train(args) -> pathlib.Path:
         "defaults": {"strength_db": 15.0, "background_db": None},
         "training": {
             "command": " ".join(shlex.quote(c) for c in cmd),
+            "stage": stage,
             "replay_command": f"python -m quietcast.models.train --out OUT --schedule {args.out}/config.json"
-                              + (" --init BASE" if args.init else "")
-                              + f" --mix-version {args.mix_version} --seed {args.seed} --batch {args.batch}"
-                              f" --seconds {args.seconds} --lr {args.lr}",
+                              f" --stage {stage}" + (f" --init STAGE{stage - 1}" if args.init else "")
+                              + f" --fine-bins {args.fine_bins} --mix-version {args.mix_version} --seed {args.seed}"
+                              f" --batch {args.batch} --seconds {args.seconds} --lr {args.lr}",
             "mix_version": args.mix_version,
-            "init": None if init_cfg is None else {"bundle": str(args.init), "sha256": init_cfg["weights"]["sha256"],
-                                                   "config": "base_config.json"},
+            "init": None if init_cfg is None else {"bundle": str(args.init), "sha256": init_cfg["weights"]["sha256"]},
             "seed": args.seed, "steps": step, "batch": args.batch,
             "segment_s": args.seconds, "lr": args.lr,
             "optimizer": f"Adam, linear warm-up {WARMUP} steps, then one rate per {BLOCK} steps on a cosine to 5 %"
@@ -715,16 +751,14 @@ def train(args) -> pathlib.Path:
                       "(3.5-16 kHz, input and target), 8 % clipping (input), 4 % noise-only, 4 % speech-only",
         },
     }
-    if init_cfg is not None:  # keep the first stage's record (its lr_blocks replay it)
-        base = dict(init_cfg)
-        base["training"] = dict(base["training"])
-        rc = base["training"].get("replay_command", "")
-        if "--mix-version" not in rc:
-            base["training"]["replay_command"] = rc.replace(" --seed", " --mix-version 1 --seed").replace(
-                "/config.json", "/base_config.json")
-            base["training"]["mix_version"] = 1
-        pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
-        (pathlib.Path(args.out) / "base_config.json").write_text(json.dumps(base, indent=2) + "\n")
+    if lineage:  # the earlier stages' records: their lr_blocks replay them (--stage N)
+        config["lineage"] = lineage
+        for k, rec in enumerate(lineage, 1):
+            rec["replay_command"] = re.sub(r"--schedule \S+( --stage \d+)?",
+                                           f"--schedule {args.out}/config.json --stage {k}", rec["replay_command"])
+        old = pathlib.Path(args.out) / "base_config.json"  # the two-stage layout before lineage
+        if old.exists():
+            old.unlink()
     out = save_bundle(net, config, args.out)
     log(f"bundle written to {out} ({step} steps, {train_s / 60:.1f} min)")
     return out
@@ -737,6 +771,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-wall-minutes", type=float, default=None,
                    help="wall-clock cap (default 1.5 x --minutes); the schedule follows whichever runs out first")
     p.add_argument("--steps", type=int, default=0, help="a fixed number of steps (overrides --minutes)")
+    p.add_argument("--stage", type=int, default=0,
+                   help="with --schedule: replay this stage of the bundle's lineage (default: its last)")
     p.add_argument("--schedule", default=None,
                    help="a bundle's config.json (or a JSON list of block rates): replay its run exactly")
     p.add_argument("--seed", type=int, default=0)
@@ -746,6 +782,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None, help="shared data folder (default ../shared/data)")
     p.add_argument("--init", default=None, help="start from this bundle's weights (fine-tuning)")
+    p.add_argument("--fine-bins", type=int, default=0,
+                   help="per-bin gain refinement of the lowest N bins (0 = band gains only; with --init, "
+                        "a head the parent lacks is added at zero)")
     p.add_argument("--mix-version", type=int, default=2, choices=(1, 2),
                    help="mixing recipe (1: the first stage of the default bundle; 2: no digital silence inside "
                         "examples, starts mid-hop; see make_mixture)")

@@ -28,7 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 DEMO = REPO / "daemon" / "assets" / "demo"
 
 
-TINY_ARCH = {"df_order": 2}  # the optional low-band deep filter too (the shipped arch has none)
+TINY_ARCH = {"df_order": 2, "fine_bins": 48}  # every optional head (deep filter, per-bin refinement)
 
 
 def _random_net(seed: int = 0, **arch) -> QCNet:
@@ -38,6 +38,9 @@ def _random_net(seed: int = 0, **arch) -> QCNet:
         if net.df is not None:
             net.df.weight.normal_(0.0, 0.05)
             net.df.bias.normal_(0.0, 0.1)
+        if net.fine is not None:
+            net.fine.weight.normal_(0.0, 0.1)
+            net.fine.bias.normal_(0.0, 1.0)
         net.gain.weight.normal_(0.0, 0.2)
         net.gain.bias.normal_(0.0, 1.0)
     return net
@@ -78,13 +81,33 @@ def test_streaming_equals_offline_forward(tiny_bundle, noisy_speechlike, block):
     assert np.max(np.abs(y)) > 0.01
 
 
-@pytest.mark.parametrize("df_order", [0, 1, 3])
-def test_streaming_equals_offline_other_archs(tmp_path, noisy_speechlike, df_order):
-    net = _random_net(2, df_order=df_order)
+@pytest.mark.parametrize("df_order,fine_bins", [(0, 0), (1, 0), (3, 0), (0, 64)])
+def test_streaming_equals_offline_other_archs(tmp_path, noisy_speechlike, df_order, fine_bins):
+    net = _random_net(2, df_order=df_order, fine_bins=fine_bins)
     save_bundle(net, {"model": "neural", "arch": net.arch}, tmp_path / "b")
     x = noisy_speechlike[0][:, :30_000]
     offline = _sup(tmp_path / "b").process_offline(x)
     assert np.max(np.abs(_stream(_sup(tmp_path / "b"), x, 65) - offline)) <= 1e-6
+
+
+def test_fine_head_starts_as_the_band_gains(noisy_speechlike):
+    """A new per-bin refinement head is zero at initialisation: a bundle
+    fine-tuned with it starts from exactly its parent's output."""
+    torch.manual_seed(5)
+    a = QCNet()
+    b = QCNet(fine_bins=64)
+    b.load_state_dict(a.state_dict(), strict=False)
+    x = torch.from_numpy(noisy_speechlike[0][:, :9600]).unfold(1, 960, 480)
+    X = torch.fft.rfft(x, dim=-1)
+    with torch.no_grad():
+        assert torch.allclose(a(X)[0], b(X)[0], atol=1e-6)
+        b.fine.bias.fill_(-3.0)  # and it does act: lower gains in the low band only
+        Vb = b(X)[0]
+        Va = a(X)[0]
+    assert float(Vb[..., :64].abs().sum()) < 0.5 * float(Va[..., :64].abs().sum())
+    assert torch.equal(Vb[..., 64:], Va[..., 64:])
+    with pytest.raises(ValueError, match="fine_bins"):
+        QCNet(fine_bins=65)
 
 
 def test_digital_silence_holds_the_state(tiny_bundle, noisy_speechlike):
