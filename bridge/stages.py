@@ -540,11 +540,11 @@ class DenoiseStage(Stage):
     type_name = "denoise"
 
     def __init__(self, name, sample_rate, channels, model="default", strength=1.0, max_attenuation_db=None,
-                 whole_hops: bool = False):
+                 whole_hops: bool = False, device: str = "cpu"):
         super().__init__(name, sample_rate, channels, DENOISE_PARAMS)
         from quietcast.models import create_suppressor
 
-        self.suppressor = create_suppressor(model, channels)
+        self.suppressor = create_suppressor(model, channels, device=device)
         if whole_hops and self.sample_rate == self.suppressor.sample_rate and hasattr(self.suppressor, "set_aligned"):
             # the caller (the live engine) passes whole hops only: no hop of buffering
             self.suppressor.set_aligned(True)

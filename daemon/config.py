@@ -17,6 +17,8 @@ The file (the shipped example is ``daemon/default.toml``, see
     max_backlog_ms = 500.0          # 20..5000 ms, more than safety_ms: if the engine falls this far behind it
                                     # skips ahead (output stays on the dry path meanwhile)
     threads = 1                     # 1..64 torch/numpy threads for the engine
+    device = "auto"                 # auto (a CUDA GPU when present, else the CPU), cpu, cuda or cuda:N;
+                                    # a GPU that is missing or fails falls back to the CPU (logged, in status)
 
     [[channel]]                     # one or more (at most 256)
     name = "host"                   # [a-z][a-z0-9_]{0,31}, unique; ports are host_in, host_out
@@ -192,6 +194,15 @@ def _server_rule(v: str) -> str | None:
     return None
 
 
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]{1,2})?")
+
+
+def _device_rule(v: str) -> str | None:
+    if not _DEVICE.fullmatch(v):
+        return "is not allowed: one of auto, cpu, cuda, cuda:N"
+    return None
+
+
 def _channel_name_rule(v: str) -> str | None:
     if not CHANNEL_NAME_RE.match(v):
         return "is not allowed: use 1-32 lower-case letters, digits and '_', starting with a letter"
@@ -230,6 +241,9 @@ ENGINE_KEYS_STATIC: tuple[Key, ...] = (
               doc="if the engine falls this far behind it skips ahead (output stays on the dry path meanwhile)"),
         rule="more than safety_ms"),
     Key(Param("threads", "int", 1, 1, 64, doc="torch/numpy threads for the engine")),
+    Key(Param("device", "str", "auto", doc="where the suppressor runs: auto (a CUDA GPU when present), cpu, cuda, "
+                                           "cuda:N; a missing or failing GPU falls back to the CPU (logged)"),
+        extra=_device_rule, rule="auto, cpu, cuda or cuda:N"),
 )
 
 
@@ -325,6 +339,7 @@ class EngineConfig:
     safety_ms: float = 10.0
     max_backlog_ms: float = 500.0
     threads: int = 1
+    device: str = "auto"
 
 
 @dataclass(frozen=True)

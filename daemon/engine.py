@@ -84,12 +84,15 @@ class Engine:
         channels: channel configs (``name``, ``chain`` (a bridge Chain or
             None), ``stems`` and the :class:`ChannelParams` fields).
         sample_rate: the JACK server's rate.
-        model, max_attenuation_db, safety_ms, max_backlog_ms: engine settings.
+        model, max_attenuation_db, safety_ms, max_backlog_ms, device: engine
+            settings (``device``: where the suppressor runs, see
+            :func:`quietcast.models.neural.resolve_device`; the reason for
+            a CPU fallback is logged and shown in :attr:`backend`).
     """
 
     def __init__(self, channels: list[Any], sample_rate: int, *, model: str = "default",
                  max_attenuation_db: float | None = None, safety_ms: float = 10.0,
-                 max_backlog_ms: float = 500.0, slow_hop_s: float = 0.0):
+                 max_backlog_ms: float = 500.0, slow_hop_s: float = 0.0, device: str = "cpu"):
         self.sample_rate = int(sample_rate)
         self.names = [c.name for c in channels]
         self.stems = [bool(getattr(c, "stems", False)) for c in channels]
@@ -99,7 +102,7 @@ class Engine:
         self.max_backlog = int(max_backlog_ms * self.sample_rate / 1000.0)
         self.slow_hop_s = slow_hop_s  # test hook: an injected slow stage
         self.sup = DenoiseStage("nr", self.sample_rate, n, model=model, strength=1.0,
-                                max_attenuation_db=max_attenuation_db, whole_hops=self.hop == HOP)
+                                max_attenuation_db=max_attenuation_db, whole_hops=self.hop == HOP, device=device)
         self.model = self.sup.model
         self.max_attenuation_db = self.sup.values["max_attenuation_db"]
         ls = self.sup.latency
@@ -133,6 +136,12 @@ class Engine:
     # ------------------------------------------------------------------
     # latency
 
+
+    @property
+    def backend(self) -> str:
+        """Where the suppressor runs: "cpu", "cuda-graph (DEVICE)", "cpu
+        (fallback: REASON)", ... (a GPU failure mid-stream changes it)."""
+        return self.sup.suppressor.backend
     def latency_for_period(self, period: int) -> int:
         """The daemon's total latency in frames for a JACK period."""
         return self.processing_latency + buffering(self.hop, period, self.safety)

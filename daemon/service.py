@@ -122,13 +122,14 @@ class Daemon:
         if eng is None or eng.sample_rate != sample_rate or getattr(self, "_rebuild", False):
             e = self.config.engine
             new = Engine(self._channel_specs(), sample_rate, model=e.model, max_attenuation_db=e.max_attenuation_db,
-                         safety_ms=e.safety_ms, max_backlog_ms=e.max_backlog_ms, **self.engine_options)
+                         safety_ms=e.safety_ms, max_backlog_ms=e.max_backlog_ms, device=e.device,
+                         **self.engine_options)
             new.registry = self.registry
             self.registry.reapply(new)
             self.engine = new
             self._rebuild = False
-            log.info("engine: %d channel(s) at %d Hz, model %s, processing latency %d frames",
-                     new.n, sample_rate, new.model, new.processing_latency)
+            log.info("engine: %d channel(s) at %d Hz, model %s on %s, processing latency %d frames",
+                     new.n, sample_rate, new.model, new.backend, new.processing_latency)
         return self.engine
 
     # ------------------------------------------------------------------
@@ -553,7 +554,7 @@ class Daemon:
                     "last_reconnect_s": self.last_reconnect_s, "channels": [c.name for c in self.config.channels]}
         if eng is not None:
             st.update({
-                "model": eng.model, "hop": eng.hop, "processing_latency": eng.processing_latency,
+                "model": eng.model, "backend": eng.backend, "hop": eng.hop, "processing_latency": eng.processing_latency,
                 "engine_realtime": eng.realtime,
                 "hops": eng.stats.hops, "late_hops": eng.stats.late_hops, "skipped_hops": eng.stats.skipped_hops,
                 "stalls": eng.stats.stalls, "hop_time": eng.hop_time_percentiles(), "meters": eng.meters,

@@ -87,11 +87,17 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def create_suppressor(name: str = "default", channels: int = 1, **kwargs) -> Suppressor:
+def create_suppressor(name: str = "default", channels: int = 1, device: str = "cpu", **kwargs) -> Suppressor:
     """Build the suppressor called ``name`` for ``channels`` channels.
+
+    ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``) is used by
+    the models that can run on a GPU (``neural``); the others run on the
+    CPU whatever it says (their :attr:`~Suppressor.backend` is ``"cpu"``).
 
     Raises ValueError naming the model and listing the known ones."""
     real = resolve_model(name)
+    if real == "neural":
+        kwargs["device"] = device
     if real not in _FACTORIES:
         import difflib
 

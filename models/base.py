@@ -56,6 +56,8 @@ class Suppressor(abc.ABC):
     """
 
     name: str = "suppressor"
+    #: where it runs, in words (the neural suppressor may say "cuda-graph (...)")
+    backend: str = "cpu"
     sample_rate: int = SAMPLE_RATE
     #: live parameters: name -> (min, max, default, unit)
     PARAMS: dict = {"strength_db": (0.0, 60.0, 0.0, "dB")}

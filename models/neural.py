@@ -55,6 +55,7 @@ the caller's business (``torch.set_num_threads``).
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -63,7 +64,9 @@ from torch import nn
 
 from .base import HOP, SAMPLE_RATE, HopSuppressor, sanitize
 
-__all__ = ["QCNet", "NeuralSuppressor", "DEFAULT_ARCH", "erb_filterbank"]
+__all__ = ["QCNet", "NeuralSuppressor", "DEFAULT_ARCH", "erb_filterbank", "resolve_device"]
+
+log = logging.getLogger("quietcast.models.neural")
 
 #: architecture hyper-parameters (stored in a bundle's config.json "arch")
 DEFAULT_ARCH = {
@@ -265,15 +268,20 @@ def _gru_held(gru: nn.GRU, z: torch.Tensor, silent: torch.Tensor) -> torch.Tenso
 
 def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: torch.Tensor,
                 fb_i: torch.Tensor, m: torch.Tensor, u: torch.Tensor, h1: torch.Tensor, h2: torch.Tensor,
-                xh: torch.Tensor, ola: torch.Tensor, w: list[torch.Tensor], alpha: float, mix: float,
-                out: torch.Tensor) -> None:
+                xh: torch.Tensor, ola: torch.Tensor, w: list[torch.Tensor], alpha: float, mix,
+                out: torch.Tensor, branchless: bool = False) -> None:
     """One streaming hop for all channels, on weights prepared by
     :func:`_prepare_weights` (encoder scalings folded in, GRU input split,
     low-band features interleaved). TorchScript-able.
 
     ``hop``: new input ``[C, H]``; ``prev``: the previous input hop (updated
     to ``hop``); ``m, u, h1, h2, xh, ola``: state, updated in place; ``out``:
-    ``[3, C, H]`` receives (output, voice, background)."""
+    ``[3, C, H]`` receives (output, voice, background).
+
+    ``branchless``: no host-side decision on tensor values (for CUDA graph
+    capture): the digital-silence hold always goes through ``torch.where``
+    and ``mix`` is a 0-d tensor (``>= 1`` gives the delayed input exactly).
+    Same results as the branching form."""
     C = hop.shape[0]
     H = hop.shape[1]
     kd = u.shape[1]
@@ -281,7 +289,7 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     fr = torch.cat((prev, hop), dim=1)
     xw = fr * win
     silent = xw.square().mean(1) < SILENT_MS  # [C]: digital silence holds every state
-    hold = bool(silent.any())
+    hold = True if branchless else bool(silent.any())
     sil = silent.unsqueeze(1)
     Xr = torch.view_as_real(torch.fft.rfft(xw, dim=1))  # [C, F, 2]
     P = Xr.square().sum(-1)
@@ -334,7 +342,9 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     ola.copy_(yt[:, H:])
     out[1].copy_(v)
     torch.sub(prev, v, out=out[2])
-    if mix == 1.0:
+    if branchless:
+        out[0].copy_(torch.where(mix >= 1.0, prev, v + mix * out[2]))
+    elif mix == 1.0:
         out[0].copy_(prev)
     else:
         torch.add(v, out[2], alpha=mix, out=out[0])
@@ -344,7 +354,7 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
 def _prepare_weights(net: QCNet) -> list[torch.Tensor]:
     """The weights of ``net`` rearranged for :func:`_fused_step` (all
     transposed for ``addmm(bias, x, W)``)."""
-    nb, kd, od, h = net.n_bands, net.df_bins, net.df_order, net.hidden
+    nb, kd, h = net.n_bands, net.df_bins, net.hidden
     with torch.no_grad():
         We, be = net.enc.weight, net.enc.bias
         W1, W2 = We[:, :nb], We[:, nb:]
@@ -371,6 +381,34 @@ def _prepare_weights(net: QCNet) -> list[torch.Tensor]:
     return [t.detach().contiguous().clone() for t in w]
 
 
+def resolve_device(device) -> tuple[torch.device, str | None]:
+    """``(device to use, reason for falling back to the CPU or None)``.
+
+    ``device``: ``"auto"`` (the first CUDA device when there is one, else
+    the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``. A CUDA device that is
+    not there gives the CPU and the reason; anything else is a ValueError
+    naming the allowed values."""
+    allowed = "allowed: auto, cpu, cuda, cuda:N"
+    d = str(device).strip().lower()
+    if d == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu"), None
+    try:
+        dev = torch.device(d)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device {device!r} is not a device; {allowed}") from None
+    if dev.type == "cpu":
+        return dev, None
+    if dev.type != "cuda":
+        raise ValueError(f"device {device!r}: {dev.type} is not supported; {allowed}")
+    if not torch.cuda.is_available():
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        return torch.device("cpu"), f"{device} requested but {why} (torch {torch.__version__})"
+    n = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= n:
+        return torch.device("cpu"), f"{device} requested but only {n} CUDA device(s) exist"
+    return torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device()), None
+
+
 def _window(n: int) -> np.ndarray:
     return np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)
 
@@ -387,13 +425,21 @@ class NeuralSuppressor(HopSuppressor):
             delay). Default: the bundle's ``defaults.strength_db`` (15 dB).
         background_db: level at which the background (input - voice) is
             mixed back; ``-inf`` (default) leaves only the strength floor.
-        device: torch device (``"cpu"``; CUDA is planned, see issue 5).
+        device: ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or ``"auto"``
+            (CUDA when present). On CUDA every hop is one CUDA graph
+            replay between pinned host buffers (eager CUDA if capture
+            fails). CUDA that is missing or fails, at start or later, falls
+            back to the CPU with the reason logged and kept in
+            :attr:`backend` (after a failure mid-stream the state restarts).
 
     Attributes:
         latency: 960 samples (20 ms) = 480 (hop buffer) + 480 algorithmic
             (window 960 - hop 480; the network has no look-ahead).
         gain_reduction_db: ``float32[channels]``, last hop's output energy
             vs input energy in dB (>= 0 usually).
+        backend: where it runs, in words: ``"cpu"``, ``"cpu (fallback:
+            REASON)"``, ``"cuda-graph (DEVICE NAME)"`` or ``"cuda (eager:
+            REASON)"``.
     """
 
     name = "neural"
@@ -417,8 +463,19 @@ class NeuralSuppressor(HopSuppressor):
         if (arch["sample_rate"], arch["hop"], arch["window"]) != (self.sample_rate, self.hop, self.window):
             raise ValueError(f"bundle {b.path}: sample_rate/hop/window {arch['sample_rate']}/{arch['hop']}/"
                              f"{arch['window']} differ from {self.sample_rate}/{self.hop}/{self.window}")
-        self.device = torch.device(device)
-        self.net = b.build_model().to(self.device).eval()
+        self.device, why = resolve_device(device)
+        self._graph = None
+        self._eager_why = ""
+        self._fallback_why = why
+        if why:
+            log.warning("neural: %s; running on the CPU", why)
+        net = b.build_model().eval()
+        if self.device.type == "cuda":
+            try:
+                net = net.to(self.device)
+            except RuntimeError as e:
+                self._fall_back(f"moving the model to {self.device} failed: {e}")
+        self.net = net
         defaults = b.config.get("defaults", {})
         d_strength = float(defaults.get("strength_db", self.PARAMS["strength_db"][2]))
         # this bundle's default strength is what callers read as the default
@@ -441,6 +498,8 @@ class NeuralSuppressor(HopSuppressor):
         a = max(10.0 ** (-self._strength_db / 20.0),
                 0.0 if self._background_db == -math.inf else 10.0 ** (self._background_db / 20.0))
         self._mix = float(a)
+        if self.device.type == "cuda":  # read by the captured graph on its next replay
+            self._mix_t.fill_(self._mix)
 
     @property
     def background_db(self) -> float:
@@ -460,6 +519,14 @@ class NeuralSuppressor(HopSuppressor):
     def reset_core(self) -> None:
         c, dev, net = self.channels, self.device, self.net
         H = self.hop
+        if self._graph is not None:  # the captured graph keeps its tensors: reset them in place
+            with torch.inference_mode():
+                self._m.fill_(_M_INIT)
+                self._u.fill_(_U_INIT)
+                for t in (self._h1, self._h2, self._xh, self._prev, self._ola):
+                    t.zero_()
+            self.gain_reduction_db = np.zeros(c, np.float32)
+            return
         z = dict(device=dev, dtype=torch.float32)
         self._m = torch.full((c, net.n_bands), _M_INIT, **z)
         self._u = torch.full((c, net.df_bins), _U_INIT, **z)
@@ -475,23 +542,106 @@ class NeuralSuppressor(HopSuppressor):
         self._out_t = torch.zeros(3, c, H, **z)
         self._hop_buf = np.zeros((3 * c, H), np.float32)
         self.gain_reduction_db = np.zeros(c, np.float32)
+        if self.device.type == "cuda":
+            try:
+                self._setup_cuda()
+            except RuntimeError as e:
+                self._fall_back(f"setting up CUDA failed: {e}")
+                self.reset_core()
+
+    # -------------------------------------------------------------- CUDA
+    @property
+    def backend(self) -> str:
+        if self.device.type == "cuda":
+            name = torch.cuda.get_device_name(self.device)
+            return f"cuda (eager: {self._eager_why})" if self._graph is None else f"cuda-graph ({name})"
+        return f"cpu (fallback: {self._fallback_why})" if self._fallback_why else "cpu"
+
+    def _fall_back(self, why: str) -> None:
+        log.warning("neural: %s; falling back to the CPU", why)
+        self._fallback_why = why
+        self.device = torch.device("cpu")
+        self._graph = None
+        if getattr(self, "net", None) is not None:
+            self.net = self.net.cpu()
+
+    def _setup_cuda(self) -> None:
+        """Pinned host buffers, a static device input, the mix factor as a
+        device scalar, and one hop captured as a CUDA graph (warmed up on
+        a side stream; the state is restored afterwards). If capture
+        fails the hop runs eagerly on CUDA with the reason kept."""
+        c, H, dev = self.channels, self.hop, self.device
+        self._h_in = torch.zeros(c, H, pin_memory=True)
+        self._h_in_np = self._h_in.numpy()
+        self._h_out = torch.zeros(3 * c + 1, H, pin_memory=True)  # outputs, then gain reduction (row 3C)
+        self._h_out_np = self._h_out.numpy()
+        self._d_in = torch.zeros(c, H, device=dev)
+        self._d_res = torch.zeros(3 * c + 1, H, device=dev)
+        self._mix_t = torch.tensor(getattr(self, "_mix", 1.0), dtype=torch.float32, device=dev)
+        self._graph = None
+        state = (self._m, self._u, self._h1, self._h2, self._xh, self._prev, self._ola)
+        saved = [t.clone() for t in state]
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(3):  # warm-up: cuFFT plans, allocator
+                self._cuda_step()
+        torch.cuda.current_stream(dev).wait_stream(side)
+        try:
+            g = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(g):
+                self._cuda_step()
+            self._graph = g
+        except RuntimeError as e:  # eager CUDA still works
+            self._eager_why = f"graph capture failed: {e}"
+            log.warning("neural: %s; running eagerly on %s", self._eager_why, dev)
+            torch.cuda.synchronize(dev)
+        for t, v in zip(state, saved):
+            t.copy_(v)
+        self._ola.zero_()
+        torch.cuda.synchronize(dev)
+
+    def _cuda_step(self) -> None:
+        """One hop on the device tensors (captured into the graph)."""
+        _fused_step(self._d_in, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._h1,
+                    self._h2, self._xh, self._ola, self._w, self.net.alpha, self._mix_t, self._out_t,
+                    branchless=True)
+        C = self.channels
+        o = self._out_t
+        self._d_res[:3 * C].copy_(o.reshape(3 * C, self.hop))
+        e_in = (o[1] + o[2]).square().sum(1)
+        e_out = o[0].square().sum(1)
+        self._d_res[3 * C, :C].copy_(torch.log10((e_in + 1e-30) / (e_out + 1e-30)).mul_(10.0))
+
+    def _core_cuda(self, hop: np.ndarray) -> None:
+        C = self.channels
+        self._h_in_np[:] = hop
+        self._d_in.copy_(self._h_in, non_blocking=True)
+        if self._graph is not None:
+            self._graph.replay()
+        else:
+            self._cuda_step()
+        self._h_out.copy_(self._d_res, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        np.copyto(self._hop_buf, self._h_out_np[:3 * C])
+        self.gain_reduction_db = self._h_out_np[3 * C, :C].copy()
 
     # -------------------------------------------------------------- core
     @torch.inference_mode()
     def _core(self, hop: np.ndarray) -> None:
         """One hop ``[C, hop]``; writes [output; voice; background] into
         ``self._hop_buf`` (``[3C, hop]``)."""
+        if self.device.type == "cuda":
+            try:
+                return self._core_cuda(hop)
+            except RuntimeError as e:  # a lost device, out of memory, ...: carry on on the CPU
+                self._fall_back(f"CUDA failed while running: {e}")
+                self.reset_core()
         x = torch.from_numpy(hop)
-        if self.device.type != "cpu":
-            x = x.to(self.device)
         _fused_step(x, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._h1, self._h2,
                     self._xh, self._ola, self._w, self.net.alpha, self._mix, self._out_t)
         C = self.channels
-        o = self._out_t.reshape(3 * C, self.hop)
-        if self.device.type == "cpu":
-            np.copyto(self._hop_buf, o.numpy())
-        else:
-            self._hop_buf[:] = o.cpu().numpy()
+        np.copyto(self._hop_buf, self._out_t.reshape(3 * C, self.hop).numpy())
         # meter: this hop's input (delayed) vs output energy
         y = self._hop_buf[:C]
         xin = self._hop_buf[C:2 * C] + self._hop_buf[2 * C:]  # voice + background = delayed input

@@ -7,7 +7,9 @@ class Status(Command):
     Result: ``ready`` (audio flows, connections made), ``channels``,
     ``sample_rate``, ``period``, ``latency_frames`` and ``latency_ms`` (the
     fixed, declared latency through the daemon, also reported to JACK on
-    the ports), ``model``, ``cycles``, ``xruns``, ``deadline_misses`` and
+    the ports), ``model``, ``backend`` (where it runs: ``cpu``,
+    ``cuda-graph (GPU)``, or ``cpu (fallback: REASON)`` after a GPU
+    problem), ``cycles``, ``xruns``, ``deadline_misses`` and
     ``missed_frames`` (cycles and frames served by the dry fallback),
     ``hops``, ``late_hops``, ``skipped_hops``, ``hop_time`` (engine p50/p99
     ms), ``callback_load_p50``/``_p99`` (share of a period), ``reconnects``,

@@ -281,6 +281,14 @@ def test_server_name():
     assert "is not allowed" in one_problem('[jack]\nserver = "a/b"\n' + ONE)
 
 
+def test_engine_device():
+    assert cfg(ONE).engine.device == "auto"
+    for ok in ("cpu", "cuda", "cuda:1", "auto"):
+        assert cfg(f'[engine]\ndevice = "{ok}"\n' + ONE).engine.device == ok
+    p = one_problem('[engine]\ndevice = "gpu"\n' + ONE)
+    assert p.startswith("[engine] device:") and "one of auto, cpu, cuda, cuda:N" in p
+
+
 def test_unknown_model_did_you_mean():
     p = one_problem('[engine]\nmodel = "dps"\n' + ONE)
     from quietcast.models import available_models

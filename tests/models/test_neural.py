@@ -376,3 +376,91 @@ def test_aligned_mode_drops_the_hop_buffer_and_keeps_the_output():
     ya = a.process(x)
     yb = np.concatenate([b.process(x[:, i:i + 480]) for i in range(0, x.shape[1], 480)], axis=1)
     np.testing.assert_array_equal(yb[:, :-480], ya[:, 480:])
+
+
+# ------------------------------------------------------------------ devices
+def test_branchless_step_equals_the_branching_step(tiny_bundle, noisy_speechlike):
+    """The CUDA graph runs ``_fused_step(branchless=True)``: no host-side
+    decisions, mix as a tensor. On the CPU it must give the same numbers,
+    digital silence and the exact ``mix == 1`` path included."""
+    from quietcast.models.neural import _fused_step
+
+    x = noisy_speechlike[0][:, :480 * 40].copy()
+    x = np.concatenate([x, x * 0.5, np.zeros_like(x)])  # 3 channels, one silent throughout
+    x[1, 480 * 10:480 * 20] = 0.0  # a silent stretch on one channel only
+    for mix in (1.0, 0.2, 0.0):
+        a = _sup(tiny_bundle, 3)
+        b = _sup(tiny_bundle, 3)
+        outs = []
+        for sup, branchless in ((a, False), (b, True)):
+            o = []
+            for i in range(0, x.shape[1], 480):
+                hop = torch.from_numpy(x[:, i:i + 480])
+                m = torch.tensor(mix) if branchless else mix
+                with torch.inference_mode():
+                    _fused_step(hop, sup._prev, sup._win, sup._fb_e, sup._fb_i, sup._m, sup._u, sup._h1, sup._h2,
+                                sup._xh, sup._ola, sup._w, sup.net.alpha, m, sup._out_t, branchless=branchless)
+                o.append(sup._out_t.clone())
+            outs.append(torch.cat(o, dim=2))
+        assert torch.allclose(outs[0], outs[1], atol=1e-6, rtol=0)
+        if mix == 1.0:  # exactly the delayed input
+            assert torch.equal(outs[1][0][:, 480:], torch.from_numpy(x[:, :-480]))
+
+
+def test_missing_cuda_falls_back_to_cpu_with_the_reason(tiny_bundle, noisy_speechlike, caplog):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present: the GPU tests below cover it")
+    x = noisy_speechlike[0][:, :9600]
+    with caplog.at_level("WARNING", logger="quietcast.models.neural"):
+        s = _sup(tiny_bundle, device="cuda")
+    assert s.device.type == "cpu"
+    assert s.backend.startswith("cpu (fallback: cuda requested but")
+    assert any("running on the CPU" in r.getMessage() for r in caplog.records)
+    assert np.array_equal(s.process(x), _sup(tiny_bundle).process(x))
+    assert _sup(tiny_bundle, device="auto").backend == "cpu"
+    with pytest.raises(ValueError, match="allowed: auto, cpu, cuda, cuda:N"):
+        _sup(tiny_bundle, device="gpu")
+
+
+def test_create_suppressor_passes_device_only_to_gpu_models():
+    from quietcast.models import create_suppressor
+
+    assert create_suppressor("dsp", 1, device="cuda").backend == "cpu"
+    assert create_suppressor("neural", 1, device="cpu").backend == "cpu"
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("channels", [1, 64])
+def test_cuda_graph_equals_cpu(channels, noisy_speechlike):
+    x = np.tile(noisy_speechlike[0][:, :48_000], (channels, 1))
+    x *= np.linspace(0.2, 1.0, channels, dtype=np.float32)[:, None]
+    x[0, 9600:19200] = 0.0  # digital silence on one channel
+    g = NeuralSuppressor(channels, device="cuda")
+    assert g.backend.startswith("cuda-graph"), g.backend
+    c = NeuralSuppressor(channels)
+    yg = np.concatenate([g.process(x[:, i:i + 480]) for i in range(0, x.shape[1], 480)], axis=1)
+    yc = np.concatenate([c.process(x[:, i:i + 480]) for i in range(0, x.shape[1], 480)], axis=1)
+    assert np.max(np.abs(yg - yc)) < 1e-4
+    assert np.allclose(g.gain_reduction_db, c.gain_reduction_db, atol=0.05)
+    g.set_param("strength_db", 0.0)  # the exact path through the graph
+    y = np.concatenate([g.process(x[:, i:i + 480]) for i in range(0, 4800, 480)], axis=1)
+    assert np.array_equal(y[:, 960:], x[:, :4800 - 960])
+    g.reset()  # in place: the graph stays, the state restarts
+    assert g.backend.startswith("cuda-graph")
+    c.reset()
+    c.set_param("strength_db", 0.0)
+    assert np.array_equal(g.process(x[:, :4800]), c.process(x[:, :4800]))
+
+
+@pytest.mark.gpu
+@gpu
+def test_cuda_1024_channels_in_one_batch(noisy_speechlike):
+    x = np.tile(noisy_speechlike[0][:, :480], (1024, 1))
+    g = NeuralSuppressor(1024, device="cuda")
+    for _ in range(10):
+        y = g.process_hop(x)
+    assert y.shape == (1024, 480) and np.all(np.isfinite(y))
