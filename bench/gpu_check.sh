@@ -1,0 +1,32 @@
+#!/bin/bash
+# The GPU checks of the neural suppressor in one short call, for a session
+# lent a device machine (whose image has CUDA torch, numpy, safetensors and
+# pytest, but no pedalboard, JACK or project install):
+#
+#     bash bench/gpu_check.sh          # from the repository root; ~2-4 min
+#
+# 1. the CUDA tests (pytest -m gpu in tests/models: CUDA graph == CPU,
+#    the exact strength-0 path through the graph, reset in place, 1024
+#    channels in one batch);
+# 2. bench/speed.py --gpu-only: per-hop p50/p99 for 1..4096 channels.
+# Logs and bench/out/speed.json go to $OUT (the device tool's folder) or
+# bench/out. The project is imported through a PEP 420 shim (quietcast/ ->
+# bridge, daemon, models), as the package-dir mapping installs it.
+set -u
+here=$(cd "$(dirname "$0")/.." && pwd)
+out=${OUT:-$here/bench/out}
+mkdir -p "$out"
+shim=$(mktemp -d)
+mkdir -p "$shim/quietcast"
+for p in bridge daemon models; do ln -s "$here/$p" "$shim/quietcast/$p"; done
+export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+cd "$here"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
+} | tee "$out/gpu_env.txt"
+rc=0
+timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_neural.py -rs 2>&1 | tee "$out/gpu_tests.log"
+[ "${PIPESTATUS[0]}" = 0 ] || rc=1
+timeout 300 python3 bench/speed.py --gpu-only --json "$out/speed.json" 2>&1 | tee "$out/gpu_speed.log"
+[ "${PIPESTATUS[0]}" = 0 ] || rc=1
+exit $rc
