@@ -464,3 +464,23 @@ def test_cuda_1024_channels_in_one_batch(noisy_speechlike):
     for _ in range(10):
         y = g.process_hop(x)
     assert y.shape == (1024, 480) and np.all(np.isfinite(y))
+
+
+def test_training_lineage_keeps_every_stage(tmp_path):
+    """A fine-tuned bundle records every earlier stage's training (their
+    exact learning-rate blocks replay them with ``--stage N``), from the
+    older two-file layout (base_config.json) too."""
+    from quietcast.models.train import _lineage
+
+    stage1 = {"training": {"replay_command": "python -m quietcast.models.train --out OUT --schedule B/config.json",
+                           "lr_blocks": [0.002, 0.001]}}
+    stage2 = {"training": {"replay_command": "x --schedule B/config.json --init BASE", "lr_blocks": [5e-4]},
+              "weights": {"sha256": "0" * 64}}
+    (tmp_path / "base_config.json").write_text(json.dumps(stage1))
+    recs = _lineage(stage2, tmp_path)
+    assert [r["stage"] for r in recs] == [1, 2]
+    assert recs[0]["lr_blocks"] == [0.002, 0.001] and recs[1]["lr_blocks"] == [5e-4]
+    stage3 = {"training": {"replay_command": "y", "lr_blocks": [1e-4]}, "lineage": recs}
+    recs3 = _lineage(stage3, tmp_path / "nowhere")
+    assert [r["lr_blocks"] for r in recs3] == [[0.002, 0.001], [5e-4], [1e-4]]
+    assert [r["stage"] for r in recs3] == [1, 2, 3]
