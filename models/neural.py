@@ -475,6 +475,7 @@ class NeuralSuppressor(HopSuppressor):
                 net = net.to(self.device)
             except RuntimeError as e:
                 self._fall_back(f"moving the model to {self.device} failed: {e}")
+                net = b.build_model().eval()  # a fresh copy: the move may have stopped half-way
         self.net = net
         defaults = b.config.get("defaults", {})
         d_strength = float(defaults.get("strength_db", self.PARAMS["strength_db"][2]))
@@ -562,8 +563,8 @@ class NeuralSuppressor(HopSuppressor):
         self._fallback_why = why
         self.device = torch.device("cpu")
         self._graph = None
-        if getattr(self, "net", None) is not None:
-            self.net = self.net.cpu()
+        if getattr(self, "net", None) is not None:  # rebuilt: a failed device may not give its weights back
+            self.net = self.bundle.build_model().eval()
 
     def _setup_cuda(self) -> None:
         """Pinned host buffers, a static device input, the mix factor as a

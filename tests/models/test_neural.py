@@ -422,6 +422,27 @@ def test_missing_cuda_falls_back_to_cpu_with_the_reason(tiny_bundle, noisy_speec
         _sup(tiny_bundle, device="gpu")
 
 
+def test_cuda_failure_mid_stream_falls_back_to_cpu(tiny_bundle, noisy_speechlike, caplog):
+    """A device that fails while running (lost, out of memory) must not stop
+    the audio: the hop is done on the CPU from a fresh state, the reason is
+    logged and shown in ``backend``. (The CUDA step is replaced by one that
+    raises, as a failing device would.)"""
+    x = noisy_speechlike[0][:, :4800]
+    s = _sup(tiny_bundle)
+    s.device = torch.device("cuda")  # pretend it runs there ...
+
+    def broken(hop):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    s._core_cuda = broken  # ... and that the device fails
+    with caplog.at_level("WARNING", logger="quietcast.models.neural"):
+        y = s.process(x)
+    assert s.device.type == "cpu"
+    assert s.backend == "cpu (fallback: CUDA failed while running: CUDA error: an illegal memory access was encountered)"
+    assert any("falling back to the CPU" in r.getMessage() for r in caplog.records)
+    assert np.array_equal(y, _sup(tiny_bundle).process(x))  # the first hop failed: a fresh state from there
+
+
 def test_create_suppressor_passes_device_only_to_gpu_models():
     from quietcast.models import create_suppressor
 
