@@ -603,7 +603,14 @@ def train(args) -> pathlib.Path:
             + (f"; new zero heads: {sorted({k.split('.')[0] for k in missing})}" if missing else ""))
     else:
         net = QCNet(**arch)
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    train_only = tuple(g for g in args.train_only.split(",") if g)
+    if train_only:  # e.g. "fine": a new head learns while the parent's weights stay as they are
+        for name, prm in net.named_parameters():
+            prm.requires_grad_(name.split(".")[0] in train_only)
+        log(f"training only {', '.join(train_only)}: "
+            f"{sum(p.numel() for p in net.parameters() if p.requires_grad):,} of "
+            f"{sum(p.numel() for p in net.parameters()):,} parameters")
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=args.lr)
     hop = DEFAULT_ARCH["hop"]
     win = torch.from_numpy(_window(2 * hop))
     n = int(args.seconds * SR) // hop * hop
@@ -688,7 +695,7 @@ def train(args) -> pathlib.Path:
         loss, parts = _loss(net, V, S, X, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gn = float(torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0))
+        gn = float(torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0))
         opt.step()
         step += 1
         lv = float(loss.detach())
@@ -729,11 +736,13 @@ def train(args) -> pathlib.Path:
             "stage": stage,
             "replay_command": f"python -m quietcast.models.train --out OUT --schedule {args.out}/config.json"
                               f" --stage {stage}" + (f" --init STAGE{stage - 1}" if args.init else "")
-                              + f" --fine-bins {args.fine_bins} --mix-version {args.mix_version} --seed {args.seed}"
+                              + f" --fine-bins {args.fine_bins}"
+                              + (f" --train-only {args.train_only}" if args.train_only else "")
+                              + f" --mix-version {args.mix_version} --seed {args.seed}"
                               f" --batch {args.batch} --seconds {args.seconds} --lr {args.lr}",
             "mix_version": args.mix_version,
             "init": None if init_cfg is None else {"bundle": str(args.init), "sha256": init_cfg["weights"]["sha256"]},
-            "seed": args.seed, "steps": step, "batch": args.batch,
+            "seed": args.seed, "steps": step, "batch": args.batch, "train_only": list(train_only),
             "segment_s": args.seconds, "lr": args.lr,
             "optimizer": f"Adam, linear warm-up {WARMUP} steps, then one rate per {BLOCK} steps on a cosine to 5 %"
                          " of the elapsed share of the time budget (recorded in lr_blocks)",
@@ -782,6 +791,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", default=None, help="shared data folder (default ../shared/data)")
     p.add_argument("--init", default=None, help="start from this bundle's weights (fine-tuning)")
+    p.add_argument("--train-only", default="",
+                   help="comma-separated top-level modules to train (e.g. fine); the rest stay frozen")
     p.add_argument("--fine-bins", type=int, default=0,
                    help="per-bin gain refinement of the lowest N bins (0 = band gains only; with --init, "
                         "a head the parent lacks is added at zero)")
