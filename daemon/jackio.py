@@ -1,14 +1,28 @@
 """JACK I/O: the client, its ports, the rings, and the real-time callback.
 
-Real-time rules for :meth:`JackIO._process` (the JACK process callback), in
-the spirit of JACK-Client's own ``set_process_callback`` docstring:
+The JACK process callback is C (``daemon/rtcallback.c``, ``qc_rt_process``),
+so the real-time thread never takes the GIL: a busy engine thread (torch
+releases and retakes the GIL dozens of times per hop) or control thread
+cannot make it wait. The compiled file is an optional extension built when
+quietcast is installed and loaded with ctypes (:func:`rt_library`); it is
+registered with libjack's ``jack_set_process_callback`` and gets one
+struct (:class:`_RT`, allocated once per client, owned by :class:`JackIO`)
+with every address it needs. Where it cannot be loaded (no C compiler at
+install time, a build from another version of the file) or
+``QUIETCAST_RT_CALLBACK=python`` is set, :meth:`JackIO._process` does the
+same in Python, through JACK-Client; :attr:`JackIO.callback_kind` says
+which one runs and why (also in ``status``), and it is logged once.
+
+Real-time rules for the callback, in the spirit of JACK-Client's own
+``set_process_callback`` docstring:
 
 - it copies port buffers into preallocated rings and out of them, and bumps
-  preallocated counters. Nothing else: no torch, no numpy computation, no
-  locks, no logging or printing, no sleeping, no allocation of buffers, no
-  waiting on the engine. (Python itself still creates a few small transient
-  objects per call - ints, the cffi pointers JACK hands back; there is no
-  way around that in Python, and no audio-sized allocation happens.)
+  preallocated counters. Nothing else: no Python, no locks, no logging or
+  printing, no sleeping, no allocation, no system call but
+  ``clock_gettime`` (the vDSO) for its own duration, no waiting on the
+  engine. (The Python fallback must take the GIL every cycle and creates a
+  few small transient objects per call - ints, the cffi pointers JACK
+  hands back; no audio-sized allocation happens there either.)
 - port buffers are fetched every cycle (``jack_port_get_buffer``), never
   cached.
 - when the engine has not delivered a cycle's output in time (a missed
@@ -16,13 +30,20 @@ the spirit of JACK-Client's own ``set_process_callback`` docstring:
   declared latency instead, so the output stays continuous: never
   silence, never a half-written buffer. ``deadline_misses`` counts those
   cycles.
+- the C and Python callbacks are the same algorithm, line for line; a
+  test runs both on the same cycles and compares every output sample and
+  counter (tests/daemon/test_rtcallback.py).
 
 The rings are single-producer/single-consumer over absolute frame
 positions: the callback writes input frame ``t`` at ``t & MASK`` and then
-publishes ``in_pos``; the engine writes output frame ``t`` at ``t & MASK``
-and then publishes ``out_ready``. Each side only reads what the other has
-published, and the engine never falls more than ``max_backlog`` behind, so
-nothing is overwritten before it is read.
+publishes ``in_pos`` (a release store in C); the engine writes output frame
+``t`` at ``t & MASK`` and then publishes ``out_ready`` (read with an acquire
+load). Each side only reads what the other has published, and the engine
+never falls more than ``max_backlog`` behind, so nothing is overwritten
+before it is read. The callback's duration (ns) goes to
+``timings[cycle & (TIMING_SLOTS - 1)]``. ``latency`` lives in the struct
+too; it is written only outside the real-time thread (an aligned int64
+store, see :attr:`JackIO.latency`).
 
 Latency is reported to JACK on the ports (a latency callback through
 libjack via ctypes, since JACK-Client does not wrap it), so a DAW or a
@@ -35,6 +56,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import fnmatch
+import logging
+import os
+import pathlib
 import threading
 import time
 from typing import Callable
@@ -45,6 +69,9 @@ from .buffers import (  # noqa: F401  (re-exported: the engine and tests use jac
 )
 
 CAPTURE, PLAYBACK = 0, 1
+RT_ENV = "QUIETCAST_RT_CALLBACK"  # "python" forces the Python callback (tests, debugging); default "auto"
+
+log = logging.getLogger("quietcast.jack")
 
 
 class _Range(ctypes.Structure):
@@ -71,8 +98,84 @@ def libjack():
         lib.jack_recompute_total_latencies.restype = ctypes.c_int
         lib.jack_port_by_name.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         lib.jack_port_by_name.restype = ctypes.c_void_p
+        lib.jack_set_process_callback.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        lib.jack_set_process_callback.restype = ctypes.c_int
         _libjack = lib
     return _libjack
+
+
+class _RT(ctypes.Structure):
+    """``struct qc_rt`` of daemon/rtcallback.c: what the C callback reads."""
+
+    _fields_ = [
+        ("abi", ctypes.c_int64),
+        ("get_buffer", ctypes.c_void_p),  # libjack's jack_port_get_buffer
+        ("counters", ctypes.c_void_p),  # int64 [N_COUNTERS]
+        ("timings", ctypes.c_void_p),  # int64 [TIMING_SLOTS]
+        ("latency", ctypes.c_int64),  # written outside the RT thread only
+        ("ring", ctypes.c_int64),
+        ("timing_slots", ctypes.c_int64),
+        ("n_in", ctypes.c_int64),
+        ("n_out", ctypes.c_int64),
+        ("in_ports", ctypes.c_void_p),  # void* [n_in]
+        ("in_base", ctypes.c_void_p),  # float* [n_in]
+        ("out_ports", ctypes.c_void_p),  # void* [n_out]
+        ("out_base", ctypes.c_void_p),  # float* [n_out]
+        ("dry_base", ctypes.c_void_p),  # float* [n_out]
+        ("dry_silent", ctypes.c_void_p),  # int32 [n_out]
+    ]
+
+
+RT_ABI = 1  # QC_RT_ABI in rtcallback.c
+_rt_lib: tuple | None = None
+_logged_kind: str | None = None
+
+
+def rt_library() -> tuple[ctypes.CDLL | None, str]:
+    """The compiled callback: ``(library, path)``, or ``(None, why not)``.
+
+    It is the extension module ``quietcast.daemon._rtcallback`` that
+    setuptools builds from daemon/rtcallback.c at install time (optional:
+    an install without a C compiler has none). It has no ``PyInit``: it is
+    found with importlib, never imported, and loaded with ctypes. Its
+    layout (ABI, struct size, counter slots) must match this module's."""
+    global _rt_lib
+    if _rt_lib is None:
+        _rt_lib = _load_rt()
+    return _rt_lib
+
+
+def _load_rt() -> tuple[ctypes.CDLL | None, str]:
+    import importlib.util
+
+    name = f"{__package__}._rtcallback"
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError) as e:
+        spec, err = None, f": {e}"
+    else:
+        err = ""
+    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
+        return None, (f"{name} is not built{err} (daemon/rtcallback.c is compiled when quietcast is installed; "
+                      "install a C compiler and re-install)")
+    try:
+        lib = ctypes.CDLL(spec.origin)
+        layout = tuple((ctypes.c_int64 * 8).in_dll(lib, "qc_rt_layout"))
+        lib.qc_rt_process.argtypes = [ctypes.c_uint32, ctypes.c_void_p]
+        lib.qc_rt_process.restype = ctypes.c_int
+    except (OSError, AttributeError, ValueError) as e:
+        return None, f"cannot load {spec.origin}: {e}"
+    want = (RT_ABI, ctypes.sizeof(_RT), CYCLES, IN_POS, OUT_READY, DEADLINE_MISSES, MISSED_FRAMES, LATE_START)
+    if layout != want:
+        return None, (f"{spec.origin} was built from another version of rtcallback.c "
+                      f"(layout {layout}, expected {want}); re-install quietcast")
+    src = pathlib.Path(__file__).with_name("rtcallback.c")
+    try:
+        if src.stat().st_mtime > os.stat(spec.origin).st_mtime:  # an editable install whose C file was edited
+            log.warning("%s is older than %s: re-run `pip install -e .` to rebuild it", spec.origin, src)
+    except OSError:
+        pass
+    return lib, spec.origin
 
 
 def _addr(cdata) -> int:
@@ -106,6 +209,7 @@ class JackIO:
 
     The engine talks to this object only through :attr:`inring`,
     :attr:`outring`, :attr:`dryidx` and :attr:`counters`.
+    :attr:`callback_kind` is ``"c"`` or ``"python (REASON)"`` once open.
     """
 
     def __init__(self, client_name: str, server: str, channels: list[str], stems: list[bool],
@@ -129,6 +233,9 @@ class JackIO:
         self.inring, self.outring, self.silence = b.inring, b.outring, b.silence
         self.counters, self.timings = b.counters, b.timings  # callback durations in ns
         self.client = None
+        self._rt: _RT | None = None  # what the C callback reads (allocated at open)
+        self._rt_keep: list = []  # the arrays it points to
+        self.callback_kind = ""
         self.latency = 0
         self.period = 0
         self.sample_rate = 0
@@ -136,6 +243,19 @@ class JackIO:
         self.ports_changed = threading.Event()
         self.period_changed = threading.Event()
         self._cb_refs: list = []
+
+    @property
+    def latency(self) -> int:
+        """Declared latency in frames. Set only outside the real-time
+        thread; the C callback reads its copy in the struct (kept in step
+        here: an aligned int64 store)."""
+        return self._latency
+
+    @latency.setter
+    def latency(self, frames: int) -> None:
+        self._latency = int(frames)
+        if self._rt is not None:
+            self._rt.latency = self._latency
 
     # ------------------------------------------------------------------
     # open / close
@@ -147,6 +267,7 @@ class JackIO:
 
         self.shutdown_event.clear()
         self.period_changed.clear()
+        rt_library()  # loaded (once) before the ports exist: not while others may already see them
         client = jack.Client(self.client_name, servername=self.server, no_start_server=True)
         try:
             self.sample_rate = client.samplerate
@@ -157,7 +278,7 @@ class JackIO:
             self._in_ports = [client.inports.register(f"{c}_in") for c in self.channels]
             self._out_ports = [client.outports.register(n) for n in self.out_names]
             self._prepare_rt(client)
-            client.set_process_callback(self._process)
+            self._set_process_callback(client)
             client.set_xrun_callback(self._on_xrun)
             client.set_shutdown_callback(self._on_shutdown)
             client.set_port_registration_callback(self._on_port_registration, only_available=False)
@@ -215,6 +336,74 @@ class JackIO:
         self._ccast = ffi.cast
         self._perf = time.perf_counter_ns
 
+    def _set_process_callback(self, client) -> None:
+        """Register the C callback, or else the Python one; say which."""
+        global _logged_kind
+        why = where = ""
+        want = os.environ.get(RT_ENV, "").strip().lower()
+        if want not in ("", "auto", "c", "python"):
+            log.warning("%s=%s is not one of auto, c, python: using auto", RT_ENV, want)
+        if want == "python":
+            why = f"{RT_ENV}=python"
+        else:
+            lib, where = rt_library()
+            if lib is None:
+                why = where
+            else:
+                try:
+                    jl = libjack()
+                    self._rt_struct(ctypes.cast(jl.jack_port_get_buffer, ctypes.c_void_p).value)
+                    fn = ctypes.cast(lib.qc_rt_process, ctypes.c_void_p).value
+                    rc = jl.jack_set_process_callback(_addr(client._ptr), fn, ctypes.addressof(self._rt))
+                    if rc:
+                        raise OSError(f"jack_set_process_callback returned {rc}")
+                    # everything the callback touches lives as long as the client: a jack.Client
+                    # closes itself in __del__, before its attributes go
+                    client._quietcast_rt = (self._rt, self._rt_keep, self.inring, self.outring, self.silence,
+                                            self.counters, self.timings)
+                except Exception as e:
+                    self._rt, self._rt_keep = None, []
+                    why = f"registering the C callback failed: {e}"
+        if why:
+            client.set_process_callback(self._process)
+            self.callback_kind = f"python ({why})"
+        else:
+            self.callback_kind = "c"
+        if self.callback_kind != _logged_kind:  # once per process (and on a change), not every reconnect
+            _logged_kind = self.callback_kind
+            if why and not why.startswith(RT_ENV):
+                log.warning("JACK process callback: Python, %s; it takes the GIL every cycle, so a busy engine "
+                            "can cause xruns", why)
+            else:
+                log.info("JACK process callback: %s", f"Python ({why})" if why else f"C ({where}), no GIL")
+
+    def _rt_struct(self, get_buffer: int) -> _RT:
+        """The struct the C callback reads (kept as ``self._rt``), filled
+        from what :meth:`_prepare_rt` prepared (``get_buffer``: the address
+        of ``jack_port_get_buffer``, or of a stand-in in tests)."""
+        n_in, n_out = len(self._in_ports), len(self._out_ports)
+        ptrs = lambda a: (ctypes.c_void_p * max(len(a), 1))(*a)  # noqa: E731
+        in_ports = ptrs([_addr(p._ptr) for p in self._in_ports])
+        out_ports = ptrs([_addr(p._ptr) for p in self._out_ports])
+        ins = [self.inring[i].ctypes.data for i in range(n_in)]
+        in_base = ptrs(ins)
+        out_base = ptrs([self.outring[j].ctypes.data for j in range(n_out)])
+        # as in _prepare_rt: main and voice fall back to their channel's dry input, background to silence
+        dry_base = ptrs([self.silence.ctypes.data if silent else ins[self.out_channel[j]]
+                         for j, silent in enumerate(self._dry_silent)])
+        dry_silent = (ctypes.c_int32 * max(n_out, 1))(*[int(x) for x in self._dry_silent])
+        for a in (self.inring, self.outring, self.silence, self.counters, self.timings):
+            if not (a.flags.c_contiguous and a.flags.aligned):
+                raise ValueError("the rings and counters must be C-contiguous and aligned")
+        rt = _RT(abi=RT_ABI, get_buffer=get_buffer, counters=self.counters.ctypes.data,
+                 timings=self.timings.ctypes.data, latency=self.latency, ring=RING, timing_slots=TIMING_SLOTS,
+                 n_in=n_in, n_out=n_out, in_ports=ctypes.addressof(in_ports), in_base=ctypes.addressof(in_base),
+                 out_ports=ctypes.addressof(out_ports), out_base=ctypes.addressof(out_base),
+                 dry_base=ctypes.addressof(dry_base), dry_silent=ctypes.addressof(dry_silent))
+        self._rt_keep = [in_ports, out_ports, in_base, out_base, dry_base, dry_silent]
+        self._rt = rt  # from now on, setting latency updates it
+        return rt
+
     def _copy_in(self, dst_base, src, off, frames):
         # ring write with wrap-around (4 bytes a frame)
         first = min(frames, RING - off)
@@ -229,6 +418,7 @@ class JackIO:
             self._memmove(dst + 4 * (dst_off + first), src_base, 4 * (frames - first))
 
     def _process(self, frames):
+        # the Python fallback; qc_rt_process in rtcallback.c is the same, line for line
         t0 = self._perf()
         cnt = self.counters
         cast, get = self._ccast, self._get_buffer
@@ -256,8 +446,8 @@ class JackIO:
             else:
                 cnt[LATE_START] += 1
         c = int(cnt[CYCLES])
-        cnt[CYCLES] = c + 1
         self.timings[c & (TIMING_SLOTS - 1)] = self._perf() - t0
+        cnt[CYCLES] = c + 1  # after its timing: a reader of CYCLES finds every timing written
 
     def _on_xrun(self, delayed_usecs):
         self.counters[XRUNS] += 1

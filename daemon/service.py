@@ -575,6 +575,7 @@ class Daemon:
                 "missed_frames": int(c[jackio.MISSED_FRAMES]) + self._totals["missed_frames"],
                 "callback_load_p50": round(float(np.percentile(t, 50)) / period_s, 4) if len(t) else 0.0,
                 "callback_load_p99": round(float(np.percentile(t, 99)) / period_s, 4) if len(t) else 0.0,
+                "callback": io.callback_kind,
             })
         if self.control is not None:
             st["control"] = {"endpoint": self.control.endpoint, "events": self.control.events_endpoint,

@@ -12,8 +12,11 @@ class Status(Command):
     problem), ``cycles``, ``xruns``, ``deadline_misses`` and
     ``missed_frames`` (cycles and frames served by the dry fallback),
     ``hops``, ``late_hops``, ``skipped_hops``, ``hop_time`` (engine p50/p99
-    ms), ``callback_load_p50``/``_p99`` (share of a period), ``reconnects``,
-    ``meters`` (latest per channel) and ``params`` (every channel's values).
+    ms), ``callback_load_p50``/``_p99`` (share of a period), ``callback``
+    (which JACK process callback runs: ``c``, the compiled one that never
+    takes the GIL, or ``python (REASON)``, the fallback, e.g. when it was
+    not built), ``reconnects``, ``meters`` (latest per channel) and
+    ``params`` (every channel's values).
     """
 
     name = "status"

@@ -90,6 +90,14 @@ class Running:
         return rec[:, start:], self.daemon.io.latency
 
 
+def assert_c_callback_under_ci(st):
+    """CI builds the C process callback (daemon/rtcallback.c): the live
+    tests must run it, not the Python fallback (a fallback is not a pass)."""
+    assert st["callback"] == "c" or st["callback"].startswith("python (")
+    if os.environ.get("CI"):
+        assert st["callback"] == "c", st["callback"]
+
+
 @pytest.mark.parametrize("period", [64, 256, 1024])
 def test_impulse_comes_out_after_exactly_the_declared_latency(jack_servers, period):
     srv = jack_servers(period)
@@ -103,6 +111,7 @@ def test_impulse_comes_out_after_exactly_the_declared_latency(jack_servers, peri
         y, latency = r.run(x)
         st = r.daemon.status()
         assert st["latency_frames"] == latency
+        assert_c_callback_under_ci(st)
         assert int(np.argmax(np.abs(y[0]))) == 1000 + latency
         assert y[0, 1000 + latency] == pytest.approx(0.5, abs=1e-6)
         # (a deadline missed on a loaded machine would not show here: the dry
@@ -149,8 +158,14 @@ def test_suppressor_cleans_noise_live(jack_server, noisy_speechlike):
         assert meters["gain_reduction_db"] <= 0.0
 
 
-def test_a_slow_engine_never_leaves_a_gap(jack_server):
-    # every hop takes 12 ms for 10 ms of audio: the engine must fall behind
+@pytest.mark.parametrize("callback", ["c", "python"])
+def test_a_slow_engine_never_leaves_a_gap(jack_server, callback, monkeypatch):
+    # every hop takes 12 ms for 10 ms of audio: the engine must fall behind.
+    # Also run with the Python fallback callback, so it stays tested live.
+    if callback == "python":
+        monkeypatch.setenv(jackio.RT_ENV, "python")
+    else:
+        monkeypatch.delenv(jackio.RT_ENV, raising=False)
     cfg = config(jack_server.name, [{"name": "host", "strength": 0.0}], max_backlog_ms=200.0)
     with Running(cfg, engine_options={"slow_hop_s": 0.012}) as r:
         r.connect(r.player.name(), "qcd:host_in")
@@ -159,6 +174,10 @@ def test_a_slow_engine_never_leaves_a_gap(jack_server):
         x = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
         y, L = r.run(x)
         st = r.daemon.status()
+        if callback == "python":
+            assert st["callback"] == "python (QUIETCAST_RT_CALLBACK=python)"
+        else:
+            assert_c_callback_under_ci(st)
         assert st["deadline_misses"] > 0 and st["missed_frames"] > 0
         out = y[0, L:L + x.size]
         # continuous: the processed path and the dry fallback are both the
@@ -225,6 +244,9 @@ def test_jackd_restart_is_survived_with_connections_restored(jack_servers, tmp_p
         out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0, out
     assert "JACK server went away" in out and "back after" in out
+    assert out.count("JACK process callback:") == 1, out  # said once, not at every reconnect
+    if os.environ.get("CI"):
+        assert "JACK process callback: C (" in out, out
 
 
 def test_the_readme_demo_runs_live_on_a_private_server(tmp_path):
