@@ -722,6 +722,18 @@ def _pct(a, q) -> float | None:
     return round(float(np.percentile(a, q)), 4) if len(a) else None
 
 
+def _connect_retry(client, src: str, dst: str, timeout_s: float = 2.0) -> None:
+    end = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.connect(src, dst)
+            return
+        except Exception:  # jack.JackError: the daemon not yet active
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.02)
+
+
 def run_point(rig: Rig, model: str, n: int, seconds: float, opts, early_stop: bool = True,
               rss_every: float = RSS_EVERY_S, tag: str = "") -> dict:
     """Start the daemon with ``n`` channels, feed every channel, measure
@@ -760,9 +772,12 @@ def run_point(rig: Rig, model: str, n: int, seconds: float, opts, early_stop: bo
                 raise RuntimeError(f"daemon ports did not appear in {opts.start_timeout:g} s")
             time.sleep(0.1)
         rec["startup_s"] = round(time.monotonic() - t_launch, 2)
-        for i in range(n):
-            rig.ctl.connect(rig.outs[i % N_SOURCES], f"{client}:c{i}_in")
-        rig.ctl.connect(f"{client}:c0_out", rig.rec_ins[1])
+        # the ports exist a few ms before the client is activated, and JACK2
+        # refuses connections to an inactive client: retry for a moment
+        pairs = [(rig.outs[i % N_SOURCES], f"{client}:c{i}_in") for i in range(n)]
+        pairs.append((f"{client}:c0_out", rig.rec_ins[1]))
+        for src, dst in pairs:
+            _connect_retry(rig.ctl, src, dst)
         time.sleep(opts.settle)
         # ---- the measured window
         st0 = d.status()  # child/thread: baseline of counters and raw rings
