@@ -170,14 +170,23 @@ def cmd_models(args) -> int:
     rows = []
     for name in available_models():
         sup = create_suppressor(name, 1)
+        bundle = getattr(sup, "bundle", None)
+        lic = bundle.config.get("licence") if bundle is not None else None
         rows.append({"name": name, "is": resolve_model(name), "sample_rate": sup.sample_rate,
-                     "latency_samples": sup.latency, "latency_ms": 1000.0 * sup.latency / sup.sample_rate})
+                     "latency_samples": sup.latency, "latency_ms": 1000.0 * sup.latency / sup.sample_rate,
+                     "bundle": str(bundle.path) if bundle is not None else None,
+                     "commercial_use": None if lic is None else lic["commercial_use"],
+                     "licence_note": None if lic is None else lic["note"]})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
             alias = f" (= {r['is']})" if r["is"] != r["name"] else ""
-            print(f"{r['name']:<12}{alias:<10} {r['sample_rate']} Hz, latency {r['latency_samples']} samples = {r['latency_ms']:.1f} ms")
+            lic = ""
+            if r["commercial_use"] is not None:
+                lic = "; weights: " + ("commercial use allowed" if r["commercial_use"] else "NON-COMMERCIAL only")
+            print(f"{r['name']:<13}{alias:<10} {r['sample_rate']} Hz, latency {r['latency_samples']} samples = "
+                  f"{r['latency_ms']:.1f} ms{lic}")
     return EXIT_OK
 
 

@@ -14,6 +14,11 @@ Names known to :func:`create_suppressor`:
 - ``neural``: the small causal recurrent network of :mod:`.neural` with the
   shipped bundle ``models/assets/default`` (or ``bundle=NAME_OR_PATH``);
   needs torch, which is imported only when such a suppressor is built.
+  Its training data include non-commercial sets: see the bundle's
+  ``licence`` and model card.
+- ``neural-clean``: the same network with ``models/assets/clean``, trained
+  only on data that allows commercial use (listed when that bundle is
+  present).
 - ``default``: the best model available here (the shipped neural bundle
   when present, its checksum is right and torch is installed, else
   ``dsp``).
@@ -41,11 +46,21 @@ def _neural(channels: int, **kw) -> Suppressor:
     return NeuralSuppressor(channels=channels, **kw)
 
 
+def _neural_clean(channels: int, **kw) -> Suppressor:
+    kw.setdefault("bundle", "clean")
+    return _neural(channels, **kw)
+
+
+_GPU_MODELS = {"neural", "neural-clean"}
+
+
 _FACTORIES = {
     "dsp": _dsp,
     "neural": _neural,
     "passthrough": lambda channels, **kw: Passthrough(channels),
 }
+if (__import__("pathlib").Path(__file__).resolve().parent / "assets" / "clean" / "config.json").is_file():
+    _FACTORIES["neural-clean"] = _neural_clean
 
 _default_cache: dict = {}
 
@@ -96,7 +111,7 @@ def create_suppressor(name: str = "default", channels: int = 1, device: str = "c
 
     Raises ValueError naming the model and listing the known ones."""
     real = resolve_model(name)
-    if real == "neural":
+    if real in _GPU_MODELS:
         kwargs["device"] = device
     if real not in _FACTORIES:
         import difflib

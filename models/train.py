@@ -530,6 +530,29 @@ _SOURCE_NOTES = {
 }
 
 
+#: source groups whose licence forbids commercial use, or does not say
+NON_COMMERCIAL = {"urbansound8k": "UrbanSound8K is CC BY-NC 3.0", "nonspeech100": "nonspeech100 states no licence"}
+
+
+def weights_licence(groups, parent: dict | None = None) -> dict:
+    """What the training data allows for the weights: ``commercial_use``
+    is False when any stage (this one, or an earlier one through
+    ``parent``) trained on a non-commercial or unlicensed source."""
+    reasons = [NON_COMMERCIAL[g] for g in sorted(groups) if g in NON_COMMERCIAL]
+    if parent is not None:
+        prev = parent.get("licence") or weights_licence(
+            {g for g in NON_COMMERCIAL if any(g.lower() in str(s).lower().replace(" ", "")
+                                                for s in parent.get("data", {}).get("train", {}).get("noise", []))})
+        reasons += [r for r in prev.get("reasons", []) if r not in reasons]
+    if reasons:
+        return {"commercial_use": False, "reasons": reasons,
+                "note": "trained on data that forbids commercial use or states no licence: research and "
+                        "non-commercial use only; retrain with --exclude urbansound8k,nonspeech100"}
+    return {"commercial_use": True, "reasons": [],
+            "note": "all training data allows commercial use; CC BY / CC BY-SA sources need attribution "
+                    "(see the model card)"}
+
+
 def _train_sources(corpus: "Corpus", exclude=()) -> dict:
     out = {}
     for kind in ("speech", "noise"):
@@ -760,6 +783,8 @@ def train(args) -> pathlib.Path:
                       "(3.5-16 kHz, input and target), 8 % clipping (input), 4 % noise-only, 4 % speech-only",
         },
     }
+    config["licence"] = weights_licence({s["group"] for kind in ("speech", "noise") for s in corpus.items[kind]},
+                                        init_cfg)
     if lineage:  # the earlier stages' records: their lr_blocks replay them (--stage N)
         config["lineage"] = lineage
         for k, rec in enumerate(lineage, 1):
