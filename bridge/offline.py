@@ -9,7 +9,8 @@
 - Never loses data: writes a hidden temporary file beside the target and
   renames it into place only when complete; refuses to overwrite unless
   ``overwrite=True``; a corrupt or unreadable input is reported and skipped
-  and the other files go on.
+  and the other files go on. That includes a WAV, AIFF or FLAC file cut
+  short (which pedalboard would pad with zeros; :mod:`.audiocheck`).
 - ``jobs=N`` processes N files at once in worker processes.
 """
 
@@ -26,6 +27,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from .audiocheck import truncation_problem
 from .chain import Chain
 from .errors import AudioFileError, BridgeError, ChainSpecError
 
@@ -167,6 +169,11 @@ def _open_input(src: str, sample_rate: int | None):
         f = AudioFile(src)
     except Exception as e:
         raise AudioFileError(src, f"cannot be read as audio: {_short(e)}") from None
+    # pedalboard pads a WAV, AIFF or FLAC file cut short with zeros, silently
+    problem = truncation_problem(src)
+    if problem:
+        f.close()
+        raise AudioFileError(src, problem)
     if f.frames == 0:
         f.close()
         raise AudioFileError(src, "holds no audio frames")

@@ -243,6 +243,26 @@ def test_folder_with_a_corrupt_file(ray_local, tree, tmp_path):
         assert (out / rel).read_bytes() == (local / rel).read_bytes()
 
 
+def test_truncated_files_are_reported_whole_or_split(ray_local, tmp_path):
+    """A file cut short (which pedalboard pads with zeros) fails in the
+    file task and in the silence scan of a long file alike: reported,
+    nothing written, the other file done."""
+    src = tmp_path / "in"
+    write(src / "ok.wav", programme(2, SR, 1, seed=3), SR)
+    for name, seconds in (("short.flac", 2), ("long.flac", 6)):
+        write(tmp_path / name, programme(seconds, SR, 2, seed=4), SR)
+        b = (tmp_path / name).read_bytes()
+        (src / name).write_bytes(b[:len(b) * 2 // 3])
+    out = tmp_path / "out"
+    s = C.process_files_ray(speech_chain(), plan_jobs([str(src)], str(out)), split_seconds=3)
+    by_name = {os.path.basename(r.src): r for r in s.results}
+    assert by_name["ok.wav"].ok
+    for name, seconds in (("short.flac", 2), ("long.flac", 6)):
+        r = by_name[name]
+        assert not r.ok and r.error.startswith(f"truncated: the header declares {seconds * SR} frames"), r.error
+    assert sorted(os.listdir(out)) == ["ok.wav"] and leftovers(out) == []
+
+
 def test_a_stage_fault_is_retried_once_then_reported_and_nothing_is_written(ray_local, tmp_path, qcgain_vst3):
     write(tmp_path / "in.wav", programme(2, SR, 2), SR)
     chain = Chain([{"name": "v", "type": "plugin", "path": str(qcgain_vst3), "params": {"fault": True}}])
