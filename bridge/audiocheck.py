@@ -13,10 +13,13 @@ What is checked, per format (recognised by its first bytes, not its name):
 
 WAV (RIFF, RIFX, RF64/BW64; PCM, float, A-/mu-law, WAVE_FORMAT_EXTENSIBLE)
     The chunks are walked to ``data``; the file is cut when that chunk's
-    declared size is larger than the bytes that follow it. A size of 0 or
-    0xFFFFFFFF (how a streamed WAV says "unknown") is not a problem, nor
-    are chunks after ``data`` (LIST, id3 ...) or a missing pad byte after
-    an odd-sized ``data``.
+    declared size is larger than the bytes that follow it. Chunks after
+    ``data`` (LIST, id3 ...) and a missing pad byte after an odd-sized
+    ``data`` are no problem. A RIFF ``data`` size of 0 or 0xFFFFFFFF (a
+    streamed or never-finished recording: "unknown") with audio after it
+    is reported too, though not as truncation: pedalboard reads 0 frames
+    from the first and about 6 hours (zero-padded) from the second, so
+    the header must be rewritten first (the message says how).
 AIFF / AIFF-C (uncompressed, ``sowt``, ``fl32``/``fl64``, ``in24``/``in32``)
     ``COMM``'s frame count against the bytes ``SSND`` holds.
 FLAC (native, optionally after an ID3v2 tag)
@@ -121,9 +124,17 @@ def _wav(f, size: int, kind: bytes) -> str | None:
         elif cid == b"data":
             if kind in (b"RF64", b"BW64") and n == 0xFFFFFFFF:
                 n = rf64_data
-            if not n or n == 0xFFFFFFFF or fmt is None:
-                return None  # size unknown (a streamed WAV), or no format before the data
+            if fmt is None:
+                return None  # no format before the data: the decoder says what is wrong
             align, rate = fmt
+            if not n or n == 0xFFFFFFFF:  # size unknown: a streamed or never-finished recording
+                present = max(0, size - (pos + 8)) // align
+                if not present:
+                    return None
+                return (f"the WAV header leaves the length unknown (data size {n:#x}, as a streamed or unfinished "
+                        f"recording writes it); the file holds {present} frames ({present / rate:.2f} s), but the "
+                        f"decoder would read {'none' if not n else 'hours of padding'}: rewrite the header first, "
+                        f"e.g. `sox IN.wav OUT.wav`")
             declared, present = n // align, max(0, size - (pos + 8)) // align
             return _message(declared, present, rate) if present < declared else None
         pos += 8 + n + (n & 1)

@@ -219,13 +219,21 @@ def test_wav_odd_data_size_without_its_pad_byte(tmp_path):
 
 
 @pytest.mark.parametrize("size", [0, 0xFFFFFFFF])
-def test_wav_streamed_with_unknown_size_is_not_called_truncated(tmp_path, size):
-    p = write(tmp_path / "a.wav", noise(), bit_depth=16)
+def test_wav_streamed_with_unknown_size_is_reported_with_the_fix(tmp_path, size):
+    """pedalboard reads 0 frames (size 0) or ~6 hours of zero padding
+    (0xFFFFFFFF) from such a file: it is refused with what to do, not
+    processed into nothing or into hours of silence."""
+    x = noise()
+    p = write(tmp_path / "a.wav", x, bit_depth=16)
     b = bytearray(p.read_bytes())
     i = b.index(b"data")
     b[i + 4:i + 8] = struct.pack("<I", size)
     b[4:8] = struct.pack("<I", size)
     p.write_bytes(bytes(b))
+    msg = truncation_problem(str(p))
+    assert msg.startswith(f"the WAV header leaves the length unknown (data size {size:#x}")
+    assert f"the file holds {x.shape[1]} frames" in msg and "sox IN.wav OUT.wav" in msg
+    p.write_bytes(bytes(b[:i + 8]))  # and no audio at all: the decoder's own "no frames" is enough
     assert truncation_problem(str(p)) is None
 
 
