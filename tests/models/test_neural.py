@@ -505,3 +505,27 @@ def test_training_lineage_keeps_every_stage(tmp_path):
     recs3 = _lineage(stage3, tmp_path / "nowhere")
     assert [r["lr_blocks"] for r in recs3] == [[0.002, 0.001], [5e-4], [1e-4]]
     assert [r["stage"] for r in recs3] == [1, 2, 3]
+
+
+def test_weights_licence_follows_every_stage():
+    from quietcast.models.train import weights_licence
+
+    clean = weights_licence({"ljspeech", "asterisk-en", "misc", "music"})
+    assert clean["commercial_use"] is True and clean["reasons"] == []
+    nc = weights_licence({"ljspeech", "urbansound8k"})
+    assert nc["commercial_use"] is False and nc["reasons"] == ["UrbanSound8K is CC BY-NC 3.0"]
+    # fine-tuning on clean data does not clean a parent trained on non-commercial data
+    child = weights_licence({"ljspeech", "misc"}, {"licence": nc})
+    assert child["commercial_use"] is False and "UrbanSound8K is CC BY-NC 3.0" in child["reasons"]
+    # a parent from before the licence field: read from its data record
+    old = {"data": {"train": {"noise": ["nonspeech100, Hu & Wang (research set, licence not stated): 90 files"]}}}
+    assert weights_licence({"misc"}, old)["reasons"] == ["nonspeech100 states no licence"]
+
+
+def test_shipped_bundles_state_their_licence():
+    for name in ("default", "clean"):
+        if not (ASSETS / name / "config.json").is_file():
+            assert name != "default"
+            continue
+        lic = verify_bundle(name)["licence"]
+        assert isinstance(lic["commercial_use"], bool) and lic["note"]
