@@ -226,9 +226,28 @@ def _rms(x):
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)) + 1e-20))
 
 
-def _speech_segment(rng, corpus: Corpus, n: int) -> tuple[np.ndarray, float]:
+#: mix version 3: share of utterances played slower, and the range of the
+#: speed factor (0.6 lowers pitch and formants by 8.8 semitones)
+LOWER_P = 0.5
+LOWER_RANGE = (0.6, 0.95)
+
+
+def _lower(rng, u: np.ndarray) -> tuple[np.ndarray, float]:
+    """``u`` played slower by a random factor (pitch and formants lower, as
+    in a lower, larger voice; every training voice is female); returns it
+    and the factor (its bandwidth scales by that factor too)."""
+    from scipy.signal import resample_poly
+
+    f = rng.uniform(*LOWER_RANGE)
+    up = 40
+    down = max(1, int(round(up * f)))
+    return resample_poly(u, up, down).astype(np.float32), down / up
+
+
+def _speech_segment(rng, corpus: Corpus, n: int, version: int = 2) -> tuple[np.ndarray, float]:
     """Random utterances with pauses, levelled to one another; and the
-    lowest source bandwidth in the segment (Hz)."""
+    lowest source bandwidth in the segment (Hz). Version 3 plays half the
+    utterances slower (:func:`_lower`): lower voices than the corpus has."""
     out = np.zeros(n, np.float32)
     pos = int(rng.integers(0, SR // 2)) if rng.random() < 0.5 else 0
     bw = SR / 2
@@ -236,12 +255,16 @@ def _speech_segment(rng, corpus: Corpus, n: int) -> tuple[np.ndarray, float]:
     while pos < n:
         i = int(rng.integers(ns))
         u = corpus.get("speech", i)
+        f = 1.0
+        if version >= 3 and rng.random() < LOWER_P:
+            u, f = _lower(rng, u.astype(np.float32) * _I16)
+            u = np.clip(np.round(u / _I16), -32768, 32767).astype(np.int16)
         if u.size > n - pos and rng.random() < 0.7:  # start inside a long utterance
             off = int(rng.integers(0, u.size - (n - pos) // 2))
             u = u[off:]
         u = u[:n - pos].astype(np.float32) * _I16
         out[pos:pos + u.size] = u * np.float32(10 ** (rng.uniform(-6, 6) / 20) / (_rms(u) + 1e-4))
-        bw = min(bw, corpus.speech_bw[i])
+        bw = min(bw, corpus.speech_bw[i] * f)
         pos += u.size + int(rng.uniform(0.0, 0.6) * SR)
     return out, bw
 
@@ -350,7 +373,10 @@ def make_mixture(rng, corpus: Corpus, n: int, snr_range=(-5.0, 25.0), augment: b
     "clean speech" examples carry noise 40-60 dB down (in version 1 they
     were exactly noise-free, which taught the network that a digitally
     silent start means "nothing to remove"), and 25 % of examples start
-    after 1-1439 samples of digital silence (a source that starts mid-hop)."""
+    after 1-1439 samples of digital silence (a source that starts mid-hop).
+    Version 3 adds lower voices: half the utterances are played 0.6-0.95x
+    as fast (pitch and formants lower), since every training voice is
+    female; versions 1 and 2 draw exactly the random numbers they did."""
     r = rng.random()
     speech_on = r >= 0.04  # 4 % noise only
     noise_on = not (0.04 <= r < 0.08) or version >= 2  # v1: 4 % clean speech only
@@ -358,7 +384,7 @@ def make_mixture(rng, corpus: Corpus, n: int, snr_range=(-5.0, 25.0), augment: b
         snr_range = (40.0, 60.0)
     s = np.zeros(n, np.float32)
     if speech_on:
-        s, bw = _speech_segment(rng, corpus, n)
+        s, bw = _speech_segment(rng, corpus, n, version)
         if augment and bw < SR / 2 - 1000 and rng.random() < 0.75:
             s = _sbr(rng, s, bw)
     if speech_on and augment and rng.random() < 0.3:  # reverberant speech stays the target: no dereverb
@@ -821,9 +847,10 @@ def main(argv=None) -> int:
     p.add_argument("--fine-bins", type=int, default=0,
                    help="per-bin gain refinement of the lowest N bins (0 = band gains only; with --init, "
                         "a head the parent lacks is added at zero)")
-    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2),
+    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3),
                    help="mixing recipe (1: the first stage of the default bundle; 2: no digital silence inside "
-                        "examples, starts mid-hop; see make_mixture)")
+                        "examples, starts mid-hop; 3: also lower voices, half the utterances slowed 0.6-0.95x; "
+                        "see make_mixture)")
     p.add_argument("--exclude", default="",
                    help="comma-separated source groups to leave out, e.g. urbansound8k (non-commercial licence)"
                         " or urbansound8k,nonspeech100 (licence-clean bundle)")
