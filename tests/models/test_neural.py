@@ -322,6 +322,33 @@ def test_default_bundle_improves_synthetic_mix(noisy_speechlike):
     assert level(xin) - level(v[0, LATENCY:]) > level(xin) - level(y)
 
 
+def _harmonic_bursts(f0: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Like the ``noisy_speechlike`` fixture at another pitch: gated
+    harmonic bursts (f0 +- 30 Hz) in pink noise, 3 s at 48 kHz."""
+    sr = 48_000
+    t = np.arange(3 * sr) / sr
+    phase = 2 * np.pi * np.cumsum(f0 + 30 * np.sin(2 * np.pi * 0.7 * t)) / sr
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 20))
+    env = np.convolve((np.sin(2 * np.pi * 2.1 * t) > 0.2).astype(float), np.ones(480) / 480, mode="same")
+    speech = 0.2 * voiced * env
+    pink = np.convolve(rng.standard_normal(t.size), np.exp(-np.arange(64) / 16.0), mode="same")
+    return (speech + 0.02 * pink / pink.std())[None, :].astype(np.float32), speech.astype(np.float32)
+
+
+@pytest.mark.parametrize("f0", [95.0, 220.0])
+def test_default_bundle_keeps_low_and_high_voices(f0, rng):
+    """Every training voice is female: a network trained on them alone
+    took a deep voice's harmonics for noise (SI-SDR 15.6 -> 7.9 dB at an
+    f0 of 65-125 Hz for the first shipped bundle). The bursts must come
+    through about as they went in, and the noise between them go down."""
+    x, ref = _harmonic_bursts(f0, rng)
+    y = NeuralSuppressor(1).process(x)[0, LATENCY:]
+    xin, ref = x[0, :-LATENCY], ref[:-LATENCY]
+    skip = 24_000
+    before, after = _si_sdr(xin[skip:], ref[skip:]), _si_sdr(y[skip:], ref[skip:])
+    assert after > before - 1.5, (f0, before, after)
+
+
 def _demo_clip():
     from pedalboard.io import AudioFile
 
@@ -348,7 +375,9 @@ def test_default_bundle_suppresses_noise_after_digital_silence(silence):
 
 def test_default_bundle_improves_heldout_demo_clip():
     """The demo clip is made of held-out files (LJ001-0054, LJ001-0107 and
-    misc/noise1.flac are in the bundle's held-out list)."""
+    misc/noise1.flac are in the bundle's held-out list). SI-SDR from 1 s:
+    5.5 dB in; the stage-2 bundle gave 11.1, the shipped stage 3 (lower
+    voices in training) 10.5."""
     cfg = verify_bundle("default")
     held = set(cfg["data"]["heldout"]["speech"]) | set(cfg["data"]["heldout"]["noise"])
     assert {"ljspeech/LJ001-0054.flac", "ljspeech/LJ001-0107.flac", "misc/noise1.flac"} <= held
@@ -360,7 +389,7 @@ def test_default_bundle_improves_heldout_demo_clip():
     s = 48_000  # from 1 s: the clip's noise-only lead-in
     before = _si_sdr(x[0, s:-LATENCY], ref[s:])
     after = _si_sdr(y[s:], ref[s:])
-    assert after > before + 5.0, (before, after)
+    assert after > before + 4.5, (before, after)
 
 
 def test_aligned_mode_drops_the_hop_buffer_and_keeps_the_output():
