@@ -108,3 +108,15 @@ def test_models_lists_dsp():
     r = qc("models", "--json")
     names = {m["name"] for m in json.loads(r.stdout)}
     assert {"default", "dsp", "passthrough"} <= names
+
+
+def test_models_state_the_weights_licence():
+    """A user must see that the shipped neural weights are for
+    non-commercial use (their noise data), in both forms of the listing."""
+    rows = {m["name"]: m for m in json.loads(qc("models", "--json").stdout)}
+    assert rows["neural"]["commercial_use"] is False
+    assert "non-commercial" in rows["neural"]["licence_note"]
+    assert rows["dsp"]["commercial_use"] is None  # no weights
+    text = qc("models").stdout
+    line = next(ln for ln in text.splitlines() if ln.startswith("neural "))
+    assert "NON-COMMERCIAL only" in line
