@@ -152,8 +152,18 @@ class HopSuppressor(Suppressor):
         cap = 4 * self.hop
         self._in = np.zeros((self.channels, cap), np.float32)
         self._in_n = 0
-        self._out = np.zeros((self.channels, cap), np.float32)
+        self._out = np.zeros((self._out_rows(), cap), np.float32)
         self._out_n = 0 if self._aligned else self.hop  # one hop of pre-filled zeros
+
+    def _out_rows(self) -> int:
+        """Rows of the output fifo: the channels; a subclass that also
+        streams stems keeps them in more rows (see :meth:`_hop_out`)."""
+        return self.channels
+
+    def _hop_out(self, hop: np.ndarray) -> np.ndarray:
+        """The ``[_out_rows(), hop]`` rows one input hop pushes into the
+        output fifo (default: :meth:`process_hop`)."""
+        return self.process_hop(hop)
 
     def set_aligned(self, on: bool = True) -> None:
         """For a caller that only ever passes whole hops (blocks of a
@@ -181,13 +191,17 @@ class HopSuppressor(Suppressor):
         """Reset the hop core's state."""
 
     def process(self, block: np.ndarray) -> np.ndarray:
+        return self._stream(block)
+
+    def _stream(self, block: np.ndarray) -> np.ndarray:
+        """Any block size through the hop core: ``[_out_rows(), N]``."""
         block = self._check_block(block)
         n = block.shape[1]
         if self._aligned and n % self.hop:
             raise ValueError(f"{self.name}: in aligned mode blocks must be whole hops ({self.hop} frames), got {n}")
         x, bad = sanitize(block)
         self.bad_samples += bad
-        out = np.empty((self.channels, n), np.float32)
+        out = np.empty((self._out.shape[0], n), np.float32)
         hop = self.hop
         pos = 0  # read position in x
         done = 0  # samples written to out
@@ -197,7 +211,7 @@ class HopSuppressor(Suppressor):
             self._in_n += take
             pos += take
             if self._in_n == hop:
-                y = self.process_hop(self._in[:, :hop])
+                y = self._hop_out(self._in[:, :hop])
                 self._in_n = 0
                 # out fifo holds at most one hop before this push
                 self._out[:, self._out_n:self._out_n + hop] = y

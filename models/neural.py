@@ -511,11 +511,12 @@ class NeuralSuppressor(HopSuppressor):
         self.set_param("background_db", value)
 
     # ------------------------------------------------------------- state
-    def _init_fifos(self) -> None:
-        super()._init_fifos()
-        # output fifo rows: [output; voice; background], each C rows
-        self._out3 = np.zeros((3 * self.channels, 4 * self.hop), np.float32)
-        self._out3_n = 0 if self._aligned else self.hop  # one hop of pre-filled zeros unless aligned
+    def _out_rows(self) -> int:
+        return 3 * self.channels  # the output fifo holds [output; voice; background], C rows each
+
+    def _hop_out(self, hop: np.ndarray) -> np.ndarray:
+        self._core(hop)
+        return self._hop_buf
 
     def reset_core(self) -> None:
         c, dev, net = self.channels, self.device, self.net
@@ -654,44 +655,16 @@ class NeuralSuppressor(HopSuppressor):
         self._core(hop)
         return self._hop_buf[:self.channels].copy()
 
-    def _run(self, block: np.ndarray) -> np.ndarray:
-        """HopSuppressor.process with a 3-stem output fifo; returns
-        ``[3C, N]`` (output, voice, background)."""
-        block = self._check_block(block)
-        n = block.shape[1]
-        x, bad = sanitize(block)
-        self.bad_samples += bad
-        C, hop = self.channels, self.hop
-        out = np.empty((3 * C, n), np.float32)
-        pos = done = 0
-        while pos < n:
-            take = min(hop - self._in_n, n - pos)
-            self._in[:, self._in_n:self._in_n + take] = x[:, pos:pos + take]
-            self._in_n += take
-            pos += take
-            if self._in_n == hop:
-                self._core(self._in[:, :hop])
-                self._in_n = 0
-                self._out3[:, self._out3_n:self._out3_n + hop] = self._hop_buf
-                self._out3_n += hop
-            give = min(self._out3_n, pos - done)
-            if give:
-                out[:, done:done + give] = self._out3[:, :give]
-                self._out3[:, :self._out3_n - give] = self._out3[:, give:self._out3_n]
-                self._out3_n -= give
-                done += give
-        return out
-
     def process(self, block: np.ndarray) -> np.ndarray:
         """``block[C, N] -> [C, N]``: voice + background at the
         strength/background level, delayed by :attr:`latency`."""
-        return self._run(block)[:self.channels]
+        return self._stream(block)[:self.channels]
 
     def process_stems(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``block[C, N] -> (voice[C, N], background[C, N])``, both delayed
         by :attr:`latency`; ``voice + background`` is the delayed input (to
         float rounding). Shares state with :meth:`process`."""
-        r = self._run(block)
+        r = self._stream(block)
         C = self.channels
         return r[C:2 * C], r[2 * C:]
 
