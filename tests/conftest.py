@@ -19,6 +19,7 @@ import pytest
 TESTS = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 from plugins.build import ToolchainMissing, build_qcgain  # noqa: E402
+from signals import harmonic_bursts  # noqa: E402
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -79,20 +80,9 @@ def rng():
 
 @pytest.fixture
 def noisy_speechlike(rng):
-    """3 s of a speech-like signal (gated harmonic bursts) in pink-ish noise,
-    48 kHz, shape [1, frames]."""
-    sr = 48_000
-    t = np.arange(3 * sr) / sr
-    f0 = 140 + 30 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0) / sr
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 20))
-    env = (np.sin(2 * np.pi * 2.1 * t) > 0.2).astype(float)
-    env = np.convolve(env, np.ones(480) / 480, mode="same")
-    speech = 0.2 * voiced * env
-    white = rng.standard_normal(t.size)
-    pink = np.convolve(white, np.exp(-np.arange(64) / 16.0), mode="same")
-    noise = 0.02 * pink / pink.std()
-    return (speech + noise)[None, :].astype(np.float32), speech.astype(np.float32), noise.astype(np.float32)
+    """3 s of a speech-like signal (gated harmonic bursts at 110-170 Hz) in
+    pink-ish noise, 48 kHz: ``(mix[1, frames], speech, noise)``."""
+    return harmonic_bursts(140.0, rng)
 
 
 # --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import torch
 from quietcast.models import available_models, create_suppressor, resolve_model
 from quietcast.models.bundle import ASSETS, BundleError, load_bundle, save_bundle, verify_bundle
 from quietcast.models.neural import NeuralSuppressor, QCNet, erb_filterbank
+from signals import harmonic_bursts
 
 LATENCY = 960
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -322,26 +323,13 @@ def test_default_bundle_improves_synthetic_mix(noisy_speechlike):
     assert level(xin) - level(v[0, LATENCY:]) > level(xin) - level(y)
 
 
-def _harmonic_bursts(f0: float, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Like the ``noisy_speechlike`` fixture at another pitch: gated
-    harmonic bursts (f0 +- 30 Hz) in pink noise, 3 s at 48 kHz."""
-    sr = 48_000
-    t = np.arange(3 * sr) / sr
-    phase = 2 * np.pi * np.cumsum(f0 + 30 * np.sin(2 * np.pi * 0.7 * t)) / sr
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 20))
-    env = np.convolve((np.sin(2 * np.pi * 2.1 * t) > 0.2).astype(float), np.ones(480) / 480, mode="same")
-    speech = 0.2 * voiced * env
-    pink = np.convolve(rng.standard_normal(t.size), np.exp(-np.arange(64) / 16.0), mode="same")
-    return (speech + 0.02 * pink / pink.std())[None, :].astype(np.float32), speech.astype(np.float32)
-
-
 @pytest.mark.parametrize("f0", [95.0, 220.0])
 def test_default_bundle_keeps_low_and_high_voices(f0, rng):
     """Every training voice is female: a network trained on them alone
     took a deep voice's harmonics for noise (SI-SDR 15.6 -> 7.9 dB at an
     f0 of 65-125 Hz for the first shipped bundle). The bursts must come
     through about as they went in, and the noise between them go down."""
-    x, ref = _harmonic_bursts(f0, rng)
+    x, ref, _noise = harmonic_bursts(f0, rng)
     y = NeuralSuppressor(1).process(x)[0, LATENCY:]
     xin, ref = x[0, :-LATENCY], ref[:-LATENCY]
     skip = 24_000
