@@ -165,13 +165,13 @@ def cmd_chain_types(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from quietcast.models import available_models, create_suppressor, resolve_model
+    from quietcast.models import available_models, create_suppressor, resolve_model, bundle_licence
 
     rows = []
     for name in available_models():
         sup = create_suppressor(name, 1)
         bundle = getattr(sup, "bundle", None)
-        lic = bundle.config.get("licence") if bundle is not None else None
+        lic = bundle_licence(sup)
         rows.append({"name": name, "is": resolve_model(name), "sample_rate": sup.sample_rate,
                      "latency_samples": sup.latency, "latency_ms": 1000.0 * sup.latency / sup.sample_rate,
                      "bundle": str(bundle.path) if bundle is not None else None,

@@ -36,6 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from quietcast.bridge.errors import ChainSpecError
+from quietcast.models import bundle_licence
 
 from . import jackio
 from .engine import Engine
@@ -130,12 +131,11 @@ class Daemon:
             self._rebuild = False
             log.info("engine: %d channel(s) at %d Hz, model %s on %s, processing latency %d frames",
                      new.n, sample_rate, new.model, new.backend, new.processing_latency)
-            bundle = getattr(new.sup.suppressor, "bundle", None)
-            lic = bundle.config.get("licence") if bundle is not None else None
+            lic = bundle_licence(new.sup.suppressor)
             if lic and not lic.get("commercial_use", True) and not getattr(self, "_licence_warned", False):
                 self._licence_warned = True
-                log.warning("model %s (%s): %s (%s)", e.model, bundle.path.name, lic.get("note", ""),
-                            "; ".join(lic.get("reasons", [])))
+                log.warning("model %s (%s): %s (%s)", e.model, new.sup.suppressor.bundle.path.name,
+                            lic.get("note", ""), "; ".join(lic.get("reasons", [])))
         return self.engine
 
     # ------------------------------------------------------------------

@@ -27,10 +27,11 @@ Names known to :func:`create_suppressor`:
 from __future__ import annotations
 
 from .base import HOP, SAMPLE_RATE, HopSuppressor, Passthrough, Suppressor, sanitize
+from .bundle import ASSETS  # no torch: bundle.py imports it only to load weights
 
 __all__ = [
     "HOP", "SAMPLE_RATE", "Suppressor", "HopSuppressor", "Passthrough", "sanitize",
-    "available_models", "create_suppressor",
+    "available_models", "create_suppressor", "bundle_licence",
 ]
 
 
@@ -59,7 +60,7 @@ _FACTORIES = {
     "neural": _neural,
     "passthrough": lambda channels, **kw: Passthrough(channels),
 }
-if (__import__("pathlib").Path(__file__).resolve().parent / "assets" / "clean" / "config.json").is_file():
+if (ASSETS / "clean" / "config.json").is_file():
     _FACTORIES["neural-clean"] = _neural_clean
 
 _default_cache: dict = {}
@@ -88,6 +89,14 @@ def _default_model() -> str:
         _default_cache.clear()
         _default_cache[key] = "neural" if ok else "dsp"
     return _default_cache[key]
+
+
+def bundle_licence(sup: Suppressor) -> dict | None:
+    """The ``licence`` record of the bundle behind ``sup`` (``commercial_use``,
+    ``reasons``, ``note``), or None for a suppressor without weights or a
+    bundle that predates the record."""
+    bundle = getattr(sup, "bundle", None)
+    return bundle.config.get("licence") if bundle is not None else None
 
 
 def available_models() -> list[str]:
