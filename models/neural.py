@@ -600,7 +600,6 @@ class NeuralSuppressor(HopSuppressor):
             torch.cuda.synchronize(dev)
         for t, v in zip(state, saved):
             t.copy_(v)
-        self._ola.zero_()
         torch.cuda.synchronize(dev)
 
     def _cuda_step(self) -> None:
