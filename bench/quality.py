@@ -3,6 +3,7 @@
     python bench/quality.py                 # 48 mixtures, table + bench/out/quality.json
     python bench/quality.py --n 12 --quick  # fewer mixtures, no PESQ, no DNSMOS
     python bench/quality.py --no-dnsmos     # everything but DNSMOS
+    python bench/quality.py --voices lower  # real male voices instead (klettres-data)
 
 Mixtures come from :func:`quietcast.models.train.heldout_mixtures`: files of
 the default bundle's held-out split only (LJ Speech numbers divisible by 6,
@@ -11,6 +12,14 @@ nonspeech100 n91-n100, misc/noise1, one music bed), 6 s each, plain
 additive mixing at -5, 0, 5, 10, 15, 20 dB SNR (active-speech level), with a
 0.3-0.8 s noise-only lead-in. It needs ``../shared/data`` and the asterisk
 packages (see models/train.py); the audio cache is built on first use.
+
+``--voices lower`` keeps the noises, SNRs and levels but swaps the speech
+for three real male voices that no training stage heard (every training
+voice is female): the spoken letters and syllables of Debian's
+``klettres-data`` in French, Malayalam and Danish, f0 about 100-150 Hz
+(:func:`lower_voices`). They are isolated letters, not sentences, and the
+recordings have their own noise floor 40-85 dB down; compare systems with
+each other on this set, not with the default set.
 
 Systems, all at 48 kHz, each with a fresh state per mixture:
 
@@ -205,6 +214,49 @@ def systems(bundle: str, strengths=(), compare=()) -> dict:
     }
 
 
+# ------------------------------------------------------------------ lower voices
+KLETTRES = pathlib.Path("/usr/share/klettres")
+LOWER_VOICES = ("fr", "ml", "da")  # klettres voices with f0 about 100-150 Hz (pyin medians per file)
+
+
+def lower_voices(root: pathlib.Path = KLETTRES, langs=LOWER_VOICES) -> dict:
+    """Real lower (male) voices for ``--voices lower``: the spoken letters
+    and syllables of Debian's ``klettres-data`` (GPL; used for scoring only,
+    never for training), one speaker per language: French, Malayalam and
+    Danish, with per-file median f0 of about 110-146, 99-137 and 104-148 Hz.
+    Every file is resampled to 48 kHz, its DC removed and its leading and
+    trailing silence (10 ms frames 40 dB below the file's loudest) cut.
+    Returns ``{"klettres-LANG": [(name, audio), ...]}``."""
+    import soundfile as sf
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    if not root.is_dir():
+        raise SystemExit(f"--voices lower needs the klettres voices in {root}: apt-get install klettres-data")
+    out = {}
+    for lang in langs:
+        items = []
+        for f in sorted((root / lang).rglob("*.ogg")):
+            y, sr = sf.read(str(f), dtype="float32", always_2d=True)
+            y = y.mean(1)
+            g = gcd(SR, sr)
+            y = resample_poly(y, SR // g, sr // g).astype(np.float32)
+            y -= y.mean()
+            fr = y[: y.size // 480 * 480].reshape(-1, 480)
+            e = np.sqrt(np.mean(fr.astype(np.float64) ** 2, 1))
+            on = np.flatnonzero(e > e.max() * 10 ** (-40 / 20))
+            if on.size == 0 or e.max() == 0:
+                continue
+            y = y[on[0] * 480:(on[-1] + 1) * 480]
+            if y.size >= SR // 4:
+                items.append((f"{lang}/{f.relative_to(root / lang)}", y))
+        if not items:
+            raise SystemExit(f"--voices lower: no usable .ogg files in {root / lang}")
+        out[f"klettres-{lang}"] = items
+    return out
+
+
 # ------------------------------------------------------------------ scoring
 def measure_delay(y: np.ndarray, x: np.ndarray, max_lag: int = SR // 5) -> int:
     """Lag (samples) that best aligns output ``y`` to input ``x``."""
@@ -365,8 +417,13 @@ def main(argv=None) -> int:
     p.add_argument("--compare", default="",
                    help="extra neural bundles in the same run: LABEL=BUNDLE_NAME_OR_FOLDER,... "
                         "(rows quietcast-neural[LABEL])")
-    p.add_argument("--out", default=str(OUT))
+    p.add_argument("--voices", choices=("heldout", "lower"), default="heldout",
+                   help="clean speech: the held-out split (LJ Speech, Russian asterisk voice), or real lower "
+                        "male voices never trained on (klettres-data: French, Malayalam, Danish)")
+    p.add_argument("--out", default=None, help=f"JSON path (default {OUT}, or quality_lower.json with --voices lower)")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = str(OUT if args.voices == "heldout" else OUT.with_name("quality_lower.json"))
 
     import torch
 
@@ -374,10 +431,11 @@ def main(argv=None) -> int:
     from quietcast.models.train import build_cache, heldout_mixtures
 
     t0 = time.time()
-    mixes = heldout_mixtures(build_cache(args.cache), n=args.n, seed=args.seed, seconds=args.seconds)
+    voices = lower_voices() if args.voices == "lower" else None
+    mixes = heldout_mixtures(build_cache(args.cache), n=args.n, seed=args.seed, seconds=args.seconds, voices=voices)
     print(f"{len(mixes)} held-out mixtures of {args.seconds:g} s ({time.time() - t0:.1f} s to build)", file=sys.stderr)
     wanted = args.systems.split(",") if args.systems else None
-    result = {"mixtures": [{k: m[k] for k in ("snr_db", "speech", "noise_name", "group")} for m in mixes],
+    result = {"voices": args.voices, "mixtures": [{k: m[k] for k in ("snr_db", "speech", "noise_name", "group")} for m in mixes],
               "skip_s": SKIP / SR, "systems": {}}
     dns = None
     if args.quick or args.no_dnsmos:

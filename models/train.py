@@ -417,34 +417,43 @@ def make_mixture(rng, corpus: Corpus, n: int, snr_range=(-5.0, 25.0), augment: b
 
 
 def heldout_mixtures(cache, n: int = 48, seed: int = 20240611, seconds: float = 6.0,
-                     snrs=(-5.0, 0.0, 5.0, 10.0, 15.0, 20.0)) -> list[dict]:
+                     snrs=(-5.0, 0.0, 5.0, 10.0, 15.0, 20.0), voices: dict | None = None,
+                     gap_s=(0.2, 0.6)) -> list[dict]:
     """Deterministic evaluation mixtures from the held-out split only:
     one held-out utterance (or several, with pauses) + one held-out noise
     file, plain additive mixing (no augmentation), SNR cycling over
     ``snrs``, speech level -35..-15 dBFS. Half of them use LJ Speech
     (same reader as training, unseen sentences, 11 kHz band), half the
-    Russian asterisk voice (unseen speaker, 8 kHz band)."""
+    Russian asterisk voice (unseen speaker, 8 kHz band).
+
+    ``voices`` (optional): other clean speech instead, ``{group: [(name,
+    float32 audio at 48 kHz), ...]}``; the mixtures cycle over the groups
+    (bench/quality.py ``--voices lower``). The noises are the same
+    held-out noises. ``gap_s``: pause between utterances, seconds."""
     cache = pathlib.Path(cache)
     if not (cache / "index.json").exists():
         cache = cache / f"v{CACHE_VERSION}"
     corp = Corpus(cache, "heldout")
     rng = np.random.default_rng(seed)
-    sp = corp.items["speech"]
-    groups = {"ljspeech": [i for i, s in enumerate(sp) if s["group"] == "ljspeech"],
-              "asterisk-ru": [i for i, s in enumerate(sp) if s["group"] == "asterisk-ru"]}
+    if voices is None:
+        sp = corp.items["speech"]
+        voices = {g: [(s["name"], i) for i, s in enumerate(sp) if s["group"] == g]
+                  for g in ("ljspeech", "asterisk-ru")}
+    gnames = list(voices)
     L = int(seconds * SR)
     out = []
     for k in range(n):
-        g = "ljspeech" if k % 2 == 0 else "asterisk-ru"
+        g = gnames[k % len(gnames)]
         clean = np.zeros(L, np.float32)
         pos = int(rng.uniform(0.3, 0.8) * SR)  # noise-only lead-in
         names = []
         while pos < L - SR // 2:
-            i = int(rng.choice(groups[g]))
-            u = corp.get("speech", i)[: L - pos].astype(np.float32) * _I16
+            name, a = voices[g][int(rng.integers(len(voices[g])))]
+            a = corp.get("speech", a).astype(np.float32) * _I16 if isinstance(a, int) else a
+            u = a[: L - pos]
             clean[pos:pos + u.size] = u / (_rms(u) + 1e-6)
-            names.append(sp[i]["name"])
-            pos += u.size + int(rng.uniform(0.2, 0.6) * SR)
+            names.append(name)
+            pos += u.size + int(rng.uniform(*gap_s) * SR)
         j = int(rng.choice(len(corp.noise_p), p=corp.noise_p))
         nz = corp.get("noise", j).astype(np.float32) * _I16
         if nz.size < L:
@@ -452,7 +461,7 @@ def heldout_mixtures(cache, n: int = 48, seed: int = 20240611, seconds: float = 
         off = int(rng.integers(0, nz.size - L + 1))
         noise = nz[off:off + L].copy()
         noise -= noise.mean()
-        snr = float(snrs[(k // 2) % len(snrs)])
+        snr = float(snrs[(k // len(gnames)) % len(snrs)])
         act = np.abs(clean) > 0
         ps = _rms(clean[act]) if act.any() else 1.0  # active-speech level
         noise *= np.float32(ps / (_rms(noise) + 1e-9) * 10 ** (-snr / 20))
