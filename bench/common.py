@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import subprocess
+import time
 
 import numpy as np
 
@@ -130,6 +131,92 @@ def write_json(path: str, doc: dict, indent: int = 2) -> None:
     with open(path, "w") as f:
         json.dump(json_safe(doc), f, indent=indent)
         f.write("\n")
+
+
+# --------------------------------------------------------------------------
+# the JACK benches' run records (bench/live.py, bench/control.py, bench/soak.py)
+
+
+FINAL_STATUS_MARK = "final status: "  # the line `quietcast run` logs at shutdown: ``final status: {json}``
+
+
+def read_final_status(log_path: str) -> dict | None:
+    """The JSON of the last ``final status:`` line (FINAL_STATUS_MARK) of a
+    daemon's log; None when the log cannot be read, has no such line, or
+    that line's JSON is broken."""
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    for line in reversed(text.splitlines()):
+        i = line.find(FINAL_STATUS_MARK)
+        if i >= 0:
+            try:
+                return json.loads(line[i + len(FINAL_STATUS_MARK):])
+            except ValueError:
+                return None
+    return None
+
+
+def machine_note() -> str:
+    """How a bench's note on the machine starts: its cores and the 1-minute
+    load average now (the caller adds what else competes)."""
+    return f"{os.cpu_count()}-core machine shared with other work (load average {os.getloadavg()[0]:.2f} at start); "
+
+
+def save_result(res: dict, path: str) -> None:
+    """Write a run's ``res``, with the load average now as ``load_end``, to
+    ``path`` as JSON (indent 1; str() of what JSON cannot hold): through
+    ``path``.tmp and a rename, so an interrupted run leaves the last whole
+    file."""
+    res["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(res, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def result_saver(res: dict, path: str):
+    """Make ``path``'s folder now (so a bad path fails before the run) and
+    return ``save()``: :func:`save_result` of ``res`` to ``path``, for a
+    bench that saves after every step."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return lambda: save_result(res, path)
+
+
+def report_end(res: dict) -> list[str]:
+    """The last lines of a JACK bench's report: the load average at the
+    start and end, the busiest other processes at the start, and the
+    failure (``res["fail"]``) if any."""
+    out = [f"load average at start {res['load_start']}, at end {res.get('load_end')}"]
+    if res.get("other_processes"):
+        out.append("busiest other processes at start (ps: %cpu nice command):")
+        out += [f"  {ln}" for ln in res["other_processes"]]
+    if res.get("fail"):
+        out.append(f"FAILED: {res['fail']}")
+    return out
+
+
+def drop_tmp(tmp: str, keep: bool, log, kept: str = "") -> None:
+    """Remove a run's temporary folder, or with ``keep`` leave it and
+    ``log`` where it is (``kept``: what it holds, appended)."""
+    import shutil  # here, not at the top: bench/offline.py measures what importing this module costs
+
+    if keep:
+        log(f"logs kept in {tmp}{kept}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finish(res: dict, path: str, t_start: float, report) -> None:
+    """A JACK bench's last step: its wall time since ``t_start``
+    (time.monotonic()) into ``res``, the JSON saved (:func:`save_result`),
+    then ``report(res)`` and where the JSON went printed."""
+    res["wall_s"] = round(time.monotonic() - t_start, 1)
+    save_result(res, path)
+    print(report(res))
+    print(f"\nwrote {path} ({res['wall_s']:.0f} s)")
 
 
 # --------------------------------------------------------------------------

@@ -81,14 +81,11 @@ import uuid
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine_info  # noqa: E402
-import live  # noqa: E402  (bench/live.py: the player, process helpers, the table)
+from common import (HERE, SR, drop_tmp, finish, fmt_table, machine_info, machine_note,  # noqa: E402
+                    read_final_status, report_end, result_saver)
+import live  # noqa: E402  (bench/live.py: the player, process helpers)
 from live import _Pipe, _cpu_times, _machine_busy, _proc_cpu_s, _proc_rss_mb, _tail, _with_parent  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-SR = 48_000
-FINAL_STATUS_MARK = "final status: "
 MIDI_CC = 7          # CC 7 (volume) on MIDI channel 1 drives the mapped address
 MIDI_CHANNEL = 1
 MIDI_STEP = 37       # coprime with 128: 128 consecutive messages carry 128 different values
@@ -243,18 +240,7 @@ class DaemonProc:
         return self.final_status()
 
     def final_status(self) -> dict | None:
-        try:
-            text = open(self.log_path, encoding="utf-8", errors="replace").read()
-        except OSError:
-            return None
-        for line in reversed(text.splitlines()):
-            i = line.find(FINAL_STATUS_MARK)
-            if i >= 0:
-                try:
-                    return json.loads(line[i + len(FINAL_STATUS_MARK):])
-                except ValueError:
-                    return None
-        return None
+        return read_final_status(self.log_path)
 
     def children(self) -> list[int]:
         """Direct child processes (the MIDI bridge)."""
@@ -767,6 +753,57 @@ def midi_handshake(midi: Child, events: Child, tmp: str, tries: int = 60) -> boo
     return False
 
 
+def tap_handshake(client, events: Child, address: str) -> None:
+    """Send ``set ADDRESS 0.5`` (a set makes an event) until the event tap
+    hears its first event (at most 100 tries, 0.1 s each): then the tap is
+    connected."""
+    for _ in range(100):
+        client.set(address, 0.5)
+        if events.wait("FIRST", 0.1) is not None:
+            return
+    raise RuntimeError("the event tap heard nothing")
+
+
+def run_record(quick: bool, argv) -> dict:
+    """How the JSON of this bench and bench/soak.py starts: date, mode,
+    arguments, the machine (with jackd's version), the load average and the
+    busiest other processes at the start."""
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "mode": "quick" if quick else "full", "argv": sys.argv[1:] if argv is None else list(argv),
+        "machine": machine_info(("numpy", "JACK-Client", "pyzmq", "python-rtmidi", "quietcast"),
+                                extra={"jackd": live.jackd_version()}),
+        "load_start": [round(x, 2) for x in os.getloadavg()], "other_processes": live.busy_processes(),
+    }
+
+
+def tear_down(res: dict, children: list[Child], client, daemon: DaemonProc | None, srv: JackServer | None,
+              line=lambda c: "quit", warnings: bool = False) -> None:
+    """Stop what a run started, last first: the ``children`` (each told
+    ``line(child)``, killed when that fails), the control client, the
+    daemon (into ``res``: its final status, exit code, with ``warnings``
+    its first 40 WARNING/ERROR log lines, and its log's tail), then jackd."""
+    for c in reversed(children):
+        try:
+            c.close(line(c))
+        except Exception:
+            c.kill()
+    if client is not None:
+        client.close()
+    if daemon is not None:
+        res["daemon_final_status"] = daemon.stop()
+        res["daemon_exit"] = daemon.proc.returncode
+        if warnings:
+            try:
+                text = open(daemon.log_path, encoding="utf-8", errors="replace").read()
+                res["daemon_warnings"] = [ln[:300] for ln in text.splitlines() if " WARNING " in ln or " ERROR " in ln][:40]
+            except OSError:
+                pass
+        res["daemon_log_tail"] = _tail(daemon.log_path, 2500)
+    if srv is not None:
+        srv.stop()
+
+
 def run_phase(name: str, seconds: float, zmq_rate: float, midi_rate: float, rig: dict, opts) -> dict:
     """One window: ZeroMQ sets and MIDI CCs at the given rates, at the
     same time, for ``seconds``; counters from status before and after."""
@@ -855,8 +892,8 @@ def report(res: dict) -> str:
                          str(mi.get("sent", "-")), f"{mi.get('matched', '-')} matched, {mi.get('lost', '-')} lost, "
                                                    f"{mi.get('unmatched_events', '-')} unmatched",
                          fmt_ms(ml.get("p50_ms")), fmt_ms(ml.get("p99_ms")), fmt_ms(ml.get("max_ms"))])
-    out.append(live.fmt_table(["phase", "stream", "rate/s (achieved)", "sent", "answered", "p50 ms", "p99 ms",
-                               "max ms"], rows))
+    out.append(fmt_table(["phase", "stream", "rate/s (achieved)", "sent", "answered", "p50 ms", "p99 ms",
+                         "max ms"], rows))
     out.append("")
     rows = []
     for p in res.get("phases", []):
@@ -869,19 +906,14 @@ def report(res: dict) -> str:
                      f"{mc.get('idle_pct', '?')}%", str(p.get("state_saves", "?")),
                      f"{js.get('driver_late', '-')}/{sum(sum(v.values()) for v in js.get('not_finished', {}).values())}"
                      if js else "-"])
-    out.append(live.fmt_table(["phase", "s", "xruns", "deadline misses", "missed frames", "late/skipped hops",
-                               "requests", "daemon cpu", "machine idle", "state saves", "jackd late drv/clients"], rows))
+    out.append(fmt_table(["phase", "s", "xruns", "deadline misses", "missed frames", "late/skipped hops",
+                         "requests", "daemon cpu", "machine idle", "state saves", "jackd late drv/clients"], rows))
     out.append("  counters: the daemon's own (Client.status(), what `quietcast ctl status` shows) before and after "
                "the window")
     out.append("  MIDI latency: CC sent (rtmidi JACK API, another process) -> event.param (source midi) received on "
                "the PUB stream")
     out.append("")
-    out.append(f"load average at start {res['load_start']}, at end {res.get('load_end')}")
-    if res.get("other_processes"):
-        out.append("busiest other processes at start (ps: %cpu nice command):")
-        out += [f"  {ln}" for ln in res["other_processes"]]
-    if res.get("fail"):
-        out.append(f"FAILED: {res['fail']}")
+    out += report_end(res)
     return "\n".join(out)
 
 
@@ -923,26 +955,13 @@ def main(argv=None) -> int:
     opts.seconds = opts.seconds if opts.seconds is not None else (10.0 if q else 30.0)
     opts.idle_seconds = opts.idle_seconds if opts.idle_seconds is not None else (5.0 if q else 10.0)
     opts.tmp = tempfile.mkdtemp(prefix="qcbench-control-")
-    cores = os.cpu_count()
     res: dict = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "mode": "quick" if q else "full", "argv": sys.argv[1:] if argv is None else list(argv),
-        "machine": machine_info(("numpy", "JACK-Client", "pyzmq", "python-rtmidi", "quietcast"),
-                                extra={"jackd": live.jackd_version()}),
-        "load_start": [round(x, 2) for x in os.getloadavg()], "other_processes": live.busy_processes(),
-        "note": (f"{cores}-core machine shared with other work (load average {os.getloadavg()[0]:.2f} at start); the "
-                 "bench's own senders, event tap and player share those cores with the daemon: figures are "
-                 "pessimistic and xruns may come from other load"),
+        **run_record(q, argv),
+        "note": (machine_note() + "the bench's own senders, event tap and player share those cores with the "
+                 "daemon: figures are pessimistic and xruns may come from other load"),
         "phases": [],
     }
-    os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
-
-    def save() -> None:
-        res["load_end"] = [round(x, 2) for x in os.getloadavg()]
-        tmp = opts.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(res, f, indent=1, default=str)
-        os.replace(tmp, opts.out)
+    save = result_saver(res, opts.out)
 
     srv = daemon = client = None
     children: list[Child] = []
@@ -986,13 +1005,7 @@ def main(argv=None) -> int:
             raise RuntimeError(f"the daemon's MIDI input {midi_in} did not appear: {_tail(daemon.log_path, 1500)}")
         if not srv.connect(mc.ready["port"], midi_in):
             raise RuntimeError(f"could not connect {mc.ready['port']} -> {midi_in}")
-        # the tap is connected once it hears an event (a ZeroMQ set makes one)
-        for _ in range(100):
-            client.set("guest.strength", 0.5)
-            if ec.wait("FIRST", 0.1) is not None:
-                break
-        else:
-            raise RuntimeError("the event tap heard nothing")
+        tap_handshake(client, ec, "guest.strength")
         if not midi_handshake(mc, ec, opts.tmp):
             raise RuntimeError("no MIDI message reached the daemon")
         time.sleep(opts.settle)
@@ -1016,28 +1029,9 @@ def main(argv=None) -> int:
         res["fail"] = f"{type(e).__name__}: {e}"[:2000]
         log(f"FAILED: {res['fail']}")
     finally:
-        for c in reversed(children):
-            try:
-                c.close()
-            except Exception:
-                c.kill()
-        if client is not None:
-            client.close()
-        if daemon is not None:
-            fs = daemon.stop()
-            res["daemon_final_status"] = fs
-            res["daemon_exit"] = daemon.proc.returncode
-            res["daemon_log_tail"] = _tail(daemon.log_path, 2500)
-        if srv is not None:
-            srv.stop()
-        if opts.keep_logs:
-            log(f"logs kept in {opts.tmp}")
-        else:
-            shutil.rmtree(opts.tmp, ignore_errors=True)
-    res["wall_s"] = round(time.monotonic() - t_start, 1)
-    save()
-    print(report(res))
-    print(f"\nwrote {opts.out} ({res['wall_s']:.0f} s)")
+        tear_down(res, children, client, daemon, srv)
+        drop_tmp(opts.tmp, opts.keep_logs, log)
+    finish(res, opts.out, t_start, report)
     return 1 if res.get("fail") else 0
 
 

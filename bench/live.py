@@ -92,13 +92,10 @@ import uuid
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine_info  # noqa: E402
+from common import (FINAL_STATUS_MARK, HERE, SR, drop_tmp, finish, fmt_table, machine_info,  # noqa: E402
+                    machine_note, read_final_status, report_end, result_saver)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-SR = 48_000
 N_SOURCES = 4  # distinct player outputs, fanned out over the channels
-FINAL_STATUS_MARK = "final status: "  # the daemon log line the cli mode reads at shutdown
 RSS_EVERY_S = 10.0
 POLL_S = 2.0
 MB = 2**20
@@ -387,19 +384,8 @@ class ChildDaemon:
         return final
 
     def _final_from_log(self) -> dict | None:
-        try:
-            text = open(self.log_path, encoding="utf-8", errors="replace").read()
-        except OSError:
-            return None
-        for line in reversed(text.splitlines()):
-            i = line.find(FINAL_STATUS_MARK)
-            if i >= 0:
-                try:
-                    st = json.loads(line[i + len(FINAL_STATUS_MARK):])
-                except ValueError:
-                    return None
-                return {"status": st, "pid": self.pid, "hop_ms": [], "cb_ns": []}
-        return None
+        st = read_final_status(self.log_path)
+        return None if st is None else {"status": st, "pid": self.pid, "hop_ms": [], "cb_ns": []}
 
 
 class ThreadDaemon:
@@ -1011,12 +997,6 @@ def _fmt_ms(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def fmt_table(headers: list[str], rows: list[list[str]]) -> str:
-    w = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w[i]) for i, c in enumerate(cells)).rstrip()  # noqa: E731
-    return "\n".join([line(headers), line(["-" * x for x in w])] + [line(r) for r in rows])
-
-
 def report(res: dict) -> str:
     m = res["machine"]
     out = [f"quietcast live benchmark  {res['date']}  ({res['mode']})",
@@ -1102,10 +1082,7 @@ def report(res: dict) -> str:
         out.append(fmt_table(["soak", "value"], rows))
         out.append(f"  memory flat = growth <= {res['flat_rule']}")
         out.append("")
-    out.append(f"load average at start {res['load_start']}, at end {res.get('load_end')}")
-    if res.get("other_processes"):
-        out.append("busiest other processes at start (ps: %cpu nice command):")
-        out += [f"  {ln}" for ln in res["other_processes"]]
+    out += report_end(res)
     return "\n".join(out)
 
 
@@ -1200,8 +1177,7 @@ def main(argv=None) -> int:
     import inspect
 
     has_final = FINAL_STATUS_MARK in inspect.getsource(service.Daemon.run)
-    cores = os.cpu_count()
-    note = (f"{cores}-core machine shared with other work (load average {os.getloadavg()[0]:.2f} at start); "
+    note = (machine_note()
             + ("jackd runs --realtime (SCHED_FIFO audio threads) on the dummy driver" if opts.realtime else
                "jackd runs --no-realtime on the dummy driver, so other processes compete with the audio threads")
             + ": xruns may come from other load and the figures are pessimistic")
@@ -1228,14 +1204,7 @@ def main(argv=None) -> int:
         "flat_rule": "max(2 MB, 1% of the first sample) between the first and last RSS sample",
         "targets": {"xruns": 0, "deadline_misses": 0, "memory": "flat"},
     }
-    os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
-
-    def save() -> None:
-        res["load_end"] = [round(x, 2) for x in os.getloadavg()]
-        tmp = opts.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(res, f, indent=1, default=str)
-        os.replace(tmp, opts.out)
+    save = result_saver(res, opts.out)
 
     if opts.daemon == "cli" and not has_final:
         log("NOTE: `quietcast run` logs no final status line: deadline misses and timings are not available in this "
@@ -1292,14 +1261,8 @@ def main(argv=None) -> int:
     finally:
         for r in rigs.values():
             r.close()
-        if opts.keep_logs:
-            log(f"logs kept in {opts.tmp} (jackd, each daemon, the player/recorder process)")
-        else:
-            shutil.rmtree(opts.tmp, ignore_errors=True)
-    res["wall_s"] = round(time.monotonic() - t_start, 1)
-    save()
-    print(report(res))
-    print(f"\nwrote {opts.out} ({res['wall_s']:.0f} s)")
+        drop_tmp(opts.tmp, opts.keep_logs, log, " (jackd, each daemon, the player/recorder process)")
+    finish(res, opts.out, t_start, report)
     return 0
 
 

@@ -84,11 +84,9 @@ other processes; the bench's own processes share the cores.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import queue
-import shutil
 import signal
 import sys
 import tempfile
@@ -99,14 +97,12 @@ import uuid
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine_info  # noqa: E402
+from common import HERE, SR, drop_tmp, finish, fmt_table, machine_note, report_end, result_saver  # noqa: E402
 import control  # noqa: E402  (bench/control.py: the server, the daemon, the senders, the tap)
 import live  # noqa: E402
 from control import Child, DaemonProc, JackServer, client_for, counter_delta, jack_env, wait_ready  # noqa: E402
 from live import _proc_rss_mb, _tail  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SR = 48_000
 SILENT = 1e-4          # |x| below this is silence (-80 dBFS; the tone's peak is 0.25)
 GAP_SAMPLES = 48       # a gap: more than 1 ms of silence
 TONE_HZ = 440.0
@@ -538,18 +534,13 @@ def report(res: dict) -> str:
                            f"midi)"],
         ["state file saves in the run", str(f.get("state_saves", "?"))],
     ]
-    out.append(live.fmt_table(["soak", "value"], rows))
+    out.append(fmt_table(["soak", "value"], rows))
     out.append("")
     out.append("targets:")
     for name, ok, why in res.get("targets", []):
         out.append(f"  {'PASS' if ok else 'FAIL'}  {name}: {why}")
     out.append("")
-    out.append(f"load average at start {res['load_start']}, at end {res.get('load_end')}")
-    if res.get("other_processes"):
-        out.append("busiest other processes at start (ps: %cpu nice command):")
-        out += [f"  {ln}" for ln in res["other_processes"]]
-    if res.get("fail"):
-        out.append(f"FAILED: {res['fail']}")
+    out += report_end(res)
     return "\n".join(out)
 
 
@@ -580,26 +571,14 @@ def main(argv=None) -> int:
 
     T = opts.seconds if opts.seconds is not None else (60.0 if opts.quick else 600.0)
     opts.tmp = tempfile.mkdtemp(prefix="qcbench-soak-")
-    cores = os.cpu_count()
     res: dict = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "mode": "quick" if opts.quick else "full", "argv": sys.argv[1:] if argv is None else list(argv),
-        "machine": machine_info(("numpy", "JACK-Client", "pyzmq", "python-rtmidi", "quietcast"),
-                                extra={"jackd": live.jackd_version()}),
-        "load_start": [round(x, 2) for x in os.getloadavg()], "other_processes": live.busy_processes(),
-        "note": (f"{cores}-core machine shared with other work (load average {os.getloadavg()[0]:.2f} at start); "
-                 "dummy driver; the bench's own processes share the cores: xruns may come from other load"),
+        **control.run_record(opts.quick, argv),
+        "note": (machine_note() + "dummy driver; the bench's own processes share the cores: xruns may come from "
+                 "other load"),
         "seconds_planned": T, "margin_s": opts.margin,
         "silence": {"threshold": SILENT, "gap_samples": GAP_SAMPLES},
     }
-    os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
-
-    def save() -> None:
-        res["load_end"] = [round(x, 2) for x in os.getloadavg()]
-        tmp = opts.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(res, f, indent=1, default=str)
-        os.replace(tmp, opts.out)
+    save = result_saver(res, opts.out)
 
     srv = daemon = client = src = None
     sources: list[Child] = []
@@ -655,12 +634,7 @@ def main(argv=None) -> int:
         ec.send("nokeep")
         zc = Child(["--zmq-child", cmd_ep], os.path.join(opts.tmp, "zmq.log"), script=ctl_script)
         children.append(zc)
-        for _ in range(100):
-            client.set("c2.strength", 0.5)
-            if ec.wait("FIRST", 0.1) is not None:
-                break
-        else:
-            raise RuntimeError("the event tap heard nothing")
+        control.tap_handshake(client, ec, "c2.strength")
         midi_in = f"{dclient}-midi-in:in"
 
         def start_midi(k: int) -> Child:
@@ -976,33 +950,12 @@ def main(argv=None) -> int:
         res["traceback"] = traceback.format_exc()[-3000:]
         log(f"FAILED: {res['fail']}")
     finally:
-        for c in reversed(children + midi_kids):
-            try:
-                c.close("stop" if c in sources else "quit")
-            except Exception:
-                c.kill()
-        if client is not None:
-            client.close()
-        if daemon is not None:
-            res["daemon_final_status"] = daemon.stop()
-            res["daemon_exit"] = daemon.proc.returncode
-            try:
-                text = open(daemon.log_path, encoding="utf-8", errors="replace").read()
-                res["daemon_warnings"] = [ln[:300] for ln in text.splitlines() if " WARNING " in ln or " ERROR " in ln][:40]
-            except OSError:
-                pass
-            res["daemon_log_tail"] = _tail(daemon.log_path, 2500)
+        control.tear_down(res, children + midi_kids, client, daemon, srv,
+                          line=lambda c: "stop" if c in sources else "quit", warnings=True)
         if srv is not None:
-            srv.stop()
             remove_stale_shm(srv.name)
-        if opts.keep_logs:
-            log(f"logs kept in {opts.tmp}")
-        else:
-            shutil.rmtree(opts.tmp, ignore_errors=True)
-    res["wall_s"] = round(time.monotonic() - t_start_wall, 1)
-    save()
-    print(report(res))
-    print(f"\nwrote {opts.out} ({res['wall_s']:.0f} s)")
+        drop_tmp(opts.tmp, opts.keep_logs, log)
+    finish(res, opts.out, t_start_wall, report)
     return 1 if res.get("fail") else 0
 
 
