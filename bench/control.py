@@ -875,9 +875,9 @@ def report(res: dict) -> str:
     out = [f"quietcast control benchmark  {res['date']}  ({res['mode']})",
            f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, python {m['python']}, {m.get('jackd')}",
            f"NOTE: {res['note']}",
-           f"daemon: {res['daemon']}",
-           f"audio: {res['audio']}",
-           f"load: {res['load_text']}", ""]
+           f"daemon: {res.get('daemon', '(did not start)')}",
+           f"audio: {res.get('audio', '-')}",
+           f"load: {res.get('load_text', '-')}", ""]
     rows = []
     for p in res.get("phases", []):
         z, mi = p.get("zmq", {}), p.get("midi", {})
