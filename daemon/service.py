@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from quietcast.bridge.errors import ChainSpecError
-from quietcast.models import bundle_licence
+from quietcast.models import available_models, bundle_licence
 
 from . import jackio
 from .engine import Engine
@@ -134,8 +134,10 @@ class Daemon:
             lic = bundle_licence(new.sup.suppressor)
             if lic and not lic.get("commercial_use", True) and not getattr(self, "_licence_warned", False):
                 self._licence_warned = True
-                log.warning("model %s (%s): %s (%s)", e.model, new.sup.suppressor.bundle.path.name,
-                            lic.get("note", ""), "; ".join(lic.get("reasons", [])))
+                log.warning("model %s (%s): %s (%s)%s", e.model, new.sup.suppressor.bundle.path.name,
+                            lic.get("note", ""), "; ".join(lic.get("reasons", [])),
+                            "; engine.model = \"neural-clean\" allows commercial use"
+                            if "neural-clean" in available_models() else "")
         return self.engine
 
     # ------------------------------------------------------------------

@@ -117,6 +117,9 @@ def test_models_state_the_weights_licence():
     assert rows["neural"]["commercial_use"] is False
     assert "non-commercial" in rows["neural"]["licence_note"]
     assert rows["dsp"]["commercial_use"] is None  # no weights
+    assert rows["neural-clean"]["commercial_use"] is True  # the licence-clean bundle
     text = qc("models").stdout
     line = next(ln for ln in text.splitlines() if ln.startswith("neural "))
     assert "NON-COMMERCIAL only" in line
+    line = next(ln for ln in text.splitlines() if ln.startswith("neural-clean "))
+    assert "commercial use allowed" in line

@@ -362,3 +362,28 @@ def test_faulty_plugin_is_isolated_to_its_channel(tmp_path, jack_server, qcgain_
                 cl.close()
         out = stop(proc)
     assert "stage v failed" in out and "the other channels run on" in out
+
+
+# --------------------------------------------------------------------------
+# the weights' licence is said where an operator looks
+
+
+@pytest.mark.parametrize("model", ["neural", "neural-clean"])
+def test_the_log_says_when_weights_are_non_commercial(tmp_path, jack_server, model):
+    """The default neural weights trained on non-commercial data: the
+    daemon's log says so once and names the model that allows commercial
+    use; with that model (``neural-clean``) there is no such warning."""
+    cfg = write_config(tmp_path, jack_server.name)
+    cfg.write_text(cfg.read_text().replace('model = "dsp"', f'model = "{model}"'))
+    proc = start(cfg)
+    try:
+        assert wait_ready(tmp_path, timeout=60.0)
+    finally:
+        out = stop(proc)
+    warned = [ln for ln in out.splitlines() if "commercial" in ln and "WARNING" in ln.upper()]
+    if model == "neural":
+        assert len(warned) == 1, out
+        assert "UrbanSound8K" in warned[0] and 'engine.model = "neural-clean" allows commercial use' in warned[0]
+    else:
+        assert warned == [], out
+    assert proc.returncode == 0
