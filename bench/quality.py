@@ -246,7 +246,7 @@ def lower_voices(root: pathlib.Path = KLETTRES, langs=LOWER_VOICES) -> dict:
             fr = y[: y.size // 480 * 480].reshape(-1, 480)
             e = np.sqrt(np.mean(fr.astype(np.float64) ** 2, 1))
             on = np.flatnonzero(e > e.max() * 10 ** (-40 / 20))
-            if on.size == 0 or e.max() == 0:
+            if on.size == 0:  # digital silence
                 continue
             y = y[on[0] * 480:(on[-1] + 1) * 480]
             if y.size >= SR // 4:

@@ -417,8 +417,7 @@ def make_mixture(rng, corpus: Corpus, n: int, snr_range=(-5.0, 25.0), augment: b
 
 
 def heldout_mixtures(cache, n: int = 48, seed: int = 20240611, seconds: float = 6.0,
-                     snrs=(-5.0, 0.0, 5.0, 10.0, 15.0, 20.0), voices: dict | None = None,
-                     gap_s=(0.2, 0.6)) -> list[dict]:
+                     snrs=(-5.0, 0.0, 5.0, 10.0, 15.0, 20.0), voices: dict | None = None) -> list[dict]:
     """Deterministic evaluation mixtures from the held-out split only:
     one held-out utterance (or several, with pauses) + one held-out noise
     file, plain additive mixing (no augmentation), SNR cycling over
@@ -429,7 +428,7 @@ def heldout_mixtures(cache, n: int = 48, seed: int = 20240611, seconds: float = 
     ``voices`` (optional): other clean speech instead, ``{group: [(name,
     float32 audio at 48 kHz), ...]}``; the mixtures cycle over the groups
     (bench/quality.py ``--voices lower``). The noises are the same
-    held-out noises. ``gap_s``: pause between utterances, seconds."""
+    held-out noises."""
     cache = pathlib.Path(cache)
     if not (cache / "index.json").exists():
         cache = cache / f"v{CACHE_VERSION}"
@@ -449,11 +448,11 @@ def heldout_mixtures(cache, n: int = 48, seed: int = 20240611, seconds: float = 
         names = []
         while pos < L - SR // 2:
             name, a = voices[g][int(rng.integers(len(voices[g])))]
-            a = corp.get("speech", a).astype(np.float32) * _I16 if isinstance(a, int) else a
-            u = a[: L - pos]
+            # the cache's int16 items (an index) are converted only as far as they are used
+            u = corp.get("speech", a)[: L - pos].astype(np.float32) * _I16 if isinstance(a, int) else a[: L - pos]
             clean[pos:pos + u.size] = u / (_rms(u) + 1e-6)
             names.append(name)
-            pos += u.size + int(rng.uniform(*gap_s) * SR)
+            pos += u.size + int(rng.uniform(0.2, 0.6) * SR)
         j = int(rng.choice(len(corp.noise_p), p=corp.noise_p))
         nz = corp.get("noise", j).astype(np.float32) * _I16
         if nz.size < L:

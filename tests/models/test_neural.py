@@ -329,12 +329,40 @@ def test_default_bundle_keeps_low_and_high_voices(f0, rng):
     took a deep voice's harmonics for noise (SI-SDR 15.6 -> 7.9 dB at an
     f0 of 65-125 Hz for the first shipped bundle). The bursts must come
     through about as they went in, and the noise between them go down."""
+    before, after = _bursts_si_sdr("default", f0, rng)
+    assert after > before - 1.5, (f0, before, after)
+
+
+def _bursts_si_sdr(model: str, f0: float, rng) -> tuple[float, float]:
+    """SI-SDR of :func:`harmonic_bursts` at ``f0`` before and after the
+    model ``model`` (from 0.5 s, the output's delay removed)."""
     x, ref, _noise = harmonic_bursts(f0, rng)
-    y = NeuralSuppressor(1).process(x)[0, LATENCY:]
+    y = create_suppressor(model, 1).process(x)[0, LATENCY:]
     xin, ref = x[0, :-LATENCY], ref[:-LATENCY]
     skip = 24_000
-    before, after = _si_sdr(xin[skip:], ref[skip:]), _si_sdr(y[skip:], ref[skip:])
-    assert after > before - 1.5, (f0, before, after)
+    return _si_sdr(xin[skip:], ref[skip:]), _si_sdr(y[skip:], ref[skip:])
+
+
+def _demo_si_sdr(model: str) -> tuple[float, float]:
+    """SI-SDR of the demo clip from 1 s (after its noise-only lead-in),
+    before and after the model ``model``."""
+    clean, noise = _demo_clip()
+    x = (clean + noise)[None, :]
+    y = create_suppressor(model, 1).process(x)[0, LATENCY:]
+    ref = clean[:-LATENCY]
+    s = 48_000
+    return _si_sdr(x[0, s:-LATENCY], ref[s:]), _si_sdr(y[s:], ref[s:])
+
+
+def _lead_in_reduction_db(model: str, silence: int) -> float:
+    """How far the model ``model`` cuts the demo clip's noise-only lead-in
+    (0.25..1.0 s) when the clip starts after ``silence`` samples of
+    digital silence."""
+    clean, noise = _demo_clip()
+    x = np.concatenate([np.zeros(silence, np.float32), clean + noise])[None, :]
+    y = create_suppressor(model, 1).process(x)[0, LATENCY:]
+    a, b = silence + 12_000, silence + 48_000
+    return float(10 * np.log10(np.mean(x[0, a:b] ** 2) / np.mean(y[a:b] ** 2)))
 
 
 def _demo_clip():
@@ -353,11 +381,7 @@ def test_default_bundle_suppresses_noise_after_digital_silence(silence):
     """A source that starts after digital silence, on or off the hop grid
     (a live channel unmuted mid-hop): its noise-only lead-in is cut by
     most of the strength within the first second."""
-    clean, noise = _demo_clip()
-    x = np.concatenate([np.zeros(silence, np.float32), clean + noise])[None, :]
-    y = create_suppressor("default", 1).process(x)[0, LATENCY:]
-    a, b = silence + 12_000, silence + 48_000  # 0.25..1.0 s of the noise-only lead-in
-    red = 10 * np.log10(np.mean(x[0, a:b] ** 2) / np.mean(y[a:b] ** 2))
+    red = _lead_in_reduction_db("default", silence)
     assert red > 10.0, red
 
 
@@ -369,14 +393,7 @@ def test_default_bundle_improves_heldout_demo_clip():
     cfg = verify_bundle("default")
     held = set(cfg["data"]["heldout"]["speech"]) | set(cfg["data"]["heldout"]["noise"])
     assert {"ljspeech/LJ001-0054.flac", "ljspeech/LJ001-0107.flac", "misc/noise1.flac"} <= held
-    clean, noise = _demo_clip()
-    x = (clean + noise)[None, :]
-    sup = create_suppressor("default", 1)
-    y = sup.process(x)[0, LATENCY:]
-    ref = clean[:-LATENCY]
-    s = 48_000  # from 1 s: the clip's noise-only lead-in
-    before = _si_sdr(x[0, s:-LATENCY], ref[s:])
-    after = _si_sdr(y[s:], ref[s:])
+    before, after = _demo_si_sdr("default")
     assert after > before + 4.5, (before, after)
 
 
@@ -405,17 +422,10 @@ def test_clean_bundle_improves_heldout_demo_clip():
     from 1 s goes from 5.5 dB to 12.0 (the default bundle: 10.5);
     its noise-only lead-in is cut by most of the 15 dB strength, also after
     digital silence off the hop grid."""
-    clean, noise = _demo_clip()
-    x = (clean + noise)[None, :]
-    y = create_suppressor("neural-clean", 1).process(x)[0, LATENCY:]
-    ref = clean[:-LATENCY]
-    s = 48_000
-    before, after = _si_sdr(x[0, s:-LATENCY], ref[s:]), _si_sdr(y[s:], ref[s:])
+    before, after = _demo_si_sdr("neural-clean")
     assert after > before + CLEAN_DEMO_MIN, (before, after)
-    x = np.concatenate([np.zeros(6146, np.float32), clean + noise])[None, :]
-    y = create_suppressor("neural-clean", 1).process(x)[0, LATENCY:]
-    a, b = 6146 + 12_000, 6146 + 48_000
-    assert 10 * np.log10(np.mean(x[0, a:b] ** 2) / np.mean(y[a:b] ** 2)) > 10.0
+    red = _lead_in_reduction_db("neural-clean", 6146)
+    assert red > 10.0, red
 
 
 @pytest.mark.parametrize("f0,max_loss", [(95.0, CLEAN_LOW_MAX_LOSS), (220.0, 1.5)])
@@ -424,11 +434,7 @@ def test_clean_bundle_voices(f0, max_loss, rng):
     cuts a deep one: harmonic bursts at 95 Hz lose 5.0 dB of SI-SDR
     (the default bundle: 0.8), the known weakness in its model card. This
     guards that it gets no worse."""
-    x, ref, _noise = harmonic_bursts(f0, rng)
-    y = create_suppressor("neural-clean", 1).process(x)[0, LATENCY:]
-    xin, ref = x[0, :-LATENCY], ref[:-LATENCY]
-    skip = 24_000
-    before, after = _si_sdr(xin[skip:], ref[skip:]), _si_sdr(y[skip:], ref[skip:])
+    before, after = _bursts_si_sdr("neural-clean", f0, rng)
     assert after > before - max_loss, (f0, before, after)
 
 
