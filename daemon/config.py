@@ -11,7 +11,7 @@ The file (the shipped example is ``daemon/default.toml``, see
     reconnect_interval_ms = 500     # 50..10000, how often to retry when jackd is gone
 
     [engine]
-    model = "default"               # suppressor for all channels (one batch); one of quietcast.models.available_models()
+    model = "default"               # suppressor for all channels (one batch); one of quietcast.models.available_models(), or a bundle folder
     max_attenuation_db = 15.0       # 0..60 dB; a channel's strength 1.0 means this much attenuation
     safety_ms = 10.0                # 0..200 ms of extra buffering for the engine's compute time (part of the declared latency)
     max_backlog_ms = 500.0          # 20..5000 ms, more than safety_ms: if the engine falls this far behind it
@@ -53,6 +53,10 @@ Value rules:
   :meth:`quietcast.bridge.Chain.load` and its problems are reported under
   the channel. Note the bundled ``default`` chain has its own ``denoise``
   stage; a post-chain normally should not;
+- ``engine.model``: a model name (``quietcast models``) or, with a ``/``
+  in it (or a leading ``~``), a ``neural`` bundle folder such as one
+  ``python -m quietcast.models.train --out`` wrote, relative to the config
+  file's folder; its config and sha256 are checked here;
 - each connect pattern must contain ``:`` (a JACK port name is
   ``client:port``).
 
@@ -217,11 +221,23 @@ def _pattern_rule(v: str) -> str | None:
     return None
 
 
+def _model_rule(v: str) -> str | None:
+    from quietcast.models import available_models, is_bundle_path
+
+    if is_bundle_path(v) or v in available_models():
+        return None
+    known = available_models()
+    return (f"is not one of {', '.join(repr(k) for k in known)}{did_you_mean(v, known)}, "
+            "nor a bundle folder (a path with a '/', e.g. './mymodel')")
+
+
 def _model_key() -> Key:
     from quietcast.models import available_models
 
-    return Key(Param("model", "choice", "default", choices=tuple(available_models()),
-                     doc="suppressor for all channels, run as one batch (quietcast models)"))
+    return Key(Param("model", "str", "default",
+                     doc="suppressor for all channels, run as one batch (quietcast models), or a neural bundle "
+                         "folder (a path with a '/', relative to this file)"),
+               extra=_model_rule, rule=f"one of {', '.join(available_models())}, or a bundle folder")
 
 
 JACK_KEYS: tuple[Key, ...] = (
@@ -494,6 +510,27 @@ def _as_table(doc: dict, section: str, problems: list[Problem]) -> dict:
     return {}
 
 
+def _resolve_model_path(engine: dict, base_dir: str | None, problems: list[Problem]) -> None:
+    """``engine.model`` as a bundle folder: made absolute (relative to the
+    config file's folder) and checked (config and sha256, no torch)."""
+    from quietcast.models import is_bundle_path
+    from quietcast.models.bundle import BundleError, verify_bundle
+
+    v = engine["model"]
+    if not is_bundle_path(v):
+        return
+    path = os.path.normpath(os.path.join(base_dir if base_dir is not None else os.getcwd(), os.path.expanduser(v)))
+    engine["model"] = path
+    try:
+        cfg = verify_bundle(path)
+    except BundleError as e:
+        problems.append(Problem("[engine] model", f"{v!r}: {e}"))
+        return
+    if cfg.get("model", "neural") != "neural":
+        problems.append(Problem("[engine] model", f"{v!r}: a {cfg.get('model')!r} bundle; only neural bundles load "
+                                                  "from a folder"))
+
+
 def _resolve_chain(value: str, base_dir: str | None) -> tuple[str, str | None, str | None]:
     """``(effective value, file to load, problem)`` for a channel's chain."""
     from quietcast.bridge import bundled_chains
@@ -593,6 +630,8 @@ def config_from_dict(doc: Any, source: str = "config", base_dir: str | None = No
                 v = os.path.expanduser(vals[k])
                 vals[k] = os.path.normpath(os.path.join(base_dir if base_dir is not None else os.getcwd(), v))
     engine = _check_table(_as_table(doc, "engine", problems), engine_keys(), "[engine]", problems)
+    if engine.get("model"):
+        _resolve_model_path(engine, base_dir, problems)
     safety = engine.get("safety_ms", EngineConfig.safety_ms)
     backlog = engine.get("max_backlog_ms", EngineConfig.max_backlog_ms)
     if backlog <= safety:

@@ -22,6 +22,10 @@ Names known to :func:`create_suppressor`:
 - ``default``: the best model available here (the shipped neural bundle
   when present, its checksum is right and torch is installed, else
   ``dsp``).
+- a bundle folder: any name with a ``/`` in it (``./mymodel``,
+  ``/srv/models/studio``) is the path of a ``neural`` bundle, such as one
+  ``python -m quietcast.models.train --out`` wrote; checked like the
+  shipped ones (config, sha256) when the suppressor is built.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from .bundle import ASSETS  # no torch: bundle.py imports it only to load weight
 
 __all__ = [
     "HOP", "SAMPLE_RATE", "Suppressor", "HopSuppressor", "Passthrough", "sanitize",
-    "available_models", "create_suppressor", "bundle_licence",
+    "available_models", "create_suppressor", "bundle_licence", "is_bundle_path",
 ]
 
 
@@ -104,6 +108,13 @@ def available_models() -> list[str]:
     return ["default"] + sorted(_FACTORIES)
 
 
+def is_bundle_path(name) -> bool:
+    """Whether a model name is meant as a bundle folder (it has a ``/``,
+    or starts with ``~``); such a name is never a registered model."""
+    s = str(name)
+    return "/" in s or s.startswith("~")
+
+
 def resolve_model(name: str) -> str:
     """The real model behind ``name`` ("default" -> "neural" or "dsp")."""
     if name == "default":
@@ -119,6 +130,19 @@ def create_suppressor(name: str = "default", channels: int = 1, device: str = "c
     CPU whatever it says (their :attr:`~Suppressor.backend` is ``"cpu"``).
 
     Raises ValueError naming the model and listing the known ones."""
+    if is_bundle_path(name):  # a bundle folder of the neural network
+        import os
+
+        from .bundle import BundleError, verify_bundle
+
+        path = os.path.abspath(os.path.expanduser(str(name)))
+        try:
+            cfg = verify_bundle(path)
+        except BundleError as e:
+            raise ValueError(f"model {name!r}: {e}") from None
+        if cfg.get("model", "neural") != "neural":
+            raise ValueError(f"model {name!r}: a {cfg.get('model')!r} bundle; only neural bundles load from a folder")
+        return _neural(channels, bundle=path, device=device, **kwargs)
     real = resolve_model(name)
     if real in _GPU_MODELS:
         kwargs["device"] = device
@@ -127,5 +151,6 @@ def create_suppressor(name: str = "default", channels: int = 1, device: str = "c
 
         close = difflib.get_close_matches(str(name), available_models(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint}; known models: {', '.join(available_models())}")
+        raise ValueError(f"unknown model {name!r}{hint}; known models: {', '.join(available_models())}, "
+                         "or a bundle folder (a path with a '/')")
     return _FACTORIES[real](channels, **kwargs)

@@ -194,6 +194,20 @@ class QCNet(nn.Module):
         V = torch.cat([V[..., :kd] + acc, V[..., kd:]], dim=-1)
         return V, g
 
+    def _ema(self, x: torch.Tensor, init: float, silent: torch.Tensor | None = None) -> torch.Tensor:
+        """Exponential running mean over time of ``x[B, T, K]`` from
+        ``init`` (time constant ``norm_tau_s``), held on ``silent`` frames."""
+        a = self.alpha
+        m = torch.full((x.shape[0], x.shape[2]), init, dtype=x.dtype, device=x.device)
+        out = []
+        for t in range(x.shape[1]):
+            if silent is not None:
+                m = torch.where(silent[:, t, None], m, a * m + (1.0 - a) * x[:, t])
+            else:
+                m = a * m + (1.0 - a) * x[:, t]
+            out.append(m)
+        return torch.stack(out, 1)
+
     def forward(self, X: torch.Tensor, silent: torch.Tensor | None = None):
         """``X``: complex STFT ``[B, T, F]`` (frames as in the streaming
         path, starting from zero state). Returns the voice spectrum ``V``
@@ -206,32 +220,36 @@ class QCNet(nn.Module):
         B, T, F = X.shape
         P = X.real.square() + X.imag.square()
         lE = self._band_db(P)
-        a = self.alpha
-        m = torch.full((B, self.n_bands), _M_INIT, dtype=lE.dtype, device=X.device)
         kd = self.df_bins
         Pl = P[..., :kd]
-        u = torch.full((B, kd), _U_INIT, dtype=lE.dtype, device=X.device)
-        ms, us = [], []
         hold = silent is not None and bool(silent.any())
-        for t in range(T):
-            if hold:
-                st = silent[:, t, None]
-                m = torch.where(st, m, a * m + (1.0 - a) * lE[:, t])
-                u = torch.where(st, u, a * u + (1.0 - a) * Pl[:, t])
-            else:
-                m = a * m + (1.0 - a) * lE[:, t]
-                u = a * u + (1.0 - a) * Pl[:, t]
-            ms.append(m)
-            us.append(u)
-        M = torch.stack(ms, 1)
-        U = torch.stack(us, 1)
+        lead = _leading(silent) if hold else None
+        if lead is not None:
+            # Silence only before each sequence starts (every training
+            # example): run each one from its first sound, with the fused
+            # GRU, and put the held initial states in front. The same
+            # operations in the same order as the frame-by-frame hold.
+            idx, back, keep = lead
+            M = _unroll(self._ema(_roll(lE, idx), _M_INIT), back, keep, _M_INIT)
+            U = _unroll(self._ema(_roll(Pl, idx), _U_INIT), back, keep, _U_INIT)
+        elif hold:
+            M = self._ema(lE, _M_INIT, silent)
+            U = self._ema(Pl, _U_INIT, silent)
+        else:
+            M = self._ema(lE, _M_INIT)
+            U = self._ema(Pl, _U_INIT)
         f = torch.cat([(lE - M) * 0.05, (lE + 30.0) * 0.025], dim=-1)
         Xl = X[..., :kd]
         xn = Xl * torch.rsqrt(U + _LE_EPS)
         xf = torch.cat([xn.real, xn.imag], dim=-1).clamp(-_XN_MAX, _XN_MAX)
         d = torch.relu(self.df_enc(xf))
         z = torch.cat([torch.relu(self.enc(f)), d], dim=-1)
-        if hold:
+        if lead is not None:
+            h1r, _ = self.gru1(_roll(z, idx))
+            h2r, _ = self.gru2(h1r)
+            h1 = _unroll(h1r, back, keep, 0.0)
+            h2 = _unroll(h2r, back, keep, 0.0)
+        elif hold:
             h1 = _gru_held(self.gru1, z, silent)
             h2 = _gru_held(self.gru2, h1, silent)
         else:
@@ -252,6 +270,27 @@ def _refine(G: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     gl = G[..., :nf].clamp(_G_MIN, 1.0 - _G_MIN)
     gl = torch.sigmoid(torch.log(gl) - torch.log1p(-gl) + q)
     return torch.cat([gl, G[..., nf:]], dim=-1)
+
+
+def _leading(silent: torch.Tensor):
+    """If every row of ``silent[B, T]`` is silent only in a run at its
+    start: the gather indices that move each row's first sound to frame 0
+    and back, and the frames after the run (``[B, T]`` each); else None."""
+    B, T = silent.shape
+    t = torch.arange(T, device=silent.device)
+    k = torch.where(silent.all(1), T, (~silent).int().argmax(1))  # frames of leading silence
+    keep = t[None] >= k[:, None]
+    if not bool(torch.equal(~keep, silent)):
+        return None
+    return (t[None] + k[:, None]) % T, (t[None] - k[:, None]) % T, keep
+
+
+def _roll(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[2]))
+
+
+def _unroll(x: torch.Tensor, back: torch.Tensor, keep: torch.Tensor, fill: float) -> torch.Tensor:
+    return torch.where(keep[..., None], _roll(x, back), torch.full_like(x[:, :1], fill))
 
 
 def _gru_held(gru: nn.GRU, z: torch.Tensor, silent: torch.Tensor) -> torch.Tensor:

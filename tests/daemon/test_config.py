@@ -294,8 +294,26 @@ def test_unknown_model_did_you_mean():
     from quietcast.models import available_models
 
     assert p.startswith("[engine] model: value 'dps' is not one of " + ", ".join(repr(m) for m in available_models()))
-    assert "(did you mean 'dsp'" in p
+    assert "(did you mean 'dsp'" in p and "nor a bundle folder" in p
     assert cfg('[engine]\nmodel = "passthrough"\n' + ONE).engine.model == "passthrough"
+
+
+def test_model_as_a_bundle_folder(tmp_path):
+    """A path is a neural bundle folder, relative to the config file, its
+    checksum checked when the config is read."""
+    import shutil
+
+    from quietcast.models.bundle import ASSETS
+
+    shutil.copytree(ASSETS / "clean", tmp_path / "models" / "mine")
+    c = parse_config('[engine]\nmodel = "./models/mine"\n' + ONE, base_dir=str(tmp_path))
+    assert c.engine.model == str(tmp_path / "models" / "mine")
+    p = one_problem('[engine]\nmodel = "./nowhere"\n' + ONE)
+    assert p.startswith("[engine] model: './nowhere': no model bundle at") and "config.json" in p
+    w = tmp_path / "models" / "mine" / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[:-1] + b"x")
+    with pytest.raises(ConfigError, match="sha256 mismatch"):
+        parse_config('[engine]\nmodel = "models/mine"\n' + ONE, base_dir=str(tmp_path))
 
 
 def test_backlog_must_exceed_safety():
@@ -586,7 +604,8 @@ def test_describe_schema():
     assert keys["background_db"]["range"] == "[-96, 0] or -inf dB"
     assert keys["connect_in"]["type"] == "list[str]" and keys["connect_in"]["default"] == []
     eng = {k["name"]: k for k in s["engine"]}
-    assert "dsp" in eng["model"]["choices"] and eng["model"]["default"] == "default"
+    assert "dsp" in eng["model"]["rule"] and "bundle folder" in eng["model"]["rule"]
+    assert eng["model"]["default"] == "default"
     assert {k["name"] for k in s["jack"]} == {"client_name", "server", "reconnect_interval_ms"}
 
 

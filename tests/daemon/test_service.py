@@ -368,12 +368,20 @@ def test_faulty_plugin_is_isolated_to_its_channel(tmp_path, jack_server, qcgain_
 # the weights' licence is said where an operator looks
 
 
-@pytest.mark.parametrize("model", ["neural", "neural-clean"])
+@pytest.mark.parametrize("model", ["neural", "neural-clean", "./bundles/mine"])
 def test_the_log_says_when_weights_are_non_commercial(tmp_path, jack_server, model):
     """The default neural weights trained on non-commercial data: the
     daemon's log says so once and names the model that allows commercial
-    use; with that model (``neural-clean``) there is no such warning."""
+    use; with that model (``neural-clean``) there is no such warning. A
+    bundle folder of one's own (here a copy of the default bundle, given
+    relative to the config file) runs, with its own licence said."""
     cfg = write_config(tmp_path, jack_server.name)
+    if model.startswith("./"):
+        import shutil
+
+        from quietcast.models.bundle import ASSETS
+
+        shutil.copytree(ASSETS / "default", cfg.parent / model)
     cfg.write_text(cfg.read_text().replace('model = "dsp"', f'model = "{model}"'))
     proc = start(cfg)
     try:
@@ -381,9 +389,11 @@ def test_the_log_says_when_weights_are_non_commercial(tmp_path, jack_server, mod
     finally:
         out = stop(proc)
     warned = [ln for ln in out.splitlines() if "commercial" in ln and "WARNING" in ln.upper()]
-    if model == "neural":
+    if model != "neural-clean":
         assert len(warned) == 1, out
         assert "UrbanSound8K" in warned[0] and 'engine.model = "neural-clean" allows commercial use' in warned[0]
+        if model.startswith("./"):  # the folder's own bundle, its path made absolute
+            assert f"model {cfg.parent / 'bundles' / 'mine'} (mine)" in warned[0], warned[0]
     else:
         assert warned == [], out
     assert proc.returncode == 0

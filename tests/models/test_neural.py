@@ -604,3 +604,59 @@ def test_shipped_bundles_state_their_licence():
             continue
         lic = verify_bundle(name)["licence"]
         assert isinstance(lic["commercial_use"], bool) and lic["note"]
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def test_leading_silence_fast_path_equals_the_frame_by_frame_hold(monkeypatch, noisy_speechlike):
+    """Training batches start after different runs of digital silence; the
+    forward pass then runs each row from its first sound with the fused
+    GRU. It must give what the frame-by-frame hold gives, and each row what
+    the same row gives without its silent start."""
+    from quietcast.models import neural
+
+    torch.manual_seed(3)
+    net = QCNet()
+    x = torch.from_numpy(np.repeat(noisy_speechlike[0][:, :48_000], 3, axis=0).copy())
+    lead = [0, 3, 7]
+    for b, k in enumerate(lead):
+        x[b, :k * 480 + 100] = 0.0  # k whole silent frames (+ part of the next: not silent)
+    win = torch.from_numpy(neural._window(960))
+    X = torch.fft.rfft(torch.nn.functional.pad(x, (480, 0)).unfold(1, 960, 480) * win, dim=-1)
+    silent = torch.zeros(X.shape[:2], dtype=torch.bool)
+    for b, k in enumerate(lead):
+        silent[b, :k + 1] = True  # the pad frame, then k zero frames
+    assert neural._leading(silent) is not None
+    with torch.no_grad():
+        fast, g_fast = net(X, silent=silent)
+        monkeypatch.setattr(neural, "_leading", lambda s: None)
+        slow, g_slow = net(X, silent=silent)
+        for b, k in enumerate(lead):
+            alone, _ = net(X[b:b + 1, k + 1:])
+            assert _rel_err(fast[b, k + 1:], alone[0]) < 1e-6
+    assert _rel_err(fast, slow) < 1e-6 and _rel_err(g_fast, g_slow) < 1e-6
+    assert float(fast[1:, :2].abs().max()) < float(fast[0, :2].abs().max())  # the silent start stays silent
+    mid = silent.clone()
+    mid[0, 20] = True  # silence inside a row: the general path
+    assert neural._leading(mid) is None
+
+
+def test_a_bundle_folder_is_a_model(tmp_path):
+    """Any path with a '/' names a neural bundle folder (one that
+    ``python -m quietcast.models.train --out`` wrote); a bad one is a clear
+    error naming it."""
+    import shutil
+
+    from quietcast.models import create_suppressor, is_bundle_path
+    from quietcast.models.bundle import ASSETS
+
+    shutil.copytree(ASSETS / "clean", tmp_path / "mine")
+    sup = create_suppressor(str(tmp_path / "mine"), channels=2)
+    assert sup.bundle.path == tmp_path / "mine" and sup.bundle.config["licence"]["commercial_use"] is True
+    assert is_bundle_path("./mine") and is_bundle_path("~/m") and not is_bundle_path("neural-clean")
+    with pytest.raises(ValueError, match=r"model '\./nowhere': no model bundle at"):
+        create_suppressor("./nowhere")
+    with pytest.raises(ValueError, match=r"or a bundle folder \(a path with a '/'\)"):
+        create_suppressor("mine")

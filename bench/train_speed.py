@@ -1,0 +1,130 @@
+"""Training throughput of ``python -m quietcast.models.train`` on this machine.
+
+    python bench/train_speed.py                 # ~2 min on 2 cores
+    python bench/train_speed.py --steps 40 --json /tmp/train_speed.json
+
+Times the parts of one training step (batch 12 x 2 s, the default
+architecture from scratch, one torch thread, mix version 3: what the
+shipped bundles were trained with) and then whole steps, in this order:
+
+- ``mixing``: making one batch of 12 mixtures (numpy/scipy, on the
+  training thread);
+- ``network``: STFT, forward pass, loss, backward pass and Adam step for a
+  batch of 12 with leading digital silence in some rows (the 25 % of
+  examples that start mid-hop);
+- ``loss``: the loss alone, forward and backward (part of ``network``);
+- ``step, workers=0`` and ``step, workers=1``: the training loop's
+  step as ``train --workers 0|1`` runs it (``models.train.Batches``: the
+  mixing between steps, or ahead in one worker process).
+
+Each figure is the median over ``--steps`` steps after 3 warm-up steps, in
+wall seconds (CPU seconds of this process beside them). ``steps/CPU-hour``
+is what a ``--minutes 60`` run gets through. It needs the training cache
+(``--cache``, built from ../shared/data by the first training run or here).
+Writes JSON (default ``bench/out/train_speed.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from common import REPO, fmt_table, loadavg, machine_info, write_json  # noqa: E402
+
+
+def _timed(fn, steps: int, warm: int = 3) -> dict:
+    wall, cpu = [], []
+    for i in range(warm + steps):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        if i >= warm:
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+    return {"wall_s": float(np.median(wall)), "cpu_s": float(np.median(cpu)), "steps": steps}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per row (default 20)")
+    ap.add_argument("--batch", type=int, default=12)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--mix-version", type=int, default=3)
+    ap.add_argument("--cache", default="/tmp/quietcast_cache")
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--json", default=os.path.join(REPO, "bench", "out", "train_speed.json"))
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from quietcast.models import train as T
+    from quietcast.models.neural import HOP, QCNet, _window
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cache = T.build_cache(args.cache, args.data)
+    corpus = T.Corpus(cache, "train")
+    n = int(args.seconds * T.SR) // HOP * HOP
+    win = torch.from_numpy(_window(2 * HOP))
+    net = QCNet()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    rng = np.random.default_rng(0)
+    fixed = T.make_batch(rng, corpus, n, args.batch, args.mix_version)
+
+    def network(xb, sb):
+        x, s = torch.from_numpy(xb), torch.from_numpy(sb)
+        X, S = T._stft(x, win, HOP), T._stft(s, win, HOP)
+        V, g = net(X, silent=T._silent(x, win, HOP))
+        loss, _ = T._loss(net, V, S, X, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+
+    xs = torch.from_numpy(fixed[0])
+    X0, S0 = T._stft(xs, win, HOP), T._stft(torch.from_numpy(fixed[1]), win, HOP)
+
+    def loss_only():
+        V = (X0 * 0.5).requires_grad_()
+        g = torch.full((X0.shape[0], X0.shape[1], net.n_bands), 0.5, requires_grad=True)
+        T._loss(net, V, S0, X0, g)[0].backward()
+
+    rows = {}
+    rows["mixing"] = _timed(lambda: T.make_batch(rng, corpus, n, args.batch, args.mix_version), args.steps)
+    rows["network"] = _timed(lambda: network(*fixed), args.steps)
+    rows["loss"] = _timed(loss_only, args.steps)
+    for w in (0, 1):
+        b = T.Batches(np.random.default_rng(1), corpus, n, args.batch, args.mix_version, workers=w)
+        try:
+            rows[f"step, workers={w}"] = _timed(lambda: network(*b.next()), args.steps)
+        finally:
+            b.close()
+    for r in rows.values():
+        r["steps_per_cpu_hour"] = round(3600.0 / r["cpu_s"]) if r["cpu_s"] > 0 else None
+        r["steps_per_hour"] = round(3600.0 / r["wall_s"])
+    w0, w1 = rows["step, workers=0"], rows["step, workers=1"]
+    table = [[k, f"{r['wall_s'] * 1000:.0f}", f"{r['cpu_s'] * 1000:.0f}", f"{r['steps_per_hour']:,}"]
+             for k, r in rows.items()]
+    print(f"training throughput: batch {args.batch} x {args.seconds:g} s, {sum(p.numel() for p in net.parameters()):,}"
+          f" parameters, mix version {args.mix_version}, 1 torch thread, {os.cpu_count()} cores,"
+          f" load {loadavg()}")
+    print(fmt_table(["part", "wall ms", "cpu ms (this process)", "per wall hour"], table))
+    speedup = w0["wall_s"] / w1["wall_s"]
+    print(f"  a mixing worker: {speedup:.2f}x the steps per wall hour "
+          f"({w0['steps_per_hour']:,} -> {w1['steps_per_hour']:,})")
+    write_json(args.json, {"bench": "train_speed", "machine": machine_info(), "load": loadavg(),
+                           "batch": args.batch, "segment_s": args.seconds, "mix_version": args.mix_version,
+                           "rows": rows, "worker_speedup": speedup})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

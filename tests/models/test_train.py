@@ -1,0 +1,167 @@
+"""Training (models/train.py) end to end on a small data folder of our own:
+real FLAC files read with soundfile, the 48 kHz cache, mixing (version 3,
+slowed voices included), the mixing worker process, the loss, the bundle
+written and loaded back."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from quietcast.models import train as T
+from quietcast.models.bundle import load_bundle
+from quietcast.models.neural import NeuralSuppressor, QCNet
+
+pytestmark = pytest.mark.slow
+sf = pytest.importorskip("soundfile", reason="the training extra: pip install -e .[train]")
+pytest.importorskip("scipy", reason="the training extra: pip install -e .[train]")
+
+
+def _voice(rng, seconds: float, f0: float) -> np.ndarray:
+    """Voiced syllables: harmonics of a gliding f0 under a 4 Hz envelope."""
+    t = np.arange(int(seconds * 48_000)) / 48_000
+    f = f0 * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6)))
+    ph = 2 * np.pi * np.cumsum(f) / 48_000
+    x = sum(np.sin(k * ph) / k for k in range(1, 30) if k * f0 < 20_000)
+    env = np.clip(np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6)), 0, None) ** 2
+    return (0.3 * x * env / np.max(np.abs(x))).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def _no_system_voices(monkeypatch, tmp_path):
+    """Only the data folder below: not the asterisk prompts a training
+    machine may have installed."""
+    monkeypatch.setattr(T, "ASTERISK", tmp_path / "no-asterisk")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """speech/ljspeech (LJ001-0006 and -0012 are held out: numbers that
+    divide by 6), noise/misc (noise1.flac is held out) and one music bed."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    (root / "speech" / "ljspeech").mkdir(parents=True)
+    for i in range(1, 13):
+        sf.write(root / "speech" / "ljspeech" / f"LJ001-{i:04d}.flac", _voice(rng, 1.5, 160 + 10 * i), 48_000)
+    (root / "noise" / "misc").mkdir(parents=True)
+    for name in ("noise1.flac", "noise2.flac", "noise3.flac"):
+        w = rng.standard_normal(48_000 * 2).astype(np.float32)
+        sf.write(root / "noise" / "misc" / name, 0.1 * np.cumsum(w) / np.sqrt(np.arange(1, w.size + 1)), 48_000)
+    (root / "music").mkdir()
+    t = np.arange(48_000 * 2) / 48_000
+    sf.write(root / "music" / "bed.ogg", (0.2 * np.sin(2 * np.pi * 330 * t)).astype(np.float32), 48_000)
+    return root
+
+
+def _args(data, tmp_path, name: str, **kw) -> argparse.Namespace:
+    a = dict(out=str(tmp_path / name), minutes=5.0, max_wall_minutes=5.0, steps=125, stage=0, schedule=None,
+             seed=7, batch=2, seconds=0.5, lr=2e-3, threads=1, workers=0, data=str(data), init=None,
+             train_only="", fine_bins=0, mix_version=3, exclude="", noise_weights="", cache=str(tmp_path / "cache"),
+             ckpt=str(tmp_path / f"{name}.pt"), resume=False, ckpt_every=60.0, eval_every=60.0, log=None)
+    a.update(kw)
+    return argparse.Namespace(**a)
+
+
+def test_cache_and_heldout_without_the_asterisk_voices(data, tmp_path):
+    """The cache resamples nothing here (48 kHz sources) and keeps the
+    held-out files apart; held-out mixtures work with LJ Speech alone
+    (a machine without the asterisk packages)."""
+    cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
+    index = json.loads((cache / "index.json").read_text())
+    held = sorted(s["name"] for s in index if s["split"] == "heldout")
+    assert held == ["ljspeech/LJ001-0006.flac", "ljspeech/LJ001-0012.flac", "misc/noise1.flac"]
+    mixes = T.heldout_mixtures(cache, n=4, seconds=2.0)
+    assert {m["group"] for m in mixes} == {"ljspeech"}
+    assert all(m["noise_name"] == "misc/noise1.flac" for m in mixes)
+    for m in mixes:
+        assert np.allclose(m["noisy"], m["clean"] + m["noise"], atol=1e-6)
+
+
+def test_worker_makes_the_same_batches(data, tmp_path):
+    """The mixing worker hands out exactly the batches the training thread
+    would make, and the generator state after each (what a checkpoint
+    keeps)."""
+    cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
+    corpus = T.Corpus(cache, "train")
+    here = T.Batches(np.random.default_rng(3), corpus, 24_000, 3, 3, workers=0)
+    ahead = T.Batches(np.random.default_rng(3), corpus, 24_000, 3, 3, workers=1)
+    try:
+        for _ in range(4):
+            (x0, s0), (x1, s1) = here.next(), ahead.next()
+            assert np.array_equal(x0, x1) and np.array_equal(s0, s1)
+            assert here.state == ahead.state
+        assert x0.shape == (3, 24_000) and x0.dtype == np.float32
+        assert np.abs(x0).max() > 0 and not np.array_equal(x0, s0)
+        assert ahead.rng.bit_generator.state == here.rng.bit_generator.state
+    finally:
+        here.close()
+        ahead.close()
+    assert ahead._proc is None
+
+
+def test_worker_failure_is_raised_with_its_reason(data, tmp_path):
+    cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
+    corpus = T.Corpus(cache, "train")
+    corpus.items["speech"] = []  # nothing to draw from: the worker fails on its first batch
+    b = T.Batches(np.random.default_rng(0), corpus, 24_000, 2, 3, workers=1)
+    try:
+        with pytest.raises(RuntimeError, match="mixing worker failed: ValueError"):
+            b.next()
+    finally:
+        b.close()
+
+
+def test_training_writes_a_bundle_that_loads_and_runs(data, tmp_path):
+    """A short run (125 steps: 100 warm-up, one block) with and without the worker: the same
+    weights bit for bit; the bundle loads, records its run, and its
+    training data allows commercial use (no non-commercial group here)."""
+    out0 = T.train(_args(data, tmp_path, "w0", workers=0, noise_weights="music=0.05"))
+    out1 = T.train(_args(data, tmp_path, "w1", workers=1, noise_weights="music=0.05"))
+    b0, b1 = load_bundle(out0), load_bundle(out1)
+    assert b0.state_dict.keys() == b1.state_dict.keys()
+    for k in b0.state_dict:
+        assert torch.equal(b0.state_dict[k], b1.state_dict[k]), k
+    assert b0.config["weights"]["sha256"] == b1.config["weights"]["sha256"]
+    tr = b1.config["training"]
+    assert tr["steps"] == 125 and tr["workers"] == 1 and tr["mix_version"] == 3
+    assert len(tr["lr_blocks"]) == 1 and tr["history"][-1]["step"] == 125
+    assert tr["history"][-1]["val_si_sdr_imp_db"] > 1.0  # it learnt to take the noise off these voices
+    assert b1.config["licence"]["commercial_use"] is True
+    assert b1.config["data"]["train"]["noise_share"] == pytest.approx({"misc": 0.13 / 0.18, "music": 0.05 / 0.18},
+                                                                      abs=1e-4)
+    assert "--noise-weights music=0.05 --mix-version 3 --seed 7" in tr["replay_command"]
+    assert "ljspeech/LJ001-0006.flac" in b1.config["data"]["heldout"]["speech"]
+    assert tr["stage"] == 1 and "lineage" not in b1.config
+    sup = NeuralSuppressor(channels=1, bundle=out1)
+    y = sup.process(np.random.default_rng(1).standard_normal((1, 4800)).astype(np.float32) * 0.1)
+    assert y.shape == (1, 4800) and np.isfinite(y).all()
+    # the trained weights moved away from the initialisation
+    torch.manual_seed(7)
+    fresh = QCNet(**b1.config["arch"])
+    assert not torch.equal(fresh.gain.weight, b1.state_dict["gain.weight"])
+
+
+def test_noise_weights_set_each_groups_share(data, tmp_path):
+    cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
+    assert T.Corpus(cache, "train").noise_share == pytest.approx({"misc": 0.13 / 0.25, "music": 0.12 / 0.25})
+    less = T.Corpus(cache, "train", noise_weights=T.parse_noise_weights("music=0.02"))
+    assert less.noise_share == pytest.approx({"misc": 0.13 / 0.15, "music": 0.02 / 0.15})
+    assert less.noise_p.sum() == pytest.approx(1.0) and less.noise_p.size == 3  # two misc files share 0.13
+    assert T.Corpus(cache, "train", noise_weights={"music": 0.0}).noise_share["music"] == 0.0
+    with pytest.raises(ValueError, match="no noise file"):
+        T.Corpus(cache, "train", noise_weights={"music": 0.0, "misc": 0.0})
+    for bad, msg in (("musik=1", "GROUP one of urbansound8k"), ("music", "GROUP=WEIGHT"),
+                     ("music=-1", ">= 0"), ("music=loud", ">= 0"), ("music=nan", ">= 0")):
+        with pytest.raises(ValueError, match=msg):
+            T.parse_noise_weights(bad)
+
+
+def test_cli_names_a_bad_noise_weight(capsys):
+    with pytest.raises(SystemExit) as e:
+        T.main(["--noise-weights", "music=2,hum=1"])
+    assert e.value.code == 2
+    assert "--noise-weights 'hum=1'" in capsys.readouterr().err
