@@ -79,15 +79,8 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     fixed = T.make_batch(rng, corpus, n, args.batch, args.mix_version)
 
-    def network(xb, sb):
-        x, s = torch.from_numpy(xb), torch.from_numpy(sb)
-        X, S = T._stft(x, win, HOP), T._stft(s, win, HOP)
-        V, g = net(X, silent=T._silent(x, win, HOP))
-        loss, _ = T._loss(net, V, S, X, g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+    def network(xb, sb):  # the training loop's own step
+        T.train_step(net, opt, xb, sb, win, HOP)
 
     xs = torch.from_numpy(fixed[0])
     X0, S0 = T._stft(xs, win, HOP), T._stft(torch.from_numpy(fixed[1]), win, HOP)

@@ -513,22 +513,15 @@ def _as_table(doc: dict, section: str, problems: list[Problem]) -> dict:
 def _resolve_model_path(engine: dict, base_dir: str | None, problems: list[Problem]) -> None:
     """``engine.model`` as a bundle folder: made absolute (relative to the
     config file's folder) and checked (config and sha256, no torch)."""
-    from quietcast.models import is_bundle_path
-    from quietcast.models.bundle import BundleError, verify_bundle
+    from quietcast.models import bundle_folder, is_bundle_path
 
     v = engine["model"]
     if not is_bundle_path(v):
         return
-    path = os.path.normpath(os.path.join(base_dir if base_dir is not None else os.getcwd(), os.path.expanduser(v)))
-    engine["model"] = path
     try:
-        cfg = verify_bundle(path)
-    except BundleError as e:
+        engine["model"] = bundle_folder(v, base_dir)
+    except ValueError as e:
         problems.append(Problem("[engine] model", f"{v!r}: {e}"))
-        return
-    if cfg.get("model", "neural") != "neural":
-        problems.append(Problem("[engine] model", f"{v!r}: a {cfg.get('model')!r} bundle; only neural bundles load "
-                                                  "from a folder"))
 
 
 def _resolve_chain(value: str, base_dir: str | None) -> tuple[str, str | None, str | None]:

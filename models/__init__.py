@@ -35,7 +35,7 @@ from .bundle import ASSETS  # no torch: bundle.py imports it only to load weight
 
 __all__ = [
     "HOP", "SAMPLE_RATE", "Suppressor", "HopSuppressor", "Passthrough", "sanitize",
-    "available_models", "create_suppressor", "bundle_licence", "is_bundle_path",
+    "available_models", "create_suppressor", "bundle_licence", "is_bundle_path", "bundle_folder",
 ]
 
 
@@ -115,6 +115,22 @@ def is_bundle_path(name) -> bool:
     return "/" in s or s.startswith("~")
 
 
+def bundle_folder(name, base_dir: str | None = None) -> str:
+    """The absolute path of the neural bundle folder ``name`` (relative to
+    ``base_dir``, else the current folder), its config and sha256 checked
+    (no torch). Raises ValueError (a :class:`~.bundle.BundleError`) saying
+    what is wrong, without the name."""
+    import os
+
+    from .bundle import BundleError, verify_bundle
+
+    path = os.path.normpath(os.path.join(base_dir or os.getcwd(), os.path.expanduser(str(name))))
+    cfg = verify_bundle(path)
+    if cfg.get("model", "neural") != "neural":
+        raise BundleError(f"a {cfg.get('model')!r} bundle; only neural bundles load from a folder")
+    return path
+
+
 def resolve_model(name: str) -> str:
     """The real model behind ``name`` ("default" -> "neural" or "dsp")."""
     if name == "default":
@@ -131,17 +147,10 @@ def create_suppressor(name: str = "default", channels: int = 1, device: str = "c
 
     Raises ValueError naming the model and listing the known ones."""
     if is_bundle_path(name):  # a bundle folder of the neural network
-        import os
-
-        from .bundle import BundleError, verify_bundle
-
-        path = os.path.abspath(os.path.expanduser(str(name)))
         try:
-            cfg = verify_bundle(path)
-        except BundleError as e:
+            path = bundle_folder(name)
+        except ValueError as e:
             raise ValueError(f"model {name!r}: {e}") from None
-        if cfg.get("model", "neural") != "neural":
-            raise ValueError(f"model {name!r}: a {cfg.get('model')!r} bundle; only neural bundles load from a folder")
         return _neural(channels, bundle=path, device=device, **kwargs)
     real = resolve_model(name)
     if real in _GPU_MODELS:

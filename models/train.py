@@ -500,7 +500,6 @@ class Batches:
 
     def __init__(self, rng, corpus: Corpus, n: int, batch: int, version: int, workers: int = 0):
         self.rng, self.corpus, self.n, self.batch, self.version = rng, corpus, n, batch, version
-        self.state = rng.bit_generator.state
         self._proc = self._conn = None
         if workers > 0:
             import multiprocessing as mp
@@ -508,15 +507,13 @@ class Batches:
             ctx = mp.get_context("fork")
             self._conn, child = ctx.Pipe(duplex=False)
             self._proc = ctx.Process(target=_mix_worker, name="quietcast-mixer", daemon=True,
-                                     args=(child, corpus, self.state, n, batch, version))
+                                     args=(child, corpus, rng.bit_generator.state, n, batch, version))
             self._proc.start()
             child.close()
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         if self._proc is None:
-            x, s = make_batch(self.rng, self.corpus, self.n, self.batch, self.version)
-            self.state = self.rng.bit_generator.state
-            return x, s
+            return make_batch(self.rng, self.corpus, self.n, self.batch, self.version)
         while not self._conn.poll(5.0):
             if not self._proc.is_alive():
                 raise RuntimeError(f"the mixing worker died (exit code {self._proc.exitcode})")
@@ -526,9 +523,13 @@ class Batches:
             raise RuntimeError(f"the mixing worker died (exit code {self._proc.exitcode})") from None
         if kind == "error":
             raise RuntimeError(f"the mixing worker failed: {a}\n{b}")
-        self.state = state
         self.rng.bit_generator.state = state  # the trainer's rng follows the batches it was given
         return a, b
+
+    @property
+    def state(self) -> dict:
+        """The generator state after the last batch handed out."""
+        return self.rng.bit_generator.state
 
     def close(self) -> None:
         if self._proc is not None:
@@ -645,6 +646,24 @@ def _loss(net, V, S, X, g):
     gt = torch.sqrt(es / (ex + 1e-12)).clamp(0.0, 1.0)
     l_gain = (g.sqrt() - gt.sqrt()).square().mean()
     return l_mag + l_cplx + 0.5 * l_gain, (float(l_mag.detach()), float(l_cplx.detach()), float(l_gain.detach()))
+
+
+def train_step(net, opt, xb: np.ndarray, sb: np.ndarray, win, hop: int, hold: bool = True):
+    """One optimiser step on a batch (noisy ``xb``, target ``sb``,
+    ``[B, N]``): STFT, forward pass (digital-silence frames held when
+    ``hold``), loss, backward pass, gradient clipping to norm 1, Adam.
+    Returns the loss, its three parts and the gradient norm."""
+    import torch
+
+    x, s = torch.from_numpy(xb), torch.from_numpy(sb)
+    X, S = _stft(x, win, hop), _stft(s, win, hop)
+    V, g = net(X, silent=_silent(x, win, hop) if hold else None)
+    loss, parts = _loss(net, V, S, X, g)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gn = float(torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0))
+    opt.step()
+    return float(loss.detach()), parts, gn
 
 
 def _silent(x, win, hop):
@@ -769,7 +788,7 @@ def train(args) -> pathlib.Path:
 
     cache = build_cache(args.cache, args.data, log=log)
     exclude = tuple(g for g in args.exclude.split(",") if g)
-    noise_weights = parse_noise_weights(getattr(args, "noise_weights", "") or "")
+    noise_weights = parse_noise_weights(args.noise_weights)
     corpus = Corpus(cache, "train", exclude, noise_weights)
     log(f"train corpus: {len(corpus.items['speech'])} speech files, {len(corpus.items['noise'])} noise files"
         + (f" (excluded: {', '.join(exclude)})" if exclude else "")
@@ -861,7 +880,7 @@ def train(args) -> pathlib.Path:
     t_ckpt = t_eval = time.time()
     run_avg = None
     lr = args.lr
-    batches = Batches(rng, corpus, n, args.batch, args.mix_version, workers=getattr(args, "workers", 0))
+    batches = Batches(rng, corpus, n, args.batch, args.mix_version, workers=args.workers)
     try:
         while True:
             if step < WARMUP:
@@ -884,17 +903,8 @@ def train(args) -> pathlib.Path:
                     blocks.append(lr)
             for gr in opt.param_groups:
                 gr["lr"] = lr
-            xb, sb = batches.next()
-            x, s = torch.from_numpy(xb), torch.from_numpy(sb)
-            X, S = _stft(x, win, hop), _stft(s, win, hop)
-            V, g = net(X, silent=_silent(x, win, hop) if args.mix_version >= 2 else None)
-            loss, parts = _loss(net, V, S, X, g)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gn = float(torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0))
-            opt.step()
+            lv, parts, gn = train_step(net, opt, *batches.next(), win, hop, hold=args.mix_version >= 2)
             step += 1
-            lv = float(loss.detach())
             run_avg = lv if run_avg is None else 0.98 * run_avg + 0.02 * lv
             if step % BLOCK == 0:
                 log(f"step {step} loss {run_avg:.4f} (mag {parts[0]:.4f} cplx {parts[1]:.4f} "
@@ -937,13 +947,13 @@ def train(args) -> pathlib.Path:
                               + f" --fine-bins {args.fine_bins}"
                               + (f" --train-only {args.train_only}" if args.train_only else "")
                               + (f" --exclude {args.exclude}" if args.exclude else "")
-                              + (f" --noise-weights {args.noise_weights}" if getattr(args, "noise_weights", "") else "")
+                              + (f" --noise-weights {args.noise_weights}" if args.noise_weights else "")
                               + f" --mix-version {args.mix_version} --seed {args.seed}"
                               f" --batch {args.batch} --seconds {args.seconds} --lr {args.lr}",
             "mix_version": args.mix_version,
             "init": None if init_cfg is None else {"bundle": str(args.init), "sha256": init_cfg["weights"]["sha256"]},
             "seed": args.seed, "steps": step, "batch": args.batch, "train_only": list(train_only),
-            "segment_s": args.seconds, "lr": args.lr, "workers": getattr(args, "workers", 0),
+            "segment_s": args.seconds, "lr": args.lr, "workers": args.workers,
             "optimizer": f"Adam, linear warm-up {WARMUP} steps, then one rate per {BLOCK} steps on a cosine to 5 %"
                          " of the elapsed share of the time budget (recorded in lr_blocks)",
             "lr_blocks": [float(v) for v in blocks],  # exact (repr round-trips)
@@ -973,6 +983,15 @@ def train(args) -> pathlib.Path:
     out = save_bundle(net, config, args.out)
     log(f"bundle written to {out} ({step} steps, {train_s / 60:.1f} min)")
     return out
+
+
+def _noise_weights_arg(text: str) -> str:
+    """argparse ``type``: the text as given, once :func:`parse_noise_weights` accepts it."""
+    try:
+        parse_noise_weights(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def main(argv=None) -> int:
@@ -1008,7 +1027,7 @@ def main(argv=None) -> int:
     p.add_argument("--exclude", default="",
                    help="comma-separated source groups to leave out, e.g. urbansound8k (non-commercial licence)"
                         " or urbansound8k,nonspeech100 (licence-clean bundle)")
-    p.add_argument("--noise-weights", default="",
+    p.add_argument("--noise-weights", default="", type=_noise_weights_arg,
                    help="weights of the noise groups in the draws of a noise file, e.g. music=0.02 (defaults: "
                         + ", ".join(f"{g}={w:g}" for g, w in NOISE_WEIGHTS.items()) + "; normalised over the "
                         "groups left in)")
@@ -1021,10 +1040,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.max_wall_minutes is None:
         args.max_wall_minutes = 1.5 * args.minutes
-    try:
-        parse_noise_weights(args.noise_weights)
-    except ValueError as e:
-        p.error(str(e))
     if args.workers is None:
         args.workers = 1 if (os.cpu_count() or 1) > 1 else 0
     if args.ckpt is None:
