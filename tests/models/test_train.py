@@ -60,7 +60,7 @@ def data(tmp_path_factory):
 def _args(data, tmp_path, name: str, **kw) -> argparse.Namespace:
     a = dict(out=str(tmp_path / name), minutes=5.0, max_wall_minutes=5.0, steps=125, stage=0, schedule=None,
              seed=7, batch=2, seconds=0.5, lr=2e-3, threads=1, workers=0, data=str(data), init=None,
-             train_only="", fine_bins=0, mix_version=3, exclude="", noise_weights="", cache=str(tmp_path / "cache"),
+             train_only="", fine_bins=0, gain_weight=0.5, mix_version=3, exclude="", noise_weights="", cache=str(tmp_path / "cache"),
              ckpt=str(tmp_path / f"{name}.pt"), resume=False, ckpt_every=60.0, eval_every=60.0, log=None)
     a.update(kw)
     return argparse.Namespace(**a)
@@ -134,6 +134,7 @@ def test_training_writes_a_bundle_that_loads_and_runs(data, tmp_path):
     assert b1.config["data"]["train"]["noise_share"] == pytest.approx({"misc": 0.13 / 0.18, "music": 0.05 / 0.18},
                                                                       abs=1e-4)
     assert "--noise-weights music=0.05 --mix-version 3 --seed 7" in tr["replay_command"]
+    assert tr["gain_weight"] == 0.5 and "--gain-weight" not in tr["replay_command"]
     assert "ljspeech/LJ001-0006.flac" in b1.config["data"]["heldout"]["speech"]
     assert tr["stage"] == 1 and "lineage" not in b1.config
     sup = NeuralSuppressor(channels=1, bundle=out1)
@@ -165,3 +166,26 @@ def test_cli_names_a_bad_noise_weight(capsys):
         T.main(["--noise-weights", "music=2,hum=1"])
     assert e.value.code == 2
     assert "--noise-weights 'hum=1'" in capsys.readouterr().err
+
+
+def test_gain_weight_scales_the_band_gain_term_only(data, tmp_path):
+    """``--gain-weight`` weighs the band-gain term against the two spectral
+    terms (which keep weight 1), and a run records it for its replay."""
+    from quietcast.models.neural import _window
+
+    corpus = T.Corpus(T.build_cache(tmp_path / "cache", data), "train")
+    xb, sb = T.make_batch(np.random.default_rng(3), corpus, 4800, 2, 3)
+    net = QCNet()
+    win = torch.from_numpy(_window(960))
+    x, s = torch.from_numpy(xb), torch.from_numpy(sb)
+    X, S = T._stft(x, win, 480), T._stft(s, win, 480)
+    with torch.no_grad():
+        V, g = net(X)
+        (l1, p1), (l4, p4) = T._loss(net, V, S, X, g, 0.5), T._loss(net, V, S, X, g, 4.0)
+    assert p1 == p4 and p1[2] > 0
+    assert float(l1) == pytest.approx(p1[0] + p1[1] + 0.5 * p1[2], rel=1e-5)
+    assert float(l4) == pytest.approx(p1[0] + p1[1] + 4.0 * p1[2], rel=1e-5)
+    out = T.train(_args(data, tmp_path, "gw", steps=101, gain_weight=4.0))
+    tr = load_bundle(out).config["training"]
+    assert tr["gain_weight"] == 4.0 and "--gain-weight 4 " in tr["replay_command"]
+    assert tr["loss"].endswith("4 * band sqrt-gain MSE")
