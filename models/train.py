@@ -620,12 +620,14 @@ def _stft(x, win, hop):
 GAIN_WEIGHT = 0.5  # weight of the band sqrt-gain term in the loss (the shipped bundles')
 
 
-def _loss(net, V, S, X, g, gain_weight: float = GAIN_WEIGHT):
+def _loss(net, V, S, X, g, gain_weight: float = GAIN_WEIGHT, keep_weight: float = 1.0):
     """Compressed (c = 0.3) spectral magnitude MSE + compressed complex
     MSE + ``gain_weight`` * band sqrt-gain MSE, on spectra scaled to the example's
     input power. The powers ``p**(c/2)`` and ``p**((c-1)/2)`` come from
     one ``log`` each (a third faster than two ``pow``, the same values to
-    float rounding)."""
+    float rounding). ``keep_weight`` weighs a band gain below its ideal
+    value (voice removed) against one above it (noise left), in the band
+    term."""
     import torch
 
     scale = torch.rsqrt(X.real.square().add(X.imag.square()).mean(dim=(1, 2), keepdim=True) + 1e-12)
@@ -647,12 +649,13 @@ def _loss(net, V, S, X, g, gain_weight: float = GAIN_WEIGHT):
     ex = Px @ net.fb_energy
     es = Ps @ net.fb_energy
     gt = torch.sqrt(es / (ex + 1e-12)).clamp(0.0, 1.0)
-    l_gain = (g.sqrt() - gt.sqrt()).square().mean()
+    dg = g.sqrt() - gt.sqrt()
+    l_gain = dg.square().mean() if keep_weight == 1.0 else (dg.square() * torch.where(dg < 0, keep_weight, 1.0)).mean()
     return l_mag + l_cplx + gain_weight * l_gain, (float(l_mag.detach()), float(l_cplx.detach()), float(l_gain.detach()))
 
 
 def train_step(net, opt, xb: np.ndarray, sb: np.ndarray, win, hop: int, hold: bool = True,
-               gain_weight: float = GAIN_WEIGHT):
+               gain_weight: float = GAIN_WEIGHT, keep_weight: float = 1.0):
     """One optimiser step on a batch (noisy ``xb``, target ``sb``,
     ``[B, N]``): STFT, forward pass (digital-silence frames held when
     ``hold``), loss, backward pass, gradient clipping to norm 1, Adam.
@@ -662,7 +665,7 @@ def train_step(net, opt, xb: np.ndarray, sb: np.ndarray, win, hop: int, hold: bo
     x, s = torch.from_numpy(xb), torch.from_numpy(sb)
     X, S = _stft(x, win, hop), _stft(s, win, hop)
     V, g = net(X, silent=_silent(x, win, hop) if hold else None)
-    loss, parts = _loss(net, V, S, X, g, gain_weight)
+    loss, parts = _loss(net, V, S, X, g, gain_weight, keep_weight)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     gn = float(torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0))
@@ -908,7 +911,7 @@ def train(args) -> pathlib.Path:
             for gr in opt.param_groups:
                 gr["lr"] = lr
             lv, parts, gn = train_step(net, opt, *batches.next(), win, hop, hold=args.mix_version >= 2,
-                                       gain_weight=args.gain_weight)
+                                       gain_weight=args.gain_weight, keep_weight=args.keep_weight)
             step += 1
             run_avg = lv if run_avg is None else 0.98 * run_avg + 0.02 * lv
             if step % BLOCK == 0:
@@ -951,6 +954,7 @@ def train(args) -> pathlib.Path:
                               f" --stage {stage}" + (f" --init STAGE{stage - 1}" if args.init else "")
                               + f" --fine-bins {args.fine_bins}"
                               + (f" --gain-weight {args.gain_weight:g}" if args.gain_weight != GAIN_WEIGHT else "")
+                              + (f" --keep-weight {args.keep_weight:g}" if args.keep_weight != 1.0 else "")
                               + (f" --train-only {args.train_only}" if args.train_only else "")
                               + (f" --exclude {args.exclude}" if args.exclude else "")
                               + (f" --noise-weights {args.noise_weights}" if args.noise_weights else "")
@@ -964,8 +968,9 @@ def train(args) -> pathlib.Path:
                          " of the elapsed share of the time budget (recorded in lr_blocks)",
             "lr_blocks": [float(v) for v in blocks],  # exact (repr round-trips)
             "loss": "compressed (c=0.3) spectral magnitude MSE + compressed complex MSE + "
-                    f"{args.gain_weight:g} * band sqrt-gain MSE",
-            "gain_weight": args.gain_weight,
+                    f"{args.gain_weight:g} * band sqrt-gain MSE"
+                    + (f" (gains below the ideal weighted {args.keep_weight:g}x)" if args.keep_weight != 1.0 else ""),
+            "gain_weight": args.gain_weight, "keep_weight": args.keep_weight,
             "threads": args.threads, "device": "cpu", "train_seconds": round(train_s, 1),
             "train_cpu_seconds": round(cpu0 + time.process_time() - c_run, 1),
             "torch": torch.__version__, "history": hist,
@@ -1031,6 +1036,9 @@ def main(argv=None) -> int:
     p.add_argument("--gain-weight", type=float, default=GAIN_WEIGHT,
                    help=f"weight of the band-gain term of the loss (default {GAIN_WEIGHT:g}; the spectral terms "
                         "have weight 1)")
+    p.add_argument("--keep-weight", type=float, default=1.0,
+                   help="in the band-gain term, the weight of a gain below its ideal value (voice removed) "
+                        "against one above it (noise left); default 1")
     p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3),
                    help="mixing recipe (1: the first stage of the default bundle; 2: no digital silence inside "
                         "examples, starts mid-hop; 3: also lower voices, half the utterances slowed 0.6-0.95x; "

@@ -60,7 +60,7 @@ def data(tmp_path_factory):
 def _args(data, tmp_path, name: str, **kw) -> argparse.Namespace:
     a = dict(out=str(tmp_path / name), minutes=5.0, max_wall_minutes=5.0, steps=125, stage=0, schedule=None,
              seed=7, batch=2, seconds=0.5, lr=2e-3, threads=1, workers=0, data=str(data), init=None,
-             train_only="", fine_bins=0, gain_weight=0.5, mix_version=3, exclude="", noise_weights="", cache=str(tmp_path / "cache"),
+             train_only="", fine_bins=0, gain_weight=0.5, keep_weight=1.0, mix_version=3, exclude="", noise_weights="", cache=str(tmp_path / "cache"),
              ckpt=str(tmp_path / f"{name}.pt"), resume=False, ckpt_every=60.0, eval_every=60.0, log=None)
     a.update(kw)
     return argparse.Namespace(**a)
@@ -168,9 +168,10 @@ def test_cli_names_a_bad_noise_weight(capsys):
     assert "--noise-weights 'hum=1'" in capsys.readouterr().err
 
 
-def test_gain_weight_scales_the_band_gain_term_only(data, tmp_path):
+def test_gain_and_keep_weights_shape_the_band_gain_term_only(data, tmp_path):
     """``--gain-weight`` weighs the band-gain term against the two spectral
-    terms (which keep weight 1), and a run records it for its replay."""
+    terms (which keep weight 1), ``--keep-weight`` the gains below their
+    ideal value within it; a run records both for its replay."""
     from quietcast.models.neural import _window
 
     corpus = T.Corpus(T.build_cache(tmp_path / "cache", data), "train")
@@ -185,7 +186,16 @@ def test_gain_weight_scales_the_band_gain_term_only(data, tmp_path):
     assert p1 == p4 and p1[2] > 0
     assert float(l1) == pytest.approx(p1[0] + p1[1] + 0.5 * p1[2], rel=1e-5)
     assert float(l4) == pytest.approx(p1[0] + p1[1] + 4.0 * p1[2], rel=1e-5)
-    out = T.train(_args(data, tmp_path, "gw", steps=101, gain_weight=4.0))
+    # --keep-weight: a gain below the ideal (voice removed) counts k times, one above it once
+    gt = torch.sqrt((S.abs().square() @ net.fb_energy) / (X.abs().square() @ net.fb_energy + 1e-12)).clamp(0, 1)
+    d = g.sqrt() - gt.sqrt()
+    below, above = float(d.clamp(max=0).square().mean()), float(d.clamp(min=0).square().mean())
+    assert below > 0 and above > 0
+    with torch.no_grad():
+        _l, pk = T._loss(net, V, S, X, g, 0.5, 3.0)
+    assert pk[:2] == p1[:2] and pk[2] == pytest.approx(3.0 * below + above, rel=1e-4)
+    out = T.train(_args(data, tmp_path, "gw", steps=101, gain_weight=4.0, keep_weight=2.0))
     tr = load_bundle(out).config["training"]
-    assert tr["gain_weight"] == 4.0 and "--gain-weight 4 " in tr["replay_command"]
-    assert tr["loss"].endswith("4 * band sqrt-gain MSE")
+    assert tr["gain_weight"] == 4.0 and tr["keep_weight"] == 2.0
+    assert "--gain-weight 4 --keep-weight 2 " in tr["replay_command"]
+    assert "4 * band sqrt-gain MSE (gains below the ideal weighted 2x)" in tr["loss"]
