@@ -55,19 +55,12 @@ HOP = 480
 SKIP = SR // 2
 
 
-def _si_sdr(est: np.ndarray, ref: np.ndarray) -> float:
-    est = est.astype(np.float64) - est.mean()
-    ref = ref.astype(np.float64) - ref.mean()
-    t = np.dot(est, ref) / (np.dot(ref, ref) + 1e-20) * ref
-    return float(10 * np.log10((np.dot(t, t) + 1e-20) / (np.dot(est - t, est - t) + 1e-20)))
-
-
 def analyse(net, mix: dict, win) -> dict:
     """The three gain sets on one mixture: SI-SDR, speech kept, noise cut
     (dB), and the band gains (model, ideal) after the first 0.5 s."""
     import torch
 
-    from quietcast.models.train import _stft
+    from quietcast.models.train import _stft, si_sdr
 
     x, s = torch.from_numpy(mix["noisy"][None]), torch.from_numpy(mix["clean"][None])
     n = x.shape[1] // HOP * HOP
@@ -92,7 +85,7 @@ def analyse(net, mix: dict, win) -> dict:
     out = {}
     for name, G in sets.items():
         v, vs, vn = synth(X * G)[SKIP + HOP:], synth(S * G)[SKIP + HOP:], synth(N * G)[SKIP + HOP:]
-        out[name] = {"si_sdr": _si_sdr(v, ref), "speech_kept": _si_sdr(vs, ref),
+        out[name] = {"si_sdr": si_sdr(v, ref), "speech_kept": si_sdr(vs, ref),
                      "noise_cut_db": float(10 * np.log10(np.sum(noise.astype(np.float64) ** 2)
                                                          / (np.sum(vn.astype(np.float64) ** 2) + 1e-20)))}
     t0 = SKIP // HOP
