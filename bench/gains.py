@@ -60,7 +60,7 @@ def analyse(net, mix: dict, win) -> dict:
     (dB), and the band gains (model, ideal) after the first 0.5 s."""
     import torch
 
-    from quietcast.models.train import _stft, si_sdr
+    from quietcast.models.train import _istft, _stft, ideal_band_gains, si_sdr
 
     x, s = torch.from_numpy(mix["noisy"][None]), torch.from_numpy(mix["clean"][None])
     n = x.shape[1] // HOP * HOP
@@ -68,17 +68,12 @@ def analyse(net, mix: dict, win) -> dict:
     X, S, N = _stft(x, win, HOP), _stft(s, win, HOP), _stft(x - s, win, HOP)
     with torch.no_grad():
         _V, g = net(X)
-    es = S.abs().square() @ net.fb_energy
-    ex = X.abs().square() @ net.fb_energy
-    g_ideal = torch.sqrt(es / (ex + 1e-12)).clamp(0.0, 1.0)
+    g_ideal = ideal_band_gains(net, X, S)
     sets = {"model": g @ net.fb_interp, "ideal bands": g_ideal @ net.fb_interp,
             "ideal bins": (S.abs() / (X.abs() + 1e-12)).clamp(0.0, 1.0)}
 
     def synth(V):
-        y = torch.fft.irfft(V, n=2 * HOP, dim=-1) * win
-        v = y[:, :, :HOP].clone()
-        v[:, 1:] += y[:, :-1, HOP:]
-        return v.reshape(-1).numpy()
+        return _istft(V, win, HOP)[0].numpy()
 
     ref = mix["clean"][SKIP:n - HOP]
     noise = (mix["noisy"] - mix["clean"])[SKIP:n - HOP]

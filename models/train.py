@@ -617,6 +617,27 @@ def _stft(x, win, hop):
     return torch.fft.rfft(fr * win, dim=-1)
 
 
+def _istft(V, win, hop):
+    """The inverse of :func:`_stft` as the streaming path synthesises:
+    ``V[B, T, F]`` -> ``[B, T * hop]``, delayed by one hop (the algorithmic
+    latency)."""
+    import torch
+
+    y = torch.fft.irfft(V, n=2 * hop, dim=-1) * win
+    v = y[:, :, :hop].clone()
+    v[:, 1:] += y[:, :-1, hop:]
+    return v.reshape(V.shape[0], -1)
+
+
+def ideal_band_gains(net, X, S):
+    """The ideal band gains of ``net``'s bands for noisy ``X`` and clean
+    ``S`` (complex STFTs ``[B, T, F]``): ``sqrt(E_speech / E_mixture)`` per
+    band and frame, at most 1. The target of the loss's band-gain term."""
+    es = (S.real.square() + S.imag.square()) @ net.fb_energy
+    ex = (X.real.square() + X.imag.square()) @ net.fb_energy
+    return (es / (ex + 1e-12)).sqrt().clamp(0.0, 1.0)
+
+
 GAIN_WEIGHT = 0.5  # weight of the band sqrt-gain term in the loss (the shipped bundles')
 
 
@@ -644,12 +665,7 @@ def _loss(net, V, S, X, g, gain_weight: float = GAIN_WEIGHT, keep_weight: float 
     fv = (lpv * ((c - 1) / 2)).exp()
     l_mag = (mv - ms).square().mean()
     l_cplx = ((Vn.real * fv - sr).square() + (Vn.imag * fv - si).square()).mean()
-    Px = X.real.square() + X.imag.square()
-    Ps = S.real.square() + S.imag.square()
-    ex = Px @ net.fb_energy
-    es = Ps @ net.fb_energy
-    gt = torch.sqrt(es / (ex + 1e-12)).clamp(0.0, 1.0)
-    dg = g.sqrt() - gt.sqrt()
+    dg = g.sqrt() - ideal_band_gains(net, X, S).sqrt()
     l_gain = dg.square().mean() if keep_weight == 1.0 else (dg.square() * torch.where(dg < 0, keep_weight, 1.0)).mean()
     return l_mag + l_cplx + gain_weight * l_gain, (float(l_mag.detach()), float(l_cplx.detach()), float(l_gain.detach()))
 
@@ -692,10 +708,7 @@ def _quick_eval(net, mixes, win, hop) -> float:
         n = x.shape[1] // hop * hop
         X = _stft(x[:, :n], win, hop)
         V, _ = net(X)
-        y = torch.fft.irfft(V, n=2 * hop, dim=-1) * win
-        v = y[:, :, :hop].clone()
-        v[:, 1:] += y[:, :-1, hop:]
-        v = v.reshape(len(mixes), -1).numpy()
+        v = _istft(V, win, hop).numpy()
     imp = []
     for i, m in enumerate(mixes):
         d = hop  # algorithmic latency of the offline pass

@@ -60,7 +60,8 @@ def data(tmp_path_factory):
 def _args(data, tmp_path, name: str, **kw) -> argparse.Namespace:
     a = dict(out=str(tmp_path / name), minutes=5.0, max_wall_minutes=5.0, steps=125, stage=0, schedule=None,
              seed=7, batch=2, seconds=0.5, lr=2e-3, threads=1, workers=0, data=str(data), init=None,
-             train_only="", fine_bins=0, gain_weight=0.5, keep_weight=1.0, mix_version=3, exclude="", noise_weights="", cache=str(tmp_path / "cache"),
+             train_only="", fine_bins=0, gain_weight=0.5, keep_weight=1.0, mix_version=3, exclude="",
+             noise_weights="", cache=str(tmp_path / "cache"),
              ckpt=str(tmp_path / f"{name}.pt"), resume=False, ckpt_every=60.0, eval_every=60.0, log=None)
     a.update(kw)
     return argparse.Namespace(**a)
