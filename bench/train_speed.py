@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     cache = T.build_cache(args.cache, args.data)
-    corpus = T.Corpus(cache, "train")
+    corpus = T.train_corpus(cache, args.mix_version)
     n = int(args.seconds * T.SR) // HOP * HOP
     win = torch.from_numpy(_window(2 * HOP))
     net = QCNet()

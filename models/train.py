@@ -23,7 +23,9 @@ same run either way; about 1.4x the steps per hour, ``bench/train_speed.py``).
 
 ``--init BUNDLE`` fine-tunes from a bundle's weights; ``--mix-version``
 picks the mixing recipe (1: the first stage of the shipped bundle, 2: no
-digital silence inside examples, some examples start mid-hop; see
+digital silence inside examples, some examples start mid-hop, 3: lower
+voices by slowing half the utterances, 4: version 3 from more voices, the
+fillets-ng game dialogue; see
 :func:`make_mixture` and the model card for the two-stage recipe of the
 shipped ``default`` bundle). ``--exclude urbansound8k,nonspeech100`` trains
 a licence-clean model; ``--noise-weights music=0.02`` changes a noise
@@ -31,7 +33,9 @@ group's share of the draws (:data:`NOISE_WEIGHTS`).
 
 Data (see ``../shared/data/README.md`` and the model card): clean speech
 from LJ Speech 1.1 (public domain) and the Debian asterisk-core-sounds
-en/es/fr G.722 prompts (CC BY-SA 3.0, decoded with PyAV), noise from
+en/es/fr G.722 prompts (CC BY-SA 3.0, decoded with PyAV), from mix
+version 4 the Czech and Dutch dialogue of Debian's fillets-ng-data-cs/-nl
+(GPL-2; the two main characters of each, a man and a woman), noise from
 UrbanSound8K folds 1-2 (CC BY-NC 3.0: non-commercial), nonspeech100,
 misc noise beds and music beds, plus synthetic coloured noise. Everything
 is resampled to 48 kHz once and cached under ``--cache`` (int16 .npy).
@@ -73,11 +77,19 @@ DATA = pathlib.Path(os.environ.get("QUIETCAST_DATA", pathlib.Path(__file__).reso
 ASTERISK = pathlib.Path("/usr/share/asterisk/sounds")
 VOICES = {"en": "en_US_f_Allison", "es": "es_MX_f_Allison", "fr": "fr_CA_f_June", "ru": "ru_RU_f_IvrvoiceRU"}
 HELDOUT_VOICES = ("ru",)
+#: acted game dialogue (Debian fillets-ng-data-cs / -nl, GPL-2): the two
+#: main characters of each dubbing, used from mix version 4 on
+FILLETS = pathlib.Path("/usr/share/games/fillets-ng/sound")
+FILLETS_LANGS = ("cs", "nl")
+FILLETS_SPEAKERS = {"v": "big fish, male", "m": "small fish, female"}
+#: speech groups drawn only from this mix version on (the earlier versions
+#: replay exactly what they drew before these groups existed)
+SPEECH_SINCE = {f"fillets-{lang}": 4 for lang in FILLETS_LANGS}
 HELDOUT_LJ_EXTRA = ("LJ001-0054", "LJ001-0107")  # the demo clip's speech
 HELDOUT_MISC = ("noise1.flac",)  # the demo clip's bed
 HELDOUT_NONSPEECH = tuple(f"n{i}.flac" for i in range(91, 101))
 HELDOUT_MUSIC = ("Karissa_Hobbs_-_Lets_Go_Fishin.hq.ogg",)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: adds the fillets-ng voices
 
 
 # --------------------------------------------------------------------- data
@@ -113,6 +125,13 @@ def list_sources(data=None) -> list[dict]:
                 continue
             out.append(dict(name=f"asterisk/{rel}", path=str(p), kind="speech", group=f"asterisk-{lang}",
                             split="heldout" if lang in HELDOUT_VOICES else "train"))
+    for lang in FILLETS_LANGS:  # level/lang/level-SPEAKER-line.ogg; only the two main voices
+        for p in sorted(FILLETS.glob(f"*/{lang}/*.ogg")):
+            parts = p.stem.split("-")
+            if len(parts) < 3 or parts[1] not in FILLETS_SPEAKERS:
+                continue
+            out.append(dict(name=f"fillets/{p.parent.parent.name}/{lang}/{p.name}", path=str(p), kind="speech",
+                            group=f"fillets-{lang}", split="train"))
     for p in sorted((root / "noise" / "urbansound8k").rglob("*.flac")):
         fsid = p.name.split("-")[0]
         held = zlib.crc32(fsid.encode()) % 10 == 0  # whole recordings, all their slices
@@ -259,6 +278,14 @@ class Corpus:
     def get(self, kind: str, i: int) -> np.ndarray:
         s = self.items[kind][i]
         return self.audio[kind][s["start"]:s["start"] + s["length"]]
+
+
+def train_corpus(cache: pathlib.Path, version: int, exclude=(), noise_weights: dict | None = None) -> Corpus:
+    """The training split as mix ``version`` draws it: the speech groups
+    of :data:`SPEECH_SINCE` only from their version on, so an earlier
+    version replays exactly the draws it made before they were added."""
+    later = tuple(g for g, v in SPEECH_SINCE.items() if version < v)
+    return Corpus(cache, "train", tuple(exclude) + later, noise_weights)
 
 
 # ----------------------------------------------------------------- mixing
@@ -419,7 +446,10 @@ def make_mixture(rng, corpus: Corpus, n: int, snr_range=(-5.0, 25.0), augment: b
     after 1-1439 samples of digital silence (a source that starts mid-hop).
     Version 3 adds lower voices: half the utterances are played 0.6-0.95x
     as fast (pitch and formants lower), since every training voice is
-    female; versions 1 and 2 draw exactly the random numbers they did."""
+    female; versions 1 and 2 draw exactly the random numbers they did.
+    Version 4 mixes exactly as version 3, from more voices: the corpus
+    (:func:`train_corpus`) adds the fillets-ng dialogue, two men and two
+    women."""
     r = rng.random()
     speech_on = r >= 0.04  # 4 % noise only
     noise_on = not (0.04 <= r < 0.08) or version >= 2  # v1: 4 % clean speech only
@@ -731,6 +761,10 @@ _SOURCE_NOTES = {
     "asterisk-es": "asterisk-core-sounds-es-g722 (Debian), voice Allison, es_MX (CC BY-SA 3.0)",
     "asterisk-fr": "asterisk-core-sounds-fr-g722 (Debian), voice June, fr_CA (CC BY-SA 3.0)",
     "asterisk-ru": "asterisk-core-sounds-ru-g722 (Debian), voice IvrvoiceRU, ru_RU (CC BY-SA 3.0)",
+    "fillets-cs": "fillets-ng-data-cs (Debian), Czech game dialogue, big fish (male) and small fish (female) "
+                  "(GPL-2)",
+    "fillets-nl": "fillets-ng-data-nl (Debian), Dutch game dialogue, big fish (male) and small fish (female) "
+                  "(GPL-2)",
     "urbansound8k": "UrbanSound8K folds 1-2 (CC BY-NC 3.0: non-commercial)",
     "nonspeech100": "nonspeech100, Hu & Wang (research set, licence not stated)",
     "misc": "shared/data/noise/misc (test samples of Apache-2.0 / MIT repositories)",
@@ -809,7 +843,7 @@ def train(args) -> pathlib.Path:
     cache = build_cache(args.cache, args.data, log=log)
     exclude = tuple(g for g in args.exclude.split(",") if g)
     noise_weights = parse_noise_weights(args.noise_weights)
-    corpus = Corpus(cache, "train", exclude, noise_weights)
+    corpus = train_corpus(cache, args.mix_version, exclude, noise_weights)
     log(f"train corpus: {len(corpus.items['speech'])} speech files, {len(corpus.items['noise'])} noise files"
         + (f" (excluded: {', '.join(exclude)})" if exclude else "")
         + "; noise draws: " + ", ".join(f"{g} {v:.0%}" for g, v in corpus.noise_share.items()))
@@ -1052,10 +1086,11 @@ def main(argv=None) -> int:
     p.add_argument("--keep-weight", type=float, default=1.0,
                    help="in the band-gain term, the weight of a gain below its ideal value (voice removed) "
                         "against one above it (noise left); default 1")
-    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3),
+    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4),
                    help="mixing recipe (1: the first stage of the default bundle; 2: no digital silence inside "
                         "examples, starts mid-hop; 3: also lower voices, half the utterances slowed 0.6-0.95x; "
-                        "see make_mixture)")
+                        "4: version 3 from more voices, the fillets-ng dialogue (Debian fillets-ng-data-cs/-nl), "
+                        "two men and two women; see make_mixture)")
     p.add_argument("--exclude", default="",
                    help="comma-separated source groups to leave out, e.g. urbansound8k (non-commercial licence)"
                         " or urbansound8k,nonspeech100 (licence-clean bundle)")

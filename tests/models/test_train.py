@@ -33,9 +33,10 @@ def _voice(rng, seconds: float, f0: float) -> np.ndarray:
 
 @pytest.fixture(autouse=True)
 def _no_system_voices(monkeypatch, tmp_path):
-    """Only the data folder below: not the asterisk prompts a training
-    machine may have installed."""
+    """Only the data folder below: not the asterisk prompts or the
+    fillets-ng dialogue a training machine may have installed."""
     monkeypatch.setattr(T, "ASTERISK", tmp_path / "no-asterisk")
+    monkeypatch.setattr(T, "FILLETS", tmp_path / "no-fillets")
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,38 @@ def test_cache_and_heldout_without_the_asterisk_voices(data, tmp_path):
     assert all(m["noise_name"] == "misc/noise1.flac" for m in mixes)
     for m in mixes:
         assert np.allclose(m["noisy"], m["clean"] + m["noise"], atol=1e-6)
+
+
+def test_fillets_voices_only_from_mix_version_4(data, tmp_path, monkeypatch):
+    """The fillets-ng dialogue: only the two main characters (``-v-`` and
+    ``-m-`` in the name; not the other characters or the sound effects),
+    all in the training split; mix versions 1-3 do not draw them, so
+    they replay exactly what they drew before (the same batches as a
+    cache without them), version 4 does."""
+    rng = np.random.default_rng(1)
+    fil = tmp_path / "fillets"
+    for lang in ("cs", "nl"):
+        (fil / "cave" / lang).mkdir(parents=True)
+        for stem, f0 in (("cave-v-hello", 110), ("cave-m-hi", 230), ("cave-x-splash", 300), ("enter0", 200)):
+            sf.write(fil / "cave" / lang / f"{stem}.ogg", _voice(rng, 1.0, f0), 22_050)
+    monkeypatch.setattr(T, "FILLETS", fil)
+    src = [s for s in T.list_sources(data) if s["group"].startswith("fillets")]
+    assert sorted(s["name"] for s in src) == [f"fillets/cave/{lang}/cave-{k}.ogg" for lang in ("cs", "nl")
+                                              for k in ("m-hi", "v-hello")]
+    assert {s["split"] for s in src} == {"train"} and {s["group"] for s in src} == {"fillets-cs", "fillets-nl"}
+    cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
+    v3, v4 = T.train_corpus(cache, 3), T.train_corpus(cache, 4)
+    assert not any(s["group"].startswith("fillets") for s in v3.items["speech"])
+    assert len(v4.items["speech"]) == len(v3.items["speech"]) + 4
+    assert set(v4.speech_bw[-4:]) == {11_025.0}  # 22.05 kHz sources: band replication above 11 kHz
+
+    monkeypatch.setattr(T, "FILLETS", tmp_path / "no-fillets")
+    plain = T.train_corpus(T.build_cache(tmp_path / "cache-plain", data, log=lambda m: None), 3)
+    a = T.make_batch(np.random.default_rng(5), v3, 24_000, 3, 3)
+    b = T.make_batch(np.random.default_rng(5), plain, 24_000, 3, 3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    c = T.make_batch(np.random.default_rng(5), v4, 24_000, 3, 4)
+    assert not np.array_equal(a[1], c[1])
 
 
 def test_worker_makes_the_same_batches(data, tmp_path):
