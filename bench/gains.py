@@ -2,6 +2,7 @@
 
     python bench/gains.py                          # default bundle, 48 held-out mixtures
     python bench/gains.py --bundle neural-clean --json /tmp/gains_clean.json
+    python bench/gains.py --voices lower           # real male voices (klettres-data), as bench/quality.py
 
 The model's voice estimate is ``V = G * X``: 32 band gains, interpolated to
 the 481 bins. This bench runs the bundle offline (``QCNet.forward``) on the
@@ -30,6 +31,12 @@ And for the model against the ideal band gains, on band-frames where the
 speech dominates (ideal gain > 0.5) and where the noise does (< 0.1): the
 mean gain of each. A model that is unsure lands in between: it cuts voice
 where speech dominates and leaves noise where it does not.
+
+A second table splits the same figures by voice (all SNRs): on the
+default held-out set LJ Speech is a reader the model trained on (unseen
+sentences) and the Russian asterisk voice a speaker it never heard; if
+the model hedges on both alike, it underfits rather than fails to
+generalise. ``--voices lower`` uses bench/quality.py's real male voices.
 
 Writes JSON (default ``bench/out/gains.json``). Needs ../shared/data and the
 training cache, like bench/quality.py.
@@ -93,6 +100,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=48, help="held-out mixtures (as bench/quality.py)")
     p.add_argument("--seed", type=int, default=20240611)
     p.add_argument("--cache", default="/tmp/quietcast_cache")
+    p.add_argument("--voices", choices=("heldout", "lower"), default="heldout",
+                   help="clean speech as bench/quality.py --voices: the held-out split or real male voices")
     p.add_argument("--json", default=str(pathlib.Path(REPO) / "bench" / "out" / "gains.json"))
     args = p.parse_args(argv)
 
@@ -107,13 +116,18 @@ def main(argv=None) -> int:
     b = load_bundle(args.bundle)
     net = b.build_model().eval()
     win = torch.from_numpy(_window(2 * HOP))
-    mixes = heldout_mixtures(build_cache(args.cache), n=args.n, seed=args.seed, seconds=6.0)
+    voices = None
+    if args.voices == "lower":
+        from quality import lower_voices
+
+        voices = lower_voices()
+    mixes = heldout_mixtures(build_cache(args.cache), n=args.n, seed=args.seed, seconds=6.0, voices=voices)
     per = [analyse(net, m, win) for m in mixes]
     snrs = sorted({m["snr_db"] for m in mixes})
     names = ["model", "ideal bands", "ideal bins"]
-    by_snr, rows = {}, []
-    for snr in snrs + ["all"]:
-        sel = [r for r, m in zip(per, mixes) if snr == "all" or m["snr_db"] == snr]
+
+    def summary(sel: list) -> tuple[dict, list]:
+        """Mean scores and gains over the mixtures ``sel``, and its table cells."""
         g = np.concatenate([r["g"] for r in sel])
         gi = np.concatenate([r["g_ideal"] for r in sel])
         speech, noise = gi > 0.5, gi < 0.1
@@ -123,22 +137,37 @@ def main(argv=None) -> int:
                                   "share": float(speech.mean())}
         e["gain_where_noise"] = {"model": float(g[noise].mean()), "ideal": float(gi[noise].mean()),
                                  "share": float(noise.mean())}
+        cells = ([" / ".join(f"{e[k][nm]:.1f}" for nm in names) for k in ("si_sdr", "speech_kept", "noise_cut_db")]
+                 + [f"{e['gain_where_speech']['model']:.2f} / {e['gain_where_speech']['ideal']:.2f}",
+                    f"{e['gain_where_noise']['model']:.3f} / {e['gain_where_noise']['ideal']:.3f}"])
+        return e, cells
+
+    cols = ["SI-SDR dB", "speech kept dB", "noise cut dB", "gain, speech bands", "gain, noise bands"]
+    by_snr, rows = {}, []
+    for snr in snrs + ["all"]:
+        e, cells = summary([r for r, m in zip(per, mixes) if snr == "all" or m["snr_db"] == snr])
         by_snr[str(snr)] = e
-        label = "all" if snr == "all" else f"{snr:g} dB"
-        rows.append([label] + [" / ".join(f"{e[k][nm]:.1f}" for nm in names) for k in ("si_sdr", "speech_kept",
-                                                                                        "noise_cut_db")]
-                    + [f"{e['gain_where_speech']['model']:.2f} / {e['gain_where_speech']['ideal']:.2f}",
-                       f"{e['gain_where_noise']['model']:.3f} / {e['gain_where_noise']['ideal']:.3f}"])
-    table = fmt_table(["input SNR", "SI-SDR dB", "speech kept dB", "noise cut dB", "gain, speech bands",
-                       "gain, noise bands"], rows)
-    print(f"bundle {b.path} (sha256 {b.config['weights']['sha256'][:12]}), {len(mixes)} held-out mixtures;\n"
+        rows.append(["all" if snr == "all" else f"{snr:g} dB"] + cells)
+    table = fmt_table(["input SNR"] + cols, rows)
+    by_voice, vrows = {}, []
+    for grp in dict.fromkeys(m["group"] for m in mixes):
+        e, cells = summary([r for r, m in zip(per, mixes) if m["group"] == grp])
+        by_voice[grp] = e
+        vrows.append([grp] + cells)
+    vtable = fmt_table(["voice (all SNRs)"] + cols, vrows)
+    print(f"bundle {b.path} (sha256 {b.config['weights']['sha256'][:12]}), {len(mixes)} held-out mixtures "
+          f"({args.voices} voices);\n"
           "each cell: model / ideal band gains / ideal bin gains (gain columns: model / ideal bands)\n")
     print(table)
+    print()
+    print(vtable)
     write_json(args.json, {"benchmark": "quietcast bench/gains.py", "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
                            "command": " ".join(["bench/gains.py"] + (argv if argv is not None else sys.argv[1:])),
                            "bundle": str(b.path), "sha256": b.config["weights"]["sha256"],
-                           "mixtures": len(mixes), "seed": args.seed, "machine": machine_info(),
-                           "by_snr": by_snr, "table": table.splitlines(), "seconds": round(time.time() - t0, 1)})
+                           "mixtures": len(mixes), "seed": args.seed, "voices": args.voices,
+                           "machine": machine_info(), "by_snr": by_snr, "by_voice": by_voice,
+                           "table": table.splitlines(), "voice_table": vtable.splitlines(),
+                           "seconds": round(time.time() - t0, 1)})
     print(f"\nwrote {args.json}", file=sys.stderr)
     return 0
 

@@ -176,6 +176,7 @@ def cmd_models(args) -> int:
                      "latency_samples": sup.latency, "latency_ms": 1000.0 * sup.latency / sup.sample_rate,
                      "bundle": str(bundle.path) if bundle is not None else None,
                      "commercial_use": None if lic is None else lic["commercial_use"],
+                     "copyleft": [] if lic is None else lic.get("copyleft", []),
                      "licence_note": None if lic is None else lic["note"]})
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -185,6 +186,7 @@ def cmd_models(args) -> int:
             lic = ""
             if r["commercial_use"] is not None:
                 lic = "; weights: " + ("commercial use allowed" if r["commercial_use"] else "NON-COMMERCIAL only")
+                lic += " (GPL training data)" if r["copyleft"] else ""
             print(f"{r['name']:<13}{alias:<10} {r['sample_rate']} Hz, latency {r['latency_samples']} samples = "
                   f"{r['latency_ms']:.1f} ms{lic}")
     return EXIT_OK

@@ -97,7 +97,7 @@ def _default_model() -> str:
 
 def bundle_licence(sup: Suppressor) -> dict | None:
     """The ``licence`` record of the bundle behind ``sup`` (``commercial_use``,
-    ``reasons``, ``note``), or None for a suppressor without weights or a
+    ``reasons``, ``copyleft``, ``note``), or None for a suppressor without weights or a
     bundle that predates the record."""
     bundle = getattr(sup, "bundle", None)
     return bundle.config.get("licence") if bundle is not None else None

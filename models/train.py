@@ -776,23 +776,33 @@ _SOURCE_NOTES = {
 NON_COMMERCIAL = {"urbansound8k": "UrbanSound8K is CC BY-NC 3.0", "nonspeech100": "nonspeech100 states no licence"}
 
 
+#: source groups under a copyleft licence: they allow commercial use, but
+#: whether trained weights are a derivative work of them is unsettled
+COPYLEFT = {"fillets-cs": "the fillets-ng dialogue is GPL-2", "fillets-nl": "the fillets-ng dialogue is GPL-2"}
+
+
 def weights_licence(groups, parent: dict | None = None) -> dict:
     """What the training data allows for the weights: ``commercial_use``
     is False when any stage (this one, or an earlier one through
-    ``parent``) trained on a non-commercial or unlicensed source."""
+    ``parent``) trained on a non-commercial or unlicensed source;
+    ``copyleft`` names the GPL sources any stage trained on."""
     reasons = [NON_COMMERCIAL[g] for g in sorted(groups) if g in NON_COMMERCIAL]
+    copyleft = sorted({COPYLEFT[g] for g in groups if g in COPYLEFT})
     if parent is not None:
         prev = parent.get("licence") or weights_licence(
             {g for g in NON_COMMERCIAL if any(g.lower() in str(s).lower().replace(" ", "")
                                                 for s in parent.get("data", {}).get("train", {}).get("noise", []))})
         reasons += [r for r in prev.get("reasons", []) if r not in reasons]
+        copyleft += [r for r in prev.get("copyleft", []) if r not in copyleft]
+    gpl = (f"; {', '.join(copyleft)}: it allows commercial use, but whether weights trained on it must be "
+           "released under the GPL is unsettled") if copyleft else ""
     if reasons:
-        return {"commercial_use": False, "reasons": reasons,
+        return {"commercial_use": False, "reasons": reasons, "copyleft": copyleft,
                 "note": "trained on data that forbids commercial use or states no licence: research and "
-                        "non-commercial use only; retrain with --exclude urbansound8k,nonspeech100"}
-    return {"commercial_use": True, "reasons": [],
+                        "non-commercial use only; retrain with --exclude urbansound8k,nonspeech100" + gpl}
+    return {"commercial_use": True, "reasons": [], "copyleft": copyleft,
             "note": "all training data allows commercial use; CC BY / CC BY-SA sources need attribution "
-                    "(see the model card)"}
+                    "(see the model card)" + gpl}
 
 
 def _train_sources(corpus: "Corpus", exclude=()) -> dict:
@@ -823,6 +833,47 @@ def _lineage(parent: dict, parent_path) -> list[dict]:
     return recs
 
 
+def widen(net, state: dict) -> list[str]:
+    """Load the weights ``state`` of a network with fewer GRU units into
+    ``net`` (``hidden`` units, freshly initialised), keeping its function
+    exactly: the old units keep their weights and see nothing of the new
+    ones (zero weights from new units into old units' gates and into every
+    head), the new units keep ``net``'s random initial weights (so they
+    carry signal, and the heads' zero weights into them get gradients at
+    once). Returns the names of the tensors that grew."""
+    import torch
+
+    own = net.state_dict()
+    grown = []
+    with torch.no_grad():
+        for k, old in state.items():
+            new = own[k]
+            if new.shape == old.shape:
+                new.copy_(old)
+                continue
+            grown.append(k)
+            if k.startswith(("gru1.", "gru2.")) and "_l0" in k:  # [3 gates * h, ...]: per gate block
+                h0, h = old.shape[0] // 3, new.shape[0] // 3
+                for gte in range(3):
+                    rows_o, rows_n = slice(gte * h0, (gte + 1) * h0), slice(gte * h, gte * h + h0)
+                    if old.dim() == 1:
+                        new[rows_n] = old[rows_o]
+                    else:
+                        new[rows_n, :old.shape[1]] = old[rows_o]
+                        new[rows_n, old.shape[1]:] = 0.0  # the old units ignore the new ones
+            elif (k in ("gain.weight", "df.weight", "fine.weight") and old.shape[0] == new.shape[0]
+                  and old.shape[1] - state["gru2.weight_hh_l0"].shape[1] == new.shape[1] - net.hidden):
+                h0, h = state["gru2.weight_hh_l0"].shape[1], net.hidden  # a head reading [GRU output, extra]
+                extra = old.shape[1] - h0  # the fine head also reads the low-band encoder after the GRU
+                new[:, :h0] = old[:, :h0]
+                new[:, h0:h] = 0.0
+                new[:, h:] = old[:, h0:h0 + extra]
+            else:
+                raise ValueError(f"cannot widen {k}: {tuple(old.shape)} -> {tuple(new.shape)}")
+    net.load_state_dict(own)
+    return grown
+
+
 def train(args) -> pathlib.Path:
     import torch
 
@@ -851,7 +902,7 @@ def train(args) -> pathlib.Path:
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    arch = dict(DEFAULT_ARCH, fine_bins=args.fine_bins)
+    arch = dict(DEFAULT_ARCH, fine_bins=args.fine_bins, **({"hidden": args.hidden} if args.hidden else {}))
     init_cfg = None
     if args.init:
         from .bundle import load_bundle
@@ -862,8 +913,21 @@ def train(args) -> pathlib.Path:
         # start at zero: the parent's output exactly)
         arch = dict(DEFAULT_ARCH, **init_cfg["arch"])
         arch["fine_bins"] = max(arch.get("fine_bins", 0), args.fine_bins)
+        if args.hidden and args.hidden < arch["hidden"]:
+            raise SystemExit(f"--hidden {args.hidden}: the --init bundle has {arch['hidden']} GRU units; "
+                             "a network can only be widened")
+        wider = bool(args.hidden) and args.hidden > arch["hidden"]
+        arch["hidden"] = max(arch["hidden"], args.hidden)
         net = QCNet(**arch)
-        missing, unexpected = net.load_state_dict(ib.state_dict, strict=False)
+        if wider:
+            have = net.state_dict()
+            grown = widen(net, {k: v for k, v in ib.state_dict.items() if k in have})
+            missing = [k for k in have if k not in ib.state_dict]
+            unexpected = [k for k in ib.state_dict if k not in have]
+            log(f"widened the GRUs to {arch['hidden']} units ({len(grown)} tensors grew; the output is the "
+                "parent's until the new units' zero weights learn)")
+        else:
+            missing, unexpected = net.load_state_dict(ib.state_dict, strict=False)
         new = [k for k in missing if not k.startswith("fine.")]
         if new or unexpected:
             raise SystemExit(f"--init {args.init}: weights do not fit (missing {new}, unexpected {unexpected})")
@@ -1000,6 +1064,7 @@ def train(args) -> pathlib.Path:
             "replay_command": f"python -m quietcast.models.train --out OUT --schedule {args.out}/config.json"
                               f" --stage {stage}" + (f" --init STAGE{stage - 1}" if args.init else "")
                               + f" --fine-bins {args.fine_bins}"
+                              + (f" --hidden {args.hidden}" if args.hidden else "")
                               + (f" --gain-weight {args.gain_weight:g}" if args.gain_weight != GAIN_WEIGHT else "")
                               + (f" --keep-weight {args.keep_weight:g}" if args.keep_weight != 1.0 else "")
                               + (f" --train-only {args.train_only}" if args.train_only else "")
@@ -1077,6 +1142,9 @@ def main(argv=None) -> int:
     p.add_argument("--init", default=None, help="start from this bundle's weights (fine-tuning)")
     p.add_argument("--train-only", default="",
                    help="comma-separated top-level modules to train (e.g. fine); the rest stay frozen")
+    p.add_argument("--hidden", type=int, default=0,
+                   help="GRU units (0 = 160, or the --init bundle's); with --init, more units than the bundle "
+                        "widens it and keeps its function (the new units start cut off from the output)")
     p.add_argument("--fine-bins", type=int, default=0,
                    help="per-bin gain refinement of the lowest N bins (0 = band gains only; with --init, "
                         "a head the parent lacks is added at zero)")

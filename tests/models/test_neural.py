@@ -595,6 +595,12 @@ def test_weights_licence_follows_every_stage():
     # a parent from before the licence field: read from its data record
     old = {"data": {"train": {"noise": ["nonspeech100, Hu & Wang (research set, licence not stated): 90 files"]}}}
     assert weights_licence({"misc"}, old)["reasons"] == ["nonspeech100 states no licence"]
+    # GPL-2 dialogue: commercial use allowed, the copyleft named, in this stage and every later one
+    gpl = weights_licence({"asterisk-en", "fillets-cs", "fillets-nl"})
+    assert gpl["commercial_use"] is True and gpl["copyleft"] == ["the fillets-ng dialogue is GPL-2"]
+    assert "GPL" in gpl["note"] and clean["copyleft"] == [] and "GPL" not in clean["note"]
+    later = weights_licence({"urbansound8k"}, {"licence": gpl})
+    assert later["commercial_use"] is False and later["copyleft"] == gpl["copyleft"]
 
 
 def test_shipped_bundles_state_their_licence():

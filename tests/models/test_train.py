@@ -61,7 +61,7 @@ def data(tmp_path_factory):
 def _args(data, tmp_path, name: str, **kw) -> argparse.Namespace:
     a = dict(out=str(tmp_path / name), minutes=5.0, max_wall_minutes=5.0, steps=125, stage=0, schedule=None,
              seed=7, batch=2, seconds=0.5, lr=2e-3, threads=1, workers=0, data=str(data), init=None,
-             train_only="", fine_bins=0, gain_weight=0.5, keep_weight=1.0, mix_version=3, exclude="",
+             train_only="", fine_bins=0, hidden=0, gain_weight=0.5, keep_weight=1.0, mix_version=3, exclude="",
              noise_weights="", cache=str(tmp_path / "cache"),
              ckpt=str(tmp_path / f"{name}.pt"), resume=False, ckpt_every=60.0, eval_every=60.0, log=None)
     a.update(kw)
@@ -178,6 +178,12 @@ def test_training_writes_a_bundle_that_loads_and_runs(data, tmp_path):
     torch.manual_seed(7)
     fresh = QCNet(**b1.config["arch"])
     assert not torch.equal(fresh.gain.weight, b1.state_dict["gain.weight"])
+    # a second stage, widened to 192 GRU units: recorded for its replay
+    b2 = load_bundle(T.train(_args(data, tmp_path, "wide", init=str(out1), hidden=192)))
+    assert b2.config["arch"]["hidden"] == 192 and b2.state_dict["gain.weight"].shape == (32, 192)
+    assert "--hidden 192" in b2.config["training"]["replay_command"] and b2.config["training"]["stage"] == 2
+    with pytest.raises(SystemExit, match="can only be widened"):
+        T.train(_args(data, tmp_path, "narrow", init=str(out1), hidden=96))
 
 
 def test_noise_weights_set_each_groups_share(data, tmp_path):
@@ -233,3 +239,31 @@ def test_gain_and_keep_weights_shape_the_band_gain_term_only(data, tmp_path):
     assert tr["gain_weight"] == 4.0 and tr["keep_weight"] == 2.0
     assert "--gain-weight 4 --keep-weight 2 " in tr["replay_command"]
     assert "4 * band sqrt-gain MSE (gains below the ideal weighted 2x)" in tr["loss"]
+
+
+def test_widen_keeps_the_function_and_the_new_units_learn():
+    """``--hidden`` with ``--init``: a network widened from 24 to 40 GRU
+    units gives its parent's output exactly (every head, the fine head's
+    two inputs included), and the new units' weights get gradients."""
+    from quietcast.models.neural import DEFAULT_ARCH
+
+    arch = dict(DEFAULT_ARCH, df_order=1, fine_bins=16)
+    torch.manual_seed(3)
+    small = QCNet(**dict(arch, hidden=24))
+    with torch.no_grad():
+        for head in (small.gain, small.df, small.fine):
+            head.weight.normal_(0.0, 0.2)
+            head.bias.normal_(0.0, 0.5)
+    big = QCNet(**dict(arch, hidden=40))
+    grown = T.widen(big, small.state_dict())
+    assert {"gru1.weight_hh_l0", "gru2.weight_ih_l0", "gain.weight", "df.weight", "fine.weight"} <= set(grown)
+    X = torch.randn(2, 60, 481, dtype=torch.complex64) * torch.logspace(0, -3, 481)
+    with torch.no_grad():
+        V0, g0 = small(X)
+    V1, g1 = big(X)
+    assert torch.allclose(g1, g0, atol=1e-6) and torch.allclose(V1, V0, atol=1e-5)
+    V1.abs().pow(0.3).mean().backward()
+    assert float(big.gain.weight.grad[:, 24:].abs().sum()) > 0  # the heads start reading the new units
+    assert float(big.fine.weight.grad[:, 24:40].abs().sum()) > 0
+    with pytest.raises(ValueError, match="cannot widen"):
+        T.widen(QCNet(**dict(arch, hidden=40, n_bands=24)), small.state_dict())
