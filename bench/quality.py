@@ -14,8 +14,8 @@ additive mixing at -5, 0, 5, 10, 15, 20 dB SNR (active-speech level), with a
 packages (see models/train.py); the audio cache is built on first use.
 
 ``--voices lower`` keeps the noises, SNRs and levels but swaps the speech
-for three real male voices that no training stage heard (every training
-voice is female): the spoken letters and syllables of Debian's
+for three real male voices that no training stage heard (every voice the
+shipped bundles trained on is female): the spoken letters and syllables of Debian's
 ``klettres-data`` in French, Malayalam and Danish, f0 about 100-150 Hz
 (:func:`lower_voices`). They are isolated letters, not sentences, and the
 recordings have their own noise floor 40-85 dB down; compare systems with

@@ -118,6 +118,7 @@ def test_models_state_the_weights_licence():
     assert "non-commercial" in rows["neural"]["licence_note"]
     assert rows["dsp"]["commercial_use"] is None  # no weights
     assert rows["neural-clean"]["commercial_use"] is True  # the licence-clean bundle
+    assert rows["neural"]["copyleft"] == []  # no GPL training data in the shipped bundles
     text = qc("models").stdout
     line = next(ln for ln in text.splitlines() if ln.startswith("neural "))
     assert "NON-COMMERCIAL only" in line
