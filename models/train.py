@@ -1119,6 +1119,17 @@ def _noise_weights_arg(text: str) -> str:
     return text
 
 
+def _hidden_arg(text: str) -> int:
+    """argparse ``type``: 0 (the default width) or 8..4096 GRU units."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n != 0 and not 8 <= n <= 4096:
+        raise argparse.ArgumentTypeError(f"--hidden {text}: expected 0 (the default) or 8..4096 GRU units")
+    return n
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m quietcast.models.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="models/assets/default", help="bundle folder to write")
@@ -1142,7 +1153,7 @@ def main(argv=None) -> int:
     p.add_argument("--init", default=None, help="start from this bundle's weights (fine-tuning)")
     p.add_argument("--train-only", default="",
                    help="comma-separated top-level modules to train (e.g. fine); the rest stay frozen")
-    p.add_argument("--hidden", type=int, default=0,
+    p.add_argument("--hidden", type=_hidden_arg, default=0,
                    help="GRU units (0 = 160, or the --init bundle's); with --init, more units than the bundle "
                         "widens it and keeps its function (the new units start cut off from the output)")
     p.add_argument("--fine-bins", type=int, default=0,

@@ -206,6 +206,11 @@ def test_cli_names_a_bad_noise_weight(capsys):
         T.main(["--noise-weights", "music=2,hum=1"])
     assert e.value.code == 2
     assert "--noise-weights 'hum=1'" in capsys.readouterr().err
+    for bad in ("-5", "4", "wide"):
+        with pytest.raises(SystemExit) as e:
+            T.main(["--hidden", bad])
+        assert e.value.code == 2
+        assert f"--hidden {bad}: expected 0 (the default) or 8..4096 GRU units" in capsys.readouterr().err
 
 
 def test_gain_and_keep_weights_shape_the_band_gain_term_only(data, tmp_path):
