@@ -67,7 +67,8 @@ def analyse(net, mix: dict, win) -> dict:
     (dB), and the band gains (model, ideal) after the first 0.5 s."""
     import torch
 
-    from quietcast.models.train import _istft, _stft, ideal_band_gains, si_sdr
+    from quietcast.models.neural import overlap_add
+    from quietcast.models.train import _stft, ideal_band_gains, si_sdr
 
     x, s = torch.from_numpy(mix["noisy"][None]), torch.from_numpy(mix["clean"][None])
     n = x.shape[1] // HOP * HOP
@@ -80,7 +81,7 @@ def analyse(net, mix: dict, win) -> dict:
             "ideal bins": (S.abs() / (X.abs() + 1e-12)).clamp(0.0, 1.0)}
 
     def synth(V):
-        return _istft(V, win, HOP)[0].numpy()
+        return overlap_add(V, win, HOP)[0].numpy()
 
     ref = mix["clean"][SKIP:n - HOP]
     noise = (mix["noisy"] - mix["clean"])[SKIP:n - HOP]

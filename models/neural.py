@@ -452,6 +452,18 @@ def _window(n: int) -> np.ndarray:
     return np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)
 
 
+def overlap_add(V: torch.Tensor, win: torch.Tensor, hop: int) -> torch.Tensor:
+    """Synthesis as the streaming path does it: ``V[B, T, F]`` (frames of
+    ``2 * hop`` with one hop of zeros before the signal) -> ``[B, T * hop]``,
+    delayed by one hop (the algorithmic latency). Used by
+    :meth:`NeuralSuppressor.process_offline` and by training's held-out
+    checks."""
+    y = torch.fft.irfft(V, n=2 * hop, dim=-1) * win
+    v = y[:, :, :hop].clone()
+    v[:, 1:] += y[:, :-1, hop:]
+    return v.reshape(V.shape[0], -1)
+
+
 class NeuralSuppressor(HopSuppressor):
     """Streaming wrapper of :class:`QCNet` (48 kHz, 10 ms hop).
 
@@ -726,10 +738,7 @@ class NeuralSuppressor(HopSuppressor):
         frames = xt.unfold(1, W, H) * self._win  # [C, T, W]
         X = torch.fft.rfft(frames, dim=-1)
         V, _ = self.net(X, silent=frames.square().mean(-1) < SILENT_MS)
-        y = torch.fft.irfft(V, n=W, dim=-1) * self._win  # [C, T, W]
-        v = y[:, :, :H].clone()
-        v[:, 1:] += y[:, :-1, H:]
-        v = v.reshape(C, T * H)
+        v = overlap_add(V, self._win, H)  # [C, T * H]
         prev = xt[:, :T * H]
         a = self._mix
         o = prev if a == 1.0 else v + a * (prev - v)

@@ -647,18 +647,6 @@ def _stft(x, win, hop):
     return torch.fft.rfft(fr * win, dim=-1)
 
 
-def _istft(V, win, hop):
-    """The inverse of :func:`_stft` as the streaming path synthesises:
-    ``V[B, T, F]`` -> ``[B, T * hop]``, delayed by one hop (the algorithmic
-    latency)."""
-    import torch
-
-    y = torch.fft.irfft(V, n=2 * hop, dim=-1) * win
-    v = y[:, :, :hop].clone()
-    v[:, 1:] += y[:, :-1, hop:]
-    return v.reshape(V.shape[0], -1)
-
-
 def ideal_band_gains(net, X, S):
     """The ideal band gains of ``net``'s bands for noisy ``X`` and clean
     ``S`` (complex STFTs ``[B, T, F]``): ``sqrt(E_speech / E_mixture)`` per
@@ -733,12 +721,14 @@ def _quick_eval(net, mixes, win, hop) -> float:
     """Mean SI-SDR improvement (dB) of the voice estimate on held-out mixes."""
     import torch
 
+    from .neural import overlap_add
+
     with torch.no_grad():
         x = torch.from_numpy(np.stack([m["noisy"] for m in mixes]))
         n = x.shape[1] // hop * hop
         X = _stft(x[:, :n], win, hop)
         V, _ = net(X)
-        v = _istft(V, win, hop).numpy()
+        v = overlap_add(V, win, hop).numpy()
     imp = []
     for i, m in enumerate(mixes):
         d = hop  # algorithmic latency of the offline pass
@@ -778,7 +768,7 @@ NON_COMMERCIAL = {"urbansound8k": "UrbanSound8K is CC BY-NC 3.0", "nonspeech100"
 
 #: source groups under a copyleft licence: they allow commercial use, but
 #: whether trained weights are a derivative work of them is unsettled
-COPYLEFT = {"fillets-cs": "the fillets-ng dialogue is GPL-2", "fillets-nl": "the fillets-ng dialogue is GPL-2"}
+COPYLEFT = {f"fillets-{lang}": "the fillets-ng dialogue is GPL-2" for lang in FILLETS_LANGS}
 
 
 def weights_licence(groups, parent: dict | None = None) -> dict:
@@ -844,6 +834,7 @@ def widen(net, state: dict) -> list[str]:
     import torch
 
     own = net.state_dict()
+    h0, h = state["gru2.weight_hh_l0"].shape[1], net.hidden  # GRU units before, after
     grown = []
     with torch.no_grad():
         for k, old in state.items():
@@ -853,7 +844,6 @@ def widen(net, state: dict) -> list[str]:
                 continue
             grown.append(k)
             if k.startswith(("gru1.", "gru2.")) and "_l0" in k:  # [3 gates * h, ...]: per gate block
-                h0, h = old.shape[0] // 3, new.shape[0] // 3
                 for gte in range(3):
                     rows_o, rows_n = slice(gte * h0, (gte + 1) * h0), slice(gte * h, gte * h + h0)
                     if old.dim() == 1:
@@ -862,12 +852,10 @@ def widen(net, state: dict) -> list[str]:
                         new[rows_n, :old.shape[1]] = old[rows_o]
                         new[rows_n, old.shape[1]:] = 0.0  # the old units ignore the new ones
             elif (k in ("gain.weight", "df.weight", "fine.weight") and old.shape[0] == new.shape[0]
-                  and old.shape[1] - state["gru2.weight_hh_l0"].shape[1] == new.shape[1] - net.hidden):
-                h0, h = state["gru2.weight_hh_l0"].shape[1], net.hidden  # a head reading [GRU output, extra]
-                extra = old.shape[1] - h0  # the fine head also reads the low-band encoder after the GRU
+                  and old.shape[1] - h0 == new.shape[1] - h):  # a head reading [GRU output, extra]
                 new[:, :h0] = old[:, :h0]
                 new[:, h0:h] = 0.0
-                new[:, h:] = old[:, h0:h0 + extra]
+                new[:, h:] = old[:, h0:]  # the fine head also reads the low-band encoder after the GRU
             else:
                 raise ValueError(f"cannot widen {k}: {tuple(old.shape)} -> {tuple(new.shape)}")
     net.load_state_dict(own)
