@@ -11,6 +11,10 @@ Signal path per 10 ms hop (480 samples), every channel in one batch:
    mean (time constant 1 s) and absolute; and the complex spectrum of the
    lowest 64 bins (0-3.2 kHz, harmonics resolved) divided by the square
    root of a running mean of its power ("unit norm", as in DeepFilterNet).
+   Optional (``harm_bins > 0``): the fine structure of the lowest
+   ``harm_bins`` bins, their log power minus its mean over those bins (the
+   harmonic comb of a voice, whatever its level and spectral tilt), fed to
+   the band encoder as well.
 3. Network: two small linear encoders (band features -> 96, low-band
    complex -> 64, ReLU), two GRUs of 160 units (the second one residual),
    and a head of 32 band gains (sigmoid), interpolated to the 481 bins with
@@ -78,6 +82,7 @@ DEFAULT_ARCH = {
     "df_bins": 64,
     "df_order": 0,
     "fine_bins": 0,
+    "harm_bins": 0,
     "enc_dim": 96,
     "df_enc_dim": 64,
     "hidden": 160,
@@ -153,7 +158,11 @@ class QCNet(nn.Module):
         fb_e = (fb / fb.sum(dim=1, keepdim=True)).t().contiguous()  # [F, nb]: mean power per band
         self.register_buffer("fb_energy", fb_e, persistent=False)
         self.alpha = float(math.exp(-a["hop"] / (a["sample_rate"] * a["norm_tau_s"])))
-        self.enc = nn.Linear(2 * nb, a["enc_dim"])
+        hb = a["harm_bins"]
+        if hb < 0 or hb > self.n_bins:
+            raise ValueError(f"harm_bins {hb} out of range 0..{self.n_bins} (the STFT bins)")
+        self.harm_bins = hb
+        self.enc = nn.Linear(2 * nb + hb, a["enc_dim"])
         self.df_enc = nn.Linear(2 * kd, a["df_enc_dim"])
         self.gru1 = nn.GRU(a["enc_dim"] + a["df_enc_dim"], h, batch_first=True)
         self.gru2 = nn.GRU(h, h, batch_first=True)
@@ -239,6 +248,8 @@ class QCNet(nn.Module):
             M = self._ema(lE, _M_INIT)
             U = self._ema(Pl, _U_INIT)
         f = torch.cat([(lE - M) * 0.05, (lE + 30.0) * 0.025], dim=-1)
+        if self.harm_bins:
+            f = torch.cat([f, _harm(P[..., :self.harm_bins])], dim=-1)
         Xl = X[..., :kd]
         xn = Xl * torch.rsqrt(U + _LE_EPS)
         xf = torch.cat([xn.real, xn.imag], dim=-1).clamp(-_XN_MAX, _XN_MAX)
@@ -260,6 +271,14 @@ class QCNet(nn.Module):
         for i in range(1, self.df_order):
             hist.append(torch.cat([Xl.new_zeros(B, i, kd), Xl[:, :T - i]], dim=1))
         return self._heads(y, X, hist, d)
+
+
+def _harm(Ph: torch.Tensor) -> torch.Tensor:
+    """The fine-structure features of the low-band powers ``Ph[..., K]``:
+    per-bin log power (dB, -100..80) minus its mean over the ``K`` bins,
+    scaled by 0.05 like the band features."""
+    lp = torch.log10(Ph + _LE_EPS).mul(10.0).clamp(max=_LE_MAX)
+    return (lp - lp.mean(-1, keepdim=True)) * 0.05
 
 
 def _refine(G: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -339,7 +358,10 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     else:
         m.mul_(alpha).add_(lE, alpha=1.0 - alpha)
         u.mul_(alpha).add_(P[:, :kd], alpha=1.0 - alpha)
-    e = torch.relu(torch.addmm(torch.addmm(w[3], lE, w[1]), m, w[2]))
+    e = torch.addmm(torch.addmm(w[3], lE, w[1]), m, w[2])
+    if w[22].numel() > 0:  # fine structure of the lowest bins
+        e = torch.addmm(e, _harm(P[:, :w[22].shape[0]]), w[22])
+    e = torch.relu(e)
     xl = Xr[:, :kd]
     xf = (xl * torch.rsqrt(u + _LE_EPS).unsqueeze(-1)).reshape(C, 2 * kd).clamp_(-_XN_MAX, _XN_MAX)
     d = torch.relu(torch.addmm(w[5], xf, w[4]))
@@ -362,7 +384,7 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     h2.copy_(h2n)
     y = h1n + h2n
     G = torch.sigmoid(torch.addmm(w[16], y, w[15])).mm(fb_i)  # [C, F]
-    if len(w) > 19:  # per-bin refinement of the low band from [y, d]
+    if w[19].numel() > 0:  # per-bin refinement of the low band from [y, d]
         G = _refine(G, torch.addmm(torch.addmm(w[21], y, w[19]), d, w[20]))
     V = Xr * G.unsqueeze(-1)
     if order > 0:  # deep filter on the low band; history newest first
@@ -396,7 +418,7 @@ def _prepare_weights(net: QCNet) -> list[torch.Tensor]:
     nb, kd, h = net.n_bands, net.df_bins, net.hidden
     with torch.no_grad():
         We, be = net.enc.weight, net.enc.bias
-        W1, W2 = We[:, :nb], We[:, nb:]
+        W1, W2, Wh = We[:, :nb], We[:, nb:2 * nb], We[:, 2 * nb:]
         A = 0.05 * W1 + 0.025 * W2  # f = [(lE - m) * 0.05, (lE + 30) * 0.025]
         Bm = -0.05 * W1
         be2 = be + 0.75 * W2.sum(dim=1)
@@ -417,6 +439,9 @@ def _prepare_weights(net: QCNet) -> list[torch.Tensor]:
         if net.fine is not None:
             Wf = net.fine.weight
             w += [Wf[:, :h].t(), Wf[:, h:].t(), net.fine.bias]  # 19-21
+        else:
+            w += [torch.zeros(0), torch.zeros(0), torch.zeros(0)]
+        w += [Wh.t()]  # 22: fine-structure input ([0, enc_dim] without it)
     return [t.detach().contiguous().clone() for t in w]
 
 

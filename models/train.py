@@ -824,13 +824,15 @@ def _lineage(parent: dict, parent_path) -> list[dict]:
 
 
 def widen(net, state: dict) -> list[str]:
-    """Load the weights ``state`` of a network with fewer GRU units into
-    ``net`` (``hidden`` units, freshly initialised), keeping its function
-    exactly: the old units keep their weights and see nothing of the new
-    ones (zero weights from new units into old units' gates and into every
-    head), the new units keep ``net``'s random initial weights (so they
-    carry signal, and the heads' zero weights into them get gradients at
-    once). Returns the names of the tensors that grew."""
+    """Load the weights ``state`` of a smaller network (fewer GRU units, or
+    no fine-structure input) into ``net`` (freshly initialised), keeping
+    its function exactly: the old units keep their weights and see nothing
+    of the new ones (zero weights from new units into old units' gates and
+    into every head), the new units keep ``net``'s random initial weights
+    (so they carry signal, and the heads' zero weights into them get
+    gradients at once). A new input (``harm_bins``) reaches the band
+    encoder through zero weights, which get gradients at once because the
+    input carries signal. Returns the names of the tensors that grew."""
     import torch
 
     own = net.state_dict()
@@ -851,6 +853,9 @@ def widen(net, state: dict) -> list[str]:
                     else:
                         new[rows_n, :old.shape[1]] = old[rows_o]
                         new[rows_n, old.shape[1]:] = 0.0  # the old units ignore the new ones
+            elif k == "enc.weight" and old.shape[0] == new.shape[0] and old.shape[1] < new.shape[1]:
+                new[:, :old.shape[1]] = old  # the band features, then the new fine-structure input
+                new[:, old.shape[1]:] = 0.0
             elif (k in ("gain.weight", "df.weight", "fine.weight") and old.shape[0] == new.shape[0]
                   and old.shape[1] - h0 == new.shape[1] - h):  # a head reading [GRU output, extra]
                 new[:, :h0] = old[:, :h0]
@@ -890,7 +895,8 @@ def train(args) -> pathlib.Path:
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    arch = dict(DEFAULT_ARCH, fine_bins=args.fine_bins, **({"hidden": args.hidden} if args.hidden else {}))
+    arch = dict(DEFAULT_ARCH, fine_bins=args.fine_bins, harm_bins=args.harm_bins,
+                **({"hidden": args.hidden} if args.hidden else {}))
     init_cfg = None
     if args.init:
         from .bundle import load_bundle
@@ -904,16 +910,23 @@ def train(args) -> pathlib.Path:
         if args.hidden and args.hidden < arch["hidden"]:
             raise SystemExit(f"--hidden {args.hidden}: the --init bundle has {arch['hidden']} GRU units; "
                              "a network can only be widened")
+        if args.harm_bins and arch.get("harm_bins", 0) not in (0, args.harm_bins):
+            raise SystemExit(f"--harm-bins {args.harm_bins}: the --init bundle already reads "
+                             f"{arch['harm_bins']} bins")
         wider = bool(args.hidden) and args.hidden > arch["hidden"]
+        harm = args.harm_bins > arch.get("harm_bins", 0)
         arch["hidden"] = max(arch["hidden"], args.hidden)
+        arch["harm_bins"] = max(arch.get("harm_bins", 0), args.harm_bins)
         net = QCNet(**arch)
-        if wider:
+        if wider or harm:
             have = net.state_dict()
             grown = widen(net, {k: v for k, v in ib.state_dict.items() if k in have})
             missing = [k for k in have if k not in ib.state_dict]
             unexpected = [k for k in ib.state_dict if k not in have]
-            log(f"widened the GRUs to {arch['hidden']} units ({len(grown)} tensors grew; the output is the "
-                "parent's until the new units' zero weights learn)")
+            log(("widened the GRUs to " + str(arch["hidden"]) + " units" if wider else "")
+                + (" and " if wider and harm else "")
+                + (f"added the fine-structure input of {arch['harm_bins']} bins" if harm else "")
+                + f" ({len(grown)} tensors grew; the output is the parent's until the new zero weights learn)")
         else:
             missing, unexpected = net.load_state_dict(ib.state_dict, strict=False)
         new = [k for k in missing if not k.startswith("fine.")]
@@ -1053,6 +1066,7 @@ def train(args) -> pathlib.Path:
                               f" --stage {stage}" + (f" --init STAGE{stage - 1}" if args.init else "")
                               + f" --fine-bins {args.fine_bins}"
                               + (f" --hidden {args.hidden}" if args.hidden else "")
+                              + (f" --harm-bins {args.harm_bins}" if args.harm_bins else "")
                               + (f" --gain-weight {args.gain_weight:g}" if args.gain_weight != GAIN_WEIGHT else "")
                               + (f" --keep-weight {args.keep_weight:g}" if args.keep_weight != 1.0 else "")
                               + (f" --train-only {args.train_only}" if args.train_only else "")
@@ -1118,6 +1132,17 @@ def _hidden_arg(text: str) -> int:
     return n
 
 
+def _harm_arg(text: str) -> int:
+    """argparse ``type``: 0 (no fine-structure input) or 8..481 bins."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n != 0 and not 8 <= n <= 481:
+        raise argparse.ArgumentTypeError(f"--harm-bins {text}: expected 0 (none) or 8..481 bins")
+    return n
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m quietcast.models.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="models/assets/default", help="bundle folder to write")
@@ -1144,6 +1169,10 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=_hidden_arg, default=0,
                    help="GRU units (0 = 160, or the --init bundle's); with --init, more units than the bundle "
                         "widens it and keeps its function (the new units start cut off from the output)")
+    p.add_argument("--harm-bins", type=_harm_arg, default=0,
+                   help="fine-structure input: the log power of the lowest N bins (50 Hz each) minus its mean "
+                        "(0 = none, the shipped default; else 8..481); with --init, the bundle's encoder gets "
+                        "it through zero weights, so training starts from the parent's output")
     p.add_argument("--fine-bins", type=int, default=0,
                    help="per-bin gain refinement of the lowest N bins (0 = band gains only; with --init, "
                         "a head the parent lacks is added at zero)")

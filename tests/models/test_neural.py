@@ -29,7 +29,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 DEMO = REPO / "daemon" / "assets" / "demo"
 
 
-TINY_ARCH = {"df_order": 2, "fine_bins": 48}  # every optional head (deep filter, per-bin refinement)
+# every optional part (deep filter, per-bin refinement, fine-structure input)
+TINY_ARCH = {"df_order": 2, "fine_bins": 48, "harm_bins": 96}
 
 
 def _random_net(seed: int = 0, **arch) -> QCNet:
@@ -82,9 +83,9 @@ def test_streaming_equals_offline_forward(tiny_bundle, noisy_speechlike, block):
     assert np.max(np.abs(y)) > 0.01
 
 
-@pytest.mark.parametrize("df_order,fine_bins", [(0, 0), (1, 0), (3, 0), (0, 64)])
-def test_streaming_equals_offline_other_archs(tmp_path, noisy_speechlike, df_order, fine_bins):
-    net = _random_net(2, df_order=df_order, fine_bins=fine_bins)
+@pytest.mark.parametrize("df_order,fine_bins,harm_bins", [(0, 0, 0), (1, 0, 0), (3, 0, 0), (0, 64, 0), (0, 0, 96)])
+def test_streaming_equals_offline_other_archs(tmp_path, noisy_speechlike, df_order, fine_bins, harm_bins):
+    net = _random_net(2, df_order=df_order, fine_bins=fine_bins, harm_bins=harm_bins)
     save_bundle(net, {"model": "neural", "arch": net.arch}, tmp_path / "b")
     x = noisy_speechlike[0][:, :30_000]
     offline = _sup(tmp_path / "b").process_offline(x)

@@ -61,7 +61,7 @@ def data(tmp_path_factory):
 def _args(data, tmp_path, name: str, **kw) -> argparse.Namespace:
     a = dict(out=str(tmp_path / name), minutes=5.0, max_wall_minutes=5.0, steps=125, stage=0, schedule=None,
              seed=7, batch=2, seconds=0.5, lr=2e-3, threads=1, workers=0, data=str(data), init=None,
-             train_only="", fine_bins=0, hidden=0, gain_weight=0.5, keep_weight=1.0, mix_version=3, exclude="",
+             train_only="", fine_bins=0, hidden=0, harm_bins=0, gain_weight=0.5, keep_weight=1.0, mix_version=3, exclude="",
              noise_weights="", cache=str(tmp_path / "cache"),
              ckpt=str(tmp_path / f"{name}.pt"), resume=False, ckpt_every=60.0, eval_every=60.0, log=None)
     a.update(kw)
@@ -184,6 +184,13 @@ def test_training_writes_a_bundle_that_loads_and_runs(data, tmp_path):
     assert "--hidden 192" in b2.config["training"]["replay_command"] and b2.config["training"]["stage"] == 2
     with pytest.raises(SystemExit, match="can only be widened"):
         T.train(_args(data, tmp_path, "narrow", init=str(out1), hidden=96))
+    # a third stage with the fine-structure input of the lowest 96 bins
+    b3 = load_bundle(T.train(_args(data, tmp_path, "harm", init=str(b2.path), harm_bins=96, steps=50)))
+    assert b3.config["arch"]["harm_bins"] == 96 and b3.state_dict["enc.weight"].shape == (96, 64 + 96)
+    assert b3.config["arch"]["hidden"] == 192 and "--harm-bins 96" in b3.config["training"]["replay_command"]
+    assert float(b3.state_dict["enc.weight"][:, 64:].abs().sum()) > 0  # the new input's weights learnt
+    with pytest.raises(SystemExit, match="already reads 96 bins"):
+        T.train(_args(data, tmp_path, "harm2", init=str(b3.path), harm_bins=64))
 
 
 def test_noise_weights_set_each_groups_share(data, tmp_path):
@@ -211,6 +218,11 @@ def test_cli_names_a_bad_noise_weight(capsys):
             T.main(["--hidden", bad])
         assert e.value.code == 2
         assert f"--hidden {bad}: expected 0 (the default) or 8..4096 GRU units" in capsys.readouterr().err
+    for bad in ("4", "482", "all"):
+        with pytest.raises(SystemExit) as e:
+            T.main(["--harm-bins", bad])
+        assert e.value.code == 2
+        assert f"--harm-bins {bad}: expected 0 (none) or 8..481 bins" in capsys.readouterr().err
 
 
 def test_gain_and_keep_weights_shape_the_band_gain_term_only(data, tmp_path):
@@ -272,3 +284,26 @@ def test_widen_keeps_the_function_and_the_new_units_learn():
     assert float(big.fine.weight.grad[:, 24:40].abs().sum()) > 0
     with pytest.raises(ValueError, match="cannot widen"):
         T.widen(QCNet(**dict(arch, hidden=40, n_bands=24)), small.state_dict())
+
+
+def test_fine_structure_input_starts_at_the_parents_output_and_learns():
+    """``--harm-bins`` with ``--init``: the band encoder reads the new input
+    through zero weights, so the output is the parent's exactly, and those
+    weights get gradients at once (the input carries signal)."""
+    from quietcast.models.neural import DEFAULT_ARCH
+
+    torch.manual_seed(4)
+    small = QCNet(**dict(DEFAULT_ARCH, hidden=24))
+    with torch.no_grad():
+        small.gain.weight.normal_(0.0, 0.2)
+    big = QCNet(**dict(DEFAULT_ARCH, hidden=24, harm_bins=96))
+    assert T.widen(big, small.state_dict()) == ["enc.weight"]
+    X = torch.randn(2, 60, 481, dtype=torch.complex64) * torch.logspace(0, -3, 481)
+    with torch.no_grad():
+        V0, g0 = small(X)
+    V1, g1 = big(X)
+    assert torch.equal(g1, g0) and torch.equal(V1, V0)
+    V1.abs().pow(0.3).mean().backward()
+    assert float(big.enc.weight.grad[:, 64:].abs().sum()) > 0
+    with pytest.raises(ValueError, match="harm_bins 500 out of range 0..481"):
+        QCNet(harm_bins=500)
