@@ -14,12 +14,13 @@ Signal path per 10 ms hop (480 samples), every channel in one batch:
    Optional (``harm_bins > 0``): the fine structure of the lowest
    ``harm_bins`` bins, their log power minus its mean over those bins (the
    harmonic comb of a voice, whatever its level and spectral tilt), fed to
-   the band encoder as well.
+   the band encoder as well (96 bins, 0-4.75 kHz, in the shipped bundle).
 3. Network: two small linear encoders (band features -> 96, low-band
    complex -> 64, ReLU), two GRUs of 160 units (the second one residual),
    and a head of 32 band gains (sigmoid), interpolated to the 481 bins with
    the same triangular filterbank (RNNoise style): ``V = G * X``. 328,768
-   parameters with the default hyper-parameters (:data:`DEFAULT_ARCH`).
+   parameters with the default hyper-parameters (:data:`DEFAULT_ARCH`);
+   the shipped bundle adds the fine-structure input of 96 bins (337,984).
    Optional (``df_order > 0``; off in the shipped bundle): a causal complex
    "deep filter" of that order on the lowest 64 bins, added as a residual,
    ``V = G*X + sum_i C_i * X[t-i]`` (``|Re C|, |Im C| < 1``, zero at
@@ -359,8 +360,9 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
         m.mul_(alpha).add_(lE, alpha=1.0 - alpha)
         u.mul_(alpha).add_(P[:, :kd], alpha=1.0 - alpha)
     e = torch.addmm(torch.addmm(w[3], lE, w[1]), m, w[2])
-    if w[22].numel() > 0:  # fine structure of the lowest bins
-        e = torch.addmm(e, _harm(P[:, :w[22].shape[0]]), w[22])
+    if w[22].numel() > 0:  # fine structure of the lowest bins (scale and mean folded into w[22])
+        lp = torch.log10(P[:, :w[22].shape[0]] + _LE_EPS).clamp_(max=_LE_MAX / 10.0)
+        e = torch.addmm(e, lp, w[22])
     e = torch.relu(e)
     xl = Xr[:, :kd]
     xf = (xl * torch.rsqrt(u + _LE_EPS).unsqueeze(-1)).reshape(C, 2 * kd).clamp_(-_XN_MAX, _XN_MAX)
@@ -441,7 +443,11 @@ def _prepare_weights(net: QCNet) -> list[torch.Tensor]:
             w += [Wf[:, :h].t(), Wf[:, h:].t(), net.fine.bias]  # 19-21
         else:
             w += [torch.zeros(0), torch.zeros(0), torch.zeros(0)]
-        w += [Wh.t()]  # 22: fine-structure input ([0, enc_dim] without it)
+        # 22: fine-structure input ([0, enc_dim] without it): _harm's x10 dB,
+        # x0.05 and mean removal folded in (the mean of log10 powers times
+        # the weights' row sums), so a hop takes log10 and one addmm
+        Wt = Wh.t()
+        w += [0.5 * (Wt - Wt.mean(dim=0, keepdim=True))]
     return [t.detach().contiguous().clone() for t in w]
 
 
