@@ -1121,26 +1121,22 @@ def _noise_weights_arg(text: str) -> str:
     return text
 
 
-def _hidden_arg(text: str) -> int:
-    """argparse ``type``: 0 (the default width) or 8..4096 GRU units."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n != 0 and not 8 <= n <= 4096:
-        raise argparse.ArgumentTypeError(f"--hidden {text}: expected 0 (the default) or 8..4096 GRU units")
-    return n
+def _zero_or_range(flag: str, hi: int, zero: str, unit: str):
+    """An argparse ``type``: 0 (meaning ``zero``) or an integer 8..``hi``,
+    else an error that names ``flag`` and the allowed values."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = -1
+        if n != 0 and not 8 <= n <= hi:
+            raise argparse.ArgumentTypeError(f"{flag} {text}: expected 0 ({zero}) or 8..{hi} {unit}")
+        return n
+    return parse
 
 
-def _harm_arg(text: str) -> int:
-    """argparse ``type``: 0 (no fine-structure input) or 8..481 bins."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n != 0 and not 8 <= n <= 481:
-        raise argparse.ArgumentTypeError(f"--harm-bins {text}: expected 0 (none) or 8..481 bins")
-    return n
+_hidden_arg = _zero_or_range("--hidden", 4096, "the default", "GRU units")
+_harm_arg = _zero_or_range("--harm-bins", 481, "none", "bins")
 
 
 def main(argv=None) -> int:
