@@ -910,23 +910,23 @@ def train(args) -> pathlib.Path:
         if args.hidden and args.hidden < arch["hidden"]:
             raise SystemExit(f"--hidden {args.hidden}: the --init bundle has {arch['hidden']} GRU units; "
                              "a network can only be widened")
-        if args.harm_bins and arch.get("harm_bins", 0) not in (0, args.harm_bins):
+        if args.harm_bins and arch["harm_bins"] not in (0, args.harm_bins):
             raise SystemExit(f"--harm-bins {args.harm_bins}: the --init bundle already reads "
                              f"{arch['harm_bins']} bins")
         wider = bool(args.hidden) and args.hidden > arch["hidden"]
-        harm = args.harm_bins > arch.get("harm_bins", 0)
+        harm = args.harm_bins > arch["harm_bins"]
         arch["hidden"] = max(arch["hidden"], args.hidden)
-        arch["harm_bins"] = max(arch.get("harm_bins", 0), args.harm_bins)
+        arch["harm_bins"] = max(arch["harm_bins"], args.harm_bins)
         net = QCNet(**arch)
         if wider or harm:
             have = net.state_dict()
             grown = widen(net, {k: v for k, v in ib.state_dict.items() if k in have})
             missing = [k for k in have if k not in ib.state_dict]
             unexpected = [k for k in ib.state_dict if k not in have]
-            log(("widened the GRUs to " + str(arch["hidden"]) + " units" if wider else "")
-                + (" and " if wider and harm else "")
-                + (f"added the fine-structure input of {arch['harm_bins']} bins" if harm else "")
-                + f" ({len(grown)} tensors grew; the output is the parent's until the new zero weights learn)")
+            done = ([f"widened the GRUs to {arch['hidden']} units"] if wider else []) + (
+                [f"added the fine-structure input of {arch['harm_bins']} bins"] if harm else [])
+            log(" and ".join(done) + f" ({len(grown)} tensors grew; the output is the parent's until the new "
+                "zero weights learn)")
         else:
             missing, unexpected = net.load_state_dict(ib.state_dict, strict=False)
         new = [k for k in missing if not k.startswith("fine.")]
