@@ -15,6 +15,9 @@ Signal path per 10 ms hop (480 samples), every channel in one batch:
    ``harm_bins`` bins, their log power minus its mean over those bins (the
    harmonic comb of a voice, whatever its level and spectral tilt), fed to
    the band encoder as well (96 bins, 0-4.75 kHz, in the shipped bundle).
+   Optional (``floor_input``, 0 or 1): each band's level above its noise
+   floor, tracked per channel with a fast fall and a slow rise (it sits
+   near the level of the band's quietest frames), also to the band encoder.
 3. Network: two small linear encoders (band features -> 96, low-band
    complex -> 64, ReLU), two GRUs of 160 units (the second one residual),
    and a head of 32 band gains (sigmoid), interpolated to the 481 bins with
@@ -84,6 +87,7 @@ DEFAULT_ARCH = {
     "df_order": 0,
     "fine_bins": 0,
     "harm_bins": 0,
+    "floor_input": 0,
     "enc_dim": 96,
     "df_enc_dim": 64,
     "hidden": 160,
@@ -95,6 +99,15 @@ _LE_MAX = 80.0  # dB; clamps absurd inputs (the input is already clipped to +-64
 _M_INIT = -30.0  # running-mean initial value (dB)
 _U_INIT = 1e-3  # unit-norm running power initial value
 _XN_MAX = 8.0
+#: the band noise-floor tracker (``floor_input``), in dB per frame: it
+#: starts at ``_F_INIT``, falls towards a lower band level by ``_F_FALL``
+#: of the gap (time constant 45 ms) and rises towards a higher one by
+#: ``_F_RISE`` of the gap (5 s); the feature is the level above it,
+#: clamped below at ``_F_MIN`` dB
+_F_INIT = _LE_MAX
+_F_FALL = 0.2
+_F_RISE = 0.002
+_F_MIN = -20.0
 _G_MIN = 1e-6  # gain clamp before the logit of the per-bin refinement
 #: a frame whose windowed mean square is below this (about -123 dBFS) is
 #: "digital silence": it does not update any state (running means, GRUs)
@@ -163,7 +176,10 @@ class QCNet(nn.Module):
         if hb < 0 or hb > self.n_bins:
             raise ValueError(f"harm_bins {hb} out of range 0..{self.n_bins} (the STFT bins)")
         self.harm_bins = hb
-        self.enc = nn.Linear(2 * nb + hb, a["enc_dim"])
+        if a["floor_input"] not in (0, 1):
+            raise ValueError(f"floor_input {a['floor_input']!r} must be 0 or 1")
+        self.floor_input = int(a["floor_input"])
+        self.enc = nn.Linear(2 * nb + hb + nb * self.floor_input, a["enc_dim"])
         self.df_enc = nn.Linear(2 * kd, a["df_enc_dim"])
         self.gru1 = nn.GRU(a["enc_dim"] + a["df_enc_dim"], h, batch_first=True)
         self.gru2 = nn.GRU(h, h, batch_first=True)
@@ -242,15 +258,20 @@ class QCNet(nn.Module):
             idx, back, keep = lead
             M = _unroll(self._ema(_roll(lE, idx), _M_INIT), back, keep, _M_INIT)
             U = _unroll(self._ema(_roll(Pl, idx), _U_INIT), back, keep, _U_INIT)
+            Fl = _unroll(_floor(_roll(lE, idx)), back, keep, _F_INIT) if self.floor_input else None
         elif hold:
             M = self._ema(lE, _M_INIT, silent)
             U = self._ema(Pl, _U_INIT, silent)
+            Fl = _floor(lE, silent) if self.floor_input else None
         else:
             M = self._ema(lE, _M_INIT)
             U = self._ema(Pl, _U_INIT)
+            Fl = _floor(lE) if self.floor_input else None
         f = torch.cat([(lE - M) * 0.05, (lE + 30.0) * 0.025], dim=-1)
         if self.harm_bins:
             f = torch.cat([f, _harm(P[..., :self.harm_bins])], dim=-1)
+        if Fl is not None:
+            f = torch.cat([f, (lE - Fl).clamp(min=_F_MIN) * 0.05], dim=-1)
         Xl = X[..., :kd]
         xn = Xl * torch.rsqrt(U + _LE_EPS)
         xf = torch.cat([xn.real, xn.imag], dim=-1).clamp(-_XN_MAX, _XN_MAX)
@@ -272,6 +293,22 @@ class QCNet(nn.Module):
         for i in range(1, self.df_order):
             hist.append(torch.cat([Xl.new_zeros(B, i, kd), Xl[:, :T - i]], dim=1))
         return self._heads(y, X, hist, d)
+
+
+def _floor(lE: torch.Tensor, silent: torch.Tensor | None = None) -> torch.Tensor:
+    """The band noise floors (dB) over time of the band levels ``lE[B, T,
+    K]``: from ``_F_INIT``, each frame moves ``_F_FALL`` of the way down to
+    a lower level and ``_F_RISE`` of the way up to a higher one (a fast
+    fall and slow rise that sits near the level of the band's quietest
+    frames: its noise); held on ``silent`` frames."""
+    n = torch.full((lE.shape[0], lE.shape[2]), _F_INIT, dtype=lE.dtype, device=lE.device)
+    out = []
+    for t in range(lE.shape[1]):
+        d = lE[:, t] - n
+        nn_ = n + torch.where(d < 0, _F_FALL, _F_RISE) * d
+        n = nn_ if silent is None else torch.where(silent[:, t, None], n, nn_)
+        out.append(n)
+    return torch.stack(out, 1)
 
 
 def _harm(Ph: torch.Tensor) -> torch.Tensor:
@@ -326,7 +363,8 @@ def _gru_held(gru: nn.GRU, z: torch.Tensor, silent: torch.Tensor) -> torch.Tenso
 
 
 def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: torch.Tensor,
-                fb_i: torch.Tensor, m: torch.Tensor, u: torch.Tensor, h1: torch.Tensor, h2: torch.Tensor,
+                fb_i: torch.Tensor, m: torch.Tensor, u: torch.Tensor, fl: torch.Tensor, h1: torch.Tensor,
+                h2: torch.Tensor,
                 xh: torch.Tensor, ola: torch.Tensor, w: list[torch.Tensor], alpha: float, mix,
                 out: torch.Tensor, branchless: bool = False) -> None:
     """One streaming hop for all channels, on weights prepared by
@@ -334,7 +372,8 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     low-band features interleaved). TorchScript-able.
 
     ``hop``: new input ``[C, H]``; ``prev``: the previous input hop (updated
-    to ``hop``); ``m, u, h1, h2, xh, ola``: state, updated in place; ``out``:
+    to ``hop``); ``m, u, fl, h1, h2, xh, ola``: state, updated in place
+    (``fl``, the band noise floors, only with the floor input); ``out``:
     ``[3, C, H]`` receives (output, voice, background).
 
     ``branchless``: no host-side decision on tensor values (for CUDA graph
@@ -363,6 +402,11 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     if w[22].numel() > 0:  # fine structure of the lowest bins (scale and mean folded into w[22])
         lp = torch.log10(P[:, :w[22].shape[0]] + _LE_EPS).clamp_(max=_LE_MAX / 10.0)
         e = torch.addmm(e, lp, w[22])
+    if w[23].numel() > 0:  # level above the band noise floor (x0.05 folded into w[23])
+        dfl = lE - fl
+        fln = fl + torch.where(dfl < 0, _F_FALL, _F_RISE) * dfl
+        fl.copy_(torch.where(sil, fl, fln) if hold else fln)
+        e = torch.addmm(e, (lE - fl).clamp_(min=_F_MIN), w[23])
     e = torch.relu(e)
     xl = Xr[:, :kd]
     xf = (xl * torch.rsqrt(u + _LE_EPS).unsqueeze(-1)).reshape(C, 2 * kd).clamp_(-_XN_MAX, _XN_MAX)
@@ -420,7 +464,8 @@ def _prepare_weights(net: QCNet) -> list[torch.Tensor]:
     nb, kd, h = net.n_bands, net.df_bins, net.hidden
     with torch.no_grad():
         We, be = net.enc.weight, net.enc.bias
-        W1, W2, Wh = We[:, :nb], We[:, nb:2 * nb], We[:, 2 * nb:]
+        hb = net.harm_bins
+        W1, W2, Wh, Wfl = We[:, :nb], We[:, nb:2 * nb], We[:, 2 * nb:2 * nb + hb], We[:, 2 * nb + hb:]
         A = 0.05 * W1 + 0.025 * W2  # f = [(lE - m) * 0.05, (lE + 30) * 0.025]
         Bm = -0.05 * W1
         be2 = be + 0.75 * W2.sum(dim=1)
@@ -448,6 +493,7 @@ def _prepare_weights(net: QCNet) -> list[torch.Tensor]:
         # the weights' row sums), so a hop takes log10 and one addmm
         Wt = Wh.t()
         w += [0.5 * (Wt - Wt.mean(dim=0, keepdim=True))]
+        w += [0.05 * Wfl.t()]  # 23: level above the noise floor ([0, enc_dim] without it)
     return [t.detach().contiguous().clone() for t in w]
 
 
@@ -607,6 +653,7 @@ class NeuralSuppressor(HopSuppressor):
             with torch.inference_mode():
                 self._m.fill_(_M_INIT)
                 self._u.fill_(_U_INIT)
+                self._fl.fill_(_F_INIT)
                 for t in (self._h1, self._h2, self._xh, self._prev, self._ola):
                     t.zero_()
             self.gain_reduction_db = np.zeros(c, np.float32)
@@ -614,6 +661,7 @@ class NeuralSuppressor(HopSuppressor):
         z = dict(device=dev, dtype=torch.float32)
         self._m = torch.full((c, net.n_bands), _M_INIT, **z)
         self._u = torch.full((c, net.df_bins), _U_INIT, **z)
+        self._fl = torch.full((c, net.n_bands * net.floor_input), _F_INIT, **z)  # band noise floors
         self._h1 = torch.zeros(c, net.hidden, **z)
         self._h2 = torch.zeros(c, net.hidden, **z)
         self._xh = torch.zeros(c, net.df_order, net.df_bins, 2, **z)  # low-band history, newest first
@@ -663,7 +711,7 @@ class NeuralSuppressor(HopSuppressor):
         self._d_res = torch.zeros(3 * c + 1, H, device=dev)
         self._mix_t = torch.tensor(getattr(self, "_mix", 1.0), dtype=torch.float32, device=dev)
         self._graph = None
-        state = (self._m, self._u, self._h1, self._h2, self._xh, self._prev, self._ola)
+        state = (self._m, self._u, self._fl, self._h1, self._h2, self._xh, self._prev, self._ola)
         saved = [t.clone() for t in state]
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
@@ -686,8 +734,8 @@ class NeuralSuppressor(HopSuppressor):
 
     def _cuda_step(self) -> None:
         """One hop on the device tensors (captured into the graph)."""
-        _fused_step(self._d_in, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._h1,
-                    self._h2, self._xh, self._ola, self._w, self.net.alpha, self._mix_t, self._out_t,
+        _fused_step(self._d_in, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl,
+                    self._h1, self._h2, self._xh, self._ola, self._w, self.net.alpha, self._mix_t, self._out_t,
                     branchless=True)
         C = self.channels
         o = self._out_t
@@ -721,8 +769,8 @@ class NeuralSuppressor(HopSuppressor):
                 self._fall_back(f"CUDA failed while running: {e}")
                 self.reset_core()
         x = torch.from_numpy(hop)
-        _fused_step(x, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._h1, self._h2,
-                    self._xh, self._ola, self._w, self.net.alpha, self._mix, self._out_t)
+        _fused_step(x, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl, self._h1,
+                    self._h2, self._xh, self._ola, self._w, self.net.alpha, self._mix, self._out_t)
         C = self.channels
         np.copyto(self._hop_buf, self._out_t.reshape(3 * C, self.hop).numpy())
         # meter: this hop's input (delayed) vs output energy

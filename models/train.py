@@ -830,7 +830,7 @@ def widen(net, state: dict) -> list[str]:
     of the new ones (zero weights from new units into old units' gates and
     into every head), the new units keep ``net``'s random initial weights
     (so they carry signal, and the heads' zero weights into them get
-    gradients at once). A new input (``harm_bins``) reaches the band
+    gradients at once). A new input (``harm_bins``, ``floor_input``) reaches the band
     encoder through zero weights, which get gradients at once because the
     input carries signal. Returns the names of the tensors that grew."""
     import torch
@@ -895,7 +895,7 @@ def train(args) -> pathlib.Path:
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    arch = dict(DEFAULT_ARCH, fine_bins=args.fine_bins, harm_bins=args.harm_bins,
+    arch = dict(DEFAULT_ARCH, fine_bins=args.fine_bins, harm_bins=args.harm_bins, floor_input=int(args.noise_floor),
                 **({"hidden": args.hidden} if args.hidden else {}))
     init_cfg = None
     if args.init:
@@ -915,16 +915,22 @@ def train(args) -> pathlib.Path:
                              f"{arch['harm_bins']} bins")
         wider = bool(args.hidden) and args.hidden > arch["hidden"]
         harm = args.harm_bins > arch["harm_bins"]
+        floor = args.noise_floor and not arch["floor_input"]
+        if harm and arch["floor_input"]:  # the encoder reads [bands, fine structure, floor]: no room
+            raise SystemExit(f"--harm-bins {args.harm_bins}: the --init bundle already has the noise-floor "
+                             "input; add the fine-structure input first")
         arch["hidden"] = max(arch["hidden"], args.hidden)
         arch["harm_bins"] = max(arch["harm_bins"], args.harm_bins)
+        arch["floor_input"] = int(arch["floor_input"] or args.noise_floor)
         net = QCNet(**arch)
-        if wider or harm:
+        if wider or harm or floor:
             have = net.state_dict()
             grown = widen(net, {k: v for k, v in ib.state_dict.items() if k in have})
             missing = [k for k in have if k not in ib.state_dict]
             unexpected = [k for k in ib.state_dict if k not in have]
             done = ([f"widened the GRUs to {arch['hidden']} units"] if wider else []) + (
-                [f"added the fine-structure input of {arch['harm_bins']} bins"] if harm else [])
+                [f"added the fine-structure input of {arch['harm_bins']} bins"] if harm else []) + (
+                ["added the noise-floor input"] if floor else [])
             log(" and ".join(done) + f" ({len(grown)} tensors grew; the output is the parent's until the new "
                 "zero weights learn)")
         else:
@@ -1067,6 +1073,7 @@ def train(args) -> pathlib.Path:
                               + f" --fine-bins {args.fine_bins}"
                               + (f" --hidden {args.hidden}" if args.hidden else "")
                               + (f" --harm-bins {args.harm_bins}" if args.harm_bins else "")
+                              + (" --noise-floor" if args.noise_floor else "")
                               + (f" --gain-weight {args.gain_weight:g}" if args.gain_weight != GAIN_WEIGHT else "")
                               + (f" --keep-weight {args.keep_weight:g}" if args.keep_weight != 1.0 else "")
                               + (f" --train-only {args.train_only}" if args.train_only else "")
@@ -1169,6 +1176,10 @@ def main(argv=None) -> int:
                    help="fine-structure input: the log power of the lowest N bins (50 Hz each) minus its mean "
                         "(0 = none, the shipped default; else 8..481); with --init, the bundle's encoder gets "
                         "it through zero weights, so training starts from the parent's output")
+    p.add_argument("--noise-floor", action="store_true",
+                   help="noise-floor input: each band's level above a tracked floor (fast fall, slow rise; "
+                        "off in the shipped default); with --init, the bundle's encoder gets it through zero "
+                        "weights, so training starts from the parent's output")
     p.add_argument("--fine-bins", type=int, default=0,
                    help="per-bin gain refinement of the lowest N bins (0 = band gains only; with --init, "
                         "a head the parent lacks is added at zero)")

@@ -29,8 +29,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 DEMO = REPO / "daemon" / "assets" / "demo"
 
 
-# every optional part (deep filter, per-bin refinement, fine-structure input)
-TINY_ARCH = {"df_order": 2, "fine_bins": 48, "harm_bins": 96}
+# every optional part (deep filter, per-bin refinement, fine-structure and noise-floor inputs)
+TINY_ARCH = {"df_order": 2, "fine_bins": 48, "harm_bins": 96, "floor_input": 1}
 
 
 def _random_net(seed: int = 0, **arch) -> QCNet:
@@ -83,9 +83,10 @@ def test_streaming_equals_offline_forward(tiny_bundle, noisy_speechlike, block):
     assert np.max(np.abs(y)) > 0.01
 
 
-@pytest.mark.parametrize("df_order,fine_bins,harm_bins", [(0, 0, 0), (1, 0, 0), (3, 0, 0), (0, 64, 0), (0, 0, 96)])
-def test_streaming_equals_offline_other_archs(tmp_path, noisy_speechlike, df_order, fine_bins, harm_bins):
-    net = _random_net(2, df_order=df_order, fine_bins=fine_bins, harm_bins=harm_bins)
+@pytest.mark.parametrize("df_order,fine_bins,harm_bins,floor_input",
+                         [(0, 0, 0, 0), (1, 0, 0, 0), (3, 0, 0, 0), (0, 64, 0, 0), (0, 0, 96, 0), (0, 0, 0, 1)])
+def test_streaming_equals_offline_other_archs(tmp_path, noisy_speechlike, df_order, fine_bins, harm_bins, floor_input):
+    net = _random_net(2, df_order=df_order, fine_bins=fine_bins, harm_bins=harm_bins, floor_input=floor_input)
     save_bundle(net, {"model": "neural", "arch": net.arch}, tmp_path / "b")
     x = noisy_speechlike[0][:, :30_000]
     offline = _sup(tmp_path / "b").process_offline(x)
@@ -474,8 +475,8 @@ def test_branchless_step_equals_the_branching_step(tiny_bundle, noisy_speechlike
                 hop = torch.from_numpy(x[:, i:i + 480])
                 m = torch.tensor(mix) if branchless else mix
                 with torch.inference_mode():
-                    _fused_step(hop, sup._prev, sup._win, sup._fb_e, sup._fb_i, sup._m, sup._u, sup._h1, sup._h2,
-                                sup._xh, sup._ola, sup._w, sup.net.alpha, m, sup._out_t, branchless=branchless)
+                    _fused_step(hop, sup._prev, sup._win, sup._fb_e, sup._fb_i, sup._m, sup._u, sup._fl, sup._h1,
+                                sup._h2, sup._xh, sup._ola, sup._w, sup.net.alpha, m, sup._out_t, branchless=branchless)
                 o.append(sup._out_t.clone())
             outs.append(torch.cat(o, dim=2))
         assert torch.allclose(outs[0], outs[1], atol=1e-6, rtol=0)

@@ -61,7 +61,7 @@ def data(tmp_path_factory):
 def _args(data, tmp_path, name: str, **kw) -> argparse.Namespace:
     a = dict(out=str(tmp_path / name), minutes=5.0, max_wall_minutes=5.0, steps=125, stage=0, schedule=None,
              seed=7, batch=2, seconds=0.5, lr=2e-3, threads=1, workers=0, data=str(data), init=None,
-             train_only="", fine_bins=0, hidden=0, harm_bins=0, gain_weight=0.5, keep_weight=1.0, mix_version=3, exclude="",
+             train_only="", fine_bins=0, hidden=0, harm_bins=0, noise_floor=False, gain_weight=0.5, keep_weight=1.0, mix_version=3, exclude="",
              noise_weights="", cache=str(tmp_path / "cache"),
              ckpt=str(tmp_path / f"{name}.pt"), resume=False, ckpt_every=60.0, eval_every=60.0, log=None)
     a.update(kw)
@@ -191,6 +191,13 @@ def test_training_writes_a_bundle_that_loads_and_runs(data, tmp_path):
     assert float(b3.state_dict["enc.weight"][:, 64:].abs().sum()) > 0  # the new input's weights learnt
     with pytest.raises(SystemExit, match="already reads 96 bins"):
         T.train(_args(data, tmp_path, "harm2", init=str(b3.path), harm_bins=64))
+    # another third stage, from the second, with the noise-floor input of the 32 bands
+    b4 = load_bundle(T.train(_args(data, tmp_path, "floor", init=str(b2.path), noise_floor=True, steps=50)))
+    assert b4.config["arch"]["floor_input"] == 1 and b4.state_dict["enc.weight"].shape == (96, 64 + 32)
+    assert "--noise-floor" in b4.config["training"]["replay_command"]
+    assert float(b4.state_dict["enc.weight"][:, 64:].abs().sum()) > 0
+    with pytest.raises(SystemExit, match="already has the noise-floor input"):  # its columns come last
+        T.train(_args(data, tmp_path, "harm3", init=str(b4.path), harm_bins=96))
 
 
 def test_noise_weights_set_each_groups_share(data, tmp_path):
@@ -307,3 +314,12 @@ def test_fine_structure_input_starts_at_the_parents_output_and_learns():
     assert float(big.enc.weight.grad[:, 64:].abs().sum()) > 0
     with pytest.raises(ValueError, match="harm_bins 500 out of range 0..481"):
         QCNet(harm_bins=500)
+    # the noise-floor input the same way, after the fine structure
+    both = QCNet(**dict(DEFAULT_ARCH, hidden=24, harm_bins=96, floor_input=1))
+    assert T.widen(both, big.state_dict()) == ["enc.weight"]
+    V2, g2 = both(X)
+    assert torch.equal(g2, g1) and torch.equal(V2, V1)
+    V2.abs().pow(0.3).mean().backward()
+    assert float(both.enc.weight.grad[:, 160:].abs().sum()) > 0
+    with pytest.raises(ValueError, match="floor_input 2 must be 0 or 1"):
+        QCNet(floor_input=2)
