@@ -82,9 +82,10 @@ HELDOUT_VOICES = ("ru",)
 FILLETS = pathlib.Path("/usr/share/games/fillets-ng/sound")
 FILLETS_LANGS = ("cs", "nl")
 FILLETS_SPEAKERS = {"v": "big fish, male", "m": "small fish, female"}
-#: speech groups drawn only from this mix version on (the earlier versions
-#: replay exactly what they drew before these groups existed)
-SPEECH_SINCE = {f"fillets-{lang}": 4 for lang in FILLETS_LANGS}
+#: speech groups drawn only by these mix versions (the earlier versions
+#: replay exactly what they drew before these groups existed; version 5
+#: builds on version 3, without them)
+SPEECH_VERSIONS = {f"fillets-{lang}": (4,) for lang in FILLETS_LANGS}
 HELDOUT_LJ_EXTRA = ("LJ001-0054", "LJ001-0107")  # the demo clip's speech
 HELDOUT_MISC = ("noise1.flac",)  # the demo clip's bed
 HELDOUT_NONSPEECH = tuple(f"n{i}.flac" for i in range(91, 101))
@@ -282,9 +283,9 @@ class Corpus:
 
 def train_corpus(cache: pathlib.Path, version: int, exclude=(), noise_weights: dict | None = None) -> Corpus:
     """The training split as mix ``version`` draws it: the speech groups
-    of :data:`SPEECH_SINCE` only from their version on, so an earlier
+    of :data:`SPEECH_VERSIONS` only in their versions, so an earlier
     version replays exactly the draws it made before they were added."""
-    later = tuple(g for g, v in SPEECH_SINCE.items() if version < v)
+    later = tuple(g for g, v in SPEECH_VERSIONS.items() if version not in v)
     return Corpus(cache, "train", tuple(exclude) + later, noise_weights)
 
 
@@ -300,15 +301,21 @@ def _rms(x):
 #: speed factor (0.6 lowers pitch and formants by 8.8 semitones)
 LOWER_P = 0.5
 LOWER_RANGE = (0.6, 0.95)
+#: mix version 5: share of the other utterances played faster, and the
+#: range (1.45 raises pitch and formants by 6.4 semitones: a child's or a
+#: high voice, above every training voice)
+HIGHER_P = 0.5
+HIGHER_RANGE = (1.1, 1.45)
 
 
-def _lower(rng, u: np.ndarray) -> tuple[np.ndarray, float]:
-    """``u`` played slower by a random factor (pitch and formants lower, as
-    in a lower, larger voice; every training voice is female); returns it
+def _lower(rng, u: np.ndarray, speeds=LOWER_RANGE) -> tuple[np.ndarray, float]:
+    """``u`` played at a random speed factor from ``speeds`` (below 1:
+    slower, pitch and formants lower, as in a lower, larger voice; every
+    training voice is female; above 1: a higher, smaller one); returns it
     and the factor (its bandwidth scales by that factor too)."""
     from scipy.signal import resample_poly
 
-    f = rng.uniform(*LOWER_RANGE)
+    f = rng.uniform(*speeds)
     up = 40
     down = max(1, int(round(up * f)))
     return resample_poly(u, up, down).astype(np.float32), down / up
@@ -317,7 +324,8 @@ def _lower(rng, u: np.ndarray) -> tuple[np.ndarray, float]:
 def _speech_segment(rng, corpus: Corpus, n: int, version: int = 2) -> tuple[np.ndarray, float]:
     """Random utterances with pauses, levelled to one another; and the
     lowest source bandwidth in the segment (Hz). Version 3 plays half the
-    utterances slower (:func:`_lower`): lower voices than the corpus has."""
+    utterances slower (:func:`_lower`): lower voices than the corpus has;
+    version 5 also plays half of the others faster: higher voices."""
     out = np.zeros(n, np.float32)
     pos = int(rng.integers(0, SR // 2)) if rng.random() < 0.5 else 0
     bw = SR / 2
@@ -329,12 +337,15 @@ def _speech_segment(rng, corpus: Corpus, n: int, version: int = 2) -> tuple[np.n
         if version >= 3 and rng.random() < LOWER_P:
             u, f = _lower(rng, u.astype(np.float32) * _I16)
             u = np.clip(np.round(u / _I16), -32768, 32767).astype(np.int16)
+        elif version >= 5 and rng.random() < HIGHER_P:
+            u, f = _lower(rng, u.astype(np.float32) * _I16, HIGHER_RANGE)
+            u = np.clip(np.round(u / _I16), -32768, 32767).astype(np.int16)
         if u.size > n - pos and rng.random() < 0.7:  # start inside a long utterance
             off = int(rng.integers(0, u.size - (n - pos) // 2))
             u = u[off:]
         u = u[:n - pos].astype(np.float32) * _I16
         out[pos:pos + u.size] = u * np.float32(10 ** (rng.uniform(-6, 6) / 20) / (_rms(u) + 1e-4))
-        bw = min(bw, corpus.speech_bw[i] * f)
+        bw = min(bw, corpus.speech_bw[i] * f, SR / 2)
         pos += u.size + int(rng.uniform(0.0, 0.6) * SR)
     return out, bw
 
@@ -449,7 +460,9 @@ def make_mixture(rng, corpus: Corpus, n: int, snr_range=(-5.0, 25.0), augment: b
     female; versions 1 and 2 draw exactly the random numbers they did.
     Version 4 mixes exactly as version 3, from more voices: the corpus
     (:func:`train_corpus`) adds the fillets-ng dialogue, two men and two
-    women."""
+    women. Version 5 is version 3 (without those voices) plus higher
+    voices: half of the utterances not slowed are played 1.1-1.45x as fast
+    (pitch and formants higher, as in a child's voice)."""
     r = rng.random()
     speech_on = r >= 0.04  # 4 % noise only
     noise_on = not (0.04 <= r < 0.08) or version >= 2  # v1: 4 % clean speech only
@@ -1189,11 +1202,12 @@ def main(argv=None) -> int:
     p.add_argument("--keep-weight", type=float, default=1.0,
                    help="in the band-gain term, the weight of a gain below its ideal value (voice removed) "
                         "against one above it (noise left); default 1")
-    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4),
+    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4, 5),
                    help="mixing recipe (1: the first stage of the default bundle; 2: no digital silence inside "
                         "examples, starts mid-hop; 3: also lower voices, half the utterances slowed 0.6-0.95x; "
                         "4: version 3 from more voices, the fillets-ng dialogue (Debian fillets-ng-data-cs/-nl), "
-                        "two men and two women; see make_mixture)")
+                        "two men and two women; 5: version 3 plus higher voices, half the other utterances "
+                        "played 1.1-1.45x as fast; see make_mixture)")
     p.add_argument("--exclude", default="",
                    help="comma-separated source groups to leave out, e.g. urbansound8k (non-commercial licence)"
                         " or urbansound8k,nonspeech100 (licence-clean bundle)")

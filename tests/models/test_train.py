@@ -113,6 +113,23 @@ def test_fillets_voices_only_from_mix_version_4(data, tmp_path, monkeypatch):
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     c = T.make_batch(np.random.default_rng(5), v4, 24_000, 3, 4)
     assert not np.array_equal(a[1], c[1])
+    assert len(T.train_corpus(cache, 5).items["speech"]) == len(v3.items["speech"])  # version 5 builds on 3
+
+
+def test_mix_version_5_adds_higher_voices(data, tmp_path):
+    """Version 5 plays some utterances faster (a higher voice, its band
+    wider by the same factor); versions 3 and below draw as before."""
+    u = np.sin(2 * np.pi * 200 * np.arange(48_000) / 48_000).astype(np.float32)
+    for seed in range(5):
+        v, f = T._lower(np.random.default_rng(seed), u, T.HIGHER_RANGE)
+        assert 1.1 <= f <= 1.45 and abs(v.size - u.size / f) <= 2
+        spec = np.abs(np.fft.rfft(v))
+        assert abs(np.argmax(spec) * 48_000 / v.size - 200 * f) < 3  # pitch up by the factor
+    cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
+    corpus = T.train_corpus(cache, 5)
+    a = T.make_batch(np.random.default_rng(5), corpus, 48_000, 4, 3)
+    b = T.make_batch(np.random.default_rng(5), corpus, 48_000, 4, 5)
+    assert not np.array_equal(a[1], b[1])
 
 
 def test_worker_makes_the_same_batches(data, tmp_path):
