@@ -4,6 +4,7 @@
     python bench/quality.py --n 12 --quick  # fewer mixtures, no PESQ, no DNSMOS
     python bench/quality.py --no-dnsmos     # everything but DNSMOS
     python bench/quality.py --voices lower  # real male voices instead (klettres-data)
+    python bench/quality.py --voices higher # the held-out voices 1.3x as fast (higher)
 
 Mixtures come from :func:`quietcast.models.train.heldout_mixtures`: files of
 the default bundle's held-out split only (LJ Speech numbers divisible by 6,
@@ -20,6 +21,11 @@ shipped bundles trained on is female): the spoken letters and syllables of Debia
 (:func:`lower_voices`). They are isolated letters, not sentences, and the
 recordings have their own noise floor 40-85 dB down; compare systems with
 each other on this set, not with the default set.
+
+``--voices higher`` plays the held-out voices 1.3x as fast (:func:`higher_voices`):
+pitch and formants 4.5 semitones higher, the speech shorter by the same
+factor: a stand-in for higher and children's voices, which no real
+recording here has.
 
 Systems, all at 48 kHz, each with a fresh state per mixture:
 
@@ -257,6 +263,32 @@ def lower_voices(root: pathlib.Path = KLETTRES, langs=LOWER_VOICES) -> dict:
     return out
 
 
+HIGHER_SPEED = 1.3
+
+
+def higher_voices(cache, speed: float = HIGHER_SPEED) -> dict:
+    """The held-out voices (LJ Speech's unseen sentences, the unseen Russian
+    asterisk voice) played ``speed`` times as fast, for ``--voices
+    higher``: ``{"GROUP-xSPEED": [(name, audio at 48 kHz), ...]}``."""
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    from quietcast.models.train import Corpus
+
+    corp = Corpus(cache, "heldout")
+    fr = Fraction(speed).limit_denominator(100)
+    out = {}
+    for i, s in enumerate(corp.items["speech"]):
+        if s["group"] in ("ljspeech", "asterisk-ru"):
+            u = corp.get("speech", i).astype(np.float32) / 32768.0
+            out.setdefault(f"{s['group']}-x{speed:g}", []).append(
+                (s["name"], resample_poly(u, fr.denominator, fr.numerator).astype(np.float32)))
+    if not out:
+        raise SystemExit(f"--voices higher: no held-out speech in the cache {cache}")
+    return out
+
+
 # ------------------------------------------------------------------ scoring
 def measure_delay(y: np.ndarray, x: np.ndarray, max_lag: int = SR // 5) -> int:
     """Lag (samples) that best aligns output ``y`` to input ``x``."""
@@ -417,13 +449,15 @@ def main(argv=None) -> int:
     p.add_argument("--compare", default="",
                    help="extra neural bundles in the same run: LABEL=BUNDLE_NAME_OR_FOLDER,... "
                         "(rows quietcast-neural[LABEL])")
-    p.add_argument("--voices", choices=("heldout", "lower"), default="heldout",
-                   help="clean speech: the held-out split (LJ Speech, Russian asterisk voice), or real lower "
-                        "male voices never trained on (klettres-data: French, Malayalam, Danish)")
-    p.add_argument("--out", default=None, help=f"JSON path (default {OUT}, or quality_lower.json with --voices lower)")
+    p.add_argument("--voices", choices=("heldout", "lower", "higher"), default="heldout",
+                   help="clean speech: the held-out split (LJ Speech, Russian asterisk voice), real lower "
+                        "male voices never trained on (klettres-data: French, Malayalam, Danish), or the "
+                        f"held-out voices played {HIGHER_SPEED:g}x as fast (higher voices)")
+    p.add_argument("--out", default=None,
+                   help=f"JSON path (default {OUT}, or quality_lower.json / quality_higher.json with --voices)")
     args = p.parse_args(argv)
     if args.out is None:
-        args.out = str(OUT if args.voices == "heldout" else OUT.with_name("quality_lower.json"))
+        args.out = str(OUT if args.voices == "heldout" else OUT.with_name(f"quality_{args.voices}.json"))
 
     import torch
 
@@ -431,8 +465,9 @@ def main(argv=None) -> int:
     from quietcast.models.train import build_cache, heldout_mixtures
 
     t0 = time.time()
-    voices = lower_voices() if args.voices == "lower" else None
-    mixes = heldout_mixtures(build_cache(args.cache), n=args.n, seed=args.seed, seconds=args.seconds, voices=voices)
+    cache = build_cache(args.cache)
+    voices = lower_voices() if args.voices == "lower" else higher_voices(cache) if args.voices == "higher" else None
+    mixes = heldout_mixtures(cache, n=args.n, seed=args.seed, seconds=args.seconds, voices=voices)
     print(f"{len(mixes)} held-out mixtures of {args.seconds:g} s ({time.time() - t0:.1f} s to build)", file=sys.stderr)
     wanted = args.systems.split(",") if args.systems else None
     result = {"voices": args.voices, "mixtures": [{k: m[k] for k in ("snr_db", "speech", "noise_name", "group")} for m in mixes],
