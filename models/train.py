@@ -1114,7 +1114,11 @@ def train(args) -> pathlib.Path:
             "heldout": heldout_split(args.data),
             "mixing": "SNR U(-5, 25) dB, level U(-50, -6) dBFS, 30 % synthetic RIR (RT60 0.15-0.8 s; target "
                       "reverberant too), 75 % spectral band replication above the source band, 15 % band-limiting "
-                      "(3.5-16 kHz, input and target), 8 % clipping (input), 4 % noise-only, 4 % speech-only",
+                      "(3.5-16 kHz, input and target), 8 % clipping (input), 4 % noise-only, 4 % speech-only"
+                      + (f"; {LOWER_P:.0%} of the utterances played {LOWER_RANGE[0]:g}-{LOWER_RANGE[1]:g}x as fast "
+                         "(lower voices)" if args.mix_version >= 3 else "")
+                      + (f", {HIGHER_P:.0%} of the others {HIGHER_RANGE[0]:g}-{HIGHER_RANGE[1]:g}x (higher voices)"
+                         if args.mix_version >= 5 else ""),
         },
     }
     config["licence"] = weights_licence({s["group"] for kind in ("speech", "noise") for s in corpus.items[kind]},
