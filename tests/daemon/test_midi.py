@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import subprocess
 import threading
 import uuid
 
@@ -309,16 +310,15 @@ class Surface:
 
 
 def _has_ports(server: str, mc: MidiControl) -> bool:
-    import jack
-
+    """Whether both MIDI ports of ``mc`` are on ``server``, asked from
+    another process (``jack_lsp``) under a time limit: a probe client in
+    this process hung in ``jack_client_close`` once, while jackd restarted."""
     try:
-        c = jack.Client(f"probe{uuid.uuid4().hex[:6]}", servername=server, no_start_server=True)
-    except jack.JackError:
+        r = subprocess.run(["jack_lsp", "-s", server], capture_output=True, text=True, timeout=10,
+                           env=dict(os.environ, JACK_NO_START_SERVER="1"))
+    except subprocess.TimeoutExpired:
         return False
-    try:
-        return {mc.jack_in_name, mc.jack_out_name} <= {p.name for p in c.get_ports(is_midi=True)}
-    finally:
-        c.close()
+    return r.returncode == 0 and {mc.jack_in_name, mc.jack_out_name} <= set(r.stdout.split("\n"))
 
 
 class Rig:
