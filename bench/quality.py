@@ -270,20 +270,14 @@ def higher_voices(cache, speed: float = HIGHER_SPEED) -> dict:
     """The held-out voices (LJ Speech's unseen sentences, the unseen Russian
     asterisk voice) played ``speed`` times as fast, for ``--voices
     higher``: ``{"GROUP-xSPEED": [(name, audio at 48 kHz), ...]}``."""
-    from fractions import Fraction
-
-    from scipy.signal import resample_poly
-
-    from quietcast.models.train import Corpus
+    from quietcast.models.train import HELDOUT_GROUPS, Corpus, resample
 
     corp = Corpus(cache, "heldout")
-    fr = Fraction(speed).limit_denominator(100)
     out = {}
     for i, s in enumerate(corp.items["speech"]):
-        if s["group"] in ("ljspeech", "asterisk-ru"):
+        if s["group"] in HELDOUT_GROUPS:  # as if recorded at speed x 48 kHz
             u = corp.get("speech", i).astype(np.float32) / 32768.0
-            out.setdefault(f"{s['group']}-x{speed:g}", []).append(
-                (s["name"], resample_poly(u, fr.denominator, fr.numerator).astype(np.float32)))
+            out.setdefault(f"{s['group']}-x{speed:g}", []).append((s["name"], resample(u, round(SR * speed))))
     if not out:
         raise SystemExit(f"--voices higher: no held-out speech in the cache {cache}")
     return out

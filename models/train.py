@@ -86,6 +86,7 @@ FILLETS_SPEAKERS = {"v": "big fish, male", "m": "small fish, female"}
 #: replay exactly what they drew before these groups existed; version 5
 #: builds on version 3, without them)
 SPEECH_VERSIONS = {f"fillets-{lang}": (4,) for lang in FILLETS_LANGS}
+HELDOUT_GROUPS = ("ljspeech", "asterisk-ru")  # the speech groups of the held-out mixtures
 HELDOUT_LJ_EXTRA = ("LJ001-0054", "LJ001-0107")  # the demo clip's speech
 HELDOUT_MISC = ("noise1.flac",)  # the demo clip's bed
 HELDOUT_NONSPEECH = tuple(f"n{i}.flac" for i in range(91, 101))
@@ -308,7 +309,7 @@ HIGHER_P = 0.5
 HIGHER_RANGE = (1.1, 1.45)
 
 
-def _lower(rng, u: np.ndarray, speeds=LOWER_RANGE) -> tuple[np.ndarray, float]:
+def _respeed(rng, u: np.ndarray, speeds=LOWER_RANGE) -> tuple[np.ndarray, float]:
     """``u`` played at a random speed factor from ``speeds`` (below 1:
     slower, pitch and formants lower, as in a lower, larger voice; every
     training voice is female; above 1: a higher, smaller one); returns it
@@ -324,7 +325,7 @@ def _lower(rng, u: np.ndarray, speeds=LOWER_RANGE) -> tuple[np.ndarray, float]:
 def _speech_segment(rng, corpus: Corpus, n: int, version: int = 2) -> tuple[np.ndarray, float]:
     """Random utterances with pauses, levelled to one another; and the
     lowest source bandwidth in the segment (Hz). Version 3 plays half the
-    utterances slower (:func:`_lower`): lower voices than the corpus has;
+    utterances slower (:func:`_respeed`): lower voices than the corpus has;
     version 5 also plays half of the others faster: higher voices."""
     out = np.zeros(n, np.float32)
     pos = int(rng.integers(0, SR // 2)) if rng.random() < 0.5 else 0
@@ -334,11 +335,13 @@ def _speech_segment(rng, corpus: Corpus, n: int, version: int = 2) -> tuple[np.n
         i = int(rng.integers(ns))
         u = corpus.get("speech", i)
         f = 1.0
+        speeds = None
         if version >= 3 and rng.random() < LOWER_P:
-            u, f = _lower(rng, u.astype(np.float32) * _I16)
-            u = np.clip(np.round(u / _I16), -32768, 32767).astype(np.int16)
+            speeds = LOWER_RANGE
         elif version >= 5 and rng.random() < HIGHER_P:
-            u, f = _lower(rng, u.astype(np.float32) * _I16, HIGHER_RANGE)
+            speeds = HIGHER_RANGE
+        if speeds is not None:
+            u, f = _respeed(rng, u.astype(np.float32) * _I16, speeds)
             u = np.clip(np.round(u / _I16), -32768, 32767).astype(np.int16)
         if u.size > n - pos and rng.random() < 0.7:  # start inside a long utterance
             off = int(rng.integers(0, u.size - (n - pos) // 2))
@@ -603,7 +606,7 @@ def heldout_mixtures(cache, n: int = 48, seed: int = 20240611, seconds: float = 
     if voices is None:
         sp = corp.items["speech"]
         voices = {g: [(s["name"], i) for i, s in enumerate(sp) if s["group"] == g]
-                  for g in ("ljspeech", "asterisk-ru")}
+                  for g in HELDOUT_GROUPS}
         voices = {g: v for g, v in voices.items() if v}  # no asterisk packages: LJ Speech alone
         if not voices:
             raise FileNotFoundError(f"no held-out speech in the cache {cache}")

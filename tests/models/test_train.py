@@ -121,7 +121,7 @@ def test_mix_version_5_adds_higher_voices(data, tmp_path):
     wider by the same factor); versions 3 and below draw as before."""
     u = np.sin(2 * np.pi * 200 * np.arange(48_000) / 48_000).astype(np.float32)
     for seed in range(5):
-        v, f = T._lower(np.random.default_rng(seed), u, T.HIGHER_RANGE)
+        v, f = T._respeed(np.random.default_rng(seed), u, T.HIGHER_RANGE)
         assert 1.1 <= f <= 1.45 and abs(v.size - u.size / f) <= 2
         spec = np.abs(np.fft.rfft(v))
         assert abs(np.argmax(spec) * 48_000 / v.size - 200 * f) < 3  # pitch up by the factor
