@@ -449,7 +449,10 @@ def _lowpass(x: np.ndarray, fc: float) -> np.ndarray:
     return np.fft.irfft(X, n=x.size).astype(np.float32)
 
 
-def make_mixture(rng, corpus: Corpus, n: int, snr_range=(-5.0, 25.0), augment: bool = True, version: int = 2):
+SNR_RANGE = (-5.0, 25.0)  # dB, speech to noise, uniform (the shipped bundles' stages 1-7)
+
+
+def make_mixture(rng, corpus: Corpus, n: int, snr_range=SNR_RANGE, augment: bool = True, version: int = 2):
     """One (noisy, clean target) pair of ``n`` samples at 48 kHz.
 
     ``version`` 1 is the mixing of the first training stage; version 2
@@ -505,19 +508,21 @@ def make_mixture(rng, corpus: Corpus, n: int, snr_range=(-5.0, 25.0), augment: b
     return x.astype(np.float32), target.astype(np.float32)
 
 
-def make_batch(rng, corpus: Corpus, n: int, batch: int, version: int) -> tuple[np.ndarray, np.ndarray]:
+def make_batch(rng, corpus: Corpus, n: int, batch: int, version: int,
+               snr_range=SNR_RANGE) -> tuple[np.ndarray, np.ndarray]:
     """``batch`` mixtures (:func:`make_mixture`) stacked: noisy and target
-    ``[batch, n]`` float32."""
-    pairs = [make_mixture(rng, corpus, n, version=version) for _ in range(batch)]
+    ``[batch, n]`` float32. ``snr_range`` changes the drawn SNRs only: the
+    same generator state gives the same speech, noise and augmentations."""
+    pairs = [make_mixture(rng, corpus, n, snr_range=tuple(snr_range), version=version) for _ in range(batch)]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-def _mix_worker(conn, corpus, state, n, batch, version):  # runs in the worker process
+def _mix_worker(conn, corpus, state, n, batch, version, snr_range):  # runs in the worker process
     rng = np.random.default_rng()
     rng.bit_generator.state = state
     try:
         while True:
-            x, s = make_batch(rng, corpus, n, batch, version)
+            x, s = make_batch(rng, corpus, n, batch, version, snr_range)
             conn.send(("batch", x, s, rng.bit_generator.state))  # blocks while the pipe is full
     except (BrokenPipeError, EOFError, KeyboardInterrupt):
         pass
@@ -544,8 +549,10 @@ class Batches:
     and uses numpy/scipy only, never torch) and sends each batch through a
     pipe (one batch waits there while the trainer works on the last)."""
 
-    def __init__(self, rng, corpus: Corpus, n: int, batch: int, version: int, workers: int = 0):
+    def __init__(self, rng, corpus: Corpus, n: int, batch: int, version: int, workers: int = 0,
+                 snr_range=SNR_RANGE):
         self.rng, self.corpus, self.n, self.batch, self.version = rng, corpus, n, batch, version
+        self.snr_range = tuple(snr_range)
         self._proc = self._conn = None
         if workers > 0:
             import multiprocessing as mp
@@ -553,13 +560,13 @@ class Batches:
             ctx = mp.get_context("fork")
             self._conn, child = ctx.Pipe(duplex=False)
             self._proc = ctx.Process(target=_mix_worker, name="quietcast-mixer", daemon=True,
-                                     args=(child, corpus, rng.bit_generator.state, n, batch, version))
+                                     args=(child, corpus, rng.bit_generator.state, n, batch, version, self.snr_range))
             self._proc.start()
             child.close()
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         if self._proc is None:
-            return make_batch(self.rng, self.corpus, self.n, self.batch, self.version)
+            return make_batch(self.rng, self.corpus, self.n, self.batch, self.version, self.snr_range)
         while not self._conn.poll(5.0):
             if not self._proc.is_alive():
                 raise RuntimeError(f"the mixing worker died (exit code {self._proc.exitcode})")
@@ -1021,7 +1028,8 @@ def train(args) -> pathlib.Path:
     t_ckpt = t_eval = time.time()
     run_avg = None
     lr = args.lr
-    batches = Batches(rng, corpus, n, args.batch, args.mix_version, workers=args.workers)
+    batches = Batches(rng, corpus, n, args.batch, args.mix_version, workers=args.workers,
+                      snr_range=args.snr_range)
     try:
         while True:
             if step < WARMUP:
@@ -1095,6 +1103,8 @@ def train(args) -> pathlib.Path:
                               + (f" --train-only {args.train_only}" if args.train_only else "")
                               + (f" --exclude {args.exclude}" if args.exclude else "")
                               + (f" --noise-weights {args.noise_weights}" if args.noise_weights else "")
+                              + (f" --snr-range {args.snr_range[0]:g},{args.snr_range[1]:g}"
+                                 if tuple(args.snr_range) != SNR_RANGE else "")
                               + f" --mix-version {args.mix_version} --seed {args.seed}"
                               f" --batch {args.batch} --seconds {args.seconds} --lr {args.lr}",
             "mix_version": args.mix_version,
@@ -1115,7 +1125,7 @@ def train(args) -> pathlib.Path:
         "data": {
             "train": _train_sources(corpus, exclude),
             "heldout": heldout_split(args.data),
-            "mixing": "SNR U(-5, 25) dB, level U(-50, -6) dBFS, 30 % synthetic RIR (RT60 0.15-0.8 s; target "
+            "mixing": f"SNR U({args.snr_range[0]:g}, {args.snr_range[1]:g}) dB, level U(-50, -6) dBFS, 30 % synthetic RIR (RT60 0.15-0.8 s; target "
                       "reverberant too), 75 % spectral band replication above the source band, 15 % band-limiting "
                       "(3.5-16 kHz, input and target), 8 % clipping (input), 4 % noise-only, 4 % speech-only"
                       + (f"; {LOWER_P:.0%} of the utterances played {LOWER_RANGE[0]:g}-{LOWER_RANGE[1]:g}x as fast "
@@ -1160,6 +1170,17 @@ def _zero_or_range(flag: str, hi: int, zero: str, unit: str):
             raise argparse.ArgumentTypeError(f"{flag} {text}: expected 0 ({zero}) or 8..{hi} {unit}")
         return n
     return parse
+
+
+def _snr_range_arg(text: str) -> tuple[float, float]:
+    """argparse ``type`` of ``--snr-range``: ``LO,HI`` in dB, -30 <= LO <= HI <= 60."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        lo = hi = math.nan
+    if not -30.0 <= lo <= hi <= 60.0:
+        raise argparse.ArgumentTypeError(f"--snr-range {text}: expected LO,HI in dB with -30 <= LO <= HI <= 60")
+    return lo, hi
 
 
 _hidden_arg = _zero_or_range("--hidden", 4096, "the default", "GRU units")
@@ -1215,6 +1236,10 @@ def main(argv=None) -> int:
                         "4: version 3 from more voices, the fillets-ng dialogue (Debian fillets-ng-data-cs/-nl), "
                         "two men and two women; 5: version 3 plus higher voices, half the other utterances "
                         "played 1.1-1.45x as fast; see make_mixture)")
+    p.add_argument("--snr-range", type=_snr_range_arg, default=SNR_RANGE, metavar="LO,HI",
+                   help="speech-to-noise ratio of the training mixtures, dB, drawn uniformly (default "
+                        f"{SNR_RANGE[0]:g},{SNR_RANGE[1]:g}); only the SNRs change, the same seed draws the "
+                        "same speech and noise; write --snr-range=-10,20 when LO is negative)")
     p.add_argument("--exclude", default="",
                    help="comma-separated source groups to leave out, e.g. urbansound8k (non-commercial licence)"
                         " or urbansound8k,nonspeech100 (licence-clean bundle)")

@@ -61,7 +61,8 @@ def data(tmp_path_factory):
 def _args(data, tmp_path, name: str, **kw) -> argparse.Namespace:
     a = dict(out=str(tmp_path / name), minutes=5.0, max_wall_minutes=5.0, steps=125, stage=0, schedule=None,
              seed=7, batch=2, seconds=0.5, lr=2e-3, threads=1, workers=0, data=str(data), init=None,
-             train_only="", fine_bins=0, hidden=0, harm_bins=0, noise_floor=False, gain_weight=0.5, keep_weight=1.0, mix_version=3, exclude="",
+             train_only="", fine_bins=0, hidden=0, harm_bins=0, noise_floor=False, gain_weight=0.5, keep_weight=1.0, mix_version=3, snr_range=T.SNR_RANGE,
+             exclude="",
              noise_weights="", cache=str(tmp_path / "cache"),
              ckpt=str(tmp_path / f"{name}.pt"), resume=False, ckpt_every=60.0, eval_every=60.0, log=None)
     a.update(kw)
@@ -130,6 +131,55 @@ def test_mix_version_5_adds_higher_voices(data, tmp_path):
     a = T.make_batch(np.random.default_rng(5), corpus, 48_000, 4, 3)
     b = T.make_batch(np.random.default_rng(5), corpus, 48_000, 4, 5)
     assert not np.array_equal(a[1], b[1])
+
+
+def test_snr_range_changes_the_snr_only(data, tmp_path):
+    """``--snr-range``: the same generator state draws the same speech and
+    noise at the new SNRs (the worker included); the default draws as
+    before; a bad range is named."""
+    cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
+    corpus = T.Corpus(cache, "train")
+    assert T.SNR_RANGE == (-5.0, 25.0)
+    a = T.make_batch(np.random.default_rng(8), corpus, 48_000, 6, 5)
+    b = T.make_batch(np.random.default_rng(8), corpus, 48_000, 6, 5, T.SNR_RANGE)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    seen = 0
+    for seed in range(12):
+        mixes = {}
+        for snr in (-10.0, 20.0):
+            x, s = T.make_mixture(np.random.default_rng(seed), corpus, 48_000, snr_range=(snr, snr), augment=False,
+                                  version=5)
+            mixes[snr] = (x.astype(np.float64), s.astype(np.float64))
+        (xl, sl), (xh, sh) = mixes[-10.0], mixes[20.0]
+        nl, nh = xl - sl, xh - sh
+        if not (np.any(sl) and np.any(nl) and np.dot(sl, sl) > 1e3 * np.dot(nl, nl) * 1e-10):
+            continue  # noise-only or speech-only draws
+        if np.dot(nl, nl) < 1e-6 * np.dot(xl, xl):
+            continue  # "clean speech" examples: noise 40-60 dB down whatever the range
+        seen += 1
+        # the same speech and noise, only their ratio differs: 30 dB
+        assert np.corrcoef(sl, sh)[0, 1] > 0.9999 and np.corrcoef(nl, nh)[0, 1] > 0.9999
+        ratio = 10 * np.log10(np.dot(sh, sh) / np.dot(nh, nh)) - 10 * np.log10(np.dot(sl, sl) / np.dot(nl, nl))
+        assert abs(ratio - 30.0) < 0.01
+    assert seen >= 6
+    here = T.Batches(np.random.default_rng(3), corpus, 24_000, 3, 5, workers=0, snr_range=(-10.0, 20.0))
+    ahead = T.Batches(np.random.default_rng(3), corpus, 24_000, 3, 5, workers=1, snr_range=(-10.0, 20.0))
+    try:
+        (x0, s0), (x1, s1) = here.next(), ahead.next()
+        assert np.array_equal(x0, x1) and np.array_equal(s0, s1)
+        x2, _ = T.make_batch(np.random.default_rng(3), corpus, 24_000, 3, 5)
+        assert not np.array_equal(x0, x2)
+    finally:
+        here.close()
+        ahead.close()
+
+
+def test_cli_names_a_bad_snr_range(capsys):
+    for bad in ("5,1", "-40,0", "low,high", "1,2,3"):
+        with pytest.raises(SystemExit) as e:
+            T.main([f"--snr-range={bad}"])
+        assert e.value.code == 2
+        assert f"--snr-range {bad}: expected LO,HI in dB with -30 <= LO <= HI <= 60" in capsys.readouterr().err
 
 
 def test_worker_makes_the_same_batches(data, tmp_path):
