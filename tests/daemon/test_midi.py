@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import subprocess
+import sys
 import threading
 import uuid
 
@@ -309,13 +310,26 @@ class Surface:
         self.patch.close()
 
 
+_LIST_PORTS = """
+import sys
+import jack
+c = jack.Client("qcprobe", servername=sys.argv[1], no_start_server=True)
+print("\\n".join(p.name for p in c.get_ports()))
+c.close()
+"""
+
+
 def _has_ports(server: str, mc: MidiControl) -> bool:
     """Whether both MIDI ports of ``mc`` are on ``server``, asked from
-    another process (``jack_lsp``) under a time limit: a probe client in
-    this process hung in ``jack_client_close`` once, while jackd restarted."""
+    another process under a time limit: a probe client in this process hung
+    in ``jack_client_close`` once, while jackd restarted. The probe is a
+    JACK-Client in a child Python, not ``jack_lsp``: Debian 12's jack_lsp
+    aborts (a glibc malloc assertion) on a server name of exactly 24
+    characters, which the session's server names (``qct{pid}{6 hex}p256r48000``,
+    tests/conftest.py) are whenever the pytest PID has 5 digits."""
     try:
-        r = subprocess.run(["jack_lsp", "-s", server], capture_output=True, text=True, timeout=10,
-                           env=dict(os.environ, JACK_NO_START_SERVER="1"))
+        r = subprocess.run([sys.executable, "-c", _LIST_PORTS, server], capture_output=True, text=True,
+                           timeout=10, env=dict(os.environ, JACK_NO_START_SERVER="1"))
     except subprocess.TimeoutExpired:
         return False
     return r.returncode == 0 and {mc.jack_in_name, mc.jack_out_name} <= set(r.stdout.split("\n"))
