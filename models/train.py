@@ -513,7 +513,7 @@ def make_batch(rng, corpus: Corpus, n: int, batch: int, version: int,
     """``batch`` mixtures (:func:`make_mixture`) stacked: noisy and target
     ``[batch, n]`` float32. ``snr_range`` changes the drawn SNRs only: the
     same generator state gives the same speech, noise and augmentations."""
-    pairs = [make_mixture(rng, corpus, n, snr_range=tuple(snr_range), version=version) for _ in range(batch)]
+    pairs = [make_mixture(rng, corpus, n, snr_range=snr_range, version=version) for _ in range(batch)]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
@@ -1103,8 +1103,8 @@ def train(args) -> pathlib.Path:
                               + (f" --train-only {args.train_only}" if args.train_only else "")
                               + (f" --exclude {args.exclude}" if args.exclude else "")
                               + (f" --noise-weights {args.noise_weights}" if args.noise_weights else "")
-                              + (f" --snr-range {args.snr_range[0]:g},{args.snr_range[1]:g}"
-                                 if tuple(args.snr_range) != SNR_RANGE else "")
+                              + (f" --snr-range={args.snr_range[0]:g},{args.snr_range[1]:g}"
+                                 if args.snr_range != SNR_RANGE else "")
                               + f" --mix-version {args.mix_version} --seed {args.seed}"
                               f" --batch {args.batch} --seconds {args.seconds} --lr {args.lr}",
             "mix_version": args.mix_version,
@@ -1125,8 +1125,8 @@ def train(args) -> pathlib.Path:
         "data": {
             "train": _train_sources(corpus, exclude),
             "heldout": heldout_split(args.data),
-            "mixing": f"SNR U({args.snr_range[0]:g}, {args.snr_range[1]:g}) dB, level U(-50, -6) dBFS, 30 % synthetic RIR (RT60 0.15-0.8 s; target "
-                      "reverberant too), 75 % spectral band replication above the source band, 15 % band-limiting "
+            "mixing": f"SNR U({args.snr_range[0]:g}, {args.snr_range[1]:g}) dB, level U(-50, -6) dBFS, "
+                      "30 % synthetic RIR (RT60 0.15-0.8 s; target reverberant too), 75 % spectral band replication above the source band, 15 % band-limiting "
                       "(3.5-16 kHz, input and target), 8 % clipping (input), 4 % noise-only, 4 % speech-only"
                       + (f"; {LOWER_P:.0%} of the utterances played {LOWER_RANGE[0]:g}-{LOWER_RANGE[1]:g}x as fast "
                          "(lower voices)" if args.mix_version >= 3 else "")
