@@ -25,7 +25,8 @@ same run either way; about 1.4x the steps per hour, ``bench/train_speed.py``).
 picks the mixing recipe (1: the first stage of the shipped bundle, 2: no
 digital silence inside examples, some examples start mid-hop, 3: lower
 voices by slowing half the utterances, 4: version 3 from more voices, the
-fillets-ng game dialogue; see
+fillets-ng game dialogue, 5: version 3 plus higher voices, 6: version 5
+plus the Dutch fillets-ng voices; see
 :func:`make_mixture` and the model card for the two-stage recipe of the
 shipped ``default`` bundle). ``--exclude urbansound8k,nonspeech100`` trains
 a licence-clean model; ``--noise-weights music=0.02`` changes a noise
@@ -84,8 +85,11 @@ FILLETS_LANGS = ("cs", "nl")
 FILLETS_SPEAKERS = {"v": "big fish, male", "m": "small fish, female"}
 #: speech groups drawn only by these mix versions (the earlier versions
 #: replay exactly what they drew before these groups existed; version 5
-#: builds on version 3, without them)
-SPEECH_VERSIONS = {f"fillets-{lang}": (4,) for lang in FILLETS_LANGS}
+#: builds on version 3, without them; version 6 is version 5 plus the Dutch
+#: dubbing alone: its lines are as clean as LJ Speech, the Czech ones carry
+#: a hiss floor about 35 dB below their peaks, which taught version 4's
+#: network to leave a little noise in)
+SPEECH_VERSIONS = {"fillets-cs": (4,), "fillets-nl": (4, 6)}
 HELDOUT_GROUPS = ("ljspeech", "asterisk-ru")  # the speech groups of the held-out mixtures
 HELDOUT_LJ_EXTRA = ("LJ001-0054", "LJ001-0107")  # the demo clip's speech
 HELDOUT_MISC = ("noise1.flac",)  # the demo clip's bed
@@ -468,7 +472,9 @@ def make_mixture(rng, corpus: Corpus, n: int, snr_range=SNR_RANGE, augment: bool
     (:func:`train_corpus`) adds the fillets-ng dialogue, two men and two
     women. Version 5 is version 3 (without those voices) plus higher
     voices: half of the utterances not slowed are played 1.1-1.45x as fast
-    (pitch and formants higher, as in a child's voice)."""
+    (pitch and formants higher, as in a child's voice). Version 6 mixes
+    exactly as version 5, from the Dutch fillets-ng voices too (a man and
+    a woman; :data:`SPEECH_VERSIONS`)."""
     r = rng.random()
     speech_on = r >= 0.04  # 4 % noise only
     noise_on = not (0.04 <= r < 0.08) or version >= 2  # v1: 4 % clean speech only
@@ -1230,12 +1236,13 @@ def main(argv=None) -> int:
     p.add_argument("--keep-weight", type=float, default=1.0,
                    help="in the band-gain term, the weight of a gain below its ideal value (voice removed) "
                         "against one above it (noise left); default 1")
-    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4, 5),
+    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4, 5, 6),
                    help="mixing recipe (1: the first stage of the default bundle; 2: no digital silence inside "
                         "examples, starts mid-hop; 3: also lower voices, half the utterances slowed 0.6-0.95x; "
                         "4: version 3 from more voices, the fillets-ng dialogue (Debian fillets-ng-data-cs/-nl), "
                         "two men and two women; 5: version 3 plus higher voices, half the other utterances "
-                        "played 1.1-1.45x as fast; see make_mixture)")
+                        "played 1.1-1.45x as fast; 6: version 5 from the Dutch fillets-ng voices too "
+                        "(fillets-ng-data-nl), a man and a woman; see make_mixture)")
     p.add_argument("--snr-range", type=_snr_range_arg, default=SNR_RANGE, metavar="LO,HI",
                    help="speech-to-noise ratio of the training mixtures, dB, drawn uniformly (default "
                         f"{SNR_RANGE[0]:g},{SNR_RANGE[1]:g}); only the SNRs change, the same seed draws the "

@@ -83,12 +83,12 @@ def test_cache_and_heldout_without_the_asterisk_voices(data, tmp_path):
         assert np.allclose(m["noisy"], m["clean"] + m["noise"], atol=1e-6)
 
 
-def test_fillets_voices_only_from_mix_version_4(data, tmp_path, monkeypatch):
+def test_fillets_voices_only_from_mix_versions_4_and_6(data, tmp_path, monkeypatch):
     """The fillets-ng dialogue: only the two main characters (``-v-`` and
     ``-m-`` in the name; not the other characters or the sound effects),
     all in the training split; mix versions 1-3 do not draw them, so
     they replay exactly what they drew before (the same batches as a
-    cache without them), version 4 does."""
+    cache without them), version 4 does, and version 6 the Dutch ones."""
     rng = np.random.default_rng(1)
     fil = tmp_path / "fillets"
     for lang in ("cs", "nl"):
@@ -114,6 +114,11 @@ def test_fillets_voices_only_from_mix_version_4(data, tmp_path, monkeypatch):
     c = T.make_batch(np.random.default_rng(5), v4, 24_000, 3, 4)
     assert not np.array_equal(a[1], c[1])
     assert len(T.train_corpus(cache, 5).items["speech"]) == len(v3.items["speech"])  # version 5 builds on 3
+    v6 = T.train_corpus(cache, 6)  # version 5 plus the Dutch dubbing only (the Czech lines carry hiss)
+    assert len(v6.items["speech"]) == len(v3.items["speech"]) + 2
+    assert {s["group"] for s in v6.items["speech"][-2:]} == {"fillets-nl"}
+    d = T.make_batch(np.random.default_rng(5), v6, 24_000, 3, 6)
+    assert not np.array_equal(T.make_batch(np.random.default_rng(5), T.train_corpus(cache, 5), 24_000, 3, 5)[1], d[1])
 
 
 def test_mix_version_5_adds_higher_voices(data, tmp_path):
