@@ -5,6 +5,7 @@
     python bench/quality.py --no-dnsmos     # everything but DNSMOS
     python bench/quality.py --voices lower  # real male voices instead (klettres-data)
     python bench/quality.py --voices higher # the held-out voices 1.3x as fast (higher)
+    python bench/quality.py --voices dutch  # held-out Dutch dialogue, a man and a woman
 
 Mixtures come from :func:`quietcast.models.train.heldout_mixtures`: files of
 the default bundle's held-out split only (LJ Speech numbers divisible by 6,
@@ -26,6 +27,13 @@ each other on this set, not with the default set.
 pitch and formants 4.5 semitones higher, the speech shorter by the same
 factor: a stand-in for higher and children's voices, which no real
 recording here has.
+
+``--voices dutch`` takes the held-out scenes of the Dutch fillets-ng
+dubbing (:func:`dutch_voices`; Debian ``fillets-ng-data-nl``, GPL-2): acted
+sentences by a man and a woman, the only sentence-length male speech here.
+Mix version 6 trains on the other scenes of the same two voices (unseen
+lines, as with LJ Speech); earlier versions never heard them. The JSON's
+``by_group`` splits the scores by speaker.
 
 Systems, all at 48 kHz, each with a fresh state per mixture:
 
@@ -283,6 +291,27 @@ def higher_voices(cache, speed: float = HIGHER_SPEED) -> dict:
     return out
 
 
+def dutch_voices(cache) -> dict:
+    """The held-out lines of the Dutch fillets-ng dubbing (a man and a
+    woman; GPL-2), for ``--voices dutch``: unseen scenes of voices that mix
+    version 6 trains on (earlier versions never heard them): the only
+    sentence-length male speech here. ``{"fillets-nl-man": [(name, audio
+    at 48 kHz), ...], "fillets-nl-woman": [...]}``."""
+    from quietcast.models.train import FILLETS_SPEAKERS, Corpus
+
+    corp = Corpus(cache, "heldout")
+    out = {}
+    who = {k: ("man" if "male" in v and "female" not in v else "woman") for k, v in FILLETS_SPEAKERS.items()}
+    for i, s in enumerate(corp.items["speech"]):
+        if s["group"] == "fillets-nl":
+            spk = who[s["name"].rsplit("/", 1)[-1].split("-")[1]]
+            out.setdefault(f"fillets-nl-{spk}", []).append((s["name"], corp.get("speech", i).astype(np.float32) / 32768.0))
+    if not out:
+        raise SystemExit(f"--voices dutch: no held-out Dutch lines in the cache {cache} "
+                         "(apt-get install fillets-ng-data-nl, then a fresh --cache)")
+    return dict(sorted(out.items()))
+
+
 # ------------------------------------------------------------------ scoring
 def measure_delay(y: np.ndarray, x: np.ndarray, max_lag: int = SR // 5) -> int:
     """Lag (samples) that best aligns output ``y`` to input ``x``."""
@@ -443,12 +472,13 @@ def main(argv=None) -> int:
     p.add_argument("--compare", default="",
                    help="extra neural bundles in the same run: LABEL=BUNDLE_NAME_OR_FOLDER,... "
                         "(rows quietcast-neural[LABEL])")
-    p.add_argument("--voices", choices=("heldout", "lower", "higher"), default="heldout",
+    p.add_argument("--voices", choices=("heldout", "lower", "higher", "dutch"), default="heldout",
                    help="clean speech: the held-out split (LJ Speech, Russian asterisk voice), real lower "
                         "male voices never trained on (klettres-data: French, Malayalam, Danish), or the "
-                        f"held-out voices played {HIGHER_SPEED:g}x as fast (higher voices)")
+                        f"held-out voices played {HIGHER_SPEED:g}x as fast (higher voices), or the held-out "
+                        "scenes of the Dutch fillets-ng dubbing (a man and a woman, sentences)")
     p.add_argument("--out", default=None,
-                   help=f"JSON path (default {OUT}, or quality_lower.json / quality_higher.json with --voices)")
+                   help=f"JSON path (default {OUT}, or quality_VOICES.json with --voices lower, higher or dutch)")
     args = p.parse_args(argv)
     if args.out is None:
         args.out = str(OUT if args.voices == "heldout" else OUT.with_name(f"quality_{args.voices}.json"))
@@ -460,7 +490,8 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     cache = build_cache(args.cache)
-    voices = lower_voices() if args.voices == "lower" else higher_voices(cache) if args.voices == "higher" else None
+    voices = {"lower": lower_voices, "higher": lambda: higher_voices(cache),
+              "dutch": lambda: dutch_voices(cache)}.get(args.voices, lambda: None)()
     mixes = heldout_mixtures(cache, n=args.n, seed=args.seed, seconds=args.seconds, voices=voices)
     print(f"{len(mixes)} held-out mixtures of {args.seconds:g} s ({time.time() - t0:.1f} s to build)", file=sys.stderr)
     wanted = args.systems.split(",") if args.systems else None

@@ -44,7 +44,8 @@ is resampled to 48 kHz once and cached under ``--cache`` (int16 .npy).
 The held-out split (never used in training, for the model card and
 ``bench/quality.py``): LJ Speech files whose number is a multiple of 6
 plus the two files in the demo clip, the whole Russian asterisk voice
-(an unseen speaker), UrbanSound8K recordings whose fsID hashes into 1/10,
+(an unseen speaker), the fillets-ng scenes whose name hashes into 1/6
+(unseen lines of the Dutch man and woman: ``--voices dutch``), UrbanSound8K recordings whose fsID hashes into 1/10,
 nonspeech100 n91-n100, ``misc/noise1.flac`` (the demo clip's bed), and one
 music bed. :func:`heldout_split` writes the exact lists into the config.
 
@@ -95,7 +96,7 @@ HELDOUT_LJ_EXTRA = ("LJ001-0054", "LJ001-0107")  # the demo clip's speech
 HELDOUT_MISC = ("noise1.flac",)  # the demo clip's bed
 HELDOUT_NONSPEECH = tuple(f"n{i}.flac" for i in range(91, 101))
 HELDOUT_MUSIC = ("Karissa_Hobbs_-_Lets_Go_Fishin.hq.ogg",)
-CACHE_VERSION = 2  # 2: adds the fillets-ng voices
+CACHE_VERSION = 3  # 2: adds the fillets-ng voices; 3: holds out a sixth of their scenes
 
 
 # --------------------------------------------------------------------- data
@@ -136,8 +137,10 @@ def list_sources(data=None) -> list[dict]:
             parts = p.stem.split("-")
             if len(parts) < 3 or parts[1] not in FILLETS_SPEAKERS:
                 continue
-            out.append(dict(name=f"fillets/{p.parent.parent.name}/{lang}/{p.name}", path=str(p), kind="speech",
-                            group=f"fillets-{lang}", split="train"))
+            level = p.parent.parent.name
+            held = zlib.crc32(level.encode()) % 6 == 0  # whole levels (scenes): about 1/8 of the lines
+            out.append(dict(name=f"fillets/{level}/{lang}/{p.name}", path=str(p), kind="speech",
+                            group=f"fillets-{lang}", split="heldout" if held else "train"))
     for p in sorted((root / "noise" / "urbansound8k").rglob("*.flac")):
         fsid = p.name.split("-")[0]
         held = zlib.crc32(fsid.encode()) % 10 == 0  # whole recordings, all their slices
@@ -163,7 +166,7 @@ def heldout_split(data=None) -> dict:
         "noise": [s["name"] for s in src if s["kind"] == "noise" and s["split"] == "heldout"],
         "rule": "LJ Speech numbers divisible by 6 + LJ001-0054, LJ001-0107 (demo); asterisk ru voice "
                 "(unseen speaker); UrbanSound8K fsIDs with crc32 % 10 == 0; nonspeech100 n91-n100; "
-                "misc/noise1.flac (demo); music/Karissa_Hobbs",
+                "misc/noise1.flac (demo); music/Karissa_Hobbs; fillets-ng scenes (levels) with crc32 % 6 == 0",
     }
 
 

@@ -86,7 +86,8 @@ def test_cache_and_heldout_without_the_asterisk_voices(data, tmp_path):
 def test_fillets_voices_only_from_mix_versions_4_and_6(data, tmp_path, monkeypatch):
     """The fillets-ng dialogue: only the two main characters (``-v-`` and
     ``-m-`` in the name; not the other characters or the sound effects),
-    all in the training split; mix versions 1-3 do not draw them, so
+    in the training split but for the scenes that hash into 1/6 (held
+    out); mix versions 1-3 do not draw them, so
     they replay exactly what they drew before (the same batches as a
     cache without them), version 4 does, and version 6 the Dutch ones."""
     rng = np.random.default_rng(1)
@@ -95,8 +96,13 @@ def test_fillets_voices_only_from_mix_versions_4_and_6(data, tmp_path, monkeypat
         (fil / "cave" / lang).mkdir(parents=True)
         for stem, f0 in (("cave-v-hello", 110), ("cave-m-hi", 230), ("cave-x-splash", 300), ("enter0", 200)):
             sf.write(fil / "cave" / lang / f"{stem}.ogg", _voice(rng, 1.0, f0), 22_050)
+    (fil / "wc" / "nl").mkdir(parents=True)  # a held-out scene: crc32("wc") % 6 == 0
+    sf.write(fil / "wc" / "nl" / "wc-v-bye.ogg", _voice(rng, 1.0, 120), 22_050)
     monkeypatch.setattr(T, "FILLETS", fil)
     src = [s for s in T.list_sources(data) if s["group"].startswith("fillets")]
+    held = [s for s in src if s["split"] == "heldout"]
+    assert [s["name"] for s in held] == ["fillets/wc/nl/wc-v-bye.ogg"]
+    src = [s for s in src if s["split"] == "train"]
     assert sorted(s["name"] for s in src) == [f"fillets/cave/{lang}/cave-{k}.ogg" for lang in ("cs", "nl")
                                               for k in ("m-hi", "v-hello")]
     assert {s["split"] for s in src} == {"train"} and {s["group"] for s in src} == {"fillets-cs", "fillets-nl"}
@@ -114,6 +120,8 @@ def test_fillets_voices_only_from_mix_versions_4_and_6(data, tmp_path, monkeypat
     c = T.make_batch(np.random.default_rng(5), v4, 24_000, 3, 4)
     assert not np.array_equal(a[1], c[1])
     assert len(T.train_corpus(cache, 5).items["speech"]) == len(v3.items["speech"])  # version 5 builds on 3
+    assert [s["name"] for s in T.Corpus(cache, "heldout").items["speech"] if s["group"].startswith("fillets")] \
+        == ["fillets/wc/nl/wc-v-bye.ogg"]  # bench/quality.py --voices dutch
     v6 = T.train_corpus(cache, 6)  # version 5 plus the Dutch dubbing only (the Czech lines carry hiss)
     assert len(v6.items["speech"]) == len(v3.items["speech"]) + 2
     assert {s["group"] for s in v6.items["speech"][-2:]} == {"fillets-nl"}
