@@ -309,7 +309,8 @@ def dutch_voices(cache) -> dict:
     for i, s in enumerate(corp.items["speech"]):
         if s["group"] == "fillets-nl":
             spk = who[s["name"].rsplit("/", 1)[-1].split("-")[1]]
-            out.setdefault(f"fillets-nl-{spk}", []).append((s["name"], corp.get("speech", i).astype(np.float32) / 32768.0))
+            u = corp.get("speech", i).astype(np.float32) / 32768.0
+            out.setdefault(f"fillets-nl-{spk}", []).append((s["name"], u))
     if not out:
         raise SystemExit(f"--voices dutch: no held-out Dutch lines in the cache {cache} "
                          "(apt-get install fillets-ng-data-nl, then a fresh --cache)")

@@ -45,9 +45,10 @@ The held-out split (never used in training, for the model card and
 ``bench/quality.py``): LJ Speech files whose number is a multiple of 6
 plus the two files in the demo clip, the whole Russian asterisk voice
 (an unseen speaker), the fillets-ng scenes whose name hashes into 1/6
-(unseen lines of the Dutch man and woman: ``--voices dutch``), UrbanSound8K recordings whose fsID hashes into 1/10,
-nonspeech100 n91-n100, ``misc/noise1.flac`` (the demo clip's bed), and one
-music bed. :func:`heldout_split` writes the exact lists into the config.
+(unseen lines of the Dutch man and woman: ``--voices dutch``),
+UrbanSound8K recordings whose fsID hashes into 1/10, nonspeech100
+n91-n100, ``misc/noise1.flac`` (the demo clip's bed), and one music bed.
+:func:`heldout_split` writes the exact lists into the config.
 
 Mixtures are made on the fly: speech utterances with random pauses, a
 spectral-band-replication copy of 5.5-11 kHz into the empty band above the
