@@ -174,6 +174,8 @@ def cmd_models(args) -> int:
         lic = bundle_licence(sup)
         rows.append({"name": name, "is": resolve_model(name), "sample_rate": sup.sample_rate,
                      "latency_samples": sup.latency, "latency_ms": 1000.0 * sup.latency / sup.sample_rate,
+                     # what engine.max_attenuation_db and a chain's denoise stage use when left out
+                     "default_strength_db": sup.PARAMS["strength_db"][2] if "strength_db" in sup.PARAMS else None,
                      "bundle": str(bundle.path) if bundle is not None else None,
                      "commercial_use": None if lic is None else lic["commercial_use"],
                      "copyleft": [] if lic is None else lic.get("copyleft", []),
@@ -187,8 +189,9 @@ def cmd_models(args) -> int:
             if r["commercial_use"] is not None:
                 lic = "; weights: " + ("commercial use allowed" if r["commercial_use"] else "NON-COMMERCIAL only")
                 lic += " (GPL training data)" if r["copyleft"] else ""
+            strength = f", strength {r['default_strength_db']:g} dB" if r["default_strength_db"] else ""
             print(f"{r['name']:<13}{alias:<10} {r['sample_rate']} Hz, latency {r['latency_samples']} samples = "
-                  f"{r['latency_ms']:.1f} ms{lic}")
+                  f"{r['latency_ms']:.1f} ms{strength}{lic}")
     return EXIT_OK
 
 

@@ -12,7 +12,8 @@ The file (the shipped example is ``daemon/default.toml``, see
 
     [engine]
     model = "default"               # suppressor for all channels (one batch); one of quietcast.models.available_models(), or a bundle folder
-    max_attenuation_db = 15.0       # 0..60 dB; a channel's strength 1.0 means this much attenuation
+    # max_attenuation_db = 20.0     # 0..60 dB; a channel's strength 1.0 means this much attenuation;
+                                    # left out, the model's own default (quietcast models)
     safety_ms = 10.0                # 0..200 ms of extra buffering for the engine's compute time (part of the declared latency)
     max_backlog_ms = 500.0          # 20..5000 ms, more than safety_ms: if the engine falls this far behind it
                                     # skips ahead (output stays on the dry path meanwhile)
@@ -128,6 +129,7 @@ class Key:
     required: bool = False
     extra: Callable[[Any], str | None] | None = None
     rule: str = ""  # the extra check, in words (for describe_schema)
+    default_text: str = ""  # a None default that is not "required", in words (for format_schema)
 
     @property
     def name(self) -> str:
@@ -177,6 +179,8 @@ class Key:
             d["required"] = True
         if self.rule:
             d["rule"] = self.rule
+        if self.default_text:
+            d["default_text"] = self.default_text
         return d
 
 
@@ -249,8 +253,10 @@ JACK_KEYS: tuple[Key, ...] = (
 )
 
 ENGINE_KEYS_STATIC: tuple[Key, ...] = (
-    Key(Param("max_attenuation_db", "float", 15.0, 0.0, 60.0, "dB",
-              doc="attenuation at a channel's strength 1.0")),
+    Key(Param("max_attenuation_db", "float", None, 0.0, 60.0, "dB",
+              doc="attenuation at a channel's strength 1.0; left out, the model's own default "
+                  "(quietcast models: the default bundle's, dsp 15 dB)"),
+        default_text="model's"),
     Key(Param("safety_ms", "float", 10.0, 0.0, 200.0, "ms",
               doc="extra buffering for the engine's compute time (part of the declared latency)")),
     Key(Param("max_backlog_ms", "float", 500.0, 20.0, 5000.0, "ms",
@@ -351,7 +357,7 @@ class JackConfig:
 @dataclass(frozen=True)
 class EngineConfig:
     model: str = "default"
-    max_attenuation_db: float = 15.0
+    max_attenuation_db: float | None = None  # None: the model's own default strength
     safety_ms: float = 10.0
     max_backlog_ms: float = 500.0
     threads: int = 1
@@ -461,7 +467,8 @@ class Config:
         absolute; ``dump_toml``/``parse_config`` round-trip it."""
         return {
             "jack": {f.name: getattr(self.jack, f.name) for f in fields(self.jack)},
-            "engine": {f.name: getattr(self.engine, f.name) for f in fields(self.engine)},
+            # a key left to the model (None) is left out, as in the file
+            "engine": {f.name: v for f in fields(self.engine) if (v := getattr(self.engine, f.name)) is not None},
             **{sec: {f.name: (list(v) if isinstance(v := getattr(getattr(self, sec), f.name), tuple) else v)
                      for f in fields(getattr(self, sec))} for sec in ("control", "midi", "state")},
             "channel": [c.to_dict() for c in self.channels],
@@ -788,7 +795,8 @@ def format_schema() -> str:
                 what = "one of " + ", ".join(k["choices"])
             else:
                 what = k.get("rule", "")
-            default = "(required)" if k.get("required") else _fmt_default(k["default"])
+            default = ("(required)" if k.get("required") else
+                       k["default_text"] if k["default"] is None and k.get("default_text") else _fmt_default(k["default"]))
             out.append(f"  {k['name']:<22} {k['type']:<9} default {default:<12} {what}".rstrip())
             if k.get("doc"):
                 out.append(f"  {'':<22} {k['doc']}")

@@ -315,6 +315,17 @@ LOWER_RANGE = (0.6, 0.95)
 #: high voice, above every training voice)
 HIGHER_P = 0.5
 HIGHER_RANGE = (1.1, 1.45)
+#: mix versions 7 and 8: version 5 with the higher voices up to 1.6x
+#: (8.1 semitones: a child's f0 of 300-350 Hz from the training voices);
+#: version 8 also plays 70 % of the others faster (35 % of all utterances)
+HIGHER_RANGE_V7 = (1.1, 1.6)
+HIGHER_P_V8 = 0.7
+
+
+def higher_voices(version: int) -> tuple[float, tuple[float, float]]:
+    """Mix ``version``'s higher voices: the share of the utterances not
+    played slower that are played faster, and the range of the factor."""
+    return (HIGHER_P_V8 if version >= 8 else HIGHER_P), (HIGHER_RANGE_V7 if version >= 7 else HIGHER_RANGE)
 
 
 def _respeed(rng, u: np.ndarray, speeds=LOWER_RANGE) -> tuple[np.ndarray, float]:
@@ -334,7 +345,8 @@ def _speech_segment(rng, corpus: Corpus, n: int, version: int = 2) -> tuple[np.n
     """Random utterances with pauses, levelled to one another; and the
     lowest source bandwidth in the segment (Hz). Version 3 plays half the
     utterances slower (:func:`_respeed`): lower voices than the corpus has;
-    version 5 also plays half of the others faster: higher voices."""
+    version 5 also plays half of the others faster: higher voices (version
+    7 and 8: faster still and more often, :func:`higher_voices`)."""
     out = np.zeros(n, np.float32)
     pos = int(rng.integers(0, SR // 2)) if rng.random() < 0.5 else 0
     bw = SR / 2
@@ -346,8 +358,8 @@ def _speech_segment(rng, corpus: Corpus, n: int, version: int = 2) -> tuple[np.n
         speeds = None
         if version >= 3 and rng.random() < LOWER_P:
             speeds = LOWER_RANGE
-        elif version >= 5 and rng.random() < HIGHER_P:
-            speeds = HIGHER_RANGE
+        elif version >= 5 and rng.random() < higher_voices(version)[0]:
+            speeds = higher_voices(version)[1]
         if speeds is not None:
             u, f = _respeed(rng, u.astype(np.float32) * _I16, speeds)
             u = np.clip(np.round(u / _I16), -32768, 32767).astype(np.int16)
@@ -1140,7 +1152,8 @@ def train(args) -> pathlib.Path:
                       "(3.5-16 kHz, input and target), 8 % clipping (input), 4 % noise-only, 4 % speech-only"
                       + (f"; {LOWER_P:.0%} of the utterances played {LOWER_RANGE[0]:g}-{LOWER_RANGE[1]:g}x as fast "
                          "(lower voices)" if args.mix_version >= 3 else "")
-                      + (f", {HIGHER_P:.0%} of the others {HIGHER_RANGE[0]:g}-{HIGHER_RANGE[1]:g}x (higher voices)"
+                      + (", {:.0%} of the others {:g}-{:g}x (higher voices)".format(
+                          higher_voices(args.mix_version)[0], *higher_voices(args.mix_version)[1])
                          if args.mix_version >= 5 else ""),
         },
     }
@@ -1240,13 +1253,15 @@ def main(argv=None) -> int:
     p.add_argument("--keep-weight", type=float, default=1.0,
                    help="in the band-gain term, the weight of a gain below its ideal value (voice removed) "
                         "against one above it (noise left); default 1")
-    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4, 5, 6),
+    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4, 5, 6, 7, 8),
                    help="mixing recipe (1: the first stage of the default bundle; 2: no digital silence inside "
                         "examples, starts mid-hop; 3: also lower voices, half the utterances slowed 0.6-0.95x; "
                         "4: version 3 from more voices, the fillets-ng dialogue (Debian fillets-ng-data-cs/-nl), "
                         "two men and two women; 5: version 3 plus higher voices, half the other utterances "
                         "played 1.1-1.45x as fast; 6: version 5 from the Dutch fillets-ng voices too "
-                        "(fillets-ng-data-nl), a man and a woman; see make_mixture)")
+                        "(fillets-ng-data-nl), a man and a woman; 7: version 5 with the higher voices up to 1.6x; 8: version 7 with 70 %% "
+                        "of the utterances not slowed played faster; "
+                        "see make_mixture)")
     p.add_argument("--snr-range", type=_snr_range_arg, default=SNR_RANGE, metavar="LO,HI",
                    help="speech-to-noise ratio of the training mixtures, dB, drawn uniformly (default "
                         f"{SNR_RANGE[0]:g},{SNR_RANGE[1]:g}); only the SNRs change, the same seed draws the "

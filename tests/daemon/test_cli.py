@@ -124,3 +124,17 @@ def test_models_state_the_weights_licence():
     assert "NON-COMMERCIAL only" in line
     line = next(ln for ln in text.splitlines() if ln.startswith("neural-clean "))
     assert "commercial use allowed" in line
+
+
+def test_models_state_their_default_strength():
+    """engine.max_attenuation_db left out means the model's own default:
+    `quietcast models` must say what that is."""
+    from quietcast.models import create_suppressor
+
+    rows = {m["name"]: m for m in json.loads(qc("models", "--json").stdout)}
+    assert rows["dsp"]["default_strength_db"] == 15.0
+    for name in ("neural", "neural-clean"):
+        want = create_suppressor(name, 1).bundle.config["defaults"]["strength_db"]
+        assert rows[name]["default_strength_db"] == want
+        line = next(ln for ln in qc("models").stdout.splitlines() if ln.startswith(name + " "))
+        assert f"strength {want:g} dB" in line

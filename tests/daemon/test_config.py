@@ -60,7 +60,9 @@ def test_shipped_default_states_the_schema_defaults():
         doc = tomllib.load(f)
     schema = describe_schema()
     for section in ("jack", "engine"):
-        assert doc[section] == {k["name"]: k["default"] for k in schema[section]}, section
+        # a key whose default is the model's own (None) is left out of the file
+        assert doc[section] == {k["name"]: k["default"] for k in schema[section] if k["default"] is not None}, section
+    assert "max_attenuation_db" not in doc["engine"]
     host = doc["channel"][0]
     for k in schema["channel"]:
         if k["name"] not in ("name", "connect_in"):
@@ -85,6 +87,24 @@ def test_minimal_config_fills_in_defaults():
     assert ch.chain == "" and ch.chain_spec is None and ch.background_db == -math.inf
     assert ch.ports() == {"in": "host_in", "out": "host_out"}
     assert c.path is None
+
+
+@pytest.mark.parametrize("model", ["dsp", "neural", "neural-clean"])
+def test_engine_strength_left_out_is_the_models_own(model):
+    """No max_attenuation_db in the file: the engine takes the model's
+    default strength (what `quietcast models` lists); a value given wins."""
+    from quietcast.daemon.engine import Engine
+    from quietcast.models import create_suppressor
+
+    c = cfg(f'[engine]\nmodel = "{model}"\n' + ONE)
+    assert c.engine.max_attenuation_db is None
+    assert "max_attenuation_db" not in c.to_dict()["engine"]
+    want = create_suppressor(model, 1).PARAMS["strength_db"][2]
+    e = Engine(c.channels, 48_000, model=model, max_attenuation_db=c.engine.max_attenuation_db)
+    assert e.max_attenuation_db == want
+    c = cfg(f'[engine]\nmodel = "{model}"\nmax_attenuation_db = 7\n' + ONE)
+    e = Engine(c.channels, 48_000, model=model, max_attenuation_db=c.engine.max_attenuation_db)
+    assert e.max_attenuation_db == 7.0
 
 
 def test_ints_where_floats_are_expected():
@@ -556,11 +576,15 @@ def test_round_trip_everything(confdir):
 
 
 def test_to_dict_lists_every_key():
+    """Every key, except one left to the model (max_attenuation_db) that
+    the file does not set."""
     d = cfg(ONE).to_dict()
     schema = describe_schema()
     assert list(d) == ["jack", "engine", "control", "midi", "state", "channel"]
     for section in ("jack", "engine", "control", "midi", "state"):
-        assert list(d[section]) == [k["name"] for k in schema[section]]
+        assert list(d[section]) == [k["name"] for k in schema[section] if k["name"] != "max_attenuation_db"]
+    d = cfg("[engine]\nmax_attenuation_db = 12\n" + ONE).to_dict()
+    assert list(d["engine"]) == [k["name"] for k in schema["engine"]]
     assert list(d["channel"][0]) == [k["name"] for k in schema["channel"]]
 
 
