@@ -912,6 +912,14 @@ def widen(net, state: dict) -> list[str]:
     return grown
 
 
+def _default_strength(args, init_cfg: dict | None) -> float:
+    """The bundle's default ``strength_db``: ``--strength-db``, else the
+    ``--init`` bundle's, else 15 dB."""
+    if args.strength_db is not None:
+        return float(args.strength_db)
+    return float(((init_cfg or {}).get("defaults") or {}).get("strength_db", 15.0))
+
+
 def train(args) -> pathlib.Path:
     import torch
 
@@ -1110,7 +1118,7 @@ def train(args) -> pathlib.Path:
         "hop": hop,
         "window": 2 * hop,
         "latency_samples": {"algorithmic": hop, "hop_buffer": hop, "total": 2 * hop},
-        "defaults": {"strength_db": 15.0, "background_db": None},
+        "defaults": {"strength_db": _default_strength(args, init_cfg), "background_db": None},
         "training": {
             "command": " ".join(shlex.quote(c) for c in cmd),
             "stage": stage,
@@ -1206,6 +1214,18 @@ def _snr_range_arg(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _strength_arg(text: str) -> float:
+    """argparse ``type`` of ``--strength-db``: 0..60 dB, as the model's
+    ``strength_db`` parameter allows."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not 0.0 <= v <= 60.0:
+        raise argparse.ArgumentTypeError(f"--strength-db {text}: expected a number of dB from 0 to 60")
+    return v
+
+
 _hidden_arg = _zero_or_range("--hidden", 4096, "the default", "GRU units")
 _harm_arg = _zero_or_range("--harm-bins", 481, "none", "bins")
 
@@ -1262,6 +1282,9 @@ def main(argv=None) -> int:
                         "(fillets-ng-data-nl), a man and a woman; 7: version 5 with the higher voices up to 1.6x; 8: version 7 with 70 %% "
                         "of the utterances not slowed played faster; "
                         "see make_mixture)")
+    p.add_argument("--strength-db", type=_strength_arg, default=None, metavar="DB",
+                   help="the bundle's default strength_db, the most it attenuates the background, 0-60 dB "
+                        "(config.json defaults; default: the --init bundle's, else 15)")
     p.add_argument("--snr-range", type=_snr_range_arg, default=SNR_RANGE, metavar="LO,HI",
                    help="speech-to-noise ratio of the training mixtures, dB, drawn uniformly (default "
                         f"{SNR_RANGE[0]:g},{SNR_RANGE[1]:g}); only the SNRs change, the same seed draws the "

@@ -63,7 +63,8 @@ def _args(data, tmp_path, name: str, **kw) -> argparse.Namespace:
              seed=7, batch=2, seconds=0.5, lr=2e-3, threads=1, workers=0, data=str(data), init=None,
              train_only="", fine_bins=0, hidden=0, harm_bins=0, noise_floor=False, gain_weight=0.5, keep_weight=1.0,
              mix_version=3, snr_range=T.SNR_RANGE, exclude="", noise_weights="", cache=str(tmp_path / "cache"),
-             ckpt=str(tmp_path / f"{name}.pt"), resume=False, ckpt_every=60.0, eval_every=60.0, log=None)
+             ckpt=str(tmp_path / f"{name}.pt"), resume=False, ckpt_every=60.0, eval_every=60.0, log=None,
+             strength_db=None)
     a.update(kw)
     return argparse.Namespace(**a)
 
@@ -192,6 +193,21 @@ def test_cli_names_a_bad_snr_range(capsys):
             T.main([f"--snr-range={bad}"])
         assert e.value.code == 2
         assert f"--snr-range {bad}: expected LO,HI in dB with -30 <= LO <= HI <= 60" in capsys.readouterr().err
+
+
+def test_default_strength_follows_the_parent_unless_given(capsys):
+    """A bundle's default strength_db: --strength-db, else its --init
+    parent's, else 15 dB; out of 0..60 the CLI names the range."""
+    ns = argparse.Namespace
+    assert T._default_strength(ns(strength_db=None), None) == 15.0
+    assert T._default_strength(ns(strength_db=None), {"defaults": {"strength_db": 25.0}}) == 25.0
+    assert T._default_strength(ns(strength_db=None), {"arch": {}}) == 15.0
+    assert T._default_strength(ns(strength_db=0.0), {"defaults": {"strength_db": 25.0}}) == 0.0
+    for bad in ("61", "-1", "nan", "loud"):
+        with pytest.raises(SystemExit) as e:
+            T.main(["--strength-db", bad])
+        assert e.value.code == 2
+        assert f"--strength-db {bad}: expected a number of dB from 0 to 60" in capsys.readouterr().err
 
 
 def test_worker_makes_the_same_batches(data, tmp_path):
