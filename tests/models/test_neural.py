@@ -302,11 +302,13 @@ def test_default_bundle_is_shipped_and_resolves():
 
 def test_default_bundle_improves_synthetic_mix(noisy_speechlike):
     """Gated harmonic bursts in pink noise (not speech the model has seen):
-    the noise between bursts goes down by most of the 15 dB strength, the
-    bursts are kept (SI-SDR against them not worse than the input's)."""
+    the noise between bursts goes down by more than 12 dB (measured 15.0
+    at the 30 dB default strength; the bound was 8 dB at stages 1-10's
+    15 dB), the bursts are kept (SI-SDR against them not worse than the
+    input's)."""
     x, speech, _noise = noisy_speechlike
     sup = NeuralSuppressor(1)
-    assert sup.strength_db == 15.0
+    assert sup.strength_db == 30.0 == verify_bundle("default")["defaults"]["strength_db"]
     y = sup.process(x)[0, LATENCY:]
     xin, ref = x[0, :-LATENCY], speech[:-LATENCY]
     skip = 24_000  # let the running means settle
@@ -317,7 +319,7 @@ def test_default_bundle_improves_synthetic_mix(noisy_speechlike):
     def level(v):
         return 10 * np.log10(np.mean(v[skip:][gaps].astype(np.float64) ** 2))
 
-    assert level(xin) - level(y) > 8.0, (level(xin), level(y))
+    assert level(xin) - level(y) > 12.0, (level(xin), level(y))
     before, after = _si_sdr(xin[skip:], ref[skip:]), _si_sdr(y[skip:], ref[skip:])
     assert after > before - 0.5, (before, after)
     # the voice stem removes more than the strength-limited output
@@ -332,19 +334,48 @@ def test_default_bundle_keeps_low_and_high_voices(f0, rng):
     f0 of 65-125 Hz for the first shipped bundle), and one trained on them
     played only as fast or slower took a higher voice's (15.5 -> 11.0 dB
     at 250 Hz for stage 6). The bursts must come through about as they
-    went in, and the noise between them go down."""
-    before, after = _bursts_si_sdr("default", f0, rng)
+    went in, and the noise between them go down.
+
+    Measured at 15 dB strength, as for stages 1-10 (the default is 30 dB
+    from stage 11). These synthetic tones (1/k harmonics, no formants) are
+    a coarse proxy: at 250 Hz, stage 10 with no floor gave from 5.5 to
+    18.3 dB SI-SDR as only the number of harmonics and the spectral tilt
+    changed (model card, stage 11), and a deeper floor costs them more
+    than it costs real voices played as high (test_default_bundle_keeps_higher_real_voices, at the
+    default strength)."""
+    before, after = _bursts_si_sdr("default", f0, rng, strength_db=15.0)
     assert after > before - 1.5, (f0, before, after)
 
 
-def _bursts_si_sdr(model: str, f0: float, rng) -> tuple[float, float]:
+def _bursts_si_sdr(model: str, f0: float, rng, **kw) -> tuple[float, float]:
     """SI-SDR of :func:`harmonic_bursts` at ``f0`` before and after the
-    model ``model`` (from 0.5 s, the output's delay removed)."""
+    model ``model`` (from 0.5 s, the output's delay removed); ``kw`` (e.g.
+    ``strength_db``) goes to the suppressor."""
     x, ref, _noise = harmonic_bursts(f0, rng)
-    y = create_suppressor(model, 1).process(x)[0, LATENCY:]
+    y = create_suppressor(model, 1, **kw).process(x)[0, LATENCY:]
     xin, ref = x[0, :-LATENCY], ref[:-LATENCY]
     skip = 24_000
     return _si_sdr(xin[skip:], ref[skip:]), _si_sdr(y[skip:], ref[skip:])
+
+
+@pytest.mark.parametrize("speed,min_gain", [(1.3, 3.5), (1.5, 2.5)])
+def test_default_bundle_keeps_higher_real_voices(speed, min_gain):
+    """The demo clip's held-out voice played ``speed`` times as fast (f0
+    about 260 and 300 Hz: a high woman's voice, a child's) in its noise
+    at 20 dB SNR, at the default strength. There is little noise to take,
+    so cutting the voice shows: SI-SDR must still go up by ``min_gain``.
+    Measured: stage 11 +4.5 and +3.1 dB; stage 10's weights at the same
+    30 dB strength +4.3 and +2.1 (at 15 dB: +4.0 and +2.4)."""
+    from scipy.signal import resample_poly
+
+    clean, noise = _demo_clip()
+    v = resample_poly(clean, 20, round(20 * speed)).astype(np.float32)  # as if recorded at speed x 48 kHz
+    n = noise[:v.size]
+    x = (v + n * np.sqrt(np.mean(v ** 2) / np.mean(n ** 2) / 100.0)).astype(np.float32)[None, :]
+    y = create_suppressor("default", 1).process(x)[0, LATENCY:]
+    s = 48_000
+    before, after = _si_sdr(x[0, s:-LATENCY], v[s:-LATENCY]), _si_sdr(y[s:], v[s:-LATENCY])
+    assert after > before + min_gain, (speed, before, after)
 
 
 def _demo_si_sdr(model: str) -> tuple[float, float]:
@@ -384,9 +415,9 @@ def _demo_clip():
 def test_default_bundle_suppresses_noise_after_digital_silence(silence):
     """A source that starts after digital silence, on or off the hop grid
     (a live channel unmuted mid-hop): its noise-only lead-in is cut by
-    most of the strength within the first second."""
+    most of the strength (30 dB; measured 29.6) within the first second."""
     red = _lead_in_reduction_db("default", silence)
-    assert red > 10.0, red
+    assert red > 24.0, red
 
 
 def test_default_bundle_improves_heldout_demo_clip():
