@@ -845,7 +845,10 @@ def cmd_config_show(path: str | os.PathLike | None = None) -> str:
     the shipped default). Raises :class:`ConfigError` for a bad file."""
     cfg = load_config(DEFAULT_CONFIG_PATH if path is None else path)
     src = "the shipped default" if path is None else cfg.path
-    return dump_toml(cfg, header=f"quietcast effective config from {src}\n(every key, defaults filled in, chain paths absolute)")
+    header = f"quietcast effective config from {src}\n(every key, defaults filled in, chain paths absolute)"
+    if cfg.engine.max_attenuation_db is None:
+        header += "\n[engine] max_attenuation_db is not set: the model's own default (see quietcast models)"
+    return dump_toml(cfg, header=header)
 
 
 def cmd_config_schema(as_json: bool = False) -> str:

@@ -673,6 +673,10 @@ def test_cmd_config_show(tmp_path):
     shown = cmd_config_show(f)
     assert f"from {f}" in shown
     assert "reconnect_interval_ms = 500" in shown and "background_db = -inf" in shown
+    assert "# [engine] max_attenuation_db is not set: the model's own default" in shown
+    f.write_text("[engine]\nmax_attenuation_db = 12\n" + ONE)
+    shown = cmd_config_show(f)
+    assert "max_attenuation_db = 12.0" in shown and "is not set" not in shown
     f.write_text(ONE + "strength = 2\n")
     with pytest.raises(ConfigError, match="out of range"):
         cmd_config_show(f)
