@@ -795,8 +795,12 @@ def format_schema() -> str:
                 what = "one of " + ", ".join(k["choices"])
             else:
                 what = k.get("rule", "")
-            default = ("(required)" if k.get("required") else
-                       k["default_text"] if k["default"] is None and k.get("default_text") else _fmt_default(k["default"]))
+            if k.get("required"):
+                default = "(required)"
+            elif k["default"] is None and k.get("default_text"):
+                default = k["default_text"]
+            else:
+                default = _fmt_default(k["default"])
             out.append(f"  {k['name']:<22} {k['type']:<9} default {default:<12} {what}".rstrip())
             if k.get("doc"):
                 out.append(f"  {'':<22} {k['doc']}")

@@ -1279,9 +1279,8 @@ def main(argv=None) -> int:
                         "4: version 3 from more voices, the fillets-ng dialogue (Debian fillets-ng-data-cs/-nl), "
                         "two men and two women; 5: version 3 plus higher voices, half the other utterances "
                         "played 1.1-1.45x as fast; 6: version 5 from the Dutch fillets-ng voices too "
-                        "(fillets-ng-data-nl), a man and a woman; 7: version 5 with the higher voices up to 1.6x; 8: version 7 with 70 %% "
-                        "of the utterances not slowed played faster; "
-                        "see make_mixture)")
+                        "(fillets-ng-data-nl), a man and a woman; 7: version 5 with the higher voices up to 1.6x; "
+                        "8: version 7 with 70 %% of the utterances not slowed played faster; see make_mixture)")
     p.add_argument("--strength-db", type=_strength_arg, default=None, metavar="DB",
                    help="the bundle's default strength_db, the most it attenuates the background, 0-60 dB "
                         "(config.json defaults; default: the --init bundle's, else 15)")
