@@ -130,10 +130,17 @@ def _check_stage(raw: Any, index: int, seen: set, base_dir: str | None, problems
         problems.append(Problem(where, "a 'convolution' stage needs impulse_response_filename"))
         ok = False
     if stype == "denoise" and "model" in values:
-        from quietcast.models import available_models
+        from quietcast.models import available_models, bundle_folder, is_bundle_path
 
-        if values["model"] not in available_models():
-            problems.append(Problem(where, f"model {values['model']!r} is unknown{did_you_mean(values['model'], available_models())}; known models: {', '.join(available_models())}"))
+        if is_bundle_path(values["model"]):  # a neural bundle folder, relative to the chain file
+            try:
+                values["model"] = bundle_folder(values["model"], base_dir)
+            except ValueError as e:
+                problems.append(Problem(where, f"model {values['model']!r}: {e}"))
+                ok = False
+        elif values["model"] not in available_models():
+            problems.append(Problem(where, f"model {values['model']!r} is unknown{did_you_mean(values['model'], available_models())}; "
+                                           f"known models: {', '.join(available_models())}, or a bundle folder (a path with a '/')"))
             ok = False
     return StageSpec(name, stype, values, bypass) if ok else None
 

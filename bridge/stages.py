@@ -525,7 +525,8 @@ class PluginStage(PedalboardStage):
 # quietcast stages
 
 DENOISE_PARAMS = ParamSet.of(
-    Param("model", "str", "default", doc="suppressor name: 'default', 'dsp', ... (quietcast models list)"),
+    Param("model", "str", "default", doc="suppressor name: 'default', 'dsp', ... (quietcast models list), "
+                                         "or a neural bundle folder (a path with a '/', relative to the chain file)"),
     Param("strength", "float", 1.0, 0.0, 1.0, doc="share of max_attenuation_db to allow (fader)"),
     Param("max_attenuation_db", "float", None, 0.0, 60.0, "dB",
           doc="largest attenuation of noise at strength 1 (default: the model's own)"),

@@ -85,6 +85,31 @@ def test_unknown_model_suggests():
     assert "model 'dps' is unknown (did you mean 'dsp'?)" in probs[0]
 
 
+def test_denoise_model_from_a_bundle_folder(tmp_path):
+    """A denoise stage's model can be a neural bundle folder, relative to
+    the chain file (as engine.model can be); it runs the same network as
+    the registered name. A missing or broken folder is named."""
+    import shutil
+
+    from quietcast.models.bundle import ASSETS
+
+    shutil.copytree(ASSETS / "default", tmp_path / "mine")
+    (tmp_path / "c.toml").write_text('[[stage]]\nname = "nr"\ntype = "denoise"\nmodel = "./mine"\nstrength = 0.5\n')
+    chain = Chain.from_toml(tmp_path / "c.toml")
+    assert chain.stages[0].values["model"] == str(tmp_path / "mine")
+    ref = Chain.from_toml_string('[[stage]]\nname = "nr"\ntype = "denoise"\nmodel = "neural"\nstrength = 0.5\n')
+    x = (np.random.default_rng(3).standard_normal((1, 9600)) * 0.1).astype(np.float32)
+    a, b = chain.processor(48_000, 1), ref.processor(48_000, 1)
+    assert a.latency == b.latency
+    np.testing.assert_allclose(a.process(x), b.process(x), atol=1e-6)
+    (tmp_path / "mine" / "weights.safetensors").write_bytes(b"broken")
+    with pytest.raises(ChainSpecError) as ei:
+        Chain.from_toml(tmp_path / "c.toml")
+    assert "model './mine'" in str(ei.value) and "sha256" in str(ei.value)
+    probs = spec_problems('[[stage]]\nname = "nr"\ntype = "denoise"\nmodel = "/nowhere/bundle"\n')
+    assert "model '/nowhere/bundle': no model bundle at /nowhere/bundle" in probs[0]
+
+
 def test_missing_plugin_path_is_named(tmp_path):
     (tmp_path / "c.toml").write_text('[[stage]]\nname = "v"\ntype = "plugin"\npath = "nope.vst3"\n')
     with pytest.raises(ChainSpecError) as ei:
