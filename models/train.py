@@ -351,6 +351,7 @@ def _speech_segment(rng, corpus: Corpus, n: int, version: int = 2) -> tuple[np.n
     pos = int(rng.integers(0, SR // 2)) if rng.random() < 0.5 else 0
     bw = SR / 2
     ns = len(corpus.items["speech"])
+    higher_p, higher_range = higher_voices(version)
     while pos < n:
         i = int(rng.integers(ns))
         u = corpus.get("speech", i)
@@ -358,8 +359,8 @@ def _speech_segment(rng, corpus: Corpus, n: int, version: int = 2) -> tuple[np.n
         speeds = None
         if version >= 3 and rng.random() < LOWER_P:
             speeds = LOWER_RANGE
-        elif version >= 5 and rng.random() < higher_voices(version)[0]:
-            speeds = higher_voices(version)[1]
+        elif version >= 5 and rng.random() < higher_p:
+            speeds = higher_range
         if speeds is not None:
             u, f = _respeed(rng, u.astype(np.float32) * _I16, speeds)
             u = np.clip(np.round(u / _I16), -32768, 32767).astype(np.int16)
@@ -914,10 +915,13 @@ def widen(net, state: dict) -> list[str]:
 
 def _default_strength(args, init_cfg: dict | None) -> float:
     """The bundle's default ``strength_db``: ``--strength-db``, else the
-    ``--init`` bundle's, else 15 dB."""
+    ``--init`` bundle's, else the model's own (15 dB)."""
+    from .neural import NeuralSuppressor
+
     if args.strength_db is not None:
         return float(args.strength_db)
-    return float(((init_cfg or {}).get("defaults") or {}).get("strength_db", 15.0))
+    own = NeuralSuppressor.PARAMS["strength_db"][2]
+    return float(((init_cfg or {}).get("defaults") or {}).get("strength_db", own))
 
 
 def train(args) -> pathlib.Path:
@@ -1110,6 +1114,7 @@ def train(args) -> pathlib.Path:
     cmd = ["python", "-m", "quietcast.models.train"] + [a for a in sys.argv[1:]]
     lineage = [] if init_cfg is None else _lineage(init_cfg, args.init)
     stage = len(lineage) + 1
+    higher_p, higher_range = higher_voices(args.mix_version)
     config = {
         "model": "neural",
         "name": pathlib.Path(args.out).name,
@@ -1160,8 +1165,7 @@ def train(args) -> pathlib.Path:
                       "(3.5-16 kHz, input and target), 8 % clipping (input), 4 % noise-only, 4 % speech-only"
                       + (f"; {LOWER_P:.0%} of the utterances played {LOWER_RANGE[0]:g}-{LOWER_RANGE[1]:g}x as fast "
                          "(lower voices)" if args.mix_version >= 3 else "")
-                      + (", {:.0%} of the others {:g}-{:g}x (higher voices)".format(
-                          higher_voices(args.mix_version)[0], *higher_voices(args.mix_version)[1])
+                      + (f", {higher_p:.0%} of the others {higher_range[0]:g}-{higher_range[1]:g}x (higher voices)"
                          if args.mix_version >= 5 else ""),
         },
     }
@@ -1215,14 +1219,17 @@ def _snr_range_arg(text: str) -> tuple[float, float]:
 
 
 def _strength_arg(text: str) -> float:
-    """argparse ``type`` of ``--strength-db``: 0..60 dB, as the model's
-    ``strength_db`` parameter allows."""
+    """argparse ``type`` of ``--strength-db``: the range the model's
+    ``strength_db`` parameter allows (0..60 dB)."""
+    from .neural import NeuralSuppressor
+
+    lo, hi = NeuralSuppressor.PARAMS["strength_db"][:2]
     try:
         v = float(text)
     except ValueError:
         v = math.nan
-    if not 0.0 <= v <= 60.0:
-        raise argparse.ArgumentTypeError(f"--strength-db {text}: expected a number of dB from 0 to 60")
+    if not lo <= v <= hi:
+        raise argparse.ArgumentTypeError(f"--strength-db {text}: expected a number of dB from {lo:g} to {hi:g}")
     return v
 
 

@@ -341,8 +341,8 @@ def test_default_bundle_keeps_low_and_high_voices(f0, rng):
     a coarse proxy: at 250 Hz, stage 10 with no floor gave from 5.5 to
     18.3 dB SI-SDR as only the number of harmonics and the spectral tilt
     changed (model card, stage 11), and a deeper floor costs them more
-    than it costs real voices played as high (test_default_bundle_keeps_higher_real_voices, at the
-    default strength)."""
+    than it costs real voices played as high (at the default strength:
+    test_default_bundle_keeps_higher_real_voices)."""
     before, after = _bursts_si_sdr("default", f0, rng, strength_db=15.0)
     assert after > before - 1.5, (f0, before, after)
 
