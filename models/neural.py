@@ -606,9 +606,10 @@ class NeuralSuppressor(HopSuppressor):
                 net = b.build_model().eval()  # a fresh copy: the move may have stopped half-way
         self.net = net
         defaults = b.config.get("defaults", {})
-        d_strength = float(defaults.get("strength_db", self.PARAMS["strength_db"][2]))
+        lo, hi, own, unit = self.PARAMS["strength_db"]
+        d_strength = float(defaults.get("strength_db", own))
         # this bundle's default strength is what callers read as the default
-        self.PARAMS = dict(self.PARAMS, strength_db=(0.0, 60.0, d_strength, "dB"))
+        self.PARAMS = dict(self.PARAMS, strength_db=(lo, hi, d_strength, unit))
         self._strength_db = 0.0
         self._background_db = -math.inf
         super().__init__(channels)
