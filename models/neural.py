@@ -18,6 +18,11 @@ Signal path per 10 ms hop (480 samples), every channel in one batch:
    Optional (``floor_input``, 0 or 1): each band's level above its noise
    floor, tracked per channel with a fast fall and a slow rise (it sits
    near the level of the band's quietest frames), also to the band encoder.
+   ``warm_start`` (0 or 1): the two running means start from a channel's
+   first sounding frame (1) or from fixed values (0: -30 dB and 1e-3).
+   From fixed values a stream whose spectrum is far from them (a
+   high-passed noise bed, say) is under-suppressed until the means have
+   caught up, most of a second.
 3. Network: two small linear encoders (band features -> 96, low-band
    complex -> 64, ReLU), two GRUs of 160 units (the second one residual),
    and a head of 32 band gains (sigmoid), interpolated to the 481 bins with
@@ -92,6 +97,7 @@ DEFAULT_ARCH = {
     "df_enc_dim": 64,
     "hidden": 160,
     "norm_tau_s": 1.0,
+    "warm_start": 0,
 }
 
 _LE_EPS = 1e-10  # band power floor (-100 dB)
@@ -179,6 +185,9 @@ class QCNet(nn.Module):
         if a["floor_input"] not in (0, 1):
             raise ValueError(f"floor_input {a['floor_input']!r} must be 0 or 1")
         self.floor_input = int(a["floor_input"])
+        if a["warm_start"] not in (0, 1):
+            raise ValueError(f"warm_start {a['warm_start']!r} must be 0 or 1")
+        self.warm_start = int(a["warm_start"])
         self.enc = nn.Linear(2 * nb + hb + nb * self.floor_input, a["enc_dim"])
         self.df_enc = nn.Linear(2 * kd, a["df_enc_dim"])
         self.gru1 = nn.GRU(a["enc_dim"] + a["df_enc_dim"], h, batch_first=True)
@@ -221,14 +230,26 @@ class QCNet(nn.Module):
         return V, g
 
     def _ema(self, x: torch.Tensor, init: float, silent: torch.Tensor | None = None) -> torch.Tensor:
-        """Exponential running mean over time of ``x[B, T, K]`` from
-        ``init`` (time constant ``norm_tau_s``), held on ``silent`` frames."""
+        """Exponential running mean over time of ``x[B, T, K]`` (time
+        constant ``norm_tau_s``), held on ``silent`` frames; it starts from
+        ``init``, or with ``warm_start`` from each row's first frame that
+        is not silent."""
         a = self.alpha
         m = torch.full((x.shape[0], x.shape[2]), init, dtype=x.dtype, device=x.device)
+        fresh = None
+        if self.warm_start:
+            if silent is None:
+                m = x[:, 0]
+            else:
+                fresh = torch.ones(x.shape[0], 1, dtype=torch.bool, device=x.device)
         out = []
         for t in range(x.shape[1]):
             if silent is not None:
-                m = torch.where(silent[:, t, None], m, a * m + (1.0 - a) * x[:, t])
+                st = silent[:, t, None]
+                if fresh is not None:
+                    m = torch.where(fresh & ~st, x[:, t], m)
+                    fresh = fresh & st
+                m = torch.where(st, m, a * m + (1.0 - a) * x[:, t])
             else:
                 m = a * m + (1.0 - a) * x[:, t]
             out.append(m)
@@ -363,17 +384,18 @@ def _gru_held(gru: nn.GRU, z: torch.Tensor, silent: torch.Tensor) -> torch.Tenso
 
 
 def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: torch.Tensor,
-                fb_i: torch.Tensor, m: torch.Tensor, u: torch.Tensor, fl: torch.Tensor, h1: torch.Tensor,
-                h2: torch.Tensor,
-                xh: torch.Tensor, ola: torch.Tensor, w: list[torch.Tensor], alpha: float, mix,
+                fb_i: torch.Tensor, m: torch.Tensor, u: torch.Tensor, fl: torch.Tensor, fresh: torch.Tensor,
+                h1: torch.Tensor, h2: torch.Tensor, xh: torch.Tensor, ola: torch.Tensor, w: list[torch.Tensor], alpha: float, mix,
                 out: torch.Tensor, branchless: bool = False) -> None:
     """One streaming hop for all channels, on weights prepared by
     :func:`_prepare_weights` (encoder scalings folded in, GRU input split,
     low-band features interleaved). TorchScript-able.
 
     ``hop``: new input ``[C, H]``; ``prev``: the previous input hop (updated
-    to ``hop``); ``m, u, fl, h1, h2, xh, ola``: state, updated in place
-    (``fl``, the band noise floors, only with the floor input); ``out``:
+    to ``hop``); ``m, u, fl, fresh, h1, h2, xh, ola``: state, updated in
+    place (``fl``, the band noise floors, only with the floor input;
+    ``fresh``, bool ``[C]``, channels that have not sounded yet, only with
+    ``warm_start``, else empty); ``out``:
     ``[3, C, H]`` receives (output, voice, background).
 
     ``branchless``: no host-side decision on tensor values (for CUDA graph
@@ -392,6 +414,11 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     Xr = torch.view_as_real(torch.fft.rfft(xw, dim=1))  # [C, F, 2]
     P = Xr.square().sum(-1)
     lE = torch.log10(torch.addmm(w[0], P, fb_e)).mul_(10.0).clamp_(max=_LE_MAX)
+    if fresh.numel() > 0 and (branchless or bool(fresh.any())):  # warm start: from the first sounding frame
+        st = (fresh & ~silent).unsqueeze(1)
+        m.copy_(torch.where(st, lE, m))
+        u.copy_(torch.where(st, P[:, :kd], u))
+        fresh.logical_and_(silent)
     if hold:
         m.copy_(torch.where(sil, m, alpha * m + (1.0 - alpha) * lE))
         u.copy_(torch.where(sil, u, alpha * u + (1.0 - alpha) * P[:, :kd]))
@@ -655,6 +682,7 @@ class NeuralSuppressor(HopSuppressor):
                 self._m.fill_(_M_INIT)
                 self._u.fill_(_U_INIT)
                 self._fl.fill_(_F_INIT)
+                self._fresh.fill_(True)
                 for t in (self._h1, self._h2, self._xh, self._prev, self._ola):
                     t.zero_()
             self.gain_reduction_db = np.zeros(c, np.float32)
@@ -663,6 +691,7 @@ class NeuralSuppressor(HopSuppressor):
         self._m = torch.full((c, net.n_bands), _M_INIT, **z)
         self._u = torch.full((c, net.df_bins), _U_INIT, **z)
         self._fl = torch.full((c, net.n_bands * net.floor_input), _F_INIT, **z)  # band noise floors
+        self._fresh = torch.ones(c * net.warm_start, dtype=torch.bool, device=dev)  # not sounded yet (warm start)
         self._h1 = torch.zeros(c, net.hidden, **z)
         self._h2 = torch.zeros(c, net.hidden, **z)
         self._xh = torch.zeros(c, net.df_order, net.df_bins, 2, **z)  # low-band history, newest first
@@ -712,7 +741,7 @@ class NeuralSuppressor(HopSuppressor):
         self._d_res = torch.zeros(3 * c + 1, H, device=dev)
         self._mix_t = torch.tensor(getattr(self, "_mix", 1.0), dtype=torch.float32, device=dev)
         self._graph = None
-        state = (self._m, self._u, self._fl, self._h1, self._h2, self._xh, self._prev, self._ola)
+        state = (self._m, self._u, self._fl, self._fresh, self._h1, self._h2, self._xh, self._prev, self._ola)
         saved = [t.clone() for t in state]
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
@@ -736,7 +765,8 @@ class NeuralSuppressor(HopSuppressor):
     def _cuda_step(self) -> None:
         """One hop on the device tensors (captured into the graph)."""
         _fused_step(self._d_in, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl,
-                    self._h1, self._h2, self._xh, self._ola, self._w, self.net.alpha, self._mix_t, self._out_t,
+                    self._fresh, self._h1, self._h2, self._xh, self._ola, self._w, self.net.alpha, self._mix_t,
+                    self._out_t,
                     branchless=True)
         C = self.channels
         o = self._out_t
@@ -770,8 +800,8 @@ class NeuralSuppressor(HopSuppressor):
                 self._fall_back(f"CUDA failed while running: {e}")
                 self.reset_core()
         x = torch.from_numpy(hop)
-        _fused_step(x, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl, self._h1,
-                    self._h2, self._xh, self._ola, self._w, self.net.alpha, self._mix, self._out_t)
+        _fused_step(x, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl, self._fresh,
+                    self._h1, self._h2, self._xh, self._ola, self._w, self.net.alpha, self._mix, self._out_t)
         C = self.channels
         np.copyto(self._hop_buf, self._out_t.reshape(3 * C, self.hop).numpy())
         # meter: this hop's input (delayed) vs output energy

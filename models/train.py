@@ -320,12 +320,16 @@ HIGHER_RANGE = (1.1, 1.45)
 #: version 8 also plays 70 % of the others faster (35 % of all utterances)
 HIGHER_RANGE_V7 = (1.1, 1.6)
 HIGHER_P_V8 = 0.7
+#: mix version 9: version 7 with the higher voices up to 1.75x (9.7
+#: semitones: a child's f0 up to about 380 Hz from the training voices)
+HIGHER_RANGE_V9 = (1.1, 1.75)
 
 
 def higher_voices(version: int) -> tuple[float, tuple[float, float]]:
     """Mix ``version``'s higher voices: the share of the utterances not
     played slower that are played faster, and the range of the factor."""
-    return (HIGHER_P_V8 if version >= 8 else HIGHER_P), (HIGHER_RANGE_V7 if version >= 7 else HIGHER_RANGE)
+    share = HIGHER_P_V8 if version == 8 else HIGHER_P
+    return share, (HIGHER_RANGE_V9 if version >= 9 else HIGHER_RANGE_V7 if version >= 7 else HIGHER_RANGE)
 
 
 def _respeed(rng, u: np.ndarray, speeds=LOWER_RANGE) -> tuple[np.ndarray, float]:
@@ -953,7 +957,7 @@ def train(args) -> pathlib.Path:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     arch = dict(DEFAULT_ARCH, fine_bins=args.fine_bins, harm_bins=args.harm_bins, floor_input=int(args.noise_floor),
-                **({"hidden": args.hidden} if args.hidden else {}))
+                warm_start=int(args.warm_start), **({"hidden": args.hidden} if args.hidden else {}))
     init_cfg = None
     if args.init:
         from .bundle import load_bundle
@@ -979,6 +983,11 @@ def train(args) -> pathlib.Path:
         arch["hidden"] = max(arch["hidden"], args.hidden)
         arch["harm_bins"] = max(arch["harm_bins"], args.harm_bins)
         arch["floor_input"] = int(arch["floor_input"] or args.noise_floor)
+        warm = args.warm_start and not arch["warm_start"]
+        arch["warm_start"] = int(arch["warm_start"] or args.warm_start)
+        if warm:
+            log("running means start from each example's first frame (--warm-start); the parent's started "
+                "from fixed values")
         net = QCNet(**arch)
         if wider or harm or floor:
             have = net.state_dict()
@@ -1133,6 +1142,7 @@ def train(args) -> pathlib.Path:
                               + (f" --hidden {args.hidden}" if args.hidden else "")
                               + (f" --harm-bins {args.harm_bins}" if args.harm_bins else "")
                               + (" --noise-floor" if args.noise_floor else "")
+                              + (" --warm-start" if args.warm_start else "")
                               + (f" --gain-weight {args.gain_weight:g}" if args.gain_weight != GAIN_WEIGHT else "")
                               + (f" --keep-weight {args.keep_weight:g}" if args.keep_weight != 1.0 else "")
                               + (f" --train-only {args.train_only}" if args.train_only else "")
@@ -1271,6 +1281,10 @@ def main(argv=None) -> int:
                    help="noise-floor input: each band's level above a tracked floor (fast fall, slow rise; "
                         "off in the shipped default); with --init, the bundle's encoder gets it through zero "
                         "weights, so training starts from the parent's output")
+    p.add_argument("--warm-start", action="store_true",
+                   help="start the running means (band levels, low-band power) from each stream's first "
+                        "sounding frame instead of fixed values (off in bundles before stage 12); with --init, "
+                        "it is switched on in the parent's weights; a bundle that has it keeps it")
     p.add_argument("--fine-bins", type=int, default=0,
                    help="per-bin gain refinement of the lowest N bins (0 = band gains only; with --init, "
                         "a head the parent lacks is added at zero)")
@@ -1280,14 +1294,15 @@ def main(argv=None) -> int:
     p.add_argument("--keep-weight", type=float, default=1.0,
                    help="in the band-gain term, the weight of a gain below its ideal value (voice removed) "
                         "against one above it (noise left); default 1")
-    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4, 5, 6, 7, 8),
+    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4, 5, 6, 7, 8, 9),
                    help="mixing recipe (1: the first stage of the default bundle; 2: no digital silence inside "
                         "examples, starts mid-hop; 3: also lower voices, half the utterances slowed 0.6-0.95x; "
                         "4: version 3 from more voices, the fillets-ng dialogue (Debian fillets-ng-data-cs/-nl), "
                         "two men and two women; 5: version 3 plus higher voices, half the other utterances "
                         "played 1.1-1.45x as fast; 6: version 5 from the Dutch fillets-ng voices too "
                         "(fillets-ng-data-nl), a man and a woman; 7: version 5 with the higher voices up to 1.6x; "
-                        "8: version 7 with 70 %% of the utterances not slowed played faster; see make_mixture)")
+                        "8: version 7 with 70 %% of the utterances not slowed played faster; 9: version 7 with the higher "
+                        "voices up to 1.75x; see make_mixture)")
     p.add_argument("--strength-db", type=_strength_arg, default=None, metavar="DB",
                    help="the bundle's default strength_db, the most it attenuates the background, 0-60 dB "
                         "(config.json defaults; default: the --init bundle's, else 15)")

@@ -29,8 +29,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 DEMO = REPO / "daemon" / "assets" / "demo"
 
 
-# every optional part (deep filter, per-bin refinement, fine-structure and noise-floor inputs)
-TINY_ARCH = {"df_order": 2, "fine_bins": 48, "harm_bins": 96, "floor_input": 1}
+# every optional part (deep filter, per-bin refinement, fine-structure and noise-floor inputs, warm start)
+TINY_ARCH = {"df_order": 2, "fine_bins": 48, "harm_bins": 96, "floor_input": 1, "warm_start": 1}
 
 
 def _random_net(seed: int = 0, **arch) -> QCNet:
@@ -83,14 +83,38 @@ def test_streaming_equals_offline_forward(tiny_bundle, noisy_speechlike, block):
     assert np.max(np.abs(y)) > 0.01
 
 
-@pytest.mark.parametrize("df_order,fine_bins,harm_bins,floor_input",
-                         [(0, 0, 0, 0), (1, 0, 0, 0), (3, 0, 0, 0), (0, 64, 0, 0), (0, 0, 96, 0), (0, 0, 0, 1)])
-def test_streaming_equals_offline_other_archs(tmp_path, noisy_speechlike, df_order, fine_bins, harm_bins, floor_input):
-    net = _random_net(2, df_order=df_order, fine_bins=fine_bins, harm_bins=harm_bins, floor_input=floor_input)
+@pytest.mark.parametrize("df_order,fine_bins,harm_bins,floor_input,warm_start",
+                         [(0, 0, 0, 0, 0), (1, 0, 0, 0, 0), (3, 0, 0, 0, 0), (0, 64, 0, 0, 0), (0, 0, 96, 0, 0),
+                          (0, 0, 0, 1, 0), (0, 0, 0, 0, 1)])
+def test_streaming_equals_offline_other_archs(tmp_path, noisy_speechlike, df_order, fine_bins, harm_bins, floor_input,
+                                              warm_start):
+    net = _random_net(2, df_order=df_order, fine_bins=fine_bins, harm_bins=harm_bins, floor_input=floor_input,
+                      warm_start=warm_start)
     save_bundle(net, {"model": "neural", "arch": net.arch}, tmp_path / "b")
     x = noisy_speechlike[0][:, :30_000]
     offline = _sup(tmp_path / "b").process_offline(x)
     assert np.max(np.abs(_stream(_sup(tmp_path / "b"), x, 65) - offline)) <= 1e-6
+
+
+def test_warm_start_running_means_start_at_the_first_sound():
+    """With ``warm_start`` a running mean starts at each row's first frame
+    that is not digital silence (before it: the fixed initial value), then
+    moves as before; without it, from the fixed value."""
+    x = torch.randn(3, 12, 4) * 10.0
+    silent = torch.zeros(3, 12, dtype=torch.bool)
+    silent[1, :5] = True  # sounds from frame 5
+    silent[2, 3:6] = True  # a gap after its first sound
+    warm, cold = QCNet(warm_start=1), QCNet()
+    a = warm.alpha
+    m = warm._ema(x, -30.0, silent)
+    assert torch.equal(m[0, 0], x[0, 0]) and torch.equal(m[2, 0], x[2, 0])
+    assert torch.all(m[1, :5] == -30.0) and torch.equal(m[1, 5], x[1, 5])
+    assert torch.allclose(m[1, 6], a * x[1, 5] + (1 - a) * x[1, 6])
+    assert torch.equal(m[2, 5], m[2, 2])  # held over the gap, not restarted
+    assert torch.equal(warm._ema(x, -30.0)[:, 0], x[:, 0])
+    assert torch.allclose(cold._ema(x, -30.0)[:, 0], a * -30.0 + (1 - a) * x[:, 0])
+    with pytest.raises(ValueError, match="warm_start"):
+        QCNet(warm_start=2)
 
 
 def test_fine_head_starts_as_the_band_gains(noisy_speechlike):
@@ -509,8 +533,8 @@ def test_branchless_step_equals_the_branching_step(tiny_bundle, noisy_speechlike
                 hop = torch.from_numpy(x[:, i:i + 480])
                 m = torch.tensor(mix) if branchless else mix
                 with torch.inference_mode():
-                    _fused_step(hop, sup._prev, sup._win, sup._fb_e, sup._fb_i, sup._m, sup._u, sup._fl, sup._h1,
-                                sup._h2, sup._xh, sup._ola, sup._w, sup.net.alpha, m, sup._out_t, branchless=branchless)
+                    _fused_step(hop, sup._prev, sup._win, sup._fb_e, sup._fb_i, sup._m, sup._u, sup._fl, sup._fresh,
+                                sup._h1, sup._h2, sup._xh, sup._ola, sup._w, sup.net.alpha, m, sup._out_t, branchless=branchless)
                 o.append(sup._out_t.clone())
             outs.append(torch.cat(o, dim=2))
         assert torch.allclose(outs[0], outs[1], atol=1e-6, rtol=0)

@@ -61,7 +61,7 @@ def data(tmp_path_factory):
 def _args(data, tmp_path, name: str, **kw) -> argparse.Namespace:
     a = dict(out=str(tmp_path / name), minutes=5.0, max_wall_minutes=5.0, steps=125, stage=0, schedule=None,
              seed=7, batch=2, seconds=0.5, lr=2e-3, threads=1, workers=0, data=str(data), init=None,
-             train_only="", fine_bins=0, hidden=0, harm_bins=0, noise_floor=False, gain_weight=0.5, keep_weight=1.0,
+             train_only="", fine_bins=0, hidden=0, harm_bins=0, noise_floor=False, warm_start=False, gain_weight=0.5, keep_weight=1.0,
              mix_version=3, snr_range=T.SNR_RANGE, exclude="", noise_weights="", cache=str(tmp_path / "cache"),
              ckpt=str(tmp_path / f"{name}.pt"), resume=False, ckpt_every=60.0, eval_every=60.0, log=None,
              strength_db=None)
@@ -296,6 +296,13 @@ def test_training_writes_a_bundle_that_loads_and_runs(data, tmp_path):
     assert float(b4.state_dict["enc.weight"][:, 64:].abs().sum()) > 0
     with pytest.raises(SystemExit, match="already has the noise-floor input"):  # its columns come last
         T.train(_args(data, tmp_path, "harm3", init=str(b4.path), harm_bins=96))
+    # a fifth, warm-started running means: the same weights, kept by its children
+    b5 = load_bundle(T.train(_args(data, tmp_path, "warm", init=str(b4.path), warm_start=True, steps=10)))
+    assert b5.config["arch"]["warm_start"] == 1 and b4.config["arch"]["warm_start"] == 0
+    assert "--warm-start" in b5.config["training"]["replay_command"]
+    assert b5.state_dict["enc.weight"].shape == b4.state_dict["enc.weight"].shape
+    b6 = load_bundle(T.train(_args(data, tmp_path, "warm2", init=str(b5.path), steps=10)))
+    assert b6.config["arch"]["warm_start"] == 1
 
 
 def test_noise_weights_set_each_groups_share(data, tmp_path):
@@ -421,3 +428,16 @@ def test_fine_structure_input_starts_at_the_parents_output_and_learns():
     assert float(both.enc.weight.grad[:, 160:].abs().sum()) > 0
     with pytest.raises(ValueError, match="floor_input 2 must be 0 or 1"):
         QCNet(floor_input=2)
+
+
+def test_higher_voice_versions():
+    """The share of the utterances not slowed that are played faster, and
+    the range of the factor, per mix version (7: up to 1.6x; 8: more of
+    them; 9: up to 1.75x)."""
+    assert T.higher_voices(5) == (0.5, (1.1, 1.45))
+    assert T.higher_voices(7) == (0.5, (1.1, 1.6))
+    assert T.higher_voices(8) == (0.7, (1.1, 1.6))
+    assert T.higher_voices(9) == (0.5, (1.1, 1.75))
+    u = np.sin(2 * np.pi * 200 * np.arange(48_000) / 48_000).astype(np.float32)
+    fs = [T._respeed(np.random.default_rng(s), u, T.higher_voices(9)[1])[1] for s in range(40)]
+    assert 1.1 <= min(fs) and max(fs) <= 1.75 and max(fs) > 1.6
