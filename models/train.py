@@ -1283,7 +1283,7 @@ def main(argv=None) -> int:
                         "weights, so training starts from the parent's output")
     p.add_argument("--warm-start", action="store_true",
                    help="start the running means (band levels, low-band power) from each stream's first "
-                        "sounding frame instead of fixed values (off in bundles before stage 12); with --init, "
+                        "sounding frame instead of fixed values (the default bundle has it from stage 13); with --init, "
                         "it is switched on in the parent's weights; a bundle that has it keeps it")
     p.add_argument("--fine-bins", type=int, default=0,
                    help="per-bin gain refinement of the lowest N bins (0 = band gains only; with --init, "
