@@ -508,8 +508,11 @@ class JackIO:
         if c is None:
             return 0
         made = 0
-        outs = [p.name for p in c.get_ports(is_audio=True, is_output=True)]
-        ins = [p.name for p in c.get_ports(is_audio=True, is_input=True)]
+        outs = self._port_names(c, jack, is_output=True)
+        ins = self._port_names(c, jack, is_input=True)
+        if outs is None or ins is None:  # ports kept going away while listed: try again on the next pass
+            self.ports_changed.set()
+            return 0
         me = self.client_name + ":"
         for i, pats in enumerate(rules_in):
             mine = f"{me}{self.channels[i]}_in"
@@ -527,6 +530,19 @@ class JackIO:
                         continue
                     made += self._connect(c, mine, dst, jack)
         return made
+
+    @staticmethod
+    def _port_names(client, jack, tries: int = 3, **kind) -> list[str] | None:
+        """The names of the audio ports of ``kind`` (is_input/is_output), or
+        None. JACK-Client looks each listed name up again, and a port that
+        went away in between (a player closing) raises JackError: list
+        again, up to ``tries`` times."""
+        for _ in range(tries):
+            try:
+                return [p.name for p in client.get_ports(is_audio=True, **kind)]
+            except jack.JackError:
+                continue
+        return None
 
     @staticmethod
     def _connect(client, src, dst, jack) -> int:

@@ -197,7 +197,12 @@ class Daemon:
         if io is None:
             return
         io.ports_changed.clear()
-        made = io.apply_rules([c.connect_in for c in self.config.channels], [c.connect_out for c in self.config.channels])
+        try:
+            made = io.apply_rules([c.connect_in for c in self.config.channels],
+                                  [c.connect_out for c in self.config.channels])
+        except Exception as e:  # the supervisor must outlive a JACK hiccup; the next port change retries
+            log.warning("connecting ports by rule failed: %s", e)
+            return
         if made:
             log.info("connected %d port(s) by rule", made)
 

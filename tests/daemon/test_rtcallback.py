@@ -157,3 +157,40 @@ def test_a_library_built_from_another_version_is_refused(monkeypatch):
     monkeypatch.setattr(jackio, "RT_ABI", jackio.RT_ABI + 1)
     lib, why = jackio._load_rt()
     assert lib is None and "another version of rtcallback.c" in why
+
+
+class _VanishingPorts:
+    """A JACK client stand-in whose port listing fails the first ``fail``
+    times, as JACK-Client's does when a listed port goes away before it
+    is looked up (``JackError: Port 'player:out_0' not available``)."""
+
+    def __init__(self, fail: int):
+        self.fail = fail
+        self.connected: list[tuple[str, str]] = []
+
+    def get_ports(self, is_audio=False, is_input=False, is_output=False):
+        if self.fail > 0:
+            self.fail -= 1
+            raise jack.JackError("Port 'player:out_0' not available")
+        names = ["player:out_0"] if is_output else ["rec:in_0"]
+        return [SimpleNamespace(name=n) for n in names]
+
+    def get_all_connections(self, port):
+        return []
+
+    def connect(self, src, dst):
+        self.connected.append((src, dst))
+
+
+@pytest.mark.parametrize("fail,made", [(2, 2), (9, 0)])
+def test_connecting_by_rule_survives_a_port_that_goes_away_while_listed(fail, made):
+    """A port that vanishes while the ports are listed: the listing is
+    tried again; if it keeps failing, nothing is connected, nothing is
+    raised, and ``ports_changed`` is set so the supervisor tries again."""
+    io = jackio.JackIO("qc", "", ["a"], [False], lambda period: period)
+    io.client = _VanishingPorts(fail)
+    io.ports_changed.clear()
+    assert io.apply_rules([["player:*"]], [["rec:*"]]) == made
+    assert io.ports_changed.is_set() == (made == 0)
+    if made:
+        assert io.client.connected == [("player:out_0", "qc:a_in"), ("qc:a_out", "rec:in_0")]

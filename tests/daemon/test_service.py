@@ -397,3 +397,23 @@ def test_the_log_says_when_weights_are_non_commercial(tmp_path, jack_server, mod
     else:
         assert warned == [], out
     assert proc.returncode == 0
+
+
+def test_a_failure_while_connecting_by_rule_is_logged_not_raised(caplog):
+    """The supervisor thread applies the connection rules; an error from
+    JACK there is logged and the thread carries on (a later port change
+    tries again)."""
+    from types import SimpleNamespace
+
+    class _IO:
+        ports_changed = threading.Event()
+
+        def apply_rules(self, rules_in, rules_out):
+            raise RuntimeError("the server went away")
+
+    me = SimpleNamespace(io=_IO(), config=SimpleNamespace(channels=[SimpleNamespace(connect_in=[], connect_out=[])]))
+    me.io.ports_changed.set()
+    with caplog.at_level("WARNING", logger="quietcast"):
+        Daemon._apply_rules(me)
+    assert not me.io.ports_changed.is_set()
+    assert "connecting ports by rule failed: the server went away" in caplog.text
