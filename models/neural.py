@@ -385,8 +385,8 @@ def _gru_held(gru: nn.GRU, z: torch.Tensor, silent: torch.Tensor) -> torch.Tenso
 
 def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: torch.Tensor,
                 fb_i: torch.Tensor, m: torch.Tensor, u: torch.Tensor, fl: torch.Tensor, fresh: torch.Tensor,
-                h1: torch.Tensor, h2: torch.Tensor, xh: torch.Tensor, ola: torch.Tensor, w: list[torch.Tensor], alpha: float, mix,
-                out: torch.Tensor, branchless: bool = False) -> None:
+                h1: torch.Tensor, h2: torch.Tensor, xh: torch.Tensor, ola: torch.Tensor, w: list[torch.Tensor],
+                alpha: float, mix, out: torch.Tensor, branchless: bool = False) -> None:
     """One streaming hop for all channels, on weights prepared by
     :func:`_prepare_weights` (encoder scalings folded in, GRU input split,
     low-band features interleaved). TorchScript-able.
@@ -766,8 +766,7 @@ class NeuralSuppressor(HopSuppressor):
         """One hop on the device tensors (captured into the graph)."""
         _fused_step(self._d_in, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl,
                     self._fresh, self._h1, self._h2, self._xh, self._ola, self._w, self.net.alpha, self._mix_t,
-                    self._out_t,
-                    branchless=True)
+                    self._out_t, branchless=True)
         C = self.channels
         o = self._out_t
         self._d_res[:3 * C].copy_(o.reshape(3 * C, self.hop))

@@ -1283,8 +1283,8 @@ def main(argv=None) -> int:
                         "weights, so training starts from the parent's output")
     p.add_argument("--warm-start", action="store_true",
                    help="start the running means (band levels, low-band power) from each stream's first "
-                        "sounding frame instead of fixed values (the default bundle has it from stage 13); with --init, "
-                        "it is switched on in the parent's weights; a bundle that has it keeps it")
+                        "sounding frame instead of fixed values (the default bundle has it from stage 13); "
+                        "with --init, it is switched on in the parent's weights; a bundle that has it keeps it")
     p.add_argument("--fine-bins", type=int, default=0,
                    help="per-bin gain refinement of the lowest N bins (0 = band gains only; with --init, "
                         "a head the parent lacks is added at zero)")
@@ -1301,8 +1301,8 @@ def main(argv=None) -> int:
                         "two men and two women; 5: version 3 plus higher voices, half the other utterances "
                         "played 1.1-1.45x as fast; 6: version 5 from the Dutch fillets-ng voices too "
                         "(fillets-ng-data-nl), a man and a woman; 7: version 5 with the higher voices up to 1.6x; "
-                        "8: version 7 with 70 %% of the utterances not slowed played faster; 9: version 7 with the higher "
-                        "voices up to 1.75x; see make_mixture)")
+                        "8: version 7 with 70 %% of the utterances not slowed played faster; "
+                        "9: version 7 with the higher voices up to 1.75x; see make_mixture)")
     p.add_argument("--strength-db", type=_strength_arg, default=None, metavar="DB",
                    help="the bundle's default strength_db, the most it attenuates the background, 0-60 dB "
                         "(config.json defaults; default: the --init bundle's, else 15)")

@@ -5,19 +5,37 @@ from __future__ import annotations
 import numpy as np
 
 
+def _gated_pitch(f0: float, seconds: float, sr: int):
+    """The time axis, the pitch contour ``f0`` +- 30 Hz (0.7 Hz), its
+    phase and the gate (on about 2.1 times a second, 10 ms ramps) shared
+    by :func:`harmonic_bursts` and :func:`vowel_bursts`."""
+    t = np.arange(int(seconds * sr)) / sr
+    f0t = f0 + 30 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0t) / sr
+    env = (np.sin(2 * np.pi * 2.1 * t) > 0.2).astype(float)
+    env = np.convolve(env, np.ones(480) / 480, mode="same")
+    return t, f0t, phase, env
+
+
+def _bursts(phase, env):
+    """The speech of :func:`harmonic_bursts`: 19 harmonics at 1/k, gated."""
+    return 0.2 * sum(np.sin(k * phase) / k for k in range(1, 20)) * env
+
+
+def _pink(rng, n: int):
+    """The noise of both signals: pink-ish, RMS 0.02."""
+    white = rng.standard_normal(n)
+    pink = np.convolve(white, np.exp(-np.arange(64) / 16.0), mode="same")
+    return 0.02 * pink / pink.std()
+
+
 def harmonic_bursts(f0: float, rng, seconds: float = 3.0, sr: int = 48_000):
     """A speech-like signal: gated harmonic bursts (19 harmonics, pitch
     ``f0`` +- 30 Hz) in pink-ish noise. Returns ``(mix[1, N], speech[N],
     noise[N])``, float32."""
-    t = np.arange(int(seconds * sr)) / sr
-    phase = 2 * np.pi * np.cumsum(f0 + 30 * np.sin(2 * np.pi * 0.7 * t)) / sr
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 20))
-    env = (np.sin(2 * np.pi * 2.1 * t) > 0.2).astype(float)
-    env = np.convolve(env, np.ones(480) / 480, mode="same")
-    speech = 0.2 * voiced * env
-    white = rng.standard_normal(t.size)
-    pink = np.convolve(white, np.exp(-np.arange(64) / 16.0), mode="same")
-    noise = 0.02 * pink / pink.std()
+    t, _f0t, phase, env = _gated_pitch(f0, seconds, sr)
+    speech = _bursts(phase, env)
+    noise = _pink(rng, t.size)
     return (speech + noise)[None, :].astype(np.float32), speech.astype(np.float32), noise.astype(np.float32)
 
 
@@ -35,9 +53,7 @@ def vowel_bursts(f0: float, rng, seconds: float = 3.0, sr: int = 48_000, formant
     (:data:`VOWEL_FORMANTS` times ``formant_scale``: 1.15 for a child-like
     tract), in the same noise at the same SNR as :func:`harmonic_bursts`
     at that ``f0``. Returns ``(mix[1, N], speech[N], noise[N])``, float32."""
-    t = np.arange(int(seconds * sr)) / sr
-    f0t = f0 + 30 * np.sin(2 * np.pi * 0.7 * t)
-    phase = 2 * np.pi * np.cumsum(f0t) / sr
+    t, f0t, phase, env = _gated_pitch(f0, seconds, sr)
     seq = rng.integers(0, len(VOWEL_FORMANTS), int(seconds / 0.24) + 2)
     pos = t / 0.24
     i0 = np.floor(pos).astype(int)
@@ -51,9 +67,8 @@ def vowel_bursts(f0: float, rng, seconds: float = 3.0, sr: int = 48_000, formant
             fj = F[:, j]
             h *= (fj ** 2 + (bw / 2) ** 2) / np.sqrt((fj ** 2 - fk ** 2 + (bw / 2) ** 2) ** 2 + (bw * fk) ** 2)
         voiced += h / k * np.sin(k * phase)
-    env = (np.sin(2 * np.pi * 2.1 * t) > 0.2).astype(float)
-    env = np.convolve(env, np.ones(480) / 480, mode="same")
-    _mix, ref, noise = harmonic_bursts(f0, rng, seconds, sr)
+    noise = _pink(rng, t.size).astype(np.float32)
+    ref = _bursts(phase, env).astype(np.float32)  # the level of harmonic_bursts' speech: the same SNR
     speech = voiced * env
     speech *= np.sqrt(np.mean(ref.astype(np.float64) ** 2) / np.mean(speech ** 2))
     return (speech + noise)[None, :].astype(np.float32), speech.astype(np.float32), noise
