@@ -26,7 +26,9 @@ picks the mixing recipe (1: the first stage of the shipped bundle, 2: no
 digital silence inside examples, some examples start mid-hop, 3: lower
 voices by slowing half the utterances, 4: version 3 from more voices, the
 fillets-ng game dialogue, 5: version 3 plus higher voices, 6: version 5
-plus the Dutch fillets-ng voices; see
+plus the Dutch fillets-ng voices, 7-9: higher voices still, 10: version 9
+plus synthetic scenes (machines, impacts, sirens, wind) in half the
+backgrounds; see
 :func:`make_mixture` and the model card for the two-stage recipe of the
 shipped ``default`` bundle). ``--exclude urbansound8k,nonspeech100`` trains
 a licence-clean model; ``--noise-weights music=0.02`` changes a noise
@@ -38,7 +40,8 @@ en/es/fr G.722 prompts (CC BY-SA 3.0, decoded with PyAV), from mix
 version 4 the Czech and Dutch dialogue of Debian's fillets-ng-data-cs/-nl
 (GPL-2; the two main characters of each, a man and a woman), noise from
 UrbanSound8K folds 1-2 (CC BY-NC 3.0: non-commercial), nonspeech100,
-misc noise beds and music beds, plus synthetic coloured noise. Everything
+misc noise beds and music beds, plus synthetic coloured noise (and from
+mix version 10 synthetic scenes). Everything
 is resampled to 48 kHz once and cached under ``--cache`` (int16 .npy).
 
 The held-out split (never used in training, for the model card and
@@ -445,8 +448,124 @@ def _coloured_noise(rng, n: int) -> np.ndarray:
     return (x / _rms(x)).astype(np.float32)
 
 
-def _noise_segment(rng, corpus: Corpus, n: int) -> np.ndarray:
+#: mix version 10: share of the noise segments that also carry a synthetic
+#: scene (:func:`_scene_noise`), and the share of those that carry it alone
+SCENE_P = 0.5
+SCENE_ALONE_P = 0.3
+#: the kinds of synthetic scene, drawn with equal weight
+SCENE_KINDS = ("machine", "impacts", "siren", "wind")
+
+
+def _shaped_noise(rng, n: int, lo: float, hi: float) -> np.ndarray:
+    """Unit-RMS white noise band-passed to ``lo``..``hi`` Hz (soft edges)."""
+    X = np.fft.rfft(rng.standard_normal(n))
+    f = np.fft.rfftfreq(n, 1 / SR)
+    X *= np.clip((f - lo * 0.7) / (0.3 * lo + 1e-9), 0, 1) * np.clip((hi * 1.3 - f) / (0.3 * hi), 0, 1)
+    x = np.fft.irfft(X, n)
+    return (x / _rms(x)).astype(np.float32)
+
+
+def _slow_envelope(rng, n: int, rate_hz: float, depth_db: float) -> np.ndarray:
+    """A smooth random gain around 1 that moves ``depth_db`` dB at about
+    ``rate_hz``: gusts, a motor's load, a crowd swelling."""
+    k = max(2, int(n / SR * rate_hz) + 2)
+    pts = rng.uniform(-depth_db, 0, k)
+    env = np.interp(np.linspace(0, k - 1, n), np.arange(k), pts)
+    return (10 ** (env / 20)).astype(np.float32)
+
+
+def _wavetable(phase: np.ndarray, amps, phases) -> np.ndarray:
+    """``sum_k amps[k] sin((k+1) phase + phases[k])`` read from one period
+    of it (2048 points, linear interpolation): the cost does not grow with
+    the number of harmonics."""
+    m = 2048
+    w = np.arange(m + 1) * (2 * np.pi / m)
+    table = sum(a * np.sin((k + 1) * w + ph) for k, (a, ph) in enumerate(zip(amps, phases)))
+    pos = (phase * (m / (2 * np.pi))) % m
+    i = pos.astype(np.int64)
+    fr = pos - i
+    return table[i] * (1 - fr) + table[i + 1] * fr
+
+
+def _scene_noise(rng, n: int, kind: str | None = None) -> np.ndarray:
+    """Unit-RMS synthetic noise of one of :data:`SCENE_KINDS` (mix version
+    10), for the kinds of background the few licence-clean recordings lack:
+
+    - ``machine``: a motor, fan, compressor or engine: a steady harmonic
+      series (f0 25-300 Hz, drifting under 2 %, which no voice holds for
+      seconds) over band noise, with a slow load envelope;
+    - ``impacts``: a drill, jackhammer, footsteps, typing, dishes, rain:
+      short decaying band-noise bursts, periodic (3-30 Hz, jittered) or
+      at random times (1-300 per second);
+    - ``siren``: a siren sweeping 400-1800 Hz, or an alarm's beeps
+      (500-4000 Hz tones switched on and off), with a few harmonics;
+    - ``wind``: low-passed noise (100-2000 Hz) in gusts, with rumble.
+    """
+    kind = kind or SCENE_KINDS[int(rng.integers(len(SCENE_KINDS)))]
+    t = np.arange(n) / SR
+    if kind == "machine":
+        f0 = float(np.exp(rng.uniform(np.log(25), np.log(300))))
+        drift = 1 + rng.uniform(-0.02, 0.02) * np.sin(2 * np.pi * rng.uniform(0.05, 0.5) * t + rng.uniform(0, 6.3))
+        phase = 2 * np.pi * f0 * np.cumsum(drift) / SR
+        tilt = rng.uniform(0.5, 2.0)
+        kmax = max(2, min(60, int(6000 / f0)))
+        x = _wavetable(phase, [rng.uniform(0.3, 1) / k ** tilt for k in range(1, kmax + 1)], rng.uniform(0, 6.3, kmax))
+        x = x / _rms(x) + rng.uniform(0.1, 1.5) * _shaped_noise(rng, n, rng.uniform(50, 400), rng.uniform(2000, 16000))
+        x = x * _slow_envelope(rng, n, rng.uniform(0.2, 2), rng.uniform(0, 6))
+    elif kind == "impacts":
+        if rng.random() < 0.5:  # periodic: drill, jackhammer, footsteps, a clock
+            rate = rng.uniform(3, 30)
+            times = np.arange(rng.uniform(0, 1 / rate), n / SR, 1 / rate)
+            times = times + rng.normal(0, 0.08 / rate, times.size)
+        else:  # random: typing, dishes, rain
+            rate = float(np.exp(rng.uniform(np.log(1), np.log(300))))
+            times = np.sort(rng.uniform(0, n / SR, rng.poisson(rate * n / SR) + 1))
+        klen = int(SR * 0.06)
+        tau = rng.uniform(0.001, 0.02)
+        kern = _shaped_noise(rng, klen, rng.uniform(100, 2000), rng.uniform(3000, 20000)) * np.exp(
+            -np.arange(klen) / (SR * tau)).astype(np.float32)
+        pulses = np.zeros(n, np.float32)
+        idx = (times * SR).astype(int)
+        idx = idx[(idx >= 0) & (idx < n)]
+        np.add.at(pulses, idx, 10 ** (rng.uniform(-12, 0, idx.size) / 20))
+        x = np.fft.irfft(np.fft.rfft(pulses, n + klen) * np.fft.rfft(kern, n + klen), n + klen)[:n]
+        x = x / _rms(x) + 10 ** (rng.uniform(-40, -10) / 20) * _shaped_noise(rng, n, 50, 16000)
+    elif kind == "siren":
+        if rng.random() < 0.5:  # a sweeping siren
+            lo, hi = sorted(rng.uniform(400, 1800, 2))
+            per = rng.uniform(0.3, 4)
+            sweep = (np.sin(2 * np.pi * t / per + rng.uniform(0, 6.3)) + 1) / 2 if rng.random() < 0.5 \
+                else (t / per) % 1.0
+            freq = lo + (hi - lo + 50) * sweep
+            gate = np.ones(n)
+        else:  # an alarm's beeps
+            freq = np.full(n, rng.uniform(500, 4000))
+            per = rng.uniform(0.15, 1.5)
+            gate = (((t / per) + rng.uniform(0, 1)) % 1.0 < rng.uniform(0.2, 0.7)).astype(np.float64)
+            k = int(SR * 0.003)
+            gate = np.convolve(gate, np.ones(k) / k, "same")  # no clicks at the edges
+        phase = 2 * np.pi * np.cumsum(freq) / SR
+        x = _wavetable(phase, [rng.uniform(0.1, 1) ** k for k in range(4)], np.zeros(4)) * gate
+        x = x / _rms(x) + 10 ** (rng.uniform(-40, -15) / 20) * _shaped_noise(rng, n, 50, 16000)
+    elif kind == "wind":
+        x = _shaped_noise(rng, n, rng.uniform(20, 80), rng.uniform(100, 2000))
+        x = x * _slow_envelope(rng, n, rng.uniform(0.3, 3), rng.uniform(6, 20))
+    else:
+        raise ValueError(f"scene kind {kind!r}: expected one of {', '.join(SCENE_KINDS)}")
+    return (x / _rms(x)).astype(np.float32)
+
+
+def _noise_segment(rng, corpus: Corpus, n: int, version: int = 2) -> np.ndarray:
+    """The background of one example: one or two noise files (looped when
+    short), each at a random level, and in 40 % of examples coloured
+    noise; from mix version 10 half the segments also carry a synthetic
+    scene (:func:`_scene_noise`), a third of those alone."""
     out = np.zeros(n, np.float32)
+    if version >= 10 and rng.random() < SCENE_P:
+        scene = _scene_noise(rng, n)
+        if rng.random() < SCENE_ALONE_P:
+            return scene
+        out += scene * np.float32(10 ** (rng.uniform(-10, 0) / 20))
     k = 1 if rng.random() < 0.7 else 2
     for _ in range(k):
         i = int(rng.choice(len(corpus.noise_p), p=corpus.noise_p))
@@ -495,7 +614,11 @@ def make_mixture(rng, corpus: Corpus, n: int, snr_range=SNR_RANGE, augment: bool
     voices: half of the utterances not slowed are played 1.1-1.45x as fast
     (pitch and formants higher, as in a child's voice). Version 6 mixes
     exactly as version 5, from the Dutch fillets-ng voices too (a man and
-    a woman; :data:`SPEECH_VERSIONS`)."""
+    a woman; :data:`SPEECH_VERSIONS`). Versions 7-9 play the higher voices
+    higher (:func:`higher_voices`). Version 10 is version 9 plus synthetic
+    scenes in half the backgrounds (:func:`_scene_noise`: machines,
+    impacts, sirens and beeps, wind), for a licence-clean corpus with few
+    noise recordings; versions 1-9 draw exactly as before."""
     r = rng.random()
     speech_on = r >= 0.04  # 4 % noise only
     noise_on = not (0.04 <= r < 0.08) or version >= 2  # v1: 4 % clean speech only
@@ -510,7 +633,7 @@ def make_mixture(rng, corpus: Corpus, n: int, snr_range=SNR_RANGE, augment: bool
         h, _early = _rir(rng)
         s = _fftconv2(s, h, h)[0]
     target = s
-    noise = _noise_segment(rng, corpus, n) if noise_on else np.zeros(n, np.float32)
+    noise = _noise_segment(rng, corpus, n, version) if noise_on else np.zeros(n, np.float32)
     if speech_on and noise_on:
         snr = rng.uniform(*snr_range)
         ps, pn = _rms(s), _rms(noise)
@@ -845,7 +968,7 @@ def weights_licence(groups, parent: dict | None = None) -> dict:
                     "(see the model card)" + gpl}
 
 
-def _train_sources(corpus: "Corpus", exclude=()) -> dict:
+def _train_sources(corpus: "Corpus", exclude=(), version: int = 2) -> dict:
     out = {}
     for kind in ("speech", "noise"):
         groups = {}
@@ -853,6 +976,8 @@ def _train_sources(corpus: "Corpus", exclude=()) -> dict:
             groups[s["group"]] = groups.get(s["group"], 0) + 1
         out[kind] = [f"{_SOURCE_NOTES.get(g, g)}: {n} files" for g, n in sorted(groups.items())]
     out["noise"].append("synthetic coloured noise (tilt -6..+3 dB/oct) and mains hum (generated)")
+    if version >= 10:
+        out["noise"].append("synthetic scenes (generated, mix version 10): machines, impacts, sirens and beeps, wind")
     out["excluded_groups"] = list(exclude)
     out["noise_share"] = {g: round(v, 4) for g, v in corpus.noise_share.items()}
     return out
@@ -1168,7 +1293,7 @@ def train(args) -> pathlib.Path:
             "torch": torch.__version__, "history": hist,
         },
         "data": {
-            "train": _train_sources(corpus, exclude),
+            "train": _train_sources(corpus, exclude, args.mix_version),
             "heldout": heldout_split(args.data),
             "mixing": f"SNR U({args.snr_range[0]:g}, {args.snr_range[1]:g}) dB, level U(-50, -6) dBFS, "
                       "30 % synthetic RIR (RT60 0.15-0.8 s; target reverberant too), 75 % spectral band replication above the source band, 15 % band-limiting "
@@ -1294,7 +1419,7 @@ def main(argv=None) -> int:
     p.add_argument("--keep-weight", type=float, default=1.0,
                    help="in the band-gain term, the weight of a gain below its ideal value (voice removed) "
                         "against one above it (noise left); default 1")
-    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4, 5, 6, 7, 8, 9),
+    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
                    help="mixing recipe (1: the first stage of the default bundle; 2: no digital silence inside "
                         "examples, starts mid-hop; 3: also lower voices, half the utterances slowed 0.6-0.95x; "
                         "4: version 3 from more voices, the fillets-ng dialogue (Debian fillets-ng-data-cs/-nl), "
@@ -1302,7 +1427,8 @@ def main(argv=None) -> int:
                         "played 1.1-1.45x as fast; 6: version 5 from the Dutch fillets-ng voices too "
                         "(fillets-ng-data-nl), a man and a woman; 7: version 5 with the higher voices up to 1.6x; "
                         "8: version 7 with 70 %% of the utterances not slowed played faster; "
-                        "9: version 7 with the higher voices up to 1.75x; see make_mixture)")
+                        "9: version 7 with the higher voices up to 1.75x; 10: version 9 plus synthetic scenes in "
+                        "half the backgrounds: machines, impacts, sirens and beeps, wind; see make_mixture)")
     p.add_argument("--strength-db", type=_strength_arg, default=None, metavar="DB",
                    help="the bundle's default strength_db, the most it attenuates the background, 0-60 dB "
                         "(config.json defaults; default: the --init bundle's, else 15)")

@@ -441,3 +441,61 @@ def test_higher_voice_versions():
     u = np.sin(2 * np.pi * 200 * np.arange(48_000) / 48_000).astype(np.float32)
     fs = [T._respeed(np.random.default_rng(s), u, T.higher_voices(9)[1])[1] for s in range(40)]
     assert 1.1 <= min(fs) and max(fs) <= 1.75 and max(fs) > 1.6
+
+
+def _peak_hz(x: np.ndarray, lo: float = 0.0, hi: float = 24_000.0) -> float:
+    spec = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    f = np.fft.rfftfreq(x.size, 1 / 48_000)
+    band = (f >= lo) & (f <= hi)
+    return float(f[band][np.argmax(spec[band])])
+
+
+def test_scene_noise_kinds():
+    """Mix version 10's synthetic scenes: unit RMS, finite, and each the
+    thing it stands for: a machine's fundamental holds its pitch (no voice
+    holds one for seconds), impacts are impulsive, a siren or beep sits at
+    400-4000 Hz, wind is dark and gusty."""
+    n = 96_000
+    for seed in range(8):
+        for kind in T.SCENE_KINDS:
+            x = T._scene_noise(np.random.default_rng(seed), n, kind)
+            assert x.dtype == np.float32 and x.size == n and np.isfinite(x).all()
+            assert abs(T._rms(x) - 1.0) < 1e-3, (kind, seed)
+        machine = T._scene_noise(np.random.default_rng(seed), n, "machine")
+        a, b = _peak_hz(machine[:n // 2], 20, 400), _peak_hz(machine[n // 2:], 20, 400)
+        assert abs(a - b) <= max(0.04 * a, 4.0), (seed, a, b)  # 2 Hz bins: the pitch drifts under 2 %
+        impacts = T._scene_noise(np.random.default_rng(seed), n, "impacts")
+        z = impacts.astype(np.float64)
+        assert np.mean(z ** 4) / np.mean(z ** 2) ** 2 > 3.5, seed  # heavier peaks than Gaussian noise (3): bursts
+        siren = T._scene_noise(np.random.default_rng(seed), n, "siren")
+        assert 380 <= _peak_hz(siren) <= 4_100, seed
+        wind = T._scene_noise(np.random.default_rng(seed), n, "wind")
+        spec = np.abs(np.fft.rfft(wind)) ** 2
+        f = np.fft.rfftfreq(n, 1 / 48_000)
+        assert (spec * f).sum() / spec.sum() < 3_000, seed
+    with pytest.raises(ValueError, match="scene kind 'rain': expected one of machine, impacts, siren, wind"):
+        T._scene_noise(np.random.default_rng(0), n, "rain")
+
+
+def test_mix_version_10_adds_scenes(data, tmp_path, monkeypatch):
+    """Version 10 puts a synthetic scene into about half the backgrounds;
+    versions up to 9 draw exactly what they did, and the noisy input is
+    still the target plus the background."""
+    cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
+    corpus = T.train_corpus(cache, 10)
+    n = 24_000
+    scenes = []
+    real = T._scene_noise
+    monkeypatch.setattr(T, "_scene_noise", lambda rng, n, kind=None: scenes.append(n) or real(rng, n, kind))
+    for seed in range(40):
+        old = T._noise_segment(np.random.default_rng(seed), corpus, n)
+        v9 = T._noise_segment(np.random.default_rng(seed), corpus, n, 9)
+        assert np.array_equal(old, v9) and not scenes
+    for seed in range(40):
+        v10 = T._noise_segment(np.random.default_rng(seed), corpus, n, 10)
+        assert np.isfinite(v10).all() and v10.shape == (n,)
+    assert 10 <= len(scenes) <= 30, len(scenes)
+    x, s = T.make_batch(np.random.default_rng(4), corpus, n, 6, 10)
+    assert np.isfinite(x).all() and x.shape == s.shape == (6, n)
+    a = T.make_batch(np.random.default_rng(4), corpus, n, 6, 9)
+    assert not np.array_equal(a[0], x)
