@@ -28,7 +28,7 @@ voices by slowing half the utterances, 4: version 3 from more voices, the
 fillets-ng game dialogue, 5: version 3 plus higher voices, 6: version 5
 plus the Dutch fillets-ng voices, 7-9: higher voices still, 10: version 9
 plus synthetic scenes (machines, impacts, sirens, wind) in half the
-backgrounds; see
+backgrounds, 11: in 80 % of them; see
 :func:`make_mixture` and the model card for the two-stage recipe of the
 shipped ``default`` bundle). ``--exclude urbansound8k,nonspeech100`` trains
 a licence-clean model; ``--noise-weights music=0.02`` changes a noise
@@ -451,6 +451,8 @@ def _coloured_noise(rng, n: int) -> np.ndarray:
 #: mix version 10: share of the noise segments that also carry a synthetic
 #: scene (:func:`_scene_noise`), and the share of those that carry it alone
 SCENE_P = 0.5
+#: mix version 11: version 10 with a scene in 80 % of the backgrounds
+SCENE_P_V11 = 0.8
 SCENE_ALONE_P = 0.3
 #: the kinds of synthetic scene, drawn with equal weight
 SCENE_KINDS = ("machine", "impacts", "siren", "wind")
@@ -561,7 +563,7 @@ def _noise_segment(rng, corpus: Corpus, n: int, version: int = 2) -> np.ndarray:
     noise; from mix version 10 half the segments also carry a synthetic
     scene (:func:`_scene_noise`), a third of those alone."""
     out = np.zeros(n, np.float32)
-    if version >= 10 and rng.random() < SCENE_P:
+    if version >= 10 and rng.random() < (SCENE_P_V11 if version >= 11 else SCENE_P):
         scene = _scene_noise(rng, n)
         if rng.random() < SCENE_ALONE_P:
             return scene
@@ -618,7 +620,8 @@ def make_mixture(rng, corpus: Corpus, n: int, snr_range=SNR_RANGE, augment: bool
     higher (:func:`higher_voices`). Version 10 is version 9 plus synthetic
     scenes in half the backgrounds (:func:`_scene_noise`: machines,
     impacts, sirens and beeps, wind), for a licence-clean corpus with few
-    noise recordings; versions 1-9 draw exactly as before."""
+    noise recordings; version 11 puts one in 80 % of them; versions 1-9
+    draw exactly as before."""
     r = rng.random()
     speech_on = r >= 0.04  # 4 % noise only
     noise_on = not (0.04 <= r < 0.08) or version >= 2  # v1: 4 % clean speech only
@@ -1419,7 +1422,7 @@ def main(argv=None) -> int:
     p.add_argument("--keep-weight", type=float, default=1.0,
                    help="in the band-gain term, the weight of a gain below its ideal value (voice removed) "
                         "against one above it (noise left); default 1")
-    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10),
+    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11),
                    help="mixing recipe (1: the first stage of the default bundle; 2: no digital silence inside "
                         "examples, starts mid-hop; 3: also lower voices, half the utterances slowed 0.6-0.95x; "
                         "4: version 3 from more voices, the fillets-ng dialogue (Debian fillets-ng-data-cs/-nl), "
@@ -1428,7 +1431,8 @@ def main(argv=None) -> int:
                         "(fillets-ng-data-nl), a man and a woman; 7: version 5 with the higher voices up to 1.6x; "
                         "8: version 7 with 70 %% of the utterances not slowed played faster; "
                         "9: version 7 with the higher voices up to 1.75x; 10: version 9 plus synthetic scenes in "
-                        "half the backgrounds: machines, impacts, sirens and beeps, wind; see make_mixture)")
+                        "half the backgrounds: machines, impacts, sirens and beeps, wind; 11: version 10 with scenes in 80 %% of "
+                        "the backgrounds; see make_mixture)")
     p.add_argument("--strength-db", type=_strength_arg, default=None, metavar="DB",
                    help="the bundle's default strength_db, the most it attenuates the background, 0-60 dB "
                         "(config.json defaults; default: the --init bundle's, else 15)")

@@ -478,8 +478,8 @@ def test_scene_noise_kinds():
 
 
 def test_mix_version_10_adds_scenes(data, tmp_path, monkeypatch):
-    """Version 10 puts a synthetic scene into about half the backgrounds;
-    versions up to 9 draw exactly what they did, and the noisy input is
+    """Version 10 puts a synthetic scene into about half the backgrounds
+    (version 11: 80 %); versions up to 9 draw exactly what they did, and the noisy input is
     still the target plus the background."""
     cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
     corpus = T.train_corpus(cache, 10)
@@ -495,6 +495,10 @@ def test_mix_version_10_adds_scenes(data, tmp_path, monkeypatch):
         v10 = T._noise_segment(np.random.default_rng(seed), corpus, n, 10)
         assert np.isfinite(v10).all() and v10.shape == (n,)
     assert 10 <= len(scenes) <= 30, len(scenes)
+    scenes.clear()
+    for seed in range(40):  # version 11: a scene in 80 % of them
+        T._noise_segment(np.random.default_rng(seed), corpus, n, 11)
+    assert 26 <= len(scenes) <= 38, len(scenes)
     x, s = T.make_batch(np.random.default_rng(4), corpus, n, 6, 10)
     assert np.isfinite(x).all() and x.shape == s.shape == (6, n)
     a = T.make_batch(np.random.default_rng(4), corpus, n, 6, 9)
