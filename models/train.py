@@ -451,9 +451,9 @@ def _coloured_noise(rng, n: int) -> np.ndarray:
 #: mix version 10: share of the noise segments that also carry a synthetic
 #: scene (:func:`_scene_noise`), and the share of those that carry it alone
 SCENE_P = 0.5
+SCENE_ALONE_P = 0.3
 #: mix version 11: version 10 with a scene in 80 % of the backgrounds
 SCENE_P_V11 = 0.8
-SCENE_ALONE_P = 0.3
 #: the kinds of synthetic scene, drawn with equal weight
 SCENE_KINDS = ("machine", "impacts", "siren", "wind")
 
@@ -560,8 +560,9 @@ def _scene_noise(rng, n: int, kind: str | None = None) -> np.ndarray:
 def _noise_segment(rng, corpus: Corpus, n: int, version: int = 2) -> np.ndarray:
     """The background of one example: one or two noise files (looped when
     short), each at a random level, and in 40 % of examples coloured
-    noise; from mix version 10 half the segments also carry a synthetic
-    scene (:func:`_scene_noise`), a third of those alone."""
+    noise; from mix version 10 half the segments (version 11: 80 %) also
+    carry a synthetic scene (:func:`_scene_noise`), about a third of those
+    alone."""
     out = np.zeros(n, np.float32)
     if version >= 10 and rng.random() < (SCENE_P_V11 if version >= 11 else SCENE_P):
         scene = _scene_noise(rng, n)

@@ -479,8 +479,8 @@ def test_scene_noise_kinds():
 
 def test_mix_version_10_adds_scenes(data, tmp_path, monkeypatch):
     """Version 10 puts a synthetic scene into about half the backgrounds
-    (version 11: 80 %); versions up to 9 draw exactly what they did, and the noisy input is
-    still the target plus the background."""
+    (version 11: 80 %); versions up to 9 draw exactly what they did; the
+    version-10 batches are finite and differ from version 9's."""
     cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
     corpus = T.train_corpus(cache, 10)
     n = 24_000
