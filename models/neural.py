@@ -18,6 +18,17 @@ Signal path per 10 ms hop (480 samples), every channel in one batch:
    Optional (``floor_input``, 0 or 1): each band's level above its noise
    floor, tracked per channel with a fast fall and a slow rise (it sits
    near the level of the band's quietest frames), also to the band encoder.
+   Optional (``pitch_input``, 0 or 1): the periodicity of the signal, as
+   in RNNoise's pitch features. Over a 40 ms buffer of the past signal
+   (rebuilt by overlap-add of the last four windowed frames) the lag of
+   50-500 Hz (96-960 samples) at which the windowed frame best matches
+   the past is found by normalised cross-correlation (FFTs of 2048); the
+   features are that best correlation and, per band, the correlation of
+   the frame's spectrum with the spectrum of the windowed past frame one
+   period back (near 1 in a band that a voice's harmonics fill, near 0 in
+   noise). 33 values, to the band encoder. It resolves periods that the
+   20 ms window's 50 Hz bins cannot (voices below about 100 Hz), and
+   shows periodicity in bands above the fine-structure input's 4.75 kHz.
    ``warm_start`` (0 or 1): the two running means start from a channel's
    first sounding frame (1) or from fixed values (0: -30 dB and 1e-3).
    From fixed values a stream whose spectrum is far from them (a
@@ -98,6 +109,7 @@ DEFAULT_ARCH = {
     "hidden": 160,
     "norm_tau_s": 1.0,
     "warm_start": 0,
+    "pitch_input": 0,
 }
 
 _LE_EPS = 1e-10  # band power floor (-100 dB)
@@ -118,6 +130,13 @@ _G_MIN = 1e-6  # gain clamp before the logit of the per-bin refinement
 #: a frame whose windowed mean square is below this (about -123 dBFS) is
 #: "digital silence": it does not update any state (running means, GRUs)
 SILENT_MS = 5e-13
+#: pitch input: shortest period searched (96 samples: 500 Hz; the longest
+#: is two hops, 960 samples: 50 Hz), the FFT size of the search, and the
+#: floors under the products of energies that normalise the correlations
+_PITCH_MIN_T = 96
+_PITCH_NFFT = 2048
+_PITCH_EPS = 1e-12
+_PITCH_EPS_B = 1e-24
 
 
 def erb_filterbank(n_bands: int = 32, sample_rate: int = SAMPLE_RATE, window: int = 2 * HOP,
@@ -188,7 +207,12 @@ class QCNet(nn.Module):
         if a["warm_start"] not in (0, 1):
             raise ValueError(f"warm_start {a['warm_start']!r} must be 0 or 1")
         self.warm_start = int(a["warm_start"])
-        self.enc = nn.Linear(2 * nb + hb + nb * self.floor_input, a["enc_dim"])
+        if a["pitch_input"] not in (0, 1):
+            raise ValueError(f"pitch_input {a['pitch_input']!r} must be 0 or 1")
+        self.pitch_input = int(a["pitch_input"])
+        if self.pitch_input and a["window"] != 2 * a["hop"]:
+            raise ValueError("pitch_input needs window = 2 * hop")
+        self.enc = nn.Linear(2 * nb + hb + nb * self.floor_input + (nb + 1) * self.pitch_input, a["enc_dim"])
         self.df_enc = nn.Linear(2 * kd, a["df_enc_dim"])
         self.gru1 = nn.GRU(a["enc_dim"] + a["df_enc_dim"], h, batch_first=True)
         self.gru2 = nn.GRU(h, h, batch_first=True)
@@ -255,10 +279,14 @@ class QCNet(nn.Module):
             out.append(m)
         return torch.stack(out, 1)
 
-    def forward(self, X: torch.Tensor, silent: torch.Tensor | None = None):
+    def forward(self, X: torch.Tensor, silent: torch.Tensor | None = None, frames: torch.Tensor | None = None):
         """``X``: complex STFT ``[B, T, F]`` (frames as in the streaming
         path, starting from zero state). Returns the voice spectrum ``V``
         ``[B, T, F]`` and the band gains ``[B, T, n_bands]``.
+
+        ``frames`` (``[B, T, window]``, optional, read only with the pitch
+        input): the windowed time frames whose FFT is ``X``; by default
+        the inverse FFT of ``X`` (the same to float rounding).
 
         ``silent`` (bool ``[B, T]``, optional): frames of digital silence,
         which leave every state (running means, GRU states) as it was, as
@@ -293,6 +321,9 @@ class QCNet(nn.Module):
             f = torch.cat([f, _harm(P[..., :self.harm_bins])], dim=-1)
         if Fl is not None:
             f = torch.cat([f, (lE - Fl).clamp(min=_F_MIN) * 0.05], dim=-1)
+        if self.pitch_input:
+            with torch.no_grad():
+                f = torch.cat([f, self._pitch_frames(X, P, frames)], dim=-1)
         Xl = X[..., :kd]
         xn = Xl * torch.rsqrt(U + _LE_EPS)
         xf = torch.cat([xn.real, xn.imag], dim=-1).clamp(-_XN_MAX, _XN_MAX)
@@ -314,6 +345,59 @@ class QCNet(nn.Module):
         for i in range(1, self.df_order):
             hist.append(torch.cat([Xl.new_zeros(B, i, kd), Xl[:, :T - i]], dim=1))
         return self._heads(y, X, hist, d)
+
+
+    def _pitch_frames(self, X: torch.Tensor, P: torch.Tensor, frames: torch.Tensor | None) -> torch.Tensor:
+        """The pitch features ``[B, T, n_bands + 1]`` of every frame, each
+        from the overlap-added buffer of it and the three frames before it
+        (zeros before the first), as the streaming path builds it."""
+        B, T, F = X.shape
+        W = self.arch["window"]
+        H = W // 2
+        win = torch.from_numpy(_window(W)).to(X.device)
+        xw = torch.fft.irfft(X, n=W, dim=-1) if frames is None else frames
+        A = xw * win  # what each frame adds to the overlap-added buffer
+        pad = A.new_zeros(B, 3, W)
+        Ap = torch.cat([pad, A], dim=1)  # frame t - k is Ap[:, t + 3 - k]
+        zb = torch.cat([Ap[:, 0:T, H:] + Ap[:, 1:T + 1, :H], Ap[:, 1:T + 1, H:] + Ap[:, 2:T + 2, :H],
+                        Ap[:, 2:T + 2, H:] + Ap[:, 3:, :H], Ap[:, 3:, H:]], dim=-1)
+        w2c, ar = _pitch_consts(win)
+        Pb = P @ self.fb_energy + _LE_EPS
+        out = _pitch(xw.reshape(B * T, W), A.reshape(B * T, W), zb.reshape(B * T, 4 * H),
+                     torch.view_as_real(X).reshape(B * T, F, 2), Pb.reshape(B * T, -1), win, self.fb_energy, w2c, ar)
+        return out.reshape(B, T, -1)
+
+
+def _pitch_consts(win: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pitch search's constants: the conjugate FFT of ``win**2`` (the
+    energy of the windowed past frame at every lag in one correlation) and
+    the sample offsets of a frame."""
+    w2c = torch.fft.rfft(win.square(), n=_PITCH_NFFT).conj()
+    return w2c, torch.arange(win.shape[0], device=win.device).unsqueeze(0)
+
+
+def _pitch(xw: torch.Tensor, q: torch.Tensor, zb: torch.Tensor, Xr: torch.Tensor, Pb: torch.Tensor,
+           win: torch.Tensor, fb_e: torch.Tensor, w2c: torch.Tensor, ar: torch.Tensor) -> torch.Tensor:
+    """Pitch features of ``N`` frames: ``xw[N, W]`` the windowed frame,
+    ``q = xw * win``, ``zb[N, 2W]`` the overlap-added past signal whose
+    last ``W`` samples are this frame's, ``Xr[N, F, 2]`` its spectrum,
+    ``Pb[N, nb]`` its band powers (``P @ fb_e + eps``). Returns ``[N, nb +
+    1]``: per band, the correlation (-1..1) of the spectrum with that of
+    the windowed past frame one period back; then the best normalised
+    correlation over the periods 96..W samples."""
+    W = xw.shape[1]
+    n = _PITCH_NFFT
+    nl = zb.shape[1] - W - _PITCH_MIN_T + 1  # lag l compares with the frame l samples into zb: period W - l
+    Q = torch.fft.rfft(q, n=n, dim=-1)
+    S = torch.fft.rfft(torch.stack((zb, zb.square()), 0), n=n, dim=-1)
+    ce = torch.fft.irfft(torch.stack((Q.conj() * S[0], w2c * S[1]), 0), n=n, dim=-1)[..., :nl]
+    ncc = ce[0] * torch.rsqrt(xw.square().sum(1, keepdim=True) * ce[1].clamp(min=0.0) + _PITCH_EPS)
+    best, lag = ncc.max(1)
+    Pr = torch.view_as_real(torch.fft.rfft(zb.gather(1, lag.unsqueeze(1) + ar) * win, dim=-1))
+    num = (Xr * Pr).sum(-1) @ fb_e
+    ep = Pr.square().sum(-1) @ fb_e
+    corr = num * torch.rsqrt(Pb * ep + _PITCH_EPS_B)
+    return torch.cat((corr, best.unsqueeze(1)), 1)
 
 
 def _floor(lE: torch.Tensor, silent: torch.Tensor | None = None) -> torch.Tensor:
@@ -386,7 +470,8 @@ def _gru_held(gru: nn.GRU, z: torch.Tensor, silent: torch.Tensor) -> torch.Tenso
 def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: torch.Tensor,
                 fb_i: torch.Tensor, m: torch.Tensor, u: torch.Tensor, fl: torch.Tensor, fresh: torch.Tensor,
                 h1: torch.Tensor, h2: torch.Tensor, xh: torch.Tensor, ola: torch.Tensor, w: list[torch.Tensor],
-                alpha: float, mix, out: torch.Tensor, branchless: bool = False) -> None:
+                alpha: float, mix, out: torch.Tensor, branchless: bool = False,
+                pbuf: torch.Tensor | None = None) -> None:
     """One streaming hop for all channels, on weights prepared by
     :func:`_prepare_weights` (encoder scalings folded in, GRU input split,
     low-band features interleaved). TorchScript-able.
@@ -396,7 +481,9 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     place (``fl``, the band noise floors, only with the floor input;
     ``fresh``, bool ``[C]``, channels that have not sounded yet, only with
     ``warm_start``, else empty); ``out``:
-    ``[3, C, H]`` receives (output, voice, background).
+    ``[3, C, H]`` receives (output, voice, background); ``pbuf``: with the
+    pitch input, the overlap-added past signal ``[C, 4H]`` (updated every
+    hop, silent or not: it is the signal, not a running estimate).
 
     ``branchless``: no host-side decision on tensor values (for CUDA graph
     capture): the digital-silence hold always goes through ``torch.where``
@@ -413,7 +500,8 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     sil = silent.unsqueeze(1)
     Xr = torch.view_as_real(torch.fft.rfft(xw, dim=1))  # [C, F, 2]
     P = Xr.square().sum(-1)
-    lE = torch.log10(torch.addmm(w[0], P, fb_e)).mul_(10.0).clamp_(max=_LE_MAX)
+    Pb = torch.addmm(w[0], P, fb_e)
+    lE = torch.log10(Pb).mul_(10.0).clamp_(max=_LE_MAX)
     if fresh.numel() > 0 and (branchless or bool(fresh.any())):  # warm start: from the first sounding frame
         st = (fresh & ~silent).unsqueeze(1)
         m.copy_(torch.where(st, lE, m))
@@ -434,6 +522,10 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
         fln = fl + torch.where(dfl < 0, _F_FALL, _F_RISE) * dfl
         fl.copy_(torch.where(sil, fl, fln) if hold else fln)
         e = torch.addmm(e, (lE - fl).clamp_(min=_F_MIN), w[23])
+    if w[24].numel() > 0 and pbuf is not None:  # pitch input
+        q = xw * win
+        pbuf.copy_(torch.cat((pbuf[:, H:3 * H], pbuf[:, 3 * H:] + q[:, :H], q[:, H:]), 1))
+        e = torch.addmm(e, _pitch(xw, q, pbuf, Xr, Pb, win, fb_e, w[25], w[26]), w[24])
     e = torch.relu(e)
     xl = Xr[:, :kd]
     xf = (xl * torch.rsqrt(u + _LE_EPS).unsqueeze(-1)).reshape(C, 2 * kd).clamp_(-_XN_MAX, _XN_MAX)
@@ -492,7 +584,9 @@ def _prepare_weights(net: QCNet) -> list[torch.Tensor]:
     with torch.no_grad():
         We, be = net.enc.weight, net.enc.bias
         hb = net.harm_bins
-        W1, W2, Wh, Wfl = We[:, :nb], We[:, nb:2 * nb], We[:, 2 * nb:2 * nb + hb], We[:, 2 * nb + hb:]
+        nfl = nb * net.floor_input
+        W1, W2, Wh = We[:, :nb], We[:, nb:2 * nb], We[:, 2 * nb:2 * nb + hb]
+        Wfl, Wp = We[:, 2 * nb + hb:2 * nb + hb + nfl], We[:, 2 * nb + hb + nfl:]
         A = 0.05 * W1 + 0.025 * W2  # f = [(lE - m) * 0.05, (lE + 30) * 0.025]
         Bm = -0.05 * W1
         be2 = be + 0.75 * W2.sum(dim=1)
@@ -521,6 +615,11 @@ def _prepare_weights(net: QCNet) -> list[torch.Tensor]:
         Wt = Wh.t()
         w += [0.5 * (Wt - Wt.mean(dim=0, keepdim=True))]
         w += [0.05 * Wfl.t()]  # 23: level above the noise floor ([0, enc_dim] without it)
+        w += [Wp.t()]  # 24: pitch input ([0, enc_dim] without it)
+        if net.pitch_input:  # 25-26: the pitch search's constants
+            w += list(_pitch_consts(torch.from_numpy(_window(net.arch["window"]))))
+        else:
+            w += [torch.zeros(0), torch.zeros(0)]
     return [t.detach().contiguous().clone() for t in w]
 
 
@@ -683,7 +782,7 @@ class NeuralSuppressor(HopSuppressor):
                 self._u.fill_(_U_INIT)
                 self._fl.fill_(_F_INIT)
                 self._fresh.fill_(True)
-                for t in (self._h1, self._h2, self._xh, self._prev, self._ola):
+                for t in (self._h1, self._h2, self._xh, self._prev, self._ola, self._pbuf):
                     t.zero_()
             self.gain_reduction_db = np.zeros(c, np.float32)
             return
@@ -697,6 +796,7 @@ class NeuralSuppressor(HopSuppressor):
         self._xh = torch.zeros(c, net.df_order, net.df_bins, 2, **z)  # low-band history, newest first
         self._prev = torch.zeros(c, H, **z)  # previous input hop
         self._ola = torch.zeros(c, H, **z)  # overlap-add tail
+        self._pbuf = torch.zeros(c, 4 * H * net.pitch_input, **z)  # past signal for the pitch input
         self._win = torch.from_numpy(_window(self.window)).to(dev)
         self._w = [t.to(dev) for t in _prepare_weights(net)]
         self._fb_e = net.fb_energy.to(dev)
@@ -741,7 +841,8 @@ class NeuralSuppressor(HopSuppressor):
         self._d_res = torch.zeros(3 * c + 1, H, device=dev)
         self._mix_t = torch.tensor(getattr(self, "_mix", 1.0), dtype=torch.float32, device=dev)
         self._graph = None
-        state = (self._m, self._u, self._fl, self._fresh, self._h1, self._h2, self._xh, self._prev, self._ola)
+        state = (self._m, self._u, self._fl, self._fresh, self._h1, self._h2, self._xh, self._prev, self._ola,
+                 self._pbuf)
         saved = [t.clone() for t in state]
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
@@ -766,7 +867,7 @@ class NeuralSuppressor(HopSuppressor):
         """One hop on the device tensors (captured into the graph)."""
         _fused_step(self._d_in, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl,
                     self._fresh, self._h1, self._h2, self._xh, self._ola, self._w, self.net.alpha, self._mix_t,
-                    self._out_t, branchless=True)
+                    self._out_t, branchless=True, pbuf=self._pbuf)
         C = self.channels
         o = self._out_t
         self._d_res[:3 * C].copy_(o.reshape(3 * C, self.hop))
@@ -800,7 +901,8 @@ class NeuralSuppressor(HopSuppressor):
                 self.reset_core()
         x = torch.from_numpy(hop)
         _fused_step(x, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl, self._fresh,
-                    self._h1, self._h2, self._xh, self._ola, self._w, self.net.alpha, self._mix, self._out_t)
+                    self._h1, self._h2, self._xh, self._ola, self._w, self.net.alpha, self._mix, self._out_t,
+                    pbuf=self._pbuf)
         C = self.channels
         np.copyto(self._hop_buf, self._out_t.reshape(3 * C, self.hop).numpy())
         # meter: this hop's input (delayed) vs output energy
@@ -846,7 +948,7 @@ class NeuralSuppressor(HopSuppressor):
         xt = torch.from_numpy(xp).to(self.device)
         frames = xt.unfold(1, W, H) * self._win  # [C, T, W]
         X = torch.fft.rfft(frames, dim=-1)
-        V, _ = self.net(X, silent=frames.square().mean(-1) < SILENT_MS)
+        V, _ = self.net(X, silent=frames.square().mean(-1) < SILENT_MS, frames=frames)
         v = overlap_add(V, self._win, H)  # [C, T * H]
         prev = xt[:, :T * H]
         a = self._mix

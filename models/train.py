@@ -1009,7 +1009,7 @@ def widen(net, state: dict) -> list[str]:
     of the new ones (zero weights from new units into old units' gates and
     into every head), the new units keep ``net``'s random initial weights
     (so they carry signal, and the heads' zero weights into them get
-    gradients at once). A new input (``harm_bins``, ``floor_input``) reaches the band
+    gradients at once). A new input (``harm_bins``, ``floor_input``, ``pitch_input``) reaches the band
     encoder through zero weights, which get gradients at once because the
     input carries signal. Returns the names of the tensors that grew."""
     import torch
@@ -1086,7 +1086,8 @@ def train(args) -> pathlib.Path:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     arch = dict(DEFAULT_ARCH, fine_bins=args.fine_bins, harm_bins=args.harm_bins, floor_input=int(args.noise_floor),
-                warm_start=int(args.warm_start), **({"hidden": args.hidden} if args.hidden else {}))
+                warm_start=int(args.warm_start), pitch_input=int(args.pitch_input),
+                **({"hidden": args.hidden} if args.hidden else {}))
     init_cfg = None
     if args.init:
         from .bundle import load_bundle
@@ -1106,26 +1107,32 @@ def train(args) -> pathlib.Path:
         wider = bool(args.hidden) and args.hidden > arch["hidden"]
         harm = args.harm_bins > arch["harm_bins"]
         floor = args.noise_floor and not arch["floor_input"]
+        pitch = args.pitch_input and not arch.get("pitch_input", 0)
+        if (harm or floor) and arch.get("pitch_input", 0):  # the pitch input is the encoder's last
+            raise SystemExit("--harm-bins/--noise-floor: the --init bundle already has the pitch input; "
+                             "add them first")
         if harm and arch["floor_input"]:  # the encoder reads [bands, fine structure, floor]: no room
             raise SystemExit(f"--harm-bins {args.harm_bins}: the --init bundle already has the noise-floor "
                              "input; add the fine-structure input first")
         arch["hidden"] = max(arch["hidden"], args.hidden)
         arch["harm_bins"] = max(arch["harm_bins"], args.harm_bins)
         arch["floor_input"] = int(arch["floor_input"] or args.noise_floor)
+        arch["pitch_input"] = int(arch.get("pitch_input", 0) or args.pitch_input)
         warm = args.warm_start and not arch["warm_start"]
         arch["warm_start"] = int(arch["warm_start"] or args.warm_start)
         if warm:
             log("running means start from each example's first frame (--warm-start); the parent's started "
                 "from fixed values")
         net = QCNet(**arch)
-        if wider or harm or floor:
+        if wider or harm or floor or pitch:
             have = net.state_dict()
             grown = widen(net, {k: v for k, v in ib.state_dict.items() if k in have})
             missing = [k for k in have if k not in ib.state_dict]
             unexpected = [k for k in ib.state_dict if k not in have]
             done = ([f"widened the GRUs to {arch['hidden']} units"] if wider else []) + (
                 [f"added the fine-structure input of {arch['harm_bins']} bins"] if harm else []) + (
-                ["added the noise-floor input"] if floor else [])
+                ["added the noise-floor input"] if floor else []) + (
+                ["added the pitch input"] if pitch else [])
             log(" and ".join(done) + f" ({len(grown)} tensors grew; the output is the parent's until the new "
                 "zero weights learn)")
         else:
@@ -1272,6 +1279,7 @@ def train(args) -> pathlib.Path:
                               + (f" --harm-bins {args.harm_bins}" if args.harm_bins else "")
                               + (" --noise-floor" if args.noise_floor else "")
                               + (" --warm-start" if args.warm_start else "")
+                              + (" --pitch-input" if args.pitch_input else "")
                               + (f" --gain-weight {args.gain_weight:g}" if args.gain_weight != GAIN_WEIGHT else "")
                               + (f" --keep-weight {args.keep_weight:g}" if args.keep_weight != 1.0 else "")
                               + (f" --train-only {args.train_only}" if args.train_only else "")
@@ -1414,6 +1422,11 @@ def main(argv=None) -> int:
                    help="start the running means (band levels, low-band power) from each stream's first "
                         "sounding frame instead of fixed values (the default bundle has it from stage 13); "
                         "with --init, it is switched on in the parent's weights; a bundle that has it keeps it")
+    p.add_argument("--pitch-input", action="store_true",
+                   help="pitch input: the best normalised correlation of each frame with the past signal "
+                        "50-500 Hz back, and per band the correlation one period back (RNNoise's pitch "
+                        "features; off in the shipped bundles); with --init, the bundle's encoder gets it "
+                        "through zero weights, so training starts from the parent's output")
     p.add_argument("--fine-bins", type=int, default=0,
                    help="per-bin gain refinement of the lowest N bins (0 = band gains only; with --init, "
                         "a head the parent lacks is added at zero)")

@@ -29,8 +29,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 DEMO = REPO / "daemon" / "assets" / "demo"
 
 
-# every optional part (deep filter, per-bin refinement, fine-structure and noise-floor inputs, warm start)
-TINY_ARCH = {"df_order": 2, "fine_bins": 48, "harm_bins": 96, "floor_input": 1, "warm_start": 1}
+# every optional part (deep filter, per-bin refinement, fine-structure, noise-floor and pitch inputs, warm start)
+TINY_ARCH = {"df_order": 2, "fine_bins": 48, "harm_bins": 96, "floor_input": 1, "warm_start": 1, "pitch_input": 1}
 
 
 def _random_net(seed: int = 0, **arch) -> QCNet:
@@ -83,17 +83,50 @@ def test_streaming_equals_offline_forward(tiny_bundle, noisy_speechlike, block):
     assert np.max(np.abs(y)) > 0.01
 
 
-@pytest.mark.parametrize("df_order,fine_bins,harm_bins,floor_input,warm_start",
-                         [(0, 0, 0, 0, 0), (1, 0, 0, 0, 0), (3, 0, 0, 0, 0), (0, 64, 0, 0, 0), (0, 0, 96, 0, 0),
-                          (0, 0, 0, 1, 0), (0, 0, 0, 0, 1)])
+@pytest.mark.parametrize("df_order,fine_bins,harm_bins,floor_input,warm_start,pitch_input",
+                         [(0, 0, 0, 0, 0, 0), (1, 0, 0, 0, 0, 0), (3, 0, 0, 0, 0, 0), (0, 64, 0, 0, 0, 0),
+                          (0, 0, 96, 0, 0, 0), (0, 0, 0, 1, 0, 0), (0, 0, 0, 0, 1, 0), (0, 0, 0, 0, 0, 1)])
 def test_streaming_equals_offline_other_archs(tmp_path, noisy_speechlike, df_order, fine_bins, harm_bins, floor_input,
-                                              warm_start):
+                                              warm_start, pitch_input):
     net = _random_net(2, df_order=df_order, fine_bins=fine_bins, harm_bins=harm_bins, floor_input=floor_input,
-                      warm_start=warm_start)
+                      warm_start=warm_start, pitch_input=pitch_input)
     save_bundle(net, {"model": "neural", "arch": net.arch}, tmp_path / "b")
     x = noisy_speechlike[0][:, :30_000]
     offline = _sup(tmp_path / "b").process_offline(x)
     assert np.max(np.abs(_stream(_sup(tmp_path / "b"), x, 65) - offline)) <= 1e-6
+
+
+def test_pitch_input_finds_periodic_bands():
+    """The pitch features: near 1 for a voiced sound, its period (80 Hz,
+    below what the 50 Hz bins resolve) found; near 0 in white noise; the
+    band correlations high where the harmonics are and low in a band
+    that only noise fills."""
+    from quietcast.models.neural import _window
+
+    net = QCNet(pitch_input=1)
+    rng = np.random.default_rng(3)
+    n = 48_000
+    t = np.arange(n) / 48_000
+    voiced = sum(np.sin(2 * np.pi * 80.0 * k * t + rng.uniform(0, 6.3)) / k for k in range(1, 40))  # to 3.1 kHz
+    noise = rng.standard_normal(n)
+    hp = np.fft.irfft(np.fft.rfft(noise) * (np.fft.rfftfreq(n, 1 / 48_000) > 8000), n)  # noise above 8 kHz
+    win = torch.from_numpy(_window(960))
+
+    def feats(x):
+        xt = torch.from_numpy(np.pad(x, (480, 0)).astype(np.float32))[None]
+        X = torch.fft.rfft(xt.unfold(1, 960, 480) * win, dim=-1)
+        return net._pitch_frames(X, X.real.square() + X.imag.square(), None)[0, 10:]  # after the buffer fills
+
+    fv, fn, fm = feats(0.3 * voiced), feats(0.1 * noise), feats(0.3 * voiced + 0.3 * hp)
+    assert fv.shape[-1] == 33
+    assert float(fv[:, -1].min()) > 0.95 and float(fn[:, -1].max()) < 0.4
+    hi = net.fb_energy[170:].sum(0) > 0.9 * net.fb_energy.sum(0)  # the wide bands above 8.5 kHz
+    assert int(hi.sum()) >= 6
+    assert float(fv[:, 1:16].mean()) > 0.9 and float(fn[:, :-1][:, hi].abs().mean()) < 0.2
+    assert float(fm[:, -1].mean()) > 0.5  # the voice's period is still found under the noise
+    assert float(fm[:, :-1][:, hi].abs().mean()) < 0.25 and float(fm[:, 1:16].mean()) > 0.9
+    with pytest.raises(ValueError, match="pitch_input 2 must be 0 or 1"):
+        QCNet(pitch_input=2)
 
 
 def test_warm_start_running_means_start_at_the_first_sound():
@@ -107,11 +140,12 @@ def test_warm_start_running_means_start_at_the_first_sound():
     warm, cold = QCNet(warm_start=1), QCNet()
     a = warm.alpha
     m = warm._ema(x, -30.0, silent)
-    assert torch.equal(m[0, 0], x[0, 0]) and torch.equal(m[2, 0], x[2, 0])
-    assert torch.all(m[1, :5] == -30.0) and torch.equal(m[1, 5], x[1, 5])
+    same = dict(rtol=1e-6, atol=1e-6)  # a * x + (1 - a) * x is x to rounding
+    assert torch.allclose(m[0, 0], x[0, 0], **same) and torch.allclose(m[2, 0], x[2, 0], **same)
+    assert torch.all(m[1, :5] == -30.0) and torch.allclose(m[1, 5], x[1, 5], **same)
     assert torch.allclose(m[1, 6], a * x[1, 5] + (1 - a) * x[1, 6])
     assert torch.equal(m[2, 5], m[2, 2])  # held over the gap, not restarted
-    assert torch.equal(warm._ema(x, -30.0)[:, 0], x[:, 0])
+    assert torch.allclose(warm._ema(x, -30.0)[:, 0], x[:, 0], **same)
     assert torch.allclose(cold._ema(x, -30.0)[:, 0], a * -30.0 + (1 - a) * x[:, 0])
     with pytest.raises(ValueError, match="warm_start"):
         QCNet(warm_start=2)

@@ -61,7 +61,7 @@ def data(tmp_path_factory):
 def _args(data, tmp_path, name: str, **kw) -> argparse.Namespace:
     a = dict(out=str(tmp_path / name), minutes=5.0, max_wall_minutes=5.0, steps=125, stage=0, schedule=None,
              seed=7, batch=2, seconds=0.5, lr=2e-3, threads=1, workers=0, data=str(data), init=None,
-             train_only="", fine_bins=0, hidden=0, harm_bins=0, noise_floor=False, warm_start=False, gain_weight=0.5, keep_weight=1.0,
+             train_only="", fine_bins=0, hidden=0, harm_bins=0, noise_floor=False, warm_start=False, pitch_input=False, gain_weight=0.5, keep_weight=1.0,
              mix_version=3, snr_range=T.SNR_RANGE, exclude="", noise_weights="", cache=str(tmp_path / "cache"),
              ckpt=str(tmp_path / f"{name}.pt"), resume=False, ckpt_every=60.0, eval_every=60.0, log=None,
              strength_db=None)
@@ -303,6 +303,13 @@ def test_training_writes_a_bundle_that_loads_and_runs(data, tmp_path):
     assert b5.state_dict["enc.weight"].shape == b4.state_dict["enc.weight"].shape
     b6 = load_bundle(T.train(_args(data, tmp_path, "warm2", init=str(b5.path), steps=10)))
     assert b6.config["arch"]["warm_start"] == 1
+    # a seventh with the pitch input (33 more encoder inputs, after the floor's)
+    b7 = load_bundle(T.train(_args(data, tmp_path, "pitch", init=str(b6.path), pitch_input=True, steps=30)))
+    assert b7.config["arch"]["pitch_input"] == 1 and b7.state_dict["enc.weight"].shape == (96, 64 + 32 + 33)
+    assert "--pitch-input" in b7.config["training"]["replay_command"]
+    assert float(b7.state_dict["enc.weight"][:, 96:].abs().sum()) > 0  # the new input's weights learnt
+    with pytest.raises(SystemExit, match="already has the pitch input"):
+        T.train(_args(data, tmp_path, "floor2", init=str(b7.path), harm_bins=96))
 
 
 def test_noise_weights_set_each_groups_share(data, tmp_path):
@@ -428,6 +435,15 @@ def test_fine_structure_input_starts_at_the_parents_output_and_learns():
     assert float(both.enc.weight.grad[:, 160:].abs().sum()) > 0
     with pytest.raises(ValueError, match="floor_input 2 must be 0 or 1"):
         QCNet(floor_input=2)
+    # and the pitch input, last of all
+    pitched = QCNet(**dict(DEFAULT_ARCH, hidden=24, harm_bins=96, floor_input=1, pitch_input=1))
+    assert T.widen(pitched, both.state_dict()) == ["enc.weight"]
+    V3, g3 = pitched(X)
+    assert torch.equal(g3, g2) and torch.equal(V3, V2)
+    V3.abs().pow(0.3).mean().backward()
+    assert float(pitched.enc.weight.grad[:, 192:].abs().sum()) > 0
+    with pytest.raises(ValueError, match="pitch_input 2 must be 0 or 1"):
+        QCNet(pitch_input=2)
 
 
 def test_higher_voice_versions():
