@@ -372,7 +372,7 @@ def _pitch_consts(win: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The pitch search's constants: the conjugate FFT of ``win**2`` (the
     energy of the windowed past frame at every lag in one correlation) and
     the sample offsets of a frame."""
-    w2c = torch.fft.rfft(win.square(), n=_PITCH_NFFT).conj()
+    w2c = torch.fft.rfft(win.square(), n=_PITCH_NFFT).conj().resolve_conj()
     return w2c, torch.arange(win.shape[0], device=win.device).unsqueeze(0)
 
 
