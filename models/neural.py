@@ -29,6 +29,9 @@ Signal path per 10 ms hop (480 samples), every channel in one batch:
    noise). 33 values, to the band encoder. It resolves periods that the
    20 ms window's 50 Hz bins cannot (voices below about 100 Hz), and
    shows periodicity in bands above the fine-structure input's 4.75 kHz.
+   Not in a shipped bundle: it costs about 60 % more per hop at one
+   channel, and its one trained arm was slow to cut a strongly periodic
+   noise bed (the default bundle's model card, stage 14).
    ``warm_start`` (0 or 1): the two running means start from a channel's
    first sounding frame (1) or from fixed values (0: -30 dB and 1e-3).
    From fixed values a stream whose spectrum is far from them (a
@@ -64,7 +67,9 @@ Signal path per 10 ms hop (480 samples), every channel in one batch:
 Digital silence (a frame whose windowed mean square is below
 :data:`SILENT_MS`, about -123 dBFS: a muted or not yet started source)
 leaves every state as it was, so a channel that starts, or comes back,
-mid-hop behaves as if the silence had not been there.
+mid-hop behaves as if the silence had not been there. (The pitch input's
+40 ms signal buffer is the exception: it holds the signal, silence
+included.)
 
 Latency, exactly: algorithmic latency ``window - hop`` = 480 samples (10 ms;
 the network itself is causal, no look-ahead frames), plus the 480-sample hop
@@ -345,7 +350,6 @@ class QCNet(nn.Module):
         for i in range(1, self.df_order):
             hist.append(torch.cat([Xl.new_zeros(B, i, kd), Xl[:, :T - i]], dim=1))
         return self._heads(y, X, hist, d)
-
 
     def _pitch_frames(self, X: torch.Tensor, P: torch.Tensor, frames: torch.Tensor | None) -> torch.Tensor:
         """The pitch features ``[B, T, n_bands + 1]`` of every frame, each
