@@ -236,8 +236,6 @@ class QCNet(nn.Module):
             self.gain.bias.fill_(1.0)  # start near "let everything through"
 
     # ------------------------------------------------------------ features
-    def _band_db(self, P: torch.Tensor) -> torch.Tensor:
-        return (10.0 * torch.log10(P @ self.fb_energy + _LE_EPS)).clamp_(max=_LE_MAX)
 
     def _heads(self, y: torch.Tensor, X: torch.Tensor, Xl_hist: list[torch.Tensor], d: torch.Tensor):
         g = torch.sigmoid(self.gain(y))
@@ -299,7 +297,8 @@ class QCNet(nn.Module):
         was trained so)."""
         B, T, F = X.shape
         P = X.real.square() + X.imag.square()
-        lE = self._band_db(P)
+        Pb = P @ self.fb_energy + _LE_EPS  # band powers
+        lE = (10.0 * torch.log10(Pb)).clamp_(max=_LE_MAX)
         kd = self.df_bins
         Pl = P[..., :kd]
         hold = silent is not None and bool(silent.any())
@@ -328,7 +327,7 @@ class QCNet(nn.Module):
             f = torch.cat([f, (lE - Fl).clamp(min=_F_MIN) * 0.05], dim=-1)
         if self.pitch_input:
             with torch.no_grad():
-                f = torch.cat([f, self._pitch_frames(X, P, frames)], dim=-1)
+                f = torch.cat([f, self._pitch_frames(X, Pb, frames)], dim=-1)
         Xl = X[..., :kd]
         xn = Xl * torch.rsqrt(U + _LE_EPS)
         xf = torch.cat([xn.real, xn.imag], dim=-1).clamp(-_XN_MAX, _XN_MAX)
@@ -351,9 +350,10 @@ class QCNet(nn.Module):
             hist.append(torch.cat([Xl.new_zeros(B, i, kd), Xl[:, :T - i]], dim=1))
         return self._heads(y, X, hist, d)
 
-    def _pitch_frames(self, X: torch.Tensor, P: torch.Tensor, frames: torch.Tensor | None) -> torch.Tensor:
-        """The pitch features ``[B, T, n_bands + 1]`` of every frame, each
-        from the overlap-added buffer of it and the three frames before it
+    def _pitch_frames(self, X: torch.Tensor, Pb: torch.Tensor, frames: torch.Tensor | None) -> torch.Tensor:
+        """The pitch features ``[B, T, n_bands + 1]`` of every frame (``Pb``:
+        its band powers plus the floor, as in :meth:`forward`), each from
+        the overlap-added buffer of it and the three frames before it
         (zeros before the first), as the streaming path builds it."""
         B, T, F = X.shape
         W = self.arch["window"]
@@ -366,7 +366,6 @@ class QCNet(nn.Module):
         zb = torch.cat([Ap[:, 0:T, H:] + Ap[:, 1:T + 1, :H], Ap[:, 1:T + 1, H:] + Ap[:, 2:T + 2, :H],
                         Ap[:, 2:T + 2, H:] + Ap[:, 3:, :H], Ap[:, 3:, H:]], dim=-1)
         w2c, ar = _pitch_consts(win)
-        Pb = P @ self.fb_energy + _LE_EPS
         out = _pitch(xw.reshape(B * T, W), A.reshape(B * T, W), zb.reshape(B * T, 4 * H),
                      torch.view_as_real(X).reshape(B * T, F, 2), Pb.reshape(B * T, -1), win, self.fb_energy, w2c, ar)
         return out.reshape(B, T, -1)
@@ -473,21 +472,21 @@ def _gru_held(gru: nn.GRU, z: torch.Tensor, silent: torch.Tensor) -> torch.Tenso
 
 def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: torch.Tensor,
                 fb_i: torch.Tensor, m: torch.Tensor, u: torch.Tensor, fl: torch.Tensor, fresh: torch.Tensor,
-                h1: torch.Tensor, h2: torch.Tensor, xh: torch.Tensor, ola: torch.Tensor, w: list[torch.Tensor],
-                alpha: float, mix, out: torch.Tensor, branchless: bool = False,
-                pbuf: torch.Tensor | None = None) -> None:
+                h1: torch.Tensor, h2: torch.Tensor, xh: torch.Tensor, ola: torch.Tensor, pbuf: torch.Tensor,
+                w: list[torch.Tensor], alpha: float, mix, out: torch.Tensor, branchless: bool = False) -> None:
     """One streaming hop for all channels, on weights prepared by
     :func:`_prepare_weights` (encoder scalings folded in, GRU input split,
     low-band features interleaved). TorchScript-able.
 
     ``hop``: new input ``[C, H]``; ``prev``: the previous input hop (updated
-    to ``hop``); ``m, u, fl, fresh, h1, h2, xh, ola``: state, updated in
+    to ``hop``); ``m, u, fl, fresh, h1, h2, xh, ola, pbuf``: state, updated in
     place (``fl``, the band noise floors, only with the floor input;
     ``fresh``, bool ``[C]``, channels that have not sounded yet, only with
     ``warm_start``, else empty); ``out``:
     ``[3, C, H]`` receives (output, voice, background); ``pbuf``: with the
     pitch input, the overlap-added past signal ``[C, 4H]`` (updated every
-    hop, silent or not: it is the signal, not a running estimate).
+    hop, silent or not: it is the signal, not a running estimate), else
+    empty.
 
     ``branchless``: no host-side decision on tensor values (for CUDA graph
     capture): the digital-silence hold always goes through ``torch.where``
@@ -526,7 +525,7 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
         fln = fl + torch.where(dfl < 0, _F_FALL, _F_RISE) * dfl
         fl.copy_(torch.where(sil, fl, fln) if hold else fln)
         e = torch.addmm(e, (lE - fl).clamp_(min=_F_MIN), w[23])
-    if w[24].numel() > 0 and pbuf is not None:  # pitch input
+    if w[24].numel() > 0:  # pitch input
         q = xw * win
         pbuf.copy_(torch.cat((pbuf[:, H:3 * H], pbuf[:, 3 * H:] + q[:, :H], q[:, H:]), 1))
         e = torch.addmm(e, _pitch(xw, q, pbuf, Xr, Pb, win, fb_e, w[25], w[26]), w[24])
@@ -870,8 +869,8 @@ class NeuralSuppressor(HopSuppressor):
     def _cuda_step(self) -> None:
         """One hop on the device tensors (captured into the graph)."""
         _fused_step(self._d_in, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl,
-                    self._fresh, self._h1, self._h2, self._xh, self._ola, self._w, self.net.alpha, self._mix_t,
-                    self._out_t, branchless=True, pbuf=self._pbuf)
+                    self._fresh, self._h1, self._h2, self._xh, self._ola, self._pbuf, self._w, self.net.alpha,
+                    self._mix_t, self._out_t, branchless=True)
         C = self.channels
         o = self._out_t
         self._d_res[:3 * C].copy_(o.reshape(3 * C, self.hop))
@@ -905,8 +904,8 @@ class NeuralSuppressor(HopSuppressor):
                 self.reset_core()
         x = torch.from_numpy(hop)
         _fused_step(x, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl, self._fresh,
-                    self._h1, self._h2, self._xh, self._ola, self._w, self.net.alpha, self._mix, self._out_t,
-                    pbuf=self._pbuf)
+                    self._h1, self._h2, self._xh, self._ola, self._pbuf, self._w, self.net.alpha, self._mix,
+                    self._out_t)
         C = self.channels
         np.copyto(self._hop_buf, self._out_t.reshape(3 * C, self.hop).numpy())
         # meter: this hop's input (delayed) vs output energy

@@ -1107,8 +1107,8 @@ def train(args) -> pathlib.Path:
         wider = bool(args.hidden) and args.hidden > arch["hidden"]
         harm = args.harm_bins > arch["harm_bins"]
         floor = args.noise_floor and not arch["floor_input"]
-        pitch = args.pitch_input and not arch.get("pitch_input", 0)
-        if (harm or floor) and arch.get("pitch_input", 0):  # the pitch input is the encoder's last
+        pitch = args.pitch_input and not arch["pitch_input"]
+        if (harm or floor) and arch["pitch_input"]:  # the pitch input is the encoder's last
             raise SystemExit("--harm-bins/--noise-floor: the --init bundle already has the pitch input; "
                              "add them first")
         if harm and arch["floor_input"]:  # the encoder reads [bands, fine structure, floor]: no room
@@ -1117,7 +1117,7 @@ def train(args) -> pathlib.Path:
         arch["hidden"] = max(arch["hidden"], args.hidden)
         arch["harm_bins"] = max(arch["harm_bins"], args.harm_bins)
         arch["floor_input"] = int(arch["floor_input"] or args.noise_floor)
-        arch["pitch_input"] = int(arch.get("pitch_input", 0) or args.pitch_input)
+        arch["pitch_input"] = int(arch["pitch_input"] or args.pitch_input)
         warm = args.warm_start and not arch["warm_start"]
         arch["warm_start"] = int(arch["warm_start"] or args.warm_start)
         if warm:

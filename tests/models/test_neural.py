@@ -101,7 +101,7 @@ def test_pitch_input_finds_periodic_bands():
     below what the 50 Hz bins resolve) found; near 0 in white noise; the
     band correlations high where the harmonics are and low in a band
     that only noise fills."""
-    from quietcast.models.neural import _window
+    from quietcast.models.neural import _LE_EPS, _window
 
     net = QCNet(pitch_input=1)
     rng = np.random.default_rng(3)
@@ -115,7 +115,8 @@ def test_pitch_input_finds_periodic_bands():
     def feats(x):
         xt = torch.from_numpy(np.pad(x, (480, 0)).astype(np.float32))[None]
         X = torch.fft.rfft(xt.unfold(1, 960, 480) * win, dim=-1)
-        return net._pitch_frames(X, X.real.square() + X.imag.square(), None)[0, 10:]  # after the buffer fills
+        Pb = (X.real.square() + X.imag.square()) @ net.fb_energy + _LE_EPS
+        return net._pitch_frames(X, Pb, None)[0, 10:]  # after the buffer fills
 
     fv, fn, fm = feats(0.3 * voiced), feats(0.1 * noise), feats(0.3 * voiced + 0.3 * hp)
     assert fv.shape[-1] == 33
@@ -654,7 +655,8 @@ def test_branchless_step_equals_the_branching_step(tiny_bundle, noisy_speechlike
                 m = torch.tensor(mix) if branchless else mix
                 with torch.inference_mode():
                     _fused_step(hop, sup._prev, sup._win, sup._fb_e, sup._fb_i, sup._m, sup._u, sup._fl, sup._fresh,
-                                sup._h1, sup._h2, sup._xh, sup._ola, sup._w, sup.net.alpha, m, sup._out_t, branchless=branchless)
+                                sup._h1, sup._h2, sup._xh, sup._ola, sup._pbuf, sup._w, sup.net.alpha, m, sup._out_t,
+                                branchless=branchless)
                 o.append(sup._out_t.clone())
             outs.append(torch.cat(o, dim=2))
         assert torch.allclose(outs[0], outs[1], atol=1e-6, rtol=0)
