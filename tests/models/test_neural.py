@@ -674,7 +674,8 @@ def test_missing_cuda_falls_back_to_cpu_with_the_reason(tiny_bundle, noisy_speec
     assert s.backend.startswith("cpu (fallback: cuda requested but")
     assert any("running on the CPU" in r.getMessage() for r in caplog.records)
     assert np.array_equal(s.process(x), _sup(tiny_bundle).process(x))
-    assert _sup(tiny_bundle, device="auto").backend == "cpu"
+    # the tiny bundle has a deep filter and the pitch input: the torch step runs, and says why
+    assert _sup(tiny_bundle, device="auto").backend == "cpu [torch step: df_order 2 (the deep filter) is torch-only]"
     with pytest.raises(ValueError, match="allowed: auto, cpu, cuda, cuda:N"):
         _sup(tiny_bundle, device="gpu")
 
@@ -695,7 +696,8 @@ def test_cuda_failure_mid_stream_falls_back_to_cpu(tiny_bundle, noisy_speechlike
     with caplog.at_level("WARNING", logger="quietcast.models.neural"):
         y = s.process(x)
     assert s.device.type == "cpu"
-    assert s.backend == "cpu (fallback: CUDA failed while running: CUDA error: an illegal memory access was encountered)"
+    assert s.backend == ("cpu (fallback: CUDA failed while running: CUDA error: an illegal memory access was "
+                         "encountered) [torch step: df_order 2 (the deep filter) is torch-only]")
     assert any("falling back to the CPU" in r.getMessage() for r in caplog.records)
     assert np.array_equal(y, _sup(tiny_bundle).process(x))  # the first hop failed: a fresh state from there
 
