@@ -24,7 +24,9 @@ in the GPU part keeps the CPU figures).
      aligned mode, as the live engine feeds them) and in blocks of 65,536
      frames (as ``quietcast process`` does); the neural one also through
      ``process_offline`` (the whole array, batched over time: the same
-     output, not a streaming API);
+     output, not a streaming API) and, as ``hops-torch``, in hops through
+     the torch streaming step (``kernel="torch"``: the reference that the
+     compiled C step, which the default runs, reimplements);
    - the peers, one channel each, at their native frame size: RNNoise
      (pyrnnoise's librnnoise, ``rnnoise_process_frame`` called through
      ctypes on 480-sample frames: the C cost without the wrapper's per-frame
@@ -193,7 +195,13 @@ def _frames(X: np.ndarray, frame: int) -> list[np.ndarray]:
 def quietcast_row(model: str, channels: int, mode: str, x: np.ndarray):
     from quietcast.models import create_suppressor
 
-    sup = create_suppressor(model, channels=channels)
+    if mode == "hops-torch":  # the reference torch step, for comparison with the C step the default runs
+        from quietcast.models.neural import NeuralSuppressor
+
+        sup = NeuralSuppressor(channels, kernel="torch")
+        mode = "hops"
+    else:
+        sup = create_suppressor(model, channels=channels)
     X = spread(x, channels, len(x))
     if mode == "hops":
         if hasattr(sup, "set_aligned"):
@@ -207,7 +215,7 @@ def quietcast_row(model: str, channels: int, mode: str, x: np.ndarray):
             return lambda: stream(sup.process, frames)
 
         return fresh, {"frame": HOP, "audio_s": len(frames) * HOP / SR, "kind": "stream",
-                       "how": f"process([{channels}, {HOP}]), aligned"}
+                       "how": f"process([{channels}, {HOP}]), aligned", "backend": getattr(sup, "backend", "-")}
     if mode == "blocks":
         frames = [X[:, i:i + BLOCK] for i in range(0, X.shape[1], BLOCK)]
         sup.process(X[:, :SR])
@@ -345,7 +353,7 @@ PAIR = {("quietcast-neural", "hops", 1), ("rnnoise", "native", 1)}
 def cpu_part(x: np.ndarray, channels: list[int], repeat: int, budget_s: float, systems: set | None) -> dict:
     plan = []
     for model in ("dsp", "neural"):
-        for mode in ("hops", "blocks") + (("offline",) if model == "neural" else ()):
+        for mode in ("hops", "blocks") + (("offline", "hops-torch") if model == "neural" else ()):
             for c in channels:
                 plan.append((f"quietcast-{model}", mode, c, lambda m=model, c=c, md=mode: quietcast_row(m, c, md, x)))
     for name, fn in PEERS.items():
