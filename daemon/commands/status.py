@@ -9,7 +9,8 @@ class Status(Command):
     fixed, declared latency through the daemon, also reported to JACK on
     the ports), ``model``, ``backend`` (where it runs: ``cpu``,
     ``cuda-graph (GPU)``, or ``cpu (fallback: REASON)`` after a GPU
-    problem), ``cycles``, ``xruns``, ``deadline_misses`` and
+    problem; on the CPU, `` [torch step: REASON]`` follows when the neural
+    model runs its torch step instead of the compiled C step), ``cycles``, ``xruns``, ``deadline_misses`` and
     ``missed_frames`` (cycles and frames served by the dry fallback),
     ``hops``, ``late_hops``, ``skipped_hops``, ``hop_time`` (engine p50/p99
     ms), ``callback_load_p50``/``_p99`` (share of a period), ``callback``
