@@ -42,7 +42,8 @@ Signal path per 10 ms hop (480 samples), every channel in one batch:
    and a head of 32 band gains (sigmoid), interpolated to the 481 bins with
    the same triangular filterbank (RNNoise style): ``V = G * X``. 328,768
    parameters with the default hyper-parameters (:data:`DEFAULT_ARCH`);
-   the shipped bundle adds the fine-structure input of 96 bins (337,984).
+   the shipped bundle adds the fine-structure input of 96 bins and has
+   GRUs of 224 units (592,704; 337,984 with 160 units, up to stage 14).
    Optional (``df_order > 0``; off in the shipped bundle): a causal complex
    "deep filter" of that order on the lowest 64 bins, added as a residual,
    ``V = G*X + sum_i C_i * X[t-i]`` (``|Re C|, |Im C| < 1``, zero at
