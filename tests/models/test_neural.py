@@ -536,8 +536,8 @@ def test_default_bundle_suppresses_noise_after_digital_silence(silence):
     """A source that starts after digital silence, on or off the hop grid
     (a live channel unmuted mid-hop): its noise-only lead-in is cut by
     most of the strength (30 dB; measured 29.8-29.9 for stage 15, 29.4-29.9
-    for stage 14, 28.6
-    for stage 13, 29.6 for stage 11) within the first second. The
+    for stage 14, 28.6 for stage 13, 29.6 for stage 11) within the first
+    second. The
     stage-14 arm with the pitch input gave 22.1 dB after 6,146 samples of
     silence, on this strongly periodic noise bed, and did not ship."""
     red = _lead_in_reduction_db("default", silence)
