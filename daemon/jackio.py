@@ -145,37 +145,17 @@ def rt_library() -> tuple[ctypes.CDLL | None, str]:
     return _rt_lib
 
 
-def _load_rt() -> tuple[ctypes.CDLL | None, str]:
-    import importlib.util
+def _declare_rt(lib: ctypes.CDLL) -> None:
+    lib.qc_rt_process.argtypes = [ctypes.c_uint32, ctypes.c_void_p]
+    lib.qc_rt_process.restype = ctypes.c_int
 
-    name = f"{__package__}._rtcallback"
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError) as e:
-        spec, err = None, f": {e}"
-    else:
-        err = ""
-    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
-        return None, (f"{name} is not built{err} (daemon/rtcallback.c is compiled when quietcast is installed; "
-                      "install a C compiler and re-install)")
-    try:
-        lib = ctypes.CDLL(spec.origin)
-        layout = tuple((ctypes.c_int64 * 8).in_dll(lib, "qc_rt_layout"))
-        lib.qc_rt_process.argtypes = [ctypes.c_uint32, ctypes.c_void_p]
-        lib.qc_rt_process.restype = ctypes.c_int
-    except (OSError, AttributeError, ValueError) as e:
-        return None, f"cannot load {spec.origin}: {e}"
-    want = (RT_ABI, ctypes.sizeof(_RT), CYCLES, IN_POS, OUT_READY, DEADLINE_MISSES, MISSED_FRAMES, LATE_START)
-    if layout != want:
-        return None, (f"{spec.origin} was built from another version of rtcallback.c "
-                      f"(layout {layout}, expected {want}); re-install quietcast")
-    src = pathlib.Path(__file__).with_name("rtcallback.c")
-    try:
-        if src.stat().st_mtime > os.stat(spec.origin).st_mtime:  # an editable install whose C file was edited
-            log.warning("%s is older than %s: re-run `pip install -e .` to rebuild it", spec.origin, src)
-    except OSError:
-        pass
-    return lib, spec.origin
+
+def _load_rt() -> tuple[ctypes.CDLL | None, str]:
+    from quietcast.models.native import load_extension
+
+    return load_extension(f"{__package__}._rtcallback", pathlib.Path(__file__).with_name("rtcallback.c"),
+                          "qc_rt_layout", (RT_ABI, ctypes.sizeof(_RT), CYCLES, IN_POS, OUT_READY, DEADLINE_MISSES,
+                                           MISSED_FRAMES, LATE_START), _declare_rt)
 
 
 def _addr(cdata) -> int:

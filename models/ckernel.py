@@ -3,8 +3,9 @@
 ``models/qcstep.c`` is :func:`quietcast.models.neural._fused_step` in plain
 C, one call per hop for all channels. setuptools builds it at install time
 as the optional extension module ``quietcast.models._qcstep`` (no
-``PyInit``: found with importlib, loaded with ctypes, never imported). An
-install without a C compiler has none, and the torch step runs instead.
+``PyInit``: :func:`quietcast.models.native.load_extension` finds and loads
+it). An install without a C compiler has none, and the torch step runs
+instead.
 
 Why: at one channel the torch step is about 60 operator dispatches a hop,
 0.32 ms on one thread, ten times its arithmetic; the C step is the same
@@ -26,12 +27,12 @@ buffer and the gain-reduction meter into its array.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
-import os
 import pathlib
 
 import numpy as np
 import torch
+
+from .native import load_extension
 
 ABI = 1
 BLOCK = 8  # channels per block in qcstep.c (QC_BLK)
@@ -61,43 +62,19 @@ def library() -> tuple[ctypes.CDLL | None, str]:
     return _lib
 
 
-def _load() -> tuple[ctypes.CDLL | None, str]:
-    name = f"{__package__}._qcstep"
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError) as e:
-        spec, err = None, f": {e}"
-    else:
-        err = ""
-    if spec is None or not spec.origin or not os.path.isfile(spec.origin):
-        return None, (f"{name} is not built{err} (models/qcstep.c is compiled when quietcast is installed; "
-                      "install a C compiler and re-install)")
-    try:
-        lib = ctypes.CDLL(spec.origin)
-        layout = tuple((_i64 * 4).in_dll(lib, "qc_nn_layout"))
-        lib.qc_nn_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float]
-        lib.qc_nn_step.restype = ctypes.c_int
-        lib.qc_nn_scratch.argtypes = [ctypes.c_void_p]
-        lib.qc_nn_scratch.restype = _i64
-        for fn in (lib.qc_nn_rfft, lib.qc_nn_irfft):
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-            fn.restype = None
-    except (OSError, AttributeError, ValueError) as e:
-        return None, f"cannot load {spec.origin}: {e}"
-    want = (ABI, ctypes.sizeof(_NN), _NN.scratch.offset, BLOCK)
-    if layout != want:
-        return None, (f"{spec.origin} was built from another version of qcstep.c "
-                      f"(layout {layout}, expected {want}); re-install quietcast")
-    src = pathlib.Path(__file__).with_name("qcstep.c")
-    try:
-        if src.stat().st_mtime > os.stat(spec.origin).st_mtime:  # an editable install whose C file was edited
-            import logging
+def _declare(lib: ctypes.CDLL) -> None:
+    lib.qc_nn_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float]
+    lib.qc_nn_step.restype = ctypes.c_int
+    lib.qc_nn_scratch.argtypes = [ctypes.c_void_p]
+    lib.qc_nn_scratch.restype = _i64
+    for fn in (lib.qc_nn_rfft, lib.qc_nn_irfft):
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        fn.restype = None
 
-            logging.getLogger("quietcast.models.neural").warning(
-                "%s is older than %s: re-run `pip install -e .` to rebuild it", spec.origin, src)
-    except OSError:
-        pass
-    return lib, spec.origin
+
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    return load_extension(f"{__package__}._qcstep", pathlib.Path(__file__).with_name("qcstep.c"), "qc_nn_layout",
+                          (ABI, ctypes.sizeof(_NN), _NN.scratch.offset, BLOCK), _declare)
 
 
 def unsupported(net) -> str | None:

@@ -11,21 +11,10 @@ import torch
 
 from quietcast.models import ckernel
 from quietcast.models.bundle import save_bundle
-from quietcast.models.neural import NeuralSuppressor, QCNet
+from quietcast.models.neural import NeuralSuppressor
+from test_neural import _random_net  # varied gains, a non-zero refinement head
 
 H = 480
-
-
-def _random_net(seed: int, **arch) -> QCNet:
-    torch.manual_seed(seed)
-    net = QCNet(**arch)
-    with torch.no_grad():  # varied gains and a non-zero refinement head
-        if net.fine is not None:
-            net.fine.weight.normal_(0.0, 0.1)
-            net.fine.bias.normal_(0.0, 1.0)
-        net.gain.weight.normal_(0.0, 0.2)
-        net.gain.bias.normal_(0.0, 1.0)
-    return net
 
 
 def _signal(rng, channels: int, n: int) -> np.ndarray:
@@ -150,3 +139,27 @@ def test_c_step_checks_the_hop(rng):
         s.process_hop(np.zeros((1, H), np.float32))
     y = s.process_hop(_signal(rng, 2, H).astype(np.float64))  # other dtypes are converted
     assert y.shape == (2, H) and y.dtype == np.float32
+
+
+def test_without_the_extension_the_torch_step_runs_and_says_why(monkeypatch, rng):
+    """An install without a C compiler has no _qcstep: the torch step runs,
+    with the reason in ``backend``; ``kernel="c"`` refuses, naming it."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.endswith("._qcstep") else real(name, *a))
+    monkeypatch.setattr(ckernel, "_lib", None)
+    s = NeuralSuppressor(1)
+    assert s.backend == ("cpu [torch step: quietcast.models._qcstep is not built (models/qcstep.c is compiled when "
+                         "quietcast is installed; install a C compiler and re-install)]")
+    x = _signal(rng, 1, 9600)
+    monkeypatch.undo()
+    assert np.max(np.abs(s.process(x) - NeuralSuppressor(1).process(x))) <= 1e-5
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.endswith("._qcstep") else real(name, *a))
+    monkeypatch.setattr(ckernel, "_lib", None)
+    with pytest.raises(ValueError, match="_qcstep is not built"):
+        NeuralSuppressor(1, kernel="c")
+    monkeypatch.undo()
+    ckernel._lib = None  # the next caller loads it again
