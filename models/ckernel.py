@@ -108,10 +108,6 @@ def _csr(name: str, a: np.ndarray) -> dict:
             f"{name}_val": np.ascontiguousarray(a[rows, cols], np.float32)}
 
 
-def _ptr(a) -> int:
-    return a.data_ptr() if isinstance(a, torch.Tensor) else a.ctypes.data
-
-
 class CStep:
     """One suppressor's C step: the struct of pointers and the arrays it
     points at (kept alive here). Build a new one whenever the suppressor's
@@ -145,7 +141,7 @@ class CStep:
                   dd=net.df_enc.out_features, nh=net.harm_bins, nfl=net.floor_input, nfine=nf,
                   warm=net.warm_start, nfac=len(fac))
         for n, a in keep.items():
-            setattr(nn_, n, _ptr(a) if a.size else None)
+            setattr(nn_, n, a.ctypes.data if a.size else None)
         for n, t in (("m", sup._m), ("u", sup._u), ("fl", sup._fl), ("fresh", sup._fresh), ("h1", sup._h1),
                      ("h2", sup._h2), ("prev", sup._prev), ("ola", sup._ola)):
             assert t.is_contiguous() and t.device.type == "cpu"

@@ -736,7 +736,6 @@ class NeuralSuppressor(HopSuppressor):
         if kernel not in ("auto", "c", "torch"):
             raise ValueError(f"kernel {kernel!r}: must be 'auto', 'c' or 'torch'")
         self._kernel = kernel
-        self._cstep = None
         self._kernel_why = ""
 
         b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)

@@ -392,12 +392,10 @@ static void block(const struct qc_nn *nn, const float *hop, float mix, int64_t c
         for (int64_t b = 0; b < nb; b++)
             l[b] = minf_(10.0f * log10f(l[b]), nn->le_max);
         float *mc = nn->m + ch * nb, *uc = nn->u + ch * kd;
-        if (nn->warm && nn->fresh[ch]) {
-            if (!silent) {
-                memcpy(mc, l, (size_t)nb * sizeof(float));
-                memcpy(uc, Pc, (size_t)kd * sizeof(float));
-                nn->fresh[ch] = 0;
-            }
+        if (nn->warm && nn->fresh[ch] && !silent) {  /* warm start: from the first sounding frame */
+            memcpy(mc, l, (size_t)nb * sizeof(float));
+            memcpy(uc, Pc, (size_t)kd * sizeof(float));
+            nn->fresh[ch] = 0;
         }
         if (!silent) {
             for (int64_t b = 0; b < nb; b++)
@@ -409,9 +407,7 @@ static void block(const struct qc_nn *nn, const float *hop, float mix, int64_t c
     /* band encoder */
     bias_rows(e, nn->be2, nc, ed);
     mm(e, lE, nb, nn->A, nc, nb, ed);
-    for (int64_t c = 0; c < nc; c++)  /* the running means, gathered for one product */
-        memcpy(g + c * nb, nn->m + (c0 + c) * nb, (size_t)nb * sizeof(float));
-    mm(e, g, nb, nn->Bm, nc, nb, ed);
+    mm(e, nn->m + c0 * nb, nb, nn->Bm, nc, nb, ed);  /* the block's running means are contiguous rows */
     if (nh > 0) {
         for (int64_t c = 0; c < nc; c++)
             for (int64_t k = 0; k < nh; k++)
