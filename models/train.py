@@ -1174,6 +1174,10 @@ def train(args) -> pathlib.Path:
             replay = rec
         args.steps = WARMUP + BLOCK * len(replay)
     step, elapsed0, cpu0, hist, blocks = 0, 0.0, 0.0, [], []
+    # --ema D: an exponential moving average of the weights (each step
+    # ema += (1 - D) (w - ema), from the initial weights); the bundle holds
+    # the average, --raw-out the last step's weights beside it.
+    ema = Ema(net, args.ema) if args.ema else None
     if args.resume and ckpt.exists():
         st = torch.load(ckpt, map_location="cpu", weights_only=True)
         net.load_state_dict(st["net"])
@@ -1182,6 +1186,10 @@ def train(args) -> pathlib.Path:
         torch.set_rng_state(st["torch_rng"])
         step, elapsed0, cpu0 = int(st["step"]), float(st["elapsed"]), float(st["cpu"])
         hist, blocks = json.loads(st["hist"]), json.loads(st["blocks"])
+        if ema is not None:
+            if "ema" not in st:
+                raise SystemExit(f"--resume with --ema: {ckpt} was written without --ema")
+            ema.load_state_dict(st["ema"])
         log(f"resumed from {ckpt} at step {step}")
 
     def save_ckpt():
@@ -1189,7 +1197,8 @@ def train(args) -> pathlib.Path:
         torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "rng": json.dumps(rng.bit_generator.state),
                     "torch_rng": torch.get_rng_state(), "step": step, "elapsed": elapsed(),
                     "cpu": cpu0 + time.process_time() - c_run,
-                    "hist": json.dumps(hist), "blocks": json.dumps(blocks)}, tmp)
+                    "hist": json.dumps(hist), "blocks": json.dumps(blocks),
+                    **({"ema": ema.state_dict()} if ema is not None else {})}, tmp)
         tmp.replace(ckpt)
 
     def elapsed() -> float:
@@ -1234,13 +1243,15 @@ def train(args) -> pathlib.Path:
             lv, parts, gn = train_step(net, opt, *batches.next(), win, hop, hold=args.mix_version >= 2,
                                        gain_weight=args.gain_weight, keep_weight=args.keep_weight)
             step += 1
+            if ema is not None:
+                ema.update(net)
             run_avg = lv if run_avg is None else 0.98 * run_avg + 0.02 * lv
             if step % BLOCK == 0:
                 log(f"step {step} loss {run_avg:.4f} (mag {parts[0]:.4f} cplx {parts[1]:.4f} "
                     f"gain {parts[2]:.4f}) gnorm {gn:.2f} lr {lr:.2e} {elapsed() / max(1, step):.2f} s/step")
             if time.time() - t_eval > args.eval_every * 60:
                 net.eval()
-                imp = _quick_eval(net, val, win, hop)
+                imp = _quick_eval(net if ema is None else ema.model(net), val, win, hop)
                 net.train()
                 hist.append({"step": step, "loss": run_avg, "val_si_sdr_imp_db": round(imp, 3)})
                 log(f"step {step}: held-out SI-SDR improvement {imp:+.2f} dB")
@@ -1251,10 +1262,15 @@ def train(args) -> pathlib.Path:
     finally:
         batches.close()
     net.eval()
+    save_ckpt()
+    raw = net
+    if ema is not None:
+        raw_imp = _quick_eval(net, val, win, hop)
+        net = ema.model(net)
+        log(f"final step {step}: held-out SI-SDR improvement {raw_imp:+.2f} dB (last weights)")
     imp = _quick_eval(net, val, win, hop)
     hist.append({"step": step, "loss": run_avg, "val_si_sdr_imp_db": round(imp, 3)})
-    log(f"final step {step}: held-out SI-SDR improvement {imp:+.2f} dB")
-    save_ckpt()
+    log(f"final step {step}: held-out SI-SDR improvement {imp:+.2f} dB" + (" (weight average)" if ema else ""))
     train_s = elapsed()
     cmd = ["python", "-m", "quietcast.models.train"] + [a for a in sys.argv[1:]]
     lineage = [] if init_cfg is None else _lineage(init_cfg, args.init)
@@ -1283,6 +1299,7 @@ def train(args) -> pathlib.Path:
                               + (f" --gain-weight {args.gain_weight:g}" if args.gain_weight != GAIN_WEIGHT else "")
                               + (f" --keep-weight {args.keep_weight:g}" if args.keep_weight != 1.0 else "")
                               + (f" --train-only {args.train_only}" if args.train_only else "")
+                              + (f" --ema {args.ema:g}" if args.ema else "")
                               + (f" --exclude {args.exclude}" if args.exclude else "")
                               + (f" --noise-weights {args.noise_weights}" if args.noise_weights else "")
                               + (f" --snr-range={args.snr_range[0]:g},{args.snr_range[1]:g}"
@@ -1300,6 +1317,9 @@ def train(args) -> pathlib.Path:
                     f"{args.gain_weight:g} * band sqrt-gain MSE"
                     + (f" (gains below the ideal weighted {args.keep_weight:g}x)" if args.keep_weight != 1.0 else ""),
             "gain_weight": args.gain_weight, "keep_weight": args.keep_weight,
+            "weights": (f"exponential moving average of the weights over the steps (decay {args.ema:g}, "
+                        "from the initial weights)") if args.ema else "the last step's",
+            "ema": args.ema,
             "threads": args.threads, "device": "cpu", "train_seconds": round(train_s, 1),
             "train_cpu_seconds": round(cpu0 + time.process_time() - c_run, 1),
             "torch": torch.__version__, "history": hist,
@@ -1328,6 +1348,12 @@ def train(args) -> pathlib.Path:
             old.unlink()
     out = save_bundle(net, config, args.out)
     log(f"bundle written to {out} ({step} steps, {train_s / 60:.1f} min)")
+    if args.raw_out:
+        rc = json.loads(json.dumps(config))
+        rc["name"] = pathlib.Path(args.raw_out).name
+        rc["training"]["weights"] = "the last step's (the weight average is in " + str(args.out) + ")"
+        rc["training"]["history"][-1]["val_si_sdr_imp_db"] = round(raw_imp if ema is not None else imp, 3)
+        log(f"last step's weights written to {save_bundle(raw, rc, args.raw_out)}")
     return out
 
 
@@ -1378,6 +1404,51 @@ def _strength_arg(text: str) -> float:
     if not lo <= v <= hi:
         raise argparse.ArgumentTypeError(f"--strength-db {text}: expected a number of dB from {lo:g} to {hi:g}")
     return v
+
+
+def _ema_arg(text: str) -> float:
+    """argparse ``type`` of ``--ema``: 0 (none) or a decay per step, 0.9..0.99999."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (v == 0.0 or 0.9 <= v <= 0.99999):
+        raise argparse.ArgumentTypeError(f"--ema {text}: expected 0 (no average) or a decay from 0.9 to 0.99999")
+    return v
+
+
+class Ema:
+    """Exponential moving average of a network's floating-point weights
+    and buffers, kept in float64 so that 1 - decay steps of 1e-5 are not
+    lost to rounding."""
+
+    def __init__(self, net, decay: float):
+        self.decay = float(decay)
+        self.avg = {k: v.detach().double().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+
+    def update(self, net) -> None:
+        import torch
+
+        with torch.no_grad():
+            sd = net.state_dict()
+            for k, a in self.avg.items():
+                a.lerp_(sd[k].detach().double(), 1.0 - self.decay)
+
+    def model(self, net):
+        """A copy of ``net`` holding the averaged weights."""
+        import copy
+
+        m = copy.deepcopy(net)
+        sd = m.state_dict()
+        m.load_state_dict({k: (self.avg[k].to(v.dtype) if k in self.avg else v) for k, v in sd.items()})
+        m.eval()
+        return m
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "avg": self.avg}
+
+    def load_state_dict(self, st: dict) -> None:
+        self.avg = {k: v.double() for k, v in st["avg"].items()}
 
 
 _hidden_arg = _zero_or_range("--hidden", 4096, "the default", "GRU units")
@@ -1464,10 +1535,17 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default="/tmp/quietcast_cache")
     p.add_argument("--ckpt", default=None, help="checkpoint file (default /tmp/quietcast_train_seed<N>.pt)")
     p.add_argument("--resume", action="store_true", help="continue from --ckpt if it exists")
+    p.add_argument("--ema", type=_ema_arg, default=0.0,
+                   help="keep an exponential moving average of the weights with this decay per step "
+                        "(0.9..0.99999; 0, the default, keeps none) and write it as the bundle")
+    p.add_argument("--raw-out", default=None,
+                   help="with --ema: also write the last step's weights as a bundle in this folder")
     p.add_argument("--ckpt-every", type=float, default=3.0, help="minutes")
     p.add_argument("--eval-every", type=float, default=5.0, help="minutes")
     p.add_argument("--log", default=None, help="also append the log to this file")
     args = p.parse_args(argv)
+    if args.raw_out and not args.ema:
+        p.error("--raw-out: the last step's weights are the bundle itself without --ema; give --ema too")
     if args.max_wall_minutes is None:
         args.max_wall_minutes = 1.5 * args.minutes
     if args.workers is None:

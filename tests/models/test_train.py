@@ -64,7 +64,7 @@ def _args(data, tmp_path, name: str, **kw) -> argparse.Namespace:
              train_only="", fine_bins=0, hidden=0, harm_bins=0, noise_floor=False, warm_start=False, pitch_input=False, gain_weight=0.5, keep_weight=1.0,
              mix_version=3, snr_range=T.SNR_RANGE, exclude="", noise_weights="", cache=str(tmp_path / "cache"),
              ckpt=str(tmp_path / f"{name}.pt"), resume=False, ckpt_every=60.0, eval_every=60.0, log=None,
-             strength_db=None)
+             strength_db=None, ema=0.0, raw_out=None)
     a.update(kw)
     return argparse.Namespace(**a)
 
@@ -310,6 +310,52 @@ def test_training_writes_a_bundle_that_loads_and_runs(data, tmp_path):
     assert float(b7.state_dict["enc.weight"][:, 96:].abs().sum()) > 0  # the new input's weights learnt
     with pytest.raises(SystemExit, match="already has the pitch input"):
         T.train(_args(data, tmp_path, "floor2", init=str(b7.path), harm_bins=96))
+
+
+def test_weight_average_is_the_bundle_and_leaves_the_training_alone(data, tmp_path):
+    """--ema: the same run's last weights (--raw-out) equal a run without
+    the average bit for bit; the bundle holds the average, which differs
+    from them, and its config says so and replays with --ema."""
+    plain = load_bundle(T.train(_args(data, tmp_path, "plain", steps=110)))
+    avg = load_bundle(T.train(_args(data, tmp_path, "avg", steps=110, ema=0.95, raw_out=str(tmp_path / "raw"))))
+    raw = load_bundle(tmp_path / "raw")
+    for k in plain.state_dict:
+        assert torch.equal(plain.state_dict[k], raw.state_dict[k]), k
+    moved = [k for k in plain.state_dict if not torch.equal(plain.state_dict[k], avg.state_dict[k])]
+    assert "gain.weight" in moved and len(moved) >= len(plain.state_dict) - 2
+    tr = avg.config["training"]
+    assert tr["ema"] == 0.95 and "moving average" in tr["weights"] and "--ema 0.95" in tr["replay_command"]
+    assert raw.config["training"]["weights"].startswith("the last step's") and raw.config["name"] == "raw"
+    assert plain.config["training"]["weights"] == "the last step's"
+    with pytest.raises(SystemExit):
+        T.main(["--raw-out", str(tmp_path / "r2")])
+
+
+def test_ema_follows_its_formula():
+    """Ema: avg <- avg + (1 - d) (w - avg) per update, from the first weights."""
+    net = torch.nn.Linear(3, 2)
+    w0 = net.weight.detach().double().clone()
+    e = T.Ema(net, 0.9)
+    want = w0.clone()
+    for i in range(5):
+        with torch.no_grad():
+            net.weight.add_(float(i + 1))
+        e.update(net)
+        want = want + 0.1 * (net.weight.detach().double() - want)
+    assert torch.allclose(e.avg["weight"], want, atol=1e-12)
+    m = e.model(net)
+    assert torch.allclose(m.weight.double(), want, atol=1e-6) and not torch.equal(m.weight, net.weight)
+    e2 = T.Ema(torch.nn.Linear(3, 2), 0.9)
+    e2.load_state_dict(e.state_dict())
+    assert torch.equal(e2.avg["weight"], e.avg["weight"])
+
+
+@pytest.mark.parametrize("bad", ["0.5", "1", "x", "-0.99"])
+def test_cli_names_a_bad_ema(capsys, bad):
+    with pytest.raises(SystemExit):
+        T.main(["--ema", bad])
+    err = capsys.readouterr().err
+    assert f"--ema {bad}" in err and "0.9 to 0.99999" in err
 
 
 def test_noise_weights_set_each_groups_share(data, tmp_path):
