@@ -436,7 +436,7 @@ def test_default_bundle_keeps_higher_real_voices(speed, min_gain):
     about 260 and 300 Hz: a high woman's voice, a child's) in its noise
     at 20 dB SNR, at the default strength. There is little noise to take,
     so cutting the voice shows: SI-SDR must still go up by ``min_gain``.
-    Measured: stage 15 +4.8 and +4.5 dB; stage 14 +4.6 and +4.5; stage 13
+    Measured: stage 17 +4.9 and +4.7 dB; stage 15 +4.8 and +4.5; stage 14 +4.6 and +4.5; stage 13
     +4.5 and +4.3; stage 11 +4.5 and +3.1; stage 10's weights at the same
     30 dB strength +4.3 and +2.1 (at 15 dB: +4.0 and +2.4)."""
     from scipy.signal import resample_poly
@@ -463,8 +463,9 @@ def test_default_bundle_keeps_formant_voices(f0):
     """:func:`signals.vowel_bursts`, the harmonic bursts through a vocal
     tract (a child-like one, formants x1.15, at 250 and 320 Hz), at the
     default strength: they must come through at least as clean as they
-    went in (three draws each, the worst counts). Measured for stage 15,
-    worst gain: +2.0 (95 Hz), +4.1 (250 Hz), +3.0 dB (320 Hz); stage 14
+    went in (three draws each, the worst counts). Measured for stage 17,
+    worst gain: +1.9 (95 Hz), +4.3 (250 Hz), +2.75 dB (320 Hz); stage 15
+    +2.0, +4.1 and +3.0; stage 14
     +1.7, +3.9 and +1.8; stage 13 +1.7, +3.7 and +1.5; stage 11 gave
     -0.2 dB at 320 Hz and would fail."""
     worst = _worst_formant_gain("default", f0)
@@ -491,7 +492,8 @@ def test_default_bundle_cuts_a_high_passed_bed_from_its_start():
     less in its first half second than later (the demo clip's lead-in:
     12.2 dB from 50 to 250 ms, 16.5 dB to 0.5 s, 29.9 dB unfiltered). The
     shipped bundle starts them from the first sounding frame
-    (``warm_start``). Measured for stage 15: 20.5 and 25.8 dB (stage 14:
+    (``warm_start``). Measured for stage 17: 29.0 and 29.7 dB (stage 15:
+    20.5 and 25.8; stage 14:
     19.7 and 28.6; stage 13: 18.4 and 27.1). The stage-14 arm with the pitch input gave 15.4 and
     21.9 and did not ship (model card)."""
     early, later = _high_passed_lead_in_db("default")
@@ -535,7 +537,7 @@ def _demo_clip():
 def test_default_bundle_suppresses_noise_after_digital_silence(silence):
     """A source that starts after digital silence, on or off the hop grid
     (a live channel unmuted mid-hop): its noise-only lead-in is cut by
-    most of the strength (30 dB; measured 29.8-29.9 for stage 15, 29.4-29.9
+    most of the strength (30 dB; measured 29.8-29.9 for stages 17 and 15, 29.4-29.9
     for stage 14, 28.6 for stage 13, 29.6 for stage 11) within the first
     second. The
     stage-14 arm with the pitch input gave 22.1 dB after 6,146 samples of
