@@ -1262,15 +1262,15 @@ def train(args) -> pathlib.Path:
     finally:
         batches.close()
     net.eval()
-    save_ckpt()
-    raw = net
+    final = net  # what the bundle holds: the last weights, or their average with --ema
     if ema is not None:
         raw_imp = _quick_eval(net, val, win, hop)
-        net = ema.model(net)
         log(f"final step {step}: held-out SI-SDR improvement {raw_imp:+.2f} dB (last weights)")
-    imp = _quick_eval(net, val, win, hop)
+        final = ema.model(net)
+    imp = _quick_eval(final, val, win, hop)
     hist.append({"step": step, "loss": run_avg, "val_si_sdr_imp_db": round(imp, 3)})
     log(f"final step {step}: held-out SI-SDR improvement {imp:+.2f} dB" + (" (weight average)" if ema else ""))
+    save_ckpt()
     train_s = elapsed()
     cmd = ["python", "-m", "quietcast.models.train"] + [a for a in sys.argv[1:]]
     lineage = [] if init_cfg is None else _lineage(init_cfg, args.init)
@@ -1346,14 +1346,14 @@ def train(args) -> pathlib.Path:
         old = pathlib.Path(args.out) / "base_config.json"  # the two-stage layout before lineage
         if old.exists():
             old.unlink()
-    out = save_bundle(net, config, args.out)
+    out = save_bundle(final, config, args.out)
     log(f"bundle written to {out} ({step} steps, {train_s / 60:.1f} min)")
     if args.raw_out:
         rc = json.loads(json.dumps(config))
         rc["name"] = pathlib.Path(args.raw_out).name
         rc["training"]["weights"] = "the last step's (the weight average is in " + str(args.out) + ")"
         rc["training"]["history"][-1]["val_si_sdr_imp_db"] = round(raw_imp if ema is not None else imp, 3)
-        log(f"last step's weights written to {save_bundle(raw, rc, args.raw_out)}")
+        log(f"last step's weights written to {save_bundle(net, rc, args.raw_out)}")
     return out
 
 

@@ -147,18 +147,20 @@ def test_without_the_extension_the_torch_step_runs_and_says_why(monkeypatch, rng
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name.endswith("._qcstep") else real(name, *a))
-    monkeypatch.setattr(ckernel, "_lib", None)
+
+    def without_extension():
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: None if name.endswith("._qcstep") else real(name, *a))
+        monkeypatch.setattr(ckernel, "_lib", None)
+
+    without_extension()
     s = NeuralSuppressor(1)
     assert s.backend == ("cpu [torch step: quietcast.models._qcstep is not built (models/qcstep.c is compiled when "
                          "quietcast is installed; install a C compiler and re-install)]")
     x = _signal(rng, 1, 9600)
     monkeypatch.undo()
     assert np.max(np.abs(s.process(x) - NeuralSuppressor(1).process(x))) <= 1e-5
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name.endswith("._qcstep") else real(name, *a))
-    monkeypatch.setattr(ckernel, "_lib", None)
+    without_extension()
     with pytest.raises(ValueError, match="_qcstep is not built"):
         NeuralSuppressor(1, kernel="c")
     monkeypatch.undo()

@@ -321,6 +321,9 @@ def test_weight_average_is_the_bundle_and_leaves_the_training_alone(data, tmp_pa
     raw = load_bundle(tmp_path / "raw")
     for k in plain.state_dict:
         assert torch.equal(plain.state_dict[k], raw.state_dict[k]), k
+    st = torch.load(tmp_path / "avg.pt", weights_only=True)  # --resume goes on from the last weights
+    assert all(torch.equal(st["net"][k], raw.state_dict[k]) for k in raw.state_dict) and st["ema"]["decay"] == 0.95
+    assert json.loads(st["hist"]) == avg.config["training"]["history"]  # with the final record
     moved = [k for k in plain.state_dict if not torch.equal(plain.state_dict[k], avg.state_dict[k])]
     assert "gain.weight" in moved and len(moved) >= len(plain.state_dict) - 2
     tr = avg.config["training"]
