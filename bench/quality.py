@@ -215,8 +215,10 @@ def _nsnet2():
     return run, None
 
 
-def systems(bundle: str, strengths=(), compare=()) -> dict:
+def systems(bundle: str, strengths=(), compare=(), pitch_filters=()) -> dict:
     extra = {f"quietcast-neural@{s:g}dB": _quietcast("neural", bundle=bundle, strength_db=s) for s in strengths}
+    for k in pitch_filters:
+        extra[f"quietcast-neural pitch_filter={k:g}"] = _quietcast("neural", bundle=bundle, pitch_filter=k)
     for label, other in compare:  # other bundles, side by side (their default strength)
         extra[f"quietcast-neural[{label}]"] = _quietcast("neural", bundle=other)
     return {
@@ -474,6 +476,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="skip PESQ and DNSMOS")
     p.add_argument("--no-dnsmos", action="store_true", help="skip DNSMOS")
     p.add_argument("--strengths", default="", help="extra neural rows at these strength_db values, e.g. 25,40")
+    p.add_argument("--pitch-filters", default="",
+                   help="extra neural rows at these pitch_filter values (0..1), e.g. 0,1")
     p.add_argument("--compare", default="",
                    help="extra neural bundles in the same run: LABEL=BUNDLE_NAME_OR_FOLDER,... "
                         "(rows quietcast-neural[LABEL])")
@@ -520,13 +524,14 @@ def main(argv=None) -> int:
         rows["clean"] = [dnsmos_scores(m["clean"][SKIP:], dns) for m in mixes]
         result["systems"]["clean"] = {"status": "ok", "delay": 0, "per_mixture": rows["clean"]}
     strengths = [float(v) for v in args.strengths.split(",") if v.strip()]
+    pitch_filters = [float(v) for v in args.pitch_filters.split(",") if v.strip()]
     compare = []
     for item in filter(None, (v.strip() for v in args.compare.split(","))):
         label, sep, path = item.partition("=")
         if not sep or not label or not path:
             p.error(f"--compare {item!r}: expected LABEL=BUNDLE")
         compare.append((label, path))
-    for name, make in systems(args.bundle, strengths, compare).items():
+    for name, make in systems(args.bundle, strengths, compare, pitch_filters).items():
         if wanted and name not in wanted:
             continue
         try:

@@ -530,6 +530,9 @@ DENOISE_PARAMS = ParamSet.of(
     Param("strength", "float", 1.0, 0.0, 1.0, doc="share of max_attenuation_db to allow (fader)"),
     Param("max_attenuation_db", "float", None, 0.0, 60.0, "dB",
           doc="largest attenuation of noise at strength 1 (default: the model's own)"),
+    Param("pitch_filter", "float", None, 0.0, 1.0,
+          doc="strength of the pitch (comb) filter that cleans between a voice's harmonics, neural models only "
+              "(default: the model's own; 0 = off)"),
 )
 
 
@@ -541,7 +544,7 @@ class DenoiseStage(Stage):
     type_name = "denoise"
 
     def __init__(self, name, sample_rate, channels, model="default", strength=1.0, max_attenuation_db=None,
-                 whole_hops: bool = False, device: str = "cpu"):
+                 whole_hops: bool = False, device: str = "cpu", pitch_filter=None):
         super().__init__(name, sample_rate, channels, DENOISE_PARAMS)
         from quietcast.models import create_suppressor
 
@@ -554,6 +557,12 @@ class DenoiseStage(Stage):
             max_attenuation_db = float(self.suppressor.PARAMS["strength_db"][2])
         self.values = {"model": model, "strength": strength, "max_attenuation_db": max_attenuation_db}
         self._apply_strength()
+        if "pitch_filter" in self.suppressor.PARAMS:
+            if pitch_filter is not None:
+                self.suppressor.set_param("pitch_filter", pitch_filter)
+            self.values["pitch_filter"] = float(self.suppressor.get_param("pitch_filter"))
+        elif pitch_filter is not None:
+            raise ParameterError(f"{self.name}.pitch_filter", f"model {model!r} has no pitch filter (neural models do)")
         sr = self.sample_rate
         if sr == self.suppressor.sample_rate:
             self._resampled = False
@@ -578,6 +587,12 @@ class DenoiseStage(Stage):
     def _apply_param(self, name, value):
         if name == "model":
             raise ParameterError(f"{self.name}.model", "cannot be changed while running; load a new chain")
+        if name == "pitch_filter":
+            if "pitch_filter" not in self.suppressor.PARAMS:
+                raise ParameterError(f"{self.name}.pitch_filter", f"model {self.model!r} has no pitch filter")
+            self.suppressor.set_param("pitch_filter", value)
+            self.values[name] = value
+            return
         self.values[name] = value
         self._apply_strength()
 

@@ -176,6 +176,8 @@ def cmd_models(args) -> int:
                      "latency_samples": sup.latency, "latency_ms": 1000.0 * sup.latency / sup.sample_rate,
                      # what engine.max_attenuation_db and a chain's denoise stage use when left out
                      "default_strength_db": sup.PARAMS["strength_db"][2] if "strength_db" in sup.PARAMS else None,
+                     # engine.pitch_filter and a denoise stage's, when left out (neural models)
+                     "default_pitch_filter": sup.PARAMS["pitch_filter"][2] if "pitch_filter" in sup.PARAMS else None,
                      "bundle": str(bundle.path) if bundle is not None else None,
                      "commercial_use": None if lic is None else lic["commercial_use"],
                      "copyleft": [] if lic is None else lic.get("copyleft", []),
@@ -190,6 +192,8 @@ def cmd_models(args) -> int:
                 lic = "; weights: " + ("commercial use allowed" if r["commercial_use"] else "NON-COMMERCIAL only")
                 lic += " (GPL training data)" if r["copyleft"] else ""
             strength = f", strength {r['default_strength_db']:g} dB" if r["default_strength_db"] else ""
+            if r["default_pitch_filter"] is not None:
+                strength += f", pitch filter {r['default_pitch_filter']:g}"
             print(f"{r['name']:<13}{alias:<10} {r['sample_rate']} Hz, latency {r['latency_samples']} samples = "
                   f"{r['latency_ms']:.1f} ms{strength}{lic}")
     return EXIT_OK

@@ -20,6 +20,8 @@ The file (the shipped example is ``daemon/default.toml``, see
     threads = 1                     # 1..64 torch/numpy threads for the engine
     device = "auto"                 # auto (a CUDA GPU when present, else the CPU), cpu, cuda or cuda:N;
                                     # a GPU that is missing or fails falls back to the CPU (logged, in status)
+    # pitch_filter = 0.5            # 0..1, the neural model's pitch (comb) filter between a voice's harmonics;
+                                    # left out, the model's own (quietcast models); 0 = off
 
     [[channel]]                     # one or more (at most 256)
     name = "host"                   # [a-z][a-z0-9_]{0,31}, unique; ports are host_in, host_out
@@ -266,6 +268,10 @@ ENGINE_KEYS_STATIC: tuple[Key, ...] = (
     Key(Param("device", "str", "auto", doc="where the suppressor runs: auto (a CUDA GPU when present), cpu, cuda, "
                                            "cuda:N; a missing or failing GPU falls back to the CPU (logged)"),
         extra=_device_rule, rule="auto, cpu, cuda or cuda:N"),
+    Key(Param("pitch_filter", "float", None, 0.0, 1.0,
+              doc="strength of the neural model's pitch (comb) filter, which cleans between a voice's harmonics; "
+                  "left out, the model's own (quietcast models); 0 = off"),
+        default_text="model's"),
 )
 
 
@@ -362,6 +368,7 @@ class EngineConfig:
     max_backlog_ms: float = 500.0
     threads: int = 1
     device: str = "auto"
+    pitch_filter: float | None = None  # None: the model's own
 
 
 @dataclass(frozen=True)

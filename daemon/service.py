@@ -124,6 +124,7 @@ class Daemon:
             e = self.config.engine
             new = Engine(self._channel_specs(), sample_rate, model=e.model, max_attenuation_db=e.max_attenuation_db,
                          safety_ms=e.safety_ms, max_backlog_ms=e.max_backlog_ms, device=e.device,
+                         pitch_filter=e.pitch_filter,
                          **self.engine_options)
             new.registry = self.registry
             self.registry.reapply(new)

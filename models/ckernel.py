@@ -34,16 +34,17 @@ import torch
 
 from .native import load_extension
 
-ABI = 1
+ABI = 2
 BLOCK = 8  # channels per block in qcstep.c (QC_BLK)
+MAX_BANDS = 128  # QC_MAXB
 
 _f = ctypes.POINTER(ctypes.c_float)
 _i64 = ctypes.c_int64
-_INTS = ["abi", "C", "H", "nb", "kd", "hh", "ed", "dd", "nh", "nfl", "nfine", "warm", "nfac"]
+_INTS = ["abi", "C", "H", "nb", "kd", "hh", "ed", "dd", "nh", "nfl", "nfine", "warm", "nfac", "M2", "nfac2"]
 _CONST = ["fac", "win", "tw", "rtw", "fe_ptr", "fe_idx", "fe_val", "fi_ptr", "fi_idx", "fi_val", "A", "Bm", "be2", "Wd", "bd", "W6", "W7", "b8", "W9", "b10",
-          "W11", "b12", "W13", "b14", "W15", "b16", "W19", "W20", "b21", "W22", "W23"]
-_STATE = ["m", "u", "fl", "fresh", "h1", "h2", "prev", "ola", "out", "gr", "scratch"]
-_FLOATS = ["alpha", "le_eps", "le_max", "xn_max", "f_fall", "f_rise", "f_min", "g_min", "silent_ms"]
+          "W11", "b12", "W13", "b14", "W15", "b16", "W19", "W20", "b21", "W22", "W23", "fac2", "tw2", "rtw2", "w2c"]
+_STATE = ["m", "u", "fl", "fresh", "h1", "h2", "prev", "ola", "pbuf", "out", "gr", "scratch"]
+_FLOATS = ["alpha", "le_eps", "le_max", "xn_max", "f_fall", "f_rise", "f_min", "g_min", "silent_ms", "pf"]
 
 
 class _NN(ctypes.Structure):
@@ -83,6 +84,8 @@ def unsupported(net) -> str | None:
         return f"df_order {net.df_order} (the deep filter) is torch-only"
     if net.pitch_input:
         return "the pitch input is torch-only"
+    if net.n_bands > MAX_BANDS:
+        return f"{net.n_bands} bands (the C step takes at most {MAX_BANDS})"
     return None
 
 
@@ -120,16 +123,24 @@ class CStep:
             raise ValueError(why)
         self._lib = lib
         H, C = sup.hop, sup.channels
-        w = [t.detach().to(torch.float32).contiguous().numpy() for t in sup._w]
+        w = [t.detach().to(torch.float32).contiguous().numpy() for t in sup._w[:24]]  # 25-26: the torch pitch search's
         M = H
         fac = np.array(_factors(M), np.int64)
         j = np.arange(M)
         tw = np.exp(-2j * np.pi * j / M).astype(np.complex64).view(np.float32)
         k = np.arange(M + 1)
         rtw = np.exp(-2j * np.pi * k / (2 * M)).astype(np.complex64).view(np.float32)
+        # the pitch search: FFTs of 4H real points (complex M2 = 2H)
+        M2 = 2 * H
+        fac2 = np.array(_factors(M2), np.int64)
+        tw2 = np.exp(-2j * np.pi * np.arange(M2) / M2).astype(np.complex64).view(np.float32)
+        rtw2 = np.exp(-2j * np.pi * np.arange(M2 + 1) / (2 * M2)).astype(np.complex64).view(np.float32)
+        win = sup._win.numpy().astype(np.float64)
+        w2c = np.conj(np.fft.rfft(win * win, n=2 * M2)).astype(np.complex64).view(np.float32)
         nf = net.fine_bins
         keep = {
             "fac": fac, "win": sup._win.numpy(), "tw": tw, "rtw": rtw,
+            "fac2": fac2, "tw2": tw2, "rtw2": rtw2, "w2c": w2c,
             **_csr("fe", sup._fb_e.numpy()), **_csr("fi", sup._fb_i.numpy().T),
             "A": w[1], "Bm": w[2], "be2": w[3], "Wd": w[4], "bd": w[5],
             "W6": w[6], "W7": w[7], "b8": w[8], "W9": w[9], "b10": w[10],
@@ -139,11 +150,11 @@ class CStep:
         self._keep = keep
         nn_ = _NN(abi=ABI, C=C, H=H, nb=net.n_bands, kd=net.df_bins, hh=net.hidden, ed=net.enc.out_features,
                   dd=net.df_enc.out_features, nh=net.harm_bins, nfl=net.floor_input, nfine=nf,
-                  warm=net.warm_start, nfac=len(fac))
+                  warm=net.warm_start, nfac=len(fac), M2=M2, nfac2=len(fac2))
         for n, a in keep.items():
             setattr(nn_, n, a.ctypes.data if a.size else None)
         for n, t in (("m", sup._m), ("u", sup._u), ("fl", sup._fl), ("fresh", sup._fresh), ("h1", sup._h1),
-                     ("h2", sup._h2), ("prev", sup._prev), ("ola", sup._ola)):
+                     ("h2", sup._h2), ("prev", sup._prev), ("ola", sup._ola), ("pbuf", sup._pbuf)):
             assert t.is_contiguous() and t.device.type == "cpu"
             setattr(nn_, n, t.data_ptr() if t.numel() else None)
         self.out = sup._hop_buf  # [3C, H] float32
@@ -151,6 +162,7 @@ class CStep:
         nn_.out = self.out.ctypes.data
         nn_.gr = self.gr.ctypes.data
         nn_.alpha = net.alpha
+        nn_.pf = float(sup.pitch_filter)
         for n, v in constants.items():
             setattr(nn_, n, v)
         self.scratch = np.zeros(int(lib.qc_nn_scratch(ctypes.byref(nn_))), np.float32)
@@ -158,6 +170,10 @@ class CStep:
         self._nn = nn_
         self._ref = ctypes.addressof(nn_)
         self._step = lib.qc_nn_step
+
+    def set_pitch_filter(self, k: float) -> None:
+        """The pitch filter's strength (0..1) from the next hop."""
+        self._nn.pf = float(k)
 
     def step(self, hop: np.ndarray, mix: float) -> None:
         """One hop ``float32[C, H]`` (C-contiguous)."""

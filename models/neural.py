@@ -247,16 +247,22 @@ class QCNet(nn.Module):
 
     # ------------------------------------------------------------ features
 
-    def _heads(self, y: torch.Tensor, X: torch.Tensor, Xl_hist: list[torch.Tensor], d: torch.Tensor):
+    def _heads(self, y: torch.Tensor, X: torch.Tensor, Xl_hist: list[torch.Tensor], d: torch.Tensor, comb=None):
         g = torch.sigmoid(self.gain(y))
         G = g @ self.fb_interp
         if self.fine is not None:
             G = _refine(G, self.fine(torch.cat([y, d], dim=-1)))
+        Xv = X
+        if comb is not None:  # the pitch filter, between the gains and the spectrum they apply to
+            Pr, Pb, k = comb
+            eps = torch.full((self.n_bands,), _LE_EPS, dtype=Pb.dtype, device=Pb.device)
+            Xv = torch.view_as_complex(_comb(torch.view_as_real(X), Pr, Pb, g, self.fb_energy, self.fb_interp,
+                                             eps, k).contiguous())
         if self.df is None:
-            return X * G, g
+            return Xv * G, g
         c = torch.tanh(self.df(y))
         c = c.unflatten(-1, (self.df_order, self.df_bins, 2))
-        V = X * G
+        V = Xv * G
         kd = self.df_bins
         acc = None
         for i, xi in enumerate(Xl_hist):
@@ -292,14 +298,20 @@ class QCNet(nn.Module):
             out.append(m)
         return torch.stack(out, 1)
 
-    def forward(self, X: torch.Tensor, silent: torch.Tensor | None = None, frames: torch.Tensor | None = None):
+    def forward(self, X: torch.Tensor, silent: torch.Tensor | None = None, frames: torch.Tensor | None = None,
+                pitch_filter: float = 0.0):
         """``X``: complex STFT ``[B, T, F]`` (frames as in the streaming
         path, starting from zero state). Returns the voice spectrum ``V``
         ``[B, T, F]`` and the band gains ``[B, T, n_bands]``.
 
         ``frames`` (``[B, T, window]``, optional, read only with the pitch
-        input): the windowed time frames whose FFT is ``X``; by default
-        the inverse FFT of ``X`` (the same to float rounding).
+        input or the pitch filter): the windowed time frames whose FFT is
+        ``X``; by default the inverse FFT of ``X`` (the same to float
+        rounding).
+
+        ``pitch_filter`` (0..1): the strength of the pitch filter
+        (:func:`_comb`) applied to ``X`` before the gains; 0 (default)
+        leaves it out.
 
         ``silent`` (bool ``[B, T]``, optional): frames of digital silence,
         which leave every state (running means, GRU states) as it was, as
@@ -335,9 +347,12 @@ class QCNet(nn.Module):
             f = torch.cat([f, _harm(P[..., :self.harm_bins])], dim=-1)
         if Fl is not None:
             f = torch.cat([f, (lE - Fl).clamp(min=_F_MIN) * 0.05], dim=-1)
-        if self.pitch_input:
+        Pr = None
+        if self.pitch_input or pitch_filter:
             with torch.no_grad():
-                f = torch.cat([f, self._pitch_frames(X, Pb, frames)], dim=-1)
+                Pr, best = self._pitch_frames(X, frames)
+            if self.pitch_input:
+                f = torch.cat([f, _pitch_features(torch.view_as_real(X), Pr, Pb, best, self.fb_energy)], dim=-1)
         Xl = X[..., :kd]
         xn = Xl * torch.rsqrt(U + _LE_EPS)
         xf = torch.cat([xn.real, xn.imag], dim=-1).clamp(-_XN_MAX, _XN_MAX)
@@ -358,13 +373,14 @@ class QCNet(nn.Module):
         hist = [Xl]
         for i in range(1, self.df_order):
             hist.append(torch.cat([Xl.new_zeros(B, i, kd), Xl[:, :T - i]], dim=1))
-        return self._heads(y, X, hist, d)
+        return self._heads(y, X, hist, d, None if not pitch_filter else (Pr, Pb, pitch_filter))
 
-    def _pitch_frames(self, X: torch.Tensor, Pb: torch.Tensor, frames: torch.Tensor | None) -> torch.Tensor:
-        """The pitch features ``[B, T, n_bands + 1]`` of every frame (``Pb``:
-        its band powers plus the floor, as in :meth:`forward`), each from
-        the overlap-added buffer of it and the three frames before it
-        (zeros before the first), as the streaming path builds it."""
+    def _pitch_frames(self, X: torch.Tensor, frames: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pitch search (:func:`_pitch_search`) of every frame: the
+        spectrum ``[B, T, F, 2]`` of the windowed past frame one period back
+        and the best correlation ``[B, T]``, each from the overlap-added
+        buffer of the frame and the three before it (zeros before the
+        first), as the streaming path builds it."""
         B, T, F = X.shape
         W = self.arch["window"]
         H = W // 2
@@ -376,9 +392,8 @@ class QCNet(nn.Module):
         zb = torch.cat([Ap[:, 0:T, H:] + Ap[:, 1:T + 1, :H], Ap[:, 1:T + 1, H:] + Ap[:, 2:T + 2, :H],
                         Ap[:, 2:T + 2, H:] + Ap[:, 3:, :H], Ap[:, 3:, H:]], dim=-1)
         w2c, ar = _pitch_consts(win)
-        out = _pitch(xw.reshape(B * T, W), A.reshape(B * T, W), zb.reshape(B * T, 4 * H),
-                     torch.view_as_real(X).reshape(B * T, F, 2), Pb.reshape(B * T, -1), win, self.fb_energy, w2c, ar)
-        return out.reshape(B, T, -1)
+        Pr, best = _pitch_search(xw.reshape(B * T, W), A.reshape(B * T, W), zb.reshape(B * T, 4 * H), win, w2c, ar)
+        return Pr.reshape(B, T, F, 2), best.reshape(B, T)
 
 
 def _pitch_consts(win: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -389,15 +404,15 @@ def _pitch_consts(win: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return w2c, torch.arange(win.shape[0], device=win.device).unsqueeze(0)
 
 
-def _pitch(xw: torch.Tensor, q: torch.Tensor, zb: torch.Tensor, Xr: torch.Tensor, Pb: torch.Tensor,
-           win: torch.Tensor, fb_e: torch.Tensor, w2c: torch.Tensor, ar: torch.Tensor) -> torch.Tensor:
-    """Pitch features of ``N`` frames: ``xw[N, W]`` the windowed frame,
+def _pitch_search(xw: torch.Tensor, q: torch.Tensor, zb: torch.Tensor, win: torch.Tensor, w2c: torch.Tensor,
+                  ar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pitch search of ``N`` frames: ``xw[N, W]`` the windowed frame,
     ``q = xw * win``, ``zb[N, 2W]`` the overlap-added past signal whose
-    last ``W`` samples are this frame's, ``Xr[N, F, 2]`` its spectrum,
-    ``Pb[N, nb]`` its band powers (``P @ fb_e + eps``). Returns ``[N, nb +
-    1]``: per band, the correlation (-1..1) of the spectrum with that of
-    the windowed past frame one period back; then the best normalised
-    correlation over the periods 96..W samples."""
+    last ``W`` samples are this frame's. Returns the spectrum ``[N, F, 2]``
+    (real view) of the windowed past frame one period back, the period
+    being the lag of 96..W samples at which the frame best matches the
+    past (normalised cross-correlation), and that best correlation
+    ``[N]``."""
     W = xw.shape[1]
     n = _PITCH_NFFT
     nl = zb.shape[1] - W - _PITCH_MIN_T + 1  # lag l compares with the frame l samples into zb: period W - l
@@ -407,10 +422,58 @@ def _pitch(xw: torch.Tensor, q: torch.Tensor, zb: torch.Tensor, Xr: torch.Tensor
     ncc = ce[0] * torch.rsqrt(xw.square().sum(1, keepdim=True) * ce[1].clamp(min=0.0) + _PITCH_EPS)
     best, lag = ncc.max(1)
     Pr = torch.view_as_real(torch.fft.rfft(zb.gather(1, lag.unsqueeze(1) + ar) * win, dim=-1))
+    return Pr, best
+
+
+def _pitch(xw: torch.Tensor, q: torch.Tensor, zb: torch.Tensor, Xr: torch.Tensor, Pb: torch.Tensor,
+           win: torch.Tensor, fb_e: torch.Tensor, w2c: torch.Tensor, ar: torch.Tensor) -> torch.Tensor:
+    """Pitch features of ``N`` frames (arguments as :func:`_pitch_search`;
+    ``Xr[N, F, 2]`` the frame's spectrum, ``Pb[N, nb]`` its band powers,
+    ``P @ fb_e + eps``). Returns ``[N, nb + 1]``: per band, the
+    correlation (-1..1) of the spectrum with that of the windowed past
+    frame one period back; then the best normalised correlation over the
+    periods 96..W samples."""
+    Pr, best = _pitch_search(xw, q, zb, win, w2c, ar)
+    return _pitch_features(Xr, Pr, Pb, best, fb_e)
+
+
+def _pitch_features(Xr: torch.Tensor, Pr: torch.Tensor, Pb: torch.Tensor, best: torch.Tensor,
+                    fb_e: torch.Tensor) -> torch.Tensor:
+    """``[..., nb + 1]``: per band the correlation of the spectrum ``Xr``
+    with the past frame's ``Pr`` (``[..., F, 2]``), then ``best``."""
     num = (Xr * Pr).sum(-1) @ fb_e
     ep = Pr.square().sum(-1) @ fb_e
     corr = num * torch.rsqrt(Pb * ep + _PITCH_EPS_B)
-    return torch.cat((corr, best.unsqueeze(1)), 1)
+    return torch.cat((corr, best.unsqueeze(-1)), -1)
+
+
+def _comb(Xr: torch.Tensor, Pr: torch.Tensor, Pb: torch.Tensor, g: torch.Tensor, fb_e: torch.Tensor,
+          fb_i: torch.Tensor, eps: torch.Tensor, k) -> torch.Tensor:
+    """The pitch filter (RNNoise's ``pitch_filter``): ``Xr[..., F, 2]`` the
+    frame's spectrum (real view), ``Pr`` that of the windowed past frame
+    one period back (:func:`_pitch_search`), ``Pb[..., nb]`` the frame's
+    band powers (``P @ fb_e + eps``), ``g[..., nb]`` the band gains,
+    ``eps[nb]`` the power floor, ``k`` the strength (0..1: a float or a
+    0-d tensor). Returns the filtered spectrum, to which the gains are
+    then applied.
+
+    Per band, with ``c`` the correlation (0..1) of the frame with the past
+    frame, ``r = 1`` where ``c > g``, else ``sqrt(c^2 (1 - g^2) / (0.001 +
+    g^2 (1 - c^2)))``: the more periodic the band is than its gain says
+    the voice is, the more of the past period is added. ``X + k r sqrt(Pb
+    / Pp) P`` (``r`` interpolated to the bins) reinforces what repeats at
+    the period, a voice's harmonics, against the noise between them; each
+    band is then scaled back to its power before the filter, so the gains
+    still set the level. ``k = 0`` returns ``Xr`` unchanged."""
+    Pp = torch.addmm(eps, Pr.square().sum(-1).reshape(-1, Pr.shape[-2]), fb_e).reshape(Pb.shape)
+    c = ((Xr * Pr).sum(-1) @ fb_e).mul_(torch.rsqrt(Pb * Pp)).clamp_(0.0, 1.0)
+    c2 = c.square()
+    g2 = g.square()
+    r = torch.where(c > g, torch.ones_like(c), (c2 * (1.0 - g2) / (0.001 + g2 * (1.0 - c2))).clamp_(0.0, 1.0).sqrt_())
+    r = (r * torch.sqrt(Pb / Pp) * k) @ fb_i
+    Xf = Xr + r.unsqueeze(-1) * Pr
+    Pf = torch.addmm(eps, Xf.square().sum(-1).reshape(-1, Xf.shape[-2]), fb_e).reshape(Pb.shape)
+    return Xf * (torch.sqrt(Pb / Pf) @ fb_i).unsqueeze(-1)
 
 
 def _floor(lE: torch.Tensor, silent: torch.Tensor | None = None) -> torch.Tensor:
@@ -483,7 +546,8 @@ def _gru_held(gru: nn.GRU, z: torch.Tensor, silent: torch.Tensor) -> torch.Tenso
 def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: torch.Tensor,
                 fb_i: torch.Tensor, m: torch.Tensor, u: torch.Tensor, fl: torch.Tensor, fresh: torch.Tensor,
                 h1: torch.Tensor, h2: torch.Tensor, xh: torch.Tensor, ola: torch.Tensor, pbuf: torch.Tensor,
-                w: list[torch.Tensor], alpha: float, mix, out: torch.Tensor, branchless: bool = False) -> None:
+                w: list[torch.Tensor], alpha: float, mix, out: torch.Tensor, branchless: bool = False,
+                comb=0.0) -> None:
     """One streaming hop for all channels, on weights prepared by
     :func:`_prepare_weights` (encoder scalings folded in, GRU input split,
     low-band features interleaved). TorchScript-able.
@@ -493,15 +557,17 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     place (``fl``, the band noise floors, only with the floor input;
     ``fresh``, bool ``[C]``, channels that have not sounded yet, only with
     ``warm_start``, else empty); ``out``:
-    ``[3, C, H]`` receives (output, voice, background); ``pbuf``: with the
-    pitch input, the overlap-added past signal ``[C, 4H]`` (updated every
-    hop, silent or not: it is the signal, not a running estimate), else
-    empty.
+    ``[3, C, H]`` receives (output, voice, background); ``pbuf``: the
+    overlap-added past signal ``[C, 4H]`` that the pitch search reads
+    (updated every hop, silent or not: it is the signal, not a running
+    estimate). ``comb``: the pitch filter's strength (0..1; 0 leaves it
+    out).
 
     ``branchless``: no host-side decision on tensor values (for CUDA graph
-    capture): the digital-silence hold always goes through ``torch.where``
-    and ``mix`` is a 0-d tensor (``>= 1`` gives the delayed input exactly).
-    Same results as the branching form."""
+    capture): the digital-silence hold always goes through ``torch.where``,
+    ``mix`` and ``comb`` are 0-d tensors (``mix >= 1`` gives the delayed
+    input exactly) and the pitch filter always runs (at ``comb = 0`` it
+    leaves the spectrum as it is). Same results as the branching form."""
     C = hop.shape[0]
     H = hop.shape[1]
     kd = u.shape[1]
@@ -535,10 +601,13 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
         fln = fl + torch.where(dfl < 0, _F_FALL, _F_RISE) * dfl
         fl.copy_(torch.where(sil, fl, fln) if hold else fln)
         e = torch.addmm(e, (lE - fl).clamp_(min=_F_MIN), w[23])
+    q = xw * win
+    pbuf.copy_(torch.cat((pbuf[:, H:3 * H], pbuf[:, 3 * H:] + q[:, :H], q[:, H:]), 1))
+    comb_on = branchless or comb > 0.0
+    if w[24].numel() > 0 or comb_on:  # the pitch search: for the pitch input, the pitch filter
+        Pr, best = _pitch_search(xw, q, pbuf, win, w[25], w[26])
     if w[24].numel() > 0:  # pitch input
-        q = xw * win
-        pbuf.copy_(torch.cat((pbuf[:, H:3 * H], pbuf[:, 3 * H:] + q[:, :H], q[:, H:]), 1))
-        e = torch.addmm(e, _pitch(xw, q, pbuf, Xr, Pb, win, fb_e, w[25], w[26]), w[24])
+        e = torch.addmm(e, _pitch_features(Xr, Pr, Pb, best, fb_e), w[24])
     e = torch.relu(e)
     xl = Xr[:, :kd]
     xf = (xl * torch.rsqrt(u + _LE_EPS).unsqueeze(-1)).reshape(C, 2 * kd).clamp_(-_XN_MAX, _XN_MAX)
@@ -561,10 +630,11 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     h1.copy_(h1n)
     h2.copy_(h2n)
     y = h1n + h2n
-    G = torch.sigmoid(torch.addmm(w[16], y, w[15])).mm(fb_i)  # [C, F]
+    g = torch.sigmoid(torch.addmm(w[16], y, w[15]))
+    G = g.mm(fb_i)  # [C, F]
     if w[19].numel() > 0:  # per-bin refinement of the low band from [y, d]
         G = _refine(G, torch.addmm(torch.addmm(w[21], y, w[19]), d, w[20]))
-    V = Xr * G.unsqueeze(-1)
+    V = (_comb(Xr, Pr, Pb, g, fb_e, fb_i, w[0], comb) if comb_on else Xr) * G.unsqueeze(-1)
     if order > 0:  # deep filter on the low band; history newest first
         c = torch.tanh(torch.addmm(w[18], y, w[17])).view(C, order, kd, 2)
         if order > 1:
@@ -629,10 +699,8 @@ def _prepare_weights(net: QCNet) -> list[torch.Tensor]:
         w += [0.5 * (Wt - Wt.mean(dim=0, keepdim=True))]
         w += [0.05 * Wfl.t()]  # 23: level above the noise floor ([0, enc_dim] without it)
         w += [Wp.t()]  # 24: pitch input ([0, enc_dim] without it)
-        if net.pitch_input:  # 25-26: the pitch search's constants
-            w += list(_pitch_consts(torch.from_numpy(_window(net.arch["window"]))))
-        else:
-            w += [torch.zeros(0), torch.zeros(0)]
+        # 25-26: the pitch search's constants (the pitch input, the pitch filter)
+        w += list(_pitch_consts(torch.from_numpy(_window(net.arch["window"]))))
     return [t.detach().contiguous().clone() for t in w]
 
 
@@ -727,10 +795,12 @@ class NeuralSuppressor(HopSuppressor):
     PARAMS: dict[str, tuple[float, float, float, str]] = {
         "strength_db": (0.0, 60.0, 15.0, "dB"),
         "background_db": (-math.inf, 0.0, -math.inf, "dB"),
+        "pitch_filter": (0.0, 1.0, 0.0, ""),
     }
 
     def __init__(self, channels: int = 1, bundle="default", strength_db: float | None = None,
-                 background_db: float | None = None, device: str = "cpu", kernel: str = "auto"):
+                 background_db: float | None = None, device: str = "cpu", kernel: str = "auto",
+                 pitch_filter: float | None = None):
         from .bundle import Bundle, load_bundle
 
         if kernel not in ("auto", "c", "torch"):
@@ -762,18 +832,33 @@ class NeuralSuppressor(HopSuppressor):
         lo, hi, own, unit = self.PARAMS["strength_db"]
         d_strength = float(defaults.get("strength_db", own))
         # this bundle's default strength is what callers read as the default
-        self.PARAMS = dict(self.PARAMS, strength_db=(lo, hi, d_strength, unit))
+        lo_p, hi_p, own_p, _ = self.PARAMS["pitch_filter"]
+        d_pitch = float(defaults.get("pitch_filter", own_p))
+        if not lo_p <= d_pitch <= hi_p:
+            raise ValueError(f"bundle {b.path}: defaults.pitch_filter {d_pitch} out of range {lo_p}..{hi_p}")
+        self.PARAMS = dict(self.PARAMS, strength_db=(lo, hi, d_strength, unit),
+                           pitch_filter=(lo_p, hi_p, d_pitch, ""))
         self._strength_db = 0.0
         self._background_db = -math.inf
+        self._pitch_filter = d_pitch
         super().__init__(channels)
         self.reset_core()
         self.set_param("strength_db", d_strength if strength_db is None else strength_db)
         self.set_param("background_db", -math.inf if background_db is None else background_db)
+        self.set_param("pitch_filter", d_pitch if pitch_filter is None else pitch_filter)
 
     # ------------------------------------------------------------ params
     def set_param(self, name: str, value) -> None:
-        """Set ``strength_db`` or ``background_db``; takes effect next hop."""
+        """Set ``strength_db``, ``background_db`` or ``pitch_filter``; takes
+        effect next hop."""
         v = self.check_param(name, value)
+        if name == "pitch_filter":
+            self._pitch_filter = v
+            if self._cstep is not None:
+                self._cstep.set_pitch_filter(v)
+            if self.device.type == "cuda":
+                self._comb_t.fill_(v)
+            return
         if name == "strength_db":
             self._strength_db = v
         else:
@@ -783,6 +868,10 @@ class NeuralSuppressor(HopSuppressor):
         self._mix = float(a)
         if self.device.type == "cuda":  # read by the captured graph on its next replay
             self._mix_t.fill_(self._mix)
+
+    @property
+    def pitch_filter(self) -> float:
+        return self._pitch_filter
 
     @property
     def background_db(self) -> float:
@@ -823,7 +912,7 @@ class NeuralSuppressor(HopSuppressor):
         self._xh = torch.zeros(c, net.df_order, net.df_bins, 2, **z)  # low-band history, newest first
         self._prev = torch.zeros(c, H, **z)  # previous input hop
         self._ola = torch.zeros(c, H, **z)  # overlap-add tail
-        self._pbuf = torch.zeros(c, 4 * H * net.pitch_input, **z)  # past signal for the pitch input
+        self._pbuf = torch.zeros(c, 4 * H, **z)  # past signal for the pitch search
         self._win = torch.from_numpy(_window(self.window)).to(dev)
         self._w = [t.to(dev) for t in _prepare_weights(net)]
         self._fb_e = net.fb_energy.to(dev)
@@ -893,6 +982,7 @@ class NeuralSuppressor(HopSuppressor):
         self._d_in = torch.zeros(c, H, device=dev)
         self._d_res = torch.zeros(3 * c + 1, H, device=dev)
         self._mix_t = torch.tensor(getattr(self, "_mix", 1.0), dtype=torch.float32, device=dev)
+        self._comb_t = torch.tensor(self._pitch_filter, dtype=torch.float32, device=dev)
         self._graph = None
         state = (self._m, self._u, self._fl, self._fresh, self._h1, self._h2, self._xh, self._prev, self._ola,
                  self._pbuf)
@@ -920,7 +1010,7 @@ class NeuralSuppressor(HopSuppressor):
         """One hop on the device tensors (captured into the graph)."""
         _fused_step(self._d_in, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl,
                     self._fresh, self._h1, self._h2, self._xh, self._ola, self._pbuf, self._w, self.net.alpha,
-                    self._mix_t, self._out_t, branchless=True)
+                    self._mix_t, self._out_t, branchless=True, comb=self._comb_t)
         C = self.channels
         o = self._out_t
         self._d_res[:3 * C].copy_(o.reshape(3 * C, self.hop))
@@ -963,7 +1053,7 @@ class NeuralSuppressor(HopSuppressor):
         x = torch.from_numpy(hop)
         _fused_step(x, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl, self._fresh,
                     self._h1, self._h2, self._xh, self._ola, self._pbuf, self._w, self.net.alpha, self._mix,
-                    self._out_t)
+                    self._out_t, comb=self._pitch_filter)
         C = self.channels
         np.copyto(self._hop_buf, self._out_t.reshape(3 * C, self.hop).numpy())
         # meter: this hop's input (delayed) vs output energy
@@ -1009,7 +1099,8 @@ class NeuralSuppressor(HopSuppressor):
         xt = torch.from_numpy(xp).to(self.device)
         frames = xt.unfold(1, W, H) * self._win  # [C, T, W]
         X = torch.fft.rfft(frames, dim=-1)
-        V, _ = self.net(X, silent=frames.square().mean(-1) < SILENT_MS, frames=frames)
+        V, _ = self.net(X, silent=frames.square().mean(-1) < SILENT_MS, frames=frames,
+                        pitch_filter=self._pitch_filter)
         v = overlap_add(V, self._win, H)  # [C, T * H]
         prev = xt[:, :T * H]
         a = self._mix

@@ -5,8 +5,10 @@
  * reference: tests/models/test_ckernel.py holds the two equal), for the
  * architectures the shipped bundles use: any number of fine-structure bins
  * (harm_bins), the band noise-floor input (floor_input), per-bin refinement
- * (fine_bins), warm start; no deep filter (df_order 0), no pitch input.
- * Other architectures run the torch step.
+ * (fine_bins), warm start, and the pitch filter (the strength pf, 0 leaves
+ * it out: a pitch search by FFT correlation over the 40 ms past, then
+ * RNNoise's comb filter before the gains); no deep filter (df_order 0), no
+ * pitch input. Other architectures run the torch step.
  *
  * Why: at one channel the torch step costs about 60 operator dispatches a
  * hop (about 0.32 ms on one thread), ten times its arithmetic. Here a hop
@@ -28,9 +30,10 @@
 #include <string.h>
 
 /* Bump when struct qc_nn changes; ckernel.py checks qc_nn_layout. */
-#define QC_NN_ABI 1
+#define QC_NN_ABI 2
 #define QC_BLK 8    /* channels per block */
 #define QC_MAXP 8   /* largest FFT radix */
+#define QC_MAXB 128 /* most bands (ckernel.py checks) */
 
 struct qc_nn {
     int64_t abi;
@@ -39,6 +42,7 @@ struct qc_nn {
     int64_t ed, dd;        /* encoder widths (band features, low band) */
     int64_t nh, nfl, nfine, warm;  /* fine-structure bins, floor input 0/1, refined bins, warm start 0/1 */
     int64_t nfac;          /* radices of the H-point complex FFT */
+    int64_t M2, nfac2;     /* the pitch search's complex FFT: M2 = 2H points (real 4H), its radices */
     const int64_t *fac;
     const float *win;      /* [2H] */
     const float *tw;       /* [H] complex exp(-2 pi i j / H) */
@@ -57,14 +61,19 @@ struct qc_nn {
     const float *W19, *W20, *b21;       /* refinement: [hh, nfine], [dd, nfine], [nfine] */
     const float *W22;                   /* fine structure: [nh, ed] */
     const float *W23;                   /* level above the floor: [nb, ed] */
+    const int64_t *fac2;                /* pitch search FFT: radices, */
+    const float *tw2, *rtw2;            /* [M2] exp(-2 pi i j / M2), [M2 + 1] exp(-2 pi i k / 2M2), */
+    const float *w2c;                   /* [M2 + 1] conj(rfft(win^2, 2M2)) */
     float *m, *u, *fl;                  /* state [C, nb], [C, kd], [C, nb * nfl] */
     uint8_t *fresh;                     /* [C] (warm start) */
     float *h1, *h2, *prev, *ola;        /* [C, hh] x2, [C, H] x2 */
+    float *pbuf;                        /* [C, 4H] overlap-added past signal (the pitch search) */
     float *out;                         /* [3, C, H]: output, voice, background */
     float *gr;                          /* [C] gain reduction of this hop, dB */
     float *scratch;                     /* qc_nn_scratch() floats */
     float alpha, le_eps, le_max, xn_max;
     float f_fall, f_rise, f_min, g_min, silent_ms;
+    float pf;                           /* pitch filter strength, 0..1 */
 };
 
 const int64_t qc_nn_layout[4] = {QC_NN_ABI, (int64_t)sizeof(struct qc_nn), (int64_t)offsetof(struct qc_nn, scratch),
@@ -154,12 +163,12 @@ static void cfft(const cpx *in, int64_t stride, cpx *out, int64_t n, const int64
     }
 }
 
-/* X[0..M] = rfft(x[0..2M)) (numpy / torch convention); z: M scratch. */
-static void rfft(const struct qc_nn *nn, const float *x, cpx *X, cpx *z)
+/* X[0..M] = rfft(x[0..2M)) (numpy / torch convention) through an M-point
+ * complex FFT (radices fac, twiddles tw; rtw: exp(-2 pi i k / 2M), k <= M);
+ * z: M scratch. */
+static void rfft_m(int64_t M, const int64_t *fac, const cpx *tw, const cpx *rtw, const float *x, cpx *X, cpx *z)
 {
-    const int64_t M = nn->H;
-    const cpx *rtw = (const cpx *)nn->rtw;
-    cfft((const cpx *)x, 1, z, M, nn->fac, (const cpx *)nn->tw, M);
+    cfft((const cpx *)x, 1, z, M, fac, tw, M);
     X[0].r = z[0].r + z[0].i;
     X[0].i = 0.0f;
     X[M].r = z[0].r - z[0].i;
@@ -176,10 +185,9 @@ static void rfft(const struct qc_nn *nn, const float *x, cpx *X, cpx *z)
 
 /* x[0..2M) = irfft(X[0..M], n=2M) (the imaginary parts of X[0] and X[M]
  * are ignored, as pocketfft's c2r does); Z, z: M scratch each. */
-static void irfft(const struct qc_nn *nn, const cpx *X, float *x, cpx *Z, cpx *z)
+static void irfft_m(int64_t M, const int64_t *fac, const cpx *tw, const cpx *rtw, const cpx *X, float *x, cpx *Z,
+                    cpx *z)
 {
-    const int64_t M = nn->H;
-    const cpx *rtw = (const cpx *)nn->rtw;
     for (int64_t k = 0; k < M; k++) {
         cpx a = X[k], b = X[M - k];
         if (k == 0) {
@@ -194,7 +202,7 @@ static void irfft(const struct qc_nn *nn, const cpx *X, float *x, cpx *Z, cpx *z
         Z[k].r = er - oi;
         Z[k].i = -(ei + or_);
     }
-    cfft(Z, 1, z, M, nn->fac, (const cpx *)nn->tw, M);
+    cfft(Z, 1, z, M, fac, tw, M);
     const float sc = 1.0f / (float)M;
     for (int64_t j = 0; j < M; j++) {
         x[2 * j] = z[j].r * sc;
@@ -202,6 +210,72 @@ static void irfft(const struct qc_nn *nn, const cpx *X, float *x, cpx *Z, cpx *z
     }
 }
 
+/* the frame's transforms (2H real points) */
+static void rfft(const struct qc_nn *nn, const float *x, cpx *X, cpx *z)
+{
+    rfft_m(nn->H, nn->fac, (const cpx *)nn->tw, (const cpx *)nn->rtw, x, X, z);
+}
+
+static void irfft(const struct qc_nn *nn, const cpx *X, float *x, cpx *Z, cpx *z)
+{
+    irfft_m(nn->H, nn->fac, (const cpx *)nn->tw, (const cpx *)nn->rtw, X, x, Z, z);
+}
+
+/* ------------------------------------------------------------ pitch */
+
+/* The pitch search of one frame (neural.py's _pitch_search): xw[2H] the
+ * windowed frame, pb[4H] the overlap-added past signal ending with it.
+ * The lag of 96..2H samples at which the frame (windowed once more) best
+ * matches the past, by normalised cross-correlation through FFTs of 4H;
+ * writes the spectrum Pr[F] of the windowed past frame one period back.
+ * ws: pitch_scratch() floats. */
+static size_t pitch_scratch(int64_t H) { return (size_t)(4 * H /* a */ + 4 * (2 * H + 1) /* two spectra */ + 8 * H /* b */); }
+
+static void pitch_search(const struct qc_nn *nn, const float *xw, const float *pb, cpx *Pr, float *ws)
+{
+    const int64_t H = nn->H, N2 = 2 * H, M2 = nn->M2, n = 2 * M2;
+    const cpx *tw2 = (const cpx *)nn->tw2, *rtw2 = (const cpx *)nn->rtw2, *w2c = (const cpx *)nn->w2c;
+    float *a = ws;                         /* [n] time signal / correlation */
+    cpx *S0 = (cpx *)(ws + n);             /* [M2 + 1] */
+    cpx *S1 = S0 + (M2 + 1);               /* [M2 + 1] */
+    float *b = ws + n + 4 * (M2 + 1);      /* [2n]: second correlation, then FFT scratch */
+    cpx *z = (cpx *)(b + n);               /* [M2] */
+    const int64_t nl = 2 * H - 96 + 1;     /* lags: periods 2H..96 (_PITCH_MIN_T) */
+    /* the frame's correlation with the past: irfft(conj(Q) S0) */
+    for (int64_t i = 0; i < N2; i++)
+        a[i] = xw[i] * nn->win[i];
+    memset(a + N2, 0, (size_t)(n - N2) * sizeof(float));
+    rfft_m(M2, nn->fac2, tw2, rtw2, a, S1, z);   /* Q, kept in S1 for now */
+    rfft_m(M2, nn->fac2, tw2, rtw2, pb, S0, z);
+    for (int64_t k = 0; k <= M2; k++) {
+        const cpx q = S1[k], p = S0[k];
+        S0[k].r = q.r * p.r + q.i * p.i;   /* conj(q) p */
+        S0[k].i = q.r * p.i - q.i * p.r;
+    }
+    /* the past's energy under the window at every lag: irfft(w2c S1) */
+    for (int64_t i = 0; i < n; i++)
+        a[i] = pb[i] * pb[i];
+    rfft_m(M2, nn->fac2, tw2, rtw2, a, S1, z);
+    for (int64_t k = 0; k <= M2; k++)
+        S1[k] = cmul(w2c[k], S1[k]);
+    irfft_m(M2, nn->fac2, tw2, rtw2, S0, a, z, (cpx *)b);
+    irfft_m(M2, nn->fac2, tw2, rtw2, S1, b, z, S0);  /* S0 is used up: its room is the scratch */
+    float ex = 0.0f;
+    for (int64_t i = 0; i < N2; i++)
+        ex += xw[i] * xw[i];
+    int64_t lag = 0;
+    float best = -INFINITY;
+    for (int64_t l = 0; l < nl; l++) {
+        const float v = a[l] * (1.0f / sqrtf(ex * fmaxf(b[l], 0.0f) + 1e-12f));
+        if (v > best) {
+            best = v;
+            lag = l;
+        }
+    }
+    for (int64_t i = 0; i < N2; i++)
+        b[i] = pb[lag + i] * nn->win[i];
+    rfft(nn, b, Pr, z);
+}
 /* --------------------------------------------------------------- linear */
 
 static void bias_rows(float *restrict out, const float *restrict b, int64_t nc, int64_t N)
@@ -332,8 +406,8 @@ int64_t qc_nn_scratch(const struct qc_nn *nn)
     const int64_t per = 2 * H /* xw, yt */ + 2 * F /* X */ + F /* P */ + 2 * nn->nb /* lE, g */ + nn->ed /* e */
                         + nn->nh /* lp */ + nn->nb /* floor feature */ + 2 * nn->kd /* xf */ + nn->dd /* d */
                         + 6 * nn->hh /* gi, gh */ + 3 * nn->hh /* h1n, h2n, y */ + F /* G */ + nn->nfine /* q */
-                        + 1 /* silent */;
-    return QC_BLK * per + 4 * H /* FFT */ + 64;
+                        + 1 /* silent */ + 2 * F /* Pr */ + nn->nb /* Pb */;
+    return QC_BLK * per + 4 * H /* FFT */ + (int64_t)pitch_scratch(H) + 64;
 }
 
 /* channels [c0, c0 + nc) of one hop */
@@ -361,8 +435,12 @@ static void block(const struct qc_nn *nn, const float *hop, float mix, int64_t c
     float *G = s; s += QC_BLK * F;
     float *q = s; s += QC_BLK * nf;
     float *sil = s; s += QC_BLK;
+    cpx *Pr = (cpx *)s; s += QC_BLK * 2 * F;
+    float *Pb = s; s += QC_BLK * nb;
+    float *ws = s; s += pitch_scratch(H);
     cpx *z1 = (cpx *)s; s += 2 * H;
     cpx *z2 = (cpx *)s;
+    const float pf = nn->pf;
 
     /* analysis: window, silence test, spectrum, band levels, running means */
     for (int64_t c = 0; c < nc; c++) {
@@ -389,8 +467,18 @@ static void block(const struct qc_nn *nn, const float *hop, float mix, int64_t c
         for (int64_t f = 0; f < F; f++)  /* each bin feeds one or two bands */
             for (int64_t z = nn->fe_ptr[f]; z < nn->fe_ptr[f + 1]; z++)
                 l[nn->fe_idx[z]] += Pc[f] * nn->fe_val[z];
+        memcpy(Pb + c * nb, l, (size_t)nb * sizeof(float));
         for (int64_t b = 0; b < nb; b++)
             l[b] = minf_(10.0f * log10f(l[b]), nn->le_max);
+        /* the past signal, then (pitch filter on) the pitch search */
+        float *pb = nn->pbuf + ch * 4 * H;
+        memmove(pb, pb + H, (size_t)(2 * H) * sizeof(float));
+        for (int64_t i = 0; i < H; i++) {
+            pb[2 * H + i] = pb[3 * H + i] + w[i] * nn->win[i];
+            pb[3 * H + i] = w[H + i] * nn->win[H + i];
+        }
+        if (pf > 0.0f)
+            pitch_search(nn, w, pb, Pr + c * F, ws);
         float *mc = nn->m + ch * nb, *uc = nn->u + ch * kd;
         if (nn->warm && nn->fresh[ch] && !silent) {  /* warm start: from the first sounding frame */
             memcpy(mc, l, (size_t)nb * sizeof(float));
@@ -488,6 +576,54 @@ static void block(const struct qc_nn *nn, const float *hop, float mix, int64_t c
                 G[c * F + k] = sigm(logf(gl) - log1pf(-gl) + q[c * nf + k]);
             }
     }
+    if (pf > 0.0f)  /* the pitch filter (neural.py's _comb), before the gains */
+        for (int64_t c = 0; c < nc; c++) {
+            cpx *Xc = X + c * F;
+            const cpx *Pc = Pr + c * F;
+            const float *pbc = Pb + c * nb, *gc = g + c * nb;
+            float *pp = ff + c * nb, *num = lE + c * nb;  /* free by now */
+            float r[QC_MAXB];
+            for (int64_t b = 0; b < nb; b++) {
+                pp[b] = nn->le_eps;
+                num[b] = 0.0f;
+            }
+            for (int64_t f = 0; f < F; f++) {
+                const float e = Pc[f].r * Pc[f].r + Pc[f].i * Pc[f].i, x = Xc[f].r * Pc[f].r + Xc[f].i * Pc[f].i;
+                for (int64_t z = nn->fe_ptr[f]; z < nn->fe_ptr[f + 1]; z++) {
+                    pp[nn->fe_idx[z]] += e * nn->fe_val[z];
+                    num[nn->fe_idx[z]] += x * nn->fe_val[z];
+                }
+            }
+            for (int64_t b = 0; b < nb; b++) {
+                const float cr = minf_(maxf_(num[b] * (1.0f / sqrtf(pbc[b] * pp[b])), 0.0f), 1.0f);
+                const float c2 = cr * cr, g2 = gc[b] * gc[b];
+                const float rr = cr > gc[b] ? 1.0f : sqrtf(minf_(maxf_(c2 * (1.0f - g2) / (0.001f + g2 * (1.0f - c2)), 0.0f), 1.0f));
+                r[b] = rr * sqrtf(pbc[b] / pp[b]) * pf;
+            }
+            for (int64_t f = 0; f < F; f++) {
+                float a = 0.0f;
+                for (int64_t z = nn->fi_ptr[f]; z < nn->fi_ptr[f + 1]; z++)
+                    a += r[nn->fi_idx[z]] * nn->fi_val[z];
+                Xc[f].r += a * Pc[f].r;
+                Xc[f].i += a * Pc[f].i;
+            }
+            for (int64_t b = 0; b < nb; b++)
+                pp[b] = nn->le_eps;
+            for (int64_t f = 0; f < F; f++) {
+                const float e = Xc[f].r * Xc[f].r + Xc[f].i * Xc[f].i;
+                for (int64_t z = nn->fe_ptr[f]; z < nn->fe_ptr[f + 1]; z++)
+                    pp[nn->fe_idx[z]] += e * nn->fe_val[z];
+            }
+            for (int64_t b = 0; b < nb; b++)
+                r[b] = sqrtf(pbc[b] / pp[b]);
+            for (int64_t f = 0; f < F; f++) {
+                float a = 0.0f;
+                for (int64_t z = nn->fi_ptr[f]; z < nn->fi_ptr[f + 1]; z++)
+                    a += r[nn->fi_idx[z]] * nn->fi_val[z];
+                Xc[f].r *= a;
+                Xc[f].i *= a;
+            }
+        }
     /* synthesis, overlap-add, stems and mix */
     for (int64_t c = 0; c < nc; c++) {
         const int64_t ch = c0 + c;

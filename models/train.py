@@ -1057,6 +1057,12 @@ def _default_strength(args, init_cfg: dict | None) -> float:
     return float(((init_cfg or {}).get("defaults") or {}).get("strength_db", own))
 
 
+def _default_pitch_filter(init_cfg: dict | None) -> float:
+    """The bundle's default ``pitch_filter`` (a post-filter: the weights do
+    not depend on it): the ``--init`` bundle's, else 0 (off)."""
+    return float(((init_cfg or {}).get("defaults") or {}).get("pitch_filter", 0.0))
+
+
 def train(args) -> pathlib.Path:
     import torch
 
@@ -1284,7 +1290,8 @@ def train(args) -> pathlib.Path:
         "hop": hop,
         "window": 2 * hop,
         "latency_samples": {"algorithmic": hop, "hop_buffer": hop, "total": 2 * hop},
-        "defaults": {"strength_db": _default_strength(args, init_cfg), "background_db": None},
+        "defaults": {"strength_db": _default_strength(args, init_cfg), "background_db": None,
+                     "pitch_filter": _default_pitch_filter(init_cfg)},
         "training": {
             "command": " ".join(shlex.quote(c) for c in cmd),
             "stage": stage,

@@ -361,3 +361,23 @@ def test_mono_plugin_on_a_stereo_chain_runs_per_channel(qcgain_mono_vst3):
     x = np.random.default_rng(2).standard_normal((2, 4800)).astype(np.float32) * 0.1
     y = c.process_array(x, SR)
     np.testing.assert_allclose(y, x * 10 ** (-12 / 20), atol=1e-5)
+
+
+def test_denoise_pitch_filter(tmp_path):
+    """A denoise stage's ``pitch_filter``: left out, the model's own (the
+    default bundle's 0.5); set, it changes the output; a model without a
+    pitch filter refuses it, naming the stage and parameter."""
+    def run(extra: str, model: str = "neural"):
+        chain = Chain.from_toml_string(f'[[stage]]\nname = "nr"\ntype = "denoise"\nmodel = "{model}"\n{extra}')
+        p = chain.processor(48_000, 1)
+        return p.process(x.copy())
+
+    x = (np.random.default_rng(4).standard_normal((1, 19_200)) * 0.1).astype(np.float32)
+    x[0] += 0.2 * np.sign(np.sin(2 * np.pi * 150 * np.arange(19_200) / 48_000))  # a buzz with a pitch
+    own, half, off = run(""), run("pitch_filter = 0.5\n"), run("pitch_filter = 0\n")
+    np.testing.assert_array_equal(own, half)
+    assert float(np.max(np.abs(own - off))) > 1e-4  # 4.5e-4 here (the buzz is mostly cut)
+    with pytest.raises((ChainSpecError, ParameterError), match=r"nr\.pitch_filter: model 'dsp' has no pitch filter"):
+        run("pitch_filter = 0.5\n", model="dsp")
+    probs = spec_problems('[[stage]]\nname = "nr"\ntype = "denoise"\npitch_filter = 3\n')
+    assert "pitch_filter: value 3 is out of range [0, 1]" in probs[0]

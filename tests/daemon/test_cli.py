@@ -138,3 +138,7 @@ def test_models_state_their_default_strength():
         assert rows[name]["default_strength_db"] == want
         line = next(ln for ln in qc("models").stdout.splitlines() if ln.startswith(name + " "))
         assert f"strength {want:g} dB" in line
+        pf = create_suppressor(name, 1).bundle.config["defaults"].get("pitch_filter", 0.0)
+        assert rows[name]["default_pitch_filter"] == pf
+        assert f"pitch filter {pf:g}" in line
+    assert rows["dsp"]["default_pitch_filter"] is None

@@ -107,6 +107,30 @@ def test_engine_strength_left_out_is_the_models_own(model):
     assert e.max_attenuation_db == 7.0
 
 
+def test_engine_pitch_filter_left_out_is_the_models_own():
+    """engine.pitch_filter left out: the neural model's own (its bundle's
+    default); a value given reaches the suppressor; a model without a
+    pitch filter refuses one, naming it; out of range names the range."""
+    from quietcast.bridge.errors import ParameterError
+    from quietcast.daemon.engine import Engine
+    from quietcast.models import create_suppressor
+
+    c = cfg('[engine]\nmodel = "neural"\n' + ONE)
+    assert c.engine.pitch_filter is None and "pitch_filter" not in c.to_dict()["engine"]
+    want = create_suppressor("neural", 1).PARAMS["pitch_filter"][2]
+    assert want == 0.5
+    e = Engine(c.channels, 48_000, model="neural", pitch_filter=c.engine.pitch_filter)
+    assert e.sup.suppressor.pitch_filter == want == e.sup.values["pitch_filter"]
+    c = cfg('[engine]\nmodel = "neural"\npitch_filter = 0\n' + ONE)
+    e = Engine(c.channels, 48_000, model="neural", pitch_filter=c.engine.pitch_filter)
+    assert e.sup.suppressor.pitch_filter == 0.0
+    e.sup.set_param("pitch_filter", 0.8)
+    assert e.sup.suppressor.pitch_filter == 0.8
+    with pytest.raises(ParameterError, match=r"pitch_filter: model 'dsp' has no pitch filter"):
+        Engine(c.channels, 48_000, model="dsp", pitch_filter=0.5)
+    assert "pitch_filter: value 2 is out of range [0, 1]" in one_problem('[engine]\npitch_filter = 2\n' + ONE)
+
+
 def test_ints_where_floats_are_expected():
     c = cfg("""
         [engine]

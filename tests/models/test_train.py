@@ -195,6 +195,14 @@ def test_cli_names_a_bad_snr_range(capsys):
         assert f"--snr-range {bad}: expected LO,HI in dB with -30 <= LO <= HI <= 60" in capsys.readouterr().err
 
 
+def test_default_pitch_filter_follows_the_parent():
+    """The pitch filter is a post-filter: a trained bundle keeps its --init
+    parent's default, else none (0)."""
+    assert T._default_pitch_filter(None) == 0.0
+    assert T._default_pitch_filter({"defaults": {"strength_db": 25.0}}) == 0.0
+    assert T._default_pitch_filter({"defaults": {"pitch_filter": 0.5}}) == 0.5
+
+
 def test_default_strength_follows_the_parent_unless_given(capsys):
     """A bundle's default strength_db: --strength-db, else its --init
     parent's, else 15 dB; out of 0..60 the CLI names the range."""
