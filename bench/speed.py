@@ -26,7 +26,9 @@ in the GPU part keeps the CPU figures).
      ``process_offline`` (the whole array, batched over time: the same
      output, not a streaming API) and, as ``hops-torch``, in hops through
      the torch streaming step (``kernel="torch"``: the reference that the
-     compiled C step, which the default runs, reimplements);
+     compiled C step, which the default runs, reimplements) and, as
+     ``hops-no-pitch-filter``, in hops with the pitch filter off (what the
+     filter's pitch search costs);
    - the peers, one channel each, at their native frame size: RNNoise
      (pyrnnoise's librnnoise, ``rnnoise_process_frame`` called through
      ctypes on 480-sample frames: the C cost without the wrapper's per-frame
@@ -200,6 +202,11 @@ def quietcast_row(model: str, channels: int, mode: str, x: np.ndarray):
 
         sup = NeuralSuppressor(channels, kernel="torch")
         mode = "hops"
+    elif mode == "hops-no-pitch-filter":  # what the pitch filter costs
+        from quietcast.models.neural import NeuralSuppressor
+
+        sup = NeuralSuppressor(channels, pitch_filter=0.0)
+        mode = "hops"
     else:
         sup = create_suppressor(model, channels=channels)
     X = spread(x, channels, len(x))
@@ -353,7 +360,7 @@ PAIR = {("quietcast-neural", "hops", 1), ("rnnoise", "native", 1)}
 def cpu_part(x: np.ndarray, channels: list[int], repeat: int, budget_s: float, systems: set | None) -> dict:
     plan = []
     for model in ("dsp", "neural"):
-        for mode in ("hops", "blocks") + (("offline", "hops-torch") if model == "neural" else ()):
+        for mode in ("hops", "blocks") + (("offline", "hops-torch", "hops-no-pitch-filter") if model == "neural" else ()):
             for c in channels:
                 plan.append((f"quietcast-{model}", mode, c, lambda m=model, c=c, md=mode: quietcast_row(m, c, md, x)))
     for name, fn in PEERS.items():
