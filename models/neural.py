@@ -22,7 +22,9 @@ Signal path per 10 ms hop (480 samples), every channel in one batch:
    in RNNoise's pitch features. Over a 40 ms buffer of the past signal
    (rebuilt by overlap-add of the last four windowed frames) the lag of
    50-500 Hz (96-960 samples) at which the windowed frame best matches
-   the past is found by normalised cross-correlation (FFTs of 2048); the
+   the past is found by normalised cross-correlation (at half rate over
+   every lag, by FFTs, then at full rate over the three lags around the
+   best one: :func:`_pitch_search`); the
    features are that best correlation and, per band, the correlation of
    the frame's spectrum with the spectrum of the windowed past frame one
    period back (near 1 in a band that a voice's harmonics fill, near 0 in
@@ -56,6 +58,15 @@ Signal path per 10 ms hop (480 samples), every channel in one batch:
    ``G_k = sigmoid(logit(G_k) + q_k)``, ``q = Linear([GRU output, low-band
    encoder output])``, zero at initialisation (so a bundle fine-tuned with
    it starts from its parent's output exactly).
+   Pitch filter (``pitch_filter``, 0..1, a runtime parameter; the shipped
+   bundles' default is 0.5, 0 turns it off): RNNoise's comb filter between
+   a voice's harmonics, applied to ``X`` before the gains (:func:`_comb`).
+   The pitch search above finds the period; per band, where the frame is
+   more periodic than its gain says the voice is, a share of the windowed
+   past frame one period back is added (harmonics add up, the noise
+   between them does not), and each band is scaled back to its power
+   before the filter, so the gains still set the level. It needs no
+   weights and adds no latency (it reads only the past).
 4. Output: the voice estimate ``v`` (inverse STFT of ``V``); the background
    ``b = x_delayed - v``; the suppressor's output is ``v + a * b`` with
    ``a = max(10**(-strength_db/20), 10**(background_db/20))``: the
@@ -68,7 +79,7 @@ Signal path per 10 ms hop (480 samples), every channel in one batch:
 Digital silence (a frame whose windowed mean square is below
 :data:`SILENT_MS`, about -123 dBFS: a muted or not yet started source)
 leaves every state as it was, so a channel that starts, or comes back,
-mid-hop behaves as if the silence had not been there. (The pitch input's
+mid-hop behaves as if the silence had not been there. (The pitch search's
 40 ms signal buffer is the exception: it holds the signal, silence
 included.)
 
@@ -145,11 +156,11 @@ _G_MIN = 1e-6  # gain clamp before the logit of the per-bin refinement
 #: a frame whose windowed mean square is below this (about -123 dBFS) is
 #: "digital silence": it does not update any state (running means, GRUs)
 SILENT_MS = 5e-13
-#: pitch input: shortest period searched (96 samples: 500 Hz; the longest
-#: is two hops, 960 samples: 50 Hz), the FFT size of the search, and the
-#: floors under the products of energies that normalise the correlations
+#: pitch search (the pitch input, the pitch filter): shortest period
+#: searched (96 samples: 500 Hz; the longest is two hops, 960 samples:
+#: 50 Hz), and the floors under the products of energies that normalise
+#: the correlations
 _PITCH_MIN_T = 96
-_PITCH_NFFT = 2048
 _PITCH_EPS = 1e-12
 _PITCH_EPS_B = 1e-24
 
@@ -397,11 +408,21 @@ class QCNet(nn.Module):
 
 
 def _pitch_consts(win: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pitch search's constants: the conjugate FFT of ``win**2`` (the
-    energy of the windowed past frame at every lag in one correlation) and
-    the sample offsets of a frame."""
-    w2c = torch.fft.rfft(win.square(), n=_PITCH_NFFT).conj().resolve_conj()
-    return w2c, torch.arange(win.shape[0], device=win.device).unsqueeze(0)
+    """The pitch search's constants: the conjugate FFT (``n = W``) of the
+    squared window at half rate (the energy of the windowed past frame at
+    every lag in one correlation, coarse stage) and the sample offsets of
+    a frame."""
+    W = win.shape[0]
+    w2c = torch.fft.rfft(win.square()[0::2], n=W).conj().resolve_conj()
+    return w2c, torch.arange(W, device=win.device).unsqueeze(0)
+
+
+def _half(x: torch.Tensor) -> torch.Tensor:
+    """``x[..., 2m]`` at half rate: ``(x[2i-1] + 2 x[2i] + x[2i+1]) / 4``
+    (zeros outside), ``[..., m]``."""
+    xp = torch.nn.functional.pad(x, (1, 1))
+    m = x.shape[-1] // 2
+    return 0.25 * xp[..., 0:2 * m:2] + 0.5 * xp[..., 1:2 * m + 1:2] + 0.25 * xp[..., 2:2 * m + 2:2]
 
 
 def _pitch_search(xw: torch.Tensor, q: torch.Tensor, zb: torch.Tensor, win: torch.Tensor, w2c: torch.Tensor,
@@ -412,16 +433,27 @@ def _pitch_search(xw: torch.Tensor, q: torch.Tensor, zb: torch.Tensor, win: torc
     (real view) of the windowed past frame one period back, the period
     being the lag of 96..W samples at which the frame best matches the
     past (normalised cross-correlation), and that best correlation
-    ``[N]``."""
+    ``[N]``.
+
+    In two stages, as RNNoise's search: at half rate (both signals
+    low-passed and decimated) every lag, by FFTs of ``W`` points; then at
+    full rate the three lags around the best one, directly."""
     W = xw.shape[1]
-    n = _PITCH_NFFT
     nl = zb.shape[1] - W - _PITCH_MIN_T + 1  # lag l compares with the frame l samples into zb: period W - l
-    Q = torch.fft.rfft(q, n=n, dim=-1)
-    S = torch.fft.rfft(torch.stack((zb, zb.square()), 0), n=n, dim=-1)
-    ce = torch.fft.irfft(torch.stack((Q.conj() * S[0], w2c * S[1]), 0), n=n, dim=-1)[..., :nl]
-    ncc = ce[0] * torch.rsqrt(xw.square().sum(1, keepdim=True) * ce[1].clamp(min=0.0) + _PITCH_EPS)
-    best, lag = ncc.max(1)
-    Pr = torch.view_as_real(torch.fft.rfft(zb.gather(1, lag.unsqueeze(1) + ar) * win, dim=-1))
+    qd, zd = _half(q), _half(zb)
+    nd = zd.shape[1] - qd.shape[1] - _PITCH_MIN_T // 2 + 1
+    Q = torch.fft.rfft(qd, n=W, dim=-1)
+    S = torch.fft.rfft(torch.stack((zd, zd.square()), 0), n=W, dim=-1)
+    ce = torch.fft.irfft(torch.stack((Q.conj() * S[0], w2c * S[1]), 0), n=W, dim=-1)[..., :nd]
+    coarse = (ce[0] * torch.rsqrt(ce[1].clamp(min=0.0) + _PITCH_EPS)).argmax(1)  # the frame's norm: a constant
+    cand = (2 * coarse.unsqueeze(1) + torch.arange(-1, 2, device=zb.device)).clamp_(0, nl - 1)  # [N, 3]
+    zc = zb.gather(1, (cand.unsqueeze(-1) + ar).reshape(zb.shape[0], -1)).reshape(zb.shape[0], 3, W)
+    c0 = (zc * q.unsqueeze(1)).sum(-1)
+    c1 = (zc.square() * win.square()).sum(-1)
+    ncc = c0 * torch.rsqrt(xw.square().sum(1, keepdim=True) * c1 + _PITCH_EPS)
+    best, k = ncc.max(1)
+    lag = cand.gather(1, k.unsqueeze(1))
+    Pr = torch.view_as_real(torch.fft.rfft(zb.gather(1, lag + ar) * win, dim=-1))
     return Pr, best
 
 
@@ -766,6 +798,9 @@ class NeuralSuppressor(HopSuppressor):
             fails). CUDA that is missing or fails, at start or later, falls
             back to the CPU with the reason logged and kept in
             :attr:`backend` (after a failure mid-stream the state restarts).
+        pitch_filter: strength of the pitch filter, 0..1 (0: off).
+            Default: the bundle's ``defaults.pitch_filter`` (0 if it has
+            none). A runtime parameter, like ``strength_db``.
         kernel: on the CPU, which streaming step runs each hop: ``"auto"``
             (default: the compiled C step, :mod:`quietcast.models.ckernel`,
             when it is built and supports the bundle's architecture, else

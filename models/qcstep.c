@@ -6,8 +6,8 @@
  * architectures the shipped bundles use: any number of fine-structure bins
  * (harm_bins), the band noise-floor input (floor_input), per-bin refinement
  * (fine_bins), warm start, and the pitch filter (the strength pf, 0 leaves
- * it out: a pitch search by FFT correlation over the 40 ms past, then
- * RNNoise's comb filter before the gains); no deep filter (df_order 0), no
+ * it out: a pitch search by correlation over the 40 ms past, at half rate
+ * then refined, and RNNoise's comb filter before the gains); no deep filter (df_order 0), no
  * pitch input. Other architectures run the torch step.
  *
  * Why: at one channel the torch step costs about 60 operator dispatches a
@@ -42,7 +42,6 @@ struct qc_nn {
     int64_t ed, dd;        /* encoder widths (band features, low band) */
     int64_t nh, nfl, nfine, warm;  /* fine-structure bins, floor input 0/1, refined bins, warm start 0/1 */
     int64_t nfac;          /* radices of the H-point complex FFT */
-    int64_t M2, nfac2;     /* the pitch search's complex FFT: M2 = 2H points (real 4H), its radices */
     const int64_t *fac;
     const float *win;      /* [2H] */
     const float *tw;       /* [H] complex exp(-2 pi i j / H) */
@@ -61,9 +60,6 @@ struct qc_nn {
     const float *W19, *W20, *b21;       /* refinement: [hh, nfine], [dd, nfine], [nfine] */
     const float *W22;                   /* fine structure: [nh, ed] */
     const float *W23;                   /* level above the floor: [nb, ed] */
-    const int64_t *fac2;                /* pitch search FFT: radices, */
-    const float *tw2, *rtw2;            /* [M2] exp(-2 pi i j / M2), [M2 + 1] exp(-2 pi i k / 2M2), */
-    const float *w2c;                   /* [M2 + 1] conj(rfft(win^2, 2M2)) */
     float *m, *u, *fl;                  /* state [C, nb], [C, kd], [C, nb * nfl] */
     uint8_t *fresh;                     /* [C] (warm start) */
     float *h1, *h2, *prev, *ola;        /* [C, hh] x2, [C, H] x2 */
@@ -226,56 +222,101 @@ static void irfft(const struct qc_nn *nn, const cpx *X, float *x, cpx *Z, cpx *z
 /* The pitch search of one frame (neural.py's _pitch_search): xw[2H] the
  * windowed frame, pb[4H] the overlap-added past signal ending with it.
  * The lag of 96..2H samples at which the frame (windowed once more) best
- * matches the past, by normalised cross-correlation through FFTs of 4H;
- * writes the spectrum Pr[F] of the windowed past frame one period back.
- * ws: pitch_scratch() floats. */
-static size_t pitch_scratch(int64_t H) { return (size_t)(4 * H /* a */ + 4 * (2 * H + 1) /* two spectra */ + 8 * H /* b */); }
+ * matches the past, by normalised cross-correlation: at half rate over
+ * every lag (FFTs of 2H points), then at full rate over the three lags
+ * around the best one. Writes the spectrum Pr[F] of the windowed past
+ * frame one period back. ws: pitch_scratch() floats. */
+static size_t pitch_scratch(int64_t H) { return (size_t)(14 * H + 8); }
+
+static void half_rate(const float *x, int64_t m, float *y)  /* x[2m] -> y[m], as _half */
+{
+    for (int64_t i = 0; i < m; i++) {
+        const float a = i > 0 ? x[2 * i - 1] : 0.0f, c = 2 * i + 1 < 2 * m ? x[2 * i + 1] : 0.0f;
+        y[i] = 0.25f * a + 0.5f * x[2 * i] + 0.25f * c;
+    }
+}
 
 static void pitch_search(const struct qc_nn *nn, const float *xw, const float *pb, cpx *Pr, float *ws)
 {
-    const int64_t H = nn->H, N2 = 2 * H, M2 = nn->M2, n = 2 * M2;
-    const cpx *tw2 = (const cpx *)nn->tw2, *rtw2 = (const cpx *)nn->rtw2, *w2c = (const cpx *)nn->w2c;
-    float *a = ws;                         /* [n] time signal / correlation */
-    cpx *S0 = (cpx *)(ws + n);             /* [M2 + 1] */
-    cpx *S1 = S0 + (M2 + 1);               /* [M2 + 1] */
-    float *b = ws + n + 4 * (M2 + 1);      /* [2n]: second correlation, then FFT scratch */
-    cpx *z = (cpx *)(b + n);               /* [M2] */
-    const int64_t nl = 2 * H - 96 + 1;     /* lags: periods 2H..96 (_PITCH_MIN_T) */
-    /* the frame's correlation with the past: irfft(conj(Q) S0) */
+    const int64_t H = nn->H, N2 = 2 * H, M = H;
+    float *a = ws, *b = ws + N2, *c = ws + 2 * N2;       /* [2H] each */
+    cpx *S0 = (cpx *)(ws + 3 * N2);                      /* [H + 1] */
+    cpx *S1 = S0 + (M + 1);                              /* [H + 1] */
+    cpx *z1 = S1 + (M + 1), *z2 = z1 + M;                /* [H] each */
+    const int64_t nl = 2 * H - 96 + 1, nd = H - 48 + 1;  /* full-rate and half-rate lags */
+    /* half rate: the frame (windowed once more) and the past */
     for (int64_t i = 0; i < N2; i++)
-        a[i] = xw[i] * nn->win[i];
-    memset(a + N2, 0, (size_t)(n - N2) * sizeof(float));
-    rfft_m(M2, nn->fac2, tw2, rtw2, a, S1, z);   /* Q, kept in S1 for now */
-    rfft_m(M2, nn->fac2, tw2, rtw2, pb, S0, z);
-    for (int64_t k = 0; k <= M2; k++) {
+        c[i] = xw[i] * nn->win[i];
+    half_rate(c, H, a);
+    memset(a + H, 0, (size_t)H * sizeof(float));
+    half_rate(pb, N2, b);
+    rfft(nn, a, S1, z1);  /* Q, kept in S1 for now */
+    rfft(nn, b, S0, z1);
+    for (int64_t k = 0; k <= M; k++) {
         const cpx q = S1[k], p = S0[k];
-        S0[k].r = q.r * p.r + q.i * p.i;   /* conj(q) p */
+        S0[k].r = q.r * p.r + q.i * p.i;  /* conj(q) p */
         S0[k].i = q.r * p.i - q.i * p.r;
     }
-    /* the past's energy under the window at every lag: irfft(w2c S1) */
-    for (int64_t i = 0; i < n; i++)
-        a[i] = pb[i] * pb[i];
-    rfft_m(M2, nn->fac2, tw2, rtw2, a, S1, z);
-    for (int64_t k = 0; k <= M2; k++)
-        S1[k] = cmul(w2c[k], S1[k]);
-    irfft_m(M2, nn->fac2, tw2, rtw2, S0, a, z, (cpx *)b);
-    irfft_m(M2, nn->fac2, tw2, rtw2, S1, b, z, S0);  /* S0 is used up: its room is the scratch */
+    irfft(nn, S0, a, z1, z2);
+    float *e1 = (float *)S1;  /* [nd]: S1 is free now */
+    /* the past's energy under the half-rate window at every lag, sum_j w2[j] zd[j + l]^2 with w2[j] =
+     * win[2j]^2 = (1 - cos(2 pi j / H)) / 2 (periodic Hann): from running sums of zd^2 and of
+     * zd^2 exp(2 pi i k / H) (tw holds exp(-2 pi i j / H)), in double; the same as the torch step's FFTs */
+    {
+        const cpx *tw = (const cpx *)nn->tw;
+        double p0 = 0.0, pr = 0.0, pi = 0.0;
+        for (int64_t k = 0; k < H; k++) {
+            const double e = (double)b[k] * b[k];
+            p0 += e;
+            pr += e * tw[k].r;
+            pi -= e * tw[k].i;
+        }
+        for (int64_t l = 0; l < nd; l++) {
+            /* sum over m in [l, l + H): e_m (1 - cos(theta (m - l))) / 2, theta = 2 pi / H */
+            const cpx w = tw[l % H];  /* exp(-i theta l) */
+            const double re = pr * w.r - pi * w.i;  /* Re(exp(-i theta l) * sum e_m exp(i theta m)) */
+            e1[l] = (float)(0.5 * (p0 - re));
+            const double eo = (double)b[l] * b[l], en = (double)b[l + H] * b[l + H];
+            p0 += en - eo;  /* m = l leaves the window, m = l + H (the same phase) enters */
+            pr += (en - eo) * w.r;
+            pi -= (en - eo) * w.i;
+        }
+    }
+    int64_t ld = 0;
+    float top = -INFINITY;
+    for (int64_t l = 0; l < nd; l++) {
+        const float v = a[l] * (1.0f / sqrtf(fmaxf(e1[l], 0.0f) + 1e-12f));
+        if (v > top) {
+            top = v;
+            ld = l;
+        }
+    }
+    /* full rate, the three lags around it */
     float ex = 0.0f;
     for (int64_t i = 0; i < N2; i++)
         ex += xw[i] * xw[i];
     int64_t lag = 0;
     float best = -INFINITY;
-    for (int64_t l = 0; l < nl; l++) {
-        const float v = a[l] * (1.0f / sqrtf(ex * fmaxf(b[l], 0.0f) + 1e-12f));
+    for (int64_t d = -1; d <= 1; d++) {
+        int64_t L = 2 * ld + d;
+        L = L < 0 ? 0 : (L > nl - 1 ? nl - 1 : L);
+        float c0 = 0.0f, c1 = 0.0f;
+        for (int64_t j = 0; j < N2; j++) {
+            const float zv = pb[L + j], w = nn->win[j];
+            c0 += zv * c[j];
+            c1 += zv * zv * (w * w);
+        }
+        const float v = c0 * (1.0f / sqrtf(ex * c1 + 1e-12f));
         if (v > best) {
             best = v;
-            lag = l;
+            lag = L;
         }
     }
     for (int64_t i = 0; i < N2; i++)
-        b[i] = pb[lag + i] * nn->win[i];
-    rfft(nn, b, Pr, z);
+        a[i] = pb[lag + i] * nn->win[i];
+    rfft(nn, a, Pr, z1);
 }
+
 /* --------------------------------------------------------------- linear */
 
 static void bias_rows(float *restrict out, const float *restrict b, int64_t nc, int64_t N)
