@@ -267,8 +267,10 @@ class QCNet(nn.Module):
         if comb is not None:  # the pitch filter, between the gains and the spectrum they apply to
             Pr, Pb, k = comb
             eps = torch.full((self.n_bands,), _LE_EPS, dtype=Pb.dtype, device=Pb.device)
-            Xv = torch.view_as_complex(_comb(torch.view_as_real(X), Pr, Pb, g, self.fb_energy, self.fb_interp,
-                                             eps, k).contiguous())
+            # g detached: the filter is a fixed pre-filter for the gradient (its sqrt has no
+            # derivative at 0); the gains learn what it leaves
+            Xv = torch.view_as_complex(_comb(torch.view_as_real(X), Pr, Pb, g.detach(), self.fb_energy,
+                                             self.fb_interp, eps, k).contiguous())
         if self.df is None:
             return Xv * G, g
         c = torch.tanh(self.df(y))

@@ -866,16 +866,17 @@ def _loss(net, V, S, X, g, gain_weight: float = GAIN_WEIGHT, keep_weight: float 
 
 
 def train_step(net, opt, xb: np.ndarray, sb: np.ndarray, win, hop: int, hold: bool = True,
-               gain_weight: float = GAIN_WEIGHT, keep_weight: float = 1.0):
+               gain_weight: float = GAIN_WEIGHT, keep_weight: float = 1.0, pitch_filter: float = 0.0):
     """One optimiser step on a batch (noisy ``xb``, target ``sb``,
     ``[B, N]``): STFT, forward pass (digital-silence frames held when
-    ``hold``), loss, backward pass, gradient clipping to norm 1, Adam.
-    Returns the loss, its three parts and the gradient norm."""
+    ``hold``; the pitch filter at ``pitch_filter``, 0 without), loss,
+    backward pass, gradient clipping to norm 1, Adam. Returns the loss,
+    its three parts and the gradient norm."""
     import torch
 
     x, s = torch.from_numpy(xb), torch.from_numpy(sb)
     X, S = _stft(x, win, hop), _stft(s, win, hop)
-    V, g = net(X, silent=_silent(x, win, hop) if hold else None)
+    V, g = net(X, silent=_silent(x, win, hop) if hold else None, pitch_filter=pitch_filter)
     loss, parts = _loss(net, V, S, X, g, gain_weight, keep_weight)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -894,8 +895,9 @@ def _silent(x, win, hop):
     return fr.square().mean(-1) < SILENT_MS
 
 
-def _quick_eval(net, mixes, win, hop) -> float:
-    """Mean SI-SDR improvement (dB) of the voice estimate on held-out mixes."""
+def _quick_eval(net, mixes, win, hop, pitch_filter: float = 0.0) -> float:
+    """Mean SI-SDR improvement (dB) of the voice estimate on held-out mixes
+    (with the pitch filter at ``pitch_filter``)."""
     import torch
 
     from .neural import overlap_add
@@ -904,7 +906,7 @@ def _quick_eval(net, mixes, win, hop) -> float:
         x = torch.from_numpy(np.stack([m["noisy"] for m in mixes]))
         n = x.shape[1] // hop * hop
         X = _stft(x[:, :n], win, hop)
-        V, _ = net(X)
+        V, _ = net(X, pitch_filter=pitch_filter)
         v = overlap_add(V, win, hop).numpy()
     imp = []
     for i, m in enumerate(mixes):
@@ -1057,9 +1059,11 @@ def _default_strength(args, init_cfg: dict | None) -> float:
     return float(((init_cfg or {}).get("defaults") or {}).get("strength_db", own))
 
 
-def _default_pitch_filter(init_cfg: dict | None) -> float:
-    """The bundle's default ``pitch_filter`` (a post-filter: the weights do
-    not depend on it): the ``--init`` bundle's, else 0 (off)."""
+def _default_pitch_filter(args, init_cfg: dict | None) -> float:
+    """The bundle's default ``pitch_filter``: ``--pitch-filter`` (the
+    strength it trained with), else the ``--init`` bundle's, else 0 (off)."""
+    if getattr(args, "pitch_filter", None) is not None:
+        return float(args.pitch_filter)
     return float(((init_cfg or {}).get("defaults") or {}).get("pitch_filter", 0.0))
 
 
@@ -1184,6 +1188,7 @@ def train(args) -> pathlib.Path:
     # ema += (1 - D) (w - ema), from the initial weights); the bundle holds
     # the average, --raw-out the last step's weights beside it.
     ema = Ema(net, args.ema) if args.ema else None
+    pf = float(args.pitch_filter or 0.0)  # the pitch filter in the loop (0: without)
     if args.resume and ckpt.exists():
         st = torch.load(ckpt, map_location="cpu", weights_only=True)
         net.load_state_dict(st["net"])
@@ -1247,7 +1252,8 @@ def train(args) -> pathlib.Path:
             for gr in opt.param_groups:
                 gr["lr"] = lr
             lv, parts, gn = train_step(net, opt, *batches.next(), win, hop, hold=args.mix_version >= 2,
-                                       gain_weight=args.gain_weight, keep_weight=args.keep_weight)
+                                       gain_weight=args.gain_weight, keep_weight=args.keep_weight,
+                                       pitch_filter=pf)
             step += 1
             if ema is not None:
                 ema.update(net)
@@ -1257,7 +1263,7 @@ def train(args) -> pathlib.Path:
                     f"gain {parts[2]:.4f}) gnorm {gn:.2f} lr {lr:.2e} {elapsed() / max(1, step):.2f} s/step")
             if time.time() - t_eval > args.eval_every * 60:
                 net.eval()
-                imp = _quick_eval(net if ema is None else ema.model(net), val, win, hop)
+                imp = _quick_eval(net if ema is None else ema.model(net), val, win, hop, pf)
                 net.train()
                 hist.append({"step": step, "loss": run_avg, "val_si_sdr_imp_db": round(imp, 3)})
                 log(f"step {step}: held-out SI-SDR improvement {imp:+.2f} dB")
@@ -1270,10 +1276,10 @@ def train(args) -> pathlib.Path:
     net.eval()
     final = net  # what the bundle holds: the last weights, or their average with --ema
     if ema is not None:
-        raw_imp = _quick_eval(net, val, win, hop)
+        raw_imp = _quick_eval(net, val, win, hop, pf)
         log(f"final step {step}: held-out SI-SDR improvement {raw_imp:+.2f} dB (last weights)")
         final = ema.model(net)
-    imp = _quick_eval(final, val, win, hop)
+    imp = _quick_eval(final, val, win, hop, pf)
     hist.append({"step": step, "loss": run_avg, "val_si_sdr_imp_db": round(imp, 3)})
     log(f"final step {step}: held-out SI-SDR improvement {imp:+.2f} dB" + (" (weight average)" if ema else ""))
     save_ckpt()
@@ -1291,7 +1297,7 @@ def train(args) -> pathlib.Path:
         "window": 2 * hop,
         "latency_samples": {"algorithmic": hop, "hop_buffer": hop, "total": 2 * hop},
         "defaults": {"strength_db": _default_strength(args, init_cfg), "background_db": None,
-                     "pitch_filter": _default_pitch_filter(init_cfg)},
+                     "pitch_filter": _default_pitch_filter(args, init_cfg)},
         "training": {
             "command": " ".join(shlex.quote(c) for c in cmd),
             "stage": stage,
@@ -1307,6 +1313,7 @@ def train(args) -> pathlib.Path:
                               + (f" --keep-weight {args.keep_weight:g}" if args.keep_weight != 1.0 else "")
                               + (f" --train-only {args.train_only}" if args.train_only else "")
                               + (f" --ema {args.ema:g}" if args.ema else "")
+                              + (f" --pitch-filter {args.pitch_filter:g}" if args.pitch_filter else "")
                               + (f" --exclude {args.exclude}" if args.exclude else "")
                               + (f" --noise-weights {args.noise_weights}" if args.noise_weights else "")
                               + (f" --snr-range={args.snr_range[0]:g},{args.snr_range[1]:g}"
@@ -1327,6 +1334,7 @@ def train(args) -> pathlib.Path:
             "weights": (f"exponential moving average of the weights over the steps (decay {args.ema:g}, "
                         "from the initial weights)") if args.ema else "the last step's",
             "ema": args.ema,
+            "pitch_filter": pf,
             "threads": args.threads, "device": "cpu", "train_seconds": round(train_s, 1),
             "train_cpu_seconds": round(cpu0 + time.process_time() - c_run, 1),
             "torch": torch.__version__, "history": hist,
@@ -1410,6 +1418,17 @@ def _strength_arg(text: str) -> float:
         v = math.nan
     if not lo <= v <= hi:
         raise argparse.ArgumentTypeError(f"--strength-db {text}: expected a number of dB from {lo:g} to {hi:g}")
+    return v
+
+
+def _pitch_filter_arg(text: str) -> float:
+    """argparse ``type`` of ``--pitch-filter``: 0..1."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"--pitch-filter {text}: expected a strength from 0 to 1")
     return v
 
 
@@ -1545,6 +1564,10 @@ def main(argv=None) -> int:
     p.add_argument("--ema", type=_ema_arg, default=0.0,
                    help="keep an exponential moving average of the weights with this decay per step "
                         "(0.9..0.99999; 0, the default, keeps none) and write it as the bundle")
+    p.add_argument("--pitch-filter", type=_pitch_filter_arg, default=None, metavar="K",
+                   help="train with the pitch filter at strength K (0..1) in the loop, before the gains "
+                        "(the gains learn what it leaves), and make K the bundle's default pitch_filter "
+                        "(default: none in the loop; the --init bundle's default is kept)")
     p.add_argument("--raw-out", default=None,
                    help="with --ema: also write the last step's weights as a bundle in this folder")
     p.add_argument("--ckpt-every", type=float, default=3.0, help="minutes")

@@ -64,7 +64,7 @@ def _args(data, tmp_path, name: str, **kw) -> argparse.Namespace:
              train_only="", fine_bins=0, hidden=0, harm_bins=0, noise_floor=False, warm_start=False, pitch_input=False, gain_weight=0.5, keep_weight=1.0,
              mix_version=3, snr_range=T.SNR_RANGE, exclude="", noise_weights="", cache=str(tmp_path / "cache"),
              ckpt=str(tmp_path / f"{name}.pt"), resume=False, ckpt_every=60.0, eval_every=60.0, log=None,
-             strength_db=None, ema=0.0, raw_out=None)
+             strength_db=None, ema=0.0, raw_out=None, pitch_filter=None)
     a.update(kw)
     return argparse.Namespace(**a)
 
@@ -195,12 +195,35 @@ def test_cli_names_a_bad_snr_range(capsys):
         assert f"--snr-range {bad}: expected LO,HI in dB with -30 <= LO <= HI <= 60" in capsys.readouterr().err
 
 
-def test_default_pitch_filter_follows_the_parent():
-    """The pitch filter is a post-filter: a trained bundle keeps its --init
-    parent's default, else none (0)."""
-    assert T._default_pitch_filter(None) == 0.0
-    assert T._default_pitch_filter({"defaults": {"strength_db": 25.0}}) == 0.0
-    assert T._default_pitch_filter({"defaults": {"pitch_filter": 0.5}}) == 0.5
+def test_default_pitch_filter_follows_the_parent_unless_trained_with(capsys):
+    """A bundle's default pitch_filter: the strength it trained with
+    (--pitch-filter), else its --init parent's, else none (0); out of 0..1
+    the CLI names the range."""
+    ns = argparse.Namespace
+    assert T._default_pitch_filter(ns(pitch_filter=None), None) == 0.0
+    assert T._default_pitch_filter(ns(pitch_filter=None), {"defaults": {"strength_db": 25.0}}) == 0.0
+    assert T._default_pitch_filter(ns(pitch_filter=None), {"defaults": {"pitch_filter": 0.5}}) == 0.5
+    assert T._default_pitch_filter(ns(pitch_filter=0.3), {"defaults": {"pitch_filter": 0.5}}) == 0.3
+    for bad in ("1.5", "-0.1", "nan", "on"):
+        with pytest.raises(SystemExit) as e:
+            T.main(["--pitch-filter", bad])
+        assert e.value.code == 2
+        assert f"--pitch-filter {bad}: expected a strength from 0 to 1" in capsys.readouterr().err
+
+
+def test_training_with_the_pitch_filter_in_the_loop(data, tmp_path):
+    """--pitch-filter K: the filter runs in the training forward pass (the
+    run differs from one without it, from the same seed, and stays
+    finite), the bundle's default and the config say K, and the replay
+    command has it."""
+    plain = load_bundle(T.train(_args(data, tmp_path, "plain", steps=110)))
+    pf = load_bundle(T.train(_args(data, tmp_path, "pf", steps=110, pitch_filter=0.5)))
+    assert all(torch.isfinite(v).all() for v in pf.state_dict.values())
+    assert not torch.equal(plain.state_dict["gain.weight"], pf.state_dict["gain.weight"])
+    assert pf.config["defaults"]["pitch_filter"] == 0.5 and plain.config["defaults"]["pitch_filter"] == 0.0
+    tr = pf.config["training"]
+    assert tr["pitch_filter"] == 0.5 and "--pitch-filter 0.5" in tr["replay_command"]
+    assert plain.config["training"]["pitch_filter"] == 0.0
 
 
 def test_default_strength_follows_the_parent_unless_given(capsys):
