@@ -130,9 +130,10 @@ class Daemon:
             self.registry.reapply(new)
             self.engine = new
             self._rebuild = False
-            log.info("engine: %d channel(s) at %d Hz, model %s on %s (strength 1.0 = %g dB), processing latency "
+            pf = new.sup.values.get("pitch_filter")
+            log.info("engine: %d channel(s) at %d Hz, model %s on %s (strength 1.0 = %g dB%s), processing latency "
                      "%d frames", new.n, sample_rate, new.model, new.backend, new.max_attenuation_db,
-                     new.processing_latency)
+                     "" if pf is None else f", pitch filter {pf:g}", new.processing_latency)
             lic = bundle_licence(new.sup.suppressor)
             if lic and not lic.get("commercial_use", True) and not getattr(self, "_licence_warned", False):
                 self._licence_warned = True

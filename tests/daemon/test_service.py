@@ -396,6 +396,8 @@ def test_the_log_says_when_weights_are_non_commercial(tmp_path, jack_server, mod
             assert f"model {cfg.parent / 'bundles' / 'mine'} (mine)" in warned[0], warned[0]
     else:
         assert warned == [], out
+    # the engine line states the strength and the pitch filter the channels get (the bundles' own 0.5)
+    assert any("engine: " in ln and "pitch filter 0.5" in ln for ln in out.splitlines()), out
     assert proc.returncode == 0
 
 
