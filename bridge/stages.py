@@ -557,12 +557,10 @@ class DenoiseStage(Stage):
             max_attenuation_db = float(self.suppressor.PARAMS["strength_db"][2])
         self.values = {"model": model, "strength": strength, "max_attenuation_db": max_attenuation_db}
         self._apply_strength()
-        if "pitch_filter" in self.suppressor.PARAMS:
-            if pitch_filter is not None:
-                self.suppressor.set_param("pitch_filter", pitch_filter)
+        if pitch_filter is not None:
+            self._apply_param("pitch_filter", pitch_filter)
+        elif "pitch_filter" in self.suppressor.PARAMS:  # the model's own
             self.values["pitch_filter"] = float(self.suppressor.get_param("pitch_filter"))
-        elif pitch_filter is not None:
-            raise ParameterError(f"{self.name}.pitch_filter", f"model {model!r} has no pitch filter (neural models do)")
         sr = self.sample_rate
         if sr == self.suppressor.sample_rate:
             self._resampled = False
@@ -589,9 +587,10 @@ class DenoiseStage(Stage):
             raise ParameterError(f"{self.name}.model", "cannot be changed while running; load a new chain")
         if name == "pitch_filter":
             if "pitch_filter" not in self.suppressor.PARAMS:
-                raise ParameterError(f"{self.name}.pitch_filter", f"model {self.model!r} has no pitch filter")
+                raise ParameterError(f"{self.name}.pitch_filter",
+                                     f"model {self.values['model']!r} has no pitch filter (neural models do)")
             self.suppressor.set_param("pitch_filter", value)
-            self.values[name] = value
+            self.values[name] = float(self.suppressor.get_param("pitch_filter"))
             return
         self.values[name] = value
         self._apply_strength()

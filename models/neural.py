@@ -459,18 +459,6 @@ def _pitch_search(xw: torch.Tensor, q: torch.Tensor, zb: torch.Tensor, win: torc
     return Pr, best
 
 
-def _pitch(xw: torch.Tensor, q: torch.Tensor, zb: torch.Tensor, Xr: torch.Tensor, Pb: torch.Tensor,
-           win: torch.Tensor, fb_e: torch.Tensor, w2c: torch.Tensor, ar: torch.Tensor) -> torch.Tensor:
-    """Pitch features of ``N`` frames (arguments as :func:`_pitch_search`;
-    ``Xr[N, F, 2]`` the frame's spectrum, ``Pb[N, nb]`` its band powers,
-    ``P @ fb_e + eps``). Returns ``[N, nb + 1]``: per band, the
-    correlation (-1..1) of the spectrum with that of the windowed past
-    frame one period back; then the best normalised correlation over the
-    periods 96..W samples."""
-    Pr, best = _pitch_search(xw, q, zb, win, w2c, ar)
-    return _pitch_features(Xr, Pr, Pb, best, fb_e)
-
-
 def _pitch_features(Xr: torch.Tensor, Pr: torch.Tensor, Pb: torch.Tensor, best: torch.Tensor,
                     fb_e: torch.Tensor) -> torch.Tensor:
     """``[..., nb + 1]``: per band the correlation of the spectrum ``Xr``

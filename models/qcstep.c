@@ -451,6 +451,25 @@ int64_t qc_nn_scratch(const struct qc_nn *nn)
     return QC_BLK * per + 4 * H /* FFT */ + (int64_t)pitch_scratch(H) + 64;
 }
 
+/* out[nb] = eps + the band sums (fb_e) of the bin values v[F] */
+static void band_sum(const struct qc_nn *nn, const float *v, float *out)
+{
+    for (int64_t b = 0; b < nn->nb; b++)
+        out[b] = nn->le_eps;
+    for (int64_t f = 0; f <= nn->H; f++)  /* each bin feeds one or two bands */
+        for (int64_t z = nn->fe_ptr[f]; z < nn->fe_ptr[f + 1]; z++)
+            out[nn->fe_idx[z]] += v[f] * nn->fe_val[z];
+}
+
+/* the band values b[nb] interpolated at bin f (fb_i) */
+static inline float at_bin(const struct qc_nn *nn, const float *b, int64_t f)
+{
+    float a = 0.0f;
+    for (int64_t z = nn->fi_ptr[f]; z < nn->fi_ptr[f + 1]; z++)
+        a += b[nn->fi_idx[z]] * nn->fi_val[z];
+    return a;
+}
+
 /* channels [c0, c0 + nc) of one hop */
 static void block(const struct qc_nn *nn, const float *hop, float mix, int64_t c0, int64_t nc)
 {
@@ -503,11 +522,7 @@ static void block(const struct qc_nn *nn, const float *hop, float mix, int64_t c
         for (int64_t f = 0; f < F; f++)
             Pc[f] = Xc[f].r * Xc[f].r + Xc[f].i * Xc[f].i;
         float *l = lE + c * nb;
-        for (int64_t b = 0; b < nb; b++)
-            l[b] = nn->le_eps;
-        for (int64_t f = 0; f < F; f++)  /* each bin feeds one or two bands */
-            for (int64_t z = nn->fe_ptr[f]; z < nn->fe_ptr[f + 1]; z++)
-                l[nn->fe_idx[z]] += Pc[f] * nn->fe_val[z];
+        band_sum(nn, Pc, l);
         memcpy(Pb + c * nb, l, (size_t)nb * sizeof(float));
         for (int64_t b = 0; b < nb; b++)
             l[b] = minf_(10.0f * log10f(l[b]), nn->le_max);
@@ -601,12 +616,8 @@ static void block(const struct qc_nn *nn, const float *hop, float mix, int64_t c
     for (int64_t i = 0; i < nc * nb; i++)
         g[i] = sigm(g[i]);
     for (int64_t c = 0; c < nc; c++)
-        for (int64_t f = 0; f < F; f++) {
-            float a = 0.0f;
-            for (int64_t z = nn->fi_ptr[f]; z < nn->fi_ptr[f + 1]; z++)
-                a += g[c * nb + nn->fi_idx[z]] * nn->fi_val[z];
-            G[c * F + f] = a;
-        }
+        for (int64_t f = 0; f < F; f++)
+            G[c * F + f] = at_bin(nn, g + c * nb, f);
     if (nf > 0) {  /* per-bin refinement of the low bins */
         bias_rows(q, nn->b21, nc, nf);
         mm(q, y, hh, nn->W19, nc, hh, nf);
@@ -641,26 +652,18 @@ static void block(const struct qc_nn *nn, const float *hop, float mix, int64_t c
                 const float rr = cr > gc[b] ? 1.0f : sqrtf(minf_(maxf_(c2 * (1.0f - g2) / (0.001f + g2 * (1.0f - c2)), 0.0f), 1.0f));
                 r[b] = rr * sqrtf(pbc[b] / pp[b]) * pf;
             }
+            float *e = P + c * F;  /* free by now: the filtered frame's bin powers */
             for (int64_t f = 0; f < F; f++) {
-                float a = 0.0f;
-                for (int64_t z = nn->fi_ptr[f]; z < nn->fi_ptr[f + 1]; z++)
-                    a += r[nn->fi_idx[z]] * nn->fi_val[z];
+                const float a = at_bin(nn, r, f);
                 Xc[f].r += a * Pc[f].r;
                 Xc[f].i += a * Pc[f].i;
+                e[f] = Xc[f].r * Xc[f].r + Xc[f].i * Xc[f].i;
             }
-            for (int64_t b = 0; b < nb; b++)
-                pp[b] = nn->le_eps;
-            for (int64_t f = 0; f < F; f++) {
-                const float e = Xc[f].r * Xc[f].r + Xc[f].i * Xc[f].i;
-                for (int64_t z = nn->fe_ptr[f]; z < nn->fe_ptr[f + 1]; z++)
-                    pp[nn->fe_idx[z]] += e * nn->fe_val[z];
-            }
+            band_sum(nn, e, pp);
             for (int64_t b = 0; b < nb; b++)
                 r[b] = sqrtf(pbc[b] / pp[b]);
             for (int64_t f = 0; f < F; f++) {
-                float a = 0.0f;
-                for (int64_t z = nn->fi_ptr[f]; z < nn->fi_ptr[f + 1]; z++)
-                    a += r[nn->fi_idx[z]] * nn->fi_val[z];
+                const float a = at_bin(nn, r, f);
                 Xc[f].r *= a;
                 Xc[f].i *= a;
             }

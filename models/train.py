@@ -1406,38 +1406,42 @@ def _snr_range_arg(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _number(text: str) -> float:
+    """``text`` as a float, NaN if it is not a number (which every range
+    check then refuses)."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def _strength_arg(text: str) -> float:
     """argparse ``type`` of ``--strength-db``: the range the model's
     ``strength_db`` parameter allows (0..60 dB)."""
     from .neural import NeuralSuppressor
 
     lo, hi = NeuralSuppressor.PARAMS["strength_db"][:2]
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
+    v = _number(text)
     if not lo <= v <= hi:
         raise argparse.ArgumentTypeError(f"--strength-db {text}: expected a number of dB from {lo:g} to {hi:g}")
     return v
 
 
 def _pitch_filter_arg(text: str) -> float:
-    """argparse ``type`` of ``--pitch-filter``: 0..1."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"--pitch-filter {text}: expected a strength from 0 to 1")
+    """argparse ``type`` of ``--pitch-filter``: the range the model's
+    ``pitch_filter`` parameter allows (0..1)."""
+    from .neural import NeuralSuppressor
+
+    lo, hi = NeuralSuppressor.PARAMS["pitch_filter"][:2]
+    v = _number(text)
+    if not lo <= v <= hi:
+        raise argparse.ArgumentTypeError(f"--pitch-filter {text}: expected a strength from {lo:g} to {hi:g}")
     return v
 
 
 def _ema_arg(text: str) -> float:
     """argparse ``type`` of ``--ema``: 0 (none) or a decay per step, 0.9..0.99999."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
+    v = _number(text)
     if not (v == 0.0 or 0.9 <= v <= 0.99999):
         raise argparse.ArgumentTypeError(f"--ema {text}: expected 0 (no average) or a decay from 0.9 to 0.99999")
     return v
