@@ -174,6 +174,17 @@ def heldout_split(data=None) -> dict:
     }
 
 
+def _heldout_lists(cache: pathlib.Path, data=None) -> dict:
+    """:func:`heldout_split` of the data folder, or, on a machine that has
+    only the cache (``--cache`` carried to a GPU machine, or
+    :func:`synthetic_cache`), the same lists from the cache's index."""
+    try:
+        return heldout_split(data)
+    except FileNotFoundError:
+        index = json.loads((pathlib.Path(cache) / "index.json").read_text())
+        return {k: [s["name"] for s in index if s["kind"] == k and s["split"] == "heldout"] for k in ("speech", "noise")}
+
+
 def read_audio(path: str) -> tuple[np.ndarray, int]:
     """Mono float32 samples and their rate (FLAC/Ogg via soundfile, raw
     G.722 via PyAV)."""
@@ -234,6 +245,43 @@ def build_cache(cache: str | pathlib.Path, data=None, log=print) -> pathlib.Path
     index = [s for s in src if not s.get("skip")]
     index_path.write_text(json.dumps(index))
     log(f"cache written to {cache}")
+    return cache
+
+
+def synthetic_cache(cache: str | pathlib.Path, files: int = 24, seconds: float = 3.0, seed: int = 0) -> pathlib.Path:
+    """A training cache of generated audio (numpy only), in the layout of
+    :func:`build_cache`: ``files`` voiced "utterances" (harmonics of a
+    gliding f0, 100-300 Hz, under a syllable envelope) and as many noises
+    (white plus brown noise), all in group ``synthetic``, ``seconds``
+    each, the last of each kind held out. For timing the training
+    (``bench/train_speed.py --synthetic``) on a machine without the data,
+    such as a GPU machine; nothing is learnt from it."""
+    cache = pathlib.Path(cache) / f"v{CACHE_VERSION}"
+    if (cache / "index.json").exists():
+        return cache
+    cache.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    index, chunks = [], {"speech": [], "noise": []}
+    for kind in ("speech", "noise"):
+        pos = 0
+        for i in range(files):
+            if kind == "speech":
+                f0 = rng.uniform(100.0, 300.0) * (1 + 0.1 * np.sin(2 * np.pi * 0.7 * t + rng.uniform(0, 6)))
+                ph = 2 * np.pi * np.cumsum(f0) / SR
+                x = sum(np.sin(k * ph) / k for k in range(1, 40))
+                x = x * np.clip(np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6)), 0, None) ** 2
+            else:
+                x = np.cumsum(rng.standard_normal(t.size)) * rng.uniform(0.0, 0.05) + rng.standard_normal(t.size)
+                x = x - x.mean()
+            q = np.round(x * (0.95 * 32767 / np.abs(x).max())).astype(np.int16)
+            index.append(dict(name=f"synthetic/{kind}{i:03d}", path="", kind=kind, group="synthetic",
+                              split="heldout" if i == files - 1 else "train", start=pos, length=int(q.size),
+                              rate=SR))
+            chunks[kind].append(q)
+            pos += q.size
+        np.save(cache / f"{kind}.npy", np.concatenate(chunks[kind]))
+    (cache / "index.json").write_text(json.dumps(index))
     return cache
 
 
@@ -689,26 +737,78 @@ def _mix_worker(conn, corpus, state, n, batch, version, snr_range):  # runs in t
             pass
 
 
-class Batches:
-    """Training batches in the order ``rng`` makes them: made here
-    (``workers=0``) or ahead of time by one worker process (``workers=1``,
-    the default on a machine with two or more cores), which takes the
-    mixing (about a third of a step on one CPU thread) off the training
-    thread. Either way the batches are the same, bit for bit, and
-    :attr:`state` is the generator state after the last batch handed out
-    (what a checkpoint stores, so that ``--resume`` continues the same
-    sequence).
+#: the seed-sequence key of the per-mixture streams (``--workers`` 2 or more),
+#: so that they never coincide with the single stream of ``default_rng(seed)``
+_STREAM_KEY = 0x51C
 
-    The worker is forked (Linux; it inherits the corpus already in memory
-    and uses numpy/scipy only, never torch) and sends each batch through a
-    pipe (one batch waits there while the trainer works on the last)."""
+
+def make_mixtures(corpus: Corpus, n: int, version: int, seed: int, step: int, first: int, count: int,
+                  snr_range=SNR_RANGE) -> tuple[np.ndarray, np.ndarray]:
+    """Mixtures ``first .. first + count - 1`` of batch ``step``, each from
+    its own generator (``default_rng([_STREAM_KEY, seed, step, j])``):
+    the same mixtures whichever process makes them and in whatever order.
+    Noisy and target ``[count, n]`` float32."""
+    pairs = [make_mixture(np.random.default_rng([_STREAM_KEY, seed, step, j]), corpus, n, snr_range=snr_range,
+                          version=version) for j in range(first, first + count)]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+_POOL_TIMEOUT_S = 300.0  # the longest wait for one batch from the pool
+_POOL_ARGS: tuple = ()  # (corpus, n, version, seed, snr_range) in a mixing pool's processes (inherited by fork)
+
+
+def _pool_mix(step: int, first: int, count: int):  # runs in a pool process
+    corpus, n, version, seed, snr_range = _POOL_ARGS
+    return make_mixtures(corpus, n, version, seed, step, first, count, snr_range)
+
+
+class Batches:
+    """Training batches, made in one of two ways.
+
+    - ``workers`` 0 or 1: in the order ``rng`` makes them, here
+      (``workers=0``) or ahead of time by one worker process (``workers=1``,
+      the default on a machine with two or more cores), which takes the
+      mixing (about a third of a step on one CPU thread) off the training
+      thread. Either way the batches are the same, bit for bit, and
+      :attr:`state` is the generator state after the last batch handed
+      out (what a checkpoint stores, so that ``--resume`` continues the
+      same sequence). The worker is forked (Linux; it inherits the corpus
+      already in memory and uses numpy/scipy only, never torch) and sends
+      each batch through a pipe (one batch waits there while the trainer
+      works on the last).
+    - ``workers`` 2 or more (``seed`` given): a pool of that many forked
+      processes, each mixture from its own generator
+      (:func:`make_mixtures`: the seed, the batch's number and the
+      mixture's place in it), so the batches are the same for any number
+      of workers from 2 up, and batch ``start + k`` is the ``k``-th handed
+      out (``--resume`` starts at the checkpoint's step). Each batch is
+      split among the workers, and the next ``ahead`` batches are made
+      while the trainer works: enough to feed a GPU. These batches are not
+      those of the single stream (``workers`` 0 or 1): a run records which
+      it used."""
 
     def __init__(self, rng, corpus: Corpus, n: int, batch: int, version: int, workers: int = 0,
-                 snr_range=SNR_RANGE):
+                 snr_range=SNR_RANGE, seed: int | None = None, start: int = 0, ahead: int = 2):
         self.rng, self.corpus, self.n, self.batch, self.version = rng, corpus, n, batch, version
         self.snr_range = tuple(snr_range)
-        self._proc = self._conn = None
-        if workers > 0:
+        self.workers = int(workers)
+        self._proc = self._conn = self._pool = None
+        if self.workers >= 2:
+            global _POOL_ARGS
+            import multiprocessing as mp
+
+            if seed is None:
+                raise ValueError("Batches: workers >= 2 draws each mixture from the run's seed; give seed")
+            self.seed, self.count, self.ahead = int(seed), int(start), max(1, int(ahead))
+            self._pending: list = []
+            _POOL_ARGS = (corpus, n, version, self.seed, self.snr_range)
+            try:  # forked: each process inherits the corpus already in memory
+                self._pool = mp.get_context("fork").Pool(self.workers)
+            finally:
+                _POOL_ARGS = ()
+            k = -(-batch // self.workers)
+            self._parts = [(j, min(k, batch - j)) for j in range(0, batch, k)]
+        elif self.workers == 1:
             import multiprocessing as mp
 
             ctx = mp.get_context("fork")
@@ -718,7 +818,32 @@ class Batches:
             self._proc.start()
             child.close()
 
+    @property
+    def per_mixture(self) -> bool:
+        """Whether each mixture has its own generator (``workers`` >= 2)."""
+        return self.workers >= 2
+
+    def _submit(self) -> None:
+        step = self.count + len(self._pending)
+        self._pending.append([self._pool.apply_async(_pool_mix, (step, j, c)) for j, c in self._parts])
+
     def next(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._pool is not None:
+            while len(self._pending) < self.ahead + 1:
+                self._submit()
+            parts = self._pending.pop(0)
+            from multiprocessing import TimeoutError as _Timeout
+
+            try:
+                got = [r.get(timeout=_POOL_TIMEOUT_S) for r in parts]
+            except _Timeout:  # a pool process killed (out of memory?) never answers
+                raise RuntimeError(f"the mixing workers made no batch in {_POOL_TIMEOUT_S:g} s "
+                                   "(a worker process killed?)") from None
+            except Exception as e:  # noqa: BLE001 - a mixing process's error, with its reason
+                raise RuntimeError(f"a mixing worker failed: {type(e).__name__}: {e}") from e
+            self.count += 1
+            self._submit()
+            return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
         if self._proc is None:
             return make_batch(self.rng, self.corpus, self.n, self.batch, self.version, self.snr_range)
         while not self._conn.poll(5.0):
@@ -735,10 +860,15 @@ class Batches:
 
     @property
     def state(self) -> dict:
-        """The generator state after the last batch handed out."""
+        """The generator state after the last batch handed out (``workers``
+        0 or 1; with 2 or more, the batches follow the step count)."""
         return self.rng.bit_generator.state
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
         if self._proc is not None:
             self._conn.close()
             self._proc.terminate()
@@ -769,6 +899,9 @@ def heldout_mixtures(cache, n: int = 48, seed: int = 20240611, seconds: float = 
         voices = {g: [(s["name"], i) for i, s in enumerate(sp) if s["group"] == g]
                   for g in HELDOUT_GROUPS}
         voices = {g: v for g, v in voices.items() if v}  # no asterisk packages: LJ Speech alone
+        if not voices:  # a cache of other groups (synthetic_cache): its own held-out items
+            voices = {g: [(s["name"], i) for i, s in enumerate(sp) if s["group"] == g]
+                      for g in sorted({s["group"] for s in sp})}
         if not voices:
             raise FileNotFoundError(f"no held-out speech in the cache {cache}")
     gnames = list(voices)
@@ -874,7 +1007,7 @@ def train_step(net, opt, xb: np.ndarray, sb: np.ndarray, win, hop: int, hold: bo
     its three parts and the gradient norm."""
     import torch
 
-    x, s = torch.from_numpy(xb), torch.from_numpy(sb)
+    x, s = torch.from_numpy(xb).to(win.device), torch.from_numpy(sb).to(win.device)
     X, S = _stft(x, win, hop), _stft(s, win, hop)
     V, g = net(X, silent=_silent(x, win, hop) if hold else None, pitch_filter=pitch_filter)
     loss, parts = _loss(net, V, S, X, g, gain_weight, keep_weight)
@@ -903,11 +1036,11 @@ def _quick_eval(net, mixes, win, hop, pitch_filter: float = 0.0) -> float:
     from .neural import overlap_add
 
     with torch.no_grad():
-        x = torch.from_numpy(np.stack([m["noisy"] for m in mixes]))
+        x = torch.from_numpy(np.stack([m["noisy"] for m in mixes])).to(win.device)
         n = x.shape[1] // hop * hop
         X = _stft(x[:, :n], win, hop)
         V, _ = net(X, pitch_filter=pitch_filter)
-        v = overlap_add(V, win, hop).numpy()
+        v = overlap_add(V, win, hop).cpu().numpy()
     imp = []
     for i, m in enumerate(mixes):
         d = hop  # algorithmic latency of the offline pass
@@ -938,6 +1071,7 @@ _SOURCE_NOTES = {
     "nonspeech100": "nonspeech100, Hu & Wang (research set, licence not stated)",
     "misc": "shared/data/noise/misc (test samples of Apache-2.0 / MIT repositories)",
     "music": "music beds (CC BY 3.0 / public domain; credits in shared/data/music/*.txt)",
+    "synthetic": "generated harmonic tones and noises (models.train.synthetic_cache: for timing, not speech)",
 }
 
 
@@ -1067,6 +1201,50 @@ def _default_pitch_filter(args, init_cfg: dict | None) -> float:
     return float(((init_cfg or {}).get("defaults") or {}).get("pitch_filter", 0.0))
 
 
+def train_device(name: str = "auto"):
+    """The torch device a run trains on: ``auto`` (the default) is the
+    first CUDA device when torch sees one, else the CPU; ``cpu``,
+    ``cuda`` or ``cuda:N`` ask for one (SystemExit, with the reason, when
+    CUDA is asked for and not there)."""
+    import torch
+
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if re.fullmatch(r"cuda(:\d+)?", name):
+        if not torch.cuda.is_available():
+            why = "torch was built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise SystemExit(f"--device {name}: CUDA is not available here ({why}; torch {torch.__version__})")
+        d = torch.device(name)
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise SystemExit(f"--device {name}: there are CUDA devices 0..{torch.cuda.device_count() - 1}")
+        return d
+    raise SystemExit(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if device.type != "cuda":
+        return "cpu"
+    return f"{device} ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda})"
+
+
+def _to_device(net, opt, ema, device) -> None:
+    """Move a run's network, optimiser state and weight average to
+    ``device`` (the parameters stay the same objects, so the optimiser
+    keeps them)."""
+    net.to(device)
+    for st in opt.state.values():
+        for k, v in st.items():
+            if hasattr(v, "to") and getattr(v, "dim", lambda: 1)() > 0:
+                st[k] = v.to(device)
+    if ema is not None:
+        ema.avg = {k: v.to(device) for k, v in ema.avg.items()}
+
+
 def train(args) -> pathlib.Path:
     import torch
 
@@ -1074,6 +1252,7 @@ def train(args) -> pathlib.Path:
     from .neural import DEFAULT_ARCH, QCNet, _window
 
     torch.set_num_threads(args.threads)
+    device = train_device(getattr(args, "device", "auto"))
     t_start = time.time()
     log_f = open(args.log, "a") if args.log else None
 
@@ -1084,6 +1263,9 @@ def train(args) -> pathlib.Path:
             log_f.write(line + "\n")
             log_f.flush()
 
+    log(f"training on {_device_name(device)}; {args.threads} torch thread(s) on the CPU, "
+        + (f"{args.workers} mixing processes (a stream per mixture)" if args.workers >= 2 else
+           "mixing ahead in one worker process" if args.workers == 1 else "mixing between steps"))
     cache = build_cache(args.cache, args.data, log=log)
     exclude = tuple(g for g in args.exclude.split(",") if g)
     noise_weights = parse_noise_weights(args.noise_weights)
@@ -1219,6 +1401,8 @@ def train(args) -> pathlib.Path:
         """Share of the budget used: CPU time of this process against
         --minutes, wall time against --max-wall-minutes, whichever is ahead
         (on a shared machine the CPU share varies)."""
+        if device.type != "cpu":  # a GPU run: the budget is wall time
+            return elapsed() / (min(args.minutes, args.max_wall_minutes) * 60.0)
         cpu = cpu0 + time.process_time() - c_run
         return max(cpu / (args.minutes * 60.0), elapsed() / (args.max_wall_minutes * 60.0))
 
@@ -1228,7 +1412,10 @@ def train(args) -> pathlib.Path:
     run_avg = None
     lr = args.lr
     batches = Batches(rng, corpus, n, args.batch, args.mix_version, workers=args.workers,
-                      snr_range=args.snr_range)
+                      snr_range=args.snr_range, seed=args.seed, start=step)
+    # to the device only now: the mixing processes are forked before CUDA starts
+    _to_device(net, opt, ema, device)
+    win = win.to(device)
     try:
         while True:
             if step < WARMUP:
@@ -1318,12 +1505,14 @@ def train(args) -> pathlib.Path:
                               + (f" --noise-weights {args.noise_weights}" if args.noise_weights else "")
                               + (f" --snr-range={args.snr_range[0]:g},{args.snr_range[1]:g}"
                                  if args.snr_range != SNR_RANGE else "")
+                              + (f" --workers {args.workers}" if args.workers >= 2 else "")
                               + f" --mix-version {args.mix_version} --seed {args.seed}"
                               f" --batch {args.batch} --seconds {args.seconds} --lr {args.lr}",
             "mix_version": args.mix_version,
             "init": None if init_cfg is None else {"bundle": str(args.init), "sha256": init_cfg["weights"]["sha256"]},
             "seed": args.seed, "steps": step, "batch": args.batch, "train_only": list(train_only),
             "segment_s": args.seconds, "lr": args.lr, "workers": args.workers,
+            "mixing_streams": "per mixture (seed, batch, place)" if args.workers >= 2 else "one (seed)",
             "optimizer": f"Adam, linear warm-up {WARMUP} steps, then one rate per {BLOCK} steps on a cosine to 5 %"
                          " of the elapsed share of the time budget (recorded in lr_blocks)",
             "lr_blocks": [float(v) for v in blocks],  # exact (repr round-trips)
@@ -1335,13 +1524,13 @@ def train(args) -> pathlib.Path:
                         "from the initial weights)") if args.ema else "the last step's",
             "ema": args.ema,
             "pitch_filter": pf,
-            "threads": args.threads, "device": "cpu", "train_seconds": round(train_s, 1),
+            "threads": args.threads, "device": _device_name(device), "train_seconds": round(train_s, 1),
             "train_cpu_seconds": round(cpu0 + time.process_time() - c_run, 1),
             "torch": torch.__version__, "history": hist,
         },
         "data": {
             "train": _train_sources(corpus, exclude, args.mix_version),
-            "heldout": heldout_split(args.data),
+            "heldout": _heldout_lists(cache, args.data),
             "mixing": f"SNR U({args.snr_range[0]:g}, {args.snr_range[1]:g}) dB, level U(-50, -6) dBFS, "
                       "30 % synthetic RIR (RT60 0.15-0.8 s; target reverberant too), 75 % spectral band replication above the source band, 15 % band-limiting "
                       "(3.5-16 kHz, input and target), 8 % clipping (input), 4 % noise-only, 4 % speech-only"
@@ -1439,6 +1628,17 @@ def _pitch_filter_arg(text: str) -> float:
     return v
 
 
+def _workers_arg(text: str) -> int:
+    """argparse ``type`` of ``--workers``: 0..256 processes."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if not 0 <= v <= 256:
+        raise argparse.ArgumentTypeError(f"--workers {text}: expected a whole number of processes from 0 to 256")
+    return v
+
+
 def _ema_arg(text: str) -> float:
     """argparse ``type`` of ``--ema``: 0 (none) or a decay per step, 0.9..0.99999."""
     v = _number(text)
@@ -1501,9 +1701,16 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=2.0, help="segment length")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the training process")
-    p.add_argument("--workers", type=int, default=None, choices=(0, 1),
+    p.add_argument("--workers", type=_workers_arg, default=None,
                    help="processes making the training mixtures ahead (default 1 with two or more cores, "
-                        "else 0: made between steps); the batches are the same either way")
+                        "else 0: made between steps; 0 and 1 make the same batches); 2 or more (up to 256) "
+                        "split each batch among a pool and draw each mixture from its own stream, so the "
+                        "batches are the same for any count from 2 up, but not those of 0 or 1: enough "
+                        "mixing to feed a GPU")
+    p.add_argument("--device", default="auto",
+                   help="where the network trains: auto (default: the first CUDA device when torch sees one, "
+                        "else the CPU), cpu, cuda or cuda:N; the mixing stays on the CPU (--workers). On a GPU "
+                        "--minutes is wall time, and runs repeat to float rounding, not bit for bit")
     p.add_argument("--data", default=None, help="shared data folder (default ../shared/data)")
     p.add_argument("--init", default=None, help="start from this bundle's weights (fine-tuning)")
     p.add_argument("--train-only", default="",
