@@ -3,14 +3,18 @@
 # lent a device machine (whose image has CUDA torch, numpy, safetensors and
 # pytest, but no pedalboard, JACK or project install):
 #
-#     bash bench/gpu_check.sh          # from the repository root; ~2-4 min
+#     bash bench/gpu_check.sh          # from the repository root; ~3-6 min
 #
 # 1. the CUDA tests (pytest -m gpu in tests/models: CUDA graph == CPU,
 #    the exact strength-0 path through the graph, reset in place, 1024
-#    channels in one batch);
-# 2. bench/speed.py --gpu-only: per-hop p50/p99 for 1..4096 channels.
-# Logs and bench/out/speed.json go to $OUT (the device tool's folder) or
-# bench/out. The project is imported through a PEP 420 shim (quietcast/ ->
+#    channels in one batch; training on CUDA against the same run on the
+#    CPU, on a synthetic cache: the machine has no training data);
+# 2. bench/speed.py --gpu-only: per-hop p50/p99 for 1..4096 channels;
+# 3. bench/train_speed.py --device cuda --synthetic: the training step on
+#    the GPU at batch 6..256, and how many mixing processes feed it.
+# Logs and the JSON files go to $OUT (the device tool's folder) or
+# bench/out. Steps 1 and 3 need scipy for the mixing; without it they
+# fail and say so, and step 2 still runs. The project is imported through a PEP 420 shim (quietcast/ ->
 # bridge, daemon, models), as the package-dir mapping installs it.
 set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,8 +29,14 @@ cd "$here"
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
 } | tee "$out/gpu_env.txt"
 rc=0
-timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_neural.py -rs 2>&1 | tee "$out/gpu_tests.log"
+python3 -c "import scipy; print('scipy', scipy.__version__)" 2>&1 | tee -a "$out/gpu_env.txt"
+timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/models/test_neural.py \
+    tests/models/test_train_gpu.py -rs 2>&1 | tee "$out/gpu_tests.log"
 [ "${PIPESTATUS[0]}" = 0 ] || rc=1
 timeout 300 python3 bench/speed.py --gpu-only --json "$out/speed.json" 2>&1 | tee "$out/gpu_speed.log"
+[ "${PIPESTATUS[0]}" = 0 ] || rc=1
+timeout 200 python3 bench/train_speed.py --device cuda --synthetic --steps 8 --batch 6 --seconds 4 \
+    --mix-version 9 --batches 32,128,256 --pools 8,15 --json "$out/train_speed.json" 2>&1 \
+    | tee "$out/gpu_train_speed.log"
 [ "${PIPESTATUS[0]}" = 0 ] || rc=1
 exit $rc

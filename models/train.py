@@ -21,6 +21,17 @@ two or more cores a second one makes the mixtures ahead of it
 (``--workers 1``, :class:`Batches`: the same batches, bit for bit, so the
 same run either way; about 1.4x the steps per hour, ``bench/train_speed.py``).
 
+On a GPU (``--device auto``, the default, takes the first CUDA device
+torch sees; ``cpu``, ``cuda``, ``cuda:N``) the network, the loss, the
+optimiser and the weight average live on the device and the mixing stays
+on the CPU: ``--workers N`` (2 or more) runs a pool of N mixing processes,
+forked before CUDA starts, each mixture drawn from its own stream (seed,
+batch, place: the same batches for any pool size, recorded as
+``mixing_streams``). There ``--minutes`` counts wall time, and a rerun
+matches to float rounding, not bit for bit (cuDNN and atomic adds).
+:func:`synthetic_cache` makes a cache of generated audio for timing on a
+machine without the data.
+
 ``--init BUNDLE`` fine-tunes from a bundle's weights; ``--mix-version``
 picks the mixing recipe (1: the first stage of the shipped bundle, 2: no
 digital silence inside examples, some examples start mid-hop, 3: lower

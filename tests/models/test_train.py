@@ -64,7 +64,7 @@ def _args(data, tmp_path, name: str, **kw) -> argparse.Namespace:
              train_only="", fine_bins=0, hidden=0, harm_bins=0, noise_floor=False, warm_start=False, pitch_input=False, gain_weight=0.5, keep_weight=1.0,
              mix_version=3, snr_range=T.SNR_RANGE, exclude="", noise_weights="", cache=str(tmp_path / "cache"),
              ckpt=str(tmp_path / f"{name}.pt"), resume=False, ckpt_every=60.0, eval_every=60.0, log=None,
-             strength_db=None, ema=0.0, raw_out=None, pitch_filter=None)
+             strength_db=None, ema=0.0, raw_out=None, pitch_filter=None, device="cpu")
     a.update(kw)
     return argparse.Namespace(**a)
 
@@ -272,6 +272,102 @@ def test_worker_failure_is_raised_with_its_reason(data, tmp_path):
             b.next()
     finally:
         b.close()
+
+
+def test_pool_makes_the_same_batches_for_any_size(data, tmp_path):
+    """A pool of mixing processes (``--workers`` 2 or more) hands out the
+    same batches whatever its size and however a batch is split: each
+    mixture is drawn from its own stream (seed, batch, place); a pool
+    started at batch k (a resumed run) hands out batch k first; and these
+    are not the single stream's batches (``--workers`` 0 or 1)."""
+    cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
+    corpus = T.Corpus(cache, "train")
+    two = T.Batches(None, corpus, 24_000, 5, 3, workers=2, seed=4)
+    three = T.Batches(None, corpus, 24_000, 5, 3, workers=3, seed=4, ahead=1)
+    late = T.Batches(None, corpus, 24_000, 5, 3, workers=2, seed=4, start=2)
+    try:
+        got2 = [two.next() for _ in range(3)]
+        got3 = [three.next() for _ in range(3)]
+        first_late = late.next()
+    finally:
+        for b in (two, three, late):
+            b.close()
+    for step, ((x2, s2), (x3, s3)) in enumerate(zip(got2, got3)):
+        assert x2.shape == (5, 24_000) and x2.dtype == np.float32 and np.abs(x2).max() > 0
+        assert np.array_equal(x2, x3) and np.array_equal(s2, s3)
+        x, s = T.make_mixtures(corpus, 24_000, 3, 4, step, 0, 5)  # made here, in one piece
+        assert np.array_equal(x, x2) and np.array_equal(s, s2)
+    assert not np.array_equal(got2[0][0], got2[1][0])
+    assert np.array_equal(first_late[0], got2[2][0])
+    single = T.make_batch(np.random.default_rng(4), corpus, 24_000, 5, 3)
+    assert not np.array_equal(single[0], got2[0][0])
+    assert two._pool is None
+    with pytest.raises(ValueError, match="give seed"):
+        T.Batches(None, corpus, 24_000, 5, 3, workers=2)
+
+
+def test_pool_failure_is_raised_with_its_reason(data, tmp_path):
+    cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
+    corpus = T.Corpus(cache, "train")
+    corpus.items["speech"] = []  # nothing to draw from: every mixing process fails
+    b = T.Batches(None, corpus, 24_000, 4, 3, workers=2, seed=0)
+    try:
+        with pytest.raises(RuntimeError, match="a mixing worker failed: ValueError"):
+            b.next()
+    finally:
+        b.close()
+
+
+def test_training_with_a_pool_is_the_same_for_any_size(data, tmp_path):
+    """Two runs with pools of 2 and 3 mixing processes give the same
+    weights bit for bit, record the per-mixture streams, and replay with
+    a pool."""
+    out2 = T.train(_args(data, tmp_path, "p2", workers=2, device="cpu"))
+    out3 = T.train(_args(data, tmp_path, "p3", workers=3, device="cpu"))
+    b2, b3 = load_bundle(out2), load_bundle(out3)
+    assert b2.config["weights"]["sha256"] == b3.config["weights"]["sha256"]
+    tr = b2.config["training"]
+    assert tr["workers"] == 2 and tr["mixing_streams"].startswith("per mixture") and tr["device"] == "cpu"
+    assert "--workers 2 --mix-version 3 --seed 7" in tr["replay_command"]
+    assert tr["history"][-1]["val_si_sdr_imp_db"] > 1.0
+
+
+def test_device_choice_names_what_is_wrong(capsys):
+    """``--device``: auto picks CUDA when torch sees it, else the CPU; an
+    unknown name, or CUDA where there is none, stops with the reason."""
+    assert T.train_device("cpu") == torch.device("cpu")
+    auto = T.train_device("auto")
+    assert auto.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(SystemExit, match="--device tpu: expected auto, cpu, cuda or cuda:N"):
+        T.train_device("tpu")
+    if torch.cuda.is_available():
+        assert T.train_device("cuda") == torch.device("cuda")
+        with pytest.raises(SystemExit, match="there are CUDA devices 0.."):
+            T.train_device(f"cuda:{torch.cuda.device_count()}")
+    else:
+        with pytest.raises(SystemExit, match="--device cuda: CUDA is not available here"):
+            T.train_device("cuda")
+    _cli_refuses(capsys, "--workers", ("-1", "257", "two", "1.5"),
+                 "expected a whole number of processes from 0 to 256")
+
+
+def test_synthetic_cache_trains_without_the_data(tmp_path):
+    """The generated cache (for timing on a machine without the data,
+    e.g. a GPU machine) loads as a training corpus, gives held-out
+    mixtures from its own held-out items, and a run on it needs no data
+    folder: the held-out lists come from the cache's index and the
+    sources are named as generated."""
+    cache = T.synthetic_cache(tmp_path / "syn", files=6, seconds=1.5)
+    corpus = T.train_corpus(cache, 9)
+    assert len(corpus.items["speech"]) == 5 and len(corpus.items["noise"]) == 5
+    mixes = T.heldout_mixtures(cache, n=2, seconds=1.0)
+    assert {m["group"] for m in mixes} == {"synthetic"} and np.abs(mixes[0]["noisy"]).max() > 0
+    out = T.train(_args(tmp_path / "no-data", tmp_path, "syn_run", cache=str(tmp_path / "syn"), steps=100,
+                        batch=2, workers=2, device="cpu", mix_version=9))
+    cfg = load_bundle(out).config
+    assert cfg["data"]["heldout"]["speech"] == ["synthetic/speech005"]
+    assert cfg["data"]["train"]["speech"][0].startswith("generated harmonic tones")
+    assert cfg["training"]["steps"] == 100
 
 
 def test_training_writes_a_bundle_that_loads_and_runs(data, tmp_path):
