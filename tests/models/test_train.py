@@ -130,6 +130,54 @@ def test_fillets_voices_only_from_mix_versions_4_and_6(data, tmp_path, monkeypat
     assert not np.array_equal(T.make_batch(np.random.default_rng(5), T.train_corpus(cache, 5), 24_000, 3, 5)[1], d[1])
 
 
+def test_mix_version_12_reads_the_denoised_czech_voices(data, tmp_path, monkeypatch):
+    """``--denoise-speech fillets-cs`` runs DeepFilterNet3 over that group's
+    items (both splits) into the cache, with their offsets and the energy
+    it took off; mix version 12 then reads the Czech lines from that copy,
+    in about a quarter of the utterances. Without the copy it names the
+    command; an unknown group is named with the ones there are; a cache
+    without the group mixes exactly as version 9 (no synthetic scenes)."""
+    rng = np.random.default_rng(2)
+    fil = tmp_path / "fillets"
+    (fil / "cave" / "cs").mkdir(parents=True)
+    for stem, f0 in (("cave-v-hello", 110), ("cave-m-hi", 230)):
+        x = _voice(rng, 1.2, f0) + 0.03 * rng.standard_normal(int(1.2 * 48_000)).astype(np.float32)
+        sf.write(fil / "cave" / "cs" / f"{stem}.ogg", x, 48_000)
+    monkeypatch.setattr(T, "FILLETS", fil)
+    cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
+    with pytest.raises(FileNotFoundError, match="--denoise-speech fillets-cs"):
+        T.train_corpus(cache, 12)
+    assert T.main(["--cache", str(tmp_path / "cache"), "--data", str(data), "--denoise-speech", "fillets-cs"]) == 0
+    meta = json.loads((cache / "denoised" / "fillets-cs.json").read_text())
+    assert meta["items"] == 2 and meta["removed_db"] < -3.0 and "DeepFilterNet3" in meta["tool"]
+    with pytest.raises(SystemExit, match=r"no such speech group in .* \(it has fillets-cs, ljspeech\)"):
+        T.main(["--cache", str(tmp_path / "cache"), "--data", str(data), "--denoise-speech", "nope"])
+
+    c12 = T.train_corpus(cache, 12)
+    assert [c12.items["speech"][k]["group"] for k in c12.denoised_idx] == ["fillets-cs"] * 2
+    for k in c12.denoised_idx:
+        s = c12.items["speech"][k]
+        raw = c12.audio["speech"][s["start"]:s["start"] + s["length"]].astype(np.float64)
+        den = c12.get("speech", int(k)).astype(np.float64)
+        assert den.shape == raw.shape and np.sum(den ** 2) < 0.9 * np.sum(raw ** 2)
+    drawn = []
+    get = c12.get
+    monkeypatch.setattr(c12, "get", lambda kind, i: (drawn.append(i), get(kind, i))[1])
+    r = np.random.default_rng(0)
+    for _ in range(600):
+        T._speech_segment(r, c12, 48_000, 12)
+    share = np.isin(drawn, c12.denoised_idx).mean()
+    assert len(drawn) > 500 and 0.19 < share < 0.31
+    src = T._train_sources(c12, version=12)["speech"]
+    assert any("read from a denoised copy, 25 % of the utterances: DeepFilterNet3" in t and t.startswith("fillets-ng-data-cs") for t in src)
+
+    monkeypatch.setattr(T, "FILLETS", tmp_path / "no-fillets")
+    plain = T.build_cache(tmp_path / "cache-plain", data, log=lambda m: None)
+    a = T.make_batch(np.random.default_rng(5), T.train_corpus(plain, 12), 24_000, 3, 12)
+    b = T.make_batch(np.random.default_rng(5), T.train_corpus(plain, 9), 24_000, 3, 9)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
 def test_mix_version_5_adds_higher_voices(data, tmp_path):
     """Version 5 plays some utterances faster (a higher voice, its band
     wider by the same factor); versions 3 and below draw as before."""
