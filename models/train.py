@@ -1816,7 +1816,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads of the training process")
     p.add_argument("--workers", type=_workers_arg, default=None,
                    help="processes making the training mixtures ahead (default 1 with two or more cores, "
-                        "else 0: made between steps; 0 and 1 make the same batches); 2 or more (up to 256) "
+                        "else 0: made between steps; 0 and 1 make the same batches; on a GPU with three or "
+                        "more cores, the cores less one, at most 16); 2 or more (up to 256) "
                         "split each batch among a pool and draw each mixture from its own stream, so the "
                         "batches are the same for any count from 2 up, but not those of 0 or 1: enough "
                         "mixing to feed a GPU")
@@ -1910,7 +1911,11 @@ def main(argv=None) -> int:
     if args.max_wall_minutes is None:
         args.max_wall_minutes = 1.5 * args.minutes
     if args.workers is None:
-        args.workers = 1 if (os.cpu_count() or 1) > 1 else 0
+        cores = os.cpu_count() or 1
+        if cores > 2 and train_device(args.device).type == "cuda":
+            args.workers = min(16, cores - 1)  # a pool that can keep a GPU busy
+        else:
+            args.workers = 1 if cores > 1 else 0
     if args.ckpt is None:
         args.ckpt = f"/tmp/quietcast_train_seed{args.seed}.pt"
     train(args)
