@@ -3,7 +3,7 @@
 # lent a device machine (whose image has CUDA torch, numpy, safetensors and
 # pytest, but no pedalboard, JACK or project install):
 #
-#     bash bench/gpu_check.sh          # from the repository root; ~3-6 min, at most 9.7
+#     bash bench/gpu_check.sh          # from the repository root; ~3-6 min, at most 9.7 min
 #
 # 1. the CUDA tests (pytest -m gpu in tests/models: CUDA graph == CPU,
 #    the exact strength-0 path through the graph, reset in place, 1024
