@@ -449,7 +449,7 @@ def train_corpus(cache: pathlib.Path, version: int, exclude=(), noise_weights: d
     of :data:`SPEECH_VERSIONS` only in their versions, so an earlier
     version replays exactly the draws it made before they were added."""
     later = tuple(g for g, v in SPEECH_VERSIONS.items() if version not in v)
-    den = tuple(g for g in DENOISED_GROUPS if g not in exclude) if version >= 12 else ()
+    den = tuple(g for g in DENOISED_GROUPS if g not in exclude) if version == 12 else ()
     return Corpus(cache, "train", tuple(exclude) + later, noise_weights, denoised=den)
 
 
@@ -512,7 +512,7 @@ def _speech_segment(rng, corpus: Corpus, n: int, version: int = 2) -> tuple[np.n
     ns = len(corpus.items["speech"])
     higher_p, higher_range = higher_voices(version)
     den, other = corpus.denoised_idx, corpus.other_idx
-    split = version >= 12 and den.size > 0 and other.size > 0
+    split = version == 12 and den.size > 0 and other.size > 0
     while pos < n:
         if split:  # version 12: the denoised groups in DENOISED_P of the utterances
             i = int(den[rng.integers(den.size)]) if rng.random() < DENOISED_P else int(other[rng.integers(other.size)])
@@ -613,6 +613,15 @@ SCENE_ALONE_P = 0.3
 SCENE_P_V11 = 0.8
 #: the kinds of synthetic scene, drawn with equal weight
 SCENE_KINDS = ("machine", "impacts", "siren", "wind")
+#: mix version 13: version 10 with four more kinds, for the held-out
+#: sounds the licence-clean corpus has nothing like (a crowd or children,
+#: dogs and birds, car horns and bells, music)
+SCENE_KINDS_V13 = SCENE_KINDS + ("babble", "animal", "horn", "music")
+#: mix version 13's babble: how many talkers (at least four, so that no
+#: one voice in it stands out as a second speaker) and the share of
+#: children's babble (the voices played 1.3-1.7x as fast)
+BABBLE_TALKERS = (4, 9)
+BABBLE_CHILD_P = 0.3
 
 
 def _shaped_noise(rng, n: int, lo: float, hi: float) -> np.ndarray:
@@ -646,9 +655,177 @@ def _wavetable(phase: np.ndarray, amps, phases) -> np.ndarray:
     return table[i] * (1 - fr) + table[i + 1] * fr
 
 
-def _scene_noise(rng, n: int, kind: str | None = None) -> np.ndarray:
-    """Unit-RMS synthetic noise of one of :data:`SCENE_KINDS` (mix version
-    10), for the kinds of background the few licence-clean recordings lack:
+def _babble(rng, corpus: Corpus, n: int) -> np.ndarray:
+    """A crowd: 4-8 training utterances (:data:`BABBLE_TALKERS`) at random
+    places, each at its own level (+-6 dB) and speed (0.8-1.25x; in
+    :data:`BABBLE_CHILD_P` of crowds 1.3-1.7x: children), summed, and in
+    70 % of crowds through one room. Unit RMS. Speech only from the
+    corpus's training split, so no held-out voice is heard as babble."""
+    child = rng.random() < BABBLE_CHILD_P
+    out = np.zeros(n, np.float32)
+    ns = len(corpus.items["speech"])
+    for _ in range(int(rng.integers(*BABBLE_TALKERS))):
+        f = rng.uniform(1.3, 1.7) if child else rng.uniform(0.8, 1.25)
+        need = int(n * f) + 2
+        v = np.zeros(need, np.float32)
+        pos = -int(rng.integers(0, SR))  # join the talker mid-utterance
+        while pos < need:  # one talker: utterances one after another, short pauses
+            u = corpus.get("speech", int(rng.integers(ns)))
+            a, b = max(0, -pos), min(u.size, need - pos)
+            if b > a:
+                v[pos + a:pos + b] = u[a:b].astype(np.float32) * np.float32(_I16 / (_rms(u[::16] * _I16) + 1e-4))
+            pos += u.size + int(rng.uniform(0.0, 0.3) * SR)
+        # played at speed f (linear interpolation: aliasing does not matter in a crowd)
+        out += np.interp(np.arange(n) * f, np.arange(need), v).astype(np.float32) * np.float32(
+            10 ** (rng.uniform(-6, 6) / 20))
+    if rng.random() < 0.7:
+        h = _rir(rng)[0]
+        out = _fftconv2(out, h, h)[0]
+    if child:  # shouts and laughter: the crowd swells
+        out = out * _slow_envelope(rng, n, rng.uniform(0.5, 3), rng.uniform(3, 12))
+    return out
+
+
+def _calls(rng, n: int) -> np.ndarray:
+    """Dogs or birds: dogs' barks in bouts (60-300 ms each, f0 300-1000
+    Hz falling as it ends, rich harmonics over a breathy noise burst), or
+    birds' chirps and trills (1.5-7 kHz sweeps of 15-150 ms)."""
+    t_all = n / SR
+    x = np.zeros(n, np.float64)
+    if rng.random() < 0.65:  # dogs
+        pos = rng.uniform(0, 0.8)
+        while pos < t_all:
+            for _ in range(int(rng.integers(1, 6))):  # a bout
+                d = rng.uniform(0.06, 0.3)
+                m = int(d * SR)
+                i0 = int(pos * SR)
+                if i0 >= n:
+                    break
+                m = min(m, n - i0)
+                tt = np.arange(m) / SR
+                f0 = rng.uniform(300, 1000) * (1 - rng.uniform(0, 0.4) * (tt / d) ** 2)
+                kmax = max(2, min(20, int(8000 / f0.max())))
+                y = _wavetable(2 * np.pi * np.cumsum(f0) / SR,
+                               [rng.uniform(0.3, 1) / k ** rng.uniform(0.3, 1.2) for k in range(1, kmax + 1)],
+                               rng.uniform(0, 6.3, kmax))
+                y = y / (_rms(y) + 1e-9) + rng.uniform(0.2, 1.0) * _shaped_noise(rng, m, 400, 5000)
+                env = np.minimum(tt / 0.005, 1) * np.exp(-tt / (d * rng.uniform(0.3, 0.8)))
+                x[i0:i0 + m] += y * env * 10 ** (rng.uniform(-6, 0) / 20)
+                pos += d + rng.uniform(0.08, 0.35)
+            pos += rng.uniform(0.4, 3.0)
+    else:  # birds
+        rate = rng.uniform(1, 12)
+        for start in np.sort(rng.uniform(0, t_all, rng.poisson(rate * t_all) + 1)):
+            d = rng.uniform(0.015, 0.15)
+            i0, m = int(start * SR), int(d * SR)
+            m = min(m, n - i0)
+            if m < 8:
+                continue
+            tt = np.arange(m) / SR
+            fa, fb = rng.uniform(1500, 7000, 2)
+            f = fa + (fb - fa) * tt / d + rng.uniform(0, 400) * np.sin(2 * np.pi * rng.uniform(20, 80) * tt)
+            env = np.sin(np.pi * tt / d) ** 2
+            x[i0:i0 + m] += np.sin(2 * np.pi * np.cumsum(f) / SR) * env * 10 ** (rng.uniform(-12, 0) / 20)
+    return x / (_rms(x) + 1e-12) + 10 ** (rng.uniform(-40, -15) / 20) * _shaped_noise(rng, n, 50, 16000)
+
+
+def _smooth_gate(gate: np.ndarray, k: int) -> np.ndarray:
+    """``gate`` averaged over ``k`` samples (a running sum: the cost does
+    not grow with ``k``), so a tone switched on and off does not click."""
+    c = np.concatenate([[0.0], np.cumsum(gate, dtype=np.float64)])
+    i = np.arange(gate.size)
+    lo, hi = np.clip(i - k // 2, 0, gate.size), np.clip(i - k // 2 + k, 0, gate.size)
+    return (c[hi] - c[lo]) / k
+
+
+def _horn(rng, n: int) -> np.ndarray:
+    """Car horns (one or two bright tones at 300-520 Hz, held 0.1-1.5 s),
+    bells (inharmonic partials that ring 0.3-3 s) or a telephone's ring
+    (two tones trilled at 15-25 Hz), over a faint floor."""
+    t = np.arange(n) / SR
+    x = np.zeros(n, np.float64)
+    kind = rng.random()
+    if kind < 0.4:  # horns
+        f0s = rng.uniform(300, 520, int(rng.integers(1, 3)))
+        tone = sum(_wavetable(2 * np.pi * f0 * t, [1 / k ** 0.7 if k % 2 else 0.5 / k for k in range(1, 21)],
+                              np.zeros(20)) for f0 in f0s)
+        pos = rng.uniform(0, 1.0)
+        gate = np.zeros(n)
+        while pos < n / SR:
+            d = rng.uniform(0.1, 1.5)
+            gate[int(pos * SR):int((pos + d) * SR)] = 1.0
+            pos += d + rng.uniform(0.1, 2.0)
+        x = tone * _smooth_gate(gate, int(SR * 0.01))
+    elif kind < 0.75:  # bells
+        ratios = np.array([0.5, 1.0, 1.19, 1.5, 2.0, 2.5, 2.67, 3.0, 4.0]) * rng.uniform(0.97, 1.03, 9)
+        f0 = float(np.exp(rng.uniform(np.log(200), np.log(1500))))
+        per = rng.uniform(0.3, 2.5)
+        decay = rng.uniform(0.3, 3.0)
+        tt = t[:min(n, int(decay * 4 * SR))]  # one strike, rung down to -35 dB
+        strike = sum(rng.uniform(0.2, 1) * np.sin(2 * np.pi * f0 * r * tt + rng.uniform(0, 6.3))
+                     * np.exp(-tt * (1 + r) / decay) for r in ratios if f0 * r < 20000)
+        for start in np.arange(rng.uniform(0, per), n / SR, per):  # struck again and again
+            i0 = int(start * SR)
+            m = min(n - i0, tt.size)
+            x[i0:i0 + m] += strike[:m] * 10 ** (rng.uniform(-6, 0) / 20)
+    else:  # a telephone's ring
+        fa, fb = rng.uniform(400, 2000, 2)
+        trill = (np.sin(2 * np.pi * rng.uniform(15, 25) * t) > 0).astype(np.float64)
+        tone = np.sin(2 * np.pi * fa * t) * trill + np.sin(2 * np.pi * fb * t) * (1 - trill)
+        on, off = rng.uniform(0.4, 2.0), rng.uniform(0.2, 4.0)
+        gate = ((t + rng.uniform(0, on + off)) % (on + off) < on).astype(np.float64)
+        x = tone * _smooth_gate(gate, int(SR * 0.003))
+    if _rms(x) < 1e-6:  # no event fell inside a short segment
+        x = np.sin(2 * np.pi * rng.uniform(300, 520) * t)
+    return x / _rms(x) + 10 ** (rng.uniform(-40, -15) / 20) * _shaped_noise(rng, n, 50, 16000)
+
+
+def _music(rng, n: int) -> np.ndarray:
+    """A synthetic band: notes of a pentatonic scale in 1-3 parts (plucked,
+    piano-like or held), 60-180 beats a minute, with a kick, snare and
+    hi-hat in half the pieces."""
+    t = np.arange(n) / SR
+    beat = 60.0 / rng.uniform(60, 180)
+    x = np.zeros(n, np.float64)
+    scale = np.array([0, 2, 4, 7, 9])
+    for _ in range(int(rng.integers(1, 4))):
+        root = float(np.exp(rng.uniform(np.log(70), np.log(600))))
+        step = beat * rng.choice([0.5, 1.0, 2.0])
+        decay = rng.uniform(0.1, 1.5)
+        attack = 0.002 if rng.random() < 0.6 else rng.uniform(0.02, 0.2)
+        tilt = rng.uniform(0.6, 2.0)
+        for start in np.arange(0, n / SR, step):
+            f0 = root * 2 ** ((scale[int(rng.integers(5))] + 12 * int(rng.integers(0, 2))) / 12)
+            i0 = int(start * SR)
+            m = min(n - i0, int(min(step * 2, decay * 5) * SR) + 1)
+            tt = t[:m]
+            kmax = max(1, min(16, int(10000 / f0)))
+            y = _wavetable(2 * np.pi * f0 * tt, [1 / k ** tilt for k in range(1, kmax + 1)], rng.uniform(0, 6.3, kmax))
+            x[i0:i0 + m] += y * np.minimum(tt / attack, 1) * np.exp(-tt / decay) * 10 ** (rng.uniform(-6, 0) / 20)
+    if rng.random() < 0.5:  # drums
+        drums = np.zeros(n)
+        for k, start in enumerate(np.arange(0, n / SR, beat / 2)):
+            i0 = int(start * SR)
+            m = min(n - i0, int(0.25 * SR))
+            tt = t[:m]
+            if k % 4 == 0:  # kick
+                drums[i0:i0 + m] += np.sin(2 * np.pi * (50 * tt + 60 * 0.03 * (1 - np.exp(-tt / 0.03)))) * np.exp(-tt / 0.12)
+            elif k % 4 == 2:  # snare
+                drums[i0:i0 + m] += 0.7 * rng.standard_normal(m) * np.exp(-tt / 0.06)
+            hh = min(m, int(0.05 * SR))
+            drums[i0:i0 + hh] += 0.3 * _shaped_noise(rng, hh, 6000, 16000) * np.exp(-t[:hh] / 0.015)
+        x = x / (_rms(x) + 1e-12) + rng.uniform(0.3, 1.5) * drums / (_rms(drums) + 1e-12)
+    if rng.random() < 0.5:  # a room
+        h = _rir(rng)[0]
+        x = _fftconv2(x.astype(np.float32), h, h)[0]
+    return np.asarray(x, np.float64)
+
+
+def _scene_noise(rng, n: int, kind: str | None = None, kinds=SCENE_KINDS, corpus: Corpus | None = None) -> np.ndarray:
+    """Unit-RMS synthetic noise of one of ``kinds`` (mix version 10:
+    :data:`SCENE_KINDS`; version 13: :data:`SCENE_KINDS_V13`, whose
+    ``babble`` needs the training ``corpus``), for the kinds of background
+    the few licence-clean recordings lack:
 
     - ``machine``: a motor, fan, compressor or engine: a steady harmonic
       series (f0 25-300 Hz, drifting under 2 %, which no voice holds for
@@ -658,9 +835,13 @@ def _scene_noise(rng, n: int, kind: str | None = None) -> np.ndarray:
       at random times (1-300 per second);
     - ``siren``: a siren sweeping 400-1800 Hz, or an alarm's beeps
       (500-4000 Hz tones switched on and off), with a few harmonics;
-    - ``wind``: low-passed noise (100-2000 Hz) in gusts, with rumble.
+    - ``wind``: low-passed noise (100-2000 Hz) in gusts, with rumble;
+    - ``babble`` (version 13): a crowd or children (:func:`_babble`);
+    - ``animal`` (version 13): dogs barking or birds (:func:`_calls`);
+    - ``horn`` (version 13): car horns, bells, a telephone (:func:`_horn`);
+    - ``music`` (version 13): a synthetic band (:func:`_music`).
     """
-    kind = kind or SCENE_KINDS[int(rng.integers(len(SCENE_KINDS)))]
+    kind = kind or kinds[int(rng.integers(len(kinds)))]
     t = np.arange(n) / SR
     if kind == "machine":
         f0 = float(np.exp(rng.uniform(np.log(25), np.log(300))))
@@ -709,8 +890,18 @@ def _scene_noise(rng, n: int, kind: str | None = None) -> np.ndarray:
     elif kind == "wind":
         x = _shaped_noise(rng, n, rng.uniform(20, 80), rng.uniform(100, 2000))
         x = x * _slow_envelope(rng, n, rng.uniform(0.3, 3), rng.uniform(6, 20))
+    elif kind == "babble":
+        if corpus is None:
+            raise ValueError("scene kind 'babble' needs the training corpus (its voices)")
+        x = _babble(rng, corpus, n)
+    elif kind == "animal":
+        x = _calls(rng, n)
+    elif kind == "horn":
+        x = _horn(rng, n)
+    elif kind == "music":
+        x = _music(rng, n)
     else:
-        raise ValueError(f"scene kind {kind!r}: expected one of {', '.join(SCENE_KINDS)}")
+        raise ValueError(f"scene kind {kind!r}: expected one of {', '.join(SCENE_KINDS_V13)}")
     return (x / _rms(x)).astype(np.float32)
 
 
@@ -721,8 +912,8 @@ def _noise_segment(rng, corpus: Corpus, n: int, version: int = 2) -> np.ndarray:
     carry a synthetic scene (:func:`_scene_noise`), about a third of those
     alone."""
     out = np.zeros(n, np.float32)
-    if version in (10, 11) and rng.random() < (SCENE_P_V11 if version >= 11 else SCENE_P):
-        scene = _scene_noise(rng, n)
+    if version in (10, 11, 13) and rng.random() < (SCENE_P_V11 if version == 11 else SCENE_P):
+        scene = _scene_noise(rng, n) if version != 13 else _scene_noise(rng, n, kinds=SCENE_KINDS_V13, corpus=corpus)
         if rng.random() < SCENE_ALONE_P:
             return scene
         out += scene * np.float32(10 ** (rng.uniform(-10, 0) / 20))
@@ -783,7 +974,9 @@ def make_mixture(rng, corpus: Corpus, n: int, snr_range=SNR_RANGE, augment: bool
     Czech fillets-ng voices, a man and a woman, read from their denoised
     copy (:data:`DENOISED_GROUPS`, :func:`denoise_group`) and drawn in a
     quarter of the utterances; from a cache without them it mixes exactly
-    as version 9."""
+    as version 9. Version 13 is version 10 with four more kinds of scene
+    (:data:`SCENE_KINDS_V13`: babble of the training voices, dogs and
+    birds, horns and bells, music), for the licence-clean bundle."""
     r = rng.random()
     speech_on = r >= 0.04  # 4 % noise only
     noise_on = not (0.04 <= r < 0.08) or version >= 2  # v1: 4 % clean speech only
@@ -1233,6 +1426,9 @@ def _train_sources(corpus: "Corpus", exclude=(), version: int = 2) -> dict:
                          if t.startswith(head) else t for t in out["speech"]]
     if version in (10, 11):
         out["noise"].append("synthetic scenes (generated, mix version 10): machines, impacts, sirens and beeps, wind")
+    if version == 13:
+        out["noise"].append("synthetic scenes (generated, mix version 13): machines, impacts, sirens and beeps, wind, "
+                            "babble of the training voices, dogs and birds, horns, bells and telephones, music")
     out["excluded_groups"] = list(exclude)
     out["noise_share"] = {g: round(v, 4) for g, v in corpus.noise_share.items()}
     return out
@@ -1857,7 +2053,7 @@ def main(argv=None) -> int:
     p.add_argument("--keep-weight", type=float, default=1.0,
                    help="in the band-gain term, the weight of a gain below its ideal value (voice removed) "
                         "against one above it (noise left); default 1")
-    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12),
+    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13),
                    help="mixing recipe (1: the first stage of the default bundle; 2: no digital silence inside "
                         "examples, starts mid-hop; 3: also lower voices, half the utterances slowed 0.6-0.95x; "
                         "4: version 3 from more voices, the fillets-ng dialogue (Debian fillets-ng-data-cs/-nl), "
@@ -1868,7 +2064,9 @@ def main(argv=None) -> int:
                         "9: version 7 with the higher voices up to 1.75x; 10: version 9 plus synthetic scenes in "
                         "half the backgrounds: machines, impacts, sirens and beeps, wind; 11: version 10 with scenes in 80 %% of "
                         "the backgrounds; 12: version 9 plus the Czech fillets-ng voices, a man and a woman, "
-                        "denoised (--denoise-speech fillets-cs first), in 25 %% of the utterances; see make_mixture)")
+                        "denoised (--denoise-speech fillets-cs first), in 25 %% of the utterances; 13: version 10 with four "
+                        "more kinds of scene: babble of the training voices, dogs and birds, horns and bells, music; "
+                        "see make_mixture)")
     p.add_argument("--strength-db", type=_strength_arg, default=None, metavar="DB",
                    help="the bundle's default strength_db, the most it attenuates the background, 0-60 dB "
                         "(config.json defaults; default: the --init bundle's, else 15)")

@@ -708,6 +708,88 @@ def test_scene_noise_kinds():
         T._scene_noise(np.random.default_rng(0), n, "rain")
 
 
+def _envelope_depth(x: np.ndarray, hop: int = 480) -> float:
+    """How deeply the 10 ms energy of ``x`` swings: the spread (std) of
+    its level in dB over frames that are not silent."""
+    e = np.square(x[: x.size // hop * hop].astype(np.float64)).reshape(-1, hop).mean(axis=1)
+    db = 10 * np.log10(e + 1e-12)
+    return float(np.std(db[db > db.max() - 60]))
+
+
+def test_scene_noise_kinds_v13(data, tmp_path):
+    """Mix version 13's four more kinds: unit RMS and finite, and each
+    the thing it stands for. Babble is voices (its level swings like
+    speech's) but a crowd of them (it swings less than one voice), made
+    of the training split only; dogs' barks and birds' chirps come and go
+    and sit above 300 Hz; horns, bells and telephones are tonal (one
+    spectral peak far above the floor around it); music has notes."""
+    cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
+    corpus = T.train_corpus(cache, 13)
+    n = 96_000
+    seen = []
+    get = corpus.get
+    corpus.get = lambda kind, i: seen.append((kind, i)) or get(kind, i)
+    for seed in range(8):
+        for kind in T.SCENE_KINDS_V13:
+            x = T._scene_noise(np.random.default_rng(seed), n, kind, kinds=T.SCENE_KINDS_V13, corpus=corpus)
+            assert x.dtype == np.float32 and x.size == n and np.isfinite(x).all(), (kind, seed)
+            assert abs(T._rms(x) - 1.0) < 1e-3, (kind, seed)
+        babble = T._scene_noise(np.random.default_rng(seed), n, "babble", corpus=corpus)
+        one = T._speech_segment(np.random.default_rng(seed), corpus, n, 9)[0]
+        assert 1.0 < _envelope_depth(babble) < _envelope_depth(one), seed
+        animal = T._scene_noise(np.random.default_rng(seed), n, "animal")
+        spec = np.abs(np.fft.rfft(animal)) ** 2
+        f = np.fft.rfftfreq(n, 1 / 48_000)
+        assert spec[f > 300].sum() > 0.9 * spec.sum(), seed
+        assert _envelope_depth(animal) > 5.0, seed  # calls with quiet between them
+        for kind in ("horn", "music"):
+            y = T._scene_noise(np.random.default_rng(seed), n, kind)
+            sp = np.abs(np.fft.rfft(y * np.hanning(n)))
+            k = int(np.argmax(sp))
+            around = np.median(sp[max(0, k - 200):k + 200])
+            assert sp[k] > 10 * around, (kind, seed)  # white noise: about 3
+    assert seen and {k for k, _ in seen} == {"speech"}
+    assert {i for _, i in seen} <= set(range(len(corpus.items["speech"])))
+    assert all(s["split"] == "train" for s in corpus.items["speech"])
+    with pytest.raises(ValueError, match="scene kind 'babble' needs the training corpus"):
+        T._scene_noise(np.random.default_rng(0), n, "babble")
+    with pytest.raises(ValueError, match="scene kind 'rain': expected one of machine, impacts, siren, wind, "
+                                         "babble, animal, horn, music"):
+        T._scene_noise(np.random.default_rng(0), n, "rain")
+
+
+def test_mix_version_13_draws_every_kind(data, tmp_path, monkeypatch):
+    """Version 13 puts a scene into about half the backgrounds, as version
+    10, drawing from all eight kinds; version 10's draws stay the four
+    kinds it had; the training record names the new scenes."""
+    cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
+    corpus = T.train_corpus(cache, 13)
+    n = 24_000
+    kinds = []
+    real = T._scene_noise
+
+    def spy(rng, n, kind=None, kinds_=T.SCENE_KINDS, corpus=None, **kw):
+        ks = kw.get("kinds", kinds_)
+        k = ks[int(rng.integers(len(ks)))] if kind is None else kind
+        kinds.append(k)
+        return real(rng, n, k, corpus=corpus)
+
+    monkeypatch.setattr(T, "_scene_noise", spy)
+    for seed in range(160):
+        v13 = T._noise_segment(np.random.default_rng(seed), corpus, n, 13)
+        assert np.isfinite(v13).all() and v13.shape == (n,)
+    assert 55 <= len(kinds) <= 105, len(kinds)
+    assert set(kinds) == set(T.SCENE_KINDS_V13), sorted(set(kinds))
+    kinds.clear()
+    for seed in range(80):
+        T._noise_segment(np.random.default_rng(seed), corpus, n, 10)
+    assert kinds and set(kinds) <= set(T.SCENE_KINDS)
+    x, s = T.make_batch(np.random.default_rng(4), corpus, n, 6, 13)
+    assert np.isfinite(x).all() and x.shape == s.shape == (6, n)
+    src = T._train_sources(corpus, (), 13)
+    assert any("mix version 13" in line and "babble" in line for line in src["noise"])
+
+
 def test_mix_version_10_adds_scenes(data, tmp_path, monkeypatch):
     """Version 10 puts a synthetic scene into about half the backgrounds
     (version 11: 80 %); versions up to 9 draw exactly what they did; the
