@@ -617,6 +617,10 @@ SCENE_KINDS = ("machine", "impacts", "siren", "wind")
 #: sounds the licence-clean corpus has nothing like (a crowd or children,
 #: dogs and birds, car horns and bells, music)
 SCENE_KINDS_V13 = SCENE_KINDS + ("babble", "animal", "horn", "music")
+#: mix version 14: version 13 without the babble (in a paired run it cut
+#: the held-out children's voices and the voices played faster: children's
+#: babble and a higher target voice are the same kind of sound)
+SCENE_KINDS_V14 = SCENE_KINDS + ("animal", "horn", "music")
 #: mix version 13's babble: how many talkers (at least four, so that no
 #: one voice in it stands out as a second speaker) and the share of
 #: children's babble (the voices played 1.3-1.7x as fast)
@@ -912,8 +916,9 @@ def _noise_segment(rng, corpus: Corpus, n: int, version: int = 2) -> np.ndarray:
     carry a synthetic scene (:func:`_scene_noise`), about a third of those
     alone."""
     out = np.zeros(n, np.float32)
-    if version in (10, 11, 13) and rng.random() < (SCENE_P_V11 if version == 11 else SCENE_P):
-        scene = _scene_noise(rng, n) if version != 13 else _scene_noise(rng, n, kinds=SCENE_KINDS_V13, corpus=corpus)
+    if version in (10, 11, 13, 14) and rng.random() < (SCENE_P_V11 if version == 11 else SCENE_P):
+        scene = _scene_noise(rng, n) if version < 13 else _scene_noise(
+            rng, n, kinds=SCENE_KINDS_V13 if version == 13 else SCENE_KINDS_V14, corpus=corpus)
         if rng.random() < SCENE_ALONE_P:
             return scene
         out += scene * np.float32(10 ** (rng.uniform(-10, 0) / 20))
@@ -976,7 +981,8 @@ def make_mixture(rng, corpus: Corpus, n: int, snr_range=SNR_RANGE, augment: bool
     quarter of the utterances; from a cache without them it mixes exactly
     as version 9. Version 13 is version 10 with four more kinds of scene
     (:data:`SCENE_KINDS_V13`: babble of the training voices, dogs and
-    birds, horns and bells, music), for the licence-clean bundle."""
+    birds, horns and bells, music), for the licence-clean bundle; version
+    14 is version 13 without the babble (:data:`SCENE_KINDS_V14`)."""
     r = rng.random()
     speech_on = r >= 0.04  # 4 % noise only
     noise_on = not (0.04 <= r < 0.08) or version >= 2  # v1: 4 % clean speech only
@@ -1429,6 +1435,9 @@ def _train_sources(corpus: "Corpus", exclude=(), version: int = 2) -> dict:
     if version == 13:
         out["noise"].append("synthetic scenes (generated, mix version 13): machines, impacts, sirens and beeps, wind, "
                             "babble of the training voices, dogs and birds, horns, bells and telephones, music")
+    if version == 14:
+        out["noise"].append("synthetic scenes (generated, mix version 14): machines, impacts, sirens and beeps, wind, "
+                            "dogs and birds, horns, bells and telephones, music")
     out["excluded_groups"] = list(exclude)
     out["noise_share"] = {g: round(v, 4) for g, v in corpus.noise_share.items()}
     return out
@@ -2053,7 +2062,7 @@ def main(argv=None) -> int:
     p.add_argument("--keep-weight", type=float, default=1.0,
                    help="in the band-gain term, the weight of a gain below its ideal value (voice removed) "
                         "against one above it (noise left); default 1")
-    p.add_argument("--mix-version", type=int, default=2, choices=(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13),
+    p.add_argument("--mix-version", type=int, default=2, choices=tuple(range(1, 15)),
                    help="mixing recipe (1: the first stage of the default bundle; 2: no digital silence inside "
                         "examples, starts mid-hop; 3: also lower voices, half the utterances slowed 0.6-0.95x; "
                         "4: version 3 from more voices, the fillets-ng dialogue (Debian fillets-ng-data-cs/-nl), "
@@ -2066,7 +2075,7 @@ def main(argv=None) -> int:
                         "the backgrounds; 12: version 9 plus the Czech fillets-ng voices, a man and a woman, "
                         "denoised (--denoise-speech fillets-cs first), in 25 %% of the utterances; 13: version 10 with four "
                         "more kinds of scene: babble of the training voices, dogs and birds, horns and bells, music; "
-                        "see make_mixture)")
+                        "14: version 13 without the babble; see make_mixture)")
     p.add_argument("--strength-db", type=_strength_arg, default=None, metavar="DB",
                    help="the bundle's default strength_db, the most it attenuates the background, 0-60 dB "
                         "(config.json defaults; default: the --init bundle's, else 15)")

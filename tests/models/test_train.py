@@ -760,8 +760,9 @@ def test_scene_noise_kinds_v13(data, tmp_path):
 
 def test_mix_version_13_draws_every_kind(data, tmp_path, monkeypatch):
     """Version 13 puts a scene into about half the backgrounds, as version
-    10, drawing from all eight kinds; version 10's draws stay the four
-    kinds it had; the training record names the new scenes."""
+    10, drawing from all eight kinds; version 14 from all but the babble;
+    version 10's draws stay the four kinds it had; the training record
+    names the new scenes."""
     cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
     corpus = T.train_corpus(cache, 13)
     n = 24_000
@@ -784,10 +785,17 @@ def test_mix_version_13_draws_every_kind(data, tmp_path, monkeypatch):
     for seed in range(80):
         T._noise_segment(np.random.default_rng(seed), corpus, n, 10)
     assert kinds and set(kinds) <= set(T.SCENE_KINDS)
-    x, s = T.make_batch(np.random.default_rng(4), corpus, n, 6, 13)
-    assert np.isfinite(x).all() and x.shape == s.shape == (6, n)
+    kinds.clear()
+    for seed in range(160):  # version 14: version 13 without the babble
+        T._noise_segment(np.random.default_rng(seed), corpus, n, 14)
+    assert set(kinds) == set(T.SCENE_KINDS_V14) == set(T.SCENE_KINDS_V13) - {"babble"}, sorted(set(kinds))
+    for version in (13, 14):
+        x, s = T.make_batch(np.random.default_rng(4), corpus, n, 6, version)
+        assert np.isfinite(x).all() and x.shape == s.shape == (6, n)
     src = T._train_sources(corpus, (), 13)
     assert any("mix version 13" in line and "babble" in line for line in src["noise"])
+    src = T._train_sources(corpus, (), 14)
+    assert any("mix version 14" in line and "babble" not in line for line in src["noise"])
 
 
 def test_mix_version_10_adds_scenes(data, tmp_path, monkeypatch):
