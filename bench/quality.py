@@ -64,8 +64,11 @@ Metrics: SI-SDR (dB, 48 kHz), PESQ-WB (``pesq``, after resampling both to
 16 kHz), ESTOI (``pystoi``, extended=True), onset retention (output level
 over the first 50 ms of each word against the clean speech, dB: words cut
 at onsets show up negative); DNSMOS (below); means over mixtures, overall,
-per SNR and per speech source. The table printed last gives SI-SDR /
-PESQ-WB / DNSMOS OVRL by input SNR in Markdown.
+per SNR, per speech source and per kind of noise (UrbanSound8K class, or
+the noise's group). Two Markdown tables follow the first: SI-SDR /
+PESQ-WB / DNSMOS OVRL by input SNR, and the same by kind of noise (the
+mixtures of each kind in brackets; at the default 48 mixtures a kind has
+a handful, so score ``--n 144`` or more before comparing kinds).
 
 DNSMOS (non-intrusive, Microsoft's DNS Challenge models, run by
 ``speechmos`` 0.0.1.1 with the ONNX files bundled in its wheel; nothing is
@@ -458,6 +461,23 @@ def dnsmos_scores(x, dnsmos: Dnsmos) -> dict:
         return {**{k: float("nan") for k in DNSMOS_KEYS}, "dnsmos_error": f"{type(exc).__name__}: {exc}"}
 
 
+#: UrbanSound8K's classes: the second number of a file name (fsID-classID-occurrence-slice)
+URBANSOUND_CLASSES = ("air conditioner", "car horn", "children playing", "dog bark", "drilling",
+                      "engine idling", "gun shot", "jackhammer", "siren", "street music")
+
+
+def noise_class(name: str) -> str:
+    """The kind of a held-out noise file, for the by-noise table: the
+    UrbanSound8K class of one of its files, else the file's group (its
+    first folder: ``misc``, ``nonspeech100``, ``music``)."""
+    group, _, rest = name.partition("/")
+    if group == "urbansound8k":
+        parts = pathlib.PurePosixPath(rest).stem.split("-")
+        if len(parts) == 4 and parts[1].isdigit() and int(parts[1]) < len(URBANSOUND_CLASSES):
+            return URBANSOUND_CLASSES[int(parts[1])]
+    return group if rest else "other"
+
+
 def _mean(vals) -> float:
     """Mean over the values that are numbers (NaN where there are none)."""
     v = np.asarray([x for x in vals if x is not None], np.float64)
@@ -567,12 +587,15 @@ def main(argv=None) -> int:
     if dns is not None:
         metrics += list(DNSMOS_KEYS)
     snrs = sorted({m["snr_db"] for m in mixes})
+    classes = sorted({noise_class(m["noise_name"]) for m in mixes})
     for name, per in rows.items():
         summ = {k: _mean([r.get(k) for r in per]) for k in metrics}
         summ["by_snr"] = {str(s): {k: _mean([r.get(k) for r, m in zip(per, mixes) if m["snr_db"] == s])
                                    for k in metrics} for s in snrs}
         summ["by_group"] = {g: {k: _mean([r.get(k) for r, m in zip(per, mixes) if m["group"] == g])
                                 for k in metrics} for g in sorted({m["group"] for m in mixes})}
+        summ["by_noise"] = {c: {k: _mean([r.get(k) for r, m in zip(per, mixes) if noise_class(m["noise_name"]) == c])
+                                for k in metrics} for c in classes}
         result["systems"][name]["mean"] = summ
     base = result["systems"]["noisy"]["mean"]
     label = {"dnsmos_ovrl": "dns_ovrl", "dnsmos_sig": "dns_sig", "dnsmos_bak": "dns_bak", "dnsmos_p808": "dns_p808"}
@@ -605,10 +628,23 @@ def main(argv=None) -> int:
             by_snr.append(f"| {name} | " + " | ".join(" / ".join(cell(bs[str(s)][k], f) for k, f in snr_metrics)
                                                       for s in snrs) + " |")
     print("\n" + "\n".join(by_snr))
+    # By kind of noise: few mixtures per kind at the default --n 48; use
+    # --n 144 or more before reading a difference into one kind.
+    count = {c: sum(noise_class(m["noise_name"]) == c for m in mixes) for c in classes}
+    by_noise = [" / ".join(names[k] for k, _ in snr_metrics) + " by kind of noise (mixtures):", "",
+                "| system | " + " | ".join(f"{c} ({count[c]})" for c in classes) + " |",
+                "|---|" + "---:|" * len(classes)]
+    for name, r in result["systems"].items():
+        if r["status"] == "ok":
+            bn = r["mean"]["by_noise"]
+            by_noise.append(f"| {name} | " + " | ".join(" / ".join(cell(bn[c][k], f) for k, f in snr_metrics)
+                                                        for c in classes) + " |")
+    print("\n" + "\n".join(by_noise))
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result["table"] = lines
     result["table_by_snr"] = by_snr
+    result["table_by_noise"] = by_noise
     out.write_text(json.dumps(json_safe(result), indent=1))
     print(f"wrote {out}", file=sys.stderr)
     return 0
