@@ -616,29 +616,28 @@ def main(argv=None) -> int:
         lines.append(f"{'DNSMOS':26s} {result['dnsmos']['status']}")
     print("\n".join(lines))
 
-    # By input SNR, in Markdown (as in models/assets/default/MODEL_CARD.md).
+    # By input SNR and by kind of noise, in Markdown (as in models/assets/default/MODEL_CARD.md).
     snr_metrics = [(k, f) for k, f in (("si_sdr", ".1f"), ("pesq_wb", ".2f"), ("dnsmos_ovrl", ".2f")) if k in metrics]
     names = {"si_sdr": "SI-SDR", "pesq_wb": "PESQ-WB", "dnsmos_ovrl": "DNSMOS OVRL"}
-    by_snr = [" / ".join(names[k] for k, _ in snr_metrics) + " by input SNR:", "",
-              "| system | " + " | ".join(f"{s:g} dB" for s in snrs) + " |",
-              "|---|" + "---:|" * len(snrs)]
-    for name, r in result["systems"].items():
-        if r["status"] == "ok":
-            bs = r["mean"]["by_snr"]
-            by_snr.append(f"| {name} | " + " | ".join(" / ".join(cell(bs[str(s)][k], f) for k, f in snr_metrics)
-                                                      for s in snrs) + " |")
+
+    def markdown(title: str, key: str, cols: dict) -> list[str]:
+        """One row per system: the ``snr_metrics`` of ``mean[key][col]``
+        for each column (``cols``: column key -> heading)."""
+        out = [" / ".join(names[k] for k, _ in snr_metrics) + f" {title}:", "",
+               "| system | " + " | ".join(cols.values()) + " |", "|---|" + "---:|" * len(cols)]
+        for name, r in result["systems"].items():
+            if r["status"] == "ok":
+                cells = r["mean"][key]
+                out.append(f"| {name} | " + " | ".join(" / ".join(cell(cells[c][k], f) for k, f in snr_metrics)
+                                                       for c in cols) + " |")
+        return out
+
+    by_snr = markdown("by input SNR", "by_snr", {str(s): f"{s:g} dB" for s in snrs})
     print("\n" + "\n".join(by_snr))
-    # By kind of noise: few mixtures per kind at the default --n 48; use
-    # --n 144 or more before reading a difference into one kind.
+    # few mixtures per kind at the default --n 48: use --n 144 or more before
+    # reading a difference into one kind
     count = {c: sum(noise_class(m["noise_name"]) == c for m in mixes) for c in classes}
-    by_noise = [" / ".join(names[k] for k, _ in snr_metrics) + " by kind of noise (mixtures):", "",
-                "| system | " + " | ".join(f"{c} ({count[c]})" for c in classes) + " |",
-                "|---|" + "---:|" * len(classes)]
-    for name, r in result["systems"].items():
-        if r["status"] == "ok":
-            bn = r["mean"]["by_noise"]
-            by_noise.append(f"| {name} | " + " | ".join(" / ".join(cell(bn[c][k], f) for k, f in snr_metrics)
-                                                        for c in classes) + " |")
+    by_noise = markdown("by kind of noise (mixtures)", "by_noise", {c: f"{c} ({count[c]})" for c in classes})
     print("\n" + "\n".join(by_noise))
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
