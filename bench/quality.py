@@ -587,14 +587,15 @@ def main(argv=None) -> int:
     if dns is not None:
         metrics += list(DNSMOS_KEYS)
     snrs = sorted({m["snr_db"] for m in mixes})
-    classes = sorted({noise_class(m["noise_name"]) for m in mixes})
+    kinds = [noise_class(m["noise_name"]) for m in mixes]
+    classes = sorted(set(kinds))
     for name, per in rows.items():
         summ = {k: _mean([r.get(k) for r in per]) for k in metrics}
         summ["by_snr"] = {str(s): {k: _mean([r.get(k) for r, m in zip(per, mixes) if m["snr_db"] == s])
                                    for k in metrics} for s in snrs}
         summ["by_group"] = {g: {k: _mean([r.get(k) for r, m in zip(per, mixes) if m["group"] == g])
                                 for k in metrics} for g in sorted({m["group"] for m in mixes})}
-        summ["by_noise"] = {c: {k: _mean([r.get(k) for r, m in zip(per, mixes) if noise_class(m["noise_name"]) == c])
+        summ["by_noise"] = {c: {k: _mean([r.get(k) for r, kind in zip(per, kinds) if kind == c])
                                 for k in metrics} for c in classes}
         result["systems"][name]["mean"] = summ
     base = result["systems"]["noisy"]["mean"]
@@ -636,7 +637,7 @@ def main(argv=None) -> int:
     print("\n" + "\n".join(by_snr))
     # few mixtures per kind at the default --n 48: use --n 144 or more before
     # reading a difference into one kind
-    count = {c: sum(noise_class(m["noise_name"]) == c for m in mixes) for c in classes}
+    count = {c: kinds.count(c) for c in classes}
     by_noise = markdown("by kind of noise (mixtures)", "by_noise", {c: f"{c} ({count[c]})" for c in classes})
     print("\n" + "\n".join(by_noise))
     out = pathlib.Path(args.out)

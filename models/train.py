@@ -577,15 +577,13 @@ def _rir(rng) -> tuple[np.ndarray, np.ndarray]:
     return (h * s).astype(np.float32), (early * s).astype(np.float32)
 
 
-def _fftconv2(x: np.ndarray, h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``x * h1`` and ``x * h2`` (truncated to len(x)), float32 FFTs."""
+def _fftconv(x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """``x * h`` (truncated to len(x)), float32 FFTs."""
     import scipy.fft as sfft
 
-    nf = sfft.next_fast_len(x.size + max(h1.size, h2.size) - 1, real=True)
-    X = sfft.rfft(x.astype(np.float32), nf)
-    H = sfft.rfft(np.stack([h1, h2]).astype(np.float32), nf, axis=1)
-    y = sfft.irfft(X[None] * H, nf, axis=1)[:, :x.size]
-    return y[0].astype(np.float32), y[1].astype(np.float32)
+    nf = sfft.next_fast_len(x.size + h.size - 1, real=True)
+    y = sfft.irfft(sfft.rfft(x.astype(np.float32), nf) * sfft.rfft(h.astype(np.float32), nf), nf)
+    return y[:x.size].astype(np.float32)
 
 
 def _coloured_noise(rng, n: int) -> np.ndarray:
@@ -621,6 +619,15 @@ SCENE_KINDS_V13 = SCENE_KINDS + ("babble", "animal", "horn", "music")
 #: the held-out children's voices and the voices played faster: children's
 #: babble and a higher target voice are the same kind of sound)
 SCENE_KINDS_V14 = SCENE_KINDS + ("animal", "horn", "music")
+#: per mix version with scenes: the share of the backgrounds that carry
+#: one, the kinds drawn, and the version named in the training record
+#: (version 11 records the scenes of version 10)
+SCENE_VERSIONS = {10: (SCENE_P, SCENE_KINDS, 10), 11: (SCENE_P_V11, SCENE_KINDS, 10),
+                  13: (SCENE_P, SCENE_KINDS_V13, 13), 14: (SCENE_P, SCENE_KINDS_V14, 14)}
+#: each kind of scene as the training record names it
+SCENE_NOTES = {"machine": "machines", "impacts": "impacts", "siren": "sirens and beeps", "wind": "wind",
+               "babble": "babble of the training voices", "animal": "dogs and birds",
+               "horn": "horns, bells and telephones", "music": "music"}
 #: mix version 13's babble: how many talkers (at least four, so that no
 #: one voice in it stands out as a second speaker) and the share of
 #: children's babble (the voices played 1.3-1.7x as fast)
@@ -683,8 +690,7 @@ def _babble(rng, corpus: Corpus, n: int) -> np.ndarray:
         out += np.interp(np.arange(n) * f, np.arange(need), v).astype(np.float32) * np.float32(
             10 ** (rng.uniform(-6, 6) / 20))
     if rng.random() < 0.7:
-        h = _rir(rng)[0]
-        out = _fftconv2(out, h, h)[0]
+        out = _fftconv(out, _rir(rng)[0])
     if child:  # shouts and laughter: the crowd swells
         out = out * _slow_envelope(rng, n, rng.uniform(0.5, 3), rng.uniform(3, 12))
     return out
@@ -820,8 +826,7 @@ def _music(rng, n: int) -> np.ndarray:
             drums[i0:i0 + hh] += 0.3 * _shaped_noise(rng, hh, 6000, 16000) * np.exp(-t[:hh] / 0.015)
         x = x / (_rms(x) + 1e-12) + rng.uniform(0.3, 1.5) * drums / (_rms(drums) + 1e-12)
     if rng.random() < 0.5:  # a room
-        h = _rir(rng)[0]
-        x = _fftconv2(x.astype(np.float32), h, h)[0]
+        x = _fftconv(x, _rir(rng)[0])
     return np.asarray(x, np.float64)
 
 
@@ -916,9 +921,9 @@ def _noise_segment(rng, corpus: Corpus, n: int, version: int = 2) -> np.ndarray:
     carry a synthetic scene (:func:`_scene_noise`), about a third of those
     alone."""
     out = np.zeros(n, np.float32)
-    if version in (10, 11, 13, 14) and rng.random() < (SCENE_P_V11 if version == 11 else SCENE_P):
-        scene = _scene_noise(rng, n) if version < 13 else _scene_noise(
-            rng, n, kinds=SCENE_KINDS_V13 if version == 13 else SCENE_KINDS_V14, corpus=corpus)
+    share, kinds, _ = SCENE_VERSIONS.get(version, (0.0, (), 0))
+    if kinds and rng.random() < share:
+        scene = _scene_noise(rng, n, kinds=kinds, corpus=corpus)
         if rng.random() < SCENE_ALONE_P:
             return scene
         out += scene * np.float32(10 ** (rng.uniform(-10, 0) / 20))
@@ -995,7 +1000,7 @@ def make_mixture(rng, corpus: Corpus, n: int, snr_range=SNR_RANGE, augment: bool
             s = _sbr(rng, s, bw)
     if speech_on and augment and rng.random() < 0.3:  # reverberant speech stays the target: no dereverb
         h, _early = _rir(rng)
-        s = _fftconv2(s, h, h)[0]
+        s = _fftconv(s, h)
     target = s
     noise = _noise_segment(rng, corpus, n, version) if noise_on else np.zeros(n, np.float32)
     if speech_on and noise_on:
@@ -1430,14 +1435,10 @@ def _train_sources(corpus: "Corpus", exclude=(), version: int = 2) -> dict:
         head = _SOURCE_NOTES.get(g, g) + ":"
         out["speech"] = [t + f" (read from a denoised copy, {DENOISED_P * 100:.0f} % of the utterances: {meta['note']})"
                          if t.startswith(head) else t for t in out["speech"]]
-    if version in (10, 11):
-        out["noise"].append("synthetic scenes (generated, mix version 10): machines, impacts, sirens and beeps, wind")
-    if version == 13:
-        out["noise"].append("synthetic scenes (generated, mix version 13): machines, impacts, sirens and beeps, wind, "
-                            "babble of the training voices, dogs and birds, horns, bells and telephones, music")
-    if version == 14:
-        out["noise"].append("synthetic scenes (generated, mix version 14): machines, impacts, sirens and beeps, wind, "
-                            "dogs and birds, horns, bells and telephones, music")
+    if version in SCENE_VERSIONS:
+        _, kinds, named = SCENE_VERSIONS[version]
+        out["noise"].append(f"synthetic scenes (generated, mix version {named}): "
+                            + ", ".join(SCENE_NOTES[k] for k in kinds))
     out["excluded_groups"] = list(exclude)
     out["noise_share"] = {g: round(v, 4) for g, v in corpus.noise_share.items()}
     return out

@@ -310,13 +310,18 @@ def test_worker_makes_the_same_batches(data, tmp_path):
     assert ahead._proc is None
 
 
-def test_worker_failure_is_raised_with_its_reason(data, tmp_path):
+@pytest.mark.parametrize("workers,batch,match", [(1, 2, "mixing worker failed: ValueError"),
+                                                   (2, 4, "a mixing worker failed: ValueError")])
+def test_worker_failure_is_raised_with_its_reason(data, tmp_path, workers, batch, match):
+    """The mixing worker (``workers=1``) and a pool (2 or more) raise a
+    mixing process's error here, with its reason."""
     cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
     corpus = T.Corpus(cache, "train")
-    corpus.items["speech"] = []  # nothing to draw from: the worker fails on its first batch
-    b = T.Batches(np.random.default_rng(0), corpus, 24_000, 2, 3, workers=1)
+    corpus.items["speech"] = []  # nothing to draw from: every mixing process fails on its first batch
+    rng, seed = (np.random.default_rng(0), None) if workers == 1 else (None, 0)
+    b = T.Batches(rng, corpus, 24_000, batch, 3, workers=workers, seed=seed)
     try:
-        with pytest.raises(RuntimeError, match="mixing worker failed: ValueError"):
+        with pytest.raises(RuntimeError, match=match):
             b.next()
     finally:
         b.close()
@@ -352,18 +357,6 @@ def test_pool_makes_the_same_batches_for_any_size(data, tmp_path):
     assert two._pool is None
     with pytest.raises(ValueError, match="give seed"):
         T.Batches(None, corpus, 24_000, 5, 3, workers=2)
-
-
-def test_pool_failure_is_raised_with_its_reason(data, tmp_path):
-    cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
-    corpus = T.Corpus(cache, "train")
-    corpus.items["speech"] = []  # nothing to draw from: every mixing process fails
-    b = T.Batches(None, corpus, 24_000, 4, 3, workers=2, seed=0)
-    try:
-        with pytest.raises(RuntimeError, match="a mixing worker failed: ValueError"):
-            b.next()
-    finally:
-        b.close()
 
 
 def test_training_with_a_pool_is_the_same_for_any_size(data, tmp_path):
@@ -766,29 +759,28 @@ def test_mix_version_13_draws_every_kind(data, tmp_path, monkeypatch):
     cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
     corpus = T.train_corpus(cache, 13)
     n = 24_000
-    kinds = []
+    drawn = []
     real = T._scene_noise
 
-    def spy(rng, n, kind=None, kinds_=T.SCENE_KINDS, corpus=None, **kw):
-        ks = kw.get("kinds", kinds_)
-        k = ks[int(rng.integers(len(ks)))] if kind is None else kind
-        kinds.append(k)
-        return real(rng, n, k, corpus=corpus)
+    def spy(rng, n, kind=None, kinds=T.SCENE_KINDS, corpus=None):  # draws the kind as _scene_noise does
+        kind = kind or kinds[int(rng.integers(len(kinds)))]
+        drawn.append(kind)
+        return real(rng, n, kind, corpus=corpus)
 
     monkeypatch.setattr(T, "_scene_noise", spy)
     for seed in range(160):
         v13 = T._noise_segment(np.random.default_rng(seed), corpus, n, 13)
         assert np.isfinite(v13).all() and v13.shape == (n,)
-    assert 55 <= len(kinds) <= 105, len(kinds)
-    assert set(kinds) == set(T.SCENE_KINDS_V13), sorted(set(kinds))
-    kinds.clear()
+    assert 55 <= len(drawn) <= 105, len(drawn)
+    assert set(drawn) == set(T.SCENE_KINDS_V13), sorted(set(drawn))
+    drawn.clear()
     for seed in range(80):
         T._noise_segment(np.random.default_rng(seed), corpus, n, 10)
-    assert kinds and set(kinds) <= set(T.SCENE_KINDS)
-    kinds.clear()
+    assert drawn and set(drawn) <= set(T.SCENE_KINDS)
+    drawn.clear()
     for seed in range(160):  # version 14: version 13 without the babble
         T._noise_segment(np.random.default_rng(seed), corpus, n, 14)
-    assert set(kinds) == set(T.SCENE_KINDS_V14) == set(T.SCENE_KINDS_V13) - {"babble"}, sorted(set(kinds))
+    assert set(drawn) == set(T.SCENE_KINDS_V14) == set(T.SCENE_KINDS_V13) - {"babble"}, sorted(set(drawn))
     for version in (13, 14):
         x, s = T.make_batch(np.random.default_rng(4), corpus, n, 6, version)
         assert np.isfinite(x).all() and x.shape == s.shape == (6, n)
@@ -807,7 +799,7 @@ def test_mix_version_10_adds_scenes(data, tmp_path, monkeypatch):
     n = 24_000
     scenes = []
     real = T._scene_noise
-    monkeypatch.setattr(T, "_scene_noise", lambda rng, n, kind=None: scenes.append(n) or real(rng, n, kind))
+    monkeypatch.setattr(T, "_scene_noise", lambda rng, n, kind=None, **kw: scenes.append(n) or real(rng, n, kind, **kw))
     for seed in range(40):
         old = T._noise_segment(np.random.default_rng(seed), corpus, n)
         v9 = T._noise_segment(np.random.default_rng(seed), corpus, n, 9)
