@@ -13,8 +13,9 @@ arithmetic in one call (bench/speed.py compares the two). The torch step
 stays the reference: tests/models/test_ckernel.py holds them equal on the
 shipped bundles and on every option the C step supports.
 
-Supported architectures: any ``harm_bins``, ``floor_input``, ``fine_bins``
-and ``warm_start``, and the pitch filter at any strength; ``df_order``
+Supported architectures: any ``harm_bins``, ``floor_input``, ``fine_bins``,
+``warm_start`` and ``pause_head`` (with the pause gate at any depth), and
+the pitch filter at any strength; ``df_order``
 must be 0 and ``pitch_input`` 0 (no shipped bundle uses them).
 :func:`unsupported` says why not, in words. With the pitch filter on, the
 two steps agree to rounding except where the pitch search meets a near
@@ -38,7 +39,7 @@ import torch
 
 from .native import load_extension
 
-ABI = 2
+ABI = 3
 BLOCK = 8  # channels per block in qcstep.c (QC_BLK)
 MAX_BANDS = 128  # QC_MAXB
 
@@ -49,11 +50,13 @@ _CONST = ["fac", "win", "tw", "rtw", "fe_ptr", "fe_idx", "fe_val", "fi_ptr", "fi
           "W11", "b12", "W13", "b14", "W15", "b16", "W19", "W20", "b21", "W22", "W23"]
 _STATE = ["m", "u", "fl", "fresh", "h1", "h2", "prev", "ola", "pbuf", "out", "gr", "scratch"]
 _FLOATS = ["alpha", "le_eps", "le_max", "xn_max", "f_fall", "f_rise", "f_min", "g_min", "silent_ms", "pf"]
+_PAUSE = ["bp", "pause_db", "pause_thr", "pause_close", "floor", "remix"]  # after Wp, pg
 
 
 class _NN(ctypes.Structure):
     _fields_ = ([(n, _i64) for n in _INTS] + [(n, ctypes.c_void_p) for n in _CONST + _STATE]
-                + [(n, ctypes.c_float) for n in _FLOATS])
+                + [(n, ctypes.c_float) for n in _FLOATS] + [("Wp", ctypes.c_void_p), ("pg", ctypes.c_void_p)]
+                + [(n, ctypes.c_float) for n in _PAUSE])
 
 
 _lib: tuple | None = None
@@ -159,6 +162,16 @@ class CStep:
         nn_.gr = self.gr.ctypes.data
         nn_.alpha = net.alpha
         nn_.pf = float(sup.pitch_filter)
+        if net.pause is not None:  # the pause gate
+            self._wp = sup._w[27].detach().to(torch.float32).contiguous().numpy().reshape(-1).copy()
+            nn_.Wp = self._wp.ctypes.data
+            nn_.bp = float(sup._w[28][0])
+            assert sup._pg.is_contiguous() and sup._pg.numel() == C
+            nn_.pg = sup._pg.data_ptr()
+            nn_.pause_thr = constants.pop("pause_thr")
+            nn_.pause_close = constants.pop("pause_close")
+        else:
+            constants = {k: v for k, v in constants.items() if k not in ("pause_thr", "pause_close")}
         for n, v in constants.items():
             setattr(nn_, n, v)
         self.scratch = np.zeros(int(lib.qc_nn_scratch(ctypes.byref(nn_))), np.float32)
@@ -170,6 +183,14 @@ class CStep:
     def set_pitch_filter(self, k: float) -> None:
         """The pitch filter's strength (0..1) from the next hop."""
         self._nn.pf = float(k)
+
+    def set_pause(self, depth_db: float, floor: float, remix: float) -> None:
+        """The pause gate's depth (dB, 0: off) and the two parts of the
+        mix (``max(floor, remix)``: the gate lowers the floor only), from
+        the next hop."""
+        self._nn.pause_db = float(depth_db)
+        self._nn.floor = float(floor)
+        self._nn.remix = float(remix)
 
     def step(self, hop: np.ndarray, mix: float) -> None:
         """One hop ``float32[C, H]`` (C-contiguous)."""

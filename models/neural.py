@@ -114,7 +114,7 @@ from torch import nn
 
 from .base import HOP, SAMPLE_RATE, HopSuppressor, sanitize
 
-__all__ = ["QCNet", "NeuralSuppressor", "DEFAULT_ARCH", "erb_filterbank", "resolve_device"]
+__all__ = ["QCNet", "NeuralSuppressor", "DEFAULT_ARCH", "erb_filterbank", "resolve_device", "pause_gains"]
 
 log = logging.getLogger("quietcast.models.neural")
 
@@ -136,6 +136,7 @@ DEFAULT_ARCH = {
     "norm_tau_s": 1.0,
     "warm_start": 0,
     "pitch_input": 0,
+    "pause_head": 0,
 }
 
 _LE_EPS = 1e-10  # band power floor (-100 dB)
@@ -163,6 +164,15 @@ SILENT_MS = 5e-13
 _PITCH_MIN_T = 96
 _PITCH_EPS = 1e-12
 _PITCH_EPS_B = 1e-24
+#: the pause gate (``pause_head`` 1, runtime parameter ``pause_db``): a hop
+#: whose speech probability (the pause head's sigmoid) is below
+#: ``_PAUSE_P`` is a pause, whose output falls a further ``pause_db``;
+#: the gate opens at once (within the hop) and closes ``_PAUSE_CLOSE_DB``
+#: a hop (30 dB in 150 ms)
+_PAUSE_P = 0.05
+_PAUSE_LOGIT = math.log(_PAUSE_P / (1.0 - _PAUSE_P))
+_PAUSE_CLOSE_DB = 2.0
+_DB_LN = math.log(10.0) / 20.0  # 10 ** (x / 20) = exp(x * _DB_LN)
 
 
 def erb_filterbank(n_bands: int = 32, sample_rate: int = SAMPLE_RATE, window: int = 2 * HOP,
@@ -249,6 +259,11 @@ class QCNet(nn.Module):
             raise ValueError(f"fine_bins {nf} out of range 0..df_bins ({kd})")
         self.fine_bins = nf
         self.fine = nn.Linear(h + a["df_enc_dim"], nf) if nf > 0 else None
+        if a["pause_head"] not in (0, 1):
+            raise ValueError(f"pause_head {a['pause_head']!r} must be 0 or 1")
+        self.pause_head = int(a["pause_head"])
+        # the pause head: the logit of "speech present" in this frame (the gate, not the gains, reads it)
+        self.pause = nn.Linear(h, 1) if self.pause_head else None
         with torch.no_grad():
             for head in (self.df, self.fine):
                 if head is not None:  # zero at initialisation: the band gains alone
@@ -312,10 +327,12 @@ class QCNet(nn.Module):
         return torch.stack(out, 1)
 
     def forward(self, X: torch.Tensor, silent: torch.Tensor | None = None, frames: torch.Tensor | None = None,
-                pitch_filter: float = 0.0):
+                pitch_filter: float = 0.0, pause: bool = False):
         """``X``: complex STFT ``[B, T, F]`` (frames as in the streaming
         path, starting from zero state). Returns the voice spectrum ``V``
-        ``[B, T, F]`` and the band gains ``[B, T, n_bands]``.
+        ``[B, T, F]`` and the band gains ``[B, T, n_bands]``; with
+        ``pause`` (a bundle with the pause head only) also the pause head's
+        logit of "speech present" per frame, ``[B, T]``.
 
         ``frames`` (``[B, T, window]``, optional, read only with the pitch
         input or the pitch filter): the windowed time frames whose FFT is
@@ -386,7 +403,12 @@ class QCNet(nn.Module):
         hist = [Xl]
         for i in range(1, self.df_order):
             hist.append(torch.cat([Xl.new_zeros(B, i, kd), Xl[:, :T - i]], dim=1))
-        return self._heads(y, X, hist, d, None if not pitch_filter else (Pr, Pb, pitch_filter))
+        V, g = self._heads(y, X, hist, d, None if not pitch_filter else (Pr, Pb, pitch_filter))
+        if not pause:
+            return V, g
+        if self.pause is None:
+            raise ValueError("pause=True: this network has no pause head (arch pause_head 0)")
+        return V, g, self.pause(y).squeeze(-1)
 
     def _pitch_frames(self, X: torch.Tensor, frames: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The pitch search (:func:`_pitch_search`) of every frame: the
@@ -569,7 +591,7 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
                 fb_i: torch.Tensor, m: torch.Tensor, u: torch.Tensor, fl: torch.Tensor, fresh: torch.Tensor,
                 h1: torch.Tensor, h2: torch.Tensor, xh: torch.Tensor, ola: torch.Tensor, pbuf: torch.Tensor,
                 w: list[torch.Tensor], alpha: float, mix, out: torch.Tensor, branchless: bool = False,
-                comb=0.0) -> None:
+                comb=0.0, pg: torch.Tensor | None = None, pause=None) -> None:
     """One streaming hop for all channels, on weights prepared by
     :func:`_prepare_weights` (encoder scalings folded in, GRU input split,
     low-band features interleaved). TorchScript-able.
@@ -589,7 +611,16 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     capture): the digital-silence hold always goes through ``torch.where``,
     ``mix`` and ``comb`` are 0-d tensors (``mix >= 1`` gives the delayed
     input exactly) and the pitch filter always runs (at ``comb = 0`` it
-    leaves the spectrum as it is). Same results as the branching form."""
+    leaves the spectrum as it is). Same results as the branching form.
+
+    ``pg`` and ``pause`` (a bundle with the pause head): the pause gate's
+    state ``[C]`` (dB, 0 when open; updated in place) and ``(depth_db,
+    floor, remix)``, the gate's depth (``pause_db``) and the two parts of
+    ``mix = max(floor, remix)`` (0-d tensors when branchless). The output
+    is then ``s * v + max(s * floor, remix) * background``, ``s`` the
+    gate's gain ramped across the hop (:func:`_pause_gate`); the stems are
+    not gated (they stay a partition of the input), nor is ``mix >= 1``.
+    With the gate open and ``depth_db`` 0 the branching form skips it."""
     C = hop.shape[0]
     H = hop.shape[1]
     kd = u.shape[1]
@@ -673,13 +704,48 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     ola.copy_(yt[:, H:])
     out[1].copy_(v)
     torch.sub(prev, v, out=out[2])
+    gated = pause is not None and (branchless or float(pause[0]) > 0.0 or bool((pg < 0.0).any()))
+    if gated:
+        s = _pause_gate(torch.addmm(w[28], y, w[27]).squeeze(1), pg, silent, pause[0], H)
+        o = s * v + torch.maximum(s * pause[1], torch.as_tensor(pause[2], dtype=s.dtype, device=s.device)) * out[2]
     if branchless:
-        out[0].copy_(torch.where(mix >= 1.0, prev, v + mix * out[2]))
+        out[0].copy_(torch.where(mix >= 1.0, prev, o if gated else v + mix * out[2]))
     elif mix == 1.0:
         out[0].copy_(prev)
+    elif gated:
+        out[0].copy_(o)
     else:
         torch.add(v, out[2], alpha=mix, out=out[0])
     prev.copy_(hop)
+
+
+def pause_gains(logit: torch.Tensor, silent: torch.Tensor, depth: float, H: int) -> torch.Tensor:
+    """The pause gate over whole sequences, as the streaming step runs it
+    hop by hop from an open gate: ``logit[B, T]`` the pause head's output
+    per frame, ``silent[B, T]`` digital silence, ``depth`` (dB). Returns
+    the gain of every output sample, ``[B, T, H]``."""
+    pg = torch.zeros(logit.shape[0], dtype=logit.dtype, device=logit.device)
+    out = [_pause_gate(logit[:, t], pg, silent[:, t], depth, H) for t in range(logit.shape[1])]
+    return torch.stack(out, 1) if out else logit.new_zeros(logit.shape[0], 0, H)
+
+
+def _pause_gate(logit: torch.Tensor, pg: torch.Tensor, silent: torch.Tensor, depth, H: int) -> torch.Tensor:
+    """One hop of the pause gate: ``logit[C]`` the pause head's output,
+    ``pg[C]`` the gate (dB, updated in place), ``silent[C]`` digital
+    silence (which holds it), ``depth`` (dB, ``pause_db``). A hop whose
+    speech probability is below ``_PAUSE_P`` moves the gate down to
+    ``-depth`` by ``_PAUSE_CLOSE_DB`` at most; any other hop opens it at
+    once. Returns the gain ramp ``[C, H]``: linear from the last hop's gain
+    to this one's (no step, no click)."""
+    tgt = torch.where(logit < _PAUSE_LOGIT, -torch.as_tensor(depth, dtype=pg.dtype, device=pg.device),
+                      torch.zeros_like(pg))
+    new = torch.where(tgt > pg, tgt, torch.maximum(tgt, pg - _PAUSE_CLOSE_DB))
+    new = torch.where(silent, pg, new)
+    g0 = torch.exp(pg * _DB_LN).unsqueeze(1)
+    g1 = torch.exp(new * _DB_LN).unsqueeze(1)
+    r = torch.arange(1, H + 1, dtype=pg.dtype, device=pg.device) / H
+    pg.copy_(new)
+    return g0 + (g1 - g0) * r
 
 
 def _prepare_weights(net: QCNet) -> list[torch.Tensor]:
@@ -723,6 +789,8 @@ def _prepare_weights(net: QCNet) -> list[torch.Tensor]:
         w += [Wp.t()]  # 24: pitch input ([0, enc_dim] without it)
         # 25-26: the pitch search's constants (the pitch input, the pitch filter)
         w += list(_pitch_consts(torch.from_numpy(_window(net.arch["window"]))))
+        # 27-28: the pause head ([hh, 1], [1]; empty without it)
+        w += [net.pause.weight.t(), net.pause.bias] if net.pause is not None else [torch.zeros(0), torch.zeros(0)]
     return [t.detach().contiguous().clone() for t in w]
 
 
@@ -822,10 +890,12 @@ class NeuralSuppressor(HopSuppressor):
         "background_db": (-math.inf, 0.0, -math.inf, "dB"),
         "pitch_filter": (0.0, 1.0, 0.0, ""),
     }
+    #: ``pause_db``, in :attr:`PARAMS` of a bundle with the pause head
+    PAUSE_PARAM = (0.0, 60.0, 0.0, "dB")
 
     def __init__(self, channels: int = 1, bundle="default", strength_db: float | None = None,
                  background_db: float | None = None, device: str = "cpu", kernel: str = "auto",
-                 pitch_filter: float | None = None):
+                 pitch_filter: float | None = None, pause_db: float | None = None):
         from .bundle import Bundle, load_bundle
 
         if kernel not in ("auto", "c", "torch"):
@@ -863,19 +933,32 @@ class NeuralSuppressor(HopSuppressor):
             raise ValueError(f"bundle {b.path}: defaults.pitch_filter {d_pitch} out of range {lo_p}..{hi_p}")
         self.PARAMS = dict(self.PARAMS, strength_db=(lo, hi, d_strength, unit),
                            pitch_filter=(lo_p, hi_p, d_pitch, ""))
+        d_pause = 0.0
+        if net.pause is not None:  # the pause gate: only a bundle with the pause head has it
+            lo_g, hi_g, _, unit_g = self.PAUSE_PARAM
+            d_pause = float(defaults.get("pause_db", 0.0))
+            if not lo_g <= d_pause <= hi_g:
+                raise ValueError(f"bundle {b.path}: defaults.pause_db {d_pause} out of range {lo_g}..{hi_g}")
+            self.PARAMS["pause_db"] = (lo_g, hi_g, d_pause, unit_g)
+        elif pause_db not in (None, 0, 0.0):
+            raise ValueError(f"pause_db {pause_db}: bundle {b.path} has no pause head (only 0 is allowed)")
         self._strength_db = 0.0
         self._background_db = -math.inf
         self._pitch_filter = d_pitch
+        self._pause_db = d_pause
+        self._floor = self._remix = 0.0
         super().__init__(channels)
         self.reset_core()
         self.set_param("strength_db", d_strength if strength_db is None else strength_db)
         self.set_param("background_db", -math.inf if background_db is None else background_db)
         self.set_param("pitch_filter", d_pitch if pitch_filter is None else pitch_filter)
+        if net.pause is not None:
+            self.set_param("pause_db", d_pause if pause_db is None else pause_db)
 
     # ------------------------------------------------------------ params
     def set_param(self, name: str, value) -> None:
-        """Set ``strength_db``, ``background_db`` or ``pitch_filter``; takes
-        effect next hop."""
+        """Set ``strength_db``, ``background_db``, ``pitch_filter`` or (a
+        bundle with the pause head) ``pause_db``; takes effect next hop."""
         v = self.check_param(name, value)
         if name == "pitch_filter":
             self._pitch_filter = v
@@ -884,15 +967,31 @@ class NeuralSuppressor(HopSuppressor):
             if self.device.type == "cuda":
                 self._comb_t.fill_(v)
             return
+        if name == "pause_db":
+            self._pause_db = v
+            if self._cstep is not None:
+                self._cstep.set_pause(v, self._floor, self._remix)
+            if self.device.type == "cuda":
+                self._pause_t[0].fill_(v)
+            return
         if name == "strength_db":
             self._strength_db = v
         else:
             self._background_db = v
-        a = max(10.0 ** (-self._strength_db / 20.0),
-                0.0 if self._background_db == -math.inf else 10.0 ** (self._background_db / 20.0))
-        self._mix = float(a)
+        self._floor = float(10.0 ** (-self._strength_db / 20.0))
+        self._remix = 0.0 if self._background_db == -math.inf else float(10.0 ** (self._background_db / 20.0))
+        self._mix = max(self._floor, self._remix)
+        if self._cstep is not None:
+            self._cstep.set_pause(self._pause_db, self._floor, self._remix)
         if self.device.type == "cuda":  # read by the captured graph on its next replay
             self._mix_t.fill_(self._mix)
+            self._pause_t[1].fill_(self._floor)
+            self._pause_t[2].fill_(self._remix)
+
+    @property
+    def pause_db(self) -> float:
+        """The pause gate's depth (dB; 0 = off, and always 0 without the pause head)."""
+        return self._pause_db
 
     @property
     def pitch_filter(self) -> float:
@@ -923,7 +1022,7 @@ class NeuralSuppressor(HopSuppressor):
                 self._u.fill_(_U_INIT)
                 self._fl.fill_(_F_INIT)
                 self._fresh.fill_(True)
-                for t in (self._h1, self._h2, self._xh, self._prev, self._ola, self._pbuf):
+                for t in (self._h1, self._h2, self._xh, self._prev, self._ola, self._pbuf, self._pg):
                     t.zero_()
             self.gain_reduction_db = np.zeros(c, np.float32)
             return
@@ -938,6 +1037,7 @@ class NeuralSuppressor(HopSuppressor):
         self._prev = torch.zeros(c, H, **z)  # previous input hop
         self._ola = torch.zeros(c, H, **z)  # overlap-add tail
         self._pbuf = torch.zeros(c, 4 * H, **z)  # past signal for the pitch search
+        self._pg = torch.zeros(c if net.pause is not None else 0, **z)  # the pause gate, dB (0: open)
         self._win = torch.from_numpy(_window(self.window)).to(dev)
         self._w = [t.to(dev) for t in _prepare_weights(net)]
         self._fb_e = net.fb_energy.to(dev)
@@ -968,7 +1068,8 @@ class NeuralSuppressor(HopSuppressor):
         if why is None:
             self._cstep = ckernel.CStep(lib, self, dict(
                 le_eps=_LE_EPS, le_max=_LE_MAX, xn_max=_XN_MAX, f_fall=_F_FALL, f_rise=_F_RISE, f_min=_F_MIN,
-                g_min=_G_MIN, silent_ms=SILENT_MS))
+                g_min=_G_MIN, silent_ms=SILENT_MS, pause_thr=_PAUSE_LOGIT, pause_close=_PAUSE_CLOSE_DB))
+            self._cstep.set_pause(self._pause_db, self._floor, self._remix)
             self._kernel_why = ""
             return
         if self._kernel == "c":
@@ -1008,9 +1109,11 @@ class NeuralSuppressor(HopSuppressor):
         self._d_res = torch.zeros(3 * c + 1, H, device=dev)
         self._mix_t = torch.tensor(getattr(self, "_mix", 1.0), dtype=torch.float32, device=dev)
         self._comb_t = torch.tensor(self._pitch_filter, dtype=torch.float32, device=dev)
+        self._pause_t = [torch.tensor(v, dtype=torch.float32, device=dev)
+                         for v in (self._pause_db, self._floor, self._remix)]
         self._graph = None
         state = (self._m, self._u, self._fl, self._fresh, self._h1, self._h2, self._xh, self._prev, self._ola,
-                 self._pbuf)
+                 self._pbuf, self._pg)
         saved = [t.clone() for t in state]
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
@@ -1035,7 +1138,8 @@ class NeuralSuppressor(HopSuppressor):
         """One hop on the device tensors (captured into the graph)."""
         _fused_step(self._d_in, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl,
                     self._fresh, self._h1, self._h2, self._xh, self._ola, self._pbuf, self._w, self.net.alpha,
-                    self._mix_t, self._out_t, branchless=True, comb=self._comb_t)
+                    self._mix_t, self._out_t, branchless=True, comb=self._comb_t, pg=self._pg,
+                    pause=self._pause_t if self.net.pause is not None else None)
         C = self.channels
         o = self._out_t
         self._d_res[:3 * C].copy_(o.reshape(3 * C, self.hop))
@@ -1078,7 +1182,8 @@ class NeuralSuppressor(HopSuppressor):
         x = torch.from_numpy(hop)
         _fused_step(x, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl, self._fresh,
                     self._h1, self._h2, self._xh, self._ola, self._pbuf, self._w, self.net.alpha, self._mix,
-                    self._out_t, comb=self._pitch_filter)
+                    self._out_t, comb=self._pitch_filter, pg=self._pg,
+                    pause=(self._pause_db, self._floor, self._remix) if self.net.pause is not None else None)
         C = self.channels
         np.copyto(self._hop_buf, self._out_t.reshape(3 * C, self.hop).numpy())
         # meter: this hop's input (delayed) vs output energy
@@ -1124,11 +1229,18 @@ class NeuralSuppressor(HopSuppressor):
         xt = torch.from_numpy(xp).to(self.device)
         frames = xt.unfold(1, W, H) * self._win  # [C, T, W]
         X = torch.fft.rfft(frames, dim=-1)
-        V, _ = self.net(X, silent=frames.square().mean(-1) < SILENT_MS, frames=frames,
-                        pitch_filter=self._pitch_filter)
-        v = overlap_add(V, self._win, H)  # [C, T * H]
+        silent = frames.square().mean(-1) < SILENT_MS
+        res = self.net(X, silent=silent, frames=frames, pitch_filter=self._pitch_filter,
+                       pause=self.net.pause is not None)
+        v = overlap_add(res[0], self._win, H)  # [C, T * H]
         prev = xt[:, :T * H]
         a = self._mix
-        o = prev if a == 1.0 else v + a * (prev - v)
+        if a == 1.0:
+            o = prev
+        elif self.net.pause is not None and self._pause_db > 0.0:
+            s = pause_gains(res[2], silent, self._pause_db, H).reshape(C, T * H)
+            o = s * v + torch.maximum(s * self._floor, torch.tensor(self._remix, device=s.device)) * (prev - v)
+        else:
+            o = v + a * (prev - v)
         out[:, H:] = o.cpu().numpy()[:, :N - H]
         return out

@@ -30,10 +30,11 @@
 #include <string.h>
 
 /* Bump when struct qc_nn changes; ckernel.py checks qc_nn_layout. */
-#define QC_NN_ABI 2
+#define QC_NN_ABI 3
 #define QC_BLK 8    /* channels per block */
 #define QC_MAXP 8   /* largest FFT radix */
 #define QC_MAXB 128 /* most bands (ckernel.py checks) */
+#define QC_DB_LN 0.11512925464970229f /* ln(10) / 20: 10^(x/20) = exp(x * QC_DB_LN) */
 
 struct qc_nn {
     int64_t abi;
@@ -70,6 +71,12 @@ struct qc_nn {
     float alpha, le_eps, le_max, xn_max;
     float f_fall, f_rise, f_min, g_min, silent_ms;
     float pf;                           /* pitch filter strength, 0..1 */
+    const float *Wp;                    /* pause head [hh] (NULL: the bundle has none) */
+    float *pg;                          /* [C] the pause gate, dB (0: open) */
+    float bp;                           /* pause head bias */
+    float pause_db;                     /* the gate's depth, dB (0: off) */
+    float pause_thr, pause_close;       /* logit below which a hop is a pause; dB a hop the gate closes */
+    float floor, remix;                 /* mix = max(floor, remix): the gate lowers the floor only */
 };
 
 const int64_t qc_nn_layout[4] = {QC_NN_ABI, (int64_t)sizeof(struct qc_nn), (int64_t)offsetof(struct qc_nn, scratch),
@@ -681,6 +688,23 @@ static void block(const struct qc_nn *nn, const float *hop, float mix, int64_t c
         irfft(nn, Xc, yt, z1, z2);
         float *ola = nn->ola + ch * H, *pv = nn->prev + ch * H;
         float *o0 = nn->out + ch * H, *o1 = nn->out + (C + ch) * H, *o2 = nn->out + (2 * C + ch) * H;
+        /* the pause gate (neural.py's _pause_gate): its gain, ramped from g0 to g1 across the hop */
+        const int gated = nn->Wp != NULL && mix != 1.0f && (nn->pause_db > 0.0f || nn->pg[ch] < 0.0f);
+        float g0 = 1.0f, g1 = 1.0f;
+        if (nn->Wp != NULL && (nn->pause_db > 0.0f || nn->pg[ch] < 0.0f)) {
+            float lg = 0.0f;
+            const float *yc = y + c * hh;
+            for (int64_t k = 0; k < hh; k++)
+                lg += yc[k] * nn->Wp[k];
+            lg += nn->bp;
+            const float cur = nn->pg[ch], tgt = lg < nn->pause_thr ? -nn->pause_db : 0.0f;
+            float nw = tgt > cur ? tgt : maxf_(tgt, cur - nn->pause_close);
+            if (sil[c] != 0.0f)
+                nw = cur;
+            g0 = expf(cur * QC_DB_LN);
+            g1 = expf(nw * QC_DB_LN);
+            nn->pg[ch] = nw;
+        }
         double ein = 0.0, eout = 0.0;
         for (int64_t i = 0; i < H; i++) {
             const float v = yt[i] * nn->win[i] + ola[i];
@@ -688,7 +712,11 @@ static void block(const struct qc_nn *nn, const float *hop, float mix, int64_t c
             const float bg = pv[i] - v;
             o1[i] = v;
             o2[i] = bg;
-            o0[i] = mix == 1.0f ? pv[i] : v + mix * bg;
+            if (gated) {
+                const float gs = g0 + (g1 - g0) * ((float)(i + 1) / (float)H);
+                o0[i] = gs * v + maxf_(gs * nn->floor, nn->remix) * bg;
+            } else
+                o0[i] = mix == 1.0f ? pv[i] : v + mix * bg;
             const float xi = v + bg;
             ein += (double)xi * xi;
             eout += (double)o0[i] * o0[i];

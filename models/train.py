@@ -1884,6 +1884,107 @@ def train(args) -> pathlib.Path:
     return out
 
 
+#: the pause head's label: a frame is speech when its clean-speech energy is
+#: within this many dB of the example's loudest frame (noise-only examples:
+#: every frame is a pause)
+PAUSE_LABEL_DB = 45.0
+
+
+def pause_labels(s, win, hop: int):
+    """``float[B, T]``: 1 where the clean speech ``s[B, N]`` (torch) is
+    present in a frame (:data:`PAUSE_LABEL_DB`), 0 in its pauses."""
+    e = _stft(s, win, hop).abs().square().sum(-1)
+    return (e > e.max(1, keepdim=True).values * 10 ** (-PAUSE_LABEL_DB / 10)).float()
+
+
+def fit_pause(args) -> pathlib.Path:
+    """``--fit-pause``: the ``--init`` bundle with a pause head fitted on its
+    frozen network, written to ``--out``.
+
+    The head is one logistic unit on the sum of the two GRU outputs (what
+    the gain head reads) that says "speech present" (:func:`pause_labels`).
+    It is fitted on ``--pause-batches`` batches of training mixtures
+    (``--batch`` x ``--seconds``, the init bundle's mix version, the
+    training split only, ``--exclude`` / ``--noise-weights`` as in
+    training; ``--seed``) by 300 full-batch Adam steps (lr 0.05) on the
+    binary cross-entropy; every other weight is the init bundle's, bit for
+    bit, so with ``pause_db`` 0 the new bundle's output is the old one's.
+    ``--pause-db`` becomes the bundle's ``defaults.pause_db``."""
+    import torch
+
+    from .bundle import load_bundle, save_bundle
+    from .neural import QCNet, _window
+
+    t0 = time.time()
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    if not args.init:
+        raise SystemExit("--fit-pause needs --init BUNDLE (the network to give a pause head)")
+    init = load_bundle(args.init)
+    cfg = json.loads(json.dumps(init.config))
+    arch = dict(cfg["arch"], pause_head=1)
+    net = QCNet(**arch).eval()
+    sd = init.build_model().state_dict()
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    if unexpected or set(missing) - {"pause.weight", "pause.bias"}:
+        raise SystemExit(f"--fit-pause: {args.init} does not fit a pause head: missing {missing}, unexpected "
+                         f"{unexpected}")
+    version = int(cfg.get("training", {}).get("mix_version", args.mix_version))
+    cache = build_cache(args.cache, args.data)
+    exclude = tuple(g for g in args.exclude.split(",") if g)
+    corpus = train_corpus(cache, version, exclude, parse_noise_weights(args.noise_weights))
+    hop = int(arch["hop"])
+    win = torch.from_numpy(_window(2 * hop))
+    pf = float(cfg.get("defaults", {}).get("pitch_filter", 0.0))
+    seen = {}
+    hook = net.pause.register_forward_pre_hook(lambda m, a: seen.__setitem__("y", a[0].detach()))
+    rng = np.random.default_rng(args.seed)
+    ys, ls = [], []
+    with torch.no_grad():
+        for _ in range(args.pause_batches):
+            x, s_ = make_batch(rng, corpus, int(args.seconds * SR), args.batch, version)
+            xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+            net(_stft(xt, win, hop), silent=_silent(xt, win, hop), pitch_filter=pf, pause=True)
+            ys.append(seen["y"].reshape(-1, net.hidden))
+            ls.append(pause_labels(torch.from_numpy(np.ascontiguousarray(s_, np.float32)), win, hop).reshape(-1))
+    hook.remove()
+    Y, L = torch.cat(ys), torch.cat(ls)
+    w = torch.zeros(net.hidden, requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=0.05)
+    for _ in range(300):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(Y @ w + b, L)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        net.pause.weight.copy_(w.detach()[None])
+        net.pause.bias.copy_(b.detach())
+        acc = float(((Y @ w + b > 0).float() == L).float().mean())
+    cmd = ["python", "-m", "quietcast.models.train"] + [a for a in sys.argv[1:]]
+    cfg["name"] = pathlib.Path(args.out).name
+    cfg["arch"] = arch
+    cfg.setdefault("defaults", {})["pause_db"] = float(args.pause_db)
+    cfg.setdefault("training", {})["pause_head"] = {
+        "command": " ".join(shlex.quote(c) for c in cmd),
+        "init": {"bundle": str(args.init), "sha256": init.config["weights"]["sha256"]},
+        "what": "a logistic unit on the sum of the GRU outputs, fitted on the frozen network (every other "
+                "weight is the init bundle's)",
+        "label": f"speech present: the frame's clean-speech energy within {PAUSE_LABEL_DB:g} dB of the "
+                 "example's loudest frame",
+        "fit": "binary cross-entropy, 300 full-batch Adam steps, lr 0.05, from zero",
+        "mix_version": version, "seed": args.seed, "batches": args.pause_batches, "batch": args.batch,
+        "segment_s": args.seconds, "exclude": list(exclude), "noise_weights": args.noise_weights,
+        "frames": int(L.numel()), "speech_share": round(float(L.mean()), 4),
+        "loss": round(float(loss.detach()), 4), "train_frame_accuracy": round(acc, 4),
+        "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
+    }
+    out = save_bundle(net, cfg, args.out)
+    print(f"pause head fitted on {L.numel():,} frames ({float(L.mean()):.0%} speech): accuracy {acc:.3f}, "
+          f"loss {float(loss.detach()):.4f}, {time.time() - t0:.0f} s; bundle written to {out}", flush=True)
+    return out
+
+
 def _noise_weights_arg(text: str) -> str:
     """argparse ``type``: the text as given, once :func:`parse_noise_weights` accepts it."""
     try:
@@ -1944,6 +2045,13 @@ def _param_arg(flag: str, param: str, what: str):
 
 _strength_arg = _param_arg("--strength-db", "strength_db", "a number of dB")  # 0..60 dB
 _pitch_filter_arg = _param_arg("--pitch-filter", "pitch_filter", "a strength")  # 0..1
+
+
+def _pause_db_arg(text: str) -> float:
+    v = _number(text)
+    if not 0.0 <= v <= 60.0:
+        raise argparse.ArgumentTypeError(f"--pause-db {text!r}: out of range 0..60 dB")
+    return v
 
 
 def _workers_arg(text: str) -> int:
@@ -2109,7 +2217,20 @@ def main(argv=None) -> int:
     p.add_argument("--ckpt-every", type=float, default=3.0, help="minutes")
     p.add_argument("--eval-every", type=float, default=5.0, help="minutes")
     p.add_argument("--log", default=None, help="also append the log to this file")
+    p.add_argument("--fit-pause", action="store_true",
+                   help="instead of training: give the --init bundle a pause head fitted on its frozen network "
+                        "(--pause-batches batches of --batch x --seconds, --seed) and write it to --out")
+    p.add_argument("--pause-batches", type=int, default=40, metavar="N",
+                   help="with --fit-pause: training batches the head is fitted on (default 40)")
+    p.add_argument("--pause-db", type=_pause_db_arg, default=0.0, metavar="DB",
+                   help="with --fit-pause: the bundle's default pause_db, the pause gate's depth (0..60 dB, "
+                        "0 = off; default 0)")
     args = p.parse_args(argv)
+    if args.fit_pause:
+        if args.pause_batches < 1:
+            p.error(f"--pause-batches {args.pause_batches}: must be at least 1")
+        fit_pause(args)
+        return 0
     if args.denoise_speech:
         denoise_group(build_cache(args.cache, args.data), args.denoise_speech)
         return 0
