@@ -218,10 +218,12 @@ def _nsnet2():
     return run, None
 
 
-def systems(bundle: str, strengths=(), compare=(), pitch_filters=()) -> dict:
+def systems(bundle: str, strengths=(), compare=(), pitch_filters=(), pause_dbs=()) -> dict:
     extra = {f"quietcast-neural@{s:g}dB": _quietcast("neural", bundle=bundle, strength_db=s) for s in strengths}
     for k in pitch_filters:
         extra[f"quietcast-neural pitch_filter={k:g}"] = _quietcast("neural", bundle=bundle, pitch_filter=k)
+    for k in pause_dbs:
+        extra[f"quietcast-neural pause_db={k:g}"] = _quietcast("neural", bundle=bundle, pause_db=k)
     for label, other in compare:  # other bundles, side by side (their default strength)
         extra[f"quietcast-neural[{label}]"] = _quietcast("neural", bundle=other)
     return {
@@ -498,6 +500,9 @@ def main(argv=None) -> int:
     p.add_argument("--strengths", default="", help="extra neural rows at these strength_db values, e.g. 25,40")
     p.add_argument("--pitch-filters", default="",
                    help="extra neural rows at these pitch_filter values (0..1), e.g. 0,1")
+    p.add_argument("--pause-dbs", default="",
+                   help="extra neural rows at these pause_db values (0..60 dB; a bundle with the pause head), "
+                        "e.g. 0,20")
     p.add_argument("--compare", default="",
                    help="extra neural bundles in the same run: LABEL=BUNDLE_NAME_OR_FOLDER,... "
                         "(rows quietcast-neural[LABEL])")
@@ -545,13 +550,14 @@ def main(argv=None) -> int:
         result["systems"]["clean"] = {"status": "ok", "delay": 0, "per_mixture": rows["clean"]}
     strengths = [float(v) for v in args.strengths.split(",") if v.strip()]
     pitch_filters = [float(v) for v in args.pitch_filters.split(",") if v.strip()]
+    pause_dbs = [float(v) for v in args.pause_dbs.split(",") if v.strip()]
     compare = []
     for item in filter(None, (v.strip() for v in args.compare.split(","))):
         label, sep, path = item.partition("=")
         if not sep or not label or not path:
             p.error(f"--compare {item!r}: expected LABEL=BUNDLE")
         compare.append((label, path))
-    for name, make in systems(args.bundle, strengths, compare, pitch_filters).items():
+    for name, make in systems(args.bundle, strengths, compare, pitch_filters, pause_dbs).items():
         if wanted and name not in wanted:
             continue
         try:

@@ -1,0 +1,273 @@
+"""The pause head and the pause gate (``pause_db``): off is bit-exact, the
+C step equals the torch step and streaming equals offline with it on, the
+stems stay a partition of the input, the gate's gain has no step, bad
+values are refused, the shipped bundles' gate deepens the pauses of a
+voice and spares the voice, and ``train --fit-pause`` adds a head to a
+bundle without touching its other weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from quietcast.models import train as T
+from quietcast.models.bundle import load_bundle, save_bundle
+from quietcast.models.neural import (_PAUSE_CLOSE_DB, _PAUSE_LOGIT, NeuralSuppressor, QCNet, _fused_step, _window,
+                                     pause_gains)
+from signals import vowel_bursts
+from test_ckernel import _signal
+from test_neural import _random_net
+
+H = 480
+
+
+def _with_head(net: QCNet, seed: int = 3) -> QCNet:
+    """``net`` with a random pause head whose bias puts the gate's
+    threshold at the median of its logits over the test signal: it says
+    "pause" in about half the frames, in runs."""
+    torch.manual_seed(seed)
+    out = QCNet(**dict(net.arch, pause_head=1)).eval()
+    out.load_state_dict(net.state_dict(), strict=False)
+    x = torch.from_numpy(_signal(np.random.default_rng(0), 3, 48_000 * 2))
+    win = torch.from_numpy(_window(2 * H))
+    with torch.no_grad():
+        out.pause.weight.normal_(0.0, 0.3)
+        out.pause.bias.zero_()
+        lg = out(T._stft(x, win, H), silent=T._silent(x, win, H), pause=True)[2]
+        out.pause.bias.fill_(_PAUSE_LOGIT - float(lg.median()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def head_bundles(tmp_path_factory):
+    """A random C-step architecture with and without a pause head (same
+    other weights), default ``pause_db`` 24."""
+    root = tmp_path_factory.mktemp("pause")
+    net = _random_net(5, fine_bins=48, harm_bins=40, floor_input=1, warm_start=1, hidden=72, enc_dim=40,
+                      df_enc_dim=24)
+    save_bundle(net, {"model": "neural", "arch": net.arch}, root / "plain")
+    h = _with_head(net)
+    save_bundle(h, {"model": "neural", "arch": h.arch, "defaults": {"pause_db": 24.0}}, root / "head")
+    return root / "plain", root / "head"
+
+
+def _blocks(sup: NeuralSuppressor, x: np.ndarray, changes=None) -> np.ndarray:
+    """Stream ``x`` in uneven blocks; ``changes[i]``: params set before block i."""
+    sizes = [1000, 480, 37, 4803]
+    pos = i = 0
+    out = []
+    while pos < x.shape[1]:
+        for k, v in (changes or {}).get(i, {}).items():
+            sup.set_param(k, v)
+        n = sizes[i % len(sizes)]
+        r = sup._stream(x[:, pos:pos + n])
+        out.append(r)
+        pos += n
+        i += 1
+    return np.concatenate(out, axis=1)
+
+
+def test_pause_db_zero_is_the_bundle_without_the_head(head_bundles, rng):
+    """``pause_db`` 0: output and stems bit for bit those of the same
+    network without the head, on both steps."""
+    plain, head = head_bundles
+    x = _signal(rng, 3, 48_000)
+    for kernel in ("c", "torch"):
+        a = NeuralSuppressor(3, bundle=plain, kernel=kernel)
+        b = NeuralSuppressor(3, bundle=head, kernel=kernel, pause_db=0)
+        assert "pause_db" not in a.PARAMS and b.PARAMS["pause_db"] == (0.0, 60.0, 24.0, "dB")
+        np.testing.assert_array_equal(_blocks(a, x), _blocks(b, x))
+        assert torch.all(b._pg == 0.0)
+
+
+def test_the_gate_lowers_the_floor_and_leaves_the_stems(head_bundles, rng):
+    """With the gate on, the voice and background stems are those without
+    it (a partition of the input still); the output is lower, never
+    higher than ``voice + floor * background``, and at most ``pause_db``
+    lower; ``strength_db`` 0 is still the delayed input exactly."""
+    _plain, head = head_bundles
+    x = _signal(rng, 2, 48_000 * 2)
+    C = 2
+    off = _blocks(NeuralSuppressor(C, bundle=head, pause_db=0), x)
+    on_sup = NeuralSuppressor(C, bundle=head, pause_db=24)
+    on = _blocks(on_sup, x)
+    np.testing.assert_array_equal(on[C:], off[C:])  # the stems
+    floor = 10 ** (-on_sup.strength_db / 20)
+    ungated = on[C:2 * C] + floor * on[2 * C:]
+    np.testing.assert_allclose(off[:C], ungated, atol=1e-6)
+    ratio = np.abs(on[:C]) / np.maximum(np.abs(ungated), 1e-9)
+    loud = np.abs(ungated) > 1e-4
+    assert np.all(ratio[loud] <= 1.0 + 1e-4)
+    assert np.all(ratio[loud] >= 10 ** (-24 / 20) - 1e-4)
+    assert float(np.mean(ratio[loud] < 0.5)) > 0.05  # it did close somewhere
+    assert float(np.mean(ratio[loud] > 0.99)) > 0.05  # and was open somewhere
+    dry = _blocks(NeuralSuppressor(C, bundle=head, pause_db=24, strength_db=0), x)
+    np.testing.assert_array_equal(dry[:C, 960:], x[:, :-960])
+
+
+@pytest.mark.parametrize("channels", [1, 11])
+def test_c_step_equals_torch_step_with_the_gate(head_bundles, rng, channels):
+    """Depth, strength and a remixed background changed mid-stream; the
+    gate's state too."""
+    _plain, head = head_bundles
+    x = _signal(rng, channels, 48_000 * 2)
+    changes = {3: {"pause_db": 40.0}, 6: {"strength_db": 12.0}, 9: {"background_db": -20.0},
+               12: {"pause_db": 0.0}, 14: {"pause_db": 10.0, "background_db": float("-inf")}}
+    a = NeuralSuppressor(channels, bundle=head, kernel="c")
+    b = NeuralSuppressor(channels, bundle=head, kernel="torch")
+    assert a._cstep is not None and b._cstep is None
+    ya, yb = _blocks(a, x, changes), _blocks(b, x, changes)
+    assert float(np.max(np.abs(ya - yb))) <= 1e-4
+    assert torch.allclose(a._pg, b._pg, atol=1e-3)
+    assert float(np.max(np.abs(ya[:channels]))) > 0.01
+
+
+def test_streaming_equals_offline_with_the_gate(head_bundles, rng):
+    _plain, head = head_bundles
+    x = _signal(rng, 3, 48_000 * 2)
+    for kw in ({"pause_db": 30.0}, {"pause_db": 30.0, "background_db": -12.0}):
+        s = NeuralSuppressor(3, bundle=head, **kw)
+        y = _blocks(s, x)[:3]
+        o = NeuralSuppressor(3, bundle=head, **kw).process_offline(x)
+        assert float(np.max(np.abs(y - o))) <= 1e-4
+        assert float(np.max(np.abs(y - NeuralSuppressor(3, bundle=head, pause_db=0).process_offline(x)))) > 1e-3
+
+
+def test_branchless_gate_equals_the_branching_one(head_bundles, rng):
+    """The CUDA graph's form (every decision a tensor op, the gate always
+    run) on the CPU: the same output and gate state."""
+    _plain, head = head_bundles
+    x = _signal(rng, 3, 480 * 60)
+    res = []
+    for branchless in (False, True):
+        s = NeuralSuppressor(3, bundle=head, kernel="torch")
+        fl, rm = 10 ** (-20 / 20), 10 ** (-35 / 20)
+        mix = max(fl, rm)
+        pause = (torch.tensor(30.0), torch.tensor(fl), torch.tensor(rm)) if branchless else (30.0, fl, rm)
+        o = []
+        for i in range(0, x.shape[1], H):
+            with torch.inference_mode():
+                _fused_step(torch.from_numpy(x[:, i:i + H]), s._prev, s._win, s._fb_e, s._fb_i, s._m, s._u, s._fl,
+                            s._fresh, s._h1, s._h2, s._xh, s._ola, s._pbuf, s._w, s.net.alpha,
+                            torch.tensor(mix) if branchless else mix, s._out_t, branchless=branchless,
+                            comb=torch.tensor(0.0) if branchless else 0.0, pg=s._pg, pause=pause)
+            o.append(s._out_t.clone())
+        res.append((torch.cat(o, dim=2), s._pg.clone()))
+    assert torch.allclose(res[0][0], res[1][0], atol=1e-6, rtol=0)
+    assert torch.equal(res[0][1], res[1][1])
+    assert bool((res[0][1] < 0).any())
+
+
+def test_the_gate_gain_has_no_step():
+    """Across a hop the gain moves linearly from the last hop's value (no
+    click); it opens within one hop and closes ``_PAUSE_CLOSE_DB`` a hop,
+    down to the depth; digital silence holds it."""
+    logit = torch.tensor([[-9.0] * 30 + [9.0] + [-9.0] * 5])
+    silent = torch.zeros_like(logit, dtype=torch.bool)
+    silent[0, 33] = True
+    g = pause_gains(logit, silent, 30.0, H)[0]  # [T, H]
+    db = 20 * torch.log10(g[:, -1])
+    assert torch.allclose(db[:15], -_PAUSE_CLOSE_DB * torch.arange(1, 16.0), atol=1e-4)
+    assert torch.allclose(db[15:30], torch.full((15,), -30.0), atol=1e-4)
+    assert abs(float(db[30])) < 1e-5  # open at once
+    assert torch.allclose(db[32], db[33]) and float(db[34]) < float(db[33])  # held on the silent frame
+    flat = g.reshape(-1)
+    assert float(torch.max(torch.abs(torch.diff(flat)))) <= (1 - 10 ** (-30 / 20)) / H + 1e-6
+
+
+def test_bad_pause_values_are_refused(head_bundles, tmp_path):
+    plain, head = head_bundles
+    s = NeuralSuppressor(1, bundle=head)
+    assert s.pause_db == 24.0 and s.get_param("pause_db") == 24.0
+    for bad in (-1.0, 61.0, float("nan"), "deep", True):
+        with pytest.raises(ValueError, match=r"pause_db.*(out of range|not a number).*\[0, 60\]"):
+            s.set_param("pause_db", bad)
+    assert s.pause_db == 24.0
+    p = NeuralSuppressor(1, bundle=plain)
+    with pytest.raises(ValueError, match="unknown parameter 'pause_db'"):
+        p.set_param("pause_db", 10.0)
+    assert p.pause_db == 0.0
+    with pytest.raises(ValueError, match="has no pause head"):
+        NeuralSuppressor(1, bundle=plain, pause_db=10.0)
+    cfg = json.loads((head / "config.json").read_text())
+    cfg["defaults"]["pause_db"] = 90.0
+    bad = tmp_path / "bad"
+    save_bundle(load_bundle(head).build_model(), cfg, bad)
+    with pytest.raises(ValueError, match=r"defaults.pause_db 90.0 out of range 0.0..60.0"):
+        NeuralSuppressor(1, bundle=bad)
+    with pytest.raises(ValueError, match="pause_head 2 must be 0 or 1"):
+        QCNet(pause_head=2)
+    with pytest.raises(ValueError, match="no pause head"):
+        load_bundle(plain).build_model()(torch.zeros(1, 3, 481, dtype=torch.complex64), pause=True)
+
+
+@pytest.mark.parametrize("bundle", ["default", "clean"])
+def test_shipped_gate_deepens_the_pauses_and_spares_the_voice(bundle):
+    """Vowels in noise: in the gaps between them the shipped head closes
+    the gate (the output falls well below ``voice + floor * background``),
+    within them it stays open."""
+    x, speech, _noise = vowel_bursts(140.0, np.random.default_rng(3), seconds=6.0)
+    s = NeuralSuppressor(1, bundle=bundle)
+    assert s.pause_db > 0.0
+    r = s._stream(x)
+    d = s.latency
+    gate = np.abs(r[0, d:]) / np.maximum(np.abs(r[1, d:] + 10 ** (-s.strength_db / 20) * r[2, d:]), 1e-12)
+    env = np.abs(speech[:-d])
+    hops = slice(48_000, None)  # after the running means have settled
+    word = (np.convolve(env, np.ones(960) / 960, "same") > 0.02)[hops]
+    gap = (np.convolve(env, np.ones(4800) / 4800, "same") < 1e-5)[hops]
+    g = gate[hops]
+    assert word.mean() > 0.2 and gap.mean() > 0.1
+    assert float(np.median(g[word])) > 0.9
+    assert float(np.median(g[gap])) < 10 ** (-10 / 20)
+
+
+def test_fit_pause_adds_a_head_and_keeps_every_other_weight(tmp_path, monkeypatch):
+    """``--fit-pause`` on a bundle: the same weights bit for bit plus a
+    head that beats always saying "speech" on its own training frames, the
+    arch, default depth and the record in config.json."""
+    from test_train import _voice
+
+    import soundfile as sf
+
+    monkeypatch.setattr(T, "ASTERISK", tmp_path / "no-asterisk")
+    monkeypatch.setattr(T, "FILLETS", tmp_path / "no-fillets")
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    (root / "speech" / "ljspeech").mkdir(parents=True)
+    for i in range(1, 13):
+        sf.write(root / "speech" / "ljspeech" / f"LJ001-{i:04d}.flac", _voice(rng, 1.5, 160 + 10 * i), 48_000)
+    (root / "noise" / "misc").mkdir(parents=True)
+    for name in ("noise1.flac", "noise2.flac", "noise3.flac"):
+        sf.write(root / "noise" / "misc" / name, 0.05 * rng.standard_normal(96_000).astype(np.float32), 48_000)
+    net = _random_net(2, hidden=48, enc_dim=32, df_enc_dim=16)
+    save_bundle(net, {"model": "neural", "arch": net.arch, "defaults": {"strength_db": 20.0},
+                      "training": {"mix_version": 3}}, tmp_path / "init")
+    out = tmp_path / "withhead"
+    args = ["--fit-pause", "--init", str(tmp_path / "init"), "--out", str(out), "--seed", "4", "--batch", "4",
+            "--seconds", "1.0", "--pause-batches", "6", "--pause-db", "18", "--data", str(root),
+            "--cache", str(tmp_path / "cache")]
+    assert T.main(args) == 0
+    b = load_bundle(out)
+    assert b.config["arch"] == dict(net.arch, pause_head=1)
+    assert b.config["defaults"] == {"strength_db": 20.0, "pause_db": 18.0}
+    rec = b.config["training"]["pause_head"]
+    assert rec["frames"] == 6 * 4 * 100 and rec["mix_version"] == 3 and rec["seed"] == 4
+    assert rec["train_frame_accuracy"] > max(rec["speech_share"], 1 - rec["speech_share"])
+    sd, old = b.build_model().state_dict(), net.state_dict()
+    assert set(sd) - set(old) == {"pause.weight", "pause.bias"}
+    for k, v in old.items():
+        assert torch.equal(sd[k], v), k
+    assert NeuralSuppressor(1, bundle=out).pause_db == 18.0
+    with pytest.raises(SystemExit):  # refused with a clear message: the range
+        T.main(args[:-4] + ["--pause-db", "75"])
+    assert T.main(args) == 0 and load_bundle(out).config["weights"] == b.config["weights"]  # reproducible
+
+
+def test_fit_pause_needs_init(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="--fit-pause needs --init"):
+        T.fit_pause(argparse.Namespace(init=None, seed=0, threads=1))
