@@ -222,8 +222,9 @@ def systems(bundle: str, strengths=(), compare=(), pitch_filters=(), pause_dbs=(
     extra = {f"quietcast-neural@{s:g}dB": _quietcast("neural", bundle=bundle, strength_db=s) for s in strengths}
     for k in pitch_filters:
         extra[f"quietcast-neural pitch_filter={k:g}"] = _quietcast("neural", bundle=bundle, pitch_filter=k)
-    for k in pause_dbs:
-        extra[f"quietcast-neural pause_db={k:g}"] = _quietcast("neural", bundle=bundle, pause_db=k)
+    for k, t in pause_dbs:  # (depth, threshold or None: the bundle's)
+        extra[f"quietcast-neural pause_db={k:g}" + (f"@{t:g}" if t is not None else "")] = _quietcast(
+            "neural", bundle=bundle, pause_db=k, pause_threshold=t)
     for label, other in compare:  # other bundles, side by side (their default strength)
         extra[f"quietcast-neural[{label}]"] = _quietcast("neural", bundle=other)
     return {
@@ -502,7 +503,8 @@ def main(argv=None) -> int:
                    help="extra neural rows at these pitch_filter values (0..1), e.g. 0,1")
     p.add_argument("--pause-dbs", default="",
                    help="extra neural rows at these pause_db values (0..60 dB; a bundle with the pause head), "
-                        "e.g. 0,20")
+                        "each DB or DB@THRESHOLD (the speech probability below which the gate closes; default "
+                        "the bundle's), e.g. 0,20,30@0.2")
     p.add_argument("--compare", default="",
                    help="extra neural bundles in the same run: LABEL=BUNDLE_NAME_OR_FOLDER,... "
                         "(rows quietcast-neural[LABEL])")
@@ -550,7 +552,13 @@ def main(argv=None) -> int:
         result["systems"]["clean"] = {"status": "ok", "delay": 0, "per_mixture": rows["clean"]}
     strengths = [float(v) for v in args.strengths.split(",") if v.strip()]
     pitch_filters = [float(v) for v in args.pitch_filters.split(",") if v.strip()]
-    pause_dbs = [float(v) for v in args.pause_dbs.split(",") if v.strip()]
+    pause_dbs = []
+    for v in filter(None, (v.strip() for v in args.pause_dbs.split(","))):
+        db, _, thr = v.partition("@")
+        try:
+            pause_dbs.append((float(db), float(thr) if thr else None))
+        except ValueError:
+            p.error(f"--pause-dbs {v!r}: expected DB or DB@THRESHOLD, e.g. 30@0.2")
     compare = []
     for item in filter(None, (v.strip() for v in args.compare.split(","))):
         label, sep, path = item.partition("=")

@@ -533,6 +533,9 @@ DENOISE_PARAMS = ParamSet.of(
     Param("pitch_filter", "float", None, 0.0, 1.0,
           doc="strength of the pitch (comb) filter that cleans between a voice's harmonics, neural models only "
               "(default: the model's own; 0 = off)"),
+    Param("pause_db", "float", None, 0.0, 60.0, "dB",
+          doc="the pause gate: how much further the output falls in the pauses of the voice, neural models with a "
+              "pause head only (default: the model's own; 0 = off)"),
 )
 
 
@@ -544,7 +547,7 @@ class DenoiseStage(Stage):
     type_name = "denoise"
 
     def __init__(self, name, sample_rate, channels, model="default", strength=1.0, max_attenuation_db=None,
-                 whole_hops: bool = False, device: str = "cpu", pitch_filter=None):
+                 whole_hops: bool = False, device: str = "cpu", pitch_filter=None, pause_db=None):
         super().__init__(name, sample_rate, channels, DENOISE_PARAMS)
         from quietcast.models import create_suppressor
 
@@ -561,6 +564,10 @@ class DenoiseStage(Stage):
             self._apply_param("pitch_filter", pitch_filter)
         elif "pitch_filter" in self.suppressor.PARAMS:  # the model's own
             self.values["pitch_filter"] = float(self.suppressor.get_param("pitch_filter"))
+        if pause_db is not None:
+            self._apply_param("pause_db", pause_db)
+        elif "pause_db" in self.suppressor.PARAMS:  # the model's own
+            self.values["pause_db"] = float(self.suppressor.get_param("pause_db"))
         sr = self.sample_rate
         if sr == self.suppressor.sample_rate:
             self._resampled = False
@@ -591,6 +598,14 @@ class DenoiseStage(Stage):
                                      f"model {self.values['model']!r} has no pitch filter (neural models do)")
             self.suppressor.set_param("pitch_filter", value)
             self.values[name] = float(self.suppressor.get_param("pitch_filter"))
+            return
+        if name == "pause_db":
+            if "pause_db" not in self.suppressor.PARAMS:
+                raise ParameterError(f"{self.name}.pause_db",
+                                     f"model {self.values['model']!r} has no pause head (the shipped neural "
+                                     "models do)")
+            self.suppressor.set_param("pause_db", value)
+            self.values[name] = float(self.suppressor.get_param("pause_db"))
             return
         self.values[name] = value
         self._apply_strength()

@@ -22,6 +22,8 @@ The file (the shipped example is ``daemon/default.toml``, see
                                     # a GPU that is missing or fails falls back to the CPU (logged, in status)
     # pitch_filter = 0.5            # 0..1, the neural model's pitch (comb) filter between a voice's harmonics;
                                     # left out, the model's own (quietcast models); 0 = off
+    # pause_db = 30.0               # 0..60 dB, the neural model's pause gate: how much further the output falls
+                                    # in the pauses of the voice; left out, the model's own; 0 = off
 
     [[channel]]                     # one or more (at most 256)
     name = "host"                   # [a-z][a-z0-9_]{0,31}, unique; ports are host_in, host_out
@@ -272,6 +274,10 @@ ENGINE_KEYS_STATIC: tuple[Key, ...] = (
               doc="strength of the neural model's pitch (comb) filter, which cleans between a voice's harmonics; "
                   "left out, the model's own (quietcast models); 0 = off"),
         default_text="model's"),
+    Key(Param("pause_db", "float", None, 0.0, 60.0, "dB",
+              doc="the neural model's pause gate: how much further the output falls in the pauses of the voice "
+                  "(its pause head's decision); left out, the model's own (quietcast models); 0 = off"),
+        default_text="model's"),
 )
 
 
@@ -369,6 +375,7 @@ class EngineConfig:
     threads: int = 1
     device: str = "auto"
     pitch_filter: float | None = None  # None: the model's own
+    pause_db: float | None = None  # None: the model's own
 
 
 @dataclass(frozen=True)

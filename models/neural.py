@@ -165,12 +165,13 @@ _PITCH_MIN_T = 96
 _PITCH_EPS = 1e-12
 _PITCH_EPS_B = 1e-24
 #: the pause gate (``pause_head`` 1, runtime parameter ``pause_db``): a hop
-#: whose speech probability (the pause head's sigmoid) is below
-#: ``_PAUSE_P`` is a pause, whose output falls a further ``pause_db``;
-#: the gate opens at once (within the hop) and closes ``_PAUSE_CLOSE_DB``
-#: a hop (30 dB in 150 ms)
-_PAUSE_P = 0.05
-_PAUSE_LOGIT = math.log(_PAUSE_P / (1.0 - _PAUSE_P))
+#: whose speech probability ``p`` (the pause head's sigmoid) is below the
+#: threshold ``t`` (a bundle's ``defaults.pause_threshold``, else
+#: ``_PAUSE_THRESHOLD``) is a pause, whose output falls a further
+#: ``pause_db * (t - p) / t`` (all of ``pause_db`` at ``p = 0``); the gate
+#: opens at once (within the hop) and closes ``_PAUSE_CLOSE_DB`` a hop
+#: (30 dB in 150 ms)
+_PAUSE_THRESHOLD = 0.05
 _PAUSE_CLOSE_DB = 2.0
 _DB_LN = math.log(10.0) / 20.0  # 10 ** (x / 20) = exp(x * _DB_LN)
 
@@ -615,8 +616,10 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
 
     ``pg`` and ``pause`` (a bundle with the pause head): the pause gate's
     state ``[C]`` (dB, 0 when open; updated in place) and ``(depth_db,
-    floor, remix)``, the gate's depth (``pause_db``) and the two parts of
-    ``mix = max(floor, remix)`` (0-d tensors when branchless). The output
+    floor, remix, threshold)``, the gate's depth (``pause_db``), the two
+    parts of ``mix = max(floor, remix)`` (these three 0-d tensors when
+    branchless) and the speech probability below which it closes (a
+    float). The output
     is then ``s * v + max(s * floor, remix) * background``, ``s`` the
     gate's gain ramped across the hop (:func:`_pause_gate`); the stems are
     not gated (they stay a partition of the input), nor is ``mix >= 1``.
@@ -706,7 +709,7 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     torch.sub(prev, v, out=out[2])
     gated = pause is not None and (branchless or float(pause[0]) > 0.0 or bool((pg < 0.0).any()))
     if gated:
-        s = _pause_gate(torch.addmm(w[28], y, w[27]).squeeze(1), pg, silent, pause[0], H)
+        s = _pause_gate(torch.addmm(w[28], y, w[27]).squeeze(1), pg, silent, pause[0], pause[3], H)
         o = s * v + torch.maximum(s * pause[1], torch.as_tensor(pause[2], dtype=s.dtype, device=s.device)) * out[2]
     if branchless:
         out[0].copy_(torch.where(mix >= 1.0, prev, o if gated else v + mix * out[2]))
@@ -719,26 +722,29 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     prev.copy_(hop)
 
 
-def pause_gains(logit: torch.Tensor, silent: torch.Tensor, depth: float, H: int) -> torch.Tensor:
+def pause_gains(logit: torch.Tensor, silent: torch.Tensor, depth: float, H: int,
+                threshold: float = _PAUSE_THRESHOLD) -> torch.Tensor:
     """The pause gate over whole sequences, as the streaming step runs it
     hop by hop from an open gate: ``logit[B, T]`` the pause head's output
     per frame, ``silent[B, T]`` digital silence, ``depth`` (dB). Returns
     the gain of every output sample, ``[B, T, H]``."""
     pg = torch.zeros(logit.shape[0], dtype=logit.dtype, device=logit.device)
-    out = [_pause_gate(logit[:, t], pg, silent[:, t], depth, H) for t in range(logit.shape[1])]
+    out = [_pause_gate(logit[:, t], pg, silent[:, t], depth, threshold, H) for t in range(logit.shape[1])]
     return torch.stack(out, 1) if out else logit.new_zeros(logit.shape[0], 0, H)
 
 
-def _pause_gate(logit: torch.Tensor, pg: torch.Tensor, silent: torch.Tensor, depth, H: int) -> torch.Tensor:
+def _pause_gate(logit: torch.Tensor, pg: torch.Tensor, silent: torch.Tensor, depth, threshold: float,
+                H: int) -> torch.Tensor:
     """One hop of the pause gate: ``logit[C]`` the pause head's output,
     ``pg[C]`` the gate (dB, updated in place), ``silent[C]`` digital
-    silence (which holds it), ``depth`` (dB, ``pause_db``). A hop whose
-    speech probability is below ``_PAUSE_P`` moves the gate down to
-    ``-depth`` by ``_PAUSE_CLOSE_DB`` at most; any other hop opens it at
-    once. Returns the gain ramp ``[C, H]``: linear from the last hop's gain
-    to this one's (no step, no click)."""
-    tgt = torch.where(logit < _PAUSE_LOGIT, -torch.as_tensor(depth, dtype=pg.dtype, device=pg.device),
-                      torch.zeros_like(pg))
+    silence (which holds it), ``depth`` (dB, ``pause_db``). The gate's
+    target is ``-depth * (t - p) / t`` where the speech probability ``p``
+    is below the threshold ``t``, else 0 dB; it falls towards a lower
+    target by ``_PAUSE_CLOSE_DB`` a hop at most and rises to a higher one
+    at once. Returns the gain ramp ``[C, H]``: linear from the last hop's
+    gain to this one's (no step, no click)."""
+    f = ((threshold - torch.sigmoid(logit)) / threshold).clamp_(0.0, 1.0)
+    tgt = -torch.as_tensor(depth, dtype=pg.dtype, device=pg.device) * f
     new = torch.where(tgt > pg, tgt, torch.maximum(tgt, pg - _PAUSE_CLOSE_DB))
     new = torch.where(silent, pg, new)
     g0 = torch.exp(pg * _DB_LN).unsqueeze(1)
@@ -895,7 +901,8 @@ class NeuralSuppressor(HopSuppressor):
 
     def __init__(self, channels: int = 1, bundle="default", strength_db: float | None = None,
                  background_db: float | None = None, device: str = "cpu", kernel: str = "auto",
-                 pitch_filter: float | None = None, pause_db: float | None = None):
+                 pitch_filter: float | None = None, pause_db: float | None = None,
+                 pause_threshold: float | None = None):
         from .bundle import Bundle, load_bundle
 
         if kernel not in ("auto", "c", "torch"):
@@ -934,6 +941,10 @@ class NeuralSuppressor(HopSuppressor):
         self.PARAMS = dict(self.PARAMS, strength_db=(lo, hi, d_strength, unit),
                            pitch_filter=(lo_p, hi_p, d_pitch, ""))
         d_pause = 0.0
+        thr = float(defaults.get("pause_threshold", _PAUSE_THRESHOLD) if pause_threshold is None else pause_threshold)
+        if not 0.0 < thr <= 1.0:  # also refuses NaN
+            raise ValueError(f"pause_threshold {thr}: out of range (0, 1] (a speech probability)")
+        self._pause_thr = thr
         if net.pause is not None:  # the pause gate: only a bundle with the pause head has it
             lo_g, hi_g, _, unit_g = self.PAUSE_PARAM
             d_pause = float(defaults.get("pause_db", 0.0))
@@ -1068,7 +1079,7 @@ class NeuralSuppressor(HopSuppressor):
         if why is None:
             self._cstep = ckernel.CStep(lib, self, dict(
                 le_eps=_LE_EPS, le_max=_LE_MAX, xn_max=_XN_MAX, f_fall=_F_FALL, f_rise=_F_RISE, f_min=_F_MIN,
-                g_min=_G_MIN, silent_ms=SILENT_MS, pause_thr=_PAUSE_LOGIT, pause_close=_PAUSE_CLOSE_DB))
+                g_min=_G_MIN, silent_ms=SILENT_MS, pause_thr=self._pause_thr, pause_close=_PAUSE_CLOSE_DB))
             self._cstep.set_pause(self._pause_db, self._floor, self._remix)
             self._kernel_why = ""
             return
@@ -1139,7 +1150,7 @@ class NeuralSuppressor(HopSuppressor):
         _fused_step(self._d_in, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl,
                     self._fresh, self._h1, self._h2, self._xh, self._ola, self._pbuf, self._w, self.net.alpha,
                     self._mix_t, self._out_t, branchless=True, comb=self._comb_t, pg=self._pg,
-                    pause=self._pause_t if self.net.pause is not None else None)
+                    pause=(*self._pause_t, self._pause_thr) if self.net.pause is not None else None)
         C = self.channels
         o = self._out_t
         self._d_res[:3 * C].copy_(o.reshape(3 * C, self.hop))
@@ -1183,7 +1194,8 @@ class NeuralSuppressor(HopSuppressor):
         _fused_step(x, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl, self._fresh,
                     self._h1, self._h2, self._xh, self._ola, self._pbuf, self._w, self.net.alpha, self._mix,
                     self._out_t, comb=self._pitch_filter, pg=self._pg,
-                    pause=(self._pause_db, self._floor, self._remix) if self.net.pause is not None else None)
+                    pause=(self._pause_db, self._floor, self._remix, self._pause_thr)
+                    if self.net.pause is not None else None)
         C = self.channels
         np.copyto(self._hop_buf, self._out_t.reshape(3 * C, self.hop).numpy())
         # meter: this hop's input (delayed) vs output energy
@@ -1238,7 +1250,7 @@ class NeuralSuppressor(HopSuppressor):
         if a == 1.0:
             o = prev
         elif self.net.pause is not None and self._pause_db > 0.0:
-            s = pause_gains(res[2], silent, self._pause_db, H).reshape(C, T * H)
+            s = pause_gains(res[2], silent, self._pause_db, H, self._pause_thr).reshape(C, T * H)
             o = s * v + torch.maximum(s * self._floor, torch.tensor(self._remix, device=s.device)) * (prev - v)
         else:
             o = v + a * (prev - v)

@@ -75,7 +75,7 @@ struct qc_nn {
     float *pg;                          /* [C] the pause gate, dB (0: open) */
     float bp;                           /* pause head bias */
     float pause_db;                     /* the gate's depth, dB (0: off) */
-    float pause_thr, pause_close;       /* logit below which a hop is a pause; dB a hop the gate closes */
+    float pause_thr, pause_close;       /* speech probability below which a hop is a pause; dB a hop the gate closes */
     float floor, remix;                 /* mix = max(floor, remix): the gate lowers the floor only */
 };
 
@@ -697,7 +697,8 @@ static void block(const struct qc_nn *nn, const float *hop, float mix, int64_t c
             for (int64_t k = 0; k < hh; k++)
                 lg += yc[k] * nn->Wp[k];
             lg += nn->bp;
-            const float cur = nn->pg[ch], tgt = lg < nn->pause_thr ? -nn->pause_db : 0.0f;
+            const float p = sigm(lg), t = nn->pause_thr;
+            const float cur = nn->pg[ch], tgt = -nn->pause_db * minf_(maxf_((t - p) / t, 0.0f), 1.0f);
             float nw = tgt > cur ? tgt : maxf_(tgt, cur - nn->pause_close);
             if (sil[c] != 0.0f)
                 nw = cur;

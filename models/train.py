@@ -1909,7 +1909,8 @@ def fit_pause(args) -> pathlib.Path:
     training; ``--seed``) by 300 full-batch Adam steps (lr 0.05) on the
     binary cross-entropy; every other weight is the init bundle's, bit for
     bit, so with ``pause_db`` 0 the new bundle's output is the old one's.
-    ``--pause-db`` becomes the bundle's ``defaults.pause_db``."""
+    ``--pause-db`` and ``--pause-threshold`` become the bundle's
+    ``defaults.pause_db`` and ``defaults.pause_threshold``."""
     import torch
 
     from .bundle import load_bundle, save_bundle
@@ -1965,6 +1966,7 @@ def fit_pause(args) -> pathlib.Path:
     cfg["name"] = pathlib.Path(args.out).name
     cfg["arch"] = arch
     cfg.setdefault("defaults", {})["pause_db"] = float(args.pause_db)
+    cfg["defaults"]["pause_threshold"] = float(args.pause_threshold)
     cfg.setdefault("training", {})["pause_head"] = {
         "command": " ".join(shlex.quote(c) for c in cmd),
         "init": {"bundle": str(args.init), "sha256": init.config["weights"]["sha256"]},
@@ -2045,6 +2047,13 @@ def _param_arg(flag: str, param: str, what: str):
 
 _strength_arg = _param_arg("--strength-db", "strength_db", "a number of dB")  # 0..60 dB
 _pitch_filter_arg = _param_arg("--pitch-filter", "pitch_filter", "a strength")  # 0..1
+
+
+def _pause_threshold_arg(text: str) -> float:
+    v = _number(text)
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"--pause-threshold {text!r}: out of range (0, 1] (a speech probability)")
+    return v
 
 
 def _pause_db_arg(text: str) -> float:
@@ -2222,6 +2231,9 @@ def main(argv=None) -> int:
                         "(--pause-batches batches of --batch x --seconds, --seed) and write it to --out")
     p.add_argument("--pause-batches", type=int, default=40, metavar="N",
                    help="with --fit-pause: training batches the head is fitted on (default 40)")
+    p.add_argument("--pause-threshold", type=_pause_threshold_arg, default=0.05, metavar="P",
+                   help="with --fit-pause: the bundle's pause_threshold, the speech probability below which the "
+                        "gate closes (0 < P <= 1; default 0.05)")
     p.add_argument("--pause-db", type=_pause_db_arg, default=0.0, metavar="DB",
                    help="with --fit-pause: the bundle's default pause_db, the pause gate's depth (0..60 dB, "
                         "0 = off; default 0)")

@@ -381,3 +381,30 @@ def test_denoise_pitch_filter(tmp_path):
         run("pitch_filter = 0.5\n", model="dsp")
     probs = spec_problems('[[stage]]\nname = "nr"\ntype = "denoise"\npitch_filter = 3\n')
     assert "pitch_filter: value 3 is out of range [0, 1]" in probs[0]
+
+
+def test_denoise_pause_db(tmp_path):
+    """A denoise stage's ``pause_db``: left out, the model's own (the
+    shipped bundle's); 0 is the output without the gate; a deeper gate
+    takes more out of the pauses of bursts in noise; a model without a
+    pause head refuses it, naming the stage and parameter; out of range
+    names the range."""
+    from quietcast.models import create_suppressor
+
+    def run(extra: str, model: str = "neural"):
+        chain = Chain.from_toml_string(f'[[stage]]\nname = "nr"\ntype = "denoise"\nmodel = "{model}"\n{extra}')
+        p = chain.processor(48_000, 1)
+        return p.process(x.copy())
+
+    from signals import vowel_bursts
+
+    x = vowel_bursts(140.0, np.random.default_rng(4), seconds=4.0)[0]
+    own_db = create_suppressor("neural", 1).PARAMS["pause_db"][2]
+    own, same, off, deep = run(""), run(f"pause_db = {own_db:g}\n"), run("pause_db = 0\n"), run("pause_db = 50\n")
+    np.testing.assert_array_equal(own, same)
+    e_off, e_deep = float(np.sum(off[:, 48_000:] ** 2)), float(np.sum(deep[:, 48_000:] ** 2))
+    assert e_deep < e_off * 0.95  # the pauses, quieter
+    with pytest.raises((ChainSpecError, ParameterError), match=r"nr\.pause_db: model 'dsp' has no pause head"):
+        run("pause_db = 10\n", model="dsp")
+    probs = spec_problems('[[stage]]\nname = "nr"\ntype = "denoise"\npause_db = 70\n')
+    assert "pause_db: value 70 is out of range [0, 60]" in probs[0]

@@ -141,4 +141,7 @@ def test_models_state_their_default_strength():
         pf = create_suppressor(name, 1).bundle.config["defaults"].get("pitch_filter", 0.0)
         assert rows[name]["default_pitch_filter"] == pf
         assert f"pitch filter {pf:g}" in line
-    assert rows["dsp"]["default_pitch_filter"] is None
+        pg = create_suppressor(name, 1).bundle.config["defaults"].get("pause_db")
+        assert rows[name]["default_pause_db"] == pg
+        assert (f"pause gate {pg:g} dB" in line) == (pg is not None)
+    assert rows["dsp"]["default_pitch_filter"] is None and rows["dsp"]["default_pause_db"] is None

@@ -131,6 +131,28 @@ def test_engine_pitch_filter_left_out_is_the_models_own():
     assert "pitch_filter: value 2 is out of range [0, 1]" in one_problem('[engine]\npitch_filter = 2\n' + ONE)
 
 
+def test_engine_pause_db_left_out_is_the_models_own():
+    """engine.pause_db left out: the neural model's own (its bundle's
+    default); a value given reaches the suppressor; a model without a
+    pause head refuses one, naming it; out of range names the range."""
+    from quietcast.bridge.errors import ParameterError
+    from quietcast.daemon.engine import Engine
+    from quietcast.models import create_suppressor
+
+    c = cfg('[engine]\nmodel = "neural"\n' + ONE)
+    assert c.engine.pause_db is None and "pause_db" not in c.to_dict()["engine"]
+    want = create_suppressor("neural", 1).PARAMS["pause_db"][2]
+    e = Engine(c.channels, 48_000, model="neural", pause_db=c.engine.pause_db)
+    assert e.sup.suppressor.pause_db == want == e.sup.values["pause_db"]
+    c = cfg('[engine]\nmodel = "neural"\npause_db = 12.5\n' + ONE)
+    assert c.to_dict()["engine"]["pause_db"] == 12.5
+    e = Engine(c.channels, 48_000, model="neural", pause_db=c.engine.pause_db)
+    assert e.sup.suppressor.pause_db == 12.5
+    with pytest.raises(ParameterError, match=r"pause_db: model 'dsp' has no pause head"):
+        Engine(c.channels, 48_000, model="dsp", pause_db=10)
+    assert "pause_db: value 61 is out of range [0, 60]" in one_problem('[engine]\npause_db = 61\n' + ONE)
+
+
 def test_ints_where_floats_are_expected():
     c = cfg("""
         [engine]

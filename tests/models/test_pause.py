@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import numpy as np
 import pytest
@@ -16,8 +17,8 @@ import torch
 
 from quietcast.models import train as T
 from quietcast.models.bundle import load_bundle, save_bundle
-from quietcast.models.neural import (_PAUSE_CLOSE_DB, _PAUSE_LOGIT, NeuralSuppressor, QCNet, _fused_step, _window,
-                                     pause_gains)
+from quietcast.models.neural import (_PAUSE_CLOSE_DB, _PAUSE_THRESHOLD, NeuralSuppressor, QCNet, _fused_step,
+                                     _window, pause_gains)
 from signals import vowel_bursts
 from test_ckernel import _signal
 from test_neural import _random_net
@@ -38,7 +39,8 @@ def _with_head(net: QCNet, seed: int = 3) -> QCNet:
         out.pause.weight.normal_(0.0, 0.3)
         out.pause.bias.zero_()
         lg = out(T._stft(x, win, H), silent=T._silent(x, win, H), pause=True)[2]
-        out.pause.bias.fill_(_PAUSE_LOGIT - float(lg.median()))
+        q = _PAUSE_THRESHOLD  # half the frames below the threshold
+        out.pause.bias.fill_(math.log(q / (1 - q)) - float(lg.median()))
     return out
 
 
@@ -103,8 +105,8 @@ def test_the_gate_lowers_the_floor_and_leaves_the_stems(head_bundles, rng):
     loud = np.abs(ungated) > 1e-4
     assert np.all(ratio[loud] <= 1.0 + 1e-4)
     assert np.all(ratio[loud] >= 10 ** (-24 / 20) - 1e-4)
-    assert float(np.mean(ratio[loud] < 0.5)) > 0.05  # it did close somewhere
-    assert float(np.mean(ratio[loud] > 0.99)) > 0.05  # and was open somewhere
+    assert float(np.mean(ratio[loud] < 0.7)) > 0.05  # it did close somewhere
+    assert float(np.mean(ratio[loud] > 0.99)) > 0.2  # and was open somewhere
     dry = _blocks(NeuralSuppressor(C, bundle=head, pause_db=24, strength_db=0), x)
     np.testing.assert_array_equal(dry[:C, 960:], x[:, :-960])
 
@@ -147,7 +149,8 @@ def test_branchless_gate_equals_the_branching_one(head_bundles, rng):
         s = NeuralSuppressor(3, bundle=head, kernel="torch")
         fl, rm = 10 ** (-20 / 20), 10 ** (-35 / 20)
         mix = max(fl, rm)
-        pause = (torch.tensor(30.0), torch.tensor(fl), torch.tensor(rm)) if branchless else (30.0, fl, rm)
+        pause = ((torch.tensor(30.0), torch.tensor(fl), torch.tensor(rm), 0.05) if branchless
+                 else (30.0, fl, rm, 0.05))
         o = []
         for i in range(0, x.shape[1], H):
             with torch.inference_mode():
@@ -157,16 +160,16 @@ def test_branchless_gate_equals_the_branching_one(head_bundles, rng):
                             comb=torch.tensor(0.0) if branchless else 0.0, pg=s._pg, pause=pause)
             o.append(s._out_t.clone())
         res.append((torch.cat(o, dim=2), s._pg.clone()))
-    assert torch.allclose(res[0][0], res[1][0], atol=1e-6, rtol=0)
-    assert torch.equal(res[0][1], res[1][1])
-    assert bool((res[0][1] < 0).any())
+    assert torch.allclose(res[0][0], res[1][0], atol=1e-5, rtol=0)  # python vs tensor scalars: rounding
+    assert torch.allclose(res[0][1], res[1][1], atol=1e-4, rtol=0)
+    assert bool((res[0][1] < -1.0).any())
 
 
 def test_the_gate_gain_has_no_step():
     """Across a hop the gain moves linearly from the last hop's value (no
     click); it opens within one hop and closes ``_PAUSE_CLOSE_DB`` a hop,
     down to the depth; digital silence holds it."""
-    logit = torch.tensor([[-9.0] * 30 + [9.0] + [-9.0] * 5])
+    logit = torch.tensor([[-40.0] * 30 + [9.0] + [-40.0] * 5])
     silent = torch.zeros_like(logit, dtype=torch.bool)
     silent[0, 33] = True
     g = pause_gains(logit, silent, 30.0, H)[0]  # [T, H]
@@ -254,7 +257,7 @@ def test_fit_pause_adds_a_head_and_keeps_every_other_weight(tmp_path, monkeypatc
     assert T.main(args) == 0
     b = load_bundle(out)
     assert b.config["arch"] == dict(net.arch, pause_head=1)
-    assert b.config["defaults"] == {"strength_db": 20.0, "pause_db": 18.0}
+    assert b.config["defaults"] == {"strength_db": 20.0, "pause_db": 18.0, "pause_threshold": 0.05}
     rec = b.config["training"]["pause_head"]
     assert rec["frames"] == 6 * 4 * 100 and rec["mix_version"] == 3 and rec["seed"] == 4
     assert rec["train_frame_accuracy"] > max(rec["speech_share"], 1 - rec["speech_share"])
