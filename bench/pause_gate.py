@@ -26,8 +26,12 @@ than its output does.
    (mean +- standard error) and the probe's frame accuracy on the held-out
    mixtures.
 
-It is a measurement, not a product path: the live engine has no pause
-gate. Prints a table; writes JSON (``bench/out/pause_gate.json``).
+It is the measurement that led to the product path, kept as it was run
+(its own probe, a hard threshold): since session 21 the shipped bundles
+carry such a head (``python -m quietcast.models.train --fit-pause``) and
+the suppressor has the gate (``pause_db``, ``defaults.pause_threshold``;
+``models/neural.py``), which ``bench/quality.py --pause-dbs`` measures.
+Prints a table; writes JSON (``bench/out/pause_gate.json``).
 """
 
 from __future__ import annotations

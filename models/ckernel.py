@@ -166,7 +166,7 @@ class CStep:
             self._wp = sup._w[27].detach().to(torch.float32).contiguous().numpy().reshape(-1).copy()
             nn_.Wp = self._wp.ctypes.data
             nn_.bp = float(sup._w[28][0])
-            assert sup._pg.is_contiguous() and sup._pg.numel() == C
+            assert sup._pg.is_contiguous() and sup._pg.shape == (C, 2)
             nn_.pg = sup._pg.data_ptr()
             nn_.pause_thr = constants.pop("pause_thr")
             nn_.pause_close = constants.pop("pause_close")

@@ -75,6 +75,19 @@ Signal path per 10 ms hop (480 samples), every channel in one batch:
    ``background_db`` remixes it at a chosen level (``-inf``: only the
    ``strength_db`` floor remains). With ``a == 1`` (``strength_db=0`` or
    ``background_db=0``) the output is the input delayed, bit-exact.
+5. Pause gate (optional, ``pause_head`` 1; a runtime parameter
+   ``pause_db``, 0..60 dB, 0 = off and bit-exact with the same network
+   without the head): a logistic unit on the GRU outputs gives each frame
+   a probability ``p`` that a voice is present (fitted on the frozen
+   network by ``train --fit-pause``). Below the bundle's
+   ``pause_threshold`` ``t`` the floor falls a further
+   ``pause_db * (t - p) / t``; the gate closes by at most 2 dB a hop,
+   opens at once, and its gain is ramped linearly across each hop (no
+   step). The output becomes ``s * v + max(s * floor, remix) * b`` (``s``
+   the gate's gain): it deepens the pauses below the ``strength_db``
+   floor, where the network's gains leave noise a listener hears between
+   words, and leaves a remixed background (``background_db``) at its
+   level. The stems are not gated: voice + background is still the input.
 
 Digital silence (a frame whose windowed mean square is below
 :data:`SILENT_MS`, about -123 dBFS: a muted or not yet started source)
@@ -173,6 +186,14 @@ _PITCH_EPS_B = 1e-24
 #: (30 dB in 150 ms)
 _PAUSE_THRESHOLD = 0.05
 _PAUSE_CLOSE_DB = 2.0
+#: the gate's onset rule: a frame whose voice estimate (its energy, dB)
+#: rises more than ``_PAUSE_ONSET_DB`` above the level the voice estimate
+#: had in the pauses (a running mean over the pause frames, ``_PAUSE_PL_A``
+#: of the gap a frame) opens the gate at once, whatever the head says:
+#: the head is often a frame or two late at a word's first syllable
+_PAUSE_ONSET_DB = 12.0
+_PAUSE_PL_A = 0.05
+_PAUSE_PL_NONE = 200.0  # "no pause level yet" (any frame's level is below 100 dB)
 _DB_LN = math.log(10.0) / 20.0  # 10 ** (x / 20) = exp(x * _DB_LN)
 
 
@@ -702,14 +723,16 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
         xi = xh[..., 1]
         V[:, :kd, 0] += (cr * xr - ci * xi).sum(1)
         V[:, :kd, 1] += (cr * xi + ci * xr).sum(1)
+    gated = pause is not None and (branchless or float(pause[0]) > 0.0 or bool((pg[:, 0] < 0.0).any()))
+    if gated:  # the voice estimate's energy, for the gate's onset rule
+        ev = V.square().sum((1, 2))
     yt = torch.fft.irfft(torch.view_as_complex(V), n=2 * H, dim=1).mul_(win)
     v = yt[:, :H] + ola
     ola.copy_(yt[:, H:])
     out[1].copy_(v)
     torch.sub(prev, v, out=out[2])
-    gated = pause is not None and (branchless or float(pause[0]) > 0.0 or bool((pg < 0.0).any()))
     if gated:
-        s = _pause_gate(torch.addmm(w[28], y, w[27]).squeeze(1), pg, silent, pause[0], pause[3], H)
+        s = _pause_gate(torch.addmm(w[28], y, w[27]).squeeze(1), ev, pg, silent, pause[0], pause[3], H)
         o = s * v + torch.maximum(s * pause[1], torch.as_tensor(pause[2], dtype=s.dtype, device=s.device)) * out[2]
     if branchless:
         out[0].copy_(torch.where(mix >= 1.0, prev, o if gated else v + mix * out[2]))
@@ -722,35 +745,55 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     prev.copy_(hop)
 
 
-def pause_gains(logit: torch.Tensor, silent: torch.Tensor, depth: float, H: int,
+def pause_state(channels: int, **kw) -> torch.Tensor:
+    """A fresh pause-gate state ``[C, 2]``: the gate (0 dB, open) and the
+    voice estimate's level in the pauses (none yet)."""
+    pg = torch.zeros(channels, 2, **kw)
+    pg[:, 1] = _PAUSE_PL_NONE
+    return pg
+
+
+def pause_gains(logit: torch.Tensor, ev: torch.Tensor, silent: torch.Tensor, depth: float, H: int,
                 threshold: float = _PAUSE_THRESHOLD) -> torch.Tensor:
     """The pause gate over whole sequences, as the streaming step runs it
-    hop by hop from an open gate: ``logit[B, T]`` the pause head's output
-    per frame, ``silent[B, T]`` digital silence, ``depth`` (dB). Returns
+    hop by hop from a fresh state: ``logit[B, T]`` the pause head's
+    output per frame, ``ev[B, T]`` the energy of each frame's voice
+    spectrum, ``silent[B, T]`` digital silence, ``depth`` (dB). Returns
     the gain of every output sample, ``[B, T, H]``."""
-    pg = torch.zeros(logit.shape[0], dtype=logit.dtype, device=logit.device)
-    out = [_pause_gate(logit[:, t], pg, silent[:, t], depth, threshold, H) for t in range(logit.shape[1])]
+    pg = pause_state(logit.shape[0], dtype=logit.dtype, device=logit.device)
+    out = [_pause_gate(logit[:, t], ev[:, t], pg, silent[:, t], depth, threshold, H) for t in range(logit.shape[1])]
     return torch.stack(out, 1) if out else logit.new_zeros(logit.shape[0], 0, H)
 
 
-def _pause_gate(logit: torch.Tensor, pg: torch.Tensor, silent: torch.Tensor, depth, threshold: float,
-                H: int) -> torch.Tensor:
+def _pause_gate(logit: torch.Tensor, ev: torch.Tensor, pg: torch.Tensor, silent: torch.Tensor, depth,
+                threshold: float, H: int) -> torch.Tensor:
     """One hop of the pause gate: ``logit[C]`` the pause head's output,
-    ``pg[C]`` the gate (dB, updated in place), ``silent[C]`` digital
-    silence (which holds it), ``depth`` (dB, ``pause_db``). The gate's
-    target is ``-depth * (t - p) / t`` where the speech probability ``p``
-    is below the threshold ``t``, else 0 dB; it falls towards a lower
-    target by ``_PAUSE_CLOSE_DB`` a hop at most and rises to a higher one
-    at once. Returns the gain ramp ``[C, H]``: linear from the last hop's
-    gain to this one's (no step, no click)."""
+    ``ev[C]`` the energy of the frame's voice spectrum, ``pg[C, 2]`` the
+    state (:func:`pause_state`, updated in place), ``silent[C]`` digital
+    silence (which holds it), ``depth`` (dB, ``pause_db``).
+
+    The gate's target is ``-depth * (t - p) / t`` where the speech
+    probability ``p`` is below the threshold ``t``, else 0 dB, and 0 dB
+    too at an onset (``ev`` more than ``_PAUSE_ONSET_DB`` above the pause
+    level, which follows ``ev`` in the frames the head calls pauses, onset
+    or not: a louder noise bed opens the gate for some 10 frames, then the
+    level has caught up). The
+    gate falls towards a lower target by ``_PAUSE_CLOSE_DB`` a hop at most
+    and rises to a higher one at once. Returns the gain ramp ``[C, H]``:
+    linear from the last hop's gain to this one's (no step, no click)."""
+    cur, pl = pg[:, 0], pg[:, 1]
     f = ((threshold - torch.sigmoid(logit)) / threshold).clamp_(0.0, 1.0)
-    tgt = -torch.as_tensor(depth, dtype=pg.dtype, device=pg.device) * f
-    new = torch.where(tgt > pg, tgt, torch.maximum(tgt, pg - _PAUSE_CLOSE_DB))
-    new = torch.where(silent, pg, new)
-    g0 = torch.exp(pg * _DB_LN).unsqueeze(1)
+    lv = torch.log10(ev + _LE_EPS).mul_(10.0)
+    head = -torch.as_tensor(depth, dtype=pg.dtype, device=pg.device) * f
+    tgt = torch.where(lv > pl + _PAUSE_ONSET_DB, torch.zeros_like(head), head)
+    new = torch.where(tgt > cur, tgt, torch.maximum(tgt, cur - _PAUSE_CLOSE_DB))
+    npl = torch.where(head < 0.0, torch.where(pl >= _PAUSE_PL_NONE, lv, pl + _PAUSE_PL_A * (lv - pl)), pl)
+    new = torch.where(silent, cur, new)
+    npl = torch.where(silent, pl, npl)
+    g0 = torch.exp(cur * _DB_LN).unsqueeze(1)
     g1 = torch.exp(new * _DB_LN).unsqueeze(1)
     r = torch.arange(1, H + 1, dtype=pg.dtype, device=pg.device) / H
-    pg.copy_(new)
+    pg.copy_(torch.stack((new, npl), 1))
     return g0 + (g1 - g0) * r
 
 
@@ -1033,8 +1076,9 @@ class NeuralSuppressor(HopSuppressor):
                 self._u.fill_(_U_INIT)
                 self._fl.fill_(_F_INIT)
                 self._fresh.fill_(True)
-                for t in (self._h1, self._h2, self._xh, self._prev, self._ola, self._pbuf, self._pg):
+                for t in (self._h1, self._h2, self._xh, self._prev, self._ola, self._pbuf):
                     t.zero_()
+                self._pg.copy_(pause_state(self._pg.shape[0], device=dev))
             self.gain_reduction_db = np.zeros(c, np.float32)
             return
         z = dict(device=dev, dtype=torch.float32)
@@ -1048,7 +1092,7 @@ class NeuralSuppressor(HopSuppressor):
         self._prev = torch.zeros(c, H, **z)  # previous input hop
         self._ola = torch.zeros(c, H, **z)  # overlap-add tail
         self._pbuf = torch.zeros(c, 4 * H, **z)  # past signal for the pitch search
-        self._pg = torch.zeros(c if net.pause is not None else 0, **z)  # the pause gate, dB (0: open)
+        self._pg = pause_state(c if net.pause is not None else 0, **z)  # the pause gate (dB) and pause level
         self._win = torch.from_numpy(_window(self.window)).to(dev)
         self._w = [t.to(dev) for t in _prepare_weights(net)]
         self._fb_e = net.fb_energy.to(dev)
@@ -1250,7 +1294,9 @@ class NeuralSuppressor(HopSuppressor):
         if a == 1.0:
             o = prev
         elif self.net.pause is not None and self._pause_db > 0.0:
-            s = pause_gains(res[2], silent, self._pause_db, H, self._pause_thr).reshape(C, T * H)
+            V = res[0]
+            ev = (V.real.square() + V.imag.square()).sum(-1)
+            s = pause_gains(res[2], ev, silent, self._pause_db, H, self._pause_thr).reshape(C, T * H)
             o = s * v + torch.maximum(s * self._floor, torch.tensor(self._remix, device=s.device)) * (prev - v)
         else:
             o = v + a * (prev - v)

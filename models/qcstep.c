@@ -35,6 +35,10 @@
 #define QC_MAXP 8   /* largest FFT radix */
 #define QC_MAXB 128 /* most bands (ckernel.py checks) */
 #define QC_DB_LN 0.11512925464970229f /* ln(10) / 20: 10^(x/20) = exp(x * QC_DB_LN) */
+/* the pause gate's onset rule (neural.py's _PAUSE_ONSET_DB, _PAUSE_PL_A, _PAUSE_PL_NONE) */
+#define QC_ONSET_DB 12.0f
+#define QC_PL_A 0.05f
+#define QC_PL_NONE 200.0f
 
 struct qc_nn {
     int64_t abi;
@@ -72,7 +76,7 @@ struct qc_nn {
     float f_fall, f_rise, f_min, g_min, silent_ms;
     float pf;                           /* pitch filter strength, 0..1 */
     const float *Wp;                    /* pause head [hh] (NULL: the bundle has none) */
-    float *pg;                          /* [C] the pause gate, dB (0: open) */
+    float *pg;                          /* [C, 2] the pause gate, dB (0: open), and the voice level in the pauses */
     float bp;                           /* pause head bias */
     float pause_db;                     /* the gate's depth, dB (0: off) */
     float pause_thr, pause_close;       /* speech probability below which a hop is a pause; dB a hop the gate closes */
@@ -680,31 +684,40 @@ static void block(const struct qc_nn *nn, const float *hop, float mix, int64_t c
         const int64_t ch = c0 + c;
         cpx *Xc = X + c * F;
         const float *Gc = G + c * F;
+        float ev = 0.0f;  /* the voice spectrum's energy (the gate's onset rule) */
         for (int64_t f = 0; f < F; f++) {
             Xc[f].r *= Gc[f];
             Xc[f].i *= Gc[f];
+            ev += Xc[f].r * Xc[f].r + Xc[f].i * Xc[f].i;
         }
         float *yt = xw + c * N2;
         irfft(nn, Xc, yt, z1, z2);
         float *ola = nn->ola + ch * H, *pv = nn->prev + ch * H;
         float *o0 = nn->out + ch * H, *o1 = nn->out + (C + ch) * H, *o2 = nn->out + (2 * C + ch) * H;
         /* the pause gate (neural.py's _pause_gate): its gain, ramped from g0 to g1 across the hop */
-        const int gated = nn->Wp != NULL && mix != 1.0f && (nn->pause_db > 0.0f || nn->pg[ch] < 0.0f);
+        float *pg = nn->pg != NULL ? nn->pg + 2 * ch : NULL;
+        const int gated = nn->Wp != NULL && mix != 1.0f && (nn->pause_db > 0.0f || pg[0] < 0.0f);
         float g0 = 1.0f, g1 = 1.0f;
-        if (nn->Wp != NULL && (nn->pause_db > 0.0f || nn->pg[ch] < 0.0f)) {
+        if (nn->Wp != NULL && (nn->pause_db > 0.0f || pg[0] < 0.0f)) {
             float lg = 0.0f;
             const float *yc = y + c * hh;
             for (int64_t k = 0; k < hh; k++)
                 lg += yc[k] * nn->Wp[k];
             lg += nn->bp;
-            const float p = sigm(lg), t = nn->pause_thr;
-            const float cur = nn->pg[ch], tgt = -nn->pause_db * minf_(maxf_((t - p) / t, 0.0f), 1.0f);
+            const float p = sigm(lg), t = nn->pause_thr, lv = 10.0f * log10f(ev + nn->le_eps);
+            const float cur = pg[0], pl = pg[1];
+            const float head = -nn->pause_db * minf_(maxf_((t - p) / t, 0.0f), 1.0f);
+            const float tgt = lv > pl + QC_ONSET_DB ? 0.0f : head;  /* an onset: open */
             float nw = tgt > cur ? tgt : maxf_(tgt, cur - nn->pause_close);
-            if (sil[c] != 0.0f)
+            float npl = head < 0.0f ? (pl >= QC_PL_NONE ? lv : pl + QC_PL_A * (lv - pl)) : pl;
+            if (sil[c] != 0.0f) {
                 nw = cur;
+                npl = pl;
+            }
             g0 = expf(cur * QC_DB_LN);
             g1 = expf(nw * QC_DB_LN);
-            nn->pg[ch] = nw;
+            pg[0] = nw;
+            pg[1] = npl;
         }
         double ein = 0.0, eout = 0.0;
         for (int64_t i = 0; i < H; i++) {

@@ -83,7 +83,7 @@ def test_pause_db_zero_is_the_bundle_without_the_head(head_bundles, rng):
         b = NeuralSuppressor(3, bundle=head, kernel=kernel, pause_db=0)
         assert "pause_db" not in a.PARAMS and b.PARAMS["pause_db"] == (0.0, 60.0, 24.0, "dB")
         np.testing.assert_array_equal(_blocks(a, x), _blocks(b, x))
-        assert torch.all(b._pg == 0.0)
+        assert torch.all(b._pg[:, 0] == 0.0)
 
 
 def test_the_gate_lowers_the_floor_and_leaves_the_stems(head_bundles, rng):
@@ -162,7 +162,7 @@ def test_branchless_gate_equals_the_branching_one(head_bundles, rng):
         res.append((torch.cat(o, dim=2), s._pg.clone()))
     assert torch.allclose(res[0][0], res[1][0], atol=1e-5, rtol=0)  # python vs tensor scalars: rounding
     assert torch.allclose(res[0][1], res[1][1], atol=1e-4, rtol=0)
-    assert bool((res[0][1] < -1.0).any())
+    assert bool((res[0][1][:, 0] < -1.0).any())
 
 
 def test_the_gate_gain_has_no_step():
@@ -172,7 +172,8 @@ def test_the_gate_gain_has_no_step():
     logit = torch.tensor([[-40.0] * 30 + [9.0] + [-40.0] * 5])
     silent = torch.zeros_like(logit, dtype=torch.bool)
     silent[0, 33] = True
-    g = pause_gains(logit, silent, 30.0, H)[0]  # [T, H]
+    ev = torch.full_like(logit, 1e-4) * (1.0 + 0.5 * torch.rand_like(logit))  # level: no onset
+    g = pause_gains(logit, ev, silent, 30.0, H)[0]  # [T, H]
     db = 20 * torch.log10(g[:, -1])
     assert torch.allclose(db[:15], -_PAUSE_CLOSE_DB * torch.arange(1, 16.0), atol=1e-4)
     assert torch.allclose(db[15:30], torch.full((15,), -30.0), atol=1e-4)
@@ -180,6 +181,28 @@ def test_the_gate_gain_has_no_step():
     assert torch.allclose(db[32], db[33]) and float(db[34]) < float(db[33])  # held on the silent frame
     flat = g.reshape(-1)
     assert float(torch.max(torch.abs(torch.diff(flat)))) <= (1 - 10 ** (-30 / 20)) / H + 1e-6
+
+
+def test_an_onset_opens_the_gate_before_the_head_does():
+    """The head still says "pause" but the voice estimate jumps 20 dB above
+    its level in the pauses: the gate opens at once; a jump of 6 dB does
+    not open it. If the head goes on saying "pause", the level catches up
+    (a louder noise bed, not a voice) and the gate closes again. A fresh
+    state has no pause level yet, so a loud first frame does not count as
+    an onset."""
+    T_ = 45
+    logit = torch.full((2, T_), -40.0)
+    ev = torch.full((2, T_), 1e-4)
+    ev[:, 0] = 1e-3  # a louder first frame: no pause level to compare it with yet
+    ev[0, 30:] = 1e-2  # +20 dB
+    ev[1, 30:] = 4e-4  # +6 dB
+    g = pause_gains(logit, ev, torch.zeros_like(logit, dtype=torch.bool), 30.0, H)
+    db = 20 * torch.log10(g[:, :, -1])
+    assert float(db[0, 1]) < -1.0 and float(db[1, 1]) < -1.0  # closing from the start
+    assert torch.allclose(db[:, 29], torch.full((2,), -30.0), atol=1e-3)
+    assert torch.all(db[0, 30:37].abs() < 1e-5)  # open
+    assert float(db[0, 44]) < -5.0  # the pause level caught up: closing again
+    assert float(db[1, 30]) < -29.0
 
 
 def test_bad_pause_values_are_refused(head_bundles, tmp_path):
