@@ -45,7 +45,8 @@ Signal path per 10 ms hop (480 samples), every channel in one batch:
    the same triangular filterbank (RNNoise style): ``V = G * X``. 328,768
    parameters with the default hyper-parameters (:data:`DEFAULT_ARCH`);
    the shipped bundle adds the fine-structure input of 96 bins and has
-   GRUs of 224 units (592,704; 337,984 with 160 units, up to stage 14).
+   GRUs of 224 units (592,704; 337,984 with 160 units, up to stage 14), and
+   since session 21 the pause head (592,929).
    Optional (``df_order > 0``; off in the shipped bundle): a causal complex
    "deep filter" of that order on the lowest 64 bins, added as a residual,
    ``V = G*X + sum_i C_i * X[t-i]`` (``|Re C|, |Im C| < 1``, zero at
