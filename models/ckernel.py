@@ -39,7 +39,7 @@ import torch
 
 from .native import load_extension
 
-ABI = 3
+ABI = 4
 BLOCK = 8  # channels per block in qcstep.c (QC_BLK)
 MAX_BANDS = 128  # QC_MAXB
 
@@ -50,12 +50,13 @@ _CONST = ["fac", "win", "tw", "rtw", "fe_ptr", "fe_idx", "fe_val", "fi_ptr", "fi
           "W11", "b12", "W13", "b14", "W15", "b16", "W19", "W20", "b21", "W22", "W23"]
 _STATE = ["m", "u", "fl", "fresh", "h1", "h2", "prev", "ola", "pbuf", "out", "gr", "scratch"]
 _FLOATS = ["alpha", "le_eps", "le_max", "xn_max", "f_fall", "f_rise", "f_min", "g_min", "silent_ms", "pf"]
-_PAUSE = ["bp", "pause_db", "pause_thr", "pause_close", "floor", "remix"]  # after Wp, pg
+_PAUSE = ["bp", "pause_pad_", "pause_thr", "pause_close", "floor", "remix"]  # after Wp, pg, pause_db
 
 
 class _NN(ctypes.Structure):
     _fields_ = ([(n, _i64) for n in _INTS] + [(n, ctypes.c_void_p) for n in _CONST + _STATE]
-                + [(n, ctypes.c_float) for n in _FLOATS] + [("Wp", ctypes.c_void_p), ("pg", ctypes.c_void_p)]
+                + [(n, ctypes.c_float) for n in _FLOATS]
+                + [("Wp", ctypes.c_void_p), ("pg", ctypes.c_void_p), ("pause_db", ctypes.c_void_p)]
                 + [(n, ctypes.c_float) for n in _PAUSE])
 
 
@@ -168,6 +169,9 @@ class CStep:
             nn_.bp = float(sup._w[28][0])
             assert sup._pg.is_contiguous() and sup._pg.shape == (C, 2)
             nn_.pg = sup._pg.data_ptr()
+            assert sup._pause_c.dtype == np.float32 and sup._pause_c.shape == (C,)
+            self._pause_c = sup._pause_c  # the suppressor writes the depths in place; the C step reads them
+            nn_.pause_db = sup._pause_c.ctypes.data
             nn_.pause_thr = constants.pop("pause_thr")
             nn_.pause_close = constants.pop("pause_close")
         else:
@@ -184,11 +188,10 @@ class CStep:
         """The pitch filter's strength (0..1) from the next hop."""
         self._nn.pf = float(k)
 
-    def set_pause(self, depth_db: float, floor: float, remix: float) -> None:
-        """The pause gate's depth (dB, 0: off) and the two parts of the
-        mix (``max(floor, remix)``: the gate lowers the floor only), from
-        the next hop."""
-        self._nn.pause_db = float(depth_db)
+    def set_mix(self, floor: float, remix: float) -> None:
+        """The two parts of the mix (``max(floor, remix)``: the pause gate
+        lowers the floor only), from the next hop. (The gate's depths are
+        read from the suppressor's array each hop.)"""
         self._nn.floor = float(floor)
         self._nn.remix = float(remix)
 

@@ -637,8 +637,9 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     leaves the spectrum as it is). Same results as the branching form.
 
     ``pg`` and ``pause`` (a bundle with the pause head): the pause gate's
-    state ``[C]`` (dB, 0 when open; updated in place) and ``(depth_db,
-    floor, remix, threshold)``, the gate's depth (``pause_db``), the two
+    state ``[C, 2]`` (:func:`pause_state`; updated in place) and
+    ``(depth_db, floor, remix, threshold)``, the gate's depth
+    (``pause_db``: a number, or ``[C]``, one per channel), the two
     parts of ``mix = max(floor, remix)`` (these three 0-d tensors when
     branchless) and the speech probability below which it closes (a
     float). The output
@@ -724,7 +725,8 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
         xi = xh[..., 1]
         V[:, :kd, 0] += (cr * xr - ci * xi).sum(1)
         V[:, :kd, 1] += (cr * xi + ci * xr).sum(1)
-    gated = pause is not None and (branchless or float(pause[0]) > 0.0 or bool((pg[:, 0] < 0.0).any()))
+    gated = pause is not None and (branchless or bool((torch.as_tensor(pause[0]) > 0.0).any())
+                                   or bool((pg[:, 0] < 0.0).any()))
     if gated:  # the voice estimate's energy, for the gate's onset rule
         ev = V.square().sum((1, 2))
     yt = torch.fft.irfft(torch.view_as_complex(V), n=2 * H, dim=1).mul_(win)
@@ -771,7 +773,8 @@ def _pause_gate(logit: torch.Tensor, ev: torch.Tensor, pg: torch.Tensor, silent:
     """One hop of the pause gate: ``logit[C]`` the pause head's output,
     ``ev[C]`` the energy of the frame's voice spectrum, ``pg[C, 2]`` the
     state (:func:`pause_state`, updated in place), ``silent[C]`` digital
-    silence (which holds it), ``depth`` (dB, ``pause_db``).
+    silence (which holds it), ``depth`` (dB, ``pause_db``: a number or
+    ``[C]``).
 
     The gate's target is ``-depth * (t - p) / t`` where the speech
     probability ``p`` is below the threshold ``t``, else 0 dB, and 0 dB
@@ -1001,6 +1004,9 @@ class NeuralSuppressor(HopSuppressor):
         self._background_db = -math.inf
         self._pitch_filter = d_pitch
         self._pause_db = d_pause
+        # the depth per channel (set_channel_pause_db; the C step and the torch step read this array)
+        self._pause_c = np.full(max(int(channels), 0), d_pause, np.float32)
+        self._pause_cpu = torch.from_numpy(self._pause_c)
         self._floor = self._remix = 0.0
         super().__init__(channels)
         self.reset_core()
@@ -1024,10 +1030,9 @@ class NeuralSuppressor(HopSuppressor):
             return
         if name == "pause_db":
             self._pause_db = v
-            if self._cstep is not None:
-                self._cstep.set_pause(v, self._floor, self._remix)
+            self._pause_c[:] = v
             if self.device.type == "cuda":
-                self._pause_t[0].fill_(v)
+                self._pause_t[0].copy_(self._pause_cpu)
             return
         if name == "strength_db":
             self._strength_db = v
@@ -1037,7 +1042,7 @@ class NeuralSuppressor(HopSuppressor):
         self._remix = 0.0 if self._background_db == -math.inf else float(10.0 ** (self._background_db / 20.0))
         self._mix = max(self._floor, self._remix)
         if self._cstep is not None:
-            self._cstep.set_pause(self._pause_db, self._floor, self._remix)
+            self._cstep.set_mix(self._floor, self._remix)
         if self.device.type == "cuda":  # read by the captured graph on its next replay
             self._mix_t.fill_(self._mix)
             self._pause_t[1].fill_(self._floor)
@@ -1045,8 +1050,29 @@ class NeuralSuppressor(HopSuppressor):
 
     @property
     def pause_db(self) -> float:
-        """The pause gate's depth (dB; 0 = off, and always 0 without the pause head)."""
+        """The pause gate's depth (dB; 0 = off, and always 0 without the
+        pause head), as last set for every channel."""
         return self._pause_db
+
+    @property
+    def pause_db_per_channel(self) -> np.ndarray:
+        """The pause gate's depth of each channel (dB), a copy."""
+        return self._pause_c.copy()
+
+    def set_channel_pause_db(self, values) -> None:
+        """The pause gate's depth per channel (``values``: one number per
+        channel, dB, each in the ``pause_db`` range); from the next hop.
+        A ValueError (nothing changed) for a bundle without the pause head,
+        a wrong length or a value out of range."""
+        if self.net.pause is None:
+            raise ValueError(f"{self.name}: bundle {self.bundle.path} has no pause head (no pause gate)")
+        vals = list(values)
+        if len(vals) != self.channels:
+            raise ValueError(f"{self.name}: {len(vals)} pause_db values for {self.channels} channels")
+        checked = [self.check_param("pause_db", v) for v in vals]
+        self._pause_c[:] = checked
+        if self.device.type == "cuda":
+            self._pause_t[0].copy_(self._pause_cpu)
 
     @property
     def pitch_filter(self) -> float:
@@ -1125,7 +1151,7 @@ class NeuralSuppressor(HopSuppressor):
             self._cstep = ckernel.CStep(lib, self, dict(
                 le_eps=_LE_EPS, le_max=_LE_MAX, xn_max=_XN_MAX, f_fall=_F_FALL, f_rise=_F_RISE, f_min=_F_MIN,
                 g_min=_G_MIN, silent_ms=SILENT_MS, pause_thr=self._pause_thr, pause_close=_PAUSE_CLOSE_DB))
-            self._cstep.set_pause(self._pause_db, self._floor, self._remix)
+            self._cstep.set_mix(self._floor, self._remix)
             self._kernel_why = ""
             return
         if self._kernel == "c":
@@ -1165,8 +1191,8 @@ class NeuralSuppressor(HopSuppressor):
         self._d_res = torch.zeros(3 * c + 1, H, device=dev)
         self._mix_t = torch.tensor(getattr(self, "_mix", 1.0), dtype=torch.float32, device=dev)
         self._comb_t = torch.tensor(self._pitch_filter, dtype=torch.float32, device=dev)
-        self._pause_t = [torch.tensor(v, dtype=torch.float32, device=dev)
-                         for v in (self._pause_db, self._floor, self._remix)]
+        self._pause_t = [self._pause_cpu.to(dev)] + [torch.tensor(v, dtype=torch.float32, device=dev)
+                                                     for v in (self._floor, self._remix)]
         self._graph = None
         state = (self._m, self._u, self._fl, self._fresh, self._h1, self._h2, self._xh, self._prev, self._ola,
                  self._pbuf, self._pg)
@@ -1239,7 +1265,7 @@ class NeuralSuppressor(HopSuppressor):
         _fused_step(x, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl, self._fresh,
                     self._h1, self._h2, self._xh, self._ola, self._pbuf, self._w, self.net.alpha, self._mix,
                     self._out_t, comb=self._pitch_filter, pg=self._pg,
-                    pause=(self._pause_db, self._floor, self._remix, self._pause_thr)
+                    pause=(self._pause_cpu, self._floor, self._remix, self._pause_thr)
                     if self.net.pause is not None else None)
         C = self.channels
         np.copyto(self._hop_buf, self._out_t.reshape(3 * C, self.hop).numpy())
@@ -1294,10 +1320,11 @@ class NeuralSuppressor(HopSuppressor):
         a = self._mix
         if a == 1.0:
             o = prev
-        elif self.net.pause is not None and self._pause_db > 0.0:
+        elif self.net.pause is not None and float(self._pause_c.max(initial=0.0)) > 0.0:
             V = res[0]
             ev = (V.real.square() + V.imag.square()).sum(-1)
-            s = pause_gains(res[2], ev, silent, self._pause_db, H, self._pause_thr).reshape(C, T * H)
+            depth = self._pause_cpu.to(self.device)
+            s = pause_gains(res[2], ev, silent, depth, H, self._pause_thr).reshape(C, T * H)
             o = s * v + torch.maximum(s * self._floor, torch.tensor(self._remix, device=s.device)) * (prev - v)
         else:
             o = v + a * (prev - v)

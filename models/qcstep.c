@@ -30,7 +30,7 @@
 #include <string.h>
 
 /* Bump when struct qc_nn changes; ckernel.py checks qc_nn_layout. */
-#define QC_NN_ABI 3
+#define QC_NN_ABI 4
 #define QC_BLK 8    /* channels per block */
 #define QC_MAXP 8   /* largest FFT radix */
 #define QC_MAXB 128 /* most bands (ckernel.py checks) */
@@ -77,8 +77,9 @@ struct qc_nn {
     float pf;                           /* pitch filter strength, 0..1 */
     const float *Wp;                    /* pause head [hh] (NULL: the bundle has none) */
     float *pg;                          /* [C, 2] the pause gate, dB (0: open), and the voice level in the pauses */
+    const float *pause_db;              /* [C] the gate's depth per channel, dB (0: off) */
     float bp;                           /* pause head bias */
-    float pause_db;                     /* the gate's depth, dB (0: off) */
+    float pause_pad_;                   /* unused (keeps the floats together) */
     float pause_thr, pause_close;       /* speech probability below which a hop is a pause; dB a hop the gate closes */
     float floor, remix;                 /* mix = max(floor, remix): the gate lowers the floor only */
 };
@@ -696,9 +697,10 @@ static void block(const struct qc_nn *nn, const float *hop, float mix, int64_t c
         float *o0 = nn->out + ch * H, *o1 = nn->out + (C + ch) * H, *o2 = nn->out + (2 * C + ch) * H;
         /* the pause gate (neural.py's _pause_gate): its gain, ramped from g0 to g1 across the hop */
         float *pg = nn->pg != NULL ? nn->pg + 2 * ch : NULL;
-        const int gated = nn->Wp != NULL && mix != 1.0f && (nn->pause_db > 0.0f || pg[0] < 0.0f);
+        const int gate_on = nn->Wp != NULL && (nn->pause_db[ch] > 0.0f || pg[0] < 0.0f);
+        const int gated = gate_on && mix != 1.0f;
         float g0 = 1.0f, g1 = 1.0f;
-        if (nn->Wp != NULL && (nn->pause_db > 0.0f || pg[0] < 0.0f)) {
+        if (gate_on) {
             float lg = 0.0f;
             const float *yc = y + c * hh;
             for (int64_t k = 0; k < hh; k++)
@@ -706,7 +708,7 @@ static void block(const struct qc_nn *nn, const float *hop, float mix, int64_t c
             lg += nn->bp;
             const float p = sigm(lg), t = nn->pause_thr, lv = 10.0f * log10f(ev + nn->le_eps);
             const float cur = pg[0], pl = pg[1];
-            const float head = -nn->pause_db * minf_(maxf_((t - p) / t, 0.0f), 1.0f);
+            const float head = -nn->pause_db[ch] * minf_(maxf_((t - p) / t, 0.0f), 1.0f);
             const float tgt = lv > pl + QC_ONSET_DB ? 0.0f : head;  /* an onset: open */
             float nw = tgt > cur ? tgt : maxf_(tgt, cur - nn->pause_close);
             float npl = head < 0.0f ? (pl >= QC_PL_NONE ? lv : pl + QC_PL_A * (lv - pl)) : pl;

@@ -302,3 +302,35 @@ def test_fit_pause_adds_a_head_and_keeps_every_other_weight(tmp_path, monkeypatc
 def test_fit_pause_needs_init(tmp_path, capsys):
     with pytest.raises(SystemExit, match="--fit-pause needs --init"):
         T.fit_pause(argparse.Namespace(init=None, seed=0, threads=1))
+
+
+def test_depth_per_channel(head_bundles, rng):
+    """``set_channel_pause_db``: each channel its own depth, on both steps
+    alike and offline; a channel at 0 is the ungated output; bad values
+    change nothing and name the range."""
+    _plain, head = head_bundles
+    x = _signal(rng, 3, 48_000 * 2)
+    depths = [0.0, 12.0, 45.0]
+    outs = []
+    for kernel in ("c", "torch"):
+        s = NeuralSuppressor(3, bundle=head, kernel=kernel)
+        s.set_channel_pause_db(depths)
+        assert s.pause_db_per_channel.tolist() == depths
+        outs.append(_blocks(s, x))
+    assert float(np.max(np.abs(outs[0] - outs[1]))) <= 1e-4
+    off = _blocks(NeuralSuppressor(3, bundle=head, pause_db=0), x)
+    np.testing.assert_array_equal(outs[0][0], off[0])  # depth 0: as if there were no gate
+    e = [float(np.sum(o ** 2)) for o in outs[0][:3]]
+    e_off = [float(np.sum(o ** 2)) for o in off[:3]]
+    assert e[1] < e_off[1] and e[2] < e_off[2]
+    assert e[2] / e_off[2] < e[1] / e_off[1] or e_off[2] == 0.0
+    s = NeuralSuppressor(3, bundle=head)
+    s.set_channel_pause_db(depths)
+    np.testing.assert_allclose(s.process_offline(x), outs[0][:3], atol=1e-4)
+    for bad in ([1.0, 2.0], [0.0, 70.0, 1.0], [0.0, float("nan"), 1.0]):
+        with pytest.raises(ValueError, match=r"pause_db|3 channels"):
+            s.set_channel_pause_db(bad)
+    assert s.pause_db_per_channel.tolist() == depths
+    plain = NeuralSuppressor(3, bundle=_plain)
+    with pytest.raises(ValueError, match="no pause head"):
+        plain.set_channel_pause_db(depths)
