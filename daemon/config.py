@@ -34,6 +34,8 @@ The file (the shipped example is ``daemon/default.toml``, see
     output_gain_db = 0.0            # -96..24, or -inf (silence)
     background_db = -inf            # -96..0 or -inf: how much of the background (input - voice) is
                                     # mixed back into the main output
+    # pause_db = 30.0               # 0..60 dB, this channel's pause gate (neural models with a pause head);
+                                    # left out, engine.pause_db (or the model's own); 0 = off
     bypass = false
     mute = false
     stems = false                   # also output voice and background ports
@@ -296,6 +298,10 @@ CHANNEL_KEYS: tuple[Key, ...] = (
     Key(Param("output_gain_db", "float", 0.0, -96.0, 24.0, "dB", allow_neg_inf=True, doc="-inf = silence")),
     Key(Param("background_db", "float", -math.inf, -96.0, 0.0, "dB", allow_neg_inf=True,
               doc="how much of the background (input - voice) is mixed back into the main output")),
+    Key(Param("pause_db", "float", None, 0.0, 60.0, "dB",
+              doc="this channel's pause gate: how much further its output falls in the pauses of the voice "
+                  "(neural models with a pause head); left out, engine.pause_db (or the model's own); 0 = off"),
+        default_text="engine's"),
     Key(Param("bypass", "bool", False, doc="output the input, delayed by the declared latency")),
     Key(Param("mute", "bool", False, doc="silence the outputs")),
     Key(Param("stems", "bool", False, doc="also output voice and background ports")),
@@ -416,6 +422,7 @@ class ChannelConfig:
     input_gain_db: float = 0.0
     output_gain_db: float = 0.0
     background_db: float = -math.inf
+    pause_db: float | None = None  # None: engine.pause_db, or the model's own
     bypass: bool = False
     mute: bool = False
     stems: bool = False
@@ -448,6 +455,8 @@ class ChannelConfig:
             if f.name == "chain_spec":
                 continue
             v = getattr(self, f.name)
+            if v is None and f.name == "pause_db":  # left to the engine, as in the file
+                continue
             d[f.name] = list(v) if isinstance(v, tuple) else v
         return d
 

@@ -53,6 +53,7 @@ class ChannelParams:
     input_gain_db: float = 0.0
     output_gain_db: float = 0.0  # -inf = silence
     background_db: float = -math.inf  # background remixed into the main output
+    pause_db: float | None = None  # the pause gate's depth; None: the engine's (pause_default)
     bypass: bool = False
     mute: bool = False
 
@@ -110,6 +111,17 @@ class Engine:
                                 pitch_filter=pitch_filter, pause_db=pause_db)
         self.model = self.sup.model
         self.max_attenuation_db = self.sup.values["max_attenuation_db"]
+        #: the pause gate's depth of a channel that sets none (engine.pause_db or the model's own);
+        #: None: the model has no pause gate
+        self.pause_default = self.sup.values.get("pause_db")
+        self._pause_last: list[float] | None = None
+        if self.pause_default is None:
+            for c in channels:
+                if getattr(c, "pause_db", None) is not None:
+                    from quietcast.bridge.errors import ParameterError
+
+                    raise ParameterError(f"{c.name}.pause_db", f"model {model!r} has no pause gate "
+                                                               "(the shipped neural models do)")
         ls = self.sup.latency
         self.chains = [c.chain.processor(self.sample_rate, 1) if getattr(c, "chain", None) else None for c in channels]
         lc = [p.latency if p else 0 for p in self.chains]
@@ -179,6 +191,14 @@ class Engine:
         f = lambda v: np.asarray(v, np.float32)[:, None]  # noqa: E731
         return {"in": f(in_g), "r": f(r), "out": f(out_g), "bypass": f(byp)}
 
+    def _apply_pause(self, params) -> None:
+        """Each channel's pause-gate depth to the suppressor, when one
+        changed (the gate moves there at its own pace: no zipper)."""
+        d = [self.pause_default if p.pause_db is None else p.pause_db for p in params]
+        if d != self._pause_last:
+            self.sup.suppressor.set_channel_pause_db(d)
+            self._pause_last = d
+
     def _ramped(self, key: str, tgt: dict) -> np.ndarray:
         a, b = self._prev[key], tgt[key]
         if np.array_equal(a, b):
@@ -194,7 +214,10 @@ class Engine:
         reg = self.registry
         if reg is not None and reg.pending:
             reg.apply_pending(self)
-        tgt = self._targets(self.params)
+        params = self.params
+        tgt = self._targets(params)
+        if self.pause_default is not None:
+            self._apply_pause(params)
         if self.slow_hop_s:
             time.sleep(self.slow_hop_s)
         xin = x * self._ramped("in", tgt)

@@ -34,7 +34,7 @@ from quietcast.bridge.errors import ParameterError, UnknownParameterError, did_y
 from quietcast.bridge.params import Param
 
 #: live channel parameters (the rest of a channel's config needs a reload)
-CHANNEL_PARAMS = ("strength", "input_gain_db", "output_gain_db", "background_db", "bypass", "mute")
+CHANNEL_PARAMS = ("strength", "input_gain_db", "output_gain_db", "background_db", "pause_db", "bypass", "mute")
 
 Listener = Callable[[str, Any, str], None]
 
@@ -115,6 +115,9 @@ class Registry:
                 hint = did_you_mean(name, CHANNEL_PARAMS + ("chain",))
                 raise UnknownParameterError(address, f"unknown parameter{hint}; channel parameters: {', '.join(CHANNEL_PARAMS)}"
                                               f", and chain stages under {ch}.chain.STAGE.PARAM")
+            if name == "pause_db" and self._pause_default() is None:
+                raise UnknownParameterError(address, f"model {self.daemon.config.engine.model!r} has no pause gate "
+                                              "(the shipped neural models do)")
             return i, None, channel_param(name)
         if len(parts) == 4 and parts[1] == "chain":
             ch, _, stage, name = parts
@@ -143,8 +146,11 @@ class Registry:
         and current value."""
         out = []
         eng = self.daemon.engine
+        gate = self._pause_default() is not None
         for i, ch in enumerate(self.channels()):
             for name in CHANNEL_PARAMS:
+                if name == "pause_db" and not gate:
+                    continue
                 p = channel_param(name)
                 out.append(self._describe(f"{ch}.{name}", p, self._channel_value(i, name)))
             proc = eng.chains[i] if eng is not None else None
@@ -166,11 +172,18 @@ class Registry:
         d.pop("name", None)
         return {"address": address, **d, "value": value}
 
+    def _pause_default(self) -> float | None:
+        """The pause gate's depth of a channel that sets none, or None when
+        the model has no pause gate (or no engine runs yet)."""
+        eng = self.daemon.engine
+        return None if eng is None else getattr(eng, "pause_default", None)
+
     def _channel_value(self, i: int, name: str) -> Any:
         eng = self.daemon.engine
-        if eng is not None:
-            return getattr(eng.params[i], name)
-        return getattr(self.daemon.config.channels[i], name)
+        v = getattr(eng.params[i], name) if eng is not None else getattr(self.daemon.config.channels[i], name)
+        if name == "pause_db" and v is None:  # the engine's depth
+            v = self._pause_default()
+        return v
 
     def get(self, address: str) -> Any:
         i, stage, p = self.resolve(address)
@@ -181,10 +194,23 @@ class Registry:
             return st.bypass
         return self.chain_overrides.get(address, st.values.get(p.name, p.default))
 
+    def check(self, address: str, value: Any) -> None:
+        """Raise what :meth:`set` would for this address and value, and
+        change nothing (``None`` is allowed for ``CHANNEL.pause_db``: back
+        to the engine's depth)."""
+        _, stage, p = self.resolve(address)
+        if not (stage is None and p.name == "pause_db" and value is None):
+            p.check(value, address.rsplit(".", 1)[0])
+
     def set(self, address: str, value: Any, source: str = "api") -> Any:
         """Check ``value`` against the address's range and apply it.
         Returns the stored value. Raises ParameterError (a ValueError)."""
         i, stage, p = self.resolve(address)
+        if stage is None and p.name == "pause_db" and value is None:  # back to the engine's depth
+            self.engine.set_params(self.channels()[i], pause_db=None)
+            v = self._pause_default()
+            self._notify(address, v, source)
+            return v
         v = p.check(value, address.rsplit(".", 1)[0])
         if isinstance(v, float) and math.isinf(v) and not p.allow_neg_inf:  # pragma: no cover - Param refuses
             raise ParameterError(address, f"value {v} is out of range {p.range_text()}")

@@ -109,7 +109,8 @@ class Daemon:
         old = {n: p for n, p in zip(self.engine.names, self.engine.params)} if self.engine else {}
         for c in self.config.channels:
             s = Spec()
-            for k in ("name", "stems", "strength", "input_gain_db", "output_gain_db", "background_db", "bypass", "mute"):
+            for k in ("name", "stems", "strength", "input_gain_db", "output_gain_db", "background_db", "pause_db",
+                      "bypass", "mute"):
                 setattr(s, k, getattr(c, k))
             if c.name in old:  # live values survive a rebuild
                 for k, v in old[c.name].__dict__.items():

@@ -22,8 +22,7 @@ class Set(Command):
             if "address" in args or "value" in args:
                 raise ControlError("bad_args", "set: give either address and value, or values")
             for a, v in args["values"].items():  # check everything first
-                _, _, p = reg.resolve(a)
-                p.check(v, a.rsplit(".", 1)[0])
+                reg.check(a, v)
             return {a: reg.set(a, v, source="zmq") for a, v in args["values"].items()}
         if "address" not in args or "value" not in args:
             raise ControlError("bad_args", "set: give 'address' and 'value' (or 'values')")

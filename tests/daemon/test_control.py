@@ -471,3 +471,44 @@ def test_ctl_cli_round_trip(served, tmp_path):
     r = subprocess.run([exe, "ctl", "-e", f"ipc://{tmp_path}/nothing", "--timeout", "0.5", "status"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 3 and "no reply" in r.stderr
+
+
+def test_pause_db_per_channel_live(tmp_path, jack_server):
+    """``CHANNEL.pause_db`` with a neural model: listed with its range, the
+    config's value or the engine's depth; set live, it reaches the
+    suppressor's depth for that channel at the next hop; ``null`` gives
+    back the engine's depth; out of range is refused. With the ``dsp``
+    model there is no such address."""
+    chans = ['[[channel]]\nname = "host"\npause_db = 12\n', '[[channel]]\nname = "guest"\n']
+    s = Served(make_config(tmp_path, jack_server.name, channels=chans, model="neural")).wait_ready()
+    try:
+        with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
+            sup = s.daemon.engine.sup.suppressor
+            own = s.daemon.engine.pause_default
+            assert own == sup.PARAMS["pause_db"][2] > 0
+            d = {x["address"]: x for x in c.list()}
+            assert (d["host.pause_db"]["min"], d["host.pause_db"]["max"], d["host.pause_db"]["unit"]) == (0.0, 60.0, "dB")
+            assert d["host.pause_db"]["value"] == 12.0 and d["guest.pause_db"]["value"] == own
+
+            def depths(want):
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and sup.pause_db_per_channel.tolist() != want:
+                    time.sleep(0.02)
+                return sup.pause_db_per_channel.tolist()
+
+            assert depths([12.0, own]) == [12.0, own]
+            assert c.set("guest.pause_db", 45) == 45.0
+            assert depths([12.0, 45.0]) == [12.0, 45.0]
+            assert c.call("set", values={"guest.pause_db": None}) == {"guest.pause_db": own}
+            assert depths([12.0, own]) == [12.0, own] and c.get("guest.pause_db") == own
+            with pytest.raises(ControlError) as e:
+                c.set("host.pause_db", 61)
+            assert e.value.code == "out_of_range" and "[0, 60]" in str(e.value)
+    finally:
+        s.stop()
+
+
+def test_no_pause_db_with_the_dsp_model(client):
+    assert not [d for d in client.list() if d["address"].endswith(".pause_db")]
+    with pytest.raises(ControlError, match="no pause gate"):
+        client.set("host.pause_db", 10)
