@@ -108,9 +108,7 @@ def main(argv=None) -> int:
         return captured["y"]
 
     def speech(s: np.ndarray) -> torch.Tensor:
-        st = torch.from_numpy(np.ascontiguousarray(s, np.float32))
-        e = T._stft(st, win, H).abs().square().sum(-1)
-        return (e > e.max(1, keepdim=True).values * 10 ** (-4.5)).float()
+        return T.pause_labels(torch.from_numpy(np.ascontiguousarray(s, np.float32)), win, H)
 
     t0 = time.time()
     corpus = T.train_corpus(cache, 9)  # the training split only: no held-out voice or noise
@@ -121,16 +119,8 @@ def main(argv=None) -> int:
         ys.append(state(x).reshape(-1, net.hidden))
         ls.append(speech(s).reshape(-1))
     Y, L = torch.cat(ys), torch.cat(ls)
-    w = torch.zeros(net.hidden, requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=0.05)
-    for _ in range(300):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(Y @ w + b, L)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    w, b = w.detach(), b.detach()
-    fit = {"frames": int(L.numel()), "speech_share": float(L.mean()), "loss": float(loss.detach()),
+    w, b, loss = T.fit_logistic(Y, L)
+    fit = {"frames": int(L.numel()), "speech_share": float(L.mean()), "loss": loss,
            "accuracy": float(((Y @ w + b > 0).float() == L).float().mean()), "seconds": round(time.time() - t0, 1)}
     print(f"probe: {fit['frames']:,} training frames ({fit['speech_share']:.0%} speech), accuracy "
           f"{fit['accuracy']:.3f}, {fit['seconds']:.0f} s", file=sys.stderr)

@@ -1897,6 +1897,23 @@ def pause_labels(s, win, hop: int):
     return (e > e.max(1, keepdim=True).values * 10 ** (-PAUSE_LABEL_DB / 10)).float()
 
 
+def fit_logistic(Y, L, steps: int = 300, lr: float = 0.05):
+    """Logistic regression of the labels ``L[N]`` (0/1) on the features
+    ``Y[N, K]`` (torch): ``steps`` full-batch Adam steps on the binary
+    cross-entropy from zero. Returns ``(w[K], b[1], last loss)``."""
+    import torch
+
+    w = torch.zeros(Y.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    for _ in range(steps):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(Y @ w + b, L)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return w.detach(), b.detach(), float(loss.detach())
+
+
 def fit_pause(args) -> pathlib.Path:
     """``--fit-pause``: the ``--init`` bundle with a pause head fitted on its
     frozen network, written to ``--out``.
@@ -1950,17 +1967,10 @@ def fit_pause(args) -> pathlib.Path:
             ls.append(pause_labels(torch.from_numpy(np.ascontiguousarray(s_, np.float32)), win, hop).reshape(-1))
     hook.remove()
     Y, L = torch.cat(ys), torch.cat(ls)
-    w = torch.zeros(net.hidden, requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=0.05)
-    for _ in range(300):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(Y @ w + b, L)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    w, b, loss = fit_logistic(Y, L)
     with torch.no_grad():
-        net.pause.weight.copy_(w.detach()[None])
-        net.pause.bias.copy_(b.detach())
+        net.pause.weight.copy_(w[None])
+        net.pause.bias.copy_(b)
         acc = float(((Y @ w + b > 0).float() == L).float().mean())
     cmd = ["python", "-m", "quietcast.models.train"] + [a for a in sys.argv[1:]]
     cfg["name"] = pathlib.Path(args.out).name
@@ -1978,12 +1988,12 @@ def fit_pause(args) -> pathlib.Path:
         "mix_version": version, "seed": args.seed, "batches": args.pause_batches, "batch": args.batch,
         "segment_s": args.seconds, "exclude": list(exclude), "noise_weights": args.noise_weights,
         "frames": int(L.numel()), "speech_share": round(float(L.mean()), 4),
-        "loss": round(float(loss.detach()), 4), "train_frame_accuracy": round(acc, 4),
+        "loss": round(loss, 4), "train_frame_accuracy": round(acc, 4),
         "seconds": round(time.time() - t0, 1), "torch": torch.__version__,
     }
     out = save_bundle(net, cfg, args.out)
     print(f"pause head fitted on {L.numel():,} frames ({float(L.mean()):.0%} speech): accuracy {acc:.3f}, "
-          f"loss {float(loss.detach()):.4f}, {time.time() - t0:.0f} s; bundle written to {out}", flush=True)
+          f"loss {loss:.4f}, {time.time() - t0:.0f} s; bundle written to {out}", flush=True)
     return out
 
 

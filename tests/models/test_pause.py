@@ -21,6 +21,7 @@ from quietcast.models.neural import (_PAUSE_CLOSE_DB, _PAUSE_THRESHOLD, NeuralSu
                                      _window, pause_gains)
 from test_ckernel import _signal
 from test_neural import DEMO, _random_net
+from test_train import data  # noqa: F401 - the synthetic data folder (a fixture)
 
 H = 480
 
@@ -257,24 +258,13 @@ def test_shipped_gate_deepens_the_pauses_and_spares_the_voice(bundle):
     assert float(np.mean(gate_db[speech])) > -1.5
 
 
-def test_fit_pause_adds_a_head_and_keeps_every_other_weight(tmp_path, monkeypatch):
+def test_fit_pause_adds_a_head_and_keeps_every_other_weight(tmp_path, monkeypatch, data):
     """``--fit-pause`` on a bundle: the same weights bit for bit plus a
     head that beats always saying "speech" on its own training frames, the
     arch, default depth and the record in config.json."""
-    from test_train import _voice
-
-    import soundfile as sf
-
     monkeypatch.setattr(T, "ASTERISK", tmp_path / "no-asterisk")
     monkeypatch.setattr(T, "FILLETS", tmp_path / "no-fillets")
-    root = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    (root / "speech" / "ljspeech").mkdir(parents=True)
-    for i in range(1, 13):
-        sf.write(root / "speech" / "ljspeech" / f"LJ001-{i:04d}.flac", _voice(rng, 1.5, 160 + 10 * i), 48_000)
-    (root / "noise" / "misc").mkdir(parents=True)
-    for name in ("noise1.flac", "noise2.flac", "noise3.flac"):
-        sf.write(root / "noise" / "misc" / name, 0.05 * rng.standard_normal(96_000).astype(np.float32), 48_000)
+    root = data
     net = _random_net(2, hidden=48, enc_dim=32, df_enc_dim=16)
     save_bundle(net, {"model": "neural", "arch": net.arch, "defaults": {"strength_db": 20.0},
                       "training": {"mix_version": 3}}, tmp_path / "init")
