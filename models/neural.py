@@ -84,8 +84,12 @@ Signal path per 10 ms hop (480 samples), every channel in one batch:
    ``pause_threshold`` ``t`` the floor falls a further
    ``pause_db * (t - p) / t``; the gate closes by at most 2 dB a hop,
    opens at once, and its gain is ramped linearly across each hop (no
-   step). The output becomes ``s * v + max(s * floor, remix) * b`` (``s``
-   the gate's gain): it deepens the pauses below the ``strength_db``
+   step). A frame whose voice estimate rises 12 dB above its level in the
+   pauses opens it too (the head is often a frame or two late at a word's
+   first syllable). ``pause_db`` can differ per channel
+   (:meth:`NeuralSuppressor.set_channel_pause_db`). The output becomes
+   ``s * v + max(s * floor, remix) * b`` (``s`` the gate's gain): it
+   deepens the pauses below the ``strength_db``
    floor, where the network's gains leave noise a listener hears between
    words, and leaves a remixed background (``background_db``) at its
    level. The stems are not gated: voice + background is still the input.
