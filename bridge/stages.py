@@ -539,6 +539,12 @@ DENOISE_PARAMS = ParamSet.of(
 )
 
 
+#: denoise parameters passed to the suppressor itself, and what a model
+#: without them lacks (in the error)
+_MODEL_ONLY = {"pitch_filter": "pitch filter (neural models do)",
+               "pause_db": "pause head (the shipped neural models do)"}
+
+
 class DenoiseStage(Stage):
     """A quietcast suppressor. It runs at 48 kHz: at another chain rate the
     block is resampled in and out, and the declared latency includes the
@@ -560,14 +566,11 @@ class DenoiseStage(Stage):
             max_attenuation_db = float(self.suppressor.PARAMS["strength_db"][2])
         self.values = {"model": model, "strength": strength, "max_attenuation_db": max_attenuation_db}
         self._apply_strength()
-        if pitch_filter is not None:
-            self._apply_param("pitch_filter", pitch_filter)
-        elif "pitch_filter" in self.suppressor.PARAMS:  # the model's own
-            self.values["pitch_filter"] = float(self.suppressor.get_param("pitch_filter"))
-        if pause_db is not None:
-            self._apply_param("pause_db", pause_db)
-        elif "pause_db" in self.suppressor.PARAMS:  # the model's own
-            self.values["pause_db"] = float(self.suppressor.get_param("pause_db"))
+        for name, value in (("pitch_filter", pitch_filter), ("pause_db", pause_db)):
+            if value is not None:
+                self._apply_param(name, value)
+            elif name in self.suppressor.PARAMS:  # the model's own
+                self.values[name] = float(self.suppressor.get_param(name))
         sr = self.sample_rate
         if sr == self.suppressor.sample_rate:
             self._resampled = False
@@ -592,20 +595,11 @@ class DenoiseStage(Stage):
     def _apply_param(self, name, value):
         if name == "model":
             raise ParameterError(f"{self.name}.model", "cannot be changed while running; load a new chain")
-        if name == "pitch_filter":
-            if "pitch_filter" not in self.suppressor.PARAMS:
-                raise ParameterError(f"{self.name}.pitch_filter",
-                                     f"model {self.values['model']!r} has no pitch filter (neural models do)")
-            self.suppressor.set_param("pitch_filter", value)
-            self.values[name] = float(self.suppressor.get_param("pitch_filter"))
-            return
-        if name == "pause_db":
-            if "pause_db" not in self.suppressor.PARAMS:
-                raise ParameterError(f"{self.name}.pause_db",
-                                     f"model {self.values['model']!r} has no pause head (the shipped neural "
-                                     "models do)")
-            self.suppressor.set_param("pause_db", value)
-            self.values[name] = float(self.suppressor.get_param("pause_db"))
+        if name in _MODEL_ONLY:  # the suppressor's own parameters, which some models lack
+            if name not in self.suppressor.PARAMS:
+                raise ParameterError(f"{self.name}.{name}", f"model {self.values['model']!r} has no {_MODEL_ONLY[name]}")
+            self.suppressor.set_param(name, value)
+            self.values[name] = float(self.suppressor.get_param(name))
             return
         self.values[name] = value
         self._apply_strength()

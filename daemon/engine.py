@@ -115,6 +115,7 @@ class Engine:
         #: None: the model has no pause gate
         self.pause_default = self.sup.values.get("pause_db")
         self._pause_last: list[float] | None = None
+        self._pause_params = None  # the snapshot _apply_pause last read
         if self.pause_default is None:
             for c in channels:
                 if getattr(c, "pause_db", None) is not None:
@@ -194,6 +195,9 @@ class Engine:
     def _apply_pause(self, params) -> None:
         """Each channel's pause-gate depth to the suppressor, when one
         changed (the gate moves there at its own pace: no zipper)."""
+        if params is self._pause_params:  # no new snapshot since the last hop
+            return
+        self._pause_params = params
         d = [self.pause_default if p.pause_db is None else p.pause_db for p in params]
         if d != self._pause_last:
             self.sup.suppressor.set_channel_pause_db(d)

@@ -194,19 +194,24 @@ class Registry:
             return st.bypass
         return self.chain_overrides.get(address, st.values.get(p.name, p.default))
 
+    @staticmethod
+    def _to_engine_depth(stage: str | None, p: Param, value: Any) -> bool:
+        """``CHANNEL.pause_db`` set to ``None``: back to the engine's depth."""
+        return stage is None and p.name == "pause_db" and value is None
+
     def check(self, address: str, value: Any) -> None:
         """Raise what :meth:`set` would for this address and value, and
         change nothing (``None`` is allowed for ``CHANNEL.pause_db``: back
         to the engine's depth)."""
         _, stage, p = self.resolve(address)
-        if not (stage is None and p.name == "pause_db" and value is None):
+        if not self._to_engine_depth(stage, p, value):
             p.check(value, address.rsplit(".", 1)[0])
 
     def set(self, address: str, value: Any, source: str = "api") -> Any:
         """Check ``value`` against the address's range and apply it.
         Returns the stored value. Raises ParameterError (a ValueError)."""
         i, stage, p = self.resolve(address)
-        if stage is None and p.name == "pause_db" and value is None:  # back to the engine's depth
+        if self._to_engine_depth(stage, p, value):
             self.engine.set_params(self.channels()[i], pause_db=None)
             v = self._pause_default()
             self._notify(address, v, source)

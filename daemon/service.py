@@ -41,6 +41,7 @@ from quietcast.models import available_models, bundle_licence
 from . import jackio
 from .engine import Engine
 from .errors import ControlError, NotReadyError
+from .registry import CHANNEL_PARAMS
 
 log = logging.getLogger("quietcast")
 
@@ -109,8 +110,7 @@ class Daemon:
         old = {n: p for n, p in zip(self.engine.names, self.engine.params)} if self.engine else {}
         for c in self.config.channels:
             s = Spec()
-            for k in ("name", "stems", "strength", "input_gain_db", "output_gain_db", "background_db", "pause_db",
-                      "bypass", "mute"):
+            for k in ("name", "stems", *CHANNEL_PARAMS):
                 setattr(s, k, getattr(c, k))
             if c.name in old:  # live values survive a rebuild
                 for k, v in old[c.name].__dict__.items():
@@ -344,7 +344,6 @@ class Daemon:
 
     def reload(self) -> dict:
         from .config import ConfigError, load_config
-        from .registry import CHANNEL_PARAMS
 
         path = getattr(self.config, "path", None)
         if not path:

@@ -50,7 +50,8 @@ _CONST = ["fac", "win", "tw", "rtw", "fe_ptr", "fe_idx", "fe_val", "fi_ptr", "fi
           "W11", "b12", "W13", "b14", "W15", "b16", "W19", "W20", "b21", "W22", "W23"]
 _STATE = ["m", "u", "fl", "fresh", "h1", "h2", "prev", "ola", "pbuf", "out", "gr", "scratch"]
 _FLOATS = ["alpha", "le_eps", "le_max", "xn_max", "f_fall", "f_rise", "f_min", "g_min", "silent_ms", "pf"]
-_PAUSE = ["bp", "pause_pad_", "pause_thr", "pause_close", "floor", "remix"]  # after Wp, pg, pause_db
+_PAUSE = ["bp", "pause_thr", "pause_close", "pause_onset", "pause_pl_a", "pause_pl_none", "floor",
+          "remix"]  # after Wp, pg, pause_db
 
 
 class _NN(ctypes.Structure):
@@ -172,10 +173,6 @@ class CStep:
             assert sup._pause_c.dtype == np.float32 and sup._pause_c.shape == (C,)
             self._pause_c = sup._pause_c  # the suppressor writes the depths in place; the C step reads them
             nn_.pause_db = sup._pause_c.ctypes.data
-            nn_.pause_thr = constants.pop("pause_thr")
-            nn_.pause_close = constants.pop("pause_close")
-        else:
-            constants = {k: v for k, v in constants.items() if k not in ("pause_thr", "pause_close")}
         for n, v in constants.items():
             setattr(nn_, n, v)
         self.scratch = np.zeros(int(lib.qc_nn_scratch(ctypes.byref(nn_))), np.float32)

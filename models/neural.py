@@ -740,7 +740,7 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     torch.sub(prev, v, out=out[2])
     if gated:
         s = _pause_gate(torch.addmm(w[28], y, w[27]).squeeze(1), ev, pg, silent, pause[0], pause[3], H)
-        o = s * v + torch.maximum(s * pause[1], torch.as_tensor(pause[2], dtype=s.dtype, device=s.device)) * out[2]
+        o = _gated_mix(s, v, out[2], pause[1], pause[2])
     if branchless:
         out[0].copy_(torch.where(mix >= 1.0, prev, o if gated else v + mix * out[2]))
     elif mix == 1.0:
@@ -750,6 +750,13 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     else:
         torch.add(v, out[2], alpha=mix, out=out[0])
     prev.copy_(hop)
+
+
+def _gated_mix(s: torch.Tensor, v: torch.Tensor, bg: torch.Tensor, floor, remix) -> torch.Tensor:
+    """The output with the pause gate's gain ``s``: ``s * v + max(s *
+    floor, remix) * bg`` (the gate lowers the strength floor, not a
+    remixed background). ``floor``, ``remix``: numbers or 0-d tensors."""
+    return s * v + torch.maximum(s * floor, torch.as_tensor(remix, dtype=s.dtype, device=s.device)) * bg
 
 
 def pause_state(channels: int, **kw) -> torch.Tensor:
@@ -1154,7 +1161,8 @@ class NeuralSuppressor(HopSuppressor):
         if why is None:
             self._cstep = ckernel.CStep(lib, self, dict(
                 le_eps=_LE_EPS, le_max=_LE_MAX, xn_max=_XN_MAX, f_fall=_F_FALL, f_rise=_F_RISE, f_min=_F_MIN,
-                g_min=_G_MIN, silent_ms=SILENT_MS, pause_thr=self._pause_thr, pause_close=_PAUSE_CLOSE_DB))
+                g_min=_G_MIN, silent_ms=SILENT_MS, pause_thr=self._pause_thr, pause_close=_PAUSE_CLOSE_DB,
+                pause_onset=_PAUSE_ONSET_DB, pause_pl_a=_PAUSE_PL_A, pause_pl_none=_PAUSE_PL_NONE))
             self._cstep.set_mix(self._floor, self._remix)
             self._kernel_why = ""
             return
@@ -1329,7 +1337,7 @@ class NeuralSuppressor(HopSuppressor):
             ev = (V.real.square() + V.imag.square()).sum(-1)
             depth = self._pause_cpu.to(self.device)
             s = pause_gains(res[2], ev, silent, depth, H, self._pause_thr).reshape(C, T * H)
-            o = s * v + torch.maximum(s * self._floor, torch.tensor(self._remix, device=s.device)) * (prev - v)
+            o = _gated_mix(s, v, prev - v, self._floor, self._remix)
         else:
             o = v + a * (prev - v)
         out[:, H:] = o.cpu().numpy()[:, :N - H]

@@ -35,10 +35,6 @@
 #define QC_MAXP 8   /* largest FFT radix */
 #define QC_MAXB 128 /* most bands (ckernel.py checks) */
 #define QC_DB_LN 0.11512925464970229f /* ln(10) / 20: 10^(x/20) = exp(x * QC_DB_LN) */
-/* the pause gate's onset rule (neural.py's _PAUSE_ONSET_DB, _PAUSE_PL_A, _PAUSE_PL_NONE) */
-#define QC_ONSET_DB 12.0f
-#define QC_PL_A 0.05f
-#define QC_PL_NONE 200.0f
 
 struct qc_nn {
     int64_t abi;
@@ -79,8 +75,8 @@ struct qc_nn {
     float *pg;                          /* [C, 2] the pause gate, dB (0: open), and the voice level in the pauses */
     const float *pause_db;              /* [C] the gate's depth per channel, dB (0: off) */
     float bp;                           /* pause head bias */
-    float pause_pad_;                   /* unused (keeps the floats together) */
     float pause_thr, pause_close;       /* speech probability below which a hop is a pause; dB a hop the gate closes */
+    float pause_onset, pause_pl_a, pause_pl_none;  /* the onset rule (neural.py's _PAUSE_ONSET_DB, ...) */
     float floor, remix;                 /* mix = max(floor, remix): the gate lowers the floor only */
 };
 
@@ -709,9 +705,9 @@ static void block(const struct qc_nn *nn, const float *hop, float mix, int64_t c
             const float p = sigm(lg), t = nn->pause_thr, lv = 10.0f * log10f(ev + nn->le_eps);
             const float cur = pg[0], pl = pg[1];
             const float head = -nn->pause_db[ch] * minf_(maxf_((t - p) / t, 0.0f), 1.0f);
-            const float tgt = lv > pl + QC_ONSET_DB ? 0.0f : head;  /* an onset: open */
+            const float tgt = lv > pl + nn->pause_onset ? 0.0f : head;  /* an onset: open */
             float nw = tgt > cur ? tgt : maxf_(tgt, cur - nn->pause_close);
-            float npl = head < 0.0f ? (pl >= QC_PL_NONE ? lv : pl + QC_PL_A * (lv - pl)) : pl;
+            float npl = head < 0.0f ? (pl >= nn->pause_pl_none ? lv : pl + nn->pause_pl_a * (lv - pl)) : pl;
             if (sil[c] != 0.0f) {
                 nw = cur;
                 npl = pl;
