@@ -6,7 +6,13 @@ Alignment does not trust JACK frame times (an xrun makes them jump while
 no client processes the skipped cycle): the player notes how many frames
 the recorder had recorded when it started playing (the player runs before
 the recorder in every cycle), so input frame ``j`` is at recording index
-``start_index + j + latency`` whatever happens to the clock."""
+``start_index + j + latency`` whatever happens to the clock.
+
+That holds while both clients run every cycle. On a loaded machine JACK
+can skip one client's cycle (an xrun): the recording then loses a period
+and everything after it comes early. Both clients therefore note the
+frame time of every cycle they ran, and :func:`take` plays again until a
+take has no such hole (:meth:`Player.gaps`, :meth:`Recorder.gaps`)."""
 
 from __future__ import annotations
 
@@ -30,6 +36,8 @@ class Player:
         self.start_frame = None
         self.done = threading.Event()
         self.xruns = 0  # JACK tells every client; a recording made across one is shifted
+        self.cycles = np.zeros(1 << 16, np.int64)  # frame time of each cycle while playing
+        self.nc = 0
         self.client.set_process_callback(self._process)
         self.client.set_xrun_callback(self._on_xrun)
         self.client.activate()
@@ -47,6 +55,9 @@ class Player:
             self.start_frame = self.client.last_frame_time
             if self.recorder is not None:
                 self.start_index = self.recorder.n
+        if self.nc < self.cycles.size:
+            self.cycles[self.nc] = self.client.last_frame_time
+            self.nc += 1
         i = self.pos
         n = self.signals.shape[1]
         for k, a in enumerate(arrs):
@@ -64,6 +75,7 @@ class Player:
         self.signals = np.atleast_2d(signals).astype(np.float32)
         self.start_frame = None
         self.start_index = None
+        self.nc = 0
         self.done.clear()
         self.pos = 0
         if not self.done.wait(timeout):
@@ -71,12 +83,24 @@ class Player:
         self.pos = -1
         return self.start_index if self.recorder is not None else self.start_frame
 
+    def frame_times(self) -> np.ndarray:
+        """The frame time of every cycle of the last :meth:`play`."""
+        return self.cycles[:self.nc].copy()
+
+    def gaps(self) -> int:
+        """Cycles JACK skipped for this client during the last play."""
+        return _gaps(self.frame_times(), self.client.blocksize)
+
     def name(self, i: int = 0) -> str:
         return self.ports[i].name
 
     def close(self):
         self.client.deactivate()
         self.client.close()
+
+
+def _gaps(ft: np.ndarray, period: int) -> int:
+    return int(np.count_nonzero(np.diff(ft) != period))
 
 
 class Recorder:
@@ -89,6 +113,8 @@ class Recorder:
         self.n = 0
         self.first_frame = None
         self.recording = False
+        self.cycles = np.zeros(self.buf.shape[1] // max(1, self.client.blocksize) + 1, np.int64)
+        self.nc = 0  # frame time of each recorded cycle
         self.client.set_process_callback(self._process)
         self.client.activate()
 
@@ -102,10 +128,14 @@ class Recorder:
             return
         for k, p in enumerate(self.ports):
             self.buf[k, n:n + frames] = p.get_array()
+        if self.nc < self.cycles.size:
+            self.cycles[self.nc] = self.client.last_frame_time
+            self.nc += 1
         self.n = n + frames
 
     def start(self):
         self.n = 0
+        self.nc = 0
         self.first_frame = None
         self.recording = True
 
@@ -114,12 +144,46 @@ class Recorder:
         time.sleep(0.05)
         return self.buf[:, :self.n].copy()
 
+    def frame_times(self) -> np.ndarray:
+        """The frame time of every recorded cycle."""
+        return self.cycles[:self.nc].copy()
+
+    def gaps(self) -> int:
+        """Cycles JACK skipped for this client while it recorded."""
+        return _gaps(self.frame_times(), self.client.blocksize)
+
     def name(self, i: int = 0) -> str:
         return self.ports[i].name
 
     def close(self):
         self.client.deactivate()
         self.client.close()
+
+
+def take(player: Player, recorder: Recorder, signals: np.ndarray, tail_s: float, tries: int = 5,
+         xruns=lambda: 0) -> tuple[np.ndarray, int, int]:
+    """Play ``signals`` through the graph and record; returns ``(recording,
+    start index, takes)`` with the recording's index ``start`` at the
+    player's first frame. A take in which JACK skipped a cycle of either
+    client (a hole in its frame times), in which the player's cycles are not
+    all among the recorder's, or during which ``xruns()`` (e.g. the
+    daemon's own counter) or the player's xrun count moved, is played
+    again, up to ``tries`` takes (the last is returned as it is).
+    ``tail_s``: how long to keep recording after the last frame."""
+    for k in range(1, tries + 1):
+        x0, p0 = xruns(), player.xruns
+        recorder.start()
+        time.sleep(0.05)
+        start = player.play(signals)
+        time.sleep(tail_s)
+        rec = recorder.stop()
+        time.sleep(0.05)  # an xrun's notice comes on JACK's notification thread
+        pf, rf = player.frame_times(), recorder.frame_times()
+        clean = (player.gaps() == 0 and recorder.gaps() == 0 and xruns() == x0 and player.xruns == p0
+                 and bool(np.isin(pf, rf).all()))
+        if clean:
+            break
+    return rec, start, k
 
 
 def wait_until(pred, timeout: float = 10.0, step: float = 0.02) -> bool:

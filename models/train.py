@@ -1314,18 +1314,29 @@ def _loss(net, V, S, X, g, gain_weight: float = GAIN_WEIGHT, keep_weight: float 
 
 
 def train_step(net, opt, xb: np.ndarray, sb: np.ndarray, win, hop: int, hold: bool = True,
-               gain_weight: float = GAIN_WEIGHT, keep_weight: float = 1.0, pitch_filter: float = 0.0):
+               gain_weight: float = GAIN_WEIGHT, keep_weight: float = 1.0, pitch_filter: float = 0.0,
+               pause_weight: float = 0.0):
     """One optimiser step on a batch (noisy ``xb``, target ``sb``,
     ``[B, N]``): STFT, forward pass (digital-silence frames held when
     ``hold``; the pitch filter at ``pitch_filter``, 0 without), loss,
     backward pass, gradient clipping to norm 1, Adam. Returns the loss,
-    its three parts and the gradient norm."""
+    its three parts and the gradient norm.
+
+    ``pause_weight`` > 0 (a network with the pause head) adds that many
+    times the pause head's binary cross-entropy against
+    :func:`pause_labels`: the head trains with the network, and the
+    network's state learns to tell pauses too."""
     import torch
 
     x, s = torch.from_numpy(xb).to(win.device), torch.from_numpy(sb).to(win.device)
     X, S = _stft(x, win, hop), _stft(s, win, hop)
-    V, g = net(X, silent=_silent(x, win, hop) if hold else None, pitch_filter=pitch_filter)
+    out = net(X, silent=_silent(x, win, hop) if hold else None, pitch_filter=pitch_filter, pause=pause_weight > 0)
+    V, g = out[:2]
     loss, parts = _loss(net, V, S, X, g, gain_weight, keep_weight)
+    if pause_weight > 0:
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(out[2], pause_labels(s, win, hop))
+        loss = loss + pause_weight * bce
+        parts = parts + (float(bce.detach()),)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     gn = float(torch.nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], 1.0))
@@ -1659,6 +1670,9 @@ def train(args) -> pathlib.Path:
             + (f"; new zero heads: {sorted({k.split('.')[0] for k in missing})}" if missing else ""))
     else:
         net = QCNet(**arch)
+    if args.pause_weight and not net.arch.get("pause_head"):
+        raise SystemExit(f"--pause-weight {args.pause_weight:g}: the network has no pause head; give --init a "
+                         "bundle with one (--fit-pause makes it)")
     train_only = tuple(g for g in args.train_only.split(",") if g)
     if train_only:  # e.g. "fine": a new head learns while the parent's weights stay as they are
         for name, prm in net.named_parameters():
@@ -1763,14 +1777,15 @@ def train(args) -> pathlib.Path:
                 gr["lr"] = lr
             lv, parts, gn = train_step(net, opt, *batches.next(), win, hop, hold=args.mix_version >= 2,
                                        gain_weight=args.gain_weight, keep_weight=args.keep_weight,
-                                       pitch_filter=pf)
+                                       pitch_filter=pf, pause_weight=args.pause_weight)
             step += 1
             if ema is not None:
                 ema.update(net)
             run_avg = lv if run_avg is None else 0.98 * run_avg + 0.02 * lv
             if step % BLOCK == 0:
+                pause = f" pause {parts[3]:.4f}" if len(parts) > 3 else ""
                 log(f"step {step} loss {run_avg:.4f} (mag {parts[0]:.4f} cplx {parts[1]:.4f} "
-                    f"gain {parts[2]:.4f}) gnorm {gn:.2f} lr {lr:.2e} {elapsed() / max(1, step):.2f} s/step")
+                    f"gain {parts[2]:.4f}{pause}) gnorm {gn:.2f} lr {lr:.2e} {elapsed() / max(1, step):.2f} s/step")
             if time.time() - t_eval > args.eval_every * 60:
                 net.eval()
                 imp = _quick_eval(net if ema is None else ema.model(net), val, win, hop, pf)
@@ -1807,7 +1822,10 @@ def train(args) -> pathlib.Path:
         "window": 2 * hop,
         "latency_samples": {"algorithmic": hop, "hop_buffer": hop, "total": 2 * hop},
         "defaults": {"strength_db": _default_strength(args, init_cfg), "background_db": None,
-                     "pitch_filter": _default_pitch_filter(args, init_cfg)},
+                     "pitch_filter": _default_pitch_filter(args, init_cfg),
+                     # a pause head's gate settings carry over from the parent
+                     **{k: v for k, v in ((init_cfg or {}).get("defaults") or {}).items()
+                        if k in ("pause_db", "pause_threshold") and net.arch.get("pause_head")}},
         "training": {
             "command": " ".join(shlex.quote(c) for c in cmd),
             "stage": stage,
@@ -1821,6 +1839,7 @@ def train(args) -> pathlib.Path:
                               + (" --pitch-input" if args.pitch_input else "")
                               + (f" --gain-weight {args.gain_weight:g}" if args.gain_weight != GAIN_WEIGHT else "")
                               + (f" --keep-weight {args.keep_weight:g}" if args.keep_weight != 1.0 else "")
+                              + (f" --pause-weight {args.pause_weight:g}" if args.pause_weight else "")
                               + (f" --train-only {args.train_only}" if args.train_only else "")
                               + (f" --ema {args.ema:g}" if args.ema else "")
                               + (f" --pitch-filter {args.pitch_filter:g}" if args.pitch_filter else "")
@@ -1841,8 +1860,10 @@ def train(args) -> pathlib.Path:
             "lr_blocks": [float(v) for v in blocks],  # exact (repr round-trips)
             "loss": "compressed (c=0.3) spectral magnitude MSE + compressed complex MSE + "
                     f"{args.gain_weight:g} * band sqrt-gain MSE"
-                    + (f" (gains below the ideal weighted {args.keep_weight:g}x)" if args.keep_weight != 1.0 else ""),
-            "gain_weight": args.gain_weight, "keep_weight": args.keep_weight,
+                    + (f" (gains below the ideal weighted {args.keep_weight:g}x)" if args.keep_weight != 1.0 else "")
+                    + (f" + {args.pause_weight:g} * the pause head's binary cross-entropy (labels: "
+                       f"speech within {PAUSE_LABEL_DB:g} dB of the example's loudest frame)" if args.pause_weight else ""),
+            "gain_weight": args.gain_weight, "keep_weight": args.keep_weight, "pause_weight": args.pause_weight,
             "weights": (f"exponential moving average of the weights over the steps (decay {args.ema:g}, "
                         "from the initial weights)") if args.ema else "the last step's",
             "ema": args.ema,
@@ -2067,6 +2088,13 @@ def _pause_threshold_arg(text: str) -> float:
     return v
 
 
+def _pause_weight_arg(text: str) -> float:
+    w = _number(text)
+    if not 0.0 <= w <= 10.0:
+        raise argparse.ArgumentTypeError(f"--pause-weight {text!r}: out of range [0, 10] (a loss weight)")
+    return w
+
+
 def _workers_arg(text: str) -> int:
     """argparse ``type`` of ``--workers``: 0..256 processes."""
     try:
@@ -2184,6 +2212,10 @@ def main(argv=None) -> int:
     p.add_argument("--keep-weight", type=float, default=1.0,
                    help="in the band-gain term, the weight of a gain below its ideal value (voice removed) "
                         "against one above it (noise left); default 1")
+    p.add_argument("--pause-weight", type=_pause_weight_arg, default=0.0, metavar="W",
+                   help="train the pause head with the network: add W times its binary cross-entropy against "
+                        "the speech-present labels to the loss (needs an --init bundle with a pause head, see "
+                        "--fit-pause; default 0: the head is not trained)")
     p.add_argument("--mix-version", type=int, default=2, choices=tuple(range(1, 15)),
                    help="mixing recipe (1: the first stage of the default bundle; 2: no digital silence inside "
                         "examples, starts mid-hop; 3: also lower voices, half the utterances slowed 0.6-0.95x; "

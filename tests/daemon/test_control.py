@@ -383,12 +383,14 @@ def test_fuzz_10000_malformed_frames(served, tmp_path):
     # of the same length right after it: on a quiet machine both are 0. The
     # JACK callback is C (no GIL), but on a 2-core machine the fuzzer and the
     # control thread take both cores, and a jackd whose realtime scheduling
-    # the container throttles can then wake late: a window with xruns is
-    # run once more (with other frames); a daemon that causes them fails both.
-    for attempt, seed in enumerate(("1234", "4321")):
+    # the container throttles can then wake late: a window with xruns or
+    # misses is run again (with other frames), up to three windows; a daemon
+    # that causes them fails all three.
+    seeds = ("1234", "4321", "2413")
+    for attempt, seed in enumerate(seeds):
         (xf, mf), (xq, mq) = fuzz_window(seed)
         ok = mf <= mq and xf <= xq + 2
-        if ok or attempt == 1:
+        if ok or attempt == len(seeds) - 1:
             break
     assert mf <= mq, f"deadline misses: {mf} during the fuzz, {mq} in a quiet window"
     assert xf <= xq + 2, f"xruns: {xf} during the fuzz, {xq} in a quiet window"
