@@ -2,8 +2,9 @@
 C step equals the torch step and streaming equals offline with it on, the
 stems stay a partition of the input, the gate's gain has no step, bad
 values are refused, the shipped bundles' gate deepens the pauses of a
-voice and spares the voice, and ``train --fit-pause`` adds a head to a
-bundle without touching its other weights."""
+voice and spares the voice, ``train --fit-pause`` adds a head to a
+bundle without touching its other weights, and ``train --pause-weight``
+trains the head with the network."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from quietcast.models.neural import (_PAUSE_CLOSE_DB, _PAUSE_THRESHOLD, NeuralSu
                                      _window, pause_gains)
 from test_ckernel import _signal
 from test_neural import DEMO, _random_net
-from test_train import data  # noqa: F401 - the synthetic data folder (a fixture)
+from test_train import _args, data  # noqa: F401 - the synthetic data folder (a fixture)
 
 H = 480
 
@@ -287,6 +288,52 @@ def test_fit_pause_adds_a_head_and_keeps_every_other_weight(tmp_path, monkeypatc
     with pytest.raises(SystemExit):  # refused with a clear message: the range
         T.main(args[:-4] + ["--pause-db", "75"])
     assert T.main(args) == 0 and load_bundle(out).config["weights"] == b.config["weights"]  # reproducible
+
+
+def test_pause_weight_trains_the_head_with_the_network(tmp_path, monkeypatch, data):
+    """``--pause-weight W``: the pause head's cross-entropy joins the loss,
+    so the head learns (its cross-entropy on fresh mixtures falls) and the
+    run records it; the gate's defaults carry over from the parent. With
+    W = 0 the head stays bit for bit; a network without a head is refused,
+    named."""
+    monkeypatch.setattr(T, "ASTERISK", tmp_path / "no-asterisk")
+    monkeypatch.setattr(T, "FILLETS", tmp_path / "no-fillets")
+    net = _with_head(_random_net(2, hidden=48, enc_dim=32, df_enc_dim=16))
+    init = tmp_path / "init"
+    save_bundle(net, {"model": "neural", "arch": net.arch, "defaults": {"pause_db": 18.0, "pause_threshold": 0.3},
+                      "training": {"mix_version": 3, "replay_command": "python -m quietcast.models.train"}}, init)
+    cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
+    corpus = T.train_corpus(cache, 3)
+    x, s = T.make_batch(np.random.default_rng(99), corpus, 48_000, 6, 3)
+    win = torch.from_numpy(_window(2 * H))
+
+    def bce(m):
+        xt, st = torch.from_numpy(x), torch.from_numpy(s)
+        with torch.no_grad():
+            lg = m(T._stft(xt, win, H), silent=T._silent(xt, win, H), pause=True)[2]
+        return float(torch.nn.functional.binary_cross_entropy_with_logits(lg, T.pause_labels(st, win, H)))
+
+    out = T.train(_args(data, tmp_path, "joint", init=str(init), steps=60, pause_weight=1.0))
+    b = load_bundle(out)
+    tr = b.config["training"]
+    assert tr["pause_weight"] == 1.0 and "--pause-weight 1" in tr["replay_command"]
+    assert "pause head's binary cross-entropy" in tr["loss"]
+    assert b.config["defaults"]["pause_db"] == 18.0 and b.config["defaults"]["pause_threshold"] == 0.3
+    joint = b.build_model().eval()
+    assert not torch.equal(joint.pause.weight, net.pause.weight)
+    assert bce(joint) < 0.9 * bce(net), (bce(joint), bce(net))
+
+    plain = load_bundle(T.train(_args(data, tmp_path, "plain", init=str(init), steps=30))).build_model()
+    assert torch.equal(plain.pause.weight, net.pause.weight) and torch.equal(plain.pause.bias, net.pause.bias)
+    assert not torch.equal(plain.gain.weight, net.gain.weight)  # the rest did train
+
+    save_bundle(_random_net(2, hidden=48, enc_dim=32, df_enc_dim=16),
+                {"model": "neural", "arch": dict(net.arch, pause_head=0), "training": {"mix_version": 3, "replay_command": "x"}},
+                tmp_path / "nohead")
+    with pytest.raises(SystemExit, match="no pause head"):
+        T.train(_args(data, tmp_path, "x", init=str(tmp_path / "nohead"), steps=5, pause_weight=1.0))
+    with pytest.raises(SystemExit):
+        T.main(["--pause-weight", "-1"])
 
 
 def test_fit_pause_needs_init(tmp_path, capsys):

@@ -64,7 +64,7 @@ def _args(data, tmp_path, name: str, **kw) -> argparse.Namespace:
              train_only="", fine_bins=0, hidden=0, harm_bins=0, noise_floor=False, warm_start=False, pitch_input=False, gain_weight=0.5, keep_weight=1.0,
              mix_version=3, snr_range=T.SNR_RANGE, exclude="", noise_weights="", cache=str(tmp_path / "cache"),
              ckpt=str(tmp_path / f"{name}.pt"), resume=False, ckpt_every=60.0, eval_every=60.0, log=None,
-             strength_db=None, ema=0.0, raw_out=None, pitch_filter=None, device="cpu")
+             strength_db=None, ema=0.0, raw_out=None, pitch_filter=None, device="cpu", pause_weight=0.0)
     a.update(kw)
     return argparse.Namespace(**a)
 
