@@ -152,7 +152,10 @@ class Registry:
                 if name == "pause_db" and not gate:
                     continue
                 p = channel_param(name)
-                out.append(self._describe(f"{ch}.{name}", p, self._channel_value(i, name)))
+                d = self._describe(f"{ch}.{name}", p, self._channel_value(i, name))
+                if name == "pause_db" and self._follows_engine(i):
+                    d["follows_engine"] = True  # value is the engine's depth, and moves with it
+                out.append(d)
             proc = eng.chains[i] if eng is not None else None
             if proc is None:
                 continue
@@ -177,6 +180,11 @@ class Registry:
         the model has no pause gate (or no engine runs yet)."""
         eng = self.daemon.engine
         return None if eng is None else getattr(eng, "pause_default", None)
+
+    def _follows_engine(self, i: int) -> bool:
+        """Channel ``i`` sets no pause depth of its own (``pause_db`` null)."""
+        eng = self.daemon.engine
+        return (eng.params[i] if eng is not None else self.daemon.config.channels[i]).pause_db is None
 
     def _channel_value(self, i: int, name: str) -> Any:
         eng = self.daemon.engine

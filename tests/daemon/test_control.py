@@ -27,11 +27,11 @@ pytestmark = pytest.mark.jack
 POST = '[[stage]]\nname = "comp"\ntype = "compressor"\nthreshold_db = -20\nratio = 3\n'
 
 
-def make_config(tmp_path, server, extra_control="", channels=None, model="dsp"):
+def make_config(tmp_path, server, extra_control="", channels=None, model="dsp", engine_extra=""):
     (tmp_path / "post.toml").write_text(POST)
     chans = channels or ['[[channel]]\nname = "host"\nchain = "post.toml"\n', '[[channel]]\nname = "guest"\n']
     text = (f'[jack]\nclient_name = "qcc"\nserver = "{server}"\nreconnect_interval_ms = 100\n'
-            f'[engine]\nmodel = "{model}"\n'
+            f'[engine]\nmodel = "{model}"\n{engine_extra}'
             f'[control]\nbind = "ipc://{tmp_path}/ctl"\nevents = "ipc://{tmp_path}/ev"\n{extra_control}\n'
             f'[midi]\nenabled = false\n[state]\nfile = "{tmp_path}/state.json"\nsave_debounce_ms = 50\n'
             + "".join(chans))
@@ -479,8 +479,10 @@ def test_pause_db_per_channel_live(tmp_path, jack_server):
     """``CHANNEL.pause_db`` with a neural model: listed with its range, the
     config's value or the engine's depth; set live, it reaches the
     suppressor's depth for that channel at the next hop; ``null`` gives
-    back the engine's depth; out of range is refused. With the ``dsp``
-    model there is no such address."""
+    back the engine's depth; out of range is refused. A channel that
+    follows the engine's depth is saved so and, after a restart with
+    another ``engine.pause_db``, follows that. With the ``dsp`` model
+    there is no such address."""
     chans = ['[[channel]]\nname = "host"\npause_db = 12\n', '[[channel]]\nname = "guest"\n']
     s = Served(make_config(tmp_path, jack_server.name, channels=chans, model="neural")).wait_ready()
     try:
@@ -492,22 +494,38 @@ def test_pause_db_per_channel_live(tmp_path, jack_server):
             assert (d["host.pause_db"]["min"], d["host.pause_db"]["max"], d["host.pause_db"]["unit"]) == (0.0, 60.0, "dB")
             assert d["host.pause_db"]["value"] == 12.0 and d["guest.pause_db"]["value"] == own
 
-            def depths(want):
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline and sup.pause_db_per_channel.tolist() != want:
-                    time.sleep(0.02)
-                return sup.pause_db_per_channel.tolist()
-
-            assert depths([12.0, own]) == [12.0, own]
+            assert depths_after(sup, [12.0, own]), sup.pause_db_per_channel
             assert c.set("guest.pause_db", 45) == 45.0
-            assert depths([12.0, 45.0]) == [12.0, 45.0]
+            assert depths_after(sup, [12.0, 45.0]), sup.pause_db_per_channel
             assert c.call("set", values={"guest.pause_db": None}) == {"guest.pause_db": own}
-            assert depths([12.0, own]) == [12.0, own] and c.get("guest.pause_db") == own
+            assert depths_after(sup, [12.0, own]) and c.get("guest.pause_db") == own
             with pytest.raises(ControlError) as e:
                 c.set("host.pause_db", 61)
             assert e.value.code == "out_of_range" and "[0, 60]" in str(e.value)
+            d = {x["address"]: x for x in c.list()}
+            assert d["guest.pause_db"].get("follows_engine") and "follows_engine" not in d["host.pause_db"]
+            c.call("save_state")
+        saved = json.loads((tmp_path / "state.json").read_text())["params"]
+        assert saved["host.pause_db"] == 12.0 and saved["guest.pause_db"] is None
     finally:
         s.stop()
+    # restarted with another engine depth: the channel that followed the
+    # engine follows the new depth; the one with its own keeps it
+    s = Served(make_config(tmp_path, jack_server.name, channels=chans, model="neural",
+                           engine_extra="pause_db = 20\n")).wait_ready()
+    try:
+        with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
+            assert c.get("host.pause_db") == 12.0 and c.get("guest.pause_db") == 20.0
+            assert depths_after(s.daemon.engine.sup.suppressor, [12.0, 20.0])
+    finally:
+        s.stop()
+
+
+def depths_after(sup, want, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and sup.pause_db_per_channel.tolist() != want:
+        time.sleep(0.02)
+    return sup.pause_db_per_channel.tolist() == want
 
 
 def test_no_pause_db_with_the_dsp_model(client):
