@@ -495,7 +495,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=20240611)
     p.add_argument("--bundle", default="default")
     p.add_argument("--cache", default="/tmp/quietcast_cache")
-    p.add_argument("--systems", default=None, help="comma-separated subset")
+    p.add_argument("--systems", default=None,
+                   help="comma-separated subset (the rows of --strengths, --pitch-filters, --pause-dbs and "
+                        "--compare run whatever it names; --systems none runs only those)")
     p.add_argument("--quick", action="store_true", help="skip PESQ and DNSMOS")
     p.add_argument("--no-dnsmos", action="store_true", help="skip DNSMOS")
     p.add_argument("--strengths", default="", help="extra neural rows at these strength_db values, e.g. 25,40")
@@ -565,8 +567,11 @@ def main(argv=None) -> int:
         if not sep or not label or not path:
             p.error(f"--compare {item!r}: expected LABEL=BUNDLE")
         compare.append((label, path))
-    for name, make in systems(args.bundle, strengths, compare, pitch_filters, pause_dbs).items():
-        if wanted and name not in wanted:
+    rows_to_run = systems(args.bundle, strengths, compare, pitch_filters, pause_dbs)
+    # the rows asked for with --strengths, --pitch-filters, --pause-dbs and --compare run whatever --systems says
+    extras = set(rows_to_run) - set(systems(args.bundle))
+    for name, make in rows_to_run.items():
+        if wanted and name not in wanted and name not in extras:
             continue
         try:
             run, delay = make()
