@@ -536,6 +536,9 @@ DENOISE_PARAMS = ParamSet.of(
     Param("pause_db", "float", None, 0.0, 60.0, "dB",
           doc="the pause gate: how much further the output falls in the pauses of the voice, neural models with a "
               "pause head only (default: the model's own; 0 = off)"),
+    Param("pause_threshold", "float", None, 0.01, 1.0,
+          doc="the pause gate closes where the pause head's speech probability is below this: higher closes "
+              "more eagerly (default: the model's own; set when the chain loads, not live)"),
 )
 
 
@@ -553,11 +556,16 @@ class DenoiseStage(Stage):
     type_name = "denoise"
 
     def __init__(self, name, sample_rate, channels, model="default", strength=1.0, max_attenuation_db=None,
-                 whole_hops: bool = False, device: str = "cpu", pitch_filter=None, pause_db=None):
+                 whole_hops: bool = False, device: str = "cpu", pitch_filter=None, pause_db=None,
+                 pause_threshold=None):
         super().__init__(name, sample_rate, channels, DENOISE_PARAMS)
-        from quietcast.models import create_suppressor
+        from quietcast.models import create_suppressor, takes_pause_threshold
 
-        self.suppressor = create_suppressor(model, channels, device=device)
+        kw = {"pause_threshold": pause_threshold} if pause_threshold is not None and takes_pause_threshold(model) else {}
+        self.suppressor = create_suppressor(model, channels, device=device, **kw)
+        if pause_threshold is not None:  # fixed at construction (a CUDA graph holds it)
+            if "pause_db" not in self.suppressor.PARAMS:
+                raise ParameterError(f"{name}.pause_threshold", f"model {model!r} has no {_MODEL_ONLY['pause_db']}")
         if whole_hops and self.sample_rate == self.suppressor.sample_rate and hasattr(self.suppressor, "set_aligned"):
             # the caller (the live engine) passes whole hops only: no hop of buffering
             self.suppressor.set_aligned(True)
@@ -571,6 +579,8 @@ class DenoiseStage(Stage):
                 self._apply_param(name, value)
             elif name in self.suppressor.PARAMS:  # the model's own
                 self.values[name] = float(self.suppressor.get_param(name))
+        if "pause_db" in self.suppressor.PARAMS:
+            self.values["pause_threshold"] = float(self.suppressor.pause_threshold)
         sr = self.sample_rate
         if sr == self.suppressor.sample_rate:
             self._resampled = False
@@ -593,8 +603,8 @@ class DenoiseStage(Stage):
         self.suppressor.set_param("strength_db", db)
 
     def _apply_param(self, name, value):
-        if name == "model":
-            raise ParameterError(f"{self.name}.model", "cannot be changed while running; load a new chain")
+        if name in ("model", "pause_threshold"):
+            raise ParameterError(f"{self.name}.{name}", "cannot be changed while running; load a new chain")
         if name in _MODEL_ONLY:  # the suppressor's own parameters, which some models lack
             if name not in self.suppressor.PARAMS:
                 raise ParameterError(f"{self.name}.{name}", f"model {self.values['model']!r} has no {_MODEL_ONLY[name]}")

@@ -24,6 +24,8 @@ The file (the shipped example is ``daemon/default.toml``, see
                                     # left out, the model's own (quietcast models); 0 = off
     # pause_db = 30.0               # 0..60 dB, the neural model's pause gate: how much further the output falls
                                     # in the pauses of the voice; left out, the model's own; 0 = off
+    # pause_threshold = 0.3         # 0.01..1, the gate closes where the pause head's speech probability is
+                                    # below this (higher: more eagerly); left out, the model's own
 
     [[channel]]                     # one or more (at most 256)
     name = "host"                   # [a-z][a-z0-9_]{0,31}, unique; ports are host_in, host_out
@@ -280,6 +282,10 @@ ENGINE_KEYS_STATIC: tuple[Key, ...] = (
               doc="the neural model's pause gate: how much further the output falls in the pauses of the voice "
                   "(its pause head's decision); left out, the model's own (quietcast models); 0 = off"),
         default_text="model's"),
+    Key(Param("pause_threshold", "float", None, 0.01, 1.0,
+              doc="the pause gate closes where the pause head's speech probability is below this (higher: more "
+                  "eagerly); left out, the model's own; takes effect when the engine starts or reloads"),
+        default_text="model's"),
 )
 
 
@@ -382,6 +388,7 @@ class EngineConfig:
     device: str = "auto"
     pitch_filter: float | None = None  # None: the model's own
     pause_db: float | None = None  # None: the model's own
+    pause_threshold: float | None = None  # None: the model's own
 
 
 @dataclass(frozen=True)

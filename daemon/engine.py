@@ -86,18 +86,21 @@ class Engine:
             None), ``stems`` and the :class:`ChannelParams` fields).
         sample_rate: the JACK server's rate.
         model, max_attenuation_db, safety_ms, max_backlog_ms, device,
-            pitch_filter, pause_db: engine settings (``device``: where the
-            suppressor runs, see :func:`quietcast.models.neural.resolve_device`;
-            the reason for a CPU fallback is logged and shown in
-            :attr:`backend`; ``pitch_filter``: the neural model's pitch
-            filter strength, ``pause_db``: its pause gate's depth, None for
-            the model's own).
+            pitch_filter, pause_db, pause_threshold: engine settings
+            (``device``: where the suppressor runs, see
+            :func:`quietcast.models.neural.resolve_device`; the reason for a
+            CPU fallback is logged and shown in :attr:`backend`;
+            ``pitch_filter``: the neural model's pitch filter strength,
+            ``pause_db``: its pause gate's depth, ``pause_threshold``: the
+            speech probability below which the gate closes; None for the
+            model's own).
     """
 
     def __init__(self, channels: list[Any], sample_rate: int, *, model: str = "default",
                  max_attenuation_db: float | None = None, safety_ms: float = 10.0,
                  max_backlog_ms: float = 500.0, slow_hop_s: float = 0.0, device: str = "cpu",
-                 pitch_filter: float | None = None, pause_db: float | None = None):
+                 pitch_filter: float | None = None, pause_db: float | None = None,
+                 pause_threshold: float | None = None):
         self.sample_rate = int(sample_rate)
         self.names = [c.name for c in channels]
         self.stems = [bool(getattr(c, "stems", False)) for c in channels]
@@ -108,7 +111,7 @@ class Engine:
         self.slow_hop_s = slow_hop_s  # test hook: an injected slow stage
         self.sup = DenoiseStage("nr", self.sample_rate, n, model=model, strength=1.0,
                                 max_attenuation_db=max_attenuation_db, whole_hops=self.hop == HOP, device=device,
-                                pitch_filter=pitch_filter, pause_db=pause_db)
+                                pitch_filter=pitch_filter, pause_db=pause_db, pause_threshold=pause_threshold)
         self.model = self.sup.model
         self.max_attenuation_db = self.sup.values["max_attenuation_db"]
         #: the pause gate's depth of a channel that sets none (engine.pause_db or the model's own);

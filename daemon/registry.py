@@ -34,6 +34,10 @@ from quietcast.bridge.errors import ParameterError, UnknownParameterError, did_y
 from quietcast.bridge.params import Param
 
 #: live channel parameters (the rest of a channel's config needs a reload)
+#: stage parameters set when a chain loads, never live (not listed; an
+#: address of one is refused, named)
+FIXED_STAGE_PARAMS = ("path", "plugin_name", "model", "pause_threshold")
+
 CHANNEL_PARAMS = ("strength", "input_gain_db", "output_gain_db", "background_db", "pause_db", "bypass", "mute")
 
 Listener = Callable[[str, Any, str], None]
@@ -131,6 +135,9 @@ class Registry:
                 raise UnknownParameterError(address, f"no stage {stage!r}{did_you_mean(stage, stages)}; stages: {', '.join(stages)}")
             if name == "bypass":
                 return i, stage, Param("bypass", "bool", False)
+            if name in FIXED_STAGE_PARAMS and name in st.param_set:
+                raise UnknownParameterError(address, f"{name} is not a live parameter: it is set when the chain "
+                                                     "loads (edit the chain file and load it again)")
             return i, stage, st.param_set.get(name, f"{ch}.chain.{stage}")
         raise UnknownParameterError(address, "an address is CHANNEL.PARAM or CHANNEL.chain.STAGE.PARAM"
                                       f"{did_you_mean(address, self.addresses())}")
@@ -162,7 +169,7 @@ class Registry:
             for st in proc.stages:
                 out.append(self._describe(f"{ch}.chain.{st.name}.bypass", Param("bypass", "bool", False), st.bypass))
                 for p in st.param_set:
-                    if p.kind in ("dict",) or p.name in ("path", "plugin_name", "model"):
+                    if p.kind in ("dict",) or p.name in FIXED_STAGE_PARAMS:
                         continue
                     out.append(self._describe(f"{ch}.chain.{st.name}.{p.name}", p, st.values.get(p.name, p.default)))
         if prefix:

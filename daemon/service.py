@@ -125,7 +125,7 @@ class Daemon:
             e = self.config.engine
             new = Engine(self._channel_specs(), sample_rate, model=e.model, max_attenuation_db=e.max_attenuation_db,
                          safety_ms=e.safety_ms, max_backlog_ms=e.max_backlog_ms, device=e.device,
-                         pitch_filter=e.pitch_filter, pause_db=e.pause_db,
+                         pitch_filter=e.pitch_filter, pause_db=e.pause_db, pause_threshold=e.pause_threshold,
                          **self.engine_options)
             new.registry = self.registry
             self.registry.reapply(new)
@@ -135,7 +135,7 @@ class Daemon:
             pg = new.sup.values.get("pause_db")
             log.info("engine: %d channel(s) at %d Hz, model %s on %s (strength 1.0 = %g dB%s%s), processing latency "
                      "%d frames", new.n, sample_rate, new.model, new.backend, new.max_attenuation_db,
-                     "" if pf is None else f", pitch filter {pf:g}", "" if pg is None else f", pause gate {pg:g} dB",
+                     "" if pf is None else f", pitch filter {pf:g}", "" if pg is None else f", pause gate {pg:g} dB below {new.sup.values['pause_threshold']:g}",
                      new.processing_latency)
             lic = bundle_licence(new.sup.suppressor)
             if lic and not lic.get("commercial_use", True) and not getattr(self, "_licence_warned", False):

@@ -1066,6 +1066,13 @@ class NeuralSuppressor(HopSuppressor):
         return self._pause_db
 
     @property
+    def pause_threshold(self) -> float:
+        """The speech probability below which the pause gate closes (fixed
+        at construction: the bundle's ``defaults.pause_threshold`` or the
+        ``pause_threshold`` argument)."""
+        return self._pause_thr
+
+    @property
     def pause_db_per_channel(self) -> np.ndarray:
         """The pause gate's depth of each channel (dB), a copy."""
         return self._pause_c.copy()

@@ -412,3 +412,35 @@ def test_denoise_pause_db(tmp_path):
         run("pause_db = 10\n", model="dsp")
     probs = spec_problems('[[stage]]\nname = "nr"\ntype = "denoise"\npause_db = 70\n')
     assert "pause_db: value 70 is out of range [0, 60]" in probs[0]
+
+
+def test_denoise_pause_threshold(tmp_path):
+    """A denoise stage's ``pause_threshold``: left out, the model's own;
+    given, the suppressor's (a higher one closes the gate in more of the
+    demo clip's pauses, so less comes out); not live (a running stage
+    refuses it, naming why); a model without a pause head refuses it; out
+    of range names the range."""
+    import soundfile as sf
+
+    from quietcast.models import create_suppressor
+
+    demo = pathlib.Path(__file__).resolve().parents[2] / "daemon" / "assets" / "demo"
+    x = sum(sf.read(demo / f, dtype="float32")[0][:6 * 48_000] for f in ("clean.flac", "noise.flac"))[None]
+
+    def chain(extra: str, model: str = "neural"):
+        return Chain.from_toml_string(f'[[stage]]\nname = "nr"\ntype = "denoise"\nmodel = "{model}"\n{extra}'
+                                      ).processor(48_000, 1)
+
+    own = create_suppressor("neural", 1).pause_threshold
+    p = chain("")
+    assert p.stage("nr").values["pause_threshold"] == own == 0.3
+    lo, hi = chain("pause_threshold = 0.05\n"), chain("pause_threshold = 0.9\n")
+    assert hi.stage("nr").suppressor.pause_threshold == 0.9 and hi.stage("nr").values["pause_threshold"] == 0.9
+    e_lo, e_hi = float(np.sum(lo.process(x.copy()) ** 2)), float(np.sum(hi.process(x.copy()) ** 2))
+    assert e_hi < e_lo
+    with pytest.raises(ParameterError, match=r"nr\.pause_threshold.*cannot be changed while running"):
+        p.stage("nr").set_param("pause_threshold", 0.5)
+    with pytest.raises((ChainSpecError, ParameterError), match=r"nr\.pause_threshold: model 'dsp' has no pause head"):
+        chain("pause_threshold = 0.5\n", model="dsp")
+    probs = spec_problems('[[stage]]\nname = "nr"\ntype = "denoise"\npause_threshold = 0\n')
+    assert "pause_threshold: value 0 is out of range [0.01, 1]" in probs[0]

@@ -155,6 +155,27 @@ def test_engine_pause_db_left_out_is_the_models_own():
     assert "pause_db: value 61 is out of range [0, 60]" in one_problem('[engine]\npause_db = 61\n' + ONE)
 
 
+def test_engine_pause_threshold():
+    """engine.pause_threshold left out: the model's own; given, the
+    suppressor's; refused by a model without a pause head, and out of
+    range, naming the range."""
+    from quietcast.bridge.errors import ParameterError
+    from quietcast.daemon.engine import Engine
+
+    c = cfg('[engine]\nmodel = "neural"\n' + ONE)
+    assert c.engine.pause_threshold is None and "pause_threshold" not in c.to_dict()["engine"]
+    e = Engine(c.channels, 48_000, model="neural")
+    assert e.sup.suppressor.pause_threshold == 0.3 == e.sup.values["pause_threshold"]
+    c = cfg('[engine]\nmodel = "neural"\npause_threshold = 0.12\n' + ONE)
+    assert c.to_dict()["engine"]["pause_threshold"] == 0.12
+    e = Engine(c.channels, 48_000, model="neural", pause_threshold=c.engine.pause_threshold)
+    assert e.sup.suppressor.pause_threshold == 0.12
+    with pytest.raises(ParameterError, match=r"pause_threshold: model 'dsp' has no pause head"):
+        Engine(c.channels, 48_000, model="dsp", pause_threshold=0.3)
+    assert "pause_threshold: value 1.5 is out of range [0.01, 1]" in one_problem(
+        '[engine]\npause_threshold = 1.5\n' + ONE)
+
+
 def test_ints_where_floats_are_expected():
     c = cfg("""
         [engine]

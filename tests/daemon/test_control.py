@@ -528,6 +528,28 @@ def depths_after(sup, want, timeout=5.0):
     return sup.pause_db_per_channel.tolist() == want
 
 
+def test_parameters_fixed_when_a_chain_loads_are_refused_live(tmp_path, jack_server):
+    """A denoise stage's ``model`` and ``pause_threshold`` are set when the
+    chain loads: not listed, and a live set is refused, named (it used to
+    be accepted and then dropped on the engine thread)."""
+    (tmp_path / "nr.toml").write_text('[[stage]]\nname = "nr"\ntype = "denoise"\nmodel = "dsp"\n')
+    chans = ['[[channel]]\nname = "host"\nchain = "nr.toml"\n']
+    s = Served(make_config(tmp_path, jack_server.name, channels=chans)).wait_ready()
+    try:
+        with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
+            listed = {d["address"] for d in c.list()}
+            assert "host.chain.nr.strength" in listed
+            assert not {"host.chain.nr.model", "host.chain.nr.pause_threshold"} & listed
+            for name, v in (("model", "neural"), ("pause_threshold", 0.5)):
+                with pytest.raises(ControlError) as e:
+                    c.set(f"host.chain.nr.{name}", v)
+                assert e.value.code == "unknown_param" and "not a live parameter" in str(e.value)
+            assert c.set("host.chain.nr.strength", 0.5) == 0.5
+            assert s.daemon.engine.chains[0].stage("nr").model == "dsp"
+    finally:
+        s.stop()
+
+
 def test_no_pause_db_with_the_dsp_model(client):
     assert not [d for d in client.list() if d["address"].endswith(".pause_db")]
     with pytest.raises(ControlError, match="no pause gate"):
