@@ -646,14 +646,15 @@ def test_round_trip_everything(confdir):
 
 def test_to_dict_lists_every_key():
     """Every key, except those left to the model (max_attenuation_db,
-    pitch_filter, pause_db) that the file does not set."""
+    pitch_filter, pause_db, pause_threshold) that the file does not set."""
     d = cfg(ONE).to_dict()
     schema = describe_schema()
     assert list(d) == ["jack", "engine", "control", "midi", "state", "channel"]
     for section in ("jack", "engine", "control", "midi", "state"):
-        assert list(d[section]) == [k["name"] for k in schema[section]
-                                    if k["name"] not in ("max_attenuation_db", "pitch_filter", "pause_db")]
-    d = cfg("[engine]\nmax_attenuation_db = 12\npitch_filter = 0.25\npause_db = 12\n" + ONE).to_dict()
+        assert list(d[section]) == [k["name"] for k in schema[section] if k["name"] not in (
+            "max_attenuation_db", "pitch_filter", "pause_db", "pause_threshold")]
+    d = cfg("[engine]\nmax_attenuation_db = 12\npitch_filter = 0.25\npause_db = 12\npause_threshold = 0.2\n"
+            + ONE).to_dict()
     assert list(d["engine"]) == [k["name"] for k in schema["engine"]]
     assert list(d["channel"][0]) == [k["name"] for k in schema["channel"] if k["name"] != "pause_db"]
     d = cfg(ONE.replace("[[channel]]", "[[channel]]\npause_db = 20")).to_dict()
