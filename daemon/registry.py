@@ -26,6 +26,7 @@ elsewhere.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from typing import Any, Callable
@@ -33,11 +34,13 @@ from typing import Any, Callable
 from quietcast.bridge.errors import ParameterError, UnknownParameterError, did_you_mean
 from quietcast.bridge.params import Param
 
-#: live channel parameters (the rest of a channel's config needs a reload)
+log = logging.getLogger("quietcast.registry")
+
 #: stage parameters set when a chain loads, never live (not listed; an
 #: address of one is refused, named)
 FIXED_STAGE_PARAMS = ("path", "plugin_name", "model", "pause_threshold")
 
+#: live channel parameters (the rest of a channel's config needs a reload)
 CHANNEL_PARAMS = ("strength", "input_gain_db", "output_gain_db", "background_db", "pause_db", "bypass", "mute")
 
 Listener = Callable[[str, Any, str], None]
@@ -67,6 +70,7 @@ class Registry:
         self.pending: deque = deque()  # (channel index, stage, param, value) for the engine thread
         # chain values set live, re-applied when the engine is rebuilt
         self.chain_overrides: dict[str, Any] = {}
+        self.refused = 0  # chain values a stage refused on the engine thread (logged, not kept)
 
     # ------------------------------------------------------------------
     # listeners
@@ -260,8 +264,14 @@ class Registry:
             if proc is not None:
                 try:
                     proc.stage(stage).set_param(name, v)
-                except Exception:  # checked already; a plugin may still refuse
-                    pass
+                except Exception as e:  # checked already; a plugin may still refuse
+                    address = f"{self.channels()[i]}.chain.{stage}.{name}"
+                    if self.chain_overrides.get(address) == v:  # not what runs: not saved, not re-applied
+                        del self.chain_overrides[address]
+                    self.refused += 1
+                    log.warning("%s = %r was refused by the stage and not applied: %s", address, v, e)
+                    # listeners (event.param, MIDI feedback, the state file) hear the value that runs
+                    self._notify(address, self.get(address), "refused")
 
     def reapply(self, engine) -> None:
         """After an engine rebuild: put live chain values back."""

@@ -20,6 +20,7 @@ from quietcast.daemon import jackio
 from quietcast.daemon.client import Client
 from quietcast.daemon.commands import ERROR_CODES, MAX_FRAME, protocol_markdown
 from quietcast.daemon.errors import ControlError
+from quietcast.daemon.jackclients import wait_until
 from quietcast.daemon.service import Daemon
 
 pytestmark = pytest.mark.jack
@@ -526,6 +527,39 @@ def depths_after(sup, want, timeout=5.0):
     while time.monotonic() < deadline and sup.pause_db_per_channel.tolist() != want:
         time.sleep(0.02)
     return sup.pause_db_per_channel.tolist() == want
+
+
+def test_a_value_a_stage_refuses_on_the_engine_thread_is_not_kept(served, tmp_path, caplog):
+    """A chain value passes the range check, then the stage itself refuses
+    it on the engine thread (as a hosted plugin may): it is logged, counted
+    and dropped, so get, list and the state file show what runs, and
+    listeners (event.param, MIDI feedback) hear that value again."""
+    import logging
+
+    reg = served.daemon.registry
+    comp = served.daemon.engine.chains[0].stage("comp")
+    real = comp.set_param
+
+    def picky(name, value):  # the stage refuses one value the range allows
+        if name == "threshold_db" and value == -33.0:
+            raise RuntimeError("the plugin refused it")
+        return real(name, value)
+
+    comp.set_param = picky
+    heard = []
+    reg.add_listener(lambda a, v, s: heard.append((a, v, s)))
+    with caplog.at_level(logging.WARNING, logger="quietcast.registry"), \
+            Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
+        assert c.set("host.chain.comp.threshold_db", -25) == -25.0
+        assert wait_until(lambda: comp.values["threshold_db"] == -25.0, timeout=5)
+        assert c.set("host.chain.comp.threshold_db", -33) == -33.0  # accepted: in range
+        assert wait_until(lambda: reg.refused == 1 and any(s == "refused" for _, _, s in heard), timeout=5)
+        assert c.get("host.chain.comp.threshold_db") == -25.0  # what runs
+        assert ("host.chain.comp.threshold_db", -25.0, "refused") in heard
+        c.call("save_state")
+        saved = json.loads((tmp_path / "state.json").read_text())["params"]
+        assert saved["host.chain.comp.threshold_db"] == -25.0
+    assert "host.chain.comp.threshold_db = -33.0 was refused by the stage" in caplog.text
 
 
 def test_parameters_fixed_when_a_chain_loads_are_refused_live(tmp_path, jack_server):
