@@ -23,8 +23,38 @@ import jack
 import numpy as np
 
 
-class Player:
-    """Plays ``signals[i]`` on port ``out_i`` once :meth:`play` is called."""
+class _CycleLog:
+    """The frame time of every cycle a client ran since :meth:`_clear_cycles`
+    (preallocated: the process callback only writes into it)."""
+
+    def _init_cycles(self, n: int) -> None:
+        self.cycles = np.zeros(n, np.int64)
+        self.nc = 0
+
+    def _clear_cycles(self) -> None:
+        self.nc = 0
+
+    def _note_cycle(self) -> None:
+        if self.nc < self.cycles.size:
+            self.cycles[self.nc] = self.client.last_frame_time
+            self.nc += 1
+
+    def frame_times(self) -> np.ndarray:
+        """The frame time of every cycle noted (a copy)."""
+        return self.cycles[:self.nc].copy()
+
+    def gaps(self) -> int:
+        """Cycles JACK skipped for this client among those noted."""
+        return _gaps(self.frame_times(), self.client.blocksize)
+
+
+def _gaps(ft: np.ndarray, period: int) -> int:
+    return int(np.count_nonzero(np.diff(ft) != period))
+
+
+class Player(_CycleLog):
+    """Plays ``signals[i]`` on port ``out_i`` once :meth:`play` is called
+    (noting the frame time of each cycle it plays)."""
 
     def __init__(self, server: str, channels: int = 1, name: str = "player", recorder: "Recorder | None" = None):
         self.client = jack.Client(name, servername=server, no_start_server=True)
@@ -36,8 +66,7 @@ class Player:
         self.start_frame = None
         self.done = threading.Event()
         self.xruns = 0  # JACK tells every client; a recording made across one is shifted
-        self.cycles = np.zeros(1 << 16, np.int64)  # frame time of each cycle while playing
-        self.nc = 0
+        self._init_cycles(1 << 16)
         self.client.set_process_callback(self._process)
         self.client.set_xrun_callback(self._on_xrun)
         self.client.activate()
@@ -55,9 +84,7 @@ class Player:
             self.start_frame = self.client.last_frame_time
             if self.recorder is not None:
                 self.start_index = self.recorder.n
-        if self.nc < self.cycles.size:
-            self.cycles[self.nc] = self.client.last_frame_time
-            self.nc += 1
+        self._note_cycle()
         i = self.pos
         n = self.signals.shape[1]
         for k, a in enumerate(arrs):
@@ -75,21 +102,13 @@ class Player:
         self.signals = np.atleast_2d(signals).astype(np.float32)
         self.start_frame = None
         self.start_index = None
-        self.nc = 0
+        self._clear_cycles()
         self.done.clear()
         self.pos = 0
         if not self.done.wait(timeout):
             raise TimeoutError("player did not finish")
         self.pos = -1
         return self.start_index if self.recorder is not None else self.start_frame
-
-    def frame_times(self) -> np.ndarray:
-        """The frame time of every cycle of the last :meth:`play`."""
-        return self.cycles[:self.nc].copy()
-
-    def gaps(self) -> int:
-        """Cycles JACK skipped for this client during the last play."""
-        return _gaps(self.frame_times(), self.client.blocksize)
 
     def name(self, i: int = 0) -> str:
         return self.ports[i].name
@@ -99,12 +118,9 @@ class Player:
         self.client.close()
 
 
-def _gaps(ft: np.ndarray, period: int) -> int:
-    return int(np.count_nonzero(np.diff(ft) != period))
-
-
-class Recorder:
-    """Records ports ``in_i`` continuously into a ring, with frame times."""
+class Recorder(_CycleLog):
+    """Records ports ``in_i`` continuously into a ring, with frame times
+    (noting the frame time of each cycle it records)."""
 
     def __init__(self, server: str, channels: int = 1, seconds: float = 30.0, name: str = "recorder"):
         self.client = jack.Client(name, servername=server, no_start_server=True)
@@ -113,8 +129,7 @@ class Recorder:
         self.n = 0
         self.first_frame = None
         self.recording = False
-        self.cycles = np.zeros(self.buf.shape[1] // max(1, self.client.blocksize) + 1, np.int64)
-        self.nc = 0  # frame time of each recorded cycle
+        self._init_cycles(self.buf.shape[1] // max(1, self.client.blocksize) + 1)
         self.client.set_process_callback(self._process)
         self.client.activate()
 
@@ -128,14 +143,12 @@ class Recorder:
             return
         for k, p in enumerate(self.ports):
             self.buf[k, n:n + frames] = p.get_array()
-        if self.nc < self.cycles.size:
-            self.cycles[self.nc] = self.client.last_frame_time
-            self.nc += 1
+        self._note_cycle()
         self.n = n + frames
 
     def start(self):
         self.n = 0
-        self.nc = 0
+        self._clear_cycles()
         self.first_frame = None
         self.recording = True
 
@@ -143,14 +156,6 @@ class Recorder:
         self.recording = False
         time.sleep(0.05)
         return self.buf[:, :self.n].copy()
-
-    def frame_times(self) -> np.ndarray:
-        """The frame time of every recorded cycle."""
-        return self.cycles[:self.nc].copy()
-
-    def gaps(self) -> int:
-        """Cycles JACK skipped for this client while it recorded."""
-        return _gaps(self.frame_times(), self.client.blocksize)
 
     def name(self, i: int = 0) -> str:
         return self.ports[i].name
@@ -179,7 +184,8 @@ def take(player: Player, recorder: Recorder, signals: np.ndarray, tail_s: float,
         rec = recorder.stop()
         time.sleep(0.05)  # an xrun's notice comes on JACK's notification thread
         pf, rf = player.frame_times(), recorder.frame_times()
-        clean = (player.gaps() == 0 and recorder.gaps() == 0 and xruns() == x0 and player.xruns == p0
+        period = player.client.blocksize
+        clean = (_gaps(pf, period) == 0 and _gaps(rf, period) == 0 and xruns() == x0 and player.xruns == p0
                  and bool(np.isin(pf, rf).all()))
         if clean:
             break

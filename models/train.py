@@ -1861,8 +1861,8 @@ def train(args) -> pathlib.Path:
             "loss": "compressed (c=0.3) spectral magnitude MSE + compressed complex MSE + "
                     f"{args.gain_weight:g} * band sqrt-gain MSE"
                     + (f" (gains below the ideal weighted {args.keep_weight:g}x)" if args.keep_weight != 1.0 else "")
-                    + (f" + {args.pause_weight:g} * the pause head's binary cross-entropy (labels: "
-                       f"speech within {PAUSE_LABEL_DB:g} dB of the example's loudest frame)" if args.pause_weight else ""),
+                    + (f" + {args.pause_weight:g} * the pause head's binary cross-entropy (labels: {PAUSE_LABEL})"
+                       if args.pause_weight else ""),
             "gain_weight": args.gain_weight, "keep_weight": args.keep_weight, "pause_weight": args.pause_weight,
             "weights": (f"exponential moving average of the weights over the steps (decay {args.ema:g}, "
                         "from the initial weights)") if args.ema else "the last step's",
@@ -1909,6 +1909,9 @@ def train(args) -> pathlib.Path:
 #: within this many dB of the example's loudest frame (noise-only examples:
 #: every frame is a pause)
 PAUSE_LABEL_DB = 45.0
+#: the labels in words (training records)
+PAUSE_LABEL = (f"speech present: the frame's clean-speech energy within {PAUSE_LABEL_DB:g} dB of the example's "
+               "loudest frame")
 
 
 def pause_labels(s, win, hop: int):
@@ -2003,8 +2006,7 @@ def fit_pause(args) -> pathlib.Path:
         "init": {"bundle": str(args.init), "sha256": init.config["weights"]["sha256"]},
         "what": "a logistic unit on the sum of the GRU outputs, fitted on the frozen network (every other "
                 "weight is the init bundle's)",
-        "label": f"speech present: the frame's clean-speech energy within {PAUSE_LABEL_DB:g} dB of the "
-                 "example's loudest frame",
+        "label": PAUSE_LABEL,
         "fit": "binary cross-entropy, 300 full-batch Adam steps, lr 0.05, from zero",
         "mix_version": version, "seed": args.seed, "batches": args.pause_batches, "batch": args.batch,
         "segment_s": args.seconds, "exclude": list(exclude), "noise_weights": args.noise_weights,

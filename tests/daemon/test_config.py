@@ -133,47 +133,31 @@ def test_engine_pitch_filter_left_out_is_the_models_own():
     assert "pitch_filter: value 2 is out of range [0, 1]" in one_problem('[engine]\npitch_filter = 2\n' + ONE)
 
 
-def test_engine_pause_db_left_out_is_the_models_own():
-    """engine.pause_db left out: the neural model's own (its bundle's
-    default); a value given reaches the suppressor; a model without a
-    pause head refuses one, naming it; out of range names the range."""
+@pytest.mark.parametrize("key, own, given, bad, allowed", [
+    ("pause_db", None, 12.5, "61", "[0, 60]"),  # own None: the bundle's default depth
+    ("pause_threshold", 0.3, 0.12, "1.5", "[0.01, 1]"),
+])
+def test_engine_pause_gate_settings_left_out_are_the_models_own(key, own, given, bad, allowed):
+    """engine.pause_db and engine.pause_threshold left out: the neural
+    model's own (its bundle's default); a value given reaches the
+    suppressor; a model without a pause head refuses one, naming it; out
+    of range names the range."""
     from quietcast.bridge.errors import ParameterError
     from quietcast.daemon.engine import Engine
     from quietcast.models import create_suppressor
 
     c = cfg('[engine]\nmodel = "neural"\n' + ONE)
-    assert c.engine.pause_db is None and "pause_db" not in c.to_dict()["engine"]
-    want = create_suppressor("neural", 1).PARAMS["pause_db"][2]
-    e = Engine(c.channels, 48_000, model="neural", pause_db=c.engine.pause_db)
-    assert e.sup.suppressor.pause_db == want == e.sup.values["pause_db"]
-    c = cfg('[engine]\nmodel = "neural"\npause_db = 12.5\n' + ONE)
-    assert c.to_dict()["engine"]["pause_db"] == 12.5
-    e = Engine(c.channels, 48_000, model="neural", pause_db=c.engine.pause_db)
-    assert e.sup.suppressor.pause_db == 12.5
-    with pytest.raises(ParameterError, match=r"pause_db: model 'dsp' has no pause head"):
-        Engine(c.channels, 48_000, model="dsp", pause_db=10)
-    assert "pause_db: value 61 is out of range [0, 60]" in one_problem('[engine]\npause_db = 61\n' + ONE)
-
-
-def test_engine_pause_threshold():
-    """engine.pause_threshold left out: the model's own; given, the
-    suppressor's; refused by a model without a pause head, and out of
-    range, naming the range."""
-    from quietcast.bridge.errors import ParameterError
-    from quietcast.daemon.engine import Engine
-
-    c = cfg('[engine]\nmodel = "neural"\n' + ONE)
-    assert c.engine.pause_threshold is None and "pause_threshold" not in c.to_dict()["engine"]
-    e = Engine(c.channels, 48_000, model="neural")
-    assert e.sup.suppressor.pause_threshold == 0.3 == e.sup.values["pause_threshold"]
-    c = cfg('[engine]\nmodel = "neural"\npause_threshold = 0.12\n' + ONE)
-    assert c.to_dict()["engine"]["pause_threshold"] == 0.12
-    e = Engine(c.channels, 48_000, model="neural", pause_threshold=c.engine.pause_threshold)
-    assert e.sup.suppressor.pause_threshold == 0.12
-    with pytest.raises(ParameterError, match=r"pause_threshold: model 'dsp' has no pause head"):
-        Engine(c.channels, 48_000, model="dsp", pause_threshold=0.3)
-    assert "pause_threshold: value 1.5 is out of range [0.01, 1]" in one_problem(
-        '[engine]\npause_threshold = 1.5\n' + ONE)
+    assert getattr(c.engine, key) is None and key not in c.to_dict()["engine"]
+    want = create_suppressor("neural", 1).PARAMS["pause_db"][2] if own is None else own
+    e = Engine(c.channels, 48_000, model="neural", **{key: getattr(c.engine, key)})
+    assert getattr(e.sup.suppressor, key) == want == e.sup.values[key]
+    c = cfg(f'[engine]\nmodel = "neural"\n{key} = {given}\n' + ONE)
+    assert c.to_dict()["engine"][key] == given
+    e = Engine(c.channels, 48_000, model="neural", **{key: getattr(c.engine, key)})
+    assert getattr(e.sup.suppressor, key) == given
+    with pytest.raises(ParameterError, match=rf"{key}: model 'dsp' has no pause head"):
+        Engine(c.channels, 48_000, model="dsp", **{key: given})
+    assert f"{key}: value {bad} is out of range {allowed}" in one_problem(f'[engine]\n{key} = {bad}\n' + ONE)
 
 
 def test_ints_where_floats_are_expected():
