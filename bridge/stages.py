@@ -200,6 +200,12 @@ class Stage:
     def _apply_param(self, name: str, value: Any) -> None:
         raise ParameterError(f"{self.name}.{name}", "cannot be changed while running")
 
+    def lacks(self, name: str) -> str | None:
+        """Why this running stage has no parameter ``name`` although its
+        type lists one (a denoise stage's pause gate with a model that has
+        none), or None."""
+        return None
+
     # -- shared behaviour
     def _finish_init(self) -> None:
         self._dry = DelayLine(self.channels, self.latency)
@@ -538,14 +544,15 @@ DENOISE_PARAMS = ParamSet.of(
               "pause head only (default: the model's own; 0 = off)"),
     Param("pause_threshold", "float", None, 0.01, 1.0,
           doc="the pause gate closes where the pause head's speech probability is below this: higher closes "
-              "more eagerly (default: the model's own; set when the chain loads, not live)"),
+              "more eagerly, neural models with a pause head only (default: the model's own)"),
 )
 
 
 #: denoise parameters passed to the suppressor itself, and what a model
 #: without them lacks (in the error)
 _MODEL_ONLY = {"pitch_filter": "pitch filter (neural models do)",
-               "pause_db": "pause head (the shipped neural models do)"}
+               "pause_db": "pause head (the shipped neural models do)",
+               "pause_threshold": "pause head (the shipped neural models do)"}
 
 
 class DenoiseStage(Stage):
@@ -559,13 +566,9 @@ class DenoiseStage(Stage):
                  whole_hops: bool = False, device: str = "cpu", pitch_filter=None, pause_db=None,
                  pause_threshold=None):
         super().__init__(name, sample_rate, channels, DENOISE_PARAMS)
-        from quietcast.models import create_suppressor, takes_pause_threshold
+        from quietcast.models import create_suppressor
 
-        kw = {"pause_threshold": pause_threshold} if pause_threshold is not None and takes_pause_threshold(model) else {}
-        self.suppressor = create_suppressor(model, channels, device=device, **kw)
-        if pause_threshold is not None:  # fixed at construction (a CUDA graph holds it)
-            if "pause_db" not in self.suppressor.PARAMS:
-                raise ParameterError(f"{name}.pause_threshold", f"model {model!r} has no {_MODEL_ONLY['pause_db']}")
+        self.suppressor = create_suppressor(model, channels, device=device)
         if whole_hops and self.sample_rate == self.suppressor.sample_rate and hasattr(self.suppressor, "set_aligned"):
             # the caller (the live engine) passes whole hops only: no hop of buffering
             self.suppressor.set_aligned(True)
@@ -574,13 +577,12 @@ class DenoiseStage(Stage):
             max_attenuation_db = float(self.suppressor.PARAMS["strength_db"][2])
         self.values = {"model": model, "strength": strength, "max_attenuation_db": max_attenuation_db}
         self._apply_strength()
-        for name, value in (("pitch_filter", pitch_filter), ("pause_db", pause_db)):
+        for name, value in (("pitch_filter", pitch_filter), ("pause_db", pause_db),
+                            ("pause_threshold", pause_threshold)):
             if value is not None:
                 self._apply_param(name, value)
             elif name in self.suppressor.PARAMS:  # the model's own
                 self.values[name] = float(self.suppressor.get_param(name))
-        if "pause_db" in self.suppressor.PARAMS:
-            self.values["pause_threshold"] = float(self.suppressor.pause_threshold)
         sr = self.sample_rate
         if sr == self.suppressor.sample_rate:
             self._resampled = False
@@ -598,16 +600,22 @@ class DenoiseStage(Stage):
             self._fifo = _AlignedFifo(channels, self.latency)
         self._finish_init()
 
+    def lacks(self, name):
+        if name in _MODEL_ONLY and name not in self.suppressor.PARAMS:
+            return f"model {self.values['model']!r} has no {_MODEL_ONLY[name]}"
+        return None
+
     def _apply_strength(self):
         db = self.values["strength"] * self.values["max_attenuation_db"]
         self.suppressor.set_param("strength_db", db)
 
     def _apply_param(self, name, value):
-        if name in ("model", "pause_threshold"):
+        if name == "model":
             raise ParameterError(f"{self.name}.{name}", "cannot be changed while running; load a new chain")
         if name in _MODEL_ONLY:  # the suppressor's own parameters, which some models lack
-            if name not in self.suppressor.PARAMS:
-                raise ParameterError(f"{self.name}.{name}", f"model {self.values['model']!r} has no {_MODEL_ONLY[name]}")
+            why = self.lacks(name)
+            if why:
+                raise ParameterError(f"{self.name}.{name}", why)
             self.suppressor.set_param(name, value)
             self.values[name] = float(self.suppressor.get_param(name))
             return

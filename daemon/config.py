@@ -38,6 +38,8 @@ The file (the shipped example is ``daemon/default.toml``, see
                                     # mixed back into the main output
     # pause_db = 30.0               # 0..60 dB, this channel's pause gate (neural models with a pause head);
                                     # left out, engine.pause_db (or the model's own); 0 = off
+    # pause_threshold = 0.3         # 0.01..1, this channel's pause gate threshold; left out, engine.pause_threshold
+                                    # (or the model's own)
     bypass = false
     mute = false
     stems = false                   # also output voice and background ports
@@ -97,6 +99,10 @@ from quietcast.bridge.errors import (
     ChainSpecError, ParameterError, Problem, ProblemsError, did_you_mean, parse_toml, read_utf8,
 )
 from quietcast.bridge.params import Param
+
+#: the pause gate's channel parameters (neural models with a pause head): left out (None, null) a
+#: channel follows the engine's value (engine.pause_db, engine.pause_threshold, or the model's own)
+GATE_PARAMS = ("pause_db", "pause_threshold")
 
 
 __all__ = [
@@ -284,7 +290,7 @@ ENGINE_KEYS_STATIC: tuple[Key, ...] = (
         default_text="model's"),
     Key(Param("pause_threshold", "float", None, 0.01, 1.0,
               doc="the pause gate closes where the pause head's speech probability is below this (higher: more "
-                  "eagerly); left out, the model's own; takes effect when the engine starts or reloads"),
+                  "eagerly); left out, the model's own"),
         default_text="model's"),
 )
 
@@ -307,6 +313,10 @@ CHANNEL_KEYS: tuple[Key, ...] = (
     Key(Param("pause_db", "float", None, 0.0, 60.0, "dB",
               doc="this channel's pause gate: how much further its output falls in the pauses of the voice "
                   "(neural models with a pause head); left out, engine.pause_db (or the model's own); 0 = off"),
+        default_text="engine's"),
+    Key(Param("pause_threshold", "float", None, 0.01, 1.0,
+              doc="this channel's pause gate closes where the pause head's speech probability is below this "
+                  "(higher: more eagerly); left out, engine.pause_threshold (or the model's own)"),
         default_text="engine's"),
     Key(Param("bypass", "bool", False, doc="output the input, delayed by the declared latency")),
     Key(Param("mute", "bool", False, doc="silence the outputs")),
@@ -430,6 +440,7 @@ class ChannelConfig:
     output_gain_db: float = 0.0
     background_db: float = -math.inf
     pause_db: float | None = None  # None: engine.pause_db, or the model's own
+    pause_threshold: float | None = None  # None: engine.pause_threshold, or the model's own
     bypass: bool = False
     mute: bool = False
     stems: bool = False
@@ -462,7 +473,7 @@ class ChannelConfig:
             if f.name == "chain_spec":
                 continue
             v = getattr(self, f.name)
-            if v is None and f.name == "pause_db":  # left to the engine, as in the file
+            if v is None and f.name in GATE_PARAMS:  # left to the engine, as in the file
                 continue
             d[f.name] = list(v) if isinstance(v, tuple) else v
         return d

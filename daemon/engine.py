@@ -43,6 +43,7 @@ from quietcast.bridge.stages import DelayLine, DenoiseStage
 from quietcast.models.base import HOP
 
 from . import jackio
+from .config import GATE_PARAMS
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class ChannelParams:
     input_gain_db: float = 0.0
     output_gain_db: float = 0.0  # -inf = silence
     background_db: float = -math.inf  # background remixed into the main output
-    pause_db: float | None = None  # the pause gate's depth; None: the engine's (pause_default)
+    pause_db: float | None = None  # the pause gate's depth; None: the engine's (gate_defaults)
+    pause_threshold: float | None = None  # the speech probability it closes below; None: the engine's
     bypass: bool = False
     mute: bool = False
 
@@ -93,7 +95,8 @@ class Engine:
             ``pitch_filter``: the neural model's pitch filter strength,
             ``pause_db``: its pause gate's depth, ``pause_threshold``: the
             speech probability below which the gate closes; None for the
-            model's own).
+            model's own; a channel's own ``pause_db`` or
+            ``pause_threshold`` overrides these two).
     """
 
     def __init__(self, channels: list[Any], sample_rate: int, *, model: str = "default",
@@ -117,15 +120,20 @@ class Engine:
         #: the pause gate's depth of a channel that sets none (engine.pause_db or the model's own);
         #: None: the model has no pause gate
         self.pause_default = self.sup.values.get("pause_db")
-        self._pause_last: list[float] | None = None
+        #: ``pause_db`` and ``pause_threshold`` of a channel that sets none of its own (the engine's
+        #: settings or the model's own); empty when the model has no pause gate
+        self.gate_defaults: dict[str, float] = ({} if self.pause_default is None else
+                                                {g: self.sup.values[g] for g in GATE_PARAMS})
+        self._pause_last: tuple | None = None
         self._pause_params = None  # the snapshot _apply_pause last read
         if self.pause_default is None:
             for c in channels:
-                if getattr(c, "pause_db", None) is not None:
-                    from quietcast.bridge.errors import ParameterError
+                for g in GATE_PARAMS:
+                    if getattr(c, g, None) is not None:
+                        from quietcast.bridge.errors import ParameterError
 
-                    raise ParameterError(f"{c.name}.pause_db", f"model {model!r} has no pause gate "
-                                                               "(the shipped neural models do)")
+                        raise ParameterError(f"{c.name}.{g}", f"model {model!r} has no pause gate "
+                                                             "(the shipped neural models do)")
         ls = self.sup.latency
         self.chains = [c.chain.processor(self.sample_rate, 1) if getattr(c, "chain", None) else None for c in channels]
         lc = [p.latency if p else 0 for p in self.chains]
@@ -196,15 +204,21 @@ class Engine:
         return {"in": f(in_g), "r": f(r), "out": f(out_g), "bypass": f(byp)}
 
     def _apply_pause(self, params) -> None:
-        """Each channel's pause-gate depth to the suppressor, when one
-        changed (the gate moves there at its own pace: no zipper)."""
+        """Each channel's pause-gate depth and threshold to the suppressor,
+        when one changed (the gate moves there at its own pace: no
+        zipper)."""
         if params is self._pause_params:  # no new snapshot since the last hop
             return
         self._pause_params = params
-        d = [self.pause_default if p.pause_db is None else p.pause_db for p in params]
-        if d != self._pause_last:
+        dflt = self.gate_defaults
+        d = [dflt["pause_db"] if p.pause_db is None else p.pause_db for p in params]
+        t = [dflt["pause_threshold"] if p.pause_threshold is None else p.pause_threshold for p in params]
+        last = self._pause_last
+        if last is None or d != last[0]:
             self.sup.suppressor.set_channel_pause_db(d)
-            self._pause_last = d
+        if last is None or t != last[1]:
+            self.sup.suppressor.set_channel_pause_threshold(t)
+        self._pause_last = (d, t)
 
     def _ramped(self, key: str, tgt: dict) -> np.ndarray:
         a, b = self._prev[key], tgt[key]

@@ -34,14 +34,17 @@ from typing import Any, Callable
 from quietcast.bridge.errors import ParameterError, UnknownParameterError, did_you_mean
 from quietcast.bridge.params import Param
 
+from .config import GATE_PARAMS
+
 log = logging.getLogger("quietcast.registry")
 
 #: stage parameters set when a chain loads, never live (not listed; an
 #: address of one is refused, named)
-FIXED_STAGE_PARAMS = ("path", "plugin_name", "model", "pause_threshold")
+FIXED_STAGE_PARAMS = ("path", "plugin_name", "model")
 
 #: live channel parameters (the rest of a channel's config needs a reload)
-CHANNEL_PARAMS = ("strength", "input_gain_db", "output_gain_db", "background_db", "pause_db", "bypass", "mute")
+CHANNEL_PARAMS = ("strength", "input_gain_db", "output_gain_db", "background_db", "pause_db", "pause_threshold",
+                  "bypass", "mute")
 
 Listener = Callable[[str, Any, str], None]
 
@@ -123,7 +126,7 @@ class Registry:
                 hint = did_you_mean(name, CHANNEL_PARAMS + ("chain",))
                 raise UnknownParameterError(address, f"unknown parameter{hint}; channel parameters: {', '.join(CHANNEL_PARAMS)}"
                                               f", and chain stages under {ch}.chain.STAGE.PARAM")
-            if name == "pause_db" and self._pause_default() is None:
+            if name in GATE_PARAMS and self._gate_default(name) is None:
                 raise UnknownParameterError(address, f"model {self.daemon.config.engine.model!r} has no pause gate "
                                               "(the shipped neural models do)")
             return i, None, channel_param(name)
@@ -142,6 +145,9 @@ class Registry:
             if name in FIXED_STAGE_PARAMS and name in st.param_set:
                 raise UnknownParameterError(address, f"{name} is not a live parameter: it is set when the chain "
                                                      "loads (edit the chain file and load it again)")
+            why = st.lacks(name) if name in st.param_set else None
+            if why:  # e.g. a denoise stage's pause gate with the dsp model
+                raise UnknownParameterError(address, why)
             return i, stage, st.param_set.get(name, f"{ch}.chain.{stage}")
         raise UnknownParameterError(address, "an address is CHANNEL.PARAM or CHANNEL.chain.STAGE.PARAM"
                                       f"{did_you_mean(address, self.addresses())}")
@@ -157,15 +163,15 @@ class Registry:
         and current value."""
         out = []
         eng = self.daemon.engine
-        gate = self._pause_default() is not None
+        gate = self._gate_default("pause_db") is not None
         for i, ch in enumerate(self.channels()):
             for name in CHANNEL_PARAMS:
-                if name == "pause_db" and not gate:
+                if name in GATE_PARAMS and not gate:
                     continue
                 p = channel_param(name)
                 d = self._describe(f"{ch}.{name}", p, self._channel_value(i, name))
-                if name == "pause_db" and self._follows_engine(i):
-                    d["follows_engine"] = True  # value is the engine's depth, and moves with it
+                if name in GATE_PARAMS and self._follows_engine(i, name):
+                    d["follows_engine"] = True  # value is the engine's, and moves with it
                 out.append(d)
             proc = eng.chains[i] if eng is not None else None
             if proc is None:
@@ -173,7 +179,7 @@ class Registry:
             for st in proc.stages:
                 out.append(self._describe(f"{ch}.chain.{st.name}.bypass", Param("bypass", "bool", False), st.bypass))
                 for p in st.param_set:
-                    if p.kind in ("dict",) or p.name in FIXED_STAGE_PARAMS:
+                    if p.kind in ("dict",) or p.name in FIXED_STAGE_PARAMS or st.lacks(p.name):
                         continue
                     out.append(self._describe(f"{ch}.chain.{st.name}.{p.name}", p, st.values.get(p.name, p.default)))
         if prefix:
@@ -186,22 +192,23 @@ class Registry:
         d.pop("name", None)
         return {"address": address, **d, "value": value}
 
-    def _pause_default(self) -> float | None:
-        """The pause gate's depth of a channel that sets none, or None when
-        the model has no pause gate (or no engine runs yet)."""
+    def _gate_default(self, name: str) -> float | None:
+        """The pause gate's ``name`` (a :data:`GATE_PARAMS`) of a channel
+        that sets none, or None when the model has no pause gate (or no
+        engine runs yet)."""
         eng = self.daemon.engine
-        return None if eng is None else getattr(eng, "pause_default", None)
+        return None if eng is None else getattr(eng, "gate_defaults", {}).get(name)
 
-    def _follows_engine(self, i: int) -> bool:
-        """Channel ``i`` sets no pause depth of its own (``pause_db`` null)."""
+    def _follows_engine(self, i: int, name: str) -> bool:
+        """Channel ``i`` sets no ``name`` of its own (null)."""
         eng = self.daemon.engine
-        return (eng.params[i] if eng is not None else self.daemon.config.channels[i]).pause_db is None
+        return getattr(eng.params[i] if eng is not None else self.daemon.config.channels[i], name) is None
 
     def _channel_value(self, i: int, name: str) -> Any:
         eng = self.daemon.engine
         v = getattr(eng.params[i], name) if eng is not None else getattr(self.daemon.config.channels[i], name)
-        if name == "pause_db" and v is None:  # the engine's depth
-            v = self._pause_default()
+        if name in GATE_PARAMS and v is None:  # the engine's
+            v = self._gate_default(name)
         return v
 
     def get(self, address: str) -> Any:
@@ -214,25 +221,26 @@ class Registry:
         return self.chain_overrides.get(address, st.values.get(p.name, p.default))
 
     @staticmethod
-    def _to_engine_depth(stage: str | None, p: Param, value: Any) -> bool:
-        """``CHANNEL.pause_db`` set to ``None``: back to the engine's depth."""
-        return stage is None and p.name == "pause_db" and value is None
+    def _to_engine_value(stage: str | None, p: Param, value: Any) -> bool:
+        """``CHANNEL.pause_db`` or ``CHANNEL.pause_threshold`` set to
+        ``None``: back to the engine's value."""
+        return stage is None and p.name in GATE_PARAMS and value is None
 
     def check(self, address: str, value: Any) -> None:
         """Raise what :meth:`set` would for this address and value, and
-        change nothing (``None`` is allowed for ``CHANNEL.pause_db``: back
-        to the engine's depth)."""
+        change nothing (``None`` is allowed for ``CHANNEL.pause_db`` and
+        ``CHANNEL.pause_threshold``: back to the engine's value)."""
         _, stage, p = self.resolve(address)
-        if not self._to_engine_depth(stage, p, value):
+        if not self._to_engine_value(stage, p, value):
             p.check(value, address.rsplit(".", 1)[0])
 
     def set(self, address: str, value: Any, source: str = "api") -> Any:
         """Check ``value`` against the address's range and apply it.
         Returns the stored value. Raises ParameterError (a ValueError)."""
         i, stage, p = self.resolve(address)
-        if self._to_engine_depth(stage, p, value):
-            self.engine.set_params(self.channels()[i], pause_db=None)
-            v = self._pause_default()
+        if self._to_engine_value(stage, p, value):
+            self.engine.set_params(self.channels()[i], **{p.name: None})
+            v = self._gate_default(p.name)
             self._notify(address, v, source)
             return v
         v = p.check(value, address.rsplit(".", 1)[0])

@@ -131,14 +131,6 @@ def bundle_folder(name, base_dir: str | None = None) -> str:
     return path
 
 
-def takes_pause_threshold(name: str) -> bool:
-    """Whether :func:`create_suppressor` takes ``pause_threshold`` for
-    ``name``: a neural model or bundle folder (whether it has a pause head
-    shows in its ``PARAMS``). False for an unknown name, which
-    :func:`create_suppressor` then names."""
-    return is_bundle_path(name) or resolve_model(name) in _GPU_MODELS  # the neural models
-
-
 def resolve_model(name: str) -> str:
     """The real model behind ``name`` ("default" -> "neural" or "dsp")."""
     if name == "default":

@@ -39,7 +39,7 @@ import torch
 
 from .native import load_extension
 
-ABI = 4
+ABI = 5
 BLOCK = 8  # channels per block in qcstep.c (QC_BLK)
 MAX_BANDS = 128  # QC_MAXB
 
@@ -50,14 +50,14 @@ _CONST = ["fac", "win", "tw", "rtw", "fe_ptr", "fe_idx", "fe_val", "fi_ptr", "fi
           "W11", "b12", "W13", "b14", "W15", "b16", "W19", "W20", "b21", "W22", "W23"]
 _STATE = ["m", "u", "fl", "fresh", "h1", "h2", "prev", "ola", "pbuf", "out", "gr", "scratch"]
 _FLOATS = ["alpha", "le_eps", "le_max", "xn_max", "f_fall", "f_rise", "f_min", "g_min", "silent_ms", "pf"]
-_PAUSE = ["bp", "pause_thr", "pause_close", "pause_onset", "pause_pl_a", "pause_pl_none", "floor",
-          "remix"]  # after Wp, pg, pause_db
+_PAUSE = ["bp", "pause_close", "pause_onset", "pause_pl_a", "pause_pl_none", "floor",
+          "remix"]  # after Wp, pg, pause_db, pause_thr
 
 
 class _NN(ctypes.Structure):
     _fields_ = ([(n, _i64) for n in _INTS] + [(n, ctypes.c_void_p) for n in _CONST + _STATE]
                 + [(n, ctypes.c_float) for n in _FLOATS]
-                + [("Wp", ctypes.c_void_p), ("pg", ctypes.c_void_p), ("pause_db", ctypes.c_void_p)]
+                + [(n, ctypes.c_void_p) for n in ("Wp", "pg", "pause_db", "pause_thr")]
                 + [(n, ctypes.c_float) for n in _PAUSE])
 
 
@@ -171,8 +171,11 @@ class CStep:
             assert sup._pg.is_contiguous() and sup._pg.shape == (C, 2)
             nn_.pg = sup._pg.data_ptr()
             assert sup._pause_c.dtype == np.float32 and sup._pause_c.shape == (C,)
-            self._pause_c = sup._pause_c  # the suppressor writes the depths in place; the C step reads them
+            assert sup._thr_c.dtype == np.float32 and sup._thr_c.shape == (C,)
+            # the suppressor writes the depths and thresholds in place; the C step reads them each hop
+            self._pause_c, self._thr_c = sup._pause_c, sup._thr_c
             nn_.pause_db = sup._pause_c.ctypes.data
+            nn_.pause_thr = sup._thr_c.ctypes.data
         for n, v in constants.items():
             setattr(nn_, n, v)
         self.scratch = np.zeros(int(lib.qc_nn_scratch(ctypes.byref(nn_))), np.float32)
@@ -187,8 +190,8 @@ class CStep:
 
     def set_mix(self, floor: float, remix: float) -> None:
         """The two parts of the mix (``max(floor, remix)``: the pause gate
-        lowers the floor only), from the next hop. (The gate's depths are
-        read from the suppressor's array each hop.)"""
+        lowers the floor only), from the next hop. (The gate's depths and
+        thresholds are read from the suppressor's arrays each hop.)"""
         self._nn.floor = float(floor)
         self._nn.remix = float(remix)
 

@@ -80,14 +80,16 @@ Signal path per 10 ms hop (480 samples), every channel in one batch:
    ``pause_db``, 0..60 dB, 0 = off and bit-exact with the same network
    without the head): a logistic unit on the GRU outputs gives each frame
    a probability ``p`` that a voice is present (fitted on the frozen
-   network by ``train --fit-pause``). Below the bundle's
-   ``pause_threshold`` ``t`` the floor falls a further
+   network by ``train --fit-pause``). Below the threshold ``t``
+   (``pause_threshold``, 0.01..1, the bundle's own by default; higher
+   closes more eagerly) the floor falls a further
    ``pause_db * (t - p) / t``; the gate closes by at most 2 dB a hop,
    opens at once, and its gain is ramped linearly across each hop (no
    step). A frame whose voice estimate rises 12 dB above its level in the
    pauses opens it too (the head is often a frame or two late at a word's
-   first syllable). ``pause_db`` can differ per channel
-   (:meth:`NeuralSuppressor.set_channel_pause_db`). The output becomes
+   first syllable). ``pause_db`` and ``pause_threshold`` are live and can
+   differ per channel (:meth:`NeuralSuppressor.set_channel_pause_db`,
+   :meth:`NeuralSuppressor.set_channel_pause_threshold`). The output becomes
    ``s * v + max(s * floor, remix) * b`` (``s`` the gate's gain): it
    deepens the pauses below the ``strength_db``
    floor, where the network's gains leave noise a listener hears between
@@ -184,8 +186,8 @@ _PITCH_EPS = 1e-12
 _PITCH_EPS_B = 1e-24
 #: the pause gate (``pause_head`` 1, runtime parameter ``pause_db``): a hop
 #: whose speech probability ``p`` (the pause head's sigmoid) is below the
-#: threshold ``t`` (a bundle's ``defaults.pause_threshold``, else
-#: ``_PAUSE_THRESHOLD``) is a pause, whose output falls a further
+#: threshold ``t`` (runtime parameter ``pause_threshold``; by default a
+#: bundle's ``defaults.pause_threshold``, else ``_PAUSE_THRESHOLD``) is a pause, whose output falls a further
 #: ``pause_db * (t - p) / t`` (all of ``pause_db`` at ``p = 0``); the gate
 #: opens at once (within the hop) and closes ``_PAUSE_CLOSE_DB`` a hop
 #: (30 dB in 150 ms)
@@ -645,8 +647,8 @@ def _fused_step(hop: torch.Tensor, prev: torch.Tensor, win: torch.Tensor, fb_e: 
     ``(depth_db, floor, remix, threshold)``, the gate's depth
     (``pause_db``: a number, or ``[C]``, one per channel), the two
     parts of ``mix = max(floor, remix)`` (these three 0-d tensors when
-    branchless) and the speech probability below which it closes (a
-    float). The output
+    branchless) and the speech probability below which it closes
+    (``pause_threshold``: a number, or ``[C]``). The output
     is then ``s * v + max(s * floor, remix) * background``, ``s`` the
     gate's gain ramped across the hop (:func:`_pause_gate`); the stems are
     not gated (they stay a partition of the input), nor is ``mix >= 1``.
@@ -768,11 +770,12 @@ def pause_state(channels: int, **kw) -> torch.Tensor:
 
 
 def pause_gains(logit: torch.Tensor, ev: torch.Tensor, silent: torch.Tensor, depth: float, H: int,
-                threshold: float = _PAUSE_THRESHOLD) -> torch.Tensor:
+                threshold=_PAUSE_THRESHOLD) -> torch.Tensor:
     """The pause gate over whole sequences, as the streaming step runs it
     hop by hop from a fresh state: ``logit[B, T]`` the pause head's
     output per frame, ``ev[B, T]`` the energy of each frame's voice
-    spectrum, ``silent[B, T]`` digital silence, ``depth`` (dB). Returns
+    spectrum, ``silent[B, T]`` digital silence, ``depth`` (dB) and
+    ``threshold`` (each a number, or one per row ``[B]``). Returns
     the gain of every output sample, ``[B, T, H]``."""
     pg = pause_state(logit.shape[0], dtype=logit.dtype, device=logit.device)
     out = [_pause_gate(logit[:, t], ev[:, t], pg, silent[:, t], depth, threshold, H) for t in range(logit.shape[1])]
@@ -780,12 +783,12 @@ def pause_gains(logit: torch.Tensor, ev: torch.Tensor, silent: torch.Tensor, dep
 
 
 def _pause_gate(logit: torch.Tensor, ev: torch.Tensor, pg: torch.Tensor, silent: torch.Tensor, depth,
-                threshold: float, H: int) -> torch.Tensor:
+                threshold, H: int) -> torch.Tensor:
     """One hop of the pause gate: ``logit[C]`` the pause head's output,
     ``ev[C]`` the energy of the frame's voice spectrum, ``pg[C, 2]`` the
     state (:func:`pause_state`, updated in place), ``silent[C]`` digital
-    silence (which holds it), ``depth`` (dB, ``pause_db``: a number or
-    ``[C]``).
+    silence (which holds it), ``depth`` (dB, ``pause_db``) and
+    ``threshold`` (``pause_threshold``), each a number or ``[C]``.
 
     The gate's target is ``-depth * (t - p) / t`` where the speech
     probability ``p`` is below the threshold ``t``, else 0 dB, and 0 dB
@@ -956,6 +959,9 @@ class NeuralSuppressor(HopSuppressor):
     }
     #: ``pause_db``, in :attr:`PARAMS` of a bundle with the pause head
     PAUSE_PARAM = (0.0, 60.0, 0.0, "dB")
+    #: ``pause_threshold``, in :attr:`PARAMS` of a bundle with the pause head
+    #: (a speech probability; the default is the bundle's own)
+    PAUSE_THRESHOLD_PARAM = (0.01, 1.0, _PAUSE_THRESHOLD, "")
 
     def __init__(self, channels: int = 1, bundle="default", strength_db: float | None = None,
                  background_db: float | None = None, device: str = "cpu", kernel: str = "auto",
@@ -999,25 +1005,32 @@ class NeuralSuppressor(HopSuppressor):
         self.PARAMS = dict(self.PARAMS, strength_db=(lo, hi, d_strength, unit),
                            pitch_filter=(lo_p, hi_p, d_pitch, ""))
         d_pause = 0.0
-        thr = float(defaults.get("pause_threshold", _PAUSE_THRESHOLD) if pause_threshold is None else pause_threshold)
-        if not 0.0 < thr <= 1.0:  # also refuses NaN
-            raise ValueError(f"pause_threshold {thr}: out of range (0, 1] (a speech probability)")
-        self._pause_thr = thr
+        lo_t, hi_t, d_thr, _ = self.PAUSE_THRESHOLD_PARAM
         if net.pause is not None:  # the pause gate: only a bundle with the pause head has it
             lo_g, hi_g, _, unit_g = self.PAUSE_PARAM
             d_pause = float(defaults.get("pause_db", 0.0))
             if not lo_g <= d_pause <= hi_g:
                 raise ValueError(f"bundle {b.path}: defaults.pause_db {d_pause} out of range {lo_g}..{hi_g}")
+            d_thr = float(defaults.get("pause_threshold", d_thr))
+            if not lo_t <= d_thr <= hi_t:
+                raise ValueError(f"bundle {b.path}: defaults.pause_threshold {d_thr} out of range {lo_t}..{hi_t}")
             self.PARAMS["pause_db"] = (lo_g, hi_g, d_pause, unit_g)
-        elif pause_db not in (None, 0, 0.0):
-            raise ValueError(f"pause_db {pause_db}: bundle {b.path} has no pause head (only 0 is allowed)")
+            self.PARAMS["pause_threshold"] = (lo_t, hi_t, d_thr, "")
+        else:
+            for k, v in (("pause_db", pause_db), ("pause_threshold", pause_threshold)):
+                if v not in (None, 0, 0.0) if k == "pause_db" else v is not None:
+                    raise ValueError(f"{k} {v}: bundle {b.path} has no pause head (no pause gate)")
         self._strength_db = 0.0
         self._background_db = -math.inf
         self._pitch_filter = d_pitch
         self._pause_db = d_pause
-        # the depth per channel (set_channel_pause_db; the C step and the torch step read this array)
+        self._pause_threshold = d_thr
+        # the depth and the threshold per channel (set_channel_pause_db, set_channel_pause_threshold;
+        # the C step and the torch step read these arrays)
         self._pause_c = np.full(max(int(channels), 0), d_pause, np.float32)
         self._pause_cpu = torch.from_numpy(self._pause_c)
+        self._thr_c = np.full(max(int(channels), 0), d_thr, np.float32)
+        self._thr_cpu = torch.from_numpy(self._thr_c)
         self._floor = self._remix = 0.0
         super().__init__(channels)
         self.reset_core()
@@ -1026,11 +1039,13 @@ class NeuralSuppressor(HopSuppressor):
         self.set_param("pitch_filter", d_pitch if pitch_filter is None else pitch_filter)
         if net.pause is not None:
             self.set_param("pause_db", d_pause if pause_db is None else pause_db)
+            self.set_param("pause_threshold", d_thr if pause_threshold is None else pause_threshold)
 
     # ------------------------------------------------------------ params
     def set_param(self, name: str, value) -> None:
         """Set ``strength_db``, ``background_db``, ``pitch_filter`` or (a
-        bundle with the pause head) ``pause_db``; takes effect next hop."""
+        bundle with the pause head) ``pause_db`` or ``pause_threshold``
+        (every channel); takes effect next hop."""
         v = self.check_param(name, value)
         if name == "pitch_filter":
             self._pitch_filter = v
@@ -1044,6 +1059,12 @@ class NeuralSuppressor(HopSuppressor):
             self._pause_c[:] = v
             if self.device.type == "cuda":
                 self._pause_t[0].copy_(self._pause_cpu)
+            return
+        if name == "pause_threshold":
+            self._pause_threshold = v
+            self._thr_c[:] = v
+            if self.device.type == "cuda":
+                self._pause_t[3].copy_(self._thr_cpu)
             return
         if name == "strength_db":
             self._strength_db = v
@@ -1067,10 +1088,24 @@ class NeuralSuppressor(HopSuppressor):
 
     @property
     def pause_threshold(self) -> float:
-        """The speech probability below which the pause gate closes (fixed
-        at construction: the bundle's ``defaults.pause_threshold`` or the
-        ``pause_threshold`` argument)."""
-        return self._pause_thr
+        """The speech probability below which the pause gate closes, as
+        last set for every channel (the bundle's
+        ``defaults.pause_threshold`` unless set)."""
+        return self._pause_threshold
+
+    @property
+    def pause_threshold_per_channel(self) -> np.ndarray:
+        """The pause gate's threshold of each channel, a copy."""
+        return self._thr_c.copy()
+
+    def set_channel_pause_threshold(self, values) -> None:
+        """The pause gate's threshold per channel (one speech probability
+        per channel, each in the ``pause_threshold`` range); from the next
+        hop. A ValueError (nothing changed) for a bundle without the pause
+        head, a wrong length or a value out of range."""
+        self._thr_c[:] = self._per_channel("pause_threshold", values)
+        if self.device.type == "cuda":
+            self._pause_t[3].copy_(self._thr_cpu)
 
     @property
     def pause_db_per_channel(self) -> np.ndarray:
@@ -1082,15 +1117,18 @@ class NeuralSuppressor(HopSuppressor):
         channel, dB, each in the ``pause_db`` range); from the next hop.
         A ValueError (nothing changed) for a bundle without the pause head,
         a wrong length or a value out of range."""
+        self._pause_c[:] = self._per_channel("pause_db", values)
+        if self.device.type == "cuda":
+            self._pause_t[0].copy_(self._pause_cpu)
+
+    def _per_channel(self, name: str, values) -> list[float]:
+        """``values`` checked as one ``name`` per channel (ValueError)."""
         if self.net.pause is None:
             raise ValueError(f"{self.name}: bundle {self.bundle.path} has no pause head (no pause gate)")
         vals = list(values)
         if len(vals) != self.channels:
-            raise ValueError(f"{self.name}: {len(vals)} pause_db values for {self.channels} channels")
-        checked = [self.check_param("pause_db", v) for v in vals]
-        self._pause_c[:] = checked
-        if self.device.type == "cuda":
-            self._pause_t[0].copy_(self._pause_cpu)
+            raise ValueError(f"{self.name}: {len(vals)} {name} values for {self.channels} channels")
+        return [self.check_param(name, v) for v in vals]
 
     @property
     def pitch_filter(self) -> float:
@@ -1168,7 +1206,7 @@ class NeuralSuppressor(HopSuppressor):
         if why is None:
             self._cstep = ckernel.CStep(lib, self, dict(
                 le_eps=_LE_EPS, le_max=_LE_MAX, xn_max=_XN_MAX, f_fall=_F_FALL, f_rise=_F_RISE, f_min=_F_MIN,
-                g_min=_G_MIN, silent_ms=SILENT_MS, pause_thr=self._pause_thr, pause_close=_PAUSE_CLOSE_DB,
+                g_min=_G_MIN, silent_ms=SILENT_MS, pause_close=_PAUSE_CLOSE_DB,
                 pause_onset=_PAUSE_ONSET_DB, pause_pl_a=_PAUSE_PL_A, pause_pl_none=_PAUSE_PL_NONE))
             self._cstep.set_mix(self._floor, self._remix)
             self._kernel_why = ""
@@ -1210,8 +1248,9 @@ class NeuralSuppressor(HopSuppressor):
         self._d_res = torch.zeros(3 * c + 1, H, device=dev)
         self._mix_t = torch.tensor(getattr(self, "_mix", 1.0), dtype=torch.float32, device=dev)
         self._comb_t = torch.tensor(self._pitch_filter, dtype=torch.float32, device=dev)
-        self._pause_t = [self._pause_cpu.to(dev)] + [torch.tensor(v, dtype=torch.float32, device=dev)
-                                                     for v in (self._floor, self._remix)]
+        self._pause_t = ([self._pause_cpu.to(dev)] + [torch.tensor(v, dtype=torch.float32, device=dev)
+                                                      for v in (self._floor, self._remix)]
+                         + [self._thr_cpu.to(dev)])
         self._graph = None
         state = (self._m, self._u, self._fl, self._fresh, self._h1, self._h2, self._xh, self._prev, self._ola,
                  self._pbuf, self._pg)
@@ -1240,7 +1279,7 @@ class NeuralSuppressor(HopSuppressor):
         _fused_step(self._d_in, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl,
                     self._fresh, self._h1, self._h2, self._xh, self._ola, self._pbuf, self._w, self.net.alpha,
                     self._mix_t, self._out_t, branchless=True, comb=self._comb_t, pg=self._pg,
-                    pause=(*self._pause_t, self._pause_thr) if self.net.pause is not None else None)
+                    pause=tuple(self._pause_t) if self.net.pause is not None else None)
         C = self.channels
         o = self._out_t
         self._d_res[:3 * C].copy_(o.reshape(3 * C, self.hop))
@@ -1284,7 +1323,7 @@ class NeuralSuppressor(HopSuppressor):
         _fused_step(x, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl, self._fresh,
                     self._h1, self._h2, self._xh, self._ola, self._pbuf, self._w, self.net.alpha, self._mix,
                     self._out_t, comb=self._pitch_filter, pg=self._pg,
-                    pause=(self._pause_cpu, self._floor, self._remix, self._pause_thr)
+                    pause=(self._pause_cpu, self._floor, self._remix, self._thr_cpu)
                     if self.net.pause is not None else None)
         C = self.channels
         np.copyto(self._hop_buf, self._out_t.reshape(3 * C, self.hop).numpy())
@@ -1343,7 +1382,7 @@ class NeuralSuppressor(HopSuppressor):
             V = res[0]
             ev = (V.real.square() + V.imag.square()).sum(-1)
             depth = self._pause_cpu.to(self.device)
-            s = pause_gains(res[2], ev, silent, depth, H, self._pause_thr).reshape(C, T * H)
+            s = pause_gains(res[2], ev, silent, depth, H, self._thr_cpu.to(self.device)).reshape(C, T * H)
             o = _gated_mix(s, v, prev - v, self._floor, self._remix)
         else:
             o = v + a * (prev - v)

@@ -30,7 +30,7 @@
 #include <string.h>
 
 /* Bump when struct qc_nn changes; ckernel.py checks qc_nn_layout. */
-#define QC_NN_ABI 4
+#define QC_NN_ABI 5
 #define QC_BLK 8    /* channels per block */
 #define QC_MAXP 8   /* largest FFT radix */
 #define QC_MAXB 128 /* most bands (ckernel.py checks) */
@@ -74,8 +74,9 @@ struct qc_nn {
     const float *Wp;                    /* pause head [hh] (NULL: the bundle has none) */
     float *pg;                          /* [C, 2] the pause gate, dB (0: open), and the voice level in the pauses */
     const float *pause_db;              /* [C] the gate's depth per channel, dB (0: off) */
+    const float *pause_thr;             /* [C] speech probability below which a hop is a pause, per channel */
     float bp;                           /* pause head bias */
-    float pause_thr, pause_close;       /* speech probability below which a hop is a pause; dB a hop the gate closes */
+    float pause_close;                  /* dB a hop the gate closes */
     float pause_onset, pause_pl_a, pause_pl_none;  /* the onset rule (neural.py's _PAUSE_ONSET_DB, ...) */
     float floor, remix;                 /* mix = max(floor, remix): the gate lowers the floor only */
 };
@@ -702,7 +703,7 @@ static void block(const struct qc_nn *nn, const float *hop, float mix, int64_t c
             for (int64_t k = 0; k < hh; k++)
                 lg += yc[k] * nn->Wp[k];
             lg += nn->bp;
-            const float p = sigm(lg), t = nn->pause_thr, lv = 10.0f * log10f(ev + nn->le_eps);
+            const float p = sigm(lg), t = nn->pause_thr[ch], lv = 10.0f * log10f(ev + nn->le_eps);
             const float cur = pg[0], pl = pg[1];
             const float head = -nn->pause_db[ch] * minf_(maxf_((t - p) / t, 0.0f), 1.0f);
             const float tgt = lv > pl + nn->pause_onset ? 0.0f : head;  /* an onset: open */

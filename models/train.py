@@ -2070,7 +2070,8 @@ def _param_arg(flag: str, param: str, what: str):
     def parse(text: str) -> float:
         from .neural import NeuralSuppressor
 
-        lo, hi = (NeuralSuppressor.PAUSE_PARAM if param == "pause_db" else NeuralSuppressor.PARAMS[param])[:2]
+        gate = {"pause_db": NeuralSuppressor.PAUSE_PARAM, "pause_threshold": NeuralSuppressor.PAUSE_THRESHOLD_PARAM}
+        lo, hi = (gate[param] if param in gate else NeuralSuppressor.PARAMS[param])[:2]
         v = _number(text)
         if not lo <= v <= hi:
             raise argparse.ArgumentTypeError(f"{flag} {text}: expected {what} from {lo:g} to {hi:g}")
@@ -2081,13 +2082,7 @@ def _param_arg(flag: str, param: str, what: str):
 _strength_arg = _param_arg("--strength-db", "strength_db", "a number of dB")  # 0..60 dB
 _pitch_filter_arg = _param_arg("--pitch-filter", "pitch_filter", "a strength")  # 0..1
 _pause_db_arg = _param_arg("--pause-db", "pause_db", "a number of dB")  # 0..60 dB
-
-
-def _pause_threshold_arg(text: str) -> float:
-    v = _number(text)
-    if not 0.0 < v <= 1.0:
-        raise argparse.ArgumentTypeError(f"--pause-threshold {text!r}: out of range (0, 1] (a speech probability)")
-    return v
+_pause_threshold_arg = _param_arg("--pause-threshold", "pause_threshold", "a speech probability")  # 0.01..1
 
 
 def _pause_weight_arg(text: str) -> float:

@@ -417,9 +417,10 @@ def test_denoise_pause_db(tmp_path):
 def test_denoise_pause_threshold(tmp_path):
     """A denoise stage's ``pause_threshold``: left out, the model's own;
     given, the suppressor's (a higher one closes the gate in more of the
-    demo clip's pauses, so less comes out); not live (a running stage
-    refuses it, naming why); a model without a pause head refuses it; out
-    of range names the range."""
+    demo clip's pauses, so less comes out); live: set on a running stage
+    from the next hop, the same output from there on as a stage built
+    with it that ran the same audio; a model without a pause head refuses
+    it; out of range names the range and changes nothing."""
     import soundfile as sf
 
     from quietcast.models import create_suppressor
@@ -438,9 +439,25 @@ def test_denoise_pause_threshold(tmp_path):
     assert hi.stage("nr").suppressor.pause_threshold == 0.9 and hi.stage("nr").values["pause_threshold"] == 0.9
     e_lo, e_hi = float(np.sum(lo.process(x.copy()) ** 2)), float(np.sum(hi.process(x.copy()) ** 2))
     assert e_hi < e_lo
-    with pytest.raises(ParameterError, match=r"nr\.pause_threshold.*cannot be changed while running"):
-        p.stage("nr").set_param("pause_threshold", 0.5)
+    # live: a stage at 0.05 moved to 0.9 a quarter second in (before the noise alone reaches the output)
+    # takes the noise in the lead as far down as the stage built with 0.9, and far below the one left at 0.05
+    k, lead = 12_000, slice(19_200, 48_000)
+    a, b, c = chain("pause_threshold = 0.05\n"), chain("pause_threshold = 0.05\n"), chain("pause_threshold = 0.9\n")
+    ya, yb, yc = ([s.process(x[:, :k].copy())] for s in (a, b, c))
+    assert a.stage("nr").set_param("pause_threshold", 0.9) == 0.9
+    assert a.stage("nr").values["pause_threshold"] == 0.9 and a.stage("nr").suppressor.pause_threshold == 0.9
+    for y, s in ((ya, a), (yb, b), (yc, c)):
+        y.append(s.process(x[:, k:].copy()))
+    ya, yb, yc = (np.concatenate(y, axis=1) for y in (ya, yb, yc))
+    e_a, e_b, e_c = (float(np.sum(y[:, lead] ** 2)) for y in (ya, yb, yc))
+    assert e_a == pytest.approx(e_c, rel=1e-3) and e_a < 0.1 * e_b
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ParameterError, match=r"nr\.pause_threshold.*\[0\.01, 1\]"):
+            a.stage("nr").set_param("pause_threshold", bad)
+    assert a.stage("nr").suppressor.pause_threshold == 0.9
     with pytest.raises((ChainSpecError, ParameterError), match=r"nr\.pause_threshold: model 'dsp' has no pause head"):
         chain("pause_threshold = 0.5\n", model="dsp")
+    with pytest.raises(ParameterError, match=r"nr\.pause_threshold: model 'dsp' has no pause head"):
+        chain("", model="dsp").stage("nr").set_param("pause_threshold", 0.5)
     probs = spec_problems('[[stage]]\nname = "nr"\ntype = "denoise"\npause_threshold = 0\n')
     assert "pause_threshold: value 0 is out of range [0.01, 1]" in probs[0]

@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from conftest import quietcast_exe
@@ -476,57 +477,85 @@ def test_ctl_cli_round_trip(served, tmp_path):
     assert r.returncode == 3 and "no reply" in r.stderr
 
 
-def test_pause_db_per_channel_live(tmp_path, jack_server):
-    """``CHANNEL.pause_db`` with a neural model: listed with its range, the
-    config's value or the engine's depth; set live, it reaches the
-    suppressor's depth for that channel at the next hop; ``null`` gives
-    back the engine's depth; out of range is refused. A channel that
-    follows the engine's depth is saved so and, after a restart with
-    another ``engine.pause_db``, follows that. With the ``dsp`` model
-    there is no such address."""
-    chans = ['[[channel]]\nname = "host"\npause_db = 12\n', '[[channel]]\nname = "guest"\n']
+def test_pause_gate_per_channel_live(tmp_path, jack_server):
+    """``CHANNEL.pause_db`` and ``CHANNEL.pause_threshold`` with a neural
+    model: listed with their ranges, the config's value or the engine's;
+    set live, each reaches the suppressor for that channel at the next
+    hop; ``null`` gives back the engine's value; out of range is refused.
+    A channel that follows the engine's value is saved so and, after a
+    restart with another ``engine.pause_db`` and ``engine.pause_threshold``,
+    follows those. A neural denoise stage in a chain has a live
+    ``pause_threshold`` too. (With the ``dsp`` model there are no such
+    addresses: the tests below.)"""
+    (tmp_path / "nr.toml").write_text('[[stage]]\nname = "nr"\ntype = "denoise"\nmodel = "neural"\n')
+    chans = ['[[channel]]\nname = "host"\npause_db = 12\npause_threshold = 0.5\nchain = "nr.toml"\n',
+             '[[channel]]\nname = "guest"\n']
     s = Served(make_config(tmp_path, jack_server.name, channels=chans, model="neural")).wait_ready()
     try:
         with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
             sup = s.daemon.engine.sup.suppressor
             own = s.daemon.engine.pause_default
-            assert own == sup.PARAMS["pause_db"][2] > 0
+            own_t = s.daemon.engine.gate_defaults["pause_threshold"]
+            assert own == sup.PARAMS["pause_db"][2] > 0 and own_t == sup.PARAMS["pause_threshold"][2] != 0.5
             d = {x["address"]: x for x in c.list()}
             assert (d["host.pause_db"]["min"], d["host.pause_db"]["max"], d["host.pause_db"]["unit"]) == (0.0, 60.0, "dB")
+            assert (d["host.pause_threshold"]["min"], d["host.pause_threshold"]["max"]) == (0.01, 1.0)
             assert d["host.pause_db"]["value"] == 12.0 and d["guest.pause_db"]["value"] == own
+            assert d["host.pause_threshold"]["value"] == 0.5 and d["guest.pause_threshold"]["value"] == own_t
 
-            assert depths_after(sup, [12.0, own]), sup.pause_db_per_channel
+            assert gate_after(sup, [12.0, own], [0.5, own_t]), (sup.pause_db_per_channel, sup.pause_threshold_per_channel)
             assert c.set("guest.pause_db", 45) == 45.0
-            assert depths_after(sup, [12.0, 45.0]), sup.pause_db_per_channel
-            assert c.call("set", values={"guest.pause_db": None}) == {"guest.pause_db": own}
-            assert depths_after(sup, [12.0, own]) and c.get("guest.pause_db") == own
-            with pytest.raises(ControlError) as e:
-                c.set("host.pause_db", 61)
-            assert e.value.code == "out_of_range" and "[0, 60]" in str(e.value)
+            assert c.set("guest.pause_threshold", 0.8) == 0.8
+            assert gate_after(sup, [12.0, 45.0], [0.5, 0.8])
+            assert c.call("set", values={"guest.pause_db": None, "guest.pause_threshold": None}) == {
+                "guest.pause_db": own, "guest.pause_threshold": own_t}
+            assert gate_after(sup, [12.0, own], [0.5, own_t])
+            assert c.get("guest.pause_db") == own and c.get("guest.pause_threshold") == own_t
+            for address, bad, rng in (("host.pause_db", 61, "[0, 60]"), ("host.pause_threshold", 0, "[0.01, 1]")):
+                with pytest.raises(ControlError) as e:
+                    c.set(address, bad)
+                assert e.value.code == "out_of_range" and rng in str(e.value)
             d = {x["address"]: x for x in c.list()}
-            assert d["guest.pause_db"].get("follows_engine") and "follows_engine" not in d["host.pause_db"]
+            for name in ("pause_db", "pause_threshold"):
+                assert d[f"guest.{name}"].get("follows_engine") and "follows_engine" not in d[f"host.{name}"]
+            # the chain's neural stage: its threshold is live too
+            nr = s.daemon.engine.chains[0].stage("nr")
+            assert d["host.chain.nr.pause_threshold"]["value"] == nr.suppressor.pause_threshold == own_t
+            assert c.set("host.chain.nr.pause_threshold", 0.7) == 0.7
+            assert wait_until(lambda: nr.suppressor.pause_threshold_per_channel.tolist() == pytest.approx([0.7]),
+                              timeout=5)
             c.call("save_state")
         saved = json.loads((tmp_path / "state.json").read_text())["params"]
         assert saved["host.pause_db"] == 12.0 and saved["guest.pause_db"] is None
+        assert saved["host.pause_threshold"] == 0.5 and saved["guest.pause_threshold"] is None
+        assert saved["host.chain.nr.pause_threshold"] == 0.7
     finally:
         s.stop()
-    # restarted with another engine depth: the channel that followed the
-    # engine follows the new depth; the one with its own keeps it
+    # restarted with other engine values: the channel that followed the
+    # engine follows the new ones; the one with its own keeps them
     s = Served(make_config(tmp_path, jack_server.name, channels=chans, model="neural",
-                           engine_extra="pause_db = 20\n")).wait_ready()
+                           engine_extra="pause_db = 20\npause_threshold = 0.15\n")).wait_ready()
     try:
         with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
             assert c.get("host.pause_db") == 12.0 and c.get("guest.pause_db") == 20.0
-            assert depths_after(s.daemon.engine.sup.suppressor, [12.0, 20.0])
+            assert c.get("host.pause_threshold") == 0.5 and c.get("guest.pause_threshold") == 0.15
+            assert gate_after(s.daemon.engine.sup.suppressor, [12.0, 20.0], [0.5, 0.15])
+            assert c.get("host.chain.nr.pause_threshold") == 0.7  # the state file's
     finally:
         s.stop()
 
 
-def depths_after(sup, want, timeout=5.0):
+def gate_after(sup, depths, thresholds=None, timeout=5.0):
+    """Whether the suppressor's per-channel pause depths (and thresholds)
+    reach these within ``timeout`` (the engine thread applies them)."""
+    def now():
+        d = sup.pause_db_per_channel.tolist() == depths
+        t = thresholds is None or np.allclose(sup.pause_threshold_per_channel, thresholds)
+        return d and t
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and sup.pause_db_per_channel.tolist() != want:
+    while time.monotonic() < deadline and not now():
         time.sleep(0.02)
-    return sup.pause_db_per_channel.tolist() == want
+    return now()
 
 
 def test_a_value_a_stage_refuses_on_the_engine_thread_is_not_kept(served, tmp_path, caplog):
@@ -563,9 +592,11 @@ def test_a_value_a_stage_refuses_on_the_engine_thread_is_not_kept(served, tmp_pa
 
 
 def test_parameters_fixed_when_a_chain_loads_are_refused_live(tmp_path, jack_server):
-    """A denoise stage's ``model`` and ``pause_threshold`` are set when the
-    chain loads: not listed, and a live set is refused, named (it used to
-    be accepted and then dropped on the engine thread)."""
+    """A denoise stage's ``model`` is set when the chain loads: not listed,
+    and a live set is refused, named (it used to be accepted and then
+    dropped on the engine thread). The pause gate's parameters of a
+    denoise stage whose model has no gate (``dsp``) are not listed either,
+    and a set is refused with the reason."""
     (tmp_path / "nr.toml").write_text('[[stage]]\nname = "nr"\ntype = "denoise"\nmodel = "dsp"\n')
     chans = ['[[channel]]\nname = "host"\nchain = "nr.toml"\n']
     s = Served(make_config(tmp_path, jack_server.name, channels=chans)).wait_ready()
@@ -573,18 +604,24 @@ def test_parameters_fixed_when_a_chain_loads_are_refused_live(tmp_path, jack_ser
         with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
             listed = {d["address"] for d in c.list()}
             assert "host.chain.nr.strength" in listed
-            assert not {"host.chain.nr.model", "host.chain.nr.pause_threshold"} & listed
-            for name, v in (("model", "neural"), ("pause_threshold", 0.5)):
+            gate = {"host.chain.nr.pause_db", "host.chain.nr.pause_threshold", "host.chain.nr.pitch_filter"}
+            assert not ({"host.chain.nr.model"} | gate) & listed
+            with pytest.raises(ControlError) as e:
+                c.set("host.chain.nr.model", "neural")
+            assert e.value.code == "unknown_param" and "not a live parameter" in str(e.value)
+            for address, v in (("host.chain.nr.pause_threshold", 0.5), ("host.chain.nr.pause_db", 10)):
                 with pytest.raises(ControlError) as e:
-                    c.set(f"host.chain.nr.{name}", v)
-                assert e.value.code == "unknown_param" and "not a live parameter" in str(e.value)
+                    c.set(address, v)
+                assert e.value.code == "unknown_param" and "model 'dsp' has no pause head" in str(e.value)
             assert c.set("host.chain.nr.strength", 0.5) == 0.5
             assert s.daemon.engine.chains[0].stage("nr").model == "dsp"
+            assert s.daemon.registry.refused == 0
     finally:
         s.stop()
 
 
-def test_no_pause_db_with_the_dsp_model(client):
-    assert not [d for d in client.list() if d["address"].endswith(".pause_db")]
-    with pytest.raises(ControlError, match="no pause gate"):
-        client.set("host.pause_db", 10)
+def test_no_pause_gate_with_the_dsp_model(client):
+    assert not [d for d in client.list() if d["address"].endswith((".pause_db", ".pause_threshold"))]
+    for name in ("pause_db", "pause_threshold"):
+        with pytest.raises(ControlError, match="no pause gate"):
+            client.set(f"host.{name}", 0.5)

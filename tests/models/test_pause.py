@@ -114,12 +114,13 @@ def test_the_gate_lowers_the_floor_and_leaves_the_stems(head_bundles, rng):
 
 @pytest.mark.parametrize("channels", [1, 11])
 def test_c_step_equals_torch_step_with_the_gate(head_bundles, rng, channels):
-    """Depth, strength and a remixed background changed mid-stream; the
-    gate's state too."""
+    """Depth, threshold, strength and a remixed background changed
+    mid-stream; the gate's state too."""
     _plain, head = head_bundles
     x = _signal(rng, channels, 48_000 * 2)
-    changes = {3: {"pause_db": 40.0}, 6: {"strength_db": 12.0}, 9: {"background_db": -20.0},
-               12: {"pause_db": 0.0}, 14: {"pause_db": 10.0, "background_db": float("-inf")}}
+    changes = {3: {"pause_db": 40.0}, 5: {"pause_threshold": 0.7}, 6: {"strength_db": 12.0},
+               9: {"background_db": -20.0, "pause_threshold": 0.02}, 12: {"pause_db": 0.0},
+               14: {"pause_db": 10.0, "background_db": float("-inf"), "pause_threshold": 0.4}}
     a = NeuralSuppressor(channels, bundle=head, kernel="c")
     b = NeuralSuppressor(channels, bundle=head, kernel="torch")
     assert a._cstep is not None and b._cstep is None
@@ -140,18 +141,21 @@ def test_streaming_equals_offline_with_the_gate(head_bundles, rng):
         assert float(np.max(np.abs(y - NeuralSuppressor(3, bundle=head, pause_db=0).process_offline(x)))) > 1e-3
 
 
-def test_branchless_gate_equals_the_branching_one(head_bundles, rng):
+@pytest.mark.parametrize("thr", [0.05, [0.02, 0.05, 0.5]])
+def test_branchless_gate_equals_the_branching_one(head_bundles, rng, thr):
     """The CUDA graph's form (every decision a tensor op, the gate always
-    run) on the CPU: the same output and gate state."""
+    run) on the CPU: the same output and gate state; one threshold, or
+    one per channel (as the suppressor passes them)."""
     _plain, head = head_bundles
+    thr = thr if isinstance(thr, float) else torch.tensor(thr)
     x = _signal(rng, 3, 480 * 60)
     res = []
     for branchless in (False, True):
         s = NeuralSuppressor(3, bundle=head, kernel="torch")
         fl, rm = 10 ** (-20 / 20), 10 ** (-35 / 20)
         mix = max(fl, rm)
-        pause = ((torch.tensor(30.0), torch.tensor(fl), torch.tensor(rm), 0.05) if branchless
-                 else (30.0, fl, rm, 0.05))
+        pause = ((torch.tensor(30.0), torch.tensor(fl), torch.tensor(rm), torch.as_tensor(thr)) if branchless
+                 else (30.0, fl, rm, thr))
         o = []
         for i in range(0, x.shape[1], H):
             with torch.inference_mode():
@@ -220,12 +224,27 @@ def test_bad_pause_values_are_refused(head_bundles, tmp_path):
     assert p.pause_db == 0.0
     with pytest.raises(ValueError, match="has no pause head"):
         NeuralSuppressor(1, bundle=plain, pause_db=10.0)
+    assert s.pause_threshold == s.get_param("pause_threshold") == _PAUSE_THRESHOLD  # no default in the bundle
+    for bad in (0.0, 0.005, 1.01, float("nan"), "high", None):
+        with pytest.raises(ValueError, match=r"pause_threshold.*(out of range|not a number).*\[0.01, 1\]"):
+            s.set_param("pause_threshold", bad)
+    assert s.pause_threshold == _PAUSE_THRESHOLD and s.pause_threshold_per_channel.tolist() == pytest.approx([_PAUSE_THRESHOLD])
+    with pytest.raises(ValueError, match=r"pause_threshold.*out of range"):
+        NeuralSuppressor(1, bundle=head, pause_threshold=0.0)
+    with pytest.raises(ValueError, match="unknown parameter 'pause_threshold'"):
+        p.set_param("pause_threshold", 0.5)
+    with pytest.raises(ValueError, match="pause_threshold 0.5: .*has no pause head"):
+        NeuralSuppressor(1, bundle=plain, pause_threshold=0.5)
     cfg = json.loads((head / "config.json").read_text())
     cfg["defaults"]["pause_db"] = 90.0
     bad = tmp_path / "bad"
     save_bundle(load_bundle(head).build_model(), cfg, bad)
     with pytest.raises(ValueError, match=r"defaults.pause_db 90.0 out of range 0.0..60.0"):
         NeuralSuppressor(1, bundle=bad)
+    cfg["defaults"].update(pause_db=20.0, pause_threshold=1.5)
+    save_bundle(load_bundle(head).build_model(), cfg, tmp_path / "bad_t")
+    with pytest.raises(ValueError, match=r"defaults.pause_threshold 1.5 out of range 0.01..1"):
+        NeuralSuppressor(1, bundle=tmp_path / "bad_t")
     with pytest.raises(ValueError, match="pause_head 2 must be 0 or 1"):
         QCNet(pause_head=2)
     with pytest.raises(ValueError, match="no pause head"):
@@ -371,3 +390,35 @@ def test_depth_per_channel(head_bundles, rng):
     plain = NeuralSuppressor(3, bundle=_plain)
     with pytest.raises(ValueError, match="no pause head"):
         plain.set_channel_pause_db(depths)
+
+
+def test_threshold_per_channel(head_bundles, rng):
+    """``set_channel_pause_threshold``: each channel its own threshold, on
+    both steps alike and offline: the same signal on three channels comes
+    out of each as from a one-channel suppressor with that threshold, and
+    differently on each; bad values change nothing and name the range.
+    (That a higher threshold takes more out of a real voice's pauses is
+    tested on the shipped bundle: test_chain's test_denoise_pause_threshold.)"""
+    _plain, head = head_bundles
+    x = np.repeat(_signal(rng, 1, 48_000 * 2), 3, axis=0)
+    thr = [0.02, 0.3, 0.95]
+    outs = []
+    for kernel in ("c", "torch"):
+        s = NeuralSuppressor(3, bundle=head, kernel=kernel, pause_db=30.0)
+        s.set_channel_pause_threshold(thr)
+        assert s.pause_threshold_per_channel.tolist() == pytest.approx(thr)
+        outs.append(_blocks(s, x))
+    assert float(np.max(np.abs(outs[0] - outs[1]))) <= 1e-4
+    for i, t in enumerate(thr):
+        one = _blocks(NeuralSuppressor(1, bundle=head, pause_db=30.0, pause_threshold=t), x[:1])
+        np.testing.assert_allclose(outs[0][i], one[0], atol=1e-5)
+    assert float(np.max(np.abs(outs[0][0] - outs[0][1]))) > 1e-3 and float(np.max(np.abs(outs[0][1] - outs[0][2]))) > 1e-3
+    s = NeuralSuppressor(3, bundle=head, pause_db=30.0)
+    s.set_channel_pause_threshold(thr)
+    np.testing.assert_allclose(s.process_offline(x), outs[0][:3], atol=1e-4)
+    for bad in ([0.5, 0.5], [0.5, 0.0, 0.5], [0.5, float("nan"), 0.5], [0.5, 2.0, 0.5]):
+        with pytest.raises(ValueError, match=r"pause_threshold|3 channels"):
+            s.set_channel_pause_threshold(bad)
+    assert s.pause_threshold_per_channel.tolist() == pytest.approx(thr)
+    with pytest.raises(ValueError, match="no pause head"):
+        NeuralSuppressor(3, bundle=_plain).set_channel_pause_threshold(thr)
