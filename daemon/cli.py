@@ -180,6 +180,8 @@ def cmd_models(args) -> int:
                      "default_pitch_filter": sup.PARAMS["pitch_filter"][2] if "pitch_filter" in sup.PARAMS else None,
                      # engine.pause_db and a denoise stage's, when left out (bundles with a pause head)
                      "default_pause_db": sup.PARAMS["pause_db"][2] if "pause_db" in sup.PARAMS else None,
+                     "default_pause_threshold": (sup.PARAMS["pause_threshold"][2] if "pause_threshold" in sup.PARAMS
+                                                 else None),
                      "bundle": str(bundle.path) if bundle is not None else None,
                      "commercial_use": None if lic is None else lic["commercial_use"],
                      "copyleft": [] if lic is None else lic.get("copyleft", []),
@@ -197,7 +199,7 @@ def cmd_models(args) -> int:
             if r["default_pitch_filter"] is not None:
                 strength += f", pitch filter {r['default_pitch_filter']:g}"
             if r["default_pause_db"] is not None:
-                strength += f", pause gate {r['default_pause_db']:g} dB"
+                strength += f", pause gate {r['default_pause_db']:g} dB below {r['default_pause_threshold']:g}"
             print(f"{r['name']:<13}{alias:<10} {r['sample_rate']} Hz, latency {r['latency_samples']} samples = "
                   f"{r['latency_ms']:.1f} ms{strength}{lic}")
     return EXIT_OK

@@ -143,5 +143,8 @@ def test_models_state_their_default_strength():
         assert f"pitch filter {pf:g}" in line
         pg = create_suppressor(name, 1).bundle.config["defaults"].get("pause_db")
         assert rows[name]["default_pause_db"] == pg
-        assert (f"pause gate {pg:g} dB" in line) == (pg is not None)
+        pt = create_suppressor(name, 1).bundle.config["defaults"].get("pause_threshold")
+        assert rows[name]["default_pause_threshold"] == pt
+        assert (f"pause gate {pg:g} dB below {pt:g}" in line) == (pg is not None)
     assert rows["dsp"]["default_pitch_filter"] is None and rows["dsp"]["default_pause_db"] is None
+    assert rows["dsp"]["default_pause_threshold"] is None
