@@ -9,6 +9,7 @@ import os
 import textwrap
 import tomllib
 
+import numpy as np
 import pytest
 
 from quietcast.bridge import BridgeError, Chain, Param, ParameterError
@@ -158,6 +159,32 @@ def test_engine_pause_gate_settings_left_out_are_the_models_own(key, own, given,
     with pytest.raises(ParameterError, match=rf"{key}: model 'dsp' has no pause head"):
         Engine(c.channels, 48_000, model="dsp", **{key: given})
     assert f"{key}: value {bad} is out of range {allowed}" in one_problem(f'[engine]\n{key} = {bad}\n' + ONE)
+
+
+@pytest.mark.parametrize("key, given, bad, allowed, per_channel", [
+    ("pause_db", 12.5, "61", "[0, 60]", "pause_db_per_channel"),
+    ("pause_threshold", 0.12, "0", "[0.01, 1]", "pause_threshold_per_channel"),
+])
+def test_channel_pause_gate_settings(key, given, bad, allowed, per_channel):
+    """A channel's pause_db and pause_threshold: left out, the engine's
+    (the second channel); given, that channel's in the suppressor from
+    the first hop; a model without a pause gate refuses one, naming the
+    channel; out of range names the range."""
+    from quietcast.bridge.errors import ParameterError
+    from quietcast.daemon.engine import Engine
+
+    two = f'[[channel]]\nname = "host"\n{key} = {given}\n[[channel]]\nname = "guest"\n'
+    c = cfg('[engine]\nmodel = "neural"\n' + two)
+    assert getattr(c.channels[0], key) == given and getattr(c.channels[1], key) is None
+    assert c.to_dict()["channel"][0][key] == given and key not in c.to_dict()["channel"][1]
+    e = Engine(c.channels, 48_000, model="neural")
+    e.process_hop(np.zeros((2, e.hop), np.float32))
+    got = getattr(e.sup.suppressor, per_channel).tolist()
+    assert got == pytest.approx([given, e.gate_defaults[key]]) and e.gate_defaults[key] != given
+    with pytest.raises(ParameterError, match=rf"host\.{key}: model 'dsp' has no pause gate"):
+        Engine(c.channels, 48_000, model="dsp")
+    assert f"{key}: value {bad} is out of range {allowed}" in one_problem(
+        f'[[channel]]\nname = "host"\n{key} = {bad}\n')
 
 
 def test_ints_where_floats_are_expected():
@@ -630,7 +657,8 @@ def test_round_trip_everything(confdir):
 
 def test_to_dict_lists_every_key():
     """Every key, except those left to the model (max_attenuation_db,
-    pitch_filter, pause_db, pause_threshold) that the file does not set."""
+    pitch_filter, pause_db, pause_threshold) or, in a channel, to the
+    engine (pause_db, pause_threshold) that the file does not set."""
     d = cfg(ONE).to_dict()
     schema = describe_schema()
     assert list(d) == ["jack", "engine", "control", "midi", "state", "channel"]
@@ -640,9 +668,11 @@ def test_to_dict_lists_every_key():
     d = cfg("[engine]\nmax_attenuation_db = 12\npitch_filter = 0.25\npause_db = 12\npause_threshold = 0.2\n"
             + ONE).to_dict()
     assert list(d["engine"]) == [k["name"] for k in schema["engine"]]
-    assert list(d["channel"][0]) == [k["name"] for k in schema["channel"] if k["name"] != "pause_db"]
-    d = cfg(ONE.replace("[[channel]]", "[[channel]]\npause_db = 20")).to_dict()
-    assert list(d["channel"][0]) == [k["name"] for k in schema["channel"]] and d["channel"][0]["pause_db"] == 20.0
+    assert list(d["channel"][0]) == [k["name"] for k in schema["channel"]
+                                     if k["name"] not in ("pause_db", "pause_threshold")]
+    d = cfg(ONE.replace("[[channel]]", "[[channel]]\npause_db = 20\npause_threshold = 0.4")).to_dict()
+    assert list(d["channel"][0]) == [k["name"] for k in schema["channel"]]
+    assert d["channel"][0]["pause_db"] == 20.0 and d["channel"][0]["pause_threshold"] == 0.4
 
 
 def test_to_toml_writer():
