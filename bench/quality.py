@@ -6,6 +6,7 @@
     python bench/quality.py --voices lower  # real male voices instead (klettres-data)
     python bench/quality.py --voices higher # the held-out voices 1.3x as fast (higher)
     python bench/quality.py --voices dutch  # held-out Dutch dialogue, a man and a woman
+    python bench/quality.py --voices room   # the held-out voices in synthetic rooms (reverberant)
 
 Mixtures come from :func:`quietcast.models.train.heldout_mixtures`: files of
 the default bundle's held-out split only (LJ Speech numbers divisible by 6,
@@ -38,6 +39,16 @@ are acted "underwater", with long reverberant tails and tonal effects
 keeps what most suppressors remove: read it as a check on deep voices in
 sentences, not as a quality score. The JSON's ``by_group`` splits the
 scores by speaker.
+
+``--voices room`` puts the held-out voices in rooms (:func:`room_voices`):
+each utterance convolved with its own synthetic room impulse response
+(training's generator, exponentially decaying noise, RT60 0.15-0.8 s,
+drawn from a seed of its own). The reference is the reverberant speech:
+quietcast removes noise and keeps the room by design (its training
+target is reverberant too), so a system that also takes reverberation
+away loses on the intrusive metrics here, and DNSMOS (which hears
+reverberation as a fault) is the one to read for that. The JSON's
+``by_group`` splits the scores by RT60 (under and over 0.4 s).
 
 Systems, all at 48 kHz, each with a fresh state per mixture:
 
@@ -325,6 +336,41 @@ def dutch_voices(cache) -> dict:
     return dict(sorted(out.items()))
 
 
+ROOM_SEED = 20261128  # the rooms of --voices room (not training's: its RIRs come from the training seed)
+
+
+def room_voices(cache, seed: int = ROOM_SEED) -> dict:
+    """The held-out voices, each utterance in a synthetic room of its own
+    (:func:`quietcast.models.train._rir`: RT60 0.15-0.8 s), for ``--voices
+    room``: ``{"GROUP-rt60<0.4" or "GROUP-rt60>=0.4": [(name, reverberant
+    audio at 48 kHz), ...]}``; the reverberant speech is the reference."""
+    from quietcast.models.train import HELDOUT_GROUPS, Corpus, _fftconv, _rir
+
+    corp = Corpus(cache, "heldout")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i, s in enumerate(corp.items["speech"]):
+        if s["group"] in HELDOUT_GROUPS:
+            u = corp.get("speech", i).astype(np.float32) / 32768.0
+            h, _early = _rir(rng)
+            rt60 = _rt60(h)
+            tail = np.zeros(h.size, np.float32)  # the room's tail after the last word
+            y = _fftconv(np.concatenate([u, tail]), h)
+            out.setdefault(f"{s['group']}-rt60{'<' if rt60 < 0.4 else '>='}0.4", []).append((s["name"], y))
+    if not out:
+        raise SystemExit(f"--voices room: no held-out speech in the cache {cache}")
+    return dict(sorted(out.items()))
+
+
+def _rt60(h: np.ndarray) -> float:
+    """RT60 (s) of an impulse response from its Schroeder decay (-5 to
+    -25 dB, extrapolated to -60)."""
+    e = np.cumsum((h.astype(np.float64) ** 2)[::-1])[::-1]
+    db = 10 * np.log10(e / e[0] + 1e-30)
+    i5, i25 = int(np.argmax(db <= -5.0)), int(np.argmax(db <= -25.0))
+    return 3.0 * (i25 - i5) / SR if i25 > i5 else float("nan")
+
+
 # ------------------------------------------------------------------ scoring
 def measure_delay(y: np.ndarray, x: np.ndarray, max_lag: int = SR // 5) -> int:
     """Lag (samples) that best aligns output ``y`` to input ``x``."""
@@ -510,13 +556,15 @@ def main(argv=None) -> int:
     p.add_argument("--compare", default="",
                    help="extra neural bundles in the same run: LABEL=BUNDLE_NAME_OR_FOLDER,... "
                         "(rows quietcast-neural[LABEL])")
-    p.add_argument("--voices", choices=("heldout", "lower", "higher", "dutch"), default="heldout",
+    p.add_argument("--voices", choices=("heldout", "lower", "higher", "dutch", "room"), default="heldout",
                    help="clean speech: the held-out split (LJ Speech, Russian asterisk voice), real lower "
                         "male voices never trained on (klettres-data: French, Malayalam, Danish), or the "
                         f"held-out voices played {HIGHER_SPEED:g}x as fast (higher voices), or the held-out "
-                        "scenes of the Dutch fillets-ng dubbing (a man and a woman, sentences)")
+                        "scenes of the Dutch fillets-ng dubbing (a man and a woman, sentences), or the "
+                        "held-out voices in synthetic rooms (RT60 0.15-0.8 s; the reverberant speech is the "
+                        "reference)")
     p.add_argument("--out", default=None,
-                   help=f"JSON path (default {OUT}, or quality_VOICES.json with --voices lower, higher or dutch)")
+                   help=f"JSON path (default {OUT}, or quality_VOICES.json with another --voices)")
     args = p.parse_args(argv)
     if args.out is None:
         args.out = str(OUT if args.voices == "heldout" else OUT.with_name(f"quality_{args.voices}.json"))
@@ -529,7 +577,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     cache = build_cache(args.cache)
     voices = {"lower": lower_voices, "higher": lambda: higher_voices(cache),
-              "dutch": lambda: dutch_voices(cache)}.get(args.voices, lambda: None)()
+              "dutch": lambda: dutch_voices(cache), "room": lambda: room_voices(cache)}.get(args.voices, lambda: None)()
     mixes = heldout_mixtures(cache, n=args.n, seed=args.seed, seconds=args.seconds, voices=voices)
     print(f"{len(mixes)} held-out mixtures of {args.seconds:g} s ({time.time() - t0:.1f} s to build)", file=sys.stderr)
     wanted = args.systems.split(",") if args.systems else None
