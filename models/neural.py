@@ -1054,17 +1054,9 @@ class NeuralSuppressor(HopSuppressor):
             if self.device.type == "cuda":
                 self._comb_t.fill_(v)
             return
-        if name == "pause_db":
-            self._pause_db = v
-            self._pause_c[:] = v
-            if self.device.type == "cuda":
-                self._pause_t[0].copy_(self._pause_cpu)
-            return
-        if name == "pause_threshold":
-            self._pause_threshold = v
-            self._thr_c[:] = v
-            if self.device.type == "cuda":
-                self._pause_t[3].copy_(self._thr_cpu)
+        if name in ("pause_db", "pause_threshold"):
+            setattr(self, f"_{name}", v)
+            self._put_gate(name, v)
             return
         if name == "strength_db":
             self._strength_db = v
@@ -1103,9 +1095,7 @@ class NeuralSuppressor(HopSuppressor):
         per channel, each in the ``pause_threshold`` range); from the next
         hop. A ValueError (nothing changed) for a bundle without the pause
         head, a wrong length or a value out of range."""
-        self._thr_c[:] = self._per_channel("pause_threshold", values)
-        if self.device.type == "cuda":
-            self._pause_t[3].copy_(self._thr_cpu)
+        self._put_gate("pause_threshold", self._per_channel("pause_threshold", values))
 
     @property
     def pause_db_per_channel(self) -> np.ndarray:
@@ -1117,9 +1107,16 @@ class NeuralSuppressor(HopSuppressor):
         channel, dB, each in the ``pause_db`` range); from the next hop.
         A ValueError (nothing changed) for a bundle without the pause head,
         a wrong length or a value out of range."""
-        self._pause_c[:] = self._per_channel("pause_db", values)
+        self._put_gate("pause_db", self._per_channel("pause_db", values))
+
+    def _put_gate(self, name: str, values) -> None:
+        """The gate's depths or thresholds (checked) into the arrays the C
+        and torch steps read, and on CUDA into the graph's device tensor."""
+        arr, cpu, row = ((self._pause_c, self._pause_cpu, 0) if name == "pause_db"
+                         else (self._thr_c, self._thr_cpu, 3))
+        arr[:] = values
         if self.device.type == "cuda":
-            self._pause_t[0].copy_(self._pause_cpu)
+            self._pause_t[row].copy_(cpu)
 
     def _per_channel(self, name: str, values) -> list[float]:
         """``values`` checked as one ``name`` per channel (ValueError)."""
