@@ -7,6 +7,7 @@
     python bench/quality.py --voices higher # the held-out voices 1.3x as fast (higher)
     python bench/quality.py --voices dutch  # held-out Dutch dialogue, a man and a woman
     python bench/quality.py --voices room   # the held-out voices in synthetic rooms (reverberant)
+    python bench/quality.py --voices room-early  # the same input; the reference is the early speech
 
 Mixtures come from :func:`quietcast.models.train.heldout_mixtures`: files of
 the default bundle's held-out split only (LJ Speech numbers divisible by 6,
@@ -49,6 +50,10 @@ target is reverberant too), so a system that also takes reverberation
 away loses on the intrusive metrics here, and DNSMOS (which hears
 reverberation as a fault) is the one to read for that. The JSON's
 ``by_group`` splits the scores by RT60 (under and over 0.4 s).
+``--voices room-early`` mixes the same input (the same mixtures, noise
+and SNR) and scores against the early speech instead (direct sound and
+the first 50 ms of the room): how far a system that removes
+reverberation gets towards the dry voice.
 
 Systems, all at 48 kHz, each with a fresh state per mixture:
 
@@ -339,11 +344,13 @@ def dutch_voices(cache) -> dict:
 ROOM_SEED = 20261128  # the rooms of --voices room (not training's: its RIRs come from the training seed)
 
 
-def room_voices(cache, seed: int = ROOM_SEED) -> dict:
+def room_voices(cache, seed: int = ROOM_SEED, early: bool = False) -> dict:
     """The held-out voices, each utterance in a synthetic room of its own
     (:func:`quietcast.models.train._rir`: RT60 0.15-0.8 s), for ``--voices
     room``: ``{"GROUP-rt60<0.4" or "GROUP-rt60>=0.4": [(name, reverberant
-    audio at 48 kHz), ...]}``; the reverberant speech is the reference."""
+    audio at 48 kHz), ...]}``; the reverberant speech is the reference.
+    ``early`` (``--voices room-early``): ``(name, reverberant audio, early
+    part)`` items, the same rooms: the early speech is the reference."""
     from quietcast.models.train import HELDOUT_GROUPS, Corpus, _fftconv, _rir
 
     corp = Corpus(cache, "heldout")
@@ -352,11 +359,11 @@ def room_voices(cache, seed: int = ROOM_SEED) -> dict:
     for i, s in enumerate(corp.items["speech"]):
         if s["group"] in HELDOUT_GROUPS:
             u = corp.get("speech", i).astype(np.float32) / 32768.0
-            h, _early = _rir(rng)
+            h, h_early = _rir(rng)
             rt60 = _rt60(h)
-            tail = np.zeros(h.size, np.float32)  # the room's tail after the last word
-            y = _fftconv(np.concatenate([u, tail]), h)
-            out.setdefault(f"{s['group']}-rt60{'<' if rt60 < 0.4 else '>='}0.4", []).append((s["name"], y))
+            x = np.concatenate([u, np.zeros(h.size, np.float32)])  # the room's tail after the last word
+            item = (s["name"], _fftconv(x, h)) + ((_fftconv(x, h_early),) if early else ())
+            out.setdefault(f"{s['group']}-rt60{'<' if rt60 < 0.4 else '>='}0.4", []).append(item)
     if not out:
         raise SystemExit(f"--voices room: no held-out speech in the cache {cache}")
     return dict(sorted(out.items()))
@@ -556,13 +563,14 @@ def main(argv=None) -> int:
     p.add_argument("--compare", default="",
                    help="extra neural bundles in the same run: LABEL=BUNDLE_NAME_OR_FOLDER,... "
                         "(rows quietcast-neural[LABEL])")
-    p.add_argument("--voices", choices=("heldout", "lower", "higher", "dutch", "room"), default="heldout",
+    p.add_argument("--voices", choices=("heldout", "lower", "higher", "dutch", "room", "room-early"),
+                   default="heldout",
                    help="clean speech: the held-out split (LJ Speech, Russian asterisk voice), real lower "
                         "male voices never trained on (klettres-data: French, Malayalam, Danish), or the "
                         f"held-out voices played {HIGHER_SPEED:g}x as fast (higher voices), or the held-out "
                         "scenes of the Dutch fillets-ng dubbing (a man and a woman, sentences), or the "
                         "held-out voices in synthetic rooms (RT60 0.15-0.8 s; the reverberant speech is the "
-                        "reference)")
+                        "reference, or with room-early the same input against its early part)")
     p.add_argument("--out", default=None,
                    help=f"JSON path (default {OUT}, or quality_VOICES.json with another --voices)")
     args = p.parse_args(argv)
@@ -577,7 +585,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     cache = build_cache(args.cache)
     voices = {"lower": lower_voices, "higher": lambda: higher_voices(cache),
-              "dutch": lambda: dutch_voices(cache), "room": lambda: room_voices(cache)}.get(args.voices, lambda: None)()
+              "dutch": lambda: dutch_voices(cache), "room": lambda: room_voices(cache),
+              "room-early": lambda: room_voices(cache, early=True)}.get(args.voices, lambda: None)()
     mixes = heldout_mixtures(cache, n=args.n, seed=args.seed, seconds=args.seconds, voices=voices)
     print(f"{len(mixes)} held-out mixtures of {args.seconds:g} s ({time.time() - t0:.1f} s to build)", file=sys.stderr)
     wanted = args.systems.split(",") if args.systems else None

@@ -1205,7 +1205,10 @@ def heldout_mixtures(cache, n: int = 48, seed: int = 20240611, seconds: float = 
     ``voices`` (optional): other clean speech instead, ``{group: [(name,
     float32 audio at 48 kHz), ...]}``; the mixtures cycle over the groups
     (bench/quality.py ``--voices lower``). The noises are the same
-    held-out noises."""
+    held-out noises. An item ``(name, audio, reference)`` mixes ``audio``
+    (levels and SNR are set on it) and returns ``reference`` (as long,
+    scaled alike) as ``clean``: e.g. reverberant speech in, its early
+    part as the reference (bench/quality.py ``--voices room-early``)."""
     cache = _cache_dir(cache)
     corp = Corpus(cache, "heldout")
     rng = np.random.default_rng(seed)
@@ -1225,13 +1228,18 @@ def heldout_mixtures(cache, n: int = 48, seed: int = 20240611, seconds: float = 
     for k in range(n):
         g = gnames[k % len(gnames)]
         clean = np.zeros(L, np.float32)
+        ref = None  # the reference, where the voices give one apart from the speech mixed in
         pos = int(rng.uniform(0.3, 0.8) * SR)  # noise-only lead-in
         names = []
         while pos < L - SR // 2:
-            name, a = voices[g][int(rng.integers(len(voices[g])))]
+            name, a, *r = voices[g][int(rng.integers(len(voices[g])))]
             # the cache's int16 items (an index) are converted only as far as they are used
             u = corp.get("speech", a)[: L - pos].astype(np.float32) * _I16 if isinstance(a, int) else a[: L - pos]
-            clean[pos:pos + u.size] = u / (_rms(u) + 1e-6)
+            k_u = _rms(u) + 1e-6
+            clean[pos:pos + u.size] = u / k_u
+            if r:
+                ref = np.zeros(L, np.float32) if ref is None else ref
+                ref[pos:pos + u.size] = r[0][:u.size] / k_u
             names.append(name)
             pos += u.size + int(rng.uniform(0.2, 0.6) * SR)
         j = int(rng.choice(len(corp.noise_p), p=corp.noise_p))
@@ -1248,7 +1256,10 @@ def heldout_mixtures(cache, n: int = 48, seed: int = 20240611, seconds: float = 
         level = 10 ** (rng.uniform(-35, -15) / 20) / ps
         clean *= np.float32(level)
         noise *= np.float32(level)
-        out.append(dict(noisy=(clean + noise).astype(np.float32), clean=clean, noise=noise, snr_db=snr,
+        noisy = (clean + noise).astype(np.float32)
+        if ref is not None:
+            clean = ref * np.float32(level)
+        out.append(dict(noisy=noisy, clean=clean, noise=noise, snr_db=snr,
                         speech=names, noise_name=corp.items["noise"][j]["name"], group=g))
     return out
 

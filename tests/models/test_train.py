@@ -82,6 +82,16 @@ def test_cache_and_heldout_without_the_asterisk_voices(data, tmp_path):
     assert all(m["noise_name"] == "misc/noise1.flac" for m in mixes)
     for m in mixes:
         assert np.allclose(m["noisy"], m["clean"] + m["noise"], atol=1e-6)
+    # voices with a reference of their own (bench/quality.py --voices room-early): the same input
+    # mixtures, with the reference, scaled alike, as "clean"
+    rng = np.random.default_rng(3)
+    speech = [(f"v{i}", rng.standard_normal(48_000).astype(np.float32) * 0.1) for i in range(3)]
+    plain = T.heldout_mixtures(cache, n=4, seconds=2.0, voices={"v": speech})
+    withref = T.heldout_mixtures(cache, n=4, seconds=2.0, voices={"v": [(n, a, 0.5 * a) for n, a in speech]})
+    for p, r in zip(plain, withref):
+        np.testing.assert_array_equal(p["noisy"], r["noisy"])
+        np.testing.assert_allclose(r["clean"], 0.5 * p["clean"], atol=1e-7)
+        assert float(np.max(np.abs(p["clean"]))) > 0.0
 
 
 def test_fillets_voices_only_from_mix_versions_4_and_6(data, tmp_path, monkeypatch):
