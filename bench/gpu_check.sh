@@ -6,7 +6,8 @@
 #     bash bench/gpu_check.sh          # from the repository root; ~3-6 min, at most 9.7 min
 #
 # 1. the CUDA tests (pytest -m gpu in tests/models: CUDA graph == CPU,
-#    the exact strength-0 path through the graph, reset in place, 1024
+#    the exact strength-0 path through the graph, the pause gate's depth and
+#    threshold per channel through its device tensors, reset in place, 1024
 #    channels in one batch; training on CUDA against the same run on the
 #    CPU, on a synthetic cache: the machine has no training data);
 # 2. bench/speed.py --gpu-only: per-hop p50/p99 for 1..4096 channels;

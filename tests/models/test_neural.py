@@ -796,6 +796,18 @@ def test_cuda_graph_equals_cpu(channels, noisy_speechlike):
     yg, yc = both(g, c)
     assert np.max(np.abs(yg - yc)) < 1e-4
     assert np.allclose(g.gain_reduction_db, c.gain_reduction_db, atol=0.05)
+    # the pause gate's depth and threshold per channel, changed through the graph's device tensors
+    for s in (g, c):
+        s.reset()
+        s.set_channel_pause_db(np.linspace(10.0, 60.0, channels).tolist())
+        s.set_channel_pause_threshold(np.linspace(0.9, 0.05, channels).tolist())
+    yg, yc = both(g, c)
+    assert np.max(np.abs(yg - yc)) < 1e-4
+    assert np.allclose(g._pg.cpu().numpy(), c._pg.numpy(), atol=1e-3)
+    for s in (g, c):
+        s.reset()
+        s.set_param("pause_db", 30.0)
+        s.set_param("pause_threshold", 0.3)
     # on (and changed through the graph's scalar): the pitch search may break
     # near ties between lags differently (test_ckernel): within 70 dB
     for k in (0.5, 1.0):
