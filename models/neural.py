@@ -1237,17 +1237,11 @@ class NeuralSuppressor(HopSuppressor):
         a side stream; the state is restored afterwards). If capture
         fails the hop runs eagerly on CUDA with the reason kept."""
         c, H, dev = self.channels, self.hop, self.device
+        self._device_buffers(dev)
         self._h_in = torch.zeros(c, H, pin_memory=True)
         self._h_in_np = self._h_in.numpy()
-        self._h_out = torch.zeros(3 * c + 1, H, pin_memory=True)  # outputs, then gain reduction (row 3C)
+        self._h_out = torch.zeros(*self._d_res.shape, pin_memory=True)
         self._h_out_np = self._h_out.numpy()
-        self._d_in = torch.zeros(c, H, device=dev)
-        self._d_res = torch.zeros(3 * c + 1, H, device=dev)
-        self._mix_t = torch.tensor(getattr(self, "_mix", 1.0), dtype=torch.float32, device=dev)
-        self._comb_t = torch.tensor(self._pitch_filter, dtype=torch.float32, device=dev)
-        self._pause_t = ([self._pause_cpu.to(dev)] + [torch.tensor(v, dtype=torch.float32, device=dev)
-                                                      for v in (self._floor, self._remix)]
-                         + [self._thr_cpu.to(dev)])
         self._graph = None
         state = (self._m, self._u, self._fl, self._fresh, self._h1, self._h2, self._xh, self._prev, self._ola,
                  self._pbuf, self._pg)
@@ -1271,6 +1265,23 @@ class NeuralSuppressor(HopSuppressor):
             t.copy_(v)
         torch.cuda.synchronize(dev)
 
+    def _device_buffers(self, dev: torch.device) -> None:
+        """The static tensors the captured hop reads and writes on ``dev``:
+        the input ``[C, H]``; the results ``[3C + ceil(C / H), H]``, the
+        outputs (output, voice, background) and then each channel's gain
+        reduction, packed ``H`` to a row (so any channel count fits); the
+        mix factor, the pitch filter's strength and the pause gate's
+        depths, floor, remix and thresholds, which a set copies into
+        before the next replay."""
+        c, H = self.channels, self.hop
+        self._d_in = torch.zeros(c, H, device=dev)
+        self._d_res = torch.zeros(3 * c + -(-c // H), H, device=dev)
+        self._mix_t = torch.tensor(getattr(self, "_mix", 1.0), dtype=torch.float32, device=dev)
+        self._comb_t = torch.tensor(self._pitch_filter, dtype=torch.float32, device=dev)
+        self._pause_t = ([self._pause_cpu.to(dev)] + [torch.tensor(v, dtype=torch.float32, device=dev)
+                                                      for v in (self._floor, self._remix)]
+                         + [self._thr_cpu.to(dev)])
+
     def _cuda_step(self) -> None:
         """One hop on the device tensors (captured into the graph)."""
         _fused_step(self._d_in, self._prev, self._win, self._fb_e, self._fb_i, self._m, self._u, self._fl,
@@ -1282,7 +1293,7 @@ class NeuralSuppressor(HopSuppressor):
         self._d_res[:3 * C].copy_(o.reshape(3 * C, self.hop))
         e_in = (o[1] + o[2]).square().sum(1)
         e_out = o[0].square().sum(1)
-        self._d_res[3 * C, :C].copy_(torch.log10((e_in + 1e-30) / (e_out + 1e-30)).mul_(10.0))
+        self._d_res[3 * C:].view(-1)[:C].copy_(torch.log10((e_in + 1e-30) / (e_out + 1e-30)).mul_(10.0))
 
     def _core_cuda(self, hop: np.ndarray) -> None:
         C = self.channels
@@ -1295,7 +1306,7 @@ class NeuralSuppressor(HopSuppressor):
         self._h_out.copy_(self._d_res, non_blocking=True)
         torch.cuda.current_stream(self.device).synchronize()
         np.copyto(self._hop_buf, self._h_out_np[:3 * C])
-        self.gain_reduction_db = self._h_out_np[3 * C, :C].copy()
+        self.gain_reduction_db = self._h_out_np[3 * C:].reshape(-1)[:C].copy()
 
     # -------------------------------------------------------------- core
     @torch.inference_mode()

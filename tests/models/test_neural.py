@@ -773,6 +773,38 @@ def test_create_suppressor_passes_device_only_to_gpu_models():
     assert create_suppressor("neural", 1, device="cpu").backend == "cpu"
 
 
+@pytest.mark.parametrize("channels", [3, 481, 1024])
+def test_the_captured_hop_on_the_cpu(channels, noisy_speechlike):
+    """The hop the CUDA graph captures (:meth:`NeuralSuppressor._cuda_step`:
+    branchless, results packed in one tensor for one copy to the host),
+    run on CPU tensors: the outputs and each channel's gain reduction
+    are those of the C step, for any channel count, with the pause gate's
+    depth and threshold set per channel. (Until session 23 the
+    gain reduction had one row of 480: more channels than that failed at
+    setup and fell back to the CPU, so every GPU figure above 480
+    channels would have been a CPU one.)"""
+    x = np.tile(noisy_speechlike[0][:, :480 * 12], (channels, 1))
+    x *= np.linspace(0.2, 1.0, channels, dtype=np.float32)[:, None]
+    g = NeuralSuppressor(channels, kernel="torch", pitch_filter=0.0)
+    c = NeuralSuppressor(channels, pitch_filter=0.0)
+    for s in (g, c):  # the pause gate's per-channel depths and thresholds, as the graph reads them
+        s.set_channel_pause_db(np.linspace(10.0, 60.0, channels).tolist())
+        s.set_channel_pause_threshold(np.linspace(0.9, 0.05, channels).tolist())
+    g._device_buffers(torch.device("cpu"))
+    C = channels
+    assert g._d_res.shape == (3 * C + -(-C // 480), 480)
+    for i in range(0, x.shape[1], 480):
+        hop = x[:, i:i + 480]
+        g._d_in.copy_(torch.from_numpy(hop))
+        with torch.inference_mode():
+            g._cuda_step()
+        c._core(hop)
+        np.testing.assert_allclose(g._d_res[:3 * C].numpy(), c._hop_buf, atol=1e-4)
+        gr = g._d_res[3 * C:].reshape(-1)[:C].numpy()
+        np.testing.assert_allclose(gr, c.gain_reduction_db, atol=0.05)
+    assert float(np.max(c.gain_reduction_db)) > 1.0  # it did reduce something
+
+
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
@@ -833,9 +865,11 @@ def test_cuda_graph_equals_cpu(channels, noisy_speechlike):
 def test_cuda_1024_channels_in_one_batch(noisy_speechlike):
     x = np.tile(noisy_speechlike[0][:, :480], (1024, 1))
     g = NeuralSuppressor(1024, device="cuda")
+    assert g.backend.startswith("cuda-graph"), g.backend  # not a CPU fallback
     for _ in range(10):
         y = g.process_hop(x)
     assert y.shape == (1024, 480) and np.all(np.isfinite(y))
+    assert g.backend.startswith("cuda-graph") and g.gain_reduction_db.shape == (1024,)
 
 
 def test_training_lineage_keeps_every_stage(tmp_path):
