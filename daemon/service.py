@@ -23,6 +23,7 @@ set flags; a second SIGINT forces an immediate exit.
 from __future__ import annotations
 
 import concurrent.futures
+import gc
 import json
 import logging
 import os
@@ -46,6 +47,29 @@ from .registry import CHANNEL_PARAMS
 log = logging.getLogger("quietcast")
 
 _NO_CHAIN = object()
+
+
+
+def settle_heap() -> float:
+    """Collect the garbage, then freeze what is left (``gc.freeze``); returns
+    the milliseconds it took. Called when a new engine is built, before its
+    audio runs (the first connection, a reconnect, a rebuild).
+
+    Why: a full cycle collection walks every tracked object, and a process
+    with torch and a neural model loaded has about 170,000 of them: about
+    85 ms on a 2-core VM. Any thread may trigger one, and it holds the GIL
+    throughout, so the engine thread stalls for several times its safety
+    margin (a late hop: the dry path for a moment), and so does every
+    Python JACK callback (the demo's player and recorder took 20-40 xruns
+    per run from it). Frozen objects are never walked again, so later
+    collections see only what was made since. Unfreezing first lets
+    whatever died since the last call (an old engine) be collected, not
+    kept frozen forever."""
+    t0 = time.perf_counter()
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    return 1000.0 * (time.perf_counter() - t0)
 
 
 class Daemon:
@@ -119,6 +143,9 @@ class Daemon:
             out.append(s)
         return out
 
+    #: how long the last :func:`settle_heap` took (ms; None before the first engine)
+    heap_settle_ms: float | None = None
+
     def _engine_for(self, sample_rate: int) -> Engine:
         eng = self.engine
         if eng is None or eng.sample_rate != sample_rate or getattr(self, "_rebuild", False):
@@ -131,6 +158,7 @@ class Daemon:
             self.registry.reapply(new)
             self.engine = new
             self._rebuild = False
+            self.heap_settle_ms = settle_heap()
             pf = new.sup.values.get("pitch_filter")
             pg = new.sup.values.get("pause_db")
             log.info("engine: %d channel(s) at %d Hz, model %s on %s (strength 1.0 = %g dB%s%s), processing latency "
@@ -184,8 +212,6 @@ class Daemon:
                 self._totals[k] += int(c[getattr(jackio, k.upper())])
             self.io.close()
             self.io = None
-            import gc
-
             gc.collect()  # the old rings go now, not at some later cycle collection
 
     def _reopen(self) -> None:

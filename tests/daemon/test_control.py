@@ -184,6 +184,45 @@ def test_load_chain_within_budget_and_beyond(client, tmp_path, served):
     assert e.value.code == "failed" and "cannot read chain file" in e.value.message
 
 
+def test_the_heap_is_frozen_before_audio_and_thawed_on_a_rebuild(tmp_path, jack_server):
+    """``settle_heap``: once an engine is built, before its audio runs,
+    what the process holds is collected and frozen (a cycle collection
+    then walks only what was made since, not torch's objects: it would
+    hold the GIL for tens of ms, stalling the engine thread); a rebuild
+    unfreezes first, so the old engine is collected, not kept frozen."""
+    import gc
+    import weakref
+
+    from quietcast.daemon.service import settle_heap
+
+    class Node:
+        pass
+
+    ring = Node()
+    ring.me = ring  # cyclic: only a collection frees it
+    gone = weakref.ref(ring)
+    settle_heap()  # frozen with the rest
+    del ring
+    settle_heap()
+    assert gone() is None  # unfrozen first, so collected
+
+    gc.unfreeze()  # as in a fresh process (an earlier test's daemon froze this one's heap)
+    assert gc.get_freeze_count() == 0
+    cfg = make_config(tmp_path, jack_server.name, model="neural")
+    s = Served(cfg).wait_ready()
+    try:
+        assert gc.get_freeze_count() > 10_000 and s.daemon.heap_settle_ms > 0.0
+        old = weakref.ref(s.daemon.engine)
+        path = tmp_path / "quietcast.toml"
+        path.write_text(path.read_text().replace('model = "neural"\n', 'model = "neural"\npause_db = 20\n'))
+        with Client(f"ipc://{tmp_path}/ctl", timeout=20) as c:
+            assert c.call("reload")["rebuilt"] is True
+            assert c.get("guest.pause_db") == 20.0
+        assert s.daemon.engine is not None and old() is None and gc.get_freeze_count() > 10_000
+    finally:
+        s.stop()
+
+
 def test_reload_good_and_broken(client, tmp_path):
     cfgfile = tmp_path / "quietcast.toml"
     text = cfgfile.read_text()
