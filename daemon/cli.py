@@ -198,8 +198,10 @@ def cmd_models(args) -> int:
             strength = f", strength {r['default_strength_db']:g} dB" if r["default_strength_db"] else ""
             if r["default_pitch_filter"] is not None:
                 strength += f", pitch filter {r['default_pitch_filter']:g}"
-            if r["default_pause_db"] is not None:
+            if r["default_pause_db"]:
                 strength += f", pause gate {r['default_pause_db']:g} dB below {r['default_pause_threshold']:g}"
+            elif r["default_pause_db"] is not None:
+                strength += ", pause gate off"
             print(f"{r['name']:<13}{alias:<10} {r['sample_rate']} Hz, latency {r['latency_samples']} samples = "
                   f"{r['latency_ms']:.1f} ms{strength}{lic}")
     return EXIT_OK

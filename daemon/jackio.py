@@ -287,6 +287,11 @@ class JackIO:
             c.close()
         except Exception:
             pass
+        # no callback can run now: drop the closures that refer back to this object, so
+        # that it (and its rings) goes when its last reference does, without waiting for a
+        # cycle collection (which never comes to a frozen object: service.settle_heap)
+        self._cb_refs = []
+        self._latency_for = lambda period: 0
 
     @property
     def alive(self) -> bool:

@@ -36,12 +36,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from quietcast.bridge.errors import ChainSpecError
+from quietcast.bridge.errors import ChainSpecError, ParameterError
 from quietcast.models import available_models, bundle_licence
 
 from . import jackio
 from .engine import Engine
 from .errors import ControlError, NotReadyError
+from .config import GATE_PARAMS
 from .registry import CHANNEL_PARAMS
 
 log = logging.getLogger("quietcast")
@@ -49,11 +50,13 @@ log = logging.getLogger("quietcast")
 _NO_CHAIN = object()
 
 
-
 def settle_heap() -> float:
     """Collect the garbage, then freeze what is left (``gc.freeze``); returns
-    the milliseconds it took. Called when a new engine is built, before its
-    audio runs (the first connection, a reconnect, a rebuild).
+    the milliseconds it took (kept in ``Daemon.heap_settle_ms``, logged at
+    debug level). Called when a new engine is built, before its audio runs
+    (the first connection, a rebuild, a new sample rate; a reconnect that
+    keeps the engine needs none: its closed client frees itself,
+    ``JackIO.close``).
 
     Why: a full cycle collection walks every tracked object, and a process
     with torch and a neural model loaded has about 170,000 of them: about
@@ -126,7 +129,11 @@ class Daemon:
             return getattr(c, "chain_spec", None)
         return got
 
-    def _channel_specs(self):
+    def _channel_specs(self, live_gate: bool = True):
+        """The channels for a new engine: the config's, with the live values
+        of the running engine (they survive a rebuild); ``live_gate`` False
+        leaves out the live pause-gate values (a new model without the
+        gate)."""
         class Spec:
             pass
 
@@ -138,10 +145,30 @@ class Daemon:
                 setattr(s, k, getattr(c, k))
             if c.name in old:  # live values survive a rebuild
                 for k, v in old[c.name].__dict__.items():
-                    setattr(s, k, v)
+                    if live_gate or k not in GATE_PARAMS:
+                        setattr(s, k, v)
             s.chain = self._chain_of(c)
             out.append(s)
         return out
+
+    def _new_engine(self, sample_rate: int) -> Engine:
+        e = self.config.engine
+
+        def build(specs):
+            return Engine(specs, sample_rate, model=e.model, max_attenuation_db=e.max_attenuation_db,
+                          safety_ms=e.safety_ms, max_backlog_ms=e.max_backlog_ms, device=e.device,
+                          pitch_filter=e.pitch_filter, pause_db=e.pause_db, pause_threshold=e.pause_threshold,
+                          **self.engine_options)
+
+        try:
+            return build(self._channel_specs())
+        except ParameterError as err:
+            # a pause-gate value set live for the old model, which the new one lacks: dropped (the
+            # config's own values still have to fit, and are refused with the reason)
+            if not self.engine or err.address.rsplit(".", 1)[-1] not in GATE_PARAMS:
+                raise
+            log.warning("live pause-gate values dropped: model %s has no pause gate", e.model)
+            return build(self._channel_specs(live_gate=False))
 
     #: how long the last :func:`settle_heap` took (ms; None before the first engine)
     heap_settle_ms: float | None = None
@@ -150,15 +177,14 @@ class Daemon:
         eng = self.engine
         if eng is None or eng.sample_rate != sample_rate or getattr(self, "_rebuild", False):
             e = self.config.engine
-            new = Engine(self._channel_specs(), sample_rate, model=e.model, max_attenuation_db=e.max_attenuation_db,
-                         safety_ms=e.safety_ms, max_backlog_ms=e.max_backlog_ms, device=e.device,
-                         pitch_filter=e.pitch_filter, pause_db=e.pause_db, pause_threshold=e.pause_threshold,
-                         **self.engine_options)
+            new = self._new_engine(sample_rate)
+            eng = None  # the old engine (and the client it holds) is not kept alive through settle_heap
             new.registry = self.registry
             self.registry.reapply(new)
             self.engine = new
             self._rebuild = False
             self.heap_settle_ms = settle_heap()
+            log.debug("heap collected and frozen in %.1f ms", self.heap_settle_ms)
             pf = new.sup.values.get("pitch_filter")
             pg = new.sup.values.get("pause_db")
             log.info("engine: %d channel(s) at %d Hz, model %s on %s (strength 1.0 = %g dB%s%s), processing latency "
@@ -394,7 +420,14 @@ class Daemon:
             if structural:
                 self.config = new
                 self.chains = {}
-                self._reopen()
+                try:
+                    self._reopen()
+                except Exception as e:  # the new config cannot build an engine: the old one runs again
+                    log.warning("reload refused, the running config stays: %s", e)
+                    self.config = old
+                    self.chains = {}
+                    self._reopen()
+                    raise ControlError("failed", f"the new config cannot run: {e}") from None
             else:
                 for oc, nc in zip(old.channels, new.channels):
                     for k in CHANNEL_PARAMS:

@@ -174,8 +174,9 @@ class StateStore:
 
 def snapshot(registry, midi=None) -> dict:
     """Every live value by address (+ MIDI bindings when available). A
-    channel whose pause depth follows the engine's is saved as ``null``, so
-    it still follows it after a restart (e.g. a new ``engine.pause_db``)."""
+    channel whose pause depth or threshold follows the engine's is saved as
+    ``null``, so it still follows it after a restart (e.g. a new
+    ``engine.pause_db`` or ``engine.pause_threshold``)."""
     doc = {"version": STATE_VERSION, "saved_at": time.time(),
            "params": {d["address"]: None if d.get("follows_engine") else d["value"] for d in registry.list()}}
     if midi is not None:

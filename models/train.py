@@ -2277,7 +2277,7 @@ def main(argv=None) -> int:
                    help="with --fit-pause: training batches the head is fitted on (default 40)")
     p.add_argument("--pause-threshold", type=_pause_threshold_arg, default=0.05, metavar="P",
                    help="with --fit-pause: the bundle's pause_threshold, the speech probability below which the "
-                        "gate closes (0 < P <= 1; default 0.05)")
+                        "gate closes (0.01..1; default 0.05)")
     p.add_argument("--pause-db", type=_pause_db_arg, default=0.0, metavar="DB",
                    help="with --fit-pause: the bundle's default pause_db, the pause gate's depth (0..60 dB, "
                         "0 = off; default 0)")

@@ -145,6 +145,7 @@ def test_models_state_their_default_strength():
         assert rows[name]["default_pause_db"] == pg
         pt = create_suppressor(name, 1).bundle.config["defaults"].get("pause_threshold")
         assert rows[name]["default_pause_threshold"] == pt
-        assert (f"pause gate {pg:g} dB below {pt:g}" in line) == (pg is not None)
+        assert (f"pause gate {pg:g} dB below {pt:g}" in line) == bool(pg)
+        assert ("pause gate off" in line) == (pg == 0)
     assert rows["dsp"]["default_pitch_filter"] is None and rows["dsp"]["default_pause_db"] is None
     assert rows["dsp"]["default_pause_threshold"] is None

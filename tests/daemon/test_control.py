@@ -189,7 +189,9 @@ def test_the_heap_is_frozen_before_audio_and_thawed_on_a_rebuild(tmp_path, jack_
     what the process holds is collected and frozen (a cycle collection
     then walks only what was made since, not torch's objects: it would
     hold the GIL for tens of ms, stalling the engine thread); a rebuild
-    unfreezes first, so the old engine is collected, not kept frozen."""
+    unfreezes first, so the old engine is collected, not kept frozen, and
+    so is the old JACK client with its rings (its callbacks' closures are
+    dropped when it closes, which breaks its reference cycles)."""
     import gc
     import weakref
 
@@ -212,13 +214,47 @@ def test_the_heap_is_frozen_before_audio_and_thawed_on_a_rebuild(tmp_path, jack_
     s = Served(cfg).wait_ready()
     try:
         assert gc.get_freeze_count() > 10_000 and s.daemon.heap_settle_ms > 0.0
-        old = weakref.ref(s.daemon.engine)
+        old, old_io = weakref.ref(s.daemon.engine), weakref.ref(s.daemon.io)
         path = tmp_path / "quietcast.toml"
         path.write_text(path.read_text().replace('model = "neural"\n', 'model = "neural"\npause_db = 20\n'))
         with Client(f"ipc://{tmp_path}/ctl", timeout=20) as c:
             assert c.call("reload")["rebuilt"] is True
             assert c.get("guest.pause_db") == 20.0
         assert s.daemon.engine is not None and old() is None and gc.get_freeze_count() > 10_000
+        assert old_io() is None  # the old client and its rings went too (not kept frozen)
+    finally:
+        s.stop()
+
+
+def test_a_reload_the_engine_cannot_run_keeps_the_daemon(tmp_path, jack_server):
+    """From the neural model to ``dsp``: the live pause-gate values set for
+    the old model are dropped (logged), not fatal. A config whose own new
+    channel sets a pause gate that ``dsp`` lacks is refused with the
+    reason, and the running config stays and runs (the supervisor died of
+    both before session 23's fix)."""
+    cfg = make_config(tmp_path, jack_server.name, model="neural")
+    s = Served(cfg).wait_ready()
+    path = tmp_path / "quietcast.toml"
+    text = path.read_text()
+    try:
+        with Client(f"ipc://{tmp_path}/ctl", timeout=20) as c:
+            assert c.set("host.pause_threshold", 0.5) == 0.5 and c.set("guest.pause_db", 12) == 12.0
+            path.write_text(text.replace('model = "neural"', 'model = "dsp"'))
+            assert c.call("reload")["rebuilt"] is True
+            assert s.daemon.engine.model == "dsp" and c.status()["ready"]
+            assert not [d for d in c.list() if d["address"].endswith((".pause_db", ".pause_threshold"))]
+            # back to neural, then a config the engine refuses: the daemon keeps the running one
+            path.write_text(text)
+            assert c.call("reload")["rebuilt"] is True and s.daemon.engine.model == "neural"
+            path.write_text(text.replace('model = "neural"', 'model = "dsp"')
+                            + '[[channel]]\nname = "extra"\npause_db = 20\n')  # a new channel: no live values
+            with pytest.raises(ControlError) as e:
+                c.call("reload")
+            assert e.value.code == "failed" and "extra.pause_db: model 'dsp' has no pause gate" in e.value.message
+            assert wait_until(lambda: s.daemon.ready.is_set(), timeout=10)
+            assert s.daemon.engine.model == "neural" and s.thread.is_alive() and c.status()["ready"]
+            assert s.daemon.engine.names == ["host", "guest"]
+            assert c.set("host.strength", 0.5) == 0.5
     finally:
         s.stop()
 
