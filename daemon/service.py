@@ -429,11 +429,13 @@ class Daemon:
                     self._reopen()
                     raise ControlError("failed", f"the new config cannot run: {e}") from None
             else:
-                for oc, nc in zip(old.channels, new.channels):
-                    for k in CHANNEL_PARAMS:
-                        if getattr(oc, k) != getattr(nc, k):
-                            self.registry.set(f"{nc.name}.{k}", getattr(nc, k), source="config")
-                            changed.append(f"{nc.name}.{k}")
+                todo = [(f"{nc.name}.{k}", getattr(nc, k)) for oc, nc in zip(old.channels, new.channels)
+                        for k in CHANNEL_PARAMS if getattr(oc, k) != getattr(nc, k)]
+                for address, v in todo:  # all or nothing: e.g. a pause gate the model lacks is refused first
+                    self.registry.check(address, v)
+                for address, v in todo:
+                    self.registry.set(address, v, source="config")
+                    changed.append(address)
                 self.config = new
             if self.midi is not None:
                 try:

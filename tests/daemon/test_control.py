@@ -272,6 +272,12 @@ def test_reload_good_and_broken(client, tmp_path):
     assert e.value.code == "failed" and len(e.value.details["problems"]) == 2
     assert "did you mean 'strength'" in e.value.message
     assert client.get("guest.strength") == 0.4 and client.status()["ready"]
+    # all or nothing: the dsp model has no pause gate, so neither change is made
+    cfgfile.write_text(text.replace('name = "guest"\n', 'name = "guest"\nstrength = 0.7\npause_db = 10\n'))
+    with pytest.raises(ControlError) as e:
+        client.call("reload")
+    assert "guest.pause_db" in e.value.message and "no pause gate" in e.value.message
+    assert client.get("guest.strength") == 0.4 and client.status()["ready"]
 
 
 def test_learn_without_midi_is_unavailable(client):
