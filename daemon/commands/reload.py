@@ -5,9 +5,14 @@ class Reload(Command):
     """Re-read the config file (as SIGHUP does). An invalid file is refused
     with every problem listed (code ``failed``, ``details.problems``) and
     the running config stays. Otherwise changed parameter values are
-    applied live; a change to the channels, their chains or the engine
-    rebuilds the engine (a short dropout). Result: ``changed`` (what was
-    applied) and ``rebuilt``."""
+    applied live, all or none (a value the running model refuses, such as a
+    pause gate under `dsp`, fails the reload before any is applied); a
+    change to the channels, their chains or the engine rebuilds the engine
+    (a short dropout). Live pause-gate values a new model has no gate for
+    are dropped (logged). A rebuild the new config cannot run (a new
+    channel's pause gate under `dsp`) is refused (``failed``, with the
+    reason), and the old config is rebuilt and keeps running. Result:
+    ``changed`` (what was applied) and ``rebuilt``."""
 
     name = "reload"
     args = {}
