@@ -117,14 +117,11 @@ class Engine:
                                 pitch_filter=pitch_filter, pause_db=pause_db, pause_threshold=pause_threshold)
         self.model = self.sup.model
         self.max_attenuation_db = self.sup.values["max_attenuation_db"]
-        #: the pause gate's depth of a channel that sets none (engine.pause_db or the model's own);
-        #: None: the model has no pause gate
-        self.pause_default = self.sup.values.get("pause_db")
         #: ``pause_db`` and ``pause_threshold`` of a channel that sets none of its own (the engine's
         #: settings or the model's own); empty when the model has no pause gate
-        self.gate_defaults: dict[str, float] = ({} if self.pause_default is None else
+        self.gate_defaults: dict[str, float] = ({} if "pause_db" not in self.sup.values else
                                                 {g: self.sup.values[g] for g in GATE_PARAMS})
-        self._pause_last: tuple | None = None
+        self._pause_last: dict[str, list[float]] = {}
         self._pause_params = None  # the snapshot _apply_pause last read
         if self.pause_default is None:
             for c in channels:
@@ -165,6 +162,12 @@ class Engine:
     # ------------------------------------------------------------------
     # latency
 
+
+    @property
+    def pause_default(self) -> float | None:
+        """The pause gate's depth of a channel that sets none (engine.pause_db
+        or the model's own); None: the model has no pause gate."""
+        return self.gate_defaults.get("pause_db")
 
     @property
     def backend(self) -> str:
@@ -210,15 +213,13 @@ class Engine:
         if params is self._pause_params:  # no new snapshot since the last hop
             return
         self._pause_params = params
-        dflt = self.gate_defaults
-        d = [dflt["pause_db"] if p.pause_db is None else p.pause_db for p in params]
-        t = [dflt["pause_threshold"] if p.pause_threshold is None else p.pause_threshold for p in params]
-        last = self._pause_last
-        if last is None or d != last[0]:
-            self.sup.suppressor.set_channel_pause_db(d)
-        if last is None or t != last[1]:
-            self.sup.suppressor.set_channel_pause_threshold(t)
-        self._pause_last = (d, t)
+        sup = self.sup.suppressor
+        put = {"pause_db": sup.set_channel_pause_db, "pause_threshold": sup.set_channel_pause_threshold}
+        for g, dflt in self.gate_defaults.items():
+            vals = [dflt if getattr(p, g) is None else getattr(p, g) for p in params]
+            if vals != self._pause_last.get(g):
+                put[g](vals)
+                self._pause_last[g] = vals
 
     def _ramped(self, key: str, tgt: dict) -> np.ndarray:
         a, b = self._prev[key], tgt[key]

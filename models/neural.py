@@ -1016,10 +1016,10 @@ class NeuralSuppressor(HopSuppressor):
                 raise ValueError(f"bundle {b.path}: defaults.pause_threshold {d_thr} out of range {lo_t}..{hi_t}")
             self.PARAMS["pause_db"] = (lo_g, hi_g, d_pause, unit_g)
             self.PARAMS["pause_threshold"] = (lo_t, hi_t, d_thr, "")
-        else:
-            for k, v in (("pause_db", pause_db), ("pause_threshold", pause_threshold)):
-                if v not in (None, 0, 0.0) if k == "pause_db" else v is not None:
-                    raise ValueError(f"{k} {v}: bundle {b.path} has no pause head (no pause gate)")
+        elif pause_db not in (None, 0, 0.0):  # 0 (off) is allowed: the output without a gate
+            raise ValueError(f"pause_db {pause_db}: bundle {b.path} has no pause head (no pause gate)")
+        elif pause_threshold is not None:
+            raise ValueError(f"pause_threshold {pause_threshold}: bundle {b.path} has no pause head (no pause gate)")
         self._strength_db = 0.0
         self._background_db = -math.inf
         self._pitch_filter = d_pitch
