@@ -58,12 +58,22 @@ class DelayLine:
         self._buf = np.zeros((channels, self.delay), np.float32)
 
     def process(self, x: np.ndarray) -> np.ndarray:
-        if self.delay == 0:
+        """The block delayed: a new float32 array (the caller's to keep);
+        one pass over the block, whatever its length against the delay."""
+        d, n = self.delay, x.shape[1]
+        if d == 0:
             return np.array(x, np.float32, copy=True)
-        joined = np.concatenate([self._buf, x.astype(np.float32, copy=False)], axis=1)
-        n = x.shape[1]
-        self._buf = joined[:, n:].copy()
-        return joined[:, :n]
+        out = np.empty((self.channels, n), np.float32)
+        buf = self._buf
+        if n >= d:
+            out[:, :d] = buf
+            out[:, d:] = x[:, :n - d]
+            buf[:] = x[:, n - d:]
+        else:
+            out[:] = buf[:, :n]
+            buf[:, :d - n] = buf[:, n:]  # numpy copies overlapping slices safely
+            buf[:, d - n:] = x
+        return out
 
     def reset(self) -> None:
         self._buf[:] = 0.0
@@ -241,7 +251,7 @@ class Stage:
         if wet.shape != x.shape:
             self.fault = f"returned shape {wet.shape}, expected {x.shape}"
             return dry
-        if not np.isfinite(wet).all():
+        if not math.isfinite(float(wet.sum())) and not np.isfinite(wet).all():  # the sum: one pass, no mask
             self.fault = "returned NaN or Inf samples"
             return dry
         bypass = self.bypass
@@ -569,6 +579,8 @@ class DenoiseStage(Stage):
         from quietcast.models import create_suppressor
 
         self.suppressor = create_suppressor(model, channels, device=device)
+        if hasattr(self.suppressor, "set_stems"):  # a stage passes on the output only
+            self.suppressor.set_stems(False)
         if whole_hops and self.sample_rate == self.suppressor.sample_rate and hasattr(self.suppressor, "set_aligned"):
             # the caller (the live engine) passes whole hops only: no hop of buffering
             self.suppressor.set_aligned(True)

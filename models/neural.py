@@ -1140,12 +1140,25 @@ class NeuralSuppressor(HopSuppressor):
         self.set_param("background_db", value)
 
     # ------------------------------------------------------------- state
+    _stems = True
+
+    def set_stems(self, on: bool = True) -> None:
+        """Whether :meth:`process_stems` is wanted (default on). Off, the
+        suppressor streams the output rows only: on CUDA a third of the
+        results cross to the host each hop, and every block moves a
+        third of the rows through the fifo (the live engine and chain
+        stages need only the output; at 1024 channels the difference is
+        several MB a hop, bench/engine_hop.py). State is reset."""
+        self._stems = bool(on)
+        self.reset()
+
     def _out_rows(self) -> int:
-        return 3 * self.channels  # the output fifo holds [output; voice; background], C rows each
+        # the output fifo holds [output; voice; background], C rows each, or the output only
+        return 3 * self.channels if self._stems else self.channels
 
     def _hop_out(self, hop: np.ndarray) -> np.ndarray:
         self._core(hop)
-        return self._hop_buf
+        return self._hop_buf if self._stems else self._hop_buf[:self.channels]
 
     def reset_core(self) -> None:
         c, dev, net = self.channels, self.device, self.net
@@ -1267,12 +1280,14 @@ class NeuralSuppressor(HopSuppressor):
 
     def _device_buffers(self, dev: torch.device) -> None:
         """The static tensors the captured hop reads and writes on ``dev``:
-        the input ``[C, H]``; the results ``[3C + ceil(C / H), H]``, the
-        outputs (output, voice, background) and then each channel's gain
-        reduction, packed ``H`` to a row (so any channel count fits); the
-        mix factor, the pitch filter's strength and the pause gate's
-        depths, floor, remix and thresholds, which a set copies into
-        before the next replay."""
+        the input ``[C, H]``; the results ``[3C + ceil(C / H), H]``: the
+        output, each channel's gain reduction packed ``H`` to a row (so
+        any channel count fits), then the voice and the background, so
+        that without stems one copy of the first ``C + ceil(C / H)`` rows
+        brings back all the host needs (:meth:`_res_rows`); the mix
+        factor, the pitch filter's strength and the pause gate's depths,
+        floor, remix and thresholds, which a set copies into before the
+        next replay."""
         c, H = self.channels, self.hop
         self._d_in = torch.zeros(c, H, device=dev)
         self._d_res = torch.zeros(3 * c + -(-c // H), H, device=dev)
@@ -1289,24 +1304,42 @@ class NeuralSuppressor(HopSuppressor):
                     self._mix_t, self._out_t, branchless=True, comb=self._comb_t, pg=self._pg,
                     pause=tuple(self._pause_t) if self.net.pause is not None else None)
         C = self.channels
+        g = -(-C // self.hop)
         o = self._out_t
-        self._d_res[:3 * C].copy_(o.reshape(3 * C, self.hop))
+        self._d_res[:C].copy_(o[0])
+        self._d_res[C + g:].copy_(o[1:].reshape(2 * C, self.hop))
         e_in = (o[1] + o[2]).square().sum(1)
         e_out = o[0].square().sum(1)
-        self._d_res[3 * C:].view(-1)[:C].copy_(torch.log10((e_in + 1e-30) / (e_out + 1e-30)).mul_(10.0))
+        self._d_res[C:C + g].view(-1)[:C].copy_(torch.log10((e_in + 1e-30) / (e_out + 1e-30)).mul_(10.0))
+
+    def _res_rows(self) -> int:
+        """Rows of the results the host needs after a hop: the output and
+        the gain reduction; the stems too when :meth:`set_stems` is on."""
+        C = self.channels
+        return 3 * C + -(-C // self.hop) if self._stems else C + -(-C // self.hop)
+
+    def _unpack(self, res: np.ndarray) -> None:
+        """The first :meth:`_res_rows` rows of the results, on the host,
+        into ``_hop_buf`` (its stem rows only with stems) and
+        :attr:`gain_reduction_db`."""
+        C = self.channels
+        g = -(-C // self.hop)
+        np.copyto(self._hop_buf[:C], res[:C])
+        self.gain_reduction_db = res[C:C + g].reshape(-1)[:C].copy()
+        if self._stems:
+            np.copyto(self._hop_buf[C:], res[C + g:3 * C + g])
 
     def _core_cuda(self, hop: np.ndarray) -> None:
-        C = self.channels
+        n = self._res_rows()
         self._h_in_np[:] = hop
         self._d_in.copy_(self._h_in, non_blocking=True)
         if self._graph is not None:
             self._graph.replay()
         else:
             self._cuda_step()
-        self._h_out.copy_(self._d_res, non_blocking=True)
+        self._h_out[:n].copy_(self._d_res[:n], non_blocking=True)
         torch.cuda.current_stream(self.device).synchronize()
-        np.copyto(self._hop_buf, self._h_out_np[:3 * C])
-        self.gain_reduction_db = self._h_out_np[3 * C:].reshape(-1)[:C].copy()
+        self._unpack(self._h_out_np[:n])
 
     # -------------------------------------------------------------- core
     @torch.inference_mode()
@@ -1354,7 +1387,11 @@ class NeuralSuppressor(HopSuppressor):
     def process_stems(self, block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``block[C, N] -> (voice[C, N], background[C, N])``, both delayed
         by :attr:`latency`; ``voice + background`` is the delayed input (to
-        float rounding). Shares state with :meth:`process`."""
+        float rounding). Shares state with :meth:`process`. Needs stems
+        on (:meth:`set_stems`; the default)."""
+        if not self._stems:
+            raise ValueError(f"{self.name}: process_stems needs stems on (set_stems(True)); this one streams "
+                             "the output only")
         r = self._stream(block)
         C = self.channels
         return r[C:2 * C], r[2 * C:]

@@ -777,12 +777,14 @@ def test_create_suppressor_passes_device_only_to_gpu_models():
 def test_the_captured_hop_on_the_cpu(channels, noisy_speechlike):
     """The hop the CUDA graph captures (:meth:`NeuralSuppressor._cuda_step`:
     branchless, results packed in one tensor for one copy to the host),
-    run on CPU tensors: the outputs and each channel's gain reduction
-    are those of the C step, for any channel count, with the pause gate's
-    depth and threshold set per channel. (Until session 23 the
-    gain reduction had one row of 480: more channels than that failed at
-    setup and fell back to the CPU, so every GPU figure above 480
-    channels would have been a CPU one.)"""
+    run on CPU tensors and unpacked as the host does after the copy
+    (:meth:`_unpack` of the first :meth:`_res_rows` rows): the outputs and
+    each channel's gain reduction are those of the C step, for any channel
+    count, with the pause gate's depth and threshold set per channel; with
+    stems off the rows copied are only the output and the gain reduction
+    (a third of them). (Until session 23 the gain reduction had one row of
+    480: more channels than that failed at setup and fell back to the CPU,
+    so every GPU figure above 480 channels would have been a CPU one.)"""
     x = np.tile(noisy_speechlike[0][:, :480 * 12], (channels, 1))
     x *= np.linspace(0.2, 1.0, channels, dtype=np.float32)[:, None]
     g = NeuralSuppressor(channels, kernel="torch", pitch_filter=0.0)
@@ -792,17 +794,55 @@ def test_the_captured_hop_on_the_cpu(channels, noisy_speechlike):
         s.set_channel_pause_threshold(np.linspace(0.9, 0.05, channels).tolist())
     g._device_buffers(torch.device("cpu"))
     C = channels
-    assert g._d_res.shape == (3 * C + -(-C // 480), 480)
-    for i in range(0, x.shape[1], 480):
+    G = -(-C // 480)
+    assert g._d_res.shape == (3 * C + G, 480)
+    for k, i in enumerate(range(0, x.shape[1], 480)):
         hop = x[:, i:i + 480]
         g._d_in.copy_(torch.from_numpy(hop))
         with torch.inference_mode():
             g._cuda_step()
         c._core(hop)
-        np.testing.assert_allclose(g._d_res[:3 * C].numpy(), c._hop_buf, atol=1e-4)
-        gr = g._d_res[3 * C:].reshape(-1)[:C].numpy()
-        np.testing.assert_allclose(gr, c.gain_reduction_db, atol=0.05)
+        stems = k % 2 == 0  # the host's share of the results, with stems and without
+        g._stems = stems
+        assert g._res_rows() == (3 * C + G if stems else C + G)
+        g._hop_buf[:] = np.nan
+        g._unpack(g._d_res[:g._res_rows()].numpy())
+        rows = 3 * C if stems else C
+        np.testing.assert_allclose(g._hop_buf[:rows], c._hop_buf[:rows], atol=1e-4)
+        assert stems or np.isnan(g._hop_buf[C:]).all()  # without stems nothing else crossed
+        np.testing.assert_allclose(g.gain_reduction_db, c.gain_reduction_db, atol=0.05)
     assert float(np.max(c.gain_reduction_db)) > 1.0  # it did reduce something
+
+
+def test_stems_off_streams_the_same_output(noisy_speechlike):
+    """``set_stems(False)`` (the live engine's and chain stages' setting)
+    streams the same output, bit for bit, in any block sizes and aligned;
+    ``process_stems`` is then refused with the way back, and works again
+    after ``set_stems(True)``."""
+    x = np.tile(noisy_speechlike[0][:, :48_000], (2, 1))
+    x[1] *= 0.3
+    rng = np.random.default_rng(3)
+    cuts = np.cumsum(rng.integers(1, 1500, 100))
+    cuts = [0] + [int(v) for v in cuts[cuts < x.shape[1]]] + [x.shape[1]]
+    for aligned in (False, True):
+        on, off = NeuralSuppressor(2), NeuralSuppressor(2)
+        off.set_stems(False)
+        if aligned:
+            on.set_aligned(True)
+            off.set_aligned(True)
+            blocks = [(a, a + 960) for a in range(0, 48_000 - 960 + 1, 960)]
+        else:
+            blocks = list(zip(cuts[:-1], cuts[1:]))
+        a = np.concatenate([on.process(x[:, s:e]) for s, e in blocks], axis=1)
+        b = np.concatenate([off.process(x[:, s:e]) for s, e in blocks], axis=1)
+        assert off._out.shape[0] == 2 and on._out.shape[0] == 6
+        np.testing.assert_array_equal(a, b)
+        assert float(np.abs(a).max()) > 0.01
+    with pytest.raises(ValueError, match=r"set_stems\(True\)"):
+        off.process_stems(x[:, :960])
+    off.set_stems(True)
+    v, bg = off.process_stems(x[:, :960])
+    assert v.shape == bg.shape == (2, 960)
 
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

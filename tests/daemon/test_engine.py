@@ -1,0 +1,135 @@
+"""The engine's hop without JACK: ``Engine.process_hop`` against the
+formula of its docstring, computed here step by step, through steady hops
+(where it skips the factors that are 1), parameter changes (ramped over
+one hop), bypass, and its meters against direct sums."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from quietcast.bridge.stages import DelayLine, DenoiseStage
+from quietcast.daemon.config import ChannelConfig
+from quietcast.daemon.engine import Engine
+
+H = 480
+
+
+def _lin(db):
+    return 0.0 if db == -math.inf else 10.0 ** (db / 20.0)
+
+
+@pytest.fixture
+def signal(noisy_speechlike):
+    x = noisy_speechlike[0][0, :H * 16]
+    return np.stack([x, 0.5 * np.roll(x, 4801), 0.25 * np.roll(x, 9601)]).astype(np.float32)
+
+
+def test_the_hop_is_the_documented_formula(signal):
+    """Three channels through the ``dsp`` model: steady hops at 0 dB (the
+    engine skips the unit gains there), then an input gain, an output
+    gain, a strength and a background remix set at once (ramped over one
+    hop, then held), then one channel bypassed (a crossfade, then that
+    channel bit-exact dry). The reference runs its own denoise stage and
+    delay lines and applies every factor explicitly. (Until session 24
+    engaging bypass switched to the dry input at once, a click: the
+    channel counted as fully bypassed when its ramp *ended* at 1.)"""
+    eng = Engine([ChannelConfig(name=n) for n in ("a", "b", "c")], 48_000, model="dsp", max_attenuation_db=20.0)
+    ref = DenoiseStage("nr", 48_000, 3, model="dsp", strength=1.0, max_attenuation_db=20.0, whole_hops=True)
+    L = ref.latency
+    align, dry_line = DelayLine(3, L), DelayLine(3, L)
+    ramp = np.arange(1, H + 1, dtype=np.float32)[None, :] / H
+    A, ga = 20.0, _lin(-20.0)
+    keys = ("in", "r", "out", "byp")
+    state = {"a": dict(input_gain_db=0.0, output_gain_db=0.0, strength=1.0, background_db=-math.inf, bypass=False),
+             "b": {}, "c": {}}
+    for n in "bc":
+        state[n] = dict(state["a"])
+
+    def factors():
+        f = {k: [] for k in keys}
+        for n in "abc":
+            p = state[n]
+            f["in"].append(_lin(p["input_gain_db"]))
+            floor = _lin(-p["strength"] * A)
+            f["r"].append(max((floor - ga) / (1.0 - ga), _lin(p["background_db"])))
+            f["out"].append(_lin(p["output_gain_db"]))
+            f["byp"].append(1.0 if p["bypass"] else 0.0)
+        return {k: np.asarray(v, np.float32)[:, None] for k, v in f.items()}
+
+    prev = factors()
+    changes = {5: {"b": dict(input_gain_db=6.0, output_gain_db=-6.0), "c": dict(strength=0.25, background_db=-12.0)},
+               10: {"a": dict(bypass=True)}}
+    for k in range(signal.shape[1] // H):
+        for n, ch in changes.get(k, {}).items():
+            state[n].update(ch)
+            eng.set_params(n, **ch)
+        x = signal[:, k * H:(k + 1) * H]
+        tgt = factors()
+        g = {key: tgt[key] if np.array_equal(prev[key], tgt[key]) else prev[key] + (tgt[key] - prev[key]) * ramp
+             for key in keys}
+        xin = x * g["in"]
+        v = ref.process(xin)
+        xa = align.process(xin)
+        main = v + g["r"] * (xa - v)
+        dry = dry_line.process(x)
+        main = main * (1.0 - g["byp"]) + dry * g["byp"]
+        want = main * g["out"]
+        got = eng.process_hop(x)
+        np.testing.assert_allclose(got, want, atol=2e-7, err_msg=f"hop {k}")
+        prev = tgt
+        if k == 10:  # bypass engaging: the first sample is still the processed one, the last the dry one
+            assert abs(got[0, 0] - dry[0, 0]) > 10 * abs(got[0, 0] - v[0, 0])
+        if k >= 11:  # channel a fully bypassed: the input delayed, bit for bit
+            np.testing.assert_array_equal(got[0], dry[0])
+    assert float(np.abs(got[1:]).max()) > 0.01
+
+
+def test_meters_are_the_last_five_hops(signal):
+    """Peaks, RMS and the gain reduction published every 5 hops equal
+    sums over those hops' samples computed here (to 0.01 dB); none before
+    the fifth hop; a new snapshot each 5 hops."""
+    eng = Engine([ChannelConfig(name=n) for n in ("a", "b", "c")], 48_000, model="dsp")
+    ref = DenoiseStage("nr", 48_000, 3, model="dsp", strength=1.0, whole_hops=True)
+    align = DelayLine(3, ref.latency)
+    xs, vs, xas, outs = [], [], [], []
+    for k in range(10):
+        x = signal[:, (k + 3) * H:(k + 4) * H]
+        out = eng.process_hop(x)
+        v = ref.process(x)
+        xs.append(x), vs.append(v), xas.append(align.process(x)), outs.append(out)
+        if k < 4:
+            assert eng.meters == {}
+    x, v, xa, out = (np.concatenate(a[5:], axis=1).astype(np.float64) for a in (xs, vs, xas, outs))
+    db = lambda e: 10 * np.log10(np.maximum(e, 1e-12))  # noqa: E731
+    want = {"peak_in_db": db(np.abs(x).max(1) ** 2), "peak_out_db": db(np.abs(out).max(1) ** 2),
+            "rms_in_db": db((x ** 2).mean(1)), "rms_out_db": db((out ** 2).mean(1)),
+            "gain_reduction_db": np.minimum(0.0, db((v ** 2).mean(1)) - db((xa ** 2).mean(1)))}
+    m = eng.meters
+    assert list(m) == ["a", "b", "c"]
+    for key, w in want.items():
+        got = [m[n][key] for n in "abc"]
+        assert all(isinstance(g, float) for g in got)
+        np.testing.assert_allclose(got, w, atol=0.011, err_msg=key)
+    assert min(m[n]["gain_reduction_db"] for n in "abc") < -1.0  # the dsp model did reduce
+    assert m["b"]["peak_in_db"] == pytest.approx(m["a"]["peak_in_db"] - 6.02, abs=0.5)
+
+
+@pytest.mark.parametrize("delay", [0, 1, 7, 480, 1000])
+def test_a_delay_line_in_any_blocks_is_the_delayed_signal(delay):
+    """Blocks of 0 to 1300 frames, shorter and longer than the delay."""
+    rng = np.random.default_rng(delay)
+    sig = rng.standard_normal((2, 6000)).astype(np.float32)
+    line, outs, pos = DelayLine(2, delay), [], 0
+    while pos < sig.shape[1]:
+        n = min(int(rng.integers(0, 1300)), sig.shape[1] - pos)
+        o = line.process(sig[:, pos:pos + n])
+        assert o.shape == (2, n) and o.dtype == np.float32
+        outs.append(o)
+        pos += n
+    want = np.concatenate([np.zeros((2, delay), np.float32), sig], axis=1)[:, :sig.shape[1]]
+    np.testing.assert_array_equal(np.concatenate(outs, axis=1), want)
+    line.reset()
+    np.testing.assert_array_equal(line.process(sig[:, :delay + 5])[:, :delay], np.zeros((2, delay), np.float32))
