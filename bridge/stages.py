@@ -37,6 +37,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from quietcast.models.base import all_finite
+
 from .errors import ParameterError, PluginLoadError, Problem, did_you_mean
 from .params import Param, ParamSet
 
@@ -251,7 +253,7 @@ class Stage:
         if wet.shape != x.shape:
             self.fault = f"returned shape {wet.shape}, expected {x.shape}"
             return dry
-        if not math.isfinite(float(wet.sum())) and not np.isfinite(wet).all():  # the sum: one pass, no mask
+        if not all_finite(wet):
             self.fault = "returned NaN or Inf samples"
             return dry
         bypass = self.bypass

@@ -95,6 +95,7 @@ class ControlServer:
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.requests = 0
         self.errors = 0
+        self._last_bad = 0  # the daemon's NaN/Inf input count at the last event.bad_input
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -322,6 +323,10 @@ class ControlServer:
         if eng is not None:
             for name, m in dict(eng.meters).items():
                 self._publish(pub, f"meter.{name}", m)
+            bad = d.bad_samples
+            if bad > self._last_bad:
+                self._publish(pub, "event.bad_input", {"bad_samples": bad, "new_bad_samples": bad - self._last_bad})
+            self._last_bad = bad
         if io is not None and io.client is not None:
             from . import jackio
 

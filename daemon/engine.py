@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from quietcast.bridge.stages import DelayLine, DenoiseStage
-from quietcast.models.base import HOP
+from quietcast.models.base import HOP, all_finite, sanitize
 
 from . import jackio
 from .config import GATE_PARAMS
@@ -77,6 +77,7 @@ class EngineStats:
     late_hops: int = 0  # finished after the callback had passed their slot
     skipped_hops: int = 0  # dropped to catch up after a stall
     stalls: int = 0
+    bad_samples: int = 0  # NaN/Inf input samples replaced by silence (on every path, the dry one too)
 
 
 class Engine:
@@ -260,6 +261,9 @@ class Engine:
             self._apply_pause(params)
         if self.slow_hop_s:
             time.sleep(self.slow_hop_s)
+        if not all_finite(x):  # a NaN or Inf from upstream must not reach the output, the bypass or the meters
+            x, bad = sanitize(x)
+            self.stats.bad_samples += bad
         unit = tgt["unit"] if tgt is self._prev else ()
         xin = x if "in" in unit else x * self._ramped("in", tgt)
         v = self.sup.process(xin)

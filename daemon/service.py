@@ -119,6 +119,7 @@ class Daemon:
         self._last_status = 0.0
         self.faults: dict[str, str] = {}
         self._totals = {"cycles": 0, "xruns": 0, "deadline_misses": 0, "missed_frames": 0}
+        self._bad_before = 0  # NaN/Inf input samples counted by engines since replaced
 
     # ------------------------------------------------------------------
     # engine
@@ -178,6 +179,8 @@ class Daemon:
         if eng is None or eng.sample_rate != sample_rate or getattr(self, "_rebuild", False):
             e = self.config.engine
             new = self._new_engine(sample_rate)
+            if eng is not None:  # its count goes on in the daemon's total
+                self._bad_before += eng.stats.bad_samples
             eng = None  # the old engine (and the client it holds) is not kept alive through settle_heap
             new.registry = self.registry
             self.registry.reapply(new)
@@ -577,7 +580,15 @@ class Daemon:
         return (f"{len(self.config.channels)} channel(s), latency {1000.0 * io.latency / io.sample_rate:.1f} ms, "
                 f"{int(c[jackio.XRUNS]) + t['xruns']} xruns, "
                 f"{int(c[jackio.DEADLINE_MISSES]) + t['deadline_misses']} deadline misses, "
-                f"{self.reconnects} reconnects" + (f", {len(self.faults)} stage fault(s)" if self.faults else ""))
+                f"{self.reconnects} reconnects" + (f", {len(self.faults)} stage fault(s)" if self.faults else "")
+                + (f", {self.bad_samples} NaN/Inf input samples silenced" if self.bad_samples else ""))
+
+    @property
+    def bad_samples(self) -> int:
+        """NaN/Inf samples that arrived on the input ports since the start,
+        each replaced by silence before anything used it."""
+        eng = self.engine
+        return self._bad_before + (eng.stats.bad_samples if eng is not None else 0)
 
     def _housekeeping(self) -> None:
         """Watchdog pings (only while the engine makes progress), STATUS
@@ -637,6 +648,7 @@ class Daemon:
                 "engine_realtime": eng.realtime,
                 "hops": eng.stats.hops, "late_hops": eng.stats.late_hops, "skipped_hops": eng.stats.skipped_hops,
                 "stalls": eng.stats.stalls, "hop_time": eng.hop_time_percentiles(), "meters": eng.meters,
+                "bad_samples": self.bad_samples,
                 "params": {n: p.__dict__ for n, p in zip(eng.names, eng.params)},
             })
         if io is not None and io.client is not None:

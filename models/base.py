@@ -32,13 +32,23 @@ MAX_ABS = 64.0  # +36 dBFS: anything above is clipped before processing
 _TINY = np.float32(1e-30)
 
 
+def all_finite(x: np.ndarray) -> bool:
+    """Whether every sample of ``x`` is finite: one pass (a finite sum
+    means no NaN or Inf), no mask; the exact check only when the sum is
+    not finite (also when huge finite samples overflow it)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if math.isfinite(float(x.sum())):
+            return True
+    return bool(np.isfinite(x).all())
+
+
 def sanitize(block: np.ndarray) -> tuple[np.ndarray, int]:
     """Return a float32 copy of ``block`` with NaN/Inf zeroed, huge values
     clipped to +-MAX_ABS and denormals flushed; and how many samples were
     not finite."""
     x = np.array(block, dtype=np.float32, copy=True)
     bad = 0
-    if not math.isfinite(float(x.sum())):  # a finite sum means every sample is finite (one pass, no mask)
+    if not all_finite(x):
         finite = np.isfinite(x)
         bad = int(x.size - np.count_nonzero(finite))
         x[~finite] = 0.0

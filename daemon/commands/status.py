@@ -16,8 +16,10 @@ class Status(Command):
     ms), ``callback_load_p50``/``_p99`` (share of a period), ``callback``
     (which JACK process callback runs: ``c``, the compiled one that never
     takes the GIL, or ``python (REASON)``, the fallback, e.g. when it was
-    not built), ``reconnects``, ``meters`` (latest per channel) and
-    ``params`` (every channel's values).
+    not built), ``reconnects``, ``bad_samples`` (NaN/Inf samples that
+    arrived on the input ports, each replaced by silence before the
+    suppressor, the bypass path and the meters saw it), ``meters``
+    (latest per channel) and ``params`` (every channel's values).
     """
 
     name = "status"

@@ -7,8 +7,11 @@ class Subscribe(Command):
     event is two frames: the topic (e.g. ``meter.host``) and a JSON object.
     Topics: ``meter.CHANNEL`` (~20 Hz: peak/RMS in and out in dBFS, gain
     reduction in dB), ``event.param`` (address, value, source), ``event.xrun``
-    (count, deadline_misses), ``event.state`` (ready, reconnecting,
-    reloaded, stopping), ``event.learn`` (a MIDI binding made or timed out).
+    (count, deadline_misses), ``event.bad_input`` (NaN/Inf samples arrived
+    on the input ports and were silenced: ``bad_samples``, the total, and
+    ``new_bad_samples``; at most ~20 a second), ``event.state`` (ready,
+    reconnecting, reloaded, stopping), ``event.learn`` (a MIDI binding made
+    or timed out).
     A slow subscriber only loses its own messages: the daemon never waits
     for one."""
 
@@ -18,5 +21,5 @@ class Subscribe(Command):
     def execute(self, ctx, args):
         return {"endpoint": ctx.events_endpoint,
                 "topics": [f"meter.{c}" for c in ctx.registry.channels()]
-                + ["event.param", "event.xrun", "event.state", "event.learn"],
+                + ["event.param", "event.xrun", "event.bad_input", "event.state", "event.learn"],
                 "format": "two frames: topic, JSON object", "meter_hz": ctx.meter_hz}

@@ -706,3 +706,57 @@ def test_no_pause_gate_with_the_dsp_model(client):
     for name in ("pause_db", "pause_threshold"):
         with pytest.raises(ControlError, match="no pause gate"):
             client.set(f"host.{name}", 0.5)
+
+
+def test_nan_and_inf_input_never_reach_an_output(tmp_path, jack_server):
+    """A JACK client upstream that sends NaN and Inf: through JACK into the
+    daemon, on a processed channel and a bypassed one. Every output sample
+    is finite; the bypassed channel is the input with exactly those
+    samples silenced (bit for bit elsewhere); the meters stay finite;
+    ``status`` counts them in ``bad_samples`` and ``event.bad_input`` is
+    published. (Until session 24 they went through the background remix
+    and the bypass path to the output, and made the meters NaN.)"""
+    from quietcast.daemon.jackclients import Player, Recorder, take
+
+    chans = ['[[channel]]\nname = "host"\n', '[[channel]]\nname = "guest"\nbypass = true\n']
+    s = Served(make_config(tmp_path, jack_server.name, channels=chans)).wait_ready()
+    srv = jack_server.name
+    rec = Recorder(srv, 2, name="nanrec")
+    ply = Player(srv, 2, name="nanply", recorder=rec)
+    got = []
+    try:
+        with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
+            def listen():
+                for topic, msg in c.__class__(c.endpoint).events(["event.bad_input"], timeout=8):
+                    got.append(msg)
+                    return
+
+            th = threading.Thread(target=listen)
+            th.start()
+            for i, ch in enumerate(("host", "guest")):
+                ply.client.connect(ply.name(i), f"qcc:{ch}_in")
+                rec.client.connect(f"qcc:{ch}_out", rec.name(i))
+            rng = np.random.default_rng(11)
+            x = (rng.standard_normal((2, 24_000)) * 0.1).astype(np.float32)
+            bad = [(0, 3000, np.nan), (0, 3001, np.inf), (1, 9000, np.nan), (1, 15000, -np.inf)]
+            for ch, k, v in bad:
+                x[ch, k] = v
+            io = s.daemon.io
+            y, start, takes = take(ply, rec, x, (io.latency + 4 * io.period) / 48_000 + 0.1,
+                                   xruns=lambda: int(io.counters[jackio.XRUNS]))
+            th.join(10)
+            L = io.latency
+            out = y[:, start + L:start + L + x.shape[1]]
+            assert np.isfinite(y).all()
+            assert float(np.abs(out[0]).max()) > 0.01
+            want = np.where(np.isfinite(x[1]), x[1], 0.0).astype(np.float32)
+            np.testing.assert_array_equal(out[1], want)
+            st = c.call("status")
+            assert st["bad_samples"] == len(bad) * takes
+            for name in ("host", "guest"):
+                assert all(np.isfinite(v) for v in st["meters"][name].values()), st["meters"][name]
+        assert got and got[0]["bad_samples"] >= 1 and got[0]["new_bad_samples"] >= 1
+    finally:
+        for cl in (ply, rec):
+            cl.close()
+        s.stop()
