@@ -234,7 +234,10 @@ class Stage:
         return v
 
     def describe_params(self) -> list[dict]:
-        return [p.describe() | {"value": self.values.get(p.name, p.default)} for p in self.param_set]
+        """Each parameter this running stage has (not those it :meth:`lacks`),
+        described, with its value."""
+        return [p.describe() | {"value": self.values.get(p.name, p.default)} for p in self.param_set
+                if not self.lacks(p.name)]
 
     def reset(self) -> None:
         self._reset()

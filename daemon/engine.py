@@ -400,6 +400,8 @@ class Engine:
         if end > start:
             D = io.latency
             dry = _ring_read(io.inring[[io.out_channel[j] for j in range(len(io.out_names))]], start - D, end - start)
+            if not all_finite(dry):  # the gap gets the same hygiene as the processed hops
+                dry, _ = sanitize(dry)
             for j, kind in enumerate(io.out_kind):
                 if kind == "background":
                     dry[j] = 0.0

@@ -149,3 +149,20 @@ def test_models_state_their_default_strength():
         assert ("pause gate off" in line) == (pg == 0)
     assert rows["dsp"]["default_pitch_filter"] is None and rows["dsp"]["default_pause_db"] is None
     assert rows["dsp"]["default_pause_threshold"] is None
+
+
+def test_chain_show_lists_only_the_parameters_a_stage_has(tmp_path):
+    """A denoise stage on the ``dsp`` model has no pitch filter or pause
+    gate: ``chain show`` leaves them out (it listed them as None before
+    session 24); on the neural model it shows their values."""
+    for model, gate in (("dsp", False), ("neural", True)):
+        path = tmp_path / f"{model}.toml"
+        path.write_text(f'[[stage]]\nname = "nr"\ntype = "denoise"\nmodel = "{model}"\n')
+        r = qc("chain", "show", str(path), "--json")
+        assert r.returncode == 0, r.stderr
+        params = json.loads(r.stdout)["stages"][0]["params"]
+        assert params["model"] == model and params["strength"] == 1.0
+        for g in ("pitch_filter", "pause_db", "pause_threshold"):
+            assert (g in params) is gate, (model, g, params)
+            if gate:
+                assert isinstance(params[g], float)
