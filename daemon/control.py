@@ -96,6 +96,10 @@ class ControlServer:
         self.requests = 0
         self.errors = 0
         self._last_bad = 0  # the daemon's NaN/Inf input count at the last event.bad_input
+        #: the events socket's live subscriptions (topic prefix -> subscribers), from XPUB
+        self.subscriptions: dict[bytes, int] = {}
+        self._meter_names: tuple | None = None  # (subscriptions seen, channel names, the names wanted)
+        self.meters_published = 0  # meter.CHANNEL messages sent (a test and a bench read it)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -176,14 +180,19 @@ class ControlServer:
 
         ctx = zmq.Context.instance()
         router = ctx.socket(zmq.ROUTER)
-        pub = ctx.socket(zmq.PUB)
+        # XPUB: a PUB that also hands us each subscribe and unsubscribe (also
+        # when a subscriber goes away), so meters nobody asked for are never
+        # built: at a thousand channels one tick of them is ~14 ms of the GIL
+        pub = ctx.socket(zmq.XPUB)
         try:
             for s in (router, pub):
                 s.linger = 0
             router.setsockopt(zmq.MAXMSGSIZE, 1 << 20)  # bigger frames: the peer is dropped
             router.setsockopt(zmq.ROUTER_MANDATORY, 0)
             router.sndhwm = 1000
-            pub.sndhwm = 1000
+            pub.setsockopt(zmq.XPUB_VERBOSER, 1)  # every subscribe and unsubscribe, not only the first and last
+            # room for a few ticks of every channel's meter besides the events
+            pub.sndhwm = 1000 + 4 * len(self.daemon.config.channels)
             if self.cfg.curve_secret_key:
                 self._curve(ctx, (router, pub))
             self._bind(router, self.endpoint)
@@ -200,6 +209,7 @@ class ControlServer:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(pub, zmq.POLLIN)  # subscriptions
         period = 1.0 / self.meter_hz
         next_meter = time.monotonic()
         last_xruns = last_misses = None
@@ -214,6 +224,8 @@ class ControlServer:
                             pass
                     except (BlockingIOError, OSError):
                         pass
+                if pub in ready:
+                    self._take_subscriptions(pub)
                 if router in ready:
                     # at most MAX_RATE requests a second: a flood queues in
                     # ZeroMQ (and is dropped at its high-water mark) instead
@@ -317,12 +329,50 @@ class ControlServer:
                 return
             self._publish(pub, topic, doc)
 
+    def _take_subscriptions(self, pub) -> None:
+        """Read the subscribe (``\\x01TOPIC``) and unsubscribe (``\\x00TOPIC``)
+        messages XPUB queued."""
+        import zmq
+
+        subs = self.subscriptions
+        for _ in range(10_000):
+            try:
+                msg = pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not msg or msg[0] not in (0, 1):
+                continue
+            topic = bytes(msg[1:])
+            n = subs.get(topic, 0) + (1 if msg[0] == 1 else -1)
+            if n > 0:
+                subs[topic] = n
+            else:
+                subs.pop(topic, None)
+
+    def _wanted_meters(self, names) -> list[str]:
+        """The channels whose ``meter.NAME`` some subscriber's prefix
+        matches (recomputed when the subscriptions or the channels change)."""
+        key = (tuple(self.subscriptions), tuple(names))
+        if self._meter_names is None or self._meter_names[0] != key:
+            prefixes = key[0]
+            want = [n for n in names if any(f"meter.{n}".encode().startswith(p) for p in prefixes)]
+            self._meter_names = (key, want)
+        return self._meter_names[1]
+
     def _publish_meters(self, pub, last_xruns, last_misses):
         d = self.daemon
         eng, io = d.engine, d.io
         if eng is not None:
-            for name, m in dict(eng.meters).items():
-                self._publish(pub, f"meter.{name}", m)
+            want = self._wanted_meters(eng.names) if self.subscriptions else []
+            if want:
+                meters = eng.meters
+                for k, name in enumerate(want):
+                    m = meters.get(name)
+                    if m is not None:
+                        self._publish(pub, f"meter.{name}", m)
+                        self.meters_published += 1
+                    if k % 64 == 63:
+                        time.sleep(0)  # hand the GIL to the audio threads between batches
             bad = d.bad_samples
             if bad > self._last_bad:
                 self._publish(pub, "event.bad_input", {"bad_samples": bad, "new_bad_samples": bad - self._last_bad})

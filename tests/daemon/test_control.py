@@ -760,3 +760,48 @@ def test_nan_and_inf_input_never_reach_an_output(tmp_path, jack_server):
         for cl in (ply, rec):
             cl.close()
         s.stop()
+
+
+def test_meters_are_built_only_for_subscribers(served, tmp_path):
+    """The events socket is an XPUB: the daemon knows what is subscribed.
+    With no subscriber no meter is published (at a thousand channels one
+    tick of meters held the GIL ~14 ms); a subscriber to ``meter.guest``
+    gets that channel's meters and the daemon builds only those; one to
+    everything gets both; when they go, the daemon stops again."""
+    ctl = served.daemon.control
+    ev = f"ipc://{tmp_path}/ev"
+    time.sleep(0.3)
+    n0 = ctl.meters_published
+    time.sleep(0.3)
+    assert ctl.meters_published == n0 and ctl.subscriptions == {}
+    ctx = zmq.Context.instance()
+    one = ctx.socket(zmq.SUB)
+    one.linger = 0
+    one.connect(ev)
+    one.setsockopt(zmq.SUBSCRIBE, b"meter.guest")
+    assert wait_until(lambda: ctl.subscriptions == {b"meter.guest": 1}, 5)
+    n1 = ctl.meters_published
+    topics = []
+    while len(topics) < 6:
+        assert one.poll(2000), "no meter for the subscriber"
+        topics.append(one.recv_multipart()[0])
+    assert set(topics) == {b"meter.guest"}
+    assert 6 <= ctl.meters_published - n1 <= 6 + 3  # only guest's were built (a tick or two in flight)
+    allsub = ctx.socket(zmq.SUB)
+    allsub.linger = 0
+    allsub.connect(ev)
+    allsub.setsockopt(zmq.SUBSCRIBE, b"")
+    assert wait_until(lambda: ctl.subscriptions == {b"meter.guest": 1, b"": 1}, 5)
+    seen = set()
+    deadline = time.monotonic() + 5
+    while seen < {b"meter.host", b"meter.guest"} and time.monotonic() < deadline:
+        if allsub.poll(500):
+            seen.add(allsub.recv_multipart()[0])
+    assert {b"meter.host", b"meter.guest"} <= seen
+    one.close(0)
+    allsub.close(0)
+    assert wait_until(lambda: ctl.subscriptions == {}, 5)
+    time.sleep(0.15)
+    n2 = ctl.meters_published
+    time.sleep(0.3)
+    assert ctl.meters_published == n2
