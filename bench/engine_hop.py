@@ -7,7 +7,9 @@ daemon's engine thread spends around the suppressor.
 On a GPU the suppressor's hop for 1024 channels is meant to take under
 2 ms (issue 5); the engine thread has 10 ms for the whole hop, so what it
 spends on the host around that call decides how many channels one daemon
-can really carry. No JACK here: ``Engine.process_hop`` is called directly
+can really carry. The daemon's config allows at most 256 channels
+(``config.MAX_CHANNELS``); the rows above that show how the same host
+work grows at the suppressor's larger GPU batches. No JACK here: ``Engine.process_hop`` is called directly
 on one thread (what the engine thread does once the callback has published
 a hop), on noisy speech-like input, with every channel's parameters at
 their defaults and one channel's ``strength`` moved every 10 hops (a
