@@ -138,6 +138,11 @@ class Engine:
         lmax = max(lc) if lc else 0
         self.chain_budget = lmax  # a swapped-in chain may use up to this much latency
         self.chain_pad = [DelayLine(1, lmax - L) for L in lc]
+        self._chain_fades: dict[int, list] = {}  # channel -> [old chain, its pad, hops since the swap]
+        H = self.hop
+        #: hops a swapped-in chain runs unheard (its latency and pad fill, plus 100 ms to settle)
+        self.chain_warmup_hops = -(-lmax // H) + 10
+        self.chain_fade_hops = 2  #: then the crossfade from the old chain, 20 ms
         self.stem_delay = DelayLine(2 * n, lmax)
         self.align_delay = DelayLine(n, ls)  # x (after input gain) lined up with the voice
         self.dry_delay = DelayLine(n, ls + lmax)  # raw input lined up with the output (bypass)
@@ -271,10 +276,8 @@ class Engine:
         bg = xa - v
         main = self._ramped("r", tgt) * bg
         main += v
-        if any(self.chains):
-            for i, proc in enumerate(self.chains):
-                row = main[i:i + 1]
-                main[i:i + 1] = proc.process(row) if proc else self.chain_pad[i].process(row)
+        if self.chain_budget or any(self.chains):
+            self._run_chains(main)
         dry = self.dry_delay.process(x)
         if "bypass" not in unit:
             byp = self._ramped("bypass", tgt)
@@ -416,12 +419,46 @@ class Engine:
             self.process_hop(_ring_read(io.inring, k, H))
         self.next_in = new
 
+    def _run_chains(self, main: np.ndarray) -> None:
+        """Each channel's post-chain, then its pad to :attr:`chain_budget`
+        (so every channel has the declared latency whatever its chain's),
+        in place. A channel whose chain was just swapped runs the old one
+        too: the old is heard while the new one warms up, then the two are
+        crossfaded (:meth:`swap_chain`)."""
+        H = main.shape[1]
+        for i, proc in enumerate(self.chains):
+            row = main[i:i + 1]
+            new = self.chain_pad[i].process(proc.process(row) if proc else row)
+            fade = self._chain_fades.get(i)
+            if fade is not None:
+                old_proc, old_pad, k = fade
+                old = old_pad.process(old_proc.process(row) if old_proc else row)
+                w = (k + np.arange(1, H + 1, dtype=np.float32)[None, :] / H - self.chain_warmup_hops) / self.chain_fade_hops
+                np.clip(w, 0.0, 1.0, out=w)
+                new = old + w * (new - old)
+                if k + 1 >= self.chain_warmup_hops + self.chain_fade_hops:
+                    del self._chain_fades[i]  # the new chain alone from the next hop
+                else:
+                    fade[2] = k + 1
+            main[i:i + 1] = new
+
     def swap_chain(self, i: int, proc) -> None:
         """Replace channel ``i``'s post-chain (engine thread, at a hop
-        boundary); its latency must fit :attr:`chain_budget`."""
+        boundary); its latency must fit :attr:`chain_budget`.
+
+        No gap and no click: the channel keeps sounding through the old
+        chain for :attr:`chain_warmup_hops` hops while the new one (and its
+        pad to the budget) fills with the live signal, then the output
+        crossfades to the new one over :attr:`chain_fade_hops` hops. A swap
+        during a swap keeps the chain being heard and warms up the newest
+        one instead."""
         L = proc.latency if proc else 0
         if L > self.chain_budget:
             raise ValueError(f"chain latency {L} exceeds the budget of {self.chain_budget} frames")
+        if i not in self._chain_fades:  # what is heard now becomes the old side
+            self._chain_fades[i] = [self.chains[i], self.chain_pad[i], 0]
+        else:
+            self._chain_fades[i][2] = 0
         self.chains[i] = proc
         self.chain_pad[i] = DelayLine(1, self.chain_budget - L)
 
@@ -433,6 +470,7 @@ class Engine:
         for proc in self.chains:
             if proc:
                 proc.reset()
+        self._chain_fades.clear()  # after a reset nothing old is worth hearing
 
     # ------------------------------------------------------------------
 

@@ -133,3 +133,75 @@ def test_a_delay_line_in_any_blocks_is_the_delayed_signal(delay):
     np.testing.assert_array_equal(np.concatenate(outs, axis=1), want)
     line.reset()
     np.testing.assert_array_equal(line.process(sig[:, :delay + 5])[:, :delay], np.zeros((2, delay), np.float32))
+
+
+def _chain(text):
+    from quietcast.bridge import Chain
+
+    return Chain.from_toml_string(text)
+
+
+DELAYING = '[[stage]]\nname = "nr2"\ntype = "denoise"\nmodel = "dsp"\nstrength = 0.0\n'  # 960 frames, unchanged
+GAIN = '[[stage]]\nname = "g"\ntype = "gain"\ngain_db = {db}\n'
+
+
+def _impulse_lags(eng, n):
+    x = np.zeros((n, 48_000), np.float32)
+    x[:, 1000] = 0.5
+    y = np.concatenate([eng.process_hop(x[:, k * H:(k + 1) * H]) for k in range(100)], axis=1)
+    return [int(np.argmax(np.abs(y[i]))) - 1000 for i in range(n)]
+
+
+def test_every_channel_has_the_declared_latency_whatever_its_chain():
+    """Channels with a 960-frame chain, a 0-frame chain and none: each
+    comes out after the engine's declared processing latency, also after
+    every chain is swapped out. (Until session 24 a channel whose chain
+    was shorter than the longest one was not padded: here 20 ms early,
+    out of line with the others and with the latency told to JACK.)"""
+    chs = [ChannelConfig(name="a", chain=_chain(DELAYING), strength=0.0),
+           ChannelConfig(name="b", chain=_chain(GAIN.format(db=0.0)), strength=0.0),
+           ChannelConfig(name="c", strength=0.0)]
+    eng = Engine(chs, 48_000, model="passthrough")
+    assert eng.processing_latency == eng.chain_budget == 960
+    assert _impulse_lags(eng, 3) == [960, 960, 960]
+    for i in range(3):
+        eng.swap_chain(i, None)
+    _impulse_lags(eng, 3)  # the swaps settle
+    assert _impulse_lags(eng, 3) == [960, 960, 960]
+
+
+@pytest.mark.parametrize("new", [GAIN.format(db=-6.0), DELAYING + GAIN.format(db=-6.0).replace('"g"', '"g2"'), None])
+def test_a_live_chain_swap_has_no_gap_and_no_click(new):
+    """A 220 Hz tone on a channel whose chain (no latency) is swapped
+    mid-stream for one at -6 dB, one at -6 dB with 960 frames of latency,
+    or none: the output never drops to silence and no sample steps more
+    than the tone itself does; the old chain is heard until the new one is
+    warm, then they crossfade; afterwards the level is the new chain's.
+    (Until session 24 a swap started the new chain cold: its latency and
+    pad came out as silence, and its level jumped in at once.) A second
+    swap during the first keeps the chain being heard."""
+    other = ChannelConfig(name="o", chain=_chain(DELAYING), strength=0.0)  # the engine's budget: 960
+    eng = Engine([ChannelConfig(name="a", chain=_chain(GAIN.format(db=0.0)), strength=0.0), other], 48_000,
+                 model="passthrough")
+    t = np.arange(48_000 * 2) / 48_000
+    x = np.stack([0.3 * np.sin(2 * np.pi * 220 * t), np.zeros_like(t)]).astype(np.float32)
+    out = []
+    for k in range(x.shape[1] // H):
+        if k == 60:
+            eng.swap_chain(0, _chain(GAIN.format(db=3.0)).processor(48_000, 1))
+        if k == 63:  # a swap during the swap: the first new chain is dropped unheard
+            eng.swap_chain(0, _chain(new).processor(48_000, 1) if new else None)
+        out.append(eng.process_hop(x[:, k * H:(k + 1) * H]))
+    y = np.concatenate(out, axis=1)[0]
+    step = float(np.abs(np.diff(y[30 * H:60 * H])).max())
+    around = y[55 * H:100 * H]
+    assert float(np.abs(np.diff(around)).max()) <= 1.05 * step
+    env = np.abs(around).reshape(-1, H).max(axis=1)
+    assert env.min() > 0.1  # never silent (a 0.3 tone, at most -6 dB)
+    d = np.concatenate([np.zeros(960, np.float32), x[0]])[:x.shape[1]]  # the input at the declared latency
+    W, F = eng.chain_warmup_hops, eng.chain_fade_hops
+    np.testing.assert_allclose(y[30 * H:(63 + W) * H], d[30 * H:(63 + W) * H], atol=1e-6)  # the old chain, heard
+    done = (63 + W + F) * H
+    g = 1.0 if new is None else 10 ** (-6 / 20)
+    np.testing.assert_allclose(y[done:done + 20 * H], g * d[done:done + 20 * H], atol=1e-6)  # then the new one
+    assert not eng._chain_fades
