@@ -50,8 +50,11 @@ in the GPU part keeps the CPU figures).
 
 2. GPU (only where ``torch.cuda.is_available()``; otherwise one line says
    why): ``create_suppressor("neural", channels=C, device="cuda")`` for
-   each C in ``--gpu-channels``; its ``backend`` attribute (e.g.
-   "cuda-graph") is recorded. ``process_hop(hop[C, 480])`` is timed per
+   each C in ``--gpu-channels``, with stems off (``set_stems(False)``, as
+   the live engine's denoise stage runs it: the output and the gain
+   reduction cross to the host, not the voice and background); its
+   ``backend`` attribute (e.g. "cuda-graph") is recorded.
+   ``process_hop(hop[C, 480])`` is timed per
    call with ``perf_counter`` (it returns numpy, so host copies and the
    sync are included) over ``--gpu-hops`` hops after ``--gpu-warmup``
    (the first call, where CUDA graphs get captured, is reported apart).
@@ -458,12 +461,15 @@ def make_cuda(channels: int):
     from quietcast.models import create_suppressor
 
     try:
-        return create_suppressor("neural", channels=channels, device="cuda")
+        sup = create_suppressor("neural", channels=channels, device="cuda")
     except TypeError as e:
         if "device" in str(e):
             raise RuntimeError(f"create_suppressor('neural', device='cuda') is not supported by this quietcast "
                                f"({e}); the CUDA path of models/neural.py is needed") from None
         raise
+    if hasattr(sup, "set_stems"):
+        sup.set_stems(False)  # as the live engine runs it
+    return sup
 
 
 def gpu_check(x: np.ndarray, channels: int, hops: int = 200) -> dict:
@@ -494,7 +500,7 @@ def gpu_part(x: np.ndarray, channels: list[int], hops: int, warmup: int, budget_
     props = torch.cuda.get_device_properties(0)
     res = {"status": "ok", "device": torch.cuda.get_device_name(0), "capability": list(torch.cuda.get_device_capability(0)),
            "memory_gib": round(props.total_memory / 2**30, 1), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "cpu_threads": torch.get_num_threads(), "hops": hops, "warmup": warmup, "rows": []}
+           "cpu_threads": torch.get_num_threads(), "hops": hops, "warmup": warmup, "stems": False, "rows": []}
     log(f"GPU: {res['device']}")
     ring = 50  # distinct hops per channel, reused in a loop
     stop = None
