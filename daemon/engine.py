@@ -138,7 +138,8 @@ class Engine:
         lmax = max(lc) if lc else 0
         self.chain_budget = lmax  # a swapped-in chain may use up to this much latency
         self.chain_pad = [DelayLine(1, lmax - L) for L in lc]
-        self._chain_fades: dict[int, list] = {}  # channel -> [old chain, its pad, hops since the swap]
+        #: channel -> [old chain, its pad, hops since the swap, (a swap waiting for the crossfade's end,) or None]
+        self._chain_fades: dict[int, list] = {}
         H = self.hop
         #: hops a swapped-in chain runs unheard (its latency and pad fill, plus 100 ms to settle)
         self.chain_warmup_hops = -(-lmax // H) + 10
@@ -431,13 +432,15 @@ class Engine:
             new = self.chain_pad[i].process(proc.process(row) if proc else row)
             fade = self._chain_fades.get(i)
             if fade is not None:
-                old_proc, old_pad, k = fade
+                old_proc, old_pad, k, pending = fade
                 old = old_pad.process(old_proc.process(row) if old_proc else row)
                 w = (k + np.arange(1, H + 1, dtype=np.float32)[None, :] / H - self.chain_warmup_hops) / self.chain_fade_hops
                 np.clip(w, 0.0, 1.0, out=w)
                 new = old + w * (new - old)
                 if k + 1 >= self.chain_warmup_hops + self.chain_fade_hops:
                     del self._chain_fades[i]  # the new chain alone from the next hop
+                    if pending is not None:  # a swap that came during the crossfade starts now
+                        self.swap_chain(i, pending[0])
                 else:
                     fade[2] = k + 1
             main[i:i + 1] = new
@@ -450,15 +453,20 @@ class Engine:
         chain for :attr:`chain_warmup_hops` hops while the new one (and its
         pad to the budget) fills with the live signal, then the output
         crossfades to the new one over :attr:`chain_fade_hops` hops. A swap
-        during a swap keeps the chain being heard and warms up the newest
-        one instead."""
+        during a swap's warm-up keeps the chain being heard and warms up the
+        newest one instead; one during the crossfade waits for its end (at
+        most :attr:`chain_fade_hops` hops), so nothing audible is cut."""
         L = proc.latency if proc else 0
         if L > self.chain_budget:
             raise ValueError(f"chain latency {L} exceeds the budget of {self.chain_budget} frames")
-        if i not in self._chain_fades:  # what is heard now becomes the old side
-            self._chain_fades[i] = [self.chains[i], self.chain_pad[i], 0]
+        fade = self._chain_fades.get(i)
+        if fade is None:  # what is heard now becomes the old side
+            self._chain_fades[i] = [self.chains[i], self.chain_pad[i], 0, None]
+        elif fade[2] >= self.chain_warmup_hops:  # crossfading: the new one is partly heard already
+            fade[3] = (proc,)
+            return
         else:
-            self._chain_fades[i][2] = 0
+            fade[2] = 0
         self.chains[i] = proc
         self.chain_pad[i] = DelayLine(1, self.chain_budget - L)
 
@@ -467,10 +475,14 @@ class Engine:
         self.sup.reset()
         for d in (self.align_delay, self.dry_delay, self.stem_delay, *self.chain_pad):
             d.reset()
+        for i, fade in list(self._chain_fades.items()):  # after a reset nothing old is worth hearing
+            del self._chain_fades[i]
+            if fade[3] is not None:  # but a swap waiting for its turn is made
+                self.chains[i] = fade[3][0]
+                self.chain_pad[i] = DelayLine(1, self.chain_budget - (fade[3][0].latency if fade[3][0] else 0))
         for proc in self.chains:
             if proc:
                 proc.reset()
-        self._chain_fades.clear()  # after a reset nothing old is worth hearing
 
     # ------------------------------------------------------------------
 

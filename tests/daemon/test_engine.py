@@ -205,3 +205,33 @@ def test_a_live_chain_swap_has_no_gap_and_no_click(new):
     g = 1.0 if new is None else 10 ** (-6 / 20)
     np.testing.assert_allclose(y[done:done + 20 * H], g * d[done:done + 20 * H], atol=1e-6)  # then the new one
     assert not eng._chain_fades
+
+
+def test_a_swap_during_the_crossfade_waits_for_its_end():
+    """A second swap that arrives while the first is crossfading (its new
+    chain already partly heard) starts when that crossfade ends: the
+    output stays smooth, the first new chain is heard in full, then the
+    second takes over the same way."""
+    other = ChannelConfig(name="o", chain=_chain(DELAYING), strength=0.0)
+    eng = Engine([ChannelConfig(name="a", chain=_chain(GAIN.format(db=0.0)), strength=0.0), other], 48_000,
+                 model="passthrough")
+    W, F = eng.chain_warmup_hops, eng.chain_fade_hops
+    t = np.arange(48_000 * 3) / 48_000
+    x = np.stack([0.3 * np.sin(2 * np.pi * 220 * t), np.zeros_like(t)]).astype(np.float32)
+    out = []
+    for k in range(x.shape[1] // H):
+        if k == 40:
+            eng.swap_chain(0, _chain(GAIN.format(db=-6.0)).processor(48_000, 1))
+        if k == 40 + W:  # in the crossfade
+            eng.swap_chain(0, _chain(GAIN.format(db=-12.0)).processor(48_000, 1))
+            assert eng._chain_fades[0][3] is not None
+        out.append(eng.process_hop(x[:, k * H:(k + 1) * H]))
+    y = np.concatenate(out, axis=1)[0]
+    d = np.concatenate([np.zeros(960, np.float32), x[0]])[:x.shape[1]]
+    step = float(np.abs(np.diff(y[20 * H:40 * H])).max())
+    assert float(np.abs(np.diff(y[35 * H:(40 + 2 * (W + F) + 5) * H])).max()) <= 1.05 * step
+    a = (40 + W + F) * H  # the first new chain alone, all through the second's warm-up
+    np.testing.assert_allclose(y[a:a + W * H], 10 ** (-6 / 20) * d[a:a + W * H], atol=1e-6)
+    b = (40 + 2 * (W + F)) * H
+    np.testing.assert_allclose(y[b:b + 20 * H], 10 ** (-12 / 20) * d[b:b + 20 * H], atol=1e-6)
+    assert not eng._chain_fades
