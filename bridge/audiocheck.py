@@ -47,7 +47,7 @@ import os
 import struct
 from typing import NamedTuple
 
-__all__ = ["truncation_problem"]
+__all__ = ["truncation_problem", "mp3_gapless", "MP3_DECODER_DELAY"]
 
 #: how far back from the end a FLAC frame header is looked for, at least
 FLAC_TAIL = 64 * 1024
@@ -524,3 +524,51 @@ def _flac(f, size: int, start: int) -> str | None:
 def _whole(buf: bytes, fr: _Frame) -> bool:
     ends = [*_frame_ends(buf, fr.off), _frame_end(buf, fr) or 0]
     return any(_crc16_ok(buf, fr.off, e) for e in ends if e > fr.off)
+
+
+# --------------------------------------------------------------------------
+# MP3: the encoder's delay and padding (gapless playback)
+
+#: samples every layer III decoder adds in front (the synthesis filterbank's delay)
+MP3_DECODER_DELAY = 529
+
+
+def mp3_gapless(path: str) -> tuple[int, int] | None:
+    """``(delay, padding)`` from the LAME-style tag of an MP3's first frame
+    (the Xing/Info frame that LAME, ffmpeg's "Lavc" and libsndfile write):
+    the samples the encoder put in front of the audio and after it. A
+    decoder that keeps them (pedalboard's does, and it adds
+    :data:`MP3_DECODER_DELAY` of its own) returns the audio
+    ``delay + MP3_DECODER_DELAY`` samples late and ``delay + padding``
+    samples long. None when there is no such tag (no gapless information:
+    nothing can be trimmed) or the file cannot be read. Never raises."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(10)
+            start = 0
+            if head[:3] == b"ID3" and len(head) == 10:  # ID3v2 tag first
+                start = 10 + _syncsafe(head[6:10]) + (10 if head[5] & 0x10 else 0)
+            f.seek(start)
+            b = f.read(8192)
+    except OSError:
+        return None
+    i = 0
+    while i + 4 <= len(b) and not (b[i] == 0xFF and b[i + 1] & 0xE0 == 0xE0):
+        i += 1  # zero padding after the ID3 tag
+    if i + 4 > len(b):
+        return None
+    b1, b3 = b[i + 1], b[i + 3]
+    version, layer, mono = (b1 >> 3) & 3, (b1 >> 1) & 3, (b3 >> 6) & 3 == 3
+    if layer != 1 or version == 1:  # layer III only; version 1 is reserved
+        return None
+    side = (17 if mono else 32) if version == 3 else (9 if mono else 17)
+    x = i + 4 + side
+    if b[x:x + 4] not in (b"Xing", b"Info"):
+        return None
+    flags = int.from_bytes(b[x + 4:x + 8], "big")
+    p = x + 8 + 4 * bool(flags & 1) + 4 * bool(flags & 2) + 100 * bool(flags & 4) + 4 * bool(flags & 8)
+    enc = b[p:p + 4]
+    if len(b) < p + 24 or not (enc[:4] in (b"LAME", b"Lavc", b"Lavf", b"GOGO") or enc[:2] == b"L3"):
+        return None
+    d = b[p + 21:p + 24]
+    return (d[0] << 4) | (d[1] >> 4), ((d[1] & 0x0F) << 8) | d[2]

@@ -106,7 +106,7 @@ import numpy as np
 from .chain import Chain
 from .errors import AudioFileError, BridgeError
 from .offline import (
-    _BIT_DEPTHS, BLOCK, FileResult, Job, Progress, Summary, WRITE_EXTS, _layout, _open_input, _processor, _short,
+    BLOCK, AudioWriter, FileResult, Job, Progress, Summary, WRITE_EXTS, _layout, _open_input, _processor, _short,
     process_file,
 )
 
@@ -385,14 +385,13 @@ def stitch(src: str, dst: str, parts: list[tuple[str, int, int, int]], *, channe
     if os.path.exists(dst) and not overwrite:
         raise BridgeError(f"output {dst} exists; pass --overwrite to replace it")
     with AudioFile(src) as f:
-        bit_depth = _BIT_DEPTHS.get(str(f.file_dtype), 16)
+        dtype = f.file_dtype
     ext = os.path.splitext(dst)[1].lower()
-    kw = {"bit_depth": 16 if ext == ".mp3" else min(bit_depth, 24 if ext == ".flac" else 32)}
     folder = os.path.dirname(os.path.abspath(dst))
     tmp = os.path.join(folder, f".{os.path.basename(dst)}.qc-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
     ok = False
     try:
-        with AudioFile(tmp, "w", sample_rate, channels, **kw) as out:
+        with AudioWriter(tmp, sample_rate, channels, dtype) as out:
             for path, file_start, first, end in parts:
                 with open(path, "rb") as f:
                     f.seek((first - file_start) * channels * 4)
@@ -402,7 +401,7 @@ def stitch(src: str, dst: str, parts: list[tuple[str, int, int, int]], *, channe
                         y = np.fromfile(f, dtype="<f4", count=k * channels)
                         if y.size != k * channels:
                             raise BridgeError(f"segment file {path} is short; output not written")
-                        out.write(np.ascontiguousarray(y.reshape(k, channels).T))
+                        out.write(y.reshape(k, channels).T)
                         left -= k
         if os.path.exists(dst) and not overwrite:
             raise BridgeError(f"output {dst} exists; pass --overwrite to replace it")

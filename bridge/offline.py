@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .audiocheck import truncation_problem
+from .audiocheck import MP3_DECODER_DELAY, mp3_gapless, truncation_problem
 from .chain import Chain
 from .errors import AudioFileError, BridgeError, ChainSpecError
 
@@ -177,9 +177,121 @@ def _open_input(src: str, sample_rate: int | None):
     if f.frames == 0:
         f.close()
         raise AudioFileError(src, "holds no audio frames")
+    gap = mp3_gapless(src) if _is_mp3(src) else None
+    if gap is not None:  # pedalboard keeps the encoder's delay and padding: the audio would come out late and long
+        start = gap[0] + MP3_DECODER_DELAY
+        count = min(f.frames - start, f.frames - gap[0] - gap[1])
+        if 0 < count:
+            f = _Trimmed(f, start, count)
     if sample_rate and int(sample_rate) != int(f.samplerate):
         return f, f.resampled_to(float(sample_rate))
     return f, f
+
+
+def _is_mp3(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() == ".mp3"
+
+
+class _Trimmed:
+    """A pedalboard reader seen from frame ``start`` for ``count`` frames
+    (an MP3's audio without the encoder's delay and padding): ``frames``,
+    ``read``, ``seek``, ``tell``, ``resampled_to`` and ``close`` as
+    pedalboard's own reader has them, in the trimmed frames."""
+
+    def __init__(self, raw, start: int, count: int):
+        self._raw, self._start, self.frames = raw, start, count
+        self.samplerate, self.num_channels, self.file_dtype = raw.samplerate, raw.num_channels, raw.file_dtype
+        self.duration = count / raw.samplerate
+        self._pos = 0
+        raw.seek(start)
+
+    def read(self, n: int) -> np.ndarray:
+        n = min(int(n), self.frames - self._pos)
+        if n <= 0:  # (pedalboard's read(0) means "everything")
+            return np.zeros((self.num_channels, 0), np.float32)
+        x = self._raw.read(n)
+        self._pos += x.shape[1]
+        return x
+
+    def seek(self, pos: int) -> None:
+        self._pos = max(0, min(int(pos), self.frames))
+        self._raw.seek(self._start + self._pos)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def resampled_to(self, rate: float):
+        self._raw.seek(self._start + self._pos)
+        return _Limited(self._raw.resampled_to(rate), round((self.frames - self._pos) * rate / self.samplerate))
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+class _Limited:
+    """A reader that ends after ``frames`` frames (a resampled
+    :class:`_Trimmed`)."""
+
+    def __init__(self, reader, frames: int):
+        self._r, self.frames, self._left = reader, frames, frames
+        self.samplerate, self.num_channels = reader.samplerate, reader.num_channels
+
+    def read(self, n: int) -> np.ndarray:
+        n = min(int(n), self._left)
+        if n <= 0:
+            return np.zeros((self.num_channels, 0), np.float32)
+        x = self._r.read(n)
+        self._left -= x.shape[1]
+        return x
+
+
+class AudioWriter:
+    """pedalboard's file writer, made transparent and safe for any block.
+
+    - Bit depth: the source's, at most 24 for FLAC and AIFF (pedalboard
+      writes neither at 32), 16 for MP3 (ignored there); float sources
+      stay float in WAV.
+    - Integer formats (16/24-bit WAV, FLAC, AIFF) get round-to-nearest:
+      pedalboard reads an integer sample ``k`` as ``k / (2**(b-1) - 1)``
+      but writes ``floor(x * 2**(b-1))``, so a float that was read comes
+      back one step lower when negative (a -0.5 LSB bias, and the ``dry``
+      chain not bit-exact). Each sample is written as the middle of the
+      step that rounds it, so what was read is written back bit for bit.
+    - A block of as many frames as channels is written a frame at a time
+      (pedalboard cannot tell ``[channels, frames]`` from ``[frames,
+      channels]`` in a square block)."""
+
+    def __init__(self, path: str, sample_rate: int, channels: int, source_dtype: str):
+        from pedalboard.io import AudioFile
+
+        ext = os.path.splitext(path)[1].lower()
+        depth = _BIT_DEPTHS.get(str(source_dtype), 16)
+        self.bit_depth = 16 if ext == ".mp3" else min(depth, 24 if ext in (".flac", ".aiff") else 32)
+        integer = ext in (".wav", ".flac", ".aiff") and self.bit_depth in (16, 24)
+        self._full = float(2 ** (self.bit_depth - 1)) if integer else None
+        self._f = AudioFile(path, "w", sample_rate, channels, bit_depth=self.bit_depth)
+
+    def write(self, y: np.ndarray) -> None:
+        if y.shape[1] == 0:
+            return
+        if self._full is not None:
+            full = self._full
+            q = np.clip(np.round(y.astype(np.float64) * (full - 1.0)), -full, full - 1.0)
+            y = ((q + 0.5) / full).astype(np.float32)
+        if y.shape[0] == y.shape[1]:
+            for j in range(y.shape[1]):
+                self._f.write(np.ascontiguousarray(y[:, j:j + 1]))
+        else:
+            self._f.write(np.ascontiguousarray(y))
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def _short(e: Exception) -> str:
@@ -262,21 +374,16 @@ def process_file(
 
 
 def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res) -> float:
-    from pedalboard.io import AudioFile
-
     raw, reader = _open_input(src, sample_rate)
     try:
         sr = int(round(reader.samplerate))
         in_ch = reader.num_channels
         ch = channels or in_ch
-        bit_depth = _BIT_DEPTHS.get(str(raw.file_dtype), 16)
-        ext = os.path.splitext(tmp)[1].lower()
-        kw = {"bit_depth": 16 if ext == ".mp3" else min(bit_depth, 24 if ext == ".flac" else 32)}
         proc = _processor(chain, sr, ch)
         L = proc.latency
         skip = L
         done = 0
-        with AudioFile(tmp, "w", sr, ch, **kw) as out:
+        with AudioWriter(tmp, sr, ch, raw.file_dtype) as out:
             while True:
                 try:
                     x = reader.read(block)
@@ -303,7 +410,7 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res) -> 
             # flush the chain's latency: the output is exactly as long as the input
             if L:
                 tail = proc.process(np.zeros((ch, L), np.float32))[:, skip:]
-                out.write(np.ascontiguousarray(tail))
+                out.write(tail)
             if proc.faults:
                 name, why = next(iter(proc.faults.items()))
                 raise BridgeError(f"stage {name!r} failed at the end of the file ({why}); output not written")

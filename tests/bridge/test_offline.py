@@ -155,3 +155,108 @@ def test_empty_audio_file_is_reported(tmp_path):
     r = process_file(Chain.default(), str(tmp_path / "empty.wav"), str(tmp_path / "o.wav"))
     assert not r.ok and "no audio frames" in r.error
     assert not (tmp_path / "o.wav").exists()
+
+
+@pytest.mark.parametrize("ext,depth", [(".wav", 16), (".wav", 24), (".flac", 16), (".flac", 24), (".aiff", 16),
+                                       (".aiff", 24), (".wav", 32)])
+def test_the_dry_chain_is_bit_exact(tmp_path, ext, depth):
+    """``dry`` passes audio through unchanged, to the bit, in every integer
+    format and float. (pedalboard reads an integer sample as k/(2^(b-1)-1)
+    and writes floor(x*2^(b-1)): until session 24 every negative sample
+    came back one step lower.)"""
+    x = sig(2, 30_000, 4)
+    x[:, :4] = [[-1.0, -1 / 32767, 1 / 32767, 0.999], [-0.5, 0.5, -2e-5, 2e-5]]
+    src = tmp_path / f"in{ext}"
+    write(src, x, 48_000, bit_depth=depth)
+    dst = tmp_path / f"out{ext}"
+    r = process_file(Chain.load("dry"), str(src), str(dst))
+    assert r.ok, r.error
+    a, _, da = read(src)
+    b, _, db = read(dst)
+    assert da == db and a.shape == b.shape
+    np.testing.assert_array_equal(a, b)
+    if ext == ".wav" and depth == 16:  # the very bytes
+        import wave
+
+        with wave.open(str(src)) as w1, wave.open(str(dst)) as w2:
+            assert w1.readframes(10**6) == w2.readframes(10**6)
+
+
+def test_any_source_can_be_written_as_aiff_and_square_blocks_are_written(tmp_path):
+    """A float source to AIFF is written at 24 bits (pedalboard writes no
+    32-bit AIFF: it failed); a file of 2 frames and 2 channels (a block as
+    square as pedalboard cannot tell apart: it failed) comes out whole."""
+    write(tmp_path / "f.wav", sig(2, 4800), 48_000, bit_depth=32)
+    r = process_file(Chain.load("dry"), str(tmp_path / "f.wav"), str(tmp_path / "f.aiff"))
+    assert r.ok, r.error
+    y, _, dtype = read(tmp_path / "f.aiff")
+    assert str(dtype) == "int24" and y.shape == (2, 4800)
+    np.testing.assert_allclose(y, read(tmp_path / "f.wav")[0], atol=2 ** -22)
+    sq = np.array([[0.25, -0.25], [0.5, -0.5]], np.float32)
+    with AudioFile(str(tmp_path / "sq.wav"), "w", 48_000, 2, bit_depth=32) as f:  # the test's own writer has it too
+        for j in range(2):
+            f.write(sq[:, j:j + 1])
+    for chain in ("dry", "default"):
+        r = process_file(Chain.load(chain), str(tmp_path / "sq.wav"), str(tmp_path / f"sq_{chain}.wav"))
+        assert r.ok, (chain, r.error)
+        assert read(tmp_path / f"sq_{chain}.wav")[0].shape == (2, 2)
+    np.testing.assert_array_equal(read(tmp_path / "sq_dry.wav")[0], sq)
+
+
+def _id3v2(payload: bytes) -> bytes:
+    n = len(payload)
+    size = bytes([(n >> 21) & 0x7F, (n >> 14) & 0x7F, (n >> 7) & 0x7F, n & 0x7F])
+    return b"ID3\x03\x00\x00" + size + payload
+
+
+@pytest.mark.parametrize("sr,ch,tag", [(44_100, 1, False), (48_000, 2, True), (22_050, 2, False)])
+def test_mp3_input_is_gapless(tmp_path, sr, ch, tag):
+    """An MP3 carries its encoder's delay and padding in its LAME/Info tag;
+    pedalboard decodes them as audio (plus 529 samples of decoder delay),
+    so until session 24 every processed MP3 came out 1105 samples late and
+    longer, more with each pass. Now the output lines up with the signal
+    that was encoded and has its length, MP3 to WAV and MP3 to MP3, also
+    after an ID3v2 tag, and resampled."""
+    from quietcast.bridge.audiocheck import mp3_gapless
+
+    n = int(sr * 2.5) + 123
+    x = np.zeros((ch, n), np.float32)
+    t = np.arange(n) / sr
+    x[:] = 0.3 * np.sin(2 * np.pi * 330 * t) * np.exp(-((t - 1.2) ** 2) / 0.02)
+    x[:, 9000] = 0.8  # a click to line up on
+    src = tmp_path / "in.mp3"
+    write(src, x, sr, quality="V2")
+    if tag:
+        src.write_bytes(_id3v2(b"TIT2" + (20).to_bytes(4, "big") + b"\x00\x00\x00" + b"a podcast episode  " + b"\x00" * 64)
+                        + src.read_bytes())
+    delay, pad = mp3_gapless(str(src))
+    assert 0 < delay < 4096 and 0 <= pad < 4096
+    chain = Chain([{"name": "g", "type": "gain", "gain_db": 0.0}])
+    for ext in (".wav", ".mp3"):
+        dst = tmp_path / f"out{ext}"
+        r = process_file(chain, str(src), str(dst))
+        assert r.ok, r.error
+        y, sr_out, _ = read(dst)
+        if ext == ".mp3":  # read back gapless too: through the same reader
+            from quietcast.bridge.offline import _open_input
+
+            raw, reader = _open_input(str(dst), None)
+            y = reader.read(reader.frames)
+            raw.close()
+        assert y.shape == x.shape, ext
+        assert int(np.argmax(np.abs(y[0]))) == 9000, ext
+        assert np.corrcoef(y[0], x[0])[0, 1] > 0.99, ext
+    r = process_file(chain, str(src), str(tmp_path / "r.wav"), sample_rate=sr * 2)
+    assert r.ok, r.error
+    y, _, _ = read(tmp_path / "r.wav")
+    assert y.shape[1] == 2 * n and abs(int(np.argmax(np.abs(y[0]))) - 18_000) <= 1
+
+
+def test_mp3_gapless_reads_only_a_real_tag(tmp_path):
+    from quietcast.bridge.audiocheck import mp3_gapless
+
+    assert mp3_gapless(str(tmp_path / "none.mp3")) is None
+    (tmp_path / "junk.mp3").write_bytes(b"\xff\xfb" + b"\x00" * 500)
+    assert mp3_gapless(str(tmp_path / "junk.mp3")) is None
+    write(tmp_path / "w.wav", sig(1, 4800), 48_000)
+    assert mp3_gapless(str(tmp_path / "w.wav")) is None
