@@ -346,6 +346,9 @@ ALIASES = {
 #: pedalboard built-ins we refuse, with why
 UNSUPPORTED = {
     "pitch_shift": "pedalboard's PitchShift does not stream (reset=False output is misaligned at small blocks)",
+    "gsm_compressor": "pedalboard's GSMFullRateCompressor does not stream (reset=False returns near silence at "
+                      "live block sizes and fewer frames than it is given at any size); for a telephone voice "
+                      "use a highpass at 300 Hz and a lowpass at 3400 Hz",
 }
 
 
@@ -754,7 +757,7 @@ OWN_TYPES: dict[str, ParamSet] = {
 
 
 def all_types() -> list[str]:
-    return sorted(list(OWN_TYPES) + list(BUILTINS))
+    return sorted(list(OWN_TYPES) + [t for t in BUILTINS if t not in UNSUPPORTED])
 
 
 def params_of(type_name: str) -> ParamSet:
