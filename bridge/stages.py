@@ -199,6 +199,7 @@ class Stage:
         self.fault: str | None = None
         self._dry: DelayLine | None = None
         self._was_bypassed = False
+        self._last = None  # the last output sample per channel: where a fault's dry block starts
 
     # -- to implement
     latency: int = 0
@@ -252,23 +253,39 @@ class Stage:
             wet = self._process(x)
         except Exception as e:  # a stage fault costs the stage, not the process
             self.fault = f"raised {type(e).__name__}: {e}"
-            return dry
+            return self._onto_dry(dry)
         if wet.shape != x.shape:
             self.fault = f"returned shape {wet.shape}, expected {x.shape}"
-            return dry
+            return self._onto_dry(dry)
         if not all_finite(wet):
             self.fault = "returned NaN or Inf samples"
-            return dry
+            return self._onto_dry(dry)
         bypass = self.bypass
         if bypass == self._was_bypassed:
-            return dry if bypass else wet
-        # a bypass change: one block's linear crossfade, no click
-        self._was_bypassed = bypass
-        n = x.shape[1]
-        ramp = np.linspace(0.0, 1.0, n, dtype=np.float32) if n else np.zeros(0, np.float32)
-        if not bypass:
-            ramp = ramp[::-1]
-        return wet * (1.0 - ramp) + dry * ramp
+            out = dry if bypass else wet
+        else:  # a bypass change: one block's linear crossfade, no click
+            self._was_bypassed = bypass
+            n = x.shape[1]
+            ramp = np.linspace(0.0, 1.0, n, dtype=np.float32) if n else np.zeros(0, np.float32)
+            if not bypass:
+                ramp = ramp[::-1]
+            out = wet * (1.0 - ramp) + dry * ramp
+        if out.shape[1]:
+            self._last = out[:, -1:].copy()
+        return out
+
+    def _onto_dry(self, dry: np.ndarray) -> np.ndarray:
+        """The first dry block after a fault, without a step: it starts at
+        the last sample the stage gave and falls onto the dry path over
+        10 ms (the offset between the two fades out linearly)."""
+        last = getattr(self, "_last", None)
+        n = dry.shape[1]
+        if last is None or n == 0:
+            return dry
+        k = min(n, max(1, int(self.sample_rate) // 100))
+        out = np.array(dry, np.float32, copy=True)
+        out[:, :k] += (last - dry[:, :1]) * np.linspace(1.0, 0.0, k + 1, dtype=np.float32)[1:]
+        return out
 
 
 # --------------------------------------------------------------------------

@@ -249,6 +249,34 @@ def test_live_bypass_toggle_crossfades_without_a_jump(noisy_speechlike):
     assert steps.max() <= np.abs(np.diff(x[0, :9600])).max() + 1e-6
 
 
+@pytest.mark.parametrize("how", ["raises", "nan"])
+def test_a_stage_fault_falls_back_to_dry_without_a_step(how):
+    """A stage that fails mid-stream (a plugin that raises, or returns NaN)
+    is dropped for the dry path from that block on; the first dry block
+    starts where the stage's output left off and falls onto the dry
+    signal within 10 ms. (Until session 24 it switched in one sample: a
+    click on air, up to the full difference between wet and dry.)"""
+    t = np.arange(SR) / SR
+    x = (0.3 * np.sin(2 * np.pi * 157 * t + 1.0) + 0.1 * np.sin(2 * np.pi * 731 * t)).astype(np.float32)[None]
+    proc = Chain([{"name": "g", "type": "gain", "gain_db": -20.0}]).processor(SR, 1)
+    st = proc.stage("g")
+    f = 30 + int(np.argmax(np.abs(x[0, 480 * 30:480 * 60:480])))  # the fault at a loud sample
+    blocks = []
+    for k in range(0, SR, 480):
+        if k == 480 * f:
+            real = st._process
+            st._process = (lambda blk: (_ for _ in ()).throw(RuntimeError("plugin crashed"))) if how == "raises" \
+                else (lambda blk: real(blk) * np.float32("nan"))
+        blocks.append(proc.process(x[:, k:k + 480]))
+    y = np.concatenate(blocks, axis=1)[0]
+    assert proc.faults == {"g": "raised RuntimeError: plugin crashed" if how == "raises" else "returned NaN or Inf samples"}
+    own = np.abs(np.diff(x[0])).max()  # the dry signal's own largest step
+    assert abs(x[0, 480 * f]) > 0.25  # without the fade: a step of about 0.9 times that
+    assert np.abs(np.diff(y[480 * (f - 2):480 * (f + 3)])).max() <= 1.05 * own
+    np.testing.assert_array_equal(y[480 * (f + 1):], x[0, 480 * (f + 1):])  # dry, bit for bit, after the fade
+    assert np.isfinite(y).all()
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e-39, 1e30])
 def test_nan_inf_denormal_never_come_out(bad, noisy_speechlike):
     x = noisy_speechlike[0][:, :SR].copy()
