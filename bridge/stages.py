@@ -377,8 +377,27 @@ def _pb_value(param: Param, value):
     return value
 
 
+#: pedalboard filters whose coefficients change at once when a parameter is
+#: set (the shelves and the peak filter also clear their state): a change is
+#: made by a fresh instance, pre-rolled on the recent input, crossfaded in
+_CROSSFADED = {"HighpassFilter", "LowpassFilter", "HighShelfFilter", "LowShelfFilter", "PeakFilter", "LadderFilter",
+               "Compressor", "NoiseGate", "Limiter", "BrickwallLimiter", "Clipping", "Distortion"}
+_PREROLL = 4096  # frames of input history a new filter instance is run over first
+_SUBBLOCKS = 8  # a ramped parameter moves in this many steps across one block
+
+
 class PedalboardStage(Stage):
-    """A pedalboard plugin (built-in or hosted) streamed with ``reset=False``."""
+    """A pedalboard plugin (built-in or hosted) streamed with ``reset=False``.
+
+    A live parameter change never steps. pedalboard's built-ins apply a new
+    value at once, and its shelf and peak filters also clear their state:
+    a fader would tick. So for the filters (:data:`_CROSSFADED`) the
+    change builds a new instance, runs it over the last :data:`_PREROLL`
+    frames of input (its state is then what it would have been), and
+    crossfades to it across the next block; for the other built-ins a
+    numeric parameter moves from its old value to the new one across the
+    next block in :data:`_SUBBLOCKS` steps. A hosted plugin gets its value
+    at once (plugins smooth their own parameters)."""
 
     type_name = "pedalboard"
 
@@ -387,19 +406,72 @@ class PedalboardStage(Stage):
         self.plugin = plugin
         self.values = dict(values)
         self._guard = _ShapeGuard(channels, getattr(plugin, "pb_channels", channels))
+        self._cls = type(plugin) if type(plugin).__name__ in _CROSSFADED else None
+        self._hist = np.zeros((channels, _PREROLL if self._cls else 0), np.float32)
+        self._swap = False  # a crossfade to a new filter instance is due
+        self._ramps: dict[str, tuple] = {}  # parameter -> (from, to) across the next block
         self.latency = probe_latency(self._run, self._reset_plugin, channels)
         self._fifo = _AlignedFifo(channels, self.latency)
         self._finish_init()
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         x = self._guard.take(x)
-        if x.shape[1] == 0:
+        n = x.shape[1]
+        if n == 0:
             return x
-        return self.plugin.process(x, float(self.sample_rate), buffer_size=max(1, min(x.shape[1], 8192)), reset=False)
+        if self._swap:
+            return self._run_swap(x)
+        if self._ramps:
+            return self._run_ramps(x)
+        y = self._plain(self.plugin, x)
+        if self._cls is not None:
+            self._remember(x)
+        return y
+
+    def _plain(self, plugin, x: np.ndarray) -> np.ndarray:
+        return plugin.process(x, float(self.sample_rate), buffer_size=max(1, min(x.shape[1], 8192)), reset=False)
+
+    def _remember(self, x: np.ndarray) -> None:
+        n, h = x.shape[1], self._hist.shape[1]
+        if n >= h:
+            self._hist[:] = x[:, n - h:]
+        else:
+            self._hist[:, :h - n] = self._hist[:, n:]
+            self._hist[:, h - n:] = x
+
+    def _run_swap(self, x: np.ndarray) -> np.ndarray:
+        self._swap = False
+        kwargs = {k: _pb_value(self.param_set.get(k), v) for k, v in self.values.items() if k in self.param_set}
+        new = self._cls(**kwargs)
+        self._plain(new, self._hist)  # its state as if it had run with the new values all along
+        a, b = self._plain(self.plugin, x), self._plain(new, x)
+        self._remember(x)
+        self.plugin = new
+        if a.shape != b.shape:  # (a filter has no latency; should never differ)
+            return b
+        r = np.arange(1, x.shape[1] + 1, dtype=np.float32)[None, :] / x.shape[1]
+        return a + r * (b - a)
+
+    def _run_ramps(self, x: np.ndarray) -> np.ndarray:
+        ramps, self._ramps = self._ramps, {}
+        n = x.shape[1]
+        k = min(_SUBBLOCKS, n)
+        edges = [round(i * n / k) for i in range(k + 1)]
+        out = []
+        for i in range(k):
+            for name, (a, b) in ramps.items():
+                setattr(self.plugin, name, a + (b - a) * (i + 1) / k)
+            out.append(self._plain(self.plugin, x[:, edges[i]:edges[i + 1]]))
+        return np.concatenate(out, axis=1)
 
     def _reset_plugin(self) -> None:
         self.plugin.reset()
         self._guard.reset()
+        self._hist[:] = 0.0
+        self._swap = False
+        for name, (_, b) in self._ramps.items():
+            setattr(self.plugin, name, b)
+        self._ramps = {}
 
     def _process(self, x: np.ndarray) -> np.ndarray:
         if x.shape[1]:
@@ -411,7 +483,19 @@ class PedalboardStage(Stage):
         self._fifo.reset()
 
     def _apply_param(self, name, value):
-        setattr(self.plugin, name, _pb_value(self.param_set.get(name), value))
+        p = self.param_set.get(name)
+        v = _pb_value(p, value)
+        if self._cls is not None:  # the new instance takes it (Stage.set_param stores the value)
+            self.values[name] = value
+            self._swap = True
+            return
+        if p.kind == "float" and isinstance(v, (int, float)) and not isinstance(v, bool):
+            old = float(getattr(self.plugin, name))
+            if old != float(v) and math.isfinite(old) and math.isfinite(float(v)):
+                start = self._ramps.get(name, (old, old))[0]
+                self._ramps[name] = (start, float(v))
+                return
+        setattr(self.plugin, name, v)
 
 
 def build_builtin(type_name: str, name: str, sample_rate: int, channels: int, values: dict) -> PedalboardStage:

@@ -277,6 +277,45 @@ def test_a_stage_fault_falls_back_to_dry_without_a_step(how):
     assert np.isfinite(y).all()
 
 
+@pytest.mark.parametrize("stage,param,before,after", [
+    ({"type": "high_shelf", "cutoff_frequency_hz": 1000.0}, "gain_db", 0.0, 12.0),
+    ({"type": "peak", "cutoff_frequency_hz": 220.0, "q": 2.0}, "gain_db", 0.0, 12.0),
+    ({"type": "lowpass"}, "cutoff_frequency_hz", 18_000.0, 500.0),
+    ({"type": "compressor", "ratio": 8.0}, "threshold_db", 0.0, -30.0),
+    ({"type": "noise_gate"}, "threshold_db", -100.0, -3.0),
+    ({"type": "brickwall_limiter"}, "ceiling_db", -1.0, -20.0),
+])
+def test_a_live_change_of_a_builtin_does_not_click(stage, param, before, after):
+    """pedalboard applies a new value at once, and its shelves and peak
+    filter also clear their state: a MIDI fader on an EQ or a compressor
+    ticked (a second difference 8-24 times the signal's own, up to 0.077).
+    A change is now crossfaded from the running instance to a new one
+    pre-rolled on the recent input: the output stays as smooth as the
+    signal, and then is what the new value gives."""
+    t = np.arange(4 * SR) / SR
+    x = (0.3 * np.sin(2 * np.pi * 100 * t) + 0.2 * np.sin(2 * np.pi * 220 * t)
+         + 0.1 * np.sin(2 * np.pi * 1300 * t)).astype(np.float32)[None]
+    spec = {"name": "s", **stage, param: before}
+    proc = Chain([spec]).processor(SR, 1)
+    ref = Chain([{**spec, param: after}]).processor(SR, 1)  # the new value from the start
+    k0 = 200  # the change, at a hop boundary 2 s in
+    ys, rs = [], []
+    for k in range(x.shape[1] // 480):
+        if k == k0:
+            proc.set_param(f"s.{param}", after)
+        blk = x[:, k * 480:(k + 1) * 480]
+        ys.append(proc.process(blk))
+        rs.append(ref.process(blk))
+    y, r = np.concatenate(ys, axis=1)[0], np.concatenate(rs, axis=1)[0]
+    d2 = lambda a: np.abs(np.diff(a, 2)).max()  # noqa: E731
+    steady = max(d2(y[(k0 - 40) * 480:k0 * 480]), d2(r[(k0 + 20) * 480:(k0 + 60) * 480]))
+    assert d2(y[(k0 - 2) * 480:(k0 + 3) * 480]) <= 1.3 * steady
+    late = slice((k0 + 40) * 480, (k0 + 80) * 480)  # settled: the new value's sound
+    rms = lambda a: float(np.sqrt(np.mean(a ** 2)))  # noqa: E731
+    assert rms(y[late] - r[late]) <= 0.05 * rms(r[late])
+    assert rms(y[late] - y[(k0 - 40) * 480:k0 * 480]) > 0.1 * rms(r[late])  # and it did change
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e-39, 1e30])
 def test_nan_inf_denormal_never_come_out(bad, noisy_speechlike):
     x = noisy_speechlike[0][:, :SR].copy()
