@@ -726,9 +726,51 @@ class DenoiseStage(Stage):
             return f"model {self.values['model']!r} has no {_MODEL_ONLY[name]}"
         return None
 
+    #: a live strength change reaches its value over this long, in steps of one block
+    RAMP_S = 0.2
+
     def _apply_strength(self):
-        db = self.values["strength"] * self.values["max_attenuation_db"]
-        self.suppressor.set_param("strength_db", db)
+        """The suppressor's floor for ``strength`` x ``max_attenuation_db``.
+        Set at once when the stage is built or reset; a live change moves
+        the floor (linear gain) there over :attr:`RAMP_S`, one step per
+        block (ten 10 ms steps live): set in one go, the neural model's
+        background jumps in or out between two samples, a click wherever
+        there is hum or a noise bed."""
+        goal = 10.0 ** (-self.values["strength"] * self.values["max_attenuation_db"] / 20.0)
+        now = getattr(self, "_floor_now", None)
+        if now is None or not getattr(self, "_live", False):
+            self._set_floor(goal)
+            self._ramp_left = 0
+        else:
+            self._floor_from, self._ramp_left = now, max(1, int(self.RAMP_S * self.suppressor.sample_rate))
+        self._floor_goal = goal
+
+    def _set_floor(self, floor: float) -> None:
+        self._floor_now = floor
+        self.suppressor.set_param("strength_db", min(60.0, max(0.0, -20.0 * math.log10(max(floor, 1e-3)))))
+
+    def _step_floor(self, n: int) -> None:
+        """Advance a strength ramp by ``n`` frames (at the suppressor's rate).
+
+        A ramp to strength 0 (floor 1: the delayed input, where the neural
+        model's pause gate is not applied) holds one block short of it with
+        the gate's depth at 0, so a closed gate opens (ramped, within that
+        block) before the output becomes the input."""
+        total = max(1, int(self.RAMP_S * self.suppressor.sample_rate))
+        if getattr(self, "_opening", False):  # the gate is open: the last step
+            self._opening = False
+            self._ramp_left = 0
+            self._set_floor(self._floor_goal)
+            self.suppressor.set_param("pause_db", self.values["pause_db"])
+            return
+        self._ramp_left = max(0, self._ramp_left - n)
+        g = self._floor_goal
+        floor = g + (self._floor_from - g) * self._ramp_left / total
+        if floor >= 1.0 and float(self.values.get("pause_db") or 0.0) > 0.0 and "pause_db" in self.suppressor.PARAMS:
+            self._opening, self._ramp_left = True, 1
+            self.suppressor.set_param("pause_db", 0.0)
+            floor = min(self._floor_now, 10.0 ** (-0.01 / 20.0))
+        self._set_floor(floor)
 
     def _apply_param(self, name, value):
         if name == "model":
@@ -759,6 +801,10 @@ class DenoiseStage(Stage):
         return self._rout.process(y48)
 
     def _process(self, x):
+        self._live = True  # from the first block on, strength changes ramp
+        if self._ramp_left and x.shape[1]:
+            n = x.shape[1] if not self._resampled else round(x.shape[1] * self.suppressor.sample_rate / self.sample_rate)
+            self._step_floor(max(1, n))
         if not self._resampled:
             return self.suppressor.process(x)
         if x.shape[1]:
@@ -767,6 +813,10 @@ class DenoiseStage(Stage):
 
     def _reset(self):
         self.suppressor.reset()
+        self._live = False  # a reset stage starts at its value
+        if getattr(self, "_opening", False):
+            self._opening = False
+            self.suppressor.set_param("pause_db", self.values["pause_db"])
         self._apply_strength()
         if self._resampled:
             self._rin.reset()

@@ -1062,9 +1062,15 @@ class NeuralSuppressor(HopSuppressor):
             self._strength_db = v
         else:
             self._background_db = v
+        was = getattr(self, "_mix", 1.0)
         self._floor = float(10.0 ** (-self._strength_db / 20.0))
         self._remix = 0.0 if self._background_db == -math.inf else float(10.0 ** (self._background_db / 20.0))
         self._mix = max(self._floor, self._remix)
+        if was >= 1.0 > self._mix and getattr(self, "_pg", None) is not None and self._pg.numel():
+            # at mix 1 (the delayed input, exact) the gate is not applied, whatever its state: it starts
+            # open now and closes at its own pace, instead of cutting in at once (a click)
+            with torch.inference_mode():
+                self._pg[:, 0].fill_(0.0)
         if self._cstep is not None:
             self._cstep.set_mix(self._floor, self._remix)
         if self.device.type == "cuda":  # read by the captured graph on its next replay

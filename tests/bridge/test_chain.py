@@ -316,6 +316,41 @@ def test_a_live_change_of_a_builtin_does_not_click(stage, param, before, after):
     assert rms(y[late] - y[(k0 - 40) * 480:k0 * 480]) > 0.1 * rms(r[late])  # and it did change
 
 
+@pytest.mark.parametrize("model", ["default", "dsp"])
+@pytest.mark.parametrize("start,end", [(1.0, 0.0), (0.0, 1.0), (1.0, 0.4)])
+def test_a_live_strength_change_of_a_denoise_stage_does_not_click(model, start, end):
+    """A denoise stage's ``strength`` moved live (tones over a 100 Hz hum
+    and a little noise): the floor moves there over 0.2 s in 10 ms steps,
+    and the neural model's pause gate opens before the output becomes the
+    input (strength 0, where the gate is not applied) and starts open when
+    it leaves it. Nothing steps more than the signal itself; then the
+    output is that of a stage built with the new strength. (Until session
+    24 the neural model jumped between two samples: 7 times the signal's
+    own largest step.)"""
+    t = np.arange(4 * SR) / SR
+    x = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 1300 * t) + 0.3 * np.sin(2 * np.pi * 100 * t)
+         + 0.003 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)[None]
+    spec = {"name": "nr", "type": "denoise", "model": model, "strength": start}
+    proc = Chain([spec]).processor(SR, 1)
+    ref = Chain([{**spec, "strength": end}]).processor(SR, 1)
+    k0 = 200
+    ys, rs = [], []
+    for k in range(x.shape[1] // 480):
+        if k == k0:
+            proc.set_param("nr.strength", end)
+        blk = x[:, k * 480:(k + 1) * 480]
+        ys.append(proc.process(blk))
+        rs.append(ref.process(blk))
+    y, r = np.concatenate(ys, axis=1)[0], np.concatenate(rs, axis=1)[0]
+    own = max(np.abs(np.diff(y[(k0 - 60) * 480:k0 * 480])).max(), np.abs(np.diff(r[(k0 + 60) * 480:(k0 + 120) * 480])).max())
+    assert np.abs(np.diff(y[(k0 - 2) * 480:(k0 + 40) * 480])).max() <= 1.05 * own
+    late = slice((k0 + 60) * 480, (k0 + 120) * 480)
+    np.testing.assert_allclose(y[late], r[late], atol=1e-3 * max(1.0, float(np.abs(r[late]).max())))
+    if end == 0.0:  # strength 0: the delayed input, exactly
+        L = proc.latency
+        np.testing.assert_array_equal(y[late], x[0, late.start - L:late.stop - L])
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e-39, 1e30])
 def test_nan_inf_denormal_never_come_out(bad, noisy_speechlike):
     x = noisy_speechlike[0][:, :SR].copy()
