@@ -103,11 +103,12 @@ from typing import Any
 
 import numpy as np
 
+from .audiocheck import FlacCheck
 from .chain import Chain
 from .errors import AudioFileError, BridgeError
 from .offline import (
-    BLOCK, AudioWriter, FileResult, Job, Progress, Summary, WRITE_EXTS, _layout, _open_input, _processor, _short,
-    process_file,
+    BLOCK, FLAC_DAMAGED, AudioWriter, FileResult, Job, Progress, Summary, WRITE_EXTS, _layout, _open_input,
+    _processor, _short, process_file,
 )
 
 INSTALL_HINT = "pip install 'quietcast[cluster]'"
@@ -179,6 +180,7 @@ def find_gaps(src: str, min_frames: int, block: int = BLOCK) -> tuple[int, int, 
         gaps: list[tuple[int, int]] = []
         run_start = None
         pos = 0
+        check = FlacCheck.of(src)  # this scan reads the whole file once: the place to check it
         while True:
             try:
                 x = reader.read(block)
@@ -186,7 +188,11 @@ def find_gaps(src: str, min_frames: int, block: int = BLOCK) -> tuple[int, int, 
                 raise AudioFileError(src, f"decoding failed after {pos / sr:.2f} s: {_short(e)}") from None
             n = x.shape[1]
             if n == 0:
+                if check is not None and not check.ok():
+                    raise AudioFileError(src, FLAC_DAMAGED)
                 break
+            if check is not None:
+                check.update(x)
             zero = ~np.any(x != 0, axis=0)  # NaN counts as signal
             edges = np.flatnonzero(np.diff(zero.astype(np.int8)))
             bounds = [0, *(edges + 1).tolist(), n]

@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .audiocheck import MP3_DECODER_DELAY, mp3_gapless, truncation_problem
+from .audiocheck import MP3_DECODER_DELAY, FlacCheck, mp3_gapless, truncation_problem
 from .chain import Chain
 from .errors import AudioFileError, BridgeError, ChainSpecError
 
@@ -186,6 +186,10 @@ def _open_input(src: str, sample_rate: int | None):
     if sample_rate and int(sample_rate) != int(f.samplerate):
         return f, f.resampled_to(float(sample_rate))
     return f, f
+
+
+FLAC_DAMAGED = ("is damaged: its decoded audio does not match the MD5 signature in its header (a frame "
+                "that fails its checksum comes out as silence or is skipped); output not written")
 
 
 def _is_mp3(path: str) -> bool:
@@ -383,6 +387,7 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res) -> 
         L = proc.latency
         skip = L
         done = 0
+        check = FlacCheck.of(src) if reader is raw else None  # (resampled: the samples are not the file's)
         with AudioWriter(tmp, sr, ch, raw.file_dtype) as out:
             while True:
                 try:
@@ -391,6 +396,8 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res) -> 
                     raise AudioFileError(src, f"decoding failed after {done / sr:.2f} s: {_short(e)}") from None
                 if x.shape[1] == 0:
                     break
+                if check is not None:
+                    check.update(x)
                 x = _layout(x, channels)
                 y = proc.process(x)
                 done += x.shape[1]
@@ -407,6 +414,8 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res) -> 
                     on_progress(x.shape[1] / sr)
             if done == 0:
                 raise AudioFileError(src, "holds no audio frames")
+            if check is not None and not check.ok():
+                raise AudioFileError(src, FLAC_DAMAGED)
             # flush the chain's latency: the output is exactly as long as the input
             if L:
                 tail = proc.process(np.zeros((ch, L), np.float32))[:, skip:]

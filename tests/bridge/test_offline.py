@@ -260,3 +260,32 @@ def test_mp3_gapless_reads_only_a_real_tag(tmp_path):
     assert mp3_gapless(str(tmp_path / "junk.mp3")) is None
     write(tmp_path / "w.wav", sig(1, 4800), 48_000)
     assert mp3_gapless(str(tmp_path / "w.wav")) is None
+
+
+@pytest.mark.parametrize("depth", [16, 24])
+def test_a_damaged_flac_is_refused_by_its_md5(tmp_path, depth):
+    """A FLAC file with bytes damaged mid-stream (not cut short): pedalboard
+    decodes it without an error, with frames silenced or skipped (the rest
+    early). Until session 24 it was processed and reported fine. Now the
+    decoded audio is checked against the MD5 signature in its header: the
+    file fails with that reason and no output, in the single pass and in
+    the scan that plans a Ray split; the undamaged file passes both."""
+    from quietcast.bridge.audiocheck import flac_signature
+    from quietcast.bridge.cluster import find_gaps
+
+    src = tmp_path / "good.flac"
+    write(src, sig(2, 200_000, 5), 48_000, bit_depth=depth)
+    assert flac_signature(str(src))[1:] == (depth, 2)
+    data = bytearray(src.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 2000] = bytes(b ^ 0x5A for b in data[mid:mid + 2000])
+    bad = tmp_path / "bad.flac"
+    bad.write_bytes(bytes(data))
+    chain = Chain([{"name": "g", "type": "gain", "gain_db": 0.0}])
+    assert process_file(chain, str(src), str(tmp_path / "g.flac")).ok
+    r = process_file(chain, str(bad), str(tmp_path / "b.flac"))
+    assert not r.ok and "MD5" in r.error and "damaged" in r.error
+    assert not (tmp_path / "b.flac").exists() and leftovers(tmp_path) == []
+    assert find_gaps(str(src), 4800)[0] == 200_000
+    with pytest.raises(BridgeError, match="MD5"):
+        find_gaps(str(bad), 4800)
