@@ -108,7 +108,7 @@ from .chain import Chain
 from .errors import AudioFileError, BridgeError
 from .offline import (
     BLOCK, FLAC_DAMAGED, AudioWriter, FileResult, Job, Progress, Summary, WRITE_EXTS, _layout, _open_input,
-    _processor, _short, process_file,
+    _processor, _short, process_file, split_existing,
 )
 
 INSTALL_HINT = "pip install 'quietcast[cluster]'"
@@ -635,8 +635,10 @@ def process_files_ray(
     overlap_seconds: float = OVERLAP_SECONDS,
     min_gap_seconds: float = MIN_GAP_SECONDS,
     gpus_per_task: float = 1.0,
+    skip_existing: bool = False,
 ) -> Summary:
     """Process every job as Ray tasks; one failure never stops the others.
+    ``skip_existing``: as for :func:`~quietcast.bridge.offline.process_files`.
 
     ``address``/``num_cpus``: see :func:`connect` (an already initialised
     Ray is used as it is). Tasks ask for one CPU each, and for
@@ -645,11 +647,13 @@ def process_files_ray(
     split as the module documentation says."""
     ray = require_ray()
     t0 = time.monotonic()
+    jobs, skipped = split_existing(jobs) if skip_existing else (jobs, [])
     started = connect(address, num_cpus)
     try:
-        return _run(ray, chain, jobs, t0, overwrite=overwrite, sample_rate=sample_rate, channels=channels,
-                    progress=progress, split_seconds=split_seconds, warmup_seconds=warmup_seconds,
-                    overlap_seconds=overlap_seconds, min_gap_seconds=min_gap_seconds, gpus_per_task=gpus_per_task)
+        s = _run(ray, chain, jobs, t0, overwrite=overwrite, sample_rate=sample_rate, channels=channels,
+                 progress=progress, split_seconds=split_seconds, warmup_seconds=warmup_seconds,
+                 overlap_seconds=overlap_seconds, min_gap_seconds=min_gap_seconds, gpus_per_task=gpus_per_task)
+        return Summary(skipped + s.results, s.elapsed)
     finally:
         if started:
             ray.shutdown()
@@ -750,7 +754,7 @@ def _run(ray, chain, jobs, t0, *, overwrite, sample_rate, channels, progress, sp
     stateful = keeps_state(chain)
     for i, j in enumerate(jobs):
         if os.path.exists(j.dst) and not overwrite:
-            file_failed(i, f"output {j.dst} exists; pass --overwrite to replace it")
+            file_failed(i, f"output {j.dst} exists; pass --overwrite to replace it, or --skip-existing to leave it")
             continue
         if os.path.splitext(j.dst)[1].lower() not in WRITE_EXTS:
             submit_file(i)  # the worker reports it, as on one machine

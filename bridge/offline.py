@@ -52,6 +52,7 @@ class FileResult:
     elapsed: float = 0.0  # wall time
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
+    skipped: bool = False  # the output existed and was left alone (skip_existing)
 
 
 @dataclass
@@ -64,14 +65,19 @@ class Summary:
         return [r for r in self.results if not r.ok]
 
     @property
+    def skipped(self) -> list[FileResult]:
+        return [r for r in self.results if r.skipped]
+
+    @property
     def audio_seconds(self) -> float:
-        return sum(r.seconds for r in self.results if r.ok)
+        return sum(r.seconds for r in self.results if r.ok and not r.skipped)
 
     def text(self) -> str:
-        ok = len(self.results) - len(self.failed)
+        ok = len(self.results) - len(self.failed) - len(self.skipped)
         rtf = self.elapsed / self.audio_seconds if self.audio_seconds else 0.0
+        skipped = f", {len(self.skipped)} skipped (output exists)" if self.skipped else ""
         lines = [
-            f"{ok} of {len(self.results)} file(s) processed, {len(self.failed)} failed; "
+            f"{ok} of {len(self.results)} file(s) processed{skipped}, {len(self.failed)} failed; "
             f"{self.audio_seconds:.1f} s of audio in {self.elapsed:.1f} s (real-time factor {rtf:.3f})"
         ]
         for r in self.results:
@@ -346,8 +352,11 @@ def process_file(
     bad input file, returns a :class:`FileResult` saying what happened."""
     t0 = time.monotonic()
     res = FileResult(src, dst, ok=False)
+    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
+        res.error = "the output is the input file itself; write the output elsewhere (the original is kept)"
+        return res
     if os.path.exists(dst) and not overwrite:
-        res.error = f"output {dst} exists; pass --overwrite to replace it"
+        res.error = f"output {dst} exists; pass --overwrite to replace it, or --skip-existing to leave it"
         return res
     ext = os.path.splitext(dst)[1].lower()
     if ext not in WRITE_EXTS:
@@ -357,6 +366,9 @@ def process_file(
     tmp = os.path.join(folder, f".{os.path.basename(dst)}.qc-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
     try:
         os.makedirs(folder, exist_ok=True)
+        if not os.access(folder, os.W_OK):  # (else pedalboard's error names the hidden temporary file)
+            res.error = f"cannot write in {folder}: no permission, or a read-only file system"
+            return res
         res.seconds = _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res)
         os.replace(tmp, dst)
         res.ok = True
@@ -455,9 +467,13 @@ def process_files(
     sample_rate: int | None = None,
     channels: int | None = None,
     progress: "Progress | None" = None,
+    skip_existing: bool = False,
 ) -> Summary:
-    """Process every job; one failure never stops the others."""
+    """Process every job; one failure never stops the others.
+    ``skip_existing``: a job whose output exists is not run (a batch that
+    was interrupted goes on where it stopped); it counts as skipped."""
     t0 = time.monotonic()
+    jobs, skipped = split_existing(jobs) if skip_existing else (jobs, [])
     results: list[FileResult] = []
     if progress:
         progress.start(len(jobs))
@@ -491,7 +507,19 @@ def process_files(
         results = [r for r in slots if r is not None]
     if progress:
         progress.finish()
-    return Summary(results, time.monotonic() - t0)
+    return Summary(skipped + results, time.monotonic() - t0)
+
+
+def split_existing(jobs: list[Job]) -> tuple[list[Job], list[FileResult]]:
+    """The jobs still to run, and a skipped result for each whose output
+    exists already."""
+    todo, skipped = [], []
+    for j in jobs:
+        if os.path.exists(j.dst):
+            skipped.append(FileResult(j.src, j.dst, ok=True, skipped=True))
+        else:
+            todo.append(j)
+    return todo, skipped
 
 
 class Progress:

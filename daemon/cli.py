@@ -73,24 +73,26 @@ def cmd_process(args) -> int:
     _set_threads(1)
     progress = None
     if not args.quiet:
-        progress = Progress(total_duration(jobs) if len(jobs) <= 2000 else 0.0, force=args.progress)
+        todo = [j for j in jobs if not os.path.exists(j.dst)] if args.skip_existing else jobs
+        progress = Progress(total_duration(todo) if len(todo) <= 2000 else 0.0, force=args.progress)
     if args.ray is not None:
         from quietcast.bridge.cluster import process_files_ray
 
         summary = process_files_ray(
             chain, jobs, address=None if args.ray == "local" else args.ray, num_cpus=args.jobs,
             overwrite=args.overwrite, sample_rate=args.sample_rate, channels=args.channels, progress=progress,
-            split_seconds=args.split_seconds, gpus_per_task=args.gpus_per_task,
+            split_seconds=args.split_seconds, gpus_per_task=args.gpus_per_task, skip_existing=args.skip_existing,
         )
     else:
         summary = process_files(
             chain, jobs, workers=args.jobs or 1, overwrite=args.overwrite,
-            sample_rate=args.sample_rate, channels=args.channels, progress=progress,
+            sample_rate=args.sample_rate, channels=args.channels, progress=progress, skip_existing=args.skip_existing,
         )
     if args.json:
         print(json.dumps({
             "files": [r.__dict__ for r in summary.results],
             "failed": len(summary.failed),
+            "skipped": len(summary.skipped),
             "audio_seconds": summary.audio_seconds,
             "elapsed": summary.elapsed,
         }, indent=2))
@@ -466,7 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                     help="files processed in parallel (default 1); with --ray and no ADDRESS: CPUs of the local "
                          "Ray instance (default: all cores)")
-    pr.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    ow = pr.add_mutually_exclusive_group()
+    ow.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    ow.add_argument("--skip-existing", action="store_true",
+                    help="leave existing outputs alone and do the rest (resume an interrupted batch)")
     pr.add_argument("--format", metavar="EXT", help="output format for folder outputs: wav, flac, mp3, ogg, aiff")
     pr.add_argument("--sample-rate", type=int, metavar="HZ", help="resample the output to HZ (default: keep)")
     pr.add_argument("--channels", type=int, choices=(1, 2), help="downmix to 1 or upmix mono to 2 channels")

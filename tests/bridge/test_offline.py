@@ -3,6 +3,7 @@ no data lost (temp + rename, no overwrite, corrupt inputs skipped)."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -289,3 +290,36 @@ def test_a_damaged_flac_is_refused_by_its_md5(tmp_path, depth):
     assert find_gaps(str(src), 4800)[0] == 200_000
     with pytest.raises(BridgeError, match="MD5"):
         find_gaps(str(bad), 4800)
+
+
+def test_skip_existing_resumes_a_batch_and_the_input_is_never_the_output(tree, tmp_path):
+    """``--skip-existing`` leaves the outputs that exist and does the rest
+    (an interrupted batch goes on; before session 24 every existing output
+    was a failure, exit 1); it excludes ``--overwrite``. An output that is
+    the input file itself is refused even with ``--overwrite`` (the
+    original would have been replaced)."""
+    import subprocess
+
+    from conftest import quietcast_exe
+
+    out = tmp_path / "out"
+    jobs = plan_jobs([str(tree)], str(out))
+    first = process_files(Chain.load("dry"), [j for j in jobs if j.src.endswith("a.wav")])
+    assert not first.failed
+    (out / "a.wav").write_bytes((out / "a.wav").read_bytes())  # the finished one, kept as it is
+    stamp = os.stat(out / "a.wav").st_mtime_ns
+    s = process_files(Chain.load("dry"), jobs, skip_existing=True)
+    assert [r.src.endswith("a.wav") for r in s.skipped] == [True]
+    assert os.stat(out / "a.wav").st_mtime_ns == stamp and (out / "sub" / "b.flac").exists()
+    assert "processed, 1 skipped (output exists), 1 failed" in s.text()  # broken.wav still fails
+    exe = quietcast_exe()
+    r = subprocess.run([exe, "process", "dry", str(tree), "-o", str(out), "--skip-existing", "--json", "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and json.loads(r.stdout)["skipped"] == 2  # a.wav and b.flac; broken.wav fails
+    r = subprocess.run([exe, "process", "dry", str(tree), "-o", str(out), "--skip-existing", "--overwrite"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "not allowed with" in r.stderr
+    src = tree / "a.wav"
+    before = src.read_bytes()
+    r1 = process_file(Chain.load("default"), str(src), str(src), overwrite=True)
+    assert not r1.ok and "the input file itself" in r1.error and src.read_bytes() == before
