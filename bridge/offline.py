@@ -154,8 +154,8 @@ def plan_jobs(inputs: Iterable[str], output: str, fmt: str | None = None) -> lis
             dst = os.path.join(output, rel)
             if fmt:
                 dst = os.path.splitext(dst)[0] + fmt
-            elif os.path.splitext(dst)[1].lower() not in WRITE_EXTS:
-                dst = os.path.splitext(dst)[0] + ".wav"
+            elif os.path.splitext(dst)[1].lower() not in WRITE_EXTS:  # .aif stays AIFF, .bwf becomes .wav
+                dst = os.path.splitext(dst)[0] + (".aiff" if dst.lower().endswith(".aif") else ".wav")
         key = os.path.abspath(dst)
         if key in seen:
             raise BridgeError(f"inputs {seen[key]!r} and {src!r} would both be written to {dst!r}")

@@ -323,3 +323,9 @@ def test_skip_existing_resumes_a_batch_and_the_input_is_never_the_output(tree, t
     before = src.read_bytes()
     r1 = process_file(Chain.load("default"), str(src), str(src), overwrite=True)
     assert not r1.ok and "the input file itself" in r1.error and src.read_bytes() == before
+
+
+def test_an_aif_input_stays_aiff(tmp_path):
+    write(tmp_path / "in" / "take.aif", sig(1, 4800), 48_000)
+    (job,) = plan_jobs([str(tmp_path / "in")], str(tmp_path / "out"))
+    assert job.dst.endswith("take.aiff")  # it became take.wav until session 24
