@@ -68,11 +68,8 @@ def truncation_problem(path: str) -> str | None:
                 return _wav(f, size, head[:4])
             if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
                 return _aiff(f, size, head[8:12] == b"AIFC")
-            start = 0
-            if head[:3] == b"ID3":  # an ID3v2 tag before the FLAC stream
-                f.seek(0)
-                tag = f.read(10)
-                start = 10 + _syncsafe(tag[6:10]) + (10 if tag[5] & 0x10 else 0)
+            start = _after_id3v2(f)  # an ID3v2 tag before the FLAC stream
+            if start:
                 f.seek(start)
                 head = f.read(4)
             if head[:4] == b"fLaC":
@@ -238,6 +235,16 @@ def _crc8(b: bytes) -> int:
 
 def _syncsafe(b: bytes) -> int:
     return (b[0] & 0x7F) << 21 | (b[1] & 0x7F) << 14 | (b[2] & 0x7F) << 7 | (b[3] & 0x7F)
+
+
+def _after_id3v2(f) -> int:
+    """Where the audio stream starts: after an ID3v2 tag at the start of
+    the file (and its footer), else 0."""
+    f.seek(0)
+    tag = f.read(10)
+    if tag[:3] != b"ID3" or len(tag) < 10:
+        return 0
+    return 10 + _syncsafe(tag[6:10]) + (10 if tag[5] & 0x10 else 0)
 
 
 _RATES = {1: 88_200, 2: 176_400, 3: 192_000, 4: 8_000, 5: 16_000, 6: 22_050, 7: 24_000, 8: 32_000,
@@ -544,11 +551,7 @@ def mp3_gapless(path: str) -> tuple[int, int] | None:
     nothing can be trimmed) or the file cannot be read. Never raises."""
     try:
         with open(path, "rb") as f:
-            head = f.read(10)
-            start = 0
-            if head[:3] == b"ID3" and len(head) == 10:  # ID3v2 tag first
-                start = 10 + _syncsafe(head[6:10]) + (10 if head[5] & 0x10 else 0)
-            f.seek(start)
+            f.seek(_after_id3v2(f))
             b = f.read(8192)
     except OSError:
         return None
@@ -586,11 +589,7 @@ def flac_signature(path: str) -> tuple[bytes, int, int] | None:
     the header cannot be read. Never raises."""
     try:
         with open(path, "rb") as f:
-            head = f.read(10)
-            start = 0
-            if head[:3] == b"ID3" and len(head) == 10:
-                start = 10 + _syncsafe(head[6:10]) + (10 if head[5] & 0x10 else 0)
-            f.seek(start)
+            f.seek(_after_id3v2(f))
             b = f.read(4 + 4 + 34)
     except OSError:
         return None

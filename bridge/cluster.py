@@ -108,7 +108,7 @@ from .chain import Chain
 from .errors import AudioFileError, BridgeError
 from .offline import (
     BLOCK, FLAC_DAMAGED, AudioWriter, FileResult, Job, Progress, Summary, WRITE_EXTS, _layout, _open_input,
-    _processor, _short, process_file, split_existing,
+    _processor, _short, exists_error, process_file, split_existing,
 )
 
 INSTALL_HINT = "pip install 'quietcast[cluster]'"
@@ -389,7 +389,7 @@ def stitch(src: str, dst: str, parts: list[tuple[str, int, int, int]], *, channe
     from pedalboard.io import AudioFile
 
     if os.path.exists(dst) and not overwrite:
-        raise BridgeError(f"output {dst} exists; pass --overwrite to replace it")
+        raise BridgeError(exists_error(dst))
     with AudioFile(src) as f:
         dtype = f.file_dtype
     ext = os.path.splitext(dst)[1].lower()
@@ -410,7 +410,7 @@ def stitch(src: str, dst: str, parts: list[tuple[str, int, int, int]], *, channe
                         out.write(y.reshape(k, channels).T)
                         left -= k
         if os.path.exists(dst) and not overwrite:
-            raise BridgeError(f"output {dst} exists; pass --overwrite to replace it")
+            raise BridgeError(exists_error(dst))
         os.replace(tmp, dst)
         ok = True
     finally:
@@ -754,7 +754,7 @@ def _run(ray, chain, jobs, t0, *, overwrite, sample_rate, channels, progress, sp
     stateful = keeps_state(chain)
     for i, j in enumerate(jobs):
         if os.path.exists(j.dst) and not overwrite:
-            file_failed(i, f"output {j.dst} exists; pass --overwrite to replace it, or --skip-existing to leave it")
+            file_failed(i, exists_error(j.dst))
             continue
         if os.path.splitext(j.dst)[1].lower() not in WRITE_EXTS:
             submit_file(i)  # the worker reports it, as on one machine

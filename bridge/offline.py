@@ -157,6 +157,9 @@ def plan_jobs(inputs: Iterable[str], output: str, fmt: str | None = None) -> lis
             elif os.path.splitext(dst)[1].lower() not in WRITE_EXTS:  # .aif stays AIFF, .bwf becomes .wav
                 dst = os.path.splitext(dst)[0] + (".aiff" if dst.lower().endswith(".aif") else ".wav")
         key = os.path.abspath(dst)
+        if key == os.path.abspath(src) or (os.path.exists(dst) and os.path.samefile(src, dst)):
+            raise BridgeError(f"output {dst!r} would be the input file itself; write the outputs elsewhere "
+                              "(the originals are kept)")
         if key in seen:
             raise BridgeError(f"inputs {seen[key]!r} and {src!r} would both be written to {dst!r}")
         seen[key] = src
@@ -192,6 +195,26 @@ def _open_input(src: str, sample_rate: int | None):
     if sample_rate and int(sample_rate) != int(f.samplerate):
         return f, f.resampled_to(float(sample_rate))
     return f, f
+
+
+def _verify_flac(src: str, check: FlacCheck, block: int = BLOCK) -> None:
+    """Decode ``src`` once more (at its own rate) against its MD5 signature;
+    an :class:`AudioFileError` when it does not match."""
+    from pedalboard.io import AudioFile
+
+    with AudioFile(src) as f:
+        while True:
+            x = f.read(block)
+            if x.shape[1] == 0:
+                break
+            check.update(x)
+    if not check.ok():
+        raise AudioFileError(src, FLAC_DAMAGED)
+
+
+def exists_error(dst: str) -> str:
+    """What a job whose output exists (and may not be replaced) says."""
+    return f"output {dst} exists; pass --overwrite to replace it, or --skip-existing to leave it"
 
 
 FLAC_DAMAGED = ("is damaged: its decoded audio does not match the MD5 signature in its header (a frame "
@@ -356,7 +379,7 @@ def process_file(
         res.error = "the output is the input file itself; write the output elsewhere (the original is kept)"
         return res
     if os.path.exists(dst) and not overwrite:
-        res.error = f"output {dst} exists; pass --overwrite to replace it, or --skip-existing to leave it"
+        res.error = exists_error(dst)
         return res
     ext = os.path.splitext(dst)[1].lower()
     if ext not in WRITE_EXTS:
@@ -399,7 +422,10 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res) -> 
         L = proc.latency
         skip = L
         done = 0
-        check = FlacCheck.of(src) if reader is raw else None  # (resampled: the samples are not the file's)
+        check = FlacCheck.of(src)
+        if check is not None and reader is not raw:  # resampled: these samples are not the file's; check it first
+            _verify_flac(src, check)
+            check = None
         with AudioWriter(tmp, sr, ch, raw.file_dtype) as out:
             while True:
                 try:

@@ -393,8 +393,9 @@ class PedalboardStage(Stage):
     value at once, and its shelf and peak filters also clear their state:
     a fader would tick. So for the filters (:data:`_CROSSFADED`) the
     change builds a new instance, runs it over the last :data:`_PREROLL`
-    frames of input (its state is then what it would have been), and
-    crossfades to it across the next block; for the other built-ins a
+    frames of input (85 ms: a filter's state is then what it would have
+    been; a compressor's or gate's envelope, with a longer release, only
+    close to it), and crossfades to it across the next block; for the other built-ins a
     numeric parameter moves from its old value to the new one across the
     next block in :data:`_SUBBLOCKS` steps. A hosted plugin gets its value
     at once (plugins smooth their own parameters)."""
@@ -439,10 +440,13 @@ class PedalboardStage(Stage):
             self._hist[:, :h - n] = self._hist[:, n:]
             self._hist[:, h - n:] = x
 
+    def _new_instance(self):
+        kwargs = {k: _pb_value(self.param_set.get(k), v) for k, v in self.values.items() if k in self.param_set}
+        return self._cls(**kwargs)
+
     def _run_swap(self, x: np.ndarray) -> np.ndarray:
         self._swap = False
-        kwargs = {k: _pb_value(self.param_set.get(k), v) for k, v in self.values.items() if k in self.param_set}
-        new = self._cls(**kwargs)
+        new = self._new_instance()
         self._plain(new, self._hist)  # its state as if it had run with the new values all along
         a, b = self._plain(self.plugin, x), self._plain(new, x)
         self._remember(x)
@@ -465,6 +469,8 @@ class PedalboardStage(Stage):
         return np.concatenate(out, axis=1)
 
     def _reset_plugin(self) -> None:
+        if self._swap:  # a change not crossfaded in yet: made at once (nothing is playing)
+            self.plugin = self._new_instance()
         self.plugin.reset()
         self._guard.reset()
         self._hist[:] = 0.0
@@ -490,11 +496,11 @@ class PedalboardStage(Stage):
             self._swap = True
             return
         if p.kind == "float" and isinstance(v, (int, float)) and not isinstance(v, bool):
-            old = float(getattr(self.plugin, name))
-            if old != float(v) and math.isfinite(old) and math.isfinite(float(v)):
-                start = self._ramps.get(name, (old, old))[0]
-                self._ramps[name] = (start, float(v))
+            cur = float(getattr(self.plugin, name))  # (a pending ramp has not touched the plugin yet)
+            if cur != float(v) and math.isfinite(cur) and math.isfinite(float(v)):
+                self._ramps[name] = (cur, float(v))
                 return
+        self._ramps.pop(name, None)  # (a value set back within one block: no ramp left behind)
         setattr(self.plugin, name, v)
 
 
@@ -733,11 +739,14 @@ class DenoiseStage(Stage):
         """The suppressor's floor for ``strength`` x ``max_attenuation_db``.
         Set at once when the stage is built or reset; a live change moves
         the floor (linear gain) there over :attr:`RAMP_S`, one step per
-        block (ten 10 ms steps live): set in one go, the neural model's
+        block (twenty 10 ms steps live): set in one go, the neural model's
         background jumps in or out between two samples, a click wherever
         there is hum or a noise bed."""
         goal = 10.0 ** (-self.values["strength"] * self.values["max_attenuation_db"] / 20.0)
         now = getattr(self, "_floor_now", None)
+        if getattr(self, "_opening", False):  # a new value while the gate was opening: ramp on from here
+            self._opening = False
+            self.suppressor.set_param("pause_db", self.values["pause_db"])
         if now is None or not getattr(self, "_live", False):
             self._set_floor(goal)
             self._ramp_left = 0

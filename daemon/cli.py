@@ -45,7 +45,7 @@ def _chain(what: str):
 
 
 def cmd_process(args) -> int:
-    from quietcast.bridge.offline import READ_EXTS, Progress, plan_jobs, process_files, total_duration
+    from quietcast.bridge.offline import READ_EXTS, Progress, plan_jobs, process_files, split_existing, total_duration
 
     if args.ray is not None:
         from quietcast.bridge.cluster import require_ray
@@ -73,7 +73,7 @@ def cmd_process(args) -> int:
     _set_threads(1)
     progress = None
     if not args.quiet:
-        todo = [j for j in jobs if not os.path.exists(j.dst)] if args.skip_existing else jobs
+        todo = split_existing(jobs)[0] if args.skip_existing else jobs
         progress = Progress(total_duration(todo) if len(todo) <= 2000 else 0.0, force=args.progress)
     if args.ray is not None:
         from quietcast.bridge.cluster import process_files_ray

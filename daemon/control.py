@@ -96,8 +96,8 @@ class ControlServer:
         self.requests = 0
         self.errors = 0
         self._last_bad = 0  # the daemon's NaN/Inf input count at the last event.bad_input
-        #: the events socket's live subscriptions (topic prefix -> subscribers), from XPUB
-        self.subscriptions: dict[bytes, int] = {}
+        #: the topic prefixes someone subscribes to on the events socket (XPUB tells us)
+        self.subscriptions: set[bytes] = set()
         self._meter_names: tuple | None = None  # (subscriptions seen, channel names, the names wanted)
         self.meters_published = 0  # meter.CHANNEL messages sent (a test and a bench read it)
         self._stop = threading.Event()
@@ -190,7 +190,6 @@ class ControlServer:
             router.setsockopt(zmq.MAXMSGSIZE, 1 << 20)  # bigger frames: the peer is dropped
             router.setsockopt(zmq.ROUTER_MANDATORY, 0)
             router.sndhwm = 1000
-            pub.setsockopt(zmq.XPUB_VERBOSER, 1)  # every subscribe and unsubscribe, not only the first and last
             # room for a few ticks of every channel's meter besides the events
             pub.sndhwm = 1000 + 4 * len(self.daemon.config.channels)
             if self.cfg.curve_secret_key:
@@ -331,7 +330,11 @@ class ControlServer:
 
     def _take_subscriptions(self, pub) -> None:
         """Read the subscribe (``\\x01TOPIC``) and unsubscribe (``\\x00TOPIC``)
-        messages XPUB queued."""
+        messages XPUB queued. A plain XPUB passes a topic's first
+        subscription and its last unsubscription (also when the last
+        subscriber goes away), so a set of topics is exact; counting
+        verbose messages is not (a subscriber that subscribes twice is
+        unsubscribed once when it disconnects)."""
         import zmq
 
         subs = self.subscriptions
@@ -340,19 +343,15 @@ class ControlServer:
                 msg = pub.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if not msg or msg[0] not in (0, 1):
-                continue
-            topic = bytes(msg[1:])
-            n = subs.get(topic, 0) + (1 if msg[0] == 1 else -1)
-            if n > 0:
-                subs[topic] = n
-            else:
-                subs.pop(topic, None)
+            if msg[:1] == b"\x01":
+                subs.add(bytes(msg[1:]))
+            elif msg[:1] == b"\x00":
+                subs.discard(bytes(msg[1:]))
 
     def _wanted_meters(self, names) -> list[str]:
         """The channels whose ``meter.NAME`` some subscriber's prefix
         matches (recomputed when the subscriptions or the channels change)."""
-        key = (tuple(self.subscriptions), tuple(names))
+        key = (tuple(sorted(self.subscriptions)), tuple(names))
         if self._meter_names is None or self._meter_names[0] != key:
             prefixes = key[0]
             want = [n for n in names if any(f"meter.{n}".encode().startswith(p) for p in prefixes)]
@@ -365,7 +364,7 @@ class ControlServer:
         if eng is not None:
             want = self._wanted_meters(eng.names) if self.subscriptions else []
             if want:
-                meters = eng.meters
+                meters = eng.meters_for(want)
                 for k, name in enumerate(want):
                     m = meters.get(name)
                     if m is not None:
@@ -376,7 +375,7 @@ class ControlServer:
             bad = d.bad_samples
             if bad > self._last_bad:
                 self._publish(pub, "event.bad_input", {"bad_samples": bad, "new_bad_samples": bad - self._last_bad})
-            self._last_bad = bad
+                self._last_bad = bad
         if io is not None and io.client is not None:
             from . import jackio
 

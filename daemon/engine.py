@@ -277,7 +277,7 @@ class Engine:
         bg = xa - v
         main = self._ramped("r", tgt) * bg
         main += v
-        if self.chain_budget or any(self.chains):
+        if self.chain_budget or any(self.chains) or self._chain_fades:
             self._run_chains(main)
         dry = self.dry_delay.process(x)
         if "bypass" not in unit:
@@ -335,12 +335,20 @@ class Engine:
         """``{channel: {peak_in_db, peak_out_db, rms_in_db, rms_out_db,
         gain_reduction_db}}`` over the last 5 hops (50 ms); empty before
         the first 5. Built from the engine's latest snapshot on each read."""
+        return self.meters_for(self.names)
+
+    def meters_for(self, names) -> dict:
+        """:attr:`meters` of the channels ``names`` only (the control
+        thread builds only what someone subscribed to)."""
         snap = self._meter_snap
         if snap is None:
             return {}
         keys = ("peak_in_db", "peak_out_db", "rms_in_db", "rms_out_db", "gain_reduction_db")
-        cols = [c.tolist() for c in snap]
-        return {name: dict(zip(keys, vals)) for name, vals in zip(self.names, zip(*cols))}
+        if names is self.names:
+            cols = [c.tolist() for c in snap]
+            return {name: dict(zip(keys, vals)) for name, vals in zip(self.names, zip(*cols))}
+        at = {n: i for i, n in enumerate(self.names)}
+        return {n: dict(zip(keys, (float(c[at[n]]) for c in snap))) for n in names if n in at}
 
     # ------------------------------------------------------------------
     # the engine thread
@@ -405,7 +413,8 @@ class Engine:
             D = io.latency
             dry = _ring_read(io.inring[[io.out_channel[j] for j in range(len(io.out_names))]], start - D, end - start)
             if not all_finite(dry):  # the gap gets the same hygiene as the processed hops
-                dry, _ = sanitize(dry)
+                dry, bad = sanitize(dry)
+                self.stats.bad_samples += bad
             for j, kind in enumerate(io.out_kind):
                 if kind == "background":
                     dry[j] = 0.0
@@ -468,7 +477,11 @@ class Engine:
         else:
             fade[2] = 0
         self.chains[i] = proc
-        self.chain_pad[i] = DelayLine(1, self.chain_budget - L)
+        self.chain_pad[i] = self._pad_for(proc)
+
+    def _pad_for(self, proc) -> DelayLine:
+        """The delay that brings a chain (or none) to :attr:`chain_budget`."""
+        return DelayLine(1, self.chain_budget - (proc.latency if proc else 0))
 
     def reset_state(self) -> None:
         """Forget all signal state (suppressor, chains, delay lines)."""
@@ -479,7 +492,7 @@ class Engine:
             del self._chain_fades[i]
             if fade[3] is not None:  # but a swap waiting for its turn is made
                 self.chains[i] = fade[3][0]
-                self.chain_pad[i] = DelayLine(1, self.chain_budget - (fade[3][0].latency if fade[3][0] else 0))
+                self.chain_pad[i] = self._pad_for(fade[3][0])
         for proc in self.chains:
             if proc:
                 proc.reset()

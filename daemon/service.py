@@ -120,6 +120,7 @@ class Daemon:
         self.faults: dict[str, str] = {}
         self._totals = {"cycles": 0, "xruns": 0, "deadline_misses": 0, "missed_frames": 0}
         self._bad_before = 0  # NaN/Inf input samples counted by engines since replaced
+        self._bad_lock = threading.Lock()  # the total and the engine change together
 
     # ------------------------------------------------------------------
     # engine
@@ -179,12 +180,13 @@ class Daemon:
         if eng is None or eng.sample_rate != sample_rate or getattr(self, "_rebuild", False):
             e = self.config.engine
             new = self._new_engine(sample_rate)
-            if eng is not None:  # its count goes on in the daemon's total
-                self._bad_before += eng.stats.bad_samples
+            old_bad = eng.stats.bad_samples if eng is not None else 0  # (its thread has stopped: final)
             eng = None  # the old engine (and the client it holds) is not kept alive through settle_heap
             new.registry = self.registry
             self.registry.reapply(new)
-            self.engine = new
+            with self._bad_lock:  # the old engine's count joins the daemon's total as the engine changes
+                self._bad_before += old_bad
+                self.engine = new
             self._rebuild = False
             self.heap_settle_ms = settle_heap()
             log.debug("heap collected and frozen in %.1f ms", self.heap_settle_ms)
@@ -587,8 +589,9 @@ class Daemon:
     def bad_samples(self) -> int:
         """NaN/Inf samples that arrived on the input ports since the start,
         each replaced by silence before anything used it."""
-        eng = self.engine
-        return self._bad_before + (eng.stats.bad_samples if eng is not None else 0)
+        with self._bad_lock:
+            eng = self.engine
+            return self._bad_before + (eng.stats.bad_samples if eng is not None else 0)
 
     def _housekeeping(self) -> None:
         """Watchdog pings (only while the engine makes progress), STATUS

@@ -316,6 +316,50 @@ def test_a_live_change_of_a_builtin_does_not_click(stage, param, before, after):
     assert rms(y[late] - y[(k0 - 40) * 480:k0 * 480]) > 0.1 * rms(r[late])  # and it did change
 
 
+def test_a_value_set_back_within_a_block_and_a_reset_keep_the_stage_at_its_value():
+    """Two sets before the next block, the second back to the start (a
+    MIDI fader sends values faster than 10 ms): the plugin runs the last
+    value, not the ramp's end; a reset right after a filter change makes
+    the change (it was dropped: the stage said 12 dB and ran 0)."""
+    proc = Chain([{"name": "c", "type": "chorus", "mix": 0.5},
+                  {"name": "hs", "type": "high_shelf", "cutoff_frequency_hz": 1000.0}]).processor(SR, 1)
+    x = np.random.default_rng(1).standard_normal((1, 480)).astype(np.float32) * 0.1
+    proc.process(x)
+    proc.set_param("c.mix", 0.8)
+    proc.set_param("c.mix", 0.5)
+    proc.process(x)
+    assert proc.stage("c").plugin.mix == pytest.approx(0.5)
+    proc.set_param("hs.gain_db", 12.0)
+    proc.reset()
+    assert proc.stage("hs").plugin.gain_db == pytest.approx(12.0)
+
+
+def test_a_strength_change_while_the_gate_opens_ramps_on():
+    """A new strength while the neural stage's gate is opening (the last
+    step of a ramp to 0) ramps from where the floor is (it jumped from
+    0.97 to the new floor at once) and puts the gate's depth back."""
+    t = np.arange(3 * SR) / SR
+    x = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.3 * np.sin(2 * np.pi * 100 * t)).astype(np.float32)[None]
+    proc = Chain([{"name": "nr", "type": "denoise", "model": "default", "strength": 1.0}]).processor(SR, 1)
+    st = proc.stage("nr")
+    ys, k, changed = [], 0, None
+    while k < x.shape[1] // 480:
+        if k == 100:
+            proc.set_param("nr.strength", 0.0)
+        if changed is None and getattr(st, "_opening", False):
+            changed = k
+            proc.set_param("nr.strength", 1.0)
+            assert not st._opening and st.suppressor.get_param("pause_db") == st.values["pause_db"] > 0
+        ys.append(proc.process(x[:, k * 480:(k + 1) * 480]))
+        k += 1
+    assert changed is not None
+    y = np.concatenate(ys, axis=1)[0]
+    own = np.abs(np.diff(y[50 * 480:100 * 480])).max()
+    # the ramp's own steps (a twentieth of the floor's range, once a block) reach about 1.5 times this pure
+    # low tone's largest step; the jump at once was about 40 times it
+    assert np.abs(np.diff(y[(changed - 2) * 480:(changed + 30) * 480])).max() <= 2.0 * max(own, np.abs(np.diff(x[0])).max())
+
+
 @pytest.mark.parametrize("model", ["default", "dsp"])
 @pytest.mark.parametrize("start,end", [(1.0, 0.0), (0.0, 1.0), (1.0, 0.4)])
 def test_a_live_strength_change_of_a_denoise_stage_does_not_click(model, start, end):

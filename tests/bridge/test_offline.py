@@ -290,6 +290,9 @@ def test_a_damaged_flac_is_refused_by_its_md5(tmp_path, depth):
     assert find_gaps(str(src), 4800)[0] == 200_000
     with pytest.raises(BridgeError, match="MD5"):
         find_gaps(str(bad), 4800)
+    r = process_file(chain, str(bad), str(tmp_path / "b44.flac"), sample_rate=44_100)  # resampled: checked first
+    assert not r.ok and "MD5" in r.error
+    assert process_file(chain, str(src), str(tmp_path / "g44.flac"), sample_rate=44_100).ok
 
 
 def test_skip_existing_resumes_a_batch_and_the_input_is_never_the_output(tree, tmp_path):
@@ -319,6 +322,8 @@ def test_skip_existing_resumes_a_batch_and_the_input_is_never_the_output(tree, t
     r = subprocess.run([exe, "process", "dry", str(tree), "-o", str(out), "--skip-existing", "--overwrite"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "not allowed with" in r.stderr
+    with pytest.raises(BridgeError, match="the input file itself"):  # a folder onto itself: planned, refused
+        plan_jobs([str(tree)], str(tree))
     src = tree / "a.wav"
     before = src.read_bytes()
     r1 = process_file(Chain.load("default"), str(src), str(src), overwrite=True)

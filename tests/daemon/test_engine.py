@@ -235,3 +235,26 @@ def test_a_swap_during_the_crossfade_waits_for_its_end():
     b = (40 + 2 * (W + F)) * H
     np.testing.assert_allclose(y[b:b + 20 * H], 10 ** (-12 / 20) * d[b:b + 20 * H], atol=1e-6)
     assert not eng._chain_fades
+
+
+def test_a_swap_on_an_engine_without_chain_latency_completes():
+    """One channel, a chain of no latency (the budget is 0), swapped for
+    none: the crossfade runs to its end, smoothly, and nothing is left
+    pending (the chains were skipped when the budget was 0 and no chain
+    was left: the old chain was cut and the swap stayed pending)."""
+    eng = Engine([ChannelConfig(name="a", chain=_chain(GAIN.format(db=-12.0)), strength=0.0)], 48_000,
+                 model="passthrough")
+    assert eng.chain_budget == 0
+    t = np.arange(48_000) / 48_000
+    x = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)[None]
+    out = []
+    for k in range(x.shape[1] // H):
+        if k == 30:
+            eng.swap_chain(0, None)
+        out.append(eng.process_hop(x[:, k * H:(k + 1) * H]))
+    y = np.concatenate(out, axis=1)[0]
+    done = (30 + eng.chain_warmup_hops + eng.chain_fade_hops) * H
+    assert not eng._chain_fades
+    np.testing.assert_allclose(y[done:], x[0, done:], atol=1e-6)
+    np.testing.assert_allclose(y[:30 * H], 10 ** (-12 / 20) * x[0, :30 * H], atol=1e-6)
+    assert np.abs(np.diff(y)).max() <= 1.05 * np.abs(np.diff(x[0])).max()
