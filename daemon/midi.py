@@ -888,6 +888,14 @@ class _Hardware:
         log.info("MIDI %s %r opened (ALSA port %r)", kind, self.want, self.name)
         return True
 
+    def gone(self) -> bool:
+        """Whether the opened port has left ALSA (the controller was
+        unplugged: it comes back, if at all, as another client number)."""
+        try:
+            return self.name not in self.obj.get_ports()
+        except Exception:
+            return True
+
     def no_alsa(self, why: str) -> None:
         kind = "input" if self.direction == "in" else "output"
         self.alsa_missing, self.alsa_error = True, why
@@ -1267,8 +1275,19 @@ class MidiControl:
             self._announce(lr, {"address": lr.address, "timed_out": True, "timeout_s": lr.timeout_s})
         if self._jack.proc is None and now >= self._next_jack_retry:
             self._open_jack()
-        if now >= self._next_retry and any(h.obj is None and not h.alsa_missing for h in self._hw_in + self._hw_out):
-            self._open_hardware()
+        if now >= self._next_retry and (self._hw_in or self._hw_out):
+            for h in self._hw_in + self._hw_out:
+                if h.obj is not None and h.gone():
+                    kind = "input" if h.direction == "in" else "output"
+                    log.warning("MIDI %s %r: ALSA port %r went away (unplugged?); looking for it again every %g s",
+                                kind, h.want, h.name, HARDWARE_RETRY_S)
+                    h.close()
+                    h.problem = f"MIDI {kind} {h.want!r}: ALSA port {h.name!r} went away; looking for it again"
+                    h.warned = True
+            if any(h.obj is None and not h.alsa_missing for h in self._hw_in + self._hw_out):
+                self._open_hardware()
+            else:
+                self._next_retry = now + HARDWARE_RETRY_S
 
     def _handle(self, item: tuple) -> None:
         tag = item[0]
@@ -1518,6 +1537,14 @@ class MidiControl:
         keep = [b.spec for b in self._bound if b.spec.address != spec.address and b.spec.control != spec.control]
         if cc14:
             keep = [s for s in keep if s.control != ("cc", ch, num + 32)]
+        # a 14-bit binding whose LSB is the control just learned would make the mapping file one the
+        # next start refuses (parse_mapping): the new binding wins, as for any other control it had
+        lsb_of = [s for s in keep if s.cc14 and s.type == "cc" and ("cc", s.channel - 1, s.number + 32) == spec.control]
+        if lsb_of:
+            keep = [s for s in keep if s not in lsb_of]
+            lr.note = (f"{spec.describe_control()} was the LSB of the 14-bit control of "
+                       f"{', '.join(repr(s.address) for s in lsb_of)}: that binding is removed")
+            log.warning("MIDI learn: %s", lr.note)
         self._install(keep + [spec])
         try:
             self._save()

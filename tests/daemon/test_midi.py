@@ -849,3 +849,86 @@ def test_midi_ports_come_back_after_jackd_restarts(jack_server, tmp_path):
         if s is not None:
             s.close()
         mc.stop()
+
+
+@pytest.mark.jack
+def test_learning_the_lsb_of_a_14_bit_control_keeps_a_loadable_mapping(daemon, tmp_path):
+    """Learning a knob on CC 39 while CC 7 is a 14-bit binding (39 is its
+    LSB): the new binding wins and the 14-bit one goes, with a note. Until
+    session 24 both stayed, and the saved file was one the next start
+    refused: no MIDI at all after a restart."""
+    mapping = ('[[map]]\naddress = "host.strength"\ntype = "cc"\nchannel = 1\nnumber = 7\ncc14 = true\n'
+               'takeover = "jump"\n')
+    with Rig(daemon, tmp_path, mapping=mapping) as r:
+        lr = r.mc.learn("guest.strength", timeout_s=20)
+        r.s.cc(1, 39, 100)
+        b = lr.wait(10)
+        assert b == Binding("guest.strength", "cc", 1, 39, curve="linear")
+        assert "LSB of the 14-bit control of 'host.strength'" in lr.status()["note"]
+        saved = load_mapping(r.path, daemon.registry)  # loads: it raised MidiMapError before
+        assert [x.address for x in saved] == ["guest.strength"]
+
+
+def test_an_unplugged_alsa_controller_is_reopened_when_it_comes_back(monkeypatch):
+    """A USB controller unplugged and plugged back comes back in ALSA as
+    another client (20:0, then 24:0). The daemon notices the port went,
+    says so, and opens the new one. This machine has no ALSA sequencer, so
+    rtmidi's ALSA side is a stand-in that lists what is "plugged in"; the
+    JACK MIDI path has its real tests above. (Until session 24 the dead
+    port stayed "open" until a restart.)"""
+    import types
+
+    from quietcast.daemon import midi as M
+
+    plugged = ["X-TOUCH COMPACT:X-TOUCH COMPACT MIDI 1 20:0"]
+    opened = []
+
+    class Port:
+        def __init__(self, api, name=""):
+            self.port = None
+
+        def get_ports(self):
+            return list(plugged)
+
+        def ignore_types(self, **kw):
+            pass
+
+        def set_callback(self, cb, data):
+            pass
+
+        def cancel_callback(self):
+            pass
+
+        def open_port(self, i, name=""):
+            self.port = plugged[i]
+            opened.append(plugged[i])
+
+        def close_port(self):
+            pass
+
+        def delete(self):
+            pass
+
+    fake = types.SimpleNamespace(MidiIn=Port, MidiOut=Port, API_LINUX_ALSA=1, RtMidiError=RuntimeError)
+    monkeypatch.setattr(M, "_rtmidi", lambda: fake)
+    monkeypatch.setattr(M, "HARDWARE_RETRY_S", 0.1)
+
+    class Reg:
+        def add_listener(self, f):
+            pass
+
+        def remove_listener(self, f):
+            pass
+
+    mc = M.MidiControl(Reg(), MidiConfig(enabled=True, inputs=("X-Touch Compact",), mapping="/nonexistent/m.toml"),
+                       jack_server=f"none{uuid.uuid4().hex[:6]}", client_name="qcreplug")
+    mc.start(wait_ready_s=0)
+    try:
+        assert wait_until(lambda: mc.status()["hardware_inputs"]["X-Touch Compact"]["open"], 5)
+        plugged.clear()
+        assert wait_until(lambda: not mc.status()["hardware_inputs"]["X-Touch Compact"]["open"], 5)
+        plugged.append("X-TOUCH COMPACT:X-TOUCH COMPACT MIDI 1 24:0")
+        assert wait_until(lambda: mc.status()["hardware_inputs"]["X-Touch Compact"].get("port", "").endswith("24:0"), 5)
+        assert opened == ["X-TOUCH COMPACT:X-TOUCH COMPACT MIDI 1 20:0", "X-TOUCH COMPACT:X-TOUCH COMPACT MIDI 1 24:0"]
+    finally:
+        mc.stop()
