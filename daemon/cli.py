@@ -276,6 +276,8 @@ def _ctl_value(text: str):
         return False
     if low in ("-inf", "inf", "+inf"):
         return low.lstrip("+")
+    if low == "null":  # a channel's pause_db / pause_threshold back to the engine's
+        return None
     try:
         v = json.loads(t)
         if isinstance(v, (int, float, bool)):

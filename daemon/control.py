@@ -189,7 +189,7 @@ class ControlServer:
                 s.linger = 0
             router.setsockopt(zmq.MAXMSGSIZE, 1 << 20)  # bigger frames: the peer is dropped
             router.setsockopt(zmq.ROUTER_MANDATORY, 0)
-            router.sndhwm = 1000
+            router.sndhwm = 100_000  # replies queued for a client that pipelines requests (dropped past this)
             # room for a few ticks of every channel's meter besides the events
             pub.sndhwm = 1000 + 4 * len(self.daemon.config.channels)
             if self.cfg.curve_secret_key:

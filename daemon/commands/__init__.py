@@ -55,10 +55,14 @@ _MODULES = ("status", "version", "list_params", "get", "set_params", "bypass", "
 class Arg:
     """One argument: its JSON type(s), whether required, and a description."""
 
-    def __init__(self, kind: str, required: bool = True, doc: str = "", default: Any = None):
+    def __init__(self, kind: str, required: bool = True, doc: str = "", default: Any = None,
+                 nullable: bool = False):
         self.kind, self.required, self.doc, self.default = kind, required, doc, default
+        self.nullable = nullable  # JSON null is a value here, not "absent"
 
     def check(self, cmd: str, name: str, value: Any) -> Any:
+        if value is None and self.nullable:
+            return None
         ok = {
             "str": isinstance(value, str),
             "bool": isinstance(value, bool),
@@ -97,7 +101,7 @@ class Command:
                 raise ControlError("bad_args", f"{cls.name}: unknown argument {k!r}{did_you_mean(k, cls.args)}; "
                                                f"arguments: {', '.join(cls.args) or 'none'}")
         for k, a in cls.args.items():
-            if k in args and args[k] is not None:
+            if k in args and (args[k] is not None or a.nullable):
                 out[k] = a.check(cls.name, k, args[k])
             elif a.required:
                 raise ControlError("bad_args", f"{cls.name}: missing argument {k!r} ({a.kind}: {a.doc})")

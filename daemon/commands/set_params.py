@@ -13,7 +13,9 @@ class Set(Command):
 
     name = "set"
     args = {"address": Arg("str", required=False, doc="parameter address, e.g. host.strength"),
-            "value": Arg("value", required=False, doc="number, boolean, or a string such as \"-inf\""),
+            "value": Arg("value", required=False, nullable=True,
+                         doc="number, boolean, a string such as \"-inf\", or null (a channel's pause gate: the "
+                             "engine's value)"),
             "values": Arg("object", required=False, doc="address -> value, applied together")}
 
     def execute(self, ctx, args):

@@ -592,6 +592,17 @@ def test_pause_gate_per_channel_live(tmp_path, jack_server):
                 "guest.pause_db": own, "guest.pause_threshold": own_t}
             assert gate_after(sup, [12.0, own], [0.5, own_t])
             assert c.get("guest.pause_db") == own and c.get("guest.pause_threshold") == own_t
+            # one address at a time too (refused as "missing value" until session 24), and from ctl
+            assert c.set("guest.pause_db", 20) == 20.0 and c.set("guest.pause_db", None) == own
+            r = subprocess.run([quietcast_exe(), "ctl", "-e", f"ipc://{tmp_path}/ctl", "set", "guest.pause_db", "30"],
+                               capture_output=True, text=True)
+            assert r.returncode == 0 and c.get("guest.pause_db") == 30.0
+            r = subprocess.run([quietcast_exe(), "ctl", "-e", f"ipc://{tmp_path}/ctl", "set", "guest.pause_db", "null"],
+                               capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+            assert c.get("guest.pause_db") == own
+            with pytest.raises(ControlError, match="host.strength"):
+                c.set("host.strength", None)  # null only where it means something
             for address, bad, rng in (("host.pause_db", 61, "[0, 60]"), ("host.pause_threshold", 0, "[0.01, 1]")):
                 with pytest.raises(ControlError) as e:
                     c.set(address, bad)
@@ -806,3 +817,23 @@ def test_meters_are_built_only_for_subscribers(served, tmp_path):
     n2 = ctl.meters_published
     time.sleep(0.3)
     assert ctl.meters_published == n2
+
+
+def test_a_pipelined_stream_of_requests_gets_every_reply(served, tmp_path):
+    """6000 sets sent without waiting, then read: one reply each (until
+    session 24 the reply queue held 1000 and the rest were dropped, so a
+    script waiting on them hung); the last value is the one set last."""
+    d = raw(tmp_path)
+    n = 6000
+    for i in range(n):
+        d.send(json.dumps({"v": 1, "id": i, "cmd": "set",
+                           "args": {"address": "host.chain.comp.threshold_db", "value": -60 + (i % 600) / 10}}).encode())
+    got = set()
+    while len(got) < n and d.poll(5000):
+        r = json.loads(d.recv())
+        assert r["ok"], r
+        got.add(r["id"])
+    d.close(0)
+    assert got == set(range(n))
+    with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
+        assert c.get("host.chain.comp.threshold_db") == -60 + ((n - 1) % 600) / 10
