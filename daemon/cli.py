@@ -347,8 +347,13 @@ def cmd_ctl(args) -> int:
     except ControlError as e:
         print(f"quietcast: error: {e.code}: {e.message}", file=sys.stderr)
         for p in (e.details or {}).get("problems", [])[:50]:
-            print(f"  - {p}", file=sys.stderr)
+            if str(p) not in e.message:  # (a one-problem message already says it)
+                print(f"  - {p}", file=sys.stderr)
         return 3 if e.code == "timeout" else 1
+    except Exception as e:  # zmq.ZMQError: a malformed endpoint, a key file that is not one, ...
+        if type(e).__module__.startswith("zmq"):
+            raise UserError(f"ctl: --endpoint {args.endpoint!r}: {e}") from None
+        raise
     _ctl_print(args, result)
     return EXIT_OK
 

@@ -222,6 +222,7 @@ class Daemon:
             return False
         self.io = io
         eng = self.engine
+        eng.reset_state()  # a reused engine holds the last audio before the outage: it must not play again
         eng.attach(io)
         self._engine_thread = threading.Thread(target=eng.run, name="quietcast-engine", daemon=True)
         self._engine_thread.start()
@@ -427,6 +428,8 @@ class Daemon:
                 self.chains = {}
                 try:
                     self._reopen()
+                    if self.io is None:  # JACK is down: nothing was built, so build one now to check the config
+                        self._new_engine(self.engine.sample_rate if self.engine is not None else 48_000)
                 except Exception as e:  # the new config cannot build an engine: the old one runs again
                     log.warning("reload refused, the running config stays: %s", e)
                     self.config = old

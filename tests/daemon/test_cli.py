@@ -166,3 +166,10 @@ def test_chain_show_lists_only_the_parameters_a_stage_has(tmp_path):
             assert (g in params) is gate, (model, g, params)
             if gate:
                 assert isinstance(params[g], float)
+
+
+def test_ctl_with_a_malformed_endpoint_is_a_usage_error():
+    """One error line naming the endpoint, exit 2 (it was a zmq traceback, exit 1)."""
+    r = qc("ctl", "-e", "bogus", "status")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["quietcast: error: ctl: --endpoint 'bogus': Invalid argument (addr='bogus')"]

@@ -837,3 +837,57 @@ def test_a_pipelined_stream_of_requests_gets_every_reply(served, tmp_path):
     assert got == set(range(n))
     with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
         assert c.get("host.chain.comp.threshold_db") == -60 + ((n - 1) % 600) / 10
+
+
+def test_after_a_jackd_crash_the_old_audio_is_not_played_and_a_reload_meanwhile_is_checked(tmp_path, jack_servers):
+    """jackd crashes while a tone plays through a channel. When it is back,
+    the daemon is, and with nothing on its input its output is silence
+    (until session 24 it played the ~10 ms its delay lines held from
+    before the crash). Then, with jackd down again, a reload asks for a
+    config that cannot build an engine (a pause gate with the dsp model):
+    it is refused with the reason although there is no JACK to open (it
+    was accepted, and when jackd came back the daemon exited with status
+    2: systemd would restart it into the same config for ever); the old
+    config comes back with jackd."""
+    from quietcast.daemon.jackclients import Player, Recorder
+
+    srv = jack_servers(period=256, rate=48_000)
+    chans = ['[[channel]]\nname = "host"\n',
+             '[[channel]]\nname = "guest"\nstrength = 0.0\nconnect_out = ["crashrec:in_*"]\n']
+    s = Served(make_config(tmp_path, srv.name, channels=chans)).wait_ready()
+    try:
+        p = Player(srv.name, name="crashply")
+        p.client.connect(p.name(), "qcc:guest_in")
+        tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(48_000 * 4) / 48_000)).astype(np.float32)
+        th = threading.Thread(target=p.play, args=(tone,), daemon=True)
+        th.start()
+        time.sleep(0.5)
+        srv.stop(crash=True)
+        assert wait_until(lambda: not s.daemon.ready.is_set(), 10)
+        p.pos = -1
+        p.done.set()
+        th.join(5)
+        srv.start()
+        rec = Recorder(srv.name, 1, seconds=3, name="crashrec")  # there before the daemon: its rule connects it
+        try:
+            rec.start()
+            assert s.daemon.ready.wait(20)
+            assert wait_until(lambda: rec.n >= 48_000, 10)
+            assert rec.client.get_all_connections(rec.name())  # connected from the daemon's first cycle
+            assert float(np.abs(rec.buf[0, :rec.n]).max()) == 0.0
+        finally:
+            rec.close()
+
+        srv.stop(crash=True)
+        assert wait_until(lambda: not s.daemon.ready.is_set(), 10)
+        path = tmp_path / "quietcast.toml"
+        path.write_text(path.read_text().replace('model = "dsp"\n', 'model = "dsp"\npause_db = 10\n'))
+        with Client(f"ipc://{tmp_path}/ctl", timeout=20) as c:
+            with pytest.raises(ControlError) as e:
+                c.call("reload")
+            assert e.value.code == "failed" and "no pause head" in e.value.message
+        srv.start()
+        assert s.daemon.ready.wait(20) and s.thread.is_alive()
+        assert s.daemon.config.engine.pause_db is None
+    finally:
+        s.stop()
