@@ -99,6 +99,10 @@ class StateStore:
             return doc
         except (UnicodeDecodeError, ValueError) as e:
             aside = f"{self.path}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+            n = 1
+            while os.path.exists(aside):  # two in one second: neither replaces the other
+                n += 1
+                aside = f"{self.path}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
             try:
                 os.replace(self.path, aside)
             except OSError:
@@ -153,17 +157,27 @@ class StateStore:
             self._due = self._first = None
             self._save_now()
 
+    #: after a failed save (a full disk), the next try comes this much later
+    RETRY_S = 5.0
+
     def _save_now(self) -> None:
         try:
             self.save(self._snapshot())
             self.last_error = None
         except Exception as e:  # a full disk must not kill the daemon
+            if self.last_error is None:
+                log.warning("could not save state to %s: %s; trying again every %g s", self.path,
+                            f"{type(e).__name__}: {e}", self.RETRY_S)
             self.last_error = f"{type(e).__name__}: {e}"
-            log.warning("could not save state to %s: %s", self.path, self.last_error)
+            if not self._closed and self._due is None:  # what failed is still to be saved: try again
+                self._due = time.monotonic() + self.RETRY_S
+                if getattr(self, "_wake", None) is not None:
+                    self._wake.set()
 
     def flush(self) -> None:
-        """Save now if a save is pending; stop the saver thread."""
-        pending = self._due is not None
+        """Save now if a save is pending or the last one failed; stop the
+        saver thread."""
+        pending = self._due is not None or self.last_error is not None
         self._closed = True
         self._due = self._first = None
         if getattr(self, "_wake", None) is not None:

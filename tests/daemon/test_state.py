@@ -45,3 +45,47 @@ def test_corrupt_file_is_moved_aside(tmp_path):
     p.write_text("{not json")
     assert StateStore(str(p)).load() is None
     assert not p.exists() and list(tmp_path.glob("s.json.corrupt-*"))
+
+
+def test_a_failed_save_is_tried_again_and_at_the_stop(tmp_path, monkeypatch):
+    """A save that fails (a full disk) is tried again later, and once more
+    at a clean stop; until session 24 it was dropped, and the change was
+    lost after a restart although space had come back."""
+    st = StateStore(str(tmp_path / "state.json"), debounce_s=0.05)
+    monkeypatch.setattr(StateStore, "RETRY_S", 0.2)
+    value = {"v": 1}
+    st.attach(lambda: {"version": 1, "params": {"host.strength": value["v"]}})
+    real = StateStore.save
+    fails = {"n": 2}
+
+    def save(self, doc):
+        if fails["n"]:
+            fails["n"] -= 1
+            raise OSError(28, "No space left on device")
+        real(self, doc)
+
+    monkeypatch.setattr(StateStore, "save", save)
+    st.changed()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (tmp_path / "state.json").exists():
+        time.sleep(0.02)
+    assert json.loads((tmp_path / "state.json").read_text())["params"]["host.strength"] == 1
+    assert st.last_error is None and fails["n"] == 0
+    # failing until the stop: flush tries again
+    fails["n"] = 1
+    value["v"] = 2
+    st.changed()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and st.last_error is None:
+        time.sleep(0.02)
+    st.flush()
+    assert json.loads((tmp_path / "state.json").read_text())["params"]["host.strength"] == 2
+
+
+def test_two_corrupt_files_in_one_second_are_both_kept(tmp_path):
+    st = StateStore(str(tmp_path / "state.json"))
+    for junk in (b"{not json", b"[also not]"):
+        (tmp_path / "state.json").write_bytes(junk)
+        assert st.load() is None
+    kept = sorted(p.read_bytes() for p in tmp_path.glob("state.json.corrupt-*"))
+    assert kept == sorted([b"{not json", b"[also not]"])
