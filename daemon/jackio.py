@@ -484,6 +484,31 @@ class JackIO:
     # ------------------------------------------------------------------
     # connections (called from the supervisor thread, never a callback)
 
+    def connections(self) -> list[tuple[str, str]]:
+        """Every connection of this client's ports, as ``(source, destination)``
+        port names (also those made by hand, e.g. in a patchbay), so a
+        reopen can restore them. Never raises."""
+        c = self.client
+        if c is None:
+            return []
+        out = []
+        try:
+            for p in c.get_ports(self.client_name + ":"):
+                for q in c.get_all_connections(p):
+                    out.append((p.name, q.name) if p.is_output else (q.name, p.name))
+        except Exception:  # the server is going or gone: nothing to keep
+            return []
+        return out
+
+    def restore(self, pairs: list[tuple[str, str]]) -> int:
+        """Connect ``pairs`` again where both ports exist; the number made."""
+        import jack
+
+        c = self.client
+        if c is None:
+            return 0
+        return sum(self._connect(c, a, b, jack) for a, b in pairs)
+
     def apply_rules(self, rules_in: list[list[str]], rules_out: list[list[str]]) -> int:
         """Connect every existing port matching a channel's patterns.
         Returns the number of new connections made."""

@@ -121,6 +121,7 @@ class Daemon:
         self._totals = {"cycles": 0, "xruns": 0, "deadline_misses": 0, "missed_frames": 0}
         self._bad_before = 0  # NaN/Inf input samples counted by engines since replaced
         self._bad_lock = threading.Lock()  # the total and the engine change together
+        self._kept_connections: list[tuple[str, str]] = []  # to make again after a reopen
 
     # ------------------------------------------------------------------
     # engine
@@ -227,6 +228,9 @@ class Daemon:
         self._engine_thread = threading.Thread(target=eng.run, name="quietcast-engine", daemon=True)
         self._engine_thread.start()
         self._apply_rules()
+        kept, self._kept_connections = self._kept_connections, []
+        if kept:  # connections made by hand before a reopen (a period change, a rebuild): back as they were
+            log.info("restored %d connection(s) of the ports from before the reopen", io.restore(kept))
         log.info("connected to JACK%s: %d Hz, period %d, latency %d frames (%.1f ms)",
                  f" server {self.server!r}" if self.server else "", io.sample_rate, io.period, io.latency,
                  1000.0 * io.latency / io.sample_rate)
@@ -247,7 +251,10 @@ class Daemon:
             gc.collect()  # the old rings go now, not at some later cycle collection
 
     def _reopen(self) -> None:
-        """Rebuild the engine and re-open the client (a short dropout)."""
+        """Rebuild the engine and re-open the client (a short dropout); its
+        ports' connections are made again."""
+        if self.io is not None:
+            self._kept_connections = self.io.connections()
         self._close_io()
         self._rebuild = True
         self.ready.clear()
@@ -561,6 +568,7 @@ class Daemon:
                     self._apply_rules()
                 if self.io.period_changed.is_set():
                     log.warning("JACK period changed; reopening to re-declare latency")
+                    self._kept_connections = self.io.connections()
                     self._close_io()
                     continue
                 self._stop.wait(0.05)

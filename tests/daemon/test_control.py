@@ -169,7 +169,15 @@ def test_save_state_and_restore_after_kill(tmp_path, jack_server):
         s.stop()
 
 
-def test_load_chain_within_budget_and_beyond(client, tmp_path, served):
+def test_load_chain_within_budget_and_beyond(client, tmp_path, served, jack_server):
+    """Within the latency budget a chain swaps in place; beyond it the
+    client re-opens, and the connections made by hand to its ports (a
+    patchbay's) are made again (until session 24 they were lost: the
+    signal was cut on air)."""
+    from quietcast.daemon.jackclients import Recorder
+
+    rec = Recorder(jack_server.name, 1, seconds=1, name="patchrec")
+    rec.client.connect("qcc:guest_out", rec.name())
     lat = client.status()["latency_frames"]
     (tmp_path / "other.toml").write_text('[[stage]]\nname = "g"\ntype = "gain"\ngain_db = -3\n')
     r = client.call("load_chain", channel="host", chain=str(tmp_path / "other.toml"))
@@ -179,6 +187,10 @@ def test_load_chain_within_budget_and_beyond(client, tmp_path, served):
     r = client.call("load_chain", channel="guest", chain="default")
     assert r["reopened"] is True and r["latency_frames"] > lat
     assert client.status()["latency_frames"] == r["latency_frames"]
+    try:
+        assert [q.name for q in rec.client.get_all_connections(rec.name())] == ["qcc:guest_out"]
+    finally:
+        rec.close()
     with pytest.raises(ControlError) as e:
         client.call("load_chain", channel="host", chain="nope.toml")
     assert e.value.code == "failed" and "cannot read chain file" in e.value.message
