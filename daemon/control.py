@@ -153,7 +153,21 @@ class ControlServer:
         if endpoint.startswith("ipc://"):
             path = endpoint[len("ipc://"):]
             os.makedirs(os.path.dirname(path) or ".", mode=0o750, exist_ok=True)
-            if os.path.exists(path):  # a stale socket from a crashed run
+            if os.path.exists(path):  # a stale socket from a crashed run, unless someone still listens on it
+                import socket
+
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    probe.settimeout(1.0)
+                    probe.connect(path)
+                    live = True
+                except OSError:
+                    live = False
+                finally:
+                    probe.close()
+                if live:
+                    raise ControlSetupError(f"control endpoint {endpoint} is in use by a running process (another "
+                                            "quietcast daemon?); stop it or give this one another [control] bind")
                 os.unlink(path)
         sock.bind(endpoint)
         if endpoint.startswith("ipc://"):

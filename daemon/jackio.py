@@ -248,7 +248,9 @@ class JackIO:
         self.shutdown_event.clear()
         self.period_changed.clear()
         rt_library()  # loaded (once) before the ports exist: not while others may already see them
-        client = jack.Client(self.client_name, servername=self.server, no_start_server=True)
+        # the exact name: JACK would rename a second "qc" to "qc-01", whose ports the connection rules
+        # (and every patch) do not name, while it reported ready
+        client = jack.Client(self.client_name, servername=self.server, no_start_server=True, use_exact_name=True)
         try:
             self.sample_rate = client.samplerate
             self.period = client.blocksize

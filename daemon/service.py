@@ -30,6 +30,7 @@ import os
 import queue
 import signal
 import sys
+import re
 import threading
 import time
 from typing import Any, Callable
@@ -219,8 +220,15 @@ class Daemon:
         try:
             io.open()
         except (jack.JackError, OSError) as e:
-            log.debug("JACK not available: %s", e)
+            if isinstance(e, jack.JackOpenError) and self._name_taken(cfg.jack.client_name):
+                if not getattr(self, "_name_warned", False):
+                    self._name_warned = True
+                    log.warning("JACK client name %r is taken by another client (another quietcast daemon?); "
+                                "trying again every %g s", cfg.jack.client_name, cfg.jack.reconnect_interval_ms / 1000)
+            else:
+                log.debug("JACK not available: %s", e)
             return False
+        self._name_warned = False
         self.io = io
         eng = self.engine
         eng.reset_state()  # a reused engine holds the last audio before the outage: it must not play again
@@ -235,6 +243,23 @@ class Daemon:
                  f" server {self.server!r}" if self.server else "", io.sample_rate, io.period, io.latency,
                  1000.0 * io.latency / io.sample_rate)
         return True
+
+    def _name_taken(self, name: str) -> bool:
+        """Whether the server runs and a client called ``name`` has ports
+        there (JACK2 answers an exact name that is taken with a plain
+        failure, not with its "name not unique" status)."""
+        import jack
+
+        try:
+            probe = jack.Client("quietcast-probe", servername=self.server, no_start_server=True)
+        except jack.JackError:
+            return False  # no server
+        try:
+            return bool(probe.get_ports("^" + re.escape(name) + ":"))
+        except jack.JackError:
+            return False
+        finally:
+            probe.close()
 
     def _close_io(self) -> None:
         if self.engine is not None:

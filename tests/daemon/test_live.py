@@ -311,3 +311,29 @@ def test_a_take_across_a_skipped_cycle_is_played_again(jack_server):
     finally:
         play.close()
         rec.close()
+
+
+def test_a_second_daemon_with_the_same_client_name_waits_and_says_why(jack_server, caplog):
+    """JACK would rename a second client "qcd" to "qcd-01": its ports are
+    then named by no connection rule or patch, yet it said ready. Now the
+    second daemon asks for the exact name, is refused, says so once, and
+    waits; when the first goes, it takes over."""
+    import logging
+
+    cfg = config(jack_server.name, [{"name": "host"}])
+    with Running(cfg) as first:
+        second = Daemon(config(jack_server.name, [{"name": "host"}]))
+        th = threading.Thread(target=second.run, daemon=True)
+        with caplog.at_level(logging.WARNING, logger="quietcast"):
+            th.start()
+            try:
+                assert wait_until(lambda: any("is taken by another client" in r.message for r in caplog.records), 10)
+                assert not second.ready.is_set()
+                names = {p.name.split(":")[0] for p in first.player.client.get_ports()}
+                assert "qcd-01" not in names
+                first.daemon.request_stop()
+                first.thread.join(10)
+                assert second.ready.wait(15)  # the name is free: the second one takes over
+            finally:
+                second.request_stop()
+                th.join(10)
