@@ -123,6 +123,7 @@ class Daemon:
         self._bad_before = 0  # NaN/Inf input samples counted by engines since replaced
         self._bad_lock = threading.Lock()  # the total and the engine change together
         self._kept_connections: list[tuple[str, str]] = []  # to make again after a reopen
+        self._reload_edits: set[tuple[str, str]] = set()  # (channel, param) a reloaded file changed
 
     # ------------------------------------------------------------------
     # engine
@@ -147,9 +148,9 @@ class Daemon:
             s = Spec()
             for k in ("name", "stems", *CHANNEL_PARAMS):
                 setattr(s, k, getattr(c, k))
-            if c.name in old:  # live values survive a rebuild
+            if c.name in old:  # live values survive a rebuild, but not what a reloaded file changed
                 for k, v in old[c.name].__dict__.items():
-                    if live_gate or k not in GATE_PARAMS:
+                    if (c.name, k) not in self._reload_edits and (live_gate or k not in GATE_PARAMS):
                         setattr(s, k, v)
             s.chain = self._chain_of(c)
             out.append(s)
@@ -182,6 +183,7 @@ class Daemon:
         if eng is None or eng.sample_rate != sample_rate or getattr(self, "_rebuild", False):
             e = self.config.engine
             new = self._new_engine(sample_rate)
+            self._reload_edits = set()  # taken in: from now on the live values are the engine's
             old_bad = eng.stats.bad_samples if eng is not None else 0  # (its thread has stopped: final)
             eng = None  # the old engine (and the client it holds) is not kept alive through settle_heap
             new.registry = self.registry
@@ -456,6 +458,11 @@ class Daemon:
                           or [shape(c) for c in old.channels] != [shape(c) for c in new.channels])
             changed = []
             if structural:
+                # the channel values the new file changes win over the live ones the rebuild keeps
+                olds = {c.name: c for c in old.channels}
+                self._reload_edits = {(nc.name, k) for nc in new.channels if nc.name in olds
+                                      for k in CHANNEL_PARAMS if getattr(olds[nc.name], k) != getattr(nc, k)}
+                changed = sorted(f"{n}.{k}" for n, k in self._reload_edits)
                 self.config = new
                 self.chains = {}
                 try:
@@ -466,6 +473,7 @@ class Daemon:
                     log.warning("reload refused, the running config stays: %s", e)
                     self.config = old
                     self.chains = {}
+                    self._reload_edits = set()
                     self._reopen()
                     raise ControlError("failed", f"the new config cannot run: {e}") from None
             else:

@@ -920,3 +920,21 @@ def test_a_second_daemon_does_not_take_a_running_daemons_control_socket(served, 
     assert "is in use by a running process" in r.stderr
     with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
         assert c.status()["ready"] is True
+
+
+def test_a_rebuilding_reload_applies_the_files_channel_values(served, tmp_path):
+    """A reload that rebuilds the engine (here a new safety margin) and
+    also changes a channel's value: the file's new value runs, and the
+    reply names it; a value only set live, not changed in the file, stays.
+    (Until session 24 the rebuild kept every live value: the file's edit
+    was dropped, and ``changed`` was empty.)"""
+    with Client(f"ipc://{tmp_path}/ctl", timeout=30) as c:
+        c.set("guest.input_gain_db", -4.0)
+        path = tmp_path / "quietcast.toml"
+        text = path.read_text()
+        text = text.replace('[engine]\nmodel = "dsp"\n', '[engine]\nmodel = "dsp"\nsafety_ms = 12\n')
+        text = text.replace('[[channel]]\nname = "host"\n', '[[channel]]\nname = "host"\nstrength = 0.25\n')
+        path.write_text(text)
+        r = c.call("reload")
+        assert r == {"changed": ["host.strength"], "rebuilt": True}
+        assert c.get("host.strength") == 0.25 and c.get("guest.input_gain_db") == -4.0
