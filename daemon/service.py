@@ -550,12 +550,6 @@ class Daemon:
         # must hand it over within 0.1 ms, not Python's default 5 ms (a whole
         # period at 256 frames)
         sys.setswitchinterval(0.0001)
-        import jack
-
-        # libjack reports each failed connect on stderr: twice a second while jackd is down, about
-        # 7,000 lines an hour in the journal. Into our log instead, at debug level until audio flows.
-        jack.set_error_function(lambda m: (log.warning if self.ready.is_set() else log.debug)("libjack: %s", m))
-        jack.set_info_function(lambda m: log.debug("libjack: %s", m))
         try:
             self._start_services()
             while not self._stop.is_set():
@@ -620,8 +614,6 @@ class Daemon:
                 time.sleep(0.05)  # let the stopping event out
                 self.control.stop()
             self._run_jobs()
-            jack.set_error_function()  # libjack's own again (ours holds this daemon)
-            jack.set_info_function()
             log.info("final status: %s", json.dumps({k: v for k, v in final.items() if k not in ("meters", "params")},
                                                     default=str))
         return 0
