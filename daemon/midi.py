@@ -154,6 +154,8 @@ KEYS = ("address", "type", "channel", "number", "curve", "min", "max", "button",
 
 #: seconds between looks for hardware ports that were missing (ALSA present)
 HARDWARE_RETRY_S = 5.0
+#: an incoming value equal to the feedback sent to that control this recently is its echo, not a move
+ECHO_S = 0.5
 #: how long learn waits for the LSB (CC n + 32) after CC n to call it 14-bit
 CC14_LEARN_WINDOW_S = 0.1
 _FADER_K = 192.0  # dB span of the taper below the reference (Ardour's law)
@@ -535,6 +537,7 @@ class _Bound:
         self.attached = spec.takeover == "jump"
         self.last_raw: int | None = None
         self.msb = 0  # 14-bit CC: the last MSB
+        self.sent: tuple[int, float] | None = None  # the last feedback sent: (raw value, monotonic time)
 
     def refresh(self) -> Param:
         """Resolve the address again (a reloaded chain may change ranges)."""
@@ -979,7 +982,7 @@ class MidiControl:
         self._hw_out: list[_Hardware] = []
         self._next_retry = 0.0
         self.counters = {"received": 0, "applied": 0, "ignored_pickup": 0, "unmapped": 0,
-                         "feedback_sent": 0, "errors": 0}
+                         "feedback_sent": 0, "echo_ignored": 0, "errors": 0}
         self.last_error = ""
         self._failing: set[str] = set()
         self.started = False
@@ -1062,6 +1065,14 @@ class MidiControl:
         """Send every mapped value to the outputs (LEDs, motor faders)."""
         for addr in list(self._by_address):
             self._q.put(("sync", addr))
+
+    def values_changed(self, prefix: str = "") -> None:
+        """Mapped values under ``prefix`` changed without a set (a chain
+        loaded, an engine rebuilt): send them out, and make each fader with
+        soft takeover pick the new value up before it moves it."""
+        for addr in list(self._by_address):
+            if addr.startswith(prefix):
+                self._q.put(("changed", addr, None, None))
 
     # ------------------------------------------------------------------
     # public, any thread
@@ -1371,6 +1382,17 @@ class MidiControl:
                 raw = val << 7
         else:
             raw = val
+        sent = b.sent
+        if sent is not None and time.monotonic() - sent[1] < ECHO_S and (
+                raw == sent[0] or (spec.cc14 and not lsb and val == sent[0] >> 7)):
+            # the feedback just sent, coming back (a motor fader or a soft thru that echoes): not a move.
+            # Taken as one, two echoing controllers on one address never settle, and one nudges a value
+            # set exactly (by a script) to the nearest fader step
+            self.counters["echo_ignored"] += 1
+            b.last_raw = raw
+            b.attached = True  # the control sits at the value now (a motor put it there)
+            return
+        b.sent = None  # a real move: whatever comes next is the hand's, not an echo
         if b.numeric and not b.attached:
             cur = b.raw_for(self.registry.get(spec.address))
             tol = spec.steps / 127.0
@@ -1443,6 +1465,7 @@ class MidiControl:
             msgs = [[0xB0 | ch, spec.number, raw >> 7], [0xB0 | ch, spec.number + 32, raw & 0x7F]]
         else:
             msgs = [[0xB0 | ch, spec.number, raw]]
+        b.sent = (raw, time.monotonic())
         sent = False
         for m in msgs:
             sent = self._jack.send(m) or sent

@@ -430,6 +430,8 @@ class Daemon:
             return {"latency_frames": self.io.latency if self.io else None, "reopened": True}
 
         out = self.call_in_main(job)
+        if self.midi is not None:  # the chain's values are the new file's: faders pick them up, motors move
+            self.midi.values_changed(f"{channel}.chain.")
         log.info("loaded chain %r on channel %s", chain, channel)
         self.emit("event.state", {"state": "chain_loaded", "channel": channel, "chain": chain, **out})
         return out
@@ -490,6 +492,8 @@ class Daemon:
                     self.midi.reload()  # the mapping file too; a broken one keeps the old bindings
                 except Exception as e:
                     log.warning("MIDI mapping not reloaded: %s", e)
+                if structural:
+                    self.midi.values_changed()
             return {"changed": changed, "rebuilt": structural}
 
         self.notifier.reloading()

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 import pytest
@@ -932,3 +933,67 @@ def test_an_unplugged_alsa_controller_is_reopened_when_it_comes_back(monkeypatch
         assert opened == ["X-TOUCH COMPACT:X-TOUCH COMPACT MIDI 1 20:0", "X-TOUCH COMPACT:X-TOUCH COMPACT MIDI 1 24:0"]
     finally:
         mc.stop()
+
+
+@pytest.mark.jack
+def test_a_controller_that_echoes_its_feedback_does_not_move_anything(daemon, tmp_path):
+    """A motor-fader surface (or a soft thru) that sends back what it
+    receives, here the daemon's MIDI out patched into its MIDI in: a value
+    set exactly from elsewhere stays exact, and two controllers on one
+    address do not feed each other for ever. (Until session 24 the echo
+    counted as a move: -6 dB came back as -5.94, 0.5 as 0.5039, and two
+    ganged controllers made 564 sets in 2 s from one move.)"""
+    import jack
+
+    mapping = _map(host__strength={"type": "cc", "channel": 1, "number": 7},
+                   guest__output_gain_db={"type": "cc", "channel": 3, "number": 7})
+    mapping += '[[map]]\naddress = "host.strength"\ntype = "cc"\nchannel = 2\nnumber = 7\n'
+    reg = daemon.registry
+    with Rig(daemon, tmp_path, mapping=mapping) as r:
+        loop = jack.Client("qcecho", servername=r.server, no_start_server=True)
+        try:
+            loop.connect(r.mc.jack_out_name, r.mc.jack_in_name)
+            for address, v in (("guest.output_gain_db", -6.0), ("host.strength", 0.5)):
+                reg.set(address, v, source="test")
+                assert wait_until(lambda: r.mc.counters["echo_ignored"] > 0, 5)
+                time.sleep(0.3)
+                assert reg.get(address) == v
+            applied = r.mc.counters["applied"]
+            r.s.cc(1, 7, 64)  # controller 1 at the current value (0.5): it attaches and sets
+            time.sleep(1.0)
+            n = r.mc.counters["applied"] - applied
+            assert n <= 2, f"{n} sets from one move: the controllers feed each other"
+        finally:
+            loop.close()
+
+
+@pytest.mark.jack
+def test_a_loaded_chain_moves_its_faders_and_they_pick_its_values_up(daemon, tmp_path):
+    """load_chain puts the new file's values on the mapped chain
+    parameters: their feedback goes out (a motor fader moves there) and a
+    fader with soft takeover must pick the new value up before it changes
+    it. (Until session 24 nothing was sent, and the next nudge of the
+    fader jumped the value back near the old one.)"""
+    mapping = _map(host__chain__comp__threshold_db={"type": "cc", "channel": 1, "number": 20, "curve": "linear"})
+    new_chain = tmp_path / "b.toml"
+    new_chain.write_text(CHAIN.replace("threshold_db = -20", "threshold_db = -10"))
+    reg = daemon.registry
+    with Rig(daemon, tmp_path, mapping=mapping) as r:
+        b = r.mc._by_address["host.chain.comp.threshold_db"][0]
+        b.refresh()
+        raw = b.raw_for(-20.0)
+        r.s.cc(1, 20, raw)  # the fader sits at the current value: attached
+        r.s.flush()
+        assert b.attached
+        daemon.midi = r.mc
+        try:
+            daemon.load_chain("host", str(new_chain))
+        finally:
+            daemon.midi = None
+        assert reg.get("host.chain.comp.threshold_db") == -10.0
+        r.s.expect([0xB0, 20, b.raw_for(-10.0)])
+        before = r.mc.counters["ignored_pickup"]
+        r.s.cc(1, 20, raw + 1)  # a nudge from where the fader was: not a move of the new value
+        r.s.flush()
+        assert r.mc.counters["ignored_pickup"] == before + 1
+        assert reg.get("host.chain.comp.threshold_db") == -10.0
