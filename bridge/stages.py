@@ -51,6 +51,17 @@ COMMON = ParamSet.of(
 # small streaming helpers
 
 
+def _keep_tail(buf: np.ndarray, x: np.ndarray) -> None:
+    """``buf`` ``[C, d]`` becomes the last ``d`` frames of what it held
+    followed by ``x`` (in place)."""
+    n, d = x.shape[1], buf.shape[1]
+    if n >= d:
+        buf[:] = x[:, n - d:]
+    else:
+        buf[:, :d - n] = buf[:, n:]  # numpy copies overlapping slices safely
+        buf[:, d - n:] = x
+
+
 class DelayLine:
     """Delays ``[channels, frames]`` blocks by a fixed number of samples."""
 
@@ -70,11 +81,9 @@ class DelayLine:
         if n >= d:
             out[:, :d] = buf
             out[:, d:] = x[:, :n - d]
-            buf[:] = x[:, n - d:]
         else:
             out[:] = buf[:, :n]
-            buf[:, :d - n] = buf[:, n:]  # numpy copies overlapping slices safely
-            buf[:, d - n:] = x
+        _keep_tail(buf, x)
         return out
 
     def reset(self) -> None:
@@ -278,7 +287,7 @@ class Stage:
         """The first dry block after a fault, without a step: it starts at
         the last sample the stage gave and falls onto the dry path over
         10 ms (the offset between the two fades out linearly)."""
-        last = getattr(self, "_last", None)
+        last = self._last
         n = dry.shape[1]
         if last is None or n == 0:
             return dry
@@ -426,19 +435,11 @@ class PedalboardStage(Stage):
             return self._run_ramps(x)
         y = self._plain(self.plugin, x)
         if self._cls is not None:
-            self._remember(x)
+            _keep_tail(self._hist, x)
         return y
 
     def _plain(self, plugin, x: np.ndarray) -> np.ndarray:
         return plugin.process(x, float(self.sample_rate), buffer_size=max(1, min(x.shape[1], 8192)), reset=False)
-
-    def _remember(self, x: np.ndarray) -> None:
-        n, h = x.shape[1], self._hist.shape[1]
-        if n >= h:
-            self._hist[:] = x[:, n - h:]
-        else:
-            self._hist[:, :h - n] = self._hist[:, n:]
-            self._hist[:, h - n:] = x
 
     def _new_instance(self):
         kwargs = {k: _pb_value(self.param_set.get(k), v) for k, v in self.values.items() if k in self.param_set}
@@ -449,7 +450,7 @@ class PedalboardStage(Stage):
         new = self._new_instance()
         self._plain(new, self._hist)  # its state as if it had run with the new values all along
         a, b = self._plain(self.plugin, x), self._plain(new, x)
-        self._remember(x)
+        _keep_tail(self._hist, x)
         self.plugin = new
         if a.shape != b.shape:  # (a filter has no latency; should never differ)
             return b
@@ -703,6 +704,10 @@ class DenoiseStage(Stage):
         if max_attenuation_db is None:
             max_attenuation_db = float(self.suppressor.PARAMS["strength_db"][2])
         self.values = {"model": model, "strength": strength, "max_attenuation_db": max_attenuation_db}
+        # the strength ramp (live changes only: built or reset, a stage starts at its value)
+        self._floor_now: float | None = None
+        self._live = self._opening = False
+        self._ramp_left = 0
         self._apply_strength()
         for name, value in (("pitch_filter", pitch_filter), ("pause_db", pause_db),
                             ("pause_threshold", pause_threshold)):
@@ -743,16 +748,25 @@ class DenoiseStage(Stage):
         background jumps in or out between two samples, a click wherever
         there is hum or a noise bed."""
         goal = 10.0 ** (-self.values["strength"] * self.values["max_attenuation_db"] / 20.0)
-        now = getattr(self, "_floor_now", None)
-        if getattr(self, "_opening", False):  # a new value while the gate was opening: ramp on from here
-            self._opening = False
-            self.suppressor.set_param("pause_db", self.values["pause_db"])
-        if now is None or not getattr(self, "_live", False):
+        self._end_opening()  # a new value while the gate was opening: ramp on from here
+        if self._floor_now is None or not self._live:
             self._set_floor(goal)
             self._ramp_left = 0
         else:
-            self._floor_from, self._ramp_left = now, max(1, int(self.RAMP_S * self.suppressor.sample_rate))
+            self._floor_from, self._ramp_left = self._floor_now, self._ramp_total
         self._floor_goal = goal
+
+    @property
+    def _ramp_total(self) -> int:
+        """A strength ramp's length in frames at the suppressor's rate."""
+        return max(1, int(self.RAMP_S * self.suppressor.sample_rate))
+
+    def _end_opening(self) -> None:
+        """The pause gate's depth back after the opening step of a ramp to
+        strength 0 (:meth:`_step_floor`), if one is under way."""
+        if self._opening:
+            self._opening = False
+            self.suppressor.set_param("pause_db", self.values["pause_db"])
 
     def _set_floor(self, floor: float) -> None:
         self._floor_now = floor
@@ -765,16 +779,14 @@ class DenoiseStage(Stage):
         model's pause gate is not applied) holds one block short of it with
         the gate's depth at 0, so a closed gate opens (ramped, within that
         block) before the output becomes the input."""
-        total = max(1, int(self.RAMP_S * self.suppressor.sample_rate))
-        if getattr(self, "_opening", False):  # the gate is open: the last step
-            self._opening = False
+        if self._opening:  # the gate is open: the last step
+            self._end_opening()
             self._ramp_left = 0
             self._set_floor(self._floor_goal)
-            self.suppressor.set_param("pause_db", self.values["pause_db"])
             return
         self._ramp_left = max(0, self._ramp_left - n)
         g = self._floor_goal
-        floor = g + (self._floor_from - g) * self._ramp_left / total
+        floor = g + (self._floor_from - g) * self._ramp_left / self._ramp_total
         if floor >= 1.0 and float(self.values.get("pause_db") or 0.0) > 0.0 and "pause_db" in self.suppressor.PARAMS:
             self._opening, self._ramp_left = True, 1
             self.suppressor.set_param("pause_db", 0.0)
@@ -823,9 +835,6 @@ class DenoiseStage(Stage):
     def _reset(self):
         self.suppressor.reset()
         self._live = False  # a reset stage starts at its value
-        if getattr(self, "_opening", False):
-            self._opening = False
-            self.suppressor.set_param("pause_db", self.values["pause_db"])
         self._apply_strength()
         if self._resampled:
             self._rin.reset()
