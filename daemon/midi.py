@@ -202,6 +202,11 @@ class Binding:
         return (self.type, self.channel - 1, 0 if self.type == "pitch_bend" else self.number)
 
     @property
+    def lsb_control(self) -> tuple[str, int, int] | None:
+        """The control of a 14-bit CC's low half (CC n + 32), else None."""
+        return ("cc", self.channel - 1, self.number + 32) if self.cc14 and self.type == "cc" else None
+
+    @property
     def steps(self) -> int:
         return 16383 if (self.cc14 or self.type == "pitch_bend") else 127
 
@@ -489,8 +494,8 @@ def parse_mapping(text: str, source: str = "midi mapping", registry=None) -> lis
         if key in seen:
             problems.append(Problem(f"[[map]] ({b.address})", f"{b.describe_control()} is mapped to it twice"))
         seen[key] = i
-        if b.cc14:
-            lsb_of[("cc", b.channel - 1, b.number + 32)] = i
+        if b.lsb_control is not None:
+            lsb_of[b.lsb_control] = i
     for b in out:
         if not b.cc14 and b.control in lsb_of:
             other = out[lsb_of[b.control]]
@@ -859,9 +864,13 @@ class _Hardware:
         self.alsa_error = ""
         self.warned = False
 
+    @property
+    def kind(self) -> str:
+        return "input" if self.direction == "in" else "output"
+
     def try_open(self, client: str, callback=None) -> bool:
         rtmidi = _rtmidi()
-        kind = "input" if self.direction == "in" else "output"
+        kind = self.kind
         try:
             obj = (rtmidi.MidiIn if self.direction == "in" else rtmidi.MidiOut)(rtmidi.API_LINUX_ALSA, name=client)
         except rtmidi.RtMidiError as e:
@@ -900,7 +909,7 @@ class _Hardware:
             return True
 
     def no_alsa(self, why: str) -> None:
-        kind = "input" if self.direction == "in" else "output"
+        kind = self.kind
         self.alsa_missing, self.alsa_error = True, why
         self.problem = (f"MIDI {kind} {self.want!r} not opened: the ALSA sequencer is not available "
                         f"(/dev/snd/seq: {why}); MIDI works on the JACK ports only")
@@ -1289,11 +1298,10 @@ class MidiControl:
         if now >= self._next_retry and (self._hw_in or self._hw_out):
             for h in self._hw_in + self._hw_out:
                 if h.obj is not None and h.gone():
-                    kind = "input" if h.direction == "in" else "output"
                     log.warning("MIDI %s %r: ALSA port %r went away (unplugged?); looking for it again every %g s",
-                                kind, h.want, h.name, HARDWARE_RETRY_S)
+                                h.kind, h.want, h.name, HARDWARE_RETRY_S)
                     h.close()
-                    h.problem = f"MIDI {kind} {h.want!r}: ALSA port {h.name!r} went away; looking for it again"
+                    h.problem = f"MIDI {h.kind} {h.want!r}: ALSA port {h.name!r} went away; looking for it again"
                     h.warned = True
             if any(h.obj is None and not h.alsa_missing for h in self._hw_in + self._hw_out):
                 self._open_hardware()
@@ -1559,10 +1567,10 @@ class MidiControl:
                        takeover="pickup" if p.kind in ("float", "int") else "jump")
         keep = [b.spec for b in self._bound if b.spec.address != spec.address and b.spec.control != spec.control]
         if cc14:
-            keep = [s for s in keep if s.control != ("cc", ch, num + 32)]
+            keep = [s for s in keep if s.control != spec.lsb_control]
         # a 14-bit binding whose LSB is the control just learned would make the mapping file one the
         # next start refuses (parse_mapping): the new binding wins, as for any other control it had
-        lsb_of = [s for s in keep if s.cc14 and s.type == "cc" and ("cc", s.channel - 1, s.number + 32) == spec.control]
+        lsb_of = [s for s in keep if s.lsb_control == spec.control]
         if lsb_of:
             keep = [s for s in keep if s not in lsb_of]
             lr.note = (f"{spec.describe_control()} was the LSB of the 14-bit control of "

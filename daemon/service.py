@@ -124,6 +124,7 @@ class Daemon:
         self._bad_lock = threading.Lock()  # the total and the engine change together
         self._kept_connections: list[tuple[str, str]] = []  # to make again after a reopen
         self._reload_edits: set[tuple[str, str]] = set()  # (channel, param) a reloaded file changed
+        self._name_warned = False  # said once that the JACK client name is taken
 
     # ------------------------------------------------------------------
     # engine
@@ -223,7 +224,7 @@ class Daemon:
             io.open()
         except (jack.JackError, OSError) as e:
             if isinstance(e, jack.JackOpenError) and self._name_taken(cfg.jack.client_name):
-                if not getattr(self, "_name_warned", False):
+                if not self._name_warned:
                     self._name_warned = True
                     log.warning("JACK client name %r is taken by another client (another quietcast daemon?); "
                                 "trying again every %g s", cfg.jack.client_name, cfg.jack.reconnect_interval_ms / 1000)
@@ -458,13 +459,14 @@ class Daemon:
 
             structural = (old.jack != new.jack or old.engine != new.engine
                           or [shape(c) for c in old.channels] != [shape(c) for c in new.channels])
+            olds = {c.name: c for c in old.channels}  # the channel values the new file changes
+            edits = [(nc.name, k, getattr(nc, k)) for nc in new.channels if nc.name in olds
+                     for k in CHANNEL_PARAMS if getattr(olds[nc.name], k) != getattr(nc, k)]
             changed = []
             if structural:
-                # the channel values the new file changes win over the live ones the rebuild keeps
-                olds = {c.name: c for c in old.channels}
-                self._reload_edits = {(nc.name, k) for nc in new.channels if nc.name in olds
-                                      for k in CHANNEL_PARAMS if getattr(olds[nc.name], k) != getattr(nc, k)}
-                changed = sorted(f"{n}.{k}" for n, k in self._reload_edits)
+                # they win over the live values the rebuild keeps
+                self._reload_edits = {(n, k) for n, k, _ in edits}
+                changed = sorted(f"{n}.{k}" for n, k, _ in edits)
                 self.config = new
                 self.chains = {}
                 try:
@@ -479,8 +481,7 @@ class Daemon:
                     self._reopen()
                     raise ControlError("failed", f"the new config cannot run: {e}") from None
             else:
-                todo = [(f"{nc.name}.{k}", getattr(nc, k)) for oc, nc in zip(old.channels, new.channels)
-                        for k in CHANNEL_PARAMS if getattr(oc, k) != getattr(nc, k)]
+                todo = [(f"{n}.{k}", v) for n, k, v in edits]
                 for address, v in todo:  # all or nothing: e.g. a pause gate the model lacks is refused first
                     self.registry.check(address, v)
                 for address, v in todo:
