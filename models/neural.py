@@ -1296,7 +1296,7 @@ class NeuralSuppressor(HopSuppressor):
         next replay."""
         c, H = self.channels, self.hop
         self._d_in = torch.zeros(c, H, device=dev)
-        self._d_res = torch.zeros(3 * c + -(-c // H), H, device=dev)
+        self._d_res = torch.zeros(3 * c + self._gr_rows, H, device=dev)
         self._mix_t = torch.tensor(getattr(self, "_mix", 1.0), dtype=torch.float32, device=dev)
         self._comb_t = torch.tensor(self._pitch_filter, dtype=torch.float32, device=dev)
         self._pause_t = ([self._pause_cpu.to(dev)] + [torch.tensor(v, dtype=torch.float32, device=dev)
@@ -1310,7 +1310,7 @@ class NeuralSuppressor(HopSuppressor):
                     self._mix_t, self._out_t, branchless=True, comb=self._comb_t, pg=self._pg,
                     pause=tuple(self._pause_t) if self.net.pause is not None else None)
         C = self.channels
-        g = -(-C // self.hop)
+        g = self._gr_rows
         o = self._out_t
         self._d_res[:C].copy_(o[0])
         self._d_res[C + g:].copy_(o[1:].reshape(2 * C, self.hop))
@@ -1322,14 +1322,18 @@ class NeuralSuppressor(HopSuppressor):
         """Rows of the results the host needs after a hop: the output and
         the gain reduction; the stems too when :meth:`set_stems` is on."""
         C = self.channels
-        return 3 * C + -(-C // self.hop) if self._stems else C + -(-C // self.hop)
+        return (3 * C if self._stems else C) + self._gr_rows
+
+    @property
+    def _gr_rows(self) -> int:
+        """Rows of the results holding the gain reduction, ``H`` channels to a row."""
+        return -(-self.channels // self.hop)
 
     def _unpack(self, res: np.ndarray) -> None:
         """The first :meth:`_res_rows` rows of the results, on the host,
         into ``_hop_buf`` (its stem rows only with stems) and
         :attr:`gain_reduction_db`."""
-        C = self.channels
-        g = -(-C // self.hop)
+        C, g = self.channels, self._gr_rows
         np.copyto(self._hop_buf[:C], res[:C])
         self.gain_reduction_db = res[C:C + g].reshape(-1)[:C].copy()
         if self._stems:
