@@ -47,7 +47,7 @@ import os
 import struct
 from typing import NamedTuple
 
-__all__ = ["truncation_problem", "mp3_gapless", "MP3_DECODER_DELAY", "flac_signature", "FlacCheck"]
+__all__ = ["truncation_problem", "mp3_gapless", "MP3_DECODER_DELAY", "flac_signature", "FlacCheck", "pcm_ints"]
 
 #: how far back from the end a FLAC frame header is looked for, at least
 FLAC_TAIL = 64 * 1024
@@ -602,6 +602,17 @@ def flac_signature(path: str) -> tuple[bytes, int, int] | None:
     return md5, info.bits, info.channels
 
 
+def pcm_ints(x, bits: int):
+    """The integer samples (float64, clipped to the ``bits``-wide range)
+    that float samples stand for as pedalboard reads them: it reads an
+    integer ``k`` as ``k / (2**(bits-1) - 1)``, so this gives ``k`` back
+    exactly for 16 and 24 bits."""
+    import numpy as np
+
+    full = float(2 ** (bits - 1))
+    return np.clip(np.rint(x.astype(np.float64) * (full - 1.0)), -full, full - 1.0)
+
+
 class FlacCheck:
     """Hashes the samples a reader returns, as FLAC's signature does
     (integers, interleaved, little-endian, ``bits`` wide), to compare with
@@ -615,7 +626,6 @@ class FlacCheck:
         import hashlib
 
         self.md5, self.bits = md5, bits
-        self._full = float(2 ** (bits - 1) - 1)
         self._h = hashlib.md5()
 
     @classmethod
@@ -628,7 +638,7 @@ class FlacCheck:
     def update(self, x) -> None:
         import numpy as np
 
-        k = np.ascontiguousarray(np.rint(x.astype(np.float64) * self._full).astype(np.int32).T)
+        k = np.ascontiguousarray(pcm_ints(x, self.bits).astype(np.int32).T)
         if self.bits == 16:
             self._h.update(k.astype("<i2").tobytes())
         else:

@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .audiocheck import MP3_DECODER_DELAY, FlacCheck, mp3_gapless, truncation_problem
+from .audiocheck import MP3_DECODER_DELAY, FlacCheck, mp3_gapless, pcm_ints, truncation_problem
 from .chain import Chain
 from .errors import AudioFileError, BridgeError, ChainSpecError
 
@@ -157,7 +157,7 @@ def plan_jobs(inputs: Iterable[str], output: str, fmt: str | None = None) -> lis
             elif os.path.splitext(dst)[1].lower() not in WRITE_EXTS:  # .aif stays AIFF, .bwf becomes .wav
                 dst = os.path.splitext(dst)[0] + (".aiff" if dst.lower().endswith(".aif") else ".wav")
         key = os.path.abspath(dst)
-        if key == os.path.abspath(src) or (os.path.exists(dst) and os.path.samefile(src, dst)):
+        if _same_file(src, dst):
             raise BridgeError(f"output {dst!r} would be the input file itself; write the outputs elsewhere "
                               "(the originals are kept)")
         if key in seen:
@@ -221,6 +221,21 @@ FLAC_DAMAGED = ("is damaged: its decoded audio does not match the MD5 signature 
                 "that fails its checksum comes out as silence or is skipped); output not written")
 
 
+def _same_file(src: str, dst: str) -> bool:
+    """Whether writing ``dst`` would replace ``src`` (the same path, or a
+    link to it)."""
+    return os.path.abspath(dst) == os.path.abspath(src) or (
+        os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst))
+
+
+def _read_upto(reader, n: int, channels: int) -> np.ndarray:
+    """``reader.read(n)``, or no frames when ``n`` <= 0 (pedalboard's
+    ``read(0)`` means "everything")."""
+    if n <= 0:
+        return np.zeros((channels, 0), np.float32)
+    return reader.read(n)
+
+
 def _is_mp3(path: str) -> bool:
     return os.path.splitext(path)[1].lower() == ".mp3"
 
@@ -239,10 +254,7 @@ class _Trimmed:
         raw.seek(start)
 
     def read(self, n: int) -> np.ndarray:
-        n = min(int(n), self.frames - self._pos)
-        if n <= 0:  # (pedalboard's read(0) means "everything")
-            return np.zeros((self.num_channels, 0), np.float32)
-        x = self._raw.read(n)
+        x = _read_upto(self._raw, min(int(n), self.frames - self._pos), self.num_channels)
         self._pos += x.shape[1]
         return x
 
@@ -270,10 +282,7 @@ class _Limited:
         self.samplerate, self.num_channels = reader.samplerate, reader.num_channels
 
     def read(self, n: int) -> np.ndarray:
-        n = min(int(n), self._left)
-        if n <= 0:
-            return np.zeros((self.num_channels, 0), np.float32)
-        x = self._r.read(n)
+        x = _read_upto(self._r, min(int(n), self._left), self.num_channels)
         self._left -= x.shape[1]
         return x
 
@@ -300,17 +309,14 @@ class AudioWriter:
         ext = os.path.splitext(path)[1].lower()
         depth = _BIT_DEPTHS.get(str(source_dtype), 16)
         self.bit_depth = 16 if ext == ".mp3" else min(depth, 24 if ext in (".flac", ".aiff") else 32)
-        integer = ext in (".wav", ".flac", ".aiff") and self.bit_depth in (16, 24)
-        self._full = float(2 ** (self.bit_depth - 1)) if integer else None
+        self._integer = ext in (".wav", ".flac", ".aiff") and self.bit_depth in (16, 24)
         self._f = AudioFile(path, "w", sample_rate, channels, bit_depth=self.bit_depth)
 
     def write(self, y: np.ndarray) -> None:
         if y.shape[1] == 0:
             return
-        if self._full is not None:
-            full = self._full
-            q = np.clip(np.round(y.astype(np.float64) * (full - 1.0)), -full, full - 1.0)
-            y = ((q + 0.5) / full).astype(np.float32)
+        if self._integer:  # the middle of the step each sample rounds to
+            y = ((pcm_ints(y, self.bit_depth) + 0.5) / float(2 ** (self.bit_depth - 1))).astype(np.float32)
         if y.shape[0] == y.shape[1]:
             for j in range(y.shape[1]):
                 self._f.write(np.ascontiguousarray(y[:, j:j + 1]))
@@ -375,7 +381,7 @@ def process_file(
     bad input file, returns a :class:`FileResult` saying what happened."""
     t0 = time.monotonic()
     res = FileResult(src, dst, ok=False)
-    if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
+    if _same_file(src, dst):
         res.error = "the output is the input file itself; write the output elsewhere (the original is kept)"
         return res
     if os.path.exists(dst) and not overwrite:
