@@ -59,6 +59,7 @@ import fnmatch
 import logging
 import os
 import pathlib
+import re
 import threading
 import time
 from typing import Callable
@@ -173,6 +174,13 @@ def port_latency(client, port_name: str, mode: int) -> tuple[int, int]:
     r = _Range()
     lib.jack_port_get_latency_range(p, mode, ctypes.byref(r))
     return r.min, r.max
+
+
+def ports_of(client_name: str) -> str:
+    """The ``get_ports`` pattern of exactly this client's ports (JACK
+    searches it as a regular expression: the bare name would also match
+    another client whose name ends with it)."""
+    return "^" + re.escape(client_name) + ":"
 
 
 class JackIO:
@@ -495,7 +503,7 @@ class JackIO:
             return []
         out = []
         try:
-            for p in c.get_ports(self.client_name + ":"):
+            for p in c.get_ports(ports_of(self.client_name)):
                 for q in c.get_all_connections(p):
                     out.append((p.name, q.name) if p.is_output else (q.name, p.name))
         except Exception:  # the server is going or gone: nothing to keep

@@ -30,7 +30,6 @@ import os
 import queue
 import signal
 import sys
-import re
 import threading
 import time
 from typing import Any, Callable
@@ -258,7 +257,7 @@ class Daemon:
         except jack.JackError:
             return False  # no server
         try:
-            return bool(probe.get_ports("^" + re.escape(name) + ":"))
+            return bool(probe.get_ports(jackio.ports_of(name)))
         except jack.JackError:
             return False
         finally:
