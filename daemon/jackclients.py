@@ -16,6 +16,7 @@ take has no such hole (:meth:`Player.gaps`, :meth:`Recorder.gaps`)."""
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 
@@ -165,31 +166,63 @@ class Recorder(_CycleLog):
         self.client.close()
 
 
-def take(player: Player, recorder: Recorder, signals: np.ndarray, tail_s: float, tries: int = 5,
+def take(player: Player, recorder: Recorder, signals: np.ndarray, tail_s: float, tries: int = 8,
          xruns=lambda: 0) -> tuple[np.ndarray, int, int]:
     """Play ``signals`` through the graph and record; returns ``(recording,
     start index, takes)`` with the recording's index ``start`` at the
     player's first frame. A take in which JACK skipped a cycle of either
     client (a hole in its frame times), in which the player's cycles are not
-    all among the recorder's, or during which ``xruns()`` (e.g. the
-    daemon's own counter) or the player's xrun count moved, is played
-    again, up to ``tries`` takes (the last is returned as it is).
+    all among the recorder's, in which the start index the player noted is
+    not where the recorder's frame times put the player's first cycle, or
+    during which ``xruns()`` (e.g. the daemon's own counter) or the player's
+    xrun count moved, is played again, up to ``tries`` takes; when none is
+    clean, :class:`UncleanTake` says so (a shifted take would otherwise be
+    measured as if aligned). Python's cyclic garbage collector is off during
+    a take: its pauses hold the GIL both clients' callbacks need.
     ``tail_s``: how long to keep recording after the last frame."""
+    period = player.client.blocksize
+    why = ""
     for k in range(1, tries + 1):
-        x0, p0 = xruns(), player.xruns
-        recorder.start()
-        time.sleep(0.05)
-        start = player.play(signals)
-        time.sleep(tail_s)
-        rec = recorder.stop()
-        time.sleep(0.05)  # an xrun's notice comes on JACK's notification thread
+        gc.collect()
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            x0, p0 = xruns(), player.xruns
+            recorder.start()
+            time.sleep(0.05)
+            start = player.play(signals)
+            time.sleep(tail_s)
+            rec = recorder.stop()
+            time.sleep(0.05)  # an xrun's notice comes on JACK's notification thread
+        finally:
+            if was:
+                gc.enable()
         pf, rf = player.frame_times(), recorder.frame_times()
-        period = player.client.blocksize
-        clean = (_gaps(pf, period) == 0 and _gaps(rf, period) == 0 and xruns() == x0 and player.xruns == p0
-                 and bool(np.isin(pf, rf).all()))
-        if clean:
-            break
-    return rec, start, k
+        why = _unclean(pf, rf, period, start, xruns() - x0, player.xruns - p0)
+        if not why:
+            return rec, start, k
+    raise UncleanTake(f"no clean take in {tries} tries (the last: {why}); the machine is too loaded to "
+                      "measure alignment")
+
+
+class UncleanTake(RuntimeError):
+    """No take of :func:`take` ran without a skipped or reordered cycle."""
+
+
+def _unclean(pf: np.ndarray, rf: np.ndarray, period: int, start: int, xruns: int, player_xruns: int) -> str:
+    """Why a take cannot be trusted ('' when it can)."""
+    if xruns or player_xruns:
+        return f"{xruns} xruns of the graph, {player_xruns} of the player"
+    if pf.size == 0 or rf.size == 0:
+        return "a client ran no cycle"
+    if _gaps(pf, period) or _gaps(rf, period):
+        return f"skipped cycles: player {_gaps(pf, period)}, recorder {_gaps(rf, period)}"
+    if not bool(np.isin(pf, rf).all()):
+        return "player cycles the recorder did not run"
+    at = int(np.searchsorted(rf, pf[0])) * period
+    if start != at:
+        return f"the player noted index {start}, the recorder's frame times say {at}"
+    return ""
 
 
 def wait_until(pred, timeout: float = 10.0, step: float = 0.02) -> bool:
