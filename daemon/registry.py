@@ -283,11 +283,20 @@ class Registry:
 
     def reapply(self, engine) -> None:
         """After an engine rebuild: put live chain values back."""
-        for address, v in self.chain_overrides.items():
-            ch, _, stage, name = address.split(".")
-            i = self.channels().index(ch)
-            if engine.chains[i] is not None:
-                try:
-                    engine.chains[i].stage(stage).set_param(name, v)
-                except Exception:
-                    pass
+        for i, proc in enumerate(engine.chains):
+            if proc is not None:
+                self.reapply_to(i, proc)
+
+    def reapply_to(self, i: int, proc) -> None:
+        """Put channel ``i``'s live chain values into chain processor
+        ``proc`` (a new chain for it); a value the new chain has no place
+        for is dropped."""
+        ch = self.channels()[i]
+        for address, v in list(self.chain_overrides.items()):
+            c, _, stage, name = address.split(".")
+            if c != ch:
+                continue
+            try:
+                proc.stage(stage).set_param(name, v)
+            except Exception:
+                del self.chain_overrides[address]

@@ -400,34 +400,11 @@ class Daemon:
                 raise ControlError("failed", str(e), {"problems": [str(p) for p in e.problems]}) from None
 
         def job():
-            eng = self.engine
-            if eng is None:
+            if self.engine is None:
                 raise NotReadyError("the engine is not running yet (waiting for the JACK server)")
-            try:
-                proc = new.processor(eng.sample_rate, 1) if new else None
-            except ChainSpecError as e:
-                raise ControlError("failed", str(e), {"problems": [str(p) for p in e.problems]}) from None
-            self.chains[channel] = new
             for a in [a for a in self.registry.chain_overrides if a.startswith(f"{channel}.chain.")]:
                 del self.registry.chain_overrides[a]
-            L = proc.latency if proc else 0
-            if L <= eng.chain_budget:
-                if self._engine_thread is not None and self._engine_thread.is_alive():
-                    done = threading.Event()
-
-                    def swap(e, i=i, proc=proc):
-                        e.swap_chain(i, proc)
-                        done.set()
-
-                    self.registry.pending.append(swap)  # at a hop boundary, on the engine thread
-                    if not done.wait(5):
-                        raise ControlError("failed", "the engine did not take the new chain within 5 s")
-                else:
-                    eng.swap_chain(i, proc)
-                return {"latency_frames": self.io.latency if self.io else None, "reopened": False}
-            log.info("chain of %s needs %d frames, more than the %d budgeted: re-opening", channel, L, eng.chain_budget)
-            self._reopen()
-            return {"latency_frames": self.io.latency if self.io else None, "reopened": True}
+            return self._put_chain(channel, new)
 
         out = self.call_in_main(job)
         if self.midi is not None:  # the chain's values are the new file's: faders pick them up, motors move
@@ -435,6 +412,79 @@ class Daemon:
         log.info("loaded chain %r on channel %s", chain, channel)
         self.emit("event.state", {"state": "chain_loaded", "channel": channel, "chain": chain, **out})
         return out
+
+    def _put_chain(self, channel: str, new, loaded: bool = True) -> dict:
+        """On the supervisor thread: run chain ``new`` (a bridge Chain, or
+        None) on ``channel`` from now on, with the channel's kept live
+        chain values; ``loaded``: it is ``load_chain``'s choice (kept over
+        the config's by a rebuild), not the config's own. Within the engine's chain budget the swap is made at
+        a hop boundary, the new chain warmed up unheard and crossfaded in
+        (``Engine.swap_chain``); beyond it the client is re-opened."""
+        eng = self.engine
+        i = self.registry._channel_index(channel, channel)
+        try:
+            proc = new.processor(eng.sample_rate, 1) if new else None
+        except ChainSpecError as e:
+            raise ControlError("failed", str(e), {"problems": [str(p) for p in e.problems]}) from None
+        if loaded:
+            self.chains[channel] = new
+        else:
+            self.chains.pop(channel, None)
+        if proc is not None:
+            self.registry.reapply_to(i, proc)
+        L = proc.latency if proc else 0
+        if L <= eng.chain_budget:
+            if self._engine_thread is not None and self._engine_thread.is_alive():
+                done = threading.Event()
+
+                def swap(e, i=i, proc=proc):
+                    e.swap_chain(i, proc)
+                    done.set()
+
+                self.registry.pending.append(swap)  # at a hop boundary, on the engine thread
+                if not done.wait(5):
+                    raise ControlError("failed", "the engine did not take the new chain within 5 s")
+            else:
+                eng.swap_chain(i, proc)
+            return {"latency_frames": self.io.latency if self.io else None, "reopened": False}
+        log.info("chain of %s needs %d frames, more than the %d budgeted: re-opening", channel, L, eng.chain_budget)
+        self._reopen()
+        return {"latency_frames": self.io.latency if self.io else None, "reopened": True}
+
+    def _edited_chains(self, old, new) -> tuple[list[str], list[str]]:
+        """What a reload from config ``old`` to ``new`` does to the chains:
+        (channels whose chain the file changed, by path or by content: the
+        file's chain runs there, in place of one ``load_chain`` put there;
+        live chain values to drop: those of the chains replaced wholesale,
+        and each value the edited file changed, by stage and parameter).
+        A live value the file did not change stays, like a channel's."""
+        olds = {c.name: c for c in old.channels}
+        news = {c.name: c for c in new.channels}
+
+        def stages(c):
+            return {s.name: s for s in c.chain_spec.stages} if c.chain_spec is not None else {}
+
+        def doc(c):
+            return c.chain, (c.chain_spec.to_dict() if c.chain_spec is not None else None)
+
+        edited = [n for n, c in news.items() if n in olds and doc(olds[n]) != doc(c)]
+        drop = []
+        for address in self.registry.chain_overrides:
+            ch, _, stage, name = address.split(".", 3)
+            if ch not in news:
+                drop.append(address)
+            elif ch in edited:
+                if ch in self.chains:  # a load_chain'ed chain's value: that chain goes
+                    drop.append(address)
+                    continue
+                a, b = stages(olds[ch]).get(stage), stages(news[ch]).get(stage)
+                if a is None or b is None or a.type != b.type:
+                    drop.append(address)
+                elif name == "bypass" and a.bypass != b.bypass:
+                    drop.append(address)
+                elif name != "bypass" and a.values.get(name, _NO_CHAIN) != b.values.get(name, _NO_CHAIN):
+                    drop.append(address)
+        return edited, drop
 
     def reload(self) -> dict:
         from .config import ConfigError, load_config
@@ -454,20 +504,38 @@ class Daemon:
             old = self.config
 
             def shape(c):
-                return (c.name, c.chain, c.stems, tuple(c.connect_in), tuple(c.connect_out))
+                return (c.name, c.stems, tuple(c.connect_in), tuple(c.connect_out))
 
             structural = (old.jack != new.jack or old.engine != new.engine
                           or [shape(c) for c in old.channels] != [shape(c) for c in new.channels])
             olds = {c.name: c for c in old.channels}  # the channel values the new file changes
             edits = [(nc.name, k, getattr(nc, k)) for nc in new.channels if nc.name in olds
                      for k in CHANNEL_PARAMS if getattr(olds[nc.name], k) != getattr(nc, k)]
+            edited, drop = self._edited_chains(old, new)
+            news = {c.name: c for c in new.channels}
+            if not structural and edited:
+                # a new chain for each edited channel, built (and refused, with nothing changed) first
+                budget = self.engine.chain_budget if self.engine is not None else 0
+                for n in edited:
+                    spec = news[n].chain_spec
+                    try:
+                        L = spec.processor(self.engine.sample_rate, 1).latency if spec and self.engine else 0
+                    except ChainSpecError as e:
+                        raise ControlError("failed", f"channel {n}: {e}",
+                                           {"problems": [str(p) for p in e.problems]}) from None
+                    if self.engine is None or L > budget:
+                        structural = True  # longer than the chain budget (or no engine): rebuilt
             changed = []
+            old_chains, old_overrides = dict(self.chains), dict(self.registry.chain_overrides)
             if structural:
                 # they win over the live values the rebuild keeps
                 self._reload_edits = {(n, k) for n, k, _ in edits}
-                changed = sorted(f"{n}.{k}" for n, k, _ in edits)
+                changed = sorted([f"{n}.{k}" for n, k, _ in edits] + [f"{n}.chain" for n in edited])
                 self.config = new
-                self.chains = {}
+                # a chain load_chain put on a channel stays, unless the file changed that channel's chain
+                self.chains = {n: c for n, c in old_chains.items() if n in news and n not in edited}
+                for a in drop:
+                    del self.registry.chain_overrides[a]
                 try:
                     self._reopen()
                     if self.io is None:  # JACK is down: nothing was built, so build one now to check the config
@@ -475,7 +543,9 @@ class Daemon:
                 except Exception as e:  # the new config cannot build an engine: the old one runs again
                     log.warning("reload refused, the running config stays: %s", e)
                     self.config = old
-                    self.chains = {}
+                    self.chains = old_chains
+                    self.registry.chain_overrides.clear()
+                    self.registry.chain_overrides.update(old_overrides)
                     self._reload_edits = set()
                     self._reopen()
                     raise ControlError("failed", f"the new config cannot run: {e}") from None
@@ -487,6 +557,11 @@ class Daemon:
                     self.registry.set(address, v, source="config")
                     changed.append(address)
                 self.config = new
+                for a in drop:
+                    del self.registry.chain_overrides[a]
+                for n in edited:
+                    self._put_chain(n, news[n].chain_spec, loaded=False)
+                    changed.append(f"{n}.chain")
             if self.midi is not None:
                 try:
                     self.midi.reload()  # the mapping file too; a broken one keeps the old bindings
@@ -494,6 +569,9 @@ class Daemon:
                     log.warning("MIDI mapping not reloaded: %s", e)
                 if structural:
                     self.midi.values_changed()
+                else:
+                    for n in edited:
+                        self.midi.values_changed(f"{n}.chain.")
             return {"changed": changed, "rebuilt": structural}
 
         self.notifier.reloading()

@@ -2,20 +2,27 @@ from . import Command
 
 
 class Reload(Command):
-    """Re-read the config file (as SIGHUP does). An invalid file is refused
-    with every problem listed (code ``failed``, ``details.problems``) and
-    the running config stays. Otherwise changed parameter values are
-    applied live, all or none (a value the running model refuses, such as a
-    pause gate under `dsp`, fails the reload before any is applied); a
-    change to the channels, their chains or the engine rebuilds the engine
-    (a short dropout; connections made by hand are made again). A rebuild
-    keeps each channel's live values, except those the file changes, which
-    it applies. Live pause-gate values a new model has no gate for are
+    """Re-read the config file (as SIGHUP does), and the chain files it
+    names. An invalid file is refused with every problem listed (code
+    ``failed``, ``details.problems``) and the running config stays.
+    Otherwise changed parameter values are applied live, all or none (a
+    value the running model refuses, such as a pause gate under `dsp`,
+    fails the reload before any is applied). A channel whose chain the
+    reload changes (another file, or the same file edited) gets the new
+    chain as ``load_chain`` puts one there: with no dropout and a crossfade
+    when it fits in the declared latency; the file's chain replaces one
+    ``load_chain`` put on that channel. Live chain values survive, except
+    those the edited chain file changes (by stage and parameter). A change
+    to the channels' list, names, stems or connection rules, or to the
+    engine, rebuilds the engine (a short dropout; connections made by hand
+    are made again). A rebuild keeps each channel's live values and
+    ``load_chain`` choices, except those the file changes, which it
+    applies. Live pause-gate values a new model has no gate for are
     dropped (logged). A rebuild the new config cannot run (a new channel's
     pause gate under `dsp`) is refused (``failed``, with the reason), also
     while the JACK server is away, and the old config is rebuilt and keeps
-    running. Result: ``changed`` (the channel values the file changed) and
-    ``rebuilt``."""
+    running. Result: ``changed`` (the channel values the file changed, and
+    ``CHANNEL.chain`` for each new chain) and ``rebuilt``."""
 
     name = "reload"
     args = {}

@@ -938,3 +938,48 @@ def test_a_rebuilding_reload_applies_the_files_channel_values(served, tmp_path):
         r = c.call("reload")
         assert r == {"changed": ["host.strength"], "rebuilt": True}
         assert c.get("host.strength") == 0.25 and c.get("guest.input_gain_db") == -4.0
+
+
+def test_a_reload_takes_an_edited_chain_file_and_keeps_the_live_values_it_did_not_change(served, tmp_path):
+    """The chain file a channel names is edited and the daemon reloaded:
+    the new chain runs, swapped in without a rebuild (no dropout), the
+    file's new value wins over a live one, and a live value of a parameter
+    the file left alone stays. (Until session 25 a reload compared only
+    the chain's path: an edited chain file was ignored until a restart.)
+    A structural reload keeps a chain ``load_chain`` put on a channel."""
+    chain = tmp_path / "post.toml"
+    with Client(f"ipc://{tmp_path}/ctl", timeout=30) as c:
+        lat = c.status()["latency_frames"]
+        engine = served.daemon.engine
+        c.set("host.chain.comp.ratio", 5.0)
+        c.set("host.chain.comp.threshold_db", -25.0)
+        chain.write_text(POST.replace("threshold_db = -20", "threshold_db = -30"))
+        r = c.call("reload")
+        assert r == {"changed": ["host.chain"], "rebuilt": False}
+        assert served.daemon.engine is engine and c.status()["latency_frames"] == lat
+        assert c.get("host.chain.comp.threshold_db") == -30.0  # the file changed it: the file's
+        assert c.get("host.chain.comp.ratio") == 5.0  # only set live: kept
+        stage = engine.chains[0].stage("comp")
+        assert stage.values["threshold_db"] == -30.0 and stage.values["ratio"] == 5.0
+        # a new stage and a broken edit: the broken one is refused, the running chain stays
+        chain.write_text(POST + '[[stage]]\nname = "g"\ntype = "gain"\ngain_db = -6\n')
+        assert c.call("reload")["changed"] == ["host.chain"]
+        assert c.get("host.chain.g.gain_db") == -6.0 and c.get("host.chain.comp.ratio") == 5.0
+        chain.write_text(POST + '[[stage]]\nname = "g"\ntype = "gain"\ngain_db = "loud"\n')
+        with pytest.raises(ControlError) as e:
+            c.call("reload")
+        assert e.value.code == "failed" and "gain_db" in e.value.message
+        assert c.get("host.chain.g.gain_db") == -6.0
+        # load_chain on guest, then a reload that rebuilds (a new safety margin): guest keeps it
+        (tmp_path / "other.toml").write_text('[[stage]]\nname = "h"\ntype = "gain"\ngain_db = -3\n')
+        c.call("load_chain", channel="guest", chain=str(tmp_path / "other.toml"))
+        c.set("guest.chain.h.gain_db", -9.0)
+        chain.write_text(POST)
+        path = tmp_path / "quietcast.toml"
+        path.write_text(path.read_text().replace('[engine]\nmodel = "dsp"\n', '[engine]\nmodel = "dsp"\nsafety_ms = 12\n'))
+        r = c.call("reload")
+        assert r == {"changed": ["host.chain"], "rebuilt": True}
+        assert c.get("guest.chain.h.gain_db") == -9.0
+        assert c.get("host.chain.comp.threshold_db") == -20.0 and c.get("host.chain.comp.ratio") == 5.0
+        with pytest.raises(ControlError):
+            c.get("host.chain.g.gain_db")
