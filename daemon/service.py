@@ -92,6 +92,9 @@ class Daemon:
         self.config = config
         self.server = server if server is not None else config.jack.server
         self.chains: dict = dict(chains or {})
+        #: channel -> what ``load_chain`` was given (a chain file's absolute path, a bundled name, or
+        #: "" for none): saved in the state file, loaded again at the next start
+        self.loaded_chains: dict[str, str] = {}
         self.engine_options = engine_options or {}
         self.io: jackio.JackIO | None = None
         self.engine: Engine | None = None
@@ -337,16 +340,34 @@ class Daemon:
             if self.config.state.restore:
                 doc = self.state.load()
                 if doc:
+                    self._restore_chains(doc.get("chains"))
                     n, problems = restore(self.registry, doc)
                     log.info("restored %d value(s) from %s", n, self.state.path)
                     for p in problems:
                         log.warning("state: not restored: %s", p)
-                    self._midi_saved = doc.get("midi")
-            self.state.attach(lambda: snapshot(self.registry, self.midi))
+            self.state.attach(lambda: snapshot(self.registry, self.midi, self.loaded_chains))
             self.registry.add_listener(self.state.changed)
         # MIDI ports may take a while to open (or never, on a broken
         # setup): that must not hold back READY or the audio
         threading.Thread(target=self._start_midi, name="quietcast-midi-start", daemon=True).start()
+
+    def _restore_chains(self, saved) -> None:
+        """At the first start: load again the chains ``load_chain`` put on
+        channels before the daemon stopped (before their values are
+        restored). One that no longer loads is left to the config, with a
+        warning; the daemon starts anyway."""
+        if not isinstance(saved, dict):
+            return
+        names = {c.name for c in self.config.channels}
+        for channel, what in saved.items():
+            if channel not in names or not isinstance(what, str):
+                log.warning("state: chain of channel %r not restored: no such channel in the config", channel)
+                continue
+            try:
+                self.load_chain(channel, what)
+                log.info("restored chain %r on channel %s", what, channel)
+            except Exception as e:
+                log.warning("state: chain %r of channel %s not restored, the config's runs: %s", what, channel, e)
 
     def _start_midi(self) -> None:
         cfg = getattr(self.config, "midi", None)
@@ -407,6 +428,9 @@ class Daemon:
             return self._put_chain(channel, new)
 
         out = self.call_in_main(job)
+        self.loaded_chains[channel] = os.path.abspath(chain) if chain and os.path.exists(chain) else chain
+        if self.state is not None:  # the choice is part of the state: a restart loads it again
+            self.state.changed()
         if self.midi is not None:  # the chain's values are the new file's: faders pick them up, motors move
             self.midi.values_changed(f"{channel}.chain.")
         log.info("loaded chain %r on channel %s", chain, channel)
@@ -430,6 +454,7 @@ class Daemon:
             self.chains[channel] = new
         else:
             self.chains.pop(channel, None)
+            self.loaded_chains.pop(channel, None)
         if proc is not None:
             self.registry.reapply_to(i, proc)
         L = proc.latency if proc else 0
@@ -527,6 +552,7 @@ class Daemon:
                         structural = True  # longer than the chain budget (or no engine): rebuilt
             changed = []
             old_chains, old_overrides = dict(self.chains), dict(self.registry.chain_overrides)
+            old_loaded = dict(self.loaded_chains)
             if structural:
                 # they win over the live values the rebuild keeps
                 self._reload_edits = {(n, k) for n, k, _ in edits}
@@ -534,6 +560,7 @@ class Daemon:
                 self.config = new
                 # a chain load_chain put on a channel stays, unless the file changed that channel's chain
                 self.chains = {n: c for n, c in old_chains.items() if n in news and n not in edited}
+                self.loaded_chains = {n: c for n, c in old_loaded.items() if n in self.chains}
                 for a in drop:
                     del self.registry.chain_overrides[a]
                 try:
@@ -544,6 +571,7 @@ class Daemon:
                     log.warning("reload refused, the running config stays: %s", e)
                     self.config = old
                     self.chains = old_chains
+                    self.loaded_chains = old_loaded
                     self.registry.chain_overrides.clear()
                     self.registry.chain_overrides.update(old_overrides)
                     self._reload_edits = set()
@@ -588,7 +616,7 @@ class Daemon:
 
         if self.state is None:
             raise ControlError("unavailable", "no state file is configured")
-        doc = snapshot(self.registry, self.midi)
+        doc = snapshot(self.registry, self.midi, self.loaded_chains)
         self.state.save(doc)
         return {"path": self.state.path, "params": len(doc["params"])}
 

@@ -1,5 +1,6 @@
-"""Persistent state: every parameter value (and MIDI learn bindings),
-saved atomically and restored at start.
+"""Persistent state: every parameter value, the chains ``load_chain`` put
+on channels (and MIDI learn bindings, for reading: the mapping file is
+theirs), saved atomically and restored at start.
 
 - Saving writes a temporary file beside the target, fsyncs it, renames it
   into place and fsyncs the folder: a crash (or kill -9) at any moment
@@ -186,13 +187,17 @@ class StateStore:
             self._save_now()
 
 
-def snapshot(registry, midi=None) -> dict:
-    """Every live value by address (+ MIDI bindings when available). A
+def snapshot(registry, midi=None, chains: dict | None = None) -> dict:
+    """Every live value by address (+ MIDI bindings when available, and
+    ``chains``: the chains ``load_chain`` put on channels, channel -> file
+    path or bundled name, loaded again before the values at a restart). A
     channel whose pause depth or threshold follows the engine's is saved as
     ``null``, so it still follows it after a restart (e.g. a new
     ``engine.pause_db`` or ``engine.pause_threshold``)."""
     doc = {"version": STATE_VERSION, "saved_at": time.time(),
            "params": {d["address"]: None if d.get("follows_engine") else d["value"] for d in registry.list()}}
+    if chains:
+        doc["chains"] = dict(chains)
     if midi is not None:
         try:
             doc["midi"] = midi.bindings()

@@ -169,6 +169,47 @@ def test_save_state_and_restore_after_kill(tmp_path, jack_server):
         s.stop()
 
 
+def test_a_loaded_chain_and_its_values_come_back_after_a_restart(tmp_path, jack_server):
+    """A chain put on a channel with ``load_chain`` (mid-show) is saved in
+    the state file with the values set on it: after a restart (a crash,
+    systemd's Restart=) the channel runs that chain again, with those
+    values, not the config's. A saved chain that no longer loads leaves the
+    config's, and the daemon starts. (Until session 25 only the values were
+    saved: the channel came back with the config's chain, and the loaded
+    chain's values were refused as unknown.)"""
+    other = tmp_path / "other.toml"
+    other.write_text('[[stage]]\nname = "h"\ntype = "gain"\ngain_db = -3\n')
+    s = Served(make_config(tmp_path, jack_server.name)).wait_ready()
+    try:
+        with Client(f"ipc://{tmp_path}/ctl") as c:
+            c.call("load_chain", channel="guest", chain=str(other))
+            c.call("load_chain", channel="host", chain="")
+            c.set("guest.chain.h.gain_db", -7.0)
+    finally:
+        s.stop()
+    doc = json.loads((tmp_path / "state.json").read_text())
+    assert doc["chains"] == {"guest": str(other), "host": ""}
+    s = Served(make_config(tmp_path, jack_server.name)).wait_ready()
+    try:
+        with Client(f"ipc://{tmp_path}/ctl") as c:
+            assert c.get("guest.chain.h.gain_db") == -7.0
+            with pytest.raises(ControlError):
+                c.get("host.chain.comp.threshold_db")  # its chain was removed, and stays removed
+    finally:
+        s.stop()
+    other.unlink()
+    s = Served(make_config(tmp_path, jack_server.name)).wait_ready()
+    try:
+        with Client(f"ipc://{tmp_path}/ctl") as c:
+            assert c.status()["ready"]
+            with pytest.raises(ControlError):
+                c.get("guest.chain.h.gain_db")
+            with pytest.raises(ControlError):
+                c.get("host.chain.comp.threshold_db")  # "" (no chain) still holds
+    finally:
+        s.stop()
+
+
 def test_load_chain_within_budget_and_beyond(client, tmp_path, served, jack_server):
     """Within the latency budget a chain swaps in place; beyond it the
     client re-opens, and the connections made by hand to its ports (a
