@@ -33,13 +33,18 @@ class Buffers:
     silence: np.ndarray  # [RING] zeros, the fallback of background stems
     counters: np.ndarray  # [N_COUNTERS] int64
     timings: np.ndarray  # [TIMING_SLOTS] int64, callback durations in ns
+    dry_gain: np.ndarray  # [outputs] float32, the dry fallback's gain per output (engine writes; 0 = muted)
 
 
 def allocate(inputs: int, outputs: int) -> Buffers:
-    return Buffers(
+    b = Buffers(
         inring=np.zeros((inputs, RING), np.float32),
         outring=np.zeros((outputs, RING), np.float32),
         silence=np.zeros(RING, np.float32),
         counters=np.zeros(N_COUNTERS, np.int64),
         timings=np.zeros(TIMING_SLOTS, np.int64),
+        dry_gain=np.ones(max(outputs, 1), np.float32),
     )
+    for a in (b.inring, b.outring, b.silence):
+        a.fill(0.0)  # np.zeros is calloc: untouched (huge) pages would fault in the real-time thread on first use
+    return b

@@ -167,6 +167,7 @@ class Engine:
         self.next_in = 0
         self.registry = None  # set by the daemon: chain changes queued for this thread
         self.realtime = False  # whether the engine thread got SCHED_FIFO
+        self._from_dry = False  # the next hop follows a dry fill (_skip_ahead): crossfade from it
 
     # ------------------------------------------------------------------
     # latency
@@ -291,13 +292,27 @@ class Engine:
         self._prev = tgt
         self._meter(x, xa, v, out)
         if not any(self.stems):
-            return out
+            return self._after_gap(out, dry, tgt) if self._from_dry else out
         stems = self.stem_delay.process(np.concatenate([v, bg], axis=0))
         rows = [out]
         for i, s in enumerate(self.stems):
             if s:
                 rows.append(stems[[i, self.n + i]])
-        return np.concatenate(rows, axis=0)
+        y = np.concatenate(rows, axis=0)
+        return self._after_gap(y, dry, tgt) if self._from_dry else y
+
+    def _after_gap(self, y: np.ndarray, dry: np.ndarray, tgt: dict) -> np.ndarray:
+        """The first hop after :meth:`_skip_ahead`'s dry fill: from what the
+        fill would have gone on with (each main output's dry input times its
+        gain, a voice stem's dry input, a background stem's silence) to the
+        processed hop, over the hop."""
+        self._from_dry = False
+        fill = [dry * tgt["out"]]
+        for i, s in enumerate(self.stems):
+            if s:
+                fill.append(np.stack([dry[i], np.zeros_like(dry[i])]))
+        fill = np.concatenate(fill, axis=0) if len(fill) > 1 else fill[0]
+        return fill + (y - fill) * self._ramp
 
     # ------------------------------------------------------------------
     # meters (~20 Hz snapshots for the control plane)
@@ -358,6 +373,13 @@ class Engine:
         self.io = io
         self.B = buffering(self.hop, io.period, self.safety)
         self.next_in = 0
+        self.publish_dry_gains(io)
+
+    def publish_dry_gains(self, io: jackio.JackIO) -> None:
+        """Each main output's gain now (0 while muted) to ``io.dry_gain``,
+        which the callback applies to its dry fallback: a missed deadline
+        must not put a muted or faded channel's raw input on air."""
+        io.dry_gain[:self.n] = self._prev["out"][:, 0]
 
     def stop(self) -> None:
         self._stop.set()
@@ -392,6 +414,7 @@ class Engine:
             y = self.process_hop(x)
             self.hop_times[self.stats.hops % len(self.hop_times)] = time.perf_counter() - t0
             _ring_write(io.outring, k0 + B, y)
+            io.dry_gain[:self.n] = self._prev["out"][:, 0]  # publish_dry_gains, inline: every hop
             cnt[jackio.OUT_READY] = k0 + B + H
             if k0 + B < int(cnt[jackio.IN_POS]):
                 self.stats.late_hops += 1
@@ -418,6 +441,7 @@ class Engine:
             for j, kind in enumerate(io.out_kind):
                 if kind == "background":
                     dry[j] = 0.0
+            dry[:self.n] *= io.dry_gain[:self.n, None]
             _ring_write(io.outring, start, dry)
             io.counters[jackio.OUT_READY] = end
         # every stateful part restarts from the new position: reset, then
@@ -428,6 +452,7 @@ class Engine:
         for k in range(max(0, new - roll * H), new, H):
             self.process_hop(_ring_read(io.inring, k, H))
         self.next_in = new
+        self._from_dry = True  # the first hop after the gap crossfades from the dry fill: no step
 
     def _run_chains(self, main: np.ndarray) -> None:
         """Each channel's post-chain, then its pad to :attr:`chain_budget`
@@ -485,6 +510,7 @@ class Engine:
 
     def reset_state(self) -> None:
         """Forget all signal state (suppressor, chains, delay lines)."""
+        self._from_dry = False
         self.sup.reset()
         for d in (self.align_delay, self.dry_delay, self.stem_delay, *self.chain_pad):
             d.reset()

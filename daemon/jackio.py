@@ -20,7 +20,9 @@ Real-time rules for the callback, in the spirit of JACK-Client's own
   preallocated counters. Nothing else: no Python, no locks, no logging or
   printing, no sleeping, no allocation, no system call but
   ``clock_gettime`` (the vDSO) for its own duration, no waiting on the
-  engine. (The Python fallback must take the GIL every cycle and creates a
+  engine - except while JACK freewheels (a DAW's export or bounce: not
+  real time), when it waits for the engine's output (at most about 2 s a
+  cycle) so an export is processed, not dry. (The Python fallback must take the GIL every cycle and creates a
   few small transient objects per call - ints, the cffi pointers JACK
   hands back; no audio-sized allocation happens there either.)
 - port buffers are fetched every cycle (``jack_port_get_buffer``), never
@@ -29,7 +31,12 @@ Real-time rules for the callback, in the spirit of JACK-Client's own
   deadline), the callback copies the *dry* input delayed by the same
   declared latency instead, so the output stays continuous: never
   silence, never a half-written buffer. ``deadline_misses`` counts those
-  cycles.
+  cycles. The dry copy gets what the engine would give it: NaN/Inf
+  silenced and the rest clipped to +-64 (as ``engine.sanitize``), times
+  the output's gain (``dry_gain``, written by the engine after each hop:
+  0 while the channel is muted, so a muted microphone stays off air). At
+  every switch between the processed and the dry signal the step is
+  removed over 64 frames (a declick), in both directions.
 - the C and Python callbacks are the same algorithm, line for line; a
   test runs both on the same cycles and compares every output sample and
   counter (tests/daemon/test_rtcallback.py).
@@ -63,6 +70,8 @@ import re
 import threading
 import time
 from typing import Callable
+
+import numpy as np
 
 from .buffers import (  # noqa: F401  (re-exported: the engine and tests use jackio.X)
     CYCLES, DEADLINE_MISSES, IN_POS, LATE_START, MASK, MISSED_FRAMES, OUT_READY, RING, TIMING_SLOTS, XRUNS,
@@ -124,10 +133,14 @@ class _RT(ctypes.Structure):
         ("out_base", ctypes.c_void_p),  # float* [n_out]
         ("dry_base", ctypes.c_void_p),  # float* [n_out]
         ("dry_silent", ctypes.c_void_p),  # int32 [n_out]
+        ("dry_gain", ctypes.c_void_p),  # float [n_out] (engine writes)
+        ("last", ctypes.c_void_p),  # float [n_out] (RT only)
+        ("last_dry", ctypes.c_int64),  # (RT only)
+        ("freewheel", ctypes.c_int64),  # (non-RT writer)
     ]
 
 
-RT_ABI = 1  # QC_RT_ABI in rtcallback.c
+RT_ABI = 2  # QC_RT_ABI in rtcallback.c
 _rt_lib: tuple | None = None
 _logged_kind: str | None = None
 
@@ -220,6 +233,8 @@ class JackIO:
         b = allocate(n, len(self.out_names))
         self.inring, self.outring, self.silence = b.inring, b.outring, b.silence
         self.counters, self.timings = b.counters, b.timings  # callback durations in ns
+        self.dry_gain = b.dry_gain
+        self._last = np.zeros(max(len(self.out_names), 1), np.float32)
         self.client = None
         self._rt: _RT | None = None  # what the C callback reads (allocated at open)
         self._rt_keep: list = []  # the arrays it points to
@@ -273,6 +288,7 @@ class JackIO:
             client.set_shutdown_callback(self._on_shutdown)
             client.set_port_registration_callback(self._on_port_registration, only_available=False)
             client.set_blocksize_callback(self._on_blocksize)
+            client.set_freewheel_callback(self._on_freewheel)
             self._set_latency_callback(client)
             self.counters[:] = 0
             client.activate()
@@ -355,7 +371,7 @@ class JackIO:
                     # everything the callback touches lives as long as the client: a jack.Client
                     # closes itself in __del__, before its attributes go
                     client._quietcast_rt = (self._rt, self._rt_keep, self.inring, self.outring, self.silence,
-                                            self.counters, self.timings)
+                                            self.counters, self.timings, self.dry_gain, self._last)
                 except Exception as e:
                     self._rt, self._rt_keep = None, []
                     why = f"registering the C callback failed: {e}"
@@ -394,7 +410,8 @@ class JackIO:
                  timings=self.timings.ctypes.data, latency=self.latency, ring=RING, timing_slots=TIMING_SLOTS,
                  n_in=n_in, n_out=n_out, in_ports=ctypes.addressof(in_ports), in_base=ctypes.addressof(in_base),
                  out_ports=ctypes.addressof(out_ports), out_base=ctypes.addressof(out_base),
-                 dry_base=ctypes.addressof(dry_base), dry_silent=ctypes.addressof(dry_silent))
+                 dry_base=ctypes.addressof(dry_base), dry_silent=ctypes.addressof(dry_silent),
+                 dry_gain=self.dry_gain.ctypes.data, last=self._last.ctypes.data)
         self._rt_keep = [in_ports, out_ports, in_base, out_base, dry_base, dry_silent]
         self._rt = rt  # from now on, setting latency updates it
         return rt
@@ -423,6 +440,11 @@ class JackIO:
             self._copy_in(base, cast("char *", get(ptr, frames)), off, frames)
         cnt[IN_POS] = pos + frames
         ready = int(cnt[OUT_READY])
+        if self.freewheel:  # not real time (an export): wait for the engine, at most ~2 s
+            end = t0 + 2_000_000_000
+            while ready - pos < frames and self._perf() < end:
+                time.sleep(0.00005)
+                ready = int(cnt[OUT_READY])
         good = ready - pos  # frames of this cycle the engine has delivered
         if good >= frames:
             for base, ptr in zip(self._out_base, self._out_ptrs):
@@ -430,19 +452,46 @@ class JackIO:
         else:
             good = good if good > 0 else 0
             dry_off = (pos + good - self.latency) & MASK
-            for base, dry, silent, ptr in zip(self._out_base, self._dry_base, self._dry_silent, self._out_ptrs):
+            for j, (base, dry, silent, ptr) in enumerate(zip(self._out_base, self._dry_base, self._dry_silent,
+                                                              self._out_ptrs)):
                 dst = cast("char *", get(ptr, frames))
                 if good:
                     self._copy_out(dst, base, off, good)
                 self._copy_out(dst, dry, 0 if silent else dry_off, frames - good, good)
+                a = self._view(dst, frames)[good:]  # as copy_dry: NaN/Inf -> 0, clipped to +-64, times the gain
+                a[~np.isfinite(a)] = 0.0
+                np.clip(a, -64.0, 64.0, out=a)
+                a *= self.dry_gain[j]
             if ready:
                 cnt[DEADLINE_MISSES] += 1
                 cnt[MISSED_FRAMES] += frames - good
             else:
                 cnt[LATE_START] += 1
+        g = min(max(good, 0), frames)  # as the declick in qc_rt_process
+        starts_dry, ends_dry = int(g == 0), int(g < frames)
+        for j, ptr in enumerate(self._out_ptrs):
+            a = self._view(cast("char *", get(ptr, frames)), frames)
+            if starts_dry != self._last_dry:
+                self._declick(a, 0, self._last[j])
+            if 0 < g < frames:
+                self._declick(a, g, a[g - 1])
+            self._last[j] = a[frames - 1]
+        self._last_dry = ends_dry
         c = int(cnt[CYCLES])
         self.timings[c & (TIMING_SLOTS - 1)] = self._perf() - t0
         cnt[CYCLES] = c + 1  # after its timing: a reader of CYCLES finds every timing written
+
+    _last_dry = 0
+    _DECLICK = 64
+
+    def _view(self, dst, frames):
+        import jack
+        return np.frombuffer(jack._ffi.buffer(dst, 4 * frames), np.float32)
+
+    def _declick(self, a, b, prev):
+        n = min(self._DECLICK, a.size - b)
+        d = np.float32(prev) - a[b]
+        a[b:b + n] += d * (np.float32(1.0) - np.arange(1, n + 1, dtype=np.float32) / np.float32(self._DECLICK))
 
     def _on_xrun(self, delayed_usecs):
         self.counters[XRUNS] += 1
@@ -453,6 +502,14 @@ class JackIO:
     def _on_blocksize(self, frames):
         if self.period and frames != self.period:
             self.period_changed.set()
+
+    #: JACK is freewheeling (a DAW's export): the callback waits for the engine
+    freewheel = False
+
+    def _on_freewheel(self, starting):
+        self.freewheel = bool(starting)
+        if self._rt is not None:
+            self._rt.freewheel = int(bool(starting))
 
     def _on_port_registration(self, port, register):
         self.ports_changed.set()

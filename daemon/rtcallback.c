@@ -5,7 +5,8 @@
  * for line. It only copies port buffers into preallocated rings and out of
  * them, and bumps preallocated int64 counters: no allocation, no locks, no
  * system call (clock_gettime(CLOCK_MONOTONIC) is served by the vDSO), no
- * printing, no waiting on the engine.
+ * printing, no waiting on the engine (except while JACK freewheels, which
+ * is not real time: then it waits for the engine, nanosleep, at most ~2 s).
  *
  * Plain C, with no Python C-API and no link-time dependency on libjack: the
  * Python side fills one struct qc_rt (allocated once per client with ctypes,
@@ -25,7 +26,7 @@
  * non-real-time thread (an aligned int64 store) and read relaxed.
  */
 
-#define _POSIX_C_SOURCE 199309L /* clock_gettime under -std=c99 */
+#define _POSIX_C_SOURCE 199309L /* clock_gettime and nanosleep under -std=c99 */
 
 #include <stdint.h>
 #include <string.h>
@@ -33,7 +34,7 @@
 
 /* Bump when struct qc_rt or the counter slots change; jackio.py checks
  * qc_rt_layout against its own before it registers the callback. */
-#define QC_RT_ABI 1
+#define QC_RT_ABI 2
 
 /* counter slots: as in daemon/buffers.py */
 #define QC_CYCLES 0
@@ -61,6 +62,10 @@ struct qc_rt {
     float *const *out_base;       /* [n_out] output ring of each output */
     float *const *dry_base;       /* [n_out] fallback: its channel's input ring, or silence */
     const int32_t *dry_silent;    /* [n_out] 1: the fallback is silence, read from offset 0 */
+    const float *dry_gain;        /* [n_out] gain of the fallback: the output's gain, 0 while muted (engine writes) */
+    float *last;                  /* [n_out] last sample written (RT only: the declick) */
+    int64_t last_dry;             /* 1: the last cycle ended on the dry path (RT only) */
+    int64_t freewheel;            /* 1 while JACK freewheels (an export): not real time, wait for the engine */
 };
 
 /* what jackio.py checks before it uses this library */
@@ -95,6 +100,27 @@ static inline void copy_out(float *dst, const float *src_base, int64_t off, int6
         memcpy(dst + dst_off + first, src_base, 4 * (size_t)(frames - first));
 }
 
+/* the dry fallback: NaN/Inf -> 0 and clipped to +-64 as the engine's sanitize() does, times the output's gain */
+static inline void copy_dry(float *dst, const float *src_base, int64_t off, int64_t frames, int64_t dst_off,
+                            int64_t mask, float gain)
+{
+    for (int64_t i = 0; i < frames; i++) {
+        float v = src_base[(off + i) & mask];
+        v = (v - v == 0.0f) ? (v > 64.0f ? 64.0f : v < -64.0f ? -64.0f : v) : 0.0f; /* v - v: NaN for NaN, +-Inf */
+        dst[dst_off + i] = v * gain;
+    }
+}
+
+#define QC_DECLICK 64 /* frames over which a step at a processed/dry switch decays */
+
+/* remove the step at a switch of source at frame b: dst[b..] += (prev - dst[b]) * (1 - (i - b + 1) / N) */
+static inline void declick(float *dst, int64_t b, int64_t frames, float prev)
+{
+    const float d = prev - dst[b];
+    for (int64_t i = b; i < frames && i < b + QC_DECLICK; i++)
+        dst[i] += d * (1.0f - (float)(i - b + 1) / (float)QC_DECLICK);
+}
+
 /* a JackProcessCallback: int (*)(jack_nframes_t nframes, void *arg) */
 int qc_rt_process(uint32_t nframes, void *arg)
 {
@@ -113,6 +139,13 @@ int qc_rt_process(uint32_t nframes, void *arg)
     }
     __atomic_store_n(&cnt[QC_IN_POS], pos + frames, __ATOMIC_RELEASE);
     int64_t ready = __atomic_load_n(&cnt[QC_OUT_READY], __ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&rt->freewheel, __ATOMIC_RELAXED)) { /* freewheeling is not real time: wait (<= ~2 s) */
+        const struct timespec nap = {0, 50000};
+        for (int k = 0; k < 40000 && ready - pos < frames; k++) {
+            nanosleep(&nap, NULL);
+            ready = __atomic_load_n(&cnt[QC_OUT_READY], __ATOMIC_ACQUIRE);
+        }
+    }
     int64_t good = ready - pos; /* frames of this cycle the engine has delivered */
     if (good >= frames) {
         for (j = 0; j < rt->n_out; j++) {
@@ -131,7 +164,8 @@ int qc_rt_process(uint32_t nframes, void *arg)
                 continue;
             if (good)
                 copy_out(dst, rt->out_base[j], off, good, 0, ring);
-            copy_out(dst, rt->dry_base[j], rt->dry_silent[j] ? 0 : dry_off, frames - good, good, ring);
+            copy_dry(dst, rt->dry_base[j], rt->dry_silent[j] ? 0 : dry_off, frames - good, good, mask,
+                     ((const volatile float *)rt->dry_gain)[j]);
         }
         if (ready) {
             __atomic_store_n(&cnt[QC_DEADLINE_MISSES], cnt[QC_DEADLINE_MISSES] + 1, __ATOMIC_RELAXED);
@@ -139,6 +173,21 @@ int qc_rt_process(uint32_t nframes, void *arg)
         } else {
             __atomic_store_n(&cnt[QC_LATE_START], cnt[QC_LATE_START] + 1, __ATOMIC_RELAXED);
         }
+    }
+    {   /* declick every switch between the processed ring and the dry path */
+        const int64_t g = good < 0 ? 0 : (good > frames ? frames : good); /* frames from the processed ring */
+        const int64_t starts_dry = g == 0, ends_dry = g < frames;
+        for (j = 0; j < rt->n_out; j++) {
+            float *dst = (float *)rt->get_buffer(rt->out_ports[j], nframes);
+            if (!dst || !frames)
+                continue;
+            if (starts_dry != rt->last_dry)
+                declick(dst, 0, frames, rt->last[j]);
+            if (g > 0 && g < frames)
+                declick(dst, g, frames, dst[g - 1]);
+            rt->last[j] = dst[frames - 1];
+        }
+        rt->last_dry = ends_dry;
     }
     int64_t c = cnt[QC_CYCLES];
     rt->timings[c & (rt->timing_slots - 1)] = now_ns() - t0;

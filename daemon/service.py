@@ -221,7 +221,13 @@ class Daemon:
         cfg = self.config
         io = jackio.JackIO(cfg.jack.client_name, self.server, [c.name for c in cfg.channels],
                            [c.stems for c in cfg.channels], latency=lambda period: 0)
-        io._latency_for = lambda period: self._engine_for(io.sample_rate).latency_for_period(period)
+
+        def latency_for(period: int) -> int:
+            eng = self._engine_for(io.sample_rate)
+            eng.publish_dry_gains(io)  # before the client runs: a muted channel is silent from its first cycle
+            return eng.latency_for_period(period)
+
+        io._latency_for = latency_for
         try:
             io.open()
         except (jack.JackError, OSError) as e:

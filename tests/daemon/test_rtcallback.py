@@ -95,11 +95,15 @@ def test_the_c_callback_does_exactly_what_the_python_one_does(start, latency):
                  "late": pos, "behind": max(1, pos - int(rng.integers(1, 3000))), "first": 0}[kind]
         seen.add(kind)
         x = rng.standard_normal((3, frames)).astype(np.float32)
+        if cycle % 7 == 3:  # what the dry path must clean: NaN, Inf, out of range
+            x.flat[rng.integers(0, x.size, 3)] = [np.nan, -np.inf, 100.0]
+        gains = rng.choice([0.0, 0.25, 1.0, 1.7], py.io.dry_gain.size).astype(np.float32)  # muted, faded, ...
         # the engine may have written more output meanwhile
         k = int(rng.integers(0, RING))
         m = rng.standard_normal(py.io.outring.shape[0]).astype(np.float32)
         for s in (py, c):
             s.io.counters[OUT_READY] = ready
+            s.io.dry_gain[:] = gains
             s.io.outring[:, k] = m
             for i, b in enumerate(s.inputs()):
                 b[:frames] = x[i]
@@ -125,23 +129,112 @@ def test_the_dry_fallback_is_the_input_delayed_by_the_latency_and_silence_for_ba
     lib = rt_lib()
     L = 1000
     py, c = _pair(["a"], [True], L)
-    c.io.inring[0] = np.arange(RING, dtype=np.float32)
+    c.io.inring[0] = np.arange(RING, dtype=np.float32) / RING  # distinct values in range
     c.io.counters[IN_POS] = RING + 200  # the ring has wrapped; the dry offset wraps back
     c.io.counters[OUT_READY] = RING + 200 + 100  # 100 frames of this cycle delivered
     c.io.outring[:] = -1.0
     for b in c.inputs():
-        b[:256] = 7.0
+        b[:256] = 0.7
     lib.qc_rt_process(256, ctypes.addressof(c.rt))
     main, voice, background = c.outputs(256)
     assert (main[:100] == -1).all() and (voice[:100] == -1).all() and (background[:100] == -1).all()
-    # frames 100..255 of the cycle at absolute frame t read the input at t - L
-    want = (np.arange(RING + 300, RING + 456) - L) % RING
-    np.testing.assert_array_equal(main[100:], want.astype(np.float32))
-    np.testing.assert_array_equal(voice[100:], want.astype(np.float32))
+    # frames 100..255 of the cycle at absolute frame t read the input at t - L (after the declick's 64)
+    want = (((np.arange(RING + 300, RING + 456) - L) % RING) / RING).astype(np.float32)
+    np.testing.assert_array_equal(main[164:], want[64:])
+    np.testing.assert_array_equal(voice[164:], want[64:])
     assert (background[100:] == 0).all()
     assert c.io.counters[DEADLINE_MISSES] == 1 and c.io.counters[MISSED_FRAMES] == 156
     # the input went in at its absolute position
-    assert (c.io.inring[0, 200:456] == 7.0).all()
+    assert (c.io.inring[0, 200:456] == np.float32(0.7)).all()
+
+
+@pytest.mark.parametrize("side", ["c", "python"])
+def test_the_dry_fallback_is_cleaned_gained_and_declicked(side):
+    """What the dry fallback plays in a missed deadline is what the engine
+    would have let through: NaN/Inf silenced, the rest clipped to +-64,
+    times the output's gain (0 while muted: until session 25 a muted
+    microphone went on air, at full level, at every missed deadline), and
+    each switch between processed and dry output has its step removed over
+    64 frames (it was a cut: a click the size of what the suppressor was
+    removing)."""
+    lib = rt_lib()
+    L = 1000
+    py, c = _pair(["a"], [False], L)
+    s = c if side == "c" else py
+
+    def cycle(frames=256):
+        if side == "c":
+            assert lib.qc_rt_process(frames, ctypes.addressof(c.rt)) == 0
+        else:
+            py.io._process(frames)
+        return s.outputs(frames)[0].copy()
+
+    # processed output 0.3 for 2 cycles, then the engine stalls: the dry input is -0.2
+    s.io.outring[:] = 0.3
+    s.io.inring[0] = -0.2
+    for b in s.inputs():
+        b[:] = -0.2
+    s.io.counters[OUT_READY] = 512
+    y = np.concatenate([cycle(), cycle(), cycle(), cycle()])
+    assert (y[:512] == np.float32(0.3)).all() and (y[512 + 64:] == np.float32(-0.2)).all()
+    assert np.abs(np.diff(y)).max() <= 0.5 / 64 + 1e-6  # a 64-frame ramp, not a step of 0.5
+    # back to processed mid-cycle: declicked too
+    s.io.counters[OUT_READY] = 1024 + 100
+    y = cycle()
+    assert (y[:100] == np.float32(0.3))[64:].all() and (y[100 + 64:] == np.float32(-0.2)).all()
+    assert np.abs(np.diff(y)).max() <= 0.5 / 64 + 1e-6
+    # muted (the engine publishes gain 0): nothing of the input, NaN or not
+    s.io.outring[:] = 0.0
+    s.io.counters[OUT_READY] = s.io.counters[IN_POS] + 256
+    cycle()
+    s.io.dry_gain[0] = 0.0
+    s.io.inring[0] = 0.5
+    s.io.inring[0, ::97] = np.nan
+    assert (cycle() == 0).all() and (cycle() == 0).all()
+    # faded to 0.1: the dry input at 0.1, bad samples silenced, 100 clipped to 64
+    s.io.dry_gain[0] = 0.1
+    s.io.inring[0] = 0.5
+    s.io.inring[0, ::97] = np.inf
+    s.io.inring[0, 5::97] = 100.0
+    y = np.concatenate([cycle() for _ in range(8)])[64:]
+    assert np.isfinite(y).all()
+    assert set(np.unique(y)) <= {np.float32(0.0), np.float32(0.5) * np.float32(0.1), np.float32(64.0) * np.float32(0.1)}
+
+
+def test_a_muted_channel_stays_silent_when_the_engine_stalls():
+    """The real engine publishes its channels' gains to the callback: a
+    muted channel and one at -20 dB, an engine that stops for 12 cycles
+    (the dry fallback plays), and a stall past its backlog (it skips ahead,
+    filling the gap dry, then crossfades to the processed signal)."""
+    from quietcast.daemon.config import ChannelConfig
+    from quietcast.daemon.engine import Engine
+
+    lib = rt_lib()
+    eng = Engine([ChannelConfig(name="m", mute=True), ChannelConfig(name="q", output_gain_db=-20.0)], 48_000,
+                 model="dsp", max_backlog_ms=100.0)
+    P = 256
+    _, c = _pair(["m", "q"], [False, False], eng.latency_for_period(P))
+    c.io.period = P
+    eng.attach(c.io)
+    t = np.arange(700 * P) / 48_000
+    x = (0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    out, dry = [], 0
+    for k in range(700):
+        for b in c.inputs():
+            b[:P] = x[k * P:(k + 1) * P]
+        before = int(c.io.counters[MISSED_FRAMES])
+        assert lib.qc_rt_process(P, ctypes.addressof(c.rt)) == 0
+        dry += int(c.io.counters[MISSED_FRAMES]) - before
+        out.append(c.outputs(P).copy())
+        if not (300 <= k < 312 or 450 <= k < 480):  # two stalls: 64 ms, and 160 ms (> the 100 ms backlog)
+            eng.step()
+    y = np.concatenate(out, axis=1)
+    assert dry > 12 * P and eng.stats.stalls == 1
+    assert (y[0] == 0).all()
+    q = y[1, 50_000:]
+    assert 0.5 * 0.1 * 0.9 < np.abs(q).max() < 0.5 * 0.1 * 1.1  # -20 dB, processed or dry
+    step = np.abs(np.diff(q)).max()
+    assert step < 3 * np.abs(np.diff(x)).max() * 0.1  # no step at any switch (the sine's own: 0.1 x 0.0144)
 
 
 def test_the_latency_written_outside_the_callback_reaches_it():
