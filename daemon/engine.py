@@ -430,7 +430,10 @@ class Engine:
         new = (pos // H - 1) * H
         self.stats.stalls += 1
         self.stats.skipped_hops += (new - self.next_in) // H
-        start = max(int(io.counters[jackio.OUT_READY]), pos)
+        ready = int(io.counters[jackio.OUT_READY])
+        start = max(ready, pos)
+        if start > ready:  # the frame before the fill, which the callback played dry: the fill starts there
+            start -= 1     # too, so its declick finds the dry value where it switches to the fill
         end = new + B
         if end > start:
             D = io.latency

@@ -196,6 +196,25 @@ def ports_of(client_name: str) -> str:
     return "^" + re.escape(client_name) + ":"
 
 
+#: frames over which the offset at a processed/dry switch decays (QC_DECLICK in rtcallback.c)
+DECLICK = 64
+_DECLICK_RAMP = np.float32(1.0) - np.arange(1, DECLICK + 1, dtype=np.float32) / np.float32(DECLICK)
+
+
+def _dry_values(v, gain):
+    """The dry fallback's values (dry_value in rtcallback.c): NaN/Inf
+    silenced, the rest clipped to +-64, times the output's gain (float32)."""
+    v = np.asarray(v, np.float32)
+    return np.where(np.isfinite(v), np.clip(v, np.float32(-64.0), np.float32(64.0)), np.float32(0.0)) * gain
+
+
+def _declick(a, b, d):
+    """declick in rtcallback.c: a[b + k] += d * (1 - (k + 1) / DECLICK)."""
+    n = min(DECLICK, a.size - b)
+    if n > 0:
+        a[b:b + n] += np.float32(d) * _DECLICK_RAMP[:n]
+
+
 class JackIO:
     """A JACK client with one input and ``1 + 2*stems`` outputs per channel.
 
@@ -345,6 +364,7 @@ class JackIO:
             for j, silent in enumerate(self._dry_silent)
         ]
         self._ccast = ffi.cast
+        self._ffi_buffer = ffi.buffer
         self._perf = time.perf_counter_ns
 
     def _set_process_callback(self, client) -> None:
@@ -446,52 +466,47 @@ class JackIO:
                 time.sleep(0.00005)
                 ready = int(cnt[OUT_READY])
         good = ready - pos  # frames of this cycle the engine has delivered
-        if good >= frames:
-            for base, ptr in zip(self._out_base, self._out_ptrs):
-                self._copy_out(cast("char *", get(ptr, frames)), base, off, frames)
-        else:
-            good = good if good > 0 else 0
-            dry_off = (pos + good - self.latency) & MASK
-            for j, (base, dry, silent, ptr) in enumerate(zip(self._out_base, self._dry_base, self._dry_silent,
-                                                              self._out_ptrs)):
-                dst = cast("char *", get(ptr, frames))
-                if good:
-                    self._copy_out(dst, base, off, good)
-                self._copy_out(dst, dry, 0 if silent else dry_off, frames - good, good)
-                a = self._view(dst, frames)[good:]  # as copy_dry: NaN/Inf -> 0, clipped to +-64, times the gain
-                a[~np.isfinite(a)] = 0.0
-                np.clip(a, -64.0, 64.0, out=a)
-                a *= self.dry_gain[j]
-            if ready:
-                cnt[DEADLINE_MISSES] += 1
-                cnt[MISSED_FRAMES] += frames - good
-            else:
-                cnt[LATE_START] += 1
-        g = min(max(good, 0), frames)  # as the declick in qc_rt_process
+        g = min(max(good, 0), frames)  # of them, this cycle plays g
         starts_dry, ends_dry = int(g == 0), int(g < frames)
-        for j, ptr in enumerate(self._out_ptrs):
-            a = self._view(cast("char *", get(ptr, frames)), frames)
+        latency = self.latency
+        dry_off = (pos + g - latency) & MASK  # output frame t plays input frame t - latency
+        f32 = np.float32
+        for j, (base, dry, silent, ptr) in enumerate(zip(self._out_base, self._dry_base, self._dry_silent,
+                                                          self._out_ptrs)):
+            dst = cast("char *", get(ptr, frames))
+            if not frames:
+                continue
+            gain = f32(self.dry_gain[j])
+            if g:
+                self._copy_out(dst, base, off, g)
+            a = self._view(dst, frames)
+            if g < frames:
+                self._copy_out(dst, dry, 0 if silent else dry_off, frames - g, g)
+                a[g:] = _dry_values(a[g:], gain)
+            # the declick, as in qc_rt_process
             if starts_dry != self._last_dry:
-                self._declick(a, 0, self._last[j])
+                was = ((f32(0) if silent else _dry_values(self.inring[self.out_channel[j], (pos - 1 - latency) & MASK], gain))
+                       if starts_dry else self.outring[j, (pos - 1) & MASK])
+                _declick(a, 0, f32(self._last[j]) - f32(was))
             if 0 < g < frames:
-                self._declick(a, g, a[g - 1])
+                was = f32(0) if silent else _dry_values(self.inring[self.out_channel[j], (pos + g - 1 - latency) & MASK], gain)
+                _declick(a, g, a[g - 1] - f32(was))
             self._last[j] = a[frames - 1]
         self._last_dry = ends_dry
+        if g < frames:
+            if ready:
+                cnt[DEADLINE_MISSES] += 1
+                cnt[MISSED_FRAMES] += frames - g
+            else:
+                cnt[LATE_START] += 1
         c = int(cnt[CYCLES])
         self.timings[c & (TIMING_SLOTS - 1)] = self._perf() - t0
         cnt[CYCLES] = c + 1  # after its timing: a reader of CYCLES finds every timing written
 
-    _last_dry = 0
-    _DECLICK = 64
+    _last_dry = 0  # the last cycle ended on the dry path (the declick's state, with _last)
 
     def _view(self, dst, frames):
-        import jack
-        return np.frombuffer(jack._ffi.buffer(dst, 4 * frames), np.float32)
-
-    def _declick(self, a, b, prev):
-        n = min(self._DECLICK, a.size - b)
-        d = np.float32(prev) - a[b]
-        a[b:b + n] += d * (np.float32(1.0) - np.arange(1, n + 1, dtype=np.float32) / np.float32(self._DECLICK))
+        return np.frombuffer(self._ffi_buffer(dst, 4 * frames), np.float32)
 
     def _on_xrun(self, delayed_usecs):
         self.counters[XRUNS] += 1

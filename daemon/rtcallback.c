@@ -100,23 +100,27 @@ static inline void copy_out(float *dst, const float *src_base, int64_t off, int6
         memcpy(dst + dst_off + first, src_base, 4 * (size_t)(frames - first));
 }
 
-/* the dry fallback: NaN/Inf -> 0 and clipped to +-64 as the engine's sanitize() does, times the output's gain */
+/* the dry fallback's value of one input frame: NaN/Inf -> 0 and the rest clipped to +-64 (as the
+ * engine's sanitize()), times the output's gain; v - v is NaN for NaN and +-Inf (no -ffast-math here) */
+static inline float dry_value(float v, float gain)
+{
+    v = (v - v == 0.0f) ? (v > 64.0f ? 64.0f : v < -64.0f ? -64.0f : v) : 0.0f;
+    return v * gain;
+}
+
 static inline void copy_dry(float *dst, const float *src_base, int64_t off, int64_t frames, int64_t dst_off,
                             int64_t mask, float gain)
 {
-    for (int64_t i = 0; i < frames; i++) {
-        float v = src_base[(off + i) & mask];
-        v = (v - v == 0.0f) ? (v > 64.0f ? 64.0f : v < -64.0f ? -64.0f : v) : 0.0f; /* v - v: NaN for NaN, +-Inf */
-        dst[dst_off + i] = v * gain;
-    }
+    for (int64_t i = 0; i < frames; i++)
+        dst[dst_off + i] = dry_value(src_base[(off + i) & mask], gain);
 }
 
-#define QC_DECLICK 64 /* frames over which a step at a processed/dry switch decays */
+#define QC_DECLICK 64 /* frames over which the offset at a processed/dry switch decays */
 
-/* remove the step at a switch of source at frame b: dst[b..] += (prev - dst[b]) * (1 - (i - b + 1) / N) */
-static inline void declick(float *dst, int64_t b, int64_t frames, float prev)
+/* a switch of source at frame b, where what was played one frame before differs by d from what the
+ * new source gave there: dst[b + k] += d * (1 - (k + 1) / QC_DECLICK), k < QC_DECLICK */
+static inline void declick(float *dst, int64_t b, int64_t frames, float d)
 {
-    const float d = prev - dst[b];
     for (int64_t i = b; i < frames && i < b + QC_DECLICK; i++)
         dst[i] += d * (1.0f - (float)(i - b + 1) / (float)QC_DECLICK);
 }
@@ -147,47 +151,42 @@ int qc_rt_process(uint32_t nframes, void *arg)
         }
     }
     int64_t good = ready - pos; /* frames of this cycle the engine has delivered */
-    if (good >= frames) {
-        for (j = 0; j < rt->n_out; j++) {
-            float *dst = (float *)rt->get_buffer(rt->out_ports[j], nframes);
-            if (dst)
-                copy_out(dst, rt->out_base[j], off, frames, 0, ring);
+    const int64_t g = good < 0 ? 0 : (good > frames ? frames : good); /* of them, this cycle plays g */
+    const int64_t starts_dry = g == 0, ends_dry = g < frames;
+    const int64_t latency = __atomic_load_n(&rt->latency, __ATOMIC_RELAXED);
+    const int64_t dry_off = (pos + g - latency) & mask; /* output frame t plays input frame t - latency */
+    for (j = 0; j < rt->n_out; j++) {
+        float *dst = (float *)rt->get_buffer(rt->out_ports[j], nframes);
+        if (!dst || !frames)
+            continue;
+        const float *dry = rt->dry_base[j];
+        const int32_t silent = rt->dry_silent[j];
+        const float gain = ((const volatile float *)rt->dry_gain)[j]; /* the engine writes it */
+        if (g)
+            copy_out(dst, rt->out_base[j], off, g, 0, ring);
+        if (g < frames)
+            copy_dry(dst, dry, silent ? 0 : dry_off, frames - g, g, mask, gain);
+        /* the declick: at each switch between the processed ring and the dry path, what was played one
+         * frame before minus what the new source gave there decays over QC_DECLICK frames (0 where the
+         * two agree, e.g. at strength 0) */
+        if (starts_dry != rt->last_dry) {
+            const float was = starts_dry ? (silent ? 0.0f : dry_value(dry[(pos - 1 - latency) & mask], gain))
+                                         : rt->out_base[j][(pos - 1) & mask];
+            declick(dst, 0, frames, rt->last[j] - was);
         }
-    } else {
-        if (good < 0)
-            good = 0;
-        int64_t latency = __atomic_load_n(&rt->latency, __ATOMIC_RELAXED);
-        int64_t dry_off = (pos + good - latency) & mask;
-        for (j = 0; j < rt->n_out; j++) {
-            float *dst = (float *)rt->get_buffer(rt->out_ports[j], nframes);
-            if (!dst)
-                continue;
-            if (good)
-                copy_out(dst, rt->out_base[j], off, good, 0, ring);
-            copy_dry(dst, rt->dry_base[j], rt->dry_silent[j] ? 0 : dry_off, frames - good, good, mask,
-                     ((const volatile float *)rt->dry_gain)[j]);
-        }
+        if (g > 0 && g < frames)
+            declick(dst, g, frames,
+                    dst[g - 1] - (silent ? 0.0f : dry_value(dry[(pos + g - 1 - latency) & mask], gain)));
+        rt->last[j] = dst[frames - 1];
+    }
+    rt->last_dry = ends_dry;
+    if (g < frames) {
         if (ready) {
             __atomic_store_n(&cnt[QC_DEADLINE_MISSES], cnt[QC_DEADLINE_MISSES] + 1, __ATOMIC_RELAXED);
-            __atomic_store_n(&cnt[QC_MISSED_FRAMES], cnt[QC_MISSED_FRAMES] + (frames - good), __ATOMIC_RELAXED);
+            __atomic_store_n(&cnt[QC_MISSED_FRAMES], cnt[QC_MISSED_FRAMES] + (frames - g), __ATOMIC_RELAXED);
         } else {
             __atomic_store_n(&cnt[QC_LATE_START], cnt[QC_LATE_START] + 1, __ATOMIC_RELAXED);
         }
-    }
-    {   /* declick every switch between the processed ring and the dry path */
-        const int64_t g = good < 0 ? 0 : (good > frames ? frames : good); /* frames from the processed ring */
-        const int64_t starts_dry = g == 0, ends_dry = g < frames;
-        for (j = 0; j < rt->n_out; j++) {
-            float *dst = (float *)rt->get_buffer(rt->out_ports[j], nframes);
-            if (!dst || !frames)
-                continue;
-            if (starts_dry != rt->last_dry)
-                declick(dst, 0, frames, rt->last[j]);
-            if (g > 0 && g < frames)
-                declick(dst, g, frames, dst[g - 1]);
-            rt->last[j] = dst[frames - 1];
-        }
-        rt->last_dry = ends_dry;
     }
     int64_t c = cnt[QC_CYCLES];
     rt->timings[c & (rt->timing_slots - 1)] = now_ns() - t0;

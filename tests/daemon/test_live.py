@@ -153,6 +153,44 @@ def test_suppressor_cleans_noise_live(jack_server, noisy_speechlike):
 
 
 @pytest.mark.parametrize("callback", ["c", "python"])
+def test_a_freewheeling_export_is_processed_not_dry(jack_servers, callback, monkeypatch):
+    """JACK freewheels when a DAW exports or bounces: cycles run back to
+    back, not in real time. The callback then waits for the engine, so the
+    export is processed (until session 25 it never waited: the engine fell
+    behind at once and the whole export was the dry input)."""
+    if callback == "python":
+        monkeypatch.setenv(jackio.RT_ENV, "python")
+    srv = jack_servers(256)
+    cfg = config(srv.name, [{"name": "host"}])
+    x = (0.1 * np.random.default_rng(3).standard_normal(48_000 * 8)).astype(np.float32)
+    with Running(cfg) as r:
+        r.connect(r.player.name(), "qcd:host_in")
+        r.connect("qcd:host_out", r.recorder.name())
+        io = r.daemon.io
+        misses0 = int(io.counters[jackio.DEADLINE_MISSES])
+        r.recorder.start()
+        r.player.client.set_freewheel(True)
+        try:
+            assert wait_until(lambda: io.freewheel, 5)
+            t0 = time.monotonic()
+            start = r.player.play(x)
+            time.sleep(0.3)
+        finally:
+            r.player.client.set_freewheel(False)
+        y = r.recorder.stop()[0]
+        wall = time.monotonic() - t0
+        assert wait_until(lambda: not io.freewheel, 5)
+        out = y[start + io.latency:start + io.latency + x.size]
+        assert out.size == x.size
+        # the dsp suppressor takes about 14 dB off white noise; the dry input is 0 dB
+        B = 4800
+        lvl = [10 * np.log10(np.mean(out[i:i + B] ** 2) / np.mean(x[i:i + B] ** 2)) for i in range(48_000, x.size - B, B)]
+        assert np.median(lvl) < -8.0 and max(lvl) < -3.0, lvl
+        assert int(io.counters[jackio.DEADLINE_MISSES]) - misses0 <= 2
+        print(f"freewheel ({callback}): {x.size / 48_000 / wall:.1f} s of audio per second, median {np.median(lvl):.1f} dB")
+
+
+@pytest.mark.parametrize("callback", ["c", "python"])
 def test_a_slow_engine_never_leaves_a_gap(jack_server, callback, monkeypatch):
     # every hop takes 12 ms for 10 ms of audio: the engine must fall behind.
     # Also run with the Python fallback callback, so it stays tested live.

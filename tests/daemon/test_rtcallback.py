@@ -142,7 +142,7 @@ def test_the_dry_fallback_is_the_input_delayed_by_the_latency_and_silence_for_ba
     want = (((np.arange(RING + 300, RING + 456) - L) % RING) / RING).astype(np.float32)
     np.testing.assert_array_equal(main[164:], want[64:])
     np.testing.assert_array_equal(voice[164:], want[64:])
-    assert (background[100:] == 0).all()
+    assert (background[164:] == 0).all()
     assert c.io.counters[DEADLINE_MISSES] == 1 and c.io.counters[MISSED_FRAMES] == 156
     # the input went in at its absolute position
     assert (c.io.inring[0, 200:456] == np.float32(0.7)).all()
@@ -194,6 +194,8 @@ def test_the_dry_fallback_is_cleaned_gained_and_declicked(side):
     # faded to 0.1: the dry input at 0.1, bad samples silenced, 100 clipped to 64
     s.io.dry_gain[0] = 0.1
     s.io.inring[0] = 0.5
+    for b in s.inputs():  # what this cycle's input writes is played dry 1000 frames later
+        b[:] = 0.5
     s.io.inring[0, ::97] = np.inf
     s.io.inring[0, 5::97] = 100.0
     y = np.concatenate([cycle() for _ in range(8)])[64:]
@@ -232,7 +234,8 @@ def test_a_muted_channel_stays_silent_when_the_engine_stalls():
     assert dry > 12 * P and eng.stats.stalls == 1
     assert (y[0] == 0).all()
     q = y[1, 50_000:]
-    assert 0.5 * 0.1 * 0.9 < np.abs(q).max() < 0.5 * 0.1 * 1.1  # -20 dB, processed or dry
+    # -20 dB, processed or dry (where a switch's offset decays, at most the two added)
+    assert 0.5 * 0.1 * 0.9 < np.abs(q).max() < 2 * 0.5 * 0.1 * 1.1
     step = np.abs(np.diff(q)).max()
     assert step < 3 * np.abs(np.diff(x)).max() * 0.1  # no step at any switch (the sine's own: 0.1 x 0.0144)
 
