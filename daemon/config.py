@@ -16,7 +16,8 @@ The file (the shipped example is ``daemon/default.toml``, see
                                     # left out, the model's own default (quietcast models)
     safety_ms = 10.0                # 0..200 ms of extra buffering for the engine's compute time (part of the declared latency)
     max_backlog_ms = 500.0          # 20..5000 ms, more than safety_ms: if the engine falls this far behind it
-                                    # skips ahead (output stays on the dry path meanwhile)
+                                    # skips ahead (output stays on the dry path meanwhile); at most what the
+                                    # input ring holds (about 2.6 s at 48 kHz): more is cut to that, with a warning
     threads = 1                     # 1..64 torch/numpy threads for the engine
     device = "auto"                 # auto (a CUDA GPU when present, else the CPU), cpu, cuda or cuda:N;
                                     # a GPU that is missing or fails falls back to the CPU (logged, in status)

@@ -31,6 +31,7 @@ dry input delayed by exactly this latency (see jackio.py) and counts it.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -44,6 +45,8 @@ from quietcast.models.base import HOP, all_finite, sanitize
 
 from . import jackio
 from .config import GATE_PARAMS
+
+log = logging.getLogger("quietcast.engine")
 
 
 @dataclass(frozen=True)
@@ -373,6 +376,13 @@ class Engine:
         self.io = io
         self.B = buffering(self.hop, io.period, self.safety)
         self.next_in = 0
+        # the engine reads input up to max_backlog behind the callback, which overwrites the ring a
+        # lap later: a longer backlog than the ring holds would read new audio as old
+        room = jackio.RING - 2 * io.period - 2 * self.hop - 4096
+        if self.max_backlog > room:
+            log.warning("max_backlog_ms %.0f is more than the input ring holds at %d Hz: %.0f ms is used",
+                        1000.0 * self.max_backlog / self.sample_rate, self.sample_rate, 1000.0 * room / self.sample_rate)
+            self.max_backlog = room
         self.publish_dry_gains(io)
 
     def publish_dry_gains(self, io: jackio.JackIO) -> None:

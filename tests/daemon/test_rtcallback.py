@@ -290,3 +290,23 @@ def test_connecting_by_rule_survives_a_port_that_goes_away_while_listed(fail, ma
     assert io.ports_changed.is_set() == (made == 0)
     if made:
         assert io.client.connected == [("player:out_0", "qc:a_in"), ("qc:a_out", "rec:in_0")]
+
+
+def test_a_backlog_longer_than_the_input_ring_is_cut_to_what_it_holds(caplog):
+    """``max_backlog_ms`` allows 5 s, but the input ring holds about 2.7 s
+    at 48 kHz: an engine that far behind would read input the callback had
+    already overwritten with newer audio. It is cut to what the ring holds,
+    with a warning."""
+    from quietcast.daemon.config import ChannelConfig
+    from quietcast.daemon.engine import Engine
+
+    eng = Engine([ChannelConfig(name="a")], 48_000, model="dsp", max_backlog_ms=5000.0)
+    _, c = _pair(["a"], [False], eng.latency_for_period(256))
+    c.io.period = 256
+    with caplog.at_level("WARNING", logger="quietcast.engine"):
+        eng.attach(c.io)
+    assert eng.max_backlog + 2 * 256 + 2 * eng.hop < RING
+    assert "more than the input ring holds" in caplog.text
+    eng2 = Engine([ChannelConfig(name="a")], 48_000, model="dsp", max_backlog_ms=500.0)
+    eng2.attach(c.io)
+    assert eng2.max_backlog == 24_000
