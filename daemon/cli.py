@@ -556,7 +556,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "Exit status: 0 ok, 1 the daemon refused (error code printed), "
                                     "2 usage, 3 no reply (daemon not running?).")
     ct.add_argument("-e", "--endpoint", metavar="ENDPOINT",
-                    help="command endpoint (default: $QUIETCAST_ENDPOINT or the daemon's default ipc socket)")
+                    help="command endpoint, e.g. tcp://HOST:PORT (default: $QUIETCAST_ENDPOINT; else "
+                         "ipc://$RUNTIME_DIRECTORY/control where that is set; else the first control socket that "
+                         "exists of /run/quietcast/control (the system service), $XDG_RUNTIME_DIR/quietcast/control, "
+                         "/tmp/quietcast-UID/control)")
     ct.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds to wait for a reply (default 5)")
     ct.add_argument("--json", action="store_true", help="print results as JSON")
     ct.add_argument("--server-key", metavar="FILE", help="CURVE: the daemon's public key file")

@@ -2,7 +2,7 @@
 
     from quietcast.daemon.client import Client
 
-    with Client() as c:                       # the default ipc endpoint
+    with Client() as c:                       # the daemon's ipc socket, found
         print(c.status()["latency_ms"])
         c.set("host.strength", 0.7)
         for topic, msg in c.events(["meter.host"], timeout=5):
@@ -34,7 +34,10 @@ class Client:
 
     Args:
         endpoint: command endpoint (default: $QUIETCAST_ENDPOINT, else the
-            daemon's default ipc socket in the runtime directory).
+            first control socket that exists among /run/quietcast/control
+            (the system service), $XDG_RUNTIME_DIR/quietcast/control and
+            /tmp/quietcast-UID/control, else the daemon's default ipc
+            socket; see :func:`quietcast.daemon.control.client_endpoint`).
         events_endpoint: PUB endpoint (default: asked from the daemon).
         timeout: seconds to wait for each reply.
         curve_server_key: the server's public key file, for CURVE.
@@ -45,9 +48,24 @@ class Client:
                  curve_server_key: str | None = None, curve_client_key: str | None = None):
         import zmq
 
-        from .control import default_endpoints
+        from .control import client_endpoint
 
-        self.endpoint = endpoint or os.environ.get("QUIETCAST_ENDPOINT") or default_endpoints()[0]
+        #: how the endpoint was chosen, for the error of a request nobody answers
+        self._origin = ""
+        if endpoint:
+            self.endpoint = endpoint
+        elif os.environ.get("QUIETCAST_ENDPOINT"):
+            self.endpoint = os.environ["QUIETCAST_ENDPOINT"]
+            self._origin = " (from QUIETCAST_ENDPOINT)"
+        else:
+            self.endpoint, looked = client_endpoint()
+            if looked:
+                path = self.endpoint[len("ipc://"):]
+                if path in looked:  # a socket file is there, and nobody answers on it (a crashed daemon's)
+                    what = f"; it is the first that exists of {', '.join(looked)}; name another endpoint"
+                else:
+                    what = f"; no control socket at {', '.join(looked)}; name the daemon's endpoint"
+                self._origin = what + " with `quietcast ctl -e/--endpoint ENDPOINT` or QUIETCAST_ENDPOINT"
         self._events_endpoint = events_endpoint
         self.timeout = timeout
         self._ids = itertools.count(1)
@@ -101,7 +119,8 @@ class Client:
                 self._sock = self._socket(zmq.DEALER)
                 self._sock.connect(self.endpoint)
                 raise ControlError("timeout", f"no reply from {self.endpoint} within {self.timeout:g} s "
-                                              "(is `quietcast run` running? see `systemctl status quietcast`)")
+                                              "(is `quietcast run` running? see `systemctl status quietcast`)"
+                                              + self._origin)
             rep = _decode(self._sock.recv())
             if rep.get("id") != req["id"]:
                 continue  # a late reply to an earlier, timed-out request

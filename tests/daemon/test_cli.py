@@ -173,3 +173,92 @@ def test_ctl_with_a_malformed_endpoint_is_a_usage_error():
     r = qc("ctl", "-e", "bogus", "status")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["quietcast: error: ctl: --endpoint 'bogus': Invalid argument (addr='bogus')"]
+
+
+# --------------------------------------------------------------------------
+# ctl without -e: finding the daemon's control socket
+
+
+class _StandIn:
+    """A stand-in daemon: a ROUTER socket on ``ipc://PATH`` answering every
+    request with ``{"answered_on": PATH}``."""
+
+    def __init__(self, path):
+        import threading
+
+        import zmq
+
+        from quietcast.daemon import commands as proto
+
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.path = str(path)
+        self._sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self._sock.linger = 0
+        self._sock.bind(f"ipc://{path}")
+        self._stop = threading.Event()
+
+        def serve():
+            while not self._stop.is_set():
+                if self._sock.poll(50):
+                    frames = self._sock.recv_multipart()
+                    id_, _, _ = proto.parse_request(frames[-1])
+                    self._sock.send_multipart(frames[:-1] + [proto.dumps(proto.reply_ok(id_, {"answered_on": self.path}))])
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close(0)
+
+
+@pytest.fixture
+def operator_shell(tmp_path, monkeypatch):
+    """An operator's shell next to the system service: no RUNTIME_DIRECTORY,
+    no QUIETCAST_ENDPOINT, an XDG_RUNTIME_DIR; /run/quietcast and /tmp
+    stand-ins under tmp_path. Returns the three socket paths a client looks
+    at, in order."""
+    from quietcast.daemon import control
+
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.delenv("QUIETCAST_ENDPOINT", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    monkeypatch.setattr(control, "SERVICE_RUNTIME_DIR", str(tmp_path / "run" / "quietcast"))
+    monkeypatch.setattr(control, "TMP_ROOT", str(tmp_path / "tmp"))
+    return (tmp_path / "run" / "quietcast" / "control", tmp_path / "xdg" / "quietcast" / "control",
+            tmp_path / "tmp" / f"quietcast-{os.getuid()}" / "control")
+
+
+def test_ctl_finds_the_system_services_control_socket(operator_shell, capsys):
+    """The service binds under /run/quietcast ($RUNTIME_DIRECTORY), the
+    operator's shell has another XDG_RUNTIME_DIR or none: `ctl` finds the
+    socket that exists, the service's first (it looked only in
+    $XDG_RUNTIME_DIR/quietcast or /tmp/quietcast-UID, and timed out)."""
+    from quietcast.daemon.cli import main
+
+    service, user, tmp = operator_shell
+    daemons = [_StandIn(tmp)]
+    try:
+        assert main(["ctl", "--timeout", "5", "--json", "version"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"answered_on": str(tmp)}
+        daemons.append(_StandIn(user))
+        assert main(["ctl", "--timeout", "5", "--json", "version"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"answered_on": str(user)}
+        daemons.append(_StandIn(service))
+        assert main(["ctl", "--timeout", "5", "--json", "version"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"answered_on": str(service)}
+    finally:
+        for d in daemons:
+            d.close()
+
+
+def test_ctl_with_no_socket_anywhere_names_where_it_looked(operator_shell, capsys):
+    from quietcast.daemon.cli import main
+
+    assert main(["ctl", "--timeout", "0.3", "status"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("quietcast: error: timeout: no reply from ")
+    for path in operator_shell:
+        assert str(path) in err
+    assert "-e/--endpoint" in err and "QUIETCAST_ENDPOINT" in err
