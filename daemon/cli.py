@@ -341,7 +341,11 @@ def cmd_ctl(args) -> int:
             elif sub == "list":
                 result = c.call("list", prefix=args.prefix) if args.prefix else c.call("list")
             elif sub == "load-chain":
-                result = c.call("load_chain", channel=args.channel, chain=args.chain)
+                chain = args.chain
+                if chain and os.path.exists(chain):
+                    # the daemon reads the file, in its own working folder ("/" under systemd)
+                    chain = os.path.abspath(chain)
+                result = c.call("load_chain", channel=args.channel, chain=chain)
             else:
                 result = c.call(sub.replace("-", "_"))
     except ControlError as e:
@@ -577,9 +581,14 @@ def build_parser() -> argparse.ArgumentParser:
         x = cts.add_parser(name, help=f"{name} a channel (toggle without a state)")
         x.add_argument("channel", metavar="CHANNEL")
         x.add_argument("state", nargs="?", choices=("on", "off", "toggle"))
-    x = cts.add_parser("load-chain", help="replace a channel's post-chain (file or bundled name; '' removes)")
+    x = cts.add_parser("load-chain", help="replace a channel's post-chain (file or bundled name; '' removes)",
+                       description="Replace CHANNEL's post-chain with CHAIN: a chain file, which the daemon reads "
+                                   "on its own machine (a file that exists here is sent as an absolute path, so a "
+                                   "relative one means the same to the daemon as here), or a bundled chain name; "
+                                   "'' removes the post-chain.")
     x.add_argument("channel", metavar="CHANNEL")
-    x.add_argument("chain", metavar="CHAIN")
+    x.add_argument("chain", metavar="CHAIN", help="chain TOML file (read by the daemon on its machine), bundled "
+                                                  "chain name, or '' for none")
     cts.add_parser("save-state", help="write the state file now")
     cts.add_parser("reload", help="re-read the config file (like SIGHUP)")
     x = cts.add_parser("learn", help="MIDI learn: bind the next moved control to ADDRESS")

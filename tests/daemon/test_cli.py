@@ -181,7 +181,7 @@ def test_ctl_with_a_malformed_endpoint_is_a_usage_error():
 
 class _StandIn:
     """A stand-in daemon: a ROUTER socket on ``ipc://PATH`` answering every
-    request with ``{"answered_on": PATH}``."""
+    request with ``{"answered_on": PATH, "cmd": CMD, "args": ARGS}``."""
 
     def __init__(self, path):
         import threading
@@ -201,8 +201,9 @@ class _StandIn:
             while not self._stop.is_set():
                 if self._sock.poll(50):
                     frames = self._sock.recv_multipart()
-                    id_, _, _ = proto.parse_request(frames[-1])
-                    self._sock.send_multipart(frames[:-1] + [proto.dumps(proto.reply_ok(id_, {"answered_on": self.path}))])
+                    id_, cmd, args = proto.parse_request(frames[-1])
+                    result = {"answered_on": self.path, "cmd": cmd, "args": args}
+                    self._sock.send_multipart(frames[:-1] + [proto.dumps(proto.reply_ok(id_, result))])
 
         self._thread = threading.Thread(target=serve, daemon=True)
         self._thread.start()
@@ -241,13 +242,13 @@ def test_ctl_finds_the_system_services_control_socket(operator_shell, capsys):
     daemons = [_StandIn(tmp)]
     try:
         assert main(["ctl", "--timeout", "5", "--json", "version"]) == 0
-        assert json.loads(capsys.readouterr().out) == {"answered_on": str(tmp)}
+        assert json.loads(capsys.readouterr().out)["answered_on"] == str(tmp)
         daemons.append(_StandIn(user))
         assert main(["ctl", "--timeout", "5", "--json", "version"]) == 0
-        assert json.loads(capsys.readouterr().out) == {"answered_on": str(user)}
+        assert json.loads(capsys.readouterr().out)["answered_on"] == str(user)
         daemons.append(_StandIn(service))
         assert main(["ctl", "--timeout", "5", "--json", "version"]) == 0
-        assert json.loads(capsys.readouterr().out) == {"answered_on": str(service)}
+        assert json.loads(capsys.readouterr().out)["answered_on"] == str(service)
     finally:
         for d in daemons:
             d.close()
@@ -262,3 +263,27 @@ def test_ctl_with_no_socket_anywhere_names_where_it_looked(operator_shell, capsy
     for path in operator_shell:
         assert str(path) in err
     assert "-e/--endpoint" in err and "QUIETCAST_ENDPOINT" in err
+
+
+def test_ctl_load_chain_sends_a_local_file_as_an_absolute_path(tmp_path, monkeypatch, capsys):
+    """The daemon reads the chain file in its own working folder ("/" under
+    systemd): `ctl load-chain guest voice.toml` must send the absolute path
+    of the file next to the user (it sent "voice.toml"). Bundled names,
+    "" and paths that do not exist here go as typed."""
+    from quietcast.daemon.cli import main
+
+    daemon = _StandIn(tmp_path / "d" / "ctl")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "voice.toml").write_text(POST_CHAIN)
+    monkeypatch.chdir(tmp_path / "work")
+    try:
+        for typed, sent in (("voice.toml", str(tmp_path / "work" / "voice.toml")), ("default", "default"), ("", ""),
+                            ("elsewhere/x.toml", "elsewhere/x.toml")):
+            assert main(["ctl", "-e", f"ipc://{daemon.path}", "--json", "load-chain", "guest", typed]) == 0
+            res = json.loads(capsys.readouterr().out)
+            assert res["cmd"] == "load_chain" and res["args"] == {"channel": "guest", "chain": sent}
+    finally:
+        daemon.close()
+
+
+POST_CHAIN = '[[stage]]\nname = "comp"\ntype = "compressor"\n'
