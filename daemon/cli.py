@@ -413,9 +413,26 @@ def _ctl_watch(c, args) -> int:
 def cmd_keys_generate(args) -> int:
     import zmq.auth
 
-    os.makedirs(args.dir, mode=0o700, exist_ok=True)
-    pub, sec = zmq.auth.create_certificates(args.dir, args.name)
+    if not args.name or os.sep in args.name or args.name in (".", ".."):
+        raise UserError(f"keys generate: --name {args.name!r} must be a file name stem, not a path")
+    folder = os.path.abspath(args.dir)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"keys generate: {folder} exists and is not a folder")
+    there = [p for p in (os.path.join(folder, f"{args.name}.key"), os.path.join(folder, f"{args.name}.key_secret"))
+             if os.path.lexists(p)]
+    if there and not args.force:
+        # a new pair would lock out every client that holds the old public key (or the old secret key)
+        raise UserError(f"keys generate: {' and '.join(there)} already exist{'s' if len(there) == 1 else ''}; "
+                        "every client holding a copy of that key pair would stop working: give --force to replace "
+                        "it, or another --name or DIR")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    old_umask = os.umask(0o077)  # the secret key is never readable by others, not even until the chmod
+    try:
+        pub, sec = zmq.auth.create_certificates(folder, args.name)
+    finally:
+        os.umask(old_umask)
     os.chmod(sec, 0o600)
+    os.chmod(pub, 0o644)
     print(f"public key: {pub}\nsecret key: {sec}\n"
           f"server: [control] curve_secret_key = {sec!r}; clients: copy {os.path.basename(pub)} into the folder named "
           "by curve_clients (for a client key) or give it to clients as --server-key (for the server key)")
@@ -605,9 +622,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     ke = sub.add_parser("keys", help="CURVE key pairs for remote control")
     kes = ke.add_subparsers(dest="keys_command", metavar="SUBCOMMAND")
-    x = kes.add_parser("generate", help="make NAME.key (public) and NAME.key_secret in DIR")
-    x.add_argument("dir", metavar="DIR")
+    x = kes.add_parser("generate", help="make NAME.key (public) and NAME.key_secret in DIR",
+                       description="Make a CURVE key pair: DIR/NAME.key (public) and DIR/NAME.key_secret (mode "
+                                   "0600). An existing pair is never replaced without --force.")
+    x.add_argument("dir", metavar="DIR", help="folder for the two files (made if missing)")
     x.add_argument("--name", default="quietcast", help="file name stem (default quietcast)")
+    x.add_argument("--force", action="store_true",
+                   help="replace an existing NAME.key / NAME.key_secret (every client's copy of the old pair "
+                        "stops working)")
     x.set_defaults(func=cmd_keys_generate)
     ke.set_defaults(func=lambda a: _help(ke))
 

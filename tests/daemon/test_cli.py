@@ -287,3 +287,33 @@ def test_ctl_load_chain_sends_a_local_file_as_an_absolute_path(tmp_path, monkeyp
 
 
 POST_CHAIN = '[[stage]]\nname = "comp"\ntype = "compressor"\n'
+
+
+def test_keys_generate_never_replaces_a_key_pair_without_force(tmp_path):
+    """A second `keys generate` into the same folder replaced the pair with
+    exit 0, locking out every client holding the old public key."""
+    keys = tmp_path / "keys"
+    r = qc("keys", "generate", "keys", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    pub, sec = keys / "quietcast.key", keys / "quietcast.key_secret"
+    assert f"public key: {pub}\n" in r.stdout and f"secret key: {sec}\n" in r.stdout  # absolute paths
+    assert f"curve_secret_key = '{sec}'" in r.stdout
+    assert oct(sec.stat().st_mode & 0o777) == "0o600"
+    before = {pub: pub.read_bytes(), sec: sec.read_bytes()}
+    for there in ((pub, sec), (sec,), (pub,)):  # either file alone is refused too
+        for p in (pub, sec):
+            p.write_bytes(before[p]) if p in there else p.unlink(missing_ok=True)
+        r = qc("keys", "generate", "keys", cwd=tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "--force" in r.stderr
+        assert all(str(p) in r.stderr for p in there)
+        assert {p: p.read_bytes() for p in there} == {p: before[p] for p in there}
+        assert all(not p.exists() for p in (pub, sec) if p not in there)
+    r = qc("keys", "generate", keys, "--force")
+    assert r.returncode == 0, r.stderr
+    assert pub.read_bytes() != before[pub] and sec.exists()
+    r = qc("keys", "generate", keys, "--name", "other")  # another name beside it is fine
+    assert r.returncode == 0 and (keys / "other.key").exists()
+    (tmp_path / "afile").write_text("x")
+    r = qc("keys", "generate", tmp_path / "afile")
+    assert r.returncode == 2 and r.stderr.strip() == f"quietcast: error: keys generate: {tmp_path / 'afile'} exists and is not a folder"
