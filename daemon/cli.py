@@ -15,7 +15,8 @@ Subcommands::
 
 User mistakes end in one clear line on stderr (``quietcast: error: ...``)
 and a non-zero exit status, never a traceback: 2 for a bad command line,
-chain or input; 1 when some files failed to process.
+chain or input; 1 when some files failed to process, or when a file or
+folder could not be used (the path and the system's reason).
 """
 
 from __future__ import annotations
@@ -303,16 +304,37 @@ def _ctl_print(args, result) -> None:
         print(f"{k}: {dumps(v).decode() if isinstance(v, (dict, list)) else v}")
 
 
-def cmd_ctl(args) -> int:
+def _ctl_client(args):
+    """The Client for ``ctl``'s options; a key file or endpoint it cannot
+    use is a UserError naming the option, the file and what is wrong."""
     from .client import Client
+    from .errors import KeyFileError
+
+    if args.client_key and not args.server_key:
+        raise UserError("ctl: --client-key needs --server-key (the daemon's public key file)")
+    try:
+        return Client(args.endpoint, timeout=args.timeout, curve_server_key=args.server_key,
+                      curve_client_key=args.client_key)
+    except KeyFileError as e:
+        raise UserError(f"ctl --{e.role}-key {e.path}: {e.problem}") from None
+    except (OSError, TypeError, ValueError) as e:  # (a key file KeyFileError did not foresee)
+        keys = " ".join(f"--{n}-key {p}" for n, p in (("server", args.server_key), ("client", args.client_key)) if p)
+        raise UserError(f"ctl {keys}: {e}" if keys else f"ctl: {e}") from None
+    except Exception as e:  # zmq.ZMQError: a malformed endpoint
+        if type(e).__module__.startswith("zmq"):
+            raise UserError(f"ctl: --endpoint {args.endpoint!r}: {e}") from None
+        raise
+
+
+def cmd_ctl(args) -> int:
     from .errors import ControlError
 
     sub = args.ctl_command
     if not sub:
         return _help(args._ctl_parser)
+    client = _ctl_client(args)
     try:
-        with Client(args.endpoint, timeout=args.timeout, curve_server_key=args.server_key,
-                    curve_client_key=args.client_key) as c:
+        with client as c:
             if sub == "watch":
                 return _ctl_watch(c, args)
             if sub == "learn":
@@ -354,9 +376,9 @@ def cmd_ctl(args) -> int:
             if str(p) not in e.message:  # (a one-problem message already says it)
                 print(f"  - {p}", file=sys.stderr)
         return 3 if e.code == "timeout" else 1
-    except Exception as e:  # zmq.ZMQError: a malformed endpoint, a key file that is not one, ...
+    except Exception as e:  # zmq.ZMQError while talking (e.g. on the events endpoint the daemon named)
         if type(e).__module__.startswith("zmq"):
-            raise UserError(f"ctl: --endpoint {args.endpoint!r}: {e}") from None
+            raise UserError(f"ctl: {client.endpoint}: {e}") from None
         raise
     _ctl_print(args, result)
     return EXIT_OK
@@ -446,6 +468,8 @@ def cmd_keys_generate(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import format_summary, jackd_running, run_demo, run_live_demo
 
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise UserError(f"demo: -o {args.output} is a file; give a folder (made if missing) for the demo's five files")
     live = not args.offline
     if live and args.chain:
         raise UserError("--chain applies to the offline demo; add --offline (the live demo runs the daemon's engine)")
@@ -679,6 +703,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as e:  # the last resort: a file or folder the command could not use, in one line
+        where = "" if e.filename is None else f"{e.filename}" + ("" if e.filename2 is None else f" -> {e.filename2}")
+        print(f"quietcast: error: {where + ': ' if where else ''}{e.strerror or e}", file=sys.stderr)
+        return EXIT_FAILED_FILES
 
 
 if __name__ == "__main__":

@@ -317,3 +317,43 @@ def test_keys_generate_never_replaces_a_key_pair_without_force(tmp_path):
     (tmp_path / "afile").write_text("x")
     r = qc("keys", "generate", tmp_path / "afile")
     assert r.returncode == 2 and r.stderr.strip() == f"quietcast: error: keys generate: {tmp_path / 'afile'} exists and is not a folder"
+
+
+def test_ctl_key_files_it_cannot_use_are_one_line_naming_the_file(tmp_path):
+    """A missing --server-key, a public key given as --client-key, a file or
+    folder that is no key: each a traceback before (OSError, TypeError from
+    zmq), now one line naming the option, the file and what is wrong."""
+    import zmq.auth
+
+    pub, sec = zmq.auth.create_certificates(str(tmp_path), "k")
+    (tmp_path / "noise.wav").write_bytes(b"RIFF" + os.urandom(100))
+    ep = ["-e", f"ipc://{tmp_path}/nothing", "--timeout", "0.3"]
+    for keys, want in (
+        (["--server-key", tmp_path / "nope.key", "--client-key", sec], f"ctl --server-key {tmp_path / 'nope.key'}: no such file"),
+        (["--server-key", pub, "--client-key", pub], f"ctl --client-key {pub}: is a public key"),
+        (["--server-key", tmp_path / "noise.wav"], f"ctl --server-key {tmp_path / 'noise.wav'}: not a CURVE key file"),
+        (["--server-key", pub, "--client-key", tmp_path], f"ctl --client-key {tmp_path}: is a folder"),
+        (["--client-key", sec], "ctl: --client-key needs --server-key"),
+    ):
+        r = qc("ctl", *ep, *keys, "status")
+        assert r.returncode == 2, (keys, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"quietcast: error: {want}"), (keys, r.stderr)
+    r = qc("ctl", *ep, "--server-key", pub, "--client-key", sec, "status")  # usable keys: on to the request
+    assert r.returncode == 3 and "no reply" in r.stderr
+
+
+def test_demo_into_a_file_is_one_line(tmp_path):
+    (tmp_path / "out.wav").write_bytes(b"x")
+    r = qc("demo", "--offline", "-o", "out.wav", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "quietcast: error: demo: -o out.wav is a file; give a folder (made if missing) for the demo's five files"]
+    assert (tmp_path / "out.wav").read_bytes() == b"x"
+
+
+def test_a_path_the_system_refuses_is_one_line_with_the_path_and_the_reason(tmp_path):
+    """The last resort for OSError: the path and the reason, exit 1 (it was a traceback)."""
+    (tmp_path / "afile").write_text("x")
+    r = qc("keys", "generate", tmp_path / "afile" / "keys")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"quietcast: error: {tmp_path / 'afile' / 'keys'}: Not a directory"]
