@@ -643,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("cmd", metavar="CMD")
     x.add_argument("args", nargs="?", metavar="JSON", help='e.g. \'{"address": "host.strength"}\'')
     ct.set_defaults(func=cmd_ctl, _ctl_parser=ct)
+    p._ctl_parser = ct  # (main: where `ctl set`'s values begin)
 
     ke = sub.add_parser("keys", help="CURVE key pairs for remote control")
     kes = ke.add_subparsers(dest="keys_command", metavar="SUBCOMMAND")
@@ -677,14 +678,34 @@ def _version() -> str:
         return "unknown"
 
 
+def _ctl_set_values(parser, argv: list[str]) -> list[str]:
+    """``ctl set host.background_db -inf``: values such as ``-inf`` are not
+    options, so a ``--`` goes right after the ``set`` subcommand (found past
+    ctl's own options and their values), unless ``-h``/``--help`` follows
+    it (``ctl set --help`` is the subcommand's help) or a ``--`` is there."""
+    if not argv or argv[0] != "ctl" or "--" in argv:
+        return argv
+    ctl = parser._ctl_parser
+    i = 1
+    while i < len(argv) and argv[i].startswith("-"):
+        a = argv[i]
+        if "=" in a or (not a.startswith("--") and len(a) > 2):  # --timeout=1, -eipc://...
+            i += 1
+            continue
+        names = [o for o in ctl._option_string_actions if o == a] or \
+                [o for o in ctl._option_string_actions if a.startswith("--") and o.startswith(a)]  # abbreviations
+        takes_value = len(names) == 1 and ctl._option_string_actions[names[0]].nargs != 0
+        i += 2 if takes_value else 1
+    if i < len(argv) and argv[i] == "set" and not {"-h", "--help"} & set(argv[i + 1:]):
+        argv = argv[:i + 1] + ["--"] + argv[i + 1:]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     from quietcast.bridge.errors import BridgeError
 
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "ctl" in argv and "set" in argv[argv.index("ctl"):] and "--" not in argv:
-        i = argv.index("set", argv.index("ctl"))  # values such as -inf are not options
-        argv.insert(i + 1, "--")
+    argv = _ctl_set_values(parser, list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

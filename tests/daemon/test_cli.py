@@ -26,10 +26,36 @@ def test_console_script_is_installed():
 
 
 @pytest.mark.parametrize("args", [[], ["process"], ["demo"], ["chain"], ["chain", "check"], ["chain", "show"],
-                                  ["chain", "types"], ["models"]])
+                                  ["chain", "types"], ["models"], ["ctl"], ["ctl", "set"], ["ctl", "get"],
+                                  ["ctl", "load-chain"], ["keys", "generate"]])
 def test_help_on_every_level(args):
     r = qc(*args, "--help")
     assert r.returncode == 0 and "usage: quietcast" in r.stdout
+    assert f"usage: quietcast {' '.join(args)}".rstrip() in r.stdout
+
+
+def test_ctl_set_help_and_values_that_look_like_options(tmp_path, capsys):
+    """`ctl set --help` printed "give ADDRESS VALUE pairs" (a `--` went in
+    before --help); values such as -inf must still be values."""
+    from quietcast.daemon.cli import main
+
+    for argv in (["ctl", "set", "-h"], ["ctl", "--timeout", "1", "set", "-h", "x"], ["ctl", "--json", "set", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: quietcast ctl set ")
+    daemon = _StandIn(tmp_path / "d" / "ctl")
+    ep = f"ipc://{daemon.path}"
+    try:
+        for argv in (["ctl", "-e", ep, "--json", "set", "host.background_db", "-inf"],
+                     ["ctl", "--time", "5", f"--endpoint={ep}", "--json", "set", "host.background_db", "-inf"],
+                     ["ctl", f"-e{ep}", "--json", "set", "--", "host.background_db", "-inf"]):
+            assert main(argv) == 0, argv
+            res = json.loads(capsys.readouterr().out)
+            assert res["args"] == {"address": "host.background_db", "value": "-inf"}, argv
+        assert main(["ctl", "-e", ep, "--json", "set", "a.b", "-1.5", "c.d", "off"]) == 0
+        assert json.loads(capsys.readouterr().out)["args"] == {"values": {"a.b": -1.5, "c.d": False}}
+    finally:
+        daemon.close()
 
 
 def test_no_command_prints_help_and_fails():
