@@ -623,7 +623,10 @@ class Daemon:
         if self.state is None:
             raise ControlError("unavailable", "no state file is configured")
         doc = snapshot(self.registry, self.midi, self.loaded_chains)
-        self.state.save(doc)
+        try:
+            self.state.save(doc)
+        except OSError as e:  # a read-only or full file system, a folder in the way: the user's to fix
+            raise ControlError("failed", f"cannot write the state file {self.state.path}: {e.strerror or e}") from None
         return {"path": self.state.path, "params": len(doc["params"])}
 
     # ------------------------------------------------------------------

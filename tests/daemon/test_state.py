@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from quietcast.daemon.state import StateStore
 
 
@@ -89,3 +91,14 @@ def test_two_corrupt_files_in_one_second_are_both_kept(tmp_path):
         assert st.load() is None
     kept = sorted(p.read_bytes() for p in tmp_path.glob("state.json.corrupt-*"))
     assert kept == sorted([b"{not json", b"[also not]"])
+
+
+def test_a_failed_save_names_the_state_file_not_the_temporary_one(tmp_path):
+    path = tmp_path / "state.json"
+    path.mkdir()  # in the way of the rename
+    store = StateStore(str(path))
+    with pytest.raises(OSError) as e:
+        store.save({"params": {"host.strength": 0.5}})
+    assert e.value.filename == str(path) and e.value.strerror == "Is a directory"
+    assert isinstance(e.value, IsADirectoryError) and store.saves == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
