@@ -69,7 +69,8 @@ def test_a_failed_save_is_tried_again_and_at_the_stop(tmp_path, monkeypatch):
     monkeypatch.setattr(StateStore, "save", save)
     st.changed()
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not (tmp_path / "state.json").exists():
+    # (the saver clears last_error just after the file is renamed into place: wait for both)
+    while time.monotonic() < deadline and not ((tmp_path / "state.json").exists() and st.last_error is None):
         time.sleep(0.02)
     assert json.loads((tmp_path / "state.json").read_text())["params"]["host.strength"] == 1
     assert st.last_error is None and fails["n"] == 0
