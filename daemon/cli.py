@@ -15,7 +15,8 @@ Subcommands::
 
 User mistakes end in one clear line on stderr (``quietcast: error: ...``)
 and a non-zero exit status, never a traceback: 2 for a bad command line,
-chain or input; 1 when some files failed to process.
+chain or input; 1 when some files failed to process, or when a file or
+folder could not be used (the path and the system's reason).
 """
 
 from __future__ import annotations
@@ -303,16 +304,37 @@ def _ctl_print(args, result) -> None:
         print(f"{k}: {dumps(v).decode() if isinstance(v, (dict, list)) else v}")
 
 
-def cmd_ctl(args) -> int:
+def _ctl_client(args):
+    """The Client for ``ctl``'s options; a key file or endpoint it cannot
+    use is a UserError naming the option, the file and what is wrong."""
     from .client import Client
+    from .errors import KeyFileError
+
+    if args.client_key and not args.server_key:
+        raise UserError("ctl: --client-key needs --server-key (the daemon's public key file)")
+    try:
+        return Client(args.endpoint, timeout=args.timeout, curve_server_key=args.server_key,
+                      curve_client_key=args.client_key)
+    except KeyFileError as e:
+        raise UserError(f"ctl --{e.role}-key {e.path}: {e.problem}") from None
+    except (OSError, TypeError, ValueError) as e:  # (a key file KeyFileError did not foresee)
+        keys = " ".join(f"--{n}-key {p}" for n, p in (("server", args.server_key), ("client", args.client_key)) if p)
+        raise UserError(f"ctl {keys}: {e}" if keys else f"ctl: {e}") from None
+    except Exception as e:  # zmq.ZMQError: a malformed endpoint
+        if type(e).__module__.startswith("zmq"):
+            raise UserError(f"ctl: --endpoint {args.endpoint!r}: {e}") from None
+        raise
+
+
+def cmd_ctl(args) -> int:
     from .errors import ControlError
 
     sub = args.ctl_command
     if not sub:
         return _help(args._ctl_parser)
+    client = _ctl_client(args)
     try:
-        with Client(args.endpoint, timeout=args.timeout, curve_server_key=args.server_key,
-                    curve_client_key=args.client_key) as c:
+        with client as c:
             if sub == "watch":
                 return _ctl_watch(c, args)
             if sub == "learn":
@@ -341,7 +363,11 @@ def cmd_ctl(args) -> int:
             elif sub == "list":
                 result = c.call("list", prefix=args.prefix) if args.prefix else c.call("list")
             elif sub == "load-chain":
-                result = c.call("load_chain", channel=args.channel, chain=args.chain)
+                chain = args.chain
+                if chain and os.path.exists(chain):
+                    # the daemon reads the file, in its own working folder ("/" under systemd)
+                    chain = os.path.abspath(chain)
+                result = c.call("load_chain", channel=args.channel, chain=chain)
             else:
                 result = c.call(sub.replace("-", "_"))
     except ControlError as e:
@@ -350,9 +376,9 @@ def cmd_ctl(args) -> int:
             if str(p) not in e.message:  # (a one-problem message already says it)
                 print(f"  - {p}", file=sys.stderr)
         return 3 if e.code == "timeout" else 1
-    except Exception as e:  # zmq.ZMQError: a malformed endpoint, a key file that is not one, ...
+    except Exception as e:  # zmq.ZMQError while talking (e.g. on the events endpoint the daemon named)
         if type(e).__module__.startswith("zmq"):
-            raise UserError(f"ctl: --endpoint {args.endpoint!r}: {e}") from None
+            raise UserError(f"ctl: {client.endpoint}: {e}") from None
         raise
     _ctl_print(args, result)
     return EXIT_OK
@@ -409,9 +435,26 @@ def _ctl_watch(c, args) -> int:
 def cmd_keys_generate(args) -> int:
     import zmq.auth
 
-    os.makedirs(args.dir, mode=0o700, exist_ok=True)
-    pub, sec = zmq.auth.create_certificates(args.dir, args.name)
+    if not args.name or os.sep in args.name or args.name in (".", ".."):
+        raise UserError(f"keys generate: --name {args.name!r} must be a file name stem, not a path")
+    folder = os.path.abspath(args.dir)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"keys generate: {folder} exists and is not a folder")
+    there = [p for p in (os.path.join(folder, f"{args.name}.key"), os.path.join(folder, f"{args.name}.key_secret"))
+             if os.path.lexists(p)]
+    if there and not args.force:
+        # a new pair would lock out every client that holds the old public key (or the old secret key)
+        raise UserError(f"keys generate: {' and '.join(there)} already exist{'s' if len(there) == 1 else ''}; "
+                        "every client holding a copy of that key pair would stop working: give --force to replace "
+                        "it, or another --name or DIR")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    old_umask = os.umask(0o077)  # the secret key is never readable by others, not even until the chmod
+    try:
+        pub, sec = zmq.auth.create_certificates(folder, args.name)
+    finally:
+        os.umask(old_umask)
     os.chmod(sec, 0o600)
+    os.chmod(pub, 0o644)
     print(f"public key: {pub}\nsecret key: {sec}\n"
           f"server: [control] curve_secret_key = {sec!r}; clients: copy {os.path.basename(pub)} into the folder named "
           "by curve_clients (for a client key) or give it to clients as --server-key (for the server key)")
@@ -425,6 +468,8 @@ def cmd_keys_generate(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import format_summary, jackd_running, run_demo, run_live_demo
 
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise UserError(f"demo: -o {args.output} is a file; give a folder (made if missing) for the demo's five files")
     live = not args.offline
     if live and args.chain:
         raise UserError("--chain applies to the offline demo; add --offline (the live demo runs the daemon's engine)")
@@ -556,7 +601,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "Exit status: 0 ok, 1 the daemon refused (error code printed), "
                                     "2 usage, 3 no reply (daemon not running?).")
     ct.add_argument("-e", "--endpoint", metavar="ENDPOINT",
-                    help="command endpoint (default: $QUIETCAST_ENDPOINT or the daemon's default ipc socket)")
+                    help="command endpoint, e.g. tcp://HOST:PORT (default: $QUIETCAST_ENDPOINT; else "
+                         "ipc://$RUNTIME_DIRECTORY/control where that is set; else the first control socket that "
+                         "exists of /run/quietcast/control (the system service), $XDG_RUNTIME_DIR/quietcast/control, "
+                         "/tmp/quietcast-UID/control)")
     ct.add_argument("--timeout", type=float, default=5.0, metavar="S", help="seconds to wait for a reply (default 5)")
     ct.add_argument("--json", action="store_true", help="print results as JSON")
     ct.add_argument("--server-key", metavar="FILE", help="CURVE: the daemon's public key file")
@@ -574,9 +622,14 @@ def build_parser() -> argparse.ArgumentParser:
         x = cts.add_parser(name, help=f"{name} a channel (toggle without a state)")
         x.add_argument("channel", metavar="CHANNEL")
         x.add_argument("state", nargs="?", choices=("on", "off", "toggle"))
-    x = cts.add_parser("load-chain", help="replace a channel's post-chain (file or bundled name; '' removes)")
+    x = cts.add_parser("load-chain", help="replace a channel's post-chain (file or bundled name; '' removes)",
+                       description="Replace CHANNEL's post-chain with CHAIN: a chain file, which the daemon reads "
+                                   "on its own machine (a file that exists here is sent as an absolute path, so a "
+                                   "relative one means the same to the daemon as here), or a bundled chain name; "
+                                   "'' removes the post-chain.")
     x.add_argument("channel", metavar="CHANNEL")
-    x.add_argument("chain", metavar="CHAIN")
+    x.add_argument("chain", metavar="CHAIN", help="chain TOML file (read by the daemon on its machine), bundled "
+                                                  "chain name, or '' for none")
     cts.add_parser("save-state", help="write the state file now")
     cts.add_parser("reload", help="re-read the config file (like SIGHUP)")
     x = cts.add_parser("learn", help="MIDI learn: bind the next moved control to ADDRESS")
@@ -590,12 +643,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("cmd", metavar="CMD")
     x.add_argument("args", nargs="?", metavar="JSON", help='e.g. \'{"address": "host.strength"}\'')
     ct.set_defaults(func=cmd_ctl, _ctl_parser=ct)
+    p._ctl_parser = ct  # (main: where `ctl set`'s values begin)
 
     ke = sub.add_parser("keys", help="CURVE key pairs for remote control")
     kes = ke.add_subparsers(dest="keys_command", metavar="SUBCOMMAND")
-    x = kes.add_parser("generate", help="make NAME.key (public) and NAME.key_secret in DIR")
-    x.add_argument("dir", metavar="DIR")
+    x = kes.add_parser("generate", help="make NAME.key (public) and NAME.key_secret in DIR",
+                       description="Make a CURVE key pair: DIR/NAME.key (public) and DIR/NAME.key_secret (mode "
+                                   "0600). An existing pair is never replaced without --force.")
+    x.add_argument("dir", metavar="DIR", help="folder for the two files (made if missing)")
     x.add_argument("--name", default="quietcast", help="file name stem (default quietcast)")
+    x.add_argument("--force", action="store_true",
+                   help="replace an existing NAME.key / NAME.key_secret (every client's copy of the old pair "
+                        "stops working)")
     x.set_defaults(func=cmd_keys_generate)
     ke.set_defaults(func=lambda a: _help(ke))
 
@@ -619,14 +678,34 @@ def _version() -> str:
         return "unknown"
 
 
+def _ctl_set_values(parser, argv: list[str]) -> list[str]:
+    """``ctl set host.background_db -inf``: values such as ``-inf`` are not
+    options, so a ``--`` goes right after the ``set`` subcommand (found past
+    ctl's own options and their values), unless ``-h``/``--help`` follows
+    it (``ctl set --help`` is the subcommand's help) or a ``--`` is there."""
+    if not argv or argv[0] != "ctl" or "--" in argv:
+        return argv
+    ctl = parser._ctl_parser
+    i = 1
+    while i < len(argv) and argv[i].startswith("-"):
+        a = argv[i]
+        if "=" in a or (not a.startswith("--") and len(a) > 2):  # --timeout=1, -eipc://...
+            i += 1
+            continue
+        names = [o for o in ctl._option_string_actions if o == a] or \
+                [o for o in ctl._option_string_actions if a.startswith("--") and o.startswith(a)]  # abbreviations
+        takes_value = len(names) == 1 and ctl._option_string_actions[names[0]].nargs != 0
+        i += 2 if takes_value else 1
+    if i < len(argv) and argv[i] == "set" and not {"-h", "--help"} & set(argv[i + 1:]):
+        argv = argv[:i + 1] + ["--"] + argv[i + 1:]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     from quietcast.bridge.errors import BridgeError
 
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "ctl" in argv and "set" in argv[argv.index("ctl"):] and "--" not in argv:
-        i = argv.index("set", argv.index("ctl"))  # values such as -inf are not options
-        argv.insert(i + 1, "--")
+    argv = _ctl_set_values(parser, list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
@@ -645,6 +724,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as e:  # the last resort: a file or folder the command could not use, in one line
+        where = "" if e.filename is None else f"{e.filename}" + ("" if e.filename2 is None else f" -> {e.filename2}")
+        print(f"quietcast: error: {where + ': ' if where else ''}{e.strerror or e}", file=sys.stderr)
+        return EXIT_FAILED_FILES
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     from quietcast.daemon.client import Client
 
-    with Client() as c:                       # the default ipc endpoint
+    with Client() as c:                       # the daemon's ipc socket, found
         print(c.status()["latency_ms"])
         c.set("host.strength", 0.7)
         for topic, msg in c.events(["meter.host"], timeout=5):
@@ -22,11 +22,43 @@ import time
 from typing import Any, Iterator
 
 from . import commands as proto
-from .errors import ControlError
+from .errors import ControlError, KeyFileError
 
 
 def _decode(raw: bytes) -> Any:
     return json.loads(raw.decode("utf-8"))
+
+
+def load_key(path: str, role: str) -> tuple[bytes, bytes | None]:
+    """``(public, secret)`` of a CURVE key file made by ``quietcast keys
+    generate``; the client's (``role`` "client") must hold a secret key.
+    Anything else raises :class:`KeyFileError` saying what is wrong."""
+    import zmq.auth
+    from zmq.utils import z85
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise KeyFileError(role, path, "no such file")
+    if os.path.isdir(path):
+        raise KeyFileError(role, path, "is a folder, not a key file")
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except OSError as e:
+        raise KeyFileError(role, path, e.strerror or str(e)) from None
+    except ValueError:
+        raise KeyFileError(role, path, "not a CURVE key file (it has no public-key line; make key pairs with "
+                                       "`quietcast keys generate`)") from None
+    for k in (public, secret):
+        try:
+            ok = k is None or (len(k) == 40 and len(z85.decode(k)) == 32)
+        except Exception:  # a character outside Z85
+            ok = False
+        if not ok:
+            raise KeyFileError(role, path, "holds a malformed key (a CURVE key is 40 Z85 characters)")
+    if role == "client" and not secret:
+        raise KeyFileError(role, path, "is a public key (no secret-key line); give this client's secret key "
+                                       "file, NAME.key_secret")
+    return public, secret
 
 
 class Client:
@@ -34,7 +66,10 @@ class Client:
 
     Args:
         endpoint: command endpoint (default: $QUIETCAST_ENDPOINT, else the
-            daemon's default ipc socket in the runtime directory).
+            first control socket that exists among /run/quietcast/control
+            (the system service), $XDG_RUNTIME_DIR/quietcast/control and
+            /tmp/quietcast-UID/control, else the daemon's default ipc
+            socket; see :func:`quietcast.daemon.control.client_endpoint`).
         events_endpoint: PUB endpoint (default: asked from the daemon).
         timeout: seconds to wait for each reply.
         curve_server_key: the server's public key file, for CURVE.
@@ -45,28 +80,45 @@ class Client:
                  curve_server_key: str | None = None, curve_client_key: str | None = None):
         import zmq
 
-        from .control import default_endpoints
+        from .control import client_endpoint
 
-        self.endpoint = endpoint or os.environ.get("QUIETCAST_ENDPOINT") or default_endpoints()[0]
+        #: how the endpoint was chosen, for the error of a request nobody answers
+        self._origin = ""
+        if endpoint:
+            self.endpoint = endpoint
+        elif os.environ.get("QUIETCAST_ENDPOINT"):
+            self.endpoint = os.environ["QUIETCAST_ENDPOINT"]
+            self._origin = " (from QUIETCAST_ENDPOINT)"
+        else:
+            self.endpoint, looked = client_endpoint()
+            if looked:
+                path = self.endpoint[len("ipc://"):]
+                if path in looked:  # a socket file is there, and nobody answers on it (a crashed daemon's)
+                    what = f"; it is the first that exists of {', '.join(looked)}; name another endpoint"
+                else:
+                    what = f"; no control socket at {', '.join(looked)}; name the daemon's endpoint"
+                self._origin = what + " with `quietcast ctl -e/--endpoint ENDPOINT` or QUIETCAST_ENDPOINT"
         self._events_endpoint = events_endpoint
         self.timeout = timeout
         self._ids = itertools.count(1)
         self._ctx = zmq.Context.instance()
-        self._curve = (curve_server_key, curve_client_key)
+        if curve_client_key and not curve_server_key:
+            raise ValueError("a client key (curve_client_key) needs the server's public key (curve_server_key)")
+        # read once, here: a key file that cannot be used is a KeyFileError now, not a zmq error later
+        self._curve = ((load_key(curve_server_key, "server")[0], load_key(curve_client_key, "client")
+                        if curve_client_key else None) if curve_server_key else None)
         self._sock = self._socket(zmq.DEALER)
         self._sock.connect(self.endpoint)
 
     def _socket(self, kind):
         import zmq
-        import zmq.auth
 
         s = self._ctx.socket(kind)
         s.linger = 0
         s.sndtimeo = max(1, int(self.timeout * 1000))
-        server_key, client_key = self._curve
-        if server_key:
-            server_public, _ = zmq.auth.load_certificate(server_key)
-            public, secret = zmq.auth.load_certificate(client_key) if client_key else zmq.curve_keypair()
+        if self._curve is not None:
+            server_public, client = self._curve
+            public, secret = client if client else zmq.curve_keypair()
             s.curve_serverkey = server_public
             s.curve_publickey = public
             s.curve_secretkey = secret
@@ -101,7 +153,8 @@ class Client:
                 self._sock = self._socket(zmq.DEALER)
                 self._sock.connect(self.endpoint)
                 raise ControlError("timeout", f"no reply from {self.endpoint} within {self.timeout:g} s "
-                                              "(is `quietcast run` running? see `systemctl status quietcast`)")
+                                              "(is `quietcast run` running? see `systemctl status quietcast`)"
+                                              + self._origin)
             rep = _decode(self._sock.recv())
             if rep.get("id") != req["id"]:
                 continue  # a late reply to an earlier, timed-out request

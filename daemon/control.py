@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from typing import Any
@@ -35,6 +36,14 @@ MAX_RATE = 2000.0  # requests a second served, at most
 BURST = 200.0
 
 
+#: the system service's runtime directory (systemd/quietcast.service:
+#: RuntimeDirectory=quietcast), where a client that is given no endpoint
+#: looks first (a module constant: tests point it elsewhere)
+SERVICE_RUNTIME_DIR = "/run/quietcast"
+#: the folder of the last fallback, /tmp/quietcast-UID (tests point it elsewhere)
+TMP_ROOT = "/tmp"
+
+
 def runtime_dir() -> str:
     """$RUNTIME_DIRECTORY (systemd), else $XDG_RUNTIME_DIR/quietcast, else
     /tmp/quietcast-UID."""
@@ -42,12 +51,50 @@ def runtime_dir() -> str:
     if d:
         return d
     x = os.environ.get("XDG_RUNTIME_DIR")
-    return os.path.join(x, "quietcast") if x else f"/tmp/quietcast-{os.getuid()}"
+    return os.path.join(x, "quietcast") if x else os.path.join(TMP_ROOT, f"quietcast-{os.getuid()}")
 
 
 def default_endpoints() -> tuple[str, str]:
     d = runtime_dir()
     return f"ipc://{os.path.join(d, 'control')}", f"ipc://{os.path.join(d, 'events')}"
+
+
+def client_endpoint() -> tuple[str, list[str]]:
+    """The command endpoint of a client given none: ``(endpoint, what was
+    looked at)``.
+
+    With $RUNTIME_DIRECTORY set (a process of the service itself) it is the
+    daemon's default and nothing is searched. Otherwise the client's
+    environment says little about where the daemon runs (the system
+    service binds under /run/quietcast while an operator's shell has
+    $XDG_RUNTIME_DIR, or none under sudo, cron or ssh), so the first of
+    these control sockets that exists is used: SERVICE_RUNTIME_DIR/control
+    (the system service), $XDG_RUNTIME_DIR/quietcast/control (a user
+    service or a daemon run from a desktop shell),
+    /tmp/quietcast-UID/control (one run without $XDG_RUNTIME_DIR); when
+    none exists, the daemon's default for this environment. The list
+    names each path looked at, with why it was not used."""
+    if os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]:
+        return default_endpoints()[0], []
+    paths = [os.path.join(SERVICE_RUNTIME_DIR, "control")]
+    x = os.environ.get("XDG_RUNTIME_DIR")
+    if x:
+        paths.append(os.path.join(x, "quietcast", "control"))
+    paths.append(os.path.join(TMP_ROOT, f"quietcast-{os.getuid()}", "control"))
+    looked: list[str] = []
+    for p in dict.fromkeys(paths):
+        try:
+            st = os.stat(p)
+        except PermissionError:
+            looked.append(f"{p} (permission denied: is this user in the daemon's group?)")
+            continue
+        except OSError:
+            looked.append(p)
+            continue
+        if stat.S_ISSOCK(st.st_mode):
+            return f"ipc://{p}", looked + [p]
+        looked.append(f"{p} (not a socket)")
+    return default_endpoints()[0], looked
 
 
 def is_loopback(endpoint: str) -> bool:

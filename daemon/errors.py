@@ -26,3 +26,13 @@ class ControlError(DaemonError):
 class ControlSetupError(DaemonError, ValueError):
     """The control socket cannot be served as configured (e.g. a
     non-loopback bind without CURVE keys)."""
+
+
+class KeyFileError(DaemonError, ValueError):
+    """A CURVE key file a client was given cannot be used: ``role`` is
+    "server" (the daemon's public key) or "client" (this client's secret
+    key), ``path`` the file, ``problem`` what is wrong with it."""
+
+    def __init__(self, role: str, path: str, problem: str):
+        self.role, self.path, self.problem = role, path, problem
+        super().__init__(f"{role} key {path}: {problem}")

@@ -110,8 +110,64 @@ def libjack():
         lib.jack_port_by_name.restype = ctypes.c_void_p
         lib.jack_set_process_callback.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         lib.jack_set_process_callback.restype = ctypes.c_int
+        for setter, _ in _MESSAGE_SETTERS:  # void (*)(void (*func)(const char *)); NULL: libjack's default
+            getattr(lib, setter).argtypes = [ctypes.c_void_p]
+            getattr(lib, setter).restype = None
         _libjack = lib
     return _libjack
+
+
+_MESSAGE_SETTERS = (("jack_set_error_function", "jack_error_callback"),
+                    ("jack_set_info_function", "jack_info_callback"))
+
+
+class libjack_quiet:
+    """``with libjack_quiet():`` libjack's error and info messages are
+    dropped inside (a server that is not there is five lines on stderr at
+    every attempt: ~110 lines every 6 s in the daemon's log while jackd is
+    down). The message function is ``qc_jack_silent`` of the compiled
+    library (daemon/rtcallback.c), plain C: libjack may call it on any of
+    its threads, the real-time one of an active client included, with no
+    Python and no GIL involved. A Python callback must never be used there
+    (one made a daemon hang at its stop). Without the compiled library
+    (no C compiler at install time, an older build) nothing changes and
+    ``active`` is False. On leaving, the functions from before are put
+    back (libjack's defaults where it does not export its variables)."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self._before: list = []
+
+    @staticmethod
+    def silent_function():
+        """The address of qc_jack_silent, or None."""
+        lib, _ = rt_library()
+        try:
+            return ctypes.cast(lib.qc_jack_silent, ctypes.c_void_p).value if lib is not None else None
+        except AttributeError:  # a library built before it existed
+            return None
+
+    def __enter__(self) -> "libjack_quiet":
+        fn = self.silent_function()
+        if fn is None:
+            return self
+        jl = libjack()
+        for setter, variable in _MESSAGE_SETTERS:
+            try:
+                before = ctypes.c_void_p.in_dll(jl, variable).value  # JACK2 exports it; another libjack may not
+            except ValueError:
+                before = None  # NULL: libjack's default again
+            getattr(jl, setter)(fn)
+            self._before.append((setter, before))
+        self.active = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        jl = libjack()
+        for setter, before in self._before:
+            getattr(jl, setter)(before)
+        self._before.clear()
+        self.active = False
 
 
 class _RT(ctypes.Structure):

@@ -15,7 +15,8 @@
  * registers qc_rt_process with jack_set_process_callback(client, qc_rt_process,
  * &rt). Built by setuptools as an optional extension module (pyproject.toml)
  * and loaded with ctypes.CDLL; it has no PyInit function and is never
- * imported.
+ * imported. It also holds qc_jack_silent (at the end), the libjack message
+ * function the daemon uses while it waits for a server.
  *
  * Memory ordering (single producer, single consumer over absolute frame
  * positions): in_pos is published with a release store after the input
@@ -192,4 +193,17 @@ int qc_rt_process(uint32_t nframes, void *arg)
     rt->timings[c & (rt->timing_slots - 1)] = now_ns() - t0;
     __atomic_store_n(&cnt[QC_CYCLES], c + 1, __ATOMIC_RELEASE);
     return 0;
+}
+
+/* A libjack error and info function that drops the message. The daemon sets
+ * it (jack_set_error_function, jack_set_info_function) around its attempts
+ * to reach a JACK server that is not there, which libjack reports in five
+ * lines on stderr each time (twice a second, thousands of lines an hour in
+ * the journal). Plain C on purpose: libjack calls this function on whichever
+ * of its threads reports something, the real-time one included, where a
+ * Python callback would have to take the GIL (a daemon hung at its stop with
+ * one). */
+void qc_jack_silent(const char *msg)
+{
+    (void)msg;
 }

@@ -215,7 +215,14 @@ class Daemon:
     # ------------------------------------------------------------------
     # connecting
 
-    def _try_open(self) -> bool:
+    def _try_open(self, quiet: bool = False) -> bool:
+        """Open the JACK client and start the engine on it; False while the
+        server is not there (or the client name is taken). ``quiet``: the
+        attempt after the first of a wait, whose libjack messages (five
+        lines on stderr each time) are dropped (:class:`jackio.libjack_quiet`,
+        a C function: safe on libjack's real-time thread too)."""
+        import contextlib
+
         import jack
 
         cfg = self.config
@@ -228,16 +235,21 @@ class Daemon:
             return eng.latency_for_period(period)
 
         io._latency_for = latency_for
-        try:
-            io.open()
-        except (jack.JackError, OSError) as e:
-            if isinstance(e, jack.JackOpenError) and self._name_taken(cfg.jack.client_name):
+        failed = taken = None
+        with jackio.libjack_quiet() if quiet else contextlib.nullcontext():
+            try:
+                io.open()
+            except (jack.JackError, OSError) as e:
+                failed = e
+                taken = isinstance(e, jack.JackOpenError) and self._name_taken(cfg.jack.client_name)
+        if failed is not None:
+            if taken:
                 if not self._name_warned:
                     self._name_warned = True
                     log.warning("JACK client name %r is taken by another client (another quietcast daemon?); "
                                 "trying again every %g s", cfg.jack.client_name, cfg.jack.reconnect_interval_ms / 1000)
             else:
-                log.debug("JACK not available: %s", e)
+                log.debug("JACK not available: %s", failed)
             return False
         self._name_warned = False
         self.io = io
@@ -623,7 +635,10 @@ class Daemon:
         if self.state is None:
             raise ControlError("unavailable", "no state file is configured")
         doc = snapshot(self.registry, self.midi, self.loaded_chains)
-        self.state.save(doc)
+        try:
+            self.state.save(doc)
+        except OSError as e:  # a read-only or full file system, a folder in the way: the user's to fix
+            raise ControlError("failed", f"cannot write the state file {self.state.path}: {e.strerror or e}") from None
         return {"path": self.state.path, "params": len(doc["params"])}
 
     # ------------------------------------------------------------------
@@ -684,7 +699,7 @@ class Daemon:
                         self.emit("event.state", {"state": "reconnecting"})
                         self._down_since = time.monotonic()
                         self._close_io()
-                    if self._try_open():
+                    if self._try_open(quiet=waiting_logged):
                         waiting_logged = False
                         if self._down_since is not None:
                             self.reconnects += 1
@@ -701,7 +716,9 @@ class Daemon:
                             cb(self)
                     else:
                         if not waiting_logged:
-                            log.warning("waiting for the JACK server%s", f" {self.server!r}" if self.server else "")
+                            log.warning("waiting for the JACK server%s%s", f" {self.server!r}" if self.server else "",
+                                        "; libjack's messages about each attempt are left out until it answers"
+                                        if jackio.libjack_quiet.silent_function() is not None else "")
                             waiting_logged = True
                         self._housekeeping()
                         self._stop.wait(interval)

@@ -117,7 +117,10 @@ class StateStore:
         data = json.dumps({k: ({a: _enc(v) for a, v in d.items()} if k == "params" else d) for k, d in doc.items()},
                           indent=1, sort_keys=True).encode()
         with self._lock:
-            atomic_write(self.path, data)
+            try:
+                atomic_write(self.path, data)
+            except OSError as e:  # named after the state file, not the hidden temporary one beside it
+                raise OSError(e.errno, e.strerror or str(e), self.path) from e
             self.saves += 1
 
     def attach(self, snapshot: Callable[[], dict]) -> None:

@@ -26,10 +26,36 @@ def test_console_script_is_installed():
 
 
 @pytest.mark.parametrize("args", [[], ["process"], ["demo"], ["chain"], ["chain", "check"], ["chain", "show"],
-                                  ["chain", "types"], ["models"]])
+                                  ["chain", "types"], ["models"], ["ctl"], ["ctl", "set"], ["ctl", "get"],
+                                  ["ctl", "load-chain"], ["keys", "generate"]])
 def test_help_on_every_level(args):
     r = qc(*args, "--help")
     assert r.returncode == 0 and "usage: quietcast" in r.stdout
+    assert f"usage: quietcast {' '.join(args)}".rstrip() in r.stdout
+
+
+def test_ctl_set_help_and_values_that_look_like_options(tmp_path, capsys):
+    """`ctl set --help` printed "give ADDRESS VALUE pairs" (a `--` went in
+    before --help); values such as -inf must still be values."""
+    from quietcast.daemon.cli import main
+
+    for argv in (["ctl", "set", "-h"], ["ctl", "--timeout", "1", "set", "-h", "x"], ["ctl", "--json", "set", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: quietcast ctl set ")
+    daemon = _StandIn(tmp_path / "d" / "ctl")
+    ep = f"ipc://{daemon.path}"
+    try:
+        for argv in (["ctl", "-e", ep, "--json", "set", "host.background_db", "-inf"],
+                     ["ctl", "--time", "5", f"--endpoint={ep}", "--json", "set", "host.background_db", "-inf"],
+                     ["ctl", f"-e{ep}", "--json", "set", "--", "host.background_db", "-inf"]):
+            assert main(argv) == 0, argv
+            res = json.loads(capsys.readouterr().out)
+            assert res["args"] == {"address": "host.background_db", "value": "-inf"}, argv
+        assert main(["ctl", "-e", ep, "--json", "set", "a.b", "-1.5", "c.d", "off"]) == 0
+        assert json.loads(capsys.readouterr().out)["args"] == {"values": {"a.b": -1.5, "c.d": False}}
+    finally:
+        daemon.close()
 
 
 def test_no_command_prints_help_and_fails():
@@ -173,3 +199,187 @@ def test_ctl_with_a_malformed_endpoint_is_a_usage_error():
     r = qc("ctl", "-e", "bogus", "status")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["quietcast: error: ctl: --endpoint 'bogus': Invalid argument (addr='bogus')"]
+
+
+# --------------------------------------------------------------------------
+# ctl without -e: finding the daemon's control socket
+
+
+class _StandIn:
+    """A stand-in daemon: a ROUTER socket on ``ipc://PATH`` answering every
+    request with ``{"answered_on": PATH, "cmd": CMD, "args": ARGS}``."""
+
+    def __init__(self, path):
+        import threading
+
+        import zmq
+
+        from quietcast.daemon import commands as proto
+
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.path = str(path)
+        self._sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self._sock.linger = 0
+        self._sock.bind(f"ipc://{path}")
+        self._stop = threading.Event()
+
+        def serve():
+            while not self._stop.is_set():
+                if self._sock.poll(50):
+                    frames = self._sock.recv_multipart()
+                    id_, cmd, args = proto.parse_request(frames[-1])
+                    result = {"answered_on": self.path, "cmd": cmd, "args": args}
+                    self._sock.send_multipart(frames[:-1] + [proto.dumps(proto.reply_ok(id_, result))])
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close(0)
+
+
+@pytest.fixture
+def operator_shell(tmp_path, monkeypatch):
+    """An operator's shell next to the system service: no RUNTIME_DIRECTORY,
+    no QUIETCAST_ENDPOINT, an XDG_RUNTIME_DIR; /run/quietcast and /tmp
+    stand-ins under tmp_path. Returns the three socket paths a client looks
+    at, in order."""
+    from quietcast.daemon import control
+
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    monkeypatch.delenv("QUIETCAST_ENDPOINT", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    monkeypatch.setattr(control, "SERVICE_RUNTIME_DIR", str(tmp_path / "run" / "quietcast"))
+    monkeypatch.setattr(control, "TMP_ROOT", str(tmp_path / "tmp"))
+    return (tmp_path / "run" / "quietcast" / "control", tmp_path / "xdg" / "quietcast" / "control",
+            tmp_path / "tmp" / f"quietcast-{os.getuid()}" / "control")
+
+
+def test_ctl_finds_the_system_services_control_socket(operator_shell, capsys):
+    """The service binds under /run/quietcast ($RUNTIME_DIRECTORY), the
+    operator's shell has another XDG_RUNTIME_DIR or none: `ctl` finds the
+    socket that exists, the service's first (it looked only in
+    $XDG_RUNTIME_DIR/quietcast or /tmp/quietcast-UID, and timed out)."""
+    from quietcast.daemon.cli import main
+
+    service, user, tmp = operator_shell
+    daemons = [_StandIn(tmp)]
+    try:
+        assert main(["ctl", "--timeout", "5", "--json", "version"]) == 0
+        assert json.loads(capsys.readouterr().out)["answered_on"] == str(tmp)
+        daemons.append(_StandIn(user))
+        assert main(["ctl", "--timeout", "5", "--json", "version"]) == 0
+        assert json.loads(capsys.readouterr().out)["answered_on"] == str(user)
+        daemons.append(_StandIn(service))
+        assert main(["ctl", "--timeout", "5", "--json", "version"]) == 0
+        assert json.loads(capsys.readouterr().out)["answered_on"] == str(service)
+    finally:
+        for d in daemons:
+            d.close()
+
+
+def test_ctl_with_no_socket_anywhere_names_where_it_looked(operator_shell, capsys):
+    from quietcast.daemon.cli import main
+
+    assert main(["ctl", "--timeout", "0.3", "status"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("quietcast: error: timeout: no reply from ")
+    for path in operator_shell:
+        assert str(path) in err
+    assert "-e/--endpoint" in err and "QUIETCAST_ENDPOINT" in err
+
+
+def test_ctl_load_chain_sends_a_local_file_as_an_absolute_path(tmp_path, monkeypatch, capsys):
+    """The daemon reads the chain file in its own working folder ("/" under
+    systemd): `ctl load-chain guest voice.toml` must send the absolute path
+    of the file next to the user (it sent "voice.toml"). Bundled names,
+    "" and paths that do not exist here go as typed."""
+    from quietcast.daemon.cli import main
+
+    daemon = _StandIn(tmp_path / "d" / "ctl")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "voice.toml").write_text(POST_CHAIN)
+    monkeypatch.chdir(tmp_path / "work")
+    try:
+        for typed, sent in (("voice.toml", str(tmp_path / "work" / "voice.toml")), ("default", "default"), ("", ""),
+                            ("elsewhere/x.toml", "elsewhere/x.toml")):
+            assert main(["ctl", "-e", f"ipc://{daemon.path}", "--json", "load-chain", "guest", typed]) == 0
+            res = json.loads(capsys.readouterr().out)
+            assert res["cmd"] == "load_chain" and res["args"] == {"channel": "guest", "chain": sent}
+    finally:
+        daemon.close()
+
+
+POST_CHAIN = '[[stage]]\nname = "comp"\ntype = "compressor"\n'
+
+
+def test_keys_generate_never_replaces_a_key_pair_without_force(tmp_path):
+    """A second `keys generate` into the same folder replaced the pair with
+    exit 0, locking out every client holding the old public key."""
+    keys = tmp_path / "keys"
+    r = qc("keys", "generate", "keys", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    pub, sec = keys / "quietcast.key", keys / "quietcast.key_secret"
+    assert f"public key: {pub}\n" in r.stdout and f"secret key: {sec}\n" in r.stdout  # absolute paths
+    assert f"curve_secret_key = '{sec}'" in r.stdout
+    assert oct(sec.stat().st_mode & 0o777) == "0o600"
+    before = {pub: pub.read_bytes(), sec: sec.read_bytes()}
+    for there in ((pub, sec), (sec,), (pub,)):  # either file alone is refused too
+        for p in (pub, sec):
+            p.write_bytes(before[p]) if p in there else p.unlink(missing_ok=True)
+        r = qc("keys", "generate", "keys", cwd=tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "--force" in r.stderr
+        assert all(str(p) in r.stderr for p in there)
+        assert {p: p.read_bytes() for p in there} == {p: before[p] for p in there}
+        assert all(not p.exists() for p in (pub, sec) if p not in there)
+    r = qc("keys", "generate", keys, "--force")
+    assert r.returncode == 0, r.stderr
+    assert pub.read_bytes() != before[pub] and sec.exists()
+    r = qc("keys", "generate", keys, "--name", "other")  # another name beside it is fine
+    assert r.returncode == 0 and (keys / "other.key").exists()
+    (tmp_path / "afile").write_text("x")
+    r = qc("keys", "generate", tmp_path / "afile")
+    assert r.returncode == 2 and r.stderr.strip() == f"quietcast: error: keys generate: {tmp_path / 'afile'} exists and is not a folder"
+
+
+def test_ctl_key_files_it_cannot_use_are_one_line_naming_the_file(tmp_path):
+    """A missing --server-key, a public key given as --client-key, a file or
+    folder that is no key: each a traceback before (OSError, TypeError from
+    zmq), now one line naming the option, the file and what is wrong."""
+    import zmq.auth
+
+    pub, sec = zmq.auth.create_certificates(str(tmp_path), "k")
+    (tmp_path / "noise.wav").write_bytes(b"RIFF" + os.urandom(100))
+    ep = ["-e", f"ipc://{tmp_path}/nothing", "--timeout", "0.3"]
+    for keys, want in (
+        (["--server-key", tmp_path / "nope.key", "--client-key", sec], f"ctl --server-key {tmp_path / 'nope.key'}: no such file"),
+        (["--server-key", pub, "--client-key", pub], f"ctl --client-key {pub}: is a public key"),
+        (["--server-key", tmp_path / "noise.wav"], f"ctl --server-key {tmp_path / 'noise.wav'}: not a CURVE key file"),
+        (["--server-key", pub, "--client-key", tmp_path], f"ctl --client-key {tmp_path}: is a folder"),
+        (["--client-key", sec], "ctl: --client-key needs --server-key"),
+    ):
+        r = qc("ctl", *ep, *keys, "status")
+        assert r.returncode == 2, (keys, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"quietcast: error: {want}"), (keys, r.stderr)
+    r = qc("ctl", *ep, "--server-key", pub, "--client-key", sec, "status")  # usable keys: on to the request
+    assert r.returncode == 3 and "no reply" in r.stderr
+
+
+def test_demo_into_a_file_is_one_line(tmp_path):
+    (tmp_path / "out.wav").write_bytes(b"x")
+    r = qc("demo", "--offline", "-o", "out.wav", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "quietcast: error: demo: -o out.wav is a file; give a folder (made if missing) for the demo's five files"]
+    assert (tmp_path / "out.wav").read_bytes() == b"x"
+
+
+def test_a_path_the_system_refuses_is_one_line_with_the_path_and_the_reason(tmp_path):
+    """The last resort for OSError: the path and the reason, exit 1 (it was a traceback)."""
+    (tmp_path / "afile").write_text("x")
+    r = qc("keys", "generate", tmp_path / "afile" / "keys")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"quietcast: error: {tmp_path / 'afile' / 'keys'}: Not a directory"]

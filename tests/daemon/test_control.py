@@ -409,6 +409,23 @@ def test_not_ready_before_jack(tmp_path):
     assert set(ERROR_CODES) >= {"not_ready", "internal"}
 
 
+def test_a_state_file_that_cannot_be_written_is_failed_naming_it(tmp_path):
+    """save_state on a file the system refuses answered ``internal`` (the
+    code of a bug) naming the hidden temporary file; now ``failed`` with
+    the state file's path and the reason. No JACK server needed."""
+    (tmp_path / "state.json").mkdir()  # in the way of the rename (root writes a read-only folder)
+    s = Served(make_config(tmp_path, f"nojack{os.getpid()}"))
+    try:
+        with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
+            with pytest.raises(ControlError) as e:
+                c.call("save_state")
+        assert e.value.code == "failed"
+        assert e.value.message == f"cannot write the state file {tmp_path / 'state.json'}: Is a directory"
+        assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+    finally:
+        s.stop()
+
+
 def test_req_clients_work_too(served, tmp_path):
     s = zmq.Context.instance().socket(zmq.REQ)
     s.linger = 0

@@ -286,6 +286,53 @@ def test_corrupt_state_file_is_set_aside(tmp_path, jack_server):
     assert glob.glob(str(tmp_path / "state.json.corrupt-*"))
 
 
+def test_libjack_says_only_once_per_wait_that_the_server_is_not_there(tmp_path):
+    """While jackd was down libjack printed five lines on stderr at every
+    attempt (~110 every 6 s in the journal). Now the first attempt of each
+    wait prints them and the rest are left out, through a C message function
+    (a Python one can be called on libjack's real-time thread and made a
+    daemon hang at its stop). libjack's own functions are back once
+    connected: the server going away is reported again, and SIGTERM stops
+    the daemon."""
+    import uuid
+
+    from conftest import JackServer
+    from quietcast.daemon import jackio
+
+    if not shutil.which("jackd"):
+        pytest.skip("jackd not installed (apt-get install jackd2)")
+    if jackio.libjack_quiet.silent_function() is None:
+        pytest.skip(f"no compiled qc_jack_silent: {jackio.rt_library()[1]}")
+    name = f"qcq{os.getpid()}{uuid.uuid4().hex[:6]}"
+    cfg = write_config(tmp_path, name)
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([EXE, "run", "-c", str(cfg)], stdout=out, stderr=subprocess.STDOUT)
+    srv = JackServer(name)
+    said = lambda: log.read_text().count("Cannot connect to server")  # noqa: E731
+    try:
+        assert wait_until(lambda: "waiting for the JACK server" in log.read_text(), 20)
+        first = said()
+        time.sleep(2.0)  # 20 attempts at reconnect_interval_ms = 100
+        assert 1 <= first == said() <= 4, log.read_text()[-3000:]  # the first attempt (open + name probe) only
+        assert "libjack's messages about each attempt are left out" in log.read_text()
+        srv.start()
+        assert wait_ready(tmp_path), log.read_text()[-3000:]
+        srv.stop()
+        assert wait_until(lambda: said() > first, 10), log.read_text()[-3000:]  # libjack speaks again
+        time.sleep(0.5)  # (the rest of that first attempt's lines)
+        again = said()
+        time.sleep(1.5)
+        assert said() == again, log.read_text()[-3000:]  # and is left out again from the second attempt
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        srv.stop()
+
+
 def test_second_sigint_forces_exit(tmp_path, jack_server):
     proc = start(write_config(tmp_path, jack_server.name))
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from quietcast.daemon.state import StateStore
 
 
@@ -67,7 +69,8 @@ def test_a_failed_save_is_tried_again_and_at_the_stop(tmp_path, monkeypatch):
     monkeypatch.setattr(StateStore, "save", save)
     st.changed()
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not (tmp_path / "state.json").exists():
+    # (the saver clears last_error just after the file is renamed into place: wait for both)
+    while time.monotonic() < deadline and not ((tmp_path / "state.json").exists() and st.last_error is None):
         time.sleep(0.02)
     assert json.loads((tmp_path / "state.json").read_text())["params"]["host.strength"] == 1
     assert st.last_error is None and fails["n"] == 0
@@ -89,3 +92,14 @@ def test_two_corrupt_files_in_one_second_are_both_kept(tmp_path):
         assert st.load() is None
     kept = sorted(p.read_bytes() for p in tmp_path.glob("state.json.corrupt-*"))
     assert kept == sorted([b"{not json", b"[also not]"])
+
+
+def test_a_failed_save_names_the_state_file_not_the_temporary_one(tmp_path):
+    path = tmp_path / "state.json"
+    path.mkdir()  # in the way of the rename
+    store = StateStore(str(path))
+    with pytest.raises(OSError) as e:
+        store.save({"params": {"host.strength": 0.5}})
+    assert e.value.filename == str(path) and e.value.strerror == "Is a directory"
+    assert isinstance(e.value, IsADirectoryError) and store.saves == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
