@@ -353,16 +353,21 @@ _PROC_CACHE: dict = {}
 
 def _processor(chain: Chain, sample_rate: int, channels: int):
     """One processor per (chain, rate, channels) per process, reset between
-    files: plugins load once per worker, not once per file."""
+    files: plugins load once per worker, not once per file. Each file is
+    judged on its own: the NaN/Inf count starts at 0, and a processor left
+    with a stage fault by an earlier file is built again (a faulted stage
+    stays bypassed until then, as in the live engine, and its plugin may
+    be in any state)."""
     key = (id(chain), sample_rate, channels)
     proc = _PROC_CACHE.get(key)
-    if proc is None or proc.chain is not chain:
+    if proc is None or proc.chain is not chain or proc.faults:
         if len(_PROC_CACHE) > 8:
             _PROC_CACHE.clear()
         proc = chain.processor(sample_rate, channels)
         _PROC_CACHE[key] = proc
     else:
         proc.reset()
+    proc.bad_samples = 0
     return proc
 
 
