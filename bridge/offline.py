@@ -11,17 +11,23 @@
   ``overwrite=True``; a corrupt or unreadable input is reported and skipped
   and the other files go on. That includes a WAV, AIFF or FLAC file cut
   short (which pedalboard would pad with zeros; :mod:`.audiocheck`).
-- ``jobs=N`` processes N files at once in worker processes.
+- ``jobs=N`` processes N files at once in worker processes. Ctrl-C stops
+  the batch promptly (files not started are not started, the ones
+  running stop and leave no temporary file). A file that crashes its
+  worker (a plugin's segfault) is found by running the files the crash
+  left unfinished again one at a time; only that file fails.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import signal
 import sys
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -349,6 +355,8 @@ def _layout(x: np.ndarray, channels: int | None) -> np.ndarray:
 
 
 _PROC_CACHE: dict = {}
+_TMP_MARK = ".qc-tmp-"  # a temporary output: .NAME.qc-tmp-PID-[BATCH-]RANDOM.EXT beside NAME
+_TMP_TAG = ""  # in a --jobs worker: its batch's tag, so that the batch can remove what a dead worker left
 
 
 def _processor(chain: Chain, sample_rate: int, channels: int):
@@ -397,7 +405,8 @@ def process_file(
         res.error = f"cannot write {ext or 'files without an extension'}; use one of {', '.join(WRITE_EXTS)}"
         return res
     folder = os.path.dirname(os.path.abspath(dst))
-    tmp = os.path.join(folder, f".{os.path.basename(dst)}.qc-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
+    tag = f"{_TMP_TAG}-" if _TMP_TAG else ""
+    tmp = os.path.join(folder, f".{os.path.basename(dst)}{_TMP_MARK}{os.getpid()}-{tag}{uuid.uuid4().hex[:8]}{ext}")
     try:
         os.makedirs(folder, exist_ok=True)
         if not os.access(folder, os.W_OK):  # (else pedalboard's error names the hidden temporary file)
@@ -483,16 +492,163 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res) -> 
 # many files
 
 _WORKER_CHAIN: Chain | None = None
+_WORKER_STOP = None  # the batch's stop event: set by the parent when the batch is interrupted
+_WORKER_SIGINT = False  # this worker got SIGINT (Ctrl-C at a terminal reaches the whole process group)
+_WORKER_BUSY = False  # a file is being processed
+
+INTERRUPTED = "interrupted; output not written"
+NOT_STARTED = "not started: interrupted"
+CRASHED = "crashed the worker process (e.g. a plugin or decoder segfault); output not written"
 
 
-def _worker_init(chain_doc: dict, source: str) -> None:
-    global _WORKER_CHAIN
+def _worker_init(chain_doc: dict, source: str, stop=None, tmp_tag: str = "") -> None:
+    global _WORKER_CHAIN, _WORKER_STOP, _TMP_TAG
+    _WORKER_STOP, _TMP_TAG = stop, tmp_tag
+    signal.signal(signal.SIGINT, _worker_sigint)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # (blocked from its start: see _spawning)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _WORKER_CHAIN = Chain.from_dict(chain_doc, source=source)
 
 
+def _worker_sigint(signum, frame) -> None:
+    """Ctrl-C in a worker: take no further file, and stop the one running
+    now (its temporary output is removed on the way out). An idle worker
+    stays alive to answer the files already handed to it with
+    :data:`NOT_STARTED`, so the pool shuts down in order."""
+    global _WORKER_SIGINT
+    if _WORKER_SIGINT:
+        return  # once: a second Ctrl-C must not cut short the clean-up of the first
+    _WORKER_SIGINT = True
+    if _WORKER_BUSY:
+        raise KeyboardInterrupt
+
+
+def _worker_stopped() -> bool:
+    return _WORKER_SIGINT or (_WORKER_STOP is not None and _WORKER_STOP.is_set())
+
+
+def _worker_check(_seconds: float) -> None:
+    if _worker_stopped():  # (the parent alone was interrupted, e.g. kill -INT)
+        raise KeyboardInterrupt
+
+
 def _worker_run(job: Job, overwrite, sample_rate, channels) -> FileResult:
-    return process_file(_WORKER_CHAIN, job.src, job.dst, overwrite=overwrite, sample_rate=sample_rate, channels=channels)
+    global _WORKER_BUSY
+    if _worker_stopped():
+        return FileResult(job.src, job.dst, ok=False, error=NOT_STARTED)
+    _WORKER_BUSY = True
+    try:
+        return process_file(_WORKER_CHAIN, job.src, job.dst, overwrite=overwrite, sample_rate=sample_rate,
+                            channels=channels, on_progress=_worker_check)
+    except KeyboardInterrupt:
+        return FileResult(job.src, job.dst, ok=False, error=INTERRUPTED)
+    finally:
+        _WORKER_BUSY = False
+
+
+class _spawning:
+    """Block SIGINT in this thread while worker processes are started: a
+    worker inherits the mask, so a Ctrl-C during its start-up waits for
+    its own handler (:func:`_worker_init`) instead of killing it with a
+    traceback; here it is delivered (KeyboardInterrupt) on leaving."""
+
+    def __enter__(self):
+        self._old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def __exit__(self, *exc):
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
+
+
+def _remove_tmp(jobs: Iterable[Job], tag: str) -> None:
+    """Remove the temporary outputs that workers of batch ``tag`` left
+    beside these jobs' targets (a worker that died, or was ended when
+    another one crashed, cannot remove its own)."""
+    by_folder: dict[str, set[str]] = {}
+    for j in jobs:
+        by_folder.setdefault(os.path.dirname(os.path.abspath(j.dst)), set()).add(os.path.basename(j.dst))
+    for folder, names in by_folder.items():
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue
+        for e in entries:
+            if not e.startswith(".") or _TMP_MARK not in e:
+                continue
+            name, _, rest = e[1:].rpartition(_TMP_MARK)
+            if name in names and rest.split("-")[1:2] == [tag]:
+                try:
+                    os.unlink(os.path.join(folder, e))
+                except OSError:
+                    pass
+
+
+def _run_pool(chain: Chain, jobs: list[Job], workers: int, progress: "Progress | None", **kw) -> list[FileResult]:
+    """``jobs`` in a pool of ``workers`` processes, results in job order.
+
+    A worker that dies (BrokenProcessPool: a plugin's segfault, the OOM
+    killer) breaks the pool and every file not finished with it; those
+    files run again one at a time in a new pool, so a file that kills its
+    worker again is the culprit (:data:`CRASHED`) and the others are done.
+    KeyboardInterrupt: no queued file is started, the running ones stop,
+    no temporary output is left, and the interrupt goes on up."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # safe with torch and plugin hosts
+    stop = ctx.Event()
+    tag = uuid.uuid4().hex[:8]
+    init = dict(mp_context=ctx, initializer=_worker_init, initargs=(chain.to_dict(), chain.source, stop, tag))
+    slots: list[FileResult | None] = [None] * len(jobs)
+    pool = None
+
+    def done(i: int, r: FileResult) -> None:
+        slots[i] = r
+        if progress:
+            progress.file_done(r)
+
+    try:
+        with _spawning():  # (workers start as jobs are submitted)
+            pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), **init)
+            futs = {pool.submit(_worker_run, j, **kw): i for i, j in enumerate(jobs)}
+        again = []
+        for fut in as_completed(futs):
+            i = futs[fut]
+            try:
+                done(i, fut.result())
+            except BrokenProcessPool:
+                again.append(i)
+            except Exception as e:
+                done(i, FileResult(jobs[i].src, jobs[i].dst, ok=False,
+                                   error=f"worker failed: {type(e).__name__}: {_short(e)}"))
+        pool.shutdown(wait=True)
+        pool = None
+        if again:
+            _remove_tmp((jobs[i] for i in again), tag)
+        for i in sorted(again):  # one at a time: a crash now names its file
+            with _spawning():
+                if pool is None:
+                    pool = ProcessPoolExecutor(max_workers=1, **init)
+                fut = pool.submit(_worker_run, jobs[i], **kw)
+            try:
+                r = fut.result()
+            except BrokenProcessPool:
+                pool.shutdown(wait=True)
+                pool = None
+                _remove_tmp([jobs[i]], tag)
+                r = FileResult(jobs[i].src, jobs[i].dst, ok=False, error=CRASHED)
+            except Exception as e:
+                r = FileResult(jobs[i].src, jobs[i].dst, ok=False,
+                               error=f"worker failed: {type(e).__name__}: {_short(e)}")
+            done(i, r)
+    except KeyboardInterrupt:
+        stop.set()  # (workers that got no SIGINT of their own stop at their next block)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        _remove_tmp(jobs, tag)
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    return [r for r in slots if r is not None]
 
 
 def process_files(
@@ -506,9 +662,11 @@ def process_files(
     progress: "Progress | None" = None,
     skip_existing: bool = False,
 ) -> Summary:
-    """Process every job; one failure never stops the others.
-    ``skip_existing``: a job whose output exists is not run (a batch that
-    was interrupted goes on where it stopped); it counts as skipped."""
+    """Process every job; one failure never stops the others (with
+    ``workers`` > 1 not even a crash of a worker process: see
+    :func:`_run_pool`). ``skip_existing``: a job whose output exists is
+    not run (a batch that was interrupted goes on where it stopped); it
+    counts as skipped. KeyboardInterrupt stops the batch and goes on up."""
     t0 = time.monotonic()
     jobs, skipped = split_existing(jobs) if skip_existing else (jobs, [])
     results: list[FileResult] = []
@@ -524,24 +682,8 @@ def process_files(
             if progress:
                 progress.file_done(r)
     else:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")  # safe with torch and plugin hosts
-        order = {id(j): i for i, j in enumerate(jobs)}
-        slots: list[FileResult | None] = [None] * len(jobs)
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
-                                 initializer=_worker_init, initargs=(chain.to_dict(), chain.source)) as pool:
-            futs = {pool.submit(_worker_run, j, overwrite, sample_rate, channels): j for j in jobs}
-            for fut in as_completed(futs):
-                j = futs[fut]
-                try:
-                    r = fut.result()
-                except Exception as e:  # a worker died (e.g. a plugin crashed it)
-                    r = FileResult(j.src, j.dst, ok=False, error=f"worker failed: {type(e).__name__}: {_short(e)}")
-                slots[order[id(j)]] = r
-                if progress:
-                    progress.file_done(r)
-        results = [r for r in slots if r is not None]
+        results = _run_pool(chain, jobs, workers, progress, overwrite=overwrite, sample_rate=sample_rate,
+                            channels=channels)
     if progress:
         progress.finish()
     return Summary(skipped + results, time.monotonic() - t0)

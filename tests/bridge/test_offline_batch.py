@@ -68,3 +68,100 @@ def test_a_stage_fault_fails_only_its_own_file(tmp_path):
         y, _, _ = read(tmp_path / "out" / name)
         assert y.shape == (1, 48_000) and np.isfinite(y).all()
     assert not (tmp_path / "out" / "a_hot.wav").exists() and leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------
+# --jobs N: Ctrl-C and a worker that crashes
+
+
+def _cli_env(extra_path=None):
+    env = dict(os.environ)
+    if extra_path:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(extra_path), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _outputs(folder):
+    return sorted(f for f in os.listdir(folder) if not f.startswith(".")) if os.path.isdir(folder) else []
+
+
+def test_ctrl_c_stops_a_parallel_batch_promptly_and_leaves_no_temporary_file(tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) during
+    ``--jobs 2``: the pool's exit waited for every queued file, so the
+    whole batch was processed before "interrupted". Now no queued file is
+    started, the running ones stop, no temporary output is left, exit 130."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import quietcast_exe
+
+    for i in range(8):
+        write(tmp_path / "in" / f"l{i}.wav", sig(1, 48_000 * 10, i), 48_000)
+    (tmp_path / "nr.toml").write_text('[[stage]]\nname = "nr"\ntype = "denoise"\nmodel = "dsp"\n')
+    out = tmp_path / "out"
+    p = subprocess.Popen([quietcast_exe(), "process", str(tmp_path / "nr.toml"), str(tmp_path / "in"), "-o", str(out),
+                          "-j", "2", "-q"], start_new_session=True, stderr=subprocess.PIPE, text=True, env=_cli_env())
+    try:
+        deadline = time.monotonic() + 120
+        while not _outputs(out) and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert p.poll() is None, p.stderr.read()
+        done_before = len(_outputs(out))
+        os.killpg(p.pid, signal.SIGINT)
+        t0 = time.monotonic()
+        _, err = p.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode == 130 and "interrupted" in err, err
+    assert len(_outputs(out)) <= done_before + 1, _outputs(out)  # (at most one finishing as the signal came)
+    assert len(_outputs(out)) < 8 and took < 15
+    assert leftovers(tmp_path) == []
+
+
+CRASH_SITE = '''
+import os, resource, signal
+from quietcast.bridge import offline
+_process_file = offline.process_file
+def process_file(chain, src, dst, **kw):  # a plugin that segfaults on one file
+    if os.path.basename(src).startswith("crash"):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return _process_file(chain, src, dst, **kw)
+offline.process_file = process_file
+'''
+
+
+def test_a_file_that_crashes_its_worker_fails_alone(tmp_path):
+    """A worker killed by a segfault broke the pool, and every file of the
+    ``--jobs`` batch failed "worker failed: BrokenProcessPool", none named.
+    Now the unfinished files run again one at a time: the one that crashes
+    its worker again fails as such, the others are written."""
+    import subprocess
+
+    from conftest import quietcast_exe
+
+    names = ["a.wav", "b.wav", "crash_c.wav", "d.wav", "e.wav", "f.wav"]
+    for i, name in enumerate(names):
+        write(tmp_path / "in" / name, sig(1, 48_000, i), 48_000)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CRASH_SITE)  # in the workers only: the parent runs no file
+    out = tmp_path / "out"
+    r = subprocess.run([quietcast_exe(), "process", "dry", str(tmp_path / "in"), "-o", str(out), "-j", "2", "--json"],
+                       capture_output=True, text=True, env=_cli_env(site), timeout=300)
+    assert r.returncode == 1, r.stderr
+    import json
+
+    files = {os.path.basename(f["src"]): f for f in json.loads(r.stdout)["files"]}
+    assert [n for n, f in files.items() if not f["ok"]] == ["crash_c.wav"]
+    assert "crashed the worker" in files["crash_c.wav"]["error"]
+    assert "FAILED: " + str(tmp_path / "in" / "crash_c.wav") + ": crashed the worker" in r.stderr
+    assert "BrokenProcessPool" not in r.stderr
+    assert _outputs(out) == sorted(n for n in names if n != "crash_c.wav")
+    for n in _outputs(out):
+        np.testing.assert_array_equal(read(out / n)[0], read(tmp_path / "in" / n)[0])
+    assert leftovers(tmp_path) == []
