@@ -102,10 +102,26 @@ def _is_audio(path: str) -> bool:
     return path.lower().endswith(READ_EXTS)
 
 
+def _glob_root(pattern: str) -> str:
+    """The folder a glob pattern starts from: its leading components
+    without wildcards (``archive`` for ``archive/**/*.mp3``, ``.`` for
+    ``*.wav``)."""
+    parts = pattern.split(os.sep)
+    root: list[str] = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        root.append(part)
+    if root == [""]:  # /*.wav
+        return os.sep
+    return os.sep.join(root) or os.curdir
+
+
 def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, str]]:
     """Files, folders (recursive) and glob patterns -> ``(file, relative
-    name)`` pairs in a stable order. Raises BridgeError for an input that
-    matches nothing."""
+    name)`` pairs in a stable order: a file's name, a path under an input
+    folder, a path under a pattern's leading folder without wildcards.
+    Raises BridgeError for an input that matches nothing."""
     out: list[tuple[str, str]] = []
     missing = []
     for item in inputs:
@@ -126,7 +142,8 @@ def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, str]]:
             matches = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
             if not matches:
                 missing.append(f"{item} (pattern matches no file)")
-            out.extend((p, os.path.basename(p)) for p in matches)
+            root = _glob_root(item)  # (the folders under it are kept, as under an input folder)
+            out.extend((p, os.path.relpath(p, root)) for p in matches)
         else:
             missing.append(f"{item} (no such file or folder)")
     if missing:

@@ -165,3 +165,27 @@ def test_a_file_that_crashes_its_worker_fails_alone(tmp_path):
     for n in _outputs(out):
         np.testing.assert_array_equal(read(out / n)[0], read(tmp_path / "in" / n)[0])
     assert leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------------
+# where outputs go
+
+
+def test_a_glob_keeps_the_folders_under_its_leading_folder(tmp_path, monkeypatch):
+    """``'archive/**/*.wav'`` with two x.wav in different folders failed
+    "would both be written" (a glob match kept only its file name). Now the
+    path under the pattern's leading folder without wildcards is kept;
+    ``'*.wav'`` still gives file names."""
+    for rel in ("a/x.wav", "b/x.wav", "b/c/y.wav"):
+        write(tmp_path / "archive" / rel, sig(1, 480), 48_000)
+    out = tmp_path / "out"
+    jobs = plan_jobs([str(tmp_path / "archive" / "**" / "*.wav")], str(out))
+    assert sorted(os.path.relpath(j.dst, out) for j in jobs) == [os.path.join("a", "x.wav"), os.path.join("b", "c", "y.wav"),
+                                                                 os.path.join("b", "x.wav")]
+    jobs = plan_jobs([str(tmp_path / "archive" / "*" / "x.wav")], str(out), fmt="flac")
+    assert sorted(os.path.relpath(j.dst, out) for j in jobs) == [os.path.join("a", "x.flac"), os.path.join("b", "x.flac")]
+    monkeypatch.chdir(tmp_path / "archive" / "b")
+    assert [os.path.relpath(j.dst, out) for j in plan_jobs(["*.wav"], str(out))] == ["x.wav"]
+    assert [os.path.relpath(j.dst, out) for j in plan_jobs(["c/*.wav"], str(out))] == ["y.wav"]
+    s = process_files(Chain.load("dry"), plan_jobs([str(tmp_path / "archive" / "**" / "*.wav")], str(out)))
+    assert not s.failed and (out / "a" / "x.wav").exists() and (out / "b" / "c" / "y.wav").exists()
