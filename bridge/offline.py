@@ -117,18 +117,21 @@ def _glob_root(pattern: str) -> str:
     return os.sep.join(root) or os.curdir
 
 
-def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, str]]:
+def expand_inputs(inputs: Iterable[str], output: str | None = None) -> list[tuple[str, str]]:
     """Files, folders (recursive) and glob patterns -> ``(file, relative
     name)`` pairs in a stable order: a file's name, a path under an input
     folder, a path under a pattern's leading folder without wildcards.
-    Raises BridgeError for an input that matches nothing."""
+    The folder ``output`` (and all under it) is left out of an input
+    folder that holds it: those are outputs of an earlier run. Raises
+    BridgeError for an input that matches nothing."""
     out: list[tuple[str, str]] = []
     missing = []
+    out_dir = os.path.realpath(output) if output else None
     for item in inputs:
         if os.path.isdir(item):
             found = []
             for root, dirs, files in os.walk(item):
-                dirs.sort()
+                dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) != out_dir)
                 for f in sorted(files):
                     p = os.path.join(root, f)
                     if _is_audio(p) and not f.startswith("."):
@@ -154,9 +157,10 @@ def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, str]]:
 def plan_jobs(inputs: Iterable[str], output: str, fmt: str | None = None) -> list[Job]:
     """Map inputs to outputs. One input file and an ``output`` with an audio
     extension -> that file; otherwise ``output`` is a folder and relative
-    paths under each input folder are kept. ``fmt`` (e.g. ``"flac"``)
-    changes the output extension."""
-    pairs = expand_inputs(inputs)
+    paths under each input folder are kept (an ``output`` folder inside an
+    input folder is not an input). ``fmt`` (e.g. ``"flac"``) changes the
+    output extension."""
+    pairs = expand_inputs(inputs, output)
     if fmt is not None:
         fmt = "." + fmt.lower().lstrip(".")
         if fmt not in WRITE_EXTS:

@@ -189,3 +189,24 @@ def test_a_glob_keeps_the_folders_under_its_leading_folder(tmp_path, monkeypatch
     assert [os.path.relpath(j.dst, out) for j in plan_jobs(["c/*.wav"], str(out))] == ["y.wav"]
     s = process_files(Chain.load("dry"), plan_jobs([str(tmp_path / "archive" / "**" / "*.wav")], str(out)))
     assert not s.failed and (out / "a" / "x.wav").exists() and (out / "b" / "c" / "y.wav").exists()
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_an_input(tmp_path):
+    """``rec/ -o rec/clean/`` then again with ``--skip-existing``: the
+    walk of rec/ found the outputs in rec/clean/ and processed them again
+    into rec/clean/clean/. The output folder is left out of the walk."""
+    rec = tmp_path / "rec"
+    write(rec / "a.wav", sig(1, 4800), 48_000)
+    write(rec / "sub" / "b.wav", sig(1, 4800, 1), 48_000)
+    out = rec / "clean"
+    jobs = plan_jobs([str(rec)], str(out))
+    assert sorted(os.path.relpath(j.dst, out) for j in jobs) == ["a.wav", os.path.join("sub", "b.wav")]
+    assert not process_files(Chain.load("dry"), jobs).failed
+    jobs = plan_jobs([str(rec)], str(out) + os.sep)  # (however the folder is written)
+    assert sorted(os.path.relpath(j.src, rec) for j in jobs) == ["a.wav", os.path.join("sub", "b.wav")]
+    s = process_files(Chain.load("dry"), jobs, skip_existing=True)
+    assert len(s.skipped) == 2 and not s.failed and "0 of 2 file(s) processed, 2 skipped" in s.text()
+    assert not (out / "clean").exists()
+    # an input folder that is only under another input's output is still an input
+    jobs = plan_jobs([str(out)], str(tmp_path / "again"))
+    assert len(jobs) == 2
