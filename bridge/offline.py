@@ -318,9 +318,9 @@ class AudioWriter:
     """pedalboard's file writer, made transparent and safe for any block.
 
     - Bit depth: the source's, at most 24 for FLAC and AIFF (pedalboard
-      writes neither at 32), 16 for MP3 (ignored there); float sources
-      stay float in WAV.
-    - Integer formats (16/24-bit WAV, FLAC, AIFF) get round-to-nearest:
+      writes neither at 32), at least 16 for FLAC (nor at 8), 16 for MP3
+      (ignored there); float sources stay float in WAV.
+    - Integer formats (8/16/24-bit WAV and AIFF, FLAC) get round-to-nearest:
       pedalboard reads an integer sample ``k`` as ``k / (2**(b-1) - 1)``
       but writes ``floor(x * 2**(b-1))``, so a float that was read comes
       back one step lower when negative (a -0.5 LSB bias, and the ``dry``
@@ -335,8 +335,13 @@ class AudioWriter:
 
         ext = os.path.splitext(path)[1].lower()
         depth = _BIT_DEPTHS.get(str(source_dtype), 16)
-        self.bit_depth = 16 if ext == ".mp3" else min(depth, 24 if ext in (".flac", ".aiff") else 32)
-        self._integer = ext in (".wav", ".flac", ".aiff") and self.bit_depth in (16, 24)
+        if ext == ".mp3":
+            self.bit_depth = 16
+        elif ext == ".flac":  # pedalboard writes FLAC at 16 or 24 bits only
+            self.bit_depth = min(max(depth, 16), 24)
+        else:
+            self.bit_depth = min(depth, 24 if ext in (".aiff", ".aif") else 32)
+        self._integer = ext in (".wav", ".flac", ".aiff", ".aif") and self.bit_depth in (8, 16, 24)
         self._f = AudioFile(path, "w", sample_rate, channels, bit_depth=self.bit_depth)
 
     def write(self, y: np.ndarray) -> None:
