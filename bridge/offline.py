@@ -34,11 +34,14 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .audiocheck import MP3_DECODER_DELAY, FlacCheck, mp3_gapless, pcm_ints, truncation_problem
-from .chain import Chain
+from .chain import SAMPLE_RATES, Chain
 from .errors import AudioFileError, BridgeError, ChainSpecError
 
 READ_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif", ".bwf")
-WRITE_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".aiff")
+WRITE_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif")
+#: audio extensions not written here: an output named so is refused (it was taken for a folder's name)
+NOT_WRITTEN_EXTS = (".m4a", ".m4b", ".mp4", ".aac", ".alac", ".opus", ".oga", ".wma", ".caf", ".aifc", ".au", ".snd",
+                    ".webm", ".mka", ".wv", ".ape", ".amr", ".ac3", ".3gp", ".mp2", ".spx", ".bwf", ".w64", ".rf64")
 BLOCK = 65_536
 _BIT_DEPTHS = {"int8": 8, "int16": 16, "int24": 24, "int32": 32, "float32": 32, "float64": 32}
 
@@ -160,16 +163,20 @@ def plan_jobs(inputs: Iterable[str], output: str, fmt: str | None = None) -> lis
     paths under each input folder are kept (an ``output`` folder inside an
     input folder is not an input). ``fmt`` (e.g. ``"flac"``) changes the
     output extension."""
+    if not output:
+        raise BridgeError("the output is empty: give an output file (one input) or folder")
     pairs = expand_inputs(inputs, output)
     if fmt is not None:
         fmt = "." + fmt.lower().lstrip(".")
         if fmt not in WRITE_EXTS:
             raise BridgeError(f"output format {fmt!r} is not supported; choose one of {', '.join(e[1:] for e in WRITE_EXTS)}")
-    single_file = (
-        len(pairs) == 1 and not os.path.isdir(output) and os.path.splitext(output)[1].lower() in WRITE_EXTS
-    )
-    if not single_file and os.path.splitext(output)[1].lower() in WRITE_EXTS and len(pairs) > 1:
+    out_ext = "" if os.path.isdir(output) else os.path.splitext(output)[1].lower()  # ("x.m4a/": a folder)
+    single_file = len(pairs) == 1 and out_ext in WRITE_EXTS
+    if not single_file and out_ext in WRITE_EXTS + NOT_WRITTEN_EXTS and len(pairs) > 1:
         raise BridgeError(f"output {output!r} is a single file but there are {len(pairs)} inputs; give a folder")
+    if out_ext in NOT_WRITTEN_EXTS:
+        raise BridgeError(f"output {output!r}: {out_ext} files cannot be written; give the output file one of "
+                          f"{' '.join(WRITE_EXTS)} (or end it with {os.sep} for a folder of that name)")
     if not single_file and os.path.isfile(output):
         raise BridgeError(f"output {output!r} is an existing file; give a folder for these inputs")
     jobs = []
@@ -181,8 +188,10 @@ def plan_jobs(inputs: Iterable[str], output: str, fmt: str | None = None) -> lis
             dst = os.path.join(output, rel)
             if fmt:
                 dst = os.path.splitext(dst)[0] + fmt
-            elif os.path.splitext(dst)[1].lower() not in WRITE_EXTS:  # .aif stays AIFF, .bwf becomes .wav
-                dst = os.path.splitext(dst)[0] + (".aiff" if dst.lower().endswith(".aif") else ".wav")
+            elif dst.lower().endswith(".aif"):  # an AIFF input stays AIFF, named .aiff
+                dst = os.path.splitext(dst)[0] + ".aiff"
+            elif os.path.splitext(dst)[1].lower() not in WRITE_EXTS:  # .bwf becomes .wav
+                dst = os.path.splitext(dst)[0] + ".wav"
         key = os.path.abspath(dst)
         if _same_file(src, dst):
             raise BridgeError(f"output {dst!r} would be the input file itself; write the outputs elsewhere "
@@ -330,8 +339,12 @@ class AudioWriter:
       (pedalboard cannot tell ``[channels, frames]`` from ``[frames,
       channels]`` in a square block)."""
 
-    def __init__(self, path: str, sample_rate: int, channels: int, source_dtype: str):
+    def __init__(self, path: str, sample_rate: int, channels: int, source_dtype: str, name: str | None = None):
+        """``name``: the file that write errors name (the target, where
+        ``path`` is its hidden temporary file)."""
         from pedalboard.io import AudioFile
+
+        self.path, self.name = path, name or path
 
         ext = os.path.splitext(path)[1].lower()
         depth = _BIT_DEPTHS.get(str(source_dtype), 16)
@@ -342,27 +355,58 @@ class AudioWriter:
         else:
             self.bit_depth = min(depth, 24 if ext in (".aiff", ".aif") else 32)
         self._integer = ext in (".wav", ".flac", ".aiff", ".aif") and self.bit_depth in (8, 16, 24)
-        self._f = AudioFile(path, "w", sample_rate, channels, bit_depth=self.bit_depth)
+        try:
+            self._f = AudioFile(path, "w", sample_rate, channels, bit_depth=self.bit_depth)
+        except (RuntimeError, OSError) as e:
+            raise self._error(e) from None
 
     def write(self, y: np.ndarray) -> None:
         if y.shape[1] == 0:
             return
         if self._integer:  # the middle of the step each sample rounds to
             y = ((pcm_ints(y, self.bit_depth) + 0.5) / float(2 ** (self.bit_depth - 1))).astype(np.float32)
-        if y.shape[0] == y.shape[1]:
-            for j in range(y.shape[1]):
-                self._f.write(np.ascontiguousarray(y[:, j:j + 1]))
-        else:
-            self._f.write(np.ascontiguousarray(y))
+        try:
+            if y.shape[0] == y.shape[1]:
+                for j in range(y.shape[1]):
+                    self._f.write(np.ascontiguousarray(y[:, j:j + 1]))
+            else:
+                self._f.write(np.ascontiguousarray(y))
+        except (RuntimeError, OSError) as e:
+            raise self._error(e) from None
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except (RuntimeError, OSError) as e:
+            raise self._error(e) from None
+
+    def _error(self, e: Exception) -> AudioFileError:
+        return AudioFileError(self.name, f"cannot be written ({write_problem(self.path, e)}); output not written")
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:  # (the error that stopped the file is the one to report)
+            try:
+                self._f.close()
+            except Exception:
+                pass
+
+
+def write_problem(path: str, e: Exception) -> str:
+    """Why writing ``path`` failed. pedalboard says only "Unable to write
+    data to audio file."; a write of our own to the same file fails the
+    same way, and the system says why (no space left on device, file too
+    large, disk quota exceeded, read-only file system ...)."""
+    try:
+        with open(path, "ab", buffering=0) as f:
+            f.write(bytes(65_536))
+    except OSError as oe:
+        return oe.strerror or _short(oe)
+    return _short(e)
 
 
 def _short(e: Exception) -> str:
@@ -464,6 +508,10 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res) -> 
         sr = int(round(reader.samplerate))
         in_ch = reader.num_channels
         ch = channels or in_ch
+        lo, hi = SAMPLE_RATES
+        if reader is raw and not lo <= sr <= hi:
+            raise AudioFileError(src, f"its sample rate, {sr} Hz, is out of the range a chain runs at [{lo}, {hi}] Hz; "
+                                      "resample it with --sample-rate HZ")
         proc = _processor(chain, sr, ch)
         L = proc.latency
         skip = L
@@ -472,7 +520,7 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res) -> 
         if check is not None and reader is not raw:  # resampled: these samples are not the file's; check it first
             _verify_flac(src, check)
             check = None
-        with AudioWriter(tmp, sr, ch, raw.file_dtype) as out:
+        with AudioWriter(tmp, sr, ch, raw.file_dtype, name=res.dst) as out:
             while True:
                 try:
                     x = reader.read(block)

@@ -11,7 +11,8 @@ import pytest
 from pedalboard.io import AudioFile
 
 from quietcast.bridge import Chain
-from quietcast.bridge.offline import plan_jobs, process_files
+from quietcast.bridge.errors import BridgeError
+from quietcast.bridge.offline import plan_jobs, process_file, process_files
 
 
 def write(path, x, sr, **kw):
@@ -210,3 +211,85 @@ def test_an_output_folder_inside_the_input_folder_is_not_an_input(tmp_path):
     # an input folder that is only under another input's output is still an input
     jobs = plan_jobs([str(out)], str(tmp_path / "again"))
     assert len(jobs) == 2
+
+
+# --------------------------------------------------------------------------
+# output names, write errors, rates
+
+
+def test_an_output_file_name_that_cannot_be_written_is_refused(tmp_path):
+    """``-o out/interview.clean.m4a`` (or ``.aif``) with one input silently
+    made a folder of that name with a .wav in it. An audio extension that
+    is not written is refused now, naming those that are; ``.aif`` is
+    written (as AIFF); a trailing separator still means a folder."""
+    write(tmp_path / "in" / "take.wav", sig(1, 4800), 48_000)
+    write(tmp_path / "in" / "take2.wav", sig(1, 4800), 48_000)
+    src = str(tmp_path / "in" / "take.wav")
+    with pytest.raises(BridgeError, match=r"\.m4a files cannot be written; .*\.wav .*\.aiff \.aif"):
+        plan_jobs([src], str(tmp_path / "out" / "interview.clean.m4a"))
+    with pytest.raises(BridgeError, match="single file but there are 2 inputs"):
+        plan_jobs([str(tmp_path / "in")], str(tmp_path / "out" / "all.m4a"))
+    (job,) = plan_jobs([src], str(tmp_path / "out" / "take.m4a") + os.sep)
+    assert job.dst == str(tmp_path / "out" / "take.m4a" / "take.wav")
+    (job,) = plan_jobs([src], str(tmp_path / "out" / "take.aif"))
+    assert job.dst == str(tmp_path / "out" / "take.aif")
+    assert not process_files(Chain.load("dry"), [job]).failed
+    assert (tmp_path / "out" / "take.aif").is_file() and (tmp_path / "out" / "take.aif").read_bytes()[8:12] == b"AIFF"
+    np.testing.assert_array_equal(read(tmp_path / "out" / "take.aif")[0], read(src)[0])
+    assert not os.path.exists(tmp_path / "out" / "interview.clean.m4a")
+
+
+def test_an_empty_output_is_a_usage_error(tmp_path):
+    """``-o ""`` wrote into the current folder."""
+    import subprocess
+
+    from conftest import quietcast_exe
+
+    write(tmp_path / "a.wav", sig(1, 4800), 48_000)
+    with pytest.raises(BridgeError, match="output is empty"):
+        plan_jobs([str(tmp_path / "a.wav")], "")
+    r = subprocess.run([quietcast_exe(), "process", "dry", "a.wav", "-o", ""], cwd=tmp_path, capture_output=True,
+                       text=True, env=_cli_env())
+    assert r.returncode == 2 and "quietcast: error: the output is empty" in r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["a.wav"]
+
+
+def test_a_write_error_names_the_output_and_why(tmp_path):
+    """A full disk gave "RuntimeError: Unable to write data to audio file."
+    (pedalboard's words), naming no file and no reason. Now: the output
+    file, and why the system refused the write. Here the file size limit
+    (RLIMIT_FSIZE) stops the write; /dev/full stands for a full disk."""
+    import resource
+    import subprocess
+
+    from conftest import quietcast_exe
+    from quietcast.bridge.offline import write_problem
+
+    assert write_problem("/dev/full", RuntimeError("Unable to write data to audio file.")) == "No space left on device"
+    write(tmp_path / "in.wav", sig(2, 48_000 * 4), 48_000)
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    out = tmp_path / "out" / "o.wav"
+    r = subprocess.run([quietcast_exe(), "process", "dry", str(tmp_path / "in.wav"), "-o", str(out)],
+                       capture_output=True, text=True, env=_cli_env(), preexec_fn=small_files)
+    assert r.returncode == 1, r.stderr
+    assert f"{out}: cannot be written (File too large); output not written" in r.stderr
+    assert "RuntimeError" not in r.stderr and "Unable to write" not in r.stderr
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_a_file_whose_rate_a_chain_cannot_run_at_says_so(tmp_path):
+    """A 400 kHz file failed "ValueError: sample_rate 400000 is out of
+    range", as if an option were wrong. Now it is the file's rate, and
+    --sample-rate is suggested (and works)."""
+    import wave
+
+    with wave.open(str(tmp_path / "hi.wav"), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(400_000), w.writeframes(bytes(2 * 40_000))
+    r = process_file(Chain.load("dry"), str(tmp_path / "hi.wav"), str(tmp_path / "o.wav"))
+    assert not r.ok and r.error == ("its sample rate, 400000 Hz, is out of the range a chain runs at [1000, 384000] Hz; "
+                                    "resample it with --sample-rate HZ")
+    r = process_file(Chain.load("dry"), str(tmp_path / "hi.wav"), str(tmp_path / "o.wav"), sample_rate=48_000)
+    assert r.ok, r.error
