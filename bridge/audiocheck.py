@@ -606,7 +606,7 @@ def pcm_ints(x, bits: int):
     """The integer samples (float64, clipped to the ``bits``-wide range)
     that float samples stand for as pedalboard reads them: it reads an
     integer ``k`` as ``k / (2**(bits-1) - 1)``, so this gives ``k`` back
-    exactly for 16 and 24 bits."""
+    exactly for 8, 16 and 24 bits."""
     import numpy as np
 
     full = float(2 ** (bits - 1))

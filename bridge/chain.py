@@ -47,6 +47,7 @@ from .stages import COMMON, MixStage, Stage, build_stage, params_of, resolve_typ
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 TOP_KEYS = ("name", "description", "stage")
+SAMPLE_RATES = (1000, 384_000)  # the sample rates (Hz) a chain runs at
 
 
 @dataclass
@@ -233,8 +234,8 @@ class Chain:
         an unknown plugin parameter ...) are raised together."""
         if not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
-        if not (1000 <= int(sample_rate) <= 384_000):
-            raise ValueError(f"sample_rate {sample_rate} is out of range [1000, 384000] Hz")
+        if not (SAMPLE_RATES[0] <= int(sample_rate) <= SAMPLE_RATES[1]):
+            raise ValueError(f"sample_rate {sample_rate} is out of range [{SAMPLE_RATES[0]}, {SAMPLE_RATES[1]}] Hz")
         problems: list[Problem] = []
         built: list[Stage] = []
         latency = 0

@@ -397,7 +397,7 @@ def stitch(src: str, dst: str, parts: list[tuple[str, int, int, int]], *, channe
     tmp = os.path.join(folder, f".{os.path.basename(dst)}.qc-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
     ok = False
     try:
-        with AudioWriter(tmp, sample_rate, channels, dtype) as out:
+        with AudioWriter(tmp, sample_rate, channels, dtype, name=dst) as out:  # (errors name dst)
             for path, file_start, first, end in parts:
                 with open(path, "rb") as f:
                     f.seek((first - file_start) * channels * 4)

@@ -11,28 +11,37 @@
   ``overwrite=True``; a corrupt or unreadable input is reported and skipped
   and the other files go on. That includes a WAV, AIFF or FLAC file cut
   short (which pedalboard would pad with zeros; :mod:`.audiocheck`).
-- ``jobs=N`` processes N files at once in worker processes.
+- ``jobs=N`` processes N files at once in worker processes. Ctrl-C stops
+  the batch promptly (files not started are not started, the ones
+  running stop and leave no temporary file). A file that crashes its
+  worker (a plugin's segfault) is found by running the files the crash
+  left unfinished again one at a time; only that file fails.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import signal
 import sys
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
 
 from .audiocheck import MP3_DECODER_DELAY, FlacCheck, mp3_gapless, pcm_ints, truncation_problem
-from .chain import Chain
+from .chain import SAMPLE_RATES, Chain
 from .errors import AudioFileError, BridgeError, ChainSpecError
 
 READ_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif", ".bwf")
-WRITE_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".aiff")
+WRITE_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif")
+#: audio extensions not written here: an output named so is refused (it was taken for a folder's name)
+NOT_WRITTEN_EXTS = (".m4a", ".m4b", ".mp4", ".aac", ".alac", ".opus", ".oga", ".wma", ".caf", ".aifc", ".au", ".snd",
+                    ".webm", ".mka", ".wv", ".ape", ".amr", ".ac3", ".3gp", ".mp2", ".spx", ".bwf", ".w64", ".rf64")
 BLOCK = 65_536
 _BIT_DEPTHS = {"int8": 8, "int16": 16, "int24": 24, "int32": 32, "float32": 32, "float64": 32}
 
@@ -96,17 +105,36 @@ def _is_audio(path: str) -> bool:
     return path.lower().endswith(READ_EXTS)
 
 
-def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, str]]:
+def _glob_root(pattern: str) -> str:
+    """The folder a glob pattern starts from: its leading components
+    without wildcards (``archive`` for ``archive/**/*.mp3``, ``.`` for
+    ``*.wav``)."""
+    parts = pattern.split(os.sep)
+    root: list[str] = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        root.append(part)
+    if root == [""]:  # /*.wav
+        return os.sep
+    return os.sep.join(root) or os.curdir
+
+
+def expand_inputs(inputs: Iterable[str], output: str | None = None) -> list[tuple[str, str]]:
     """Files, folders (recursive) and glob patterns -> ``(file, relative
-    name)`` pairs in a stable order. Raises BridgeError for an input that
-    matches nothing."""
+    name)`` pairs in a stable order: a file's name, a path under an input
+    folder, a path under a pattern's leading folder without wildcards.
+    The folder ``output`` (and all under it) is left out of an input
+    folder that holds it: those are outputs of an earlier run. Raises
+    BridgeError for an input that matches nothing."""
     out: list[tuple[str, str]] = []
     missing = []
+    out_dir = os.path.realpath(output) if output else None
     for item in inputs:
         if os.path.isdir(item):
             found = []
             for root, dirs, files in os.walk(item):
-                dirs.sort()
+                dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) != out_dir)
                 for f in sorted(files):
                     p = os.path.join(root, f)
                     if _is_audio(p) and not f.startswith("."):
@@ -120,7 +148,8 @@ def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, str]]:
             matches = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
             if not matches:
                 missing.append(f"{item} (pattern matches no file)")
-            out.extend((p, os.path.basename(p)) for p in matches)
+            root = _glob_root(item)  # (the folders under it are kept, as under an input folder)
+            out.extend((p, os.path.relpath(p, root)) for p in matches)
         else:
             missing.append(f"{item} (no such file or folder)")
     if missing:
@@ -131,18 +160,23 @@ def expand_inputs(inputs: Iterable[str]) -> list[tuple[str, str]]:
 def plan_jobs(inputs: Iterable[str], output: str, fmt: str | None = None) -> list[Job]:
     """Map inputs to outputs. One input file and an ``output`` with an audio
     extension -> that file; otherwise ``output`` is a folder and relative
-    paths under each input folder are kept. ``fmt`` (e.g. ``"flac"``)
-    changes the output extension."""
-    pairs = expand_inputs(inputs)
+    paths under each input folder are kept (an ``output`` folder inside an
+    input folder is not an input). ``fmt`` (e.g. ``"flac"``) changes the
+    output extension."""
+    if not output:
+        raise BridgeError("the output is empty: give an output file (one input) or folder")
+    pairs = expand_inputs(inputs, output)
     if fmt is not None:
         fmt = "." + fmt.lower().lstrip(".")
         if fmt not in WRITE_EXTS:
             raise BridgeError(f"output format {fmt!r} is not supported; choose one of {', '.join(e[1:] for e in WRITE_EXTS)}")
-    single_file = (
-        len(pairs) == 1 and not os.path.isdir(output) and os.path.splitext(output)[1].lower() in WRITE_EXTS
-    )
-    if not single_file and os.path.splitext(output)[1].lower() in WRITE_EXTS and len(pairs) > 1:
+    out_ext = "" if os.path.isdir(output) else os.path.splitext(output)[1].lower()  # ("x.m4a/": a folder)
+    single_file = len(pairs) == 1 and out_ext in WRITE_EXTS
+    if not single_file and out_ext in WRITE_EXTS + NOT_WRITTEN_EXTS and len(pairs) > 1:
         raise BridgeError(f"output {output!r} is a single file but there are {len(pairs)} inputs; give a folder")
+    if out_ext in NOT_WRITTEN_EXTS:
+        raise BridgeError(f"output {output!r}: {out_ext} files cannot be written; give the output file one of "
+                          f"{' '.join(WRITE_EXTS)} (or end it with {os.sep} for a folder of that name)")
     if not single_file and os.path.isfile(output):
         raise BridgeError(f"output {output!r} is an existing file; give a folder for these inputs")
     jobs = []
@@ -154,8 +188,10 @@ def plan_jobs(inputs: Iterable[str], output: str, fmt: str | None = None) -> lis
             dst = os.path.join(output, rel)
             if fmt:
                 dst = os.path.splitext(dst)[0] + fmt
-            elif os.path.splitext(dst)[1].lower() not in WRITE_EXTS:  # .aif stays AIFF, .bwf becomes .wav
-                dst = os.path.splitext(dst)[0] + (".aiff" if dst.lower().endswith(".aif") else ".wav")
+            elif dst.lower().endswith(".aif"):  # an AIFF input stays AIFF, named .aiff
+                dst = os.path.splitext(dst)[0] + ".aiff"
+            elif os.path.splitext(dst)[1].lower() not in WRITE_EXTS:  # .bwf becomes .wav
+                dst = os.path.splitext(dst)[0] + ".wav"
         key = os.path.abspath(dst)
         if _same_file(src, dst):
             raise BridgeError(f"output {dst!r} would be the input file itself; write the outputs elsewhere "
@@ -291,9 +327,9 @@ class AudioWriter:
     """pedalboard's file writer, made transparent and safe for any block.
 
     - Bit depth: the source's, at most 24 for FLAC and AIFF (pedalboard
-      writes neither at 32), 16 for MP3 (ignored there); float sources
-      stay float in WAV.
-    - Integer formats (16/24-bit WAV, FLAC, AIFF) get round-to-nearest:
+      writes neither at 32), at least 16 for FLAC (nor at 8), 16 for MP3
+      (ignored there); float sources stay float in WAV.
+    - Integer formats (8/16/24-bit WAV and AIFF, FLAC) get round-to-nearest:
       pedalboard reads an integer sample ``k`` as ``k / (2**(b-1) - 1)``
       but writes ``floor(x * 2**(b-1))``, so a float that was read comes
       back one step lower when negative (a -0.5 LSB bias, and the ``dry``
@@ -303,34 +339,74 @@ class AudioWriter:
       (pedalboard cannot tell ``[channels, frames]`` from ``[frames,
       channels]`` in a square block)."""
 
-    def __init__(self, path: str, sample_rate: int, channels: int, source_dtype: str):
+    def __init__(self, path: str, sample_rate: int, channels: int, source_dtype: str, name: str | None = None):
+        """``name``: the file that write errors name (the target, where
+        ``path`` is its hidden temporary file)."""
         from pedalboard.io import AudioFile
+
+        self.path, self.name = path, name or path
 
         ext = os.path.splitext(path)[1].lower()
         depth = _BIT_DEPTHS.get(str(source_dtype), 16)
-        self.bit_depth = 16 if ext == ".mp3" else min(depth, 24 if ext in (".flac", ".aiff") else 32)
-        self._integer = ext in (".wav", ".flac", ".aiff") and self.bit_depth in (16, 24)
-        self._f = AudioFile(path, "w", sample_rate, channels, bit_depth=self.bit_depth)
+        if ext == ".mp3":
+            self.bit_depth = 16
+        elif ext == ".flac":  # pedalboard writes FLAC at 16 or 24 bits only
+            self.bit_depth = min(max(depth, 16), 24)
+        else:
+            self.bit_depth = min(depth, 24 if ext in (".aiff", ".aif") else 32)
+        self._integer = ext in (".wav", ".flac", ".aiff", ".aif") and self.bit_depth in (8, 16, 24)
+        try:
+            self._f = AudioFile(path, "w", sample_rate, channels, bit_depth=self.bit_depth)
+        except (RuntimeError, OSError) as e:
+            raise self._error(e) from None
 
     def write(self, y: np.ndarray) -> None:
         if y.shape[1] == 0:
             return
         if self._integer:  # the middle of the step each sample rounds to
             y = ((pcm_ints(y, self.bit_depth) + 0.5) / float(2 ** (self.bit_depth - 1))).astype(np.float32)
-        if y.shape[0] == y.shape[1]:
-            for j in range(y.shape[1]):
-                self._f.write(np.ascontiguousarray(y[:, j:j + 1]))
-        else:
-            self._f.write(np.ascontiguousarray(y))
+        try:
+            if y.shape[0] == y.shape[1]:
+                for j in range(y.shape[1]):
+                    self._f.write(np.ascontiguousarray(y[:, j:j + 1]))
+            else:
+                self._f.write(np.ascontiguousarray(y))
+        except (RuntimeError, OSError) as e:
+            raise self._error(e) from None
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except (RuntimeError, OSError) as e:
+            raise self._error(e) from None
+
+    def _error(self, e: Exception) -> AudioFileError:
+        return AudioFileError(self.name, f"cannot be written ({write_problem(self.path, e)}); output not written")
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:  # (the error that stopped the file is the one to report)
+            try:
+                self._f.close()
+            except Exception:
+                pass
+
+
+def write_problem(path: str, e: Exception) -> str:
+    """Why writing ``path`` failed. pedalboard says only "Unable to write
+    data to audio file."; a write of our own to the same file fails the
+    same way, and the system says why (no space left on device, file too
+    large, disk quota exceeded, read-only file system ...)."""
+    try:
+        with open(path, "ab", buffering=0) as f:
+            f.write(bytes(65_536))
+    except OSError as oe:
+        return oe.strerror or _short(oe)
+    return _short(e)
 
 
 def _short(e: Exception) -> str:
@@ -349,20 +425,27 @@ def _layout(x: np.ndarray, channels: int | None) -> np.ndarray:
 
 
 _PROC_CACHE: dict = {}
+_TMP_MARK = ".qc-tmp-"  # a temporary output: .NAME.qc-tmp-PID-[BATCH-]RANDOM.EXT beside NAME
+_TMP_TAG = ""  # in a --jobs worker: its batch's tag, so that the batch can remove what a dead worker left
 
 
 def _processor(chain: Chain, sample_rate: int, channels: int):
     """One processor per (chain, rate, channels) per process, reset between
-    files: plugins load once per worker, not once per file."""
+    files: plugins load once per worker, not once per file. Each file is
+    judged on its own: the NaN/Inf count starts at 0, and a processor left
+    with a stage fault by an earlier file is built again (a faulted stage
+    stays bypassed until then, as in the live engine, and its plugin may
+    be in any state)."""
     key = (id(chain), sample_rate, channels)
     proc = _PROC_CACHE.get(key)
-    if proc is None or proc.chain is not chain:
+    if proc is None or proc.chain is not chain or proc.faults:
         if len(_PROC_CACHE) > 8:
             _PROC_CACHE.clear()
         proc = chain.processor(sample_rate, channels)
         _PROC_CACHE[key] = proc
     else:
         proc.reset()
+    proc.bad_samples = 0
     return proc
 
 
@@ -392,7 +475,8 @@ def process_file(
         res.error = f"cannot write {ext or 'files without an extension'}; use one of {', '.join(WRITE_EXTS)}"
         return res
     folder = os.path.dirname(os.path.abspath(dst))
-    tmp = os.path.join(folder, f".{os.path.basename(dst)}.qc-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
+    tag = f"{_TMP_TAG}-" if _TMP_TAG else ""
+    tmp = os.path.join(folder, f".{os.path.basename(dst)}{_TMP_MARK}{os.getpid()}-{tag}{uuid.uuid4().hex[:8]}{ext}")
     try:
         os.makedirs(folder, exist_ok=True)
         if not os.access(folder, os.W_OK):  # (else pedalboard's error names the hidden temporary file)
@@ -424,6 +508,10 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res) -> 
         sr = int(round(reader.samplerate))
         in_ch = reader.num_channels
         ch = channels or in_ch
+        lo, hi = SAMPLE_RATES
+        if reader is raw and not lo <= sr <= hi:
+            raise AudioFileError(src, f"its sample rate, {sr} Hz, is out of the range a chain runs at [{lo}, {hi}] Hz; "
+                                      "resample it with --sample-rate HZ")
         proc = _processor(chain, sr, ch)
         L = proc.latency
         skip = L
@@ -432,7 +520,7 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res) -> 
         if check is not None and reader is not raw:  # resampled: these samples are not the file's; check it first
             _verify_flac(src, check)
             check = None
-        with AudioWriter(tmp, sr, ch, raw.file_dtype) as out:
+        with AudioWriter(tmp, sr, ch, raw.file_dtype, name=res.dst) as out:
             while True:
                 try:
                     x = reader.read(block)
@@ -478,16 +566,163 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res) -> 
 # many files
 
 _WORKER_CHAIN: Chain | None = None
+_WORKER_STOP = None  # the batch's stop event: set by the parent when the batch is interrupted
+_WORKER_SIGINT = False  # this worker got SIGINT (Ctrl-C at a terminal reaches the whole process group)
+_WORKER_BUSY = False  # a file is being processed
+
+INTERRUPTED = "interrupted; output not written"
+NOT_STARTED = "not started: interrupted"
+CRASHED = "crashed the worker process (e.g. a plugin or decoder segfault); output not written"
 
 
-def _worker_init(chain_doc: dict, source: str) -> None:
-    global _WORKER_CHAIN
+def _worker_init(chain_doc: dict, source: str, stop=None, tmp_tag: str = "") -> None:
+    global _WORKER_CHAIN, _WORKER_STOP, _TMP_TAG
+    _WORKER_STOP, _TMP_TAG = stop, tmp_tag
+    signal.signal(signal.SIGINT, _worker_sigint)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # (blocked from its start: see _spawning)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _WORKER_CHAIN = Chain.from_dict(chain_doc, source=source)
 
 
+def _worker_sigint(signum, frame) -> None:
+    """Ctrl-C in a worker: take no further file, and stop the one running
+    now (its temporary output is removed on the way out). An idle worker
+    stays alive to answer the files already handed to it with
+    :data:`NOT_STARTED`, so the pool shuts down in order."""
+    global _WORKER_SIGINT
+    if _WORKER_SIGINT:
+        return  # once: a second Ctrl-C must not cut short the clean-up of the first
+    _WORKER_SIGINT = True
+    if _WORKER_BUSY:
+        raise KeyboardInterrupt
+
+
+def _worker_stopped() -> bool:
+    return _WORKER_SIGINT or (_WORKER_STOP is not None and _WORKER_STOP.is_set())
+
+
+def _worker_check(_seconds: float) -> None:
+    if _worker_stopped():  # (the parent alone was interrupted, e.g. kill -INT)
+        raise KeyboardInterrupt
+
+
 def _worker_run(job: Job, overwrite, sample_rate, channels) -> FileResult:
-    return process_file(_WORKER_CHAIN, job.src, job.dst, overwrite=overwrite, sample_rate=sample_rate, channels=channels)
+    global _WORKER_BUSY
+    if _worker_stopped():
+        return FileResult(job.src, job.dst, ok=False, error=NOT_STARTED)
+    _WORKER_BUSY = True
+    try:
+        return process_file(_WORKER_CHAIN, job.src, job.dst, overwrite=overwrite, sample_rate=sample_rate,
+                            channels=channels, on_progress=_worker_check)
+    except KeyboardInterrupt:
+        return FileResult(job.src, job.dst, ok=False, error=INTERRUPTED)
+    finally:
+        _WORKER_BUSY = False
+
+
+class _spawning:
+    """Block SIGINT in this thread while worker processes are started: a
+    worker inherits the mask, so a Ctrl-C during its start-up waits for
+    its own handler (:func:`_worker_init`) instead of killing it with a
+    traceback; here it is delivered (KeyboardInterrupt) on leaving."""
+
+    def __enter__(self):
+        self._old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    def __exit__(self, *exc):
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
+
+
+def _remove_tmp(jobs: Iterable[Job], tag: str) -> None:
+    """Remove the temporary outputs that workers of batch ``tag`` left
+    beside these jobs' targets (a worker that died, or was ended when
+    another one crashed, cannot remove its own)."""
+    by_folder: dict[str, set[str]] = {}
+    for j in jobs:
+        by_folder.setdefault(os.path.dirname(os.path.abspath(j.dst)), set()).add(os.path.basename(j.dst))
+    for folder, names in by_folder.items():
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            continue
+        for e in entries:
+            if not e.startswith(".") or _TMP_MARK not in e:
+                continue
+            name, _, rest = e[1:].rpartition(_TMP_MARK)
+            if name in names and rest.split("-")[1:2] == [tag]:
+                try:
+                    os.unlink(os.path.join(folder, e))
+                except OSError:
+                    pass
+
+
+def _run_pool(chain: Chain, jobs: list[Job], workers: int, progress: "Progress | None", **kw) -> list[FileResult]:
+    """``jobs`` in a pool of ``workers`` processes, results in job order.
+
+    A worker that dies (BrokenProcessPool: a plugin's segfault, the OOM
+    killer) breaks the pool and every file not finished with it; those
+    files run again one at a time in a new pool, so a file that kills its
+    worker again is the culprit (:data:`CRASHED`) and the others are done.
+    KeyboardInterrupt: no queued file is started, the running ones stop,
+    no temporary output is left, and the interrupt goes on up."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # safe with torch and plugin hosts
+    stop = ctx.Event()
+    tag = uuid.uuid4().hex[:8]
+    init = dict(mp_context=ctx, initializer=_worker_init, initargs=(chain.to_dict(), chain.source, stop, tag))
+    slots: list[FileResult | None] = [None] * len(jobs)
+    pool = None
+
+    def done(i: int, r: FileResult) -> None:
+        slots[i] = r
+        if progress:
+            progress.file_done(r)
+
+    try:
+        with _spawning():  # (workers start as jobs are submitted)
+            pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), **init)
+            futs = {pool.submit(_worker_run, j, **kw): i for i, j in enumerate(jobs)}
+        again = []
+        for fut in as_completed(futs):
+            i = futs[fut]
+            try:
+                done(i, fut.result())
+            except BrokenProcessPool:
+                again.append(i)
+            except Exception as e:
+                done(i, FileResult(jobs[i].src, jobs[i].dst, ok=False,
+                                   error=f"worker failed: {type(e).__name__}: {_short(e)}"))
+        pool.shutdown(wait=True)
+        pool = None
+        if again:
+            _remove_tmp((jobs[i] for i in again), tag)
+        for i in sorted(again):  # one at a time: a crash now names its file
+            with _spawning():
+                if pool is None:
+                    pool = ProcessPoolExecutor(max_workers=1, **init)
+                fut = pool.submit(_worker_run, jobs[i], **kw)
+            try:
+                r = fut.result()
+            except BrokenProcessPool:
+                pool.shutdown(wait=True)
+                pool = None
+                _remove_tmp([jobs[i]], tag)
+                r = FileResult(jobs[i].src, jobs[i].dst, ok=False, error=CRASHED)
+            except Exception as e:
+                r = FileResult(jobs[i].src, jobs[i].dst, ok=False,
+                               error=f"worker failed: {type(e).__name__}: {_short(e)}")
+            done(i, r)
+    except KeyboardInterrupt:
+        stop.set()  # (workers that got no SIGINT of their own stop at their next block)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        _remove_tmp(jobs, tag)
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    return [r for r in slots if r is not None]
 
 
 def process_files(
@@ -501,9 +736,11 @@ def process_files(
     progress: "Progress | None" = None,
     skip_existing: bool = False,
 ) -> Summary:
-    """Process every job; one failure never stops the others.
-    ``skip_existing``: a job whose output exists is not run (a batch that
-    was interrupted goes on where it stopped); it counts as skipped."""
+    """Process every job; one failure never stops the others (with
+    ``workers`` > 1 not even a crash of a worker process: see
+    :func:`_run_pool`). ``skip_existing``: a job whose output exists is
+    not run (a batch that was interrupted goes on where it stopped); it
+    counts as skipped. KeyboardInterrupt stops the batch and goes on up."""
     t0 = time.monotonic()
     jobs, skipped = split_existing(jobs) if skip_existing else (jobs, [])
     results: list[FileResult] = []
@@ -519,24 +756,8 @@ def process_files(
             if progress:
                 progress.file_done(r)
     else:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")  # safe with torch and plugin hosts
-        order = {id(j): i for i, j in enumerate(jobs)}
-        slots: list[FileResult | None] = [None] * len(jobs)
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
-                                 initializer=_worker_init, initargs=(chain.to_dict(), chain.source)) as pool:
-            futs = {pool.submit(_worker_run, j, overwrite, sample_rate, channels): j for j in jobs}
-            for fut in as_completed(futs):
-                j = futs[fut]
-                try:
-                    r = fut.result()
-                except Exception as e:  # a worker died (e.g. a plugin crashed it)
-                    r = FileResult(j.src, j.dst, ok=False, error=f"worker failed: {type(e).__name__}: {_short(e)}")
-                slots[order[id(j)]] = r
-                if progress:
-                    progress.file_done(r)
-        results = [r for r in slots if r is not None]
+        results = _run_pool(chain, jobs, workers, progress, overwrite=overwrite, sample_rate=sample_rate,
+                            channels=channels)
     if progress:
         progress.finish()
     return Summary(skipped + results, time.monotonic() - t0)

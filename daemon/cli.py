@@ -516,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("chain", metavar="CHAIN", help="chain TOML file, or a bundled chain name (default, dry)")
     pr.add_argument("inputs", metavar="INPUT", nargs="+", help="audio files, folders or glob patterns")
     pr.add_argument("-o", "--output", required=True, metavar="OUTPUT",
-                    help="output file (one input) or folder (relative paths under input folders are kept)")
+                    help="output file (one input) or folder (relative paths under input folders, and under a "
+                         "pattern's leading folder without wildcards, are kept)")
     pr.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                     help="files processed in parallel (default 1); with --ray and no ADDRESS: CPUs of the local "
                          "Ray instance (default: all cores)")

@@ -159,7 +159,7 @@ def test_empty_audio_file_is_reported(tmp_path):
 
 
 @pytest.mark.parametrize("ext,depth", [(".wav", 16), (".wav", 24), (".flac", 16), (".flac", 24), (".aiff", 16),
-                                       (".aiff", 24), (".wav", 32)])
+                                       (".aiff", 24), (".wav", 32), (".wav", 8), (".aiff", 8)])
 def test_the_dry_chain_is_bit_exact(tmp_path, ext, depth):
     """``dry`` passes audio through unchanged, to the bit, in every integer
     format and float. (pedalboard reads an integer sample as k/(2^(b-1)-1)
@@ -176,11 +176,32 @@ def test_the_dry_chain_is_bit_exact(tmp_path, ext, depth):
     b, _, db = read(dst)
     assert da == db and a.shape == b.shape
     np.testing.assert_array_equal(a, b)
-    if ext == ".wav" and depth == 16:  # the very bytes
+    if ext == ".wav" and depth in (8, 16):  # the very bytes
         import wave
 
         with wave.open(str(src)) as w1, wave.open(str(dst)) as w2:
             assert w1.readframes(10**6) == w2.readframes(10**6)
+
+
+def test_every_8_bit_value_comes_back_and_an_8_bit_source_can_be_flac(tmp_path):
+    """8-bit WAV (unsigned) was not rounded like 16/24-bit: through ``dry``
+    about half of the samples came back one step lower. And FLAC, which
+    pedalboard writes at 16 or 24 bits only, failed for an 8-bit source."""
+    import wave
+
+    data = np.tile(np.arange(256, dtype=np.uint8), 8).tobytes()
+    with wave.open(str(tmp_path / "u8.wav"), "wb") as w:
+        w.setnchannels(2), w.setsampwidth(1), w.setframerate(8000), w.writeframes(data)
+    r = process_file(Chain.load("dry"), str(tmp_path / "u8.wav"), str(tmp_path / "o.wav"))
+    assert r.ok, r.error
+    with wave.open(str(tmp_path / "o.wav")) as w:
+        assert w.getsampwidth() == 1 and w.readframes(10**6) == data
+    r = process_file(Chain.load("dry"), str(tmp_path / "u8.wav"), str(tmp_path / "o.flac"))
+    assert r.ok, r.error
+    y, _, dtype = read(tmp_path / "o.flac")
+    assert str(dtype) == "int16"
+    x = read(tmp_path / "u8.wav")[0]  # (-128 reads as -128/127, below what 16 bits hold)
+    np.testing.assert_allclose(y, np.clip(x, -32768 / 32767, 1.0), atol=2 ** -15)
 
 
 def test_any_source_can_be_written_as_aiff_and_square_blocks_are_written(tmp_path):
