@@ -126,6 +126,7 @@ class Daemon:
         self._bad_lock = threading.Lock()  # the total and the engine change together
         self._kept_connections: list[tuple[str, str]] = []  # to make again after a reopen
         self._reload_edits: set[tuple[str, str]] = set()  # (channel, param) a reloaded file changed
+        self._prebuilt: Engine | None = None  # the engine a reload built before re-opening
         self._name_warned = False  # said once that the JACK client name is taken
 
     # ------------------------------------------------------------------
@@ -185,7 +186,8 @@ class Daemon:
         eng = self.engine
         if eng is None or eng.sample_rate != sample_rate or getattr(self, "_rebuild", False):
             e = self.config.engine
-            new = self._new_engine(sample_rate)
+            pre, self._prebuilt = self._prebuilt, None  # one a reload built (and so checked) already
+            new = pre if pre is not None and pre.sample_rate == sample_rate else self._new_engine(sample_rate)
             self._reload_edits = set()  # taken in: from now on the live values are the engine's
             old_bad = eng.stats.bad_samples if eng is not None else 0  # (its thread has stopped: final)
             eng = None  # the old engine (and the client it holds) is not kept alive through settle_heap
@@ -542,6 +544,11 @@ class Daemon:
             self.notifier.reloading()
             self.notifier.ready(self._status_line())
             raise ControlError("failed", str(e), {"problems": [str(p) for p in e.problems]}) from None
+        except Exception as e:  # e.g. a model bundle that cannot be read: refused the same way, never fatal
+            log.warning("reload refused, the running config stays: %s: %s", path, e)
+            self.notifier.reloading()
+            self.notifier.ready(self._status_line())
+            raise ControlError("failed", f"{path}: {e}") from None
 
         def job():
             old = self.config
@@ -581,20 +588,33 @@ class Daemon:
                 self.loaded_chains = {n: c for n, c in old_loaded.items() if n in self.chains}
                 for a in drop:
                     del self.registry.chain_overrides[a]
-                try:
-                    self._reopen()
-                    if self.io is None:  # JACK is down: nothing was built, so build one now to check the config
-                        self._new_engine(self.engine.sample_rate if self.engine is not None else 48_000)
-                except Exception as e:  # the new config cannot build an engine: the old one runs again
-                    log.warning("reload refused, the running config stays: %s", e)
+                def undo():
                     self.config = old
                     self.chains = old_chains
                     self.loaded_chains = old_loaded
                     self.registry.chain_overrides.clear()
                     self.registry.chain_overrides.update(old_overrides)
                     self._reload_edits = set()
+                    self._prebuilt = None
+
+                # the new engine is built first, while the old one stays on air: a config that cannot run
+                # is refused with no dropout (the JACK client is closed only for one that can)
+                sr = (self.engine.sample_rate if self.engine is not None
+                      else self.io.sample_rate if self.io is not None else 48_000)
+                try:
+                    self._prebuilt = self._new_engine(sr)
+                except Exception as e:
+                    log.warning("reload refused, the running config stays: %s", e)
+                    undo()
+                    raise ControlError("failed", f"the new config cannot run: {e}") from None
+                try:
+                    self._reopen()
+                except Exception as e:  # pragma: no cover - a JACK failure while re-opening: the old config again
+                    log.warning("reload refused, the running config stays: %s", e)
+                    undo()
                     self._reopen()
                     raise ControlError("failed", f"the new config cannot run: {e}") from None
+                self._prebuilt = None  # (JACK is down: the check was the point; the next open builds anew)
             else:
                 todo = [(f"{n}.{k}", v) for n, k, v in edits]
                 for address, v in todo:  # all or nothing: e.g. a pause gate the model lacks is refused first
@@ -691,6 +711,8 @@ class Daemon:
                         self.reload()
                     except ControlError as e:
                         log.warning("SIGHUP reload: %s", e.message)
+                    except Exception as e:  # whatever a reload meets, the daemon keeps running
+                        log.exception("SIGHUP reload failed, the running config stays: %s", e)
                 io = self.io
                 if io is None or not io.alive:
                     if io is not None:

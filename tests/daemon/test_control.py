@@ -301,10 +301,14 @@ def test_a_reload_the_engine_cannot_run_keeps_the_daemon(tmp_path, jack_server):
             assert c.call("reload")["rebuilt"] is True and s.daemon.engine.model == "neural"
             path.write_text(text.replace('model = "neural"', 'model = "dsp"')
                             + '[[channel]]\nname = "extra"\npause_db = 20\n')  # a new channel: no live values
+            io, engine, cycles = s.daemon.io, s.daemon.engine, int(s.daemon.io.counters[jackio.CYCLES])
             with pytest.raises(ControlError) as e:
                 c.call("reload")
             assert e.value.code == "failed" and "extra.pause_db: model 'dsp' has no pause gate" in e.value.message
-            assert wait_until(lambda: s.daemon.ready.is_set(), timeout=10)
+            # refused before anything was closed: the same client and engine ran on, no dropout (until
+            # session 25 the client was closed, then opened again with the old config)
+            assert s.daemon.io is io and s.daemon.engine is engine and s.daemon.ready.is_set()
+            assert int(io.counters[jackio.CYCLES]) > cycles
             assert s.daemon.engine.model == "neural" and s.thread.is_alive() and c.status()["ready"]
             assert s.daemon.engine.names == ["host", "guest"]
             assert c.set("host.strength", 0.5) == 0.5
@@ -1050,3 +1054,26 @@ def test_a_reload_takes_an_edited_chain_file_and_keeps_the_live_values_it_did_no
         assert c.get("host.chain.comp.threshold_db") == -20.0 and c.get("host.chain.comp.ratio") == 5.0
         with pytest.raises(ControlError):
             c.get("host.chain.g.gain_db")
+
+
+def test_whatever_a_reload_meets_the_daemon_keeps_running(served, tmp_path, monkeypatch, caplog):
+    """A reload that meets something other than a config error (a model
+    bundle that cannot be read: OSError; a bug) is refused with the reason,
+    over the protocol and on SIGHUP alike; the daemon runs on. (Until
+    session 25 such an error ended the supervisor on SIGHUP: the service
+    died; over the protocol it was an ``internal`` error.)"""
+    import quietcast.daemon.config as config_mod
+
+    def unreadable(path):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(config_mod, "load_config", unreadable)
+    with Client(f"ipc://{tmp_path}/ctl", timeout=20) as c:
+        with pytest.raises(ControlError) as e:
+            c.call("reload")
+        assert e.value.code == "failed" and "Input/output error" in e.value.message
+        monkeypatch.setattr(Daemon, "reload", lambda self: 1 / 0)
+        with caplog.at_level("ERROR", logger="quietcast"):
+            served.daemon.request_reload()
+            assert wait_until(lambda: "SIGHUP reload failed" in caplog.text, 10)
+        assert served.thread.is_alive() and c.status()["ready"]
