@@ -480,7 +480,8 @@ def keeps_state(chain: Chain) -> str | None:
             continue
         if st.type in KEEPS_STATE:
             return f"stage {st.name!r} ({st.type}) never forgets its state"
-        if st.type == "denoise" and resolve_model(st.values.get("model", "default")) == "neural":
+        if st.type == "denoise" and resolve_model(st.values.get("model", "default")) not in ("dsp", "passthrough"):
+            # every neural model: the shipped ones ("neural", "neural-clean") and bundle folders
             return f"stage {st.name!r} (neural denoise) never forgets its state exactly"
     return None
 

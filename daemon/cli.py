@@ -77,13 +77,17 @@ def cmd_process(args) -> int:
         todo = split_existing(jobs)[0] if args.skip_existing else jobs
         progress = Progress(total_duration(todo) if len(todo) <= 2000 else 0.0, force=args.progress)
     if args.ray is not None:
+        import contextlib
+
         from quietcast.bridge.cluster import process_files_ray
 
-        summary = process_files_ray(
-            chain, jobs, address=None if args.ray == "local" else args.ray, num_cpus=args.jobs,
-            overwrite=args.overwrite, sample_rate=args.sample_rate, channels=args.channels, progress=progress,
-            split_seconds=args.split_seconds, gpus_per_task=args.gpus_per_task, skip_existing=args.skip_existing,
-        )
+        # Ray's driver prints a dead worker's notice on stdout: the JSON summary must stay alone there
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = process_files_ray(
+                chain, jobs, address=None if args.ray == "local" else args.ray, num_cpus=args.jobs,
+                overwrite=args.overwrite, sample_rate=args.sample_rate, channels=args.channels, progress=progress,
+                split_seconds=args.split_seconds, gpus_per_task=args.gpus_per_task, skip_existing=args.skip_existing,
+            )
     else:
         summary = process_files(
             chain, jobs, workers=args.jobs or 1, overwrite=args.overwrite,

@@ -116,6 +116,15 @@ def test_chains_that_never_forget_are_known():
     assert C.keeps_state(Chain([{"name": "ch", "type": "chorus", "bypass": True}])) is None
     if "neural" in available_models():
         assert "neural" in C.keeps_state(Chain([{"name": "nr", "type": "denoise", "model": "neural"}]))
+    # every neural model, not only the one called "neural" (a split of these failed every seam check
+    # and ran again in one pass: twice the work, and an alarming warning)
+    import quietcast.models
+
+    if "neural-clean" in available_models():
+        assert "neural" in C.keeps_state(Chain([{"name": "nr", "type": "denoise", "model": "neural-clean"}]))
+        folder = os.path.join(os.path.dirname(quietcast.models.__file__), "assets", "clean")
+        assert "neural" in C.keeps_state(Chain([{"name": "nr", "type": "denoise", "model": folder}]))
+    assert C.keeps_state(Chain([{"name": "nr", "type": "denoise", "model": "dsp"}])) is None
 
 
 def test_plan_puts_seams_after_silence_on_the_grid():
