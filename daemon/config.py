@@ -331,15 +331,21 @@ CHANNEL_KEYS: tuple[Key, ...] = (
 def _endpoint_rule(v: str) -> str | None:
     if v and not re.match(r"^(ipc|tcp)://\S+$", v):
         return "is not a ZeroMQ endpoint: write ipc:///path/to/socket or tcp://127.0.0.1:PORT (or \"\" for the default)"
+    if v.startswith("tcp://"):
+        host, sep, port = v[len("tcp://"):].rpartition(":")
+        if not sep or not host:
+            return "has no port: write tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555"
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            return f"has port {port!r}: a TCP port is a number 1..65535"
     return None
 
 
 CONTROL_KEYS: tuple[Key, ...] = (
     Key(Param("enabled", "bool", True, doc="serve the ZeroMQ control socket and the event stream")),
     Key(Param("bind", "str", "", doc="command endpoint (ROUTER); \"\" = ipc://$RUNTIME_DIRECTORY/control"),
-        extra=_endpoint_rule, rule="ipc://PATH or tcp://HOST:PORT; non-loopback tcp needs CURVE keys"),
+        extra=_endpoint_rule, rule="ipc://PATH or tcp://HOST:PORT (PORT 1..65535); non-loopback tcp needs CURVE keys"),
     Key(Param("events", "str", "", doc="event endpoint (PUB); \"\" = ipc://$RUNTIME_DIRECTORY/events"),
-        extra=_endpoint_rule, rule="ipc://PATH or tcp://HOST:PORT"),
+        extra=_endpoint_rule, rule="ipc://PATH or tcp://HOST:PORT (PORT 1..65535)"),
     Key(Param("curve_secret_key", "str", "", doc="server secret key file (quietcast keys generate); enables CURVE")),
     Key(Param("curve_clients", "str", "", doc="folder of authorised client public key files (*.key)")),
     Key(Param("meter_hz", "float", 20.0, 1.0, 60.0, "Hz", doc="rate of meter.CHANNEL messages")),
@@ -867,12 +873,26 @@ def _check_chain_builds(config: Config, sample_rate: int = 48_000) -> list[Probl
 
 def cmd_config_check(path: str | os.PathLike, build_chains: bool = True) -> tuple[bool, str]:
     """``quietcast config check FILE``: ``(ok, text)``; the text lists every
-    problem, or summarises the config. With ``build_chains`` each channel's
-    chain is also built once (finds plugins that do not load)."""
+    problem, or summarises the config. Besides the file itself it runs what
+    ``quietcast run`` checks before it starts, without a JACK server
+    (:func:`quietcast.daemon.preflight.startup_problems`): the control
+    endpoints and CURVE key files; with ``build_chains`` also each channel's
+    chain and the engine, built once (a plugin that does not load, a pause
+    gate the model lacks), and the MIDI mapping file against them (without,
+    the mapping file is checked on its own)."""
     path = os.fspath(path)
     try:
         cfg = load_config(path)
-        if build_chains and (probs := _check_chain_builds(cfg)):
+        if build_chains:
+            from .preflight import startup_problems
+
+            probs = startup_problems(cfg)
+        else:
+            from .control import endpoint_problems
+            from .preflight import midi_mapping_problems
+
+            probs = (endpoint_problems(cfg.control) if cfg.control.enabled else []) + midi_mapping_problems(cfg)
+        if probs:
             raise ConfigError(probs, path)
     except ConfigError as e:
         return False, str(e)
