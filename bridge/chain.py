@@ -126,9 +126,22 @@ def _check_stage(raw: Any, index: int, seen: set, base_dir: str | None, problems
             if not os.path.exists(path):
                 problems.append(Problem(where, f"plugin path {path!r} does not exist"))
                 ok = False
-    if stype == "convolution" and not values.get("impulse_response_filename"):
-        problems.append(Problem(where, "a 'convolution' stage needs impulse_response_filename"))
-        ok = False
+    if stype == "convolution":
+        ir = values.get("impulse_response_filename")
+        if not ir:
+            problems.append(Problem(where, "a 'convolution' stage needs impulse_response_filename"))
+            ok = False
+        else:  # relative to the chain file, like a plugin's path (not to the current folder)
+            ir = os.path.expanduser(ir)
+            if base_dir and not os.path.isabs(ir):
+                ir = os.path.normpath(os.path.join(base_dir, ir))
+            values["impulse_response_filename"] = ir
+            if not os.path.exists(ir):
+                problems.append(Problem(where, f"impulse response {ir!r} does not exist"))
+                ok = False
+            elif os.path.isdir(ir):
+                problems.append(Problem(where, f"impulse response {ir!r} is a folder, not an audio file"))
+                ok = False
     if stype == "denoise" and "model" in values:
         from quietcast.models import available_models, bundle_folder, is_bundle_path
 

@@ -738,10 +738,11 @@ def test_cmd_config_check(tmp_path, confdir):
 
 
 def test_cmd_config_check_builds_chains(confdir):
-    """A chain can be valid on paper but fail to build (a missing impulse
-    response); `config check` builds each chain once to find that."""
+    """A chain can be valid on paper but fail to build (an impulse response
+    that is not audio); `config check` builds each chain once to find that."""
+    (confdir / "chains" / "ir.wav").write_bytes(b"not audio" * 100)
     (confdir / "chains" / "room.toml").write_text(
-        '[[stage]]\nname = "room"\ntype = "convolution"\nimpulse_response_filename = "/nonexistent/ir.wav"\n')
+        '[[stage]]\nname = "room"\ntype = "convolution"\nimpulse_response_filename = "ir.wav"\n')
     f = confdir / "quietcast.toml"
     f.write_text(ONE + 'chain = "chains/room.toml"\n')
     assert load_config(f).channels[0].chain.endswith("room.toml")  # loading does not build
@@ -838,6 +839,27 @@ def test_run_refuses_what_config_check_refuses_without_a_jack_server(tmp_path):
     assert r.stderr == (f"quietcast: error: {f}: 1 problem\n  - [engine] pause_db: model 'dsp' has no pause head "
                         "(the shipped neural models do)\n")
     assert cmd_config_check(f) == (False, r.stderr.removeprefix("quietcast: error: ").rstrip("\n"))
+
+
+def test_a_convolution_chain_checks_from_any_folder(confdir, tmp_path, monkeypatch):
+    """The impulse response is relative to the chain file, not to the folder
+    `config check` runs in ("RuntimeError: Unable to load impulse response:
+    ir.wav"); a missing one is a chain problem naming the file."""
+    from pedalboard.io import AudioFile
+
+    with AudioFile(str(confdir / "chains" / "ir.wav"), "w", 48_000, 1) as f:
+        f.write(np.ones((1, 64), np.float32) * 0.1)
+    (confdir / "chains" / "room.toml").write_text(
+        '[[stage]]\nname = "room"\ntype = "convolution"\nimpulse_response_filename = "ir.wav"\n')
+    f = confdir / "quietcast.toml"
+    f.write_text('[engine]\nmodel = "dsp"\n' + ONE + 'chain = "chains/room.toml"\n')
+    monkeypatch.chdir(tmp_path)
+    ok, text = cmd_config_check(f)
+    assert ok, text
+    (confdir / "chains" / "ir.wav").unlink()
+    ok, text = cmd_config_check(f)
+    assert not ok and text == (f"{f}: 1 problem\n  - [channel 'host'] chain: {confdir / 'chains' / 'room.toml'}: "
+                               f"stage 'room': impulse response {str(confdir / 'chains' / 'ir.wav')!r} does not exist")
 
 
 def test_cmd_config_show(tmp_path):
