@@ -194,6 +194,22 @@ def test_unknown_bundled_chain_suggests():
         Chain.load("defualt")
 
 
+def test_the_readme_describes_the_bundled_default_chain():
+    """The README listed highpass -> denoise -> compressor -> limiter: no
+    make-up gain stage, and not that the limiter is a true-peak brickwall."""
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    text = " ".join(readme.split("- **`default`**:", 1)[1].split("\n- ", 1)[0].split())
+    words = {"highpass": "highpass", "denoise": "denoise", "compressor": "compressor", "gain": "make-up gain",
+             "brickwall_limiter": "true-peak brickwall limiter"}
+    stages = Chain.default().stages
+    at = [text.index(words[st.type]) for st in stages]
+    assert at == sorted(at), text  # in the chain's order
+    values = {st.type: st.values for st in stages}
+    assert values["brickwall_limiter"]["true_peak"] is True
+    assert f"ceiling {values['brickwall_limiter']['ceiling_db']:g} dB" in text
+    assert f"+{values['gain']['gain_db']:g} dB" in text and f"highpass {values['highpass']['cutoff_frequency_hz']:g} Hz" in text
+
+
 def test_python_api_uses_the_same_names():
     c = Chain([{"name": "hp", "type": "highpass", "cutoff_frequency_hz": 80},
                {"name": "nr", "type": "denoise", "strength": 0.5}])

@@ -871,10 +871,26 @@ def test_cmd_config_show(tmp_path):
     shown = cmd_config_show(f)
     assert f"from {f}" in shown
     assert "reconnect_interval_ms = 500" in shown and "background_db = -inf" in shown
-    assert "# [engine] max_attenuation_db is not set: the model's own default" in shown
-    f.write_text("[engine]\nmax_attenuation_db = 12\n" + ONE)
+    # every key: those left to the model or the engine are comments with the value they get (they were left out)
+    from quietcast.models import create_suppressor
+
+    own = create_suppressor("default", 1).PARAMS
+    for key, name in (("max_attenuation_db", "strength_db"), ("pitch_filter", "pitch_filter"),
+                      ("pause_db", "pause_db"), ("pause_threshold", "pause_threshold")):
+        assert f"# {key} = {float(own[name][2])!r}".ljust(34) + "# not set: the model's own\n" in shown, key
+    assert shown.endswith(f"# pause_threshold = {float(own['pause_threshold'][2])!r}".ljust(34)
+                          + "# not set: the engine's (the model's own)\n")
+    assert parse_config(shown) == load_config(f)
+    f.write_text("[engine]\nmax_attenuation_db = 12\npause_db = 20\n" + ONE + "pause_threshold = 0.5\n")
     shown = cmd_config_show(f)
-    assert "max_attenuation_db = 12.0" in shown and "is not set" not in shown
+    assert "\nmax_attenuation_db = 12.0\n" in shown and "# max_attenuation_db" not in shown
+    assert "\npause_threshold = 0.5\n" in shown and "# pause_db = 20.0 " in shown and "(engine.pause_db)" in shown
+    assert parse_config(shown) == load_config(f)
+    f.write_text('[engine]\nmodel = "dsp"\n' + ONE)
+    shown = cmd_config_show(f)
+    assert "# pause_db: not set (model 'dsp' has no pause gate)\n" in shown
+    assert "# pitch_filter: not set (model 'dsp' has no pitch filter)\n" in shown
+    assert "# max_attenuation_db = 15.0 " in shown and shown.endswith("connect_out = []\n")
     f.write_text(ONE + "strength = 2\n")
     with pytest.raises(ConfigError, match="out of range"):
         cmd_config_show(f)

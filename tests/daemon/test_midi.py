@@ -139,6 +139,18 @@ def test_atomic_save_and_missing_file(tmp_path):
     assert os.listdir(path.parent) == ["midi.toml"]  # no temp file left behind
 
 
+def test_the_shipped_config_names_the_real_midi_ports():
+    """default.toml said quietcast-midi:in/out; the ports are
+    CLIENT-midi-in:in and CLIENT-midi-out:out."""
+    from quietcast.daemon.config import DEFAULT_CONFIG_PATH
+
+    mc = MidiControl(None, MidiConfig(), "", "quietcast")
+    text = open(DEFAULT_CONFIG_PATH).read()
+    assert (mc.jack_in_name, mc.jack_out_name) == ("quietcast-midi-in:in", "quietcast-midi-out:out")
+    line = next(x for x in text.splitlines() if "JACK MIDI port" in x)
+    assert mc.jack_in_name in line and mc.jack_out_name in line and "quietcast-midi:" not in text
+
+
 def test_ports_are_matched_by_name_never_blindly():
     names = ["Midi Through:Midi Through Port-0 14:0", "X-TOUCH COMPACT:X-TOUCH COMPACT MIDI 1 20:0"]
     assert midi._match_port("X-Touch Compact", names) == (1, "")
