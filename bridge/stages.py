@@ -206,6 +206,9 @@ class Stage:
         self.values: dict[str, Any] = {}
         self.bypass = False
         self.fault: str | None = None
+        #: where in the block that faulted its first NaN/Inf output sample was (None: the stage raised, or
+        #: returned a wrong shape: no sample to name)
+        self.fault_frame: int | None = None
         self._dry: DelayLine | None = None
         self._was_bypassed = False
         self._last = None  # the last output sample per channel: where a fault's dry block starts
@@ -268,6 +271,7 @@ class Stage:
             return self._onto_dry(dry)
         if not all_finite(wet):
             self.fault = "returned NaN or Inf samples"
+            self.fault_frame = int(np.argmax(~np.isfinite(wet).all(axis=0)))
             return self._onto_dry(dry)
         bypass = self.bypass
         if bypass == self._was_bypassed:
