@@ -127,9 +127,22 @@ def _check_stage(raw: Any, index: int, seen: set, base_dir: str | None, problems
             if not os.path.exists(path):
                 problems.append(Problem(where, f"plugin path {path!r} does not exist"))
                 ok = False
-    if stype == "convolution" and not values.get("impulse_response_filename"):
-        problems.append(Problem(where, "a 'convolution' stage needs impulse_response_filename"))
-        ok = False
+    if stype == "convolution":
+        ir = values.get("impulse_response_filename")
+        if not ir:
+            problems.append(Problem(where, "a 'convolution' stage needs impulse_response_filename"))
+            ok = False
+        else:  # relative to the chain file, like a plugin's path (not to the current folder)
+            ir = os.path.expanduser(ir)
+            if base_dir and not os.path.isabs(ir):
+                ir = os.path.normpath(os.path.join(base_dir, ir))
+            values["impulse_response_filename"] = ir
+            if not os.path.exists(ir):
+                problems.append(Problem(where, f"impulse response {ir!r} does not exist"))
+                ok = False
+            elif os.path.isdir(ir):
+                problems.append(Problem(where, f"impulse response {ir!r} is a folder, not an audio file"))
+                ok = False
     if stype == "denoise" and "model" in values:
         from quietcast.models import available_models, bundle_folder, is_bundle_path
 
@@ -283,6 +296,11 @@ class ChainProcessor:
         self.channels = channels
         self.latency = sum(s.latency for s in stages)
         self.bad_samples = 0
+        #: input frames processed since the start (or the last reset)
+        self.frames = 0
+        #: stage -> (the input frame its faulting block started at, the frame of its first NaN/Inf sample in
+        #: the latency-aligned output, or None when it raised): where a fault happened, in the input's time
+        self.fault_at: dict[str, tuple[int, int | None]] = {}
         self._by_name = {s.name: s for s in stages}
         self._mix = [s for s in stages if isinstance(s, MixStage)]
 
@@ -306,6 +324,25 @@ class ChainProcessor:
     def reset(self) -> None:
         for s in self.stages:
             s.reset()
+        self.frames = 0
+        self.fault_at = {}
+
+    def fault_text(self, name: str, sample_rate: float | None = None, origin: int = 0) -> str:
+        """Where stage ``name`` faulted, in words, for a message such as
+        ``stage 'x' failed in the block starting at 1.37 s (returned NaN or
+        Inf samples, the first at 1.52 s)``: ``in the block starting at T
+        s`` (T: the block's first input frame, plus ``origin``), and the
+        reason with, for NaN/Inf output, the time of the first bad sample in
+        the latency-aligned output. A fault this processor did not see
+        happen (before a reset) gives just the reason."""
+        why = self._by_name[name].fault if name in self._by_name else None
+        sr = sample_rate or self.sample_rate
+        place = self.fault_at.get(name)
+        if place is None:
+            return f"({why})"
+        start, sample = place
+        first = "" if sample is None else f", the first at {(origin + sample) / sr:.2f} s"
+        return f"in the block starting at {(origin + start) / sr:.2f} s ({why}{first})"
 
     def process(self, block: np.ndarray) -> np.ndarray:
         """Stream ``block[channels, frames]``; NaN/Inf input samples become 0
@@ -320,8 +357,17 @@ class ChainProcessor:
         for m in self._mix:
             m.feed_chain_input(x)
         y = x
+        start, lat = self.frames, 0
         for s in self.stages:
+            was = s.fault
             y = s.process(y)
+            lat += s.latency
+            if s.fault is not None and was is None:
+                # output frame k of stage s (delayed by the latency up to and including it) lands at input
+                # time start + k - lat in the latency-aligned output; a sample of the latency fill, before it, at 0
+                k = s.fault_frame
+                self.fault_at[s.name] = (start, None if k is None else max(0, start + k - lat))
+        self.frames += x.shape[1]
         return y
 
     def process_aligned(self, x: np.ndarray, block: int = 65_536) -> np.ndarray:

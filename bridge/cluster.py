@@ -339,8 +339,9 @@ def run_segment(chain: Chain, src: str, seg: Segment, out_path: str, *, channels
                 pos += k
                 opos += k
                 if proc.faults:
-                    name, why = next(iter(proc.faults.items()))
-                    raise BridgeError(f"stage {name!r} failed at {pos / sr:.2f} s ({why}); output not written")
+                    name = next(iter(proc.faults))  # (the processor's frames count from the segment's first read)
+                    raise BridgeError(f"stage {name!r} failed {proc.fault_text(name, sr, origin=seg.read_start)}; "
+                                      "output not written")
             if read_end == n and L:  # the end of the file: flush the latency, as the single pass does
                 take(proc.process(np.zeros((ch, L), np.float32)), opos)
                 if proc.faults:

@@ -540,8 +540,8 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res) -> 
                 if y.shape[1]:
                     out.write(y)
                 if proc.faults:
-                    name, why = next(iter(proc.faults.items()))
-                    raise BridgeError(f"stage {name!r} failed at {done / sr:.2f} s ({why}); output not written")
+                    name = next(iter(proc.faults))
+                    raise BridgeError(f"stage {name!r} failed {proc.fault_text(name, sr)}; output not written")
                 if on_progress:
                     on_progress(x.shape[1] / sr)
             if done == 0:

@@ -206,6 +206,9 @@ class Stage:
         self.values: dict[str, Any] = {}
         self.bypass = False
         self.fault: str | None = None
+        #: where in the block that faulted its first NaN/Inf output sample was (None: the stage raised, or
+        #: returned a wrong shape: no sample to name)
+        self.fault_frame: int | None = None
         self._dry: DelayLine | None = None
         self._was_bypassed = False
         self._last = None  # the last output sample per channel: where a fault's dry block starts
@@ -268,6 +271,7 @@ class Stage:
             return self._onto_dry(dry)
         if not all_finite(wet):
             self.fault = "returned NaN or Inf samples"
+            self.fault_frame = int(np.argmax(~np.isfinite(wet).all(axis=0)))
             return self._onto_dry(dry)
         bypass = self.bypass
         if bypass == self._was_bypassed:
@@ -355,7 +359,8 @@ BUILTINS: dict[str, tuple[str, ParamSet]] = {
         _unit("room_size", 0.5), _unit("damping", 0.5), _unit("wet_level", 0.33), _unit("dry_level", 0.4),
         _unit("width", 1.0), _unit("freeze_mode", 0.0))),
     "convolution": ("Convolution", ParamSet.of(
-        Param("impulse_response_filename", "str", None, doc="path of an impulse-response audio file"),
+        Param("impulse_response_filename", "str", None,
+              doc="path of an impulse-response audio file (relative paths are relative to the chain file)"),
         _unit("mix", 1.0))),
     "mp3_compressor": ("MP3Compressor", ParamSet.of(Param("vbr_quality", "float", 2.0, 0.0, 10.0))),
     "gsm_compressor": ("GSMFullRateCompressor", ParamSet.of()),
@@ -510,8 +515,25 @@ def build_builtin(type_name: str, name: str, sample_rate: int, channels: int, va
 
     cls_name, params = BUILTINS[type_name]
     kwargs = {k: _pb_value(params.get(k), v) for k, v in values.items()}
+    if type_name == "convolution":
+        _check_impulse_response(kwargs["impulse_response_filename"])
     plugin = getattr(pedalboard, cls_name)(**kwargs)
     return PedalboardStage(name, sample_rate, channels, params, plugin, values)
+
+
+def _check_impulse_response(path: str) -> None:
+    """ValueError unless ``path`` is an audio file with frames in it:
+    pedalboard's Convolution checks only that the file exists, and then
+    passes the audio through unchanged when it cannot read it."""
+    from pedalboard.io import AudioFile
+
+    try:
+        with AudioFile(path) as f:
+            frames = f.frames
+    except Exception as e:
+        raise ValueError(f"impulse response {path!r} is not an audio file that can be read ({e})") from None
+    if frames <= 0:
+        raise ValueError(f"impulse response {path!r} holds no audio")
 
 
 # --------------------------------------------------------------------------

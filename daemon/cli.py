@@ -219,17 +219,19 @@ def cmd_models(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .config import DEFAULT_CONFIG_PATH, load_config
+    from .config import DEFAULT_CONFIG_PATH, ConfigError, load_config
     from .service import Daemon, setup_logging
 
-    cfg = load_config(args.config or DEFAULT_CONFIG_PATH)  # every problem at once, nothing started
-    if cfg.control.enabled:
-        from .control import check_endpoints
+    path = args.config or DEFAULT_CONFIG_PATH
+    cfg = load_config(path)  # every problem at once, nothing started
+    # what `config check` checks too, before anything starts (and whether JACK runs or not): the control
+    # endpoints and keys, each chain and the engine built once (a plugin that will not load, a pause gate
+    # the model lacks). A broken MIDI mapping is not among them: the daemon runs, without MIDI control.
+    from .preflight import startup_problems
 
-        check_endpoints(cfg.control)  # a non-loopback bind without CURVE keys stops us here
-    for ch in cfg.channels:  # build each chain once: a plugin that will not load stops us here
-        if ch.chain_spec is not None:
-            ch.chain_spec.check(48_000, 1)
+    problems = startup_problems(cfg, midi=False)
+    if problems:
+        raise ConfigError(problems, path)
     setup_logging(args.log_level)
     _set_threads(cfg.engine.threads)
     d = Daemon(cfg, server=args.server)
@@ -336,6 +338,11 @@ def cmd_ctl(args) -> int:
     sub = args.ctl_command
     if not sub:
         return _help(args._ctl_parser)
+    if args.endpoint and args.endpoint.startswith("tcp://"):
+        from .config import _endpoint_rule
+
+        if why := _endpoint_rule(args.endpoint):  # ZeroMQ would take port 99999 as 34463
+            raise UserError(f"ctl: --endpoint {args.endpoint!r} {why}")
     client = _ctl_client(args)
     try:
         with client as c:
@@ -581,7 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start the live daemon: one JACK client with an input and output port per configured channel "
                     "(plus voice/background stems), all channels cleaned in one batch at a fixed, declared latency "
                     "(reported on the ports and in the log). Waits for the JACK server and reconnects when it comes "
-                    "back. SIGTERM/SIGINT fade out and stop; a second SIGINT exits at once.",
+                    "back. SIGTERM/SIGINT fade out and stop; a second SIGINT exits at once. Refuses to start "
+                    "(exit status 2) on the problems `quietcast config check` lists, except a broken MIDI mapping "
+                    "file: then it runs without MIDI control (status says why) until the file is fixed and the "
+                    "config reloaded (SIGHUP or `quietcast ctl reload`).",
     )
     ru.add_argument("-c", "--config", metavar="FILE", help="daemon config (default: the shipped example, `quietcast config show`)")
     ru.add_argument("--server", metavar="NAME", help="JACK server name (overrides [jack] server)")
@@ -590,7 +600,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     co = sub.add_parser("config", help="check and show daemon configs")
     cos = co.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
-    k1 = cos.add_parser("check", help="validate a config file (every problem at once)")
+    k1 = cos.add_parser(
+        "check", help="validate a config file (every problem at once)",
+        description="Check a daemon config as `quietcast run` does before it starts, without a JACK server: every "
+                    "key, each channel's chain (built once), the engine (a pause gate or pitch filter the model "
+                    "lacks), the control endpoints and CURVE key files, and the MIDI mapping file. Lists every "
+                    "problem at once; exit status 2 if there is any.")
     k1.add_argument("file", metavar="FILE")
     k1.set_defaults(func=cmd_config_check)
     k2 = cos.add_parser("show", help="print the effective config (defaults filled in) as TOML")

@@ -332,15 +332,21 @@ CHANNEL_KEYS: tuple[Key, ...] = (
 def _endpoint_rule(v: str) -> str | None:
     if v and not re.match(r"^(ipc|tcp)://\S+$", v):
         return "is not a ZeroMQ endpoint: write ipc:///path/to/socket or tcp://127.0.0.1:PORT (or \"\" for the default)"
+    if v.startswith("tcp://"):
+        host, sep, port = v[len("tcp://"):].rpartition(":")
+        if not sep or not host:
+            return "has no port: write tcp://HOST:PORT, e.g. tcp://127.0.0.1:5555"
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            return f"has port {port!r}: a TCP port is a number 1..65535"
     return None
 
 
 CONTROL_KEYS: tuple[Key, ...] = (
     Key(Param("enabled", "bool", True, doc="serve the ZeroMQ control socket and the event stream")),
     Key(Param("bind", "str", "", doc="command endpoint (ROUTER); \"\" = ipc://$RUNTIME_DIRECTORY/control"),
-        extra=_endpoint_rule, rule="ipc://PATH or tcp://HOST:PORT; non-loopback tcp needs CURVE keys"),
+        extra=_endpoint_rule, rule="ipc://PATH or tcp://HOST:PORT (PORT 1..65535); non-loopback tcp needs CURVE keys"),
     Key(Param("events", "str", "", doc="event endpoint (PUB); \"\" = ipc://$RUNTIME_DIRECTORY/events"),
-        extra=_endpoint_rule, rule="ipc://PATH or tcp://HOST:PORT"),
+        extra=_endpoint_rule, rule="ipc://PATH or tcp://HOST:PORT (PORT 1..65535)"),
     Key(Param("curve_secret_key", "str", "", doc="server secret key file (quietcast keys generate); enables CURVE")),
     Key(Param("curve_clients", "str", "", doc="folder of authorised client public key files (*.key)")),
     Key(Param("meter_hz", "float", 20.0, 1.0, 60.0, "Hz", doc="rate of meter.CHANNEL messages")),
@@ -868,12 +874,26 @@ def _check_chain_builds(config: Config, sample_rate: int = 48_000) -> list[Probl
 
 def cmd_config_check(path: str | os.PathLike, build_chains: bool = True) -> tuple[bool, str]:
     """``quietcast config check FILE``: ``(ok, text)``; the text lists every
-    problem, or summarises the config. With ``build_chains`` each channel's
-    chain is also built once (finds plugins that do not load)."""
+    problem, or summarises the config. Besides the file itself it runs what
+    ``quietcast run`` checks before it starts, without a JACK server
+    (:func:`quietcast.daemon.preflight.startup_problems`): the control
+    endpoints and CURVE key files; with ``build_chains`` also each channel's
+    chain and the engine, built once (a plugin that does not load, a pause
+    gate the model lacks), and the MIDI mapping file against them (without,
+    the mapping file is checked on its own)."""
     path = os.fspath(path)
     try:
         cfg = load_config(path)
-        if build_chains and (probs := _check_chain_builds(cfg)):
+        if build_chains:
+            from .preflight import startup_problems
+
+            probs = startup_problems(cfg)
+        else:
+            from .control import endpoint_problems
+            from .preflight import midi_mapping_problems
+
+            probs = (endpoint_problems(cfg.control) if cfg.control.enabled else []) + midi_mapping_problems(cfg)
+        if probs:
             raise ConfigError(probs, path)
     except ConfigError as e:
         return False, str(e)
@@ -886,15 +906,82 @@ def cmd_config_check(path: str | os.PathLike, build_chains: bool = True) -> tupl
                   f"JACK client {cfg.jack.client_name!r} on server {cfg.jack.resolved_server()!r}")
 
 
+#: engine keys a config may leave to the model (left out of the TOML, shown as comments by config show)
+MODEL_KEYS = ("max_attenuation_db", "pitch_filter", *GATE_PARAMS)
+
+
+def _model_defaults(model: str) -> dict[str, float | None] | None:
+    """The model's own value of each :data:`MODEL_KEYS` key (None for one
+    the model lacks: ``dsp`` has no pitch filter and no pause gate), or
+    None when the model does not load."""
+    try:
+        from quietcast.models import create_suppressor
+
+        p = create_suppressor(model, 1, device="cpu").PARAMS
+    except Exception:
+        return None
+    own = {"max_attenuation_db": "strength_db", "pitch_filter": "pitch_filter", "pause_db": "pause_db",
+           "pause_threshold": "pause_threshold"}
+    return {k: (float(p[name][2]) if name in p else None) for k, name in own.items()}
+
+
+def _insert_after_table(lines: list[str], header: str, nth: int, extra: list[str]) -> None:
+    """Put ``extra`` after the keys of the ``nth`` table headed ``header``."""
+    seen = -1
+    for i, line in enumerate(lines):
+        if line == header:
+            seen += 1
+            if seen == nth:
+                j = i + 1
+                while j < len(lines) and lines[j] and not lines[j].startswith("["):
+                    j += 1
+                lines[j:j] = extra
+                return
+
+
 def cmd_config_show(path: str | os.PathLike | None = None) -> str:
     """``quietcast config show [FILE]``: the effective config as TOML (None =
-    the shipped default). Raises :class:`ConfigError` for a bad file."""
+    the shipped default). Raises :class:`ConfigError` for a bad file. Every
+    key is there: one left to the model (``[engine] max_attenuation_db``,
+    ``pitch_filter``, ``pause_db``, ``pause_threshold``) or to the engine
+    (a channel's ``pause_db`` and ``pause_threshold``) is a comment with the
+    value it gets, so the text still reads back as the same config."""
     cfg = load_config(DEFAULT_CONFIG_PATH if path is None else path)
     src = "the shipped default" if path is None else cfg.path
-    header = f"quietcast effective config from {src}\n(every key, defaults filled in, chain paths absolute)"
-    if cfg.engine.max_attenuation_db is None:
-        header += "\n[engine] max_attenuation_db is not set: the model's own default (see quietcast models)"
-    return dump_toml(cfg, header=header)
+    header = (f"quietcast effective config from {src}\n(every key, defaults filled in, chain paths absolute;\n"
+              "a key left to the model or to the engine is a comment with the value it gets)")
+    lines = dump_toml(cfg, header=header).split("\n")
+    e, model = cfg.engine, cfg.engine.model
+    left = [k for k in MODEL_KEYS if getattr(e, k) is None]
+    own = _model_defaults(model) if left or any(getattr(c, g) is None for c in cfg.channels for g in GATE_PARAMS) else {}
+
+    def comment(key: str, value: float | None, whose: str) -> str:
+        return f"# {key} = {_value(value)}".ljust(34) + f"# not set: {whose}"
+
+    extra = []
+    for k in left:
+        if own is None:
+            extra.append(f"# {k}: not set: the model's own (see quietcast models)")
+        elif own[k] is None:
+            extra.append(f"# {k}: not set (model {model!r} has no {'pitch filter' if k == 'pitch_filter' else 'pause gate'})")
+        else:
+            extra.append(comment(k, own[k], "the model's own"))
+    _insert_after_table(lines, "[engine]", 0, extra)
+    for i, c in enumerate(cfg.channels):
+        extra = []
+        for g in GATE_PARAMS:
+            if getattr(c, g) is not None:
+                continue
+            v = getattr(e, g) if getattr(e, g) is not None else (own or {}).get(g)
+            if own is not None and own.get(g) is None and getattr(e, g) is None:
+                continue  # the model has no pause gate: nothing to follow
+            if v is None:
+                extra.append(f"# {g}: not set: the engine's (engine.{g}, or the model's own)")
+            else:
+                extra.append(comment(g, v, "the engine's" + (f" (engine.{g})" if getattr(e, g) is not None
+                                                             else " (the model's own)")))
+        _insert_after_table(lines, "[[channel]]", i, extra)
+    return "\n".join(lines)
 
 
 def cmd_config_schema(as_json: bool = False) -> str:

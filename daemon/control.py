@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any
 
-from quietcast.bridge.errors import ParameterError, UnknownParameterError
+from quietcast.bridge.errors import ParameterError, Problem, UnknownParameterError
 
 from . import commands as proto
 from .errors import ControlError, ControlSetupError, NotReadyError
@@ -112,23 +112,53 @@ def is_loopback(endpoint: str) -> bool:
         return False  # an interface name or a wildcard: not loopback
 
 
-def check_endpoints(cfg) -> tuple[str, str]:
-    """The command and event endpoints for a [control] config, or
-    ControlSetupError for a non-loopback bind without CURVE."""
+def endpoint_problems(cfg) -> list[Problem]:
+    """Every problem of a [control] config that stops ``quietcast run``
+    before it starts (no socket is opened): a non-loopback endpoint without
+    CURVE keys, a CURVE secret key file that is missing or is not a secret
+    key, a ``curve_clients`` that is not a folder. ``quietcast config
+    check`` reports the same."""
     d_cmd, d_ev = default_endpoints()
     cmd, ev = cfg.bind or d_cmd, cfg.events or d_ev
+    problems: list[Problem] = []
     if not cfg.curve_secret_key:
         for what, e in (("bind", cmd), ("events", ev)):
             if not is_loopback(e):
-                raise ControlSetupError(
-                    f"[control] {what} = {e!r} is not a loopback or ipc endpoint: that needs CURVE keys "
-                    "([control] curve_secret_key and curve_clients; make them with `quietcast keys generate DIR`)")
+                problems.append(Problem(
+                    f"[control] {what}",
+                    f"{e!r} is not a loopback or ipc endpoint: that needs CURVE keys "
+                    "([control] curve_secret_key and curve_clients; make them with `quietcast keys generate DIR`)"))
+        return problems
+    key = cfg.curve_secret_key
+    if not os.path.isfile(key):
+        problems.append(Problem("[control] curve_secret_key", f"{key!r} does not exist"))
     else:
-        if not os.path.isfile(cfg.curve_secret_key):
-            raise ControlSetupError(f"[control] curve_secret_key {cfg.curve_secret_key!r} does not exist")
-        if not cfg.curve_clients or not os.path.isdir(cfg.curve_clients):
-            raise ControlSetupError(f"[control] curve_clients {cfg.curve_clients!r} must be a folder of client public keys")
-    return cmd, ev
+        import zmq.auth
+
+        try:
+            secret = zmq.auth.load_certificate(key)[1]
+        except Exception as e:  # not a ZeroMQ certificate at all
+            problems.append(Problem("[control] curve_secret_key", f"{key!r} is not a key file "
+                                                                  f"(quietcast keys generate DIR makes one): {e}"))
+        else:
+            if not secret:
+                problems.append(Problem("[control] curve_secret_key",
+                                        f"{key!r} is not a secret key file (use the .key_secret file)"))
+    if not cfg.curve_clients or not os.path.isdir(cfg.curve_clients):
+        problems.append(Problem("[control] curve_clients",
+                                f"{cfg.curve_clients!r} must be a folder of client public keys"))
+    return problems
+
+
+def check_endpoints(cfg) -> tuple[str, str]:
+    """The command and event endpoints for a [control] config, or
+    ControlSetupError naming every :func:`endpoint_problems` (a
+    non-loopback bind without CURVE, a missing key file ...)."""
+    problems = endpoint_problems(cfg)
+    if problems:
+        raise ControlSetupError("; ".join(str(p) for p in problems))
+    d_cmd, d_ev = default_endpoints()
+    return cfg.bind or d_cmd, cfg.events or d_ev
 
 
 class ControlServer:

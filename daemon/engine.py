@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from quietcast.bridge.errors import ParameterError
 from quietcast.bridge.stages import DelayLine, DenoiseStage
 from quietcast.models.base import HOP, all_finite, sanitize
 
@@ -47,6 +48,10 @@ from . import jackio
 from .config import GATE_PARAMS
 
 log = logging.getLogger("quietcast.engine")
+
+#: the engine's settings that are the suppressor's own parameters, which some models lack (the
+#: ``dsp`` model has no pitch filter and no pause gate): a refusal names ``[engine] KEY``
+ENGINE_STAGE_KEYS = ("pitch_filter", *GATE_PARAMS)
 
 
 @dataclass(frozen=True)
@@ -116,9 +121,16 @@ class Engine:
         self.safety = int(round(safety_ms * self.sample_rate / 1000.0))
         self.max_backlog = int(max_backlog_ms * self.sample_rate / 1000.0)
         self.slow_hop_s = slow_hop_s  # test hook: an injected slow stage
-        self.sup = DenoiseStage("nr", self.sample_rate, n, model=model, strength=1.0,
-                                max_attenuation_db=max_attenuation_db, whole_hops=self.hop == HOP, device=device,
-                                pitch_filter=pitch_filter, pause_db=pause_db, pause_threshold=pause_threshold)
+        try:
+            self.sup = DenoiseStage("nr", self.sample_rate, n, model=model, strength=1.0,
+                                    max_attenuation_db=max_attenuation_db, whole_hops=self.hop == HOP, device=device,
+                                    pitch_filter=pitch_filter, pause_db=pause_db, pause_threshold=pause_threshold)
+        except ParameterError as e:
+            # the stage names its own parameter ("nr.pause_db"); the user wrote [engine] pause_db
+            key = e.address.removeprefix("nr.")
+            if key == e.address or key not in ENGINE_STAGE_KEYS:
+                raise
+            raise ParameterError(f"[engine] {key}", str(e).removeprefix(f"{e.address}: ")) from None
         self.model = self.sup.model
         self.max_attenuation_db = self.sup.values["max_attenuation_db"]
         #: ``pause_db`` and ``pause_threshold`` of a channel that sets none of its own (the engine's
@@ -131,8 +143,6 @@ class Engine:
             for c in channels:
                 for g in GATE_PARAMS:
                     if getattr(c, g, None) is not None:
-                        from quietcast.bridge.errors import ParameterError
-
                         raise ParameterError(f"{c.name}.{g}", f"model {model!r} has no pause gate "
                                                              "(the shipped neural models do)")
         ls = self.sup.latency

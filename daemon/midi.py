@@ -140,7 +140,7 @@ from .state import atomic_write, default_state_dir
 
 __all__ = [
     "MidiControl", "MidiMapError", "Binding", "Learn", "Curve",
-    "load_mapping", "parse_mapping", "mapping_to_toml", "default_curve",
+    "load_mapping", "parse_mapping", "mapping_path", "mapping_to_toml", "default_curve",
     "TYPES", "CURVES", "BUTTONS", "TAKEOVERS",
 ]
 
@@ -512,6 +512,18 @@ def load_mapping(path: str | os.PathLike, registry=None) -> list[Binding]:
     if not os.path.exists(path):
         return []
     return parse_mapping(read_utf8(path, "mapping file", MidiMapError), source=path, registry=registry)
+
+
+def mapping_path(config) -> str:
+    """The mapping file of a daemon running ``config`` (a full daemon
+    :class:`~quietcast.daemon.config.Config`): ``[midi] mapping``, else
+    ``midi.toml`` in the state directory (the state file's folder when
+    ``[state] file`` is set, else :func:`~quietcast.daemon.state.default_state_dir`)."""
+    if config.midi.mapping:
+        return config.midi.mapping
+    st = config.state
+    folder = os.path.dirname(st.file) if st.enabled and st.file else default_state_dir()
+    return os.path.join(folder, "midi.toml")
 
 
 def mapping_to_toml(bindings: list[Binding]) -> str:
@@ -947,7 +959,7 @@ class MidiControl:
         midi_config: :class:`~quietcast.daemon.config.MidiConfig`.
         jack_server: the JACK server name ("" = $JACK_DEFAULT_SERVER or default).
         client_name: the daemon's JACK client name; the JACK MIDI ports
-            are ``CLIENT-midi:in`` and ``CLIENT-midi:out``.
+            are ``CLIENT-midi-in:in`` and ``CLIENT-midi-out:out``.
         state_dir: where ``midi.toml`` lives when ``midi_config.mapping``
             is "" (default: $STATE_DIRECTORY, else $XDG_STATE_HOME/quietcast,
             else ~/.local/state/quietcast).

@@ -101,6 +101,10 @@ class Daemon:
         self.registry = Registry(self)
         self.control = None
         self.midi = None
+        #: why MIDI control is not running although [midi] enabled (a broken mapping file ...), or None
+        self.midi_problem: str | None = None
+        self._midi_lock = threading.Lock()  # one start at a time (the first start, a reload)
+        self._midi_set = threading.Lock()  # self.midi is set, or the started one stopped, against the shutdown
         self.state = None
         self._engine_thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -389,22 +393,66 @@ class Daemon:
             except Exception as e:
                 log.warning("state: chain %r of channel %s not restored, the config's runs: %s", what, channel, e)
 
-    def _start_midi(self) -> None:
+    def _start_midi(self, wait_ready_s: float | None = None) -> None:
+        """Start MIDI control when [midi] enabled and it is not running (at
+        the first start, and at a reload: e.g. after the mapping file was
+        fixed). On failure MIDI stays off and :attr:`midi_problem` keeps
+        why (shown in ``status`` and by ``learn``); the audio runs on."""
         cfg = getattr(self.config, "midi", None)
         if cfg is None or not cfg.enabled:
             return
-        try:
-            from .midi import MidiControl
-        except ImportError:
-            return
-        try:
-            state_dir = os.path.dirname(self.state.path) if self.state else None
-            self.midi = MidiControl(self.registry, cfg, self.server, self.config.jack.client_name, state_dir=state_dir)
-            self.midi.on_learned = lambda b: self.emit("event.learn", b)
-            self.midi.start()
-        except Exception as e:  # MIDI trouble never stops the audio
-            log.warning("MIDI control not started: %s", e)
-            self.midi = None
+        with self._midi_lock:
+            if self.midi is not None:
+                return
+            mc = None
+            try:
+                from .midi import MidiControl, mapping_path
+
+                mc = MidiControl(self.registry, cfg, self.server, self.config.jack.client_name,
+                                 state_dir=os.path.dirname(mapping_path(self.config)))
+                mc.on_learned = lambda b: self.emit("event.learn", b)
+                mc.start(**({} if wait_ready_s is None else {"wait_ready_s": wait_ready_s}))
+            except Exception as e:  # MIDI trouble never stops the audio
+                self.midi_problem = ("not started (fix this, then reload the config to start it: `quietcast ctl "
+                                     f"reload` or SIGHUP): {e}")
+                log.warning("MIDI control %s", self.midi_problem)
+                if mc is not None:
+                    try:
+                        mc.stop()
+                    except Exception:
+                        pass
+                return
+            with self._midi_set:
+                if not self._stop.is_set():
+                    self.midi = mc
+                    self.midi_problem = None
+                    return
+            mc.stop()  # the daemon stopped while MIDI started
+
+    def midi_status(self) -> dict:
+        """MIDI control's status (:meth:`MidiControl.status`) while it
+        runs; else ``enabled``, ``running`` (false), ``mapping`` and
+        ``problem``: why it is not running."""
+        midi = self.midi
+        if midi is not None:
+            return midi.status()
+        from .midi import mapping_path
+
+        cfg = getattr(self.config, "midi", None)
+        enabled = bool(cfg is not None and cfg.enabled)
+        return {"enabled": enabled, "running": False, "mapping": mapping_path(self.config) if cfg else None,
+                "problem": self.midi_not_running()}
+
+    def midi_not_running(self) -> str:
+        """Why MIDI control is not running, in words."""
+        cfg = getattr(self.config, "midi", None)
+        if cfg is None or not cfg.enabled:
+            return "disabled in this daemon's config ([midi] enabled = false)"
+        if self.midi_problem:
+            return self.midi_problem
+        if self._restored:
+            return "starting (opening its ports)"
+        return "not started yet (it starts once the engine runs: waiting for the JACK server)"
 
     def call_in_main(self, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
         """Run ``fn`` on the supervisor thread (where plugins may be loaded)
@@ -638,6 +686,10 @@ class Daemon:
                 else:
                     for n in edited:
                         self.midi.values_changed(f"{n}.chain.")
+            elif self._restored:
+                # enabled but not running (its mapping file was broken at the start, or MIDI was off):
+                # start it now (without waiting for the JACK MIDI ports: they appear when the bridge is up)
+                self._start_midi(wait_ready_s=0)
             return {"changed": changed, "rebuilt": structural}
 
         self.notifier.reloading()
@@ -755,12 +807,15 @@ class Daemon:
                     continue
                 self._stop.wait(0.05)
         finally:
+            self._stop.set()  # (also when leaving on an exception: a MIDI start in progress sees it)
             self.notifier.stopping()
             self.emit("event.state", {"state": "stopping"})
             self._fade_out()
             final = self.status()
-            if self.midi is not None:
-                self.midi.stop()
+            with self._midi_set:
+                midi = self.midi
+            if midi is not None:
+                midi.stop()
             if self.state is not None:
                 self.state.flush()
             self._close_io()

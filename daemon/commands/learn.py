@@ -7,7 +7,9 @@ class Learn(Command):
     or pitch bend, on any MIDI input) is bound to it and saved to the
     mapping file. Replies at once with ``armed`` and ``timeout_s``; the
     binding is announced as ``event.learn`` on the event stream (``quietcast
-    ctl learn`` waits for it). ``cancel: true`` disarms."""
+    ctl learn`` waits for it). ``cancel: true`` disarms. While MIDI control
+    is not running the error (``unavailable``) says why, as ``status``'s
+    ``midi.problem`` does."""
 
     name = "learn"
     args = {"address": Arg("str", required=False, doc="parameter address to bind"),
@@ -16,7 +18,7 @@ class Learn(Command):
 
     def execute(self, ctx, args):
         if ctx.midi is None:
-            raise ControlError("unavailable", "MIDI is disabled in this daemon's config ([midi] enabled = false)")
+            raise ControlError("unavailable", f"MIDI is not running: {ctx.daemon.midi_not_running()}")
         if args.get("cancel"):
             ctx.midi.cancel_learn()
             return {"armed": None}

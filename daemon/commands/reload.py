@@ -21,8 +21,12 @@ class Reload(Command):
     dropped (logged). A rebuild the new config cannot run (a new channel's
     pause gate under `dsp`) is refused (``failed``, with the reason), also
     while the JACK server is away, and the old config is rebuilt and keeps
-    running. Result: ``changed`` (the channel values the file changed, and
-    ``CHANNEL.chain`` for each new chain) and ``rebuilt``."""
+    running. The MIDI mapping file is read again too (a broken one keeps
+    the bindings that run, logged); MIDI control that is enabled but not
+    running, because its mapping file was broken at the start, starts
+    (``status``'s ``midi.problem`` says why when it still cannot). Result:
+    ``changed`` (the channel values the file changed, and ``CHANNEL.chain``
+    for each new chain) and ``rebuilt``."""
 
     name = "reload"
     args = {}

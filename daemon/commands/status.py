@@ -19,7 +19,12 @@ class Status(Command):
     not built), ``reconnects``, ``bad_samples`` (NaN/Inf samples that
     arrived on the input ports, each replaced by silence before the
     suppressor, the bypass path and the meters saw it), ``meters``
-    (latest per channel) and ``params`` (every channel's values).
+    (latest per channel), ``params`` (every channel's values) and ``midi``:
+    MIDI control's ``enabled``, ``running`` and ``mapping`` (the file), and
+    while it runs its bindings, ports and counters; while it does not,
+    ``problem`` says why (disabled in the config, not started yet, or a
+    broken mapping file with every problem in it: fix the file, then
+    ``reload`` starts MIDI).
     """
 
     name = "status"
@@ -27,6 +32,5 @@ class Status(Command):
 
     def execute(self, ctx, args):
         st = ctx.daemon.status()
-        if ctx.midi is not None:
-            st["midi"] = ctx.midi.status()
+        st["midi"] = ctx.daemon.midi_status()
         return st

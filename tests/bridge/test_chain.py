@@ -119,6 +119,44 @@ def test_missing_plugin_path_is_named(tmp_path):
     assert f"plugin path '{tmp_path / 'nope.vst3'}' does not exist" in str(ei.value)
 
 
+def test_an_impulse_response_is_relative_to_the_chain_file_and_checked(tmp_path, monkeypatch):
+    """A convolution stage's impulse_response_filename was opened relative
+    to the current folder (a chain that worked from its own folder failed
+    elsewhere with "RuntimeError: Unable to load impulse response: ir.wav"),
+    and a missing one was named only when the chain was built."""
+    from pedalboard.io import AudioFile
+
+    room = tmp_path / "chains"
+    room.mkdir()
+    ir = np.zeros((1, 480), np.float32)
+    ir[0, 0], ir[0, 100] = 0.5, 0.25
+    with AudioFile(str(room / "ir.wav"), "w", SR, 1, bit_depth=32) as f:
+        f.write(ir)
+    (room / "room.toml").write_text('[[stage]]\nname = "c"\ntype = "convolution"\nimpulse_response_filename = "ir.wav"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    chain = Chain.load(str(room / "room.toml"))
+    assert chain.stages[0].values["impulse_response_filename"] == str(room / "ir.wav")
+    x = np.zeros((1, 2000), np.float32)
+    x[0, 10] = 1.0
+    y = chain.process_array(x, SR)  # it convolves: the impulse comes out as the response
+    assert np.argmax(np.abs(y[0])) == 10 and abs(y[0, 110]) > 0.3 * abs(y[0, 10])  # (JUCE normalises the response)
+    # a missing file is a problem of the chain, named by its full path, when the file is loaded
+    (room / "gone.toml").write_text('[[stage]]\nname = "c"\ntype = "convolution"\nimpulse_response_filename = "no.wav"\n')
+    with pytest.raises(ChainSpecError) as ei:
+        Chain.load(str(room / "gone.toml"))
+    assert [str(p) for p in ei.value.problems] == [f"stage 'c': impulse response {str(room / 'no.wav')!r} does not exist"]
+    # a file pedalboard cannot read (it would pass the audio through unchanged) is refused when built
+    (room / "junk.wav").write_bytes(bytes(range(256)) * 8)
+    (room / "junk.toml").write_text('[[stage]]\nname = "c"\ntype = "convolution"\nimpulse_response_filename = "junk.wav"\n')
+    junk = Chain.load(str(room / "junk.toml"))
+    with pytest.raises(ChainSpecError) as ei:
+        junk.check()
+    assert str(ei.value.problems[0]).startswith(f"stage 'c': impulse response {str(room / 'junk.wav')!r} is not an "
+                                                "audio file that can be read")
+
+
 def test_plugin_without_path():
     probs = spec_problems('[[stage]]\nname = "v"\ntype = "plugin"\n')
     assert "needs path" in probs[0]
@@ -154,6 +192,22 @@ def test_unreadable_and_non_utf8_files(tmp_path):
 def test_unknown_bundled_chain_suggests():
     with pytest.raises(ChainSpecError, match="did you mean 'default'"):
         Chain.load("defualt")
+
+
+def test_the_readme_describes_the_bundled_default_chain():
+    """The README listed highpass -> denoise -> compressor -> limiter: no
+    make-up gain stage, and not that the limiter is a true-peak brickwall."""
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    text = " ".join(readme.split("- **`default`**:", 1)[1].split("\n- ", 1)[0].split())
+    words = {"highpass": "highpass", "denoise": "denoise", "compressor": "compressor", "gain": "make-up gain",
+             "brickwall_limiter": "true-peak brickwall limiter"}
+    stages = Chain.default().stages
+    at = [text.index(words[st.type]) for st in stages]
+    assert at == sorted(at), text  # in the chain's order
+    values = {st.type: st.values for st in stages}
+    assert values["brickwall_limiter"]["true_peak"] is True
+    assert f"ceiling {values['brickwall_limiter']['ceiling_db']:g} dB" in text
+    assert f"+{values['gain']['gain_db']:g} dB" in text and f"highpass {values['highpass']['cutoff_frequency_hz']:g} Hz" in text
 
 
 def test_python_api_uses_the_same_names():

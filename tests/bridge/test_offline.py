@@ -111,6 +111,48 @@ def test_failure_midway_leaves_no_partial_output(tmp_path, qcgain_vst3):
     assert not dst.exists() and leftovers(tmp_path) == []
 
 
+def _gains(n: int = 32) -> list[dict]:
+    """Thirty-two +24 dB gains (x 2.5e38 in all): a sample of 2 becomes Inf
+    in the last one (inputs are clipped to +-64 first), silence stays 0."""
+    return [{"name": f"g{i}", "type": "gain", "gain_db": 24.0} for i in range(n)]
+
+
+@pytest.mark.parametrize("block,hot_at,block_start", [(65_536, 0.02, 0.0), (4_800, 0.73, 0.7)])
+def test_a_stage_fault_names_its_block_and_first_bad_sample(tmp_path, block, hot_at, block_start):
+    """A stage that outputs Inf at 0.02 s was reported "failed at 1.00 s":
+    the time of the end of the block (64k frames, the whole 1 s file)."""
+    x = np.zeros((1, 48_000), np.float32)
+    x[0, int(hot_at * 48_000)] = 2.0
+    write(tmp_path / "hot.wav", x, 48_000, bit_depth=32)
+    r = process_file(Chain(_gains()), str(tmp_path / "hot.wav"), str(tmp_path / "o.wav"), block=block)
+    assert not r.ok and r.error == (f"stage 'g31' failed in the block starting at {block_start:.2f} s (returned NaN or "
+                                    f"Inf samples, the first at {hot_at:.2f} s); output not written")
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_the_first_bad_sample_is_placed_in_the_latency_aligned_output():
+    """Behind a stage with latency (denoise, 480 samples) the bad sample of
+    a later stage lands where the aligned output has it, not where the
+    block has it."""
+    from quietcast.bridge.chain import ChainProcessor
+
+    chain = Chain([{"name": "nr", "type": "denoise", "model": "dsp"}, *_gains()])
+    proc = chain.processor(48_000, 1)
+    assert isinstance(proc, ChainProcessor) and proc.latency > 0
+    x = np.zeros((1, 9600), np.float32)
+    x[0, 6000:6100] = 64.0  # (the suppressor passes a burst on: its output is far over 1.4)
+    for i in range(0, 9600, 4800):
+        proc.process(x[:, i:i + 4800])
+        if proc.faults:
+            break
+    assert "g31" in proc.faults and proc.fault_at["g31"][0] == 4800
+    first = proc.fault_at["g31"][1]
+    assert first is not None and 6000 <= first < 6100, first  # in the input's (and the aligned output's) time
+    assert proc.fault_text("g31").startswith("in the block starting at 0.10 s (returned NaN or Inf samples, the first at 0.1")
+    proc.reset()
+    assert proc.frames == 0 and proc.fault_at == {}
+
+
 def test_nan_samples_in_a_float_file_are_reported_and_cleaned(tmp_path):
     x = sig(1, 48_000)
     x[0, 100:200] = np.nan

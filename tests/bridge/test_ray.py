@@ -208,6 +208,24 @@ def test_a_cold_start_a_few_frames_before_a_block_edge_is_still_exact(tmp_path):
     np.testing.assert_array_equal(cold, whole[:, seg.start:])
 
 
+def test_a_segment_names_where_a_stage_faulted_in_the_file(tmp_path):
+    """A segment of a split file reports a stage fault by the file's time:
+    the block it started (it said the end of the block) and the first bad
+    sample (a segment read from 2.0 s, a sample that overflows at 2.5 s)."""
+    from quietcast.bridge.errors import BridgeError
+
+    x = np.zeros((1, 4 * SR), np.float32)
+    x[0, int(2.5 * SR)] = 2.0
+    write(tmp_path / "in.wav", x, SR, bit_depth=32)
+    chain = Chain([{"name": f"g{i}", "type": "gain", "gain_db": 24.0} for i in range(32)])  # x 2.5e38: 2.0 -> Inf
+    seg = C.Segment(1, 2 * SR, 2 * SR, 4 * SR, 4 * SR)
+    with pytest.raises(BridgeError) as e:
+        C.run_segment(chain, str(tmp_path / "in.wav"), seg, str(tmp_path / "seg.f32"), block=SR // 10)
+    assert str(e.value) == ("stage 'g31' failed in the block starting at 2.50 s (returned NaN or Inf samples, "
+                            "the first at 2.50 s); output not written")
+    assert not (tmp_path / "seg.f32").exists()
+
+
 # --------------------------------------------------------------------------
 # on a real local Ray instance
 

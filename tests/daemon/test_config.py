@@ -738,10 +738,11 @@ def test_cmd_config_check(tmp_path, confdir):
 
 
 def test_cmd_config_check_builds_chains(confdir):
-    """A chain can be valid on paper but fail to build (a missing impulse
-    response); `config check` builds each chain once to find that."""
+    """A chain can be valid on paper but fail to build (an impulse response
+    that is not audio); `config check` builds each chain once to find that."""
+    (confdir / "chains" / "ir.wav").write_bytes(b"not audio" * 100)
     (confdir / "chains" / "room.toml").write_text(
-        '[[stage]]\nname = "room"\ntype = "convolution"\nimpulse_response_filename = "/nonexistent/ir.wav"\n')
+        '[[stage]]\nname = "room"\ntype = "convolution"\nimpulse_response_filename = "ir.wav"\n')
     f = confdir / "quietcast.toml"
     f.write_text(ONE + 'chain = "chains/room.toml"\n')
     assert load_config(f).channels[0].chain.endswith("room.toml")  # loading does not build
@@ -749,6 +750,116 @@ def test_cmd_config_check_builds_chains(confdir):
     assert not ok
     assert f"[channel 'host'] chain: {confdir / 'chains' / 'room.toml'}: stage 'room': " in text
     assert cmd_config_check(f, build_chains=False)[0]
+
+
+@pytest.mark.parametrize("endpoint,ok", [
+    ("tcp://127.0.0.1:5555", True), ("tcp://[::1]:1", True), ("tcp://localhost:65535", True), ("ipc:///tmp/x", True),
+    ("tcp://127.0.0.1:99999", False), ("tcp://127.0.0.1:0", False), ("tcp://127.0.0.1:65536", False),
+    ("tcp://127.0.0.1", False), ("tcp://127.0.0.1:", False), ("tcp://127.0.0.1:*", False), ("tcp://:5555", False),
+])
+def test_a_tcp_endpoint_needs_a_port_1_to_65535(endpoint, ok):
+    """ZeroMQ takes tcp://127.0.0.1:99999 and listens on port 34463
+    (99999 - 65536): the daemon then says it serves on 99999."""
+    for key in ("bind", "events"):
+        text = f'[control]\n{key} = "{endpoint}"\n' + ONE
+        if ok:
+            assert getattr(cfg(text).control, key) == endpoint
+        else:
+            p = one_problem(text)
+            assert p.startswith(f"[control] {key}: value {endpoint!r} ") and ("1..65535" in p or "has no port" in p), p
+
+
+def _check(path, text: str):
+    path.write_text(text)
+    return cmd_config_check(path)
+
+
+def test_config_check_runs_what_run_checks_before_it_starts(tmp_path):
+    """`config check` said OK for configs `quietcast run` refuses (or runs
+    without MIDI): the control endpoints and key files, a pause gate the
+    model lacks, the MIDI mapping file. No JACK server is needed."""
+    f = tmp_path / "q.toml"
+    ok, text = _check(f, '[engine]\nmodel = "dsp"\n' + ONE + "pause_db = 10\n")
+    assert not ok and text == (f"{f}: 1 problem\n  - [channel 'host'] pause_db: model 'dsp' has no pause gate "
+                               "(the shipped neural models do)")
+    # an engine-level setting is named as written ([engine] pause_db), not as the suppressor stage's "nr.pause_db"
+    for key, value in (("pause_db", 10), ("pause_threshold", 0.5), ("pitch_filter", 0.5)):
+        ok, text = _check(f, f'[engine]\nmodel = "dsp"\n{key} = {value}\n' + ONE)
+        assert not ok and text.startswith(f"{f}: 1 problem\n  - [engine] {key}: model 'dsp' has no "), text
+        assert "nr." not in text
+    ok, text = _check(f, '[control]\nbind = "tcp://0.0.0.0:5555"\n' + ONE)
+    assert not ok and text.startswith(f"{f}: 1 problem\n  - [control] bind: 'tcp://0.0.0.0:5555' is not a loopback "
+                                      "or ipc endpoint: that needs CURVE keys"), text
+    ok, text = _check(f, '[control]\nbind = "tcp://0.0.0.0:5555"\ncurve_secret_key = "nokey"\n' + ONE)
+    assert not ok and text == (f"{f}: 2 problems\n  - [control] curve_secret_key: {str(tmp_path / 'nokey')!r} does not "
+                               "exist\n  - [control] curve_clients: '' must be a folder of client public keys")
+    (tmp_path / "pub.key").write_text("metadata\ncurve\n    public-key = \"" + "a" * 40 + '"\n')
+    (tmp_path / "clients").mkdir()
+    ok, text = _check(f, '[control]\ncurve_secret_key = "pub.key"\ncurve_clients = "clients"\n' + ONE)
+    assert not ok and "[control] curve_secret_key: " in text and "is not a secret key file" in text, text
+    # the control checks are skipped with the control socket off, as `run` skips them
+    assert _check(f, '[control]\nenabled = false\nbind = "tcp://0.0.0.0:5555"\n' + ONE)[0]
+    # the MIDI mapping, checked against the engine's parameters as the daemon checks it
+    (tmp_path / "map.toml").write_text('[[map]]\naddress = "host.strenght"\nnumber = 7\n'
+                                       '[[map]]\naddress = "host.pause_db"\nnumber = 8\n')
+    ok, text = _check(f, '[engine]\nmodel = "dsp"\n[midi]\nmapping = "map.toml"\n' + ONE)
+    where = f"[midi] mapping: {tmp_path / 'map.toml'}: [[map]]"
+    assert not ok and text.startswith(f"{f}: 2 problems\n  - {where} 1 (host.strenght) address: unknown parameter "
+                                      "(did you mean 'strength'?)"), text
+    assert f"  - {where} 2 (host.pause_db) address: model 'dsp' has no pause gate" in text
+    assert _check(f, '[engine]\nmodel = "dsp"\n[midi]\nenabled = false\nmapping = "map.toml"\n' + ONE)[0]
+    # without building, the mapping file is still read (its syntax)
+    (tmp_path / "map.toml").write_text('[[map]]\nadress = "host.strength"\n')
+    f.write_text('[engine]\nmodel = "dsp"\n[midi]\nmapping = "map.toml"\n' + ONE)
+    ok, text = cmd_config_check(f, build_chains=False)
+    assert not ok and "adress: unknown key (did you mean 'address'?)" in text
+    # the default mapping file is midi.toml beside the state file
+    (tmp_path / "midi.toml").write_text('[[map]]\naddress = "guest.strength"\nnumber = 7\n')
+    ok, text = _check(f, '[engine]\nmodel = "dsp"\n[state]\nfile = "state.json"\n' + ONE)
+    assert not ok and f"[midi] mapping: {tmp_path / 'midi.toml'}: [[map]] 1 (guest.strength) address: no channel" in text
+    ok, text = _check(f, '[engine]\nmodel = "dsp"\n' + ONE + '[[channel]]\nname = "guest"\n'
+                      '[state]\nfile = "state.json"\n')
+    assert ok, text
+
+
+def test_run_refuses_what_config_check_refuses_without_a_jack_server(tmp_path):
+    """`quietcast run` stopped at a pause gate the model lacks only once the
+    JACK server answered (it waited for one until then)."""
+    import subprocess
+    import sys
+
+    f = tmp_path / "q.toml"
+    f.write_text('[jack]\nserver = "no_such_server_qc"\n[engine]\nmodel = "dsp"\npause_db = 10\n'
+                 f'[control]\nbind = "ipc://{tmp_path}/ctl"\nevents = "ipc://{tmp_path}/ev"\n[state]\nenabled = false\n'
+                 + ONE)
+    env = dict(os.environ, JACK_NO_START_SERVER="1")
+    r = subprocess.run([sys.executable, "-m", "quietcast.daemon", "run", "-c", str(f)], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == (f"quietcast: error: {f}: 1 problem\n  - [engine] pause_db: model 'dsp' has no pause head "
+                        "(the shipped neural models do)\n")
+    assert cmd_config_check(f) == (False, r.stderr.removeprefix("quietcast: error: ").rstrip("\n"))
+
+
+def test_a_convolution_chain_checks_from_any_folder(confdir, tmp_path, monkeypatch):
+    """The impulse response is relative to the chain file, not to the folder
+    `config check` runs in ("RuntimeError: Unable to load impulse response:
+    ir.wav"); a missing one is a chain problem naming the file."""
+    from pedalboard.io import AudioFile
+
+    with AudioFile(str(confdir / "chains" / "ir.wav"), "w", 48_000, 1) as f:
+        f.write(np.ones((1, 64), np.float32) * 0.1)
+    (confdir / "chains" / "room.toml").write_text(
+        '[[stage]]\nname = "room"\ntype = "convolution"\nimpulse_response_filename = "ir.wav"\n')
+    f = confdir / "quietcast.toml"
+    f.write_text('[engine]\nmodel = "dsp"\n' + ONE + 'chain = "chains/room.toml"\n')
+    monkeypatch.chdir(tmp_path)
+    ok, text = cmd_config_check(f)
+    assert ok, text
+    (confdir / "chains" / "ir.wav").unlink()
+    ok, text = cmd_config_check(f)
+    assert not ok and text == (f"{f}: 1 problem\n  - [channel 'host'] chain: {confdir / 'chains' / 'room.toml'}: "
+                               f"stage 'room': impulse response {str(confdir / 'chains' / 'ir.wav')!r} does not exist")
 
 
 def test_cmd_config_show(tmp_path):
@@ -760,10 +871,26 @@ def test_cmd_config_show(tmp_path):
     shown = cmd_config_show(f)
     assert f"from {f}" in shown
     assert "reconnect_interval_ms = 500" in shown and "background_db = -inf" in shown
-    assert "# [engine] max_attenuation_db is not set: the model's own default" in shown
-    f.write_text("[engine]\nmax_attenuation_db = 12\n" + ONE)
+    # every key: those left to the model or the engine are comments with the value they get (they were left out)
+    from quietcast.models import create_suppressor
+
+    own = create_suppressor("default", 1).PARAMS
+    for key, name in (("max_attenuation_db", "strength_db"), ("pitch_filter", "pitch_filter"),
+                      ("pause_db", "pause_db"), ("pause_threshold", "pause_threshold")):
+        assert f"# {key} = {float(own[name][2])!r}".ljust(34) + "# not set: the model's own\n" in shown, key
+    assert shown.endswith(f"# pause_threshold = {float(own['pause_threshold'][2])!r}".ljust(34)
+                          + "# not set: the engine's (the model's own)\n")
+    assert parse_config(shown) == load_config(f)
+    f.write_text("[engine]\nmax_attenuation_db = 12\npause_db = 20\n" + ONE + "pause_threshold = 0.5\n")
     shown = cmd_config_show(f)
-    assert "max_attenuation_db = 12.0" in shown and "is not set" not in shown
+    assert "\nmax_attenuation_db = 12.0\n" in shown and "# max_attenuation_db" not in shown
+    assert "\npause_threshold = 0.5\n" in shown and "# pause_db = 20.0 " in shown and "(engine.pause_db)" in shown
+    assert parse_config(shown) == load_config(f)
+    f.write_text('[engine]\nmodel = "dsp"\n' + ONE)
+    shown = cmd_config_show(f)
+    assert "# pause_db: not set (model 'dsp' has no pause gate)\n" in shown
+    assert "# pitch_filter: not set (model 'dsp' has no pitch filter)\n" in shown
+    assert "# max_attenuation_db = 15.0 " in shown and shown.endswith("connect_out = []\n")
     f.write_text(ONE + "strength = 2\n")
     with pytest.raises(ConfigError, match="out of range"):
         cmd_config_show(f)

@@ -337,10 +337,14 @@ def test_reload_good_and_broken(client, tmp_path):
     assert client.get("guest.strength") == 0.4 and client.status()["ready"]
 
 
-def test_learn_without_midi_is_unavailable(client):
+def test_learn_without_midi_is_unavailable(client, tmp_path):
     with pytest.raises(ControlError) as e:
         client.call("learn", address="host.strength")
     assert e.value.code == "unavailable"
+    assert e.value.message == "MIDI is not running: disabled in this daemon's config ([midi] enabled = false)"
+    # status says so too (the mapping file it would use: midi.toml beside the state file)
+    assert client.status()["midi"] == {"enabled": False, "running": False, "mapping": str(tmp_path / "midi.toml"),
+                                       "problem": "disabled in this daemon's config ([midi] enabled = false)"}
 
 
 def test_readme_protocol_section_matches_the_docstrings():

@@ -139,6 +139,18 @@ def test_atomic_save_and_missing_file(tmp_path):
     assert os.listdir(path.parent) == ["midi.toml"]  # no temp file left behind
 
 
+def test_the_shipped_config_names_the_real_midi_ports():
+    """default.toml said quietcast-midi:in/out; the ports are
+    CLIENT-midi-in:in and CLIENT-midi-out:out."""
+    from quietcast.daemon.config import DEFAULT_CONFIG_PATH
+
+    mc = MidiControl(None, MidiConfig(), "", "quietcast")
+    text = open(DEFAULT_CONFIG_PATH).read()
+    assert (mc.jack_in_name, mc.jack_out_name) == ("quietcast-midi-in:in", "quietcast-midi-out:out")
+    line = next(x for x in text.splitlines() if "JACK MIDI port" in x)
+    assert mc.jack_in_name in line and mc.jack_out_name in line and "quietcast-midi:" not in text
+
+
 def test_ports_are_matched_by_name_never_blindly():
     names = ["Midi Through:Midi Through Port-0 14:0", "X-TOUCH COMPACT:X-TOUCH COMPACT MIDI 1 20:0"]
     assert midi._match_port("X-Touch Compact", names) == (1, "")
@@ -802,6 +814,62 @@ def test_disabled_or_stopped_midi_refuses_learn_and_reloads_its_file(daemon, tmp
                     "hardware_inputs", "hardware_outputs", "mapping", "bindings"):
             assert key in st
         assert st["running"] is True and st["bindings"] == 1
+
+
+@pytest.mark.jack
+def test_a_mapping_broken_at_start_is_reported_and_a_reload_starts_midi_once_fixed(jack_servers, tmp_path):
+    """A daemon started with a broken mapping file runs without MIDI, and
+    says why: ``status``'s ``midi.problem`` and ``learn``'s error hold the
+    file's problems (learn said "MIDI is disabled in this daemon's config",
+    status had midi: null). Once the file is fixed a reload starts MIDI (it
+    was only reloaded while running: off until a restart)."""
+    from quietcast.daemon.client import Client
+    from quietcast.daemon.config import load_config
+    from quietcast.daemon.errors import ControlError
+    from quietcast.daemon.service import Daemon
+
+    srv = jack_servers(256)
+    mapping = tmp_path / "map.toml"
+    mapping.write_text(_map(host__strenght=dict(number=7, takeover="jump")))
+    cfgfile = tmp_path / "quietcast.toml"
+    cfgfile.write_text(f'[jack]\nclient_name = "qcbm{uuid.uuid4().hex[:4]}"\nserver = "{srv.name}"\n'
+                       f'[engine]\nmodel = "dsp"\n[control]\nbind = "ipc://{tmp_path}/ctl"\n'
+                       f'events = "ipc://{tmp_path}/ev"\n[midi]\nmapping = "map.toml"\n[state]\nenabled = false\n'
+                       '[[channel]]\nname = "host"\n')
+    d = Daemon(load_config(cfgfile))
+    t = threading.Thread(target=d.run, name="daemon", daemon=True)
+    t.start()
+    s = None
+    try:
+        assert d.ready.wait(20), "daemon did not become ready"
+        with Client(f"ipc://{tmp_path}/ctl", timeout=20) as c:
+            assert wait_until(lambda: "did you mean" in c.status()["midi"]["problem"], 20), c.status()["midi"]
+            st = c.status()["midi"]
+            assert st["enabled"] is True and st["running"] is False and st["mapping"] == str(mapping)
+            assert st["problem"].startswith("not started (fix this, then reload the config")
+            assert f"{mapping}: 1 problem" in st["problem"] and "did you mean 'strength'" in st["problem"]
+            with pytest.raises(ControlError) as e:
+                c.call("learn", address="host.strength")
+            assert e.value.code == "unavailable" and "disabled" not in e.value.message
+            assert e.value.message.startswith("MIDI is not running: not started") and "'strength'" in e.value.message
+            # a reload with the file still broken: still off, still saying why
+            c.call("reload")
+            assert d.midi is None and "did you mean 'strength'" in c.status()["midi"]["problem"]
+            mapping.write_text(_map(host__strength=dict(number=7, takeover="jump")))
+            assert c.call("reload") == {"changed": [], "rebuilt": False}
+            st = c.status()["midi"]
+            assert st["running"] is True and st["bindings"] == 1 and "problem" not in st, st
+            assert wait_until(lambda: _has_ports(srv.name, d.midi), 60, 0.05), d.midi.status()
+            s = Surface(srv.name, d.midi)
+            s.cc(1, 7, 64)
+            assert wait_until(lambda: d.registry.get("host.strength") == pytest.approx(64 / 127), 10)
+            assert c.call("learn", address="host.input_gain_db", timeout_s=1)["armed"] == "host.input_gain_db"
+    finally:
+        if s is not None:
+            s.close()
+        d.request_stop()
+        t.join(15)
+    assert not t.is_alive() and d.midi is not None and not d.midi.started
 
 
 @pytest.mark.jack
