@@ -242,9 +242,12 @@ class Chain:
 
         return any(s.type == "denoise" and resolve_model(s.values.get("model", "default")) not in ("dsp", "passthrough") for s in self.stages)
 
-    def processor(self, sample_rate: int = 48_000, channels: int = 1) -> "ChainProcessor":
+    def processor(self, sample_rate: int = 48_000, channels: int = 1, device: str = "cpu") -> "ChainProcessor":
         """Build every stage; all build problems (a plugin that will not load,
-        an unknown plugin parameter ...) are raised together."""
+        an unknown plugin parameter ...) are raised together. ``device``:
+        where denoise stages run their model ("cpu", "cuda", "cuda:N",
+        "auto"; a GPU that is missing or fails falls back to the CPU, which
+        the stage's ``suppressor.backend`` says)."""
         if not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
         if not (SAMPLE_RATES[0] <= int(sample_rate) <= SAMPLE_RATES[1]):
@@ -254,7 +257,8 @@ class Chain:
         latency = 0
         for spec in self.stages:
             try:
-                st = build_stage(spec.type, spec.name, dict(spec.values), int(sample_rate), channels, dry_delay=latency)
+                st = build_stage(spec.type, spec.name, dict(spec.values), int(sample_rate), channels, dry_delay=latency,
+                                 device=device)
             except (ParameterError, PluginLoadError, ValueError) as e:
                 problems.append(Problem(f"stage {spec.name!r}", str(e)))
                 continue

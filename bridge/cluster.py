@@ -289,7 +289,7 @@ def block_end(pos: int, block: int = BLOCK, first: bool = False) -> int:
 
 
 def run_segment(chain: Chain, src: str, seg: Segment, out_path: str, *, channels: int | None = None,
-                block: int = BLOCK) -> dict:
+                block: int = BLOCK, device: str = "cpu") -> dict:
     """Process one segment of ``src``: start cold at ``seg.read_start``, read
     on the single pass's block grid, and write output frames
     ``[seg.start, seg.verify_end)`` as raw little-endian float32
@@ -302,7 +302,7 @@ def run_segment(chain: Chain, src: str, seg: Segment, out_path: str, *, channels
         sr = int(round(reader.samplerate))
         n = reader.frames
         ch = channels or reader.num_channels
-        proc = _processor(chain, sr, ch)
+        proc = _processor(chain, sr, ch, device)
         L = proc.latency
         read_end = min(n, seg.verify_end + L)
         over_head = seg.start + min(seg.verify_end - seg.start, seg.check)
@@ -519,13 +519,22 @@ def _missing_input(src: str) -> FileResult | None:
                                  "a filesystem every Ray node mounts at the same path)")
 
 
+def task_device(gpu_ids) -> str:
+    """Where a task's denoise stages run: on the GPU Ray gave it (Ray sets
+    CUDA_VISIBLE_DEVICES to it, so it is "cuda"), else the CPU. A GPU that
+    fails falls back to the CPU, as everywhere."""
+    return "cuda" if gpu_ids else "cpu"
+
+
 def _task_file(doc, source, src, dst, overwrite, sample_rate, channels) -> FileResult:
+    import ray
+
     miss = _missing_input(src)
     if miss:
         miss.dst = dst
         return miss
     return process_file(_worker_chain(doc, source), src, dst, overwrite=overwrite,
-                        sample_rate=sample_rate, channels=channels)
+                        sample_rate=sample_rate, channels=channels, device=task_device(ray.get_gpu_ids()))
 
 
 def _task_scan(src, min_frames):
@@ -533,7 +542,10 @@ def _task_scan(src, min_frames):
 
 
 def _task_segment(doc, source, src, seg, out_path, channels):
-    return run_segment(_worker_chain(doc, source), src, seg, out_path, channels=channels)
+    import ray
+
+    return run_segment(_worker_chain(doc, source), src, seg, out_path, channels=channels,
+                       device=task_device(ray.get_gpu_ids()))
 
 
 def _task_stitch(src, dst, segs, paths, actives, channels, sample_rate, overwrite):

@@ -429,19 +429,19 @@ _TMP_MARK = ".qc-tmp-"  # a temporary output: .NAME.qc-tmp-PID-[BATCH-]RANDOM.EX
 _TMP_TAG = ""  # in a --jobs worker: its batch's tag, so that the batch can remove what a dead worker left
 
 
-def _processor(chain: Chain, sample_rate: int, channels: int):
+def _processor(chain: Chain, sample_rate: int, channels: int, device: str = "cpu"):
     """One processor per (chain, rate, channels) per process, reset between
     files: plugins load once per worker, not once per file. Each file is
     judged on its own: the NaN/Inf count starts at 0, and a processor left
     with a stage fault by an earlier file is built again (a faulted stage
     stays bypassed until then, as in the live engine, and its plugin may
     be in any state)."""
-    key = (id(chain), sample_rate, channels)
+    key = (id(chain), sample_rate, channels, device)
     proc = _PROC_CACHE.get(key)
     if proc is None or proc.chain is not chain or proc.faults:
         if len(_PROC_CACHE) > 8:
             _PROC_CACHE.clear()
-        proc = chain.processor(sample_rate, channels)
+        proc = chain.processor(sample_rate, channels, device=device)
         _PROC_CACHE[key] = proc
     else:
         proc.reset()
@@ -459,9 +459,11 @@ def process_file(
     channels: int | None = None,
     block: int = BLOCK,
     on_progress: Callable[[float], None] | None = None,
+    device: str = "cpu",
 ) -> FileResult:
     """Process ``src`` through ``chain`` into ``dst``; never raises for a
-    bad input file, returns a :class:`FileResult` saying what happened."""
+    bad input file, returns a :class:`FileResult` saying what happened.
+    ``device``: where denoise stages run (a Ray task given a GPU: "cuda")."""
     t0 = time.monotonic()
     res = FileResult(src, dst, ok=False)
     if _same_file(src, dst):
@@ -482,7 +484,7 @@ def process_file(
         if not os.access(folder, os.W_OK):  # (else pedalboard's error names the hidden temporary file)
             res.error = f"cannot write in {folder}: no permission, or a read-only file system"
             return res
-        res.seconds = _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res)
+        res.seconds = _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res, device)
         os.replace(tmp, dst)
         res.ok = True
     except (AudioFileError, BridgeError) as e:
@@ -502,7 +504,7 @@ def process_file(
     return res
 
 
-def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res) -> float:
+def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res, device="cpu") -> float:
     raw, reader = _open_input(src, sample_rate)
     try:
         sr = int(round(reader.samplerate))
@@ -512,7 +514,7 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res) -> 
         if reader is raw and not lo <= sr <= hi:
             raise AudioFileError(src, f"its sample rate, {sr} Hz, is out of the range a chain runs at [{lo}, {hi}] Hz; "
                                       "resample it with --sample-rate HZ")
-        proc = _processor(chain, sr, ch)
+        proc = _processor(chain, sr, ch, device)
         L = proc.latency
         skip = L
         done = 0

@@ -972,12 +972,14 @@ def resolve_type(type_name: Any) -> tuple[str | None, Problem | None]:
     )
 
 
-def build_stage(type_name: str, name: str, values: dict, sample_rate: int, channels: int, dry_delay: int = 0) -> Stage:
-    """Build a runtime stage from checked ``values`` (without ``bypass``)."""
+def build_stage(type_name: str, name: str, values: dict, sample_rate: int, channels: int, dry_delay: int = 0,
+                device: str = "cpu") -> Stage:
+    """Build a runtime stage from checked ``values`` (without ``bypass``);
+    ``device``: where a denoise stage runs its model."""
     if type_name == "plugin":
         st = PluginStage(name, sample_rate, channels, values["path"], values.get("plugin_name"), values.get("params"))
     elif type_name == "denoise":
-        st = DenoiseStage(name, sample_rate, channels, **values)
+        st = DenoiseStage(name, sample_rate, channels, device=device, **values)
     elif type_name == "gain":
         st = GainStage(name, sample_rate, channels, **values)
     elif type_name == "mix":

@@ -438,3 +438,25 @@ def test_cli_joins_a_running_cluster_by_address(ray_local, tree, tmp_path):
     p = subprocess.run([*cmd, "--ray=127.0.0.1:1"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
         "quietcast: error: cannot reach the Ray cluster at '127.0.0.1:1': Connection refused"]
+
+
+def test_a_task_given_a_gpu_runs_its_denoise_stages_there():
+    """A Ray task that reserved a GPU (``--gpus-per-task``) runs its
+    denoise stages on it (until session 25 every stage ran on the CPU
+    while the task held a GPU: parallelism was capped at the GPU count for
+    nothing); without CUDA the stage falls back to the CPU and says why."""
+    import torch
+
+    from quietcast.bridge.offline import _processor
+    from quietcast.models import available_models
+
+    assert C.task_device([0]) == "cuda" and C.task_device([]) == "cpu"
+    if "neural" not in available_models():
+        pytest.skip("no neural bundle")
+    chain = Chain([{"name": "nr", "type": "denoise", "model": "neural"}])
+    backend = _processor(chain, 48_000, 1, "cuda").stage("nr").suppressor.backend
+    if torch.cuda.is_available():
+        assert backend.startswith("cuda"), backend
+    else:
+        assert backend.startswith("cpu (fallback"), backend
+    assert _processor(chain, 48_000, 1).stage("nr").suppressor.backend == "cpu"
