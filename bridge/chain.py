@@ -67,6 +67,15 @@ class StageSpec:
         return d
 
 
+def _beside(base_dir: str | None, path: str) -> str:
+    """A path a chain file names (a plugin, an impulse response): ``~``
+    expanded, and a relative one taken from the chain file's folder."""
+    path = os.path.expanduser(path)
+    if base_dir and not os.path.isabs(path):
+        path = os.path.normpath(os.path.join(base_dir, path))
+    return path
+
+
 def _check_stage(raw: Any, index: int, seen: set, base_dir: str | None, problems: list[Problem]) -> StageSpec | None:
     where = f"stage {index + 1}"
     if not isinstance(raw, dict):
@@ -121,9 +130,7 @@ def _check_stage(raw: Any, index: int, seen: set, base_dir: str | None, problems
             problems.append(Problem(where, "a 'plugin' stage needs path = \"/path/to/plugin.vst3\""))
             ok = False
         else:
-            if base_dir and not os.path.isabs(path):
-                path = os.path.normpath(os.path.join(base_dir, path))
-            values["path"] = path
+            path = values["path"] = _beside(base_dir, path)
             if not os.path.exists(path):
                 problems.append(Problem(where, f"plugin path {path!r} does not exist"))
                 ok = False
@@ -133,10 +140,7 @@ def _check_stage(raw: Any, index: int, seen: set, base_dir: str | None, problems
             problems.append(Problem(where, "a 'convolution' stage needs impulse_response_filename"))
             ok = False
         else:  # relative to the chain file, like a plugin's path (not to the current folder)
-            ir = os.path.expanduser(ir)
-            if base_dir and not os.path.isabs(ir):
-                ir = os.path.normpath(os.path.join(base_dir, ir))
-            values["impulse_response_filename"] = ir
+            ir = values["impulse_response_filename"] = _beside(base_dir, ir)
             if not os.path.exists(ir):
                 problems.append(Problem(where, f"impulse response {ir!r} does not exist"))
                 ok = False

@@ -913,29 +913,17 @@ def _remove_leftovers(jobs: list[Job], since: float) -> set[str]:
     """Remove temporary files that a killed worker left beside our targets:
     ``.NAME.qc-tmp-*`` and ``.NAME.qc-seg-*`` made during this run.
     Returns the targets that had some."""
+    from .offline import hidden_beside
+
     wall0 = time.time() - (time.monotonic() - since) - 1.0
-    by_folder: dict[str, dict[str, str]] = {}
-    for j in jobs:
-        folder = os.path.dirname(os.path.abspath(j.dst))
-        by_folder.setdefault(folder, {})[os.path.basename(j.dst)] = j.dst
     found: set[str] = set()
-    for folder, names in by_folder.items():
+    for path, target, _ in hidden_beside(jobs, (".qc-tmp-", ".qc-seg-")):
         try:
-            entries = os.listdir(folder)
+            if os.path.getmtime(path) >= wall0:
+                os.unlink(path)
+                found.add(target)
         except OSError:
-            continue
-        for e in entries:
-            if not e.startswith(".") or (".qc-tmp-" not in e and ".qc-seg-" not in e):
-                continue
-            base = e[1:].split(".qc-tmp-")[0].split(".qc-seg-")[0]
-            if base in names:
-                p = os.path.join(folder, e)
-                try:
-                    if os.path.getmtime(p) >= wall0:
-                        os.unlink(p)
-                        found.add(names[base])
-                except OSError:
-                    pass
+            pass
     return found
 
 

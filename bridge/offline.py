@@ -635,27 +635,38 @@ class _spawning:
         signal.pthread_sigmask(signal.SIG_SETMASK, self._old)
 
 
-def _remove_tmp(jobs: Iterable[Job], tag: str) -> None:
-    """Remove the temporary outputs that workers of batch ``tag`` left
-    beside these jobs' targets (a worker that died, or was ended when
-    another one crashed, cannot remove its own)."""
-    by_folder: dict[str, set[str]] = {}
+def hidden_beside(jobs: Iterable[Job], marks: tuple[str, ...]):
+    """The hidden files beside these jobs' targets named ``.TARGET`` + a
+    mark + anything (temporary outputs, segments): ``(path, target,
+    rest after the mark)`` for each."""
+    by_folder: dict[str, dict[str, str]] = {}
     for j in jobs:
-        by_folder.setdefault(os.path.dirname(os.path.abspath(j.dst)), set()).add(os.path.basename(j.dst))
+        by_folder.setdefault(os.path.dirname(os.path.abspath(j.dst)), {})[os.path.basename(j.dst)] = j.dst
     for folder, names in by_folder.items():
         try:
             entries = os.listdir(folder)
         except OSError:
             continue
         for e in entries:
-            if not e.startswith(".") or _TMP_MARK not in e:
+            if not e.startswith("."):
                 continue
-            name, _, rest = e[1:].rpartition(_TMP_MARK)
-            if name in names and rest.split("-")[1:2] == [tag]:
-                try:
-                    os.unlink(os.path.join(folder, e))
-                except OSError:
-                    pass
+            for mark in marks:
+                name, found, rest = e[1:].rpartition(mark)
+                if found and name in names:
+                    yield os.path.join(folder, e), names[name], rest
+                    break
+
+
+def _remove_tmp(jobs: Iterable[Job], tag: str) -> None:
+    """Remove the temporary outputs that workers of batch ``tag`` left
+    beside these jobs' targets (a worker that died, or was ended when
+    another one crashed, cannot remove its own)."""
+    for path, _, rest in hidden_beside(jobs, (_TMP_MARK,)):
+        if rest.split("-")[1:2] == [tag]:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def _run_pool(chain: Chain, jobs: list[Job], workers: int, progress: "Progress | None", **kw) -> list[FileResult]:

@@ -16,7 +16,7 @@ from quietcast.bridge.offline import plan_jobs, process_file, process_files
 
 
 def write(path, x, sr, **kw):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
     with AudioFile(str(path), "w", sr, x.shape[0], **kw) as f:
         f.write(x)
 

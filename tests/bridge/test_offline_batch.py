@@ -14,20 +14,9 @@ from quietcast.bridge import Chain
 from quietcast.bridge.errors import BridgeError
 from quietcast.bridge.offline import plan_jobs, process_file, process_files
 
-
-def write(path, x, sr, **kw):
-    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
-    with AudioFile(str(path), "w", sr, x.shape[0], **kw) as f:
-        f.write(x)
+from test_offline import read, sig, write  # the same small file helpers
 
 
-def read(path):
-    with AudioFile(str(path)) as f:
-        return f.read(f.frames), f.samplerate, f.file_dtype
-
-
-def sig(ch, n, seed=0):
-    return (np.random.default_rng(seed).standard_normal((ch, n)) * 0.1).astype(np.float32)
 
 
 def leftovers(folder):
