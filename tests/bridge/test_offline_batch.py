@@ -8,7 +8,6 @@ import os
 
 import numpy as np
 import pytest
-from pedalboard.io import AudioFile
 
 from quietcast.bridge import Chain
 from quietcast.bridge.errors import BridgeError
