@@ -65,14 +65,24 @@ def list_bundles() -> list[str]:
     return sorted(p.name for p in ASSETS.iterdir() if (p / "config.json").is_file())
 
 
+def _kind(v) -> str:
+    return "null" if v is None else type(v).__name__
+
+
 def _read_config(path: pathlib.Path) -> dict:
     cfg_path = path / "config.json"
-    if not cfg_path.is_file():
-        raise BundleError(f"no model bundle at {path} (missing {cfg_path.name})")
     try:
+        if not cfg_path.is_file():
+            raise BundleError(f"no model bundle at {path} (missing {cfg_path.name})")
         cfg = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as exc:
-        raise BundleError(f"{cfg_path}: unreadable config: {exc}") from None
+        if isinstance(exc, BundleError):
+            raise
+        why = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else exc
+        raise BundleError(f"{cfg_path}: unreadable config: {why}") from None
+    if not isinstance(cfg, dict):
+        raise BundleError(f"{cfg_path}: not a {FORMAT} config: the file holds a JSON {_kind(cfg)}, "
+                          "not an object")
     if cfg.get("format") != FORMAT or cfg.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{cfg_path}: not a {FORMAT} v{FORMAT_VERSION} config")
     w = cfg.get("weights")
@@ -85,15 +95,22 @@ def _read_config(path: pathlib.Path) -> dict:
     return cfg
 
 
+def _unreadable(wpath: pathlib.Path, exc: OSError) -> BundleError:
+    return BundleError(f"{wpath}: cannot read weights: {exc.strerror or exc}")
+
+
 def verify_bundle(name_or_path) -> dict:
     """Check config and weights checksum without importing torch; returns
     the config. Raises BundleError."""
     path = bundle_path(name_or_path)
     cfg = _read_config(path)
     wpath = path / cfg["weights"]["file"]
-    if not wpath.is_file():
-        raise BundleError(f"{wpath}: weights file missing")
-    got = sha256_file(wpath)
+    try:
+        if not wpath.is_file():
+            raise BundleError(f"{wpath}: weights file missing")
+        got = sha256_file(wpath)
+    except OSError as exc:
+        raise _unreadable(wpath, exc) from None
     if got != cfg["weights"]["sha256"].lower():
         raise BundleError(f"{wpath}: sha256 mismatch (config.json says {cfg['weights']['sha256']}, "
                           f"file has {got}); the weights are corrupt or were replaced")
@@ -129,7 +146,10 @@ def load_bundle(name_or_path="default") -> Bundle:
     wpath = path / cfg["weights"]["file"]
     import torch
 
-    data = wpath.read_bytes()
+    try:
+        data = wpath.read_bytes()
+    except OSError as exc:
+        raise _unreadable(wpath, exc) from None
     if hashlib.sha256(data).hexdigest() != cfg["weights"]["sha256"].lower():  # changed since verify
         raise BundleError(f"{wpath}: sha256 mismatch (file changed while loading)")
     try:
