@@ -25,7 +25,9 @@ Names known to :func:`create_suppressor`:
 - a bundle folder: any name with a ``/`` in it (``./mymodel``,
   ``/srv/models/studio``) is the path of a ``neural`` bundle, such as one
   ``python -m quietcast.models.train --out`` wrote; checked like the
-  shipped ones (config, sha256) when the suppressor is built.
+  shipped ones (config, sha256, finite weights that fit the network)
+  when the suppressor is built, and by :func:`bundle_folder` when a
+  daemon config or a chain file names it.
 """
 
 from __future__ import annotations
@@ -115,19 +117,25 @@ def is_bundle_path(name) -> bool:
     return "/" in s or s.startswith("~")
 
 
-def bundle_folder(name, base_dir: str | None = None) -> str:
+def bundle_folder(name, base_dir: str | None = None, *, build: bool = True) -> str:
     """The absolute path of the neural bundle folder ``name`` (relative to
-    ``base_dir``, else the current folder), its config and sha256 checked
-    (no torch). Raises ValueError (a :class:`~.bundle.BundleError`) saying
-    what is wrong, without the name."""
+    ``base_dir``, else the current folder), checked: its config (the types
+    of ``arch``, ``defaults`` and ``licence``), sha256 and, with ``build``
+    (the default; imports torch), everything short of running it: the
+    weights readable and finite, ``defaults`` in range, the network built
+    and the weights fitting it (:func:`~.bundle.check_bundle`). Raises
+    ValueError (a :class:`~.bundle.BundleError`) saying what is wrong,
+    without the name."""
     import os
 
-    from .bundle import BundleError, verify_bundle
+    from .bundle import BundleError, check_bundle, verify_bundle
 
     path = os.path.normpath(os.path.join(base_dir or os.getcwd(), os.path.expanduser(str(name))))
     cfg = verify_bundle(path)
     if cfg.get("model", "neural") != "neural":
         raise BundleError(f"a {cfg.get('model')!r} bundle; only neural bundles load from a folder")
+    if build:
+        check_bundle(path)
     return path
 
 
@@ -148,7 +156,7 @@ def create_suppressor(name: str = "default", channels: int = 1, device: str = "c
     Raises ValueError naming the model and listing the known ones."""
     if is_bundle_path(name):  # a bundle folder of the neural network
         try:
-            path = bundle_folder(name)
+            path = bundle_folder(name, build=False)  # the suppressor loads and builds it
         except ValueError as e:
             raise ValueError(f"model {name!r}: {e}") from None
         return _neural(channels, bundle=path, device=device, **kwargs)

@@ -16,6 +16,14 @@ as package data). The sha256 of the weights file is checked on every load;
 a mismatch raises :class:`BundleError` naming the file. Nothing is ever
 downloaded.
 
+Every problem with a bundle is a :class:`BundleError` (a ValueError)
+naming the file and what is wrong: a config that is not a JSON object,
+keys of ``arch`` / ``defaults`` / ``licence`` of the wrong type (checked
+by :func:`verify_bundle`, without torch), an unreadable file, an
+``arch`` no network can be built from, ``defaults`` out of the suppressor's ranges, or weights that
+do not fit the network (naming the first tensor that differs;
+:func:`check_bundle` runs all of these).
+
 This module imports torch only inside the functions that need it.
 """
 
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pathlib
 import re
 from dataclasses import dataclass, field
@@ -33,7 +42,7 @@ FORMAT_VERSION = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 __all__ = ["Bundle", "BundleError", "load_bundle", "save_bundle", "bundle_path", "list_bundles",
-           "verify_bundle", "sha256_file"]
+           "verify_bundle", "check_bundle", "sha256_file"]
 
 
 class BundleError(ValueError):
@@ -65,8 +74,68 @@ def list_bundles() -> list[str]:
     return sorted(p.name for p in ASSETS.iterdir() if (p / "config.json").is_file())
 
 
+#: the keys of a bundle's ``arch`` (the network's hyper-parameters, those of
+#: :data:`quietcast.models.neural.DEFAULT_ARCH`, which fills in a key left
+#: out) and what each must be: ``(kind, least)``, kind ``"int"`` (a whole
+#: number, not a bool, >= least) or ``"float"`` (a finite number > least)
+ARCH_TYPES: dict[str, tuple[str, float]] = {
+    "sample_rate": ("int", 1), "hop": ("int", 1), "window": ("int", 1), "n_bands": ("int", 2),
+    "min_band_bins": ("int", 1), "df_bins": ("int", 1), "df_order": ("int", 0), "fine_bins": ("int", 0),
+    "harm_bins": ("int", 0), "floor_input": ("int", 0), "enc_dim": ("int", 1), "df_enc_dim": ("int", 1),
+    "hidden": ("int", 1), "norm_tau_s": ("float", 0.0), "warm_start": ("int", 0), "pitch_input": ("int", 0),
+    "pause_head": ("int", 0),
+}
+#: the keys of a bundle's ``defaults`` (the suppressor's runtime parameters;
+#: their ranges are checked by :meth:`Bundle.check_config`); only
+#: ``background_db`` may be null (-inf: no background mixed back)
+DEFAULTS_KEYS = ("strength_db", "background_db", "pitch_filter", "pause_db", "pause_threshold")
+
+
 def _kind(v) -> str:
     return "null" if v is None else type(v).__name__
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_sections(cfg: dict, where: str) -> None:
+    """``arch``, ``defaults`` and ``licence`` of a config: the right keys of
+    the right types (no torch). Raises BundleError naming ``where``, the
+    key and what is wrong."""
+    arch = cfg["arch"]
+    unknown = sorted(set(arch) - set(ARCH_TYPES))
+    if unknown:
+        raise BundleError(f"{where}: arch: unknown keys {unknown}; known: {', '.join(ARCH_TYPES)}")
+    for k, v in arch.items():
+        kind, least = ARCH_TYPES[k]
+        if kind == "int" and not (isinstance(v, int) and not isinstance(v, bool) and v >= least):
+            raise BundleError(f"{where}: arch.{k}: expected a whole number >= {least}, got {v!r} ({_kind(v)})")
+        if kind == "float" and not (_is_number(v) and math.isfinite(v) and v > least):
+            raise BundleError(f"{where}: arch.{k}: expected a finite number > {least:g}, got {v!r} ({_kind(v)})")
+    defaults = cfg.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise BundleError(f"{where}: 'defaults' must be an object, got {_kind(defaults)}")
+    unknown = sorted(set(defaults) - set(DEFAULTS_KEYS))
+    if unknown:
+        raise BundleError(f"{where}: defaults: unknown keys {unknown}; known: {', '.join(DEFAULTS_KEYS)}")
+    for k, v in defaults.items():
+        if v is None and k == "background_db":
+            continue
+        if not _is_number(v) or math.isnan(v):
+            raise BundleError(f"{where}: defaults.{k}: expected a number, got {v!r} ({_kind(v)})")
+    lic = cfg.get("licence")
+    if lic is not None:
+        if not isinstance(lic, dict):
+            raise BundleError(f"{where}: 'licence' must be an object, got {_kind(lic)}")
+        if not isinstance(lic.get("commercial_use"), bool):
+            raise BundleError(f"{where}: licence.commercial_use: expected true or false, "
+                              f"got {lic.get('commercial_use')!r}")
+        if not isinstance(lic.get("note"), str):
+            raise BundleError(f"{where}: licence.note: expected a text, got {lic.get('note')!r}")
+        for k in ("reasons", "copyleft"):
+            if k in lic and not isinstance(lic[k], list):
+                raise BundleError(f"{where}: licence.{k}: expected a list, got {_kind(lic[k])}")
 
 
 def _read_config(path: pathlib.Path) -> dict:
@@ -88,10 +157,11 @@ def _read_config(path: pathlib.Path) -> dict:
     w = cfg.get("weights")
     if not isinstance(w, dict) or not isinstance(w.get("file"), str) or not isinstance(w.get("sha256"), str):
         raise BundleError(f"{cfg_path}: 'weights' must give 'file' and 'sha256'")
-    if "/" in w["file"] or "\\" in w["file"] or w["file"].startswith("."):
+    if not w["file"] or "/" in w["file"] or "\\" in w["file"] or w["file"].startswith("."):
         raise BundleError(f"{cfg_path}: weights file must be a plain file name, got {w['file']!r}")
     if not isinstance(cfg.get("arch"), dict):
         raise BundleError(f"{cfg_path}: missing 'arch'")
+    _check_sections(cfg, str(cfg_path))
     return cfg
 
 
@@ -127,15 +197,55 @@ class Bundle:
     def name(self) -> str:
         return self.path.name
 
+    def check_config(self) -> None:
+        """What the neural suppressor needs of the config beyond the types
+        :func:`verify_bundle` checks: its geometry (sample rate, hop,
+        window) and ``defaults`` within the ranges of its parameters.
+        Raises BundleError naming config.json and the key."""
+        from .neural import DEFAULT_ARCH, NeuralSuppressor as N
+
+        where = self.path / "config.json"
+        arch = dict(DEFAULT_ARCH, **self.config["arch"])
+        geometry = (arch["sample_rate"], arch["hop"], arch["window"])
+        if geometry != (N.sample_rate, N.hop, N.window):
+            raise BundleError(f"{where}: arch: sample_rate/hop/window {'/'.join(map(str, geometry))} differ from "
+                              f"the suppressor's {N.sample_rate}/{N.hop}/{N.window}")
+        ranges = dict(N.PARAMS, pause_db=N.PAUSE_PARAM, pause_threshold=N.PAUSE_THRESHOLD_PARAM)
+        for k, v in (self.config.get("defaults") or {}).items():
+            if v is None and k == "background_db":
+                continue
+            if k not in ranges or not _is_number(v):
+                raise BundleError(f"{where}: defaults.{k}: not a parameter of the suppressor, or not a number: {v!r}")
+            lo, hi = ranges[k][:2]
+            if not lo <= v <= hi:
+                raise BundleError(f"{where}: defaults.{k}: {v!r} is out of range [{lo:g}, {hi:g}]")
+
     def build_model(self):
-        """A :class:`~quietcast.models.neural.QCNet` with these weights."""
+        """A :class:`~quietcast.models.neural.QCNet` with these weights.
+        Raises BundleError when config.json's ``arch`` cannot be built or
+        the weights do not fit it (naming the first tensor that differs)."""
         from .neural import QCNet
 
-        net = QCNet(**{k: v for k, v in self.config["arch"].items()})
         try:
-            net.load_state_dict(self.state_dict, strict=True)
+            net = QCNet(**{k: v for k, v in self.config["arch"].items()})
+        except (TypeError, ValueError, ZeroDivisionError, IndexError, KeyError) as e:
+            raise BundleError(f"{self.path / 'config.json'}: arch: {e}") from None
+        want, got = net.state_dict(), self.state_dict
+        diffs = []
+        for k, v in want.items():
+            if k not in got:
+                diffs.append(f"{k}: the architecture has it, the weights lack it")
+            elif tuple(got[k].shape) != tuple(v.shape):
+                diffs.append(f"{k}: the architecture needs shape {list(v.shape)}, the weights have {list(got[k].shape)}")
+        diffs += [f"{k}: in the weights, not in the architecture" for k in got if k not in want]
+        if diffs:
+            raise BundleError(f"{self.path}: weights do not match the architecture of config.json "
+                              f"({len(diffs)} tensor(s) differ; the first, {diffs[0]}); are they another bundle's?")
+        try:
+            net.load_state_dict(got, strict=True)
         except RuntimeError as exc:
-            raise BundleError(f"{self.path}: weights do not match the architecture: {exc}") from None
+            raise BundleError(f"{self.path}: weights do not match the architecture: "
+                              f"{str(exc).strip().splitlines()[-1].strip()}") from None
         return net
 
 
@@ -166,6 +276,18 @@ def load_bundle(name_or_path="default") -> Bundle:
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise BundleError(f"{wpath}: not a state_dict of tensors")
     return Bundle(path=path, config=cfg, state_dict=sd)
+
+
+def check_bundle(name_or_path) -> Bundle:
+    """Everything short of running it: :func:`load_bundle` (config and its
+    types, sha256), :meth:`Bundle.check_config` (geometry,
+    defaults in range) and the network built with the weights
+    (:meth:`Bundle.build_model`). Returns the Bundle; raises BundleError
+    saying what is wrong. Imports torch; about as fast as loading."""
+    b = load_bundle(name_or_path)
+    b.check_config()
+    b.build_model()
+    return b
 
 
 def save_bundle(model, config: dict, path, fmt: str = "auto") -> pathlib.Path:

@@ -976,10 +976,7 @@ class NeuralSuppressor(HopSuppressor):
 
         b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.bundle = b
-        arch = b.config["arch"]
-        if (arch["sample_rate"], arch["hop"], arch["window"]) != (self.sample_rate, self.hop, self.window):
-            raise ValueError(f"bundle {b.path}: sample_rate/hop/window {arch['sample_rate']}/{arch['hop']}/"
-                             f"{arch['window']} differ from {self.sample_rate}/{self.hop}/{self.window}")
+        b.check_config()  # geometry, defaults in range (BundleError naming config.json)
         self.device, why = resolve_device(device)
         self._graph = None
         self._eager_why = ""

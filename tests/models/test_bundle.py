@@ -1,6 +1,7 @@
 """Model bundles (models/bundle.py): what a damaged or hand-edited bundle
 gives (a BundleError that names the file and what is wrong, never another
-exception).
+exception) and the checks a daemon config or a chain file runs on a
+bundle folder.
 
 Every damaged bundle here is a copy in a temporary folder; the shipped
 bundles under models/assets are never touched."""
@@ -17,8 +18,9 @@ import pytest
 import torch
 
 from quietcast.models import bundle as B
-from quietcast.models.bundle import BundleError, load_bundle, save_bundle, verify_bundle
-from quietcast.models.neural import QCNet
+from quietcast.models import bundle_folder, create_suppressor
+from quietcast.models.bundle import BundleError, check_bundle, load_bundle, save_bundle, verify_bundle
+from quietcast.models.neural import DEFAULT_ARCH, NeuralSuppressor, QCNet
 
 SMALL = {"hidden": 16, "enc_dim": 8, "df_enc_dim": 8, "pause_head": 1}
 
@@ -67,7 +69,7 @@ def small(tmp_path) -> pathlib.Path:
 @pytest.mark.parametrize("raw, kind", [("[]", "list"), ('"hello"', "str"), ("3", "int"), ("null", "null")])
 def test_a_config_that_is_not_an_object_is_a_bundle_error(small, raw, kind):
     (small / "config.json").write_text(raw)
-    for fn in (verify_bundle, load_bundle):
+    for fn in (verify_bundle, load_bundle, check_bundle):
         with pytest.raises(BundleError, match=rf"{small}/config\.json: not a quietcast-bundle config: "
                                               rf"the file holds a JSON {kind}, not an object"):
             fn(small)
@@ -86,7 +88,7 @@ def test_unreadable_weights_are_a_bundle_error(small, monkeypatch):
     data = w.read_bytes()
     w.unlink()
     w.symlink_to("/proc/self/mem")
-    for fn in (verify_bundle, load_bundle):
+    for fn in (verify_bundle, load_bundle, check_bundle):
         with pytest.raises(BundleError, match=rf"^{w}: cannot read weights: Input/output error$"):
             fn(small)
     monkeypatch.setattr(B, "verify_bundle", lambda path: good)  # it became unreadable after the check
@@ -99,3 +101,107 @@ def test_unreadable_weights_are_a_bundle_error(small, monkeypatch):
     (small / "config.json").symlink_to("/proc/self/mem")
     with pytest.raises(BundleError, match=r"config\.json: unreadable config: Input/output error"):
         verify_bundle(small)
+
+
+# ----------------------------------------------- configs that cannot build (3)
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: c["arch"].__setitem__("hidden", "16"), r"arch\.hidden: expected a whole number >= 1, got '16' \(str\)"),
+    (lambda c: c["arch"].__setitem__("hidden", 16.0), r"arch\.hidden: expected a whole number >= 1, got 16\.0"),
+    (lambda c: c["arch"].__setitem__("hidden", True), r"arch\.hidden: expected a whole number >= 1, got True"),
+    (lambda c: c["arch"].__setitem__("hidden", 0), r"arch\.hidden: expected a whole number >= 1, got 0"),
+    (lambda c: c["arch"].__setitem__("window", None), r"arch\.window: expected a whole number >= 1, got None"),
+    (lambda c: c["arch"].__setitem__("n_bands", 1), r"arch\.n_bands: expected a whole number >= 2, got 1"),
+    (lambda c: c["arch"].__setitem__("df_order", -1), r"arch\.df_order: expected a whole number >= 0, got -1"),
+    (lambda c: c["arch"].__setitem__("norm_tau_s", 0), r"arch\.norm_tau_s: expected a finite number > 0, got 0"),
+    (lambda c: c["arch"].__setitem__("norm_tau_s", float("inf")), r"arch\.norm_tau_s: expected a finite number > 0"),
+    (lambda c: c["arch"].__setitem__("hiden", 16), r"arch: unknown keys \['hiden'\]"),
+    (lambda c: c.__setitem__("defaults", []), r"'defaults' must be an object, got list"),
+    (lambda c: c.__setitem__("defaults", None), r"'defaults' must be an object, got null"),
+    (lambda c: c["defaults"].__setitem__("strength_db", "loud"), r"defaults\.strength_db: expected a number, got 'loud'"),
+    (lambda c: c["defaults"].__setitem__("strength_db", None), r"defaults\.strength_db: expected a number, got None"),
+    (lambda c: c["defaults"].__setitem__("pause_db", float("nan")), r"defaults\.pause_db: expected a number, got nan"),
+    (lambda c: c["defaults"].__setitem__("strenght_db", 3), r"defaults: unknown keys \['strenght_db'\]"),
+    (lambda c: c.__setitem__("licence", "MIT"), r"'licence' must be an object, got str"),
+    (lambda c: c["licence"].pop("note"), r"licence\.note: expected a text, got None"),
+    (lambda c: c["licence"].__setitem__("commercial_use", "yes"), r"licence\.commercial_use: expected true or false"),
+])
+def test_config_types_are_checked_without_torch(small, edit, match):
+    """Keys of the wrong type, unknown keys, a section that is not an
+    object: refused by verify_bundle (no torch), naming config.json and the
+    key, as by everything that loads the bundle."""
+    _edit(small, edit)
+    for fn in (verify_bundle, load_bundle, check_bundle, bundle_folder):
+        with pytest.raises(BundleError, match=rf"{small}/config\.json: {match}"):
+            fn(small)
+    with pytest.raises(ValueError, match=match):
+        create_suppressor(str(small))
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: c["arch"].__setitem__("fine_bins", 999), r"arch: fine_bins 999 out of range 0\.\.df_bins \(64\)"),
+    (lambda c: c["arch"].__setitem__("harm_bins", 999), r"arch: harm_bins 999 out of range"),
+    (lambda c: c["arch"].__setitem__("min_band_bins", 100), r"arch: 32 bands of >= 100 bins do not fit in 481 bins"),
+    (lambda c: c["arch"].__setitem__("warm_start", 2), r"arch: warm_start 2 must be 0 or 1"),
+    (lambda c: c["arch"].__setitem__("hop", 441), r"arch: sample_rate/hop/window 48000/441/960 differ from the "
+                                                   r"suppressor's 48000/480/960"),
+    (lambda c: c["defaults"].__setitem__("strength_db", 99), r"defaults\.strength_db: 99 is out of range \[0, 60\]"),
+    (lambda c: c["defaults"].__setitem__("pitch_filter", 2), r"defaults\.pitch_filter: 2 is out of range \[0, 1\]"),
+    (lambda c: c["defaults"].__setitem__("pause_threshold", 0), r"defaults\.pause_threshold: 0 is out of range"),
+])
+def test_a_config_that_cannot_build_is_refused_up_front(small, edit, match):
+    """Right sha256, right types, but no network can be built from it, or
+    its defaults are out of the suppressor's ranges: check_bundle (and so
+    bundle_folder, which a daemon config or a chain file runs) and the
+    suppressor refuse it with the reason, naming config.json."""
+    _edit(small, edit)
+    verify_bundle(small)  # the types are right
+    for fn in (check_bundle, bundle_folder):
+        with pytest.raises(BundleError, match=rf"^{small}/config\.json: {match}"):
+            fn(small)
+    with pytest.raises(BundleError, match=rf"{small}/config\.json: {match}"):
+        NeuralSuppressor(1, bundle=small)
+
+
+def test_weights_of_another_bundle_name_the_first_tensor_that_differs(small, tmp_path):
+    """One line, not torch's dump of every tensor."""
+    other = load_bundle(_save(tmp_path / "wide", hidden=24)).state_dict
+    _write_weights(small, other)
+    for fn in (check_bundle, bundle_folder, lambda p: NeuralSuppressor(1, bundle=p)):
+        with pytest.raises(BundleError) as e:
+            fn(small)
+        msg = str(e.value)
+        assert "\n" not in msg and "size mismatch" not in msg and len(msg) < 300, msg
+        assert msg.startswith(f"{small}: weights do not match the architecture of config.json (")
+        assert "gru1.weight_ih_l0: the architecture needs shape [48, 16], the weights have [72, 16]" in msg
+    same = load_bundle(_save(tmp_path / "same")).state_dict  # the right weights, and one more
+    _write_weights(small, dict(same, extra=torch.zeros(1)))
+    with pytest.raises(BundleError, match=r"1 tensor\(s\) differ; the first, extra: in the weights, not in the arch"):
+        check_bundle(small)
+
+
+def test_the_arch_types_cover_the_network(small):
+    """bundle.ARCH_TYPES (checked without torch) names every key of
+    DEFAULT_ARCH; a key left out takes DEFAULT_ARCH's value (the clean
+    bundle has no pitch_input)."""
+    assert set(B.ARCH_TYPES) == set(DEFAULT_ARCH)
+    _edit(small, lambda c: (c["arch"].pop("pitch_input"), c["arch"].pop("sample_rate")))
+    assert check_bundle(small).build_model().arch["sample_rate"] == 48_000
+
+
+def test_bundle_folder_checks_everything_short_of_running(tmp_path):
+    """What a daemon config (config check, reload) and a chain file run on
+    a bundle folder: the network built and the weights fitting it."""
+    from quietcast.bridge import Chain
+    from quietcast.bridge.errors import ChainSpecError
+    from quietcast.daemon.config import ConfigError, parse_config
+
+    good = _save(tmp_path / "good")
+    assert bundle_folder("good", str(tmp_path)) == str(good)
+    bad = _save(tmp_path / "bad")
+    _edit(bad, lambda c: c["arch"].__setitem__("hidden", 24))
+    one = '[[channel]]\nname = "host"\n'
+    with pytest.raises(ConfigError, match=r"\[engine\] model: './bad': .*weights do not match the architecture"):
+        parse_config('[engine]\nmodel = "./bad"\n' + one, base_dir=str(tmp_path))
+    assert parse_config('[engine]\nmodel = "./good"\n' + one, base_dir=str(tmp_path)).engine.model == str(good)
+    with pytest.raises(ChainSpecError, match=r"model '\./bad': .*gru1\.weight_ih_l0"):
+        Chain.from_dict({"stage": [{"name": "nr", "type": "denoise", "model": "./bad"}]}, base_dir=str(tmp_path))
