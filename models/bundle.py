@@ -19,8 +19,9 @@ downloaded.
 Every problem with a bundle is a :class:`BundleError` (a ValueError)
 naming the file and what is wrong: a config that is not a JSON object,
 keys of ``arch`` / ``defaults`` / ``licence`` of the wrong type (checked
-by :func:`verify_bundle`, without torch), an unreadable file, an
-``arch`` no network can be built from, ``defaults`` out of the suppressor's ranges, or weights that
+by :func:`verify_bundle`, without torch), an unreadable file, weights
+with NaN or Inf (:func:`load_bundle`), an ``arch`` no network can be
+built from, ``defaults`` out of the suppressor's ranges, or weights that
 do not fit the network (naming the first tensor that differs;
 :func:`check_bundle` runs all of these).
 
@@ -249,8 +250,24 @@ class Bundle:
         return net
 
 
+def _decode_error(wpath: pathlib.Path, exc: Exception) -> BundleError:
+    """A weights decoder's error as a BundleError. A pickle that holds more
+    than tensors is refused by ``torch.load(weights_only=True)``; say only
+    that (the global it names, if any), never torch's advice to load it
+    with weights_only=False (which would run its code)."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):
+        m = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        names = f" ({m.group(1)})" if m else ""
+        return BundleError(f"{wpath}: not plain weights: the file holds Python objects{names} besides tensors; "
+                           "refused, nothing in it was run")
+    return BundleError(f"{wpath}: cannot read weights: {exc}")
+
+
 def load_bundle(name_or_path="default") -> Bundle:
-    """Load and verify a bundle (name under models/assets, or a folder)."""
+    """Load and verify a bundle (name under models/assets, or a folder):
+    config, sha256, a state_dict of tensors, every value finite."""
     path = bundle_path(name_or_path)
     cfg = verify_bundle(path)
     wpath = path / cfg["weights"]["file"]
@@ -272,15 +289,31 @@ def load_bundle(name_or_path="default") -> Bundle:
 
             sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any decoder error is a bad bundle
-        raise BundleError(f"{wpath}: cannot read weights: {exc}") from None
+        raise _decode_error(wpath, exc) from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise BundleError(f"{wpath}: not a state_dict of tensors")
+    bad = _non_finite(sd)
+    if bad:
+        raise BundleError(f"{wpath}: tensor {bad}; the weights are unusable (a training run that diverged?)")
     return Bundle(path=path, config=cfg, state_dict=sd)
+
+
+def _non_finite(sd: dict) -> str | None:
+    """``"NAME holds N NaN/Inf value(s) of M"`` for the first tensor of
+    ``sd`` with a value that is not finite, else None."""
+    import torch
+
+    for k, v in sd.items():
+        if v.is_floating_point() or v.is_complex():
+            ok = torch.isfinite(v)
+            if not bool(ok.all()):
+                return f"{k!r} holds {int((~ok).sum())} NaN/Inf value(s) of {v.numel()}"
+    return None
 
 
 def check_bundle(name_or_path) -> Bundle:
     """Everything short of running it: :func:`load_bundle` (config and its
-    types, sha256), :meth:`Bundle.check_config` (geometry,
+    types, sha256, finite weights), :meth:`Bundle.check_config` (geometry,
     defaults in range) and the network built with the weights
     (:meth:`Bundle.build_model`). Returns the Bundle; raises BundleError
     saying what is wrong. Imports torch; about as fast as loading."""

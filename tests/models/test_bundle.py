@@ -205,3 +205,29 @@ def test_bundle_folder_checks_everything_short_of_running(tmp_path):
     assert parse_config('[engine]\nmodel = "./good"\n' + one, base_dir=str(tmp_path)).engine.model == str(good)
     with pytest.raises(ChainSpecError, match=r"model '\./bad': .*gru1\.weight_ih_l0"):
         Chain.from_dict({"stage": [{"name": "nr", "type": "denoise", "model": "./bad"}]}, base_dir=str(tmp_path))
+
+
+# ------------------------------------------------------- bad weights (5, 8)
+def test_nan_or_inf_weights_are_refused(small):
+    sd = load_bundle(small).state_dict
+    for bad in (float("nan"), float("inf")):
+        _write_weights(small, dict(sd, **{"gain.bias": torch.full_like(sd["gain.bias"], bad)}))
+        for fn in (load_bundle, check_bundle, bundle_folder):
+            with pytest.raises(BundleError, match=rf"weights\.safetensors: tensor 'gain\.bias' holds 32 NaN/Inf "
+                                                  r"value\(s\) of 32"):
+                fn(small)
+
+
+def test_a_pickle_with_code_is_refused_without_torchs_advice(small, tmp_path):
+    """weights_only loading blocks it; the message says the file is not
+    plain weights and never suggests weights_only=False."""
+    class Code:
+        def __reduce__(self):
+            return (os.getcwd, ())  # harmless, and never called
+
+    _write_weights(small, {"x": Code()}, name="weights.pt")
+    with pytest.raises(BundleError) as e:
+        load_bundle(small)
+    msg = str(e.value)
+    assert msg.startswith(f"{small}/weights.pt: not plain weights: the file holds Python objects")
+    assert "weights_only" not in msg and "Re-running" not in msg and "\n" not in msg
