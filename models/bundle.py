@@ -25,6 +25,11 @@ built from, ``defaults`` out of the suppressor's ranges, or weights that
 do not fit the network (naming the first tensor that differs;
 :func:`check_bundle` runs all of these).
 
+:func:`save_bundle` replaces a bundle so that the folder holds a loadable
+bundle, the old or the new one, at every instant: the weights keep their
+usual name (``weights.safetensors`` or ``weights.pt``, the name
+config.json gives), written through a temporary copy.
+
 This module imports torch only inside the functions that need it.
 """
 
@@ -33,8 +38,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import pathlib
 import re
+import uuid
 from dataclasses import dataclass, field
 
 ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
@@ -323,14 +330,71 @@ def check_bundle(name_or_path) -> Bundle:
     return b
 
 
+def _write_synced(path: pathlib.Path, data: bytes) -> None:
+    """``data`` into the new file ``path`` (mode 0644), on disk when this
+    returns (fsync); nothing left at ``path`` if it fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # whatever the umask: bundles are package data
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+
+
+def _sync_dir(path: pathlib.Path) -> None:
+    """Make the renames in folder ``path`` durable (where the file system
+    allows a folder to be fsynced)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _replace_synced(path: pathlib.Path, name: str, data: bytes, tag: str) -> None:
+    """``path/name`` replaced atomically by a file holding ``data``."""
+    tmp = path / f".{name}.{tag}.tmp"
+    _write_synced(tmp, data)
+    try:
+        os.replace(tmp, path / name)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _sync_dir(path)
+
+
 def save_bundle(model, config: dict, path, fmt: str = "auto") -> pathlib.Path:
     """Write ``model`` (an nn.Module or a state_dict) and ``config`` to the
     folder ``path``; fills in format, weights file name and sha256.
-    ``fmt``: "safetensors", "pt" or "auto" (safetensors when installed)."""
+    ``fmt``: "safetensors", "pt" or "auto" (safetensors when installed).
+
+    Refuses (BundleError, the folder untouched) weights with a NaN or Inf
+    and a config that :func:`verify_bundle` would refuse. Over an existing
+    bundle the folder holds a loadable bundle, the old one or the new one,
+    at every instant, whenever the write fails or stops: the new weights
+    go to a file of their own first (fsynced), config.json is replaced
+    (atomically) to name it, the weights are copied to their usual name
+    (``weights.safetensors`` or ``weights.pt``, replaced atomically), and
+    config.json is replaced again to name that; the extra copy is then
+    removed."""
     import torch
 
     path = pathlib.Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     sd = model.state_dict() if hasattr(model, "state_dict") else dict(model)
     sd = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
     if fmt == "auto":
@@ -340,26 +404,57 @@ def save_bundle(model, config: dict, path, fmt: str = "auto") -> pathlib.Path:
             fmt = "safetensors"
         except ImportError:
             fmt = "pt"
-    for old in ("weights.safetensors", "weights.pt"):
-        if (path / old).exists():
-            (path / old).unlink()
     if fmt == "safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save as st_save
 
         wname = "weights.safetensors"
-        save_file(sd, str(path / wname), metadata={"format": FORMAT})
+        data = st_save(sd, metadata={"format": FORMAT})
     elif fmt == "pt":
+        import io
+
         wname = "weights.pt"
-        torch.save(sd, path / wname)
+        buf = io.BytesIO()
+        torch.save(sd, buf)
+        data = buf.getvalue()
     else:
         raise ValueError(f"unknown weights format {fmt!r}")
-    (path / wname).chmod(0o644)  # safetensors writes 0600; bundles are package data
+    bad = _non_finite(sd)
+    if bad:
+        raise BundleError(f"{path}: not written: tensor {bad}")
     cfg = dict(config)
     cfg["format"] = FORMAT
     cfg["format_version"] = FORMAT_VERSION
-    cfg["weights"] = {"file": wname, "sha256": sha256_file(path / wname),
-                      "params": int(sum(v.numel() for v in sd.values()))}
-    tmp = path / "config.json.tmp"
-    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path / "config.json")
+    weights = {"file": wname, "sha256": hashlib.sha256(data).hexdigest(),
+               "params": int(sum(v.numel() for v in sd.values()))}
+    cfg["weights"] = weights
+    if not isinstance(cfg.get("arch"), dict):
+        raise BundleError(f"{path}: not written: the config has no 'arch'")
+    _check_sections(cfg, f"{path / 'config.json'} (not written)")
+
+    def config_text(wfile: str) -> bytes:
+        return (json.dumps(dict(cfg, weights=dict(weights, file=wfile)), indent=2, sort_keys=False) + "\n").encode()
+
+    path.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staged = f"weights-new-{tag}{pathlib.Path(wname).suffix}"  # a plain name: loadable as it is
+    _write_synced(path / staged, data)
+    try:
+        _replace_synced(path, "config.json", config_text(staged), tag)  # from here on the new bundle
+    except BaseException:
+        try:
+            os.unlink(path / staged)
+        except OSError:
+            pass
+        raise
+    _replace_synced(path, wname, data, tag)  # config.json still names the staged copy
+    _replace_synced(path, "config.json", config_text(wname), tag)
+    for p in path.iterdir():  # the staged copy, the other format's old weights, what interrupted saves left
+        n = p.name
+        if n != wname and (n in ("weights.safetensors", "weights.pt", "config.json.tmp")
+                           or n.startswith("weights-new-")
+                           or (n.startswith((".config.json.", ".weights.")) and n.endswith(".tmp"))):
+            try:
+                p.unlink()
+            except OSError:
+                pass
     return path

@@ -1,13 +1,14 @@
 """Model bundles (models/bundle.py): what a damaged or hand-edited bundle
 gives (a BundleError that names the file and what is wrong, never another
-exception) and the checks a daemon config or a chain file runs on a
-bundle folder.
+exception), the checks a daemon config or a chain file runs on a bundle
+folder, and save_bundle's writes (a loadable bundle at every instant).
 
 Every damaged bundle here is a copy in a temporary folder; the shipped
 bundles under models/assets are never touched."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -231,3 +232,116 @@ def test_a_pickle_with_code_is_refused_without_torchs_advice(small, tmp_path):
     msg = str(e.value)
     assert msg.startswith(f"{small}/weights.pt: not plain weights: the file holds Python objects")
     assert "weights_only" not in msg and "Re-running" not in msg and "\n" not in msg
+
+
+# --------------------------------------------------------------- save (6)
+def _files(path: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir())
+
+
+def test_save_bundle_refuses_non_finite_weights(small):
+    """No bundle with NaN or Inf weights is written; the folder is left as
+    it was."""
+    before = {p.name: p.read_bytes() for p in small.iterdir()}
+    net = _net()
+    with torch.no_grad():
+        net.gru2.weight_hh_l0[3, 4] = float("nan")
+    with pytest.raises(BundleError, match=r"not written: tensor 'gru2\.weight_hh_l0' holds 1 NaN/Inf value"):
+        save_bundle(net, {"model": "neural", "arch": net.arch}, small)
+    assert {p.name: p.read_bytes() for p in small.iterdir()} == before
+
+
+def test_save_bundle_leaves_a_loadable_bundle_at_every_instant(tmp_path, monkeypatch):
+    """Over an existing bundle, after every rename and removal the folder
+    loads, as the old bundle or the new one; at the end it holds only
+    config.json and the weights under their usual name."""
+    folder = _save(tmp_path / "b", seed=1)
+    old = verify_bundle(folder)["weights"]["sha256"]
+    new = verify_bundle(_save(tmp_path / "ref", seed=2))["weights"]["sha256"]
+    seen = []
+    real_replace, real_unlink = os.replace, os.unlink
+
+    def loads():
+        seen.append(load_bundle(folder).config["weights"]["sha256"])
+        assert seen[-1] in (old, new)
+
+    def replace(a, b, **kw):
+        real_replace(a, b, **kw)
+        if pathlib.Path(b).parent == folder:
+            loads()
+
+    def unlink(p, **kw):
+        real_unlink(p, **kw)
+        if pathlib.Path(p).parent == folder:
+            loads()
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "unlink", unlink)
+    _save(folder, seed=2)
+    monkeypatch.undo()
+    assert seen and seen[-1] == new
+    assert _files(folder) == ["config.json", "weights.safetensors"]
+    assert verify_bundle(folder)["weights"]["file"] == "weights.safetensors"
+    _save(folder, seed=1, fmt="pt")  # another format: the other file goes
+    assert _files(folder) == ["config.json", "weights.pt"] and verify_bundle(folder)["weights"]["sha256"] != old
+    _save(folder, seed=1)
+    assert _files(folder) == ["config.json", "weights.safetensors"] and verify_bundle(folder)["weights"]["sha256"] == old
+
+
+def test_a_failed_save_keeps_a_loadable_bundle(tmp_path, monkeypatch):
+    """The disk fills up (or the process stops) at any write or rename of
+    save_bundle: the error is raised and the folder still loads, as the
+    old bundle or the new one (before: the old weights were deleted first
+    and the new ones written in their place)."""
+    folder = tmp_path / "b"
+    old = verify_bundle(_save(folder, seed=1))["weights"]["sha256"]
+    new = verify_bundle(_save(tmp_path / "ref", seed=2))["weights"]["sha256"]
+    real_write, real_replace = B._write_synced, os.replace
+    calls = []
+
+    def count_write(path, data):
+        calls.append(path)
+        real_write(path, data)
+
+    def count_replace(a, b, **kw):
+        calls.append(b)
+        real_replace(a, b, **kw)
+
+    monkeypatch.setattr(B, "_write_synced", count_write)
+    monkeypatch.setattr(os, "replace", count_replace)
+    _save(tmp_path / "count", seed=2)
+    monkeypatch.undo()
+    steps = len(calls)  # each write and each rename
+    assert steps >= 4
+    got = set()
+    for k in range(steps):
+        _save(folder, seed=1)
+        n = [0]
+
+        def fail_here() -> bool:
+            n[0] += 1
+            return n[0] == k + 1
+
+        def write(path, data):
+            if fail_here():
+                pathlib.Path(path).write_bytes(data[: len(data) // 2])  # part of it, then the disk is full
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            real_write(path, data)
+
+        def replace(a, b, **kw):
+            if pathlib.Path(b).parent == folder and fail_here():
+                raise OSError(errno.EIO, "Input/output error", str(b))
+            real_replace(a, b, **kw)
+
+        monkeypatch.setattr(B, "_write_synced", write)
+        monkeypatch.setattr(os, "replace", replace)
+        with pytest.raises(OSError):
+            _save(folder, seed=2)
+        monkeypatch.undo()
+        sha = load_bundle(folder).config["weights"]["sha256"]
+        assert sha in (old, new), k
+        got.add(sha)
+        check_bundle(folder)
+    assert got == {old, new}  # early failures keep the old bundle, late ones have the new one
+    _save(folder, seed=2)  # the next save tidies what the failed ones left
+    assert _files(folder) == ["config.json", "weights.safetensors"]
