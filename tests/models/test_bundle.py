@@ -1,10 +1,12 @@
 """Model bundles (models/bundle.py): what a damaged or hand-edited bundle
 gives (a BundleError that names the file and what is wrong, never another
 exception), the checks a daemon config or a chain file runs on a bundle
-folder, and save_bundle's writes (a loadable bundle at every instant).
+folder, the ``default`` model's fallback to ``dsp`` (never silent), and
+save_bundle's writes (a loadable bundle at every instant).
 
 Every damaged bundle here is a copy in a temporary folder; the shipped
-bundles under models/assets are never touched."""
+bundles under models/assets are never touched (``shipped_copy`` points
+the loader at a copy of them)."""
 
 from __future__ import annotations
 
@@ -12,14 +14,16 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import pathlib
+import shutil
 
 import pytest
 import torch
 
 from quietcast.models import bundle as B
-from quietcast.models import bundle_folder, create_suppressor
+from quietcast.models import bundle_folder, create_suppressor, default_fallback_reason, resolve_model
 from quietcast.models.bundle import BundleError, check_bundle, load_bundle, save_bundle, verify_bundle
 from quietcast.models.neural import DEFAULT_ARCH, NeuralSuppressor, QCNet
 
@@ -345,3 +349,30 @@ def test_a_failed_save_keeps_a_loadable_bundle(tmp_path, monkeypatch):
     assert got == {old, new}  # early failures keep the old bundle, late ones have the new one
     _save(folder, seed=2)  # the next save tidies what the failed ones left
     assert _files(folder) == ["config.json", "weights.safetensors"]
+
+
+# ----------------------------------------------------- the default model (2)
+@pytest.fixture
+def shipped_copy(tmp_path, monkeypatch) -> pathlib.Path:
+    """A copy of models/assets that the loader (and ``default``) reads
+    instead, to damage; the shipped bundles are never touched."""
+    dst = tmp_path / "assets"
+    shutil.copytree(B.ASSETS, dst)
+    monkeypatch.setattr(B, "ASSETS", dst)
+    return dst
+
+
+def test_default_falls_back_to_dsp_never_silently(shipped_copy, caplog):
+    assert resolve_model("default") == "neural" and default_fallback_reason() is None
+    w = shipped_copy / "default" / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[:-1000])
+    with caplog.at_level(logging.WARNING, logger="quietcast.models"):
+        assert resolve_model("default") == "dsp"
+        assert resolve_model("default") == "dsp"
+        why = default_fallback_reason()
+    assert why.startswith(f"{w}: sha256 mismatch")
+    warned = [r.getMessage() for r in caplog.records if r.name == "quietcast.models"]
+    assert len(warned) == 1 and "model 'default' falls back to 'dsp'" in warned[0] and why in warned[0]
+    assert create_suppressor("default", 1).name == "dsp"
+    (shipped_copy / "default" / "config.json").write_text("[]")
+    assert resolve_model("default") == "dsp" and "not a quietcast-bundle config" in default_fallback_reason()
