@@ -969,6 +969,7 @@ class NeuralSuppressor(HopSuppressor):
                  pause_threshold: float | None = None):
         from .bundle import Bundle, load_bundle
 
+        channels = self.check_channels(channels)  # before the per-channel arrays below
         if kernel not in ("auto", "c", "torch"):
             raise ValueError(f"kernel {kernel!r}: must be 'auto', 'c' or 'torch'")
         self._kernel = kernel
@@ -1125,6 +1126,10 @@ class NeuralSuppressor(HopSuppressor):
         """``values`` checked as one ``name`` per channel (ValueError)."""
         if self.net.pause is None:
             raise ValueError(f"{self.name}: bundle {self.bundle.path} has no pause head (no pause gate)")
+        if (isinstance(values, (str, bytes)) or not hasattr(values, "__iter__")
+                or isinstance(values, np.ndarray) and values.ndim == 0):
+            raise ValueError(f"{self.name}: expected one {name} value per channel ({self.channels}), got "
+                             f"{values!r}; set_param({name!r}, value) sets every channel")
         vals = list(values)
         if len(vals) != self.channels:
             raise ValueError(f"{self.name}: {len(vals)} {name} values for {self.channels} channels")
