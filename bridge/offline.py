@@ -504,6 +504,19 @@ def process_file(
     return res
 
 
+def _default_fallback_note(chain: Chain) -> str | None:
+    """A warning when a denoise stage of ``chain`` asked for the model
+    ``default`` and got ``dsp`` (the shipped neural bundle is damaged or
+    missing), with the reason; else None."""
+    if not any(s.type == "denoise" and not s.bypass and s.values.get("model", "default") == "default"
+               for s in chain.stages):
+        return None
+    from quietcast.models import default_fallback_reason
+
+    why = default_fallback_reason()
+    return None if why is None else f"model 'default' ran as 'dsp' (no neural suppression): {why}"
+
+
 def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res, device="cpu") -> float:
     raw, reader = _open_input(src, sample_rate)
     try:
@@ -559,6 +572,9 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res, dev
                 raise BridgeError(f"stage {name!r} failed at the end of the file ({why}); output not written")
         if proc.bad_samples:
             res.warnings.append(f"{proc.bad_samples} NaN/Inf input sample(s) were replaced by silence")
+        note = _default_fallback_note(chain)
+        if note:
+            res.warnings.append(note)
         return done / sr
     finally:
         raw.close()

@@ -172,32 +172,48 @@ def cmd_chain_types(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from quietcast.models import available_models, create_suppressor, resolve_model, bundle_licence
+    from quietcast.models import (available_models, bundle_licence, create_suppressor, default_fallback_reason,
+                                  resolve_model)
 
     rows = []
     for name in available_models():
-        sup = create_suppressor(name, 1)
+        row = {"name": name, "is": resolve_model(name),
+               # why "default" is dsp here (the shipped bundle damaged or missing, no torch), else None
+               "fallback_reason": default_fallback_reason() if name == "default" else None,
+               "unavailable": None}
+        try:
+            sup = create_suppressor(name, 1)
+        except (ValueError, OSError, ImportError, RuntimeError) as e:  # a broken bundle: listed, with why
+            row["unavailable"] = str(e) or type(e).__name__
+            rows.append(row)
+            continue
         bundle = getattr(sup, "bundle", None)
         lic = bundle_licence(sup)
-        rows.append({"name": name, "is": resolve_model(name), "sample_rate": sup.sample_rate,
-                     "latency_samples": sup.latency, "latency_ms": 1000.0 * sup.latency / sup.sample_rate,
-                     # what engine.max_attenuation_db and a chain's denoise stage use when left out
-                     "default_strength_db": sup.PARAMS["strength_db"][2] if "strength_db" in sup.PARAMS else None,
-                     # engine.pitch_filter and a denoise stage's, when left out (neural models)
-                     "default_pitch_filter": sup.PARAMS["pitch_filter"][2] if "pitch_filter" in sup.PARAMS else None,
-                     # engine.pause_db and a denoise stage's, when left out (bundles with a pause head)
-                     "default_pause_db": sup.PARAMS["pause_db"][2] if "pause_db" in sup.PARAMS else None,
-                     "default_pause_threshold": (sup.PARAMS["pause_threshold"][2] if "pause_threshold" in sup.PARAMS
-                                                 else None),
-                     "bundle": str(bundle.path) if bundle is not None else None,
-                     "commercial_use": None if lic is None else lic["commercial_use"],
-                     "copyleft": [] if lic is None else lic.get("copyleft", []),
-                     "licence_note": None if lic is None else lic["note"]})
+        row.update({"sample_rate": sup.sample_rate,
+                    "latency_samples": sup.latency, "latency_ms": 1000.0 * sup.latency / sup.sample_rate,
+                    # what engine.max_attenuation_db and a chain's denoise stage use when left out
+                    "default_strength_db": sup.PARAMS["strength_db"][2] if "strength_db" in sup.PARAMS else None,
+                    # engine.pitch_filter and a denoise stage's, when left out (neural models)
+                    "default_pitch_filter": sup.PARAMS["pitch_filter"][2] if "pitch_filter" in sup.PARAMS else None,
+                    # engine.pause_db and a denoise stage's, when left out (bundles with a pause head)
+                    "default_pause_db": sup.PARAMS["pause_db"][2] if "pause_db" in sup.PARAMS else None,
+                    "default_pause_threshold": (sup.PARAMS["pause_threshold"][2] if "pause_threshold" in sup.PARAMS
+                                                else None),
+                    "bundle": str(bundle.path) if bundle is not None else None,
+                    "commercial_use": None if lic is None else lic["commercial_use"],
+                    "copyleft": [] if lic is None else lic.get("copyleft", []),
+                    "licence_note": None if lic is None else lic.get("note")})
+        rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
             alias = f" (= {r['is']})" if r["is"] != r["name"] else ""
+            if r["fallback_reason"]:
+                alias = f" (= {r['is']}: {r['fallback_reason']})"
+            if r["unavailable"]:
+                print(f"{r['name']:<13}{alias:<10} unavailable: {r['unavailable']}")
+                continue
             lic = ""
             if r["commercial_use"] is not None:
                 lic = "; weights: " + ("commercial use allowed" if r["commercial_use"] else "NON-COMMERCIAL only")

@@ -21,11 +21,15 @@ Names known to :func:`create_suppressor`:
   present).
 - ``default``: the best model available here (the shipped neural bundle
   when present, its checksum is right and torch is installed, else
-  ``dsp``).
+  ``dsp``: never silently, the reason is logged once as a warning and
+  given by :func:`default_fallback_reason`, ``quietcast models`` and
+  ``quietcast process``'s warnings).
 - a bundle folder: any name with a ``/`` in it (``./mymodel``,
   ``/srv/models/studio``) is the path of a ``neural`` bundle, such as one
   ``python -m quietcast.models.train --out`` wrote; checked like the
-  shipped ones (config, sha256) when the suppressor is built.
+  shipped ones (config, sha256, finite weights that fit the network)
+  when the suppressor is built, and by :func:`bundle_folder` when a
+  daemon config or a chain file names it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from .bundle import ASSETS  # no torch: bundle.py imports it only to load weight
 __all__ = [
     "HOP", "SAMPLE_RATE", "Suppressor", "HopSuppressor", "Passthrough", "sanitize",
     "available_models", "create_suppressor", "bundle_licence", "is_bundle_path", "bundle_folder",
+    "default_fallback_reason",
 ]
 
 
@@ -73,26 +78,45 @@ _default_cache: dict = {}
 def _default_model() -> str:
     """"neural" when the shipped bundle models/assets/default verifies
     (config + sha256, no torch import) and torch is installed, else "dsp".
-    Cached per bundle state (config/weights mtimes)."""
+    Cached per bundle state (folder, config/weights mtimes and sizes). A
+    fallback to "dsp" is never silent: its reason is logged once (a
+    warning naming the file and what is wrong) and kept for
+    :func:`default_fallback_reason`."""
     import importlib.util
-    import pathlib
+    import logging
 
-    d = pathlib.Path(__file__).resolve().parent / "assets" / "default"
+    from . import bundle
+
+    d = bundle.ASSETS / "default"
     try:
-        key = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(d.iterdir()) if p.is_file())
-    except OSError:
-        return "dsp"
+        key = (str(d),) + tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                                for p in sorted(d.iterdir()) if p.is_file())
+        why = None
+    except OSError as e:
+        key, why = (str(d), "unreadable"), f"no usable bundle at {d}: {e.strerror or e}"
     if key not in _default_cache:
-        from .bundle import BundleError, verify_bundle
-
-        try:
-            verify_bundle(d)
-            ok = importlib.util.find_spec("torch") is not None
-        except (BundleError, OSError):
-            ok = False
+        if why is None:
+            try:
+                bundle.verify_bundle(d)
+                if importlib.util.find_spec("torch") is None:
+                    why = "torch is not installed (the neural models need it)"
+            except bundle.BundleError as e:
+                why = str(e)
         _default_cache.clear()
-        _default_cache[key] = "neural" if ok else "dsp"
-    return _default_cache[key]
+        _default_cache[key] = ("neural", None) if why is None else ("dsp", why)
+        if why is not None:
+            logging.getLogger("quietcast.models").warning(
+                "model 'default' falls back to 'dsp' (no neural suppression): the shipped bundle "
+                "cannot be used: %s", why)
+    return _default_cache[key][0]
+
+
+def default_fallback_reason() -> str | None:
+    """Why the model ``default`` is ``dsp`` here (the shipped neural bundle
+    is missing or damaged, naming the file, or torch is not installed), or
+    None when it is the neural model."""
+    _default_model()
+    return next(iter(_default_cache.values()))[1]
 
 
 def bundle_licence(sup: Suppressor) -> dict | None:
@@ -115,19 +139,25 @@ def is_bundle_path(name) -> bool:
     return "/" in s or s.startswith("~")
 
 
-def bundle_folder(name, base_dir: str | None = None) -> str:
+def bundle_folder(name, base_dir: str | None = None, *, build: bool = True) -> str:
     """The absolute path of the neural bundle folder ``name`` (relative to
-    ``base_dir``, else the current folder), its config and sha256 checked
-    (no torch). Raises ValueError (a :class:`~.bundle.BundleError`) saying
-    what is wrong, without the name."""
+    ``base_dir``, else the current folder), checked: its config (the types
+    of ``arch``, ``defaults`` and ``licence``), sha256 and, with ``build``
+    (the default; imports torch), everything short of running it: the
+    weights readable and finite, ``defaults`` in range, the network built
+    and the weights fitting it (:func:`~.bundle.check_bundle`). Raises
+    ValueError (a :class:`~.bundle.BundleError`) saying what is wrong,
+    without the name."""
     import os
 
-    from .bundle import BundleError, verify_bundle
+    from .bundle import BundleError, check_bundle, verify_bundle
 
     path = os.path.normpath(os.path.join(base_dir or os.getcwd(), os.path.expanduser(str(name))))
     cfg = verify_bundle(path)
     if cfg.get("model", "neural") != "neural":
         raise BundleError(f"a {cfg.get('model')!r} bundle; only neural bundles load from a folder")
+    if build:
+        check_bundle(path)
     return path
 
 
@@ -148,7 +178,7 @@ def create_suppressor(name: str = "default", channels: int = 1, device: str = "c
     Raises ValueError naming the model and listing the known ones."""
     if is_bundle_path(name):  # a bundle folder of the neural network
         try:
-            path = bundle_folder(name)
+            path = bundle_folder(name, build=False)  # the suppressor loads and builds it
         except ValueError as e:
             raise ValueError(f"model {name!r}: {e}") from None
         return _neural(channels, bundle=path, device=device, **kwargs)

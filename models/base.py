@@ -75,13 +75,19 @@ class Suppressor(abc.ABC):
     PARAMS: dict = {"strength_db": (0.0, 60.0, 0.0, "dB")}
 
     def __init__(self, channels: int = 1):
-        if not isinstance(channels, (int, np.integer)) or channels < 1:
-            raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
-        self.channels = int(channels)
+        self.channels = self.check_channels(channels)
         self.bad_samples = 0
         for n, spec in self.PARAMS.items():  # defaults, unless a subclass set them already
             if not hasattr(self, f"_{n}"):
                 setattr(self, f"_{n}", float(spec[2]))
+
+    @staticmethod
+    def check_channels(channels) -> int:
+        """``channels`` as an int, or a ValueError unless it is an integer >= 1
+        (a subclass that sets up per-channel state first calls this before)."""
+        if not isinstance(channels, (int, np.integer)) or channels < 1:
+            raise ValueError(f"channels must be an integer >= 1, got {channels!r}")
+        return int(channels)
 
     @property
     @abc.abstractmethod

@@ -16,6 +16,20 @@ as package data). The sha256 of the weights file is checked on every load;
 a mismatch raises :class:`BundleError` naming the file. Nothing is ever
 downloaded.
 
+Every problem with a bundle is a :class:`BundleError` (a ValueError)
+naming the file and what is wrong: a config that is not a JSON object,
+keys of ``arch`` / ``defaults`` / ``licence`` of the wrong type (checked
+by :func:`verify_bundle`, without torch), an unreadable file, weights
+with NaN or Inf (:func:`load_bundle`), an ``arch`` no network can be
+built from, ``defaults`` out of the suppressor's ranges, or weights that
+do not fit the network (naming the first tensor that differs;
+:func:`check_bundle` runs all of these).
+
+:func:`save_bundle` replaces a bundle so that the folder holds a loadable
+bundle, the old or the new one, at every instant: the weights keep their
+usual name (``weights.safetensors`` or ``weights.pt``, the name
+config.json gives), written through a temporary copy.
+
 This module imports torch only inside the functions that need it.
 """
 
@@ -23,8 +37,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import pathlib
 import re
+import uuid
 from dataclasses import dataclass, field
 
 ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
@@ -33,7 +50,7 @@ FORMAT_VERSION = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 __all__ = ["Bundle", "BundleError", "load_bundle", "save_bundle", "bundle_path", "list_bundles",
-           "verify_bundle", "sha256_file"]
+           "verify_bundle", "check_bundle", "sha256_file"]
 
 
 class BundleError(ValueError):
@@ -65,24 +82,99 @@ def list_bundles() -> list[str]:
     return sorted(p.name for p in ASSETS.iterdir() if (p / "config.json").is_file())
 
 
+#: the keys of a bundle's ``arch`` (the network's hyper-parameters, those of
+#: :data:`quietcast.models.neural.DEFAULT_ARCH`, which fills in a key left
+#: out) and what each must be: ``(kind, least)``, kind ``"int"`` (a whole
+#: number, not a bool, >= least) or ``"float"`` (a finite number > least)
+ARCH_TYPES: dict[str, tuple[str, float]] = {
+    "sample_rate": ("int", 1), "hop": ("int", 1), "window": ("int", 1), "n_bands": ("int", 2),
+    "min_band_bins": ("int", 1), "df_bins": ("int", 1), "df_order": ("int", 0), "fine_bins": ("int", 0),
+    "harm_bins": ("int", 0), "floor_input": ("int", 0), "enc_dim": ("int", 1), "df_enc_dim": ("int", 1),
+    "hidden": ("int", 1), "norm_tau_s": ("float", 0.0), "warm_start": ("int", 0), "pitch_input": ("int", 0),
+    "pause_head": ("int", 0),
+}
+#: the keys of a bundle's ``defaults`` (the suppressor's runtime parameters;
+#: their ranges are checked by :meth:`Bundle.check_config`); only
+#: ``background_db`` may be null (-inf: no background mixed back)
+DEFAULTS_KEYS = ("strength_db", "background_db", "pitch_filter", "pause_db", "pause_threshold")
+
+
+def _kind(v) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_sections(cfg: dict, where: str) -> None:
+    """``arch``, ``defaults`` and ``licence`` of a config: the right keys of
+    the right types (no torch). Raises BundleError naming ``where``, the
+    key and what is wrong."""
+    arch = cfg["arch"]
+    unknown = sorted(set(arch) - set(ARCH_TYPES))
+    if unknown:
+        raise BundleError(f"{where}: arch: unknown keys {unknown}; known: {', '.join(ARCH_TYPES)}")
+    for k, v in arch.items():
+        kind, least = ARCH_TYPES[k]
+        if kind == "int" and not (isinstance(v, int) and not isinstance(v, bool) and v >= least):
+            raise BundleError(f"{where}: arch.{k}: expected a whole number >= {least}, got {v!r} ({_kind(v)})")
+        if kind == "float" and not (_is_number(v) and math.isfinite(v) and v > least):
+            raise BundleError(f"{where}: arch.{k}: expected a finite number > {least:g}, got {v!r} ({_kind(v)})")
+    defaults = cfg.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise BundleError(f"{where}: 'defaults' must be an object, got {_kind(defaults)}")
+    unknown = sorted(set(defaults) - set(DEFAULTS_KEYS))
+    if unknown:
+        raise BundleError(f"{where}: defaults: unknown keys {unknown}; known: {', '.join(DEFAULTS_KEYS)}")
+    for k, v in defaults.items():
+        if v is None and k == "background_db":
+            continue
+        if not _is_number(v) or math.isnan(v):
+            raise BundleError(f"{where}: defaults.{k}: expected a number, got {v!r} ({_kind(v)})")
+    lic = cfg.get("licence")
+    if lic is not None:
+        if not isinstance(lic, dict):
+            raise BundleError(f"{where}: 'licence' must be an object, got {_kind(lic)}")
+        if not isinstance(lic.get("commercial_use"), bool):
+            raise BundleError(f"{where}: licence.commercial_use: expected true or false, "
+                              f"got {lic.get('commercial_use')!r}")
+        if not isinstance(lic.get("note"), str):
+            raise BundleError(f"{where}: licence.note: expected a text, got {lic.get('note')!r}")
+        for k in ("reasons", "copyleft"):
+            if k in lic and not isinstance(lic[k], list):
+                raise BundleError(f"{where}: licence.{k}: expected a list, got {_kind(lic[k])}")
+
+
 def _read_config(path: pathlib.Path) -> dict:
     cfg_path = path / "config.json"
-    if not cfg_path.is_file():
-        raise BundleError(f"no model bundle at {path} (missing {cfg_path.name})")
     try:
+        if not cfg_path.is_file():
+            raise BundleError(f"no model bundle at {path} (missing {cfg_path.name})")
         cfg = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as exc:
-        raise BundleError(f"{cfg_path}: unreadable config: {exc}") from None
+        if isinstance(exc, BundleError):
+            raise
+        why = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else exc
+        raise BundleError(f"{cfg_path}: unreadable config: {why}") from None
+    if not isinstance(cfg, dict):
+        raise BundleError(f"{cfg_path}: not a {FORMAT} config: the file holds a JSON {_kind(cfg)}, "
+                          "not an object")
     if cfg.get("format") != FORMAT or cfg.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{cfg_path}: not a {FORMAT} v{FORMAT_VERSION} config")
     w = cfg.get("weights")
     if not isinstance(w, dict) or not isinstance(w.get("file"), str) or not isinstance(w.get("sha256"), str):
         raise BundleError(f"{cfg_path}: 'weights' must give 'file' and 'sha256'")
-    if "/" in w["file"] or "\\" in w["file"] or w["file"].startswith("."):
+    if not w["file"] or "/" in w["file"] or "\\" in w["file"] or w["file"].startswith("."):
         raise BundleError(f"{cfg_path}: weights file must be a plain file name, got {w['file']!r}")
     if not isinstance(cfg.get("arch"), dict):
         raise BundleError(f"{cfg_path}: missing 'arch'")
+    _check_sections(cfg, str(cfg_path))
     return cfg
+
+
+def _unreadable(wpath: pathlib.Path, exc: OSError) -> BundleError:
+    return BundleError(f"{wpath}: cannot read weights: {exc.strerror or exc}")
 
 
 def verify_bundle(name_or_path) -> dict:
@@ -91,9 +183,12 @@ def verify_bundle(name_or_path) -> dict:
     path = bundle_path(name_or_path)
     cfg = _read_config(path)
     wpath = path / cfg["weights"]["file"]
-    if not wpath.is_file():
-        raise BundleError(f"{wpath}: weights file missing")
-    got = sha256_file(wpath)
+    try:
+        if not wpath.is_file():
+            raise BundleError(f"{wpath}: weights file missing")
+        got = sha256_file(wpath)
+    except OSError as exc:
+        raise _unreadable(wpath, exc) from None
     if got != cfg["weights"]["sha256"].lower():
         raise BundleError(f"{wpath}: sha256 mismatch (config.json says {cfg['weights']['sha256']}, "
                           f"file has {got}); the weights are corrupt or were replaced")
@@ -110,26 +205,85 @@ class Bundle:
     def name(self) -> str:
         return self.path.name
 
+    def check_config(self) -> None:
+        """What the neural suppressor needs of the config beyond the types
+        :func:`verify_bundle` checks: its geometry (sample rate, hop,
+        window) and ``defaults`` within the ranges of its parameters.
+        Raises BundleError naming config.json and the key."""
+        from .neural import DEFAULT_ARCH, NeuralSuppressor as N
+
+        where = self.path / "config.json"
+        arch = dict(DEFAULT_ARCH, **self.config["arch"])
+        geometry = (arch["sample_rate"], arch["hop"], arch["window"])
+        if geometry != (N.sample_rate, N.hop, N.window):
+            raise BundleError(f"{where}: arch: sample_rate/hop/window {'/'.join(map(str, geometry))} differ from "
+                              f"the suppressor's {N.sample_rate}/{N.hop}/{N.window}")
+        ranges = dict(N.PARAMS, pause_db=N.PAUSE_PARAM, pause_threshold=N.PAUSE_THRESHOLD_PARAM)
+        for k, v in (self.config.get("defaults") or {}).items():
+            if v is None and k == "background_db":
+                continue
+            if k not in ranges or not _is_number(v):
+                raise BundleError(f"{where}: defaults.{k}: not a parameter of the suppressor, or not a number: {v!r}")
+            lo, hi = ranges[k][:2]
+            if not lo <= v <= hi:
+                raise BundleError(f"{where}: defaults.{k}: {v!r} is out of range [{lo:g}, {hi:g}]")
+
     def build_model(self):
-        """A :class:`~quietcast.models.neural.QCNet` with these weights."""
+        """A :class:`~quietcast.models.neural.QCNet` with these weights.
+        Raises BundleError when config.json's ``arch`` cannot be built or
+        the weights do not fit it (naming the first tensor that differs)."""
         from .neural import QCNet
 
-        net = QCNet(**{k: v for k, v in self.config["arch"].items()})
         try:
-            net.load_state_dict(self.state_dict, strict=True)
+            net = QCNet(**{k: v for k, v in self.config["arch"].items()})
+        except (TypeError, ValueError, ZeroDivisionError, IndexError, KeyError) as e:
+            raise BundleError(f"{self.path / 'config.json'}: arch: {e}") from None
+        want, got = net.state_dict(), self.state_dict
+        diffs = []
+        for k, v in want.items():
+            if k not in got:
+                diffs.append(f"{k}: the architecture has it, the weights lack it")
+            elif tuple(got[k].shape) != tuple(v.shape):
+                diffs.append(f"{k}: the architecture needs shape {list(v.shape)}, the weights have {list(got[k].shape)}")
+        diffs += [f"{k}: in the weights, not in the architecture" for k in got if k not in want]
+        if diffs:
+            raise BundleError(f"{self.path}: weights do not match the architecture of config.json "
+                              f"({len(diffs)} tensor(s) differ; the first, {diffs[0]}); are they another bundle's?")
+        try:
+            net.load_state_dict(got, strict=True)
         except RuntimeError as exc:
-            raise BundleError(f"{self.path}: weights do not match the architecture: {exc}") from None
+            raise BundleError(f"{self.path}: weights do not match the architecture: "
+                              f"{str(exc).strip().splitlines()[-1].strip()}") from None
         return net
 
 
+def _decode_error(wpath: pathlib.Path, exc: Exception) -> BundleError:
+    """A weights decoder's error as a BundleError. A pickle that holds more
+    than tensors is refused by ``torch.load(weights_only=True)``; say only
+    that (the global it names, if any), never torch's advice to load it
+    with weights_only=False (which would run its code)."""
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError):
+        m = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        names = f" ({m.group(1)})" if m else ""
+        return BundleError(f"{wpath}: not plain weights: the file holds Python objects{names} besides tensors; "
+                           "refused, nothing in it was run")
+    return BundleError(f"{wpath}: cannot read weights: {exc}")
+
+
 def load_bundle(name_or_path="default") -> Bundle:
-    """Load and verify a bundle (name under models/assets, or a folder)."""
+    """Load and verify a bundle (name under models/assets, or a folder):
+    config, sha256, a state_dict of tensors, every value finite."""
     path = bundle_path(name_or_path)
     cfg = verify_bundle(path)
     wpath = path / cfg["weights"]["file"]
     import torch
 
-    data = wpath.read_bytes()
+    try:
+        data = wpath.read_bytes()
+    except OSError as exc:
+        raise _unreadable(wpath, exc) from None
     if hashlib.sha256(data).hexdigest() != cfg["weights"]["sha256"].lower():  # changed since verify
         raise BundleError(f"{wpath}: sha256 mismatch (file changed while loading)")
     try:
@@ -142,20 +296,105 @@ def load_bundle(name_or_path="default") -> Bundle:
 
             sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any decoder error is a bad bundle
-        raise BundleError(f"{wpath}: cannot read weights: {exc}") from None
+        raise _decode_error(wpath, exc) from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise BundleError(f"{wpath}: not a state_dict of tensors")
+    bad = _non_finite(sd)
+    if bad:
+        raise BundleError(f"{wpath}: tensor {bad}; the weights are unusable (a training run that diverged?)")
     return Bundle(path=path, config=cfg, state_dict=sd)
+
+
+def _non_finite(sd: dict) -> str | None:
+    """``"NAME holds N NaN/Inf value(s) of M"`` for the first tensor of
+    ``sd`` with a value that is not finite, else None."""
+    import torch
+
+    for k, v in sd.items():
+        if v.is_floating_point() or v.is_complex():
+            ok = torch.isfinite(v)
+            if not bool(ok.all()):
+                return f"{k!r} holds {int((~ok).sum())} NaN/Inf value(s) of {v.numel()}"
+    return None
+
+
+def check_bundle(name_or_path) -> Bundle:
+    """Everything short of running it: :func:`load_bundle` (config and its
+    types, sha256, finite weights), :meth:`Bundle.check_config` (geometry,
+    defaults in range) and the network built with the weights
+    (:meth:`Bundle.build_model`). Returns the Bundle; raises BundleError
+    saying what is wrong. Imports torch; about as fast as loading."""
+    b = load_bundle(name_or_path)
+    b.check_config()
+    b.build_model()
+    return b
+
+
+def _write_synced(path: pathlib.Path, data: bytes) -> None:
+    """``data`` into the new file ``path`` (mode 0644), on disk when this
+    returns (fsync); nothing left at ``path`` if it fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o644)  # whatever the umask: bundles are package data
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
+
+
+def _sync_dir(path: pathlib.Path) -> None:
+    """Make the renames in folder ``path`` durable (where the file system
+    allows a folder to be fsynced)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _replace_synced(path: pathlib.Path, name: str, data: bytes, tag: str) -> None:
+    """``path/name`` replaced atomically by a file holding ``data``."""
+    tmp = path / f".{name}.{tag}.tmp"
+    _write_synced(tmp, data)
+    try:
+        os.replace(tmp, path / name)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _sync_dir(path)
 
 
 def save_bundle(model, config: dict, path, fmt: str = "auto") -> pathlib.Path:
     """Write ``model`` (an nn.Module or a state_dict) and ``config`` to the
     folder ``path``; fills in format, weights file name and sha256.
-    ``fmt``: "safetensors", "pt" or "auto" (safetensors when installed)."""
+    ``fmt``: "safetensors", "pt" or "auto" (safetensors when installed).
+
+    Refuses (BundleError, the folder untouched) weights with a NaN or Inf
+    and a config that :func:`verify_bundle` would refuse. Over an existing
+    bundle the folder holds a loadable bundle, the old one or the new one,
+    at every instant, whenever the write fails or stops: the new weights
+    go to a file of their own first (fsynced), config.json is replaced
+    (atomically) to name it, the weights are copied to their usual name
+    (``weights.safetensors`` or ``weights.pt``, replaced atomically), and
+    config.json is replaced again to name that; the extra copy is then
+    removed."""
     import torch
 
     path = pathlib.Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     sd = model.state_dict() if hasattr(model, "state_dict") else dict(model)
     sd = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
     if fmt == "auto":
@@ -165,26 +404,57 @@ def save_bundle(model, config: dict, path, fmt: str = "auto") -> pathlib.Path:
             fmt = "safetensors"
         except ImportError:
             fmt = "pt"
-    for old in ("weights.safetensors", "weights.pt"):
-        if (path / old).exists():
-            (path / old).unlink()
     if fmt == "safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save as st_save
 
         wname = "weights.safetensors"
-        save_file(sd, str(path / wname), metadata={"format": FORMAT})
+        data = st_save(sd, metadata={"format": FORMAT})
     elif fmt == "pt":
+        import io
+
         wname = "weights.pt"
-        torch.save(sd, path / wname)
+        buf = io.BytesIO()
+        torch.save(sd, buf)
+        data = buf.getvalue()
     else:
         raise ValueError(f"unknown weights format {fmt!r}")
-    (path / wname).chmod(0o644)  # safetensors writes 0600; bundles are package data
+    bad = _non_finite(sd)
+    if bad:
+        raise BundleError(f"{path}: not written: tensor {bad}")
     cfg = dict(config)
     cfg["format"] = FORMAT
     cfg["format_version"] = FORMAT_VERSION
-    cfg["weights"] = {"file": wname, "sha256": sha256_file(path / wname),
-                      "params": int(sum(v.numel() for v in sd.values()))}
-    tmp = path / "config.json.tmp"
-    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path / "config.json")
+    weights = {"file": wname, "sha256": hashlib.sha256(data).hexdigest(),
+               "params": int(sum(v.numel() for v in sd.values()))}
+    cfg["weights"] = weights
+    if not isinstance(cfg.get("arch"), dict):
+        raise BundleError(f"{path}: not written: the config has no 'arch'")
+    _check_sections(cfg, f"{path / 'config.json'} (not written)")
+
+    def config_text(wfile: str) -> bytes:
+        return (json.dumps(dict(cfg, weights=dict(weights, file=wfile)), indent=2, sort_keys=False) + "\n").encode()
+
+    path.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staged = f"weights-new-{tag}{pathlib.Path(wname).suffix}"  # a plain name: loadable as it is
+    _write_synced(path / staged, data)
+    try:
+        _replace_synced(path, "config.json", config_text(staged), tag)  # from here on the new bundle
+    except BaseException:
+        try:
+            os.unlink(path / staged)
+        except OSError:
+            pass
+        raise
+    _replace_synced(path, wname, data, tag)  # config.json still names the staged copy
+    _replace_synced(path, "config.json", config_text(wname), tag)
+    for p in path.iterdir():  # the staged copy, the other format's old weights, what interrupted saves left
+        n = p.name
+        if n != wname and (n in ("weights.safetensors", "weights.pt", "config.json.tmp")
+                           or n.startswith("weights-new-")
+                           or (n.startswith((".config.json.", ".weights.")) and n.endswith(".tmp"))):
+            try:
+                p.unlink()
+            except OSError:
+                pass
     return path

@@ -969,6 +969,7 @@ class NeuralSuppressor(HopSuppressor):
                  pause_threshold: float | None = None):
         from .bundle import Bundle, load_bundle
 
+        channels = self.check_channels(channels)  # before the per-channel arrays below
         if kernel not in ("auto", "c", "torch"):
             raise ValueError(f"kernel {kernel!r}: must be 'auto', 'c' or 'torch'")
         self._kernel = kernel
@@ -976,10 +977,7 @@ class NeuralSuppressor(HopSuppressor):
 
         b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.bundle = b
-        arch = b.config["arch"]
-        if (arch["sample_rate"], arch["hop"], arch["window"]) != (self.sample_rate, self.hop, self.window):
-            raise ValueError(f"bundle {b.path}: sample_rate/hop/window {arch['sample_rate']}/{arch['hop']}/"
-                             f"{arch['window']} differ from {self.sample_rate}/{self.hop}/{self.window}")
+        b.check_config()  # geometry, defaults in range (BundleError naming config.json)
         self.device, why = resolve_device(device)
         self._graph = None
         self._eager_why = ""
@@ -1128,6 +1126,10 @@ class NeuralSuppressor(HopSuppressor):
         """``values`` checked as one ``name`` per channel (ValueError)."""
         if self.net.pause is None:
             raise ValueError(f"{self.name}: bundle {self.bundle.path} has no pause head (no pause gate)")
+        if (isinstance(values, (str, bytes)) or not hasattr(values, "__iter__")
+                or isinstance(values, np.ndarray) and values.ndim == 0):
+            raise ValueError(f"{self.name}: expected one {name} value per channel ({self.channels}), got "
+                             f"{values!r}; set_param({name!r}, value) sets every channel")
         vals = list(values)
         if len(vals) != self.channels:
             raise ValueError(f"{self.name}: {len(vals)} {name} values for {self.channels} channels")

@@ -13,7 +13,17 @@ cosine over the used share of the budget, changing once per 25 steps (the
 machine may be shared, so the step rate is not known in advance); every
 rate is recorded in the bundle's config (``lr_blocks``) and ``--schedule
 BUNDLE/config.json`` replays exactly the same run without looking at the
-clock. ``--steps N`` uses a cosine over N steps instead.
+clock. ``--steps N`` uses a cosine over N steps instead, and stops after
+exactly N steps (below 100, inside the warm-up).
+
+Arguments are checked before anything is read or trained (numbers in
+range, ``--data`` an existing folder, ``--out`` writable, ``--init`` a
+bundle that loads and builds). A step whose loss or gradient norm is not
+finite stops the run with an error (exit status 1) and no bundle is
+written; :func:`~quietcast.models.bundle.save_bundle` refuses NaN/Inf
+weights anyway, and replaces a bundle so that the folder holds a
+loadable one at every instant (``--out models/assets/default``, the
+default, too).
 
 Needs the training extra (``pip install -e .[train]``: scipy, soundfile,
 PyAV). One process trains (``--threads`` torch threads, default 1); with
@@ -1593,7 +1603,7 @@ def _to_device(net, opt, ema, device) -> None:
 def train(args) -> pathlib.Path:
     import torch
 
-    from .bundle import save_bundle
+    from .bundle import _non_finite, save_bundle
     from .neural import DEFAULT_ARCH, QCNet, _window
 
     torch.set_num_threads(args.threads)
@@ -1766,6 +1776,8 @@ def train(args) -> pathlib.Path:
     win = win.to(device)
     try:
         while True:
+            if replay is None and args.steps and step >= args.steps:  # exactly --steps, also below WARMUP
+                break
             if step < WARMUP:
                 lr = args.lr * (step + 1) / WARMUP
             elif (step - WARMUP) % BLOCK == 0:
@@ -1790,6 +1802,10 @@ def train(args) -> pathlib.Path:
                                        gain_weight=args.gain_weight, keep_weight=args.keep_weight,
                                        pitch_filter=pf, pause_weight=args.pause_weight)
             step += 1
+            if not (math.isfinite(lv) and math.isfinite(gn)):  # the weights are lost: stop now, save nothing
+                raise SystemExit(f"step {step}: the loss is {lv:g} and the gradient norm {gn:g}: training "
+                                 f"diverged (learning rate {lr:.3g}); stopped, no bundle written"
+                                 + (f" (the last checkpoint, {ckpt}, holds an earlier step)" if ckpt.exists() else ""))
             if ema is not None:
                 ema.update(net)
             run_avg = lv if run_avg is None else 0.98 * run_avg + 0.02 * lv
@@ -1905,6 +1921,10 @@ def train(args) -> pathlib.Path:
         old = pathlib.Path(args.out) / "base_config.json"  # the two-stage layout before lineage
         if old.exists():
             old.unlink()
+    for what, m in (("the bundle's weights", final), ("the last step's weights", net)):
+        bad = _non_finite(m.state_dict())
+        if bad:
+            raise SystemExit(f"{what}: tensor {bad}; no bundle written")
     out = save_bundle(final, config, args.out)
     log(f"bundle written to {out} ({step} steps, {train_s / 60:.1f} min)")
     if args.raw_out:
@@ -2156,6 +2176,64 @@ class Ema:
         self.avg = {k: v.double() for k, v in st["avg"].items()}
 
 
+def _whole_arg(flag: str, lo: int, hi: int | None, what: str):
+    """An argparse ``type``: a whole number from ``lo`` (to ``hi``), else
+    an error that names ``flag`` and ``what`` is expected."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{flag} {text}: expected {what}")
+        return v
+    return parse
+
+
+def _positive_arg(flag: str, what: str, lo: float = 0.0, hi: float = math.inf, lo_ok: bool = False):
+    """An argparse ``type``: a finite number > ``lo`` (>= with ``lo_ok``)
+    and <= ``hi``, else an error that names ``flag`` and ``what`` is
+    expected."""
+    def parse(text: str) -> float:
+        v = _number(text)
+        if not (math.isfinite(v) and (lo <= v if lo_ok else lo < v) and v <= hi):
+            raise argparse.ArgumentTypeError(f"{flag} {text}: expected {what}")
+        return v
+    return parse
+
+
+def _out_problem(folder: str) -> str | None:
+    """Why a bundle cannot be written to ``folder`` (checked before a run,
+    not after it), or None."""
+    p = pathlib.Path(folder)
+    if p.exists():
+        if not p.is_dir():
+            return "exists and is not a folder"
+        return None if os.access(p, os.W_OK | os.X_OK) else "cannot write in this folder"
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot make it: {parent} is not a folder"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot make it: cannot write in {parent}"
+
+
+def _one_line(e: Exception) -> str:
+    """An error as one line: a file error as ``FILE: REASON``."""
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return " ".join(str(e).split())
+
+
+_steps_arg = _whole_arg("--steps", 1, None, "a whole number of steps >= 1 (leave it out to train for --minutes)")
+_batch_arg = _whole_arg("--batch", 1, 4096, "a whole number of examples per step from 1 to 4096")
+_threads_arg = _whole_arg("--threads", 1, 1024, "a whole number of threads from 1 to 1024")
+_seed_arg = _whole_arg("--seed", 0, 2 ** 32 - 1, "a whole number from 0 to 4294967295")
+_fine_bins_arg = _whole_arg("--fine-bins", 0, 64, "a whole number of bins from 0 (band gains only) to 64")
+_seconds_arg = _positive_arg("--seconds", "a segment length in seconds from 0.1 to 60", lo=0.1, hi=60.0, lo_ok=True)
+_lr_arg = _positive_arg("--lr", "a learning rate, a finite number > 0")
+_minutes_arg = _positive_arg("--minutes", "a number of minutes > 0")
+_wall_arg = _positive_arg("--max-wall-minutes", "a number of minutes > 0")
 _hidden_arg = _zero_or_range("--hidden", 4096, "the default", "GRU units")
 _harm_arg = _zero_or_range("--harm-bins", 481, "none", "bins")
 
@@ -2163,19 +2241,21 @@ _harm_arg = _zero_or_range("--harm-bins", 481, "none", "bins")
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m quietcast.models.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="models/assets/default", help="bundle folder to write")
-    p.add_argument("--minutes", type=float, default=70.0, help="budget in CPU minutes of this process")
-    p.add_argument("--max-wall-minutes", type=float, default=None,
+    p.add_argument("--minutes", type=_minutes_arg, default=70.0, help="budget in CPU minutes of this process")
+    p.add_argument("--max-wall-minutes", type=_wall_arg, default=None,
                    help="wall-clock cap (default 1.5 x --minutes); the schedule follows whichever runs out first")
-    p.add_argument("--steps", type=int, default=0, help="a fixed number of steps (overrides --minutes)")
+    p.add_argument("--steps", type=_steps_arg, default=0,
+                   help=f"a fixed number of steps, exactly (overrides --minutes; the learning rate warms up over "
+                        f"the first {WARMUP})")
     p.add_argument("--stage", type=int, default=0,
                    help="with --schedule: replay this stage of the bundle's lineage (default: its last)")
     p.add_argument("--schedule", default=None,
                    help="a bundle's config.json (or a JSON list of block rates): replay its run exactly")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=12)
-    p.add_argument("--seconds", type=float, default=2.0, help="segment length")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--threads", type=int, default=1, help="torch threads of the training process")
+    p.add_argument("--seed", type=_seed_arg, default=0)
+    p.add_argument("--batch", type=_batch_arg, default=12, help="examples per step")
+    p.add_argument("--seconds", type=_seconds_arg, default=2.0, help="segment length (0.1..60 s)")
+    p.add_argument("--lr", type=_lr_arg, default=2e-3, help="peak learning rate (> 0)")
+    p.add_argument("--threads", type=_threads_arg, default=1, help="torch threads of the training process")
     p.add_argument("--workers", type=_workers_arg, default=None,
                    help="processes making the training mixtures ahead (default 1 with two or more cores, "
                         "else 0: made between steps; 0 and 1 make the same batches; on a GPU with three or "
@@ -2187,8 +2267,9 @@ def main(argv=None) -> int:
                    help="where the network trains: auto (default: the first CUDA device when torch sees one, "
                         "else the CPU), cpu, cuda or cuda:N; the mixing stays on the CPU (--workers). On a GPU "
                         "--minutes is wall time, and runs repeat to float rounding, not bit for bit")
-    p.add_argument("--data", default=None, help="shared data folder (default ../shared/data)")
-    p.add_argument("--init", default=None, help="start from this bundle's weights (fine-tuning)")
+    p.add_argument("--data", default=None, help="shared data folder (default ../shared/data); must exist")
+    p.add_argument("--init", default=None,
+                   help="start from this bundle's weights (fine-tuning); checked before anything else runs")
     p.add_argument("--train-only", default="",
                    help="comma-separated top-level modules to train (e.g. fine); the rest stay frozen")
     p.add_argument("--hidden", type=_hidden_arg, default=0,
@@ -2211,7 +2292,7 @@ def main(argv=None) -> int:
                         "50-500 Hz back, and per band the correlation one period back (RNNoise's pitch "
                         "features; off in the shipped bundles); with --init, the bundle's encoder gets it "
                         "through zero weights, so training starts from the parent's output")
-    p.add_argument("--fine-bins", type=int, default=0,
+    p.add_argument("--fine-bins", type=_fine_bins_arg, default=0,
                    help="per-bin gain refinement of the lowest N bins (0 = band gains only; with --init, "
                         "a head the parent lacks is added at zero)")
     p.add_argument("--gain-weight", type=float, default=GAIN_WEIGHT,
@@ -2282,14 +2363,31 @@ def main(argv=None) -> int:
                    help="with --fit-pause: the bundle's default pause_db, the pause gate's depth (0..60 dB, "
                         "0 = off; default 0)")
     args = p.parse_args(argv)
-    if args.fit_pause:
-        if args.pause_batches < 1:
-            p.error(f"--pause-batches {args.pause_batches}: must be at least 1")
-        fit_pause(args)
-        return 0
-    if args.denoise_speech:
-        denoise_group(build_cache(args.cache, args.data), args.denoise_speech)
-        return 0
+    from .bundle import BundleError, check_bundle
+
+    if args.data is not None and not os.path.isdir(args.data):
+        p.error(f"--data {args.data}: no such folder")
+    try:
+        if args.denoise_speech:
+            denoise_group(build_cache(args.cache, args.data), args.denoise_speech)
+            return 0
+        for flag, folder in (("--out", args.out), ("--raw-out", args.raw_out)):
+            why = _out_problem(folder) if folder else None
+            if why:
+                p.error(f"{flag} {folder}: {why}")
+        if args.init:  # a damaged or unusable bundle stops us now, not after the data is read
+            check_bundle(args.init)
+        if args.fit_pause:
+            if args.pause_batches < 1:
+                p.error(f"--pause-batches {args.pause_batches}: must be at least 1")
+            fit_pause(args)
+            return 0
+        return _train_main(p, args)
+    except (FileNotFoundError, BundleError) as e:
+        p.error(_one_line(e))
+
+
+def _train_main(p: argparse.ArgumentParser, args) -> int:
     if args.raw_out and not args.ema:
         p.error("--raw-out: the last step's weights are the bundle itself without --ema; give --ema too")
     if args.max_wall_minutes is None:

@@ -397,3 +397,26 @@ def test_an_aif_input_stays_aiff(tmp_path):
     write(tmp_path / "in" / "take.aif", sig(1, 4800), 48_000)
     (job,) = plan_jobs([str(tmp_path / "in")], str(tmp_path / "out"))
     assert job.dst.endswith("take.aiff")  # it became take.wav until session 24
+
+
+def test_a_default_model_that_fell_back_to_dsp_is_a_warning(tmp_path, monkeypatch):
+    """A denoise stage asked for `default` and got `dsp` (the shipped
+    bundle is damaged; here a copy of it): the file is processed, and its
+    result says so, with the reason. A chain that names its model gets no
+    such warning."""
+    import shutil
+
+    from quietcast.models import bundle
+
+    shutil.copytree(bundle.ASSETS, tmp_path / "assets")
+    monkeypatch.setattr(bundle, "ASSETS", tmp_path / "assets")
+    w = tmp_path / "assets" / "default" / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[:-1000])
+    write(tmp_path / "a.wav", sig(1, 48_000), 48_000)
+    r = process_file(Chain.default(), str(tmp_path / "a.wav"), str(tmp_path / "o.wav"))
+    assert r.ok, r.error
+    assert r.warnings == [f"model 'default' ran as 'dsp' (no neural suppression): {w}: sha256 mismatch "
+                          + r.warnings[0].split(": sha256 mismatch ", 1)[1]]
+    chain = Chain([{"name": "nr", "type": "denoise", "model": "dsp"}])
+    r = process_file(chain, str(tmp_path / "a.wav"), str(tmp_path / "o2.wav"))
+    assert r.ok and r.warnings == []

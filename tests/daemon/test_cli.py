@@ -383,3 +383,52 @@ def test_a_path_the_system_refuses_is_one_line_with_the_path_and_the_reason(tmp_
     r = qc("keys", "generate", tmp_path / "afile" / "keys")
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [f"quietcast: error: {tmp_path / 'afile' / 'keys'}: Not a directory"]
+
+
+@pytest.fixture
+def shipped_copy(tmp_path, monkeypatch):
+    """A copy of models/assets that `quietcast models` (run in this
+    process) reads instead, to damage; the shipped bundles stay as they are."""
+    import shutil
+
+    from quietcast.models import bundle
+
+    dst = tmp_path / "assets"
+    shutil.copytree(bundle.ASSETS, dst)
+    monkeypatch.setattr(bundle, "ASSETS", dst)
+    return dst
+
+
+def test_models_lists_every_model_when_a_bundle_is_broken(shipped_copy, capsys):
+    """One broken bundle no longer stops the listing: its model is listed
+    as unavailable, with the reason, and `default` says it is dsp and why."""
+    from quietcast.daemon.cli import main
+
+    w = shipped_copy / "default" / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[:-1000])
+    cfg = json.loads((shipped_copy / "clean" / "config.json").read_text())
+    cfg["arch"]["hidden"] += 1  # hand-edited: the weights no longer fit
+    (shipped_copy / "clean" / "config.json").write_text(json.dumps(cfg))
+    assert main(["models"]) == 0
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines()}
+    assert set(lines) == {"default", "dsp", "neural", "neural-clean", "passthrough"}
+    assert lines["default"].startswith(f"default       (= dsp: {w}: sha256 mismatch")
+    assert "20.0 ms" in lines["default"] and "20.0 ms" in lines["dsp"]
+    assert " ".join(lines["neural"].split()[:3]) == f"neural unavailable: {w}:"
+    assert "sha256 mismatch" in lines["neural"]
+    assert " ".join(lines["neural-clean"].split()[:3]) == f"neural-clean unavailable: {shipped_copy / 'clean'}:"
+    assert "weights do not match the architecture of config.json (" in lines["neural-clean"]
+    assert "gru1.weight_ih_l0" in lines["neural-clean"]
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["default"]["is"] == "dsp" and rows["default"]["fallback_reason"].startswith(f"{w}: sha256 mismatch")
+    assert rows["default"]["unavailable"] is None and rows["default"]["latency_samples"] == 960
+    assert rows["neural"]["unavailable"].startswith(f"{w}: sha256 mismatch")
+    assert "weights do not match" in rows["neural-clean"]["unavailable"]
+    assert rows["dsp"]["unavailable"] is None and rows["dsp"]["fallback_reason"] is None
+
+
+def test_models_says_nothing_of_a_fallback_when_there_is_none():
+    rows = {m["name"]: m for m in json.loads(qc("models", "--json").stdout)}
+    assert rows["default"]["is"] == "neural" and rows["default"]["fallback_reason"] is None
+    assert all(r["unavailable"] is None for r in rows.values())

@@ -338,6 +338,24 @@ def test_params_checked(tiny_bundle):
         sup.process(np.zeros((2, 480), np.float32))
 
 
+def test_bad_channels_and_a_scalar_per_channel_value_are_value_errors(tiny_bundle):
+    """channels=None failed in the per-channel arrays (TypeError) before the
+    base class's check; a scalar where one value per channel is expected
+    failed in list() (TypeError), a string was split into characters."""
+    for bad in (None, "2", 0, 1.5):
+        with pytest.raises(ValueError, match=rf"channels must be an integer >= 1, got {bad!r}"):
+            NeuralSuppressor(bad, bundle=tiny_bundle)
+    sup = create_suppressor("neural", 3)  # the shipped bundle has the pause gate
+    for bad in (5, 5.0, np.float32(5), np.array(5.0), "abc"):
+        for name in ("pause_db", "pause_threshold"):
+            with pytest.raises(ValueError, match=rf"expected one {name} value per channel \(3\), got .*; "
+                                                 rf"set_param\('{name}', value\) sets every channel"):
+                getattr(sup, f"set_channel_{name}")(bad)
+    sup.set_channel_pause_db(np.array([1.0, 2.0, 3.0]))
+    sup.set_channel_pause_db(v for v in (4, 5, 6))
+    assert sup.pause_db_per_channel.tolist() == [4.0, 5.0, 6.0]
+
+
 def test_filterbank_interpolates():
     fb = erb_filterbank(32, 48_000, 960, 2)
     assert fb.shape == (32, 481)

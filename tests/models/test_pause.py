@@ -239,11 +239,12 @@ def test_bad_pause_values_are_refused(head_bundles, tmp_path):
     cfg["defaults"]["pause_db"] = 90.0
     bad = tmp_path / "bad"
     save_bundle(load_bundle(head).build_model(), cfg, bad)
-    with pytest.raises(ValueError, match=r"defaults.pause_db 90.0 out of range 0.0..60.0"):
+    with pytest.raises(ValueError, match=r"bad/config\.json: defaults\.pause_db: 90\.0 is out of range \[0, 60\]"):
         NeuralSuppressor(1, bundle=bad)
     cfg["defaults"].update(pause_db=20.0, pause_threshold=1.5)
     save_bundle(load_bundle(head).build_model(), cfg, tmp_path / "bad_t")
-    with pytest.raises(ValueError, match=r"defaults.pause_threshold 1.5 out of range 0.01..1"):
+    with pytest.raises(ValueError, match=r"bad_t/config\.json: defaults\.pause_threshold: 1\.5 is out of range "
+                                         r"\[0\.01, 1\]"):
         NeuralSuppressor(1, bundle=tmp_path / "bad_t")
     with pytest.raises(ValueError, match="pause_head 2 must be 0 or 1"):
         QCNet(pause_head=2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -826,3 +827,78 @@ def test_mix_version_10_adds_scenes(data, tmp_path, monkeypatch):
     assert np.isfinite(x).all() and x.shape == s.shape == (6, n)
     a = T.make_batch(np.random.default_rng(4), corpus, n, 6, 9)
     assert not np.array_equal(a[0], x)
+
+
+def test_cli_refuses_bad_numbers(capsys):
+    """Each of these used to fail deep in training (a traceback), run on
+    (--steps -5 trained 100 steps, --minutes -5 never stopped) or run out
+    of memory (--seconds 1e9); now argparse names the flag and the range."""
+    _cli_refuses(capsys, "--batch", ("0", "-3", "x", "1.5", "5000"), "expected a whole number of examples per step")
+    _cli_refuses(capsys, "--steps", ("0", "-5", "2.5"), "expected a whole number of steps >= 1")
+    _cli_refuses(capsys, "--threads", ("0", "-2"), "expected a whole number of threads from 1 to 1024")
+    _cli_refuses(capsys, "--seconds", ("0", "-1", "1e9", "nan", "inf", "0.05"),
+                 "expected a segment length in seconds from 0.1 to 60")
+    _cli_refuses(capsys, "--lr", ("nan", "-1", "0", "inf", "fast"), "expected a learning rate, a finite number > 0")
+    _cli_refuses(capsys, "--minutes", ("0", "-5", "nan"), "expected a number of minutes > 0")
+    _cli_refuses(capsys, "--max-wall-minutes", ("0", "-1"), "expected a number of minutes > 0")
+    _cli_refuses(capsys, "--seed", ("-1", "x", str(2 ** 32)), "expected a whole number from 0 to 4294967295")
+    _cli_refuses(capsys, "--fine-bins", ("-1", "65", "999"), "expected a whole number of bins from 0")
+
+
+def _main_error(capsys, args) -> str:
+    """``main(args)`` exits with code 2 and one line of error (no traceback)."""
+    with pytest.raises(SystemExit) as e:
+        T.main([str(a) for a in args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("usage: ")
+    return err.strip().splitlines()[-1]
+
+
+def test_cli_checks_paths_before_training(tmp_path, capsys):
+    """--data, --out, --raw-out and --init are checked before anything is
+    read or trained; a missing file met later (--schedule) is one line."""
+    from quietcast.models.bundle import ASSETS
+
+    (tmp_path / "afile").write_text("x")
+    assert _main_error(capsys, ["--data", tmp_path / "nowhere"]) == (
+        f"python -m quietcast.models.train: error: --data {tmp_path / 'nowhere'}: no such folder")
+    assert _main_error(capsys, ["--data", tmp_path / "afile"]).endswith(f"--data {tmp_path / 'afile'}: no such folder")
+    assert _main_error(capsys, ["--out", tmp_path / "afile"]).endswith(
+        f"--out {tmp_path / 'afile'}: exists and is not a folder")
+    assert _main_error(capsys, ["--out", tmp_path / "afile" / "b"]).endswith(f"{tmp_path / 'afile'} is not a folder")
+    assert _main_error(capsys, ["--out", tmp_path / "o", "--ema", "0.99", "--raw-out", tmp_path / "afile"]).endswith(
+        f"--raw-out {tmp_path / 'afile'}: exists and is not a folder")
+    assert _main_error(capsys, ["--out", tmp_path / "o", "--init", tmp_path / "nowhere"]).endswith(
+        f"error: no model bundle at {tmp_path / 'nowhere'} (missing config.json)")
+    bad = tmp_path / "bad"
+    shutil.copytree(ASSETS / "clean", bad)
+    (bad / "config.json").write_text("[]")
+    for extra in ([], ["--fit-pause"]):
+        assert _main_error(capsys, ["--out", tmp_path / "o", "--init", bad] + extra).endswith(
+            f"error: {bad}/config.json: not a quietcast-bundle config: the file holds a JSON list, not an object")
+    T.synthetic_cache(tmp_path / "syn", files=6, seconds=1.5)
+    assert _main_error(capsys, ["--cache", tmp_path / "syn", "--out", tmp_path / "o",
+                                "--ckpt", tmp_path / "c.pt", "--workers", "0", "--device", "cpu",
+                                "--schedule", tmp_path / "nowhere.json"]).endswith(
+        f"error: {tmp_path / 'nowhere.json'}: No such file or directory")
+    assert not (tmp_path / "o").exists()
+
+
+def test_steps_are_honoured_and_a_diverging_run_stops_without_a_bundle(tmp_path):
+    """--steps 3 trains 3 steps (it trained 100, the learning rate's
+    warm-up, whatever --steps said below that). A run whose loss stops
+    being finite (here a learning rate of 1e30) stops at once with an
+    error and writes no bundle (it wrote a NaN bundle and exited 0)."""
+    T.synthetic_cache(tmp_path / "syn", files=6, seconds=1.5)
+    common = ["--cache", tmp_path / "syn", "--workers", "0", "--device", "cpu", "--batch", "1", "--seconds", "0.5"]
+    assert T.main([str(a) for a in common + ["--out", tmp_path / "three", "--ckpt", tmp_path / "3.pt",
+                                             "--steps", "3"]]) == 0
+    tr = load_bundle(tmp_path / "three").config["training"]
+    assert tr["steps"] == 3 and tr["history"][-1]["step"] == 3
+    with pytest.raises(SystemExit) as e:
+        T.main([str(a) for a in common + ["--out", tmp_path / "nan", "--ckpt", tmp_path / "nan.pt",
+                                          "--steps", "60", "--lr", "1e30"]])
+    assert e.value.code not in (0, None)
+    assert "training diverged" in str(e.value) and "no bundle written" in str(e.value)
+    assert not (tmp_path / "nan").exists()
