@@ -702,6 +702,9 @@ def _run_pool(chain: Chain, jobs: list[Job], workers: int, progress: "Progress |
     init = dict(mp_context=ctx, initializer=_worker_init, initargs=(chain.to_dict(), chain.source, stop, tag))
     slots: list[FileResult | None] = [None] * len(jobs)
     pool = None
+    # an output that appears during the batch was written whole by it (written aside, then renamed): a
+    # worker ended by another's crash after its rename, before its result came back, did finish it
+    existed = [os.path.exists(j.dst) for j in jobs]
 
     def done(i: int, r: FileResult) -> None:
         slots[i] = r
@@ -730,7 +733,8 @@ def _run_pool(chain: Chain, jobs: list[Job], workers: int, progress: "Progress |
             with _spawning():
                 if pool is None:
                     pool = ProcessPoolExecutor(max_workers=1, **init)
-                fut = pool.submit(_worker_run, jobs[i], **kw)
+                mine = not existed[i] and os.path.exists(jobs[i].dst)
+                fut = pool.submit(_worker_run, jobs[i], **(dict(kw, overwrite=True) if mine else kw))
             try:
                 r = fut.result()
             except BrokenProcessPool:

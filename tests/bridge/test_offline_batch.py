@@ -156,6 +156,50 @@ def test_a_file_that_crashes_its_worker_fails_alone(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+LATE_SITE = '''
+import os, resource, signal
+from quietcast.bridge import offline
+_process_file = offline.process_file
+def process_file(chain, src, dst, **kw):  # ended (by another worker's crash) after its output was written
+    r = _process_file(chain, src, dst, **kw)
+    mark = dst + ".ended-once"
+    if os.path.basename(src).startswith("late") and not os.path.exists(mark):
+        open(mark, "w").close()
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return r
+offline.process_file = process_file
+'''
+
+
+def test_a_file_whose_worker_ended_after_writing_it_is_not_failed_as_existing(tmp_path):
+    """When a worker crashes the pool ends the others too: one may already
+    have written its output (written aside, then renamed) without its
+    result coming back. Its file runs again, and the output it wrote in
+    this batch is no reason to refuse it (CI: 'a.wav' failed as existing
+    beside the crashing file)."""
+    import json
+    import subprocess
+
+    from conftest import quietcast_exe
+
+    names = ["late_a.wav", "b.wav"]
+    for i, name in enumerate(names):
+        write(tmp_path / "in" / name, sig(1, 48_000, i), 48_000)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(LATE_SITE)
+    out = tmp_path / "out"
+    r = subprocess.run([quietcast_exe(), "process", "dry", str(tmp_path / "in"), "-o", str(out), "-j", "2", "--json"],
+                       capture_output=True, text=True, env=_cli_env(site), timeout=300)
+    assert r.returncode == 0, r.stderr
+    files = {os.path.basename(f["src"]): f for f in json.loads(r.stdout)["files"]}
+    assert all(f["ok"] for f in files.values()), files
+    assert (out / "late_a.wav.ended-once").exists()  # its worker did end after writing it
+    for n in names:
+        np.testing.assert_array_equal(read(out / n)[0], read(tmp_path / "in" / n)[0])
+
+
 # --------------------------------------------------------------------------
 # where outputs go
 
