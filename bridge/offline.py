@@ -120,12 +120,16 @@ def _glob_root(pattern: str) -> str:
     return os.sep.join(root) or os.curdir
 
 
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def expand_inputs(inputs: Iterable[str], output: str | None = None) -> list[tuple[str, str]]:
     """Files, folders (recursive) and glob patterns -> ``(file, relative
     name)`` pairs in a stable order: a file's name, a path under an input
     folder, a path under a pattern's leading folder without wildcards.
     The folder ``output`` (and all under it) is left out of an input
-    folder that holds it: those are outputs of an earlier run. Raises
+    folder or a pattern's matches: those are outputs of an earlier run. Raises
     BridgeError for an input that matches nothing."""
     out: list[tuple[str, str]] = []
     missing = []
@@ -146,6 +150,8 @@ def expand_inputs(inputs: Iterable[str], output: str | None = None) -> list[tupl
             out.append((item, os.path.basename(item)))
         elif glob.has_magic(item):
             matches = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            if out_dir:  # as for a folder: the outputs of an earlier run are not inputs
+                matches = [p for p in matches if not _under(os.path.realpath(p), out_dir)]
             if not matches:
                 missing.append(f"{item} (pattern matches no file)")
             root = _glob_root(item)  # (the folders under it are kept, as under an input folder)

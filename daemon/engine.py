@@ -54,6 +54,12 @@ log = logging.getLogger("quietcast.engine")
 ENGINE_STAGE_KEYS = ("pitch_filter", *GATE_PARAMS)
 
 
+def _out_gains(params) -> np.ndarray:
+    """Each channel's output gain for a parameter snapshot (0 while muted),
+    as :meth:`Engine._targets` has it, without its cache (any thread)."""
+    return np.asarray([0.0 if p.mute else _lin(p.output_gain_db) for p in params], np.float32)
+
+
 @dataclass(frozen=True)
 class ChannelParams:
     """Live parameters of one channel (an immutable snapshot)."""
@@ -213,6 +219,8 @@ class Engine:
             params = list(self.params)
             params[i] = new
             self.params = tuple(params)  # one reference swap: the engine reads it once per hop
+            if self.io is not None:  # the dry fallback hears a mute at once, even while the engine is stalled
+                self.publish_dry_gains(self.io)
         return new
 
     def _targets(self, params) -> dict[str, np.ndarray]:
@@ -399,7 +407,7 @@ class Engine:
         """Each main output's gain now (0 while muted) to ``io.dry_gain``,
         which the callback applies to its dry fallback: a missed deadline
         must not put a muted or faded channel's raw input on air."""
-        io.dry_gain[:self.n] = self._prev["out"][:, 0]
+        io.dry_gain[:self.n] = _out_gains(self.params)
 
     def stop(self) -> None:
         self._stop.set()
@@ -434,7 +442,7 @@ class Engine:
             y = self.process_hop(x)
             self.hop_times[self.stats.hops % len(self.hop_times)] = time.perf_counter() - t0
             _ring_write(io.outring, k0 + B, y)
-            io.dry_gain[:self.n] = self._prev["out"][:, 0]  # publish_dry_gains, inline: every hop
+            io.dry_gain[:self.n] = self._targets(self.params)["out"][:, 0]  # publish_dry_gains, cached
             cnt[jackio.OUT_READY] = k0 + B + H
             if k0 + B < int(cnt[jackio.IN_POS]):
                 self.stats.late_hops += 1

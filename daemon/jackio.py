@@ -21,10 +21,12 @@ Real-time rules for the callback, in the spirit of JACK-Client's own
   printing, no sleeping, no allocation, no system call but
   ``clock_gettime`` (the vDSO) for its own duration, no waiting on the
   engine - except while JACK freewheels (a DAW's export or bounce: not
-  real time), when it waits for the engine's output (at most about 2 s a
-  cycle) so an export is processed, not dry. (The Python fallback must take the GIL every cycle and creates a
-  few small transient objects per call - ints, the cffi pointers JACK
-  hands back; no audio-sized allocation happens there either.)
+  real time), when it waits for the engine's output (at most 2 s a
+  cycle) so an export is processed, not dry. (The Python fallback must
+  take the GIL every cycle and creates small transient objects per call -
+  ints, the cffi pointers JACK hands back, a numpy view of each output
+  buffer - and, in a cycle that plays the dry path, a few temporary
+  arrays of that cycle's size: one more reason it is only the fallback.)
 - port buffers are fetched every cycle (``jack_port_get_buffer``), never
   cached.
 - when the engine has not delivered a cycle's output in time (a missed
@@ -35,8 +37,9 @@ Real-time rules for the callback, in the spirit of JACK-Client's own
   silenced and the rest clipped to +-64 (as ``engine.sanitize``), times
   the output's gain (``dry_gain``, written by the engine after each hop:
   0 while the channel is muted, so a muted microphone stays off air). At
-  every switch between the processed and the dry signal the step is
-  removed over 64 frames (a declick), in both directions.
+  every switch between the processed and the dry signal, and at a new
+  gain on the dry path, the step is removed over 64 frames (a declick,
+  carried into the next cycle when the cycle ends first).
 - the C and Python callbacks are the same algorithm, line for line; a
   test runs both on the same cycles and compares every output sample and
   counter (tests/daemon/test_rtcallback.py).
@@ -190,13 +193,15 @@ class _RT(ctypes.Structure):
         ("dry_base", ctypes.c_void_p),  # float* [n_out]
         ("dry_silent", ctypes.c_void_p),  # int32 [n_out]
         ("dry_gain", ctypes.c_void_p),  # float [n_out] (engine writes)
-        ("last", ctypes.c_void_p),  # float [n_out] (RT only)
-        ("last_dry", ctypes.c_int64),  # (RT only)
+        ("ramp_d", ctypes.c_void_p),  # float [n_out] (RT only: the declick)
+        ("ramp_k", ctypes.c_void_p),  # int64 [n_out] (RT only)
+        ("last_gain", ctypes.c_void_p),  # float [n_out] (RT only)
+        ("last_dry", ctypes.c_void_p),  # int32 [n_out] (RT only)
         ("freewheel", ctypes.c_int64),  # (non-RT writer)
     ]
 
 
-RT_ABI = 2  # QC_RT_ABI in rtcallback.c
+RT_ABI = 4  # QC_RT_ABI in rtcallback.c
 _rt_lib: tuple | None = None
 _logged_kind: str | None = None
 
@@ -264,11 +269,18 @@ def _dry_values(v, gain):
     return np.where(np.isfinite(v), np.clip(v, np.float32(-64.0), np.float32(64.0)), np.float32(0.0)) * gain
 
 
-def _declick(a, b, d):
-    """declick in rtcallback.c: a[b + k] += d * (1 - (k + 1) / DECLICK)."""
-    n = min(DECLICK, a.size - b)
+def _ramp(a, b, e, d, k):
+    """ramp in rtcallback.c: over a[b:e], a ramp of offset ``d`` that has
+    played ``k`` frames adds d * (1 - (k + 1) / DECLICK) to its next frame,
+    down to 0 after DECLICK frames."""
+    n = min(e - b, DECLICK - k)
     if n > 0:
-        a[b:b + n] += np.float32(d) * _DECLICK_RAMP[:n]
+        a[b:b + n] += np.float32(d) * _DECLICK_RAMP[k:k + n]
+
+
+def _ramp_left(d, k):
+    """ramp_left in rtcallback.c: what the ramp still adds after k frames."""
+    return np.float32(d) * (np.float32(1.0) - np.float32(k) / np.float32(DECLICK)) if k < DECLICK else np.float32(0.0)
 
 
 class JackIO:
@@ -309,7 +321,11 @@ class JackIO:
         self.inring, self.outring, self.silence = b.inring, b.outring, b.silence
         self.counters, self.timings = b.counters, b.timings  # callback durations in ns
         self.dry_gain = b.dry_gain
-        self._last = np.zeros(max(len(self.out_names), 1), np.float32)
+        n_out = max(len(self.out_names), 1)  # the declick's state per output (the callback's only)
+        self._ramp_d = np.zeros(n_out, np.float32)
+        self._ramp_k = np.full(n_out, DECLICK, np.int64)
+        self._last_gain = np.ones(n_out, np.float32)
+        self._last_dry = np.zeros(n_out, np.int32)
         self.client = None
         self._rt: _RT | None = None  # what the C callback reads (allocated at open)
         self._rt_keep: list = []  # the arrays it points to
@@ -447,7 +463,8 @@ class JackIO:
                     # everything the callback touches lives as long as the client: a jack.Client
                     # closes itself in __del__, before its attributes go
                     client._quietcast_rt = (self._rt, self._rt_keep, self.inring, self.outring, self.silence,
-                                            self.counters, self.timings, self.dry_gain, self._last)
+                                            self.counters, self.timings, self.dry_gain, self._ramp_d, self._ramp_k,
+                                            self._last_gain, self._last_dry)
                 except Exception as e:
                     self._rt, self._rt_keep = None, []
                     why = f"registering the C callback failed: {e}"
@@ -487,7 +504,9 @@ class JackIO:
                  n_in=n_in, n_out=n_out, in_ports=ctypes.addressof(in_ports), in_base=ctypes.addressof(in_base),
                  out_ports=ctypes.addressof(out_ports), out_base=ctypes.addressof(out_base),
                  dry_base=ctypes.addressof(dry_base), dry_silent=ctypes.addressof(dry_silent),
-                 dry_gain=self.dry_gain.ctypes.data, last=self._last.ctypes.data)
+                 dry_gain=self.dry_gain.ctypes.data, ramp_d=self._ramp_d.ctypes.data,
+                 ramp_k=self._ramp_k.ctypes.data, last_gain=self._last_gain.ctypes.data,
+                 last_dry=self._last_dry.ctypes.data)
         self._rt_keep = [in_ports, out_ports, in_base, out_base, dry_base, dry_silent]
         self._rt = rt  # from now on, setting latency updates it
         return rt
@@ -523,7 +542,6 @@ class JackIO:
                 ready = int(cnt[OUT_READY])
         good = ready - pos  # frames of this cycle the engine has delivered
         g = min(max(good, 0), frames)  # of them, this cycle plays g
-        starts_dry, ends_dry = int(g == 0), int(g < frames)
         latency = self.latency
         dry_off = (pos + g - latency) & MASK  # output frame t plays input frame t - latency
         f32 = np.float32
@@ -540,15 +558,28 @@ class JackIO:
                 self._copy_out(dst, dry, 0 if silent else dry_off, frames - g, g)
                 a[g:] = _dry_values(a[g:], gain)
             # the declick, as in qc_rt_process
-            if starts_dry != self._last_dry:
-                was = ((f32(0) if silent else _dry_values(self.inring[self.out_channel[j], (pos - 1 - latency) & MASK], gain))
-                       if starts_dry else self.outring[j, (pos - 1) & MASK])
-                _declick(a, 0, f32(self._last[j]) - f32(was))
+            x = self.inring[self.out_channel[j]]
+            d, k = f32(self._ramp_d[j]), int(self._ramp_k[j])
+            dry_before = f32(0) if silent else _dry_values(x[(pos - 1 - latency) & MASK], gain)
+            was = ((f32(0) if silent else _dry_values(x[(pos - 1 - latency) & MASK], f32(self._last_gain[j])))
+                   if self._last_dry[j] else self.outring[j, (pos - 1) & MASK])
+            step0 = f32(was) - f32(self.outring[j, (pos - 1) & MASK] if g else dry_before)
+            if step0 != 0:
+                d, k = _ramp_left(d, k) + step0, 0
             if 0 < g < frames:
-                was = f32(0) if silent else _dry_values(self.inring[self.out_channel[j], (pos + g - 1 - latency) & MASK], gain)
-                _declick(a, g, a[g - 1] - f32(was))
-            self._last[j] = a[frames - 1]
-        self._last_dry = ends_dry
+                _ramp(a, 0, g, d, k)
+                k += g
+                step = f32(self.outring[j, (pos + g - 1) & MASK]) - (
+                    f32(0) if silent else _dry_values(x[(pos + g - 1 - latency) & MASK], gain))
+                if step != 0:
+                    d, k = _ramp_left(d, k) + step, 0
+                _ramp(a, g, frames, d, k)
+                k += frames - g
+            else:
+                _ramp(a, 0, frames, d, k)
+                k += frames
+            self._ramp_d[j], self._ramp_k[j] = d, min(k, DECLICK)
+            self._last_dry[j], self._last_gain[j] = int(g < frames), gain
         if g < frames:
             if ready:
                 cnt[DEADLINE_MISSES] += 1
@@ -559,7 +590,6 @@ class JackIO:
         self.timings[c & (TIMING_SLOTS - 1)] = self._perf() - t0
         cnt[CYCLES] = c + 1  # after its timing: a reader of CYCLES finds every timing written
 
-    _last_dry = 0  # the last cycle ended on the dry path (the declick's state, with _last)
 
     def _view(self, dst, frames):
         return np.frombuffer(self._ffi_buffer(dst, 4 * frames), np.float32)

@@ -35,7 +35,7 @@
 
 /* Bump when struct qc_rt or the counter slots change; jackio.py checks
  * qc_rt_layout against its own before it registers the callback. */
-#define QC_RT_ABI 2
+#define QC_RT_ABI 4
 
 /* counter slots: as in daemon/buffers.py */
 #define QC_CYCLES 0
@@ -64,8 +64,10 @@ struct qc_rt {
     float *const *dry_base;       /* [n_out] fallback: its channel's input ring, or silence */
     const int32_t *dry_silent;    /* [n_out] 1: the fallback is silence, read from offset 0 */
     const float *dry_gain;        /* [n_out] gain of the fallback: the output's gain, 0 while muted (engine writes) */
-    float *last;                  /* [n_out] last sample written (RT only: the declick) */
-    int64_t last_dry;             /* 1: the last cycle ended on the dry path (RT only) */
+    float *ramp_d;                /* [n_out] the declick's offset at its start (RT only) */
+    int64_t *ramp_k;              /* [n_out] frames of it already played; QC_DECLICK or more: none (RT only) */
+    float *last_gain;             /* [n_out] the dry gain the last cycle ended with (RT only) */
+    int32_t *last_dry;            /* [n_out] 1: the last cycle ended on the dry path (RT only) */
     int64_t freewheel;            /* 1 while JACK freewheels (an export): not real time, wait for the engine */
 };
 
@@ -116,14 +118,20 @@ static inline void copy_dry(float *dst, const float *src_base, int64_t off, int6
         dst[dst_off + i] = dry_value(src_base[(off + i) & mask], gain);
 }
 
-#define QC_DECLICK 64 /* frames over which the offset at a processed/dry switch decays */
+#define QC_DECLICK 64 /* frames over which the step at a processed/dry switch (or a new dry gain) fades */
 
-/* a switch of source at frame b, where what was played one frame before differs by d from what the
- * new source gave there: dst[b + k] += d * (1 - (k + 1) / QC_DECLICK), k < QC_DECLICK */
-static inline void declick(float *dst, int64_t b, int64_t frames, float d)
+/* the declick over dst[b..e): a ramp of offset d that has played k frames adds d * (1 - (k + 1) / N) to
+ * its next frame, down to 0 after N frames */
+static inline void ramp(float *dst, int64_t b, int64_t e, float d, int64_t k)
 {
-    for (int64_t i = b; i < frames && i < b + QC_DECLICK; i++)
-        dst[i] += d * (1.0f - (float)(i - b + 1) / (float)QC_DECLICK);
+    for (int64_t i = b; i < e && k + (i - b) < QC_DECLICK; i++)
+        dst[i] += d * (1.0f - (float)(k + (i - b) + 1) / (float)QC_DECLICK);
+}
+
+/* what the ramp still adds to the frame after k played frames */
+static inline float ramp_left(float d, int64_t k)
+{
+    return k < QC_DECLICK ? d * (1.0f - (float)k / (float)QC_DECLICK) : 0.0f;
 }
 
 /* a JackProcessCallback: int (*)(jack_nframes_t nframes, void *arg) */
@@ -144,16 +152,15 @@ int qc_rt_process(uint32_t nframes, void *arg)
     }
     __atomic_store_n(&cnt[QC_IN_POS], pos + frames, __ATOMIC_RELEASE);
     int64_t ready = __atomic_load_n(&cnt[QC_OUT_READY], __ATOMIC_ACQUIRE);
-    if (__atomic_load_n(&rt->freewheel, __ATOMIC_RELAXED)) { /* freewheeling is not real time: wait (<= ~2 s) */
+    if (__atomic_load_n(&rt->freewheel, __ATOMIC_RELAXED)) { /* freewheeling is not real time: wait (<= 2 s) */
         const struct timespec nap = {0, 50000};
-        for (int k = 0; k < 40000 && ready - pos < frames; k++) {
+        while (ready - pos < frames && now_ns() - t0 < 2000000000LL) {
             nanosleep(&nap, NULL);
             ready = __atomic_load_n(&cnt[QC_OUT_READY], __ATOMIC_ACQUIRE);
         }
     }
     int64_t good = ready - pos; /* frames of this cycle the engine has delivered */
     const int64_t g = good < 0 ? 0 : (good > frames ? frames : good); /* of them, this cycle plays g */
-    const int64_t starts_dry = g == 0, ends_dry = g < frames;
     const int64_t latency = __atomic_load_n(&rt->latency, __ATOMIC_RELAXED);
     const int64_t dry_off = (pos + g - latency) & mask; /* output frame t plays input frame t - latency */
     for (j = 0; j < rt->n_out; j++) {
@@ -167,20 +174,41 @@ int qc_rt_process(uint32_t nframes, void *arg)
             copy_out(dst, rt->out_base[j], off, g, 0, ring);
         if (g < frames)
             copy_dry(dst, dry, silent ? 0 : dry_off, frames - g, g, mask, gain);
-        /* the declick: at each switch between the processed ring and the dry path, what was played one
-         * frame before minus what the new source gave there decays over QC_DECLICK frames (0 where the
-         * two agree, e.g. at strength 0) */
-        if (starts_dry != rt->last_dry) {
-            const float was = starts_dry ? (silent ? 0.0f : dry_value(dry[(pos - 1 - latency) & mask], gain))
-                                         : rt->out_base[j][(pos - 1) & mask];
-            declick(dst, 0, frames, rt->last[j] - was);
+        /* the declick. At a change of source between two frames (the processed ring, or the dry path
+         * at a gain), the old source's value minus the new one's at the frame before is a step; it fades
+         * over QC_DECLICK frames, added to what is left of an earlier ramp, which goes on across cycles.
+         * Nothing changed: the step is exactly 0 and nothing is added. */
+        float d = rt->ramp_d[j];
+        int64_t k = rt->ramp_k[j];
+        const float dry_before = silent ? 0.0f : dry_value(dry[(pos - 1 - latency) & mask], gain);
+        const float was = rt->last_dry[j] ? (silent ? 0.0f : dry_value(dry[(pos - 1 - latency) & mask],
+                                                                        rt->last_gain[j]))
+                                          : rt->out_base[j][(pos - 1) & mask];
+        const float step0 = was - (g ? rt->out_base[j][(pos - 1) & mask] : dry_before);
+        if (step0 != 0.0f) {
+            d = ramp_left(d, k) + step0;
+            k = 0;
         }
-        if (g > 0 && g < frames)
-            declick(dst, g, frames,
-                    dst[g - 1] - (silent ? 0.0f : dry_value(dry[(pos + g - 1 - latency) & mask], gain)));
-        rt->last[j] = dst[frames - 1];
+        if (g > 0 && g < frames) { /* processed, then dry from frame g */
+            ramp(dst, 0, g, d, k);
+            k += g;
+            const float step = rt->out_base[j][(pos + g - 1) & mask]
+                               - (silent ? 0.0f : dry_value(dry[(pos + g - 1 - latency) & mask], gain));
+            if (step != 0.0f) {
+                d = ramp_left(d, k) + step;
+                k = 0;
+            }
+            ramp(dst, g, frames, d, k);
+            k += frames - g;
+        } else {
+            ramp(dst, 0, frames, d, k);
+            k += frames;
+        }
+        rt->ramp_d[j] = d;
+        rt->ramp_k[j] = k < QC_DECLICK ? k : QC_DECLICK;
+        rt->last_dry[j] = g < frames;
+        rt->last_gain[j] = gain;
     }
-    rt->last_dry = ends_dry;
     if (g < frames) {
         if (ready) {
             __atomic_store_n(&cnt[QC_DEADLINE_MISSES], cnt[QC_DEADLINE_MISSES] + 1, __ATOMIC_RELAXED);

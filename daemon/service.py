@@ -690,6 +690,9 @@ class Daemon:
                 # enabled but not running (its mapping file was broken at the start, or MIDI was off):
                 # start it now (without waiting for the JACK MIDI ports: they appear when the bridge is up)
                 self._start_midi(wait_ready_s=0)
+            if self.state is not None and (self.loaded_chains != old_loaded
+                                           or self.registry.chain_overrides != old_overrides):
+                self.state.changed()  # load_chain choices or live chain values the reload replaced
             return {"changed": changed, "rebuilt": structural}
 
         self.notifier.reloading()

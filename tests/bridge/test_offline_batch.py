@@ -243,6 +243,9 @@ def test_an_output_folder_inside_the_input_folder_is_not_an_input(tmp_path):
     # an input folder that is only under another input's output is still an input
     jobs = plan_jobs([str(out)], str(tmp_path / "again"))
     assert len(jobs) == 2
+    # a glob over the same folder leaves the outputs out too (it made rec/clean/clean/ the same way)
+    jobs = plan_jobs([str(rec / "**" / "*.wav")], str(out))
+    assert sorted(os.path.relpath(j.src, rec) for j in jobs) == ["a.wav", os.path.join("sub", "b.wav")]
 
 
 # --------------------------------------------------------------------------

@@ -310,3 +310,60 @@ def test_a_backlog_longer_than_the_input_ring_is_cut_to_what_it_holds(caplog):
     eng2 = Engine([ChannelConfig(name="a")], 48_000, model="dsp", max_backlog_ms=500.0)
     eng2.attach(c.io)
     assert eng2.max_backlog == 24_000
+
+
+def test_a_mute_made_while_the_engine_is_stalled_reaches_the_dry_fallback():
+    """A mute (ctl, MIDI, the fade at shutdown) made while the engine is
+    stalled, the very case the dry fallback plays, silences it at once
+    (the gain it played was only updated after each processed hop: the
+    raw microphone stayed on air until the engine came back)."""
+    from quietcast.daemon.config import ChannelConfig
+    from quietcast.daemon.engine import Engine
+
+    lib = rt_lib()
+    eng = Engine([ChannelConfig(name="m")], 48_000, model="dsp")
+    P = 256
+    _, c = _pair(["m"], [False], eng.latency_for_period(P))
+    c.io.period = P
+    eng.attach(c.io)
+    out = []
+    for k in range(200):
+        for b in c.inputs():
+            b[:P] = 0.5
+        assert lib.qc_rt_process(P, ctypes.addressof(c.rt)) == 0
+        out.append(c.outputs(P)[0].copy())
+        if k < 100:
+            eng.step()
+        elif k == 120:  # stalled since cycle 100: muted now
+            eng.set_params("m", mute=True)
+    y = np.concatenate(out)
+    assert np.abs(y[110 * P:120 * P]).min() > 0.4  # the dry input, before the mute
+    assert np.abs(np.diff(y[120 * P:122 * P])).max() <= 0.5 / 64 + 1e-6  # the mute fades over 64 frames
+    assert (y[121 * P + 64:] == 0).all()  # silent once the mute's declick ends
+
+
+@pytest.mark.parametrize("side", ["c", "python"])
+@pytest.mark.parametrize("period,switch", [(256, 250), (32, 0), (16, 8)])
+def test_a_declick_longer_than_what_is_left_of_the_cycle_goes_on_in_the_next(side, period, switch):
+    """A switch in the last frames of a cycle, or with a period shorter
+    than the 64-frame declick, goes on fading in the next cycles (it was
+    cut at the cycle's end: steps of 0.45 and 0.25 were left)."""
+    lib = rt_lib()
+    py, c = _pair(["a"], [False], 1000)
+    s = c if side == "c" else py
+    s.io.outring[:] = 0.0  # the processed output: 0; the dry input: 0.5
+    s.io.inring[0] = 0.5
+    for b in s.inputs():
+        b[:] = 0.5
+    out = []
+    for k in range(40):
+        pos = int(s.io.counters[IN_POS])
+        s.io.counters[OUT_READY] = pos + period if k < 10 else (pos + switch if k == 10 else pos)
+        if side == "c":
+            assert lib.qc_rt_process(period, ctypes.addressof(c.rt)) == 0
+        else:
+            py.io._process(period)
+        out.append(s.outputs(period)[0].copy())
+    y = np.concatenate(out)
+    assert (y[:10 * period] == 0).all() and y[-1] == np.float32(0.5)
+    assert np.abs(np.diff(y)).max() <= 0.5 / 64 + 1e-6
