@@ -391,7 +391,8 @@ def save_bundle(model, config: dict, path, fmt: str = "auto") -> pathlib.Path:
     (atomically) to name it, the weights are copied to their usual name
     (``weights.safetensors`` or ``weights.pt``, replaced atomically), and
     config.json is replaced again to name that; the extra copy is then
-    removed."""
+    removed. Saves to one folder are serialised (an flock on the folder).
+    """
     import torch
 
     path = pathlib.Path(path)
@@ -435,6 +436,19 @@ def save_bundle(model, config: dict, path, fmt: str = "auto") -> pathlib.Path:
         return (json.dumps(dict(cfg, weights=dict(weights, file=wfile)), indent=2, sort_keys=False) + "\n").encode()
 
     path.mkdir(parents=True, exist_ok=True)
+    import fcntl
+
+    # one save at a time per folder (two trainings with the same --out): the steps below, and the
+    # clean-up of what other saves left, assume no other saver is half-way
+    lock = os.open(path, os.O_RDONLY)  # (flock on the folder itself: no file of its own)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _save_locked(path, data, wname, config_text)
+    finally:
+        os.close(lock)
+
+
+def _save_locked(path: pathlib.Path, data: bytes, wname: str, config_text) -> pathlib.Path:
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staged = f"weights-new-{tag}{pathlib.Path(wname).suffix}"  # a plain name: loadable as it is
     _write_synced(path / staged, data)

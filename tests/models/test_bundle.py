@@ -376,3 +376,43 @@ def test_default_falls_back_to_dsp_never_silently(shipped_copy, caplog):
     assert create_suppressor("default", 1).name == "dsp"
     (shipped_copy / "default" / "config.json").write_text("[]")
     assert resolve_model("default") == "dsp" and "not a quietcast-bundle config" in default_fallback_reason()
+
+
+def test_two_saves_to_one_folder_take_turns(tmp_path, monkeypatch):
+    """Two trainings with the same ``--out``: one save paused half-way
+    (its weights in place, its config not yet), the other waits for it,
+    then runs; the folder ends loadable, as the second. (Unserialised, the
+    second's clean-up took the first's staged file and the first then
+    named weights that were not there: a bundle that never loaded again.)"""
+    import threading
+
+    import quietcast.models.bundle as B
+
+    out = tmp_path / "b"
+    _save(out, seed=1)
+    net_a, net_b = _net(2), _net(3)
+    cfg = {"model": "neural", "arch": net_a.arch, "defaults": {"strength_db": 20.0},
+           "licence": {"commercial_use": True, "note": "test weights"}}
+    real = B._replace_synced
+    paused, go = threading.Event(), threading.Event()
+
+    def replace(path, name, data, tag):
+        real(path, name, data, tag)
+        if threading.current_thread().name == "A" and name.startswith("weights."):
+            paused.set()
+            go.wait(10)
+
+    monkeypatch.setattr(B, "_replace_synced", replace)
+    ta = threading.Thread(target=save_bundle, args=(net_a, cfg, out), name="A")
+    tb = threading.Thread(target=save_bundle, args=(net_b, cfg, out), name="B")
+    ta.start()
+    assert paused.wait(10)
+    tb.start()
+    tb.join(0.5)
+    assert tb.is_alive()  # waiting for A's turn to end
+    go.set()
+    ta.join(10)
+    tb.join(10)
+    b = load_bundle(out)
+    sd = net_b.state_dict()
+    assert all(torch.equal(b.state_dict[k], sd[k]) for k in sd)
