@@ -475,6 +475,8 @@ def cmd_keys_generate(args) -> int:
                         "every client holding a copy of that key pair would stop working: give --force to replace "
                         "it, or another --name or DIR")
     os.makedirs(folder, mode=0o700, exist_ok=True)
+    for p in there:  # (--force) new files: an old one would be rewritten in place, keeping its mode, or followed
+        os.unlink(p)  # if a link; the secret key must never sit readable by others, not even for a moment
     old_umask = os.umask(0o077)  # the secret key is never readable by others, not even until the chmod
     try:
         pub, sec = zmq.auth.create_certificates(folder, args.name)

@@ -335,9 +335,16 @@ def test_keys_generate_never_replaces_a_key_pair_without_force(tmp_path):
         assert all(str(p) in r.stderr for p in there)
         assert {p: p.read_bytes() for p in there} == {p: before[p] for p in there}
         assert all(not p.exists() for p in (pub, sec) if p not in there)
+    sec.write_bytes(before[sec])
+    sec.chmod(0o644)  # an old secret key left readable, and a link where the public key was
+    pub.unlink()
+    (tmp_path / "elsewhere").write_text("not a key")
+    pub.symlink_to(tmp_path / "elsewhere")
     r = qc("keys", "generate", keys, "--force")
     assert r.returncode == 0, r.stderr
-    assert pub.read_bytes() != before[pub] and sec.exists()
+    assert pub.read_bytes() != before[pub] and sec.exists() and not pub.is_symlink()
+    assert (tmp_path / "elsewhere").read_text() == "not a key"  # the link was replaced, not followed
+    assert oct(sec.stat().st_mode & 0o777) == "0o600"  # a new file: never readable by others
     r = qc("keys", "generate", keys, "--name", "other")  # another name beside it is fine
     assert r.returncode == 0 and (keys / "other.key").exists()
     (tmp_path / "afile").write_text("x")
