@@ -401,33 +401,42 @@ class Daemon:
         cfg = getattr(self.config, "midi", None)
         if cfg is None or not cfg.enabled:
             return
-        with self._midi_lock:
-            if self.midi is not None:
-                return
-            mc = None
-            try:
-                from .midi import MidiControl, mapping_path
+        # a start under way (the first one waits up to 10 s for the JACK MIDI ports) is not waited for
+        # from the supervisor: a reload then goes on, and that start is the one that counts
+        if not self._midi_lock.acquire(blocking=wait_ready_s is None):
+            return
+        try:
+            self._start_midi_locked(cfg, wait_ready_s)
+        finally:
+            self._midi_lock.release()
 
-                mc = MidiControl(self.registry, cfg, self.server, self.config.jack.client_name,
-                                 state_dir=os.path.dirname(mapping_path(self.config)))
-                mc.on_learned = lambda b: self.emit("event.learn", b)
-                mc.start(**({} if wait_ready_s is None else {"wait_ready_s": wait_ready_s}))
-            except Exception as e:  # MIDI trouble never stops the audio
-                self.midi_problem = ("not started (fix this, then reload the config to start it: `quietcast ctl "
-                                     f"reload` or SIGHUP): {e}")
-                log.warning("MIDI control %s", self.midi_problem)
-                if mc is not None:
-                    try:
-                        mc.stop()
-                    except Exception:
-                        pass
+    def _start_midi_locked(self, cfg, wait_ready_s: float | None) -> None:
+        if self.midi is not None:
+            return
+        mc = None
+        try:
+            from .midi import MidiControl, mapping_path
+
+            mc = MidiControl(self.registry, cfg, self.server, self.config.jack.client_name,
+                             state_dir=os.path.dirname(mapping_path(self.config)))
+            mc.on_learned = lambda b: self.emit("event.learn", b)
+            mc.start(**({} if wait_ready_s is None else {"wait_ready_s": wait_ready_s}))
+        except Exception as e:  # MIDI trouble never stops the audio
+            self.midi_problem = ("not started (fix this, then reload the config to start it: `quietcast ctl "
+                                 f"reload` or SIGHUP): {e}")
+            log.warning("MIDI control %s", self.midi_problem)
+            if mc is not None:
+                try:
+                    mc.stop()
+                except Exception:
+                    pass
+            return
+        with self._midi_set:
+            if not self._stop.is_set():
+                self.midi = mc
+                self.midi_problem = None
                 return
-            with self._midi_set:
-                if not self._stop.is_set():
-                    self.midi = mc
-                    self.midi_problem = None
-                    return
-            mc.stop()  # the daemon stopped while MIDI started
+        mc.stop()  # the daemon stopped while MIDI started
 
     def midi_status(self) -> dict:
         """MIDI control's status (:meth:`MidiControl.status`) while it

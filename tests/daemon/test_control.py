@@ -1098,3 +1098,33 @@ def test_whatever_a_reload_meets_the_daemon_keeps_running(served, tmp_path, monk
             served.daemon.request_reload()
             assert wait_until(lambda: "SIGHUP reload failed" in caplog.text, 10)
         assert served.thread.is_alive() and c.status()["ready"]
+
+
+def test_a_reload_does_not_wait_for_a_midi_start_under_way(tmp_path):
+    """The first MIDI start waits up to 10 s for the JACK MIDI ports,
+    holding the start lock; a reload meanwhile (which starts MIDI when it
+    is enabled but not running) must not stall the supervisor for it."""
+    from quietcast.daemon.config import load_config
+
+    make_config(tmp_path, "nosuchserver")
+    path = tmp_path / "quietcast.toml"
+    path.write_text(path.read_text().replace("[midi]\nenabled = false", "[midi]\nenabled = true"))
+    d = Daemon(load_config(path))
+    held = threading.Event()
+    done = threading.Event()
+
+    def first_start():
+        with d._midi_lock:
+            held.set()
+            done.wait(10)
+
+    t = threading.Thread(target=first_start)
+    t.start()
+    try:
+        assert held.wait(5)
+        t0 = time.monotonic()
+        d._start_midi(wait_ready_s=0)  # what a reload calls
+        assert time.monotonic() - t0 < 0.5 and d.midi is None
+    finally:
+        done.set()
+        t.join(5)
