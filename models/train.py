@@ -2377,14 +2377,18 @@ def main(argv=None) -> int:
                 p.error(f"{flag} {folder}: {why}")
         if args.init:  # a damaged or unusable bundle stops us now, not after the data is read
             check_bundle(args.init)
+        if args.fit_pause and args.pause_batches < 1:
+            p.error(f"--pause-batches {args.pause_batches}: must be at least 1")
+    except (FileNotFoundError, BundleError) as e:  # what was asked cannot be done: a usage error
+        p.error(_one_line(e))
+    try:
         if args.fit_pause:
-            if args.pause_batches < 1:
-                p.error(f"--pause-batches {args.pause_batches}: must be at least 1")
             fit_pause(args)
             return 0
         return _train_main(p, args)
-    except (FileNotFoundError, BundleError) as e:
-        p.error(_one_line(e))
+    except (FileNotFoundError, BundleError) as e:  # met while training (a file gone, a refused save): a failure
+        print(f"{p.prog}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
 
 
 def _train_main(p: argparse.ArgumentParser, args) -> int:

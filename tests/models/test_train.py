@@ -878,10 +878,13 @@ def test_cli_checks_paths_before_training(tmp_path, capsys):
         assert _main_error(capsys, ["--out", tmp_path / "o", "--init", bad] + extra).endswith(
             f"error: {bad}/config.json: not a quietcast-bundle config: the file holds a JSON list, not an object")
     T.synthetic_cache(tmp_path / "syn", files=6, seconds=1.5)
-    assert _main_error(capsys, ["--cache", tmp_path / "syn", "--out", tmp_path / "o",
-                                "--ckpt", tmp_path / "c.pt", "--workers", "0", "--device", "cpu",
-                                "--schedule", tmp_path / "nowhere.json"]).endswith(
-        f"error: {tmp_path / 'nowhere.json'}: No such file or directory")
+    # met once training has begun: a failure (exit 1, one line), not a usage error
+    assert T.main([str(a) for a in ["--cache", tmp_path / "syn", "--out", tmp_path / "o",
+                                    "--ckpt", tmp_path / "c.pt", "--workers", "0", "--device", "cpu",
+                                    "--schedule", tmp_path / "nowhere.json"]]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and not err.startswith("usage: ")
+    assert err.strip().splitlines()[-1].endswith(f"error: {tmp_path / 'nowhere.json'}: No such file or directory")
     assert not (tmp_path / "o").exists()
 
 
