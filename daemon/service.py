@@ -685,6 +685,17 @@ class Daemon:
                 for n in edited:
                     self._put_chain(n, news[n].chain_spec, loaded=False)
                     changed.append(f"{n}.chain")
+            if self.midi is not None and getattr(old, "midi", None) != getattr(new, "midi", None):
+                # its section changed (off, other ports, another mapping file): stopped, then started
+                # again below with the new settings when it is still enabled
+                with self._midi_set:
+                    running, self.midi = self.midi, None
+                try:
+                    running.stop()
+                except Exception as e:  # pragma: no cover - MIDI trouble never stops a reload
+                    log.warning("MIDI control did not stop cleanly: %s", e)
+                self.midi_problem = None
+                log.info("MIDI control stopped: the [midi] section changed")
             if self.midi is not None:
                 try:
                     self.midi.reload()  # the mapping file too; a broken one keeps the old bindings

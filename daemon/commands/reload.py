@@ -24,7 +24,9 @@ class Reload(Command):
     running. The MIDI mapping file is read again too (a broken one keeps
     the bindings that run, logged); MIDI control that is enabled but not
     running, because its mapping file was broken at the start, starts
-    (``status``'s ``midi.problem`` says why when it still cannot). Result:
+    (``status``'s ``midi.problem`` says why when it still cannot); a
+    changed ``[midi]`` section (off, other ports, another mapping file)
+    stops MIDI control and starts it again with the new settings. Result:
     ``changed`` (the channel values the file changed, and ``CHANNEL.chain``
     for each new chain) and ``rebuilt``."""
 

@@ -864,12 +864,29 @@ def test_a_mapping_broken_at_start_is_reported_and_a_reload_starts_midi_once_fix
             s.cc(1, 7, 64)
             assert wait_until(lambda: d.registry.get("host.strength") == pytest.approx(64 / 127), 10)
             assert c.call("learn", address="host.input_gain_db", timeout_s=1)["armed"] == "host.input_gain_db"
+            # the [midi] section changes: another mapping file, then MIDI off (a reload kept the old
+            # settings while MIDI ran, until session 25)
+            s.close()
+            s = None
+            first = d.midi
+            (tmp_path / "map2.toml").write_text(_map(host__strength=dict(number=9, takeover="jump"),
+                                                     host__input_gain_db=dict(number=10, takeover="jump")))
+            text = cfgfile.read_text()
+            cfgfile.write_text(text.replace('mapping = "map.toml"', 'mapping = "map2.toml"'))
+            c.call("reload")
+            st = c.status()["midi"]
+            assert d.midi is not first and not first.started
+            assert st["running"] is True and st["bindings"] == 2 and st["mapping"] == str(tmp_path / "map2.toml"), st
+            cfgfile.write_text(text.replace('mapping = "map.toml"', 'mapping = "map2.toml"\nenabled = false'))
+            c.call("reload")
+            st = c.status()["midi"]
+            assert d.midi is None and st["running"] is False and "enabled = false" in st["problem"], st
     finally:
         if s is not None:
             s.close()
         d.request_stop()
         t.join(15)
-    assert not t.is_alive() and d.midi is not None and not d.midi.started
+    assert not t.is_alive() and (d.midi is None or not d.midi.started)
 
 
 @pytest.mark.jack
