@@ -435,6 +435,9 @@ class JackIO:
             fp(self.silence) if silent else self._in_base[self.out_channel[j]]
             for j, silent in enumerate(self._dry_silent)
         ]
+        # the same, as arrays (the declick reads single frames; the silence ring is 0 at any offset)
+        self._dry_rings = [self.silence if silent else self.inring[self.out_channel[j]]
+                           for j, silent in enumerate(self._dry_silent)]
         self._ccast = ffi.cast
         self._ffi_buffer = ffi.buffer
         self._perf = time.perf_counter_ns
@@ -558,19 +561,19 @@ class JackIO:
                 self._copy_out(dst, dry, 0 if silent else dry_off, frames - g, g)
                 a[g:] = _dry_values(a[g:], gain)
             # the declick, as in qc_rt_process
-            x = self.inring[self.out_channel[j]]
+            x = self._dry_rings[j]
             d, k = f32(self._ramp_d[j]), int(self._ramp_k[j])
-            dry_before = f32(0) if silent else _dry_values(x[(pos - 1 - latency) & MASK], gain)
-            was = ((f32(0) if silent else _dry_values(x[(pos - 1 - latency) & MASK], f32(self._last_gain[j])))
-                   if self._last_dry[j] else self.outring[j, (pos - 1) & MASK])
-            step0 = f32(was) - f32(self.outring[j, (pos - 1) & MASK] if g else dry_before)
+            was = (_dry_values(x[(pos - 1 - latency) & MASK], f32(self._last_gain[j])) if self._last_dry[j]
+                   else self.outring[j, (pos - 1) & MASK])
+            now = self.outring[j, (pos - 1) & MASK] if g else _dry_values(x[(pos - 1 - latency) & MASK], gain)
+            step0 = f32(was) - f32(now)
             if step0 != 0:
                 d, k = _ramp_left(d, k) + step0, 0
             if 0 < g < frames:
                 _ramp(a, 0, g, d, k)
                 k += g
-                step = f32(self.outring[j, (pos + g - 1) & MASK]) - (
-                    f32(0) if silent else _dry_values(x[(pos + g - 1 - latency) & MASK], gain))
+                step = f32(self.outring[j, (pos + g - 1) & MASK]) - f32(
+                    _dry_values(x[(pos + g - 1 - latency) & MASK], gain))
                 if step != 0:
                     d, k = _ramp_left(d, k) + step, 0
                 _ramp(a, g, frames, d, k)

@@ -180,11 +180,11 @@ int qc_rt_process(uint32_t nframes, void *arg)
          * Nothing changed: the step is exactly 0 and nothing is added. */
         float d = rt->ramp_d[j];
         int64_t k = rt->ramp_k[j];
-        const float dry_before = silent ? 0.0f : dry_value(dry[(pos - 1 - latency) & mask], gain);
-        const float was = rt->last_dry[j] ? (silent ? 0.0f : dry_value(dry[(pos - 1 - latency) & mask],
-                                                                        rt->last_gain[j]))
+        /* (a background stem's dry path is the silence ring: 0 at any offset) */
+        const float was = rt->last_dry[j] ? dry_value(dry[(pos - 1 - latency) & mask], rt->last_gain[j])
                                           : rt->out_base[j][(pos - 1) & mask];
-        const float step0 = was - (g ? rt->out_base[j][(pos - 1) & mask] : dry_before);
+        const float now = g ? rt->out_base[j][(pos - 1) & mask] : dry_value(dry[(pos - 1 - latency) & mask], gain);
+        const float step0 = was - now;
         if (step0 != 0.0f) {
             d = ramp_left(d, k) + step0;
             k = 0;
@@ -193,7 +193,7 @@ int qc_rt_process(uint32_t nframes, void *arg)
             ramp(dst, 0, g, d, k);
             k += g;
             const float step = rt->out_base[j][(pos + g - 1) & mask]
-                               - (silent ? 0.0f : dry_value(dry[(pos + g - 1 - latency) & mask], gain));
+                               - dry_value(dry[(pos + g - 1 - latency) & mask], gain);
             if (step != 0.0f) {
                 d = ramp_left(d, k) + step;
                 k = 0;
