@@ -717,6 +717,9 @@ def _run_pool(chain: Chain, jobs: list[Job], workers: int, progress: "Progress |
         if progress:
             progress.file_done(r)
 
+    def failed(i: int, e: Exception) -> FileResult:
+        return FileResult(jobs[i].src, jobs[i].dst, ok=False, error=f"worker failed: {type(e).__name__}: {_short(e)}")
+
     try:
         with _spawning():  # (workers start as jobs are submitted)
             pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), **init)
@@ -729,8 +732,7 @@ def _run_pool(chain: Chain, jobs: list[Job], workers: int, progress: "Progress |
             except BrokenProcessPool:
                 again.append(i)
             except Exception as e:
-                done(i, FileResult(jobs[i].src, jobs[i].dst, ok=False,
-                                   error=f"worker failed: {type(e).__name__}: {_short(e)}"))
+                done(i, failed(i, e))
         pool.shutdown(wait=True)
         pool = None
         if again:
@@ -749,8 +751,7 @@ def _run_pool(chain: Chain, jobs: list[Job], workers: int, progress: "Progress |
                 _remove_tmp([jobs[i]], tag)
                 r = FileResult(jobs[i].src, jobs[i].dst, ok=False, error=CRASHED)
             except Exception as e:
-                r = FileResult(jobs[i].src, jobs[i].dst, ok=False,
-                               error=f"worker failed: {type(e).__name__}: {_short(e)}")
+                r = failed(i, e)
             done(i, r)
     except KeyboardInterrupt:
         stop.set()  # (workers that got no SIGINT of their own stop at their next block)

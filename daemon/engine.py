@@ -232,16 +232,15 @@ class Engine:
             return self._tgt
         A = self.max_attenuation_db
         ga = _lin(-A)
-        in_g, r, out_g, byp = [], [], [], []
+        in_g, r, byp = [], [], []
         for p in params:
             in_g.append(_lin(p.input_gain_db))
             floor = _lin(-p.strength * A)
             rs = (floor - ga) / (1.0 - ga) if A > 0 else 1.0
             r.append(max(rs, _lin(p.background_db)))
-            out_g.append(0.0 if p.mute else _lin(p.output_gain_db))
             byp.append(1.0 if p.bypass else 0.0)
         f = lambda v: np.asarray(v, np.float32)[:, None]  # noqa: E731
-        tgt = {"in": f(in_g), "r": f(r), "out": f(out_g), "bypass": f(byp)}
+        tgt = {"in": f(in_g), "r": f(r), "out": _out_gains(params)[:, None], "bypass": f(byp)}
         # which factors are all 1 (or, for bypass, all 0): a hop that holds them skips the multiply
         tgt["unit"] = {k for k in ("in", "out") if bool((tgt[k] == 1.0).all())} | (
             {"bypass"} if not tgt["bypass"].any() else set())

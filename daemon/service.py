@@ -47,7 +47,13 @@ from .registry import CHANNEL_PARAMS
 
 log = logging.getLogger("quietcast")
 
-_NO_CHAIN = object()
+_MISSING = object()  # a value a stage spec does not give
+
+
+def _refused(e, where: str = "") -> ControlError:
+    """A checked file's error (ConfigError, ChainSpecError: each with its
+    ``problems``) as the ``failed`` reply that lists them."""
+    return ControlError("failed", f"{where}{e}", {"problems": [str(p) for p in e.problems]})
 
 
 def settle_heap() -> float:
@@ -136,33 +142,18 @@ class Daemon:
     # ------------------------------------------------------------------
     # engine
 
-    def _chain_of(self, c):
-        got = self.chains.get(c.name, _NO_CHAIN)
-        if got is _NO_CHAIN:
-            return getattr(c, "chain_spec", None)
-        return got
-
     def _channel_specs(self, live_gate: bool = True):
-        """The channels for a new engine: the config's, with the live values
-        of the running engine (they survive a rebuild); ``live_gate`` False
-        leaves out the live pause-gate values (a new model without the
-        gate)."""
-        class Spec:
-            pass
+        """The channels for a new engine (:func:`.preflight.channel_specs`):
+        the config's, with the chains ``load_chain`` put on them and the
+        live values of the running engine (they survive a rebuild, but not
+        what a reloaded file changed); ``live_gate`` False leaves out the
+        live pause-gate values (a new model without the gate)."""
+        from .preflight import channel_specs
 
-        out = []
-        old = {n: p for n, p in zip(self.engine.names, self.engine.params)} if self.engine else {}
-        for c in self.config.channels:
-            s = Spec()
-            for k in ("name", "stems", *CHANNEL_PARAMS):
-                setattr(s, k, getattr(c, k))
-            if c.name in old:  # live values survive a rebuild, but not what a reloaded file changed
-                for k, v in old[c.name].__dict__.items():
-                    if (c.name, k) not in self._reload_edits and (live_gate or k not in GATE_PARAMS):
-                        setattr(s, k, v)
-            s.chain = self._chain_of(c)
-            out.append(s)
-        return out
+        live = {n: {k: v for k, v in p.__dict__.items()
+                    if (n, k) not in self._reload_edits and (live_gate or k not in GATE_PARAMS)}
+                for n, p in zip(self.engine.names, self.engine.params)} if self.engine else {}
+        return channel_specs(self.config, self.chains, live)
 
     def _new_engine(self, sample_rate: int) -> Engine:
         e = self.config.engine
@@ -489,20 +480,21 @@ class Daemon:
     def load_chain(self, channel: str, chain: str) -> dict:
         from quietcast.bridge import Chain
 
-        i = self.registry._channel_index(channel, channel)
+        self.registry._channel_index(channel, channel)  # an unknown channel is refused before any work
         new = None
         if chain:
             try:
                 new = Chain.load(chain)
             except ChainSpecError as e:
-                raise ControlError("failed", str(e), {"problems": [str(p) for p in e.problems]}) from None
+                raise _refused(e) from None
 
         def job():
             if self.engine is None:
                 raise NotReadyError("the engine is not running yet (waiting for the JACK server)")
+            proc = self._build_chain(new)
             for a in [a for a in self.registry.chain_overrides if a.startswith(f"{channel}.chain.")]:
                 del self.registry.chain_overrides[a]
-            return self._put_chain(channel, new)
+            return self._put_chain(channel, new, proc)
 
         out = self.call_in_main(job)
         self.loaded_chains[channel] = os.path.abspath(chain) if chain and os.path.exists(chain) else chain
@@ -514,19 +506,25 @@ class Daemon:
         self.emit("event.state", {"state": "chain_loaded", "channel": channel, "chain": chain, **out})
         return out
 
-    def _put_chain(self, channel: str, new, loaded: bool = True) -> dict:
+    def _build_chain(self, new, where: str = ""):
+        """Chain ``new`` (a bridge Chain, or None) built for the running
+        engine: its processor, or None; a chain that cannot be built is
+        refused (``failed``, every problem)."""
+        try:
+            return new.processor(self.engine.sample_rate, 1) if new else None
+        except ChainSpecError as e:
+            raise _refused(e, where) from None
+
+    def _put_chain(self, channel: str, new, proc, loaded: bool = True) -> dict:
         """On the supervisor thread: run chain ``new`` (a bridge Chain, or
-        None) on ``channel`` from now on, with the channel's kept live
-        chain values; ``loaded``: it is ``load_chain``'s choice (kept over
-        the config's by a rebuild), not the config's own. Within the engine's chain budget the swap is made at
-        a hop boundary, the new chain warmed up unheard and crossfaded in
+        None), built as ``proc`` (:meth:`_build_chain`), on ``channel`` from
+        now on, with the channel's kept live chain values; ``loaded``: it is
+        ``load_chain``'s choice (kept over the config's by a rebuild), not
+        the config's own. Within the engine's chain budget the swap is made
+        at a hop boundary, the new chain warmed up unheard and crossfaded in
         (``Engine.swap_chain``); beyond it the client is re-opened."""
         eng = self.engine
         i = self.registry._channel_index(channel, channel)
-        try:
-            proc = new.processor(eng.sample_rate, 1) if new else None
-        except ChainSpecError as e:
-            raise ControlError("failed", str(e), {"problems": [str(p) for p in e.problems]}) from None
         if loaded:
             self.chains[channel] = new
         else:
@@ -584,7 +582,7 @@ class Daemon:
                     drop.append(address)
                 elif name == "bypass" and a.bypass != b.bypass:
                     drop.append(address)
-                elif name != "bypass" and a.values.get(name, _NO_CHAIN) != b.values.get(name, _NO_CHAIN):
+                elif name != "bypass" and a.values.get(name, _MISSING) != b.values.get(name, _MISSING):
                     drop.append(address)
         return edited, drop
 
@@ -596,16 +594,12 @@ class Daemon:
             raise ControlError("failed", "this daemon was not started from a config file: nothing to reload")
         try:
             new = load_config(path)
-        except ConfigError as e:
-            log.warning("reload refused, the running config stays: %s", e)
+        except Exception as e:  # a config error, or e.g. a model bundle that cannot be read: never fatal
+            checked = isinstance(e, ConfigError)
+            log.warning("reload refused, the running config stays: %s", e if checked else f"{path}: {e}")
             self.notifier.reloading()
             self.notifier.ready(self._status_line())
-            raise ControlError("failed", str(e), {"problems": [str(p) for p in e.problems]}) from None
-        except Exception as e:  # e.g. a model bundle that cannot be read: refused the same way, never fatal
-            log.warning("reload refused, the running config stays: %s: %s", path, e)
-            self.notifier.reloading()
-            self.notifier.ready(self._status_line())
-            raise ControlError("failed", f"{path}: {e}") from None
+            raise (_refused(e) if checked else ControlError("failed", f"{path}: {e}")) from None
 
         def job():
             old = self.config
@@ -620,18 +614,15 @@ class Daemon:
                      for k in CHANNEL_PARAMS if getattr(olds[nc.name], k) != getattr(nc, k)]
             edited, drop = self._edited_chains(old, new)
             news = {c.name: c for c in new.channels}
+            procs = {}
             if not structural and edited:
                 # a new chain for each edited channel, built (and refused, with nothing changed) first
-                budget = self.engine.chain_budget if self.engine is not None else 0
-                for n in edited:
-                    spec = news[n].chain_spec
-                    try:
-                        L = spec.processor(self.engine.sample_rate, 1).latency if spec and self.engine else 0
-                    except ChainSpecError as e:
-                        raise ControlError("failed", f"channel {n}: {e}",
-                                           {"problems": [str(p) for p in e.problems]}) from None
-                    if self.engine is None or L > budget:
-                        structural = True  # longer than the chain budget (or no engine): rebuilt
+                if self.engine is None:
+                    structural = True  # nothing runs to swap them into: rebuilt
+                else:
+                    procs = {n: self._build_chain(news[n].chain_spec, f"channel {n}: ") for n in edited}
+                    if any(p is not None and p.latency > self.engine.chain_budget for p in procs.values()):
+                        structural = True  # longer than the chain budget: rebuilt
             changed = []
             old_chains, old_overrides = dict(self.chains), dict(self.registry.chain_overrides)
             old_loaded = dict(self.loaded_chains)
@@ -683,7 +674,7 @@ class Daemon:
                 for a in drop:
                     del self.registry.chain_overrides[a]
                 for n in edited:
-                    self._put_chain(n, news[n].chain_spec, loaded=False)
+                    self._put_chain(n, news[n].chain_spec, procs[n], loaded=False)
                     changed.append(f"{n}.chain")
             if self.midi is not None and getattr(old, "midi", None) != getattr(new, "midi", None):
                 # its section changed (off, other ports, another mapping file): stopped, then started
