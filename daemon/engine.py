@@ -534,6 +534,14 @@ class Engine:
         self.chains[i] = proc
         self.chain_pad[i] = self._pad_for(proc)
 
+    def chain(self, i: int):
+        """The post-chain channel ``i`` runs from now on: one that waits for
+        a crossfade to end (:meth:`swap_chain`), else :attr:`chains`' (the
+        chain its parameters address: a value set or read is the newest
+        chain's, even before it is heard)."""
+        fade = self._chain_fades.get(i)
+        return fade[3][0] if fade is not None and fade[3] is not None else self.chains[i]
+
     def _pad_for(self, proc) -> DelayLine:
         """The delay that brings a chain (or none) to :attr:`chain_budget`."""
         return DelayLine(1, self.chain_budget - (proc.latency if proc else 0))

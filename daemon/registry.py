@@ -133,7 +133,7 @@ class Registry:
         if len(parts) == 4 and parts[1] == "chain":
             ch, _, stage, name = parts
             i = self._channel_index(ch, address)
-            proc = self.engine.chains[i]
+            proc = self.engine.chain(i)
             if proc is None:
                 raise UnknownParameterError(address, f"channel {ch!r} has no post-chain")
             st = proc.stage(stage) if stage in proc._by_name else None
@@ -173,7 +173,7 @@ class Registry:
                 if name in GATE_PARAMS and self._follows_engine(i, name):
                     d["follows_engine"] = True  # value is the engine's, and moves with it
                 out.append(d)
-            proc = eng.chains[i] if eng is not None else None
+            proc = eng.chain(i) if eng is not None else None
             if proc is None:
                 continue
             for st in proc.stages:
@@ -215,7 +215,7 @@ class Registry:
         i, stage, p = self.resolve(address)
         if stage is None:
             return self._channel_value(i, p.name)
-        st = self.engine.chains[i].stage(stage)
+        st = self.engine.chain(i).stage(stage)
         if p.name == "bypass":
             return st.bypass
         return self.chain_overrides.get(address, st.values.get(p.name, p.default))
@@ -268,7 +268,7 @@ class Registry:
                     pass
                 continue
             i, stage, name, v = item
-            proc = engine.chains[i]
+            proc = engine.chain(i)
             if proc is not None:
                 try:
                     proc.stage(stage).set_param(name, v)

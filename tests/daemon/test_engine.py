@@ -223,8 +223,11 @@ def test_a_swap_during_the_crossfade_waits_for_its_end():
         if k == 40:
             eng.swap_chain(0, _chain(GAIN.format(db=-6.0)).processor(48_000, 1))
         if k == 40 + W:  # in the crossfade
-            eng.swap_chain(0, _chain(GAIN.format(db=-12.0)).processor(48_000, 1))
+            last = _chain(GAIN.format(db=-12.0)).processor(48_000, 1)
+            eng.swap_chain(0, last)
             assert eng._chain_fades[0][3] is not None
+            # what the channel's chain parameters address is the newest chain, although not heard yet
+            assert eng.chain(0) is last and eng.chain(1) is eng.chains[1]
         out.append(eng.process_hop(x[:, k * H:(k + 1) * H]))
     y = np.concatenate(out, axis=1)[0]
     d = np.concatenate([np.zeros(960, np.float32), x[0]])[:x.shape[1]]
