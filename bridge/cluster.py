@@ -108,7 +108,7 @@ from .chain import Chain
 from .errors import AudioFileError, BridgeError
 from .offline import (
     BLOCK, FLAC_DAMAGED, AudioWriter, FileResult, Job, Progress, Summary, WRITE_EXTS, _layout, _open_input,
-    _processor, _short, exists_error, process_file, split_existing,
+    _default_fallback_note, _processor, _short, exists_error, process_file, split_existing,
 )
 
 INSTALL_HINT = "pip install 'quietcast[cluster]'"
@@ -296,7 +296,8 @@ def run_segment(chain: Chain, src: str, seg: Segment, out_path: str, *, channels
     (frames x channels) to ``out_path``. Returns a small dict: ``active``
     (packed bits: which input frames of ``[start, start + check)`` are not
     digital silence, for the seam check), ``bad`` (NaN/Inf input samples
-    in ``[start, end)``), ``channels``."""
+    in ``[start, end)``), ``channels``, ``note`` (the worker's warning
+    that model ``default`` ran as ``dsp``, or None)."""
     raw, reader = _open_input(src, None)
     try:
         sr = int(round(reader.samplerate))
@@ -347,7 +348,8 @@ def run_segment(chain: Chain, src: str, seg: Segment, out_path: str, *, channels
                 if proc.faults:
                     name, why = next(iter(proc.faults.items()))
                     raise BridgeError(f"stage {name!r} failed at the end of the file ({why}); output not written")
-        return {"active": np.packbits(active), "active_n": int(active.size), "bad": bad, "channels": ch}
+        return {"active": np.packbits(active), "active_n": int(active.size), "bad": bad, "channels": ch,
+                "note": _default_fallback_note(chain)}
     except BaseException:
         if os.path.exists(out_path):
             os.unlink(out_path)
@@ -881,6 +883,7 @@ def _run(ray, chain, jobs, t0, *, overwrite, sample_rate, channels, progress, sp
                 if bad_samples:
                     r.warnings.append(f"{bad_samples} NaN/Inf input sample(s) were replaced by silence")
                 r.warnings.extend(sp.notes)
+                r.warnings.extend(dict.fromkeys(o["note"] for o in sp.out.values() if o.get("note")))
                 if i in first_error:
                     r.warnings.append(f"a try failed ({first_error[i]}); the retry succeeded")
                 r.segments = len(sp.segs)

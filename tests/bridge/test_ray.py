@@ -188,6 +188,28 @@ def test_segments_stitch_back_to_the_single_pass_in_process(tmp_path, rate, chan
     assert (tmp_path / f"stitched{ext}").read_bytes() == (tmp_path / f"single{ext}").read_bytes()
 
 
+def test_a_segment_says_when_default_ran_as_dsp(tmp_path, monkeypatch):
+    """With the shipped bundle damaged, ``default`` resolves to ``dsp``,
+    a chain is split, and each segment (run in a Ray worker) reports the
+    warning a single pass gives; the stitched result carries it once.
+    Here the segment runs in this process, where the damage is visible."""
+    import shutil
+
+    from quietcast.models import bundle
+
+    seg = C.plan_segments(SR * 4, SR, [], split_seconds=0, grid=C.seam_grid(speech_chain(), SR))[0]
+    write(tmp_path / "a.wav", programme(4, SR, 1, seed=4), SR)
+    assert C.run_segment(Chain.default(), str(tmp_path / "a.wav"), seg, str(tmp_path / "s0.f32"))["note"] is None
+    shutil.copytree(bundle.ASSETS, tmp_path / "assets")
+    monkeypatch.setattr(bundle, "ASSETS", tmp_path / "assets")
+    w = tmp_path / "assets" / "default" / "weights.safetensors"
+    w.write_bytes(w.read_bytes()[:-1000])
+    assert C.keeps_state(Chain.default()) is None  # as dsp, the default chain may be split
+    out = C.run_segment(Chain.default(), str(tmp_path / "a.wav"), seg, str(tmp_path / "s1.f32"))
+    assert out["note"].startswith(f"model 'default' ran as 'dsp' (no neural suppression): {w}: sha256 mismatch")
+    assert C.run_segment(speech_chain(), str(tmp_path / "a.wav"), seg, str(tmp_path / "s2.f32"))["note"] is None
+
+
 def test_a_cold_start_a_few_frames_before_a_block_edge_is_still_exact(tmp_path):
     """A segment whose first read would be shorter than pedalboard's
     largest chunk (8192): pedalboard would prepare its plugins again, state
