@@ -20,7 +20,17 @@ Stage types:
 pedalboard plugins called with ``reset=False`` return their output already
 aligned (latency trimmed) but *shorter* until their latency is filled; a
 :class:`_AlignedFifo` turns that back into a fixed delay, which is measured
-once when the stage is built (:func:`probe_latency`).
+once when the stage is built (:func:`probe_latency`). A plugin whose
+latency moves live (a hosted plugin's latency parameter) shifts its output:
+the declared latency does not follow.
+
+A live parameter change never steps (:class:`PedalboardStage`): a filter
+or dynamics built-in, a delay's time and a chorus's centre delay crossfade
+over one block to a new instance pre-rolled on the recent input; the other
+built-ins' numbers and a hosted plugin's continuous parameters ramp across
+the block in steps; a hosted plugin's discrete ones (switches, choices,
+whole numbers) are set at once; ``gain`` and ``mix`` ramp linearly over the block;
+``denoise``'s ``strength`` glides over 0.2 s.
 
 Every stage can be bypassed (``bypass = true``): its output is then its
 input delayed by its latency, bit-exact, so the chain's timing never moves.
@@ -155,6 +165,43 @@ def probe_latency(
             worst = max(worst, fed - produced)
         reset()
     return worst
+
+
+class _History:
+    """The last ``capacity`` frames of a stream, in a ring: keeping a block
+    costs a copy of the block, whatever the capacity (seconds of input
+    for a delay's pre-roll)."""
+
+    def __init__(self, channels: int, capacity: int):
+        self._buf = np.zeros((channels, int(capacity)), np.float32)
+        self._pos = 0  # where the next frame goes
+
+    def reset(self) -> None:
+        self._buf[:] = 0.0
+        self._pos = 0
+
+    def write(self, x: np.ndarray) -> None:
+        cap, n = self._buf.shape[1], x.shape[1]
+        if cap == 0 or n == 0:
+            return
+        if n >= cap:
+            self._buf[:] = x[:, n - cap:]
+            self._pos = 0
+            return
+        k = min(n, cap - self._pos)
+        self._buf[:, self._pos:self._pos + k] = x[:, :k]
+        self._buf[:, :n - k] = x[:, k:]
+        self._pos = (self._pos + n) % cap
+
+    def last(self, n: int) -> np.ndarray:
+        """The last ``n`` frames kept (at most the capacity; zeros before the
+        stream began), oldest first: a new array."""
+        cap = self._buf.shape[1]
+        n = min(int(n), cap)
+        start = (self._pos - n) % cap if cap else 0
+        if start + n <= cap:
+            return self._buf[:, start:start + n].copy()
+        return np.concatenate([self._buf[:, start:], self._buf[:, :self._pos]], axis=1)
 
 
 class _ShapeGuard:
@@ -396,8 +443,43 @@ def _pb_value(param: Param, value):
 #: made by a fresh instance, pre-rolled on the recent input, crossfaded in
 _CROSSFADED = {"HighpassFilter", "LowpassFilter", "HighShelfFilter", "LowShelfFilter", "PeakFilter", "LadderFilter",
                "Compressor", "NoiseGate", "Limiter", "BrickwallLimiter", "Clipping", "Distortion"}
+#: pedalboard built-ins of which some parameters are crossfaded the same way:
+#: a new delay time moves the delay line's read position at once, a click
+#: (ramped in steps, one click a step: a second difference 75 times the
+#: signal's own for a delay, 110 times for a chorus's centre delay); their
+#: other parameters (mix, feedback, depth, rate) ramp without a step, and so
+#: do all of the reverb's (JUCE smooths them as well, and a fresh reverb
+#: would lose its tail)
+_CROSSFADED_PARAMS = {"Delay": frozenset({"delay_seconds"}), "Chorus": frozenset({"centre_delay_ms"})}
 _PREROLL = 4096  # frames of input history a new filter instance is run over first
+#: how far back a new delay or chorus instance is pre-rolled at most for its
+#: feedback echoes (to -60 dB), and the most input kept for its first echo
+#: (one echo of the longest delay): a pre-roll costs about 2 ms a second of
+#: stereo input, on the engine thread, within one hop
+_ECHO_BUDGET_S = 2.0
+_ECHO_HISTORY_S = 10.0
 _SUBBLOCKS = 8  # a ramped parameter moves in this many steps across one block
+#: the same for a hosted plugin's continuous parameters: one that does not
+#: smooth them steps at each (our test plugin's gain, 0 to -20 dB on a loud
+#: low tone: a step 10 times the signal's own largest at once, 3.4 times in 8
+#: steps, 1.4 times in 32); each step is a process call (~25 us)
+_PLUGIN_SUBBLOCKS = 32
+
+
+def _echo_span_s(cls_name: str, values: dict) -> float:
+    """How far back a delay or chorus with these values still echoes its
+    input, to -60 dB, in seconds (inf with feedback 1); 0 for other types."""
+    if cls_name == "Delay":
+        d, fb = float(values.get("delay_seconds", 0.5)), float(values.get("feedback", 0.0))
+    elif cls_name == "Chorus":
+        d, fb = float(values.get("centre_delay_ms", 7.0)) / 1000.0, float(values.get("feedback", 0.0))
+    else:
+        return 0.0
+    fb = abs(fb)
+    if fb >= 1.0:
+        return math.inf
+    echoes = 1 if fb < 1e-3 else 1 + math.ceil(math.log(1e-3) / math.log(fb))
+    return d * echoes
 
 
 class PedalboardStage(Stage):
@@ -409,22 +491,36 @@ class PedalboardStage(Stage):
     change builds a new instance, runs it over the last :data:`_PREROLL`
     frames of input (85 ms: a filter's state is then what it would have
     been; a compressor's or gate's envelope, with a longer release, only
-    close to it), and crossfades to it across the next block; for the other built-ins a
-    numeric parameter moves from its old value to the new one across the
-    next block in :data:`_SUBBLOCKS` steps. A hosted plugin gets its value
-    at once (plugins smooth their own parameters)."""
+    close to it), and crossfades to it across the next block. A delay's
+    ``delay_seconds`` and a chorus's ``centre_delay_ms``
+    (:data:`_CROSSFADED_PARAMS`) are crossfaded the same way, the new
+    instance run over as much input as its echoes reach back: the new delay
+    time, times the echoes feedback keeps above -60 dB, within
+    :data:`_ECHO_BUDGET_S` (older echoes fade out with the old instance),
+    but always the first echo, up to :data:`_ECHO_HISTORY_S` (0.35 s of
+    pre-roll, about 1 ms, for a 0.25 s stereo delay without feedback; 2 s,
+    about 4 ms, with feedback 0.5). For the other built-ins and parameters a
+    numeric value moves from its old value to the new one across the next
+    block in :data:`_SUBBLOCKS` steps. A hosted plugin's continuous
+    parameters ramp the same way (see :class:`PluginStage`)."""
 
     type_name = "pedalboard"
+    _subblocks = _SUBBLOCKS
 
     def __init__(self, name, sample_rate, channels, params: ParamSet, plugin, values: dict):
         super().__init__(name, sample_rate, channels, params)
         self.plugin = plugin
         self.values = dict(values)
         self._guard = _ShapeGuard(channels, getattr(plugin, "pb_channels", channels))
-        self._cls = type(plugin) if type(plugin).__name__ in _CROSSFADED else None
-        self._hist = np.zeros((channels, _PREROLL if self._cls else 0), np.float32)
-        self._swap = False  # a crossfade to a new filter instance is due
+        cls_name = type(plugin).__name__
+        # the parameters whose change is a crossfade to a new instance (None: all)
+        self._xfade = None if cls_name in _CROSSFADED else _CROSSFADED_PARAMS.get(cls_name, frozenset())
+        self._cls = type(plugin) if self._xfade is None or self._xfade else None
+        keep = _PREROLL + (math.ceil(_ECHO_HISTORY_S * self.sample_rate) if cls_name in _CROSSFADED_PARAMS else 0)
+        self._hist = _History(channels, keep if self._cls else 0)
+        self._swap = False  # a crossfade to a new instance is due
         self._ramps: dict[str, tuple] = {}  # parameter -> (from, to) across the next block
+        self._at_once: set[str] = set()  # parameters seen to move a plugin's latency: never ramped
         self.latency = probe_latency(self._run, self._reset_plugin, channels)
         self._fifo = _AlignedFifo(channels, self.latency)
         self._finish_init()
@@ -436,11 +532,9 @@ class PedalboardStage(Stage):
             return x
         if self._swap:
             return self._run_swap(x)
-        if self._ramps:
-            return self._run_ramps(x)
-        y = self._plain(self.plugin, x)
+        y = self._run_ramps(x) if self._ramps else self._plain(self.plugin, x)
         if self._cls is not None:
-            _keep_tail(self._hist, x)
+            self._hist.write(x)
         return y
 
     def _plain(self, plugin, x: np.ndarray) -> np.ndarray:
@@ -450,12 +544,25 @@ class PedalboardStage(Stage):
         kwargs = {k: _pb_value(self.param_set.get(k), v) for k, v in self.values.items() if k in self.param_set}
         return self._cls(**kwargs)
 
+    def _preroll_frames(self) -> int:
+        """How much recent input a new instance runs over before it is
+        crossfaded in: :data:`_PREROLL`, and as far back as a delay's or
+        chorus's echoes reach with the new values."""
+        vals = {p.name: self.values.get(p.name, p.default) for p in self.param_set}
+        span = _echo_span_s(self._cls.__name__, vals)  # (the first echo's is the delay itself)
+        first = _echo_span_s(self._cls.__name__, vals | {"feedback": 0.0})
+        span = min(span, max(first, _ECHO_BUDGET_S), _ECHO_HISTORY_S)
+        return _PREROLL + math.ceil(span * self.sample_rate)
+
     def _run_swap(self, x: np.ndarray) -> np.ndarray:
         self._swap = False
+        self._ramps = {}  # the new instance has every new value: the crossfade is their ramp too
         new = self._new_instance()
-        self._plain(new, self._hist)  # its state as if it had run with the new values all along
+        pre = self._hist.last(self._preroll_frames())
+        if pre.shape[1]:
+            self._plain(new, pre)  # its state as if it had run with the new values all along
         a, b = self._plain(self.plugin, x), self._plain(new, x)
-        _keep_tail(self._hist, x)
+        self._hist.write(x)
         self.plugin = new
         if a.shape != b.shape:  # (a filter has no latency; should never differ)
             return b
@@ -465,24 +572,55 @@ class PedalboardStage(Stage):
     def _run_ramps(self, x: np.ndarray) -> np.ndarray:
         ramps, self._ramps = self._ramps, {}
         n = x.shape[1]
-        k = min(_SUBBLOCKS, n)
+        k = min(self._subblocks, n)
         edges = [round(i * n / k) for i in range(k + 1)]
-        out = []
+        out, lat = [], None
         for i in range(k):
             for name, (a, b) in ramps.items():
-                setattr(self.plugin, name, a + (b - a) * (i + 1) / k)
+                self._set_ramped(name, b if i + 1 == k else a + (b - a) * (i + 1) / k)
             out.append(self._plain(self.plugin, x[:, edges[i]:edges[i + 1]]))
+            if i == 0:  # (a value set at once before this block may have moved it in this first step)
+                lat = self._plugin_latency()
+            elif lat is not None and i + 1 < k and self._plugin_latency() != lat:
+                # the plugin's latency follows the ramp: no walk through the latencies in between, and
+                # these parameters are set at once from now on
+                for name, (_, b) in ramps.items():
+                    self._set_ramped(name, b)
+                    self._at_once.add(name)
+                out.append(self._plain(self.plugin, x[:, edges[i + 1]:]))
+                break
         return np.concatenate(out, axis=1)
+
+    def _plugin_latency(self) -> int | None:
+        """A hosted plugin's latency as it last reported it (None: a built-in)."""
+        return None
+
+    def _rampable(self, p: Param, v) -> bool:
+        return (p.kind == "float" and isinstance(v, (int, float)) and not isinstance(v, bool)
+                and p.name not in self._at_once)
+
+    def _ramp_ends(self, name: str, v) -> tuple[float, float] | None:
+        """A ramp to ``v`` as (from, to) in the units :meth:`_set_ramped`
+        takes, from the value the plugin runs now (a pending ramp has not
+        touched it yet); None when there is nothing to ramp."""
+        cur, v = float(getattr(self.plugin, name)), float(v)
+        return (cur, v) if cur != v and math.isfinite(cur) and math.isfinite(v) else None
+
+    def _set_ramped(self, name: str, u: float) -> None:
+        setattr(self.plugin, name, u)
+
+    def _set_now(self, name: str, v) -> None:
+        setattr(self.plugin, name, v)
 
     def _reset_plugin(self) -> None:
         if self._swap:  # a change not crossfaded in yet: made at once (nothing is playing)
             self.plugin = self._new_instance()
         self.plugin.reset()
         self._guard.reset()
-        self._hist[:] = 0.0
+        self._hist.reset()
         self._swap = False
         for name, (_, b) in self._ramps.items():
-            setattr(self.plugin, name, b)
+            self._set_ramped(name, b)
         self._ramps = {}
 
     def _process(self, x: np.ndarray) -> np.ndarray:
@@ -497,17 +635,18 @@ class PedalboardStage(Stage):
     def _apply_param(self, name, value):
         p = self.param_set.get(name)
         v = _pb_value(p, value)
-        if self._cls is not None:  # the new instance takes it (Stage.set_param stores the value)
+        if self._cls is not None and (self._xfade is None or name in self._xfade):
+            # the new instance takes it (Stage.set_param stores the value)
             self.values[name] = value
             self._swap = True
             return
-        if p.kind == "float" and isinstance(v, (int, float)) and not isinstance(v, bool):
-            cur = float(getattr(self.plugin, name))  # (a pending ramp has not touched the plugin yet)
-            if cur != float(v) and math.isfinite(cur) and math.isfinite(float(v)):
-                self._ramps[name] = (cur, float(v))
+        if self._rampable(p, v):
+            ends = self._ramp_ends(name, v)
+            if ends is not None:
+                self._ramps[name] = ends
                 return
         self._ramps.pop(name, None)  # (a value set back within one block: no ramp left behind)
-        setattr(self.plugin, name, v)
+        self._set_now(name, v)
 
 
 def build_builtin(type_name: str, name: str, sample_rate: int, channels: int, values: dict) -> PedalboardStage:
@@ -567,6 +706,19 @@ def _plugin_param_set(plugin) -> ParamSet:
     return ParamSet.of(*out)
 
 
+def _is_continuous(prm) -> bool:
+    """Whether a hosted plugin's parameter (pedalboard's view of it) takes
+    any value in its range: automatable, not a switch, and without steps
+    (VST3 declares a step count of 0, which JUCE reports as its default
+    0x7fffffff steps; a switch has 2, a list of n choices n, our test
+    plugin's ``delay_samples`` 4801)."""
+    try:
+        return (bool(prm.is_automatable) and not bool(prm.is_boolean)
+                and int(prm.num_steps) >= 0x7FFFFFFF)
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
 def set_plugin_param(plugin, key: str, value) -> None:
     """Set a hosted plugin's parameter exactly. Plain attribute assignment
     snaps to pedalboard's 1000-step scan of the parameter (-6 dB becomes
@@ -624,9 +776,22 @@ class _ChannelAdapter:
 
 class PluginStage(PedalboardStage):
     """A VST3 plugin: its own parameters are settable by their pedalboard
-    names (``stage.set_param("gain_db", -6)``); ``path`` is fixed."""
+    names (``stage.set_param("gain_db", -6)``); ``path`` is fixed.
+
+    A live change of a continuous parameter (:func:`_is_continuous`: one
+    that takes any value in its range) ramps across the next block in
+    :data:`_PLUGIN_SUBBLOCKS` steps of the plugin's normalised value, as a
+    built-in's does, and ends on the exact value: many plugins apply a value
+    at once (our test plugin's gain, 0 to -20 dB set at once, stepped 10
+    times as far as the signal's own largest step). A discrete one (a
+    switch, a list of choices, a whole number of samples) is set at once:
+    each step in between would be a step of its own, and a plugin's latency
+    (which the chain does not follow live) would walk through each of them.
+    A continuous parameter seen to move the plugin's latency during a ramp
+    jumps to its value there and is set at once from then on."""
 
     type_name = "plugin"
+    _subblocks = _PLUGIN_SUBBLOCKS
 
     def __init__(self, name, sample_rate, channels, path, plugin_name=None, params=None):
         first = load_vst3(path, plugin_name)
@@ -646,6 +811,8 @@ class PluginStage(PedalboardStage):
                 set_plugin_param(inst, k, v)
         self.path = path
         self._instances = instances
+        self._continuous = frozenset(k for k, prm in first.parameters.items()
+                                     if k in own and own.get(k).kind == "float" and _is_continuous(prm))
         adapter = _ChannelAdapter(instances, mode)
         adapter.pb_channels = adapter.pb_channels or channels
         super().__init__(name, sample_rate, channels, own, adapter, values)
@@ -670,9 +837,29 @@ class PluginStage(PedalboardStage):
             return [plugin] + [load_vst3(path, plugin_name) for _ in range(channels - 1)], "split"
         raise PluginLoadError(path, f"accepts neither {channels}-channel audio nor a mono/stereo layout quietcast can adapt")
 
-    def _apply_param(self, name, value):
+    def _rampable(self, p: Param, v) -> bool:
+        return p.name in self._continuous and super()._rampable(p, v)
+
+    def _ramp_ends(self, name: str, v) -> tuple[float, float] | None:
+        # in the plugin's normalised (raw) units: its own mapping, whatever its curve, and a raw value is
+        # set without the text parsing that makes set_plugin_param exact (the ramp ends on that exact value)
+        prm = self._instances[0].parameters[name]
+        try:
+            cur, goal = float(prm.raw_value), float(prm.get_raw_value_for_text(repr(float(v))))
+        except Exception:
+            return None
+        return (cur, goal) if cur != goal else None
+
+    def _set_ramped(self, name: str, u: float) -> None:
         for inst in self._instances:
-            set_plugin_param(inst, name, value)
+            inst.parameters[name].raw_value = u
+
+    def _set_now(self, name: str, v) -> None:
+        for inst in self._instances:
+            set_plugin_param(inst, name, v)
+
+    def _plugin_latency(self) -> int | None:
+        return int(self._instances[0].reported_latency_samples)
 
 
 # --------------------------------------------------------------------------

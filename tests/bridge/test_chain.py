@@ -338,6 +338,11 @@ def test_a_stage_fault_falls_back_to_dry_without_a_step(how):
     ({"type": "compressor", "ratio": 8.0}, "threshold_db", 0.0, -30.0),
     ({"type": "noise_gate"}, "threshold_db", -100.0, -3.0),
     ({"type": "brickwall_limiter"}, "ceiling_db", -1.0, -20.0),
+    # (not a whole number of the tones' common 50 ms period: the new delay sounds otherwise)
+    ({"type": "delay", "mix": 0.5}, "delay_seconds", 0.25, 0.2625),
+    ({"type": "delay", "mix": 0.5, "feedback": 0.5}, "delay_seconds", 0.25, 0.2625),
+    # (a still LFO: the new instance's starts afresh, and a chorus built with the value can only match a still one)
+    ({"type": "chorus", "rate_hz": 0.0, "depth": 0.5}, "centre_delay_ms", 7.0, 20.0),
 ])
 def test_a_live_change_of_a_builtin_does_not_click(stage, param, before, after):
     """pedalboard applies a new value at once, and its shelves and peak
@@ -345,7 +350,11 @@ def test_a_live_change_of_a_builtin_does_not_click(stage, param, before, after):
     ticked (a second difference 8-24 times the signal's own, up to 0.077).
     A change is now crossfaded from the running instance to a new one
     pre-rolled on the recent input: the output stays as smooth as the
-    signal, and then is what the new value gives."""
+    signal, and then is what the new value gives. A delay's time and a
+    chorus's centre delay were ramped in 8 steps, each moving the delay
+    line's read position at once (a second difference 75 and 110 times
+    the signal's own); they are crossfaded too, the new delay pre-rolled
+    on as much input as its echoes reach back."""
     t = np.arange(4 * SR) / SR
     x = (0.3 * np.sin(2 * np.pi * 100 * t) + 0.2 * np.sin(2 * np.pi * 220 * t)
          + 0.1 * np.sin(2 * np.pi * 1300 * t)).astype(np.float32)[None]
@@ -368,6 +377,29 @@ def test_a_live_change_of_a_builtin_does_not_click(stage, param, before, after):
     rms = lambda a: float(np.sqrt(np.mean(a ** 2)))  # noqa: E731
     assert rms(y[late] - r[late]) <= 0.05 * rms(r[late])
     assert rms(y[late] - y[(k0 - 40) * 480:k0 * 480]) > 0.1 * rms(r[late])  # and it did change
+
+
+def test_a_delay_time_change_keeps_the_echoes_of_what_came_before():
+    """The new delay instance is pre-rolled on the input its echoes reach
+    back to, including blocks in which another parameter (``mix``) was
+    ramping: from the block after the change on, the output is exactly
+    that of a delay built with the new values (as if it had run with them
+    all along)."""
+    x = np.random.default_rng(5).standard_normal((1, 2 * SR)).astype(np.float32) * 0.1
+    spec = {"name": "d", "type": "delay", "delay_seconds": 0.25, "mix": 0.5}
+    proc = Chain([spec]).processor(SR, 1)
+    ref = Chain([{**spec, "delay_seconds": 0.31, "mix": 0.6}]).processor(SR, 1)
+    k0 = 150
+    ys, rs = [], []
+    for k in range(x.shape[1] // 480):
+        if k == k0 - 3:
+            proc.set_param("d.mix", 0.6)
+        if k == k0:
+            proc.set_param("d.delay_seconds", 0.31)
+        ys.append(proc.process(x[:, k * 480:(k + 1) * 480]))
+        rs.append(ref.process(x[:, k * 480:(k + 1) * 480]))
+    y, r = np.concatenate(ys, axis=1), np.concatenate(rs, axis=1)
+    np.testing.assert_allclose(y[:, (k0 + 1) * 480:], r[:, (k0 + 1) * 480:], atol=1e-6)
 
 
 def test_a_value_set_back_within_a_block_and_a_reset_keep_the_stage_at_its_value():
@@ -526,11 +558,101 @@ def test_plugin_stage_gain_and_latency(qcgain_vst3, channels):
 
 @pytest.mark.plugin
 def test_plugin_parameter_set_live_is_exact(qcgain_vst3):
+    """A live value reaches the plugin exactly (not on pedalboard's scan
+    grid): a continuous one at the end of the next block's ramp, or at once
+    on a reset."""
     proc = plugin_chain(qcgain_vst3).processor(SR, 2)
     proc.set_param("v.gain_db", -6.0)
+    proc.process(np.zeros((2, 480), np.float32))
     assert proc.stage("v").plugin.instances[0].gain_db == pytest.approx(-6.0, abs=1e-4)
+    proc.set_param("v.gain_db", -7.5)
+    proc.reset()
+    assert proc.stage("v").plugin.instances[0].gain_db == pytest.approx(-7.5, abs=1e-4)
     with pytest.raises(ParameterError, match=r"gain_db: value 30 is out of range \[-60, 24\]"):
         proc.set_param("v.gain_db", 30)
+
+
+def plugin_only(path, **params):
+    return Chain([{"name": "v", "type": "plugin", "path": str(path), "params": params}])
+
+
+def _tones(seconds: float, channels: int) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    x = (0.3 * np.sin(2 * np.pi * 100 * t + 1.0) + 0.2 * np.sin(2 * np.pi * 220 * t + 0.3)
+         + 0.1 * np.sin(2 * np.pi * 1300 * t)).astype(np.float32)
+    return np.repeat(x[None], channels, axis=0)
+
+
+@pytest.mark.plugin
+@pytest.mark.parametrize("before,after", [(0.0, -20.0), (-20.0, 6.0)])
+def test_a_live_change_of_a_plugin_gain_does_not_click(qcgain_vst3, before, after):
+    """Our test plugin applies a new gain at once, as many plugins do, and
+    a hosted plugin's value used to be set at once: 0 to -20 dB stepped 10
+    times as far as the tones' own largest step (a second difference 90
+    times theirs). A continuous plugin parameter now ramps across the next
+    block in 32 steps and ends on the exact value."""
+    x = _tones(2.0, 2)
+    spec = lambda g: plugin_only(qcgain_vst3, gain_db=g)  # noqa: E731
+    proc, ref = spec(before).processor(SR, 2), spec(after).processor(SR, 2)
+    k0 = 101  # the change, at a hop boundary where the tones are loud
+    ys, rs = [], []
+    for k in range(x.shape[1] // 480):
+        if k == k0:
+            proc.set_param("v.gain_db", after)
+        blk = x[:, k * 480:(k + 1) * 480]
+        ys.append(proc.process(blk))
+        rs.append(ref.process(blk))
+    y, r = np.concatenate(ys, axis=1)[0], np.concatenate(rs, axis=1)[0]
+    assert abs(x[0, k0 * 480]) > 0.3  # loud where the change lands
+    d1 = lambda a: np.abs(np.diff(a)).max()  # noqa: E731
+    own = max(d1(y[(k0 - 40) * 480:k0 * 480]), d1(r[(k0 + 20) * 480:(k0 + 60) * 480]))
+    assert d1(y[(k0 - 2) * 480:(k0 + 3) * 480]) <= 2.0 * own  # 1.4 times here; 10 times set at once
+    np.testing.assert_allclose(y[(k0 + 2) * 480:], r[(k0 + 2) * 480:], atol=1e-6)  # then exactly the new gain
+
+
+@pytest.mark.plugin
+def test_a_discrete_plugin_parameter_is_set_at_once(qcgain_vst3):
+    """``delay_samples`` (a whole number of samples, declared as the
+    plugin's latency) and ``fault`` (a switch) are not ramped: the next
+    block runs the new value from its first sample, never the values in
+    between (a walk through 32 delays would be 32 steps)."""
+    proc = plugin_only(qcgain_vst3).processor(SR, 2)
+    st = proc.stage("v")
+    assert st._continuous == {"gain_db"}
+    x = _tones(0.2, 2)
+    proc.process(x[:, :4800])
+    proc.set_param("v.delay_samples", 100)
+    assert not st._ramps
+    y = proc.process(x[:, 4800:5280])
+    L = proc.latency  # (the first L samples of the block came out of the plugin before the change)
+    np.testing.assert_allclose(y[:, L:], x[:, 4800 - 100:5280 - L - 100], atol=1e-6)
+    proc.set_param("v.fault", True)
+    assert not st._ramps and st._instances[0].fault
+
+
+@pytest.mark.plugin
+def test_a_ramp_that_moves_a_plugins_latency_stops_there(qcgain_vst3):
+    """A continuous parameter that turns out to move the plugin's latency
+    (the chain does not follow a latency live) does not walk through the
+    latencies in between: once the plugin reports another latency during a
+    ramp, the value jumps to its end, and it is set at once from then on.
+    (Our plugin's ``delay_samples`` is discrete; here it is taken for a
+    continuous one to see it.)"""
+    proc = plugin_only(qcgain_vst3).processor(SR, 2)
+    st = proc.stage("v")
+    st._continuous = st._continuous | {"delay_samples"}
+    x = np.zeros((2, 480), np.float32)
+    x[:, ::48] = 1.0  # a click every 48 samples: where it comes out says the delay
+    proc.process(x)
+    proc.set_param("v.delay_samples", 96)
+    assert "delay_samples" in st._ramps
+    proc.process(x)
+    assert "delay_samples" in st._at_once and st._instances[0].reported_latency_samples == 96
+    y = proc.process(x)[0]  # all at the end value
+    L = proc.latency
+    np.testing.assert_allclose(y[L:], x[0, :480 - L], atol=1e-6)  # (96 is two click periods)
+    proc.set_param("v.delay_samples", 0)
+    assert not st._ramps  # set at once now
 
 
 @pytest.mark.plugin
