@@ -235,7 +235,7 @@ def _open_input(src: str, sample_rate: int | None):
         if 0 < count:
             f = _Trimmed(f, start, count)
     if sample_rate and int(sample_rate) != int(f.samplerate):
-        return f, f.resampled_to(float(sample_rate))
+        return f, _Resampled(f, int(sample_rate))
     return f, f
 
 
@@ -285,8 +285,8 @@ def _is_mp3(path: str) -> bool:
 class _Trimmed:
     """A pedalboard reader seen from frame ``start`` for ``count`` frames
     (an MP3's audio without the encoder's delay and padding): ``frames``,
-    ``read``, ``seek``, ``tell``, ``resampled_to`` and ``close`` as
-    pedalboard's own reader has them, in the trimmed frames."""
+    ``read``, ``seek``, ``tell`` and ``close`` as pedalboard's own reader
+    has them, in the trimmed frames."""
 
     def __init__(self, raw, start: int, count: int):
         self._raw, self._start, self.frames = raw, start, count
@@ -307,24 +307,49 @@ class _Trimmed:
     def tell(self) -> int:
         return self._pos
 
-    def resampled_to(self, rate: float):
-        self._raw.seek(self._start + self._pos)
-        return _Limited(self._raw.resampled_to(rate), round((self.frames - self._pos) * rate / self.samplerate))
-
     def close(self) -> None:
         self._raw.close()
 
 
-class _Limited:
-    """A reader that ends after ``frames`` frames (a resampled
-    :class:`_Trimmed`)."""
+class _Resampled:
+    """A reader (pedalboard's, or a :class:`_Trimmed`) from where it stands,
+    resampled to ``rate``: exactly as long as what is left of it,
+    ``frames * rate / samplerate`` frames rounded to the nearest (half
+    up), and never none from some.
 
-    def __init__(self, reader, frames: int):
-        self._r, self.frames, self._left = reader, frames, frames
-        self.samplerate, self.num_channels = reader.samplerate, reader.num_channels
+    pedalboard's ``resampled_to`` reader came out up to 2 frames short
+    (measured: 8229 frames for 12345 at 48 kHz to 32 kHz, 8230 expected;
+    15999 for 96001 at 48 to 8 kHz; 96000 for 88201 at 44.1 to 48 kHz):
+    its resampler's last output frames depend on input past the file's
+    end, which it never receives, and so never computes. Here the same
+    resampler (:class:`pedalboard.io.StreamResampler`, the same
+    quality, aligned from the first frame as that reader is) is fed
+    silence past the end and flushed, and the output is cut at the
+    expected length."""
+
+    def __init__(self, reader, rate: int):
+        from pedalboard.io import StreamResampler
+
+        self._r, self.samplerate, self.num_channels = reader, float(rate), reader.num_channels
+        left, sr = reader.frames - reader.tell(), int(round(reader.samplerate))
+        self.frames = self._left = max(min(left, 1), (2 * left * int(rate) + sr) // (2 * sr))  # (exact integers)
+        self._rs = StreamResampler(float(reader.samplerate), float(rate), reader.num_channels)
+        self._pad = int(np.ceil(self._rs.input_latency)) + 2 * int(np.ceil(reader.samplerate / rate)) + 2
+        self._buf = np.zeros((self.num_channels, 0), np.float32)
+        self._ended = False
 
     def read(self, n: int) -> np.ndarray:
-        x = _read_upto(self._r, min(int(n), self._left), self.num_channels)
+        n = min(int(n), self._left)
+        while self._buf.shape[1] < n and not self._ended:
+            x = _read_upto(self._r, n, self.num_channels)
+            if x.shape[1]:
+                y = self._rs.process(np.ascontiguousarray(x, np.float32))
+            else:  # the end: silence past it, then the resampler's flush
+                y = self._rs.process(np.zeros((self.num_channels, self._pad), np.float32))
+                y = np.concatenate([y, self._rs.process()], axis=1)
+                self._ended = True
+            self._buf = np.concatenate([self._buf, y], axis=1) if self._buf.shape[1] else y
+        x, self._buf = self._buf[:, :n], self._buf[:, n:]
         self._left -= x.shape[1]
         return x
 
