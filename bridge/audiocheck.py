@@ -606,11 +606,15 @@ def pcm_ints(x, bits: int):
     """The integer samples (float64, clipped to the ``bits``-wide range)
     that float samples stand for as pedalboard reads them: it reads an
     integer ``k`` as ``k / (2**(bits-1) - 1)``, so this gives ``k`` back
-    exactly for 8, 16 and 24 bits."""
+    exactly for 8, 16 and 24 bits. A 32-bit ``k`` read into a 32-bit float
+    keeps 24 significant bits, which cannot tell that scale from
+    ``2**31``; scaled by ``2**31`` (a value within the same float step),
+    ``k`` comes back exactly when it holds 24-bit audio (multiples of
+    256), where ``2**31 - 1`` made the upper half of the range one lower."""
     import numpy as np
 
     full = float(2 ** (bits - 1))
-    return np.clip(np.rint(x.astype(np.float64) * (full - 1.0)), -full, full - 1.0)
+    return np.clip(np.rint(x.astype(np.float64) * (full if bits >= 32 else full - 1.0)), -full, full - 1.0)
 
 
 class FlacCheck:

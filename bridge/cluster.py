@@ -108,7 +108,7 @@ from .chain import Chain
 from .errors import AudioFileError, BridgeError
 from .offline import (
     BLOCK, FLAC_DAMAGED, AudioWriter, FileResult, Job, Progress, Summary, WRITE_EXTS, _layout, _open_input,
-    _default_fallback_note, _processor, _short, exists_error, process_file, split_existing,
+    _default_fallback_note, _processor, _short, exists_error, output_format, process_file, split_existing,
 )
 
 INSTALL_HINT = "pip install 'quietcast[cluster]'"
@@ -387,20 +387,16 @@ def stitch(src: str, dst: str, parts: list[tuple[str, int, int, int]], *, channe
     """Write ``dst`` from raw segment files: ``parts`` = ``(path, file_start,
     first, end)`` -- frames ``[first, end)`` of the output, taken from a
     raw file whose first frame is output frame ``file_start``. Temporary
-    file beside the target + rename, refusing to overwrite, bit depth as
-    the single pass chooses it."""
-    from pedalboard.io import AudioFile
-
+    file beside the target + rename, refusing to overwrite, written as the
+    single pass writes it (:class:`~quietcast.bridge.offline.AudioWriter`)."""
     if os.path.exists(dst) and not overwrite:
         raise BridgeError(exists_error(dst))
-    with AudioFile(src) as f:
-        dtype = f.file_dtype
     ext = os.path.splitext(dst)[1].lower()
     folder = os.path.dirname(os.path.abspath(dst))
     tmp = os.path.join(folder, f".{os.path.basename(dst)}.qc-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
     ok = False
     try:
-        with AudioWriter(tmp, sample_rate, channels, dtype, name=dst) as out:  # (errors name dst)
+        with AudioWriter(tmp, sample_rate, channels, src, name=dst) as out:  # (errors name dst)
             for path, file_start, first, end in parts:
                 with open(path, "rb") as f:
                     f.seek((first - file_start) * channels * 4)
@@ -879,6 +875,10 @@ def _run(ray, chain, jobs, t0, *, overwrite, sample_rate, channels, progress, sp
                     repair(i, bad)
                     continue
                 r = FileResult(j.src, j.dst, ok=True, seconds=sp.frames / sp.sr, elapsed=time.monotonic() - sp.t0)
+                fmt = output_format(j.src, j.dst, sp.sr, sp.out[sp.segs[0].start]["channels"])  # (as stitch wrote it)
+                r.format = str(fmt)
+                if fmt.note:
+                    r.warnings.append(fmt.note)
                 bad_samples = sum(o["bad"] for o in sp.out.values())
                 if bad_samples:
                     r.warnings.append(f"{bad_samples} NaN/Inf input sample(s) were replaced by silence")

@@ -4,8 +4,10 @@
   the file's length.
 - Keeps the sample rate and channel layout unless told
   (``sample_rate=``, ``channels=``); stages that need 48 kHz resample
-  internally.
-- The output is latency aligned: same length as the input, no delay.
+  internally. Keeps the container and sample format (subtype) where the
+  output holds it, and says so where it does not (:func:`output_format`).
+- The output is latency aligned: same length as the input, no delay
+  (resampled: as long in time, to the nearest frame).
 - Never loses data: writes a hidden temporary file beside the target and
   renames it into place only when complete; refuses to overwrite unless
   ``overwrite=True``; a corrupt or unreadable input is reported and skipped
@@ -43,7 +45,6 @@ WRITE_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif")
 NOT_WRITTEN_EXTS = (".m4a", ".m4b", ".mp4", ".aac", ".alac", ".opus", ".oga", ".wma", ".caf", ".aifc", ".au", ".snd",
                     ".webm", ".mka", ".wv", ".ape", ".amr", ".ac3", ".3gp", ".mp2", ".spx", ".bwf", ".w64", ".rf64")
 BLOCK = 65_536
-_BIT_DEPTHS = {"int8": 8, "int16": 16, "int24": 24, "int32": 32, "float32": 32, "float64": 32}
 
 
 @dataclass
@@ -62,6 +63,7 @@ class FileResult:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     skipped: bool = False  # the output existed and was left alone (skip_existing)
+    format: str | None = None  # what the output was written as: container and subtype ("WAV PCM_24")
 
 
 @dataclass
@@ -235,7 +237,7 @@ def _open_input(src: str, sample_rate: int | None):
         if 0 < count:
             f = _Trimmed(f, start, count)
     if sample_rate and int(sample_rate) != int(f.samplerate):
-        return f, f.resampled_to(float(sample_rate))
+        return f, _Resampled(f, int(sample_rate))
     return f, f
 
 
@@ -285,8 +287,8 @@ def _is_mp3(path: str) -> bool:
 class _Trimmed:
     """A pedalboard reader seen from frame ``start`` for ``count`` frames
     (an MP3's audio without the encoder's delay and padding): ``frames``,
-    ``read``, ``seek``, ``tell``, ``resampled_to`` and ``close`` as
-    pedalboard's own reader has them, in the trimmed frames."""
+    ``read``, ``seek``, ``tell`` and ``close`` as pedalboard's own reader
+    has them, in the trimmed frames."""
 
     def __init__(self, raw, start: int, count: int):
         self._raw, self._start, self.frames = raw, start, count
@@ -307,77 +309,233 @@ class _Trimmed:
     def tell(self) -> int:
         return self._pos
 
-    def resampled_to(self, rate: float):
-        self._raw.seek(self._start + self._pos)
-        return _Limited(self._raw.resampled_to(rate), round((self.frames - self._pos) * rate / self.samplerate))
-
     def close(self) -> None:
         self._raw.close()
 
 
-class _Limited:
-    """A reader that ends after ``frames`` frames (a resampled
-    :class:`_Trimmed`)."""
+class _Resampled:
+    """A reader (pedalboard's, or a :class:`_Trimmed`) from where it stands,
+    resampled to ``rate``: exactly as long as what is left of it,
+    ``frames * rate / samplerate`` frames rounded to the nearest (half
+    up), and never none from some.
 
-    def __init__(self, reader, frames: int):
-        self._r, self.frames, self._left = reader, frames, frames
-        self.samplerate, self.num_channels = reader.samplerate, reader.num_channels
+    pedalboard's ``resampled_to`` reader came out up to 2 frames short
+    (measured: 8229 frames for 12345 at 48 kHz to 32 kHz, 8230 expected;
+    15999 for 96001 at 48 to 8 kHz; 96000 for 88201 at 44.1 to 48 kHz):
+    its resampler's last output frames depend on input past the file's
+    end, which it never receives, and so never computes. Here the same
+    resampler (:class:`pedalboard.io.StreamResampler`, the same
+    quality, aligned from the first frame as that reader is) is fed
+    silence past the end and flushed, and the output is cut at the
+    expected length."""
+
+    def __init__(self, reader, rate: int):
+        from pedalboard.io import StreamResampler
+
+        self._r, self.samplerate, self.num_channels = reader, float(rate), reader.num_channels
+        left, sr = reader.frames - reader.tell(), int(round(reader.samplerate))
+        self.frames = self._left = max(min(left, 1), (2 * left * int(rate) + sr) // (2 * sr))  # (exact integers)
+        self._rs = StreamResampler(float(reader.samplerate), float(rate), reader.num_channels)
+        self._pad = int(np.ceil(self._rs.input_latency)) + 2 * int(np.ceil(reader.samplerate / rate)) + 2
+        self._buf = np.zeros((self.num_channels, 0), np.float32)
+        self._ended = False
 
     def read(self, n: int) -> np.ndarray:
-        x = _read_upto(self._r, min(int(n), self._left), self.num_channels)
+        n = min(int(n), self._left)
+        while self._buf.shape[1] < n and not self._ended:
+            x = _read_upto(self._r, n, self.num_channels)
+            if x.shape[1]:
+                y = self._rs.process(np.ascontiguousarray(x, np.float32))
+            else:  # the end: silence past it, then the resampler's flush
+                y = self._rs.process(np.zeros((self.num_channels, self._pad), np.float32))
+                y = np.concatenate([y, self._rs.process()], axis=1)
+                self._ended = True
+            self._buf = np.concatenate([self._buf, y], axis=1) if self._buf.shape[1] else y
+        x, self._buf = self._buf[:, :n], self._buf[:, n:]
         self._left -= x.shape[1]
         return x
 
 
+#: the containers written with libsndfile (soundfile), by output extension; .mp3 and .ogg are pedalboard's encoders
+_SF_MAJORS = {".wav": "WAV", ".flac": "FLAC", ".aiff": "AIFF", ".aif": "AIFF"}
+_LOSSY_OUT = {".mp3": "MPEG_LAYER_III", ".ogg": "VORBIS"}
+#: a lossy source's subtypes: only its decoded audio is left to keep, which 32-bit float holds whole
+_LOSSY = {"MPEG_LAYER_I", "MPEG_LAYER_II", "MPEG_LAYER_III", "VORBIS", "OPUS"}
+#: integer PCM, by width; 8 bits is unsigned in WAV (its only 8-bit PCM) and signed in AIFF and FLAC
+_PCM_BITS = {"PCM_S8": 8, "PCM_U8": 8, "PCM_16": 16, "PCM_24": 24, "PCM_32": 32}
+#: what a subtype falls back to where the output cannot hold it: 24-bit PCM for the wider ones, else 16
+_WIDE = {"PCM_32", "FLOAT", "DOUBLE", "DWVW_24"}
+
+
+@dataclass(frozen=True)
+class OutFormat:
+    """What an output file is written as: ``major``, libsndfile's container
+    (``WAV``, ``WAVEX``, ``RF64``, ``AIFF``, ``FLAC``; None for MP3 and Ogg,
+    pedalboard's encoders), ``subtype`` (libsndfile's name: ``PCM_24``,
+    ``ALAW``, ``FLOAT`` ...) and ``note``: why the source's subtype was not
+    kept, where it was not and something of it may be lost (else None)."""
+
+    major: str | None
+    subtype: str
+    note: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.major or {'MPEG_LAYER_III': 'MP3', 'VORBIS': 'OGG'}[self.subtype]} {self.subtype}"
+
+
+def source_format(src: str) -> tuple[str | None, str | None]:
+    """``(container, subtype)`` of an input as libsndfile names them
+    (``("WAV", "PCM_32")``), or ``(None, None)`` where it cannot tell."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(src)
+    except Exception:
+        return None, None
+    return info.format, info.subtype
+
+
+def _writable(major: str, subtype: str, sample_rate: int, channels: int) -> bool:
+    """Whether libsndfile writes ``subtype`` in ``major`` at this rate and
+    channel count (it is asked: a header is written to memory)."""
+    import io
+
+    import soundfile as sf
+
+    if not sf.check_format(major, subtype):
+        return False
+    try:
+        sf.SoundFile(io.BytesIO(), "w", int(sample_rate), int(channels), subtype, format=major).close()
+    except Exception:
+        return False
+    return True
+
+
+def output_format(src: str, dst: str, sample_rate: int, channels: int) -> OutFormat:
+    """How ``dst`` is written from ``src``: the source's subtype (libsndfile's
+    ``sf.info(src).subtype``) wherever the output's container holds it at
+    this rate and channel count, and for a ``.wav`` output the source's own
+    WAV container (plain WAV, WAVE_FORMAT_EXTENSIBLE or RF64).
+
+    - 8-bit PCM is written as each container has it: unsigned in WAV,
+      signed in AIFF and FLAC.
+    - A lossy source (MP3, Vorbis, Opus) is written as 32-bit float (24-bit
+      PCM in FLAC): its decoded audio, whole; no note.
+    - A subtype the output cannot hold (32-bit or float in FLAC, A-law in
+      FLAC, an ADPCM that libsndfile writes in mono or stereo only ...)
+      becomes 24-bit PCM when it is wider than 16 bits, else 16-bit PCM,
+      and the note says so.
+    - ``.mp3`` and ``.ogg`` are pedalboard's encoders (MP3 at 16 bits).
+
+    A :class:`BridgeError` where not even that PCM can be written (FLAC
+    with more than 8 channels), naming the channel counts it takes."""
+    ext = os.path.splitext(dst)[1].lower()
+    if ext in _LOSSY_OUT:
+        return OutFormat(None, _LOSSY_OUT[ext])
+    major_in, sub = source_format(src)
+    major = major_in if ext == ".wav" and major_in in ("WAV", "WAVEX", "RF64") else _SF_MAJORS[ext]
+    lossy = sub is None or sub in _LOSSY
+    want = "FLOAT" if lossy else sub
+    if want in ("PCM_S8", "PCM_U8"):
+        want = "PCM_S8" if major in ("AIFF", "FLAC") else "PCM_U8"
+    if _writable(major, want, sample_rate, channels):
+        return OutFormat(major, want)
+    fallback = "PCM_24" if want in _WIDE else "PCM_16"
+    if not _writable(major, fallback, sample_rate, channels):
+        most = max((c for c in range(1, 65) if _writable(major, fallback, sample_rate, c)), default=0)
+        raise BridgeError(f"{major} holds 1 to {most} channels, not {channels}; choose another --format, or "
+                          "--channels 1" if most and channels > most else
+                          f"{major} cannot be written at {sample_rate} Hz with {channels} channels")
+    if lossy:
+        return OutFormat(major, fallback)
+    import soundfile as sf
+
+    why = (f"{major} cannot hold {sub}" if not sf.check_format(major, want) else
+           f"libsndfile writes no {want} {major} with {channels} channel(s) at {sample_rate} Hz")
+    return OutFormat(major, fallback, f"written as {major} {fallback}: {why} (the source's subtype)")
+
+
 class AudioWriter:
-    """pedalboard's file writer, made transparent and safe for any block.
+    """The output file, written in blocks: as :func:`output_format` decides
+    from the source (``source``: the input file's path), with libsndfile
+    (soundfile) for WAV, AIFF and FLAC and pedalboard's encoders for MP3
+    (16-bit) and Ogg Vorbis. ``format`` says what was chosen, and why where
+    the source's subtype was not kept.
 
-    - Bit depth: the source's, at most 24 for FLAC and AIFF (pedalboard
-      writes neither at 32), at least 16 for FLAC (nor at 8), 16 for MP3
-      (ignored there); float sources stay float in WAV.
-    - Integer formats (8/16/24-bit WAV and AIFF, FLAC) get round-to-nearest:
-      pedalboard reads an integer sample ``k`` as ``k / (2**(b-1) - 1)``
-      but writes ``floor(x * 2**(b-1))``, so a float that was read comes
-      back one step lower when negative (a -0.5 LSB bias, and the ``dry``
-      chain not bit-exact). Each sample is written as the middle of the
-      step that rounds it, so what was read is written back bit for bit.
-    - A block of as many frames as channels is written a frame at a time
-      (pedalboard cannot tell ``[channels, frames]`` from ``[frames,
-      channels]`` in a square block)."""
+    - Container: the source's. A plain WAV stays plain (WAVE_FORMAT_PCM or
+      IEEE_FLOAT) with any number of channels: libsndfile writes what it
+      is asked. (pedalboard, which wrote it before, made every file of
+      more than 2 channels WAVE_FORMAT_EXTENSIBLE.) A WAVE_FORMAT_EXTENSIBLE
+      source stays extensible, with libsndfile's speaker mask for its
+      channel count (0x3F for 6), not the source's own; RF64 stays RF64.
+    - Integer PCM (8 to 32 bits) is rounded to the nearest step, without
+      dither, and clipped to the format's range. pedalboard reads an
+      integer sample ``k`` as ``k / (2**(b-1) - 1)``; each sample is written
+      as the ``k`` that reads back as the nearest value, so what was read
+      is written back bit for bit (the ``dry`` chain): all of 8, 16 and 24
+      bits, and 32-bit samples as far as the chain's 32-bit float holds
+      them (24 significant bits; 24-bit audio in a 32-bit file comes back
+      whole).
+    - A-law, mu-law, ADPCM and the other codecs are encoded by libsndfile
+      from 16-bit samples rounded to the nearest (pedalboard decodes them
+      as ``s / 32768``, so A-law and mu-law come back bit for bit through
+      ``dry``).
+    - 32- and 64-bit float are written as they come from the chain (32-bit
+      float), not clipped.
+    - MP3/Ogg (pedalboard): a block of as many frames as channels is
+      written a frame at a time (pedalboard cannot tell ``[channels,
+      frames]`` from ``[frames, channels]`` in a square block)."""
 
-    def __init__(self, path: str, sample_rate: int, channels: int, source_dtype: str, name: str | None = None):
+    def __init__(self, path: str, sample_rate: int, channels: int, source: str, name: str | None = None):
         """``name``: the file that write errors name (the target, where
         ``path`` is its hidden temporary file)."""
-        from pedalboard.io import AudioFile
-
         self.path, self.name = path, name or path
-
-        ext = os.path.splitext(path)[1].lower()
-        depth = _BIT_DEPTHS.get(str(source_dtype), 16)
-        if ext == ".mp3":
-            self.bit_depth = 16
-        elif ext == ".flac":  # pedalboard writes FLAC at 16 or 24 bits only
-            self.bit_depth = min(max(depth, 16), 24)
-        else:
-            self.bit_depth = min(depth, 24 if ext in (".aiff", ".aif") else 32)
-        self._integer = ext in (".wav", ".flac", ".aiff", ".aif") and self.bit_depth in (8, 16, 24)
         try:
-            self._f = AudioFile(path, "w", sample_rate, channels, bit_depth=self.bit_depth)
-        except (RuntimeError, OSError) as e:
+            self.format = output_format(source, path, sample_rate, channels)
+        except BridgeError as e:
+            raise AudioFileError(self.name, f"cannot be written: {e}; output not written") from None
+        sub = self.format.subtype
+        self._bits = _PCM_BITS.get(sub) or (None if sub in ("FLOAT", "DOUBLE") else 16)
+        self._pcm = sub in _PCM_BITS
+        try:
+            if self.format.major is None:
+                from pedalboard.io import AudioFile
+
+                self._sf = None
+                self._f = AudioFile(path, "w", sample_rate, channels, bit_depth=16)
+            else:
+                import soundfile as sf
+
+                self._sf = True
+                self._f = sf.SoundFile(path, "w", int(sample_rate), int(channels), sub, format=self.format.major)
+        except (RuntimeError, OSError, ValueError) as e:
             raise self._error(e) from None
+
+    def _samples(self, y: np.ndarray) -> np.ndarray:
+        """``[frames, channels]`` for libsndfile: int32 holding the integer
+        sample in its top bits (libsndfile shifts it down to the subtype's
+        width, exactly), or float32."""
+        if self._bits is None:
+            return np.ascontiguousarray(y.T, np.float32)
+        if self._pcm:
+            k = pcm_ints(y, self._bits)
+        else:  # the codecs: 16-bit samples, as pedalboard decodes them (s / 32768). Not -32768: libsndfile
+            # 1.2 encodes INT_MIN as A-law's and mu-law's largest *positive* code (-32767 has the same code)
+            k = np.clip(np.rint(y.astype(np.float64) * 32768.0), -32767.0, 32767.0)
+        return np.ascontiguousarray((k.astype(np.int64) << (32 - self._bits)).astype(np.int32).T)
 
     def write(self, y: np.ndarray) -> None:
         if y.shape[1] == 0:
             return
-        if self._integer:  # the middle of the step each sample rounds to
-            y = ((pcm_ints(y, self.bit_depth) + 0.5) / float(2 ** (self.bit_depth - 1))).astype(np.float32)
         try:
-            if y.shape[0] == y.shape[1]:
+            if self._sf:
+                self._f.write(self._samples(y))
+            elif y.shape[0] == y.shape[1]:
                 for j in range(y.shape[1]):
                     self._f.write(np.ascontiguousarray(y[:, j:j + 1]))
             else:
                 self._f.write(np.ascontiguousarray(y))
-        except (RuntimeError, OSError) as e:
+        except (RuntimeError, OSError, AssertionError) as e:
             raise self._error(e) from None
 
     def close(self) -> None:
@@ -541,7 +699,10 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res, dev
         if check is not None and reader is not raw:  # resampled: these samples are not the file's; check it first
             _verify_flac(src, check)
             check = None
-        with AudioWriter(tmp, sr, ch, raw.file_dtype, name=res.dst) as out:
+        with AudioWriter(tmp, sr, ch, src, name=res.dst) as out:
+            res.format = str(out.format)
+            if out.format.note:
+                res.warnings.append(out.format.note)
             while True:
                 try:
                     x = reader.read(block)

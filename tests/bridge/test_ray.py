@@ -346,6 +346,7 @@ def test_a_long_file_is_split_and_stitched_back_exactly(ray_local, tmp_path):
     assert not s.failed, s.text()
     long = next(r for r in s.results if r.src.endswith("long.wav"))
     assert long.segments >= 3 and long.warnings == [] and long.seconds == pytest.approx(80)
+    assert long.format == "WAV PCM_16"  # (said by the driver, as the stitching task wrote it)
     assert next(r for r in s.results if r.src.endswith("short.wav")).segments == 1
     assert (out / "sub" / "long.wav").read_bytes() == single.read_bytes()
     assert leftovers(out) == []
