@@ -110,12 +110,15 @@ the JACK MIDI output and every hardware output (14-bit: MSB then LSB;
 bools: 127 / 0, notes as note-on with velocity 127 or 0, which Mackie-style
 surfaces read as LED on / off) -- except to a fader or knob whose own
 message made the change (an echo would fight the hand on a motor fader);
-buttons always get their LED state. :meth:`MidiControl.start` sends the
+buttons always get their LED state. A message equal to the feedback just
+sent to its control (within 0.5 s) is that feedback coming back from a
+surface or a soft thru that echoes, not a move or a press, and is ignored. :meth:`MidiControl.start` sends the
 current value of every binding once.
 
 MIDI learn: :meth:`MidiControl.learn` arms one address; the next CC,
 note-on or pitch bend on any input is bound to it with the defaults above
-(a CC n < 32 followed within 0.1 s by CC n + 32 is learned as 14-bit),
+(a CC n < 32 followed within 0.1 s by CC n + 32 is learned as 14-bit, and
+so is a CC n in 32..63, a 14-bit LSB sent alone, followed by CC n - 32),
 replacing any binding of that address and any binding of that control, and
 the mapping file is rewritten atomically (temp file, fsync, rename). Learn
 rewrites the file from the bindings, so comments in it are not kept.
@@ -158,6 +161,8 @@ HARDWARE_RETRY_S = 5.0
 ECHO_S = 0.5
 #: how long learn waits for the LSB (CC n + 32) after CC n to call it 14-bit
 CC14_LEARN_WINDOW_S = 0.1
+#: how long learn waits at most for the MSB of a CC 32..63 that keeps coming alone (14-bit LSBs)
+CC14_LSB_LEARN_MAX_S = 1.0
 _FADER_K = 192.0  # dB span of the taper below the reference (Ardour's law)
 _GAINLIKE = ("gain", "level", "volume", "background", "ceiling")
 
@@ -991,7 +996,7 @@ class MidiControl:
         self._lock = threading.Lock()  # guards _learn
         self._learn: Learn | None = None
         self._last_learn: Learn | None = None
-        self._pending_cc14: tuple | None = None  # learn: (Learn, channel, number, deadline)
+        self._pending_cc14: tuple | None = None  # learn: (Learn, channel, number, deadline, first seen)
         self._bound: list[_Bound] = []
         self._by_control: dict[tuple, list[_Bound]] = {}
         self._by_address: dict[str, list[_Bound]] = {}
@@ -1292,7 +1297,7 @@ class MidiControl:
     def _housekeeping(self) -> None:
         now = time.monotonic()
         if self._pending_cc14 is not None and now >= self._pending_cc14[3]:
-            lr, ch, num, _ = self._pending_cc14
+            lr, ch, num, _, _ = self._pending_cc14
             self._pending_cc14 = None
             self._learned(lr, "cc", ch, num, cc14=False)
         with self._lock:
@@ -1386,6 +1391,14 @@ class MidiControl:
             return
         if p.kind == "bool":
             press = val >= 64 if spec.type == "cc" else val > 0
+            sent, b.sent = b.sent, None
+            if sent is not None and time.monotonic() - sent[1] < ECHO_S and press == (sent[0] >= 64):
+                # the LED state just sent, coming back (a soft thru, a surface that echoes): not a press.
+                # Taken as one, a toggle set on from elsewhere flipped straight back off, and a
+                # momentary button fed itself for ever (a set, its feedback, its echo, a set ...).
+                # A hand's second press comes after its release, which is not the LED state sent
+                self.counters["echo_ignored"] += 1
+                return
             if spec.button == "momentary":
                 new = press
             elif press:
@@ -1520,10 +1533,16 @@ class MidiControl:
         typ, ch, num, val = ev
         pend = self._pending_cc14
         if pend is not None:
-            lr, pch, pnum, _ = pend
+            lr, pch, pnum, _, first = pend
+            if pnum >= 32 and typ == "cc" and ch == pch and num == pnum:
+                # more LSBs alone: wait on for the MSB (a while longer, not for ever)
+                self._pending_cc14 = (lr, pch, pnum, min(first + CC14_LSB_LEARN_MAX_S,
+                                                         time.monotonic() + CC14_LEARN_WINDOW_S), first)
+                return True
             self._pending_cc14 = None
-            if typ == "cc" and ch == pch and num == pnum + 32:
-                self._learned(lr, "cc", pch, pnum, cc14=True)
+            msb = pnum if pnum < 32 else pnum - 32
+            if typ == "cc" and ch == pch and {num, pnum} == {msb, msb + 32}:
+                self._learned(lr, "cc", pch, msb, cc14=True)
                 return True
             # anything else: it was a 7-bit CC; this event is then dispatched as usual
             self._learned(lr, "cc", pch, pnum, cc14=False)
@@ -1547,8 +1566,13 @@ class MidiControl:
         if typ == "pitch_bend" and p.kind == "bool":
             lr.note = f"pitch bend passed over: {lr.address} is on/off; press a button"
             return True
-        if typ == "cc" and num < 32 and p.kind in ("float", "int"):
-            self._pending_cc14 = (lr, ch, num, time.monotonic() + CC14_LEARN_WINDOW_S)
+        if typ == "cc" and num < 64 and p.kind in ("float", "int"):
+            # CC n < 32 may be a 14-bit MSB (its LSB, CC n + 32, follows); CC n in 32..63 may be a
+            # 14-bit LSB sent alone, as MIDI 1.0 allows while the MSB stays the same (a fader moved
+            # slowly, or one already moving when learn was armed): its MSB, CC n - 32, comes next.
+            # Learned at once, that LSB made a 7-bit binding that wrapped 0..127 on every MSB step
+            now = time.monotonic()
+            self._pending_cc14 = (lr, ch, num, now + CC14_LEARN_WINDOW_S, now)
             return True
         self._learned(lr, typ, ch, num, cc14=False)
         return True

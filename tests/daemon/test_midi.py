@@ -1082,3 +1082,81 @@ def test_a_loaded_chain_moves_its_faders_and_they_pick_its_values_up(daemon, tmp
         r.s.flush()
         assert r.mc.counters["ignored_pickup"] == before + 1
         assert reg.get("host.chain.comp.threshold_db") == -10.0
+
+
+@pytest.mark.jack
+def test_buttons_on_a_surface_that_echoes_their_leds_keep_their_state(daemon, tmp_path):
+    """A surface (or a soft thru) that sends back the LED state it gets,
+    here the daemon's MIDI out patched into its MIDI in. A toggle switched
+    on from elsewhere stays on, a momentary button does not feed itself,
+    and a hand's presses still toggle. (Before, the echoed note-on was a
+    press: bypass set on from ctl flipped straight back off, and a
+    momentary mute set from ctl made ~190 sets a second, for ever.)"""
+    import jack
+
+    reg = daemon.registry
+    addrs = ("host.bypass", "guest.bypass", "host.mute")
+    for a in addrs:
+        reg.set(a, False, source="test")
+    mapping = _map(host__bypass=dict(type="note", number=40), guest__bypass=dict(type="cc", number=70),
+                   host__mute=dict(type="cc", number=71, button="momentary"))
+    try:
+        with Rig(daemon, tmp_path, mapping) as r:
+            mc = r.mc
+            loop = jack.Client("qcecho", servername=r.server, no_start_server=True)
+            try:
+                loop.connect(mc.jack_out_name, mc.jack_in_name)
+                for on in (True, False, True):
+                    applied, echoes = mc.counters["applied"], mc.counters["echo_ignored"]
+                    for a in addrs:
+                        reg.set(a, on, source="zmq")
+                    assert wait_until(lambda: mc.counters["echo_ignored"] >= echoes + 3, 5), mc.counters
+                    time.sleep(0.5)  # room for an echo loop to show
+                    assert {a: reg.get(a) for a in addrs} == {a: on for a in addrs}
+                    assert mc.counters["applied"] == applied, "an echo was taken as a press"
+                # the hand: press and release toggle once each time, echo or not
+                reg.set("host.bypass", False, source="zmq")
+                time.sleep(0.1)
+                r.s.note_on(1, 40)
+                r.value_becomes("host.bypass", True)
+                time.sleep(0.05)
+                r.s.note_off(1, 40)
+                r.s.note_on(1, 40)  # at once again (a double tap): its release came between
+                r.value_becomes("host.bypass", False)
+                r.s.note_off(1, 40)
+                r.s.flush()
+                time.sleep(0.3)
+                assert reg.get("host.bypass") is False
+                r.s.cc(1, 71, 127)  # momentary: held
+                r.value_becomes("host.mute", True)
+                r.s.cc(1, 71, 0)
+                r.value_becomes("host.mute", False)
+                time.sleep(0.3)
+                assert reg.get("host.mute") is False and mc.counters["errors"] == 0
+            finally:
+                loop.close()
+    finally:
+        for a in addrs:
+            reg.set(a, False, source="test")
+
+
+@pytest.mark.jack
+def test_learn_takes_a_14_bit_fader_whose_lsb_comes_first(daemon, tmp_path):
+    """MIDI 1.0 lets a 14-bit controller send the LSB (CC n + 32) alone
+    while the MSB stays the same: a fader moved slowly, or one already
+    moving when learn is armed, shows its LSB first. Learn binds the MSB
+    as 14-bit (before, the LSB was bound as a 7-bit CC: the value wrapped
+    0..1 on every 1/128 of the fader's travel). A 7-bit knob on CC 32..63
+    is still learned as one."""
+    reg = daemon.registry
+    reg.set("guest.strength", 0.5, source="test")  # 14-bit position 8192: MSB 64, LSB 0
+    with Rig(daemon, tmp_path) as r:
+        lr = r.mc.learn("guest.strength", timeout_s=20)
+        r.s.send_many([[0xB0, 39, 10], [0xB0, 39, 11], [0xB0, 7, 64], [0xB0, 39, 12]])
+        assert lr.wait(10) == Binding("guest.strength", "cc", 1, 7, curve="linear", cc14=True)
+        r.s.send_many([[0xB0, 7, 64], [0xB0, 7, 80], [0xB0, 39, 1]])  # picked up at 0.5, then moved
+        r.value_becomes("guest.strength", (80 * 128 + 1) / 16383)
+        lr = r.mc.learn("host.strength", timeout_s=20)
+        r.s.send_many([[0xB0, 45, v] for v in range(10, 20)])
+        assert lr.wait(10) == Binding("host.strength", "cc", 1, 45, curve="linear")
+        assert {b.address: b for b in load_mapping(r.path, reg)}["guest.strength"].cc14
