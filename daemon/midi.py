@@ -1230,6 +1230,7 @@ class MidiControl:
 
     def _open_hardware(self, first: bool = False) -> None:
         no_alsa = ""
+        resync = False
         for h in self._hw_in + self._hw_out:
             if h.obj is not None or (h.alsa_missing and not first):
                 continue
@@ -1244,6 +1245,10 @@ class MidiControl:
                 if not h.warned:
                     log.warning("%s", h.problem)
                     h.warned = True
+            elif h.direction == "out" and not first:
+                resync = True
+        if resync:  # an output plugged in (again) later: its motor faders and LEDs catch up (start() sends at first)
+            self.sync_feedback()
         self._next_retry = time.monotonic() + HARDWARE_RETRY_S
 
     # ------------------------------------------------------------------

@@ -1160,3 +1160,58 @@ def test_learn_takes_a_14_bit_fader_whose_lsb_comes_first(daemon, tmp_path):
         r.s.send_many([[0xB0, 45, v] for v in range(10, 20)])
         assert lr.wait(10) == Binding("host.strength", "cc", 1, 45, curve="linear")
         assert {b.address: b for b in load_mapping(r.path, reg)}["guest.strength"].cc14
+
+
+def test_a_controller_plugged_in_later_gets_the_current_values(monkeypatch, tmp_path):
+    """A hardware output (motor faders, LED rings) that is plugged in, or
+    back in, after the start gets every mapped value once it opens, as the
+    JACK MIDI output does when its ports come back. (Before, only the start
+    sent them: a controller replugged mid-show kept its faders where they
+    fell until each value changed.) No ALSA sequencer on this machine: a
+    stand-in lists what is plugged in; a real registry and engine."""
+    import types
+
+    from quietcast.daemon import midi as M
+    from quietcast.daemon.service import Daemon
+
+    plugged: list[str] = []
+    sent: list[tuple[str, list[int]]] = []
+
+    class Port:
+        def __init__(self, api, name=""):
+            self.port = None
+
+        def get_ports(self):
+            return list(plugged)
+
+        def open_port(self, i, name=""):
+            self.port = plugged[i]
+
+        def send_message(self, m):
+            sent.append((self.port, list(m)))
+
+        def close_port(self):
+            pass
+
+        def delete(self):
+            pass
+
+    fake = types.SimpleNamespace(MidiIn=Port, MidiOut=Port, API_LINUX_ALSA=1, RtMidiError=RuntimeError)
+    monkeypatch.setattr(M, "_rtmidi", lambda: fake)
+    monkeypatch.setattr(M, "HARDWARE_RETRY_S", 0.1)
+    d = Daemon(parse_config('[engine]\nmodel = "dsp"\n[[channel]]\nname = "host"\n'))
+    d._engine_for(48_000)
+    d.registry.set("host.strength", 0.25, source="test")
+    path = tmp_path / "midi.toml"
+    path.write_text(_map(host__strength=dict(number=7), host__mute=dict(type="note", number=16)))
+    mc = M.MidiControl(d.registry, MidiConfig(enabled=True, outputs=("X-Touch",), mapping=str(path)),
+                       jack_server=f"none{uuid.uuid4().hex[:6]}", client_name="qcplug")
+    mc.start(wait_ready_s=0)
+    try:
+        time.sleep(0.3)
+        assert sent == [] and not mc.status()["hardware_outputs"]["X-Touch"]["open"]
+        plugged.append("X-TOUCH:X-TOUCH MIDI 1 24:0")
+        want = {("X-TOUCH:X-TOUCH MIDI 1 24:0", (0xB0, 7, 32)), ("X-TOUCH:X-TOUCH MIDI 1 24:0", (0x90, 16, 0))}
+        assert wait_until(lambda: want <= {(p, tuple(m)) for p, m in sent}, 5), sent
+    finally:
+        mc.stop()
