@@ -1396,14 +1396,16 @@ class MidiControl:
             return
         if p.kind == "bool":
             press = val >= 64 if spec.type == "cc" else val > 0
-            sent, b.sent = b.sent, None
+            sent = b.sent
             if sent is not None and time.monotonic() - sent[1] < ECHO_S and press == (sent[0] >= 64):
                 # the LED state just sent, coming back (a soft thru, a surface that echoes): not a press.
                 # Taken as one, a toggle set on from elsewhere flipped straight back off, and a
                 # momentary button fed itself for ever (a set, its feedback, its echo, a set ...).
-                # A hand's second press comes after its release, which is not the LED state sent
+                # A hand's second press comes after its release, which is not the LED state sent (and
+                # ends the echo window); several LED messages in flight each come back
                 self.counters["echo_ignored"] += 1
                 return
+            b.sent = None
             if spec.button == "momentary":
                 new = press
             elif press:
