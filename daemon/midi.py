@@ -19,7 +19,12 @@ Ports
   messages in a burst (1000 CCs). The bridge waits for the server when it
   is not there, exits when it goes away, and is started again (at once
   with :meth:`MidiControl.reopen_jack`, else after 1 s, backing off while
-  it keeps failing).
+  it keeps failing). Connections made to the two ports (by hand, with
+  ``jack_connect``) are remembered and made again when the other port
+  comes back (a controller unplugged and plugged in again, behind
+  a2jmidid or PipeWire) and by a restarted bridge; one taken down while
+  both ports exist is forgotten (``status``: ``jack.connections``). A
+  controller connected (again) to the output gets every mapped value.
 - Hardware ports through python-rtmidi's ALSA API in the daemon's process
   (no JACK involved), by name: each entry of ``[midi] inputs`` /
   ``outputs`` is matched (case-insensitive, exact name first, else a part
@@ -715,7 +720,53 @@ def write_out():
         say("m " + bytes(m[0]).hex(" "))
 poller = threading.Thread(target=write_out, daemon=True)
 poller.start()
-say("ready %s %s" % (pick(":in", name + "-in:in"), pick(":out", name + "-out:out")))
+ours = {"in": pick(":in", name + "-in:in"), "out": pick(":out", name + "-out:out")}
+say("ready %s %s" % (ours["in"], ours["out"]))
+# connections made to our ports (by hand, or by an earlier bridge: argv[2]) are remembered and made
+# again when the other port comes back (a controller unplugged and plugged in again, a2jmidid or
+# PipeWire re-creating its port); one taken down while both ports exist is forgotten. Polled from a
+# thread: a Python JACK callback here would wait for the GIL that rtmidi holds inside libjack
+import json
+remember = {(k, p) for k, p in json.loads(sys.argv[2])} if len(sys.argv) > 2 else set()
+def keep_connections():
+    known, suspect = set(), set()
+    while not stopping.is_set():
+        try:
+            names = {p.name for p in watch.get_ports(is_midi=True)}
+            cur = {(k, p.name) for k, mine in ours.items() for p in watch.get_all_connections(mine)}
+            for c in sorted(cur - remember):
+                remember.add(c)
+                say("conn %s %s" % c)
+            gone = known - cur
+            for c in sorted(suspect):
+                if c in cur or c[1] not in names:  # connected again, or its port went after all: kept
+                    suspect.discard(c)
+                elif c not in gone:  # still there a poll later, and still not connected: taken down by hand
+                    suspect.discard(c)
+                    remember.discard(c)
+                    say("disc %s %s" % c)
+            # a connection gone while its port is still listed: by hand, or a port caught between its
+            # disconnection and its removal (a client closing): the next poll tells
+            suspect |= {c for c in gone if c[1] in names}
+            for k, peer in sorted(remember - cur - suspect):
+                if peer in names:
+                    try:
+                        if k == "in":
+                            watch.connect(peer, ours["in"])
+                        else:
+                            watch.connect(ours["out"], peer)
+                        cur.add((k, peer))
+                    except jack.JackError:
+                        pass
+            for c in sorted(cur - known):
+                if c[0] == "out":  # a controller linked to our output (again): the daemon sends it every value
+                    say("up %s %s" % c)
+            known = cur
+        except Exception:
+            pass
+        stopping.wait(0.25)
+keeper = threading.Thread(target=keep_connections, daemon=True)
+keeper.start()
 while True:
     line = sendq.get()
     if line is None:
@@ -726,6 +777,7 @@ while True:
         pass
 stopping.set()
 poller.join()  # (deleting mi while it is polled would crash)
+keeper.join()
 for o in (mi, mo):
     try:
         o.close_port()
@@ -768,6 +820,9 @@ class _JackBridge:
         self.starts = 0
         self.started_at = 0.0
         self._reader: threading.Thread | None = None
+        #: ("in" | "out", the other JACK port) made to our ports, kept across the other port's coming
+        #: and going and across bridge restarts (the bridge makes them again)
+        self.connections: set[tuple[str, str]] = set()
 
     def open(self) -> None:
         """Start the bridge process (returns at once; ``ready`` is set when
@@ -781,7 +836,10 @@ class _JackBridge:
         env = dict(os.environ, JACK_NO_START_SERVER="1")
         if self.server:
             env["JACK_DEFAULT_SERVER"] = self.server
-        proc = subprocess.Popen([sys.executable, "-c", _BRIDGE, self.name], stdin=subprocess.PIPE,
+        import json
+
+        proc = subprocess.Popen([sys.executable, "-c", _BRIDGE, self.name, json.dumps(sorted(self.connections))],
+                                stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
                                 start_new_session=True, close_fds=True)
         os.set_blocking(proc.stdin.fileno(), False)  # written with os.write: whole lines or nothing
@@ -804,6 +862,12 @@ class _JackBridge:
                     self.in_port, self.out_port = parts[1], parts[2]
                 self.ready.set()
                 q.put(("jack_ready", proc))
+            elif raw.startswith(b"up out "):
+                q.put(("jack_linked", proc))
+            elif raw.startswith((b"conn ", b"disc ")):
+                parts = raw.decode("utf-8", "replace").rstrip("\n").split(" ", 2)
+                if len(parts) == 3 and parts[1] in ("in", "out"):
+                    (self.connections.add if parts[0] == "conn" else self.connections.discard)((parts[1], parts[2]))
             elif raw.startswith(b"error "):
                 self.problem = raw[6:].decode("utf-8", "replace").strip()
         try:
@@ -1175,6 +1239,8 @@ class MidiControl:
                      "out": self.jack_out_name if self._jack.ready.is_set() else None,
                      **({"problem": self._jack_problem} if self._jack_problem else {}),
                      "bridge_starts": self._jack.starts,
+                     "connections": {"in": sorted(p for k, p in self._jack.connections if k == "in"),
+                                     "out": sorted(p for k, p in self._jack.connections if k == "out")},
                      **({"feedback_dropped": self._jack.dropped} if self._jack.dropped else {})},
             "hardware_inputs": {h.want: h.status() for h in self._hw_in},
             "hardware_outputs": {h.want: h.status() for h in self._hw_out},
@@ -1346,6 +1412,10 @@ class MidiControl:
         elif tag in ("jack_ready", "jack_down"):
             if item[1] is self._jack.proc:  # not an older bridge's news
                 self._jack_event(tag)
+        elif tag == "jack_linked":  # a controller connected (again) to the JACK MIDI output: it catches up
+            if item[1] is self._jack.proc:
+                for addr in list(self._by_address):
+                    self._feedback(addr, None, None, detach=False)
         elif tag == "wake":
             pass
         else:

@@ -242,7 +242,7 @@ class Surface:
     process (``NAME-tx:out`` sends to the daemon's MIDI input,
     ``NAME-rx:in`` listens on its output), patched by a JACK client here."""
 
-    def __init__(self, server: str, mc: MidiControl):
+    def __init__(self, server: str, mc: MidiControl, name: str | None = None, connect: bool = True):
         import subprocess
         import sys
 
@@ -250,7 +250,7 @@ class Surface:
 
         self.mc = mc
         self.closed = False
-        self.name = f"surf{uuid.uuid4().hex[:6]}"
+        self.name = name or f"surf{uuid.uuid4().hex[:6]}"
         env = dict(os.environ, JACK_DEFAULT_SERVER=server, JACK_NO_START_SERVER="1")
         self.proc = subprocess.Popen([sys.executable, "-c", SURFACE, self.name], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -260,8 +260,9 @@ class Surface:
         self._reader.start()
         assert self._ready.wait(20), "the surface process did not start"
         self.patch = jack.Client(f"{self.name}-patch", servername=server, no_start_server=True)
-        self.patch.connect(f"{self.name}-tx:out", mc.jack_in_name)
-        self.patch.connect(mc.jack_out_name, f"{self.name}-rx:in")
+        if connect:
+            self.patch.connect(f"{self.name}-tx:out", mc.jack_in_name)
+            self.patch.connect(mc.jack_out_name, f"{self.name}-rx:in")
         self.sent = 0
         # handshake: a message sent while a connection is still being made
         # can be lost; from the first one that arrives on, none is
@@ -1215,3 +1216,32 @@ def test_a_controller_plugged_in_later_gets_the_current_values(monkeypatch, tmp_
         assert wait_until(lambda: want <= {(p, tuple(m)) for p, m in sent}, 5), sent
     finally:
         mc.stop()
+
+
+@pytest.mark.jack
+def test_a_jack_midi_controller_that_goes_and_comes_back_is_connected_again(daemon, tmp_path):
+    """A controller's JACK MIDI ports go away and come back under the same
+    names (unplugged and plugged in again behind a2jmidid or PipeWire, its
+    bridge restarted): the connections made to the daemon's MIDI ports by
+    hand are made again, both ways, the controller gets the values that
+    changed meanwhile, and a connection taken down by hand while both
+    ports exist stays down. (Before, the controller was dead
+    until someone ran jack_connect again.)"""
+    reg = daemon.registry
+    with Rig(daemon, tmp_path, _map(host__strength=dict(number=7, takeover="jump"))) as r:
+        mc, name = r.mc, r.s.name
+        conns = lambda: mc.status()["jack"]["connections"]  # noqa: E731
+        assert wait_until(lambda: conns() == {"in": [f"{name}-tx:out"], "out": [f"{name}-rx:in"]}, 5), conns()
+        r.s.close()  # unplugged: its ports go
+        time.sleep(0.6)
+        assert conns() == {"in": [f"{name}-tx:out"], "out": [f"{name}-rx:in"]}  # remembered
+        reg.set("host.strength", 0.25, source="zmq")  # meanwhile
+        r.s = Surface(r.server, mc, name=name, connect=False)  # plugged in again: nobody connects it
+        r.s.expect([0xB0, 7, 32])  # linked again, its motor fader catches up
+        r.s.cc(1, 7, 99)
+        r.value_becomes("host.strength", 99 / 127)
+        # taken down by hand: forgotten, not made again
+        r.s.patch.disconnect(f"{name}-tx:out", mc.jack_in_name)
+        assert wait_until(lambda: conns()["in"] == [], 5), conns()
+        time.sleep(0.6)
+        assert not r.s.patch.get_all_connections(f"{name}-tx:out")
