@@ -82,7 +82,11 @@ class Param:
                     raise ParameterError(addr, f"value {value!r} is not a number; allowed range {self.range_text()}") from None
             else:
                 raise ParameterError(addr, f"value {value!r} is not a number; allowed range {self.range_text()}")
-        v = float(value)
+        try:
+            v = float(value)
+        except OverflowError:  # an integer beyond any float (JSON allows 400 digits): not a bug, a refusal
+            raise ParameterError(addr, f"value {'-' if value < 0 else ''}{str(abs(value))[:12]}... "
+                                       f"({len(str(abs(value)))} digits) is out of range {self.range_text()}") from None
         if math.isnan(v):
             raise ParameterError(addr, f"value NaN is not allowed; allowed range {self.range_text()}")
         if self.allow_neg_inf and v == -math.inf:

@@ -19,7 +19,12 @@ Ports
   messages in a burst (1000 CCs). The bridge waits for the server when it
   is not there, exits when it goes away, and is started again (at once
   with :meth:`MidiControl.reopen_jack`, else after 1 s, backing off while
-  it keeps failing).
+  it keeps failing). Connections made to the two ports (by hand, with
+  ``jack_connect``) are remembered and made again when the other port
+  comes back (a controller unplugged and plugged in again, behind
+  a2jmidid or PipeWire) and by a restarted bridge; one taken down while
+  both ports exist is forgotten (``status``: ``jack.connections``). A
+  controller connected (again) to the output gets every mapped value.
 - Hardware ports through python-rtmidi's ALSA API in the daemon's process
   (no JACK involved), by name: each entry of ``[midi] inputs`` /
   ``outputs`` is matched (case-insensitive, exact name first, else a part
@@ -110,12 +115,15 @@ the JACK MIDI output and every hardware output (14-bit: MSB then LSB;
 bools: 127 / 0, notes as note-on with velocity 127 or 0, which Mackie-style
 surfaces read as LED on / off) -- except to a fader or knob whose own
 message made the change (an echo would fight the hand on a motor fader);
-buttons always get their LED state. :meth:`MidiControl.start` sends the
+buttons always get their LED state. A message equal to the feedback just
+sent to its control (within 0.5 s) is that feedback coming back from a
+surface or a soft thru that echoes, not a move or a press, and is ignored. :meth:`MidiControl.start` sends the
 current value of every binding once.
 
 MIDI learn: :meth:`MidiControl.learn` arms one address; the next CC,
 note-on or pitch bend on any input is bound to it with the defaults above
-(a CC n < 32 followed within 0.1 s by CC n + 32 is learned as 14-bit),
+(a CC n < 32 followed within 0.1 s by CC n + 32 is learned as 14-bit, and
+so is a CC n in 32..63, a 14-bit LSB sent alone, followed by CC n - 32),
 replacing any binding of that address and any binding of that control, and
 the mapping file is rewritten atomically (temp file, fsync, rename). Learn
 rewrites the file from the bindings, so comments in it are not kept.
@@ -158,6 +166,8 @@ HARDWARE_RETRY_S = 5.0
 ECHO_S = 0.5
 #: how long learn waits for the LSB (CC n + 32) after CC n to call it 14-bit
 CC14_LEARN_WINDOW_S = 0.1
+#: how long learn waits at most for the MSB of a CC 32..63 that keeps coming alone (14-bit LSBs)
+CC14_LSB_LEARN_MAX_S = 1.0
 _FADER_K = 192.0  # dB span of the taper below the reference (Ardour's law)
 _GAINLIKE = ("gain", "level", "volume", "background", "ceiling")
 
@@ -710,7 +720,53 @@ def write_out():
         say("m " + bytes(m[0]).hex(" "))
 poller = threading.Thread(target=write_out, daemon=True)
 poller.start()
-say("ready %s %s" % (pick(":in", name + "-in:in"), pick(":out", name + "-out:out")))
+ours = {"in": pick(":in", name + "-in:in"), "out": pick(":out", name + "-out:out")}
+say("ready %s %s" % (ours["in"], ours["out"]))
+# connections made to our ports (by hand, or by an earlier bridge: argv[2]) are remembered and made
+# again when the other port comes back (a controller unplugged and plugged in again, a2jmidid or
+# PipeWire re-creating its port); one taken down while both ports exist is forgotten. Polled from a
+# thread: a Python JACK callback here would wait for the GIL that rtmidi holds inside libjack
+import json
+remember = {(k, p) for k, p in json.loads(sys.argv[2])} if len(sys.argv) > 2 else set()
+def keep_connections():
+    known, suspect = set(), set()
+    while not stopping.is_set():
+        try:
+            names = {p.name for p in watch.get_ports(is_midi=True)}
+            cur = {(k, p.name) for k, mine in ours.items() for p in watch.get_all_connections(mine)}
+            for c in sorted(cur - remember):
+                remember.add(c)
+                say("conn %s %s" % c)
+            gone = known - cur
+            for c in sorted(suspect):
+                if c in cur or c[1] not in names:  # connected again, or its port went after all: kept
+                    suspect.discard(c)
+                elif c not in gone:  # still there a poll later, and still not connected: taken down by hand
+                    suspect.discard(c)
+                    remember.discard(c)
+                    say("disc %s %s" % c)
+            # a connection gone while its port is still listed: by hand, or a port caught between its
+            # disconnection and its removal (a client closing): the next poll tells
+            suspect |= {c for c in gone if c[1] in names}
+            for k, peer in sorted(remember - cur - suspect):
+                if peer in names:
+                    try:
+                        if k == "in":
+                            watch.connect(peer, ours["in"])
+                        else:
+                            watch.connect(ours["out"], peer)
+                        cur.add((k, peer))
+                    except jack.JackError:
+                        pass
+            for c in sorted(cur - known):
+                if c[0] == "out":  # a controller linked to our output (again): the daemon sends it every value
+                    say("up %s %s" % c)
+            known = cur
+        except Exception:
+            pass
+        stopping.wait(0.25)
+keeper = threading.Thread(target=keep_connections, daemon=True)
+keeper.start()
 while True:
     line = sendq.get()
     if line is None:
@@ -721,6 +777,7 @@ while True:
         pass
 stopping.set()
 poller.join()  # (deleting mi while it is polled would crash)
+keeper.join()
 for o in (mi, mo):
     try:
         o.close_port()
@@ -763,6 +820,9 @@ class _JackBridge:
         self.starts = 0
         self.started_at = 0.0
         self._reader: threading.Thread | None = None
+        #: ("in" | "out", the other JACK port) made to our ports, kept across the other port's coming
+        #: and going and across bridge restarts (the bridge makes them again)
+        self.connections: set[tuple[str, str]] = set()
 
     def open(self) -> None:
         """Start the bridge process (returns at once; ``ready`` is set when
@@ -776,7 +836,10 @@ class _JackBridge:
         env = dict(os.environ, JACK_NO_START_SERVER="1")
         if self.server:
             env["JACK_DEFAULT_SERVER"] = self.server
-        proc = subprocess.Popen([sys.executable, "-c", _BRIDGE, self.name], stdin=subprocess.PIPE,
+        import json
+
+        proc = subprocess.Popen([sys.executable, "-c", _BRIDGE, self.name, json.dumps(sorted(self.connections))],
+                                stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
                                 start_new_session=True, close_fds=True)
         os.set_blocking(proc.stdin.fileno(), False)  # written with os.write: whole lines or nothing
@@ -799,6 +862,12 @@ class _JackBridge:
                     self.in_port, self.out_port = parts[1], parts[2]
                 self.ready.set()
                 q.put(("jack_ready", proc))
+            elif raw.startswith(b"up out "):
+                q.put(("jack_linked", proc))
+            elif raw.startswith((b"conn ", b"disc ")):
+                parts = raw.decode("utf-8", "replace").rstrip("\n").split(" ", 2)
+                if len(parts) == 3 and parts[1] in ("in", "out"):
+                    (self.connections.add if parts[0] == "conn" else self.connections.discard)((parts[1], parts[2]))
             elif raw.startswith(b"error "):
                 self.problem = raw[6:].decode("utf-8", "replace").strip()
         try:
@@ -991,7 +1060,7 @@ class MidiControl:
         self._lock = threading.Lock()  # guards _learn
         self._learn: Learn | None = None
         self._last_learn: Learn | None = None
-        self._pending_cc14: tuple | None = None  # learn: (Learn, channel, number, deadline)
+        self._pending_cc14: tuple | None = None  # learn: (Learn, channel, number, deadline, first seen)
         self._bound: list[_Bound] = []
         self._by_control: dict[tuple, list[_Bound]] = {}
         self._by_address: dict[str, list[_Bound]] = {}
@@ -1170,6 +1239,8 @@ class MidiControl:
                      "out": self.jack_out_name if self._jack.ready.is_set() else None,
                      **({"problem": self._jack_problem} if self._jack_problem else {}),
                      "bridge_starts": self._jack.starts,
+                     "connections": {"in": sorted(p for k, p in self._jack.connections if k == "in"),
+                                     "out": sorted(p for k, p in self._jack.connections if k == "out")},
                      **({"feedback_dropped": self._jack.dropped} if self._jack.dropped else {})},
             "hardware_inputs": {h.want: h.status() for h in self._hw_in},
             "hardware_outputs": {h.want: h.status() for h in self._hw_out},
@@ -1225,6 +1296,7 @@ class MidiControl:
 
     def _open_hardware(self, first: bool = False) -> None:
         no_alsa = ""
+        resync = False
         for h in self._hw_in + self._hw_out:
             if h.obj is not None or (h.alsa_missing and not first):
                 continue
@@ -1239,6 +1311,10 @@ class MidiControl:
                 if not h.warned:
                     log.warning("%s", h.problem)
                     h.warned = True
+            elif h.direction == "out" and not first:
+                resync = True
+        if resync:  # an output plugged in (again) later: its motor faders and LEDs catch up (start() sends at first)
+            self.sync_feedback()
         self._next_retry = time.monotonic() + HARDWARE_RETRY_S
 
     # ------------------------------------------------------------------
@@ -1292,7 +1368,7 @@ class MidiControl:
     def _housekeeping(self) -> None:
         now = time.monotonic()
         if self._pending_cc14 is not None and now >= self._pending_cc14[3]:
-            lr, ch, num, _ = self._pending_cc14
+            lr, ch, num, _, _ = self._pending_cc14
             self._pending_cc14 = None
             self._learned(lr, "cc", ch, num, cc14=False)
         with self._lock:
@@ -1336,6 +1412,10 @@ class MidiControl:
         elif tag in ("jack_ready", "jack_down"):
             if item[1] is self._jack.proc:  # not an older bridge's news
                 self._jack_event(tag)
+        elif tag == "jack_linked":  # a controller connected (again) to the JACK MIDI output: it catches up
+            if item[1] is self._jack.proc:
+                for addr in list(self._by_address):
+                    self._feedback(addr, None, None, detach=False)
         elif tag == "wake":
             pass
         else:
@@ -1386,6 +1466,16 @@ class MidiControl:
             return
         if p.kind == "bool":
             press = val >= 64 if spec.type == "cc" else val > 0
+            sent = b.sent
+            if sent is not None and time.monotonic() - sent[1] < ECHO_S and press == (sent[0] >= 64):
+                # the LED state just sent, coming back (a soft thru, a surface that echoes): not a press.
+                # Taken as one, a toggle set on from elsewhere flipped straight back off, and a
+                # momentary button fed itself for ever (a set, its feedback, its echo, a set ...).
+                # A hand's second press comes after its release, which is not the LED state sent (and
+                # ends the echo window); several LED messages in flight each come back
+                self.counters["echo_ignored"] += 1
+                return
+            b.sent = None
             if spec.button == "momentary":
                 new = press
             elif press:
@@ -1520,10 +1610,16 @@ class MidiControl:
         typ, ch, num, val = ev
         pend = self._pending_cc14
         if pend is not None:
-            lr, pch, pnum, _ = pend
+            lr, pch, pnum, _, first = pend
+            if pnum >= 32 and typ == "cc" and ch == pch and num == pnum:
+                # more LSBs alone: wait on for the MSB (a while longer, not for ever)
+                self._pending_cc14 = (lr, pch, pnum, min(first + CC14_LSB_LEARN_MAX_S,
+                                                         time.monotonic() + CC14_LEARN_WINDOW_S), first)
+                return True
             self._pending_cc14 = None
-            if typ == "cc" and ch == pch and num == pnum + 32:
-                self._learned(lr, "cc", pch, pnum, cc14=True)
+            msb = pnum if pnum < 32 else pnum - 32
+            if typ == "cc" and ch == pch and {num, pnum} == {msb, msb + 32}:
+                self._learned(lr, "cc", pch, msb, cc14=True)
                 return True
             # anything else: it was a 7-bit CC; this event is then dispatched as usual
             self._learned(lr, "cc", pch, pnum, cc14=False)
@@ -1547,8 +1643,13 @@ class MidiControl:
         if typ == "pitch_bend" and p.kind == "bool":
             lr.note = f"pitch bend passed over: {lr.address} is on/off; press a button"
             return True
-        if typ == "cc" and num < 32 and p.kind in ("float", "int"):
-            self._pending_cc14 = (lr, ch, num, time.monotonic() + CC14_LEARN_WINDOW_S)
+        if typ == "cc" and num < 64 and p.kind in ("float", "int"):
+            # CC n < 32 may be a 14-bit MSB (its LSB, CC n + 32, follows); CC n in 32..63 may be a
+            # 14-bit LSB sent alone, as MIDI 1.0 allows while the MSB stays the same (a fader moved
+            # slowly, or one already moving when learn was armed): its MSB, CC n - 32, comes next.
+            # Learned at once, that LSB made a 7-bit binding that wrapped 0..127 on every MSB step
+            now = time.monotonic()
+            self._pending_cc14 = (lr, ch, num, now + CC14_LEARN_WINDOW_S, now)
             return True
         self._learned(lr, typ, ch, num, cc14=False)
         return True

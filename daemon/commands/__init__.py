@@ -73,6 +73,12 @@ class Arg:
         }[self.kind]
         if not ok:
             raise ControlError("bad_args", f"{cmd}: argument {name!r} must be {self.kind}, got {_short(value)}")
+        if isinstance(value, int) and not isinstance(value, bool) and self.kind in ("number", "value"):
+            try:
+                float(value)
+            except OverflowError:  # (JSON allows an integer of 400 digits; float() of it raised "internal")
+                raise ControlError("bad_args", f"{cmd}: argument {name!r} is an integer of {len(str(abs(value)))} "
+                                               "digits: too large for any parameter") from None
         return value
 
 

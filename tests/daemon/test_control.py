@@ -392,6 +392,14 @@ def test_readme_protocol_section_matches_the_docstrings():
     ([b'{"v": 1, "id": 1, "cmd": "get", "args": {"address": "host.strenght"}}'], "unknown_param"),
     ([b'{"v": 1, "id": 1, "cmd": "set", "args": {"address": "host.strength", "value": 7}}'], "out_of_range"),
     ([b'{"v": 1, "id": 1, "cmd": "learn", "args": {"address": "host.strength"}}'], "unavailable"),
+    # an integer too large for a float (JSON allows one of 400 digits): a refusal, not "internal" with a
+    # logged traceback per request (OverflowError from float() was answered so)
+    ([b'{"v": 1, "id": 1, "cmd": "set", "args": {"address": "host.strength", "value": 1' + b"0" * 400 + b'}}'],
+     "bad_args"),
+    ([b'{"v": 1, "id": 1, "cmd": "set", "args": {"values": {"host.strength": -1' + b"0" * 400 + b'}}}'],
+     "out_of_range"),
+    ([b'{"v": 1, "id": 1, "cmd": "learn", "args": {"address": "host.strength", "timeout_s": 1' + b"0" * 400
+      + b'}}'], "bad_args"),
     ([b'{"v": 1, "id": 1, "cmd": "load_chain", "args": {"channel": "host", "chain": "nope"}}'], "failed"),
 ])
 def test_error_codes(served, tmp_path, frames, code):

@@ -242,7 +242,7 @@ class Surface:
     process (``NAME-tx:out`` sends to the daemon's MIDI input,
     ``NAME-rx:in`` listens on its output), patched by a JACK client here."""
 
-    def __init__(self, server: str, mc: MidiControl):
+    def __init__(self, server: str, mc: MidiControl, name: str | None = None, connect: bool = True):
         import subprocess
         import sys
 
@@ -250,7 +250,7 @@ class Surface:
 
         self.mc = mc
         self.closed = False
-        self.name = f"surf{uuid.uuid4().hex[:6]}"
+        self.name = name or f"surf{uuid.uuid4().hex[:6]}"
         env = dict(os.environ, JACK_DEFAULT_SERVER=server, JACK_NO_START_SERVER="1")
         self.proc = subprocess.Popen([sys.executable, "-c", SURFACE, self.name], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -260,8 +260,9 @@ class Surface:
         self._reader.start()
         assert self._ready.wait(20), "the surface process did not start"
         self.patch = jack.Client(f"{self.name}-patch", servername=server, no_start_server=True)
-        self.patch.connect(f"{self.name}-tx:out", mc.jack_in_name)
-        self.patch.connect(mc.jack_out_name, f"{self.name}-rx:in")
+        if connect:
+            self.patch.connect(f"{self.name}-tx:out", mc.jack_in_name)
+            self.patch.connect(mc.jack_out_name, f"{self.name}-rx:in")
         self.sent = 0
         # handshake: a message sent while a connection is still being made
         # can be lost; from the first one that arrives on, none is
@@ -1082,3 +1083,165 @@ def test_a_loaded_chain_moves_its_faders_and_they_pick_its_values_up(daemon, tmp
         r.s.flush()
         assert r.mc.counters["ignored_pickup"] == before + 1
         assert reg.get("host.chain.comp.threshold_db") == -10.0
+
+
+@pytest.mark.jack
+def test_buttons_on_a_surface_that_echoes_their_leds_keep_their_state(daemon, tmp_path):
+    """A surface (or a soft thru) that sends back the LED state it gets,
+    here the daemon's MIDI out patched into its MIDI in. A toggle switched
+    on from elsewhere stays on, a momentary button does not feed itself,
+    and a hand's presses still toggle. (Before, the echoed note-on was a
+    press: bypass set on from ctl flipped straight back off, and a
+    momentary mute set from ctl made ~190 sets a second, for ever.)"""
+    import jack
+
+    reg = daemon.registry
+    addrs = ("host.bypass", "guest.bypass", "host.mute")
+    for a in addrs:
+        reg.set(a, False, source="test")
+    mapping = _map(host__bypass=dict(type="note", number=40), guest__bypass=dict(type="cc", number=70),
+                   host__mute=dict(type="cc", number=71, button="momentary"))
+    try:
+        with Rig(daemon, tmp_path, mapping) as r:
+            mc = r.mc
+            loop = jack.Client("qcecho", servername=r.server, no_start_server=True)
+            try:
+                loop.connect(mc.jack_out_name, mc.jack_in_name)
+                for on in (True, False, True):
+                    applied, echoes = mc.counters["applied"], mc.counters["echo_ignored"]
+                    for a in addrs:
+                        reg.set(a, on, source="zmq")
+                    assert wait_until(lambda: mc.counters["echo_ignored"] >= echoes + 3, 5), mc.counters
+                    time.sleep(0.5)  # room for an echo loop to show
+                    assert {a: reg.get(a) for a in addrs} == {a: on for a in addrs}
+                    assert mc.counters["applied"] == applied, "an echo was taken as a press"
+                # the hand: press and release toggle once each time, echo or not
+                reg.set("host.bypass", False, source="zmq")
+                time.sleep(0.1)
+                r.s.note_on(1, 40)
+                r.value_becomes("host.bypass", True)
+                time.sleep(0.05)
+                r.s.note_off(1, 40)
+                r.s.note_on(1, 40)  # at once again (a double tap): its release came between
+                r.value_becomes("host.bypass", False)
+                r.s.note_off(1, 40)
+                r.s.flush()
+                time.sleep(0.3)
+                assert reg.get("host.bypass") is False
+                r.s.cc(1, 71, 127)  # momentary: held
+                r.value_becomes("host.mute", True)
+                r.s.cc(1, 71, 0)
+                r.value_becomes("host.mute", False)
+                time.sleep(0.3)
+                assert reg.get("host.mute") is False and mc.counters["errors"] == 0
+            finally:
+                loop.close()
+    finally:
+        for a in addrs:
+            reg.set(a, False, source="test")
+
+
+@pytest.mark.jack
+def test_learn_takes_a_14_bit_fader_whose_lsb_comes_first(daemon, tmp_path):
+    """MIDI 1.0 lets a 14-bit controller send the LSB (CC n + 32) alone
+    while the MSB stays the same: a fader moved slowly, or one already
+    moving when learn is armed, shows its LSB first. Learn binds the MSB
+    as 14-bit (before, the LSB was bound as a 7-bit CC: the value wrapped
+    0..1 on every 1/128 of the fader's travel). A 7-bit knob on CC 32..63
+    is still learned as one."""
+    reg = daemon.registry
+    reg.set("guest.strength", 0.5, source="test")  # 14-bit position 8192: MSB 64, LSB 0
+    with Rig(daemon, tmp_path) as r:
+        lr = r.mc.learn("guest.strength", timeout_s=20)
+        r.s.send_many([[0xB0, 39, 10], [0xB0, 39, 11], [0xB0, 7, 64], [0xB0, 39, 12]])
+        assert lr.wait(10) == Binding("guest.strength", "cc", 1, 7, curve="linear", cc14=True)
+        r.s.send_many([[0xB0, 7, 64], [0xB0, 7, 80], [0xB0, 39, 1]])  # picked up at 0.5, then moved
+        r.value_becomes("guest.strength", (80 * 128 + 1) / 16383)
+        lr = r.mc.learn("host.strength", timeout_s=20)
+        r.s.send_many([[0xB0, 45, v] for v in range(10, 20)])
+        assert lr.wait(10) == Binding("host.strength", "cc", 1, 45, curve="linear")
+        assert {b.address: b for b in load_mapping(r.path, reg)}["guest.strength"].cc14
+
+
+def test_a_controller_plugged_in_later_gets_the_current_values(monkeypatch, tmp_path):
+    """A hardware output (motor faders, LED rings) that is plugged in, or
+    back in, after the start gets every mapped value once it opens, as the
+    JACK MIDI output does when its ports come back. (Before, only the start
+    sent them: a controller replugged mid-show kept its faders where they
+    fell until each value changed.) No ALSA sequencer on this machine: a
+    stand-in lists what is plugged in; a real registry and engine."""
+    import types
+
+    from quietcast.daemon import midi as M
+    from quietcast.daemon.service import Daemon
+
+    plugged: list[str] = []
+    sent: list[tuple[str, list[int]]] = []
+
+    class Port:
+        def __init__(self, api, name=""):
+            self.port = None
+
+        def get_ports(self):
+            return list(plugged)
+
+        def open_port(self, i, name=""):
+            self.port = plugged[i]
+
+        def send_message(self, m):
+            sent.append((self.port, list(m)))
+
+        def close_port(self):
+            pass
+
+        def delete(self):
+            pass
+
+    fake = types.SimpleNamespace(MidiIn=Port, MidiOut=Port, API_LINUX_ALSA=1, RtMidiError=RuntimeError)
+    monkeypatch.setattr(M, "_rtmidi", lambda: fake)
+    monkeypatch.setattr(M, "HARDWARE_RETRY_S", 0.1)
+    d = Daemon(parse_config('[engine]\nmodel = "dsp"\n[[channel]]\nname = "host"\n'))
+    d._engine_for(48_000)
+    d.registry.set("host.strength", 0.25, source="test")
+    path = tmp_path / "midi.toml"
+    path.write_text(_map(host__strength=dict(number=7), host__mute=dict(type="note", number=16)))
+    mc = M.MidiControl(d.registry, MidiConfig(enabled=True, outputs=("X-Touch",), mapping=str(path)),
+                       jack_server=f"none{uuid.uuid4().hex[:6]}", client_name="qcplug")
+    mc.start(wait_ready_s=0)
+    try:
+        time.sleep(0.3)
+        assert sent == [] and not mc.status()["hardware_outputs"]["X-Touch"]["open"]
+        plugged.append("X-TOUCH:X-TOUCH MIDI 1 24:0")
+        want = {("X-TOUCH:X-TOUCH MIDI 1 24:0", (0xB0, 7, 32)), ("X-TOUCH:X-TOUCH MIDI 1 24:0", (0x90, 16, 0))}
+        assert wait_until(lambda: want <= {(p, tuple(m)) for p, m in sent}, 5), sent
+    finally:
+        mc.stop()
+
+
+@pytest.mark.jack
+def test_a_jack_midi_controller_that_goes_and_comes_back_is_connected_again(daemon, tmp_path):
+    """A controller's JACK MIDI ports go away and come back under the same
+    names (unplugged and plugged in again behind a2jmidid or PipeWire, its
+    bridge restarted): the connections made to the daemon's MIDI ports by
+    hand are made again, both ways, the controller gets the values that
+    changed meanwhile, and a connection taken down by hand while both
+    ports exist stays down. (Before, the controller was dead
+    until someone ran jack_connect again.)"""
+    reg = daemon.registry
+    with Rig(daemon, tmp_path, _map(host__strength=dict(number=7, takeover="jump"))) as r:
+        mc, name = r.mc, r.s.name
+        conns = lambda: mc.status()["jack"]["connections"]  # noqa: E731
+        assert wait_until(lambda: conns() == {"in": [f"{name}-tx:out"], "out": [f"{name}-rx:in"]}, 5), conns()
+        r.s.close()  # unplugged: its ports go
+        time.sleep(0.6)
+        assert conns() == {"in": [f"{name}-tx:out"], "out": [f"{name}-rx:in"]}  # remembered
+        reg.set("host.strength", 0.25, source="zmq")  # meanwhile
+        r.s = Surface(r.server, mc, name=name, connect=False)  # plugged in again: nobody connects it
+        r.s.expect([0xB0, 7, 32])  # linked again, its motor fader catches up
+        r.s.cc(1, 7, 99)
+        r.value_becomes("host.strength", 99 / 127)
+        # taken down by hand: forgotten, not made again
+        r.s.patch.disconnect(f"{name}-tx:out", mc.jack_in_name)
+        assert wait_until(lambda: conns()["in"] == [], 5), conns()
+        time.sleep(0.6)
+        assert not r.s.patch.get_all_connections(f"{name}-tx:out")
