@@ -280,7 +280,9 @@ class ControlServer:
                 s.linger = 0
             router.setsockopt(zmq.MAXMSGSIZE, 1 << 20)  # bigger frames: the peer is dropped
             router.setsockopt(zmq.ROUTER_MANDATORY, 0)
-            router.sndhwm = 100_000  # replies queued for a client that pipelines requests (dropped past this)
+            # replies queued for a client that pipelines requests and does not read them (dropped past
+            # this): 10,000 2-channel `status` replies are about 16 MB (100,000 before)
+            router.sndhwm = 10_000
             # room for a few ticks of every channel's meter besides the events
             pub.sndhwm = 1000 + 4 * len(self.daemon.config.channels)
             if self.cfg.curve_secret_key:

@@ -19,7 +19,8 @@ string ``"-inf"`` both ways.
 Error codes:
 
 - ``bad_frame``: not one frame, not UTF-8 JSON, not an object, or larger
-  than 64 KiB;
+  than 64 KiB (a frame over 1 MiB gets no reply: ZeroMQ drops that peer's
+  connection before the daemon sees it);
 - ``bad_version``: ``v`` missing or not 1;
 - ``bad_request``: ``id``, ``cmd`` or ``args`` missing or of the wrong type;
 - ``unknown_command``: no such command (the message suggests close ones);

@@ -413,6 +413,26 @@ def test_error_codes(served, tmp_path, frames, code):
     assert rep["error"]["message"]
 
 
+def test_a_frame_over_1_mib_drops_that_connection_only(served, tmp_path):
+    """As documented: over 64 KiB is `bad_frame`; over 1 MiB ZeroMQ drops
+    the peer unanswered. The same socket connects again by itself and is
+    answered; other clients never notice."""
+    other = raw(tmp_path)
+    assert ask(other, json.dumps({"v": 1, "id": 0, "cmd": "version"}).encode())["ok"]
+    d = raw(tmp_path)
+    big = b'{"v": 1, "id": 1, "cmd": "status", "pad": "' + b"x" * (2 << 20) + b'"}'
+    assert ask(d, big, timeout=2.0) is None
+    assert ask(other, json.dumps({"v": 1, "id": 2, "cmd": "version"}).encode())["ok"]
+    r = None
+    for i in range(50):  # (until the DEALER has connected again)
+        r = ask(d, json.dumps({"v": 1, "id": 3 + i, "cmd": "version"}).encode(), timeout=0.2)
+        if r is not None:
+            break
+    assert r is not None and r["ok"]
+    d.close(0)
+    other.close(0)
+
+
 def test_messages_name_the_range_and_the_close_match(client):
     with pytest.raises(ControlError, match=r"host.strength: value 7 is out of range \[0, 1\]"):
         client.set("host.strength", 7)
