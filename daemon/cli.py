@@ -412,17 +412,43 @@ def cmd_ctl(args) -> int:
 
 
 def _ctl_learn(c, args) -> int:
-    res = c.call("learn", address=args.address, timeout_s=args.wait)
-    print(f"armed {res['armed']}: move a control on the MIDI controller (within {res['timeout_s']:g} s)", file=sys.stderr)
-    for topic, msg in c.events(["event.learn"], timeout=args.wait + 2):
-        if msg.get("address") == args.address:
-            if msg.get("timed_out"):
-                print(f"quietcast: error: learn timed out: nothing moved within {args.wait:g} s", file=sys.stderr)
+    """Arm learn and wait for its end: subscribed before arming (a control
+    already moving is learned within milliseconds), and asking ``status``
+    whenever the event stream is quiet for a second (an event sent before
+    the subscription reached the daemon is not lost)."""
+    import time
+
+    with c.subscribe(["event.learn"]) as sub:
+        res = c.call("learn", address=args.address, timeout_s=args.wait)
+        print(f"armed {res['armed']}: move a control on the MIDI controller (within {res['timeout_s']:g} s)",
+              file=sys.stderr)
+        deadline = time.monotonic() + args.wait + 2
+        while True:
+            got = sub.next(min(1.0, max(0.0, deadline - time.monotonic())))
+            if got is not None:
+                if got[1].get("address") == args.address:
+                    return _learn_end(args, got[1])
+                continue
+            st = (c.status().get("midi") or {}).get("learn") or {}
+            if st.get("address") == args.address and st.get("state") not in (None, "armed"):
+                end = {"learned": st.get("binding") or {}, "timeout": {"timed_out": True},
+                       "cancelled": {"cancelled": True, "note": st.get("note", "")}}.get(st["state"], {})
+                return _learn_end(args, {"address": args.address, **end})
+            if time.monotonic() >= deadline:
+                print("quietcast: error: learn: no answer from the daemon's event stream", file=sys.stderr)
                 return 1
-            _ctl_print(args, msg)
-            return EXIT_OK
-    print("quietcast: error: learn: no answer from the daemon's event stream", file=sys.stderr)
-    return 1
+
+
+def _learn_end(args, msg: dict) -> int:
+    if msg.get("timed_out"):
+        print(f"quietcast: error: learn timed out: nothing moved within {args.wait:g} s", file=sys.stderr)
+        return 1
+    if msg.get("cancelled"):
+        why = msg.get("note") or "cancelled"
+        print(f"quietcast: error: learn for {args.address} ended without a binding: {why}", file=sys.stderr)
+        return 1
+    _ctl_print(args, msg)
+    return EXIT_OK
 
 
 def _ctl_watch(c, args) -> int:

@@ -191,17 +191,54 @@ class Client:
         """Yield ``(topic, message)`` from the event stream; ``topics`` are
         prefixes ("meter." for all meters); stops after ``timeout`` seconds
         without a message (None: never)."""
+        sub = self.subscribe(topics)
+        try:
+            while True:
+                got = sub.next(timeout)
+                if got is None:
+                    return
+                yield got
+        finally:
+            sub.close()
+
+    def subscribe(self, topics: list[str] | None = None) -> "Subscription":
+        """A subscription to the event stream, connected now (so that events
+        that follow a command sent after this call are not missed, once the
+        subscription has reached the daemon: ZeroMQ takes a few ms)."""
         import zmq
 
         sub = self._socket(zmq.SUB)
-        sub.connect(self.events_endpoint())
-        for t in topics or [""]:
-            sub.setsockopt(zmq.SUBSCRIBE, t.encode())
         try:
-            while True:
-                if not sub.poll(None if timeout is None else int(timeout * 1000), zmq.POLLIN):
-                    return
-                topic, raw = sub.recv_multipart()[:2]
-                yield topic.decode(), _decode(raw)
-        finally:
+            sub.connect(self.events_endpoint())
+            for t in topics or [""]:
+                sub.setsockopt(zmq.SUBSCRIBE, t.encode())
+        except BaseException:
             sub.close(0)
+            raise
+        return Subscription(sub)
+
+
+class Subscription:
+    """An open SUB socket on a daemon's event stream (:meth:`Client.subscribe`)."""
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def next(self, timeout: float | None = None) -> tuple[str, dict] | None:
+        """The next ``(topic, message)``, or None after ``timeout`` seconds
+        without one (None: wait for ever)."""
+        import zmq
+
+        if not self._sock.poll(None if timeout is None else int(timeout * 1000), zmq.POLLIN):
+            return None
+        topic, raw = self._sock.recv_multipart()[:2]
+        return topic.decode(), _decode(raw)
+
+    def close(self) -> None:
+        self._sock.close(0)
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

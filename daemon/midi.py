@@ -613,19 +613,27 @@ class Learn:
     """One armed MIDI learn. ``state``: armed, learned, timeout, cancelled;
     ``binding`` once learned; :meth:`wait` blocks until it ends."""
 
-    def __init__(self, address: str, timeout_s: float, on_learned: Callable[[dict], None] | None):
+    def __init__(self, address: str, timeout_s: float, on_learned: Callable[[dict], None] | None,
+                 on_cancelled: Callable[["Learn"], None] | None = None):
         self.address = address
         self.timeout_s = timeout_s
         self.deadline = time.monotonic() + timeout_s
         self.on_learned = on_learned
+        self._on_cancelled = on_cancelled  # announces a cancel (``event.learn`` with ``cancelled``)
         self.state = "armed"
         self.binding: Binding | None = None
         self.note = ""  # why an event was passed over, for learn_status
         self._done = threading.Event()
 
-    def finish(self, state: str, binding: Binding | None = None) -> None:
+    def finish(self, state: str, binding: Binding | None = None, why: str = "") -> None:
+        if self.state != "armed":  # (ended already)
+            return
         self.state, self.binding = state, binding
+        if why and not self.note:
+            self.note = why
         self._done.set()
+        if state == "cancelled" and self._on_cancelled is not None:
+            self._on_cancelled(self)
 
     def wait(self, timeout: float | None = None) -> Binding | None:
         self._done.wait(timeout)
@@ -1051,8 +1059,10 @@ class MidiControl:
         else:
             self.mapping_path = os.path.join(state_dir or default_state_dir(), "midi.toml")
         #: ``fn(doc)`` or a list of them, called on the dispatcher thread when a
-        #: learn ends: the binding's ``[[map]]`` dict, or ``{"address": ...,
-        #: "timed_out": True}``
+        #: learn ends: the binding's ``[[map]]`` dict, ``{"address": ...,
+        #: "timed_out": True, "timeout_s": ...}``, or ``{"address": ...,
+        #: "cancelled": True, "note": why}`` (cancelled, replaced by another
+        #: learn, MIDI stopped)
         self.on_learned: Callable[[dict], None] | list | None = None
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -1132,7 +1142,7 @@ class MidiControl:
             h.close()
         with self._lock:
             if self._learn is not None:
-                self._learn.finish("cancelled")
+                self._learn.finish("cancelled", why="MIDI control stopped")
                 self._learn = None
         self.started = False
 
@@ -1179,10 +1189,10 @@ class MidiControl:
             raise ParameterError("timeout_s", f"value {timeout_s!r} is out of range (0, 3600] s")
         if not self.started:
             raise RuntimeError("MIDI is not running (disabled in [midi], or not started)")
-        lr = Learn(address, float(timeout_s), on_learned)
+        lr = Learn(address, float(timeout_s), on_learned, on_cancelled=self._announce_cancel)
         with self._lock:
             if self._learn is not None:
-                self._learn.finish("cancelled")
+                self._learn.finish("cancelled", why=f"replaced: learn armed for {address}")
             self._learn = self._last_learn = lr
         self._q.put(("wake",))
         log.info("MIDI learn armed for %s (%g s): move a control", address, timeout_s)
@@ -1192,9 +1202,14 @@ class MidiControl:
         with self._lock:
             lr, self._learn = self._learn, None
         if lr is not None:
-            lr.finish("cancelled")
+            lr.finish("cancelled", why="cancelled by a client")
             return True
         return False
+
+    def _announce_cancel(self, lr: "Learn") -> None:
+        """A learn ended without a binding or a timeout: say so on the event
+        stream (``quietcast ctl learn`` stops waiting at once)."""
+        self._announce(lr, {"address": lr.address, "cancelled": True, **({"note": lr.note} if lr.note else {})})
 
     def learn_status(self) -> dict:
         with self._lock:

@@ -7,7 +7,10 @@ class Learn(Command):
     or pitch bend, on any MIDI input) is bound to it and saved to the
     mapping file. Replies at once with ``armed`` and ``timeout_s``; the
     binding is announced as ``event.learn`` on the event stream (``quietcast
-    ctl learn`` waits for it). ``cancel: true`` disarms. While MIDI control
+    ctl learn`` waits for it); a learn that ends without one is announced
+    too, with ``timed_out: true`` or ``cancelled: true`` and a ``note``
+    (disarmed, replaced by another learn, MIDI stopped). ``cancel: true``
+    disarms. While MIDI control
     is not running the error (``unavailable``) says why, as ``status``'s
     ``midi.problem`` does."""
 

@@ -1245,3 +1245,76 @@ def test_a_jack_midi_controller_that_goes_and_comes_back_is_connected_again(daem
         assert wait_until(lambda: conns()["in"] == [], 5), conns()
         time.sleep(0.6)
         assert not r.s.patch.get_all_connections(f"{name}-tx:out")
+
+
+@pytest.mark.jack
+def test_ctl_learn_catches_a_control_already_moving_and_ends_when_cancelled(jack_servers, tmp_path):
+    """`quietcast ctl learn` against a real daemon (control and MIDI on):
+    a fader already moving when learn is armed is learned and printed (it
+    may be learned within milliseconds: `ctl` subscribes before arming,
+    and asks `status` when the stream stays quiet); a learn cancelled from
+    elsewhere ends `ctl learn` at once, with the reason (it waited out its
+    time, then said "no answer")."""
+    from conftest import quietcast_exe
+
+    from quietcast.daemon.client import Client
+    from quietcast.daemon.config import load_config
+    from quietcast.daemon.service import Daemon
+
+    srv = jack_servers(256)
+    (tmp_path / "map.toml").write_text("")
+    cfgfile = tmp_path / "quietcast.toml"
+    cfgfile.write_text(f'[jack]\nclient_name = "qcl{uuid.uuid4().hex[:4]}"\nserver = "{srv.name}"\n'
+                       f'[engine]\nmodel = "dsp"\n[control]\nbind = "ipc://{tmp_path}/ctl"\n'
+                       f'events = "ipc://{tmp_path}/ev"\n[midi]\nmapping = "map.toml"\n[state]\nenabled = false\n'
+                       '[[channel]]\nname = "host"\n')
+    d = Daemon(load_config(cfgfile))
+    t = threading.Thread(target=d.run, name="daemon", daemon=True)
+    t.start()
+    s, stop = None, threading.Event()
+    ctl = [quietcast_exe(), "ctl", "--endpoint", f"ipc://{tmp_path}/ctl", "learn"]
+    try:
+        assert d.ready.wait(20), "daemon did not become ready"
+        with Client(f"ipc://{tmp_path}/ctl", timeout=20) as c:
+            assert wait_until(lambda: c.status()["midi"].get("running"), 30), c.status()["midi"]
+            assert wait_until(lambda: _has_ports(srv.name, d.midi), 60, 0.05), d.midi.status()
+            s = Surface(srv.name, d.midi)
+
+            def move():
+                v = 0
+                while not stop.is_set():
+                    s.cc(3, 7, v)
+                    v = (v + 1) % 128
+                    time.sleep(0.005)
+
+            mover = threading.Thread(target=move, daemon=True)
+            mover.start()
+            r = subprocess.run(ctl + ["host.strength", "--wait", "5"], capture_output=True, text=True, timeout=60)
+            stop.set()
+            mover.join()
+            assert r.returncode == 0, r.stderr
+            assert '"number": 7' in r.stdout or "number: 7" in r.stdout, r.stdout
+            assert [(b["address"], b["channel"], b["number"]) for b in d.midi.bindings()] == [("host.strength", 3, 7)]
+
+            p = subprocess.Popen(ctl + ["host.input_gain_db", "--wait", "30"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+            try:
+                assert wait_until(lambda: c.status()["midi"]["learn"].get("address") == "host.input_gain_db", 20)
+                time.sleep(0.3)  # (its subscription is well on its way)
+                assert c.call("learn", cancel=True) == {"armed": None}
+                t0 = time.monotonic()
+                out, err = p.communicate(timeout=15)
+                took = time.monotonic() - t0
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            assert p.returncode == 1 and took < 10, (took, err)
+            assert "learn for host.input_gain_db ended without a binding: cancelled by a client" in err, err
+    finally:
+        stop.set()
+        if s is not None:
+            s.close()
+        d.request_stop()
+        t.join(15)
+    assert not t.is_alive()
