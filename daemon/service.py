@@ -120,6 +120,7 @@ class Daemon:
         self.last_reconnect_s: float | None = None
         self._down_since: float | None = None
         self._sigint = 0
+        self._finished = threading.Event()  # run() has returned (a stop finished)
         self._restored = False
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._supervisor: int | None = None
@@ -238,7 +239,9 @@ class Daemon:
                 io.open()
             except (jack.JackError, OSError) as e:
                 failed = e
-                taken = isinstance(e, jack.JackOpenError) and self._name_taken(cfg.jack.client_name)
+                # (not probed once a stop is asked for: against a frozen server the probe waits too)
+                taken = (isinstance(e, jack.JackOpenError) and not self._stop.is_set()
+                         and self._name_taken(cfg.jack.client_name))
         if failed is not None:
             if taken:
                 if not self._name_warned:
@@ -737,7 +740,19 @@ class Daemon:
         """Re-read the config on the supervisor thread (what SIGHUP does)."""
         self._reload_requested.set()
 
+    #: seconds a stop asked for by SIGTERM or SIGINT may take; past that the
+    #: daemon saves its state and exits without finishing it (see _watch_signals)
+    STOP_DEADLINE_S = 5.0
+
     def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 dumps the thread
+        stacks. Python runs a signal's handler on the main thread (the
+        supervisor) between two bytecodes, never while that thread waits in
+        C; and libjack waits without end for a frozen jackd (SIGSTOP, a hung
+        driver): in ``jack_client_open``, deactivate, close, connect. So the
+        signals also wake a thread of their own (``signal.set_wakeup_fd``),
+        which sets the stop flag itself and gives the stop
+        :attr:`STOP_DEADLINE_S` seconds (see :meth:`_watch_signals`)."""
         def on_term(signum, frame):
             self.request_stop()
 
@@ -754,9 +769,65 @@ class Daemon:
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_int)
         signal.signal(signal.SIGHUP, on_hup)
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch_signals, args=(r,), name="quietcast-signals", daemon=True).start()
         import faulthandler
 
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # thread stacks to the log (stderr)
+
+    def _watch_signals(self, fd: int) -> None:
+        """The signal-wakeup thread: at SIGTERM or SIGINT it sets the stop
+        flag (the main thread may be inside a libjack call that waits for a
+        frozen server, where no Python signal handler runs) and waits for
+        :meth:`run` to return. When it has not after
+        :attr:`STOP_DEADLINE_S` seconds, it says where the supervisor
+        waits, saves the state, and ends the process (status 0: the stop
+        was asked for) instead of leaving it to systemd's SIGKILL."""
+        stops = {signal.SIGTERM, signal.SIGINT}
+        while True:
+            try:
+                got = os.read(fd, 64)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            if stops & set(got):
+                break
+        self._stop.set()
+        if self._finished.wait(self.STOP_DEADLINE_S):
+            return
+        self._stop_overdue()
+
+    def _stop_overdue(self) -> None:
+        import faulthandler
+        import traceback
+
+        where = "?"
+        frame = sys._current_frames().get(self._supervisor) if self._supervisor is not None else None
+        if frame is not None:
+            where = " <- ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
+                                for f in reversed(traceback.extract_stack(frame)[-3:]))
+        log.error("the stop did not finish within %g s of the signal (the supervisor waits in %s: a JACK server "
+                  "that does not answer, e.g. a frozen jackd); saving the state and exiting without it",
+                  self.STOP_DEADLINE_S, where)
+        try:
+            faulthandler.dump_traceback(all_threads=True)  # every thread's stack, for the log
+        except Exception:
+            pass
+        try:
+            self.notifier.stopping()
+            if self.state is not None:
+                self.state.flush()
+        except Exception as e:  # pragma: no cover - exiting regardless
+            log.error("state not saved: %s", e)
+        for h in logging.getLogger().handlers:
+            try:
+                h.flush()
+            except Exception:
+                pass
+        os._exit(0)
 
     def run(self) -> int:
         """Supervise until stopped. Returns the exit status (0)."""
@@ -840,6 +911,7 @@ class Daemon:
             self._run_jobs()
             log.info("final status: %s", json.dumps({k: v for k, v in final.items() if k not in ("meters", "params")},
                                                     default=str))
+            self._finished.set()
         return 0
 
     def _status_line(self) -> str:

@@ -333,6 +333,149 @@ def test_libjack_says_only_once_per_wait_that_the_server_is_not_there(tmp_path):
         srv.stop()
 
 
+# --------------------------------------------------------------------------
+# a frozen jackd (kill -STOP): the daemon still stops when asked
+
+
+class _Frozen:
+    """A private jackd of its own (freezing the session's would stall the
+    other tests' clients), stopped with SIGSTOP while inside ``with``;
+    always let go again and stopped with SIGTERM (a SIGKILLed jackd keeps
+    its slot in JACK's registry of at most 8 servers)."""
+
+    def __init__(self):
+        import uuid
+
+        from conftest import JackServer
+
+        if not shutil.which("jackd"):
+            pytest.skip("jackd not installed (apt-get install jackd2)")
+        self.srv = JackServer(f"qcz{os.getpid()}{uuid.uuid4().hex[:6]}")
+
+    def freeze(self):
+        os.kill(self.srv.proc.pid, signal.SIGSTOP)
+
+    def thaw(self):
+        if self.srv.proc is not None and self.srv.proc.poll() is None:
+            os.kill(self.srv.proc.pid, signal.SIGCONT)
+
+    def close(self):
+        self.thaw()
+        self.srv.stop()
+
+
+def _wait_exit(proc, timeout: float) -> float | None:
+    """Seconds until ``proc`` exits, or None (it is then killed)."""
+    t0 = time.monotonic()
+    try:
+        proc.wait(timeout)
+        return time.monotonic() - t0
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        return None
+
+
+def test_sigterm_with_a_frozen_jackd_stops_promptly_with_the_state_saved(tmp_path):
+    """jackd frozen (kill -STOP) under a running daemon, then SIGTERM. The
+    daemon deactivated and closed its JACK client on the way out, and
+    libjack waits for a frozen server's answer without end: the stop hung
+    until systemd's SIGKILL (TimeoutStopSec=15s; measured: still running
+    20 s after the SIGTERM). Now the client is closed by a helper thread
+    given 2 s; the stop goes on without it (a warning says why), to its
+    end (final status), with a value set just before saved by the stop
+    itself (a debounce of a minute: nothing else saves it). Measured:
+    exit 0 after 2.3 s."""
+    z = _Frozen()
+    cfg = write_config(tmp_path, z.srv.start().name, debounce=60_000)
+    proc = start(cfg)
+    try:
+        assert wait_ready(tmp_path), stop(proc)
+        with client(tmp_path) as c:
+            c.set("host.strength", 0.42)
+        z.freeze()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        took = _wait_exit(proc, 12.0)  # under systemd's TimeoutStopSec=15s
+        out = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        z.close()
+    assert took is not None, "still running 12 s after SIGTERM with jackd frozen"
+    assert proc.returncode == 0, out
+    assert "did not answer the client's deactivate/close" in out, out
+    assert "final status" in out and "the stop did not finish" not in out, out
+    assert json.loads((tmp_path / "state.json").read_text())["params"]["host.strength"] == 0.42
+
+
+def _other_thread(pid: int) -> int:
+    """A thread of process ``pid`` other than its main one that does not
+    block SIGTERM (libzmq's own threads block every signal)."""
+    for task in sorted(pathlib.Path(f"/proc/{pid}/task").iterdir()):
+        tid = int(task.name)
+        if tid == pid:
+            continue
+        blocked = next(int(ln.split()[1], 16) for ln in (task / "status").read_text().splitlines()
+                       if ln.startswith("SigBlk:"))
+        if not blocked & (1 << (signal.SIGTERM - 1)):
+            return tid
+    raise AssertionError(f"no thread of {pid} takes SIGTERM")
+
+
+def test_sigterm_reaches_a_daemon_whose_main_thread_waits_on_a_frozen_jackd(tmp_path):
+    """The daemon starts while jackd is frozen: ``jack_client_open`` waits
+    for the server's answer without end, on the main thread, where Python
+    runs signal handlers (and only between bytecodes). A SIGTERM that
+    interrupts that wait (EINTR) is seen; one that the kernel hands to
+    another thread (here sent there on purpose, with tgkill) left the
+    daemon waiting until SIGKILL. Now a thread of the daemon wakes on every
+    signal (signal.set_wakeup_fd), sets the stop flag, and when the stop
+    has not finished ``Daemon.STOP_DEADLINE_S`` (5 s) later, logs where the
+    supervisor waits, saves the state and exits (status 0). Meanwhile the
+    control socket answers ``status`` (not ready)."""
+    z = _Frozen()
+    cfg = write_config(tmp_path, z.srv.start().name)
+    z.freeze()
+    proc = start(cfg)
+    try:
+        with client(tmp_path, timeout=2.0) as c:
+            assert wait_until(lambda: _status_or_none(c) is not None, 20)
+            assert c.status()["ready"] is False
+        time.sleep(1.0)  # into jack_client_open
+        _tgkill(proc.pid, _other_thread(proc.pid), signal.SIGTERM)
+        took = _wait_exit(proc, 15.0)
+        out = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        z.close()
+    assert took is not None, "still running 15 s after SIGTERM with jackd frozen"
+    assert proc.returncode == 0, out
+    assert "the stop did not finish within 5 s" in out and "_try_open" in out, out
+
+
+def _tgkill(pid: int, tid: int, sig: int) -> None:
+    """Send ``sig`` to one thread of another process (Python has no tgkill)."""
+    import ctypes
+    import platform
+
+    nr = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
+    if nr is None:
+        pytest.skip(f"tgkill's syscall number on {platform.machine()} is not known here")
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(nr, pid, tid, int(sig)) == 0, os.strerror(ctypes.get_errno())
+
+
+def _status_or_none(c):
+    try:
+        return c.status()
+    except Exception:
+        return None
+
+
 def test_second_sigint_forces_exit(tmp_path, jack_server):
     proc = start(write_config(tmp_path, jack_server.name))
     try:
