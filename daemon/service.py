@@ -121,6 +121,10 @@ class Daemon:
         self._down_since: float | None = None
         self._sigint = 0
         self._finished = threading.Event()  # run() has returned (a stop finished)
+        self._seen_cycles = -1  # the client's cycle counter when the supervisor last saw it move
+        self._cycles_seen_at = 0.0  # (monotonic)
+        #: since when (monotonic) the JACK server has run no cycle of a connected client, or None
+        self._stalled_since: float | None = None
         self._restored = False
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._supervisor: int | None = None
@@ -253,6 +257,7 @@ class Daemon:
             return False
         self._name_warned = False
         self.io = io
+        self._seen_cycles, self._cycles_seen_at, self._stalled_since = -1, time.monotonic(), None
         eng = self.engine
         eng.reset_state()  # a reused engine holds the last audio before the outage: it must not play again
         eng.attach(io)
@@ -285,6 +290,7 @@ class Daemon:
             probe.close()
 
     def _close_io(self) -> None:
+        self._stalled_since = None  # (a stalled server that went away: now it is a reconnect)
         if self.engine is not None:
             self.engine.stop()
         if self._engine_thread is not None:
@@ -882,6 +888,7 @@ class Daemon:
                         self._housekeeping()
                         self._stop.wait(interval)
                         continue
+                self._check_cycles()
                 self._housekeeping()
                 if self.io.ports_changed.is_set():
                     self._apply_rules()
@@ -918,6 +925,9 @@ class Daemon:
         io = self.io
         if io is None or io.client is None:
             return f"waiting for the JACK server{' ' + repr(self.server) if self.server else ''}"
+        if self._stalled_since is not None:
+            return (f"the JACK server{' ' + repr(self.server) if self.server else ''} has run no cycle for "
+                    f"{time.monotonic() - self._stalled_since:.0f} s (frozen?)")
         c, t = io.counters, self._totals
         return (f"{len(self.config.channels)} channel(s), latency {1000.0 * io.latency / io.sample_rate:.1f} ms, "
                 f"{int(c[jackio.XRUNS]) + t['xruns']} xruns, "
@@ -933,6 +943,41 @@ class Daemon:
             eng = self.engine
             return self._bad_before + (eng.stats.bad_samples if eng is not None else 0)
 
+    #: seconds without a JACK cycle after which the server counts as stalled (a period is at most ~0.2 s)
+    JACK_STALL_S = 2.0
+
+    def _check_cycles(self) -> None:
+        """Notice a JACK server that stops running cycles while the client
+        stays connected (a frozen jackd: SIGSTOP, a hung driver). libjack
+        says nothing then: no shutdown, no xrun; the audio just stands
+        still. After :attr:`JACK_STALL_S` without a cycle: a warning,
+        ``ready`` false, ``jack_stalled_s`` in ``status``, an
+        ``event.state`` ``stalled``; the watchdog is pinged on (the hang is
+        the server's: a restart of quietcast would not help, and would come
+        back to a jack_client_open that waits for the frozen server). When
+        cycles run again, all of it is undone; when the server dies instead,
+        its shutdown is handled as ever (reconnect)."""
+        io = self.io
+        if io is None or io.client is None:
+            return
+        cyc, now = int(io.counters[jackio.CYCLES]), time.monotonic()
+        if cyc != self._seen_cycles:
+            self._seen_cycles, self._cycles_seen_at = cyc, now
+            if self._stalled_since is not None:
+                took, self._stalled_since = now - self._stalled_since, None
+                log.info("the JACK server runs cycles again, after %.1f s without", took)
+                self.ready.set()
+                self.notifier.status(self._status_line())
+                self.emit("event.state", {"state": "ready", "latency_frames": io.latency, "stalled_s": round(took, 3)})
+        elif self._stalled_since is None and now - self._cycles_seen_at >= self.JACK_STALL_S:
+            self._stalled_since = self._cycles_seen_at
+            log.warning("the JACK server has run no cycle for %.1f s (is jackd frozen, e.g. stopped with SIGSTOP, "
+                        "or its driver hung?); the audio stands still until it runs again or goes away",
+                        now - self._cycles_seen_at)
+            self.ready.clear()
+            self.notifier.status(self._status_line())
+            self.emit("event.state", {"state": "stalled"})
+
     def _housekeeping(self) -> None:
         """Watchdog pings (only while the engine makes progress), STATUS
         every few seconds, stage faults reported once each."""
@@ -940,9 +985,9 @@ class Daemon:
         n = self.notifier
         if n.watchdog_s and now - self._last_ping >= n.watchdog_s / 2:
             eng, io = self.engine, self.io
-            running = io is not None and io.alive and eng is not None
+            running = io is not None and io.alive and eng is not None and self._stalled_since is None
             hops = eng.stats.hops if eng is not None else -1
-            if not running or hops != self._ping_hops:  # waiting for JACK is not a hang
+            if not running or hops != self._ping_hops:  # waiting for JACK (gone or stalled) is not a hang
                 n.watchdog()
                 self._last_ping = now
                 self._ping_hops = hops
@@ -983,8 +1028,10 @@ class Daemon:
 
     def status(self) -> dict:
         io, eng = self.io, self.engine
+        stalled = self._stalled_since
         st: dict = {"ready": self.ready.is_set(), "reconnects": self.reconnects,
-                    "last_reconnect_s": self.last_reconnect_s, "channels": [c.name for c in self.config.channels]}
+                    "last_reconnect_s": self.last_reconnect_s, "channels": [c.name for c in self.config.channels],
+                    "jack_stalled_s": None if stalled is None else round(time.monotonic() - stalled, 3)}
         if eng is not None:
             st.update({
                 "model": eng.model, "backend": eng.backend, "hop": eng.hop, "processing_latency": eng.processing_latency,

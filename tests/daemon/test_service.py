@@ -410,6 +410,49 @@ def test_sigterm_with_a_frozen_jackd_stops_promptly_with_the_state_saved(tmp_pat
     assert json.loads((tmp_path / "state.json").read_text())["params"]["host.strength"] == 0.42
 
 
+def test_a_jackd_frozen_under_the_daemon_is_reported_and_waited_for(tmp_path):
+    """jackd frozen (kill -STOP) while the daemon runs, then let go
+    (SIGCONT). libjack says nothing (no shutdown, no xrun): the audio stood
+    still while ``status`` said ready, nothing was logged, and the watchdog
+    pings stopped with the engine's hops, so systemd (WatchdogSec=10s)
+    would have killed the daemon 10 s into the freeze, to restart it into
+    a jack_client_open that waits for the frozen server. Now, after
+    ``Daemon.JACK_STALL_S`` (2 s) without a cycle, a warning says so,
+    ``status`` says not ready with ``jack_stalled_s`` (and answers at once
+    all along), and the watchdog is pinged on; when jackd runs again the
+    daemon is ready again by itself (measured: cycles and hops move within
+    0.5 s of SIGCONT; one xrun)."""
+    z = _Frozen()
+    cfg = write_config(tmp_path, z.srv.start().name)
+    ns = NotifySocket(tmp_path)
+    proc = start(cfg, {"NOTIFY_SOCKET": ns.path, "WATCHDOG_USEC": "1000000"})
+    try:
+        assert ns.wait_for("READY=1"), stop(proc)
+        with client(tmp_path, timeout=2.0) as c:
+            assert wait_until(lambda: c.status()["hops"] > 0, 10)
+            z.freeze()
+            ns.drain(3.0)
+            st = c.status()  # answers while jackd is frozen
+            assert st["ready"] is False and st["jack_stalled_s"] >= 0.5, st
+            ns.messages.clear()
+            assert "WATCHDOG=1" in ns.drain(2.0)  # a frozen server is not the daemon's hang
+            hops = c.status()["hops"]
+            z.thaw()
+            assert wait_until(lambda: c.status()["ready"], 10)
+            st = c.status()
+            assert st["jack_stalled_s"] is None and st["reconnects"] == 0
+            assert wait_until(lambda: c.status()["hops"] > hops + 10, 10)
+        out = stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        z.close()
+        ns.close()
+    assert proc.returncode == 0, out
+    assert "the JACK server has run no cycle for" in out and "the JACK server runs cycles again" in out, out
+
+
 def _other_thread(pid: int) -> int:
     """A thread of process ``pid`` other than its main one that does not
     block SIGTERM (libzmq's own threads block every signal)."""
