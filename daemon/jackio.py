@@ -393,7 +393,7 @@ class JackIO:
         self.ports_changed.set()
 
     #: seconds :meth:`close` waits for the server to answer (a few ms when it runs)
-    CLOSE_TIMEOUT_S = 2.0
+    CLOSE_TIMEOUT_S = 1.5
 
     def close(self, timeout: float | None = None) -> bool:
         """Deactivate and close the client; True when done. Both ask the
