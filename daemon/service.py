@@ -10,7 +10,8 @@ Threads:
   jobs other threads post with :meth:`Daemon.call_in_main` (load_chain,
   reload), handles stop requests.
 - engine thread (:meth:`Engine.run`): processes hops.
-- control thread (control.py): ZeroMQ commands and events.
+- control thread (control.py): ZeroMQ commands and events; its worker
+  thread answers the commands that wait for the supervisor.
 - MIDI dispatcher (midi.py), state saver timers.
 - JACK's own threads: the process callback (copies only) and the
   notification thread (callbacks that only set events or bump counters).
@@ -470,7 +471,14 @@ class Daemon:
             return fn()
         fut: concurrent.futures.Future = concurrent.futures.Future()
         self._jobs.put((fn, fut))
-        return fut.result(timeout)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            if fut.cancel():  # not begun: it never will be (a reply of "failed" must mean nothing changed)
+                raise ControlError("failed", f"the daemon's supervisor did not get to it within {timeout:g} s (is it "
+                                             "waiting for a JACK server that does not answer, a frozen jackd?); "
+                                             "nothing was changed") from None
+            raise ControlError("failed", f"still running after {timeout:g} s; its outcome is logged") from None
 
     def _run_jobs(self) -> None:
         while True:
@@ -478,6 +486,8 @@ class Daemon:
                 fn, fut = self._jobs.get_nowait()
             except queue.Empty:
                 return
+            if not fut.set_running_or_notify_cancel():
+                continue  # its caller gave up waiting
             try:
                 fut.set_result(fn())
             except BaseException as e:  # handed to the caller's thread
@@ -490,6 +500,8 @@ class Daemon:
         from quietcast.bridge import Chain
 
         self.registry._channel_index(channel, channel)  # an unknown channel is refused before any work
+        if self.engine is None:  # (said at once: the supervisor may be waiting for a server that does not answer)
+            raise NotReadyError("the engine is not running yet (waiting for the JACK server)")
         new = None
         if chain:
             try:
@@ -501,9 +513,13 @@ class Daemon:
             if self.engine is None:
                 raise NotReadyError("the engine is not running yet (waiting for the JACK server)")
             proc = self._build_chain(new)
-            for a in [a for a in self.registry.chain_overrides if a.startswith(f"{channel}.chain.")]:
-                del self.registry.chain_overrides[a]
-            return self._put_chain(channel, new, proc)
+            ov = self.registry.chain_overrides
+            dropped = {a: ov.pop(a) for a in [a for a in ov if a.startswith(f"{channel}.chain.")]}
+            try:
+                return self._put_chain(channel, new, proc)
+            except ControlError:  # the old chain stays on air: with its live values
+                ov.update(dropped)
+                raise
 
         out = self.call_in_main(job)
         self.loaded_chains[channel] = os.path.abspath(chain) if chain and os.path.exists(chain) else chain
@@ -534,6 +550,7 @@ class Daemon:
         (``Engine.swap_chain``); beyond it the client is re-opened."""
         eng = self.engine
         i = self.registry._channel_index(channel, channel)
+        before = self.chains.get(channel, _MISSING), self.loaded_chains.get(channel, _MISSING)
         if loaded:
             self.chains[channel] = new
         else:
@@ -545,14 +562,28 @@ class Daemon:
         if L <= eng.chain_budget:
             if self._engine_thread is not None and self._engine_thread.is_alive():
                 done = threading.Event()
+                gate = threading.Lock()  # the swap happens, or is called off, not both
+                off = []
 
                 def swap(e, i=i, proc=proc):
-                    e.swap_chain(i, proc)
-                    done.set()
+                    with gate:
+                        if not off:
+                            e.swap_chain(i, proc)
+                            done.set()
 
                 self.registry.pending.append(swap)  # at a hop boundary, on the engine thread
                 if not done.wait(5):
-                    raise ControlError("failed", "the engine did not take the new chain within 5 s")
+                    with gate:
+                        off.append(True)
+                        taken = done.is_set()
+                    if not taken:  # (no hops: a JACK server that runs no cycles, e.g. frozen; or a hung engine)
+                        for d, v in zip((self.chains, self.loaded_chains), before):  # as they were
+                            if v is _MISSING:
+                                d.pop(channel, None)
+                            else:
+                                d[channel] = v
+                        raise ControlError("failed", "the engine did not take the new chain within 5 s (it runs no "
+                                                     "hops: is the JACK server stalled?); the old chain stays")
             else:
                 eng.swap_chain(i, proc)
             return {"latency_frames": self.io.latency if self.io else None, "reopened": False}

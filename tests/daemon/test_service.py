@@ -22,6 +22,7 @@ import pytest
 from conftest import quietcast_exe
 
 from quietcast.daemon.client import Client
+from quietcast.daemon.errors import ControlError
 from quietcast.daemon.config import load_config
 from quietcast.daemon.jackclients import Player, Recorder, take, wait_until
 from quietcast.daemon.notify import Notifier
@@ -460,6 +461,59 @@ def test_a_jackd_frozen_under_the_daemon_is_reported_and_waited_for(tmp_path):
         ns.close()
     assert proc.returncode == 0, out
     assert "the JACK server has run no cycle for" in out and "the JACK server runs cycles again" in out, out
+
+
+def test_while_jackd_is_frozen_status_answers_during_a_load_chain_that_fails_for_good(tmp_path):
+    """jackd frozen under the running daemon, then ``load_chain`` (a chain
+    within the latency budget: the engine swaps it at its next hop, and
+    there is none while the server runs no cycles). The control thread
+    answered every request itself and so waited for the supervisor with
+    it: ``status`` from another client got no reply for those 5 s (and for
+    up to 60 s when the supervisor waited in jack_client_open, e.g. for a
+    ``reload`` while the daemon started against a frozen jackd). Then
+    load_chain failed, but the swap stayed queued and the engine made it
+    when jackd ran again: the new chain on air after a reply of ``failed``.
+    Now blocking commands (reload, load_chain) are answered from a worker
+    thread while the control thread answers the rest (status: ~2 ms), and
+    a swap not taken in time is called off: the old chain stays."""
+    z = _Frozen()
+    cfg = write_config(tmp_path, z.srv.start().name)
+    (tmp_path / "other.toml").write_text('[[stage]]\nname = "g"\ntype = "gain"\ngain_db = -3\n')
+    proc = start(cfg)
+    got: dict = {}
+
+    def load():
+        try:
+            with client(tmp_path, timeout=30.0) as c:
+                got["result"] = c.call("load_chain", channel="host", chain=str(tmp_path / "other.toml"))
+        except ControlError as e:
+            got["error"] = e
+
+    try:
+        assert wait_ready(tmp_path), stop(proc)
+        with client(tmp_path, timeout=2.0) as c:
+            z.freeze()
+            assert wait_until(lambda: c.status()["jack_stalled_s"] is not None, 10)
+            th = threading.Thread(target=load, daemon=True)
+            th.start()
+            time.sleep(1.0)  # load_chain waits for the engine
+            assert c.status()["ready"] is False  # answered (a ControlError "timeout" after 2 s before)
+            th.join(20)
+            assert "error" in got, got
+            assert got["error"].code == "failed" and "the old chain stays" in got["error"].message, got
+            hops = c.status()["hops"]
+            z.thaw()
+            assert wait_until(lambda: c.status()["ready"] and c.status()["hops"] > hops + 20, 10)
+            with pytest.raises(ControlError) as e:
+                c.get("host.chain.g.gain_db")  # the swap was called off, not made late
+            assert e.value.code == "unknown_param"
+        out = stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        z.close()
+    assert proc.returncode == 0, out
 
 
 def _other_thread(pid: int) -> int:
