@@ -361,8 +361,23 @@ class _Frozen:
             os.kill(self.srv.proc.pid, signal.SIGCONT)
 
     def close(self):
+        p = self.srv.proc
         self.thaw()
-        self.srv.stop()
+        if p is not None and p.poll() is None:
+            # let go, jackd first times out on the clients that went while it was stopped: seconds
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        self.srv.proc = None
+        if p is not None and p.returncode != 0:
+            # it did not end cleanly (jackd 1.9.21, once let go, can die of SIGPIPE writing to the socket
+            # of a client killed while it was stopped, e.g. the MIDI bridge), and its slot in JACK's
+            # registry stays taken: a start under the same name takes it back, a clean stop frees it
+            self.srv.start()
+            self.srv.stop()
 
 
 def _wait_exit(proc, timeout: float) -> float | None:
