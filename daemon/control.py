@@ -5,7 +5,11 @@ answers every well-formed request, replies with an error code to every
 malformed one (see quietcast.daemon.commands), and never lets a client
 crash the daemon or block the audio: commands only touch the registry's
 snapshot and queue, and publishing never waits (a slow subscriber loses
-its own messages at the high-water mark).
+its own messages at the high-water mark). The commands that wait for the
+daemon's supervisor thread (``blocking``: reload, load_chain) are answered
+from a worker thread, one at a time, so ``status`` and the rest never wait
+behind them (a rebuild takes seconds; a supervisor waiting for a frozen
+jackd, without end).
 
 Endpoints: ``ipc://$RUNTIME_DIRECTORY/control`` and ``.../events`` by
 default (socket files mode 0660), or ``tcp://127.0.0.1:PORT``. A tcp bind
@@ -182,6 +186,11 @@ class ControlServer:
         self._ready = threading.Event()
         self._setup_error: Exception | None = None
         self._auth = None
+        #: requests of blocking commands (reload, load_chain) for the worker thread, and its replies
+        #: for the control thread to send: the control thread itself never waits for the supervisor
+        self._slow: queue.SimpleQueue = queue.SimpleQueue()
+        self._replies: queue.SimpleQueue = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -208,10 +217,7 @@ class ControlServer:
         """Queue an event for publishing (any thread); wakes the control
         thread at once, so events do not wait for the next meter tick."""
         self.events.put((topic, doc))
-        try:
-            os.write(self._wake_w, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full: the thread is awake already
+        self._wake()
 
     # -- lifecycle
     def start(self) -> None:
@@ -223,8 +229,31 @@ class ControlServer:
 
     def stop(self) -> None:
         self._stop.set()
+        self._slow.put(None)
         if self._thread is not None:
             self._thread.join(5)
+
+    def _work(self) -> None:
+        """The worker thread: answers the requests of blocking commands, one
+        at a time, in order; the control thread sends the replies."""
+        while True:
+            item = self._slow.get()
+            if item is None:
+                return
+            envelope, rest = item
+            try:
+                reply = self.handle(rest)
+            except Exception:  # pragma: no cover - handle() answers every request
+                log.exception("could not answer a request")
+                continue
+            self._replies.put((envelope, reply))
+            self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full: the thread is awake already
 
     def _bind(self, sock, endpoint: str) -> None:
         if endpoint.startswith("ipc://"):
@@ -316,6 +345,7 @@ class ControlServer:
                             pass
                     except (BlockingIOError, OSError):
                         pass
+                self._send_replies(router)
                 if pub in ready:
                     self._take_subscriptions(pub)
                 if router in ready:
@@ -357,6 +387,31 @@ class ControlServer:
                         pass
 
     # -- requests
+    def _send_replies(self, router) -> None:
+        import zmq
+
+        while True:
+            try:
+                envelope, reply = self._replies.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                router.send_multipart(envelope + [proto.dumps(reply)], zmq.NOBLOCK)
+            except zmq.ZMQError:  # the peer is gone or not reading: drop
+                pass
+
+    @staticmethod
+    def _blocking(rest: list[bytes]) -> bool:
+        """Whether the request is for a blocking command (one that waits for
+        the supervisor thread); a malformed one is not (it is answered at
+        once, with its error)."""
+        if len(rest) != 1:
+            return False
+        try:
+            return proto.find(proto.parse_request(rest[0])[1]).blocking
+        except Exception:
+            return False
+
     def _answer(self, router, frames: list[bytes]) -> None:
         import zmq
 
@@ -368,6 +423,14 @@ class ControlServer:
         if rest and rest[0] == b"" and len(rest) > 1:  # a REQ client's delimiter
             envelope.append(b"")
             rest = rest[1:]
+        if self._blocking(rest):
+            # the supervisor may be busy for seconds (a rebuild), or wait for a JACK server that does
+            # not answer (a frozen jackd): the worker waits, and this thread answers everything else
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="quietcast-control-worker", daemon=True)
+                self._worker.start()
+            self._slow.put((envelope, rest))
+            return
         reply = self.handle(rest)
         try:
             router.send_multipart(envelope + [proto.dumps(reply)], zmq.NOBLOCK)

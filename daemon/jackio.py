@@ -392,23 +392,46 @@ class JackIO:
         self.client = client
         self.ports_changed.set()
 
-    def close(self) -> None:
+    #: seconds :meth:`close` waits for the server to answer (a few ms when it runs)
+    CLOSE_TIMEOUT_S = 1.5
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Deactivate and close the client; True when done. Both ask the
+        server and wait for its answer, which a frozen jackd (SIGSTOP, a
+        hung driver) never gives: libjack waits until it runs again or
+        dies. So a helper thread makes the calls and this waits at most
+        ``timeout`` s (:attr:`CLOSE_TIMEOUT_S`); past that the client is
+        left to the helper (it finishes if the server ever answers), a
+        warning says why, and False is returned: a daemon asked to stop
+        exits anyway, instead of waiting for systemd's SIGKILL."""
         c, self.client = self.client, None
         if c is None:
-            return
-        try:
-            c.deactivate()
-        except Exception:
-            pass
-        try:
-            c.close()
-        except Exception:
-            pass
-        # no callback can run now: drop the closures that refer back to this object, so
-        # that it (and its rings) goes when its last reference does, without waiting for a
-        # cycle collection (which never comes to a frozen object: service.settle_heap)
-        self._cb_refs = []
-        self._latency_for = lambda period: 0
+            return True
+
+        def finish() -> None:
+            try:
+                c.deactivate()
+            except Exception:
+                pass
+            try:
+                c.close()
+            except Exception:
+                pass
+            # no callback can run now: drop the closures that refer back to this object, so
+            # that it (and its rings) goes when its last reference does, without waiting for a
+            # cycle collection (which never comes to a frozen object: service.settle_heap)
+            self._cb_refs = []
+            self._latency_for = lambda period: 0
+
+        limit = self.CLOSE_TIMEOUT_S if timeout is None else timeout
+        th = threading.Thread(target=finish, name="quietcast-jack-close", daemon=True)
+        th.start()
+        th.join(limit)
+        if th.is_alive():
+            log.warning("the JACK server did not answer the client's deactivate/close within %g s (is jackd "
+                        "frozen, e.g. stopped with SIGSTOP?); going on without it", limit)
+            return False
+        return True
 
     @property
     def alive(self) -> bool:

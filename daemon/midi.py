@@ -901,20 +901,31 @@ class _JackBridge:
             self.dropped += 1
             return False
 
-    def close(self, timeout: float = 5.0) -> None:
+    #: seconds the bridge gets to close its ports and exit (~0.1 s when jackd runs)
+    CLOSE_TIMEOUT_S = 1.5
+
+    def close(self, timeout: float | None = None) -> None:
+        """EOF to the bridge, which closes its JACK clients and exits; one
+        that has not exited after ``timeout`` s (:attr:`CLOSE_TIMEOUT_S`) is
+        killed: closing a JACK client waits for a frozen jackd without end
+        (SIGSTOP, a hung driver), and the daemon's stop must not wait."""
         proc, self.proc = self.proc, None
         self.ready.clear()
         if proc is None:
             return
+        limit = self.CLOSE_TIMEOUT_S if timeout is None else timeout
         try:
             proc.stdin.close()  # EOF: the bridge closes its ports and exits
         except OSError:
             pass
         try:
-            proc.wait(timeout)
+            proc.wait(limit)
         except Exception:
+            log.warning("the JACK MIDI bridge did not close within %g s (is jackd frozen, e.g. stopped with "
+                        "SIGSTOP?); killed", limit)
             proc.kill()
             proc.wait(5)
+        timeout = 5.0 if timeout is None else timeout
         if self._reader is not None:
             self._reader.join(timeout)
             self._reader = None

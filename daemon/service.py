@@ -10,7 +10,8 @@ Threads:
   jobs other threads post with :meth:`Daemon.call_in_main` (load_chain,
   reload), handles stop requests.
 - engine thread (:meth:`Engine.run`): processes hops.
-- control thread (control.py): ZeroMQ commands and events.
+- control thread (control.py): ZeroMQ commands and events; its worker
+  thread answers the commands that wait for the supervisor.
 - MIDI dispatcher (midi.py), state saver timers.
 - JACK's own threads: the process callback (copies only) and the
   notification thread (callbacks that only set events or bump counters).
@@ -120,6 +121,11 @@ class Daemon:
         self.last_reconnect_s: float | None = None
         self._down_since: float | None = None
         self._sigint = 0
+        self._finished = threading.Event()  # run() has returned (a stop finished)
+        self._seen_cycles = -1  # the client's cycle counter when the supervisor last saw it move
+        self._cycles_seen_at = 0.0  # (monotonic)
+        #: since when (monotonic) the JACK server has run no cycle of a connected client, or None
+        self._stalled_since: float | None = None
         self._restored = False
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._supervisor: int | None = None
@@ -238,7 +244,9 @@ class Daemon:
                 io.open()
             except (jack.JackError, OSError) as e:
                 failed = e
-                taken = isinstance(e, jack.JackOpenError) and self._name_taken(cfg.jack.client_name)
+                # (not probed once a stop is asked for: against a frozen server the probe waits too)
+                taken = (isinstance(e, jack.JackOpenError) and not self._stop.is_set()
+                         and self._name_taken(cfg.jack.client_name))
         if failed is not None:
             if taken:
                 if not self._name_warned:
@@ -250,6 +258,7 @@ class Daemon:
             return False
         self._name_warned = False
         self.io = io
+        self._seen_cycles, self._cycles_seen_at, self._stalled_since = -1, time.monotonic(), None
         eng = self.engine
         eng.reset_state()  # a reused engine holds the last audio before the outage: it must not play again
         eng.attach(io)
@@ -282,6 +291,7 @@ class Daemon:
             probe.close()
 
     def _close_io(self) -> None:
+        self._stalled_since = None  # (a stalled server that went away: now it is a reconnect)
         if self.engine is not None:
             self.engine.stop()
         if self._engine_thread is not None:
@@ -461,7 +471,14 @@ class Daemon:
             return fn()
         fut: concurrent.futures.Future = concurrent.futures.Future()
         self._jobs.put((fn, fut))
-        return fut.result(timeout)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            if fut.cancel():  # not begun: it never will be (a reply of "failed" must mean nothing changed)
+                raise ControlError("failed", f"the daemon's supervisor did not get to it within {timeout:g} s (is it "
+                                             "waiting for a JACK server that does not answer, a frozen jackd?); "
+                                             "nothing was changed") from None
+            raise ControlError("failed", f"still running after {timeout:g} s; its outcome is logged") from None
 
     def _run_jobs(self) -> None:
         while True:
@@ -469,6 +486,8 @@ class Daemon:
                 fn, fut = self._jobs.get_nowait()
             except queue.Empty:
                 return
+            if not fut.set_running_or_notify_cancel():
+                continue  # its caller gave up waiting
             try:
                 fut.set_result(fn())
             except BaseException as e:  # handed to the caller's thread
@@ -481,6 +500,8 @@ class Daemon:
         from quietcast.bridge import Chain
 
         self.registry._channel_index(channel, channel)  # an unknown channel is refused before any work
+        if self.engine is None:  # (said at once: the supervisor may be waiting for a server that does not answer)
+            raise NotReadyError("the engine is not running yet (waiting for the JACK server)")
         new = None
         if chain:
             try:
@@ -492,9 +513,13 @@ class Daemon:
             if self.engine is None:
                 raise NotReadyError("the engine is not running yet (waiting for the JACK server)")
             proc = self._build_chain(new)
-            for a in [a for a in self.registry.chain_overrides if a.startswith(f"{channel}.chain.")]:
-                del self.registry.chain_overrides[a]
-            return self._put_chain(channel, new, proc)
+            ov = self.registry.chain_overrides
+            dropped = {a: ov.pop(a) for a in [a for a in ov if a.startswith(f"{channel}.chain.")]}
+            try:
+                return self._put_chain(channel, new, proc)
+            except ControlError:  # the old chain stays on air: with its live values
+                ov.update(dropped)
+                raise
 
         out = self.call_in_main(job)
         self.loaded_chains[channel] = os.path.abspath(chain) if chain and os.path.exists(chain) else chain
@@ -525,6 +550,7 @@ class Daemon:
         (``Engine.swap_chain``); beyond it the client is re-opened."""
         eng = self.engine
         i = self.registry._channel_index(channel, channel)
+        before = self.chains.get(channel, _MISSING), self.loaded_chains.get(channel, _MISSING)
         if loaded:
             self.chains[channel] = new
         else:
@@ -536,14 +562,28 @@ class Daemon:
         if L <= eng.chain_budget:
             if self._engine_thread is not None and self._engine_thread.is_alive():
                 done = threading.Event()
+                gate = threading.Lock()  # the swap happens, or is called off, not both
+                off = []
 
                 def swap(e, i=i, proc=proc):
-                    e.swap_chain(i, proc)
-                    done.set()
+                    with gate:
+                        if not off:
+                            e.swap_chain(i, proc)
+                            done.set()
 
                 self.registry.pending.append(swap)  # at a hop boundary, on the engine thread
                 if not done.wait(5):
-                    raise ControlError("failed", "the engine did not take the new chain within 5 s")
+                    with gate:
+                        off.append(True)
+                        taken = done.is_set()
+                    if not taken:  # (no hops: a JACK server that runs no cycles, e.g. frozen; or a hung engine)
+                        for d, v in zip((self.chains, self.loaded_chains), before):  # as they were
+                            if v is _MISSING:
+                                d.pop(channel, None)
+                            else:
+                                d[channel] = v
+                        raise ControlError("failed", "the engine did not take the new chain within 5 s (it runs no "
+                                                     "hops: is the JACK server stalled?); the old chain stays")
             else:
                 eng.swap_chain(i, proc)
             return {"latency_frames": self.io.latency if self.io else None, "reopened": False}
@@ -737,7 +777,19 @@ class Daemon:
         """Re-read the config on the supervisor thread (what SIGHUP does)."""
         self._reload_requested.set()
 
+    #: seconds a stop asked for by SIGTERM or SIGINT may take; past that the
+    #: daemon saves its state and exits without finishing it (see _watch_signals)
+    STOP_DEADLINE_S = 5.0
+
     def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads, SIGUSR1 dumps the thread
+        stacks. Python runs a signal's handler on the main thread (the
+        supervisor) between two bytecodes, never while that thread waits in
+        C; and libjack waits without end for a frozen jackd (SIGSTOP, a hung
+        driver): in ``jack_client_open``, deactivate, close, connect. So the
+        signals also wake a thread of their own (``signal.set_wakeup_fd``),
+        which sets the stop flag itself and gives the stop
+        :attr:`STOP_DEADLINE_S` seconds (see :meth:`_watch_signals`)."""
         def on_term(signum, frame):
             self.request_stop()
 
@@ -754,9 +806,65 @@ class Daemon:
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_int)
         signal.signal(signal.SIGHUP, on_hup)
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch_signals, args=(r,), name="quietcast-signals", daemon=True).start()
         import faulthandler
 
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # thread stacks to the log (stderr)
+
+    def _watch_signals(self, fd: int) -> None:
+        """The signal-wakeup thread: at SIGTERM or SIGINT it sets the stop
+        flag (the main thread may be inside a libjack call that waits for a
+        frozen server, where no Python signal handler runs) and waits for
+        :meth:`run` to return. When it has not after
+        :attr:`STOP_DEADLINE_S` seconds, it says where the supervisor
+        waits, saves the state, and ends the process (status 0: the stop
+        was asked for) instead of leaving it to systemd's SIGKILL."""
+        stops = {signal.SIGTERM, signal.SIGINT}
+        while True:
+            try:
+                got = os.read(fd, 64)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            if stops & set(got):
+                break
+        self._stop.set()
+        if self._finished.wait(self.STOP_DEADLINE_S):
+            return
+        self._stop_overdue()
+
+    def _stop_overdue(self) -> None:
+        import faulthandler
+        import traceback
+
+        where = "?"
+        frame = sys._current_frames().get(self._supervisor) if self._supervisor is not None else None
+        if frame is not None:
+            where = " <- ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
+                                for f in reversed(traceback.extract_stack(frame)[-3:]))
+        log.error("the stop did not finish within %g s of the signal (the supervisor waits in %s: a JACK server "
+                  "that does not answer, e.g. a frozen jackd); saving the state and exiting without it",
+                  self.STOP_DEADLINE_S, where)
+        try:
+            faulthandler.dump_traceback(all_threads=True)  # every thread's stack, for the log
+        except Exception:
+            pass
+        try:
+            self.notifier.stopping()
+            if self.state is not None:
+                self.state.flush()
+        except Exception as e:  # pragma: no cover - exiting regardless
+            log.error("state not saved: %s", e)
+        for h in logging.getLogger().handlers:
+            try:
+                h.flush()
+            except Exception:
+                pass
+        os._exit(0)
 
     def run(self) -> int:
         """Supervise until stopped. Returns the exit status (0)."""
@@ -811,6 +919,7 @@ class Daemon:
                         self._housekeeping()
                         self._stop.wait(interval)
                         continue
+                self._check_cycles()
                 self._housekeeping()
                 if self.io.ports_changed.is_set():
                     self._apply_rules()
@@ -840,12 +949,16 @@ class Daemon:
             self._run_jobs()
             log.info("final status: %s", json.dumps({k: v for k, v in final.items() if k not in ("meters", "params")},
                                                     default=str))
+            self._finished.set()
         return 0
 
     def _status_line(self) -> str:
         io = self.io
         if io is None or io.client is None:
             return f"waiting for the JACK server{' ' + repr(self.server) if self.server else ''}"
+        if self._stalled_since is not None:
+            return (f"the JACK server{' ' + repr(self.server) if self.server else ''} has run no cycle for "
+                    f"{time.monotonic() - self._stalled_since:.0f} s (frozen?)")
         c, t = io.counters, self._totals
         return (f"{len(self.config.channels)} channel(s), latency {1000.0 * io.latency / io.sample_rate:.1f} ms, "
                 f"{int(c[jackio.XRUNS]) + t['xruns']} xruns, "
@@ -861,6 +974,41 @@ class Daemon:
             eng = self.engine
             return self._bad_before + (eng.stats.bad_samples if eng is not None else 0)
 
+    #: seconds without a JACK cycle after which the server counts as stalled (a period is at most ~0.2 s)
+    JACK_STALL_S = 2.0
+
+    def _check_cycles(self) -> None:
+        """Notice a JACK server that stops running cycles while the client
+        stays connected (a frozen jackd: SIGSTOP, a hung driver). libjack
+        says nothing then: no shutdown, no xrun; the audio just stands
+        still. After :attr:`JACK_STALL_S` without a cycle: a warning,
+        ``ready`` false, ``jack_stalled_s`` in ``status``, an
+        ``event.state`` ``stalled``; the watchdog is pinged on (the hang is
+        the server's: a restart of quietcast would not help, and would come
+        back to a jack_client_open that waits for the frozen server). When
+        cycles run again, all of it is undone; when the server dies instead,
+        its shutdown is handled as ever (reconnect)."""
+        io = self.io
+        if io is None or io.client is None:
+            return
+        cyc, now = int(io.counters[jackio.CYCLES]), time.monotonic()
+        if cyc != self._seen_cycles:
+            self._seen_cycles, self._cycles_seen_at = cyc, now
+            if self._stalled_since is not None:
+                took, self._stalled_since = now - self._stalled_since, None
+                log.info("the JACK server runs cycles again, after %.1f s without", took)
+                self.ready.set()
+                self.notifier.status(self._status_line())
+                self.emit("event.state", {"state": "ready", "latency_frames": io.latency, "stalled_s": round(took, 3)})
+        elif self._stalled_since is None and now - self._cycles_seen_at >= self.JACK_STALL_S:
+            self._stalled_since = self._cycles_seen_at
+            log.warning("the JACK server has run no cycle for %.1f s (is jackd frozen, e.g. stopped with SIGSTOP, "
+                        "or its driver hung?); the audio stands still until it runs again or goes away",
+                        now - self._cycles_seen_at)
+            self.ready.clear()
+            self.notifier.status(self._status_line())
+            self.emit("event.state", {"state": "stalled"})
+
     def _housekeeping(self) -> None:
         """Watchdog pings (only while the engine makes progress), STATUS
         every few seconds, stage faults reported once each."""
@@ -868,9 +1016,9 @@ class Daemon:
         n = self.notifier
         if n.watchdog_s and now - self._last_ping >= n.watchdog_s / 2:
             eng, io = self.engine, self.io
-            running = io is not None and io.alive and eng is not None
+            running = io is not None and io.alive and eng is not None and self._stalled_since is None
             hops = eng.stats.hops if eng is not None else -1
-            if not running or hops != self._ping_hops:  # waiting for JACK is not a hang
+            if not running or hops != self._ping_hops:  # waiting for JACK (gone or stalled) is not a hang
                 n.watchdog()
                 self._last_ping = now
                 self._ping_hops = hops
@@ -911,8 +1059,10 @@ class Daemon:
 
     def status(self) -> dict:
         io, eng = self.io, self.engine
+        stalled = self._stalled_since
         st: dict = {"ready": self.ready.is_set(), "reconnects": self.reconnects,
-                    "last_reconnect_s": self.last_reconnect_s, "channels": [c.name for c in self.config.channels]}
+                    "last_reconnect_s": self.last_reconnect_s, "channels": [c.name for c in self.config.channels],
+                    "jack_stalled_s": None if stalled is None else round(time.monotonic() - stalled, 3)}
         if eng is not None:
             st.update({
                 "model": eng.model, "backend": eng.backend, "hop": eng.hop, "processing_latency": eng.processing_latency,

@@ -89,6 +89,9 @@ class Command:
 
     name = ""
     args: dict[str, Arg] = {}
+    #: runs on the daemon's supervisor thread and may wait for it (seconds, or as long as a JACK
+    #: server that does not answer): answered from a worker thread, never the control thread's
+    blocking = False
 
     # client side
     @classmethod

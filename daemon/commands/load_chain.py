@@ -19,5 +19,7 @@ class LoadChain(Command):
     args = {"channel": Arg("str", doc="channel name"),
             "chain": Arg("str", doc="chain file path or bundled name; \"\" for none")}
 
+    blocking = True
+
     def execute(self, ctx, args):
         return ctx.load_chain(args["channel"], args["chain"])

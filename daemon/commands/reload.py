@@ -33,5 +33,7 @@ class Reload(Command):
     name = "reload"
     args = {}
 
+    blocking = True
+
     def execute(self, ctx, args):
         return ctx.reload()

@@ -16,7 +16,10 @@ class Status(Command):
     ms), ``callback_load_p50``/``_p99`` (share of a period), ``callback``
     (which JACK process callback runs: ``c``, the compiled one that never
     takes the GIL, or ``python (REASON)``, the fallback, e.g. when it was
-    not built), ``reconnects``, ``bad_samples`` (NaN/Inf samples that
+    not built), ``reconnects``, ``jack_stalled_s`` (seconds the JACK
+    server has run no cycle while the daemon stays connected, e.g. a
+    frozen jackd; ``ready`` is false meanwhile; null when it runs),
+    ``bad_samples`` (NaN/Inf samples that
     arrived on the input ports, each replaced by silence before the
     suppressor, the bypass path and the meters saw it), ``meters``
     (latest per channel), ``params`` (every channel's values) and ``midi``:

@@ -10,7 +10,8 @@ class Subscribe(Command):
     (count, deadline_misses), ``event.bad_input`` (NaN/Inf samples arrived
     on the input ports and were silenced: ``bad_samples``, the total, and
     ``new_bad_samples``; at most ~20 a second), ``event.state`` (ready,
-    reconnecting, reloaded, stopping), ``event.learn`` (a MIDI binding made
+    reconnecting, stalled: the JACK server runs no cycles, e.g. a frozen
+    jackd; reloaded, stopping), ``event.learn`` (a MIDI binding made
     or timed out).
     A slow subscriber only loses its own messages: the daemon never waits
     for one."""

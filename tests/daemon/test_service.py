@@ -22,6 +22,7 @@ import pytest
 from conftest import quietcast_exe
 
 from quietcast.daemon.client import Client
+from quietcast.daemon.errors import ControlError
 from quietcast.daemon.config import load_config
 from quietcast.daemon.jackclients import Player, Recorder, take, wait_until
 from quietcast.daemon.notify import Notifier
@@ -331,6 +332,269 @@ def test_libjack_says_only_once_per_wait_that_the_server_is_not_there(tmp_path):
             proc.kill()
             proc.wait(10)
         srv.stop()
+
+
+# --------------------------------------------------------------------------
+# a frozen jackd (kill -STOP): the daemon still stops when asked
+
+
+class _Frozen:
+    """A private jackd of its own (freezing the session's would stall the
+    other tests' clients), stopped with SIGSTOP while inside ``with``;
+    always let go again and stopped with SIGTERM (a SIGKILLed jackd keeps
+    its slot in JACK's registry of at most 8 servers)."""
+
+    def __init__(self):
+        import uuid
+
+        from conftest import JackServer
+
+        if not shutil.which("jackd"):
+            pytest.skip("jackd not installed (apt-get install jackd2)")
+        self.srv = JackServer(f"qcz{os.getpid()}{uuid.uuid4().hex[:6]}")
+
+    def freeze(self):
+        os.kill(self.srv.proc.pid, signal.SIGSTOP)
+
+    def thaw(self):
+        if self.srv.proc is not None and self.srv.proc.poll() is None:
+            os.kill(self.srv.proc.pid, signal.SIGCONT)
+
+    def close(self):
+        p = self.srv.proc
+        self.thaw()
+        if p is not None and p.poll() is None:
+            # let go, jackd first times out on the clients that went while it was stopped: seconds
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        self.srv.proc = None
+        if p is not None and p.returncode != 0:
+            # it did not end cleanly (jackd 1.9.21, once let go, can die of SIGPIPE writing to the socket
+            # of a client killed while it was stopped, e.g. the MIDI bridge), and its slot in JACK's
+            # registry stays taken: a start under the same name takes it back, a clean stop frees it
+            self.srv.start()
+            self.srv.stop()
+
+
+def _wait_exit(proc, timeout: float) -> float | None:
+    """Seconds until ``proc`` exits, or None (it is then killed)."""
+    t0 = time.monotonic()
+    try:
+        proc.wait(timeout)
+        return time.monotonic() - t0
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        return None
+
+
+@pytest.mark.parametrize("midi", [False, True], ids=["no-midi", "midi"])
+def test_sigterm_with_a_frozen_jackd_stops_promptly_with_the_state_saved(tmp_path, midi):
+    """jackd frozen (kill -STOP) under a running daemon, then SIGTERM. The
+    daemon deactivated and closed its JACK client on the way out, and
+    libjack waits for a frozen server's answer without end: the stop hung
+    until systemd's SIGKILL (TimeoutStopSec=15s; measured: still running
+    20 s after the SIGTERM). Now the client is closed by a helper thread
+    given 1.5 s; the stop goes on without it (a warning says why), to its
+    end (final status), with a value set just before saved by the stop
+    itself (a debounce of a minute: nothing else saves it). With MIDI
+    control on (the default), its JACK MIDI bridge process hangs the same
+    way closing its clients: it gets 1.5 s (it was 5 s), then it is
+    killed. Measured: exit 0 after 1.8 s (3.3 s with MIDI)."""
+    z = _Frozen()
+    cfg = write_config(tmp_path, z.srv.start().name, debounce=60_000)
+    if midi:
+        cfg.write_text(cfg.read_text().replace("[midi]\nenabled = false\n", "[midi]\nenabled = true\n"))
+    proc = start(cfg)
+    try:
+        assert wait_ready(tmp_path), stop(proc)
+        with client(tmp_path) as c:
+            if midi:
+                assert wait_until(lambda: c.status()["midi"].get("jack", {}).get("in"), 20), c.status()["midi"]
+            c.set("host.strength", 0.42)
+        z.freeze()
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        took = _wait_exit(proc, 12.0)  # under systemd's TimeoutStopSec=15s
+        out = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        z.close()
+    assert took is not None, "still running 12 s after SIGTERM with jackd frozen"
+    assert proc.returncode == 0, out
+    assert "did not answer the client's deactivate/close" in out, out
+    assert "final status" in out and "the stop did not finish" not in out, out
+    if midi:
+        assert "the JACK MIDI bridge did not close within" in out, out
+    assert json.loads((tmp_path / "state.json").read_text())["params"]["host.strength"] == 0.42
+
+
+def test_a_jackd_frozen_under_the_daemon_is_reported_and_waited_for(tmp_path):
+    """jackd frozen (kill -STOP) while the daemon runs, then let go
+    (SIGCONT). libjack says nothing (no shutdown, no xrun): the audio stood
+    still while ``status`` said ready, nothing was logged, and the watchdog
+    pings stopped with the engine's hops, so systemd (WatchdogSec=10s)
+    would have killed the daemon 10 s into the freeze, to restart it into
+    a jack_client_open that waits for the frozen server. Now, after
+    ``Daemon.JACK_STALL_S`` (2 s) without a cycle, a warning says so,
+    ``status`` says not ready with ``jack_stalled_s`` (and answers at once
+    all along), and the watchdog is pinged on; when jackd runs again the
+    daemon is ready again by itself (measured: cycles and hops move within
+    0.5 s of SIGCONT; one xrun)."""
+    z = _Frozen()
+    cfg = write_config(tmp_path, z.srv.start().name)
+    ns = NotifySocket(tmp_path)
+    proc = start(cfg, {"NOTIFY_SOCKET": ns.path, "WATCHDOG_USEC": "1000000"})
+    try:
+        assert ns.wait_for("READY=1"), stop(proc)
+        with client(tmp_path, timeout=2.0) as c:
+            assert wait_until(lambda: c.status()["hops"] > 0, 10)
+            z.freeze()
+            ns.drain(3.0)
+            st = c.status()  # answers while jackd is frozen
+            assert st["ready"] is False and st["jack_stalled_s"] >= 0.5, st
+            ns.messages.clear()
+            assert "WATCHDOG=1" in ns.drain(2.0)  # a frozen server is not the daemon's hang
+            hops = c.status()["hops"]
+            z.thaw()
+            assert wait_until(lambda: c.status()["ready"], 10)
+            st = c.status()
+            assert st["jack_stalled_s"] is None and st["reconnects"] == 0
+            assert wait_until(lambda: c.status()["hops"] > hops + 10, 10)
+        out = stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        z.close()
+        ns.close()
+    assert proc.returncode == 0, out
+    assert "the JACK server has run no cycle for" in out and "the JACK server runs cycles again" in out, out
+
+
+def test_while_jackd_is_frozen_status_answers_during_a_load_chain_that_fails_for_good(tmp_path):
+    """jackd frozen under the running daemon, then ``load_chain`` (a chain
+    within the latency budget: the engine swaps it at its next hop, and
+    there is none while the server runs no cycles). The control thread
+    answered every request itself and so waited for the supervisor with
+    it: ``status`` from another client got no reply for those 5 s (and for
+    up to 60 s when the supervisor waited in jack_client_open, e.g. for a
+    ``reload`` while the daemon started against a frozen jackd). Then
+    load_chain failed, but the swap stayed queued and the engine made it
+    when jackd ran again: the new chain on air after a reply of ``failed``.
+    Now blocking commands (reload, load_chain) are answered from a worker
+    thread while the control thread answers the rest (status: ~2 ms), and
+    a swap not taken in time is called off: the old chain stays."""
+    z = _Frozen()
+    cfg = write_config(tmp_path, z.srv.start().name)
+    (tmp_path / "other.toml").write_text('[[stage]]\nname = "g"\ntype = "gain"\ngain_db = -3\n')
+    proc = start(cfg)
+    got: dict = {}
+
+    def load():
+        try:
+            with client(tmp_path, timeout=30.0) as c:
+                got["result"] = c.call("load_chain", channel="host", chain=str(tmp_path / "other.toml"))
+        except ControlError as e:
+            got["error"] = e
+
+    try:
+        assert wait_ready(tmp_path), stop(proc)
+        with client(tmp_path, timeout=2.0) as c:
+            z.freeze()
+            assert wait_until(lambda: c.status()["jack_stalled_s"] is not None, 10)
+            th = threading.Thread(target=load, daemon=True)
+            th.start()
+            time.sleep(1.0)  # load_chain waits for the engine
+            assert c.status()["ready"] is False  # answered (a ControlError "timeout" after 2 s before)
+            th.join(20)
+            assert "error" in got, got
+            assert got["error"].code == "failed" and "the old chain stays" in got["error"].message, got
+            hops = c.status()["hops"]
+            z.thaw()
+            assert wait_until(lambda: c.status()["ready"] and c.status()["hops"] > hops + 20, 10)
+            with pytest.raises(ControlError) as e:
+                c.get("host.chain.g.gain_db")  # the swap was called off, not made late
+            assert e.value.code == "unknown_param"
+        out = stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        z.close()
+    assert proc.returncode == 0, out
+
+
+def _other_thread(pid: int) -> int:
+    """A thread of process ``pid`` other than its main one that does not
+    block SIGTERM (libzmq's own threads block every signal)."""
+    for task in sorted(pathlib.Path(f"/proc/{pid}/task").iterdir()):
+        tid = int(task.name)
+        if tid == pid:
+            continue
+        blocked = next(int(ln.split()[1], 16) for ln in (task / "status").read_text().splitlines()
+                       if ln.startswith("SigBlk:"))
+        if not blocked & (1 << (signal.SIGTERM - 1)):
+            return tid
+    raise AssertionError(f"no thread of {pid} takes SIGTERM")
+
+
+def test_sigterm_reaches_a_daemon_whose_main_thread_waits_on_a_frozen_jackd(tmp_path):
+    """The daemon starts while jackd is frozen: ``jack_client_open`` waits
+    for the server's answer without end, on the main thread, where Python
+    runs signal handlers (and only between bytecodes). A SIGTERM that
+    interrupts that wait (EINTR) is seen; one that the kernel hands to
+    another thread (here sent there on purpose, with tgkill) left the
+    daemon waiting until SIGKILL. Now a thread of the daemon wakes on every
+    signal (signal.set_wakeup_fd), sets the stop flag, and when the stop
+    has not finished ``Daemon.STOP_DEADLINE_S`` (5 s) later, logs where the
+    supervisor waits, saves the state and exits (status 0). Meanwhile the
+    control socket answers ``status`` (not ready)."""
+    z = _Frozen()
+    cfg = write_config(tmp_path, z.srv.start().name)
+    z.freeze()
+    proc = start(cfg)
+    try:
+        with client(tmp_path, timeout=2.0) as c:
+            assert wait_until(lambda: _status_or_none(c) is not None, 20)
+            assert c.status()["ready"] is False
+        time.sleep(1.0)  # into jack_client_open
+        _tgkill(proc.pid, _other_thread(proc.pid), signal.SIGTERM)
+        took = _wait_exit(proc, 15.0)
+        out = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        z.close()
+    assert took is not None, "still running 15 s after SIGTERM with jackd frozen"
+    assert proc.returncode == 0, out
+    assert "the stop did not finish within 5 s" in out and "_try_open" in out, out
+
+
+def _tgkill(pid: int, tid: int, sig: int) -> None:
+    """Send ``sig`` to one thread of another process (Python has no tgkill)."""
+    import ctypes
+    import platform
+
+    nr = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
+    if nr is None:
+        pytest.skip(f"tgkill's syscall number on {platform.machine()} is not known here")
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(nr, pid, tid, int(sig)) == 0, os.strerror(ctypes.get_errno())
+
+
+def _status_or_none(c):
+    try:
+        return c.status()
+    except Exception:
+        return None
 
 
 def test_second_sigint_forces_exit(tmp_path, jack_server):
