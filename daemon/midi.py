@@ -1613,7 +1613,10 @@ class MidiControl:
             return
         typ, ch, num, val = ev
         hit = False
-        for b in self._by_control.get((typ, ch, num), ()):
+        bs = self._by_control.get((typ, ch, num), ())
+        if bs and bs[0].spec.relative and self._relative_echo(bs, val):
+            return
+        for b in bs:
             hit = True
             self._apply(b, val)
         if typ == "cc" and 32 <= num < 64:
@@ -1690,18 +1693,6 @@ class MidiControl:
         """One message of a relative (endless) encoder: move the value by
         its ticks from wherever it is (no soft takeover), clamped at the
         ends of the travel; the LED ring gets the new position."""
-        now = time.monotonic()
-        live = [e for e in b.inflight if now - e[1] < ECHO_RELATIVE_S]
-        for i, (raw, _) in enumerate(live):
-            if raw == val:
-                # a ring position just sent, coming back (a soft thru, a surface that echoes): taken as
-                # ticks it would move the value, whose feedback would come back too, for ever. Each
-                # feedback message is one echo at most: a match is used up
-                del live[i]
-                b.inflight = live
-                self.counters["echo_ignored"] += 1
-                return
-        b.inflight = live
         ticks = relative_delta(b.spec.encoding, val)
         if ticks == 0:
             return
@@ -1714,6 +1705,27 @@ class MidiControl:
             return
         stored = self._set(b, new)
         b.rel = (pos, stored) if (pos is not None and stored is not None) else None
+
+    def _relative_echo(self, bs: list[_Bound], val: int) -> bool:
+        """Whether ``val`` on a relative encoder's CC is a ring position just
+        sent to it coming back (a soft thru, a surface that echoes): taken
+        as ticks it would move the value, whose ring would come back too,
+        for ever. Each message sent is one echo at most: a match is used
+        up. ``bs``: every binding of the control (a gang shares its echoes)."""
+        now = time.monotonic()
+        hit = False
+        for b in bs:
+            live = [e for e in b.inflight if now - e[1] < ECHO_RELATIVE_S]
+            if not hit:
+                for i, (raw, _) in enumerate(live):
+                    if raw == val:
+                        del live[i]
+                        hit = True
+                        break
+            b.inflight = live
+        if hit:
+            self.counters["echo_ignored"] += 1
+        return hit
 
     def _resend(self, b: _Bound, value: Any) -> None:
         try:

@@ -1553,7 +1553,9 @@ def test_a_relative_encoder_on_a_surface_that_echoes_its_ring_moves_only_by_its_
 
     reg = daemon.registry
     reg.set("host.strength", 0.3, source="test")
-    with Rig(daemon, tmp_path, _map(host__strength=dict(number=20, mode="relative"))) as r:
+    reg.set("guest.strength", 0.2, source="test")
+    gang = _map(host__strength=dict(number=20, mode="relative"), guest__strength=dict(number=20, mode="relative"))
+    with Rig(daemon, tmp_path, gang) as r:
         mc = r.mc
         loop = jack.Client("qcecho", servername=r.server, no_start_server=True)
         try:
@@ -1571,6 +1573,8 @@ def test_a_relative_encoder_on_a_surface_that_echoes_its_ring_moves_only_by_its_
             r.value_becomes("host.strength", 0.52)
             time.sleep(0.6)
             assert reg.get("host.strength") == pytest.approx(0.52)
-            assert mc.counters["applied"] - applied == 2
+            # the other encoder of the gang took the same two ticks, and no ring of either as more
+            assert reg.get("guest.strength") == pytest.approx(0.22)
+            assert mc.counters["applied"] - applied == 4
         finally:
             loop.close()
