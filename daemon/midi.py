@@ -64,6 +64,9 @@ One ``[[map]]`` table per binding::
     button = "toggle"           # bool parameters: toggle | momentary
     takeover = "pickup"         # pickup (soft takeover) | jump
     cc14 = false                # 14-bit CC: number is the MSB controller, number + 32 the LSB
+    mode = "absolute"           # absolute | relative (an endless encoder: see below)
+    encoding = "twos_complement"  # relative only: twos_complement | binary_offset | sign_magnitude
+    step = 0.01                 # relative only: the part of the travel one tick moves (0 < step <= 1)
 
 Every problem in the file is reported at once (:class:`MidiMapError`, with
 "did you mean" hints and, when the registry is given, the registry's own
@@ -106,6 +109,33 @@ are ignored (counted as ``ignored_pickup``) until it passes through the
 current value (crosses it between two messages, or comes within one
 7-bit step of it); then it follows. ``jump`` applies every value at once.
 
+Relative (endless) encoders (``mode = "relative"``, type cc only, 7-bit):
+each message is a number of ticks, not a position. ``encoding`` says how
+(:func:`relative_delta`): ``twos_complement`` (1..63 up, 127..65 down:
+a slow turn sends 1 / 127), ``binary_offset`` (around 64: 65.. up, 63..
+down) or ``sign_magnitude`` (bit 6 the sign: 1.. up, 65.. down, as
+Mackie Control V-Pots send). Which one a surface sends is in its manual
+(its "relative 1/2/3" modes); a knob that sends 65 when turned clockwise
+is binary offset, counterclockwise sign-magnitude. A tick
+moves the value ``step`` of the control's travel (default 0.01: 100
+ticks end to end; an int parameter at least one whole number) along the
+binding's curve, so a dB parameter moves like its fader; a larger value
+(an accelerating encoder) moves that many ticks. It always moves from
+the current value, wherever it came from (no soft takeover; ``takeover``
+is refused), and stops at the ends of the travel (``min``/``max``). A
+choice moves one choice per tick; an on/off parameter turns on clockwise
+and off counterclockwise. Steps finer than an int's whole numbers add
+up while the value stays where the encoder left it. The LED ring gets
+the absolute position on the same CC (what surfaces whose rings follow
+their own CC take; a Mackie Control surface's rings listen elsewhere and
+are not driven), after every tick too, and again at an end. A
+value equal to a ring position sent to that encoder in the last
+:data:`ECHO_RELATIVE_S` is taken as its echo (a surface or soft thru
+that sends back what it gets: taken as ticks it would move the value
+for ever), once per message sent. Learn binds absolute: for an encoder,
+add ``mode`` and ``encoding`` to the entry it wrote and reload. One
+control is either relative or absolute in every binding it has.
+
 14-bit CC: the MSB (CC n) resets the LSB to 0 and is applied, the LSB
 (CC n + 32) refines it (the MIDI 1.0 rule, so a fader moving up never
 goes backwards).
@@ -114,9 +144,9 @@ Feedback: when a mapped value changes, the mapped CC / note is sent on
 the JACK MIDI output and every hardware output (14-bit: MSB then LSB;
 bools: 127 / 0, notes as note-on with velocity 127 or 0, which Mackie-style
 surfaces read as LED on / off) -- except to a fader or knob whose own
-message made the change (an echo would fight the hand on a motor fader);
+message made the change (a relative encoder does get it: its ring) (an echo would fight the hand on a motor fader);
 buttons always get their LED state. A message equal to the feedback just
-sent to its control (within 0.5 s) is that feedback coming back from a
+sent to its control (within 0.5 s; 0.1 s for a relative encoder, see above) is that feedback coming back from a
 surface or a soft thru that echoes, not a move or a press, and is ignored. :meth:`MidiControl.start` sends the
 current value of every binding once.
 
@@ -149,7 +179,7 @@ from .state import atomic_write, default_state_dir
 __all__ = [
     "MidiControl", "MidiMapError", "Binding", "Learn", "Curve",
     "load_mapping", "parse_mapping", "mapping_path", "mapping_to_toml", "default_curve",
-    "TYPES", "CURVES", "BUTTONS", "TAKEOVERS",
+    "TYPES", "CURVES", "BUTTONS", "TAKEOVERS", "MODES", "ENCODINGS", "relative_delta",
 ]
 
 log = logging.getLogger("quietcast.midi")
@@ -158,12 +188,20 @@ TYPES = ("cc", "note", "pitch_bend")
 CURVES = ("linear", "db", "log")
 BUTTONS = ("toggle", "momentary")
 TAKEOVERS = ("pickup", "jump")
-KEYS = ("address", "type", "channel", "number", "curve", "min", "max", "button", "takeover", "cc14")
+MODES = ("absolute", "relative")
+ENCODINGS = ("twos_complement", "binary_offset", "sign_magnitude")
+KEYS = ("address", "type", "channel", "number", "curve", "min", "max", "button", "takeover", "cc14",
+        "mode", "encoding", "step")
+#: a relative encoder's default travel per tick: 1 % of the fader's travel (100 ticks end to end)
+RELATIVE_STEP = 0.01
 
 #: seconds between looks for hardware ports that were missing (ALSA present)
 HARDWARE_RETRY_S = 5.0
 #: an incoming value equal to the feedback sent to that control this recently is its echo, not a move
 ECHO_S = 0.5
+#: the same for a relative encoder, whose ticks may equal a ring position just sent: shorter (an echo
+#: through JACK and back takes ~5 ms), so that a hand's tick is seldom taken for one
+ECHO_RELATIVE_S = 0.1
 #: how long learn waits for the LSB (CC n + 32) after CC n to call it 14-bit
 CC14_LEARN_WINDOW_S = 0.1
 #: how long learn waits at most for the MSB of a CC 32..63 that keeps coming alone (14-bit LSBs)
@@ -205,6 +243,13 @@ class Binding:
     button: str = "toggle"
     takeover: str = "pickup"
     cc14: bool = False
+    mode: str = "absolute"
+    encoding: str = "twos_complement"
+    step: float | None = None
+
+    @property
+    def relative(self) -> bool:
+        return self.mode == "relative"
 
     @property
     def control(self) -> tuple[str, int, int]:
@@ -220,13 +265,15 @@ class Binding:
     def steps(self) -> int:
         return 16383 if (self.cc14 or self.type == "pitch_bend") else 127
 
-    def describe_control(self) -> str:
+    def describe_control(self, mode: bool = True) -> str:
         if self.type == "pitch_bend":
             return f"pitch bend on channel {self.channel}"
         if self.cc14:
             what = f"CC {self.number}/{self.number + 32} (14-bit)"
         else:
             what = f"{'CC' if self.type == 'cc' else 'note'} {self.number}"
+            if self.relative and mode:
+                what += f" (relative, {self.encoding})"
         return f"{what} on channel {self.channel}"
 
     def to_dict(self) -> dict:
@@ -247,7 +294,29 @@ class Binding:
             d["takeover"] = self.takeover
         if self.cc14:
             d["cc14"] = True
+        if self.relative:
+            d["mode"] = self.mode
+            d["encoding"] = self.encoding
+            if self.step is not None:
+                d["step"] = self.step
         return d
+
+
+def relative_delta(encoding: str, value: int) -> int:
+    """The ticks a relative (endless) encoder's CC value stands for:
+    positive clockwise, 0 for no move.
+
+    - ``twos_complement``: 1..63 up, 127..65 down (127 = -1), 64 = -64;
+    - ``binary_offset``: around 64: 65.. up, 63.. down (64 + n);
+    - ``sign_magnitude``: bit 6 is the sign: 1..63 up, 65..127 down (65 = -1).
+    """
+    if encoding == "twos_complement":
+        return value - 128 if value >= 64 else value
+    if encoding == "binary_offset":
+        return value - 64
+    if encoding == "sign_magnitude":
+        return -(value & 0x3F) if value & 0x40 else value & 0x3F
+    raise ValueError(f"unknown relative encoding {encoding!r}; one of {', '.join(ENCODINGS)}")
 
 
 def default_curve(p: Param) -> str:
@@ -418,6 +487,37 @@ def _check_entry(raw: Any, i: int, registry, problems: list[Problem]) -> Binding
     button = choice("button", BUTTONS, "toggle")
     vals["button"] = button
     vals["takeover"] = choice("takeover", TAKEOVERS, "pickup")
+    mode = choice("mode", MODES, "absolute")
+    vals["mode"] = mode
+    relative = mode == "relative"
+    if "encoding" in raw:
+        if not relative and raw.get("mode") in (None, "absolute"):
+            bad("encoding", 'applies to mode = "relative" only (how an endless encoder sends its steps); '
+                            f"add mode = \"relative\" or remove it; encodings: {', '.join(ENCODINGS)}")
+        else:
+            vals["encoding"] = choice("encoding", ENCODINGS, "twos_complement")
+    if "step" in raw:
+        st = raw["step"]
+        if not _is_number(st) or math.isnan(st) or not 0 < st <= 1:
+            bad("step", f"value {st!r} is not a number in (0, 1]: the part of the control's travel one encoder "
+                        f"tick moves (default {RELATIVE_STEP:g})")
+        elif not relative and raw.get("mode") in (None, "absolute"):
+            bad("step", 'applies to mode = "relative" only (the travel of one encoder tick); '
+                        'add mode = "relative" or remove it')
+        else:
+            vals["step"] = float(st)
+    if relative:
+        if typ != "cc":
+            bad("mode", f'relative (an endless encoder) applies to type = "cc" only, not {typ!r}; modes: '
+                        f"{', '.join(MODES)}")
+        if cc14 and typ == "cc":
+            bad("cc14", 'a relative encoder sends 7-bit steps: remove cc14 or mode = "relative"')
+        if "takeover" in raw:
+            bad("takeover", 'does not apply to mode = "relative": an encoder always moves the value from where it '
+                            'is (no soft takeover needed); remove it')
+        if "button" in raw:
+            bad("button", 'does not apply to mode = "relative": an encoder turns an on/off parameter on '
+                          'clockwise and off counterclockwise; remove it')
 
     # against the parameter
     if param is not None:
@@ -430,6 +530,9 @@ def _check_entry(raw: Any, i: int, registry, problems: list[Problem]) -> Binding
             for key in ("min", "max", "curve"):
                 if key in raw:
                     bad(key, f"{addr!r} is on/off (bool): {key} does not apply; use button = \"toggle\" or \"momentary\"")
+            if relative and "step" in raw:
+                bad("step", f"{addr!r} is on/off (bool): a relative encoder turns it on clockwise and off "
+                            "counterclockwise; remove step")
         else:
             if typ == "note":
                 bad("type", f"{addr!r} is a {kind} with range {param.range_text()}: a note can only drive an on/off "
@@ -439,6 +542,9 @@ def _check_entry(raw: Any, i: int, registry, problems: list[Problem]) -> Binding
             if kind == "choice" and ("min" in raw or "max" in raw or curve not in (None, "linear")):
                 bad("curve", f"{addr!r} is a choice ({param.range_text()}): the control is split into equal zones; "
                              "remove curve, min and max")
+            if kind == "choice" and relative and "step" in raw:
+                bad("step", f"{addr!r} is a choice ({param.range_text()}): a relative encoder moves one choice "
+                            "per tick; remove step")
             elif kind in ("float", "int"):
                 _check_range(raw, vals, param, addr, bad)
     if len(problems) > n0 or "number" not in vals:
@@ -506,6 +612,16 @@ def parse_mapping(text: str, source: str = "midi mapping", registry=None) -> lis
         seen[key] = i
         if b.lsb_control is not None:
             lsb_of[b.lsb_control] = i
+    modes: dict[tuple, Binding] = {}
+    for b in out:
+        first = modes.setdefault(b.control, b)
+        if first.relative != b.relative or (b.relative and first.encoding != b.encoding):
+            def how(x: Binding) -> str:
+                return f"relative ({x.encoding})" if x.relative else "absolute"
+            problems.append(Problem(f"[[map]] ({b.address}) mode",
+                                    f"{b.describe_control(mode=False)} is {how(b)} here but {how(first)} for "
+                                    f"{first.address!r}: one control sends one kind of value; give both the same "
+                                    "mode and encoding"))
     for b in out:
         if not b.cc14 and b.control in lsb_of:
             other = out[lsb_of[b.control]]
@@ -561,10 +677,15 @@ class _Bound:
         self.registry = registry
         self.param: Param | None = None
         self.curve: Curve | None = None
-        self.attached = spec.takeover == "jump"
+        self.attached = spec.takeover == "jump" or spec.relative  # an encoder moves from the value: never detached
         self.last_raw: int | None = None
         self.msb = 0  # 14-bit CC: the last MSB
         self.sent: tuple[int, float] | None = None  # the last feedback sent: (raw value, monotonic time)
+        #: relative: feedback sent lately, (raw, monotonic time), each awaiting its possible echo
+        self.inflight: list[tuple[int, float]] = []
+        #: relative: (position on the travel, the value it gave), so that steps finer than an int
+        #: parameter's whole numbers add up
+        self.rel: tuple[float, Any] | None = None
 
     def refresh(self) -> Param:
         """Resolve the address again (a reloaded chain may change ranges)."""
@@ -579,8 +700,10 @@ class _Bound:
         return self.param is not None and self.param.kind in ("float", "int")
 
     def value_for(self, raw: int) -> Any:
-        p, steps = self.param, self.spec.steps
-        pos = raw / steps
+        return self.value_at(raw / self.spec.steps)
+
+    def value_at(self, pos: float) -> Any:
+        p = self.param
         if p.kind == "choice":
             n = len(p.choices)
             return p.choices[min(n - 1, int(pos * n))]
@@ -593,6 +716,35 @@ class _Bound:
             if p.kind == "int":
                 v = int(round(v))
         return v
+
+    @property
+    def rel_step(self) -> float:
+        """A relative encoder's travel per tick: ``step``, else 1 % (an int
+        parameter: at least one whole number)."""
+        if self.spec.step is not None:
+            return self.spec.step
+        c, p = self.curve, self.param
+        if p is not None and p.kind == "int" and c is not None and c.kind == "linear" and c.hi != c.lo:
+            return max(RELATIVE_STEP, 1.0 / abs(c.hi - c.lo))
+        return RELATIVE_STEP
+
+    def relative_target(self, current: Any, ticks: int) -> tuple[Any, float | None]:
+        """Where ``ticks`` encoder ticks take the parameter from ``current``:
+        ``(new value, new position)`` (position None for bool and choice).
+        Moves along the curve's travel and stops at its ends."""
+        p = self.param
+        if p.kind == "bool":
+            return ticks > 0, None
+        if p.kind == "choice":
+            i = p.choices.index(current) if current in p.choices else 0
+            return p.choices[min(len(p.choices) - 1, max(0, i + ticks))], None
+        rel = self.rel
+        if rel is not None and rel[1] == current:  # still where this encoder left it: its finer position
+            pos = rel[0]
+        else:
+            pos = self.curve.position(float(current))
+        pos = min(1.0, max(0.0, pos + ticks * self.rel_step))
+        return self.value_at(pos), pos
 
     def raw_for(self, value: Any) -> int:
         p, steps = self.param, self.spec.steps
@@ -1472,7 +1624,10 @@ class MidiControl:
             return
         typ, ch, num, val = ev
         hit = False
-        for b in self._by_control.get((typ, ch, num), ()):
+        bs = self._by_control.get((typ, ch, num), ())
+        if bs and bs[0].spec.relative and self._relative_echo(bs, val):
+            return
+        for b in bs:
             hit = True
             self._apply(b, val)
         if typ == "cc" and 32 <= num < 64:
@@ -1489,6 +1644,9 @@ class MidiControl:
             p = b.refresh()
         except (ParameterError, ValueError) as e:
             self._error(spec.address, str(e))
+            return
+        if spec.relative:
+            self._apply_relative(b, p, val)
             return
         if p.kind == "bool":
             press = val >= 64 if spec.type == "cc" else val > 0
@@ -1542,17 +1700,64 @@ class MidiControl:
         b.last_raw = raw
         self._set(b, b.value_for(raw))
 
-    def _set(self, b: _Bound, value: Any) -> None:
+    def _apply_relative(self, b: _Bound, p: Param, val: int) -> None:
+        """One message of a relative (endless) encoder: move the value by
+        its ticks from wherever it is (no soft takeover), clamped at the
+        ends of the travel; the LED ring gets the new position."""
+        ticks = relative_delta(b.spec.encoding, val)
+        if ticks == 0:
+            return
+        cur = self.registry.get(b.spec.address)
+        new, pos = b.relative_target(cur, ticks)
+        if new == cur:
+            b.rel = (pos, cur) if pos is not None else None
+            if pos is None or pos in (0.0, 1.0):
+                self._resend(b, cur)  # at an end: the ring (a surface that turns its own) shows where it is
+            return
+        stored = self._set(b, new)
+        b.rel = (pos, stored) if (pos is not None and stored is not None) else None
+
+    def _relative_echo(self, bs: list[_Bound], val: int) -> bool:
+        """Whether ``val`` on a relative encoder's CC is a ring position just
+        sent to it coming back (a soft thru, a surface that echoes): taken
+        as ticks it would move the value, whose ring would come back too,
+        for ever. Each message sent is one echo at most: a match is used
+        up. ``bs``: every binding of the control (a gang shares its echoes)."""
+        now = time.monotonic()
+        hit = False
+        for b in bs:
+            live = [e for e in b.inflight if now - e[1] < ECHO_RELATIVE_S]
+            if not hit:
+                for i, (raw, _) in enumerate(live):
+                    if raw == val:
+                        del live[i]
+                        hit = True
+                        break
+            b.inflight = live
+        if hit:
+            self.counters["echo_ignored"] += 1
+        return hit
+
+    def _resend(self, b: _Bound, value: Any) -> None:
+        try:
+            self._send_value(b, value)
+        except Exception as e:  # pragma: no cover - a port may be gone
+            self._error(b.spec.address, f"feedback not sent: {e}")
+
+    def _set(self, b: _Bound, value: Any) -> Any:
+        """Set ``b``'s address from its control; the stored value, or None
+        when the registry refused it (counted and logged)."""
         self._tls.applying = b
         try:
-            self.registry.set(b.spec.address, value, source="midi")
+            stored = self.registry.set(b.spec.address, value, source="midi")
         except (ParameterError, ValueError) as e:
             self._error(b.spec.address, str(e))
-            return
+            return None
         finally:
             self._tls.applying = None
         self.counters["applied"] += 1
         self._failing.discard(b.spec.address)
+        return stored
 
     def _error(self, address: str, msg: str) -> None:
         self.counters["errors"] += 1
@@ -1580,10 +1785,10 @@ class MidiControl:
                 p = b.refresh()
             except (ParameterError, ValueError):
                 continue
-            if detach and b is not source and b.spec.takeover == "pickup":
+            if detach and b is not source and b.spec.takeover == "pickup" and not b.spec.relative:
                 b.attached = False  # soft takeover: wait for the control to pass the new value
-            if b is source and p.kind != "bool":
-                continue  # no echo to the fader that moved it
+            if b is source and p.kind != "bool" and not b.spec.relative:
+                continue  # no echo to the fader that moved it (an encoder's LED ring does follow it)
             try:
                 self._send_value(b, value)
             except Exception as e:  # pragma: no cover - a port may be gone
@@ -1602,6 +1807,8 @@ class MidiControl:
         else:
             msgs = [[0xB0 | ch, spec.number, raw]]
         b.sent = (raw, time.monotonic())
+        if spec.relative:
+            b.inflight = [e for e in b.inflight if b.sent[1] - e[1] < ECHO_RELATIVE_S] + [b.sent]
         sent = False
         for m in msgs:
             sent = self._jack.send(m) or sent

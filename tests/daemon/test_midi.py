@@ -1318,3 +1318,263 @@ def test_ctl_learn_catches_a_control_already_moving_and_ends_when_cancelled(jack
         d.request_stop()
         t.join(15)
     assert not t.is_alive()
+
+
+# --------------------------------------------------------------------------
+# relative (endless) encoders
+
+
+def test_relative_encodings_decode_ticks():
+    d = midi.relative_delta
+    # two's complement: 1..63 up, 127 = -1, 64 = -64
+    assert [d("twos_complement", v) for v in (0, 1, 5, 63, 64, 65, 127)] == [0, 1, 5, 63, -64, -63, -1]
+    # binary offset: around 64
+    assert [d("binary_offset", v) for v in (64, 65, 70, 127, 63, 58, 0)] == [0, 1, 6, 63, -1, -6, -64]
+    # sign and magnitude: bit 6 is the sign
+    assert [d("sign_magnitude", v) for v in (0, 1, 5, 63, 64, 65, 70, 127)] == [0, 1, 5, 63, 0, -1, -6, -63]
+    with pytest.raises(ValueError, match="twos_complement, binary_offset, sign_magnitude"):
+        d("offset", 1)
+
+
+def test_relative_bindings_round_trip_and_every_problem_is_named():
+    bs = [Binding("host.strength", "cc", 1, 20, mode="relative"),
+          Binding("host.output_gain_db", "cc", 2, 21, curve="db", mode="relative", encoding="binary_offset", step=0.05),
+          Binding("guest.strength", "cc", 1, 22, mode="relative", encoding="sign_magnitude")]
+    text = midi.mapping_to_toml(bs)
+    assert 'mode = "relative"' in text and 'encoding = "twos_complement"' in text and "step = 0.05" in text
+    assert parse_mapping(text) == bs
+    assert "(relative, binary_offset)" in bs[1].describe_control()
+    bad = """
+[[map]]
+address = "host.strength"
+number = 1
+mode = "relativ"
+
+[[map]]
+address = "host.input_gain_db"
+number = 2
+mode = "relative"
+encoding = "offset"
+step = 0
+
+[[map]]
+address = "guest.strength"
+number = 3
+encoding = "binary_offset"
+step = 0.1
+
+[[map]]
+address = "guest.input_gain_db"
+type = "pitch_bend"
+mode = "relative"
+step = 2
+
+[[map]]
+address = "host.background_db"
+number = 4
+mode = "relative"
+cc14 = true
+takeover = "jump"
+"""
+    with pytest.raises(MidiMapError) as ei:
+        parse_mapping(bad, source="midi.toml")
+    e = ei.value
+    text = str(e)
+    expected = [
+        ("[[map]] 1 (host.strength) mode", "did you mean 'relative'"),
+        ("[[map]] 2 (host.input_gain_db) encoding", "twos_complement, binary_offset, sign_magnitude"),
+        ("[[map]] 2 (host.input_gain_db) step", "not a number in (0, 1]"),
+        ("[[map]] 3 (guest.strength) encoding", 'applies to mode = "relative" only'),
+        ("[[map]] 3 (guest.strength) step", 'applies to mode = "relative" only'),
+        ("[[map]] 4 (guest.input_gain_db) step", "not a number in (0, 1]"),
+        ("[[map]] 4 (guest.input_gain_db) mode", "type = \"cc\" only, not 'pitch_bend'"),
+        ("[[map]] 5 (host.background_db) cc14", "7-bit steps"),
+        ("[[map]] 5 (host.background_db) takeover", "no soft takeover needed"),
+    ]
+    for where, what in expected:
+        assert any(p.where == where and what in p.message for p in e.problems), (where, what, text)
+    assert len(e.problems) == len(expected), text
+    # one knob sends one kind of value
+    mixed = _map(host__strength=dict(number=9, mode="relative"), guest__strength=dict(number=9))
+    with pytest.raises(MidiMapError, match=r"CC 9 on channel 1 is absolute here but relative \(twos_complement\) "
+                                           r"for 'host.strength'"):
+        parse_mapping(mixed)
+    two = _map(host__strength=dict(number=9, mode="relative"),
+               guest__strength=dict(number=9, mode="relative", encoding="binary_offset"))
+    with pytest.raises(MidiMapError, match="give both the same mode and encoding"):
+        parse_mapping(two)
+
+
+def test_the_readme_encoder_example_is_a_valid_mapping():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    block = readme.split("**Endless encoders.**", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    (b,) = parse_mapping("\n".join(line.strip() for line in block.splitlines()))
+    assert (b.mode, b.encoding, b.step) == ("relative", "binary_offset", 0.02)
+
+
+def test_relative_steps_add_up_on_int_parameters_and_stop_at_the_ends():
+    """An int parameter moves at least one whole number per tick by
+    default; a finer ``step`` adds up over ticks instead of rounding back."""
+    from quietcast.bridge.params import Param
+
+    p = Param("delay_samples", "int", 0, 0, 10)
+    b = midi._Bound(Binding("x.delay_samples", mode="relative"), None)
+    b.param, b.curve = p, midi._curve_for(b.spec, p)
+    assert b.rel_step == pytest.approx(0.1)
+    assert b.relative_target(3, 1)[0] == 4 and b.relative_target(3, -2)[0] == 1
+    assert b.relative_target(9, 5)[0] == 10 and b.relative_target(1, -5)[0] == 0
+    fine = midi._Bound(Binding("x.delay_samples", mode="relative", step=0.04), None)
+    fine.param, fine.curve = p, b.curve
+    cur, seen = 3, []
+    for _ in range(5):
+        cur, pos = fine.relative_target(cur, 1)
+        fine.rel = (pos, cur)
+        seen.append(cur)
+    assert seen == [3, 4, 4, 5, 5]  # 0.34, 0.38, 0.42, 0.46, 0.50 of the travel
+    big = Param("n", "int", 0, 0, 1000)
+    wide = midi._Bound(Binding("x.n", mode="relative"), None)
+    wide.param, wide.curve = big, midi._curve_for(wide.spec, big)
+    assert wide.relative_target(500, 1)[0] == 510  # 1 % of the travel
+
+
+@pytest.mark.jack
+def test_relative_encoders_move_from_the_value_along_the_curve(daemon, tmp_path):
+    """Endless encoders send ticks, not positions: each tick moves the
+    value by ``step`` of the fader travel (along the parameter's curve),
+    several at once when the encoder accelerates, from wherever the value
+    is (no soft takeover), stopping at the ends; the LED ring gets the
+    absolute position on the same CC."""
+    reg = daemon.registry
+    reg.set("host.strength", 0.3, source="test")
+    reg.set("host.output_gain_db", 0.0, source="test")
+    reg.set("guest.strength", 0.5, source="test")
+    mapping = _map(host__strength=dict(number=20, mode="relative"),
+                   host__output_gain_db=dict(number=21, mode="relative", encoding="binary_offset", step=0.05),
+                   guest__strength=dict(number=22, mode="relative", encoding="sign_magnitude", step=0.1))
+    try:
+        with Rig(daemon, tmp_path, mapping) as r:
+            s, mc = r.s, r.mc
+            assert all(b["attached"] for b in mc.bindings())
+            # two's complement, default step 1 %
+            s.cc(1, 20, 1)
+            r.value_becomes("host.strength", 0.31)
+            s.expect([0xB0, 20, round(0.31 * 127)])  # the ring follows the encoder that moved it
+            s.cc(1, 20, 127)  # -1
+            r.value_becomes("host.strength", 0.30)
+            s.cc(1, 20, 5)  # accelerated: 5 ticks at once
+            r.value_becomes("host.strength", 0.35)
+            # a change from elsewhere: the next tick moves on from there, no pickup
+            reg.set("host.strength", 0.8, source="zmq")
+            s.cc(1, 20, 1)
+            r.value_becomes("host.strength", 0.81)
+            s.cc(1, 20, 64)  # -64 ticks
+            r.value_becomes("host.strength", 0.17)
+            s.cc(1, 20, 64)  # stops at the bottom
+            r.value_becomes("host.strength", 0.0)
+            s.expect([0xB0, 20, 0])
+            s.cc(1, 20, 127)  # further down: stays, the ring is told the end again
+            s.flush()
+            assert reg.get("host.strength") == 0.0
+            # binary offset on a dB parameter: it moves like its fader (unity at 3/4 of the travel)
+            fader = Curve("db", -96.0, 24.0, bottom_inf=True)
+            s.cc(1, 21, 65)
+            r.value_becomes("host.output_gain_db", fader.value(0.80))
+            assert reg.get("host.output_gain_db") == pytest.approx(4.8)
+            s.cc(1, 21, 63)
+            r.value_becomes("host.output_gain_db", 0.0)
+            s.cc(1, 21, 62)  # two down: 0.65 of the travel
+            r.value_becomes("host.output_gain_db", fader.value(0.65))
+            s.expect([0xB0, 21, round(0.65 * 127)])
+            s.cc(1, 21, 0)  # 64 down: the bottom stop, off
+            r.value_becomes("host.output_gain_db", -math.inf)
+            s.cc(1, 21, 65)
+            r.value_becomes("host.output_gain_db", fader.value(0.05))
+            # sign and magnitude, step 0.1
+            s.cc(1, 22, 0x40 | 2)  # bit 6 set: down 2
+            r.value_becomes("guest.strength", 0.3)
+            s.cc(1, 22, 3)
+            r.value_becomes("guest.strength", 0.6)
+            s.cc(1, 22, 20)
+            r.value_becomes("guest.strength", 1.0)
+            s.expect([0xB0, 22, 127])
+            assert mc.counters["ignored_pickup"] == 0 and mc.counters["errors"] == 0
+    finally:
+        reg.set("host.output_gain_db", 0.0, source="test")
+
+
+@pytest.mark.jack
+def test_relative_encoders_step_through_choices_and_switch_bools(daemon, tmp_path):
+    """A choice moves one choice per tick (more when accelerated) and
+    stops at the first and last; an on/off parameter turns on clockwise
+    and off counterclockwise. The ring shows the position."""
+    reg = daemon.registry
+    chain = tmp_path / "ladder.toml"
+    chain.write_text('[[stage]]\nname = "lad"\ntype = "ladder"\nmode = "LPF12"\n')
+    daemon.load_chain("guest", str(chain))
+    reg.set("host.bypass", False, source="test")
+    mapping = _map(guest__chain__lad__mode=dict(number=30, mode="relative"),
+                   host__bypass=dict(number=31, mode="relative", encoding="binary_offset"))
+    try:
+        with Rig(daemon, tmp_path, mapping) as r:
+            s = r.s
+            b = r.mc._by_address["guest.chain.lad.mode"][0]
+            s.cc(1, 30, 1)
+            r.value_becomes("guest.chain.lad.mode", "HPF12")
+            s.expect([0xB0, 30, b.raw_for("HPF12")])
+            s.cc(1, 30, 2)
+            r.value_becomes("guest.chain.lad.mode", "LPF24")
+            s.cc(1, 30, 10)
+            r.value_becomes("guest.chain.lad.mode", "BPF24")  # the last
+            s.cc(1, 30, 127)
+            r.value_becomes("guest.chain.lad.mode", "HPF24")
+            s.cc(1, 30, 64)
+            r.value_becomes("guest.chain.lad.mode", "LPF12")  # the first
+            s.cc(1, 31, 66)
+            r.value_becomes("host.bypass", True)
+            s.expect([0xB0, 31, 127])
+            s.cc(1, 31, 65)  # on already: stays on
+            s.flush()
+            assert reg.get("host.bypass") is True
+            s.cc(1, 31, 63)
+            r.value_becomes("host.bypass", False)
+            s.expect([0xB0, 31, 0])
+            assert r.mc.counters["errors"] == 0
+    finally:
+        reg.set("host.bypass", False, source="test")
+
+
+@pytest.mark.jack
+def test_a_relative_encoder_on_a_surface_that_echoes_its_ring_moves_only_by_its_ticks(daemon, tmp_path):
+    """The ring position sent back by a surface or soft thru that echoes
+    (the daemon's MIDI out patched into its MIDI in) is not ticks: taken as
+    ticks, 0.5 (ring 64 = -64 ticks in two's complement) dropped to 0, and
+    each tick's ring came back as more ticks, for ever."""
+    import jack
+
+    reg = daemon.registry
+    reg.set("host.strength", 0.3, source="test")
+    reg.set("guest.strength", 0.2, source="test")
+    gang = _map(host__strength=dict(number=20, mode="relative"), guest__strength=dict(number=20, mode="relative"))
+    with Rig(daemon, tmp_path, gang) as r:
+        mc = r.mc
+        loop = jack.Client("qcecho", servername=r.server, no_start_server=True)
+        try:
+            loop.connect(mc.jack_out_name, mc.jack_in_name)
+            echoes = mc.counters["echo_ignored"]
+            reg.set("host.strength", 0.5, source="zmq")
+            assert wait_until(lambda: mc.counters["echo_ignored"] > echoes, 5), mc.counters
+            time.sleep(0.3)
+            assert reg.get("host.strength") == 0.5
+            applied = mc.counters["applied"]
+            r.s.cc(1, 20, 1)
+            r.value_becomes("host.strength", 0.51)
+            time.sleep(0.6)  # room for an echo loop to show
+            r.s.cc(1, 20, 1)
+            r.value_becomes("host.strength", 0.52)
+            time.sleep(0.6)
+            assert reg.get("host.strength") == pytest.approx(0.52)
+            # the other encoder of the gang took the same two ticks, and no ring of either as more
+            assert reg.get("guest.strength") == pytest.approx(0.22)
+            assert mc.counters["applied"] - applied == 4
+        finally:
+            loop.close()
