@@ -483,8 +483,10 @@ class AudioWriter:
       IEEE_FLOAT) with any number of channels: libsndfile writes what it
       is asked. (pedalboard, which wrote it before, made every file of
       more than 2 channels WAVE_FORMAT_EXTENSIBLE.) A WAVE_FORMAT_EXTENSIBLE
-      source stays extensible, with libsndfile's speaker mask for its
-      channel count (0x3F for 6), not the source's own; RF64 stays RF64.
+      source stays extensible, with its own speaker mask where the channel
+      count is kept (else libsndfile's for the new count: 0x4 for mono);
+      RF64 stays RF64.
+    - Metadata: see :mod:`.wavmeta` (``bext``, iXML, cue points, tags).
     - Integer PCM (8 to 32 bits) is rounded to the nearest step, without
       dither, and clipped to the format's range. pedalboard reads an
       integer sample ``k`` as ``k / (2**(b-1) - 1)``; each sample is written
@@ -567,6 +569,10 @@ class AudioWriter:
                 self.notes.append(f"metadata not carried: {' and '.join(lost)} (an {str(self.format).split()[0]} "
                                   "output gets no metadata)")
             return None, self.path, {}
+        if major == "AIFF" and set(tags) - set(wavmeta.AIFF_TAGS):
+            self.notes.append(f"metadata not carried: the {', '.join(k for k in tags if k not in wavmeta.AIFF_TAGS)} "
+                              "tag(s) (AIFF holds title, artist, copyright, software and comment)")
+            tags = {k: v for k, v in tags.items() if k in wavmeta.AIFF_TAGS}
         if held:
             self.notes.append(f"metadata not carried: {', '.join(held)} ({major} has nowhere to hold "
                               f"{'it' if len(held) == 1 else 'them'}; a .wav output keeps {'it' if len(held) == 1 else 'them'})")

@@ -30,7 +30,8 @@ WAVE_FORMAT_EXTENSIBLE file's channel mask (speaker layout).
 - **Other outputs**: the tags libsndfile reads and writes (title,
   copyright, software, artist, comment, date, album, license, tracknumber,
   genre: soundfile's ``copy_metadata``) go into FLAC (Vorbis comments),
-  AIFF (those it holds: title, artist, copyright, comment) and a WAV from
+  AIFF (those it holds: title, artist, copyright, software, comment;
+  a warning names the others) and a WAV from
   a non-WAV source (``LIST INFO``). ``bext``, iXML and cue points have
   nowhere to go in FLAC or AIFF, and MP3 and Ogg outputs (pedalboard's
   encoders) get no metadata at all: a warning says what was left behind.
@@ -64,6 +65,8 @@ _WAV_KINDS = (b"RIFF", b"RF64", b"BW64")
 #: soundfile's text fields (``SoundFile.copy_metadata``)
 TEXT_FIELDS = ("title", "copyright", "software", "artist", "comment", "date", "album", "license", "tracknumber",
                "genre")
+#: the ones libsndfile writes into AIFF (it drops the others without a word)
+AIFF_TAGS = ("title", "copyright", "software", "artist", "comment")
 
 
 class MetaError(ValueError):

@@ -313,3 +313,12 @@ def test_a_write_that_fails_while_the_chunks_go_in_leaves_nothing(tmp_path, monk
     r = process_file(Chain.load("dry"), str(tmp_path / "in.wav"), str(tmp_path / "out.wav"))
     assert not r.ok and "No space left on device" in r.error, r.error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
+
+
+def test_aiff_gets_the_tags_it_holds_and_names_the_others(tmp_path):
+    riff(tmp_path / "in.wav", samples(SR // 4, 1), before=[(b"LIST", info())])
+    r = dry(tmp_path / "in.wav", tmp_path / "out.aiff")
+    assert r.warnings == ["metadata not carried: the date tag(s) (AIFF holds title, artist, copyright, software "
+                          "and comment)"], r.warnings
+    with sf.SoundFile(str(tmp_path / "out.aiff")) as f:
+        assert f.title == "Night Shoot sc12 t3" and f.artist == "Production sound" and f.comment == "boom on 1, lav on 2"
