@@ -574,8 +574,9 @@ class AudioWriter:
                               "tag(s) (AIFF holds title, artist, copyright, software and comment)")
             tags = {k: v for k, v in tags.items() if k in wavmeta.AIFF_TAGS}
         if held:
-            self.notes.append(f"metadata not carried: {', '.join(held)} ({major} has nowhere to hold "
-                              f"{'it' if len(held) == 1 else 'them'}; a .wav output keeps {'it' if len(held) == 1 else 'them'})")
+            it = "it" if len(held) == 1 else "them"
+            self.notes.append(f"metadata not carried: {', '.join(held)} ({major} has nowhere to hold {it}; "
+                              f"a .wav output keeps {it})")
         return None, self.path, tags
 
     def _discard_raw(self) -> None:
