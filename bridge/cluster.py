@@ -383,12 +383,14 @@ def check_seam(tail: np.ndarray, head: np.ndarray, active_bits: np.ndarray, acti
 
 
 def stitch(src: str, dst: str, parts: list[tuple[str, int, int, int]], *, channels: int, sample_rate: int,
-           overwrite: bool = False, block: int = BLOCK) -> None:
+           overwrite: bool = False, block: int = BLOCK, history: str | None = None) -> list[str]:
     """Write ``dst`` from raw segment files: ``parts`` = ``(path, file_start,
     first, end)`` -- frames ``[first, end)`` of the output, taken from a
     raw file whose first frame is output frame ``file_start``. Temporary
     file beside the target + rename, refusing to overwrite, written as the
-    single pass writes it (:class:`~quietcast.bridge.offline.AudioWriter`)."""
+    single pass writes it (:class:`~quietcast.bridge.offline.AudioWriter`),
+    with the source's metadata (``history``: the chain, ``chain NAME``, for
+    a ``bext`` coding history). Returns the writer's notes on the metadata."""
     if os.path.exists(dst) and not overwrite:
         raise BridgeError(exists_error(dst))
     ext = os.path.splitext(dst)[1].lower()
@@ -396,7 +398,7 @@ def stitch(src: str, dst: str, parts: list[tuple[str, int, int, int]], *, channe
     tmp = os.path.join(folder, f".{os.path.basename(dst)}.qc-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
     ok = False
     try:
-        with AudioWriter(tmp, sample_rate, channels, src, name=dst) as out:  # (errors name dst)
+        with AudioWriter(tmp, sample_rate, channels, src, name=dst, history=history) as out:  # (errors name dst)
             for path, file_start, first, end in parts:
                 with open(path, "rb") as f:
                     f.seek((first - file_start) * channels * 4)
@@ -415,6 +417,7 @@ def stitch(src: str, dst: str, parts: list[tuple[str, int, int, int]], *, channe
     finally:
         if not ok and os.path.exists(tmp):
             os.unlink(tmp)
+    return out.notes
 
 
 def read_raw(path: str, file_start: int, first: int, count: int, channels: int) -> np.ndarray:
@@ -430,12 +433,14 @@ def read_raw(path: str, file_start: int, first: int, count: int, channels: int) 
 
 def check_and_stitch(src: str, dst: str, segs: list[Segment], paths: list[str], actives: list[tuple], *,
                      channels: int, sample_rate: int, overwrite: bool = False,
-                     agree_seconds: float = AGREE_SECONDS) -> tuple[list[tuple[int, str]], list[int]]:
+                     agree_seconds: float = AGREE_SECONDS, history: str | None = None,
+                     notes: list[str] | None = None) -> tuple[list[tuple[int, str]], list[int]]:
     """Check every seam of a split file from the segments' raw files
     (``actives[k]`` = segment k's ``(active, active_n)``); when all agree,
     write ``dst`` (:func:`stitch`). Returns ``(bad seams, cuts)``: bad
     seams as ``(index of the segment after it, why)`` -- then nothing is
-    written -- and the output frame where each segment's part begins."""
+    written -- and the output frame where each segment's part begins.
+    ``history``, ``notes``: :func:`stitch`'s (its notes are added to ``notes``)."""
     bad, cuts = [], [0]
     for k in range(1, len(segs)):
         left, right = segs[k - 1], segs[k]
@@ -450,8 +455,10 @@ def check_and_stitch(src: str, dst: str, segs: list[Segment], paths: list[str], 
     if bad:
         return bad, []
     ends = [*cuts[1:], segs[-1].end]
-    stitch(src, dst, [(p, s.start, c, e) for p, s, c, e in zip(paths, segs, cuts, ends)],
-           channels=channels, sample_rate=sample_rate, overwrite=overwrite)
+    written = stitch(src, dst, [(p, s.start, c, e) for p, s, c, e in zip(paths, segs, cuts, ends)],
+                     channels=channels, sample_rate=sample_rate, overwrite=overwrite, history=history)
+    if notes is not None:
+        notes.extend(written)
     return [], cuts
 
 
@@ -546,16 +553,17 @@ def _task_segment(doc, source, src, seg, out_path, channels):
                        device=task_device(ray.get_gpu_ids()))
 
 
-def _task_stitch(src, dst, segs, paths, actives, channels, sample_rate, overwrite):
+def _task_stitch(src, dst, segs, paths, actives, channels, sample_rate, overwrite, history=None):
+    notes: list[str] = []
     bad, cuts = check_and_stitch(src, dst, segs, paths, actives, channels=channels, sample_rate=sample_rate,
-                                 overwrite=overwrite)
+                                 overwrite=overwrite, history=history, notes=notes)
     if not bad:
         for path in paths:
             try:
                 os.unlink(path)
             except OSError:
                 pass
-    return bad, cuts
+    return bad, cuts, notes
 
 
 # --------------------------------------------------------------------------
@@ -721,7 +729,8 @@ def _run(ray, chain, jobs, t0, *, overwrite, sample_rate, channels, progress, sp
         sp = splits[i]
         outs = [sp.out[s.start] for s in sp.segs]
         ref = f_stitch.remote(sp.job.src, sp.job.dst, list(sp.segs), [sp.paths[s.start] for s in sp.segs],
-                              [(o["active"], o["active_n"]) for o in outs], outs[0]["channels"], sp.sr, overwrite)
+                              [(o["active"], o["active_n"]) for o in outs], outs[0]["channels"], sp.sr, overwrite,
+                              f"chain {chain.name}")
         pending[ref] = ("stitch", i, None)
 
     def repair(i: int, bad: list[tuple[int, str]]) -> None:
@@ -870,7 +879,7 @@ def _run(ray, chain, jobs, t0, *, overwrite, sample_rate, channels, progress, sp
                     _cleanup_split(sp)
                     file_failed(i, f"{err}{' (retried once)' if sp.tries['stitch'] > 1 else ''}")
                     continue
-                bad, _cuts = value
+                bad, _cuts, meta_notes = value
                 if bad:
                     repair(i, bad)
                     continue
@@ -879,6 +888,7 @@ def _run(ray, chain, jobs, t0, *, overwrite, sample_rate, channels, progress, sp
                 r.format = str(fmt)
                 if fmt.note:
                     r.warnings.append(fmt.note)
+                r.warnings.extend(meta_notes)
                 bad_samples = sum(o["bad"] for o in sp.out.values())
                 if bad_samples:
                     r.warnings.append(f"{bad_samples} NaN/Inf input sample(s) were replaced by silence")

@@ -37,6 +37,7 @@ import numpy as np
 
 from .audiocheck import MP3_DECODER_DELAY, FlacCheck, mp3_gapless, pcm_ints, truncation_problem
 from .chain import SAMPLE_RATES, Chain
+from . import wavmeta
 from .errors import AudioFileError, BridgeError, ChainSpecError
 
 READ_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".aiff", ".aif", ".bwf")
@@ -383,6 +384,22 @@ class OutFormat:
         return f"{self.major or {'MPEG_LAYER_III': 'MP3', 'VORBIS': 'OGG'}[self.subtype]} {self.subtype}"
 
 
+_VERSION: str | None = None
+
+
+def quietcast_version() -> str:
+    """The installed quietcast's version ("unknown" where it is not installed)."""
+    global _VERSION
+    if _VERSION is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            _VERSION = version("quietcast")
+        except PackageNotFoundError:
+            _VERSION = "unknown"
+    return _VERSION
+
+
 def source_format(src: str) -> tuple[str | None, str | None]:
     """``(container, subtype)`` of an input as libsndfile names them
     (``("WAV", "PCM_32")``), or ``(None, None)`` where it cannot tell."""
@@ -466,8 +483,10 @@ class AudioWriter:
       IEEE_FLOAT) with any number of channels: libsndfile writes what it
       is asked. (pedalboard, which wrote it before, made every file of
       more than 2 channels WAVE_FORMAT_EXTENSIBLE.) A WAVE_FORMAT_EXTENSIBLE
-      source stays extensible, with libsndfile's speaker mask for its
-      channel count (0x3F for 6), not the source's own; RF64 stays RF64.
+      source stays extensible, with its own speaker mask where the channel
+      count is kept (else libsndfile's for the new count: 0x4 for mono);
+      RF64 stays RF64.
+    - Metadata: see :mod:`.wavmeta` (``bext``, iXML, cue points, tags).
     - Integer PCM (8 to 32 bits) is rounded to the nearest step, without
       dither, and clipped to the format's range. pedalboard reads an
       integer sample ``k`` as ``k / (2**(b-1) - 1)``; each sample is written
@@ -486,10 +505,20 @@ class AudioWriter:
       written a frame at a time (pedalboard cannot tell ``[channels,
       frames]`` from ``[frames, channels]`` in a square block)."""
 
-    def __init__(self, path: str, sample_rate: int, channels: int, source: str, name: str | None = None):
+    def __init__(self, path: str, sample_rate: int, channels: int, source: str, name: str | None = None,
+                 history: str | None = None):
         """``name``: the file that write errors name (the target, where
-        ``path`` is its hidden temporary file)."""
+        ``path`` is its hidden temporary file). ``history``: what did the
+        processing, for a BWF ``bext`` chunk's coding history (``chain
+        NAME``; the quietcast version is put before it).
+
+        The source's metadata is carried over (:mod:`.wavmeta`): a WAV
+        output gets a WAV source's chunks (written first to a second hidden
+        file beside ``path``, then again with them into ``path`` at
+        :meth:`close`); other outputs the tags libsndfile maps. ``notes``
+        says what was left out, and why."""
         self.path, self.name = path, name or path
+        self.notes: list[str] = []
         try:
             self.format = output_format(source, path, sample_rate, channels)
         except BridgeError as e:
@@ -497,6 +526,7 @@ class AudioWriter:
         sub = self.format.subtype
         self._bits = _PCM_BITS.get(sub) or (None if sub in ("FLOAT", "DOUBLE") else 16)
         self._pcm = sub in _PCM_BITS
+        self._carry, self._raw, tags = self._metadata(source, int(sample_rate), int(channels), history)
         try:
             if self.format.major is None:
                 from pedalboard.io import AudioFile
@@ -507,9 +537,54 @@ class AudioWriter:
                 import soundfile as sf
 
                 self._sf = True
-                self._f = sf.SoundFile(path, "w", int(sample_rate), int(channels), sub, format=self.format.major)
+                self._f = sf.SoundFile(self._raw, "w", int(sample_rate), int(channels), sub, format=self.format.major)
+                refused = wavmeta.set_tags(self._f, tags)
+                if refused:
+                    self.notes.append(f"metadata: {self.format.major} holds no {', '.join(refused)} tag; "
+                                      "not carried")
         except (RuntimeError, OSError, ValueError) as e:
+            self._discard_raw()
             raise self._error(e) from None
+
+    def _metadata(self, source: str, rate: int, channels: int, history: str | None):
+        """``(chunks to carry, the file libsndfile writes, tags to set)``."""
+        major = self.format.major
+        meta = wavmeta.read_wav_meta(source)
+        if major in ("WAV", "WAVEX", "RF64") and meta is not None:
+            text = f"quietcast {quietcast_version()} {history}" if history else None
+            carry = wavmeta.plan(meta, rate, channels, self.format.subtype, text)
+            self.notes.extend(carry.notes)
+            if not carry.chunks:
+                return carry, self.path, {}
+            root, ext = os.path.splitext(self.path)
+            return carry, f"{root}-meta{ext}", {}
+        if meta is not None:
+            self.notes.extend(n for n in meta.notes if n.startswith("metadata not carried"))
+        held = [n for n in (meta.names() if meta is not None else []) if n != "LIST INFO"]
+        tags = wavmeta.source_tags(source) if meta is None or not any(n.startswith("metadata not carried")
+                                                                        for n in meta.notes) else {}
+        if major is None:
+            lost = held + (["tags"] if tags else [])
+            if lost:
+                self.notes.append(f"metadata not carried: {' and '.join(lost)} (an {str(self.format).split()[0]} "
+                                  "output gets no metadata)")
+            return None, self.path, {}
+        if major == "AIFF" and set(tags) - set(wavmeta.AIFF_TAGS):
+            self.notes.append(f"metadata not carried: the {', '.join(k for k in tags if k not in wavmeta.AIFF_TAGS)} "
+                              "tag(s) (AIFF holds title, artist, copyright, software and comment)")
+            tags = {k: v for k, v in tags.items() if k in wavmeta.AIFF_TAGS}
+        if held:
+            it = "it" if len(held) == 1 else "them"
+            self.notes.append(f"metadata not carried: {', '.join(held)} ({major} has nowhere to hold {it}; "
+                              f"a .wav output keeps {it})")
+        return None, self.path, tags
+
+    def _discard_raw(self) -> None:
+        if self._raw != self.path:
+            try:
+                os.unlink(self._raw)
+            except OSError:
+                pass
 
     def _samples(self, y: np.ndarray) -> np.ndarray:
         """``[frames, channels]`` for libsndfile: int32 holding the integer
@@ -541,7 +616,15 @@ class AudioWriter:
     def close(self) -> None:
         try:
             self._f.close()
+            c = self._carry
+            if c is not None and self._raw != self.path:
+                note = wavmeta.insert_chunks(self._raw, self.path, c.chunks, c.mask)
+                if note:
+                    self.notes.append(note)
+            elif c is not None and c.mask is not None:
+                wavmeta.set_mask(self.path, c.mask)
         except (RuntimeError, OSError) as e:
+            self._discard_raw()
             raise self._error(e) from None
 
     def _error(self, e: Exception) -> AudioFileError:
@@ -558,6 +641,7 @@ class AudioWriter:
                 self._f.close()
             except Exception:
                 pass
+            self._discard_raw()
 
 
 def write_problem(path: str, e: Exception) -> str:
@@ -699,7 +783,7 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res, dev
         if check is not None and reader is not raw:  # resampled: these samples are not the file's; check it first
             _verify_flac(src, check)
             check = None
-        with AudioWriter(tmp, sr, ch, src, name=res.dst) as out:
+        with AudioWriter(tmp, sr, ch, src, name=res.dst, history=f"chain {chain.name}") as out:
             res.format = str(out.format)
             if out.format.note:
                 res.warnings.append(out.format.note)
@@ -737,6 +821,7 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res, dev
             if proc.faults:
                 name, why = next(iter(proc.faults.items()))
                 raise BridgeError(f"stage {name!r} failed at the end of the file ({why}); output not written")
+        res.warnings.extend(out.notes)
         if proc.bad_samples:
             res.warnings.append(f"{proc.bad_samples} NaN/Inf input sample(s) were replaced by silence")
         note = _default_fallback_note(chain)

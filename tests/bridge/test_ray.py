@@ -352,6 +352,72 @@ def test_a_long_file_is_split_and_stitched_back_exactly(ray_local, tmp_path):
     assert leftovers(out) == []
 
 
+def _bwf(path, x: np.ndarray, chunks: list[tuple[bytes, bytes]], mask: int) -> None:
+    """A 16-bit WAVE_FORMAT_EXTENSIBLE file of ``x`` (``[channels, frames]``)
+    with ``chunks`` before its data, written here byte by byte."""
+    import struct
+
+    def chunk(cid, body):
+        return cid + struct.pack("<I", len(body)) + body + b"\0" * (len(body) & 1)
+
+    ch = x.shape[0]
+    fmt = (struct.pack("<HHIIHHHHI", 0xFFFE, ch, SR, SR * 2 * ch, 2 * ch, 16, 22, 16, mask)
+           + bytes.fromhex("0100000000001000800000aa00389b71"))
+    data = np.clip(np.rint(x.T * 32767), -32768, 32767).astype("<i2").tobytes()
+    body = chunk(b"fmt ", fmt) + b"".join(chunk(c, b) for c, b in chunks) + chunk(b"data", data)
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WAVE" + body)
+
+
+def _chunk(path, cid: bytes) -> bytes | None:
+    import struct
+
+    b, pos = path.read_bytes(), 12
+    while pos + 8 <= len(b):
+        n = struct.unpack("<I", b[pos + 4:pos + 8])[0]
+        if b[pos:pos + 4] == cid:
+            return b[pos + 8:pos + 8 + n]
+        pos += 8 + n + (n & 1)
+    return None
+
+
+def test_a_split_file_keeps_its_bwf_metadata(ray_local, tmp_path):
+    """A long BWF production recording split on Ray and downmixed to mono:
+    the stitched output carries its bext (TimeReference), iXML (without the
+    track list) and cue points, byte for byte as the single pass writes
+    them, with the same warnings (the channel mask and the track list,
+    which no longer fit)."""
+    import struct
+
+    time_ref = 52_000 * SR
+    bext = (b"Scene 4 take 1".ljust(256, b"\0") + b"Zoom F8n".ljust(64, b"\0") + b"2024-05-17" + b"14:26:40"
+            + struct.pack("<QH", time_ref, 2) + bytes(254) + b"A=PCM,F=48000,W=16,M=stereo,T=Zoom F8n\r\n")
+    ixml = (b"<BWFXML><SCENE>4</SCENE><TAKE>1</TAKE><TRACK_LIST><TRACK_COUNT>2</TRACK_COUNT></TRACK_LIST>"
+            b"</BWFXML>")
+    cue = struct.pack("<I", 1) + struct.pack("<II4sIII", 1, 30 * SR, b"data", 0, 0, 30 * SR)
+    src = tmp_path / "in" / "take.wav"
+    src.parent.mkdir()
+    _bwf(src, programme(60, SR, 2, seed=8), [(b"bext", bext), (b"iXML", ixml), (b"cue ", cue)], mask=0x3)
+    chain = speech_chain()
+    single = tmp_path / "single.wav"
+    one = process_file(chain, str(src), str(single), channels=1)
+    assert one.ok, one.error
+    s = C.process_files_ray(chain, plan_jobs([str(tmp_path / "in")], str(tmp_path / "out")), split_seconds=20,
+                            channels=1)
+    assert not s.failed, s.text()
+    (r,) = s.results
+    out = tmp_path / "out" / "take.wav"
+    assert r.segments >= 2 and r.warnings == one.warnings and len(r.warnings) == 2, r.warnings
+    assert "channel mask (0x3" in r.warnings[0] and "TRACK_LIST" in r.warnings[1]
+    assert struct.unpack("<Q", _chunk(out, b"bext")[338:346])[0] == time_ref
+    assert b",M=mono,T=quietcast " in _chunk(out, b"bext")[602:]
+    assert _chunk(out, b"iXML") == b"<BWFXML><SCENE>4</SCENE><TAKE>1</TAKE></BWFXML>"
+    assert _chunk(out, b"cue ") == cue
+    assert out.read_bytes() == single.read_bytes()
+    with AudioFile(str(out)) as f:
+        assert f.frames == 60 * SR and f.num_channels == 1
+    assert leftovers(tmp_path / "out") == []
+
+
 @pytest.mark.parametrize("warmup, overlap, collapses", [(4, 6, False), (1, 4, True)])
 def test_a_seam_that_does_not_verify_is_repaired(ray_local, tmp_path, warmup, overlap, collapses):
     """Warm-ups too short for the noise tracker to catch up: the seams
