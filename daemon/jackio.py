@@ -335,6 +335,7 @@ class JackIO:
         self.sample_rate = 0
         self.shutdown_event = threading.Event()
         self.ports_changed = threading.Event()
+        self.connections_changed = threading.Event()  # a connection made or taken down anywhere
         self.period_changed = threading.Event()
         self._cb_refs: list = []
 
@@ -378,6 +379,7 @@ class JackIO:
             client.set_xrun_callback(self._on_xrun)
             client.set_shutdown_callback(self._on_shutdown)
             client.set_port_registration_callback(self._on_port_registration, only_available=False)
+            client.set_port_connect_callback(self._on_port_connect, only_available=False)
             client.set_blocksize_callback(self._on_blocksize)
             client.set_freewheel_callback(self._on_freewheel)
             self._set_latency_callback(client)
@@ -641,6 +643,9 @@ class JackIO:
     def _on_port_registration(self, port, register):
         self.ports_changed.set()
 
+    def _on_port_connect(self, a, b, connect):
+        self.connections_changed.set()
+
     # ------------------------------------------------------------------
     # latency reporting
 
@@ -678,21 +683,39 @@ class JackIO:
     # ------------------------------------------------------------------
     # connections (called from the supervisor thread, never a callback)
 
-    def connections(self) -> list[tuple[str, str]]:
+    def connections(self, strict: bool = False) -> list[tuple[str, str]] | None:
         """Every connection of this client's ports, as ``(source, destination)``
         port names (also those made by hand, e.g. in a patchbay), so a
-        reopen can restore them. Never raises."""
+        reopen can restore them. Never raises: ``[]`` when the server does
+        not answer (``None`` with ``strict``: no answer is not "none")."""
         c = self.client
         if c is None:
-            return []
+            return None if strict else []
         out = []
         try:
             for p in c.get_ports(ports_of(self.client_name)):
                 for q in c.get_all_connections(p):
                     out.append((p.name, q.name) if p.is_output else (q.name, p.name))
         except Exception:  # the server is going or gone: nothing to keep
-            return []
+            return None if strict else []
         return out
+
+    def port_names(self) -> set[str] | None:
+        """The names of every port on the server, or None when it does not
+        answer (a port that went away while listed: listed again)."""
+        import jack
+
+        c = self.client
+        if c is None:
+            return None
+        for _ in range(3):
+            try:
+                return {p.name for p in c.get_ports()}
+            except jack.JackError:
+                continue
+            except Exception:
+                return None
+        return None
 
     def restore(self, pairs: list[tuple[str, str]]) -> int:
         """Connect ``pairs`` again where both ports exist; the number made."""

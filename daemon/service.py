@@ -6,7 +6,10 @@ Threads:
 - the supervisor (:meth:`Daemon.run`, the main thread under ``quietcast
   run``): builds the engine (hosted plugins must be loaded on the thread
   that loaded the first one), opens the JACK client, applies connection
-  rules when ports appear, reconnects when the server comes back, runs
+  rules when ports appear, follows the connections made to its ports by
+  hand and makes them again (:meth:`Daemon._follow_connections`: after a
+  reopen, a jackd crash, a restart, or when the other port comes back),
+  reconnects when the server comes back, runs
   jobs other threads post with :meth:`Daemon.call_in_main` (load_chain,
   reload), handles stop requests.
 - engine thread (:meth:`Engine.run`): processes hops.
@@ -141,6 +144,12 @@ class Daemon:
         self._bad_before = 0  # NaN/Inf input samples counted by engines since replaced
         self._bad_lock = threading.Lock()  # the total and the engine change together
         self._kept_connections: list[tuple[str, str]] = []  # to make again after a reopen
+        #: the connections of our ports (by hand or by rule), as last seen: made again when the
+        #: server comes back (a jackd crash), when the other port comes back (a player restarted),
+        #: and at the next start (saved in the state file); one taken down while both ports exist
+        #: is forgotten (see :meth:`_follow_connections`)
+        self._remembered: dict[tuple[str, str], None] = {}
+        self._conn_due: float | None = None  # when to look at the connections after a change
         self._reload_edits: set[tuple[str, str]] = set()  # (channel, param) a reloaded file changed
         self._prebuilt: Engine | None = None  # the engine a reload built before re-opening
         self._name_warned = False  # said once that the JACK client name is taken
@@ -264,10 +273,12 @@ class Daemon:
         eng.attach(io)
         self._engine_thread = threading.Thread(target=eng.run, name="quietcast-engine", daemon=True)
         self._engine_thread.start()
-        self._apply_rules()
+        self._apply_rules(restore=False)
         kept, self._kept_connections = self._kept_connections, []
-        if kept:  # connections made by hand before a reopen (a period change, a rebuild): back as they were
-            log.info("restored %d connection(s) of the ports from before the reopen", io.restore(kept))
+        # (with the ports' connections just before a reopen: a period change, a rebuild)
+        self._remembered = dict.fromkeys([*self._remembered, *kept])
+        self._restore_remembered("restored %d connection(s) the ports had before")
+        self._follow_connections()  # (what no longer fits the ports, e.g. a renamed channel's, goes)
         log.info("connected to JACK%s: %d Hz, period %d, latency %d frames (%.1f ms)",
                  f" server {self.server!r}" if self.server else "", io.sample_rate, io.period, io.latency,
                  1000.0 * io.latency / io.sample_rate)
@@ -317,7 +328,9 @@ class Daemon:
             self.ready.set()
             self.emit("event.state", {"state": "ready", "latency_frames": self.io.latency})
 
-    def _apply_rules(self) -> None:
+    def _apply_rules(self, restore: bool = True) -> None:
+        """Connect by rule; with ``restore``, also make the remembered
+        connections whose ports are both there again."""
         io = self.io
         if io is None:
             return
@@ -330,6 +343,70 @@ class Daemon:
             return
         if made:
             log.info("connected %d port(s) by rule", made)
+        if not restore:
+            return
+        if self._conn_due is not None:  # (a change not looked at yet: a connection taken down is not made again)
+            self._follow_connections()
+        self._restore_remembered("made %d remembered connection(s) again (their other port is back)")
+
+    def _follow_connections(self) -> None:
+        """Bring :attr:`_remembered` up to date with the server: every
+        connection of our ports is remembered; a remembered one that is gone
+        while both its ports exist was taken down (by hand, or by the other
+        client) and is forgotten; one whose other port is gone waits for
+        it. One of our own ports that no longer exists (a channel renamed or
+        removed, another client name) takes its connections with it."""
+        self._conn_due = None
+        io = self.io
+        if io is None:
+            return
+        cur = io.connections(strict=True)
+        names = io.port_names()
+        if cur is None or names is None:  # the server does not answer: looked at again after the next change
+            return
+        me = io.client_name + ":"
+        now = set(cur)
+        kept = dict.fromkeys(
+            (a, b) for a, b in [*self._remembered, *cur]
+            if (a if a.startswith(me) else b) in names and ((a, b) in now or a not in names or b not in names))
+        if kept != self._remembered:
+            self._remembered = kept  # (replaced, never changed in place: the state saver reads it)
+            if self.state is not None:
+                self.state.changed()
+
+    def _restore_remembered(self, what: str) -> None:
+        io = self.io
+        if io is None or not self._remembered:
+            return
+        try:
+            made = io.restore(list(self._remembered))
+        except Exception as e:  # (restore never raises; a JACK hiccup must not end the supervisor)
+            log.warning("making remembered connections again failed: %s", e)
+            return
+        if made:
+            log.info(what, made)
+
+    def remembered_connections(self) -> list[list[str]]:
+        """The connections kept for when their ports are there (state file)."""
+        return [list(p) for p in self._remembered]
+
+    def _restore_connections(self, saved) -> None:
+        """At the first start: the connections of the last run, made where
+        both ports exist now, remembered for when the other one comes."""
+        if not isinstance(saved, list) or self.io is None:
+            return
+        me = self.io.client_name + ":"
+        pairs = []
+        for pair in saved:
+            if (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) and ":" in x for x in pair)
+                    and (pair[0].startswith(me) or pair[1].startswith(me))):
+                pairs.append((pair[0], pair[1]))
+            else:
+                log.warning("state: connection %r not restored: not a pair of JACK port names, one of them ours",
+                            pair)
+        self._remembered = dict.fromkeys([*self._remembered, *pairs])
+        self._restore_remembered("restored %d connection(s) from the state file")
+        self._follow_connections()
 
     # ------------------------------------------------------------------
     # services around the engine
@@ -365,12 +442,14 @@ class Daemon:
             if self.config.state.restore:
                 doc = self.state.load()
                 if doc:
+                    self._restore_connections(doc.get("connections"))
                     self._restore_chains(doc.get("chains"))
                     n, problems = restore(self.registry, doc)
                     log.info("restored %d value(s) from %s", n, self.state.path)
                     for p in problems:
                         log.warning("state: not restored: %s", p)
-            self.state.attach(lambda: snapshot(self.registry, self.midi, self.loaded_chains))
+            self.state.attach(lambda: snapshot(self.registry, self.midi, self.loaded_chains,
+                                               self.remembered_connections()))
             self.registry.add_listener(self.state.changed)
         # MIDI ports may take a while to open (or never, on a broken
         # setup): that must not hold back READY or the audio
@@ -923,6 +1002,13 @@ class Daemon:
                 self._housekeeping()
                 if self.io.ports_changed.is_set():
                     self._apply_rules()
+                if self.io.connections_changed.is_set():
+                    # looked at a little later: a client that closes takes its connections down just
+                    # before its ports, which must not read as "taken down by hand"
+                    self.io.connections_changed.clear()
+                    self._conn_due = time.monotonic() + 0.3
+                elif self._conn_due is not None and time.monotonic() >= self._conn_due:
+                    self._follow_connections()
                 if self.io.period_changed.is_set():
                     log.warning("JACK period changed; reopening to re-declare latency")
                     self._kept_connections = self.io.connections()

@@ -190,10 +190,12 @@ class StateStore:
             self._save_now()
 
 
-def snapshot(registry, midi=None, chains: dict | None = None) -> dict:
-    """Every live value by address (+ MIDI bindings when available, and
+def snapshot(registry, midi=None, chains: dict | None = None, connections: list | None = None) -> dict:
+    """Every live value by address (+ MIDI bindings when available,
     ``chains``: the chains ``load_chain`` put on channels, channel -> file
-    path or bundled name, loaded again before the values at a restart). A
+    path or bundled name, loaded again before the values at a restart, and
+    ``connections``: the JACK connections of the daemon's ports, as
+    ``[source, destination]``, made again at a restart). A
     channel whose pause depth or threshold follows the engine's is saved as
     ``null``, so it still follows it after a restart (e.g. a new
     ``engine.pause_db`` or ``engine.pause_threshold``)."""
@@ -201,6 +203,8 @@ def snapshot(registry, midi=None, chains: dict | None = None) -> dict:
            "params": {d["address"]: None if d.get("follows_engine") else d["value"] for d in registry.list()}}
     if chains:
         doc["chains"] = dict(chains)
+    if connections:
+        doc["connections"] = [list(p) for p in connections]
     if midi is not None:
         try:
             doc["midi"] = midi.bindings()

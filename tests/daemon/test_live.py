@@ -5,6 +5,7 @@ a bad config starts nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -279,6 +280,103 @@ def test_jackd_restart_is_survived_with_connections_restored(jack_servers, tmp_p
     assert out.count("JACK process callback:") == 1, out  # said once, not at every reconnect
     if os.environ.get("CI"):
         assert "JACK process callback: C (" in out, out
+
+
+def _jack(server: str, *cmd: str) -> str:
+    r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=20,
+                       env=dict(os.environ, JACK_DEFAULT_SERVER=server, JACK_NO_START_SERVER="1"))
+    assert r.returncode == 0, (cmd, r.stdout, r.stderr)
+    return r.stdout
+
+
+def _links(server: str, client: str) -> set[tuple[str, str]]:
+    """(source, destination) of every connection of ``client``'s ports (jack_lsp -c)."""
+    out, port, links = _jack(server, "jack_lsp", "-c", "-p"), None, set()
+    for line in out.splitlines():
+        if not line.startswith((" ", "\t")):
+            port = line.strip()
+        elif "properties:" not in line and port and port.startswith(client + ":"):
+            other = line.strip()
+            links.add((port, other) if port.endswith("_out") else (other, port))
+    return links
+
+
+def test_connections_made_by_hand_come_back_after_a_jackd_crash_and_a_restart(jack_servers, tmp_path):
+    """No connection rules: a patch made by hand (jack_connect) is made
+    again when jackd comes back after a crash, and when the daemon starts
+    again (the state file). One taken down by hand stays down; one whose
+    other port is gone waits for it (a player that restarts)."""
+    srv = jack_servers(period=256, rate=48_000)
+    cfgfile = tmp_path / "live.toml"
+    cfgfile.write_text(
+        f'[jack]\nclient_name = "qch"\nserver = "{srv.name}"\nreconnect_interval_ms = 100\n'
+        f'[engine]\nmodel = "dsp"\n[control]\nbind = "ipc://{tmp_path}/ctl"\nevents = "ipc://{tmp_path}/ev"\n'
+        f'[midi]\nenabled = false\n[state]\nfile = "{tmp_path}/state.json"\nsave_debounce_ms = 100\n'
+        '[[channel]]\nname = "host"\n')
+    from quietcast.daemon.client import Client
+
+    def start():
+        proc = subprocess.Popen([quietcast_exe(), "run", "-c", str(cfgfile)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        with Client(f"ipc://{tmp_path}/ctl", timeout=5) as c:
+            assert wait_until(lambda: _ready(c), 30), "daemon not ready"
+        return proc
+
+    def _ready(c):
+        try:
+            return c.status()["ready"]
+        except Exception:
+            return False
+
+    def stop(proc):
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+        assert proc.returncode == 0, out
+        return out
+
+    want = {("system:capture_1", "qch:host_in"), ("qch:host_out", "system:playback_1")}
+    proc = start()
+    try:
+        _jack(srv.name, "jack_connect", "system:capture_1", "qch:host_in")
+        _jack(srv.name, "jack_connect", "qch:host_out", "system:playback_1")
+        _jack(srv.name, "jack_connect", "qch:host_out", "system:playback_2")
+        _jack(srv.name, "jack_disconnect", "qch:host_out", "system:playback_2")  # taken down by hand
+        assert _links(srv.name, "qch") == want
+        # a player's port, connected, then the player goes (its connection with it) and comes back
+        other = jack.Client("qcplayer", servername=srv.name, no_start_server=True)
+        other.outports.register("out_0")
+        other.activate()
+        _jack(srv.name, "jack_connect", "qcplayer:out_0", "qch:host_in")
+        time.sleep(1.0)  # (the daemon looks 0.3 s after the last change)
+        other.deactivate()
+        other.close()
+        time.sleep(1.0)
+        assert _links(srv.name, "qch") == want
+        other = jack.Client("qcplayer", servername=srv.name, no_start_server=True)
+        other.outports.register("out_0")
+        other.activate()
+        try:
+            assert wait_until(lambda: ("qcplayer:out_0", "qch:host_in") in _links(srv.name, "qch"), 10)
+        finally:
+            other.deactivate()
+            other.close()
+        time.sleep(1.0)
+        srv.stop(crash=True)
+        time.sleep(0.5)
+        srv.start()
+        assert wait_until(lambda: _links(srv.name, "qch") == want, 15), _links(srv.name, "qch")
+        time.sleep(0.5)  # (the state file follows within 0.1 s)
+    finally:
+        out = stop(proc)
+    assert "JACK server went away" in out and "restored 2 connection(s) the ports had before" in out, out
+    saved = json.loads((tmp_path / "state.json").read_text())["connections"]
+    assert {tuple(p) for p in saved} == want | {("qcplayer:out_0", "qch:host_in")}
+    proc = start()
+    try:
+        assert wait_until(lambda: _links(srv.name, "qch") == want, 15), _links(srv.name, "qch")
+    finally:
+        out = stop(proc)
+    assert "restored 2 connection(s) from the state file" in out, out
 
 
 def test_the_readme_demo_runs_live_on_a_private_server(tmp_path):
