@@ -202,6 +202,8 @@ ECHO_S = 0.5
 #: the same for a relative encoder, whose ticks may equal a ring position just sent: shorter (an echo
 #: through JACK and back takes ~5 ms), so that a hand's tick is seldom taken for one
 ECHO_RELATIVE_S = 0.1
+#: feedback messages a binding keeps waiting for their echo at most (automation sends many)
+_INFLIGHT_MAX = 64
 #: how long learn waits for the LSB (CC n + 32) after CC n to call it 14-bit
 CC14_LEARN_WINDOW_S = 0.1
 #: how long learn waits at most for the MSB of a CC 32..63 that keeps coming alone (14-bit LSBs)
@@ -680,12 +682,17 @@ class _Bound:
         self.attached = spec.takeover == "jump" or spec.relative  # an encoder moves from the value: never detached
         self.last_raw: int | None = None
         self.msb = 0  # 14-bit CC: the last MSB
-        self.sent: tuple[int, float] | None = None  # the last feedback sent: (raw value, monotonic time)
-        #: relative: feedback sent lately, (raw, monotonic time), each awaiting its possible echo
+        #: feedback sent lately, (raw, monotonic time), each awaiting its possible echo (several may be
+        #: in flight: a script's quick on/off, automation); a real move or press clears it
         self.inflight: list[tuple[int, float]] = []
         #: relative: (position on the travel, the value it gave), so that steps finer than an int
         #: parameter's whole numbers add up
         self.rel: tuple[float, Any] | None = None
+
+    def live_feedback(self, window: float, now: float | None = None) -> list[tuple[int, float]]:
+        """The feedback sent within ``window`` seconds, oldest first (a new list)."""
+        now = time.monotonic() if now is None else now
+        return [e for e in self.inflight if now - e[1] < window]
 
     def refresh(self) -> Param:
         """Resolve the address again (a reloaded chain may change ranges)."""
@@ -1650,16 +1657,21 @@ class MidiControl:
             return
         if p.kind == "bool":
             press = val >= 64 if spec.type == "cc" else val > 0
-            sent = b.sent
-            if sent is not None and time.monotonic() - sent[1] < ECHO_S and press == (sent[0] >= 64):
-                # the LED state just sent, coming back (a soft thru, a surface that echoes): not a press.
+            live = b.live_feedback(ECHO_S)
+            hit = next((i for i, (raw, _) in enumerate(live) if (raw >= 64) == press), None)
+            if hit is not None:
+                # an LED state sent lately, coming back (a soft thru, a surface that echoes): not a press.
                 # Taken as one, a toggle set on from elsewhere flipped straight back off, and a
                 # momentary button fed itself for ever (a set, its feedback, its echo, a set ...).
-                # A hand's second press comes after its release, which is not the LED state sent (and
-                # ends the echo window); several LED messages in flight each come back
+                # Each LED message comes back once at most: a match is used up (on then off from a
+                # script within the round trip: the off's echo must not make the on's a press). A
+                # hand's second press comes after its release, which is not an LED state in flight
+                # (and ends the echo window)
+                del live[hit]
+                b.inflight = live
                 self.counters["echo_ignored"] += 1
                 return
-            b.sent = None
+            b.inflight = []
             if spec.button == "momentary":
                 new = press
             elif press:
@@ -1676,9 +1688,7 @@ class MidiControl:
                 raw = val << 7
         else:
             raw = val
-        sent = b.sent
-        if sent is not None and time.monotonic() - sent[1] < ECHO_S and (
-                raw == sent[0] or (spec.cc14 and not lsb and val == sent[0] >> 7)):
+        if any(raw == e or (spec.cc14 and not lsb and val == e >> 7) for e, _ in b.live_feedback(ECHO_S)):
             # the feedback just sent, coming back (a motor fader or a soft thru that echoes): not a move.
             # Taken as one, two echoing controllers on one address never settle, and one nudges a value
             # set exactly (by a script) to the nearest fader step
@@ -1686,7 +1696,7 @@ class MidiControl:
             b.last_raw = raw
             b.attached = True  # the control sits at the value now (a motor put it there)
             return
-        b.sent = None  # a real move: whatever comes next is the hand's, not an echo
+        b.inflight = []  # a real move: whatever comes next is the hand's, not an echo
         if b.numeric and not b.attached:
             cur = b.raw_for(self.registry.get(spec.address))
             tol = spec.steps / 127.0
@@ -1806,9 +1816,9 @@ class MidiControl:
             msgs = [[0xB0 | ch, spec.number, raw >> 7], [0xB0 | ch, spec.number + 32, raw & 0x7F]]
         else:
             msgs = [[0xB0 | ch, spec.number, raw]]
-        b.sent = (raw, time.monotonic())
-        if spec.relative:
-            b.inflight = [e for e in b.inflight if b.sent[1] - e[1] < ECHO_RELATIVE_S] + [b.sent]
+        now = time.monotonic()
+        b.inflight = [*b.live_feedback(ECHO_RELATIVE_S if spec.relative else ECHO_S, now)[-(_INFLIGHT_MAX - 1):],
+                      (raw, now)]
         sent = False
         for m in msgs:
             sent = self._jack.send(m) or sent
