@@ -108,7 +108,8 @@ from .chain import Chain
 from .errors import AudioFileError, BridgeError
 from .offline import (
     BLOCK, FLAC_DAMAGED, AudioWriter, FileResult, Job, Progress, Summary, WRITE_EXTS, _layout, _open_input,
-    _default_fallback_note, _processor, _short, exists_error, output_format, process_file, split_existing,
+    _default_fallback_note, _processor, _short, changes_audio, exists_error, output_format, process_file,
+    split_existing,
 )
 
 INSTALL_HINT = "pip install 'quietcast[cluster]'"
@@ -383,14 +384,16 @@ def check_seam(tail: np.ndarray, head: np.ndarray, active_bits: np.ndarray, acti
 
 
 def stitch(src: str, dst: str, parts: list[tuple[str, int, int, int]], *, channels: int, sample_rate: int,
-           overwrite: bool = False, block: int = BLOCK, history: str | None = None) -> list[str]:
+           overwrite: bool = False, block: int = BLOCK, history: str | None = None,
+           audio_changed: bool = True) -> list[str]:
     """Write ``dst`` from raw segment files: ``parts`` = ``(path, file_start,
     first, end)`` -- frames ``[first, end)`` of the output, taken from a
     raw file whose first frame is output frame ``file_start``. Temporary
     file beside the target + rename, refusing to overwrite, written as the
     single pass writes it (:class:`~quietcast.bridge.offline.AudioWriter`),
     with the source's metadata (``history``: the chain, ``chain NAME``, for
-    a ``bext`` coding history). Returns the writer's notes on the metadata."""
+    a ``bext`` coding history; ``audio_changed``: as for the writer).
+    Returns the writer's notes on the metadata."""
     if os.path.exists(dst) and not overwrite:
         raise BridgeError(exists_error(dst))
     ext = os.path.splitext(dst)[1].lower()
@@ -398,7 +401,8 @@ def stitch(src: str, dst: str, parts: list[tuple[str, int, int, int]], *, channe
     tmp = os.path.join(folder, f".{os.path.basename(dst)}.qc-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
     ok = False
     try:
-        with AudioWriter(tmp, sample_rate, channels, src, name=dst, history=history) as out:  # (errors name dst)
+        with AudioWriter(tmp, sample_rate, channels, src, name=dst, history=history,  # (errors name dst)
+                         audio_changed=audio_changed) as out:
             for path, file_start, first, end in parts:
                 with open(path, "rb") as f:
                     f.seek((first - file_start) * channels * 4)
@@ -434,7 +438,8 @@ def read_raw(path: str, file_start: int, first: int, count: int, channels: int) 
 def check_and_stitch(src: str, dst: str, segs: list[Segment], paths: list[str], actives: list[tuple], *,
                      channels: int, sample_rate: int, overwrite: bool = False,
                      agree_seconds: float = AGREE_SECONDS, history: str | None = None,
-                     notes: list[str] | None = None) -> tuple[list[tuple[int, str]], list[int]]:
+                     notes: list[str] | None = None, audio_changed: bool = True
+                     ) -> tuple[list[tuple[int, str]], list[int]]:
     """Check every seam of a split file from the segments' raw files
     (``actives[k]`` = segment k's ``(active, active_n)``); when all agree,
     write ``dst`` (:func:`stitch`). Returns ``(bad seams, cuts)``: bad
@@ -456,7 +461,8 @@ def check_and_stitch(src: str, dst: str, segs: list[Segment], paths: list[str], 
         return bad, []
     ends = [*cuts[1:], segs[-1].end]
     written = stitch(src, dst, [(p, s.start, c, e) for p, s, c, e in zip(paths, segs, cuts, ends)],
-                     channels=channels, sample_rate=sample_rate, overwrite=overwrite, history=history)
+                     channels=channels, sample_rate=sample_rate, overwrite=overwrite, history=history,
+                     audio_changed=audio_changed)
     if notes is not None:
         notes.extend(written)
     return [], cuts
@@ -553,10 +559,11 @@ def _task_segment(doc, source, src, seg, out_path, channels):
                        device=task_device(ray.get_gpu_ids()))
 
 
-def _task_stitch(src, dst, segs, paths, actives, channels, sample_rate, overwrite, history=None):
+def _task_stitch(src, dst, segs, paths, actives, channels, sample_rate, overwrite, history=None,
+                 audio_changed=True):
     notes: list[str] = []
     bad, cuts = check_and_stitch(src, dst, segs, paths, actives, channels=channels, sample_rate=sample_rate,
-                                 overwrite=overwrite, history=history, notes=notes)
+                                 overwrite=overwrite, history=history, notes=notes, audio_changed=audio_changed)
     if not bad:
         for path in paths:
             try:
@@ -730,7 +737,7 @@ def _run(ray, chain, jobs, t0, *, overwrite, sample_rate, channels, progress, sp
         outs = [sp.out[s.start] for s in sp.segs]
         ref = f_stitch.remote(sp.job.src, sp.job.dst, list(sp.segs), [sp.paths[s.start] for s in sp.segs],
                               [(o["active"], o["active_n"]) for o in outs], outs[0]["channels"], sp.sr, overwrite,
-                              f"chain {chain.name}")
+                              f"chain {chain.name}", changes_audio(chain))
         pending[ref] = ("stitch", i, None)
 
     def repair(i: int, bad: list[tuple[int, str]]) -> None:

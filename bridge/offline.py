@@ -506,11 +506,13 @@ class AudioWriter:
       frames]`` from ``[frames, channels]`` in a square block)."""
 
     def __init__(self, path: str, sample_rate: int, channels: int, source: str, name: str | None = None,
-                 history: str | None = None):
+                 history: str | None = None, audio_changed: bool = True):
         """``name``: the file that write errors name (the target, where
         ``path`` is its hidden temporary file). ``history``: what did the
         processing, for a BWF ``bext`` chunk's coding history (``chain
-        NAME``; the quietcast version is put before it).
+        NAME``; the quietcast version is put before it). ``audio_changed``:
+        False for a chain without stages (a ``bext``'s loudness values
+        then still hold).
 
         The source's metadata is carried over (:mod:`.wavmeta`): a WAV
         output gets a WAV source's chunks (written first to a second hidden
@@ -526,7 +528,8 @@ class AudioWriter:
         sub = self.format.subtype
         self._bits = _PCM_BITS.get(sub) or (None if sub in ("FLOAT", "DOUBLE") else 16)
         self._pcm = sub in _PCM_BITS
-        self._carry, self._raw, tags = self._metadata(source, int(sample_rate), int(channels), history)
+        self._carry, self._raw, tags = self._metadata(source, int(sample_rate), int(channels), history,
+                                                      audio_changed)
         try:
             if self.format.major is None:
                 from pedalboard.io import AudioFile
@@ -546,13 +549,13 @@ class AudioWriter:
             self._discard_raw()
             raise self._error(e) from None
 
-    def _metadata(self, source: str, rate: int, channels: int, history: str | None):
+    def _metadata(self, source: str, rate: int, channels: int, history: str | None, audio_changed: bool):
         """``(chunks to carry, the file libsndfile writes, tags to set)``."""
         major = self.format.major
         meta = wavmeta.read_wav_meta(source)
         if major in ("WAV", "WAVEX", "RF64") and meta is not None:
             text = f"quietcast {quietcast_version()} {history}" if history else None
-            carry = wavmeta.plan(meta, rate, channels, self.format.subtype, text)
+            carry = wavmeta.plan(meta, rate, channels, self.format.subtype, text, audio_changed)
             self.notes.extend(carry.notes)
             if not carry.chunks:
                 return carry, self.path, {}
@@ -752,6 +755,12 @@ def process_file(
     return res
 
 
+def changes_audio(chain: Chain) -> bool:
+    """Whether ``chain`` changes the audio at all (a chain whose stages are
+    all bypassed, or that has none, passes it through unchanged)."""
+    return any(not s.bypass for s in chain.stages)
+
+
 def _default_fallback_note(chain: Chain) -> str | None:
     """A warning when a denoise stage of ``chain`` asked for the model
     ``default`` and got ``dsp`` (the shipped neural bundle is damaged or
@@ -783,7 +792,8 @@ def _stream(chain, src, tmp, sample_rate, channels, block, on_progress, res, dev
         if check is not None and reader is not raw:  # resampled: these samples are not the file's; check it first
             _verify_flac(src, check)
             check = None
-        with AudioWriter(tmp, sr, ch, src, name=res.dst, history=f"chain {chain.name}") as out:
+        with AudioWriter(tmp, sr, ch, src, name=res.dst, history=f"chain {chain.name}",
+                         audio_changed=changes_audio(chain)) as out:
             res.format = str(out.format)
             if out.format.note:
                 res.warnings.append(out.format.note)

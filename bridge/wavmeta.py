@@ -14,7 +14,9 @@ WAVE_FORMAT_EXTENSIBLE file's channel mask (speaker layout).
   (:func:`insert_chunks`: the file is written again with them, then
   renamed over its temporary file). What changes:
 
-  * ``bext``: a line is added to its CodingHistory, as EBU R 98 asks
+  * ``bext``: its loudness fields (version 2) are set to 0x7FFF ("not
+    set") when the chain changes the audio (they were the source's);
+    a line is added to its CodingHistory, as EBU R 98 asks
     (``A=PCM,F=48000,W=24,M=mono,T=quietcast 0.1.0 chain NAME``).
   * resampled (``--sample-rate``): the sample positions are scaled to the
     new rate (``bext`` TimeReference, ``cue `` points, ``ltxt`` lengths,
@@ -231,8 +233,22 @@ def coding_history_line(rate: int, channels: int, subtype: str, text: str) -> by
     return ",".join(fields).encode("ascii", "replace") + b"\r\n"
 
 
-def _bext(body: bytes, rate: int, src_rate: int, history: bytes | None) -> bytes:
+_VERSION = 346  # bext Version (uint16); UMID follows (64 bytes)
+_LOUDNESS = 412  # version 2: LoudnessValue, LoudnessRange, MaxTruePeakLevel, MaxMomentary/ShortTermLoudness
+_LOUDNESS_UNSET = 0x7FFF  # EBU Tech 3285 v2: a loudness field not set
+
+
+def _stale_loudness(body: bytes) -> bool:
+    """Whether a version 2 (or later) ``bext`` states a loudness field."""
+    if len(body) < BEXT_FIXED or struct.unpack_from("<H", body, _VERSION)[0] < 2:
+        return False
+    return any(v != _LOUDNESS_UNSET for v in struct.unpack_from("<5h", body, _LOUDNESS))
+
+
+def _bext(body: bytes, rate: int, src_rate: int, history: bytes | None, unset_loudness: bool = False) -> bytes:
     b = bytearray(body)
+    if unset_loudness:  # they were measured on the source, not on what the chain made of it
+        struct.pack_into("<5H", b, _LOUDNESS, *[_LOUDNESS_UNSET] * 5)
     if rate != src_rate and src_rate:
         tr = struct.unpack_from("<Q", b, _TIME_REF)[0]
         struct.pack_into("<Q", b, _TIME_REF, _scale(tr, rate, src_rate))
@@ -303,9 +319,12 @@ class Carry:
     notes: list[str]
 
 
-def plan(meta: WavMeta, rate: int, channels: int, subtype: str, history: str | None) -> Carry:
+def plan(meta: WavMeta, rate: int, channels: int, subtype: str, history: str | None,
+         audio_changed: bool = True) -> Carry:
     """The chunks of ``meta`` as the output (``rate``, ``channels``,
-    written as ``subtype``) carries them: see the module's docstring."""
+    written as ``subtype``) carries them: see the module's docstring.
+    ``audio_changed``: the chain changes the audio (not a chain without
+    stages), so a ``bext``'s loudness values no longer hold."""
     notes = list(meta.notes)
     src_rate = meta.rate or rate
     changed = bool(meta.channels) and channels != meta.channels
@@ -320,7 +339,11 @@ def plan(meta: WavMeta, rate: int, channels: int, subtype: str, history: str | N
     dropped: list[str] = []
     for cid, body in meta.chunks:
         if cid == b"bext":
-            body = _bext(body, rate, src_rate, line)
+            unset = audio_changed and _stale_loudness(body)
+            body = _bext(body, rate, src_rate, line, unset)
+            if unset:
+                notes.append("metadata: bext's loudness values were measured on the source, not on this output: "
+                             f"set to {_LOUDNESS_UNSET:#x} (not set), as EBU Tech 3285 asks")
             time_ref = struct.unpack_from("<Q", body, _TIME_REF)[0]
         elif cid == b"cue " and rate != src_rate:
             body = _cue(body, rate, src_rate)

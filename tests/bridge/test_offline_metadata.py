@@ -169,6 +169,26 @@ def test_bext_and_its_time_reference_survive(tmp_path):
     assert sf.info(str(tmp_path / "out.wav")).frames == SR
 
 
+def test_a_chain_that_changes_the_audio_unsets_the_source_loudness(tmp_path):
+    """A version 2 bext's loudness fields describe the source's audio: a
+    chain that changes it (here 6 dB of gain) sets them to 0x7FFF, EBU
+    Tech 3285's "not set", with a warning; the rest of bext is carried
+    as it was. ``dry`` (no stages) keeps them (the test above)."""
+    riff(tmp_path / "in.wav", samples(SR // 2, 2), before=[(b"bext", bext(time_ref=TIME_REF))])
+    chain = Chain([{"name": "g", "type": "gain", "gain_db": -6.0}])
+    r = process_file(chain, str(tmp_path / "in.wav"), str(tmp_path / "out.wav"))
+    assert r.ok, r.error
+    assert r.warnings == ["metadata: bext's loudness values were measured on the source, not on this output: "
+                          "set to 0x7fff (not set), as EBU Tech 3285 asks"]
+    b, src = body(tmp_path / "out.wav", b"bext"), bext(time_ref=TIME_REF)
+    assert struct.unpack("<5h", b[412:422]) == (0x7FFF,) * 5
+    assert b[:412] == src[:412] and b[422:602] == src[422:602]
+    # a bypassed stage changes nothing: the values hold
+    bypassed = Chain([{"name": "g", "type": "gain", "gain_db": -6.0, "bypass": True}])
+    r = process_file(bypassed, str(tmp_path / "in.wav"), str(tmp_path / "out2.wav"))
+    assert r.ok and r.warnings == [] and body(tmp_path / "out2.wav", b"bext")[:602] == src[:602]
+
+
 def test_ixml_survives_byte_for_byte(tmp_path):
     riff(tmp_path / "in.wav", samples(SR // 2, 2), before=[(b"bext", bext())], after=[(b"iXML", IXML)])
     r = dry(tmp_path / "in.wav", tmp_path / "out.wav")
