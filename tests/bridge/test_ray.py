@@ -385,7 +385,7 @@ def test_a_split_file_keeps_its_bwf_metadata(ray_local, tmp_path):
     the stitched output carries its bext (TimeReference), iXML (without the
     track list) and cue points, byte for byte as the single pass writes
     them, with the same warnings (the channel mask and the track list,
-    which no longer fit)."""
+    which no longer fit, and the source's loudness values, unset)."""
     import struct
 
     time_ref = 52_000 * SR
@@ -406,8 +406,9 @@ def test_a_split_file_keeps_its_bwf_metadata(ray_local, tmp_path):
     assert not s.failed, s.text()
     (r,) = s.results
     out = tmp_path / "out" / "take.wav"
-    assert r.segments >= 2 and r.warnings == one.warnings and len(r.warnings) == 2, r.warnings
-    assert "channel mask (0x3" in r.warnings[0] and "TRACK_LIST" in r.warnings[1]
+    assert r.segments >= 2 and r.warnings == one.warnings and len(r.warnings) == 3, r.warnings
+    assert "channel mask (0x3" in r.warnings[0] and "loudness values" in r.warnings[1] \
+        and "TRACK_LIST" in r.warnings[2]
     assert struct.unpack("<Q", _chunk(out, b"bext")[338:346])[0] == time_ref
     assert b",M=mono,T=quietcast " in _chunk(out, b"bext")[602:]
     assert _chunk(out, b"iXML") == b"<BWFXML><SCENE>4</SCENE><TAKE>1</TAKE></BWFXML>"
