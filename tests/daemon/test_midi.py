@@ -367,9 +367,20 @@ class Rig:
             # start() waits for the ports, but a loaded machine may take longer
             assert wait_until(lambda: _has_ports(self.server, self.mc), 60, 0.05), self.mc.status()
             self.s = Surface(self.server, self.mc)
+            self.settle()
         except BaseException:
             self.mc.stop()
             raise
+
+    def settle(self) -> None:
+        """Wait until the bridge has seen the surface's connections (it then
+        sends the surface every value once, as to a controller plugged in)
+        and that feedback is older than the echo window: a press in it that
+        equals an LED state just sent is taken for its echo (midi.ECHO_S)."""
+        want = {"in": [f"{self.s.name}-tx:out"], "out": [f"{self.s.name}-rx:in"]}
+        assert wait_until(lambda: self.mc.status()["jack"]["connections"] == want, 10), self.mc.status()["jack"]
+        assert wait_until(lambda: all(time.monotonic() - t > midi.ECHO_S
+                                      for b in self.mc._bound for _, t in b.inflight), 10)
 
     def __enter__(self):
         return self
