@@ -990,6 +990,8 @@ class _JackBridge:
         #: ("in" | "out", the other JACK port) made to our ports, kept across the other port's coming
         #: and going and across bridge restarts (the bridge makes them again)
         self.connections: set[tuple[str, str]] = set()
+        #: called (from the reader thread) when :attr:`connections` changed
+        self.on_change: Callable[[], None] | None = None
 
     def open(self) -> None:
         """Start the bridge process (returns at once; ``ready`` is set when
@@ -1034,7 +1036,15 @@ class _JackBridge:
             elif raw.startswith((b"conn ", b"disc ")):
                 parts = raw.decode("utf-8", "replace").rstrip("\n").split(" ", 2)
                 if len(parts) == 3 and parts[1] in ("in", "out"):
-                    (self.connections.add if parts[0] == "conn" else self.connections.discard)((parts[1], parts[2]))
+                    pair = (parts[1], parts[2])
+                    if (pair in self.connections) != (parts[0] == "conn"):
+                        self.connections = ((self.connections | {pair}) if parts[0] == "conn"
+                                            else (self.connections - {pair}))  # (replaced: read elsewhere)
+                        if self.on_change is not None:
+                            try:
+                                self.on_change()
+                            except Exception:  # pragma: no cover - a listener never stops the reader
+                                pass
             elif raw.startswith(b"error "):
                 self.problem = raw[6:].decode("utf-8", "replace").strip()
         try:
@@ -1256,6 +1266,30 @@ class MidiControl:
         self.last_error = ""
         self._failing: set[str] = set()
         self.started = False
+
+    @property
+    def jack_connections(self) -> list[list[str]]:
+        """The connections remembered for the JACK MIDI ports, as ``[in|out,
+        other port]`` (made again by the bridge when the other port comes
+        back; a daemon carries them across a ``[midi]`` reload and, in its
+        state file, a restart)."""
+        return [list(c) for c in sorted(self._jack.connections)]
+
+    def remember_connections(self, pairs) -> None:
+        """Before :meth:`start`: connections (``[in|out, port]``) to make
+        when the ports and the other ends exist (an earlier MidiControl's,
+        or the state file's). Malformed entries are passed over."""
+        good = {(k, p) for k, p in (tuple(x) for x in pairs if isinstance(x, (list, tuple)) and len(x) == 2)
+                if k in ("in", "out") and isinstance(p, str) and ":" in p}
+        self._jack.connections = self._jack.connections | good
+
+    @property
+    def on_connections_changed(self) -> Callable[[], None] | None:
+        return self._jack.on_change
+
+    @on_connections_changed.setter
+    def on_connections_changed(self, fn: Callable[[], None] | None) -> None:
+        self._jack.on_change = fn
 
     # ------------------------------------------------------------------
     # names

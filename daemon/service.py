@@ -150,6 +150,9 @@ class Daemon:
         #: is forgotten (see :meth:`_follow_connections`)
         self._remembered: dict[tuple[str, str], None] = {}
         self._conn_due: float | None = None  # when to look at the connections after a change
+        #: the JACK MIDI ports' remembered connections while no MidiControl runs (from the state file,
+        #: or from the one a [midi] reload stopped): handed to the next one
+        self._midi_connections: list = []
         self._reload_edits: set[tuple[str, str]] = set()  # (channel, param) a reloaded file changed
         self._prebuilt: Engine | None = None  # the engine a reload built before re-opening
         self._name_warned = False  # said once that the JACK client name is taken
@@ -443,13 +446,15 @@ class Daemon:
                 doc = self.state.load()
                 if doc:
                     self._restore_connections(doc.get("connections"))
+                    if isinstance(doc.get("midi_connections"), list):
+                        self._midi_connections = doc["midi_connections"]
                     self._restore_chains(doc.get("chains"))
                     n, problems = restore(self.registry, doc)
                     log.info("restored %d value(s) from %s", n, self.state.path)
                     for p in problems:
                         log.warning("state: not restored: %s", p)
             self.state.attach(lambda: snapshot(self.registry, self.midi, self.loaded_chains,
-                                               self.remembered_connections()))
+                                               self.remembered_connections(), self._midi_connections_now()))
             self.registry.add_listener(self.state.changed)
         # MIDI ports may take a while to open (or never, on a broken
         # setup): that must not hold back READY or the audio
@@ -500,6 +505,9 @@ class Daemon:
             mc = MidiControl(self.registry, cfg, self.server, self.config.jack.client_name,
                              state_dir=os.path.dirname(mapping_path(self.config)))
             mc.on_learned = lambda b: self.emit("event.learn", b)
+            mc.remember_connections(self._midi_connections)  # (the last one's, or the state file's)
+            if self.state is not None:
+                mc.on_connections_changed = self.state.changed
             mc.start(**({} if wait_ready_s is None else {"wait_ready_s": wait_ready_s}))
         except Exception as e:  # MIDI trouble never stops the audio
             self.midi_problem = ("not started (fix this, then reload the config to start it: `quietcast ctl "
@@ -517,6 +525,10 @@ class Daemon:
                 self.midi_problem = None
                 return
         mc.stop()  # the daemon stopped while MIDI started
+
+    def _midi_connections_now(self) -> list:
+        midi = self.midi
+        return midi.jack_connections if midi is not None else list(self._midi_connections)
 
     def midi_status(self) -> dict:
         """MIDI control's status (:meth:`MidiControl.status`) while it
@@ -800,6 +812,7 @@ class Daemon:
                 # again below with the new settings when it is still enabled
                 with self._midi_set:
                     running, self.midi = self.midi, None
+                self._midi_connections = running.jack_connections  # the next one makes them again
                 try:
                     running.stop()
                 except Exception as e:  # pragma: no cover - MIDI trouble never stops a reload

@@ -190,12 +190,14 @@ class StateStore:
             self._save_now()
 
 
-def snapshot(registry, midi=None, chains: dict | None = None, connections: list | None = None) -> dict:
+def snapshot(registry, midi=None, chains: dict | None = None, connections: list | None = None,
+             midi_connections: list | None = None) -> dict:
     """Every live value by address (+ MIDI bindings when available,
     ``chains``: the chains ``load_chain`` put on channels, channel -> file
     path or bundled name, loaded again before the values at a restart, and
     ``connections``: the JACK connections of the daemon's ports, as
-    ``[source, destination]``, made again at a restart). A
+    ``[source, destination]``, made again at a restart; ``midi_connections``
+    the same for the JACK MIDI ports, as ``[in|out, other port]``). A
     channel whose pause depth or threshold follows the engine's is saved as
     ``null``, so it still follows it after a restart (e.g. a new
     ``engine.pause_db`` or ``engine.pause_threshold``)."""
@@ -205,6 +207,8 @@ def snapshot(registry, midi=None, chains: dict | None = None, connections: list 
         doc["chains"] = dict(chains)
     if connections:
         doc["connections"] = [list(p) for p in connections]
+    if midi_connections:
+        doc["midi_connections"] = [list(p) for p in midi_connections]
     if midi is not None:
         try:
             doc["midi"] = midi.bindings()

@@ -11,6 +11,7 @@ counts a message once it is done with it). No test asserts a duration.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -1601,3 +1602,70 @@ def test_a_relative_encoder_on_a_surface_that_echoes_its_ring_moves_only_by_its_
             assert mc.counters["applied"] - applied == 4
         finally:
             loop.close()
+
+
+@pytest.mark.jack
+def test_jack_midi_connections_survive_a_midi_reload_and_a_restart(jack_servers, tmp_path):
+    """A controller patched to the JACK MIDI ports by hand stays patched
+    when a reload changes the [midi] section (a new MidiControl and bridge:
+    the connections were the old bridge's only) and when the daemon starts
+    again (the state file's ``midi_connections``)."""
+    from quietcast.daemon.client import Client
+    from quietcast.daemon.config import load_config
+    from quietcast.daemon.service import Daemon
+
+    srv = jack_servers(256)
+    (tmp_path / "map.toml").write_text(_map(host__strength=dict(number=7, takeover="jump")))
+    (tmp_path / "map2.toml").write_text(_map(host__strength=dict(number=8, takeover="jump")))
+    cfgfile = tmp_path / "quietcast.toml"
+    text = (f'[jack]\nclient_name = "qcc{uuid.uuid4().hex[:4]}"\nserver = "{srv.name}"\n'
+            f'[engine]\nmodel = "dsp"\n[control]\nbind = "ipc://{tmp_path}/ctl"\n'
+            f'events = "ipc://{tmp_path}/ev"\n[midi]\nmapping = "map.toml"\n'
+            f'[state]\nfile = "{tmp_path}/state.json"\nsave_debounce_ms = 100\n[[channel]]\nname = "host"\n')
+    cfgfile.write_text(text)
+
+    def start():
+        d = Daemon(load_config(cfgfile))
+        t = threading.Thread(target=d.run, name="daemon", daemon=True)
+        t.start()
+        assert d.ready.wait(20), "daemon did not become ready"
+        assert wait_until(lambda: d.midi is not None and _has_ports(srv.name, d.midi), 60, 0.05)
+        return d, t
+
+    def stop(d, t):
+        d.request_stop()
+        t.join(15)
+        assert not t.is_alive()
+
+    s = None
+    d, t = start()
+    try:
+        s = Surface(srv.name, d.midi)  # patched by hand, both ways
+        tx, rx = f"{s.name}-tx:out", f"{s.name}-rx:in"
+
+        def patched(mc):
+            return ([p.name for p in s.patch.get_all_connections(tx)] == [mc.jack_in_name]
+                    and [p.name for p in s.patch.get_all_connections(rx)] == [mc.jack_out_name])
+
+        assert wait_until(lambda: d.midi.jack_connections == [["in", tx], ["out", rx]], 5), d.midi.jack_connections
+        first = d.midi
+        cfgfile.write_text(text.replace('mapping = "map.toml"', 'mapping = "map2.toml"'))
+        with Client(f"ipc://{tmp_path}/ctl", timeout=20) as c:
+            c.call("reload")
+        assert d.midi is not first and not first.started
+        assert wait_until(lambda: patched(d.midi), 10), d.midi.status()["jack"]
+        s.cc(1, 8, 127)
+        assert wait_until(lambda: d.registry.get("host.strength") == 1.0, 10)
+        assert wait_until(lambda: json.loads((tmp_path / "state.json").read_text()).get("midi_connections")
+                          == [["in", tx], ["out", rx]], 10)
+    finally:
+        stop(d, t)
+    d, t = start()
+    try:
+        assert wait_until(lambda: patched(d.midi), 10), d.midi.status()["jack"]
+        s.cc(1, 8, 0)
+        assert wait_until(lambda: d.registry.get("host.strength") == 0.0, 10)
+    finally:
+        if s is not None:
+            s.close()
+        stop(d, t)
