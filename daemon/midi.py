@@ -54,19 +54,22 @@ One ``[[map]]`` table per binding::
 
     [[map]]
     address = "host.strength"   # any registry address, chain stages and plugins included
-    type = "cc"                 # cc | note | pitch_bend
+    type = "cc"                 # cc | note | pitch_bend | nrpn
     channel = 1                 # MIDI channel 1..16
-    number = 7                  # CC or note number 0..127 (CC 0..31 with cc14; not for pitch_bend)
+    number = 7                  # CC or note number 0..127 (CC 0..31 with cc14; not for pitch_bend);
+                                # nrpn: the parameter number 0..16383 = MSB (CC 99) * 128 + LSB (CC 98)
     curve = "linear"            # linear | db | log   (default: chosen from the parameter, see below)
     min = 0.0                   # value at the controller's minimum (default: the range's low end;
                                 # -inf for a dB parameter that allows it: the bottom stop is "off")
     max = 1.0                   # value at the controller's maximum (default: the range's high end)
     button = "toggle"           # bool parameters: toggle | momentary
     takeover = "pickup"         # pickup (soft takeover) | jump
-    cc14 = false                # 14-bit CC: number is the MSB controller, number + 32 the LSB
+    cc14 = false                # 14-bit CC: number is the MSB controller, number + 32 the LSB;
+                                # nrpn: 14-bit data, Data Entry MSB (CC 6) + LSB (CC 38)
     mode = "absolute"           # absolute | relative (an endless encoder: see below)
     encoding = "twos_complement"  # relative only: twos_complement | binary_offset | sign_magnitude
-    step = 0.01                 # relative only: the part of the travel one tick moves (0 < step <= 1)
+    step = 0.01                 # relative: the part of the travel one tick moves (0 < step <= 1);
+                                # nrpn: the part one Data Increment / Decrement moves
 
 Every problem in the file is reported at once (:class:`MidiMapError`, with
 "did you mean" hints and, when the registry is given, the registry's own
@@ -140,20 +143,54 @@ control is either relative or absolute in every binding it has.
 (CC n + 32) refines it (the MIDI 1.0 rule, so a fader moving up never
 goes backwards).
 
+NRPN (``type = "nrpn"``, as broadcast consoles such as Allen & Heath's
+and some Yamaha and Roland desks send and expect): CC 99 (MSB) and CC 98
+(LSB) select parameter ``number`` = MSB * 128 + LSB on the channel (the
+one form: there is no ``number_msb`` / ``number_lsb``; the parser says
+what to write instead); then Data Entry sets it: CC 6 alone (7-bit), or
+with ``cc14 = true`` CC 6 (MSB, which resets the LSB and is applied) and
+CC 38 (LSB, which refines it), exactly as a 14-bit CC, with the same
+curves and soft takeover. The selection stays until another one (data
+may come without a new select); an RPN select (CC 101/100) deselects it,
+and the null RPN (127/127) leaves nothing selected. Data Increment
+(CC 96) / Decrement (CC 97) move the selected parameter by ``step`` of the
+travel (default: one step of its data, 1/127 or 1/16383 with cc14; an int
+parameter at least one whole number) from wherever it is, stop at the
+ends, and send the console the new value; their data byte is not an
+amount (MIDI 1.0). After a step a fader with soft takeover picks the
+value up again. An on/off parameter is a button: data entry MSB >= 64
+presses (toggle) or holds (momentary) it, a 14-bit one's LSB is ignored,
+increment turns it on and decrement off. One parameter number on one
+channel is 7- or 14-bit in every binding it has.
+State is per channel and tracked on every channel, but CCs 6, 38, 96,
+97, 98, 99, 100 and 101 are NRPN's only on a channel that has an NRPN
+binding: there, they never reach plain CC bindings, and a plain CC
+binding on one of them (a 14-bit CC 6 included: its LSB is 38) is a
+mapping error; on other channels they are plain CCs as before.
+
 Feedback: when a mapped value changes, the mapped CC / note is sent on
 the JACK MIDI output and every hardware output (14-bit: MSB then LSB;
+NRPN: the whole sequence every time, CC 99, 98, 6 and, 14-bit, 38;
 bools: 127 / 0, notes as note-on with velocity 127 or 0, which Mackie-style
 surfaces read as LED on / off) -- except to a fader or knob whose own
 message made the change (a relative encoder does get it: its ring) (an echo would fight the hand on a motor fader);
 buttons always get their LED state. A message equal to the feedback just
 sent to its control (within 0.5 s; 0.1 s for a relative encoder, see above) is that feedback coming back from a
-surface or a soft thru that echoes, not a move or a press, and is ignored. :meth:`MidiControl.start` sends the
+surface or a soft thru that echoes, not a move or a press, and is ignored (an NRPN's echoed select
+just selects it again; its data is the echo). :meth:`MidiControl.start` sends the
 current value of every binding once.
 
 MIDI learn: :meth:`MidiControl.learn` arms one address; the next CC,
-note-on or pitch bend on any input is bound to it with the defaults above
+note-on, pitch bend or NRPN on any input is bound to it with the defaults above
 (a CC n < 32 followed within 0.1 s by CC n + 32 is learned as 14-bit, and
-so is a CC n in 32..63, a 14-bit LSB sent alone, followed by CC n - 32),
+so is a CC n in 32..63, a 14-bit LSB sent alone, followed by CC n - 32;
+CC 99 / 98 start an NRPN: learn waits up to 1 s for its data and binds
+that NRPN, 14-bit when CC 38 follows the CC 6 within 0.1 s (or comes
+first), never CC 99 as a plain CC; data entry for an NRPN selected before
+learn was armed is learned as that NRPN; RPN selects and their data are
+passed over, and so are CCs 6, 38 and 96..101 on a channel with NRPN
+bindings; learning an NRPN removes plain CC bindings on those CCs of its
+channel, with a note),
 replacing any binding of that address and any binding of that control, and
 the mapping file is rewritten atomically (temp file, fsync, rename). Learn
 rewrites the file from the bindings, so comments in it are not kept.
@@ -1453,8 +1490,8 @@ class MidiControl:
 
     def learn(self, address: str, timeout_s: float = 30.0, on_learned: Callable[[dict], None] | None = None) -> Learn:
         """Arm MIDI learn for ``address`` (checked now: ParameterError with
-        the close matches). The next CC / note-on / pitch bend on any input
-        is bound to it and saved. Replaces an armed learn. Returns the
+        the close matches). The next CC / note-on / pitch bend / NRPN on any
+        input is bound to it and saved. Replaces an armed learn. Returns the
         :class:`Learn` (``.wait()``, ``.status()``)."""
         p = self.registry.resolve(address)[2]
         if p.kind in ("str", "dict"):

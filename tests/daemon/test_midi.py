@@ -2002,3 +2002,11 @@ def test_learn_binds_an_nrpn_not_its_select_cc(daemon, tmp_path):
             assert mc.counters["errors"] == 0
     finally:
         reg.set("host.bypass", False, source="test")
+
+
+def test_the_readme_nrpn_example_is_a_valid_mapping():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    block = readme.split("**NRPN.**", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    (b,) = parse_mapping("\n".join(line.strip() for line in block.splitlines()))
+    assert (b.type, b.number, b.cc14, b.describe_control()) == ("nrpn", 1234, True, "NRPN 1234 (14-bit) on channel 2")
+    assert 9 * 128 + 82 == 1234  # (the README's worked example)
