@@ -572,8 +572,8 @@ def _check_entry(raw: Any, i: int, registry, problems: list[Problem]) -> Binding
                     f"one encoder tick moves (default {RELATIVE_STEP:g})")
             bad("step", f"value {st!r} is not a number in (0, 1]: the part of the control's travel {what}")
         elif not stepped and raw.get("mode") in (None, "absolute"):
-            bad("step", 'applies to mode = "relative" (the travel of one encoder tick) and type = "nrpn" '
-                        '(the travel of one Data Increment / Decrement) only; add mode = "relative" or remove it')
+            bad("step", 'applies to mode = "relative" only (the travel of one encoder tick), and to type = "nrpn" '
+                        '(the travel of one Data Increment / Decrement); add mode = "relative" or remove it')
         else:
             vals["step"] = float(st)
     if relative:

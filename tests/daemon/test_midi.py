@@ -1742,6 +1742,16 @@ def _expect_seq(s: Surface, seq: list[list[int]], timeout: float = 5.0) -> None:
     assert wait_until(found, timeout, 0.005), f"{seq} not received in a row; got {s.got[-12:]}"
 
 
+def _linked(r: Rig) -> None:
+    """Wait until the daemon has seen the surface linked to its output and
+    sent it every value (the bridge looks every 0.25 s): a later resync
+    would look like feedback to the control that moved."""
+    port = f"{r.s.name}-rx:in"
+    assert wait_until(lambda: port in r.mc.status()["jack"]["connections"]["out"], 10, 0.01)
+    time.sleep(0.3)  # its "linked" line follows the "conn" line within the same look
+    r.mc._call(lambda: None)  # the dispatcher has handled what the bridge queued before
+
+
 @pytest.mark.jack
 def test_nrpn_moves_parameters_with_7_and_14_bit_data(daemon, tmp_path):
     """A console's NRPN: CC 99/98 select the parameter, CC 6 (and CC 38
@@ -1832,6 +1842,7 @@ def test_nrpn_increment_decrement_and_buttons(daemon, tmp_path):
     try:
         with Rig(daemon, tmp_path, mapping) as r:
             s, mc = r.s, r.mc
+            _linked(r)
             s.nrpn(3, 10, step=1)
             r.value_becomes("host.strength", 65 / 127)
             _expect_seq(s, [[0xB2, 99, 0], [0xB2, 98, 10], [0xB2, 6, 65]])  # the console follows
@@ -1905,6 +1916,7 @@ def test_nrpn_feedback_sends_the_whole_sequence_and_its_echo_is_ignored(daemon, 
     try:
         with Rig(daemon, tmp_path, mapping) as r:
             s, mc = r.s, r.mc
+            _linked(r)
             reg.set("host.strength", 0.25, source="zmq")
             _expect_seq(s, [[0xB1, 99, 9], [0xB1, 98, 82], [0xB1, 6, 32]])
             b = mc._by_address["guest.output_gain_db"][0]
