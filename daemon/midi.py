@@ -54,19 +54,22 @@ One ``[[map]]`` table per binding::
 
     [[map]]
     address = "host.strength"   # any registry address, chain stages and plugins included
-    type = "cc"                 # cc | note | pitch_bend
+    type = "cc"                 # cc | note | pitch_bend | nrpn
     channel = 1                 # MIDI channel 1..16
-    number = 7                  # CC or note number 0..127 (CC 0..31 with cc14; not for pitch_bend)
+    number = 7                  # CC or note number 0..127 (CC 0..31 with cc14; not for pitch_bend);
+                                # nrpn: the parameter number 0..16383 = MSB (CC 99) * 128 + LSB (CC 98)
     curve = "linear"            # linear | db | log   (default: chosen from the parameter, see below)
     min = 0.0                   # value at the controller's minimum (default: the range's low end;
                                 # -inf for a dB parameter that allows it: the bottom stop is "off")
     max = 1.0                   # value at the controller's maximum (default: the range's high end)
     button = "toggle"           # bool parameters: toggle | momentary
     takeover = "pickup"         # pickup (soft takeover) | jump
-    cc14 = false                # 14-bit CC: number is the MSB controller, number + 32 the LSB
+    cc14 = false                # 14-bit CC: number is the MSB controller, number + 32 the LSB;
+                                # nrpn: 14-bit data, Data Entry MSB (CC 6) + LSB (CC 38)
     mode = "absolute"           # absolute | relative (an endless encoder: see below)
     encoding = "twos_complement"  # relative only: twos_complement | binary_offset | sign_magnitude
-    step = 0.01                 # relative only: the part of the travel one tick moves (0 < step <= 1)
+    step = 0.01                 # relative: the part of the travel one tick moves (0 < step <= 1);
+                                # nrpn: the part one Data Increment / Decrement moves
 
 Every problem in the file is reported at once (:class:`MidiMapError`, with
 "did you mean" hints and, when the registry is given, the registry's own
@@ -140,20 +143,54 @@ control is either relative or absolute in every binding it has.
 (CC n + 32) refines it (the MIDI 1.0 rule, so a fader moving up never
 goes backwards).
 
+NRPN (``type = "nrpn"``, as broadcast consoles such as Allen & Heath's
+and some Yamaha and Roland desks send and expect): CC 99 (MSB) and CC 98
+(LSB) select parameter ``number`` = MSB * 128 + LSB on the channel (the
+one form: there is no ``number_msb`` / ``number_lsb``; the parser says
+what to write instead); then Data Entry sets it: CC 6 alone (7-bit), or
+with ``cc14 = true`` CC 6 (MSB, which resets the LSB and is applied) and
+CC 38 (LSB, which refines it), exactly as a 14-bit CC, with the same
+curves and soft takeover. The selection stays until another one (data
+may come without a new select); an RPN select (CC 101/100) deselects it,
+and the null RPN (127/127) leaves nothing selected. Data Increment
+(CC 96) / Decrement (CC 97) move the selected parameter by ``step`` of the
+travel (default: one step of its data, 1/127 or 1/16383 with cc14; an int
+parameter at least one whole number) from wherever it is, stop at the
+ends, and send the console the new value; their data byte is not an
+amount (MIDI 1.0). After a step a fader with soft takeover picks the
+value up again. An on/off parameter is a button: data entry MSB >= 64
+presses (toggle) or holds (momentary) it, a 14-bit one's LSB is ignored,
+increment turns it on and decrement off. One parameter number on one
+channel is 7- or 14-bit in every binding it has.
+State is per channel and tracked on every channel, but CCs 6, 38, 96,
+97, 98, 99, 100 and 101 are NRPN's only on a channel that has an NRPN
+binding: there, they never reach plain CC bindings, and a plain CC
+binding on one of them (a 14-bit CC 6 included: its LSB is 38) is a
+mapping error; on other channels they are plain CCs as before.
+
 Feedback: when a mapped value changes, the mapped CC / note is sent on
 the JACK MIDI output and every hardware output (14-bit: MSB then LSB;
+NRPN: the whole sequence every time, CC 99, 98, 6 and, 14-bit, 38;
 bools: 127 / 0, notes as note-on with velocity 127 or 0, which Mackie-style
 surfaces read as LED on / off) -- except to a fader or knob whose own
 message made the change (a relative encoder does get it: its ring) (an echo would fight the hand on a motor fader);
 buttons always get their LED state. A message equal to the feedback just
 sent to its control (within 0.5 s; 0.1 s for a relative encoder, see above) is that feedback coming back from a
-surface or a soft thru that echoes, not a move or a press, and is ignored. :meth:`MidiControl.start` sends the
+surface or a soft thru that echoes, not a move or a press, and is ignored (an NRPN's echoed select
+just selects it again; its data is the echo). :meth:`MidiControl.start` sends the
 current value of every binding once.
 
 MIDI learn: :meth:`MidiControl.learn` arms one address; the next CC,
-note-on or pitch bend on any input is bound to it with the defaults above
+note-on, pitch bend or NRPN on any input is bound to it with the defaults above
 (a CC n < 32 followed within 0.1 s by CC n + 32 is learned as 14-bit, and
-so is a CC n in 32..63, a 14-bit LSB sent alone, followed by CC n - 32),
+so is a CC n in 32..63, a 14-bit LSB sent alone, followed by CC n - 32;
+CC 99 / 98 start an NRPN: learn waits up to 1 s for its data and binds
+that NRPN, 14-bit when CC 38 follows the CC 6 within 0.1 s (or comes
+first), never CC 99 as a plain CC; data entry for an NRPN selected before
+learn was armed is learned as that NRPN; RPN selects and their data are
+passed over, and so are CCs 6, 38 and 96..101 on a channel with NRPN
+bindings; learning an NRPN removes plain CC bindings on those CCs of its
+channel, with a note),
 replacing any binding of that address and any binding of that control, and
 the mapping file is rewritten atomically (temp file, fsync, rename). Learn
 rewrites the file from the bindings, so comments in it are not kept.
@@ -184,7 +221,7 @@ __all__ = [
 
 log = logging.getLogger("quietcast.midi")
 
-TYPES = ("cc", "note", "pitch_bend")
+TYPES = ("cc", "note", "pitch_bend", "nrpn")
 CURVES = ("linear", "db", "log")
 BUTTONS = ("toggle", "momentary")
 TAKEOVERS = ("pickup", "jump")
@@ -194,6 +231,11 @@ KEYS = ("address", "type", "channel", "number", "curve", "min", "max", "button",
         "mode", "encoding", "step")
 #: a relative encoder's default travel per tick: 1 % of the fader's travel (100 ticks end to end)
 RELATIVE_STEP = 0.01
+#: NRPN parameter numbers: 14-bit, CC 99 (MSB) * 128 + CC 98 (LSB)
+NRPN_MAX = 16383
+#: the controllers that carry (N)RPNs: NRPN select 99/98, RPN select 101/100, data entry 6/38,
+#: data increment/decrement 96/97. On a channel with an NRPN binding they belong to NRPN
+NRPN_CCS = frozenset((6, 38, 96, 97, 98, 99, 100, 101))
 
 #: seconds between looks for hardware ports that were missing (ALSA present)
 HARDWARE_RETRY_S = 5.0
@@ -208,6 +250,8 @@ _INFLIGHT_MAX = 64
 CC14_LEARN_WINDOW_S = 0.1
 #: how long learn waits at most for the MSB of a CC 32..63 that keeps coming alone (14-bit LSBs)
 CC14_LSB_LEARN_MAX_S = 1.0
+#: how long learn waits after an NRPN select (CC 99/98) for its data entry (CC 6, 38, 96 or 97)
+NRPN_LEARN_MAX_S = 1.0
 _FADER_K = 192.0  # dB span of the taper below the reference (Ardour's law)
 _GAINLIKE = ("gain", "level", "volume", "background", "ceiling")
 
@@ -255,7 +299,8 @@ class Binding:
 
     @property
     def control(self) -> tuple[str, int, int]:
-        """``(type, channel 0..15, number)``; pitch bend has number 0."""
+        """``(type, channel 0..15, number)``; pitch bend has number 0; an
+        NRPN's number is its 14-bit parameter number."""
         return (self.type, self.channel - 1, 0 if self.type == "pitch_bend" else self.number)
 
     @property
@@ -270,6 +315,8 @@ class Binding:
     def describe_control(self, mode: bool = True) -> str:
         if self.type == "pitch_bend":
             return f"pitch bend on channel {self.channel}"
+        if self.type == "nrpn":
+            return f"NRPN {self.number}{' (14-bit)' if self.cc14 else ''} on channel {self.channel}"
         if self.cc14:
             what = f"CC {self.number}/{self.number + 32} (14-bit)"
         else:
@@ -299,9 +346,16 @@ class Binding:
         if self.relative:
             d["mode"] = self.mode
             d["encoding"] = self.encoding
-            if self.step is not None:
-                d["step"] = self.step
+        if self.step is not None:
+            d["step"] = self.step
         return d
+
+    @property
+    def cc_numbers(self) -> frozenset:
+        """The CC numbers this (plain CC) binding listens on."""
+        if self.type != "cc":
+            return frozenset()
+        return frozenset((self.number, self.number + 32) if self.cc14 else (self.number,))
 
 
 def relative_delta(encoding: str, value: int) -> int:
@@ -424,7 +478,13 @@ def _check_entry(raw: Any, i: int, registry, problems: list[Problem]) -> Binding
         problems.append(Problem(f"{where} {key}", msg))
 
     for k in raw:
-        if k not in KEYS:
+        if k in ("number_msb", "number_lsb", "msb", "lsb", "nrpn"):
+            hi, lo = raw.get("number_msb", raw.get("msb")), raw.get("number_lsb", raw.get("lsb"))
+            whole = (f" (here number = {hi * 128 + lo})" if all(isinstance(x, int) and not isinstance(x, bool)
+                                                               and 0 <= x <= 127 for x in (hi, lo)) else "")
+            bad(k, 'unknown key: an NRPN is type = "nrpn" with its whole parameter number, '
+                   f"number = MSB * 128 + LSB (CC 99 * 128 + CC 98, 0..{NRPN_MAX}){whole}; keys: {', '.join(KEYS)}")
+        elif k not in KEYS:
             bad(k, f"unknown key{did_you_mean(k, KEYS)}; keys: {', '.join(KEYS)}")
     param = None
     if "address" not in raw:
@@ -456,8 +516,8 @@ def _check_entry(raw: Any, i: int, registry, problems: list[Problem]) -> Binding
     if not isinstance(cc14, bool):
         bad("cc14", f"value {cc14!r} is not a boolean (true or false)")
         cc14 = False
-    if cc14 and typ != "cc":
-        bad("cc14", f"14-bit applies to type = \"cc\" only, not {typ!r}")
+    if cc14 and typ not in ("cc", "nrpn"):
+        bad("cc14", f"14-bit applies to type = \"cc\" or \"nrpn\" only, not {typ!r}")
         cc14 = False
     vals["cc14"] = cc14
     if typ == "pitch_bend":
@@ -465,12 +525,17 @@ def _check_entry(raw: Any, i: int, registry, problems: list[Problem]) -> Binding
             bad("number", "pitch bend has no number: remove it (a channel has one pitch bend)")
         vals["number"] = 0
     elif "number" not in raw:
-        bad("number", f"missing (required for type = {typ!r}): the {'CC' if typ == 'cc' else 'note'} number 0..127")
+        what = {"cc": "the CC number 0..127", "note": "the note number 0..127",
+                "nrpn": f"the NRPN parameter number 0..{NRPN_MAX} (MSB * 128 + LSB)"}[typ]
+        bad("number", f"missing (required for type = {typ!r}): {what}")
     else:
         num = raw["number"]
-        top = 31 if cc14 else 127
+        top = NRPN_MAX if typ == "nrpn" else 31 if cc14 else 127
         if not (isinstance(num, int) and not isinstance(num, bool)) or not 0 <= num <= top:
-            why = " (14-bit: the MSB controller 0..31; its LSB is number + 32)" if cc14 else ""
+            if typ == "nrpn":
+                why = " (the NRPN parameter number: CC 99 (MSB) * 128 + CC 98 (LSB))"
+            else:
+                why = " (14-bit: the MSB controller 0..31; its LSB is number + 32)" if cc14 else ""
             bad("number", f"value {num!r} is not an integer 0..{top}{why}")
         else:
             vals["number"] = num
@@ -498,14 +563,17 @@ def _check_entry(raw: Any, i: int, registry, problems: list[Problem]) -> Binding
                             f"add mode = \"relative\" or remove it; encodings: {', '.join(ENCODINGS)}")
         else:
             vals["encoding"] = choice("encoding", ENCODINGS, "twos_complement")
+    stepped = relative or typ == "nrpn"  # an encoder's tick, an NRPN's Data Increment / Decrement
     if "step" in raw:
         st = raw["step"]
         if not _is_number(st) or math.isnan(st) or not 0 < st <= 1:
-            bad("step", f"value {st!r} is not a number in (0, 1]: the part of the control's travel one encoder "
-                        f"tick moves (default {RELATIVE_STEP:g})")
-        elif not relative and raw.get("mode") in (None, "absolute"):
-            bad("step", 'applies to mode = "relative" only (the travel of one encoder tick); '
-                        'add mode = "relative" or remove it')
+            what = ("one Data Increment / Decrement (CC 96 / 97) moves (default: one step of the data, "
+                    "1/127 or 1/16383 with cc14)" if typ == "nrpn" else
+                    f"one encoder tick moves (default {RELATIVE_STEP:g})")
+            bad("step", f"value {st!r} is not a number in (0, 1]: the part of the control's travel {what}")
+        elif not stepped and raw.get("mode") in (None, "absolute"):
+            bad("step", 'applies to mode = "relative" only (the travel of one encoder tick), and to type = "nrpn" '
+                        '(the travel of one Data Increment / Decrement); add mode = "relative" or remove it')
         else:
             vals["step"] = float(st)
     if relative:
@@ -535,17 +603,21 @@ def _check_entry(raw: Any, i: int, registry, problems: list[Problem]) -> Binding
             if relative and "step" in raw:
                 bad("step", f"{addr!r} is on/off (bool): a relative encoder turns it on clockwise and off "
                             "counterclockwise; remove step")
+            elif typ == "nrpn" and "step" in raw:
+                bad("step", f"{addr!r} is on/off (bool): Data Increment (CC 96) turns it on and Data Decrement "
+                            "(CC 97) off; remove step")
         else:
             if typ == "note":
                 bad("type", f"{addr!r} is a {kind} with range {param.range_text()}: a note can only drive an on/off "
-                            "parameter; map a cc (fader, knob) or pitch_bend")
+                            "parameter; map a cc (fader, knob), an nrpn or pitch_bend")
             if raw.get("button") in BUTTONS:  # (an unknown value is reported once, above)
                 bad("button", f"applies to on/off (bool) parameters only; {addr!r} is a {kind}")
             if kind == "choice" and ("min" in raw or "max" in raw or curve not in (None, "linear")):
                 bad("curve", f"{addr!r} is a choice ({param.range_text()}): the control is split into equal zones; "
                              "remove curve, min and max")
-            if kind == "choice" and relative and "step" in raw:
-                bad("step", f"{addr!r} is a choice ({param.range_text()}): a relative encoder moves one choice "
+            if kind == "choice" and stepped and "step" in raw:
+                how = "a Data Increment / Decrement" if typ == "nrpn" else "a relative encoder"
+                bad("step", f"{addr!r} is a choice ({param.range_text()}): {how} moves one choice "
                             "per tick; remove step")
             elif kind in ("float", "int"):
                 _check_range(raw, vals, param, addr, bad)
@@ -600,10 +672,12 @@ def parse_mapping(text: str, source: str = "midi mapping", registry=None) -> lis
         problems.append(Problem("map", f"must be an array of tables ([[map]]), got {type(entries).__name__}"))
         entries = []
     out: list[Binding] = []
+    entry_no: dict[int, int] = {}  # id(binding) -> its [[map]] number
     for i, raw in enumerate(entries):
         b = _check_entry(raw, i, registry, problems)
         if b is not None:
             out.append(b)
+            entry_no[id(b)] = i + 1
     # conflicts between entries
     seen: dict[tuple, int] = {}
     lsb_of: dict[tuple, int] = {}
@@ -629,6 +703,30 @@ def parse_mapping(text: str, source: str = "midi mapping", registry=None) -> lis
             other = out[lsb_of[b.control]]
             problems.append(Problem(f"[[map]] ({b.address})", f"{b.describe_control()} is the LSB of the 14-bit "
                                                                f"control of {other.address!r}"))
+    # NRPN: one parameter number sends one resolution; CCs 6, 38, 96..101 on its channel are NRPN's
+    nrpn_first: dict[tuple, Binding] = {}
+    nrpn_channels: dict[int, Binding] = {}
+    for b in out:
+        if b.type != "nrpn":
+            continue
+        nrpn_channels.setdefault(b.channel, b)
+        first = nrpn_first.setdefault(b.control, b)
+        if first.cc14 != b.cc14:
+            def res(x: Binding) -> str:
+                return "14-bit (cc14 = true)" if x.cc14 else "7-bit"
+            problems.append(Problem(f"[[map]] {entry_no[id(b)]} ({b.address}) cc14",
+                                    f"NRPN {b.number} on channel {b.channel} is {res(b)} here but {res(first)} for "
+                                    f"{first.address!r}: one parameter sends one kind of value; give both the "
+                                    "same cc14"))
+    for b in out:
+        taken = sorted(b.cc_numbers & NRPN_CCS)
+        if b.channel in nrpn_channels and taken:
+            other = nrpn_channels[b.channel]
+            problems.append(Problem(f"[[map]] {entry_no[id(b)]} ({b.address}) number",
+                                    f"{b.describe_control()} belongs to NRPN: channel {b.channel} has NRPN "
+                                    f"bindings (e.g. {other.describe_control()} for {other.address!r}), and CCs 6, 38 "
+                                    "and 96..101 on it are NRPN data entry, increment / decrement and select; use "
+                                    "another CC or channel"))
     if problems:
         raise MidiMapError(problems, source)
     return out
@@ -727,13 +825,16 @@ class _Bound:
     @property
     def rel_step(self) -> float:
         """A relative encoder's travel per tick: ``step``, else 1 % (an int
-        parameter: at least one whole number)."""
+        parameter: at least one whole number). An NRPN's per Data Increment /
+        Decrement: ``step``, else one step of its data (1/127, 1/16383 with
+        cc14; an int parameter: at least one whole number)."""
         if self.spec.step is not None:
             return self.spec.step
+        least = 1.0 / self.spec.steps if self.spec.type == "nrpn" else RELATIVE_STEP
         c, p = self.curve, self.param
         if p is not None and p.kind == "int" and c is not None and c.kind == "linear" and c.hi != c.lo:
-            return max(RELATIVE_STEP, 1.0 / abs(c.hi - c.lo))
-        return RELATIVE_STEP
+            return max(least, 1.0 / abs(c.hi - c.lo))
+        return least
 
     def relative_target(self, current: Any, ticks: int) -> tuple[Any, float | None]:
         """Where ``ticks`` encoder ticks take the parameter from ``current``:
@@ -762,6 +863,41 @@ class _Bound:
             i = p.choices.index(value) if value in p.choices else 0
             return int(round((i + 0.5) / n * steps))
         return int(round(self.curve.position(float(value)) * steps))
+
+
+class _NrpnSelect:
+    """One MIDI channel's (N)RPN selection, as CCs 99/98 (NRPN) and 101/100
+    (RPN) leave it. Tracked on every channel; used where the channel has
+    NRPN bindings, and by learn."""
+
+    __slots__ = ("nrpn_msb", "nrpn_lsb", "rpn_msb", "rpn_lsb", "active")
+
+    def __init__(self):
+        self.nrpn_msb: int | None = None
+        self.nrpn_lsb: int | None = None
+        self.rpn_msb: int | None = None
+        self.rpn_lsb: int | None = None
+        self.active: str | None = None  # "nrpn", "rpn" or None (nothing, or the null RPN 127/127)
+
+    def update(self, cc: int, val: int) -> None:
+        if cc == 99:
+            self.nrpn_msb, self.active = val, "nrpn"
+        elif cc == 98:
+            self.nrpn_lsb, self.active = val, "nrpn"
+        elif cc in (101, 100):
+            if cc == 101:
+                self.rpn_msb = val
+            else:
+                self.rpn_lsb = val
+            # selecting an RPN deselects the NRPN; the null RPN (127/127) deselects both
+            self.active = None if (self.rpn_msb, self.rpn_lsb) == (127, 127) else "rpn"
+
+    @property
+    def number(self) -> int | None:
+        """The selected NRPN's number, or None (none, or an RPN, selected)."""
+        if self.active != "nrpn" or self.nrpn_msb is None or self.nrpn_lsb is None:
+            return None
+        return (self.nrpn_msb << 7) | self.nrpn_lsb
 
 
 # --------------------------------------------------------------------------
@@ -1251,6 +1387,11 @@ class MidiControl:
         self._learn: Learn | None = None
         self._last_learn: Learn | None = None
         self._pending_cc14: tuple | None = None  # learn: (Learn, channel, number, deadline, first seen)
+        #: learn after an NRPN select or data entry: [Learn, channel, deadline, the NRPN number once its
+        #: data entry MSB came (waiting for an LSB), else None]
+        self._pending_nrpn: list | None = None
+        self._nrpn_sel: dict[int, _NrpnSelect] = {}  # channel 0..15 -> its (N)RPN selection
+        self._nrpn_channels: frozenset = frozenset()  # channels 0..15 with NRPN bindings
         self._bound: list[_Bound] = []
         self._by_control: dict[tuple, list[_Bound]] = {}
         self._by_address: dict[str, list[_Bound]] = {}
@@ -1383,8 +1524,8 @@ class MidiControl:
 
     def learn(self, address: str, timeout_s: float = 30.0, on_learned: Callable[[dict], None] | None = None) -> Learn:
         """Arm MIDI learn for ``address`` (checked now: ParameterError with
-        the close matches). The next CC / note-on / pitch bend on any input
-        is bound to it and saved. Replaces an armed learn. Returns the
+        the close matches). The next CC / note-on / pitch bend / NRPN on any
+        input is bound to it and saved. Replaces an armed learn. Returns the
         :class:`Learn` (``.wait()``, ``.status()``)."""
         p = self.registry.resolve(address)[2]
         if p.kind in ("str", "dict"):
@@ -1570,7 +1711,8 @@ class MidiControl:
         q = self._q
         while True:
             try:
-                item = q.get(timeout=0.05 if (self._learn is not None or self._pending_cc14) else 0.5)
+                item = q.get(timeout=0.05 if (self._learn is not None or self._pending_cc14
+                                              or self._pending_nrpn) else 0.5)
             except queue.Empty:
                 item = None
             if item is _STOP:
@@ -1590,9 +1732,11 @@ class MidiControl:
             lr, ch, num, _, _ = self._pending_cc14
             self._pending_cc14 = None
             self._learned(lr, "cc", ch, num, cc14=False)
+        if self._pending_nrpn is not None and now >= self._pending_nrpn[2]:
+            self._nrpn_learn_end()
         with self._lock:
             lr = self._learn
-            if lr is not None and now >= lr.deadline and self._pending_cc14 is None:
+            if lr is not None and now >= lr.deadline and self._pending_cc14 is None and self._pending_nrpn is None:
                 self._learn = None
             else:
                 lr = None
@@ -1661,9 +1805,14 @@ class MidiControl:
         else:
             self.counters["unmapped"] += 1
             return
+        if ev[0] == "cc" and ev[2] in NRPN_CCS:
+            self._nrpn_sel.setdefault(ch, _NrpnSelect()).update(ev[2], ev[3])
         if self._learn_event(ev):
             return
         typ, ch, num, val = ev
+        if typ == "cc" and num in NRPN_CCS and ch in self._nrpn_channels:
+            self._nrpn_event(ch, num, val)
+            return
         hit = False
         bs = self._by_control.get((typ, ch, num), ())
         if bs and bs[0].spec.relative and self._relative_echo(bs, val):
@@ -1679,6 +1828,51 @@ class MidiControl:
         if not hit:
             self.counters["unmapped"] += 1
 
+    def _nrpn_event(self, ch: int, num: int, val: int) -> None:
+        """CC 6, 38, 96..101 on a channel with NRPN bindings: NRPN's (the
+        selection itself is kept by :meth:`_midi`)."""
+        if num in (98, 99, 100, 101):
+            return  # a select: nothing moves until its data comes
+        sel = self._nrpn_sel.get(ch)
+        number = sel.number if sel is not None else None
+        bs = self._by_control.get(("nrpn", ch, number), ()) if number is not None else ()
+        if not bs:
+            self.counters["unmapped"] += 1  # data for an RPN, for no selection, or for an NRPN not mapped
+            return
+        for b in bs:
+            if num == 6:
+                self._apply(b, val)
+            elif num == 38:
+                if b.spec.cc14:  # (a 7-bit binding's value is the MSB alone)
+                    self._apply(b, val, lsb=True)
+            else:
+                self._apply_step(b, 1 if num == 96 else -1)
+
+    def _apply_step(self, b: _Bound, ticks: int) -> None:
+        """NRPN Data Increment (+1) / Decrement (-1): move the value ``step``
+        of the travel from wherever it is (the data byte is not an amount),
+        clamped at the ends; the controller gets the new value."""
+        spec = b.spec
+        try:
+            p = b.refresh()
+        except (ParameterError, ValueError) as e:
+            self._error(spec.address, str(e))
+            return
+        cur = self.registry.get(spec.address)
+        new, pos = b.relative_target(cur, ticks)
+        if new == cur:
+            b.rel = (pos, cur) if pos is not None else None
+            self._resend(b, cur)  # at an end: the display (a motor fader) shows where it is
+            return
+        stored = self._set(b, new)
+        b.rel = (pos, stored) if (pos is not None and stored is not None) else None
+        if stored is None:
+            return
+        if p.kind != "bool":  # (an LED always gets its state: see _feedback)
+            self._resend(b, stored)  # the console's display or motor fader follows the steps
+            if spec.takeover == "pickup" and p.kind in ("float", "int"):
+                b.attached = False  # a fader on the data entry that did not follow picks the value up first
+
     def _apply(self, b: _Bound, val: int, lsb: bool = False) -> None:
         spec = b.spec
         try:
@@ -1690,7 +1884,9 @@ class MidiControl:
             self._apply_relative(b, p, val)
             return
         if p.kind == "bool":
-            press = val >= 64 if spec.type == "cc" else val > 0
+            if lsb and spec.type == "nrpn":
+                return  # a 14-bit NRPN button: its data entry MSB said it (>= 64 is on)
+            press = val >= 64 if spec.type in ("cc", "nrpn") else val > 0
             live = b.live_feedback(ECHO_S)
             hit = next((i for i, (raw, _) in enumerate(live) if (raw >= 64) == press), None)
             if hit is not None:
@@ -1714,7 +1910,7 @@ class MidiControl:
                 return
             self._set(b, new)
             return
-        if spec.cc14 and spec.type == "cc":
+        if spec.cc14 and spec.type in ("cc", "nrpn"):
             if lsb:
                 raw = (b.msb << 7) | val
             else:
@@ -1846,6 +2042,16 @@ class MidiControl:
             msgs = [[0x90 | ch, spec.number, 127 if raw >= 64 else 0]]
         elif spec.type == "pitch_bend":
             msgs = [[0xE0 | ch, raw & 0x7F, raw >> 7]]
+        elif spec.type == "nrpn":
+            # the whole sequence every time: select (99, 98), data entry MSB (6) and, 14-bit, LSB (38)
+            n = spec.number
+            if b.param is not None and b.param.kind == "bool":
+                data = [127 if raw >= 64 else 0] + ([0] if spec.cc14 else [])
+            else:
+                data = [raw >> 7, raw & 0x7F] if spec.cc14 else [raw]
+            msgs = [[0xB0 | ch, 99, n >> 7], [0xB0 | ch, 98, n & 0x7F], [0xB0 | ch, 6, data[0]]]
+            if len(data) > 1:
+                msgs.append([0xB0 | ch, 38, data[1]])
         elif spec.cc14:
             msgs = [[0xB0 | ch, spec.number, raw >> 7], [0xB0 | ch, spec.number + 32, raw & 0x7F]]
         else:
@@ -1878,6 +2084,7 @@ class MidiControl:
             by_control.setdefault(b.spec.control, []).append(b)
             by_address.setdefault(b.spec.address, []).append(b)
         self._bound, self._by_control, self._by_address = bound, by_control, by_address
+        self._nrpn_channels = frozenset(b.spec.channel - 1 for b in bound if b.spec.type == "nrpn")
 
     def _save(self) -> None:
         _write_atomic(self.mapping_path, mapping_to_toml([b.spec for b in self._bound]))
@@ -1885,6 +2092,10 @@ class MidiControl:
     def _learn_event(self, ev: tuple) -> bool:
         """Offer an event to an armed learn; True when it was used."""
         typ, ch, num, val = ev
+        if self._pending_nrpn is not None:
+            used = self._nrpn_learn_event(ev)
+            if used:
+                return True
         pend = self._pending_cc14
         if pend is not None:
             lr, pch, pnum, _, first = pend
@@ -1920,6 +2131,27 @@ class MidiControl:
         if typ == "pitch_bend" and p.kind == "bool":
             lr.note = f"pitch bend passed over: {lr.address} is on/off; press a button"
             return True
+        if typ == "cc" and num in NRPN_CCS:
+            sel = self._nrpn_sel.get(ch)
+            if num in (99, 98) or (num in (6, 38, 96, 97) and sel is not None and sel.number is not None):
+                # an NRPN (a console's parameter): its select (CC 99/98) comes first, then its data entry
+                # (CC 6, 38 for 14-bit) or increment / decrement (96/97); or the data of an NRPN selected
+                # before learn was armed. Learned as a plain CC, CC 99 bound the select, not the control
+                now = time.monotonic()
+                self._pending_nrpn = [lr, ch, now + NRPN_LEARN_MAX_S, None]
+                return self._nrpn_learn_event(ev) or True
+            if num in (101, 100):
+                lr.note = (f"RPN select (CC {num}) on channel {ch + 1} passed over: RPNs (pitch bend range, "
+                           "tuning) are not mapped; move a control")
+                return True
+            if sel is not None and sel.active == "rpn":
+                lr.note = (f"CC {num} on channel {ch + 1} passed over: it is data for the RPN selected there "
+                           "(RPNs are not mapped)")
+                return True
+            if ch in self._nrpn_channels:
+                lr.note = (f"CC {num} on channel {ch + 1} passed over: channel {ch + 1} has NRPN bindings, and "
+                           "CCs 6, 38 and 96..101 on it belong to NRPN")
+                return True
         if typ == "cc" and num < 64 and p.kind in ("float", "int"):
             # CC n < 32 may be a 14-bit MSB (its LSB, CC n + 32, follows); CC n in 32..63 may be a
             # 14-bit LSB sent alone, as MIDI 1.0 allows while the MSB stays the same (a fader moved
@@ -1930,6 +2162,52 @@ class MidiControl:
             return True
         self._learned(lr, typ, ch, num, cc14=False)
         return True
+
+    def _nrpn_learn_event(self, ev: tuple) -> bool:
+        """Offer an event to a learn waiting on an NRPN (``_pending_nrpn``):
+        True when used; False when the pending NRPN ended (learned, or
+        dropped) and the event is to be handled as usual."""
+        lr, pch, _, data_of = self._pending_nrpn
+        data_seen = data_of is not None
+        typ, ch, num, val = ev
+        sel = self._nrpn_sel.get(pch)
+        number = sel.number if sel is not None else None
+        if typ == "cc" and ch == pch and num in (99, 98) and not data_seen:
+            return True  # the rest of the select
+        if typ == "cc" and ch == pch and number is not None and num in (6, 38, 96, 97):
+            if num == 38:  # a data entry LSB: 14-bit
+                self._nrpn_learn_end(cc14=True)
+                return True
+            if not data_seen:
+                try:
+                    kind = self.registry.resolve(lr.address)[2].kind
+                except ParameterError:
+                    kind = "bool"  # (_learned says why)
+                if num == 6 and kind != "bool":
+                    # its LSB (CC 38) may follow, as a 14-bit CC's does
+                    self._pending_nrpn[2:4] = [time.monotonic() + CC14_LEARN_WINDOW_S, number]
+                    return True
+                self._nrpn_learn_end(cc14=False)
+                return True
+        # anything else (the next select, another data entry, another control): the NRPN is 7-bit, or
+        # there was none
+        self._nrpn_learn_end()
+        return False
+
+    def _nrpn_learn_end(self, cc14: bool = False) -> None:
+        """End a learn waiting on an NRPN: bind the selected NRPN (7-bit unless
+        ``cc14``), or, when no whole parameter number was selected, let the
+        learn wait on for another control."""
+        lr, ch, _, number = self._pending_nrpn
+        self._pending_nrpn = None
+        if number is None:  # no data entry yet: the selection as it stands (a select alone, then nothing)
+            sel = self._nrpn_sel.get(ch)
+            number = sel.number if sel is not None else None
+        if number is None:
+            lr.note = (f"an NRPN select on channel {ch + 1} without its other half (CC 99 and CC 98 both "
+                       "select it) passed over; move the control again")
+            return
+        self._learned(lr, "nrpn", ch, number, cc14=cc14)
 
     def _announce(self, lr: Learn, doc: dict) -> None:
         cbs = self.on_learned
@@ -1956,6 +2234,15 @@ class MidiControl:
                        curve=None if p.kind in ("bool", "choice") else default_curve(p), cc14=cc14,
                        takeover="pickup" if p.kind in ("float", "int") else "jump")
         keep = [b.spec for b in self._bound if b.spec.address != spec.address and b.spec.control != spec.control]
+        if typ == "nrpn":
+            # plain CCs 6, 38, 96..101 on the channel belong to NRPN now: their bindings would make the
+            # mapping file one the next start refuses (parse_mapping)
+            taken = [s for s in keep if s.channel == spec.channel and s.cc_numbers & NRPN_CCS]
+            if taken:
+                keep = [s for s in keep if s not in taken]
+                lr.note = (f"CCs 6, 38 and 96..101 on channel {spec.channel} belong to NRPN now: the binding of "
+                           f"{', '.join(f'{s.describe_control()} to {s.address!r}' for s in taken)} is removed")
+                log.warning("MIDI learn: %s", lr.note)
         if cc14:
             keep = [s for s in keep if s.control != spec.lsb_control]
         # a 14-bit binding whose LSB is the control just learned would make the mapping file one the

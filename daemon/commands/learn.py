@@ -3,8 +3,8 @@ from ..errors import ControlError
 
 
 class Learn(Command):
-    """MIDI learn: arm ``address``; the next MIDI control moved (CC, note
-    or pitch bend, on any MIDI input) is bound to it and saved to the
+    """MIDI learn: arm ``address``; the next MIDI control moved (CC, note,
+    pitch bend or NRPN, on any MIDI input) is bound to it and saved to the
     mapping file. Replies at once with ``armed`` and ``timeout_s``; the
     binding is announced as ``event.learn`` on the event stream (``quietcast
     ctl learn`` waits for it); a learn that ends without one is announced

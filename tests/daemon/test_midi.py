@@ -303,6 +303,21 @@ class Surface:
     def bend(self, ch: int, value14: int) -> None:
         self.send([0xE0 | (ch - 1), value14 & 0x7F, value14 >> 7])
 
+    def nrpn(self, ch: int, number: int | None, msb: int | None = None, lsb: int | None = None,
+             step: int = 0) -> None:
+        """An NRPN as consoles send it: the select (CC 99, 98; none when
+        ``number`` is None), then the data entry MSB (CC 6) and LSB (CC 38),
+        each if given, and ``step`` Data Increments (CC 96, > 0) or
+        Decrements (CC 97, < 0)."""
+        st = 0xB0 | (ch - 1)
+        msgs = [] if number is None else [[st, 99, number >> 7], [st, 98, number & 0x7F]]
+        if msb is not None:
+            msgs.append([st, 6, msb])
+        if lsb is not None:
+            msgs.append([st, 38, lsb])
+        msgs += [[st, 96 if step > 0 else 97, 127]] * abs(step)
+        self.send_many(msgs)
+
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until the daemon has handled every message sent so far."""
         assert wait_until(lambda: self.mc.counters["received"] >= self.sent + self.base, timeout, 0.005), \
@@ -1669,3 +1684,420 @@ def test_jack_midi_connections_survive_a_midi_reload_and_a_restart(jack_servers,
         if s is not None:
             s.close()
         stop(d, t)
+
+
+# --------------------------------------------------------------------------
+# NRPN
+
+
+def test_nrpn_bindings_round_trip_and_every_problem_is_named():
+    bs = [Binding("host.strength", "nrpn", 2, 1234),
+          Binding("host.output_gain_db", "nrpn", 2, 16383, curve="db", cc14=True, step=0.05),
+          Binding("guest.strength", "nrpn", 16, 0, takeover="jump"),
+          Binding("guest.input_gain_db", "cc", 1, 6)]  # plain CC 6 on a channel without NRPN bindings
+    text = midi.mapping_to_toml(bs)
+    assert 'type = "nrpn"' in text and "number = 16383" in text and "step = 0.05" in text
+    assert parse_mapping(text) == bs
+    assert bs[0].describe_control() == "NRPN 1234 on channel 2"
+    assert bs[1].describe_control() == "NRPN 16383 (14-bit) on channel 2"
+    assert bs[0].control == ("nrpn", 1, 1234) and bs[0].steps == 127 and bs[1].steps == 16383
+    bad = """
+[[map]]
+address = "host.strength"
+type = "nrpn"
+channel = 2
+number_msb = 9
+number_lsb = 82
+
+[[map]]
+address = "host.input_gain_db"
+type = "nrpn"
+number = 16384
+mode = "relative"
+
+[[map]]
+address = "guest.strength"
+type = "nrpn"
+number = 5
+step = 0
+
+[[map]]
+address = "guest.input_gain_db"
+type = "nprn"
+number = 5
+
+[[map]]
+address = "host.background_db"
+number = 7
+step = 0.1
+"""
+    with pytest.raises(MidiMapError) as ei:
+        parse_mapping(bad, source="midi.toml")
+    e = ei.value
+    text = str(e)
+    expected = [
+        ("[[map]] 1 (host.strength) number_msb", "number = MSB * 128 + LSB"),
+        ("[[map]] 1 (host.strength) number_msb", "(here number = 1234)"),
+        ("[[map]] 1 (host.strength) number_lsb", "(here number = 1234)"),
+        ("[[map]] 1 (host.strength) number", "the NRPN parameter number 0..16383"),
+        ("[[map]] 2 (host.input_gain_db) number", "not an integer 0..16383"),
+        ("[[map]] 2 (host.input_gain_db) mode", "type = \"cc\" only, not 'nrpn'"),
+        ("[[map]] 3 (guest.strength) step", "one Data Increment / Decrement"),
+        ("[[map]] 4 (guest.input_gain_db) type", "cc, note, pitch_bend, nrpn (did you mean 'nrpn'?)"),
+        ("[[map]] 5 (host.background_db) step", 'type = "nrpn"'),
+    ]
+    for where, what in expected:
+        assert any(p.where == where and what in p.message for p in e.problems), (where, what, text)
+    assert len(e.problems) == len(expected) - 1, text  # (number_msb's two checks are one problem)
+    # one NRPN on one channel is 7- or 14-bit, not both
+    mixed = _map(host__strength=dict(type="nrpn", channel=2, number=1234, cc14=True),
+                 guest__strength=dict(type="nrpn", channel=2, number=1234))
+    with pytest.raises(MidiMapError) as ei:
+        parse_mapping(mixed)
+    (p,) = ei.value.problems
+    assert p.where == "[[map]] 2 (guest.strength) cc14"
+    assert "NRPN 1234 on channel 2 is 7-bit here but 14-bit (cc14 = true) for 'host.strength'" in p.message
+    # ... on other channels or numbers they are separate parameters; a gang of one kind is fine
+    ok = _map(host__strength=dict(type="nrpn", channel=2, number=1234, cc14=True),
+              guest__strength=dict(type="nrpn", channel=3, number=1234),
+              host__input_gain_db=dict(type="nrpn", channel=2, number=1235),
+              guest__input_gain_db=dict(type="nrpn", channel=2, number=1234, cc14=True))
+    assert len(parse_mapping(ok)) == 4
+    # CCs 6, 38, 96..101 on a channel with NRPN bindings are NRPN's
+    clash = _map(host__strength=dict(type="nrpn", channel=2, number=1234),
+                 guest__strength=dict(type="cc", channel=2, number=99),
+                 host__input_gain_db=dict(type="cc", channel=2, number=6, cc14=True),
+                 guest__input_gain_db=dict(type="cc", channel=2, number=7),  # not one of them
+                 host__background_db=dict(type="cc", channel=3, number=99))  # another channel
+    with pytest.raises(MidiMapError) as ei:
+        parse_mapping(clash)
+    ps = ei.value.problems
+    assert [p.where for p in ps] == ["[[map]] 2 (guest.strength) number", "[[map]] 3 (host.input_gain_db) number"]
+    assert "CC 99 on channel 2 belongs to NRPN: channel 2 has NRPN bindings (e.g. NRPN 1234 on channel 2 for " \
+           "'host.strength')" in ps[0].message and "use another CC or channel" in ps[0].message
+    assert ps[1].message.startswith("CC 6/38 (14-bit) on channel 2 belongs to NRPN")
+
+
+def test_the_nrpn_selection_follows_cc_99_98_and_an_rpn_deselects_it():
+    sel = midi._NrpnSelect()
+    assert sel.number is None
+    sel.update(99, 9)
+    assert sel.number is None  # half a select
+    sel.update(98, 82)
+    assert sel.number == 1234
+    sel.update(98, 83)  # the MSB stays
+    assert sel.number == 1235
+    sel.update(101, 0)  # an RPN (pitch bend range): not an NRPN any more
+    sel.update(100, 0)
+    assert sel.number is None and sel.active == "rpn"
+    sel.update(99, 9)
+    assert sel.number == 1235
+    sel.update(101, 127)
+    sel.update(100, 127)  # the null RPN: nothing selected
+    assert sel.number is None and sel.active is None
+
+
+def test_an_nrpn_increment_moves_one_data_step_or_its_step():
+    from quietcast.bridge.params import Param
+
+    p = Param("strength", "float", 0.5, 0.0, 1.0)
+    for spec, want in ((Binding("x.strength", "nrpn", 1, 5), 1 / 127),
+                       (Binding("x.strength", "nrpn", 1, 5, cc14=True), 1 / 16383),
+                       (Binding("x.strength", "nrpn", 1, 5, step=0.1), 0.1)):
+        b = midi._Bound(spec, None)
+        b.param, b.curve = p, midi._curve_for(spec, p)
+        assert b.rel_step == pytest.approx(want)
+    n = Param("delay_samples", "int", 0, 0, 10)
+    b = midi._Bound(Binding("x.delay_samples", "nrpn", 1, 5), None)
+    b.param, b.curve = n, midi._curve_for(b.spec, n)
+    assert b.relative_target(3, 1)[0] == 4  # an int: at least one whole number
+
+
+def _expect_seq(s: Surface, seq: list[list[int]], timeout: float = 5.0) -> None:
+    """``seq`` arrived on the surface, message after message."""
+    def found():
+        got, n = list(s.got), len(seq)
+        return any(got[i:i + n] == seq for i in range(len(got) - n + 1))
+    assert wait_until(found, timeout, 0.005), f"{seq} not received in a row; got {s.got[-12:]}"
+
+
+def _linked(r: Rig) -> None:
+    """Wait until the daemon has seen the surface linked to its output and
+    sent it every value (the bridge looks every 0.25 s): a later resync
+    would look like feedback to the control that moved."""
+    port = f"{r.s.name}-rx:in"
+    assert wait_until(lambda: port in r.mc.status()["jack"]["connections"]["out"], 10, 0.01)
+    time.sleep(0.3)  # its "linked" line follows the "conn" line within the same look
+    r.mc._call(lambda: None)  # the dispatcher has handled what the bridge queued before
+
+
+@pytest.mark.jack
+def test_nrpn_moves_parameters_with_7_and_14_bit_data(daemon, tmp_path):
+    """A console's NRPN: CC 99/98 select the parameter, CC 6 (and CC 38
+    for 14-bit) set it, with the binding's curve and soft takeover; the
+    selection stays for the data that follows, an RPN select ends it. Plain
+    CCs 6 and 99 on a channel without NRPN bindings stay plain CCs."""
+    reg = daemon.registry
+    reg.set("guest.strength", 0.5, source="test")
+    mapping = _map(host__strength=dict(type="nrpn", channel=2, number=1234, takeover="jump"),
+                   host__output_gain_db=dict(type="nrpn", channel=2, number=1235, cc14=True, takeover="jump"),
+                   guest__strength=dict(type="nrpn", channel=2, number=300, cc14=True),  # soft takeover
+                   host__input_gain_db=dict(type="cc", channel=1, number=6, takeover="jump"),
+                   guest__input_gain_db=dict(type="cc", channel=1, number=99, takeover="jump"))
+    with Rig(daemon, tmp_path, mapping) as r:
+        s, mc = r.s, r.mc
+        s.nrpn(2, 1234, 64)  # NRPN 1234 = 9 * 128 + 82
+        r.value_becomes("host.strength", 64 / 127)
+        s.nrpn(2, 1234, 127)
+        r.value_becomes("host.strength", 1.0)
+        s.nrpn(2, None, 0)  # data entry alone: the selected NRPN still
+        r.value_becomes("host.strength", 0.0)
+        # 14-bit on the db fader law
+        fader = Curve("db", -96.0, 24.0, bottom_inf=True)
+        s.nrpn(2, 1235, 127, 127)
+        r.value_becomes("host.output_gain_db", 24.0)
+        s.nrpn(2, 1235, 96, 0)
+        r.value_becomes("host.output_gain_db", fader.value(96 * 128 / 16383))
+        s.nrpn(2, None, None, 5)  # the LSB alone refines
+        r.value_becomes("host.output_gain_db", fader.value((96 * 128 + 5) / 16383))
+        assert reg.get("host.output_gain_db") != pytest.approx(fader.value(96 * 128 / 16383), abs=1e-9)
+        s.nrpn(2, None, 100)  # a new MSB resets the LSB
+        r.value_becomes("host.output_gain_db", fader.value(100 * 128 / 16383))
+        # an NRPN not mapped, and data after an RPN select (or the null RPN) move nothing
+        s.nrpn(2, 1234, 10)
+        r.value_becomes("host.strength", 10 / 127)
+        unmapped = mc.counters["unmapped"]
+        s.nrpn(2, 1236, 90)
+        s.send_many([[0xB1, 101, 0], [0xB1, 100, 0], [0xB1, 6, 90], [0xB1, 38, 0], [0xB1, 96, 127]])
+        s.send_many([[0xB1, 101, 127], [0xB1, 100, 127], [0xB1, 6, 91]])
+        s.flush()
+        assert reg.get("host.strength") == pytest.approx(10 / 127)
+        assert mc.counters["unmapped"] - unmapped == 5
+        s.nrpn(2, 1234, 20)  # selected again
+        r.value_becomes("host.strength", 20 / 127)
+        # soft takeover: guest.strength is at 0.5 (8191.5 of 16383)
+        ignored = mc.counters["ignored_pickup"]
+        s.nrpn(2, 300, 10, 0)
+        s.nrpn(2, None, 30, 0)
+        s.flush()
+        assert reg.get("guest.strength") == 0.5
+        assert mc.counters["ignored_pickup"] - ignored == 4  # (each MSB and each LSB)
+        s.nrpn(2, None, 70, 3)  # crossed it: picked up
+        r.value_becomes("guest.strength", (70 * 128 + 3) / 16383)
+        # channel 1 has no NRPN binding: its CCs 6 and 99 are plain CCs
+        s.cc(1, 6, 127)
+        r.value_becomes("host.input_gain_db", 24.0)
+        s.cc(1, 99, 127)
+        r.value_becomes("guest.input_gain_db", 24.0)
+        s.cc(1, 6, 0)
+        r.value_becomes("host.input_gain_db", -60.0)
+        controls = {b["address"]: b["control"] for b in mc.bindings()}
+        assert controls["host.strength"] == "NRPN 1234 on channel 2"
+        assert controls["host.output_gain_db"] == "NRPN 1235 (14-bit) on channel 2"
+        assert mc.counters["errors"] == 0
+
+
+@pytest.mark.jack
+def test_nrpn_increment_decrement_and_buttons(daemon, tmp_path):
+    """Data Increment / Decrement (CC 96 / 97) move the selected NRPN one
+    data step (or ``step``) from where it is, stopping at the ends, and the
+    console gets the new value; a fader on it picks the value up again. An
+    on/off NRPN is a button: data >= 64 presses it (a 14-bit one's LSB does
+    not release it), increment turns it on, decrement off."""
+    reg = daemon.registry
+    reg.set("host.strength", 64 / 127, source="test")  # on the 7-bit grid
+    reg.set("guest.strength", 0.5, source="test")
+    for a in ("host.bypass", "host.mute"):
+        reg.set(a, False, source="test")
+    mapping = _map(host__strength=dict(type="nrpn", channel=3, number=10),
+                   guest__strength=dict(type="nrpn", channel=3, number=11, cc14=True, step=0.1),
+                   host__bypass=dict(type="nrpn", channel=3, number=20),
+                   host__mute=dict(type="nrpn", channel=3, number=21, button="momentary", cc14=True))
+    # what only the parameter tells: an on/off or a choice NRPN has no step
+    with pytest.raises(MidiMapError) as ei:
+        parse_mapping(_map(host__bypass=dict(type="nrpn", number=20, step=0.1)), registry=reg)
+    assert [(p.where, "Data Increment (CC 96) turns it on" in p.message) for p in ei.value.problems] == [
+        ("[[map]] 1 (host.bypass) step", True)]
+    try:
+        with Rig(daemon, tmp_path, mapping) as r:
+            s, mc = r.s, r.mc
+            _linked(r)
+            s.nrpn(3, 10, step=1)
+            r.value_becomes("host.strength", 65 / 127)
+            _expect_seq(s, [[0xB2, 99, 0], [0xB2, 98, 10], [0xB2, 6, 65]])  # the console follows
+            s.nrpn(3, None, step=-2)
+            r.value_becomes("host.strength", 63 / 127)
+            _expect_seq(s, [[0xB2, 99, 0], [0xB2, 98, 10], [0xB2, 6, 63]])
+            # a fader on the data entry picks the stepped value up before it moves it
+            ignored = mc.counters["ignored_pickup"]
+            s.nrpn(3, 10, 100)
+            s.flush()
+            assert reg.get("host.strength") == pytest.approx(63 / 127)
+            assert mc.counters["ignored_pickup"] == ignored + 1
+            s.nrpn(3, 10, 62)  # within a step of 63
+            r.value_becomes("host.strength", 62 / 127)
+            # step = 0.1 of the travel, 14-bit feedback
+            s.nrpn(3, 11, step=3)
+            r.value_becomes("guest.strength", 0.8)
+            raw = round(0.8 * 16383)
+            _expect_seq(s, [[0xB2, 99, 0], [0xB2, 98, 11], [0xB2, 6, raw >> 7], [0xB2, 38, raw & 0x7F]])
+            s.nrpn(3, None, step=5)
+            r.value_becomes("guest.strength", 1.0)  # the top
+            s.nrpn(3, None, step=1)
+            s.flush()
+            assert reg.get("guest.strength") == 1.0
+            # a toggle: presses (data >= 64) flip it, releases do nothing; its LED follows
+            s.nrpn(3, 20, 127)
+            r.value_becomes("host.bypass", True)
+            _expect_seq(s, [[0xB2, 99, 0], [0xB2, 98, 20], [0xB2, 6, 127]])
+            s.nrpn(3, None, 0)
+            s.flush()
+            assert reg.get("host.bypass") is True
+            s.nrpn(3, 20, 100)
+            r.value_becomes("host.bypass", False)
+            _expect_seq(s, [[0xB2, 99, 0], [0xB2, 98, 20], [0xB2, 6, 0]])
+            s.nrpn(3, 20, step=1)  # increment: on
+            r.value_becomes("host.bypass", True)
+            s.nrpn(3, None, step=-1)  # decrement: off
+            r.value_becomes("host.bypass", False)
+            # a 14-bit momentary button: held while the MSB says so, whatever the LSB
+            s.nrpn(3, 21, 127, 0)
+            r.value_becomes("host.mute", True)
+            s.flush()
+            time.sleep(0.1)
+            assert reg.get("host.mute") is True
+            s.nrpn(3, 21, 0, 0)
+            r.value_becomes("host.mute", False)
+            reg.set("host.mute", True, source="zmq")  # its LED: MSB 127, LSB 0
+            _expect_seq(s, [[0xB2, 99, 0], [0xB2, 98, 21], [0xB2, 6, 127], [0xB2, 38, 0]])
+            assert mc.counters["errors"] == 0
+    finally:
+        for a in ("host.bypass", "host.mute"):
+            reg.set(a, False, source="test")
+
+
+@pytest.mark.jack
+def test_nrpn_feedback_sends_the_whole_sequence_and_its_echo_is_ignored(daemon, tmp_path):
+    """A value changed elsewhere goes out as the whole NRPN (99, 98, 6,
+    and 38 for 14-bit) so that a motor fader follows; the fader that moved
+    it gets no echo. A surface (or soft thru) that sends the sequence back,
+    here the daemon's MIDI out patched into its MIDI in, moves nothing: an
+    exact value stays exact, a button stays, two controllers do not feed
+    each other."""
+    import jack
+
+    reg = daemon.registry
+    reg.set("host.bypass", False, source="test")
+    mapping = _map(host__strength=dict(type="nrpn", channel=2, number=1234),
+                   guest__output_gain_db=dict(type="nrpn", channel=2, number=1235, cc14=True),
+                   host__bypass=dict(type="nrpn", channel=2, number=20))
+    mapping += '[[map]]\naddress = "host.strength"\ntype = "cc"\nchannel = 1\nnumber = 7\n'  # a second controller
+    try:
+        with Rig(daemon, tmp_path, mapping) as r:
+            s, mc = r.s, r.mc
+            _linked(r)
+            reg.set("host.strength", 0.25, source="zmq")
+            _expect_seq(s, [[0xB1, 99, 9], [0xB1, 98, 82], [0xB1, 6, 32]])
+            b = mc._by_address["guest.output_gain_db"][0]
+            reg.set("guest.output_gain_db", -6.0, source="zmq")
+            raw = b.raw_for(-6.0)
+            _expect_seq(s, [[0xB1, 99, 9], [0xB1, 98, 83], [0xB1, 6, raw >> 7], [0xB1, 38, raw & 0x7F]])
+            reg.set("host.bypass", True, source="zmq")
+            _expect_seq(s, [[0xB1, 99, 0], [0xB1, 98, 20], [0xB1, 6, 127]])
+            # no echo to the fader that made the change
+            s.nrpn(2, 1234, 32)  # picks up at 0.25
+            s.nrpn(2, 1234, 40)
+            r.value_becomes("host.strength", 40 / 127)
+            reg.set("host.bypass", False, source="zmq")  # a marker after it
+            _expect_seq(s, [[0xB1, 99, 0], [0xB1, 98, 20], [0xB1, 6, 0]])
+            assert [0xB1, 6, 40] not in s.got
+            s.expect([0xB0, 7, 40])  # the other controller of host.strength follows
+            loop = jack.Client("qcecho", servername=r.server, no_start_server=True)
+            try:
+                loop.connect(mc.jack_out_name, mc.jack_in_name)
+                applied = mc.counters["applied"]
+                for address, v in (("guest.output_gain_db", -6.5), ("host.strength", 0.5), ("host.bypass", True),
+                                   ("host.bypass", False)):
+                    echoes = mc.counters["echo_ignored"]
+                    reg.set(address, v, source="zmq")
+                    assert wait_until(lambda: mc.counters["echo_ignored"] > echoes, 5), mc.counters
+                    time.sleep(0.3)
+                    assert reg.get(address) == v
+                assert mc.counters["applied"] == applied, "an echo was taken as a move or a press"
+                s.nrpn(2, 1234, 64)  # the hand, at the value: it attaches and sets
+                time.sleep(1.0)
+                n = mc.counters["applied"] - applied
+                assert 1 <= n <= 2, f"{n} sets from one move: the controllers feed each other"
+            finally:
+                loop.close()
+            assert mc.counters["errors"] == 0
+    finally:
+        reg.set("host.bypass", False, source="test")
+        reg.set("guest.output_gain_db", 0.0, source="test")
+
+
+@pytest.mark.jack
+def test_learn_binds_an_nrpn_not_its_select_cc(daemon, tmp_path):
+    """Learn with a console that sends NRPNs binds the NRPN (14-bit when
+    CC 38 follows the data entry), not CC 99 as a plain CC (which bound
+    the select: every NRPN of the console on that channel moved it). The
+    data of an NRPN selected before learn was armed is learned as that
+    NRPN; RPNs are passed over; a plain CC binding that the new NRPN
+    channel takes over is removed, and the file stays loadable."""
+    reg = daemon.registry
+    reg.set("host.strength", 0.5, source="test")
+    reg.set("host.bypass", False, source="test")
+    mapping = _map(host__input_gain_db=dict(type="cc", channel=2, number=6))
+    try:
+        with Rig(daemon, tmp_path, mapping) as r:
+            s, mc = r.s, r.mc
+            lr = mc.learn("host.strength", timeout_s=20)
+            s.nrpn(2, 1234, 64, 0)
+            assert lr.wait(10) == Binding("host.strength", "nrpn", 2, 1234, curve="linear", cc14=True)
+            assert "belong to NRPN now" in lr.status()["note"] and "CC 6 on channel 2" in lr.status()["note"]
+            assert [b.address for b in load_mapping(r.path, reg)] == ["host.strength"]
+            s.nrpn(2, 1234, 64, 0)  # at the value (8192 of 16383): picked up
+            s.nrpn(2, None, 100, 1)
+            r.value_becomes("host.strength", (100 * 128 + 1) / 16383)
+            # 7-bit: no CC 38 follows
+            lr = mc.learn("guest.strength", timeout_s=20)
+            s.nrpn(3, 300, 10)
+            assert lr.wait(10) == Binding("guest.strength", "nrpn", 3, 300, curve="linear")
+            # a button: learned on its press, which does not toggle it
+            lr = mc.learn("host.bypass", timeout_s=20)
+            s.nrpn(3, 20, 127)
+            assert lr.wait(10) == Binding("host.bypass", "nrpn", 3, 20, takeover="jump")
+            s.flush()
+            assert reg.get("host.bypass") is False
+            s.nrpn(3, 20, 0)
+            s.nrpn(3, 20, 127)
+            r.value_becomes("host.bypass", True)
+            # the data of an NRPN the console selected before learn was armed
+            s.nrpn(4, 77)
+            s.flush()
+            lr = mc.learn("guest.input_gain_db", timeout_s=20)
+            s.nrpn(4, None, 50)
+            assert lr.wait(10) == Binding("guest.input_gain_db", "nrpn", 4, 77, curve="db")
+            # RPNs (pitch bend range here) are passed over, their data too, until the null RPN
+            lr = mc.learn("host.input_gain_db", timeout_s=20)
+            s.send_many([[0xB4, 101, 0], [0xB4, 100, 0], [0xB4, 6, 2], [0xB4, 38, 0]])
+            s.flush()
+            assert lr.status()["state"] == "armed" and "RPN" in lr.status()["note"]
+            s.send_many([[0xB4, 101, 127], [0xB4, 100, 127]])
+            s.cc(5, 7, 10)
+            assert lr.wait(10) == Binding("host.input_gain_db", "cc", 5, 7, curve="db")
+            saved = {b.address: b.describe_control() for b in load_mapping(r.path, reg)}
+            assert saved == {"host.strength": "NRPN 1234 (14-bit) on channel 2",
+                             "guest.strength": "NRPN 300 on channel 3", "host.bypass": "NRPN 20 on channel 3",
+                             "guest.input_gain_db": "NRPN 77 on channel 4", "host.input_gain_db": "CC 7 on channel 5"}
+            assert mc.counters["errors"] == 0
+    finally:
+        reg.set("host.bypass", False, source="test")
+
+
+def test_the_readme_nrpn_example_is_a_valid_mapping():
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    block = readme.split("**NRPN.**", 1)[1].split("```toml", 1)[1].split("```", 1)[0]
+    (b,) = parse_mapping("\n".join(line.strip() for line in block.splitlines()))
+    assert (b.type, b.number, b.cc14, b.describe_control()) == ("nrpn", 1234, True, "NRPN 1234 (14-bit) on channel 2")
+    assert 9 * 128 + 82 == 1234  # (the README's worked example)
