@@ -1884,8 +1884,8 @@ class MidiControl:
             self._apply_relative(b, p, val)
             return
         if p.kind == "bool":
-            if lsb and spec.type == "nrpn":
-                return  # a 14-bit NRPN button: its data entry MSB said it (>= 64 is on)
+            if lsb:
+                return  # a 14-bit button (CC or NRPN): its MSB said it (>= 64 is on); an LSB of 0 is no release
             press = val >= 64 if spec.type in ("cc", "nrpn") else val > 0
             live = b.live_feedback(ECHO_S)
             hit = next((i for i, (raw, _) in enumerate(live) if (raw >= 64) == press), None)
@@ -2052,6 +2052,8 @@ class MidiControl:
             msgs = [[0xB0 | ch, 99, n >> 7], [0xB0 | ch, 98, n & 0x7F], [0xB0 | ch, 6, data[0]]]
             if len(data) > 1:
                 msgs.append([0xB0 | ch, 38, data[1]])
+        elif spec.cc14 and b.param is not None and b.param.kind == "bool":  # on/off in the MSB, as it is read
+            msgs = [[0xB0 | ch, spec.number, 127 if raw >= 64 else 0], [0xB0 | ch, spec.number + 32, 0]]
         elif spec.cc14:
             msgs = [[0xB0 | ch, spec.number, raw >> 7], [0xB0 | ch, spec.number + 32, raw & 0x7F]]
         else:

@@ -586,6 +586,35 @@ def test_toggle_and_momentary_buttons(daemon, tmp_path):
 
 
 @pytest.mark.jack
+def test_a_14_bit_cc_button_reads_and_shows_its_state_in_the_msb(daemon, tmp_path):
+    """A button on a 14-bit CC pair (cc14 = true): its MSB says on or off,
+    and the LSB that follows (0) is no release; its LED gets 127 / 0 in
+    the MSB. (Before, a momentary button switched off on its LSB of 0, and
+    the LED got MSB 0, LSB 127: "on" read as off.)"""
+    reg = daemon.registry
+    reg.set("host.mute", False, source="test")
+    try:
+        with Rig(daemon, tmp_path, _map(host__mute=dict(number=20, cc14=True, button="momentary"))) as r:
+            s = r.s
+            s.cc(1, 20, 127)
+            s.cc(1, 52, 0)
+            s.flush()
+            r.value_becomes("host.mute", True)
+            time.sleep(0.2)
+            assert reg.get("host.mute") is True
+            s.cc(1, 20, 0)
+            s.cc(1, 52, 0)
+            r.value_becomes("host.mute", False)
+            time.sleep(0.6)  # (past the echo window of the LED state sent)
+            got = len(s.got)
+            reg.set("host.mute", True, source="zmq")
+            assert wait_until(lambda: len(s.got) >= got + 2, 5), s.got
+            assert s.got[got:got + 2] == [[0xB0, 20, 127], [0xB0, 52, 0]]
+    finally:
+        reg.set("host.mute", False, source="test")
+
+
+@pytest.mark.jack
 def test_feedback_follows_changes_from_elsewhere(daemon, tmp_path):
     reg = daemon.registry
     mapping = _map(host__strength=dict(number=7),
