@@ -63,6 +63,7 @@ recorder can compensate: output ports carry capture latency = upstream +
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import fnmatch
@@ -336,6 +337,11 @@ class JackIO:
         self.shutdown_event = threading.Event()
         self.ports_changed = threading.Event()
         self.connections_changed = threading.Event()  # a connection made or taken down anywhere
+        #: names of ports unregistered since the supervisor last looked (a client that closed, or
+        #: closed and came back between two looks: its connections were not taken down by hand)
+        self.gone_ports: collections.deque = collections.deque(maxlen=4096)
+        #: (source, destination) pairs the connection rules asked for (made, or found made)
+        self.rule_pairs: set[tuple[str, str]] = set()
         self.period_changed = threading.Event()
         self._cb_refs: list = []
 
@@ -641,6 +647,8 @@ class JackIO:
             self._rt.freewheel = int(bool(starting))
 
     def _on_port_registration(self, port, register):
+        if not register and port is not None:
+            self.gone_ports.append(port.name)
         self.ports_changed.set()
 
     def _on_port_connect(self, a, b, connect):
@@ -746,6 +754,7 @@ class JackIO:
             for src in outs:
                 if src.startswith(me) or not any(fnmatch.fnmatchcase(src, p) for p in pats):
                     continue
+                self.rule_pairs.add((src, mine))
                 made += self._connect(c, src, mine, jack)
         for i, pats in enumerate(rules_out):
             for j, ch in enumerate(self.out_channel):
@@ -755,6 +764,7 @@ class JackIO:
                 for dst in ins:
                     if dst.startswith(me) or not any(fnmatch.fnmatchcase(dst, p) for p in pats):
                         continue
+                    self.rule_pairs.add((mine, dst))
                     made += self._connect(c, mine, dst, jack)
         return made
 

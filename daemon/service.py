@@ -52,6 +52,8 @@ from .registry import CHANNEL_PARAMS
 log = logging.getLogger("quietcast")
 
 _MISSING = object()  # a value a stage spec does not give
+#: connections remembered at most (those waiting longest for their other port go first)
+MAX_REMEMBERED = 1024
 
 
 def _refused(e, where: str = "") -> ControlError:
@@ -150,6 +152,9 @@ class Daemon:
         #: is forgotten (see :meth:`_follow_connections`)
         self._remembered: dict[tuple[str, str], None] = {}
         self._conn_due: float | None = None  # when to look at the connections after a change
+        #: connections the rules asked for, in this run (any config's): the rules' business, never
+        #: remembered (a rule taken out of the config must not live on in the state file)
+        self._rule_pairs: set[tuple[str, str]] = set()
         #: the JACK MIDI ports' remembered connections while no MidiControl runs (from the state file,
         #: or from the one a [midi] reload stopped): handed to the next one
         self._midi_connections: list = []
@@ -354,11 +359,14 @@ class Daemon:
 
     def _follow_connections(self) -> None:
         """Bring :attr:`_remembered` up to date with the server: every
-        connection of our ports is remembered; a remembered one that is gone
-        while both its ports exist was taken down (by hand, or by the other
-        client) and is forgotten; one whose other port is gone waits for
-        it. One of our own ports that no longer exists (a channel renamed or
-        removed, another client name) takes its connections with it."""
+        connection of our ports that no rule asked for is remembered; a
+        remembered one that is gone while both its ports stayed was taken
+        down (by hand, or by the other client) and is forgotten; one whose
+        other port is gone, or went and came back since the last look (a
+        player restarted: ``io.gone_ports``), waits for it and is made
+        again. One of our own ports that no longer exists (a channel renamed
+        or removed, another client name) takes its connections with it; at
+        most :data:`MAX_REMEMBERED` are kept."""
         self._conn_due = None
         io = self.io
         if io is None:
@@ -369,9 +377,24 @@ class Daemon:
             return
         me = io.client_name + ":"
         now = set(cur)
-        kept = dict.fromkeys(
-            (a, b) for a, b in [*self._remembered, *cur]
-            if (a if a.startswith(me) else b) in names and ((a, b) in now or a not in names or b not in names))
+        gone = set()
+        while True:  # ports unregistered since the last look (they may be back already)
+            try:
+                gone.add(io.gone_ports.popleft())
+            except IndexError:
+                break
+        self._rule_pairs |= io.rule_pairs
+
+        def keep(a: str, b: str) -> bool:
+            own = a if a.startswith(me) else b if b.startswith(me) else None  # (another client name's: gone)
+            if own is None or own not in names or (a, b) in self._rule_pairs:
+                return False
+            # connected; or waiting for its other port; or that port went (and came back) since the last
+            # look, taking the connection with it: only one taken down while both ports stayed is forgotten
+            return (a, b) in now or a not in names or b not in names or a in gone or b in gone
+
+        pairs = [p for p in dict.fromkeys([*self._remembered, *cur]) if keep(*p)]
+        kept = dict.fromkeys(pairs[-MAX_REMEMBERED:])  # (the oldest go first: ports that never came back)
         if kept != self._remembered:
             self._remembered = kept  # (replaced, never changed in place: the state saver reads it)
             if self.state is not None:
@@ -439,7 +462,7 @@ class Daemon:
         if self._restored:
             return
         self._restored = True
-        from .state import restore, snapshot
+        from .state import restore
 
         if self.state is not None:
             if self.config.state.restore:
@@ -453,8 +476,7 @@ class Daemon:
                     log.info("restored %d value(s) from %s", n, self.state.path)
                     for p in problems:
                         log.warning("state: not restored: %s", p)
-            self.state.attach(lambda: snapshot(self.registry, self.midi, self.loaded_chains,
-                                               self.remembered_connections(), self._midi_connections_now()))
+            self.state.attach(self._snapshot)
             self.registry.add_listener(self.state.changed)
         # MIDI ports may take a while to open (or never, on a broken
         # setup): that must not hold back READY or the audio
@@ -847,12 +869,18 @@ class Daemon:
         self.emit("event.state", {"state": "reloaded", **out})
         return out
 
-    def save_state(self) -> dict:
+    def _snapshot(self) -> dict:
+        """What the state file holds (:func:`.state.snapshot`): values, MIDI
+        bindings, loaded chains, and the connections to make again."""
         from .state import snapshot
 
+        return snapshot(self.registry, self.midi, self.loaded_chains, self.remembered_connections(),
+                        self._midi_connections_now())
+
+    def save_state(self) -> dict:
         if self.state is None:
             raise ControlError("unavailable", "no state file is configured")
-        doc = snapshot(self.registry, self.midi, self.loaded_chains)
+        doc = self._snapshot()
         try:
             self.state.save(doc)
         except OSError as e:  # a read-only or full file system, a folder in the way: the user's to fix
@@ -1016,10 +1044,12 @@ class Daemon:
                 if self.io.ports_changed.is_set():
                     self._apply_rules()
                 if self.io.connections_changed.is_set():
-                    # looked at a little later: a client that closes takes its connections down just
-                    # before its ports, which must not read as "taken down by hand"
+                    # looked at a little later (0.3 s after the first change, however many follow): a
+                    # client that closes takes its connections down just before its ports, which must
+                    # not read as "taken down by hand"
                     self.io.connections_changed.clear()
-                    self._conn_due = time.monotonic() + 0.3
+                    if self._conn_due is None:
+                        self._conn_due = time.monotonic() + 0.3
                 elif self._conn_due is not None and time.monotonic() >= self._conn_due:
                     self._follow_connections()
                 if self.io.period_changed.is_set():

@@ -302,17 +302,19 @@ def _links(server: str, client: str) -> set[tuple[str, str]]:
 
 
 def test_connections_made_by_hand_come_back_after_a_jackd_crash_and_a_restart(jack_servers, tmp_path):
-    """No connection rules: a patch made by hand (jack_connect) is made
-    again when jackd comes back after a crash, and when the daemon starts
-    again (the state file). One taken down by hand stays down; one whose
-    other port is gone waits for it (a player that restarts)."""
+    """A patch made by hand (jack_connect) is made again when jackd comes
+    back after a crash, and when the daemon starts again (the state file).
+    One taken down by hand stays down; one whose other port is gone waits
+    for it (a player that restarts, also within the 0.3 s the daemon
+    waits before it looks). A connection made by a rule is the rule's: it
+    is not kept in the state file."""
     srv = jack_servers(period=256, rate=48_000)
     cfgfile = tmp_path / "live.toml"
     cfgfile.write_text(
         f'[jack]\nclient_name = "qch"\nserver = "{srv.name}"\nreconnect_interval_ms = 100\n'
         f'[engine]\nmodel = "dsp"\n[control]\nbind = "ipc://{tmp_path}/ctl"\nevents = "ipc://{tmp_path}/ev"\n'
         f'[midi]\nenabled = false\n[state]\nfile = "{tmp_path}/state.json"\nsave_debounce_ms = 100\n'
-        '[[channel]]\nname = "host"\n')
+        '[[channel]]\nname = "host"\nconnect_in = ["system:capture_2"]\n')
     from quietcast.daemon.client import Client
 
     def start():
@@ -334,7 +336,8 @@ def test_connections_made_by_hand_come_back_after_a_jackd_crash_and_a_restart(ja
         assert proc.returncode == 0, out
         return out
 
-    want = {("system:capture_1", "qch:host_in"), ("qch:host_out", "system:playback_1")}
+    by_hand = {("system:capture_1", "qch:host_in"), ("qch:host_out", "system:playback_1")}
+    want = by_hand | {("system:capture_2", "qch:host_in")}
     proc = start()
     try:
         _jack(srv.name, "jack_connect", "system:capture_1", "qch:host_in")
@@ -357,6 +360,16 @@ def test_connections_made_by_hand_come_back_after_a_jackd_crash_and_a_restart(ja
         other.activate()
         try:
             assert wait_until(lambda: ("qcplayer:out_0", "qch:host_in") in _links(srv.name, "qch"), 10)
+            time.sleep(1.0)
+        finally:
+            other.deactivate()
+            other.close()
+        # a player that closes and opens again at once (before the daemon looked)
+        other = jack.Client("qcplayer", servername=srv.name, no_start_server=True)
+        other.outports.register("out_0")
+        other.activate()
+        try:
+            assert wait_until(lambda: ("qcplayer:out_0", "qch:host_in") in _links(srv.name, "qch"), 10)
         finally:
             other.deactivate()
             other.close()
@@ -365,12 +378,16 @@ def test_connections_made_by_hand_come_back_after_a_jackd_crash_and_a_restart(ja
         time.sleep(0.5)
         srv.start()
         assert wait_until(lambda: _links(srv.name, "qch") == want, 15), _links(srv.name, "qch")
-        time.sleep(0.5)  # (the state file follows within 0.1 s)
+        (tmp_path / "state.json").unlink()
+        with Client(f"ipc://{tmp_path}/ctl", timeout=5) as c:
+            c.call("save_state")  # (it wrote the values only until the review)
+        saved = json.loads((tmp_path / "state.json").read_text())["connections"]
+        assert {tuple(p) for p in saved} == by_hand | {("qcplayer:out_0", "qch:host_in")}
     finally:
         out = stop(proc)
     assert "JACK server went away" in out and "restored 2 connection(s) the ports had before" in out, out
     saved = json.loads((tmp_path / "state.json").read_text())["connections"]
-    assert {tuple(p) for p in saved} == want | {("qcplayer:out_0", "qch:host_in")}
+    assert {tuple(p) for p in saved} == by_hand | {("qcplayer:out_0", "qch:host_in")}  # (not the rule's)
     proc = start()
     try:
         assert wait_until(lambda: _links(srv.name, "qch") == want, 15), _links(srv.name, "qch")
