@@ -422,21 +422,33 @@ def _ctl_learn(c, args) -> int:
         res = c.call("learn", address=args.address, timeout_s=args.wait)
         print(f"armed {res['armed']}: move a control on the MIDI controller (within {res['timeout_s']:g} s)",
               file=sys.stderr)
+        lid = res.get("learn_id")
+
+        def ours(doc: dict) -> bool:  # (this learn's end, not an earlier one's of the same address)
+            return doc.get("learn_id") == lid if lid is not None else doc.get("address") == args.address
+
         deadline = time.monotonic() + args.wait + 2
-        while True:
-            got = sub.next(min(1.0, max(0.0, deadline - time.monotonic())))
-            if got is not None:
-                if got[1].get("address") == args.address:
-                    return _learn_end(args, got[1])
-                continue
-            st = (c.status().get("midi") or {}).get("learn") or {}
-            if st.get("address") == args.address and st.get("state") not in (None, "armed"):
-                end = {"learned": st.get("binding") or {}, "timeout": {"timed_out": True},
-                       "cancelled": {"cancelled": True, "note": st.get("note", "")}}.get(st["state"], {})
-                return _learn_end(args, {"address": args.address, **end})
-            if time.monotonic() >= deadline:
-                print("quietcast: error: learn: no answer from the daemon's event stream", file=sys.stderr)
-                return 1
+        try:
+            while True:
+                got = sub.next(min(1.0, max(0.0, deadline - time.monotonic())))
+                if got is not None:
+                    if ours(got[1]):
+                        return _learn_end(args, got[1])
+                    continue
+                st = (c.status().get("midi") or {}).get("learn") or {}
+                if ours(st) and st.get("state") not in (None, "armed"):
+                    end = {"learned": st.get("binding") or {}, "timeout": {"timed_out": True},
+                           "cancelled": {"cancelled": True, "note": st.get("note", "")}}.get(st["state"], {})
+                    return _learn_end(args, {"address": args.address, **end})
+                if time.monotonic() >= deadline:
+                    print("quietcast: error: learn: no answer from the daemon's event stream", file=sys.stderr)
+                    return 1
+        except KeyboardInterrupt:  # Ctrl-C: the learn is disarmed, not left to bind the next control moved
+            try:
+                c.call("learn", cancel=True)
+            except Exception:
+                pass
+            raise
 
 
 def _learn_end(args, msg: dict) -> int:

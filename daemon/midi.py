@@ -198,6 +198,7 @@ rewrites the file from the bindings, so comments in it are not kept.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -908,6 +909,9 @@ class Learn:
     """One armed MIDI learn. ``state``: armed, learned, timeout, cancelled;
     ``binding`` once learned; :meth:`wait` blocks until it ends."""
 
+    _ids = itertools.count(1)
+
+
     def __init__(self, address: str, timeout_s: float, on_learned: Callable[[dict], None] | None,
                  on_cancelled: Callable[["Learn"], None] | None = None):
         self.address = address
@@ -915,6 +919,7 @@ class Learn:
         self.deadline = time.monotonic() + timeout_s
         self.on_learned = on_learned
         self._on_cancelled = on_cancelled  # announces a cancel (``event.learn`` with ``cancelled``)
+        self.id = next(Learn._ids)  # in the command's reply and in its event.learn
         self.state = "armed"
         self.binding: Binding | None = None
         self.note = ""  # why an event was passed over, for learn_status
@@ -935,7 +940,7 @@ class Learn:
         return self.binding
 
     def status(self) -> dict:
-        d: dict[str, Any] = {"address": self.address, "state": self.state}
+        d: dict[str, Any] = {"address": self.address, "state": self.state, "learn_id": self.id}
         if self.state == "armed":
             d["seconds_left"] = round(max(0.0, self.deadline - time.monotonic()), 1)
         if self.binding is not None:
@@ -2212,6 +2217,7 @@ class MidiControl:
         self._learned(lr, "nrpn", ch, number, cc14=cc14)
 
     def _announce(self, lr: Learn, doc: dict) -> None:
+        doc = {**doc, "learn_id": lr.id}  # (which learn ended: the same address may be armed again)
         cbs = self.on_learned
         cbs = [] if cbs is None else [cbs] if callable(cbs) else list(cbs)
         for fn in ([lr.on_learned] if lr.on_learned else []) + cbs:

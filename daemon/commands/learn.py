@@ -5,7 +5,8 @@ from ..errors import ControlError
 class Learn(Command):
     """MIDI learn: arm ``address``; the next MIDI control moved (CC, note,
     pitch bend or NRPN, on any MIDI input) is bound to it and saved to the
-    mapping file. Replies at once with ``armed`` and ``timeout_s``; the
+    mapping file. Replies at once with ``armed``, ``timeout_s`` and
+    ``learn_id`` (also in its ``event.learn``, and in ``status``); the
     binding is announced as ``event.learn`` on the event stream (``quietcast
     ctl learn`` waits for it); a learn that ends without one is announced
     too, with ``timed_out: true`` or ``cancelled: true`` and a ``note``
@@ -31,5 +32,5 @@ class Learn(Command):
         t = float(args["timeout_s"])
         if not 1 <= t <= 600:
             raise ControlError("bad_args", f"learn: timeout_s {t:g} is out of range [1, 600] s")
-        ctx.midi.learn(args["address"], timeout_s=t)
-        return {"armed": args["address"], "timeout_s": t}
+        lr = ctx.midi.learn(args["address"], timeout_s=t)
+        return {"armed": args["address"], "timeout_s": t, "learn_id": lr.id}

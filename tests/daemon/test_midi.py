@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -1355,6 +1356,9 @@ def test_ctl_learn_catches_a_control_already_moving_and_ends_when_cancelled(jack
                     v = (v + 1) % 128
                     time.sleep(0.005)
 
+            # a learn of the same address left armed (a `ctl learn` killed): the new one replaces it, and
+            # the old one's end ("replaced") is not the new one's (matched by learn_id, not by address)
+            assert c.call("learn", address="host.strength", timeout_s=30)["learn_id"] >= 1
             mover = threading.Thread(target=move, daemon=True)
             mover.start()
             r = subprocess.run(ctl + ["host.strength", "--wait", "5"], capture_output=True, text=True, timeout=60)
@@ -1379,6 +1383,20 @@ def test_ctl_learn_catches_a_control_already_moving_and_ends_when_cancelled(jack
                     p.wait()
             assert p.returncode == 1 and took < 10, (took, err)
             assert "learn for host.input_gain_db ended without a binding: cancelled by a client" in err, err
+            # Ctrl-C disarms it (else the next control moved would be bound, with nobody waiting)
+            p = subprocess.Popen(ctl + ["host.input_gain_db", "--wait", "30"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+            try:
+                assert wait_until(lambda: c.status()["midi"]["learn"].get("state") == "armed", 20)
+                time.sleep(0.3)
+                p.send_signal(signal.SIGINT)
+                p.communicate(timeout=15)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            st = c.status()["midi"]["learn"]
+            assert st["state"] == "cancelled" and st["note"] == "cancelled by a client", st
     finally:
         stop.set()
         if s is not None:
