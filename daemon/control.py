@@ -35,6 +35,8 @@ from . import commands as proto
 from .errors import ControlError, ControlSetupError, NotReadyError
 
 log = logging.getLogger("quietcast.control")
+#: reload/load_chain requests waiting for the supervisor at most; more are refused (``failed``, busy)
+SLOW_MAX = 8
 
 MAX_RATE = 2000.0  # requests a second served, at most
 BURST = 200.0
@@ -426,12 +428,21 @@ class ControlServer:
         if self._blocking(rest):
             # the supervisor may be busy for seconds (a rebuild), or wait for a JACK server that does
             # not answer (a frozen jackd): the worker waits, and this thread answers everything else
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="quietcast-control-worker", daemon=True)
-                self._worker.start()
-            self._slow.put((envelope, rest))
-            return
-        reply = self.handle(rest)
+            if self._slow.qsize() < SLOW_MAX:
+                if self._worker is None:
+                    self._worker = threading.Thread(target=self._work, name="quietcast-control-worker",
+                                                    daemon=True)
+                    self._worker.start()
+                self._slow.put((envelope, rest))
+                return
+            # a client retrying while the supervisor is stuck: refused now, not run one after another
+            # long after their clients gave up (each reload that rebuilds is a dropout)
+            self.errors += 1
+            reply = proto.reply_error(proto.parse_request(rest[0])[0], "failed",
+                                      f"busy: {SLOW_MAX} reload/load_chain requests are already waiting for the "
+                                      "daemon (a rebuild, or a JACK server that does not answer); try again later")
+        else:
+            reply = self.handle(rest)
         try:
             router.send_multipart(envelope + [proto.dumps(reply)], zmq.NOBLOCK)
         except zmq.ZMQError:  # the peer is gone or not reading: drop

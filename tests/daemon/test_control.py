@@ -971,6 +971,43 @@ def test_a_pipelined_stream_of_requests_gets_every_reply(served, tmp_path):
         assert c.get("host.chain.comp.threshold_db") == -60 + ((n - 1) % 600) / 10
 
 
+def test_reloads_piling_up_behind_a_busy_supervisor_are_refused_past_a_few(served, tmp_path):
+    """The supervisor is busy (here a job that waits; a rebuild, a frozen
+    jackd): a script that keeps sending `reload` gets `failed` (busy) past
+    SLOW_MAX waiting requests at once, instead of a queue that runs every
+    one of them long after it gave up; `status` answers all along, and the
+    ones that waited are answered once the supervisor is free."""
+    from quietcast.daemon.control import SLOW_MAX
+
+    gate = threading.Event()
+    blocker = threading.Thread(target=lambda: served.daemon.call_in_main(lambda: gate.wait(30)), daemon=True)
+    blocker.start()
+    time.sleep(0.2)
+    d = raw(tmp_path)
+    n = SLOW_MAX + 5
+    try:
+        for i in range(n):
+            d.send(json.dumps({"v": 1, "id": i, "cmd": "reload"}).encode())
+        busy = []
+        while len(busy) < n - SLOW_MAX - 1 and d.poll(5000):
+            r = json.loads(d.recv())
+            assert not r["ok"] and r["error"]["code"] == "failed" and r["error"]["message"].startswith("busy:"), r
+            busy.append(r["id"])
+        assert len(busy) >= n - SLOW_MAX - 1, busy
+        with Client(f"ipc://{tmp_path}/ctl", timeout=5) as c:
+            assert c.status()["ready"]
+    finally:
+        gate.set()
+        blocker.join(10)
+    rest = set()
+    while len(busy) + len(rest) < n and d.poll(30_000):
+        r = json.loads(d.recv())
+        assert r["ok"], r
+        rest.add(r["id"])
+    d.close(0)
+    assert set(busy) | rest == set(range(n)) and not set(busy) & rest
+
+
 def test_after_a_jackd_crash_the_old_audio_is_not_played_and_a_reload_meanwhile_is_checked(tmp_path, jack_servers):
     """jackd crashes while a tone plays through a channel. When it is back,
     the daemon is, and with nothing on its input its output is silence
