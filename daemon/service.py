@@ -820,15 +820,30 @@ class Daemon:
                 todo = [(f"{n}.{k}", v) for n, k, v in edits]
                 for address, v in todo:  # all or nothing: e.g. a pause gate the model lacks is refused first
                     self.registry.check(address, v)
+                if edited and self._stalled_since is not None:  # (a chain swap waits for a hop: none comes)
+                    raise ControlError("failed", "the JACK server runs no cycles (stalled, frozen?): edited chains "
+                                                 "cannot be swapped in now; nothing was changed")
                 for address, v in todo:
                     self.registry.set(address, v, source="config")
                     changed.append(address)
                 self.config = new
                 for a in drop:
                     del self.registry.chain_overrides[a]
-                for n in edited:
-                    self._put_chain(n, news[n].chain_spec, procs[n], loaded=False)
-                    changed.append(f"{n}.chain")
+                left = list(edited)
+                try:
+                    while left:
+                        self._put_chain(left[0], news[left[0]].chain_spec, procs[left[0]], loaded=False)
+                        changed.append(f"{left.pop(0)}.chain")
+                except ControlError as e:  # (the engine stopped taking hops meanwhile)
+                    # the channels whose chain did not change keep their old config, so that the next
+                    # reload sees the edit again and makes it (their values set above are the same again)
+                    import dataclasses
+
+                    self.config = dataclasses.replace(new, channels=[old.channel(c.name) if c.name in left else c
+                                                                     for c in new.channels])
+                    raise ControlError("failed", f"{e.message} on {', '.join(left)}: reload again once the server "
+                                                 f"runs; applied meanwhile: {', '.join(changed) or 'nothing'}") \
+                        from None
             if self.midi is not None and getattr(old, "midi", None) != getattr(new, "midi", None):
                 # its section changed (off, other ports, another mapping file): stopped, then started
                 # again below with the new settings when it is still enabled

@@ -492,7 +492,7 @@ def test_while_jackd_is_frozen_status_answers_during_a_load_chain_that_fails_for
     thread while the control thread answers the rest (status: ~2 ms), and
     a swap not taken in time is called off: the old chain stays."""
     z = _Frozen()
-    cfg = write_config(tmp_path, z.srv.start().name)
+    cfg = write_config(tmp_path, z.srv.start().name, post='[[stage]]\nname = "p"\ntype = "gain"\ngain_db = -1\n')
     (tmp_path / "other.toml").write_text('[[stage]]\nname = "g"\ntype = "gain"\ngain_db = -3\n')
     proc = start(cfg)
     got: dict = {}
@@ -516,12 +516,25 @@ def test_while_jackd_is_frozen_status_answers_during_a_load_chain_that_fails_for
             th.join(20)
             assert "error" in got, got
             assert got["error"].code == "failed" and "the old chain stays" in got["error"].message, got
+            # a reload of an edited chain file meanwhile is refused at once, with nothing changed (it set
+            # the config, waited 5 s for the swap and failed: the next reload then saw no change)
+            (tmp_path / "post.toml").write_text('[[stage]]\nname = "p"\ntype = "gain"\ngain_db = -6\n')
+            with client(tmp_path, timeout=20.0) as c2:
+                t0 = time.monotonic()
+                with pytest.raises(ControlError) as e:
+                    c2.call("reload")
+                assert time.monotonic() - t0 < 4.0
+            assert e.value.code == "failed" and "runs no cycles" in e.value.message, e.value.message
             hops = c.status()["hops"]
             z.thaw()
             assert wait_until(lambda: c.status()["ready"] and c.status()["hops"] > hops + 20, 10)
             with pytest.raises(ControlError) as e:
                 c.get("host.chain.g.gain_db")  # the swap was called off, not made late
             assert e.value.code == "unknown_param"
+            assert c.get("host.chain.p.gain_db") == -1.0
+            with client(tmp_path, timeout=20.0) as c2:
+                assert "host.chain" in c2.call("reload")["changed"]  # made now that the server runs
+            assert c.get("host.chain.p.gain_db") == -6.0
         out = stop(proc)
     finally:
         if proc.poll() is None:
