@@ -108,8 +108,7 @@ from .chain import Chain
 from .errors import AudioFileError, BridgeError
 from .offline import (
     BLOCK, FLAC_DAMAGED, AudioWriter, FileResult, Job, Progress, Summary, WRITE_EXTS, _layout, _open_input,
-    _default_fallback_note, _processor, _short, changes_audio, exists_error, output_format, process_file,
-    split_existing,
+    _default_fallback_note, _processor, _short, changes_audio, exists_error, process_file, split_existing,
 )
 
 INSTALL_HINT = "pip install 'quietcast[cluster]'"
@@ -385,7 +384,7 @@ def check_seam(tail: np.ndarray, head: np.ndarray, active_bits: np.ndarray, acti
 
 def stitch(src: str, dst: str, parts: list[tuple[str, int, int, int]], *, channels: int, sample_rate: int,
            overwrite: bool = False, block: int = BLOCK, history: str | None = None,
-           audio_changed: bool = True) -> list[str]:
+           audio_changed: bool = True) -> tuple[str, list[str]]:
     """Write ``dst`` from raw segment files: ``parts`` = ``(path, file_start,
     first, end)`` -- frames ``[first, end)`` of the output, taken from a
     raw file whose first frame is output frame ``file_start``. Temporary
@@ -393,7 +392,9 @@ def stitch(src: str, dst: str, parts: list[tuple[str, int, int, int]], *, channe
     single pass writes it (:class:`~quietcast.bridge.offline.AudioWriter`),
     with the source's metadata (``history``: the chain, ``chain NAME``, for
     a ``bext`` coding history; ``audio_changed``: as for the writer).
-    Returns the writer's notes on the metadata."""
+    Returns what the writer chose, ``(format, notes)``: the container and
+    subtype (``"WAV PCM_24"``) and its notes (why the source's subtype
+    could not be kept, what metadata was left out)."""
     if os.path.exists(dst) and not overwrite:
         raise BridgeError(exists_error(dst))
     ext = os.path.splitext(dst)[1].lower()
@@ -421,7 +422,7 @@ def stitch(src: str, dst: str, parts: list[tuple[str, int, int, int]], *, channe
     finally:
         if not ok and os.path.exists(tmp):
             os.unlink(tmp)
-    return out.notes
+    return str(out.format), ([out.format.note] if out.format.note else []) + out.notes
 
 
 def read_raw(path: str, file_start: int, first: int, count: int, channels: int) -> np.ndarray:
@@ -438,7 +439,7 @@ def read_raw(path: str, file_start: int, first: int, count: int, channels: int) 
 def check_and_stitch(src: str, dst: str, segs: list[Segment], paths: list[str], actives: list[tuple], *,
                      channels: int, sample_rate: int, overwrite: bool = False,
                      agree_seconds: float = AGREE_SECONDS, history: str | None = None,
-                     notes: list[str] | None = None, audio_changed: bool = True
+                     notes: list[str] | None = None, audio_changed: bool = True, formats: list[str] | None = None
                      ) -> tuple[list[tuple[int, str]], list[int]]:
     """Check every seam of a split file from the segments' raw files
     (``actives[k]`` = segment k's ``(active, active_n)``); when all agree,
@@ -460,11 +461,13 @@ def check_and_stitch(src: str, dst: str, segs: list[Segment], paths: list[str], 
     if bad:
         return bad, []
     ends = [*cuts[1:], segs[-1].end]
-    written = stitch(src, dst, [(p, s.start, c, e) for p, s, c, e in zip(paths, segs, cuts, ends)],
-                     channels=channels, sample_rate=sample_rate, overwrite=overwrite, history=history,
-                     audio_changed=audio_changed)
+    fmt, written = stitch(src, dst, [(p, s.start, c, e) for p, s, c, e in zip(paths, segs, cuts, ends)],
+                          channels=channels, sample_rate=sample_rate, overwrite=overwrite, history=history,
+                          audio_changed=audio_changed)
     if notes is not None:
         notes.extend(written)
+    if formats is not None:
+        formats.append(fmt)
     return [], cuts
 
 
@@ -562,15 +565,17 @@ def _task_segment(doc, source, src, seg, out_path, channels):
 def _task_stitch(src, dst, segs, paths, actives, channels, sample_rate, overwrite, history=None,
                  audio_changed=True):
     notes: list[str] = []
+    formats: list[str] = []
     bad, cuts = check_and_stitch(src, dst, segs, paths, actives, channels=channels, sample_rate=sample_rate,
-                                 overwrite=overwrite, history=history, notes=notes, audio_changed=audio_changed)
+                                 overwrite=overwrite, history=history, notes=notes, audio_changed=audio_changed,
+                                 formats=formats)
     if not bad:
         for path in paths:
             try:
                 os.unlink(path)
             except OSError:
                 pass
-    return bad, cuts, notes
+    return bad, cuts, notes, (formats[0] if formats else None)
 
 
 # --------------------------------------------------------------------------
@@ -886,15 +891,12 @@ def _run(ray, chain, jobs, t0, *, overwrite, sample_rate, channels, progress, sp
                     _cleanup_split(sp)
                     file_failed(i, f"{err}{' (retried once)' if sp.tries['stitch'] > 1 else ''}")
                     continue
-                bad, _cuts, meta_notes = value
+                bad, _cuts, meta_notes, fmt = value
                 if bad:
                     repair(i, bad)
                     continue
                 r = FileResult(j.src, j.dst, ok=True, seconds=sp.frames / sp.sr, elapsed=time.monotonic() - sp.t0)
-                fmt = output_format(j.src, j.dst, sp.sr, sp.out[sp.segs[0].start]["channels"])  # (as stitch wrote it)
-                r.format = str(fmt)
-                if fmt.note:
-                    r.warnings.append(fmt.note)
+                r.format = fmt  # (what the worker's writer chose, with its notes)
                 r.warnings.extend(meta_notes)
                 bad_samples = sum(o["bad"] for o in sp.out.values())
                 if bad_samples:
