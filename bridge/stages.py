@@ -457,6 +457,9 @@ _PREROLL = 4096  # frames of input history a new filter instance is run over fir
 #: (one echo of the longest delay): a pre-roll costs about 2 ms a second of
 #: stereo input, on the engine thread, within one hop
 _ECHO_BUDGET_S = 2.0
+#: the least time between two crossfades of a delay or chorus to new values: changes that come
+#: faster (a knob sweeping the delay time) are made together at the next one, at most this late
+_SWAP_GAP_S = 0.05
 _ECHO_HISTORY_S = 10.0
 _SUBBLOCKS = 8  # a ramped parameter moves in this many steps across one block
 #: the same for a hosted plugin's continuous parameters: one that does not
@@ -521,6 +524,10 @@ class PedalboardStage(Stage):
         self._swap = False  # a crossfade to a new instance is due
         self._ramps: dict[str, tuple] = {}  # parameter -> (from, to) across the next block
         self._at_once: set[str] = set()  # parameters seen to move a plugin's latency: never ramped
+        # frames since the last swap, and how many must pass before the next (delay, chorus: their
+        # pre-roll is long; a knob sweeping the delay time makes one swap per gap, not one per block)
+        self._swap_gap = math.ceil(_SWAP_GAP_S * self.sample_rate) if cls_name in _CROSSFADED_PARAMS else 0
+        self._since_swap = self._swap_gap
         self.latency = probe_latency(self._run, self._reset_plugin, channels)
         self._fifo = _AlignedFifo(channels, self.latency)
         self._finish_init()
@@ -530,8 +537,9 @@ class PedalboardStage(Stage):
         n = x.shape[1]
         if n == 0:
             return x
-        if self._swap:
+        if self._swap and self._since_swap >= self._swap_gap:
             return self._run_swap(x)
+        self._since_swap += n  # (a delay's or chorus's next swap waits: see _SWAP_GAP_S)
         y = self._run_ramps(x) if self._ramps else self._plain(self.plugin, x)
         if self._cls is not None:
             self._hist.write(x)
@@ -556,6 +564,7 @@ class PedalboardStage(Stage):
 
     def _run_swap(self, x: np.ndarray) -> np.ndarray:
         self._swap = False
+        self._since_swap = 0
         self._ramps = {}  # the new instance has every new value: the crossfade is their ramp too
         new = self._new_instance()
         pre = self._hist.last(self._preroll_frames())
@@ -619,6 +628,7 @@ class PedalboardStage(Stage):
         self._guard.reset()
         self._hist.reset()
         self._swap = False
+        self._since_swap = self._swap_gap
         for name, (_, b) in self._ramps.items():
             self._set_ramped(name, b)
         self._ramps = {}

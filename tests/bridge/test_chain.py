@@ -402,6 +402,34 @@ def test_a_delay_time_change_keeps_the_echoes_of_what_came_before():
     np.testing.assert_allclose(y[:, (k0 + 1) * 480:], r[:, (k0 + 1) * 480:], atol=1e-6)
 
 
+def test_a_knob_sweeping_the_delay_time_makes_one_swap_per_gap_and_ends_on_its_last_value():
+    """A MIDI knob on ``delay_seconds`` sends a value every 10 ms block: each
+    crossfade pre-rolls a new delay on up to seconds of input on the engine
+    thread, so they are made at most one per ``_SWAP_GAP_S`` (50 ms), the
+    values in between taken together, the first at once and the last within
+    the gap."""
+    from quietcast.bridge import stages
+
+    x = np.random.default_rng(6).standard_normal((1, 480)).astype(np.float32) * 0.1
+    proc = Chain([{"name": "d", "type": "delay", "delay_seconds": 0.5, "mix": 0.5}]).processor(SR, 1)
+    st = proc.stage("d")
+    made = []
+    new_instance = st._new_instance
+    st._new_instance = lambda: made.append(1) or new_instance()
+    proc.process(x)
+    proc.set_param("d.delay_seconds", 0.51)
+    proc.process(x)
+    assert len(made) == 1 and st.plugin.delay_seconds == pytest.approx(0.51)  # the first: at once
+    for k in range(40):  # 400 ms of a knob moving
+        proc.set_param("d.delay_seconds", 0.52 + k * 0.005)
+        proc.process(x)
+    gap_blocks = math.ceil(stages._SWAP_GAP_S * SR / 480)
+    assert len(made) <= 1 + math.ceil(40 / gap_blocks) + 1, len(made)
+    for _ in range(gap_blocks + 1):
+        proc.process(x)
+    assert st.plugin.delay_seconds == pytest.approx(0.52 + 39 * 0.005)  # the last value, within the gap
+
+
 def test_a_value_set_back_within_a_block_and_a_reset_keep_the_stage_at_its_value():
     """Two sets before the next block, the second back to the start (a
     MIDI fader sends values faster than 10 ms): the plugin runs the last
