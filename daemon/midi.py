@@ -176,8 +176,9 @@ surfaces read as LED on / off) -- except to a fader or knob whose own
 message made the change (a relative encoder does get it: its ring) (an echo would fight the hand on a motor fader);
 buttons always get their LED state. A message equal to the feedback just
 sent to its control (within 0.5 s; 0.1 s for a relative encoder, see above) is that feedback coming back from a
-surface or a soft thru that echoes, not a move or a press, and is ignored (an NRPN's echoed select
-just selects it again; its data is the echo). :meth:`MidiControl.start` sends the
+surface or a soft thru that echoes, not a move or a press, and is ignored (an NRPN's echoed
+sequence is followed as one: its data is the echo, and the selection the controller had made is put
+back after it, for a console that sends data without selecting again). :meth:`MidiControl.start` sends the
 current value of every binding once.
 
 MIDI learn: :meth:`MidiControl.learn` arms one address; the next CC,
@@ -893,6 +894,12 @@ class _NrpnSelect:
             # selecting an RPN deselects the NRPN; the null RPN (127/127) deselects both
             self.active = None if (self.rpn_msb, self.rpn_lsb) == (127, 127) else "rpn"
 
+    def state(self) -> tuple:
+        return self.nrpn_msb, self.nrpn_lsb, self.rpn_msb, self.rpn_lsb, self.active
+
+    def restore(self, state: tuple) -> None:
+        self.nrpn_msb, self.nrpn_lsb, self.rpn_msb, self.rpn_lsb, self.active = state
+
     @property
     def number(self) -> int | None:
         """The selected NRPN's number, or None (none, or an RPN, selected)."""
@@ -1396,6 +1403,11 @@ class MidiControl:
         #: data entry MSB came (waiting for an LSB), else None]
         self._pending_nrpn: list | None = None
         self._nrpn_sel: dict[int, _NrpnSelect] = {}  # channel 0..15 -> its (N)RPN selection
+        #: NRPN feedback sequences sent lately, per channel: [(cc, value) ...], monotonic time
+        self._nrpn_sent: dict[int, list[tuple[list[tuple[int, int]], float]]] = {}
+        #: channel -> (the sequence coming back, how far, the selection before it): an echoed select
+        #: is ours, and the selection the controller made is put back once its data has come
+        self._nrpn_echo: dict[int, tuple[list[tuple[int, int]], int, tuple]] = {}
         self._nrpn_channels: frozenset = frozenset()  # channels 0..15 with NRPN bindings
         self._bound: list[_Bound] = []
         self._by_control: dict[tuple, list[_Bound]] = {}
@@ -1810,8 +1822,45 @@ class MidiControl:
         else:
             self.counters["unmapped"] += 1
             return
+        sel = restore = None
         if ev[0] == "cc" and ev[2] in NRPN_CCS:
-            self._nrpn_sel.setdefault(ch, _NrpnSelect()).update(ev[2], ev[3])
+            sel = self._nrpn_sel.setdefault(ch, _NrpnSelect())
+            restore = self._nrpn_echo_step(ch, ev[2], ev[3], sel)
+            sel.update(ev[2], ev[3])
+        try:
+            self._dispatch(ev)
+        finally:
+            if restore is not None:  # the echo of our feedback is over: the controller's selection again
+                sel.restore(restore)
+
+    def _nrpn_echo_step(self, ch: int, cc: int, val: int, sel: "_NrpnSelect") -> tuple | None:
+        """Follow the echo of an NRPN feedback sequence (99, 98, 6[, 38]) we
+        sent, coming back from a surface or a soft thru that echoes: its
+        select must not take over the selection of a controller that sends
+        data without selecting again (a change from elsewhere to A, then the
+        hand's data for B, moved A). Returns the selection to put back once
+        this message (the sequence's last) is handled, else None."""
+        st = self._nrpn_echo.get(ch)
+        if st is not None:
+            seq, i, saved = st
+            if seq[i] == (cc, val):
+                if i + 1 == len(seq):
+                    del self._nrpn_echo[ch]
+                    return saved
+                self._nrpn_echo[ch] = (seq, i + 1, saved)
+                return None
+            del self._nrpn_echo[ch]  # not our sequence after all: the controller's own
+        if cc == 99:
+            now = time.monotonic()
+            sent = [e for e in self._nrpn_sent.get(ch, ()) if now - e[1] < ECHO_S]
+            k = next((k for k, (seq, _) in enumerate(sent) if seq[0] == (99, val)), None)
+            if k is not None:
+                seq = sent.pop(k)[0]
+                self._nrpn_echo[ch] = (seq, 1, sel.state())
+            self._nrpn_sent[ch] = sent
+        return None
+
+    def _dispatch(self, ev: tuple) -> None:
         if self._learn_event(ev):
             return
         typ, ch, num, val = ev
@@ -2057,6 +2106,9 @@ class MidiControl:
             msgs = [[0xB0 | ch, 99, n >> 7], [0xB0 | ch, 98, n & 0x7F], [0xB0 | ch, 6, data[0]]]
             if len(data) > 1:
                 msgs.append([0xB0 | ch, 38, data[1]])
+            now = time.monotonic()
+            self._nrpn_sent[ch] = [*(e for e in self._nrpn_sent.get(ch, ()) if now - e[1] < ECHO_S),
+                                   ([(m[1], m[2]) for m in msgs], now)][-_INFLIGHT_MAX:]
         elif spec.cc14 and b.param is not None and b.param.kind == "bool":  # on/off in the MSB, as it is read
             msgs = [[0xB0 | ch, spec.number, 127 if raw >= 64 else 0], [0xB0 | ch, spec.number + 32, 0]]
         elif spec.cc14:

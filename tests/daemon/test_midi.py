@@ -2075,6 +2075,18 @@ def test_nrpn_feedback_sends_the_whole_sequence_and_its_echo_is_ignored(daemon, 
                 time.sleep(1.0)
                 n = mc.counters["applied"] - applied
                 assert 1 <= n <= 2, f"{n} sets from one move: the controllers feed each other"
+                # a console that selects once and then sends data alone: the hand selects 1234 (B);
+                # A (1235) changes from elsewhere and its sequence comes back; the hand's next data
+                # still moves B (the echoed select took the selection over, and moved A)
+                s.nrpn(2, 1234, 70)
+                r.value_becomes("host.strength", 70 / 127)
+                echoes = mc.counters["echo_ignored"]
+                reg.set("guest.output_gain_db", -12.0, source="zmq")
+                assert wait_until(lambda: mc.counters["echo_ignored"] > echoes, 5), mc.counters
+                time.sleep(0.3)
+                s.nrpn(2, None, 72)  # data alone
+                r.value_becomes("host.strength", 72 / 127)
+                assert reg.get("guest.output_gain_db") == -12.0
             finally:
                 loop.close()
             assert mc.counters["errors"] == 0
