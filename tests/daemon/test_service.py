@@ -404,7 +404,8 @@ def test_sigterm_with_a_frozen_jackd_stops_promptly_with_the_state_saved(tmp_pat
     itself (a debounce of a minute: nothing else saves it). With MIDI
     control on (the default), its JACK MIDI bridge process hangs the same
     way closing its clients: it gets 1.5 s (it was 5 s), then it is
-    killed. Measured: exit 0 after 1.8 s (3.3 s with MIDI)."""
+    killed, beside the client's close. Measured: exit 0 after 1.8 s, with MIDI too (3.3 s while
+    MIDI stopped before the client closed)."""
     z = _Frozen()
     cfg = write_config(tmp_path, z.srv.start().name, debounce=60_000)
     if midi:
