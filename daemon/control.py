@@ -242,9 +242,9 @@ class ControlServer:
             item = self._slow.get()
             if item is None:
                 return
-            envelope, rest = item
+            envelope, rest, request = item
             try:
-                reply = self.handle(rest)
+                reply = self.handle(rest, request)
             except Exception:  # pragma: no cover - handle() answers every request
                 log.exception("could not answer a request")
                 continue
@@ -403,16 +403,24 @@ class ControlServer:
                 pass
 
     @staticmethod
-    def _blocking(rest: list[bytes]) -> bool:
-        """Whether the request is for a blocking command (one that waits for
-        the supervisor thread); a malformed one is not (it is answered at
-        once, with its error)."""
+    def _parse(rest: list[bytes]) -> tuple | None:
+        """The request ``(id, cmd, args)``, parsed once for both the choice
+        of thread and :meth:`handle`; None when malformed (:meth:`handle`
+        answers it with its error)."""
         if len(rest) != 1:
-            return False
+            return None
         try:
-            return proto.find(proto.parse_request(rest[0])[1]).blocking
-        except Exception:
-            return False
+            return proto.parse_request(rest[0])
+        except ControlError:
+            return None
+
+    @staticmethod
+    def _blocking(request: tuple | None) -> bool:
+        """Whether the request is for a blocking command (one that waits for
+        the supervisor thread); a malformed one or an unknown command is not
+        (it is answered at once, with its error)."""
+        cls = proto.commands().get(request[1]) if request is not None else None
+        return cls is not None and cls.blocking
 
     def _answer(self, router, frames: list[bytes]) -> None:
         import zmq
@@ -425,7 +433,8 @@ class ControlServer:
         if rest and rest[0] == b"" and len(rest) > 1:  # a REQ client's delimiter
             envelope.append(b"")
             rest = rest[1:]
-        if self._blocking(rest):
+        request = self._parse(rest)
+        if self._blocking(request):
             # the supervisor may be busy for seconds (a rebuild), or wait for a JACK server that does
             # not answer (a frozen jackd): the worker waits, and this thread answers everything else
             if self._slow.qsize() < SLOW_MAX:
@@ -433,28 +442,31 @@ class ControlServer:
                     self._worker = threading.Thread(target=self._work, name="quietcast-control-worker",
                                                     daemon=True)
                     self._worker.start()
-                self._slow.put((envelope, rest))
+                self._slow.put((envelope, rest, request))
                 return
             # a client retrying while the supervisor is stuck: refused now, not run one after another
             # long after their clients gave up (each reload that rebuilds is a dropout)
             self.errors += 1
-            reply = proto.reply_error(proto.parse_request(rest[0])[0], "failed",
+            reply = proto.reply_error(request[0], "failed",
                                       f"busy: {SLOW_MAX} reload/load_chain requests are already waiting for the "
                                       "daemon (a rebuild, or a JACK server that does not answer); try again later")
         else:
-            reply = self.handle(rest)
+            reply = self.handle(rest, request)
         try:
             router.send_multipart(envelope + [proto.dumps(reply)], zmq.NOBLOCK)
         except zmq.ZMQError:  # the peer is gone or not reading: drop
             pass
 
-    def handle(self, frames: list[bytes]) -> dict:
-        """One request (its frames after the envelope) -> the reply."""
+    def handle(self, frames: list[bytes], request: tuple | None = None) -> dict:
+        """One request (its frames after the envelope) -> the reply;
+        ``request``: the frames already parsed (:meth:`_parse`)."""
         id_ = None
         try:
-            if len(frames) != 1:
-                raise ControlError("bad_frame", f"a request is one JSON frame, got {len(frames)} frames")
-            id_, cmd, args = proto.parse_request(frames[0])
+            if request is None:
+                if len(frames) != 1:
+                    raise ControlError("bad_frame", f"a request is one JSON frame, got {len(frames)} frames")
+                request = proto.parse_request(frames[0])
+            id_, cmd, args = request
             cls = proto.find(cmd)
             checked = cls.check_args(args)
             return proto.reply_ok(id_, cls().execute(self, checked))
