@@ -1907,10 +1907,8 @@ class MidiControl:
         of the travel from wherever it is (the data byte is not an amount),
         clamped at the ends; the controller gets the new value."""
         spec = b.spec
-        try:
-            p = b.refresh()
-        except (ParameterError, ValueError) as e:
-            self._error(spec.address, str(e))
+        p = self._param_of(b)
+        if p is None:
             return
         cur = self.registry.get(spec.address)
         new, pos = b.relative_target(cur, ticks)
@@ -1927,12 +1925,19 @@ class MidiControl:
             if spec.takeover == "pickup" and p.kind in ("float", "int"):
                 b.attached = False  # a fader on the data entry that did not follow picks the value up first
 
+    def _param_of(self, b: _Bound) -> Param | None:
+        """The binding's parameter as it is now, or None (its address no
+        longer resolves: counted and logged as an error)."""
+        try:
+            return b.refresh()
+        except (ParameterError, ValueError) as e:
+            self._error(b.spec.address, str(e))
+            return None
+
     def _apply(self, b: _Bound, val: int, lsb: bool = False) -> None:
         spec = b.spec
-        try:
-            p = b.refresh()
-        except (ParameterError, ValueError) as e:
-            self._error(spec.address, str(e))
+        p = self._param_of(b)
+        if p is None:
             return
         if spec.relative:
             self._apply_relative(b, p, val)
