@@ -331,6 +331,20 @@ def test_a_stage_fault_falls_back_to_dry_without_a_step(how):
     assert np.isfinite(y).all()
 
 
+def _hops(proc, ref, x: np.ndarray, changes: dict[int, list[tuple[str, object]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``proc`` and ``ref`` over ``x`` in 10 ms hops (480 frames), as the
+    live engine does, setting ``changes[k]`` (``(address, value)`` pairs)
+    on ``proc`` before hop ``k``; both outputs, ``[channels, frames]``."""
+    ys, rs = [], []
+    for k in range(x.shape[1] // 480):
+        for address, value in changes.get(k, ()):
+            proc.set_param(address, value)
+        blk = x[:, k * 480:(k + 1) * 480]
+        ys.append(proc.process(blk))
+        rs.append(ref.process(blk))
+    return np.concatenate(ys, axis=1), np.concatenate(rs, axis=1)
+
+
 @pytest.mark.parametrize("stage,param,before,after", [
     ({"type": "high_shelf", "cutoff_frequency_hz": 1000.0}, "gain_db", 0.0, 12.0),
     ({"type": "peak", "cutoff_frequency_hz": 220.0, "q": 2.0}, "gain_db", 0.0, 12.0),
@@ -362,14 +376,7 @@ def test_a_live_change_of_a_builtin_does_not_click(stage, param, before, after):
     proc = Chain([spec]).processor(SR, 1)
     ref = Chain([{**spec, param: after}]).processor(SR, 1)  # the new value from the start
     k0 = 200  # the change, at a hop boundary 2 s in
-    ys, rs = [], []
-    for k in range(x.shape[1] // 480):
-        if k == k0:
-            proc.set_param(f"s.{param}", after)
-        blk = x[:, k * 480:(k + 1) * 480]
-        ys.append(proc.process(blk))
-        rs.append(ref.process(blk))
-    y, r = np.concatenate(ys, axis=1)[0], np.concatenate(rs, axis=1)[0]
+    y, r = (a[0] for a in _hops(proc, ref, x, {k0: [(f"s.{param}", after)]}))
     d2 = lambda a: np.abs(np.diff(a, 2)).max()  # noqa: E731
     steady = max(d2(y[(k0 - 40) * 480:k0 * 480]), d2(r[(k0 + 20) * 480:(k0 + 60) * 480]))
     assert d2(y[(k0 - 2) * 480:(k0 + 3) * 480]) <= 1.3 * steady
@@ -390,15 +397,7 @@ def test_a_delay_time_change_keeps_the_echoes_of_what_came_before():
     proc = Chain([spec]).processor(SR, 1)
     ref = Chain([{**spec, "delay_seconds": 0.31, "mix": 0.6}]).processor(SR, 1)
     k0 = 150
-    ys, rs = [], []
-    for k in range(x.shape[1] // 480):
-        if k == k0 - 3:
-            proc.set_param("d.mix", 0.6)
-        if k == k0:
-            proc.set_param("d.delay_seconds", 0.31)
-        ys.append(proc.process(x[:, k * 480:(k + 1) * 480]))
-        rs.append(ref.process(x[:, k * 480:(k + 1) * 480]))
-    y, r = np.concatenate(ys, axis=1), np.concatenate(rs, axis=1)
+    y, r = _hops(proc, ref, x, {k0 - 3: [("d.mix", 0.6)], k0: [("d.delay_seconds", 0.31)]})
     np.testing.assert_allclose(y[:, (k0 + 1) * 480:], r[:, (k0 + 1) * 480:], atol=1e-6)
 
 
@@ -492,14 +491,7 @@ def test_a_live_strength_change_of_a_denoise_stage_does_not_click(model, start, 
     proc = Chain([spec]).processor(SR, 1)
     ref = Chain([{**spec, "strength": end}]).processor(SR, 1)
     k0 = 200
-    ys, rs = [], []
-    for k in range(x.shape[1] // 480):
-        if k == k0:
-            proc.set_param("nr.strength", end)
-        blk = x[:, k * 480:(k + 1) * 480]
-        ys.append(proc.process(blk))
-        rs.append(ref.process(blk))
-    y, r = np.concatenate(ys, axis=1)[0], np.concatenate(rs, axis=1)[0]
+    y, r = (a[0] for a in _hops(proc, ref, x, {k0: [("nr.strength", end)]}))
     own = max(np.abs(np.diff(y[(k0 - 60) * 480:k0 * 480])).max(), np.abs(np.diff(r[(k0 + 60) * 480:(k0 + 120) * 480])).max())
     assert np.abs(np.diff(y[(k0 - 2) * 480:(k0 + 40) * 480])).max() <= 1.05 * own
     late = slice((k0 + 60) * 480, (k0 + 120) * 480)
@@ -623,14 +615,7 @@ def test_a_live_change_of_a_plugin_gain_does_not_click(qcgain_vst3, before, afte
     spec = lambda g: plugin_only(qcgain_vst3, gain_db=g)  # noqa: E731
     proc, ref = spec(before).processor(SR, 2), spec(after).processor(SR, 2)
     k0 = 101  # the change, at a hop boundary where the tones are loud
-    ys, rs = [], []
-    for k in range(x.shape[1] // 480):
-        if k == k0:
-            proc.set_param("v.gain_db", after)
-        blk = x[:, k * 480:(k + 1) * 480]
-        ys.append(proc.process(blk))
-        rs.append(ref.process(blk))
-    y, r = np.concatenate(ys, axis=1)[0], np.concatenate(rs, axis=1)[0]
+    y, r = (a[0] for a in _hops(proc, ref, x, {k0: [("v.gain_db", after)]}))
     assert abs(x[0, k0 * 480]) > 0.3  # loud where the change lands
     d1 = lambda a: np.abs(np.diff(a)).max()  # noqa: E731
     own = max(d1(y[(k0 - 40) * 480:k0 * 480]), d1(r[(k0 + 20) * 480:(k0 + 60) * 480]))

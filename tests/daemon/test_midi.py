@@ -1013,19 +1013,15 @@ def test_learning_the_lsb_of_a_14_bit_control_keeps_a_loadable_mapping(daemon, t
         assert [x.address for x in saved] == ["guest.strength"]
 
 
-def test_an_unplugged_alsa_controller_is_reopened_when_it_comes_back(monkeypatch):
-    """A USB controller unplugged and plugged back comes back in ALSA as
-    another client (20:0, then 24:0). The daemon notices the port went,
-    says so, and opens the new one. This machine has no ALSA sequencer, so
-    rtmidi's ALSA side is a stand-in that lists what is "plugged in"; the
-    JACK MIDI path has its real tests above. (Until session 24 the dead
-    port stayed "open" until a restart.)"""
+def _fake_alsa(monkeypatch, plugged: list[str], opened: list | None = None, sent: list | None = None) -> None:
+    """rtmidi's ALSA side, as a stand-in (this machine has no ALSA
+    sequencer): ``plugged`` lists the ports "plugged in" (the test changes
+    it); each port opened is added to ``opened``, each message sent to
+    ``sent`` as ``(port, message)``. Hardware ports are looked for again
+    every 0.1 s."""
     import types
 
     from quietcast.daemon import midi as M
-
-    plugged = ["X-TOUCH COMPACT:X-TOUCH COMPACT MIDI 1 20:0"]
-    opened = []
 
     class Port:
         def __init__(self, api, name=""):
@@ -1045,7 +1041,12 @@ def test_an_unplugged_alsa_controller_is_reopened_when_it_comes_back(monkeypatch
 
         def open_port(self, i, name=""):
             self.port = plugged[i]
-            opened.append(plugged[i])
+            if opened is not None:
+                opened.append(plugged[i])
+
+        def send_message(self, m):
+            if sent is not None:
+                sent.append((self.port, list(m)))
 
         def close_port(self):
             pass
@@ -1056,6 +1057,20 @@ def test_an_unplugged_alsa_controller_is_reopened_when_it_comes_back(monkeypatch
     fake = types.SimpleNamespace(MidiIn=Port, MidiOut=Port, API_LINUX_ALSA=1, RtMidiError=RuntimeError)
     monkeypatch.setattr(M, "_rtmidi", lambda: fake)
     monkeypatch.setattr(M, "HARDWARE_RETRY_S", 0.1)
+
+
+def test_an_unplugged_alsa_controller_is_reopened_when_it_comes_back(monkeypatch):
+    """A USB controller unplugged and plugged back comes back in ALSA as
+    another client (20:0, then 24:0). The daemon notices the port went,
+    says so, and opens the new one. This machine has no ALSA sequencer, so
+    rtmidi's ALSA side is a stand-in that lists what is "plugged in"; the
+    JACK MIDI path has its real tests above. (Until session 24 the dead
+    port stayed "open" until a restart.)"""
+    from quietcast.daemon import midi as M
+
+    plugged = ["X-TOUCH COMPACT:X-TOUCH COMPACT MIDI 1 20:0"]
+    opened = []
+    _fake_alsa(monkeypatch, plugged, opened=opened)
 
     class Reg:
         def add_listener(self, f):
@@ -1239,36 +1254,12 @@ def test_a_controller_plugged_in_later_gets_the_current_values(monkeypatch, tmp_
     sent them: a controller replugged mid-show kept its faders where they
     fell until each value changed.) No ALSA sequencer on this machine: a
     stand-in lists what is plugged in; a real registry and engine."""
-    import types
-
     from quietcast.daemon import midi as M
     from quietcast.daemon.service import Daemon
 
     plugged: list[str] = []
     sent: list[tuple[str, list[int]]] = []
-
-    class Port:
-        def __init__(self, api, name=""):
-            self.port = None
-
-        def get_ports(self):
-            return list(plugged)
-
-        def open_port(self, i, name=""):
-            self.port = plugged[i]
-
-        def send_message(self, m):
-            sent.append((self.port, list(m)))
-
-        def close_port(self):
-            pass
-
-        def delete(self):
-            pass
-
-    fake = types.SimpleNamespace(MidiIn=Port, MidiOut=Port, API_LINUX_ALSA=1, RtMidiError=RuntimeError)
-    monkeypatch.setattr(M, "_rtmidi", lambda: fake)
-    monkeypatch.setattr(M, "HARDWARE_RETRY_S", 0.1)
+    _fake_alsa(monkeypatch, plugged, sent=sent)
     d = Daemon(parse_config('[engine]\nmodel = "dsp"\n[[channel]]\nname = "host"\n'))
     d._engine_for(48_000)
     d.registry.set("host.strength", 0.25, source="test")
