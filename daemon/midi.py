@@ -23,7 +23,12 @@ Ports
   ``jack_connect``) are remembered and made again when the other port
   comes back (a controller unplugged and plugged in again, behind
   a2jmidid or PipeWire) and by a restarted bridge; one taken down while
-  both ports exist is forgotten (``status``: ``jack.connections``). A
+  both ports exist is forgotten (``status``: ``jack.connections``). The
+  bridge looks every 0.25 s; a port that went and came back between two
+  looks is told from a disconnection by its client's uuid (new for a
+  re-created JACK2 client) and its own (new for a re-created PipeWire
+  port). Left: a JACK2 client that re-registers a port of the same name
+  within 0.25 s (a2jmidid, a replug faster than USB enumerates). A
   controller connected (again) to the output gets every mapped value.
 - Hardware ports through python-rtmidi's ALSA API in the daemon's process
   (no JACK involved), by name: each entry of ``[midi] inputs`` /
@@ -1043,18 +1048,28 @@ say("ready %s %s" % (ours["in"], ours["out"]))
 # thread: a Python JACK callback here would wait for the GIL that rtmidi holds inside libjack
 import json
 remember = {(k, p) for k, p in json.loads(sys.argv[2])} if len(sys.argv) > 2 else set()
+def identity(port):
+    try:
+        return watch.get_uuid_for_client_name(port.split(":", 1)[0])
+    except jack.JackError:
+        return None
 def keep_connections():
-    known, suspect = set(), set()
+    known, suspect, ids = set(), set(), {}
     while not stopping.is_set():
         try:
-            names = {p.name for p in watch.get_ports(is_midi=True)}
+            # a port that went and came back between two polls (a controller replugged within 0.25 s) is
+            # told from one whose connection was taken down by its identity: JACK2 gives a re-created
+            # client a new uuid (a port's own uuid it may reuse), PipeWire a re-created port a new uuid
+            last, ids = ids, {p.name: (identity(p.name), p.uuid) for p in watch.get_ports(is_midi=True)}
+            names = set(ids)
+            reborn = {n for n in names if n in last and last[n] != ids[n]}
             cur = {(k, p.name) for k, mine in ours.items() for p in watch.get_all_connections(mine)}
             for c in sorted(cur - remember):
                 remember.add(c)
                 say("conn %s %s" % c)
             gone = known - cur
             for c in sorted(suspect):
-                if c in cur or c[1] not in names:  # connected again, or its port went after all: kept
+                if c in cur or c[1] not in names or c[1] in reborn:  # connected again, or its port went: kept
                     suspect.discard(c)
                 elif c not in gone:  # still there a poll later, and still not connected: taken down by hand
                     suspect.discard(c)
@@ -1062,7 +1077,7 @@ def keep_connections():
                     say("disc %s %s" % c)
             # a connection gone while its port is still listed: by hand, or a port caught between its
             # disconnection and its removal (a client closing): the next poll tells
-            suspect |= {c for c in gone if c[1] in names}
+            suspect |= {c for c in gone if c[1] in names and c[1] not in reborn}
             for k, peer in sorted(remember - cur - suspect):
                 if peer in names:
                     try:

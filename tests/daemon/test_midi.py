@@ -211,11 +211,14 @@ def daemon(jack_servers, tmp_path_factory):
 SURFACE = r"""
 import sys, threading, time, rtmidi
 name = sys.argv[1]
-tx = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=name + "-tx")
-tx.open_virtual_port("out")
-rx = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=name + "-rx", queue_size_limit=16384)
-rx.open_virtual_port("in")
-rx.ignore_types(sysex=False, timing=False, active_sense=False)
+def plug():
+    tx = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=name + "-tx")
+    tx.open_virtual_port("out")
+    rx = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name=name + "-rx", queue_size_limit=16384)
+    rx.open_virtual_port("in")
+    rx.ignore_types(sysex=False, timing=False, active_sense=False)
+    return tx, rx
+tx, rx = plug()
 stopping = threading.Event()
 def writer():  # polled: python-rtmidi's JACK input callback garbles bursts
     while not stopping.is_set():
@@ -231,6 +234,18 @@ sys.stdout.write("ready\n"); sys.stdout.flush()
 for line in sys.stdin:
     if line.strip() == "quit":
         break
+    if line.strip() == "replug":  # both ports unregistered and registered again, within milliseconds
+        stopping.set()
+        poller.join()
+        for o in (tx, rx):
+            o.close_port()
+            o.delete()
+        tx, rx = plug()
+        stopping.clear()
+        poller = threading.Thread(target=writer, daemon=True)
+        poller.start()
+        sys.stdout.write("replugged\n"); sys.stdout.flush()
+        continue
     if line.strip():
         tx.send_message([int(x) for x in line.split()])
 stopping.set()
@@ -257,6 +272,7 @@ class Surface:
         self.proc = subprocess.Popen([sys.executable, "-c", SURFACE, self.name], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         self.got: list[list[int]] = []
+        self.replugs = 0
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -281,6 +297,8 @@ class Surface:
         for line in self.proc.stdout:
             if line.startswith("ready"):
                 self._ready.set()
+            elif line.startswith("replugged"):
+                self.replugs += 1
             elif line.startswith("rx "):
                 self.got.append([int(x) for x in line.split()[1:]])
 
@@ -318,6 +336,14 @@ class Surface:
             msgs.append([st, 38, lsb])
         msgs += [[st, 96 if step > 0 else 97, 127]] * abs(step)
         self.send_many(msgs)
+
+    def replug(self) -> None:
+        """Unregister both ports and register them again under the same
+        names at once (a controller unplugged and plugged straight back)."""
+        n = self.replugs
+        self.proc.stdin.write("replug\n")
+        self.proc.stdin.flush()
+        assert wait_until(lambda: self.replugs > n, 5, 0.002), "the surface did not replug"
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until the daemon has handled every message sent so far."""
@@ -1300,6 +1326,20 @@ def test_a_jack_midi_controller_that_goes_and_comes_back_is_connected_again(daem
         r.s.expect([0xB0, 7, 32])  # linked again, its motor fader catches up
         r.s.cc(1, 7, 99)
         r.value_becomes("host.strength", 99 / 127)
+        # unplugged and plugged straight back, within one look of the bridge (0.25 s): the port is new
+        # (its uuid), so its connections were not taken down by hand; made again (they were forgotten)
+        for v in (40, 41, 42):
+            r.s.replug()
+            assert wait_until(lambda: bool(r.s.patch.get_all_connections(f"{name}-tx:out"))
+                              and bool(r.s.patch.get_all_connections(f"{name}-rx:in")), 5), conns()
+            r.s.cc(1, 7, v)  # both ways
+            r.value_becomes("host.strength", v / 127)
+            reg.set("host.strength", (v + 20) / 127, source="zmq")
+            r.s.expect([0xB0, 7, v + 20])
+            time.sleep(0.6)  # (the bridge has looked again since)
+            assert conns() == {"in": [f"{name}-tx:out"], "out": [f"{name}-rx:in"]}
+        r.s.cc(1, 7, 98)
+        r.value_becomes("host.strength", 98 / 127)
         # taken down by hand: forgotten, not made again
         r.s.patch.disconnect(f"{name}-tx:out", mc.jack_in_name)
         assert wait_until(lambda: conns()["in"] == [], 5), conns()
