@@ -455,8 +455,15 @@ _PREROLL = 4096  # frames of input history a new filter instance is run over fir
 #: how far back a new delay or chorus instance is pre-rolled at most for its
 #: feedback echoes (to -60 dB), and the most input kept for its first echo
 #: (one echo of the longest delay): a pre-roll costs about 2 ms a second of
-#: stereo input, on the engine thread, within one hop
+#: stereo input, on the engine thread, spread over blocks (:data:`_PREROLL_STEP_S`)
 _ECHO_BUDGET_S = 2.0
+#: how much of a new instance's pre-roll is run in one block, in seconds of
+#: one channel's input (about 0.4 ms; at least :data:`_PREROLL` frames): a
+#: longer pre-roll is spread over the next blocks while the old instance
+#: plays on, and the crossfade comes when it has caught up. In one go, a
+#: 2 s pre-roll of 8 channels took 35 ms of a 10 ms hop (a missed deadline:
+#: the live engine's dry fallback)
+_PREROLL_STEP_S = 0.5
 #: the least time between two crossfades of a delay or chorus to new values: changes that come
 #: faster (a knob sweeping the delay time) are made together at the next one, at most this late
 _SWAP_GAP_S = 0.05
@@ -502,7 +509,11 @@ class PedalboardStage(Stage):
     :data:`_ECHO_BUDGET_S` (older echoes fade out with the old instance),
     but always the first echo, up to :data:`_ECHO_HISTORY_S` (0.35 s of
     pre-roll, about 1 ms, for a 0.25 s stereo delay without feedback; 2 s,
-    about 4 ms, with feedback 0.5). For the other built-ins and parameters a
+    about 4 ms, with feedback 0.5). A pre-roll longer than
+    :data:`_PREROLL_STEP_S` of one channel's input is spread over the next
+    blocks, the old instance playing on, so no block costs more than about
+    0.4 ms of it: a 2 s stereo pre-roll lands the new delay time 8 blocks
+    (80 ms) after the change. For the other built-ins and parameters a
     numeric value moves from its old value to the new one across the next
     block in :data:`_SUBBLOCKS` steps. A hosted plugin's continuous
     parameters ramp the same way (see :class:`PluginStage`)."""
@@ -522,6 +533,9 @@ class PedalboardStage(Stage):
         keep = _PREROLL + (math.ceil(_ECHO_HISTORY_S * self.sample_rate) if cls_name in _CROSSFADED_PARAMS else 0)
         self._hist = _History(channels, keep if self._cls else 0)
         self._swap = False  # a crossfade to a new instance is due
+        # a new instance still being pre-rolled, block by block: (instance, its input still to run)
+        self._pending: tuple | None = None
+        self._step = max(_PREROLL, math.ceil(_PREROLL_STEP_S * self.sample_rate / max(1, channels)))
         self._ramps: dict[str, tuple] = {}  # parameter -> (from, to) across the next block
         self._at_once: set[str] = set()  # parameters seen to move a plugin's latency: never ramped
         # frames since the last swap, and how many must pass before the next (delay, chorus: their
@@ -537,6 +551,8 @@ class PedalboardStage(Stage):
         n = x.shape[1]
         if n == 0:
             return x
+        if self._pending is not None:
+            return self._run_pending(x)
         if self._swap and self._since_swap >= self._swap_gap:
             return self._run_swap(x)
         self._since_swap += n  # (a delay's or chorus's next swap waits: see _SWAP_GAP_S)
@@ -564,19 +580,50 @@ class PedalboardStage(Stage):
 
     def _run_swap(self, x: np.ndarray) -> np.ndarray:
         self._swap = False
-        self._since_swap = 0
         self._ramps = {}  # the new instance has every new value: the crossfade is their ramp too
-        new = self._new_instance()
-        pre = self._hist.last(self._preroll_frames())
-        if pre.shape[1]:
-            self._plain(new, pre)  # its state as if it had run with the new values all along
-        a, b = self._plain(self.plugin, x), self._plain(new, x)
+        # its state as if it had run with the new values all along: run over the recent input first
+        self._pending = (self._new_instance(), [self._hist.last(self._preroll_frames())])
+        return self._run_pending(x)
+
+    def _run_pending(self, x: np.ndarray) -> np.ndarray:
+        """A block while a new instance is pre-rolled: at most
+        :attr:`_step` frames of its pre-roll run per block, the old
+        instance playing meanwhile; in the block where what is left fits
+        (and no other parameter is ramping), the new instance runs it and
+        this block, and is crossfaded in across the block."""
+        new, backlog = self._pending
+        left = sum(b.shape[1] for b in backlog)
+        if left <= self._step and not self._ramps:
+            self._pending = None
+            self._since_swap = 0
+            if left:
+                self._plain(new, backlog[0] if len(backlog) == 1 else np.concatenate(backlog, axis=1))
+            for p in self.param_set:  # values set at once meanwhile went to the old instance
+                if self._xfade is not None and p.name not in self._xfade and hasattr(new, p.name):
+                    setattr(new, p.name, getattr(self.plugin, p.name))
+            a, b = self._plain(self.plugin, x), self._plain(new, x)
+            self._hist.write(x)
+            self.plugin = new
+            if a.shape != b.shape:  # (a filter has no latency; should never differ)
+                return b
+            r = np.arange(1, x.shape[1] + 1, dtype=np.float32)[None, :] / x.shape[1]
+            return a + r * (b - a)
+        backlog.append(x.copy())
+        take, k = [], self._step + x.shape[1]  # (the backlog shrinks by a step a block)
+        while k > 0 and backlog:
+            b = backlog[0]
+            if b.shape[1] <= k:
+                take.append(backlog.pop(0))
+                k -= b.shape[1]
+            else:
+                take.append(b[:, :k])
+                backlog[0] = b[:, k:]
+                k = 0
+        self._plain(new, take[0] if len(take) == 1 else np.concatenate(take, axis=1))
+        self._since_swap += x.shape[1]
+        y = self._run_ramps(x) if self._ramps else self._plain(self.plugin, x)
         self._hist.write(x)
-        self.plugin = new
-        if a.shape != b.shape:  # (a filter has no latency; should never differ)
-            return b
-        r = np.arange(1, x.shape[1] + 1, dtype=np.float32)[None, :] / x.shape[1]
-        return a + r * (b - a)
+        return y
 
     def _run_ramps(self, x: np.ndarray) -> np.ndarray:
         ramps, self._ramps = self._ramps, {}
@@ -622,6 +669,8 @@ class PedalboardStage(Stage):
         setattr(self.plugin, name, v)
 
     def _reset_plugin(self) -> None:
+        if self._pending is not None:  # (its values are this stage's now)
+            self._pending, self._swap = None, True
         if self._swap:  # a change not crossfaded in yet: made at once (nothing is playing)
             self.plugin = self._new_instance()
         self.plugin.reset()

@@ -379,7 +379,8 @@ def test_a_live_change_of_a_builtin_does_not_click(stage, param, before, after):
     y, r = (a[0] for a in _hops(proc, ref, x, {k0: [(f"s.{param}", after)]}))
     d2 = lambda a: np.abs(np.diff(a, 2)).max()  # noqa: E731
     steady = max(d2(y[(k0 - 40) * 480:k0 * 480]), d2(r[(k0 + 20) * 480:(k0 + 60) * 480]))
-    assert d2(y[(k0 - 2) * 480:(k0 + 3) * 480]) <= 1.3 * steady
+    # (the crossfade: in the next block, or up to 4 later with feedback, its 2 s pre-roll spread out)
+    assert d2(y[(k0 - 2) * 480:(k0 + 8) * 480]) <= 1.3 * steady
     late = slice((k0 + 40) * 480, (k0 + 80) * 480)  # settled: the new value's sound
     rms = lambda a: float(np.sqrt(np.mean(a ** 2)))  # noqa: E731
     assert rms(y[late] - r[late]) <= 0.05 * rms(r[late])
@@ -401,6 +402,45 @@ def test_a_delay_time_change_keeps_the_echoes_of_what_came_before():
     np.testing.assert_allclose(y[:, (k0 + 1) * 480:], r[:, (k0 + 1) * 480:], atol=1e-6)
 
 
+def test_a_long_delay_pre_roll_is_spread_over_blocks_and_lands_exactly():
+    """A new delay time on 8 channels with feedback pre-rolls the new
+    instance on 2 s of input: run in one block that was 35 ms of work in a
+    10 ms hop (the live engine's deadline missed: its dry fallback). It is
+    now run a step a block while the old delay plays on unchanged; then the
+    new one is crossfaded in, exactly as a delay built with the new
+    values, and no block runs more than a step of it."""
+    from quietcast.bridge import stages
+
+    ch = 8
+    x = np.random.default_rng(9).standard_normal((ch, 3 * SR)).astype(np.float32) * 0.1
+    spec = {"name": "d", "type": "delay", "delay_seconds": 0.25, "feedback": 0.5, "mix": 0.5}
+    proc = Chain([spec]).processor(SR, ch)
+    old = Chain([spec]).processor(SR, ch)
+    new = Chain([{**spec, "delay_seconds": 0.31}]).processor(SR, ch)
+    st = proc.stage("d")
+    frames, plain = [0], st._plain
+    st._plain = lambda plugin, blk: frames.__setitem__(0, frames[0] + blk.shape[1]) or plain(plugin, blk)
+    k0, ys, most = 150, [], 0
+    for k in range(x.shape[1] // 480):
+        if k == k0:
+            proc.set_param("d.delay_seconds", 0.31)
+        frames[0] = 0
+        ys.append(proc.process(x[:, k * 480:(k + 1) * 480]))
+        most = max(most, frames[0])
+    y = np.concatenate(ys, axis=1)
+    step = max(stages._PREROLL, math.ceil(stages._PREROLL_STEP_S * SR / ch))
+    assert most <= step + 2 * 480, most  # (was the whole 2 s pre-roll, 100,096 frames, in one block)
+    ro, rn = old.process(x), new.process(x)  # (one call each: a delay's output does not depend on blocks)
+    # the old delay until the crossfade, the new one from the block after it on, to float rounding
+    diff_old = np.abs(y - ro).max(axis=0).reshape(-1, 480).max(axis=1)
+    diff_new = np.abs(y - rn).max(axis=0).reshape(-1, 480).max(axis=1)
+    swap = k0 + int(np.argmax(diff_old[k0:] > 1e-6))
+    blocks = math.ceil((2 * SR + stages._PREROLL) / step)
+    assert k0 < swap <= k0 + blocks, (swap, blocks)
+    after = (swap + 1) * 480 + proc.latency  # (8 channels: the stage's 8 frames of latency, _ShapeGuard's)
+    assert diff_old[:swap].max() <= 1e-6 and np.abs(y[:, after:] - rn[:, after:]).max() <= 1e-6
+
+
 def test_a_knob_sweeping_the_delay_time_makes_one_swap_per_gap_and_ends_on_its_last_value():
     """A MIDI knob on ``delay_seconds`` sends a value every 10 ms block: each
     crossfade pre-rolls a new delay on up to seconds of input on the engine
@@ -418,6 +458,7 @@ def test_a_knob_sweeping_the_delay_time_makes_one_swap_per_gap_and_ends_on_its_l
     proc.process(x)
     proc.set_param("d.delay_seconds", 0.51)
     proc.process(x)
+    proc.process(x)  # (its 0.6 s pre-roll is run over two blocks: see the test below)
     assert len(made) == 1 and st.plugin.delay_seconds == pytest.approx(0.51)  # the first: at once
     for k in range(40):  # 400 ms of a knob moving
         proc.set_param("d.delay_seconds", 0.52 + k * 0.005)
