@@ -987,6 +987,14 @@ def say(line):
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 name = sys.argv[1]
+# python-rtmidi's wheel carries a libjack of its own, which speaks only to a JACK2 server: PipeWire's
+# JACK layer (pw-jack) never answers it ("JACK server not running?"). The system's libjack (the one
+# JACK-Client loads, PipeWire's under pw-jack), made global first, is the one rtmidi's calls then reach
+try:
+    import ctypes, ctypes.util
+    ctypes.CDLL(ctypes.util.find_library("jack") or "libjack.so.0", mode=ctypes.RTLD_GLOBAL)
+except OSError:
+    pass
 try:
     import jack, rtmidi
 except ImportError as e:

@@ -1,0 +1,222 @@
+"""The live daemon under PipeWire's JACK layer (``pw-jack``), as on a
+desktop (systemd/user/quietcast.service): a private, headless PipeWire
+server (its Dummy-Driver drives the graph; no session manager, no sound
+card), the real ``quietcast run`` under ``pw-jack``, and a peer under
+``pw-jack`` that plays into the daemon, records it and is its MIDI
+surface. PipeWire's JACK layer is its own libjack, not JACK2's: the same
+calls, other behaviour (its own period, 1024 frames here; its own port
+registration).
+
+Needs Debian's ``pipewire`` and ``pipewire-jack`` (.ci/setup installs
+them). Everything under PipeWire runs in subprocesses: this process
+already holds JACK2's libjack for the other tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+pytestmark = pytest.mark.jack
+
+# The peer: plays impulses into the daemon's input and records its output
+# (one JACK client), and is a MIDI surface on the daemon's JACK MIDI ports
+# (python-rtmidi, as a controller behind PipeWire's MIDI bridge would be).
+PEER = r"""
+import ctypes, ctypes.util, json, sys, time
+ctypes.CDLL(ctypes.util.find_library("jack") or "libjack.so.0", mode=ctypes.RTLD_GLOBAL)  # (see daemon/midi.py)
+import jack, numpy as np, rtmidi
+qc = sys.argv[1]
+play = jack.Client("peer-play", no_start_server=True)
+recc = jack.Client("peer-rec", no_start_server=True)
+sr, period = play.samplerate, play.blocksize
+n = 4 * sr
+sig = np.zeros(n, np.float32)
+marks = [sr, 2 * sr + 123, 3 * sr + 457]
+for i in marks:
+    sig[i] = 0.9
+base, rec = [None], np.zeros(n, np.float32)  # indexed by JACK frame time - base (the player's first cycle)
+out = play.outports.register("out")
+inp = recc.inports.register("in")
+@play.set_process_callback
+def playing(frames):
+    if base[0] is None:
+        base[0] = play.last_frame_time
+    p = play.last_frame_time - base[0]
+    o = out.get_array()
+    o[:] = 0.0
+    if 0 <= p < n:
+        k = min(frames, n - p)
+        o[:k] = sig[p:p + k]
+@recc.set_process_callback
+def recording(frames):
+    if base[0] is not None:
+        p = recc.last_frame_time - base[0]
+        if 0 <= p < n:
+            k = min(frames, n - p)
+            rec[p:p + k] = inp.get_array()[:k]
+tx = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="peer-tx")
+tx.open_virtual_port("out")
+rx = rtmidi.MidiIn(rtmidi.API_UNIX_JACK, name="peer-rx")
+rx.open_virtual_port("in")
+recc.activate()
+recc.connect(qc + ":host_out", inp)
+recc.connect("peer-tx:out", qc + "-midi-in:in")
+recc.connect(qc + "-midi-out:out", "peer-rx:in")
+sys.stdout.write("ready %d %d\n" % (sr, period)); sys.stdout.flush()
+got = []
+for line in sys.stdin:  # commands from the test, one a line
+    cmd = line.split()
+    if cmd[0] == "cc":
+        tx.send_message([0xB0, int(cmd[1]), int(cmd[2])])
+    elif cmd[0] == "rx":  # MIDI received so far
+        while True:
+            m = rx.get_message()
+            if m is None:
+                break
+            got.append(m[0])
+        sys.stdout.write("rx %s\n" % json.dumps(got)); sys.stdout.flush()
+    elif cmd[0] == "audio":  # play, and the delays of the marks once all is recorded
+        play.activate()
+        play.connect(out, qc + ":host_in")
+        t0 = time.monotonic()
+        while (base[0] is None or recc.frame_time - base[0] < n + 2 * period) and time.monotonic() - t0 < 30:
+            time.sleep(0.05)
+        d = []
+        for i in marks:
+            seg = np.abs(rec[i:i + sr // 2])
+            d.append(int(np.argmax(seg > 0.02)) if seg.max() > 0.02 else -1)
+        sys.stdout.write("audio %s\n" % json.dumps(d)); sys.stdout.flush()
+for cl in (play, recc):
+    cl.deactivate()
+    cl.close()
+"""
+
+
+@pytest.fixture(scope="module")
+def pipewire(tmp_path_factory):
+    """A private PipeWire server: ``(env, runtime_dir)`` for ``pw-jack``
+    clients of it."""
+    missing = [t for t in ("pipewire", "pw-jack") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (apt-get install pipewire pipewire-jack)")
+    rt = tmp_path_factory.mktemp("pwrt")
+    os.chmod(rt, 0o700)
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(rt), PIPEWIRE_RUNTIME_DIR=str(rt))
+    for k in ("JACK_DEFAULT_SERVER", "PIPEWIRE_REMOTE", "DBUS_SESSION_BUS_ADDRESS"):
+        env.pop(k, None)
+    log = open(rt / "pipewire.log", "w")
+    proc = subprocess.Popen(["pipewire"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        t0 = time.monotonic()
+        while not (rt / "pipewire-0").exists():
+            assert proc.poll() is None, (rt / "pipewire.log").read_text()
+            assert time.monotonic() - t0 < 20, "PipeWire did not start"
+            time.sleep(0.05)
+        yield env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _wait(pred, timeout, step=0.05):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            if pred():
+                return True
+        except Exception:
+            pass
+        time.sleep(step)
+    return False
+
+
+def test_the_daemon_under_pipewires_jack_layer_states_its_latency_and_takes_jack_midi(pipewire, tmp_path):
+    """Under ``pw-jack`` the daemon comes up at PipeWire's rate and period,
+    its output lands exactly the declared latency after its input (as
+    PipeWire itself reports it on the ports), and its JACK MIDI ports work
+    both ways: a fader's CC moves a parameter, and a change from ``ctl``
+    goes back to the controller. (JACK MIDI did not start at all here:
+    python-rtmidi's wheel brings a libjack of its own that only reaches a
+    JACK2 server.)"""
+    from conftest import quietcast_exe
+
+    from quietcast.daemon.client import Client
+
+    name = f"qpw{uuid.uuid4().hex[:5]}"
+    (tmp_path / "map.toml").write_text('[[map]]\naddress = "host.strength"\ntype = "cc"\nchannel = 1\nnumber = 7\n'
+                                       'takeover = "jump"\n')
+    cfg = tmp_path / "quietcast.toml"
+    cfg.write_text(f'[jack]\nclient_name = "{name}"\n[engine]\nmodel = "dsp"\n'
+                   f'[control]\nbind = "ipc://{tmp_path}/ctl"\nevents = "ipc://{tmp_path}/ev"\n'
+                   '[midi]\nmapping = "map.toml"\n[state]\nenabled = false\n[[channel]]\nname = "host"\n')
+    daemon = subprocess.Popen(["pw-jack", quietcast_exe(), "run", "--config", str(cfg)], env=pipewire,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"))
+    peer = None
+    try:
+        with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
+            assert _wait(lambda: c.status()["ready"] and c.status()["midi"]["jack"]["in"], 30), \
+                (tmp_path / "daemon.log").read_text()[-3000:]
+            st = c.status()
+            peer = subprocess.Popen(["pw-jack", sys.executable, "-c", PEER, name], env=pipewire, text=True,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+            def ask(line: str, tag: str) -> object:
+                peer.stdin.write(line + "\n")
+                peer.stdin.flush()
+                while True:
+                    got = peer.stdout.readline()
+                    assert got, "the peer ended"
+                    if got.startswith(tag + " "):
+                        return json.loads(got[len(tag) + 1:])
+
+            first = peer.stdout.readline().split()
+            assert first[0] == "ready", first
+            sr, period = int(first[1]), int(first[2])
+            assert (st["sample_rate"], st["period"]) == (sr, period)
+            lat = st["latency_frames"]
+            lsp = subprocess.run(["pw-jack", "jack_lsp", "-l", f"{name}:host_out"], env=pipewire,
+                                 capture_output=True, text=True, timeout=20).stdout
+            assert f"port capture latency = [ {lat} {lat} ] frames" in lsp, lsp
+
+            # MIDI in: a fader on CC 7 moves the strength
+            assert _wait(lambda: c.status()["midi"]["jack"]["connections"]["in"], 10), c.status()["midi"]
+            for _ in range(40):  # (until the connection carries: a message may be lost while it is made)
+                peer.stdin.write("cc 7 32\n")
+                peer.stdin.flush()
+                if _wait(lambda: abs(c.call("get", address="host.strength") - 32 / 127) < 1e-6, 0.25):
+                    break
+            assert c.call("get", address="host.strength") == pytest.approx(32 / 127)
+            # MIDI out: a change from ctl reaches the controller (its motor fader, its LED ring)
+            c.call("set", address="host.strength", value=100 / 127)
+            assert _wait(lambda: [0xB0, 7, 100] in ask("rx", "rx"), 5)
+
+            # audio: each impulse comes out exactly the declared latency later
+            delays = ask("audio", "audio")
+            assert delays == [lat] * 3, (delays, lat, period)
+            assert c.status()["xruns"] == 0
+    finally:
+        for p in (peer, daemon):
+            if p is not None and p.poll() is None:
+                if p is peer:
+                    p.stdin.close()
+                else:
+                    p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+    assert daemon.returncode == 0, (tmp_path / "daemon.log").read_text()[-3000:]
