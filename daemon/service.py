@@ -131,6 +131,11 @@ class Daemon:
         self._cycles_seen_at = 0.0  # (monotonic)
         #: since when (monotonic) the JACK server has run no cycle of a connected client, or None
         self._stalled_since: float | None = None
+        # while stalled: is the server still there, and does it still know this client? (a probe
+        # client in a thread of its own: against a frozen server it waits as long as the server)
+        self._probe_thread: threading.Thread | None = None
+        self._probe_at = 0.0
+        self._probe_lost = threading.Event()
         self._restored = False
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._supervisor: int | None = None
@@ -1137,10 +1142,25 @@ class Daemon:
         the server's: a restart of quietcast would not help, and would come
         back to a jack_client_open that waits for the frozen server). When
         cycles run again, all of it is undone; when the server dies instead,
-        its shutdown is handled as ever (reconnect)."""
+        its shutdown is handled as ever (reconnect).
+
+        PipeWire's JACK layer (0.3.65) sends no shutdown when PipeWire
+        dies or restarts, and its client goes on as if connected: only the
+        cycles stop. So while stalled, every :attr:`PROBE_S` a probe client
+        (:meth:`_server_lost`) looks for this client's ports in the server's
+        graph: a server that cannot be reached, or one that no longer lists
+        them (a PipeWire restarted), counts as the server gone: a reconnect.
+        A frozen server keeps the probe waiting, and no other starts."""
         io = self.io
         if io is None or io.client is None:
             return
+        if self._probe_lost.is_set():
+            self._probe_lost.clear()
+            if self._stalled_since is not None and io.alive:
+                log.warning("the JACK server no longer has this client (it died or restarted without a word, "
+                            "as PipeWire does)")
+                io.shutdown_event.set()  # (the supervisor's reconnect, as after a shutdown)
+                return
         cyc, now = int(io.counters[jackio.CYCLES]), time.monotonic()
         if cyc != self._seen_cycles:
             self._seen_cycles, self._cycles_seen_at = cyc, now
@@ -1158,6 +1178,36 @@ class Daemon:
             self.ready.clear()
             self.notifier.status(self._status_line())
             self.emit("event.state", {"state": "stalled"})
+        if self._stalled_since is not None and now - self._probe_at >= self.PROBE_S and not self._stop.is_set() \
+                and (self._probe_thread is None or not self._probe_thread.is_alive()):
+            self._probe_at = now
+            self._probe_thread = threading.Thread(target=self._server_lost, args=(io.client_name,),
+                                                  name="quietcast-jack-probe", daemon=True)
+            self._probe_thread.start()
+
+    #: while stalled, how often the server is asked whether it still has this client
+    PROBE_S = 1.0
+
+    def _server_lost(self, name: str) -> None:
+        """(The stall probe's thread.) Sets ``_probe_lost`` when the server
+        cannot be reached or lists none of ``name``'s ports."""
+        import jack
+
+        try:
+            probe = jack.Client("quietcast-probe", servername=self.server, no_start_server=True)
+        except jack.JackError:
+            self._probe_lost.set()
+            return
+        try:
+            if not probe.get_ports(jackio.ports_of(name)):
+                self._probe_lost.set()
+        except jack.JackError:
+            pass
+        finally:
+            try:
+                probe.close()
+            except jack.JackError:
+                pass
 
     def _housekeeping(self) -> None:
         """Watchdog pings (only while the engine makes progress), STATUS

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -100,35 +101,76 @@ for cl in (play, recc):
 """
 
 
-@pytest.fixture(scope="module")
+class PipeWire:
+    """A private, headless PipeWire server; ``env`` for its ``pw-jack``
+    clients."""
+
+    def __init__(self, rt):
+        self.rt = rt
+        os.chmod(rt, 0o700)
+        self.env = dict(os.environ, XDG_RUNTIME_DIR=str(rt), PIPEWIRE_RUNTIME_DIR=str(rt))
+        for k in ("JACK_DEFAULT_SERVER", "PIPEWIRE_REMOTE", "DBUS_SESSION_BUS_ADDRESS"):
+            self.env.pop(k, None)
+        self.proc = None
+
+    def start(self) -> "PipeWire":
+        log = open(self.rt / "pipewire.log", "a")
+        self.proc = subprocess.Popen(["pipewire"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        t0 = time.monotonic()
+        while not (self.rt / "pipewire-0").exists():
+            assert self.proc.poll() is None, (self.rt / "pipewire.log").read_text()
+            assert time.monotonic() - t0 < 20, "PipeWire did not start"
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        """As ``systemctl --user restart pipewire`` stops it (SIGTERM)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        t0 = time.monotonic()
+        while (self.rt / "pipewire-0").exists() and time.monotonic() - t0 < 5:
+            time.sleep(0.05)
+
+
+@pytest.fixture
 def pipewire(tmp_path_factory):
-    """A private PipeWire server: ``(env, runtime_dir)`` for ``pw-jack``
-    clients of it."""
     missing = [t for t in ("pipewire", "pw-jack") if shutil.which(t) is None]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (apt-get install pipewire pipewire-jack)")
-    rt = tmp_path_factory.mktemp("pwrt")
-    os.chmod(rt, 0o700)
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(rt), PIPEWIRE_RUNTIME_DIR=str(rt))
-    for k in ("JACK_DEFAULT_SERVER", "PIPEWIRE_REMOTE", "DBUS_SESSION_BUS_ADDRESS"):
-        env.pop(k, None)
-    log = open(rt / "pipewire.log", "w")
-    proc = subprocess.Popen(["pipewire"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    pw = PipeWire(tmp_path_factory.mktemp("pwrt")).start()
     try:
-        t0 = time.monotonic()
-        while not (rt / "pipewire-0").exists():
-            assert proc.poll() is None, (rt / "pipewire.log").read_text()
-            assert time.monotonic() - t0 < 20, "PipeWire did not start"
-            time.sleep(0.05)
-        yield env
+        yield pw
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        pw.stop()
+
+
+def _config(tmp_path, name: str, mapping: str = "") -> pathlib.Path:
+    (tmp_path / "map.toml").write_text(mapping)
+    cfg = tmp_path / "quietcast.toml"
+    cfg.write_text(f'[jack]\nclient_name = "{name}"\n[engine]\nmodel = "dsp"\n'
+                   f'[control]\nbind = "ipc://{tmp_path}/ctl"\nevents = "ipc://{tmp_path}/ev"\n'
+                   '[midi]\nmapping = "map.toml"\n[state]\nenabled = false\n[[channel]]\nname = "host"\n')
+    return cfg
+
+
+def _stop(*procs) -> None:
+    for p in procs:
+        if p is not None and p.poll() is None:
+            if p.stdin is not None:
+                p.stdin.close()
+            else:
+                p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 def _wait(pred, timeout, step=0.05):
@@ -156,13 +198,9 @@ def test_the_daemon_under_pipewires_jack_layer_states_its_latency_and_takes_jack
     from quietcast.daemon.client import Client
 
     name = f"qpw{uuid.uuid4().hex[:5]}"
-    (tmp_path / "map.toml").write_text('[[map]]\naddress = "host.strength"\ntype = "cc"\nchannel = 1\nnumber = 7\n'
-                                       'takeover = "jump"\n')
-    cfg = tmp_path / "quietcast.toml"
-    cfg.write_text(f'[jack]\nclient_name = "{name}"\n[engine]\nmodel = "dsp"\n'
-                   f'[control]\nbind = "ipc://{tmp_path}/ctl"\nevents = "ipc://{tmp_path}/ev"\n'
-                   '[midi]\nmapping = "map.toml"\n[state]\nenabled = false\n[[channel]]\nname = "host"\n')
-    daemon = subprocess.Popen(["pw-jack", quietcast_exe(), "run", "--config", str(cfg)], env=pipewire,
+    cfg = _config(tmp_path, name, '[[map]]\naddress = "host.strength"\ntype = "cc"\nchannel = 1\nnumber = 7\n'
+                  'takeover = "jump"\n')
+    daemon = subprocess.Popen(["pw-jack", quietcast_exe(), "run", "--config", str(cfg)], env=pipewire.env,
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"))
     peer = None
     try:
@@ -170,7 +208,7 @@ def test_the_daemon_under_pipewires_jack_layer_states_its_latency_and_takes_jack
             assert _wait(lambda: c.status()["ready"] and c.status()["midi"]["jack"]["in"], 30), \
                 (tmp_path / "daemon.log").read_text()[-3000:]
             st = c.status()
-            peer = subprocess.Popen(["pw-jack", sys.executable, "-c", PEER, name], env=pipewire, text=True,
+            peer = subprocess.Popen(["pw-jack", sys.executable, "-c", PEER, name], env=pipewire.env, text=True,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
             def ask(line: str, tag: str) -> object:
@@ -187,7 +225,7 @@ def test_the_daemon_under_pipewires_jack_layer_states_its_latency_and_takes_jack
             sr, period = int(first[1]), int(first[2])
             assert (st["sample_rate"], st["period"]) == (sr, period)
             lat = st["latency_frames"]
-            lsp = subprocess.run(["pw-jack", "jack_lsp", "-l", f"{name}:host_out"], env=pipewire,
+            lsp = subprocess.run(["pw-jack", "jack_lsp", "-l", f"{name}:host_out"], env=pipewire.env,
                                  capture_output=True, text=True, timeout=20).stdout
             assert f"port capture latency = [ {lat} {lat} ] frames" in lsp, lsp
 
@@ -208,15 +246,41 @@ def test_the_daemon_under_pipewires_jack_layer_states_its_latency_and_takes_jack
             assert delays == [lat] * 3, (delays, lat, period)
             assert c.status()["xruns"] == 0
     finally:
-        for p in (peer, daemon):
-            if p is not None and p.poll() is None:
-                if p is peer:
-                    p.stdin.close()
-                else:
-                    p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        _stop(peer, daemon)
     assert daemon.returncode == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+
+
+def test_the_daemon_comes_back_after_pipewire_restarts(pipewire, tmp_path):
+    """PipeWire restarted under a running daemon (``systemctl --user
+    restart pipewire``): PipeWire's libjack sends no shutdown and its client
+    goes on as if connected; only the cycles stop. The daemon saw a frozen
+    server and waited for ever. Now, while stalled, it asks the server
+    whether it still has the daemon's client; it has not: a reconnect,
+    ready again, its JACK MIDI ports back."""
+    from conftest import quietcast_exe
+
+    from quietcast.daemon.client import Client
+
+    name = f"qpw{uuid.uuid4().hex[:5]}"
+    cfg = _config(tmp_path, name)
+    daemon = subprocess.Popen(["pw-jack", quietcast_exe(), "run", "--config", str(cfg)], env=pipewire.env,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"))
+    log = lambda: (tmp_path / "daemon.log").read_text()[-3000:]  # noqa: E731
+    try:
+        with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
+            assert _wait(lambda: c.status()["ready"] and c.status()["midi"]["jack"]["in"], 30), log()
+            pipewire.stop()
+            assert _wait(lambda: not c.status()["ready"], 10), log()
+            pipewire.start()
+            assert _wait(lambda: c.status()["ready"], 20), (c.status(), log())
+            st = c.status()
+            assert st["reconnects"] == 1 and st["jack_stalled_s"] is None, st
+            assert _wait(lambda: c.status()["midi"]["jack"]["in"] and c.status()["midi"]["jack"]["bridge_starts"] >= 2,
+                         20), c.status()["midi"]
+            lsp = subprocess.run(["pw-jack", "jack_lsp", name], env=pipewire.env, capture_output=True, text=True,
+                                 timeout=20).stdout
+            assert f"{name}:host_in" in lsp and f"{name}-midi-in:in" in lsp, lsp
+            assert "no longer has this client" in log()
+    finally:
+        _stop(daemon)
+    assert daemon.returncode == 0, log()
