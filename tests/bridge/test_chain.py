@@ -254,7 +254,7 @@ def test_latency_is_declared_and_exact_through_resampling():
     """Through the resamplers (any rate but 48 kHz) an impulse comes out
     with its peak on the declared latency and, below 48 kHz (where the
     round trip keeps the whole band), as the pair's symmetric
-    (linear-phase) response centred there. Until session 25 it was centred
+    (linear-phase) response centred there. It used to be centred
     a fraction of a frame off (0.51 early at 44.1 kHz, 0.33 late at 16 kHz),
     and the peak could land a frame either side. (Above 48 kHz an impulse
     loses its band above 24 kHz, and what is left depends on where it

@@ -57,19 +57,23 @@ def response(x: np.ndarray, y: np.ndarray, sr: int, latency: int, freqs, nfft: i
     return delay, 20 * np.log10(np.abs(h[k]))
 
 
-@pytest.mark.parametrize("sr", [44_100, 22_050, 32_000, 88_200])
+@pytest.mark.parametrize("sr", [44_100, 22_050, 32_000, 88_200, 11_025, 176_400])
 def test_the_output_lands_on_the_declared_latency_at_every_frequency(sr):
-    """Before session 25 the resampler pair left a fraction of a frame in
+    """The resampler pair used to leave a fraction of a frame in
     the output: 0.5125 frames early at 44.1 kHz, 0.5469 late at 22.05 kHz,
-    0.3333 early at 32 kHz, 0.7125 early at 88.2 kHz, the same at every
-    frequency (the pair is linear-phase)."""
+    0.3333 early at 32 kHz, 0.7125 early at 88.2 kHz, 0.3828 early at
+    11.025 kHz, 1.725 late at 176.4 kHz, the same at every frequency (the
+    pair is linear-phase)."""
     st = DenoiseStage("nr", sr, 1, model="dsp", strength=0.0)
     x = noise(sr)
     y = stream(st, x, sr // 100)
     freqs = [f for f in FREQS if f < 0.45 * sr]
     delay, gain = response(x, y, sr, st.latency, freqs)
     assert np.abs(delay).max() < 0.01, dict(zip(freqs, delay.round(4)))
-    assert np.abs(gain).max() < 0.01, dict(zip(freqs, gain.round(4)))  # and the passband is flat
+    # and the passband is flat: within 0.003 dB from 22.05 to 96 kHz; pedalboard's resamplers ripple
+    # more below (0.22 dB at 0.9 x Nyquist at 11.025 kHz) and at 176.4 kHz (0.09 dB at 19.4 kHz)
+    flat = 0.01 if 22_050 <= sr <= 96_000 else 0.3
+    assert np.abs(gain).max() < flat, dict(zip(freqs, gain.round(4)))
     assert st.resample_error == 0.0  # as the stage says
 
 
