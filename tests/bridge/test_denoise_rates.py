@@ -9,13 +9,15 @@ real ``dsp`` model (``passthrough`` for the engine's stems)."""
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
-from pedalboard.io import AudioFile
+from pedalboard.io import AudioFile, StreamResampler
 
 from quietcast.bridge import Chain
 from quietcast.bridge.offline import process_file
-from quietcast.bridge.stages import DenoiseStage
+from quietcast.bridge.stages import DenoiseStage, resampled_offset, whole_frame_trim
 from quietcast.daemon.config import ChannelConfig
 from quietcast.daemon.engine import Engine
 
@@ -165,3 +167,23 @@ def test_a_file_processed_at_its_own_rate_is_aligned_with_it(tmp_path, to):
     s = slice(sr // 4, -sr // 4)  # the file's two ends, where the stage fills and empties, left out
     rel_db = 10 * np.log10(np.mean((y[0, s] - x[0, s]) ** 2) / np.mean(x[0, s] ** 2))
     assert rel_db < -50.0, rel_db
+
+
+def test_every_rate_lands_on_a_whole_frame():
+    """The trim that lands the resampler pair on a whole frame, from the
+    real resamplers' figures, at common and odd rates (exact: Fractions)."""
+    from pedalboard.io import StreamResampler
+
+    from quietcast.bridge.stages import resampled_offset, whole_frame_trim
+
+    for sr in (8_000, 11_025, 16_000, 22_050, 24_000, 32_000, 37_800, 44_100, 44_101, 64_000, 88_200, 96_000,
+               176_400, 192_000, 352_800, 384_000):
+        a, b = StreamResampler(sr, 48_000, 1), StreamResampler(48_000, sr, 1)
+        off = resampled_offset(sr, 48_000, a.input_latency, b.input_latency)
+        m, k, err = whole_frame_trim(sr, 48_000, off, most_kept=960)
+        assert err == 0 and off - m * Fraction(sr, 48_000) == k, sr
+    off = resampled_offset(44_100, 48_000, 64.0, 64.0)
+    assert off == Fraction(-82, 160)  # 0.5125 frames early
+    assert whole_frame_trim(44_100, 48_000, off, most_kept=960) == (-6, 5, 0)  # 6 x 0.91875 = 5.5125
+    # with no trim allowed either way it stays where it was
+    assert whole_frame_trim(44_100, 48_000, off, most_kept=0, most=0) == (0, -1, Fraction(39, 80))
