@@ -971,18 +971,19 @@ class DenoiseStage(Stage):
     until it lands on a whole frame (:func:`whole_frame_trim`; at 44.1 kHz
     6 fewer: 6 x 0.91875 = 5.5125), at no cost per block. It lands exactly
     (measured within 0.0002 frames of :attr:`latency` from 200 Hz to 19 kHz
-    at 22.05, 32, 44.1 and 88.2 kHz); :attr:`resample_error` would say how
-    far off it is at a rate where no trim is exact (none from 1 to 384 kHz
-    with pedalboard's resamplers).
+    at 22.05, 32, 44.1 and 88.2 kHz, 0.005 at 11.025 and 176.4 kHz: the
+    measurement's own scatter); :attr:`resample_error`
+    would say how far off it is at a rate where no trim is exact (none of
+    300 rates drawn from 1 to 384 kHz, with pedalboard's resamplers).
 
     The round trip is flat within 0.003 dB to 0.9 x Nyquist at 22.05 to
     44.1 kHz (0.05 dB at 16 kHz, 0.22 dB at 11.025 kHz, 0.4 dB at 8 kHz),
-    -0.04 dB at 0.92, -1.3 dB at 0.95 x Nyquist; above 48 kHz flat to 20 kHz
-    (0.001 dB at 88.2 and 96 kHz, 0.09 dB at 176.4 kHz) and nothing above
-    24 kHz (the suppressor's band). At strength 0 the output is the delayed input:
-    bit-exact at 48 kHz, elsewhere to within the round trip (-88 dB of
-    difference at 44.1 kHz for a signal below 0.9 x Nyquist, -80 dB at
-    22.05 kHz).
+    -0.04 dB at 0.92, -1.3 dB at 0.95 x Nyquist; above 48 kHz flat to
+    20 kHz (0.001 dB at 88.2 and 96 kHz, 0.09 dB at 176.4 kHz) and nothing
+    above 24 kHz (the suppressor's band). At strength 0 the output is the
+    delayed input: bit-exact at 48 kHz, elsewhere to within the round trip
+    (-88 dB of difference at 44.1 kHz for a signal below 0.9 x Nyquist,
+    -80 dB at 22.05 kHz).
     """
 
     type_name = "denoise"
