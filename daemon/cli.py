@@ -565,12 +565,14 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from quietcast.models.common import quietcast_version
+
     p = argparse.ArgumentParser(
         prog="quietcast",
         description="Background-noise removal for broadcast audio: a live multi-channel JACK daemon "
                     "and the same effect chains over files.",
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {quietcast_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     pr = sub.add_parser(
@@ -746,15 +748,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _help(parser) -> int:
     parser.print_help(sys.stderr)
     return EXIT_USAGE
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("quietcast")
-    except Exception:
-        return "unknown"
 
 
 def _ctl_set_values(parser, argv: list[str]) -> list[str]:
