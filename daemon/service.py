@@ -5,7 +5,9 @@ Threads:
 
 - the supervisor (:meth:`Daemon.run`, the main thread under ``quietcast
   run``): builds the engine (hosted plugins must be loaded on the thread
-  that loaded the first one), opens the JACK client, applies connection
+  that loaded the first one; at a start it runs the one ``quietcast
+  run``'s check built on this thread, when the server's rate is 48 kHz),
+  opens the JACK client, applies connection
   rules when ports appear, follows the connections made to its ports by
   hand and makes them again (:meth:`Daemon._follow_connections`: after a
   reopen, a jackd crash, a restart, or when the other port comes back),
