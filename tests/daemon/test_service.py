@@ -749,6 +749,26 @@ def test_a_start_builds_each_chain_once(tmp_path, jack_servers, qcgain_vst3, rat
     assert built == [[str(2 * starts + 2 + 1), str(3 * starts + 3 + 1)]], out[-3000:]
 
 
+def test_an_engine_handed_over_on_another_thread_than_the_supervisors_is_built_again(tmp_path, jack_server):
+    """Hosted plugins are loaded on one thread: an engine built on another
+    thread than the one that runs the daemon is not run, one is built on
+    the supervisor's (on the same thread it runs: the test above)."""
+    from quietcast.daemon.preflight import startup_check
+
+    cfg = load_config(write_config(tmp_path, jack_server.name))
+    built, problems = startup_check(cfg, midi=False)
+    assert not problems and built.sample_rate == 48_000
+    d = Daemon(cfg, engine=built)
+    th = threading.Thread(target=d.run, daemon=True)
+    th.start()
+    try:
+        assert d.ready.wait(20)
+        assert d.engine is not None and d.engine is not built
+    finally:
+        d.request_stop()
+        th.join(20)
+
+
 # --------------------------------------------------------------------------
 # the weights' licence is said where an operator looks
 
