@@ -47,6 +47,8 @@ import os
 import struct
 from typing import NamedTuple
 
+from .wavmeta import walk_chunks
+
 __all__ = ["truncation_problem", "mp3_gapless", "MP3_DECODER_DELAY", "flac_signature", "FlacCheck", "pcm_ints"]
 
 #: how far back from the end a FLAC frame header is looked for, at least
@@ -95,20 +97,12 @@ _EXTENSIBLE = 0xFFFE
 
 def _wav(f, size: int, kind: bytes) -> str | None:
     e = ">" if kind == b"RIFX" else "<"
-    rf64_data = None
     fmt = None  # (block_align, rate)
-    pos = 12
-    for _ in range(_MAX_CHUNKS):
-        f.seek(pos)
-        hdr = f.read(8)
-        if len(hdr) < 8:
-            return None  # no data chunk: the decoder says what is wrong
-        cid, n = hdr[:4], struct.unpack(e + "I", hdr[4:])[0]
-        if cid == b"ds64" and kind in (b"RF64", b"BW64"):
-            body = f.read(16)
-            if len(body) == 16:
-                rf64_data = struct.unpack("<Q", body[8:16])[0]
-        elif cid == b"fmt ":
+    for cid, pos, n in walk_chunks(f, size, kind, strict=False):
+        if n is None:
+            return None  # an RF64 size that ds64 does not give: the decoder says what is wrong
+        if cid == b"fmt ":
+            f.seek(pos)
             body = f.read(min(n, 40))
             if len(body) < 16:
                 return None
@@ -119,25 +113,20 @@ def _wav(f, size: int, kind: bytes) -> str | None:
                 return None  # compressed: frames are not block_align bytes
             fmt = (align, rate)
         elif cid == b"data":
-            if kind in (b"RF64", b"BW64") and n == 0xFFFFFFFF:
-                n = rf64_data
             if fmt is None:
                 return None  # no format before the data: the decoder says what is wrong
             align, rate = fmt
             if not n or n == 0xFFFFFFFF:  # size unknown: a streamed or never-finished recording
-                present = max(0, size - (pos + 8)) // align
+                present = max(0, size - pos) // align
                 if not present:
                     return None
                 return (f"the WAV header leaves the length unknown (data size {n:#x}, as a streamed or unfinished "
                         f"recording writes it); the file holds {present} frames ({present / rate:.2f} s), but the "
                         f"decoder would read {'none' if not n else 'hours of padding'}: rewrite the header first, "
                         f"e.g. `sox IN.wav OUT.wav`")
-            declared, present = n // align, max(0, size - (pos + 8)) // align
+            declared, present = n // align, max(0, size - pos) // align
             return _message(declared, present, rate) if present < declared else None
-        pos += 8 + n + (n & 1)
-        if pos > size:
-            return None  # cut before any data chunk: the decoder says what is wrong
-    return None
+    return None  # no data chunk, or the file is cut before it: the decoder says what is wrong
 
 
 # --------------------------------------------------------------------------

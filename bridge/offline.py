@@ -35,6 +35,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from quietcast.models.common import quietcast_version  # (the CodingHistory line names it; imported from here too)
+
 from .audiocheck import MP3_DECODER_DELAY, FlacCheck, mp3_gapless, pcm_ints, truncation_problem
 from .chain import SAMPLE_RATES, Chain
 from . import wavmeta
@@ -382,22 +384,6 @@ class OutFormat:
 
     def __str__(self) -> str:
         return f"{self.major or {'MPEG_LAYER_III': 'MP3', 'VORBIS': 'OGG'}[self.subtype]} {self.subtype}"
-
-
-_VERSION: str | None = None
-
-
-def quietcast_version() -> str:
-    """The installed quietcast's version ("unknown" where it is not installed)."""
-    global _VERSION
-    if _VERSION is None:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            _VERSION = version("quietcast")
-        except PackageNotFoundError:
-            _VERSION = "unknown"
-    return _VERSION
 
 
 def source_format(src: str) -> tuple[str | None, str | None]:

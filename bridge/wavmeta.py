@@ -98,12 +98,25 @@ class WavMeta:
         return [_name(c) + (f" {_name(b[:4])}" if c == b"LIST" else "") for c, b in self.chunks]
 
 
-def _walk(f, size: int, kind: bytes):
+def walk_chunks(f, size: int, kind: bytes, strict: bool = True):
     """``(id, body offset, body size)`` of each top-level chunk of an open
-    RIFF/RF64 WAVE file of ``size`` bytes. Sizes of 0xFFFFFFFF in RF64 are
-    taken from ``ds64``. Stops at bytes that are no chunk id (padding);
-    a :class:`MetaError` for a chunk that runs past the end of the file
-    (but ``data``: a file cut short is :mod:`.audiocheck`'s to report)."""
+    WAVE file of ``size`` bytes; ``kind``: its first four bytes (``RIFF``;
+    ``RIFX``, whose sizes are big-endian; ``RF64`` or ``BW64``, where a size
+    of 0xFFFFFFFF is taken from ``ds64`` when it gives one). The walk ends
+    at the end of the file, and after :data:`MAX_CHUNKS` chunks.
+
+    ``strict`` (reading metadata): the walk also ends at bytes that are no
+    chunk id (padding, or junk after the last chunk), and a
+    :class:`MetaError` says what is malformed: a chunk that runs past the
+    end of the file (but ``data``: it is yielded and the walk ends, a file
+    cut short is :mod:`.audiocheck`'s to report), a ``ds64`` shorter than
+    the 28 bytes it needs, a size of 0xFFFFFFFF that it does not give, more
+    chunks than :data:`MAX_CHUNKS`. Not strict (the truncation check of
+    :mod:`.audiocheck`): every chunk is yielded as declared (the last one
+    may run past the end; a size of 0xFFFFFFFF that ds64 does not give is
+    None, and the walk ends there), and nothing raises."""
+    e = ">" if kind == b"RIFX" else "<"
+    rf64 = kind in (b"RF64", b"BW64")
     big: dict[bytes, int] = {}
     pos = 12
     for _ in range(MAX_CHUNKS):
@@ -113,32 +126,37 @@ def _walk(f, size: int, kind: bytes):
         hdr = f.read(8)
         if len(hdr) < 8:
             return
-        cid, n = hdr[:4], struct.unpack("<I", hdr[4:])[0]
-        if not all(32 <= c < 127 for c in cid):
+        cid, n = hdr[:4], struct.unpack(e + "I", hdr[4:])[0]
+        if strict and not all(32 <= c < 127 for c in cid):
             return  # zero padding or junk after the last chunk
-        if kind != b"RIFF" and cid == b"ds64":
+        if rf64 and cid == b"ds64":
             body = f.read(min(n, 28 + 12 * 1024))
-            if n < 28 or len(body) < 28:
+            if strict and (n < 28 or len(body) < 28):
                 raise MetaError(f"its ds64 chunk is {min(n, len(body))} bytes, shorter than the 28 it needs")
-            _riff, data, _count, table = struct.unpack("<QQQI", body[:28])
-            big[b"data"] = data
+            if len(body) >= 16:
+                big[b"data"] = struct.unpack("<Q", body[8:16])[0]
+            table = struct.unpack("<I", body[24:28])[0] if len(body) >= 28 else 0
             for i in range(min(table, (len(body) - 28) // 12)):
                 tid, tsize = struct.unpack("<4sQ", body[28 + 12 * i:40 + 12 * i])
                 big[tid] = tsize
-        if kind != b"RIFF" and n == 0xFFFFFFFF:
+        if rf64 and n == 0xFFFFFFFF:
             if cid not in big:
-                raise MetaError(f"its {_name(cid)!r} chunk at byte {pos} has the size 0xFFFFFFFF, which ds64 "
-                                "does not give")
+                if strict:
+                    raise MetaError(f"its {_name(cid)!r} chunk at byte {pos} has the size 0xFFFFFFFF, which ds64 "
+                                    "does not give")
+                yield cid, pos + 8, None
+                return
             n = big[cid]
         if pos + 8 + n > size:
-            if cid == b"data":
-                yield cid, pos + 8, n
-                return
-            raise MetaError(f"its {_name(cid)!r} chunk at byte {pos} declares {n} bytes, past the end of the file "
-                            f"({max(0, size - pos - 8)} are there)")
+            if strict and cid != b"data":
+                raise MetaError(f"its {_name(cid)!r} chunk at byte {pos} declares {n} bytes, past the end of the "
+                                f"file ({max(0, size - pos - 8)} are there)")
+            yield cid, pos + 8, n
+            return
         yield cid, pos + 8, n
         pos += 8 + n + (n & 1)
-    raise MetaError(f"it has more than {MAX_CHUNKS} chunks")
+    if strict:
+        raise MetaError(f"it has more than {MAX_CHUNKS} chunks")
 
 
 def _list_ok(body: bytes) -> bool:
@@ -181,7 +199,7 @@ def read_wav_meta(path: str) -> WavMeta | None:
         size = os.fstat(f.fileno()).st_size  # (not the RIFF size: writers that append chunks forget it)
         chunks: list[tuple[bytes, bytes]] = []
         try:
-            for cid, pos, n in _walk(f, size, head[:4]):
+            for cid, pos, n in walk_chunks(f, size, head[:4]):
                 if cid == b"fmt ":
                     f.seek(pos)
                     body = f.read(min(n, 40))
@@ -380,7 +398,7 @@ def set_mask(path: str, mask: int) -> bool:
     with open(path, "r+b") as f:
         head = f.read(12)
         size = os.fstat(f.fileno()).st_size
-        for cid, pos, n in _walk(f, size, head[:4]):
+        for cid, pos, n in walk_chunks(f, size, head[:4]):
             if cid == b"fmt ":
                 f.seek(pos)
                 body = f.read(min(n, 40))
@@ -409,7 +427,7 @@ def insert_chunks(raw: str, out: str, chunks: list[tuple[bytes, bytes]], mask: i
         head = bytearray(f.read(12))
         kind = bytes(head[:4])
         try:
-            found = list(_walk(f, size, kind))
+            found = list(walk_chunks(f, size, kind))
         except MetaError as e:  # (libsndfile's own file: not expected)
             found, why = [], str(e)
         else:

@@ -240,17 +240,20 @@ def cmd_run(args) -> int:
 
     path = args.config or DEFAULT_CONFIG_PATH
     cfg = load_config(path)  # every problem at once, nothing started
+    # (before the engine is built below: it runs with these threads, and what its build logs is logged)
+    setup_logging(args.log_level)
+    _set_threads(cfg.engine.threads)
     # what `config check` checks too, before anything starts (and whether JACK runs or not): the control
     # endpoints and keys, each chain and the engine built once (a plugin that will not load, a pause gate
     # the model lacks). A broken MIDI mapping is not among them: the daemon runs, without MIDI control.
-    from .preflight import startup_problems
+    # The engine built for the check, on the configured device, is the one the daemon runs (at 48 kHz).
+    from .preflight import startup_check
 
-    problems = startup_problems(cfg, midi=False)
+    engine, problems = startup_check(cfg, midi=False, device=cfg.engine.device)
     if problems:
         raise ConfigError(problems, path)
-    setup_logging(args.log_level)
-    _set_threads(cfg.engine.threads)
-    d = Daemon(cfg, server=args.server)
+    d = Daemon(cfg, server=args.server, engine=engine)
+    del engine  # (the daemon's to drop: e.g. for a server at another rate)
     d.install_signal_handlers()
     return d.run()
 
@@ -562,12 +565,14 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from quietcast.models.common import quietcast_version
+
     p = argparse.ArgumentParser(
         prog="quietcast",
         description="Background-noise removal for broadcast audio: a live multi-channel JACK daemon "
                     "and the same effect chains over files.",
     )
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {quietcast_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     pr = sub.add_parser(
@@ -743,15 +748,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _help(parser) -> int:
     parser.print_help(sys.stderr)
     return EXIT_USAGE
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("quietcast")
-    except Exception:
-        return "unknown"
 
 
 def _ctl_set_values(parser, argv: list[str]) -> list[str]:

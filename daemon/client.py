@@ -29,10 +29,20 @@ def _decode(raw: bytes) -> Any:
     return json.loads(raw.decode("utf-8"))
 
 
+#: the roles whose key file must hold a secret key, and what to say when it holds a public key only
+_SECRET_NEEDED = {
+    "client": "is a public key (no secret-key line); give this client's secret key file, NAME.key_secret",
+    "daemon": "is not a secret key file (use the .key_secret file)",
+}
+
+
 def load_key(path: str, role: str) -> tuple[bytes, bytes | None]:
     """``(public, secret)`` of a CURVE key file made by ``quietcast keys
-    generate``; the client's (``role`` "client") must hold a secret key.
-    Anything else raises :class:`KeyFileError` saying what is wrong."""
+    generate``. ``role``: "server" (the daemon's public key, given to a
+    client), "client" (this client's secret key) or "daemon" (the daemon's
+    own secret key, ``[control] curve_secret_key``); the last two must
+    hold a secret key. Anything else raises :class:`KeyFileError` saying
+    what is wrong (``ctl`` and ``config check`` show it)."""
     import zmq.auth
     from zmq.utils import z85
 
@@ -55,9 +65,8 @@ def load_key(path: str, role: str) -> tuple[bytes, bytes | None]:
             ok = False
         if not ok:
             raise KeyFileError(role, path, "holds a malformed key (a CURVE key is 40 Z85 characters)")
-    if role == "client" and not secret:
-        raise KeyFileError(role, path, "is a public key (no secret-key line); give this client's secret key "
-                                       "file, NAME.key_secret")
+    if role in _SECRET_NEEDED and not secret:
+        raise KeyFileError(role, path, _SECRET_NEEDED[role])
     return public, secret
 
 

@@ -856,22 +856,6 @@ def format_schema() -> str:
     return "\n".join(out)
 
 
-def _check_chain_builds(config: Config, sample_rate: int = 48_000) -> list[Problem]:
-    """Build each channel's chain once (mono): plugins that will not load,
-    plugin parameters ... only show up when building."""
-    problems = []
-    for ch in config.channels:
-        if ch.chain_spec is None:
-            continue
-        try:
-            ch.chain_spec.check(sample_rate, 1)
-        except ChainSpecError as e:
-            problems += [Problem(f"[channel {ch.name!r}] chain", f"{e.source}: {p}") for p in e.problems]
-        except Exception as e:  # a chain build may raise anything pedalboard raises
-            problems.append(Problem(f"[channel {ch.name!r}] chain", f"{type(e).__name__}: {e}"))
-    return problems
-
-
 def cmd_config_check(path: str | os.PathLike, build_chains: bool = True) -> tuple[bool, str]:
     """``quietcast config check FILE``: ``(ok, text)``; the text lists every
     problem, or summarises the config. Besides the file itself it runs what

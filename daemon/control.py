@@ -32,7 +32,7 @@ from typing import Any
 from quietcast.bridge.errors import ParameterError, Problem, UnknownParameterError
 
 from . import commands as proto
-from .errors import ControlError, ControlSetupError, NotReadyError
+from .errors import ControlError, ControlSetupError, KeyFileError, NotReadyError
 
 log = logging.getLogger("quietcast.control")
 #: reload/load_chain requests waiting for the supervisor at most; more are refused (``failed``, busy)
@@ -122,8 +122,9 @@ def endpoint_problems(cfg) -> list[Problem]:
     """Every problem of a [control] config that stops ``quietcast run``
     before it starts (no socket is opened): a non-loopback endpoint without
     CURVE keys, a CURVE secret key file that is missing or is not a secret
-    key, a ``curve_clients`` that is not a folder. ``quietcast config
-    check`` reports the same."""
+    key (read as the client reads its keys: :func:`.client.load_key`), a
+    ``curve_clients`` that is not a folder. ``quietcast config check``
+    reports the same."""
     d_cmd, d_ev = default_endpoints()
     cmd, ev = cfg.bind or d_cmd, cfg.events or d_ev
     problems: list[Problem] = []
@@ -136,20 +137,15 @@ def endpoint_problems(cfg) -> list[Problem]:
                     "([control] curve_secret_key and curve_clients; make them with `quietcast keys generate DIR`)"))
         return problems
     key = cfg.curve_secret_key
-    if not os.path.isfile(key):
+    if not os.path.exists(key):
         problems.append(Problem("[control] curve_secret_key", f"{key!r} does not exist"))
     else:
-        import zmq.auth
+        from .client import load_key
 
         try:
-            secret = zmq.auth.load_certificate(key)[1]
-        except Exception as e:  # not a ZeroMQ certificate at all
-            problems.append(Problem("[control] curve_secret_key", f"{key!r} is not a key file "
-                                                                  f"(quietcast keys generate DIR makes one): {e}"))
-        else:
-            if not secret:
-                problems.append(Problem("[control] curve_secret_key",
-                                        f"{key!r} is not a secret key file (use the .key_secret file)"))
+            load_key(key, "daemon")
+        except KeyFileError as e:  # a folder, no key file, a malformed key, a public key
+            problems.append(Problem("[control] curve_secret_key", f"{key!r}: {e.problem}"))
     if not cfg.curve_clients or not os.path.isdir(cfg.curve_clients):
         problems.append(Problem("[control] curve_clients",
                                 f"{cfg.curve_clients!r} must be a folder of client public keys"))

@@ -100,7 +100,9 @@ class Engine:
 
     Args:
         channels: channel configs (``name``, ``chain`` (a bridge Chain or
-            None), ``stems`` and the :class:`ChannelParams` fields).
+            None), ``stems`` and the :class:`ChannelParams` fields; and
+            optionally ``processor``: that chain built already, mono at
+            ``sample_rate``, which the engine runs instead of building it).
         sample_rate: the JACK server's rate.
         model, max_attenuation_db, safety_ms, max_backlog_ms, device,
             pitch_filter, pause_db, pause_threshold: engine settings
@@ -152,7 +154,7 @@ class Engine:
                         raise ParameterError(f"{c.name}.{g}", f"model {model!r} has no pause gate "
                                                              "(the shipped neural models do)")
         ls = self.sup.latency
-        self.chains = [c.chain.processor(self.sample_rate, 1) if getattr(c, "chain", None) else None for c in channels]
+        self.chains = [self._chain_of(c) for c in channels]
         lc = [p.latency if p else 0 for p in self.chains]
         lmax = max(lc) if lc else 0
         self.chain_budget = lmax  # a swapped-in chain may use up to this much latency
@@ -187,6 +189,24 @@ class Engine:
         self.registry = None  # set by the daemon: chain changes queued for this thread
         self.realtime = False  # whether the engine thread got SCHED_FIFO
         self._from_dry = False  # the next hop follows a dry fill (_skip_ahead): crossfade from it
+
+    def _chain_of(self, c) -> Any:
+        """Channel ``c``'s chain processor (mono, at the engine's rate), or
+        None: the one it brings built already (``c.processor``, e.g. by the
+        start-up check), else its ``chain`` built now."""
+        chain = getattr(c, "chain", None)
+        if not chain:
+            return None
+        proc = getattr(c, "processor", None)
+        if proc is None:
+            return chain.processor(self.sample_rate, 1)
+        why = ("built from another chain" if proc.chain is not chain else
+               None if (proc.sample_rate, proc.channels) == (self.sample_rate, 1) else
+               f"built for {proc.channels} channel(s) at {proc.sample_rate} Hz")
+        if why:
+            raise ValueError(f"channel {c.name!r}: the chain processor it brings was {why}; the engine runs the "
+                             f"channel's chain mono at {self.sample_rate} Hz")
+        return proc
 
     # ------------------------------------------------------------------
     # latency

@@ -29,9 +29,10 @@ class ControlSetupError(DaemonError, ValueError):
 
 
 class KeyFileError(DaemonError, ValueError):
-    """A CURVE key file a client was given cannot be used: ``role`` is
-    "server" (the daemon's public key) or "client" (this client's secret
-    key), ``path`` the file, ``problem`` what is wrong with it."""
+    """A CURVE key file cannot be used: ``role`` is "server" (the daemon's
+    public key, given to a client), "client" (this client's secret key) or
+    "daemon" (the daemon's own secret key), ``path`` the file, ``problem``
+    what is wrong with it."""
 
     def __init__(self, role: str, path: str, problem: str):
         self.role, self.path, self.problem = role, path, problem

@@ -217,8 +217,9 @@ from typing import Any, Callable
 
 from quietcast.bridge.errors import ParameterError, Problem, ProblemsError, did_you_mean, parse_toml, read_utf8
 from quietcast.bridge.params import Param
+from quietcast.models.common import atomic_write
 
-from .state import atomic_write, default_state_dir
+from .state import default_state_dir
 
 __all__ = [
     "MidiControl", "MidiMapError", "Binding", "Learn", "Curve",

@@ -5,7 +5,9 @@ Threads:
 
 - the supervisor (:meth:`Daemon.run`, the main thread under ``quietcast
   run``): builds the engine (hosted plugins must be loaded on the thread
-  that loaded the first one), opens the JACK client, applies connection
+  that loaded the first one; at a start it runs the one ``quietcast
+  run``'s check built on this thread, when the server's rate is 48 kHz),
+  opens the JACK client, applies connection
   rules when ports appear, follows the connections made to its ports by
   hand and makes them again (:meth:`Daemon._follow_connections`: after a
   reopen, a jackd crash, a restart, or when the other port comes back),
@@ -95,10 +97,16 @@ class Daemon:
         server: overrides ``config.jack.server`` when given.
         chains: channel name -> bridge Chain (else each channel's config).
         engine_options: extra Engine keyword arguments (test hooks).
+        engine: an engine built already from this config (``quietcast
+            run``'s check, :func:`.preflight.startup_check`), on the thread
+            that will call :meth:`run` (hosted plugins are loaded on one
+            thread): the first connection runs it when the JACK server's
+            rate is its rate, instead of building the same again (plugins,
+            models: the slow part of a start); else it is dropped.
     """
 
     def __init__(self, config: Any, server: str | None = None, chains: dict | None = None,
-                 engine_options: dict | None = None):
+                 engine_options: dict | None = None, engine: Engine | None = None):
         from .registry import Registry
 
         self.config = config
@@ -164,7 +172,10 @@ class Daemon:
         #: or from the one a [midi] reload stopped): handed to the next one
         self._midi_connections: list = []
         self._reload_edits: set[tuple[str, str]] = set()  # (channel, param) a reloaded file changed
-        self._prebuilt: Engine | None = None  # the engine a reload built before re-opening
+        #: the engine a reload built before re-opening, or the one given (the start-up check's): the next
+        #: open runs it at its rate (:meth:`_engine_for`)
+        self._prebuilt: Engine | None = engine
+        self._prebuilt_on = threading.get_ident()  # (the thread the given one was handed over on)
         self._name_warned = False  # said once that the JACK client name is taken
 
     # ------------------------------------------------------------------
@@ -209,8 +220,12 @@ class Daemon:
         eng = self.engine
         if eng is None or eng.sample_rate != sample_rate or getattr(self, "_rebuild", False):
             e = self.config.engine
-            pre, self._prebuilt = self._prebuilt, None  # one a reload built (and so checked) already
-            new = pre if pre is not None and pre.sample_rate == sample_rate else self._new_engine(sample_rate)
+            pre, self._prebuilt = self._prebuilt, None  # one a reload or the start-up check built (and checked)
+            if pre is not None and pre.sample_rate != sample_rate:
+                log.debug("the engine built at %d Hz is built again for the server's %d Hz", pre.sample_rate,
+                          sample_rate)
+                pre = None  # (not kept alive through the build of the new one)
+            new = pre if pre is not None else self._new_engine(sample_rate)
             self._reload_edits = set()  # taken in: from now on the live values are the engine's
             old_bad = eng.stats.bad_samples if eng is not None else 0  # (its thread has stopped: final)
             eng = None  # the old engine (and the client it holds) is not kept alive through settle_heap
@@ -1009,6 +1024,8 @@ class Daemon:
     def run(self) -> int:
         """Supervise until stopped. Returns the exit status (0)."""
         self._supervisor = threading.get_ident()
+        if self._supervisor != self._prebuilt_on:  # its plugins were loaded on another thread: built again here
+            self._prebuilt = None
         interval = self.config.jack.reconnect_interval_ms / 1000.0
         waiting_logged = False
         # the JACK callback needs the GIL every period: a thread that holds it

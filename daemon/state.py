@@ -24,6 +24,8 @@ import threading
 import time
 from typing import Any, Callable
 
+from quietcast.models.common import atomic_write
+
 log = logging.getLogger("quietcast.state")
 
 STATE_VERSION = 1
@@ -43,29 +45,6 @@ def _enc(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return "-inf" if v < 0 else ("inf" if v > 0 else "nan")
     return v
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # pragma: no cover - some filesystems refuse
-        pass
 
 
 class StateStore:

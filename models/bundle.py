@@ -44,7 +44,11 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
+from . import common
+
 ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
+#: a bundle's files' permission bits, whatever the umask: bundles are package data
+BUNDLE_MODE = 0o644
 FORMAT = "quietcast-bundle"
 FORMAT_VERSION = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -330,54 +334,6 @@ def check_bundle(name_or_path) -> Bundle:
     return b
 
 
-def _write_synced(path: pathlib.Path, data: bytes) -> None:
-    """``data`` into the new file ``path`` (mode 0644), on disk when this
-    returns (fsync); nothing left at ``path`` if it fails."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # whatever the umask: bundles are package data
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-        raise
-
-
-def _sync_dir(path: pathlib.Path) -> None:
-    """Make the renames in folder ``path`` durable (where the file system
-    allows a folder to be fsynced)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _replace_synced(path: pathlib.Path, name: str, data: bytes, tag: str) -> None:
-    """``path/name`` replaced atomically by a file holding ``data``."""
-    tmp = path / f".{name}.{tag}.tmp"
-    _write_synced(tmp, data)
-    try:
-        os.replace(tmp, path / name)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _sync_dir(path)
-
-
 def save_bundle(model, config: dict, path, fmt: str = "auto") -> pathlib.Path:
     """Write ``model`` (an nn.Module or a state_dict) and ``config`` to the
     folder ``path``; fills in format, weights file name and sha256.
@@ -451,17 +407,17 @@ def save_bundle(model, config: dict, path, fmt: str = "auto") -> pathlib.Path:
 def _save_locked(path: pathlib.Path, data: bytes, wname: str, config_text) -> pathlib.Path:
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staged = f"weights-new-{tag}{pathlib.Path(wname).suffix}"  # a plain name: loadable as it is
-    _write_synced(path / staged, data)
+    common.write_synced(path / staged, data, BUNDLE_MODE)
     try:
-        _replace_synced(path, "config.json", config_text(staged), tag)  # from here on the new bundle
+        common.atomic_write(path / "config.json", config_text(staged), BUNDLE_MODE, tag)  # from here on the new bundle
     except BaseException:
         try:
             os.unlink(path / staged)
         except OSError:
             pass
         raise
-    _replace_synced(path, wname, data, tag)  # config.json still names the staged copy
-    _replace_synced(path, "config.json", config_text(wname), tag)
+    common.atomic_write(path / wname, data, BUNDLE_MODE, tag)  # config.json still names the staged copy
+    common.atomic_write(path / "config.json", config_text(wname), BUNDLE_MODE, tag)
     for p in path.iterdir():  # the staged copy, the other format's old weights, what interrupted saves left
         n = p.name
         if n != wname and (n in ("weights.safetensors", "weights.pt", "config.json.tmp")

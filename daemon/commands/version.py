@@ -9,10 +9,6 @@ class Version(Command):
     args = {}
 
     def execute(self, ctx, args):
-        from importlib.metadata import PackageNotFoundError, version
+        from quietcast.models.common import quietcast_version
 
-        try:
-            v = version("quietcast")
-        except PackageNotFoundError:  # pragma: no cover
-            v = "unknown"
-        return {"quietcast": v, "protocol": PROTOCOL_VERSION, "commands": list(commands())}
+        return {"quietcast": quietcast_version(), "protocol": PROTOCOL_VERSION, "commands": list(commands())}

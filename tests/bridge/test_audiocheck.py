@@ -262,6 +262,29 @@ def test_rf64(tmp_path, kind):
     assert lengths(truncation_problem(str(cut(p, start + 1000 * 4 + 1)))) == (SR, 1000)
 
 
+def test_rf64_sizes_come_from_ds64_and_from_nowhere_else(tmp_path):
+    """A chunk before the audio whose size (0xFFFFFFFF) ds64's table gives
+    was skipped as 4 GiB long: a cut file passed unchecked. A ds64 too short
+    to hold the data size was read on past its end (into the fmt chunk):
+    a made-up length of 34 billion frames was reported. (The check now walks
+    the chunks as the metadata reader does, :func:`wavmeta.walk_chunks`.)"""
+    x = (noise(2, 1000) * 32767).astype("<i2")
+    fmt = _chunk(b"fmt ", struct.pack("<HHIIHH", 1, 2, SR, SR * 4, 4, 16))
+    data = x.T.tobytes()
+
+    def rf64(ds64_body, extra=b""):
+        body = (b"WAVE" + _chunk(b"ds64", ds64_body) + extra + fmt + b"data" + b"\xff\xff\xff\xff" + data)
+        return b"RF64\xff\xff\xff\xff" + body
+
+    extra = b"junk" + b"\xff\xff\xff\xff" + bytes(10)
+    p = tmp_path / "a.wav"
+    p.write_bytes(rf64(struct.pack("<QQQI4sQ", 0, len(data), 1000, 1, b"junk", 10), extra))
+    assert truncation_problem(str(p)) is None
+    assert lengths(truncation_problem(str(cut(p, -400)))) == (1000, 900)
+    p.write_bytes(rf64(struct.pack("<Q", 0)))  # 8 bytes: no data size
+    assert truncation_problem(str(p)) is None
+
+
 def test_rifx_big_endian(tmp_path):
     x = (noise(2, 1000) * 32767).astype(">i2")
     fmt = struct.pack(">HHIIHH", 1, 2, SR, SR * 4, 4, 16)

@@ -822,6 +822,25 @@ def test_config_check_runs_what_run_checks_before_it_starts(tmp_path):
     assert ok, text
 
 
+def test_config_check_reads_the_daemons_key_file_as_a_client_reads_its_own(tmp_path):
+    """The daemon's secret key file was checked apart from the clients'
+    (quietcast.daemon.client.load_key): a folder was said not to exist, and
+    a malformed key passed the check (the control socket's start failed on
+    it). Now one reader checks both, and says what is wrong."""
+    import zmq.auth
+
+    f = tmp_path / "q.toml"
+    pub, sec = zmq.auth.create_certificates(str(tmp_path), "d")
+    (tmp_path / "clients").mkdir()
+    (tmp_path / "bad.key_secret").write_text((tmp_path / "d.key_secret").read_text().replace('secret-key = "', 'secret-key = "~'))
+    for key, want in ((sec, None), (tmp_path / "clients", "is a folder, not a key file"),
+                      (tmp_path / "bad.key_secret", "holds a malformed key (a CURVE key is 40 Z85 characters)"),
+                      (pub, "is not a secret key file (use the .key_secret file)")):
+        ok, text = _check(f, f'[control]\ncurve_secret_key = "{key}"\ncurve_clients = "clients"\n' + ONE)
+        assert (ok, text if not ok else None) == (want is None, want and f"{f}: 1 problem\n  - [control] "
+                                                                           f"curve_secret_key: {str(key)!r}: {want}")
+
+
 def test_run_refuses_what_config_check_refuses_without_a_jack_server(tmp_path):
     """`quietcast run` stopped at a pause gate the model lacks only once the
     JACK server answered (it waited for one until then)."""

@@ -261,3 +261,27 @@ def test_a_swap_on_an_engine_without_chain_latency_completes():
     np.testing.assert_allclose(y[done:], x[0, done:], atol=1e-6)
     np.testing.assert_allclose(y[:30 * H], 10 ** (-12 / 20) * x[0, :30 * H], atol=1e-6)
     assert np.abs(np.diff(y)).max() <= 1.05 * np.abs(np.diff(x[0])).max()
+
+
+def test_a_channel_runs_the_chain_processor_it_brings_and_a_misfit_is_refused():
+    """The start-up check builds each chain once and the engine runs that
+    build (``processor``) instead of building it again; one built for
+    another rate, channel count or chain is refused, naming the channel
+    and what the engine runs."""
+    import types
+
+    from quietcast.bridge import Chain
+
+    chain = Chain([{"name": "g", "type": "gain", "gain_db": -6.0}])
+    built = chain.processor(48_000, 1)
+    eng = Engine([types.SimpleNamespace(name="a", chain=chain, processor=built),
+                  types.SimpleNamespace(name="b", chain=chain)], 48_000, model="dsp")
+    assert eng.chains[0] is built  # run, not built again
+    assert eng.chains[1] is not built and eng.chains[1].chain is chain  # (none brought: built)
+    for other, why in ((chain.processor(44_100, 1), "built for 1 channel(s) at 44100 Hz"),
+                       (chain.processor(48_000, 2), "built for 2 channel(s) at 48000 Hz"),
+                       (Chain(chain.stages).processor(48_000, 1), "built from another chain")):
+        with pytest.raises(ValueError) as e:
+            Engine([types.SimpleNamespace(name="a", chain=chain, processor=other)], 48_000, model="dsp")
+        assert str(e.value) == (f"channel 'a': the chain processor it brings was {why}; the engine runs the "
+                                "channel's chain mono at 48000 Hz")

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -681,6 +682,91 @@ def test_faulty_plugin_is_isolated_to_its_channel(tmp_path, jack_server, qcgain_
                 cl.close()
         out = stop(proc)
     assert "stage v failed" in out and "the other channels run on" in out
+
+
+# --------------------------------------------------------------------------
+# a start builds each chain once
+
+
+#: ``quietcast run`` with every hosted plugin instance (pedalboard.load_plugin) and every suppressor
+#: (a model load) counted; the counts are printed as the daemon exits
+_COUNTED_RUN = """
+import atexit, sys
+import pedalboard
+import quietcast.models as models
+from quietcast.daemon.cli import main
+n = {"plugins": 0, "suppressors": 0}
+def counted(f, key):
+    def g(*a, **k):
+        n[key] += 1
+        return f(*a, **k)
+    return g
+pedalboard.load_plugin = counted(pedalboard.load_plugin, "plugins")
+models.create_suppressor = counted(models.create_suppressor, "suppressors")
+atexit.register(lambda: print("BUILT", n["plugins"], n["suppressors"], flush=True))
+sys.exit(main())
+"""
+
+
+@pytest.mark.plugin
+@pytest.mark.parametrize("rate", [48_000, 44_100])
+def test_a_start_builds_each_chain_once(tmp_path, jack_servers, qcgain_vst3, rate):
+    """`quietcast run` checked each chain by building it, then built the
+    engine to check it (every chain again), then the daemon built its own
+    (every chain a third time): each hosted plugin was loaded three times
+    per channel and the model twice before any audio ran, three times the
+    plugins' start-up after a systemd restart. Now the engine the check
+    built is the one that runs, when the server runs at its rate (48 kHz);
+    at another rate it is built again, for that rate. A reload that
+    rebuilds the engine builds each chain once, and so does load_chain."""
+    srv = jack_servers(period=256, rate=rate)
+    post = (f'[[stage]]\nname = "v"\ntype = "plugin"\npath = "{qcgain_vst3}"\nparams = {{ gain_db = -6 }}\n'
+            '[[stage]]\nname = "nr"\ntype = "denoise"\nmodel = "dsp"\n')
+    cfg = write_config(tmp_path, srv.name, post=post)
+    cfg.write_text(cfg.read_text() + 'chain = "post.toml"\n')  # the guest's chain too: two channels, two plugins
+    proc = subprocess.Popen([sys.executable, "-c", _COUNTED_RUN, "run", "-c", str(cfg), "--log-level", "info"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_ready(tmp_path, timeout=60)
+        with client(tmp_path) as c:
+            st = c.status()
+            assert st["sample_rate"] == rate and st["hop"] == rate // 100  # the engine runs at the server's rate
+            assert c.get("host.chain.v.gain_db") == pytest.approx(-6.0)
+            c.set("guest.chain.v.gain_db", -3.0)  # a live value on the handed-over plugin
+            assert c.get("guest.chain.v.gain_db") == pytest.approx(-3.0)
+            cfg.write_text(cfg.read_text().replace('model = "dsp"\n', 'model = "dsp"\nsafety_ms = 12\n', 1))
+            assert c.call("reload")["rebuilt"]
+            assert c.get("guest.chain.v.gain_db") == pytest.approx(-3.0)  # (kept by the rebuild)
+            c.call("load_chain", channel="host", chain=str(tmp_path / "post.toml"))
+            assert c.status()["ready"]
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
+    built = [line.split()[1:] for line in out.splitlines() if line.startswith("BUILT ")]
+    # per channel: the start's check (its build runs at 48 kHz; at 44.1 kHz it is built again), the reload's
+    # rebuild; and the chain load_chain put on the host; the engine's own suppressor is one more each time
+    starts = 1 if rate == 48_000 else 2
+    assert built == [[str(2 * starts + 2 + 1), str(3 * starts + 3 + 1)]], out[-3000:]
+
+
+def test_an_engine_handed_over_on_another_thread_than_the_supervisors_is_built_again(tmp_path, jack_server):
+    """Hosted plugins are loaded on one thread: an engine built on another
+    thread than the one that runs the daemon is not run, one is built on
+    the supervisor's (on the same thread it runs: the test above)."""
+    from quietcast.daemon.preflight import startup_check
+
+    cfg = load_config(write_config(tmp_path, jack_server.name))
+    built, problems = startup_check(cfg, midi=False)
+    assert not problems and built.sample_rate == 48_000
+    d = Daemon(cfg, engine=built)
+    th = threading.Thread(target=d.run, daemon=True)
+    th.start()
+    try:
+        assert d.ready.wait(20)
+        assert d.engine is not None and d.engine is not built
+    finally:
+        d.request_stop()
+        th.join(20)
 
 
 # --------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from quietcast.models import bundle as B
+from quietcast.models import common
 from quietcast.models import bundle_folder, create_suppressor, default_fallback_reason, resolve_model
 from quietcast.models.bundle import BundleError, check_bundle, load_bundle, save_bundle, verify_bundle
 from quietcast.models.neural import DEFAULT_ARCH, NeuralSuppressor, QCNet
@@ -300,18 +301,18 @@ def test_a_failed_save_keeps_a_loadable_bundle(tmp_path, monkeypatch):
     folder = tmp_path / "b"
     old = verify_bundle(_save(folder, seed=1))["weights"]["sha256"]
     new = verify_bundle(_save(tmp_path / "ref", seed=2))["weights"]["sha256"]
-    real_write, real_replace = B._write_synced, os.replace
+    real_write, real_replace = common.write_synced, os.replace
     calls = []
 
-    def count_write(path, data):
+    def count_write(path, data, mode=None):
         calls.append(path)
-        real_write(path, data)
+        real_write(path, data, mode)
 
     def count_replace(a, b, **kw):
         calls.append(b)
         real_replace(a, b, **kw)
 
-    monkeypatch.setattr(B, "_write_synced", count_write)
+    monkeypatch.setattr(common, "write_synced", count_write)
     monkeypatch.setattr(os, "replace", count_replace)
     _save(tmp_path / "count", seed=2)
     monkeypatch.undo()
@@ -326,18 +327,18 @@ def test_a_failed_save_keeps_a_loadable_bundle(tmp_path, monkeypatch):
             n[0] += 1
             return n[0] == k + 1
 
-        def write(path, data):
+        def write(path, data, mode=None):
             if fail_here():
                 pathlib.Path(path).write_bytes(data[: len(data) // 2])  # part of it, then the disk is full
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
-            real_write(path, data)
+            real_write(path, data, mode)
 
         def replace(a, b, **kw):
             if pathlib.Path(b).parent == folder and fail_here():
                 raise OSError(errno.EIO, "Input/output error", str(b))
             real_replace(a, b, **kw)
 
-        monkeypatch.setattr(B, "_write_synced", write)
+        monkeypatch.setattr(common, "write_synced", write)
         monkeypatch.setattr(os, "replace", replace)
         with pytest.raises(OSError):
             _save(folder, seed=2)
@@ -393,16 +394,16 @@ def test_two_saves_to_one_folder_take_turns(tmp_path, monkeypatch):
     net_a, net_b = _net(2), _net(3)
     cfg = {"model": "neural", "arch": net_a.arch, "defaults": {"strength_db": 20.0},
            "licence": {"commercial_use": True, "note": "test weights"}}
-    real = B._replace_synced
+    real = common.atomic_write
     paused, go = threading.Event(), threading.Event()
 
-    def replace(path, name, data, tag):
-        real(path, name, data, tag)
-        if threading.current_thread().name == "A" and name.startswith("weights."):
+    def replace(path, data, mode=None, tag=None):
+        real(path, data, mode, tag)
+        if threading.current_thread().name == "A" and pathlib.Path(path).name.startswith("weights."):
             paused.set()
             go.wait(10)
 
-    monkeypatch.setattr(B, "_replace_synced", replace)
+    monkeypatch.setattr(common, "atomic_write", replace)
     ta = threading.Thread(target=save_bundle, args=(net_a, cfg, out), name="A")
     tb = threading.Thread(target=save_bundle, args=(net_b, cfg, out), name="B")
     ta.start()
