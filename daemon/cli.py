@@ -93,6 +93,12 @@ def cmd_process(args) -> int:
             chain, jobs, workers=args.jobs or 1, overwrite=args.overwrite,
             sample_rate=args.sample_rate, channels=args.channels, progress=progress, skip_existing=args.skip_existing,
         )
+    from quietcast.bridge.offline import INTERRUPTED, NOT_STARTED
+
+    if any(r.error in (INTERRUPTED, NOT_STARTED) for r in summary.failed):
+        # Ctrl-C reached the workers (the whole process group) but not this process in time (a loaded
+        # machine): the batch was interrupted all the same, and says so as when it is seen here
+        raise KeyboardInterrupt
     if args.json:
         print(json.dumps({
             "files": [r.__dict__ for r in summary.results],
