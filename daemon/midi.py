@@ -989,12 +989,17 @@ def say(line):
         sys.stdout.flush()
 name = sys.argv[1]
 # python-rtmidi's wheel carries a libjack of its own, which speaks only to a JACK2 server: PipeWire's
-# JACK layer (pw-jack) never answers it ("JACK server not running?"). The system's libjack (the one
-# JACK-Client loads, PipeWire's under pw-jack), made global first, is the one rtmidi's calls then reach
+# JACK layer (pw-jack) never answers it ("JACK server not running?"). Where the system's libjack (the
+# one JACK-Client loads) is PipeWire's, it is made global first, and rtmidi's calls reach it. (Under
+# JACK2 rtmidi keeps its own: with the system's, MIDI input was lost now and then after a bridge restart)
 try:
     import ctypes, ctypes.util
-    ctypes.CDLL(ctypes.util.find_library("jack") or "libjack.so.0", mode=ctypes.RTLD_GLOBAL)
-except OSError:
+    _lj = ctypes.util.find_library("jack") or "libjack.so.0"
+    _v = ctypes.CDLL(_lj).jack_get_version_string
+    _v.restype = ctypes.c_char_p
+    if b"PipeWire" in (_v() or b""):
+        ctypes.CDLL(_lj, mode=ctypes.RTLD_GLOBAL)
+except (OSError, AttributeError):
     pass
 try:
     import jack, rtmidi
