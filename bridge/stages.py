@@ -128,6 +128,16 @@ class _AlignedFifo:
             self._debt -= drop
         self._buf = np.concatenate([self._buf, y.astype(np.float32, copy=False)], axis=1)
 
+    def shift(self, k: int) -> None:
+        """The producer's output moved ``k`` samples later (earlier when
+        negative): the next ``k`` samples pushed are dropped, or ``-k``
+        samples (the last one held) are put in, so the delay stays."""
+        if k > 0:
+            self._debt += k
+        elif k < 0:
+            last = self._buf[:, -1:] if self._buf.shape[1] else np.zeros((self.channels, 1), np.float32)
+            self._buf = np.concatenate([self._buf, np.repeat(last, -k, axis=1)], axis=1)
+
     def pull(self, n: int) -> np.ndarray:
         have = self._buf.shape[1]
         if have >= n:
@@ -176,6 +186,10 @@ class _History:
         self._buf = np.zeros((channels, int(capacity)), np.float32)
         self._pos = 0  # where the next frame goes
 
+    @property
+    def capacity(self) -> int:
+        return self._buf.shape[1]
+
     def reset(self) -> None:
         self._buf[:] = 0.0
         self._pos = 0
@@ -202,6 +216,51 @@ class _History:
         if start + n <= cap:
             return self._buf[:, start:start + n].copy()
         return np.concatenate([self._buf[:, start:], self._buf[:, :self._pos]], axis=1)
+
+
+class MovableDelay:
+    """A delay line whose delay can be changed live without a step: the
+    block after :meth:`set_delay` crossfades linearly from the input
+    delayed by the old delay to the input delayed by the new one (a
+    delay grown by up to ``keep`` frames has the older input it needs).
+    Unchanged, its output is its input delayed, bit for bit."""
+
+    _CHUNK = 8192  # the longest block read in one pass (a longer one is taken in pieces)
+
+    def __init__(self, channels: int, delay: int, keep: int = 0):
+        self.channels = channels
+        self.delay = int(delay)
+        self.keep = int(keep)
+        self._to: int | None = None
+        self._hist = _History(channels, self.delay + self.keep + self._CHUNK)
+
+    def set_delay(self, delay: int) -> None:
+        """The next block moves to ``delay`` (crossfaded across it)."""
+        delay = int(delay)
+        self._to = None if delay == self.delay else delay
+        need = max(self.delay, delay) + self._CHUNK
+        if need > self._hist.capacity:  # (the input older than the ring held is silence)
+            old = self._hist.last(self._hist.capacity)
+            self._hist = _History(self.channels, need + self.keep)
+            self._hist.write(old)
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        n = x.shape[1]
+        if n > self._CHUNK:
+            return np.concatenate([self.process(x[:, i:i + self._CHUNK]) for i in range(0, n, self._CHUNK)], axis=1)
+        self._hist.write(x)
+        out = self._hist.last(self.delay + n)[:, :n]
+        if self._to is None or n == 0:
+            return np.array(out, np.float32, copy=True)
+        new = self._hist.last(self._to + n)[:, :n]
+        self.delay, self._to = self._to, None
+        r = np.arange(1, n + 1, dtype=np.float32)[None, :] / n
+        return out + r * (new - out)
+
+    def reset(self) -> None:
+        self._hist.reset()
+        if self._to is not None:
+            self.delay, self._to = self._to, None
 
 
 class _ShapeGuard:
@@ -467,6 +526,9 @@ _SUBBLOCKS = 8  # a ramped parameter moves in this many steps across one block
 #: low tone: a step 10 times the signal's own largest at once, 3.4 times in 8
 #: steps, 1.4 times in 32); each step is a process call (~25 us)
 _PLUGIN_SUBBLOCKS = 32
+#: input a hosted plugin stage keeps for its spare's pre-roll (beyond :data:`_PREROLL`), and how far
+#: its bypass path's delay can grow live with the input it needs: a plugin latency up to this long
+_PLUGIN_HISTORY_S = 1.0
 
 
 def _echo_span_s(cls_name: str, values: dict) -> float:
@@ -541,7 +603,7 @@ class PedalboardStage(Stage):
             return self._run_swap(x)
         self._since_swap += n  # (a delay's or chorus's next swap waits: see _SWAP_GAP_S)
         y = self._run_ramps(x) if self._ramps else self._plain(self.plugin, x)
-        if self._cls is not None:
+        if self._hist.capacity:
             self._hist.write(x)
         return y
 
@@ -825,7 +887,27 @@ class PluginStage(PedalboardStage):
                                      if k in own and own.get(k).kind == "float" and _is_continuous(prm))
         adapter = _ChannelAdapter(instances, mode)
         adapter.pb_channels = adapter.pb_channels or channels
+        # a second set of instances, loaded here (a hosted plugin loads on the main thread only): it tells
+        # what latency a value would give before the running plugin takes it, and takes over, crossfaded,
+        # when it moves the latency (_latency_swap)
+        spares = [load_vst3(path, plugin_name) for _ in instances]
+        for inst in spares:
+            for k, v in values.items():
+                set_plugin_param(inst, k, v)
+        self._spare = _ChannelAdapter(spares, mode)
+        self._spare.pb_channels = adapter.pb_channels
+        self._spare_instances = spares
+        self._swap_lat: int | None = None  # the plugin latency a pending swap to the spare brings
+        #: whether the stage may declare a longer latency live (the daemon's chains may not: see
+        #: ChainProcessor.fix_latency); a change that would need it is refused
+        self.may_grow = True
+        #: live moves of the plugin's latency the stage followed after the fact (not foreseen by the spare)
+        self.unforeseen_latency_moves = 0
         super().__init__(name, sample_rate, channels, own, adapter, values)
+        self._hist = _History(channels, _PREROLL + math.ceil(_PLUGIN_HISTORY_S * self.sample_rate))
+        self._plug_lat = self._plugin_latency()  # what the running plugin reports now
+        self._slack = max(0, self.latency - self._plug_lat)  # what a block-size shortfall adds (_ShapeGuard)
+        self._dry = MovableDelay(channels, self.latency, math.ceil(_PLUGIN_HISTORY_S * self.sample_rate))
 
     @staticmethod
     def _fit_channels(plugin, path, plugin_name, channels, sample_rate):
@@ -870,6 +952,116 @@ class PluginStage(PedalboardStage):
 
     def _plugin_latency(self) -> int | None:
         return int(self._instances[0].reported_latency_samples)
+
+    # -- a live change of the plugin's latency
+
+    def _sync(self, instances) -> None:
+        for inst in instances:
+            for k, v in self.values.items():
+                set_plugin_param(inst, k, v)
+
+    def _latency_with(self, name: str, value) -> int:
+        """The latency the plugin reports with the stage's values and
+        ``name`` = ``value``: asked of a spare instance (set, then one short
+        block of silence, after which a plugin has announced its latency)."""
+        probe = self._spare_instances[0]
+        self._sync([probe])
+        set_plugin_param(probe, name, value)
+        probe.process(np.zeros((self._spare.pb_channels or self.channels, 64), np.float32), float(self.sample_rate),
+                      buffer_size=64, reset=False)
+        return int(probe.reported_latency_samples)
+
+    def _apply_param(self, name, value):
+        p = self.param_set.get(name)
+        if self._rampable(p, value) and self._swap_lat is None:
+            return super()._apply_param(name, value)
+        lat = self._latency_with(name, value)
+        if lat == self._plug_lat and self._swap_lat is None:
+            return super()._apply_param(name, value)  # the latency stays: set at once
+        need = max(self.latency, lat + self._slack)  # a shorter latency is padded: the stage's timing stays
+        if need > self.latency and not self.may_grow:
+            raise ParameterError(f"{self.name}.{name}", f"value {value!r} would make the plugin's latency {lat} "
+                                 f"samples, more than the {self.latency - self._slack} this running chain declared "
+                                 f"for it (at most {self.latency - self._slack} here); set it in the chain and "
+                                 "load the chain again to declare the longer latency")
+        self._ramps.pop(name, None)
+        self.values[name] = value  # (the spare takes every value at the swap)
+        self._swap_lat = lat
+        if need != self.latency:
+            self.latency = need
+            self._dry.set_delay(need)
+
+    def _process(self, x):
+        if self._swap_lat is not None and x.shape[1]:
+            return self._latency_swap(x)
+        y = super()._process(x)
+        lat = self._plugin_latency()
+        if lat != self._plug_lat:
+            self._follow(lat)
+        return y
+
+    def _latency_swap(self, x: np.ndarray) -> np.ndarray:
+        """The block after a change that moves the plugin's latency: the
+        spare instances take every value, are run over the recent input
+        (:data:`_PREROLL` frames and their latency, as a built-in's new
+        instance is) and take over, crossfaded across this block from the
+        running ones; both are aligned to the stage's latency, so nothing
+        is skipped or played twice, and the stage's timing moves only when
+        its latency grew (the crossfade then goes from the old timing to the
+        new one)."""
+        lat, self._swap_lat = self._swap_lat, None
+        new, spares = self._spare, self._spare_instances
+        self._sync(spares)
+        for name, (_, b) in self._ramps.items():  # (the running instances end their ramps in this block)
+            for inst in spares:
+                inst.parameters[name].raw_value = b
+        new.reset()
+        fifo = _AlignedFifo(self.channels, self.latency)
+        guard = _ShapeGuard(self.channels, new.pb_channels or self.channels)
+        guard._pending = self._guard._pending.copy()
+        pre = self._hist.last(_PREROLL + lat)
+        if pre.shape[1] > guard.limit:
+            fifo.push(self._plain(new, pre))
+            fifo.pull(pre.shape[1])  # (what it made of the past: not heard)
+        a = PedalboardStage._process(self, x)  # the running instances, at the old latency
+        xs = guard.take(x)
+        if xs.shape[1]:
+            fifo.push(self._plain(new, xs))
+        b = fifo.pull(x.shape[1])
+        self.plugin, self._spare = new, self.plugin
+        self._instances, self._spare_instances = spares, self._instances
+        self._fifo, self._guard = fifo, guard
+        self._ramps = {}
+        self._plug_lat = self._plugin_latency()
+        r = np.arange(1, x.shape[1] + 1, dtype=np.float32)[None, :] / x.shape[1]
+        return a + r * (b - a)
+
+    def _follow(self, lat: int) -> None:
+        """The plugin's latency moved without the spare foreseeing it (a
+        plugin that changes it by itself, or a continuous parameter seen to
+        move it during a ramp): its output shifted in this block. From the
+        next block on it is put back at the stage's latency (samples
+        dropped or held); when the new latency does not fit under it, the
+        stage's latency grows to it."""
+        self.unforeseen_latency_moves += 1
+        need = max(self.latency, lat + self._slack)
+        self._fifo.shift(self.latency + lat - self._plug_lat - need)
+        self._plug_lat = lat
+        if need != self.latency:
+            self.latency = self._fifo.latency = need
+            self._dry.set_delay(need)
+
+    def _reset(self):
+        if self._swap_lat is not None:  # a pending swap is made at once (nothing is playing)
+            self._swap_lat = None
+            self._sync(self._spare_instances)
+            self.plugin, self._spare = self._spare, self.plugin
+            self._instances, self._spare_instances = self._spare_instances, self._instances
+            self._ramps = {}
+        super()._reset()
+        self._fifo = _AlignedFifo(self.channels, self.latency)
+        lat = self._plugin_latency()
+        self._plug_lat = lat if lat is not None else self._plug_lat
 
 
 # --------------------------------------------------------------------------
@@ -1111,9 +1303,20 @@ class MixStage(Stage):
         super().__init__(name, sample_rate, channels, MIX_PARAMS)
         self.values = {"wet": wet}
         self._wet = self._target = float(wet)
-        self._chain_dry = DelayLine(channels, dry_delay)
+        # (a stage before it whose latency grows live moves it: crossfaded, with the input it needs)
+        self._chain_dry = MovableDelay(channels, dry_delay, math.ceil(_PLUGIN_HISTORY_S * self.sample_rate))
         self._chain_in: np.ndarray | None = None
         self._finish_init()
+
+    @property
+    def dry_delay(self) -> int:
+        """How far the chain's input is delayed to line up with the stages before it."""
+        return self._chain_dry._to if self._chain_dry._to is not None else self._chain_dry.delay
+
+    def set_dry_delay(self, delay: int) -> None:
+        """The stages before it now have latency ``delay``: the chain's input
+        follows, crossfaded across the next block (as their output does)."""
+        self._chain_dry.set_delay(delay)
 
     def feed_chain_input(self, x: np.ndarray) -> None:
         self._chain_in = self._chain_dry.process(x)
