@@ -626,9 +626,11 @@ def test_a_live_change_of_a_plugin_gain_does_not_click(qcgain_vst3, before, afte
 @pytest.mark.plugin
 def test_a_discrete_plugin_parameter_is_set_at_once(qcgain_vst3):
     """``delay_samples`` (a whole number of samples, declared as the
-    plugin's latency) and ``fault`` (a switch) are not ramped: the next
-    block runs the new value from its first sample, never the values in
-    between (a walk through 32 delays would be 32 steps)."""
+    plugin's latency) and ``fault`` (a switch) are not ramped: the plugin
+    that runs after the next block has the new value, never the values in
+    between (a walk through 32 delays would be 32 steps). (A new latency
+    comes with its crossfade: see
+    test_a_plugin_latency_moved_live_stays_on_the_declared_latency.)"""
     proc = plugin_only(qcgain_vst3).processor(SR, 2)
     st = proc.stage("v")
     assert st._continuous == {"gain_db"}
@@ -636,9 +638,11 @@ def test_a_discrete_plugin_parameter_is_set_at_once(qcgain_vst3):
     proc.process(x[:, :4800])
     proc.set_param("v.delay_samples", 100)
     assert not st._ramps
-    y = proc.process(x[:, 4800:5280])
-    L = proc.latency  # (the first L samples of the block came out of the plugin before the change)
-    np.testing.assert_allclose(y[:, L:], x[:, 4800 - 100:5280 - L - 100], atol=1e-6)
+    proc.process(x[:, 4800:5280])
+    assert st._instances[0].delay_samples == 100 and st._plug_lat == 100
+    y = proc.process(x[:, 5280:5760])
+    L = proc.latency
+    np.testing.assert_allclose(y, x[:, 5280 - L:5760 - L], atol=1e-6)
     proc.set_param("v.fault", True)
     assert not st._ramps and st._instances[0].fault
 
@@ -646,9 +650,11 @@ def test_a_discrete_plugin_parameter_is_set_at_once(qcgain_vst3):
 @pytest.mark.plugin
 def test_a_ramp_that_moves_a_plugins_latency_stops_there(qcgain_vst3):
     """A continuous parameter that turns out to move the plugin's latency
-    (the chain does not follow a latency live) does not walk through the
-    latencies in between: once the plugin reports another latency during a
-    ramp, the value jumps to its end, and it is set at once from then on.
+    does not walk through the latencies in between: once the plugin reports
+    another latency during a ramp, the value jumps to its end, the stage
+    follows the new latency from the next block (the spare could not
+    foresee it), and the value is set at once from then on (through the
+    spare, which foresees a latency).
     (Our plugin's ``delay_samples`` is discrete; here it is taken for a
     continuous one to see it.)"""
     proc = plugin_only(qcgain_vst3).processor(SR, 2)
@@ -663,6 +669,7 @@ def test_a_ramp_that_moves_a_plugins_latency_stops_there(qcgain_vst3):
     assert "delay_samples" in st._at_once and st._instances[0].reported_latency_samples == 96
     y = proc.process(x)[0]  # all at the end value
     L = proc.latency
+    assert st.unforeseen_latency_moves == 1 and L == 96 + st._slack
     np.testing.assert_allclose(y[L:], x[0, :480 - L], atol=1e-6)  # (96 is two click periods)
     proc.set_param("v.delay_samples", 0)
     assert not st._ramps  # set at once now
@@ -804,3 +811,75 @@ def test_denoise_pause_threshold(tmp_path):
         chain("", model="dsp").stage("nr").set_param("pause_threshold", 0.5)
     probs = spec_problems('[[stage]]\nname = "nr"\ntype = "denoise"\npause_threshold = 0\n')
     assert "pause_threshold: value 0 is out of range [0.01, 1]" in probs[0]
+
+
+def _impulse_lags(y: np.ndarray, x: np.ndarray) -> list[tuple[int, int, float]]:
+    """(where, how far after its input impulse, how high) for each output
+    peak; ``x`` has an impulse every 960 frames."""
+    ins = np.nonzero(x[0])[0]
+    out = []
+    for p in np.nonzero(np.abs(y[0]) > 0.2)[0]:
+        lag = [int(p - i) for i in ins if 0 <= p - i < 960]
+        out.append((int(p), lag[0] if lag else -1, float(y[0, p])))
+    return out
+
+
+@pytest.mark.plugin
+@pytest.mark.parametrize("mix", [False, True])
+@pytest.mark.parametrize("before,after", [(0, 300), (300, 100), (100, 300)])
+def test_a_plugin_latency_moved_live_stays_on_the_declared_latency(qcgain_vst3, before, after, mix):
+    """``delay_samples`` is our plugin's latency. Set live, it used to
+    shift the stage's output off the declared latency (0 -> 300: 300
+    samples late, with the declared latency still 2); a mix after it then
+    played two copies 300 samples apart, and a bypass afterwards jumped back.
+    Now a shorter latency is padded (the chain's timing stays), a longer
+    one lengthens the stage's latency, and the output, the mix's dry path
+    and the bypass path are at the declared latency before and after."""
+    stages = [{"name": "v", "type": "plugin", "path": str(qcgain_vst3), "params": {"delay_samples": before}}]
+    if mix:
+        stages.append({"name": "m", "type": "mix", "wet": 0.5})
+    proc = Chain(stages).processor(SR, 2)
+    L0 = proc.latency
+    assert before <= L0 <= before + 4
+    x = np.zeros((2, 480 * 40), np.float32)
+    x[:, 7::960] = 1.0
+    ys, lats = [], []
+    for k in range(40):
+        if k == 10:
+            proc.set_param("v.delay_samples", after)
+            assert proc.latency == max(L0, after + L0 - before)  # declared at once, before the next block
+        if k == 25:
+            proc.set_param("v.bypass", True)
+        ys.append(proc.process(x[:, k * 480:(k + 1) * 480]))
+        lats.append(proc.latency)
+    y = np.concatenate(ys, axis=1)
+    L1 = proc.latency
+    assert L1 == max(L0, after + L0 - before) and set(lats[10:]) == {L1}
+    peaks = _impulse_lags(y, x)
+    # every impulse comes out once, whole (wet and dry of the mix on the same sample), at the declared
+    # latency: before the change, after it (the block of the crossfade aside) and after the bypass
+    before_peaks = [p for p in peaks if p[0] < 4800]
+    after_peaks = [p for p in peaks if p[0] >= 5280 + L1]
+    assert before_peaks and all(lag == L0 and abs(v - 1.0) < 1e-4 for _, lag, v in before_peaks), before_peaks
+    assert len(after_peaks) >= 13 and all(lag == L1 and abs(v - 1.0) < 1e-4 for _, lag, v in after_peaks), after_peaks
+    assert all(lag in (L0, L1) for _, lag, _ in peaks), peaks  # (in the crossfade's block: both, in part)
+
+
+@pytest.mark.plugin
+@pytest.mark.parametrize("before,after", [(0, 300), (300, 0)])
+def test_a_plugin_latency_moved_live_does_not_click(qcgain_vst3, before, after):
+    """The running plugin jumps its delay line at once (0 -> 300 played 300
+    samples twice, 300 -> 0 skipped 300). The spare instances, pre-rolled
+    on the recent input, take over crossfaded across one block: the
+    largest second difference around the change stays that of the tones,
+    and afterwards the output is the tones at the declared latency."""
+    x = _tones(1.5, 2)
+    proc = plugin_only(qcgain_vst3, delay_samples=before).processor(SR, 2)
+    k0 = 101
+    y, _ = (a[0] for a in _hops(proc, plugin_only(qcgain_vst3).processor(SR, 2), x,
+                                {k0: [("v.delay_samples", after)]}))
+    L = proc.latency
+    d2 = lambda a: np.abs(np.diff(a, 2)).max()  # noqa: E731
+    own = d2(x[0, 20 * 480:60 * 480])
+    assert d2(y[(k0 - 2) * 480:(k0 + 3) * 480]) <= 1.5 * own
+    np.testing.assert_allclose(y[(k0 + 1) * 480:], x[0, (k0 + 1) * 480 - L:x.shape[1] - L], atol=1e-6)
