@@ -897,6 +897,15 @@ class PluginStage(PedalboardStage):
         self._spare = _ChannelAdapter(spares, mode)
         self._spare.pb_channels = adapter.pb_channels
         self._spare_instances = spares
+        # one more, only ever asked what latency a value would give (foresee: on JUCE's message thread, the
+        # one that loaded the first plugin, where a plugin's new latency is known at once; on another thread
+        # pedalboard's reported_latency_samples keeps its old value)
+        self._prober = load_vst3(path, plugin_name)
+        self._foreseen: dict[tuple[str, Any], int] = {}
+        #: pedalboard's trimming after a reset, checked on the first output: id of the instances' adapter ->
+        #: [frames fed, the plugin's latency, frames still to drop (None: no output yet)] (pedalboard trims
+        #: its cached latency, which is stale where the plugin's latency moved on another thread than JUCE's)
+        self._trims: dict[int, list[int]] = {}
         self._swap_lat: int | None = None  # the plugin latency a pending swap to the spare brings
         #: whether the stage may declare a longer latency live (the daemon's chains may not: see
         #: ChainProcessor.fix_latency); a change that would need it is refused
@@ -905,7 +914,8 @@ class PluginStage(PedalboardStage):
         self.unforeseen_latency_moves = 0
         super().__init__(name, sample_rate, channels, own, adapter, values)
         self._hist = _History(channels, _PREROLL + math.ceil(_PLUGIN_HISTORY_S * self.sample_rate))
-        self._plug_lat = self._plugin_latency()  # what the running plugin reports now
+        self._plug_lat = self._plugin_latency()  # the running plugin's latency
+        self._reported = self._plug_lat  # what pedalboard last said it was
         self._slack = max(0, self.latency - self._plug_lat)  # what a block-size shortfall adds (_ShapeGuard)
         self._dry = MovableDelay(channels, self.latency, math.ceil(_PLUGIN_HISTORY_S * self.sample_rate))
 
@@ -962,28 +972,61 @@ class PluginStage(PedalboardStage):
 
     def _latency_with(self, name: str, value) -> int:
         """The latency the plugin reports with the stage's values and
-        ``name`` = ``value``: asked of a spare instance (set, then one short
-        block of silence, after which a plugin has announced its latency)."""
-        probe = self._spare_instances[0]
-        self._sync([probe])
+        ``name`` = ``value``: asked of the prober instance (set, then one
+        short block of silence, after which a plugin has announced it)."""
+        probe = self._prober
+        for k, v in dict(self.values).items():
+            set_plugin_param(probe, k, v)
         set_plugin_param(probe, name, value)
         probe.process(np.zeros((self._spare.pb_channels or self.channels, 64), np.float32), float(self.sample_rate),
                       buffer_size=64, reset=False)
         return int(probe.reported_latency_samples)
 
-    def _apply_param(self, name, value):
-        p = self.param_set.get(name)
-        if self._rampable(p, value) and self._swap_lat is None:
-            return super()._apply_param(name, value)
+    def needs_foresight(self, name: str) -> bool:
+        """Whether a live value of ``name`` is set at once (not ramped), and
+        so may move the plugin's latency: :meth:`foresee` it first where
+        :meth:`set_param` does not run on JUCE's message thread."""
+        return name in self.param_set and (name not in self._continuous or name in self._at_once)
+
+    def foresee(self, name: str, value) -> int:
+        """The plugin's latency with ``name`` = ``value`` (checked), asked
+        now, for the :meth:`set_param` of that value that follows (the live
+        daemon asks on its main thread, JUCE's message thread, and sets the
+        value on the engine thread, where a plugin's new latency is not
+        seen). Raises ParameterError where it would lengthen a latency that
+        may not grow (:attr:`may_grow`)."""
+        value = self.param_set.get(name, self.name).check(value, self.name)
         lat = self._latency_with(name, value)
-        if lat == self._plug_lat and self._swap_lat is None:
-            return super()._apply_param(name, value)  # the latency stays: set at once
-        need = max(self.latency, lat + self._slack)  # a shorter latency is padded: the stage's timing stays
-        if need > self.latency and not self.may_grow:
+        self._check_growth(name, value, lat)
+        if len(self._foreseen) > 64:  # (values foreseen and never set: a refused set elsewhere)
+            self._foreseen.clear()
+        key = (name, value)
+        self._foreseen[key] = [lat, self._foreseen.get(key, [0, 0])[1] + 1]  # (the same value twice: two sets)
+        return lat
+
+    def _check_growth(self, name: str, value, lat: int) -> None:
+        if lat + self._slack > self.latency and not self.may_grow:
             raise ParameterError(f"{self.name}.{name}", f"value {value!r} would make the plugin's latency {lat} "
                                  f"samples, more than the {self.latency - self._slack} this running chain declared "
                                  f"for it (at most {self.latency - self._slack} here); set it in the chain and "
                                  "load the chain again to declare the longer latency")
+
+    def _apply_param(self, name, value):
+        p = self.param_set.get(name)
+        if self._rampable(p, value) and self._swap_lat is None:
+            return super()._apply_param(name, value)
+        seen = self._foreseen.get((name, value))
+        if seen is not None:
+            lat = seen[0]
+            seen[1] -= 1
+            if seen[1] <= 0:
+                self._foreseen.pop((name, value), None)
+        else:
+            lat = self._latency_with(name, value)
+        if lat == self._plug_lat and self._swap_lat is None:
+            return super()._apply_param(name, value)  # the latency stays: set at once
+        need = max(self.latency, lat + self._slack)  # a shorter latency is padded: the stage's timing stays
+        self._check_growth(name, value, lat)
         self._ramps.pop(name, None)
         self.values[name] = value  # (the spare takes every value at the swap)
         self._swap_lat = lat
@@ -996,8 +1039,44 @@ class PluginStage(PedalboardStage):
             return self._latency_swap(x)
         y = super()._process(x)
         lat = self._plugin_latency()
-        if lat != self._plug_lat:
-            self._follow(lat)
+        if lat != self._reported:  # (on another thread than JUCE's message thread it never changes)
+            self._reported = lat
+            if lat != self._plug_lat:
+                self._follow(lat)
+        return y
+
+    def _plain(self, plugin, x: np.ndarray) -> np.ndarray:
+        y = super()._plain(plugin, x)
+        t = self._trims.get(id(plugin))
+        if t is None:
+            return y
+        t[0] += x.shape[1]
+        if t[2] is None:
+            if not y.shape[1]:
+                return y
+            # the first output since the reset: pedalboard trimmed what it took for the latency (fed - got
+            # frames), the plugin's output is delayed by its real one
+            t[2] = t[1] - (t[0] - y.shape[1])
+            if t[2] < 0:  # it trimmed too much: the output is that much early
+                y = np.concatenate([np.zeros((y.shape[0], -t[2]), np.float32), y], axis=1)
+                t[2] = 0
+        if t[2] > 0:  # too little: the rest of the plugin's delay goes
+            k = min(t[2], y.shape[1])
+            y, t[2] = y[:, k:], t[2] - k
+        if t[2] == 0:
+            del self._trims[id(plugin)]
+        return y
+        t[0] += x.shape[1]
+        if t[2] == 0 and y.shape[1]:  # the first output since the reset: pedalboard trimmed fed - got frames
+            t[2] = t[1] - (t[0] - y.shape[1])  # and should have trimmed the plugin's latency
+            if t[2] < 0:  # it trimmed too much (a stale, longer latency): the output is late by that much
+                y = np.concatenate([np.zeros((y.shape[0], -t[2]), np.float32), y], axis=1)
+                t[2] = 0
+        if t[2] > 0:  # too little: what is left of the raw delay goes
+            k = min(t[2], y.shape[1])
+            y, t[2] = y[:, k:], t[2] - k
+        if t[0] and t[2] == 0 and (y.shape[1] or t[0] > t[1]):
+            del self._trims[id(plugin)]
         return y
 
     def _latency_swap(self, x: np.ndarray) -> np.ndarray:
@@ -1016,6 +1095,7 @@ class PluginStage(PedalboardStage):
             for inst in spares:
                 inst.parameters[name].raw_value = b
         new.reset()
+        self._trims[id(new)] = [0, lat, None]
         fifo = _AlignedFifo(self.channels, self.latency)
         guard = _ShapeGuard(self.channels, new.pb_channels or self.channels)
         guard._pending = self._guard._pending.copy()
@@ -1032,7 +1112,7 @@ class PluginStage(PedalboardStage):
         self._instances, self._spare_instances = spares, self._instances
         self._fifo, self._guard = fifo, guard
         self._ramps = {}
-        self._plug_lat = self._plugin_latency()
+        self._plug_lat, self._reported = lat, self._plugin_latency()
         r = np.arange(1, x.shape[1] + 1, dtype=np.float32)[None, :] / x.shape[1]
         return a + r * (b - a)
 
@@ -1044,7 +1124,7 @@ class PluginStage(PedalboardStage):
         dropped or held); when the new latency does not fit under it, the
         stage's latency grows to it."""
         self.unforeseen_latency_moves += 1
-        need = max(self.latency, lat + self._slack)
+        need = max(self.latency, lat + self._slack)  # (a latency that may not grow grows: nothing else is true)
         self._fifo.shift(self.latency + lat - self._plug_lat - need)
         self._plug_lat = lat
         if need != self.latency:
@@ -1053,15 +1133,15 @@ class PluginStage(PedalboardStage):
 
     def _reset(self):
         if self._swap_lat is not None:  # a pending swap is made at once (nothing is playing)
-            self._swap_lat = None
+            self._plug_lat, self._swap_lat = self._swap_lat, None
             self._sync(self._spare_instances)
             self.plugin, self._spare = self._spare, self.plugin
             self._instances, self._spare_instances = self._spare_instances, self._instances
             self._ramps = {}
         super()._reset()
         self._fifo = _AlignedFifo(self.channels, self.latency)
-        lat = self._plugin_latency()
-        self._plug_lat = lat if lat is not None else self._plug_lat
+        self._trims = {id(self.plugin): [0, self._plug_lat, None]}
+        self._reported = self._plugin_latency()
 
 
 # --------------------------------------------------------------------------

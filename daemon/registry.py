@@ -18,7 +18,9 @@ Thread safety: :meth:`set` may be called from any thread (the control
 thread, the MIDI dispatcher). Channel values reach the engine as one
 immutable snapshot swap; chain values are queued and applied by the engine
 thread at the start of its next hop, so a plugin is never touched from two
-threads at once. Listeners (:meth:`add_listener`) hear every change with
+threads at once (a hosted plugin's value that may move its latency is
+first foreseen on the supervisor thread, by an instance of its own:
+:meth:`Registry._foresee`). Listeners (:meth:`add_listener`) hear every change with
 its source ("zmq", "midi", "state", "config", ...), which is how MIDI
 feedback, ``event.param`` and the state file follow changes from
 elsewhere.
@@ -249,10 +251,30 @@ class Registry:
         if stage is None:
             self.engine.set_params(self.channels()[i], **{p.name: v})
         else:
+            self._foresee(i, stage, p.name, v)
             self.chain_overrides[address] = v
             self.pending.append((i, stage, p.name, v))
         self._notify(address, v, source)
         return v
+
+    #: how long :meth:`set` waits for the supervisor to foresee a hosted plugin's latency
+    FORESEE_TIMEOUT_S = 5.0
+
+    def _foresee(self, i: int, stage: str, name: str, v: Any) -> None:
+        """A hosted plugin's value set at once (a whole number, a switch, a
+        choice: it may move the plugin's latency) is first asked of a
+        prober instance on the supervisor thread, JUCE's message thread
+        (on the engine thread a plugin's new latency is not seen): the stage
+        then knows the latency it brings before it takes it, and a value
+        that would lengthen the latency the daemon declared is refused here,
+        named, with nothing changed."""
+        proc = self.engine.chain(i)
+        st = proc.stage(stage) if proc is not None else None
+        if st is None or not hasattr(st, "foresee") or not st.needs_foresight(name):
+            return
+        call = getattr(self.daemon, "call_in_main", None)
+        fn = lambda: st.foresee(name, v)  # noqa: E731
+        call(fn, timeout=self.FORESEE_TIMEOUT_S) if call is not None else fn()
 
     # ------------------------------------------------------------------
     # engine side

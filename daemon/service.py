@@ -211,6 +211,7 @@ class Daemon:
             eng = None  # the old engine (and the client it holds) is not kept alive through settle_heap
             new.registry = self.registry
             self.registry.reapply(new)
+            new.plan_latency()  # (a live value may have lengthened a plugin's latency) before it is declared
             with self._bad_lock:  # the old engine's count joins the daemon's total as the engine changes
                 self._bad_before += old_bad
                 self.engine = new

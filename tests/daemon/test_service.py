@@ -21,6 +21,7 @@ import pytest
 
 from conftest import quietcast_exe
 
+from quietcast.daemon import jackio
 from quietcast.daemon.client import Client
 from quietcast.daemon.errors import ControlError
 from quietcast.daemon.config import load_config
@@ -738,3 +739,63 @@ def test_a_failure_while_connecting_by_rule_is_logged_not_raised(caplog):
         Daemon._apply_rules(me)
     assert not me.io.ports_changed.is_set()
     assert "connecting ports by rule failed: the server went away" in caplog.text
+
+
+# --------------------------------------------------------------------------
+# a hosted plugin's latency moved live
+
+
+@pytest.mark.plugin
+def test_a_plugin_latency_moved_live_keeps_the_declared_latency_true(tmp_path, jack_server, qcgain_vst3):
+    """A hosted plugin's latency set live through the daemon (``delay_samples``
+    is our plugin's). A shorter one used to shift the output off the
+    declared latency (300 -> 100: 200 samples early); now it is padded, so
+    ``status``, JACK's port latency and the output agree before and after.
+    A longer one than the daemon declared is refused at once, named, and
+    nothing moves (the engine thread never sees a plugin's new latency:
+    the supervisor foresees it on an instance of its own)."""
+    post = (f'[[stage]]\nname = "v"\ntype = "plugin"\npath = "{qcgain_vst3}"\n'
+            'params = { delay_samples = 300 }\n')
+    cfg = write_config(tmp_path, jack_server.name, post=post, extra_channel_host="strength = 0.0\n")
+    proc = start(cfg)
+    rec = play = None
+    try:
+        assert wait_ready(tmp_path)
+        srv = jack_server.name
+        rec = Recorder(srv, 1, name="lrec")
+        play = Player(srv, 1, name="lplay", recorder=rec)
+        play.client.connect(play.name(0), "qcs:host_in")
+        play.client.connect("qcs:host_out", rec.name(0))
+        x = np.zeros(24_000, np.float32)
+        x[1000] = 0.5
+
+        def impulse_at() -> tuple[int, float]:
+            r, start_i, _ = take(play, rec, x[None], lat / 48_000 + 0.3)
+            y = r[0, start_i:]
+            k = int(np.argmax(np.abs(y)))
+            return k - 1000, float(y[k])
+
+        with client(tmp_path) as c:
+            lat = c.status()["latency_frames"]
+            assert impulse_at() == (lat, pytest.approx(0.5, abs=1e-6))
+            c.set("host.chain.v.delay_samples", 100)
+            time.sleep(0.3)  # (applied at the next hop, crossfaded across it)
+            assert c.status()["latency_frames"] == lat
+            assert impulse_at() == (lat, pytest.approx(0.5, abs=1e-6))  # (was lat - 200)
+            lo, _ = jackio.port_latency(play.client, "qcs:host_out", jackio.CAPTURE)
+            cap_lo, _ = jackio.port_latency(play.client, "qcs:host_in", jackio.CAPTURE)
+            assert lo == cap_lo + lat
+            with pytest.raises(ControlError) as ei:
+                c.set("host.chain.v.delay_samples", 600)
+            assert "delay_samples" in str(ei.value) and "600" in str(ei.value) and "300" in str(ei.value)
+            assert c.get("host.chain.v.delay_samples") == 100
+            c.set("host.chain.v.delay_samples", 300)  # back up to what was declared: allowed
+            time.sleep(0.3)
+            assert c.status()["latency_frames"] == lat
+            assert impulse_at() == (lat, pytest.approx(0.5, abs=1e-6))
+    finally:
+        for cl in (play, rec):
+            if cl is not None:
+                cl.close()
+        out = stop(proc)
+    assert "Traceback" not in out, out
