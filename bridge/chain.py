@@ -26,7 +26,7 @@ Python, with the same names::
         {"name": "nr", "type": "denoise", "strength": 0.9},
     ])
     proc = chain.processor(sample_rate=48000, channels=2)
-    out = proc.process(block)            # streaming, fixed proc.latency
+    out = proc.process(block)            # streaming, delayed by proc.latency
     whole = chain.process_array(x, 48000)  # one array, latency removed
 
 Every problem of a chain is reported at once (:class:`ChainSpecError`),
@@ -295,7 +295,14 @@ class Chain:
 
 class ChainProcessor:
     """A running chain: :meth:`process` any block size, output delayed by
-    :attr:`latency` samples; :meth:`set_param` by ``stage.param``."""
+    :attr:`latency` samples; :meth:`set_param` by ``stage.param``.
+
+    :attr:`latency` is fixed unless a live value lengthens a hosted
+    plugin's latency beyond its stage's: it is then the new sum as soon as
+    :meth:`set_param` returns, and the output moves to it, crossfaded,
+    over the next block (:attr:`latency_changes` counts it). A shorter
+    plugin latency is padded: nothing moves. After :meth:`fix_latency` a
+    value that would lengthen it is refused."""
 
     def __init__(self, chain: Chain, stages: list[Stage], sample_rate: int, channels: int):
         self.chain = chain

@@ -20,9 +20,25 @@ Stage types:
 pedalboard plugins called with ``reset=False`` return their output already
 aligned (latency trimmed) but *shorter* until their latency is filled; a
 :class:`_AlignedFifo` turns that back into a fixed delay, which is measured
-once when the stage is built (:func:`probe_latency`). A plugin whose
-latency moves live (a hosted plugin's latency parameter) shifts its output:
-the declared latency does not follow.
+when the stage is built (:func:`probe_latency`).
+
+A hosted plugin whose latency moves live (a look-ahead, our test plugin's
+``delay_samples``) would shift its output: pedalboard trims a latency once,
+after a reset, and a running plugin's delay line jumps (played twice or
+skipped: a click 28 times the signal's own largest step). So
+:class:`PluginStage` keeps spare instances: a value set at once is first
+asked of a prober instance; when it brings another latency the spares take
+every value, are pre-rolled on the recent input and crossfaded in across the
+next block, both sides aligned to the stage's latency. A shorter latency is
+padded: the stage's latency, and so the chain's timing, never moves. A
+longer one than the stage's lengthens it: the crossfade goes from the old
+timing to the new, :attr:`ChainProcessor.latency` is the new sum at once
+(before the next block), and a ``mix`` stage after it and the stage's
+bypass path follow in the same block (:class:`MovableDelay`). A chain whose
+latency is declared elsewhere (the live daemon) refuses such a value
+instead (:meth:`ChainProcessor.fix_latency`). A move the prober could not
+foresee (a plugin that changes its latency by itself) is put back at the
+stage's latency from the next block.
 
 A live parameter change never steps (:class:`PedalboardStage`): a filter
 or dynamics built-in, a delay's time and a chorus's centre delay crossfade
@@ -33,7 +49,8 @@ whole numbers) are set at once; ``gain`` and ``mix`` ramp linearly over the bloc
 ``denoise``'s ``strength`` glides over 0.2 s.
 
 Every stage can be bypassed (``bypass = true``): its output is then its
-input delayed by its latency, bit-exact, so the chain's timing never moves.
+input delayed by its latency, bit-exact, so the chain's timing never moves
+(unless a plugin's latency grew live: the bypass path grows with it).
 A stage whose processing raises, or returns NaN/Inf, is put in fault bypass
 the same way and reports why in :attr:`Stage.fault` (a plugin fault costs
 only its own stage, never the process).
@@ -858,9 +875,21 @@ class PluginStage(PedalboardStage):
     times as far as the signal's own largest step). A discrete one (a
     switch, a list of choices, a whole number of samples) is set at once:
     each step in between would be a step of its own, and a plugin's latency
-    (which the chain does not follow live) would walk through each of them.
-    A continuous parameter seen to move the plugin's latency during a ramp
-    jumps to its value there and is set at once from then on."""
+    would walk through each of them. A continuous parameter seen to move the
+    plugin's latency during a ramp jumps to its value there and is set at
+    once from then on.
+
+    A value set at once may move the plugin's latency. It is first asked of
+    a prober instance (:meth:`foresee`, :meth:`_latency_with`); with the
+    same latency it is set at once on the running instances, with another
+    the spare instances take over crossfaded (:meth:`_latency_swap`): a
+    shorter latency is padded to the stage's, a longer one lengthens the
+    stage's (refused where :attr:`may_grow` is off). pedalboard's
+    ``reported_latency_samples`` follows a change only on JUCE's message
+    thread (the one that loaded the first plugin): the live daemon foresees
+    there and sets on the engine thread. Three sets of instances are loaded
+    (running, spare, one prober): three times a plugin's memory and load
+    time."""
 
     type_name = "plugin"
     _subblocks = _PLUGIN_SUBBLOCKS
@@ -988,16 +1017,19 @@ class PluginStage(PedalboardStage):
         :meth:`set_param` does not run on JUCE's message thread."""
         return name in self.param_set and (name not in self._continuous or name in self._at_once)
 
-    def foresee(self, name: str, value) -> int:
+    def foresee(self, name: str, value, keep: bool = True) -> int:
         """The plugin's latency with ``name`` = ``value`` (checked), asked
         now, for the :meth:`set_param` of that value that follows (the live
         daemon asks on its main thread, JUCE's message thread, and sets the
         value on the engine thread, where a plugin's new latency is not
         seen). Raises ParameterError where it would lengthen a latency that
-        may not grow (:attr:`may_grow`)."""
+        may not grow (:attr:`may_grow`). ``keep``: False to check only
+        (no set follows)."""
         value = self.param_set.get(name, self.name).check(value, self.name)
         lat = self._latency_with(name, value)
         self._check_growth(name, value, lat)
+        if not keep:
+            return lat
         if len(self._foreseen) > 64:  # (values foreseen and never set: a refused set elsewhere)
             self._foreseen.clear()
         key = (name, value)

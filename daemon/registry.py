@@ -232,9 +232,11 @@ class Registry:
         """Raise what :meth:`set` would for this address and value, and
         change nothing (``None`` is allowed for ``CHANNEL.pause_db`` and
         ``CHANNEL.pause_threshold``: back to the engine's value)."""
-        _, stage, p = self.resolve(address)
+        i, stage, p = self.resolve(address)
         if not self._to_engine_value(stage, p, value):
-            p.check(value, address.rsplit(".", 1)[0])
+            v = p.check(value, address.rsplit(".", 1)[0])
+            if stage is not None:  # (a value that would lengthen a plugin's declared latency is refused)
+                self._foresee(i, stage, p.name, v, keep=False)
 
     def set(self, address: str, value: Any, source: str = "api") -> Any:
         """Check ``value`` against the address's range and apply it.
@@ -260,20 +262,21 @@ class Registry:
     #: how long :meth:`set` waits for the supervisor to foresee a hosted plugin's latency
     FORESEE_TIMEOUT_S = 5.0
 
-    def _foresee(self, i: int, stage: str, name: str, v: Any) -> None:
+    def _foresee(self, i: int, stage: str, name: str, v: Any, keep: bool = True) -> None:
         """A hosted plugin's value set at once (a whole number, a switch, a
         choice: it may move the plugin's latency) is first asked of a
         prober instance on the supervisor thread, JUCE's message thread
         (on the engine thread a plugin's new latency is not seen): the stage
         then knows the latency it brings before it takes it, and a value
         that would lengthen the latency the daemon declared is refused here,
-        named, with nothing changed."""
+        named, with nothing changed (``keep``: for the set that follows;
+        else a check only)."""
         proc = self.engine.chain(i)
         st = proc.stage(stage) if proc is not None else None
         if st is None or not hasattr(st, "foresee") or not st.needs_foresight(name):
             return
         call = getattr(self.daemon, "call_in_main", None)
-        fn = lambda: st.foresee(name, v)  # noqa: E731
+        fn = lambda: st.foresee(name, v, keep=keep)  # noqa: E731
         call(fn, timeout=self.FORESEE_TIMEOUT_S) if call is not None else fn()
 
     # ------------------------------------------------------------------

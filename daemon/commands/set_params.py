@@ -9,7 +9,9 @@ class Set(Command):
     and MIDI are; the result is the value as stored (the object of stored
     values for ``values``). Every change is published as ``event.param``
     and moves mapped MIDI controllers (feedback). Numbers ramp over one hop
-    (10 ms): no zipper noise."""
+    (10 ms): no zipper noise. A hosted plugin's value that would lengthen its
+    latency beyond what the daemon declared is refused (code ``out_of_range``,
+    naming the latency it needs and the one declared); a shorter one is padded."""
 
     name = "set"
     args = {"address": Arg("str", required=False, doc="parameter address, e.g. host.strength"),

@@ -789,6 +789,9 @@ def test_a_plugin_latency_moved_live_keeps_the_declared_latency_true(tmp_path, j
                 c.set("host.chain.v.delay_samples", 600)
             assert "delay_samples" in str(ei.value) and "600" in str(ei.value) and "300" in str(ei.value)
             assert c.get("host.chain.v.delay_samples") == 100
+            with pytest.raises(ControlError):  # several at once: all are checked before any is applied
+                c.call("set", values={"host.output_gain_db": -6.0, "host.chain.v.delay_samples": 600})
+            assert c.get("host.output_gain_db") == 0.0
             c.set("host.chain.v.delay_samples", 300)  # back up to what was declared: allowed
             time.sleep(0.3)
             assert c.status()["latency_frames"] == lat
