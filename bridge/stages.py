@@ -1098,18 +1098,6 @@ class PluginStage(PedalboardStage):
         if t[2] == 0:
             del self._trims[id(plugin)]
         return y
-        t[0] += x.shape[1]
-        if t[2] == 0 and y.shape[1]:  # the first output since the reset: pedalboard trimmed fed - got frames
-            t[2] = t[1] - (t[0] - y.shape[1])  # and should have trimmed the plugin's latency
-            if t[2] < 0:  # it trimmed too much (a stale, longer latency): the output is late by that much
-                y = np.concatenate([np.zeros((y.shape[0], -t[2]), np.float32), y], axis=1)
-                t[2] = 0
-        if t[2] > 0:  # too little: what is left of the raw delay goes
-            k = min(t[2], y.shape[1])
-            y, t[2] = y[:, k:], t[2] - k
-        if t[0] and t[2] == 0 and (y.shape[1] or t[0] > t[1]):
-            del self._trims[id(plugin)]
-        return y
 
     def _latency_swap(self, x: np.ndarray) -> np.ndarray:
         """The block after a change that moves the plugin's latency: the
@@ -1122,10 +1110,7 @@ class PluginStage(PedalboardStage):
         new one)."""
         lat, self._swap_lat = self._swap_lat, None
         new, spares = self._spare, self._spare_instances
-        self._sync(spares)
-        for name, (_, b) in self._ramps.items():  # (the running instances end their ramps in this block)
-            for inst in spares:
-                inst.parameters[name].raw_value = b
+        self._sync(spares)  # (a ramp's end value too: the running instances end their ramps in this block)
         new.reset()
         self._trims[id(new)] = [0, lat, None]
         fifo = _AlignedFifo(self.channels, self.latency)
@@ -1154,7 +1139,8 @@ class PluginStage(PedalboardStage):
         move it during a ramp): its output shifted in this block. From the
         next block on it is put back at the stage's latency (samples
         dropped or held); when the new latency does not fit under it, the
-        stage's latency grows to it."""
+        stage's latency grows to it. (Seen only on JUCE's message thread:
+        elsewhere pedalboard's reported latency does not move.)"""
         self.unforeseen_latency_moves += 1
         need = max(self.latency, lat + self._slack)  # (a latency that may not grow grows: nothing else is true)
         self._fifo.shift(self.latency + lat - self._plug_lat - need)

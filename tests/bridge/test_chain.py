@@ -883,3 +883,44 @@ def test_a_plugin_latency_moved_live_does_not_click(qcgain_vst3, before, after):
     own = d2(x[0, 20 * 480:60 * 480])
     assert d2(y[(k0 - 2) * 480:(k0 + 3) * 480]) <= 1.5 * own
     np.testing.assert_allclose(y[(k0 + 1) * 480:], x[0, (k0 + 1) * 480 - L:x.shape[1] - L], atol=1e-6)
+
+
+@pytest.mark.plugin
+@pytest.mark.parametrize("before,after", [(0, 300), (300, 100)])
+def test_a_plugin_latency_foreseen_here_and_set_on_another_thread(qcgain_vst3, before, after):
+    """As the live daemon does it: the value is foreseen on this thread
+    (JUCE's message thread: the one that loaded the first plugin) and set
+    and streamed on another (the engine's), where pedalboard's reported
+    latency and the latency it trims after a reset are stale (measured: a
+    plugin's new latency reads 0 there). The spare comes in aligned all the
+    same (without checking pedalboard's trimming, an impulse came out 300
+    samples late after 0 -> 300), and so does a reset there."""
+    import threading
+
+    proc = Chain([{"name": "v", "type": "plugin", "path": str(qcgain_vst3),
+                   "params": {"delay_samples": before}}]).processor(SR, 1)
+    L0 = proc.latency
+    assert proc.stage("v").foresee("delay_samples", after) == after
+    x = np.zeros((1, 480 * 40), np.float32)
+    x[:, 7::960] = 1.0
+    out: dict = {}
+
+    def engine():
+        ys = []
+        for k in range(40):
+            if k == 10:
+                proc.set_param("v.delay_samples", after)
+            if k == 25:
+                proc.reset()
+            ys.append(proc.process(x[:, k * 480:(k + 1) * 480]))
+        out["y"] = np.concatenate(ys, axis=1)
+
+    th = threading.Thread(target=engine)
+    th.start()
+    th.join(60)
+    L1 = proc.latency
+    assert L1 == max(L0, after + L0 - before)
+    peaks = _impulse_lags(out["y"], x)
+    assert {lag for p, lag, _ in peaks if p < 4800} == {L0}
+    late = [(lag, v) for p, lag, v in peaks if p >= 5280 + L1]
+    assert len(late) >= 14 and all(lag == L1 and abs(v - 1.0) < 1e-4 for lag, v in late), late
