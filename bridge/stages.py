@@ -36,7 +36,8 @@ timing to the new, :attr:`ChainProcessor.latency` is the new sum at once
 (before the next block), and a ``mix`` stage after it and the stage's
 bypass path follow in the same block (:class:`MovableDelay`). A chain whose
 latency is declared elsewhere (the live daemon) refuses such a value
-instead (:meth:`ChainProcessor.fix_latency`). A move the prober could not
+instead (:meth:`ChainProcessor.fix_latency`); a plugin stage's
+``min_latency`` declares room for it ahead. A move the prober could not
 foresee (a plugin that changes its latency by itself) is put back at the
 stage's latency from the next block.
 
@@ -771,6 +772,9 @@ PLUGIN_PARAMS = ParamSet.of(
     Param("path", "str", None, doc="path of a .vst3 bundle"),
     Param("plugin_name", "str", None, doc="which plugin of a multi-plugin bundle"),
     Param("params", "dict", {}, doc="initial values of the plugin's own parameters, by name"),
+    Param("min_latency", "int", 0, 0, 480_000, "samples",
+          doc="the least latency the stage declares: room for the plugin's latency to grow live (a look-ahead "
+              "turned up) where the chain's latency may not (the live daemon); 0: the plugin's own"),
 )
 
 
@@ -894,7 +898,7 @@ class PluginStage(PedalboardStage):
     type_name = "plugin"
     _subblocks = _PLUGIN_SUBBLOCKS
 
-    def __init__(self, name, sample_rate, channels, path, plugin_name=None, params=None):
+    def __init__(self, name, sample_rate, channels, path, plugin_name=None, params=None, min_latency: int = 0):
         first = load_vst3(path, plugin_name)
         own = _plugin_param_set(first)
         values = {}
@@ -946,6 +950,9 @@ class PluginStage(PedalboardStage):
         self._plug_lat = self._plugin_latency()  # the running plugin's latency
         self._reported = self._plug_lat  # what pedalboard last said it was
         self._slack = max(0, self.latency - self._plug_lat)  # what a block-size shortfall adds (_ShapeGuard)
+        if int(min_latency) > self.latency:  # room declared ahead for a longer latency: padded until then
+            self.latency = int(min_latency)
+            self._fifo = _AlignedFifo(channels, self.latency)
         self._dry = MovableDelay(channels, self.latency, math.ceil(_PLUGIN_HISTORY_S * self.sample_rate))
 
     @staticmethod
@@ -1039,9 +1046,9 @@ class PluginStage(PedalboardStage):
     def _check_growth(self, name: str, value, lat: int) -> None:
         if lat + self._slack > self.latency and not self.may_grow:
             raise ParameterError(f"{self.name}.{name}", f"value {value!r} would make the plugin's latency {lat} "
-                                 f"samples, more than the {self.latency - self._slack} this running chain declared "
-                                 f"for it (at most {self.latency - self._slack} here); set it in the chain and "
-                                 "load the chain again to declare the longer latency")
+                                 f"samples, more than the {self.latency - self._slack} the latency this running chain "
+                                 f"declared has room for; to declare more, set the value in the chain (or give the stage "
+                                 f"min_latency = {lat + self._slack} or more) and load the chain again")
 
     def _apply_param(self, name, value):
         p = self.param_set.get(name)
@@ -1475,7 +1482,8 @@ def build_stage(type_name: str, name: str, values: dict, sample_rate: int, chann
     """Build a runtime stage from checked ``values`` (without ``bypass``);
     ``device``: where a denoise stage runs its model."""
     if type_name == "plugin":
-        st = PluginStage(name, sample_rate, channels, values["path"], values.get("plugin_name"), values.get("params"))
+        st = PluginStage(name, sample_rate, channels, values["path"], values.get("plugin_name"), values.get("params"),
+                         min_latency=values.get("min_latency", 0))
     elif type_name == "denoise":
         st = DenoiseStage(name, sample_rate, channels, device=device, **values)
     elif type_name == "gain":

@@ -924,3 +924,31 @@ def test_a_plugin_latency_foreseen_here_and_set_on_another_thread(qcgain_vst3, b
     assert {lag for p, lag, _ in peaks if p < 4800} == {L0}
     late = [(lag, v) for p, lag, v in peaks if p >= 5280 + L1]
     assert len(late) >= 14 and all(lag == L1 and abs(v - 1.0) < 1e-4 for lag, v in late), late
+
+
+@pytest.mark.plugin
+def test_min_latency_declares_room_for_a_plugin_latency_to_grow_where_the_chain_may_not(qcgain_vst3):
+    """Where the chain's latency may not move (the live daemon:
+    ``fix_latency``), a plugin stage's ``min_latency`` declares room ahead:
+    a longer plugin latency up to it is taken live, padded, at the same
+    declared latency; beyond it the value is refused, naming what to give."""
+    spec = lambda **kw: Chain([{"name": "v", "type": "plugin", "path": str(qcgain_vst3), **kw}])  # noqa: E731
+    assert spec().processor(SR, 1).latency <= 4
+    proc = spec(min_latency=600).processor(SR, 1)
+    assert proc.latency == 600
+    proc.fix_latency()
+    x = np.zeros((1, 480 * 20), np.float32)
+    x[:, 7::960] = 1.0
+    ys = []
+    for k in range(20):
+        if k == 5:
+            proc.set_param("v.delay_samples", 500)
+        ys.append(proc.process(x[:, k * 480:(k + 1) * 480]))
+    assert proc.latency == 600 and proc.stage("v")._plug_lat == 500
+    assert {lag for _, lag, _ in _impulse_lags(np.concatenate(ys, axis=1), x)} == {600}
+    with pytest.raises(ParameterError, match=r"v\.delay_samples: value 900(\.0)? would make the plugin's latency "
+                                             r"900 samples, more than the \d+ .*min_latency = 9\d\d or more"):
+        proc.set_param("v.delay_samples", 900)
+    assert proc.latency == 600 and proc.stage("v").values["delay_samples"] == 500
+    with pytest.raises(ChainSpecError, match=r"min_latency.*out of range \[0, 480000\]"):
+        spec(min_latency=-1)
