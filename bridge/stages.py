@@ -934,6 +934,14 @@ class PluginStage(PedalboardStage):
         # one that loaded the first plugin, where a plugin's new latency is known at once; on another thread
         # pedalboard's reported_latency_samples keeps its old value)
         self._prober = load_vst3(path, plugin_name)
+        # an instance's first block, and the first value set after it, cost ~25 ms with our test plugin
+        # (JUCE and the plugin prepare): here, not in the live hop of the first swap (it took 24 ms)
+        for inst in (*spares, self._prober):
+            inst.process(np.zeros((self._spare.pb_channels or channels, 64), np.float32), float(sample_rate),
+                         buffer_size=64, reset=False)
+            for prm in list(inst.parameters.values())[:1]:
+                prm.raw_value = prm.raw_value
+            inst.reset()
         self._foreseen: dict[tuple[str, Any], int] = {}
         #: pedalboard's trimming after a reset, checked on the first output: id of the instances' adapter ->
         #: [frames fed, the plugin's latency, frames still to drop (None: no output yet)] (pedalboard trims
