@@ -1053,7 +1053,8 @@ class PluginStage(PedalboardStage):
 
     def _check_growth(self, name: str, value, lat: int) -> None:
         if lat + self._slack > self.latency and not self.may_grow:
-            raise ParameterError(f"{self.name}.{name}", f"value {value!r} would make the plugin's latency {lat} "
+            shown = f"{value:g}" if isinstance(value, float) else repr(value)
+            raise ParameterError(f"{self.name}.{name}", f"value {shown} would make the plugin's latency {lat} "
                                  f"samples, more than the {self.latency - self._slack} the latency this running chain "
                                  f"declared has room for; to declare more, set the value in the chain (or give the stage "
                                  f"min_latency = {lat + self._slack} or more) and load the chain again")

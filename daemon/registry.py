@@ -260,7 +260,7 @@ class Registry:
         return v
 
     #: how long :meth:`set` waits for the supervisor to foresee a hosted plugin's latency
-    FORESEE_TIMEOUT_S = 5.0
+    FORESEE_TIMEOUT_S = 1.0
 
     def _foresee(self, i: int, stage: str, name: str, v: Any, keep: bool = True) -> None:
         """A hosted plugin's value set at once (a whole number, a switch, a
@@ -275,9 +275,19 @@ class Registry:
         st = proc.stage(stage) if proc is not None else None
         if st is None or not hasattr(st, "foresee") or not st.needs_foresight(name):
             return
+        from .errors import ControlError
+
         call = getattr(self.daemon, "call_in_main", None)
         fn = lambda: st.foresee(name, v, keep=keep)  # noqa: E731
-        call(fn, timeout=self.FORESEE_TIMEOUT_S) if call is not None else fn()
+        address = f"{self.channels()[i]}.chain.{stage}.{name}"
+        try:
+            call(fn, timeout=self.FORESEE_TIMEOUT_S) if call is not None else fn()
+        except ParameterError as e:  # named by the address the caller gave, not the stage's own name
+            raise ParameterError(address, str(e).removeprefix(f"{e.address}: ")) from None
+        except ControlError as e:  # the supervisor did not answer (a frozen jackd): refused like a bad value
+            shown = f"{v:g}" if isinstance(v, float) else repr(v)
+            raise ParameterError(address, f"cannot tell now what latency the plugin would have with {shown}: "
+                                          f"{e.message}") from None
 
     # ------------------------------------------------------------------
     # engine side

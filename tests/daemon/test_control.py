@@ -1193,3 +1193,47 @@ def test_a_reload_does_not_wait_for_a_midi_start_under_way(tmp_path):
     finally:
         done.set()
         t.join(5)
+
+
+@pytest.mark.plugin
+def test_a_plugin_value_that_may_move_its_latency_is_foreseen_on_the_supervisor(qcgain_vst3):
+    """``Registry.set`` of a hosted plugin's value set at once (here
+    ``delay_samples``) asks the supervisor (``call_in_main``) what latency it
+    brings: a longer one than the chain declared is refused there, named,
+    with nothing queued for the engine; a continuous value (``gain_db``) is
+    not asked; a supervisor that does not answer is a refusal too, saying
+    why (not a traceback in the MIDI dispatcher)."""
+    import types
+
+    from quietcast.bridge import Chain, ParameterError
+    from quietcast.daemon.registry import Registry
+
+    proc = Chain([{"name": "v", "type": "plugin", "path": str(qcgain_vst3),
+                   "params": {"delay_samples": 300}}]).processor(48_000, 1)
+    proc.fix_latency()
+    asked = []
+
+    def call_in_main(fn, timeout=60.0):
+        asked.append(timeout)
+        return fn()
+
+    daemon = types.SimpleNamespace(engine=types.SimpleNamespace(chain=lambda i: proc),
+                                   config=types.SimpleNamespace(channels=[types.SimpleNamespace(name="host")]),
+                                   call_in_main=call_in_main)
+    reg = Registry(daemon)
+    assert reg.set("host.chain.v.delay_samples", 100) == 100 and len(asked) == 1
+    assert proc.stage("v")._foreseen == {("delay_samples", 100): [100, 1]}
+    with pytest.raises(ParameterError, match=r"^host\.chain\.v\.delay_samples: value 600 would make the "
+                                             r"plugin's latency 600 samples, more than the 300 "):
+        reg.set("host.chain.v.delay_samples", 600)
+    assert len(reg.pending) == 1 and reg.chain_overrides == {"host.chain.v.delay_samples": 100}
+    reg.set("host.chain.v.gain_db", -6.0)
+    assert len(asked) == 2  # (the 600; not the gain)
+
+    def frozen(fn, timeout=60.0):
+        raise ControlError("failed", "the daemon's supervisor did not get to it within 1 s")
+
+    daemon.call_in_main = frozen
+    with pytest.raises(ParameterError, match=r"host\.chain\.v\.delay_samples: cannot tell now what latency the "
+                                             r"plugin would have with 50: the daemon's supervisor did not"):
+        reg.set("host.chain.v.delay_samples", 50)
