@@ -772,9 +772,15 @@ PLUGIN_PARAMS = ParamSet.of(
     Param("path", "str", None, doc="path of a .vst3 bundle"),
     Param("plugin_name", "str", None, doc="which plugin of a multi-plugin bundle"),
     Param("params", "dict", {}, doc="initial values of the plugin's own parameters, by name"),
+    Param("live_latency", "bool", False,
+          doc="follow the plugin's latency when a live value moves it (a look-ahead): the output stays on the "
+              "stage's latency, crossfaded to spare instances; costs three times the plugin's memory and load time "
+              "and a round trip to the daemon's supervisor (~50 ms) for every live value of the stage. Off: a "
+              "live value that moves the plugin's latency shifts the stage's output by as much"),
     Param("min_latency", "int", 0, 0, 480_000, "samples",
-          doc="the least latency the stage declares: room for the plugin's latency to grow live (a look-ahead "
-              "turned up) where the chain's latency may not (the live daemon); 0: the plugin's own"),
+          doc="with live_latency: the least latency the stage declares, room for the plugin's latency to grow "
+              "live (a look-ahead turned up) where the chain's latency may not (the live daemon); 0: the "
+              "plugin's own"),
 )
 
 
@@ -898,7 +904,11 @@ class PluginStage(PedalboardStage):
     type_name = "plugin"
     _subblocks = _PLUGIN_SUBBLOCKS
 
-    def __init__(self, name, sample_rate, channels, path, plugin_name=None, params=None, min_latency: int = 0):
+    def __init__(self, name, sample_rate, channels, path, plugin_name=None, params=None, min_latency: int = 0,
+                 live_latency: bool = False):
+        if int(min_latency) and not live_latency:
+            raise ParameterError(f"{name}.min_latency", "is room for a plugin latency moved live: give the stage "
+                                                        "live_latency = true too")
         first = load_vst3(path, plugin_name)
         own = _plugin_param_set(first)
         values = {}
@@ -920,6 +930,26 @@ class PluginStage(PedalboardStage):
                                      if k in own and own.get(k).kind == "float" and _is_continuous(prm))
         adapter = _ChannelAdapter(instances, mode)
         adapter.pb_channels = adapter.pb_channels or channels
+        #: whether the stage follows a live move of the plugin's latency (the chain stage's live_latency)
+        self.live_latency = bool(live_latency)
+        #: (name, value) -> [latency, sets still to come, swap]: what foresee said of a value set next
+        self._foreseen: dict[tuple[str, Any], list] = {}
+        #: values foreseen whose set has not come yet: a value foreseen after them is foreseen with them
+        self._ahead: dict[str, Any] = {}
+        self._swap_lat: int | None = None  # the plugin latency a pending swap to the spare brings
+        #: whether the stage may declare a longer latency live (the daemon's chains may not: see
+        #: ChainProcessor.fix_latency); a change that would need it is refused
+        self.may_grow = True
+        #: live moves of the plugin's latency the stage followed after the fact (not foreseen by the spare)
+        self.unforeseen_latency_moves = 0
+        #: pedalboard's trimming after a reset, checked on the first output: id of the instances' adapter ->
+        #: [frames fed, the plugin's latency, frames still to drop (None: no output yet)] (pedalboard trims
+        #: its cached latency, which is stale where the plugin's latency moved on another thread than JUCE's)
+        self._trims: dict[int, list[int]] = {}
+        if not self.live_latency:  # one set of instances, every value set or ramped on them
+            self._spare = self._spare_instances = self._prober = None
+            super().__init__(name, sample_rate, channels, own, adapter, values)
+            return
         # a second set of instances, loaded here (a hosted plugin loads on the main thread only): it tells
         # what latency a value would give before the running plugin takes it, and takes over, crossfaded,
         # when it moves the latency (_latency_swap)
@@ -942,17 +972,6 @@ class PluginStage(PedalboardStage):
             for prm in list(inst.parameters.values())[:1]:
                 prm.raw_value = prm.raw_value
             inst.reset()
-        self._foreseen: dict[tuple[str, Any], int] = {}
-        #: pedalboard's trimming after a reset, checked on the first output: id of the instances' adapter ->
-        #: [frames fed, the plugin's latency, frames still to drop (None: no output yet)] (pedalboard trims
-        #: its cached latency, which is stale where the plugin's latency moved on another thread than JUCE's)
-        self._trims: dict[int, list[int]] = {}
-        self._swap_lat: int | None = None  # the plugin latency a pending swap to the spare brings
-        #: whether the stage may declare a longer latency live (the daemon's chains may not: see
-        #: ChainProcessor.fix_latency); a change that would need it is refused
-        self.may_grow = True
-        #: live moves of the plugin's latency the stage followed after the fact (not foreseen by the spare)
-        self.unforeseen_latency_moves = 0
         super().__init__(name, sample_rate, channels, own, adapter, values)
         self._hist = _History(channels, _PREROLL + math.ceil(_PLUGIN_HISTORY_S * self.sample_rate))
         self._plug_lat = self._plugin_latency()  # the running plugin's latency
@@ -1014,65 +1033,94 @@ class PluginStage(PedalboardStage):
             for k, v in self.values.items():
                 set_plugin_param(inst, k, v)
 
-    def _latency_with(self, name: str, value) -> int:
+    def _latency_with(self, changes: dict) -> int:
         """The latency the plugin reports with the stage's values and
-        ``name`` = ``value``: asked of the prober instance (set, then one
-        short block of silence, after which a plugin has announced it)."""
+        ``changes`` (name -> value, all together): asked of the prober
+        instance (set, then one short block of silence, after which a
+        plugin has announced it)."""
         probe = self._prober
-        for k, v in dict(self.values).items():
+        for k, v in {**self.values, **self._ahead, **changes}.items():
             set_plugin_param(probe, k, v)
-        set_plugin_param(probe, name, value)
         probe.process(np.zeros((self._spare.pb_channels or self.channels, 64), np.float32), float(self.sample_rate),
                       buffer_size=64, reset=False)
         return int(probe.reported_latency_samples)
 
     def needs_foresight(self, name: str) -> bool:
-        """Whether a live value of ``name`` is set at once (not ramped), and
-        so may move the plugin's latency: :meth:`foresee` it first where
-        :meth:`set_param` does not run on JUCE's message thread."""
-        return name in self.param_set and (name not in self._continuous or name in self._at_once)
+        """Whether a live value of ``name`` is to be :meth:`foresee`-n
+        first where :meth:`set_param` does not run on JUCE's message thread:
+        every parameter of the plugin's own, continuous ones too, where the
+        stage follows live latency (:attr:`live_latency`); none elsewhere."""
+        return self.live_latency and name in self.param_set
 
-    def foresee(self, name: str, value, keep: bool = True) -> int:
-        """The plugin's latency with ``name`` = ``value`` (checked), asked
-        now, for the :meth:`set_param` of that value that follows (the live
-        daemon asks on its main thread, JUCE's message thread, and sets the
-        value on the engine thread, where a plugin's new latency is not
-        seen). Raises ParameterError where it would lengthen a latency that
-        may not grow (:attr:`may_grow`). ``keep``: False to check only
-        (no set follows)."""
-        value = self.param_set.get(name, self.name).check(value, self.name)
-        lat = self._latency_with(name, value)
-        self._check_growth(name, value, lat)
-        if not keep:
-            return lat
+    def foretell(self, changes: dict) -> tuple[int, bool]:
+        """``(latency, swap)``: the plugin's latency with ``changes`` (name
+        -> value, checked, applied together), and whether they go to the
+        spare instances (the latency moves, or, several together, one of
+        them alone would move it: a ramp or a value set before the others
+        would walk the latency). Raises ParameterError where it would
+        lengthen a latency that may not grow (:attr:`may_grow`). Changes
+        nothing: :meth:`foresee` keeps it for the sets that follow."""
+        changes = {k: self.param_set.get(k, self.name).check(v, self.name) for k, v in changes.items()}
+        lat = self._latency_with(changes)
+        name, value = next(iter(changes.items()))
+        if len(changes) > 1:  # (refused: named by the first, the message gives them all)
+            value = ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v!r}" for k, v in changes.items())
+        self._check_growth(name, value, lat, together=len(changes) > 1)
+        swap = lat != self._plug_lat
+        if not swap and len(changes) > 1:
+            swap = any(self._latency_with({k: v}) != self._plug_lat for k, v in changes.items())
+        return lat, swap
+
+    def remember(self, changes: dict, lat: int, swap: bool) -> None:
+        """Keep what :meth:`foretell` said of ``changes`` for their
+        :meth:`set_param` that follows (on another thread)."""
         if len(self._foreseen) > 64:  # (values foreseen and never set: a refused set elsewhere)
             self._foreseen.clear()
-        key = (name, value)
-        self._foreseen[key] = [lat, self._foreseen.get(key, [0, 0])[1] + 1]  # (the same value twice: two sets)
+            self._ahead.clear()
+        for k, v in changes.items():
+            key = (k, self.param_set.get(k, self.name).check(v, self.name))
+            # (the same value twice: two sets)
+            self._foreseen[key] = [lat, self._foreseen.get(key, [0, 0])[1] + 1, swap]
+            self._ahead[k] = key[1]
+
+    def foresee(self, changes: dict, keep: bool = True) -> int:
+        """The plugin's latency with ``changes`` (name -> value, applied
+        together), asked now, for the :meth:`set_param` of each that follows
+        (the live daemon asks on its main thread, JUCE's message thread, and
+        sets the values on the engine thread, where a plugin's new latency
+        is not seen). Raises ParameterError where it would lengthen a
+        latency that may not grow (:attr:`may_grow`). ``keep``: False to
+        check only (no set follows)."""
+        lat, swap = self.foretell(changes)
+        if keep:
+            self.remember(changes, lat, swap)
         return lat
 
-    def _check_growth(self, name: str, value, lat: int) -> None:
+    def _check_growth(self, name: str, value, lat: int, together: bool = False) -> None:
         if lat + self._slack > self.latency and not self.may_grow:
-            shown = f"{value:g}" if isinstance(value, float) else repr(value)
-            raise ParameterError(f"{self.name}.{name}", f"value {shown} would make the plugin's latency {lat} "
-                                 f"samples, more than the {self.latency - self._slack} the latency this running chain "
+            shown = value if together else f"{value:g}" if isinstance(value, float) else repr(value)
+            raise ParameterError(f"{self.name}.{name}", f"value{'s' if together else ''} {shown} would make the "
+                                 f"plugin's latency {lat} samples, more than the {self.latency - self._slack} the latency this running chain "
                                  f"declared has room for; to declare more, set the value in the chain (or give the stage "
                                  f"min_latency = {lat + self._slack} or more) and load the chain again")
 
     def _apply_param(self, name, value):
-        p = self.param_set.get(name)
-        if self._rampable(p, value) and self._swap_lat is None:
+        if not self.live_latency:
             return super()._apply_param(name, value)
         seen = self._foreseen.get((name, value))
         if seen is not None:
-            lat = seen[0]
+            lat, swap = seen[0], seen[2]
             seen[1] -= 1
             if seen[1] <= 0:
                 self._foreseen.pop((name, value), None)
+                if self._ahead.get(name) == value:
+                    del self._ahead[name]
         else:
-            lat = self._latency_with(name, value)
-        if lat == self._plug_lat and self._swap_lat is None:
-            return super()._apply_param(name, value)  # the latency stays: set at once
+            self._ahead.pop(name, None)
+            lat, swap = self._latency_with({name: value}), False
+        swap = swap or lat != self._plug_lat  # (a swap made since it was foreseen: the running latency moved)
+        if not swap and self._swap_lat is None:
+            return super()._apply_param(name, value)  # the latency stays: set at once, or ramped
         need = max(self.latency, lat + self._slack)  # a shorter latency is padded: the stage's timing stays
         self._check_growth(name, value, lat)
         self._ramps.pop(name, None)
@@ -1083,6 +1131,8 @@ class PluginStage(PedalboardStage):
             self._dry.set_delay(need)
 
     def _process(self, x):
+        if not self.live_latency:
+            return super()._process(x)
         if self._swap_lat is not None and x.shape[1]:
             return self._latency_swap(x)
         y = super()._process(x)
@@ -1095,6 +1145,8 @@ class PluginStage(PedalboardStage):
 
     def _plain(self, plugin, x: np.ndarray) -> np.ndarray:
         y = super()._plain(plugin, x)
+        if not self._trims:
+            return y
         t = self._trims.get(id(plugin))
         if t is None:
             return y
@@ -1166,6 +1218,8 @@ class PluginStage(PedalboardStage):
             self._dry.set_delay(need)
 
     def _reset(self):
+        if not self.live_latency:
+            return super()._reset()
         if self._swap_lat is not None:  # a pending swap is made at once (nothing is playing)
             self._plug_lat, self._swap_lat = self._swap_lat, None
             self._sync(self._spare_instances)
@@ -1492,7 +1546,7 @@ def build_stage(type_name: str, name: str, values: dict, sample_rate: int, chann
     ``device``: where a denoise stage runs its model."""
     if type_name == "plugin":
         st = PluginStage(name, sample_rate, channels, values["path"], values.get("plugin_name"), values.get("params"),
-                         min_latency=values.get("min_latency", 0))
+                         min_latency=values.get("min_latency", 0), live_latency=values.get("live_latency", False))
     elif type_name == "denoise":
         st = DenoiseStage(name, sample_rate, channels, device=device, **values)
     elif type_name == "gain":

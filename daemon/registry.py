@@ -236,9 +236,9 @@ class Registry:
         if not self._to_engine_value(stage, p, value):
             v = p.check(value, address.rsplit(".", 1)[0])
             if stage is not None:  # (a value that would lengthen a plugin's declared latency is refused)
-                self._foresee(i, stage, p.name, v, keep=False)
+                self._foresee({(i, stage): {p.name: v}}, keep=False)
 
-    def set(self, address: str, value: Any, source: str = "api") -> Any:
+    def set(self, address: str, value: Any, source: str = "api", _foreseen: bool = False) -> Any:
         """Check ``value`` against the address's range and apply it.
         Returns the stored value. Raises ParameterError (a ValueError)."""
         i, stage, p = self.resolve(address)
@@ -253,41 +253,79 @@ class Registry:
         if stage is None:
             self.engine.set_params(self.channels()[i], **{p.name: v})
         else:
-            self._foresee(i, stage, p.name, v)
+            if not _foreseen:
+                self._foresee({(i, stage): {p.name: v}})
             self.chain_overrides[address] = v
             self.pending.append((i, stage, p.name, v))
         self._notify(address, v, source)
         return v
 
+    def set_many(self, values: dict[str, Any], source: str = "api") -> dict[str, Any]:
+        """Check every ``address -> value`` first (nothing is applied when
+        one is refused), then apply them in order; returns the stored
+        values. The values of one stage that follows its plugin's latency
+        live (``live_latency``) are foreseen together, as they are applied:
+        two that move the latency are judged by the latency they bring
+        together, not one by one."""
+        groups: dict[tuple[int, str], dict[str, Any]] = {}
+        for a, v in values.items():
+            i, stage, p = self.resolve(a)
+            if self._to_engine_value(stage, p, v):
+                continue
+            v = p.check(v, a.rsplit(".", 1)[0])
+            if stage is not None:
+                groups.setdefault((i, stage), {})[p.name] = v
+        self._foresee(groups)
+        return {a: self.set(a, v, source=source, _foreseen=True) for a, v in values.items()}
+
     #: how long :meth:`set` waits for the supervisor to foresee a hosted plugin's latency
     FORESEE_TIMEOUT_S = 1.0
 
-    def _foresee(self, i: int, stage: str, name: str, v: Any, keep: bool = True) -> None:
-        """A hosted plugin's value set at once (a whole number, a switch, a
-        choice: it may move the plugin's latency) is first asked of a
-        prober instance on the supervisor thread, JUCE's message thread
-        (on the engine thread a plugin's new latency is not seen): the stage
-        then knows the latency it brings before it takes it, and a value
-        that would lengthen the latency the daemon declared is refused here,
-        named, with nothing changed (``keep``: for the set that follows;
-        else a check only)."""
-        proc = self.engine.chain(i)
-        st = proc.stage(stage) if proc is not None else None
-        if st is None or not hasattr(st, "foresee") or not st.needs_foresight(name):
+    def _foresee(self, groups: dict[tuple[int, str], dict[str, Any]], keep: bool = True) -> None:
+        """Chain values (``(channel, stage) -> {name: value}``) of a stage
+        that follows its hosted plugin's latency live (``live_latency``;
+        any of its plugin's parameters: it may move the latency) are first
+        asked of the stage's prober instance on the supervisor thread,
+        JUCE's message thread (on the engine thread a plugin's new latency
+        is not seen), each stage's values together, in one round trip: the
+        stage then knows the latency they bring before it takes them, and
+        values that would lengthen the latency the daemon declared are
+        refused here, named, with nothing changed (``keep``: for the sets
+        that follow; else a check only). Other stages' values (a plugin
+        stage without ``live_latency`` too) never wait for the supervisor."""
+        asks = []
+        for (i, stage), vals in groups.items():
+            proc = self.engine.chain(i)
+            st = proc.stage(stage) if proc is not None else None
+            vals = {k: v for k, v in vals.items() if st is not None and getattr(st, "needs_foresight", None)
+                    and st.needs_foresight(k)}
+            if vals:
+                asks.append((f"{self.channels()[i]}.chain.{stage}", st, vals))
+        if not asks:
             return
         from .errors import ControlError
 
+        def fn():
+            told = []
+            for prefix, st, vals in asks:
+                try:
+                    told.append(st.foretell(vals))
+                except ParameterError as e:  # named by the address the caller gave, not the stage's own name
+                    name = e.address.removeprefix(f"{st.name}.")
+                    raise ParameterError(f"{prefix}.{name}", str(e).removeprefix(f"{e.address}: ")) from None
+            if keep:  # (all or none)
+                for (_, st, vals), (lat, swap) in zip(asks, told):
+                    st.remember(vals, lat, swap)
+
         call = getattr(self.daemon, "call_in_main", None)
-        fn = lambda: st.foresee(name, v, keep=keep)  # noqa: E731
-        address = f"{self.channels()[i]}.chain.{stage}.{name}"
         try:
             call(fn, timeout=self.FORESEE_TIMEOUT_S) if call is not None else fn()
-        except ParameterError as e:  # named by the address the caller gave, not the stage's own name
-            raise ParameterError(address, str(e).removeprefix(f"{e.address}: ")) from None
         except ControlError as e:  # the supervisor did not answer (a frozen jackd): refused like a bad value
+            prefix, _, vals = asks[0]
+            name, v = next(iter(vals.items()))
             shown = f"{v:g}" if isinstance(v, float) else repr(v)
-            raise ParameterError(address, f"cannot tell now what latency the plugin would have with {shown}: "
-                                          f"{e.message}") from None
+            raise ParameterError(f"{prefix}.{name}", f"cannot tell now what latency the plugin would have with "
+                                                     f"{shown}: {e.message}") from None
 
     # ------------------------------------------------------------------
     # engine side

@@ -25,9 +25,7 @@ class Set(Command):
         if "values" in args:
             if "address" in args or "value" in args:
                 raise ControlError("bad_args", "set: give either address and value, or values")
-            for a, v in args["values"].items():  # check everything first
-                reg.check(a, v)
-            return {a: reg.set(a, v, source="zmq") for a, v in args["values"].items()}
+            return reg.set_many(args["values"], source="zmq")  # (checks everything first)
         if "address" not in args or "value" not in args:
             raise ControlError("bad_args", "set: give 'address' and 'value' (or 'values')")
         return reg.set(args["address"], args["value"], source="zmq")
