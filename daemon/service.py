@@ -133,6 +133,8 @@ class Daemon:
         self._stalled_since: float | None = None
         self._restored = False
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        #: set when a job is posted or a stop asked for: the supervisor's wait between rounds ends at once
+        self._wake = threading.Event()
         self._supervisor: int | None = None
         self.on_ready: list[Callable[["Daemon"], None]] = []
         from .notify import Notifier
@@ -585,6 +587,7 @@ class Daemon:
             return fn()
         fut: concurrent.futures.Future = concurrent.futures.Future()
         self._jobs.put((fn, fut))
+        self._wake.set()
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -908,6 +911,20 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+
+    def _nap(self, seconds: float) -> None:
+        """The supervisor's wait between rounds (``seconds``, or until a stop
+        is asked for), running each job as it is posted (:meth:`call_in_main`:
+        a foreseen plugin value answers in about a millisecond, not after
+        the rest of a 50 ms round or of the reconnect interval)."""
+        end = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = end - time.monotonic()
+            if left <= 0 or not self._wake.wait(left):
+                return
+            self._wake.clear()  # (a job posted from here on sets it again)
+            self._run_jobs()
 
     def request_reload(self) -> None:
         """Re-read the config on the supervisor thread (what SIGHUP does)."""
@@ -969,6 +986,7 @@ class Daemon:
             if stops & set(got):
                 break
         self._stop.set()
+        self._wake.set()
         if self._finished.wait(self.STOP_DEADLINE_S):
             return
         self._stop_overdue()
@@ -1053,7 +1071,7 @@ class Daemon:
                                         if jackio.libjack_quiet.silent_function() is not None else "")
                             waiting_logged = True
                         self._housekeeping()
-                        self._stop.wait(interval)
+                        self._nap(interval)
                         continue
                 self._check_cycles()
                 self._housekeeping()
@@ -1073,7 +1091,7 @@ class Daemon:
                     self._kept_connections = self.io.connections()
                     self._close_io()
                     continue
-                self._stop.wait(0.05)
+                self._nap(0.05)
         finally:
             self._stop.set()  # (also when leaving on an exception: a MIDI start in progress sees it)
             self.notifier.stopping()
