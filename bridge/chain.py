@@ -298,7 +298,8 @@ class ChainProcessor:
     :attr:`latency` samples; :meth:`set_param` by ``stage.param``.
 
     :attr:`latency` is fixed unless a live value lengthens a hosted
-    plugin's latency beyond its stage's: it is then the new sum as soon as
+    plugin's latency beyond its stage's, in a stage that follows it
+    (``live_latency = true``; elsewhere the stage's output shifts): it is then the new sum as soon as
     :meth:`set_param` returns, and the output moves to it, crossfaded,
     over the next block (:attr:`latency_changes` counts it). A shorter
     plugin latency is padded: nothing moves. After :meth:`fix_latency` a

@@ -23,20 +23,25 @@ aligned (latency trimmed) but *shorter* until their latency is filled; a
 when the stage is built (:func:`probe_latency`).
 
 A hosted plugin whose latency moves live (a look-ahead, our test plugin's
-``delay_samples``) would shift its output: pedalboard trims a latency once,
-after a reset, and a running plugin's delay line jumps (played twice or
-skipped: a click 28 times the signal's own largest step). So
-:class:`PluginStage` keeps spare instances: a value set at once is first
-asked of a prober instance; when it brings another latency the spares take
-every value, are pre-rolled on the recent input and crossfaded in across the
-next block, both sides aligned to the stage's latency. A shorter latency is
+``delay_samples``, QC Test Lookahead's continuous ``lookahead_ms``) shifts
+its output: pedalboard trims a latency once, after a reset, and a running
+plugin's delay line jumps (played twice or skipped: a click 28 times the
+signal's own largest step). A plugin stage follows it only when asked
+(``live_latency = true``; most plugins never move their latency, and the
+cost is three times the plugin's memory and load time): such a
+:class:`PluginStage` keeps spare instances, and every live value (continuous
+ones too; several set together, together) is first asked of a prober
+instance; when it keeps the latency it is applied as elsewhere (ramped if
+continuous), when it brings another latency the spares take every value,
+are pre-rolled on the recent input and crossfaded in across the next block,
+both sides aligned to the stage's latency. A shorter latency is
 padded: the stage's latency, and so the chain's timing, never moves. A
 longer one than the stage's lengthens it: the crossfade goes from the old
 timing to the new, :attr:`ChainProcessor.latency` is the new sum at once
 (before the next block), and a ``mix`` stage after it and the stage's
 bypass path follow in the same block (:class:`MovableDelay`). A chain whose
 latency is declared elsewhere (the live daemon) refuses such a value
-instead (:meth:`ChainProcessor.fix_latency`); a plugin stage's
+instead (:meth:`ChainProcessor.fix_latency`); a ``live_latency`` stage's
 ``min_latency`` declares room for it ahead. A move the prober could not
 foresee (a plugin that changes its latency by itself) is put back at the
 stage's latency from the next block.
@@ -889,17 +894,21 @@ class PluginStage(PedalboardStage):
     plugin's latency during a ramp jumps to its value there and is set at
     once from then on.
 
-    A value set at once may move the plugin's latency. It is first asked of
-    a prober instance (:meth:`foresee`, :meth:`_latency_with`); with the
-    same latency it is set at once on the running instances, with another
-    the spare instances take over crossfaded (:meth:`_latency_swap`): a
+    By default (``live_latency`` False) that is all: one set of instances,
+    and a value that moves the plugin's latency shifts the stage's output
+    by as much (the declared latency does not follow). With
+    ``live_latency`` every live value of the plugin's own (continuous ones
+    too) is first asked of a prober instance (:meth:`foresee`, several
+    together; :meth:`_latency_with`): with the same latency it is applied
+    as above (set at once or ramped), with another the spare instances
+    take every value and take over crossfaded (:meth:`_latency_swap`): a
     shorter latency is padded to the stage's, a longer one lengthens the
-    stage's (refused where :attr:`may_grow` is off). pedalboard's
-    ``reported_latency_samples`` follows a change only on JUCE's message
-    thread (the one that loaded the first plugin): the live daemon foresees
-    there and sets on the engine thread. Three sets of instances are loaded
-    (running, spare, one prober): three times a plugin's memory and load
-    time."""
+    stage's (refused where :attr:`may_grow` is off; ``min_latency``
+    declares room ahead). pedalboard's ``reported_latency_samples`` follows
+    a change only on JUCE's message thread (the one that loaded the first
+    plugin): the live daemon foresees there and sets on the engine thread.
+    Three sets of instances are then loaded (running, spare, one prober):
+    three times a plugin's memory and load time."""
 
     type_name = "plugin"
     _subblocks = _PLUGIN_SUBBLOCKS

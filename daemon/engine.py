@@ -25,10 +25,11 @@ and declared::
     latency = suppressor latency + longest post-chain latency + B
 
 Channels with shorter post-chains are padded so all channels stay aligned
-with one another. A chain's latency never moves while it runs: a live
-value that would lengthen a hosted plugin's latency is refused (the
-registry foresees it on the supervisor thread), a shorter one is padded by
-its stage (:meth:`Engine.plan_latency`). If the engine misses a deadline, the callback plays the
+with one another. A chain's latency never moves while it runs: in a plugin
+stage with ``live_latency``, a live value that would lengthen the plugin's
+latency is refused (the registry foresees it on the supervisor thread), a
+shorter one is padded by its stage (:meth:`Engine.plan_latency`); in other
+plugin stages such a value shifts the stage's output. If the engine misses a deadline, the callback plays the
 dry input delayed by exactly this latency (see jackio.py) and counts it.
 """
 

@@ -18,9 +18,10 @@ Thread safety: :meth:`set` may be called from any thread (the control
 thread, the MIDI dispatcher). Channel values reach the engine as one
 immutable snapshot swap; chain values are queued and applied by the engine
 thread at the start of its next hop, so a plugin is never touched from two
-threads at once (a hosted plugin's value that may move its latency is
-first foreseen on the supervisor thread, by an instance of its own:
-:meth:`Registry._foresee`). Listeners (:meth:`add_listener`) hear every change with
+threads at once (a value of a plugin stage with ``live_latency``, which may
+move the plugin's latency, is first foreseen on the supervisor thread, by an
+instance of its own, several of one ``set`` together: :meth:`Registry._foresee`;
+other values never wait for the supervisor). Listeners (:meth:`add_listener`) hear every change with
 its source ("zmq", "midi", "state", "config", ...), which is how MIDI
 feedback, ``event.param`` and the state file follow changes from
 elsewhere.

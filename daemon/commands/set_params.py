@@ -9,9 +9,11 @@ class Set(Command):
     and MIDI are; the result is the value as stored (the object of stored
     values for ``values``). Every change is published as ``event.param``
     and moves mapped MIDI controllers (feedback). Numbers ramp over one hop
-    (10 ms): no zipper noise. A hosted plugin's value that would lengthen its
-    latency beyond what the daemon declared is refused (code ``out_of_range``,
-    naming the latency it needs and the one declared); a shorter one is padded."""
+    (10 ms): no zipper noise. In a plugin stage with ``live_latency = true``,
+    values that would lengthen the plugin's latency beyond what the daemon
+    declared are refused (code ``out_of_range``, naming the latency needed and
+    the ``min_latency`` to give); a shorter one is padded; several values of
+    such a stage are judged by the latency they bring together."""
 
     name = "set"
     args = {"address": Arg("str", required=False, doc="parameter address, e.g. host.strength"),
