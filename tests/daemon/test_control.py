@@ -1315,3 +1315,25 @@ def types_engine(proc):
     import types
 
     return types.SimpleNamespace(chain=lambda i: proc)
+
+
+@pytest.mark.plugin
+def test_a_value_is_foreseen_with_those_still_queued_for_the_engine(qcgain_la_vst3):
+    """Values of a ``live_latency`` stage set one by one reach the engine at
+    its next hop; one set before then is foreseen with those still queued,
+    not with the values the stage runs: ``delay_samples`` 300 -> 0, then
+    ``lookahead_ms`` 5 before a hop: 240 samples, within the 300 declared
+    (against the running 300 it was 540: refused), and the output stays on
+    the declared latency."""
+    from quietcast.bridge import Chain
+
+    proc = Chain([{"name": "v", "type": "plugin", "path": str(qcgain_la_vst3), "live_latency": True,
+                   "params": {"delay_samples": 300}}]).processor(48_000, 1)
+    proc.fix_latency()
+    lat = proc.latency
+    reg, _ = _registry_on(proc, [])
+    reg.set("host.chain.v.delay_samples", 0)
+    reg.set("host.chain.v.lookahead_ms", 5.0)
+    reg.apply_pending(types_engine(proc))
+    assert _impulse_lag(proc) == lat == proc.latency and proc.stage("v")._plug_lat == 240
+    assert not proc.stage("v")._ahead and not proc.stage("v")._foreseen
