@@ -26,7 +26,7 @@ Python, with the same names::
         {"name": "nr", "type": "denoise", "strength": 0.9},
     ])
     proc = chain.processor(sample_rate=48000, channels=2)
-    out = proc.process(block)            # streaming, fixed proc.latency
+    out = proc.process(block)            # streaming, delayed by proc.latency
     whole = chain.process_array(x, 48000)  # one array, latency removed
 
 Every problem of a chain is reported at once (:class:`ChainSpecError`),
@@ -295,7 +295,15 @@ class Chain:
 
 class ChainProcessor:
     """A running chain: :meth:`process` any block size, output delayed by
-    :attr:`latency` samples; :meth:`set_param` by ``stage.param``."""
+    :attr:`latency` samples; :meth:`set_param` by ``stage.param``.
+
+    :attr:`latency` is fixed unless a live value lengthens a hosted
+    plugin's latency beyond its stage's, in a stage that follows it
+    (``live_latency = true``; elsewhere the stage's output shifts): it is then the new sum as soon as
+    :meth:`set_param` returns, and the output moves to it, crossfaded,
+    over the next block (:attr:`latency_changes` counts it). A shorter
+    plugin latency is padded: nothing moves. After :meth:`fix_latency` a
+    value that would lengthen it is refused."""
 
     def __init__(self, chain: Chain, stages: list[Stage], sample_rate: int, channels: int):
         self.chain = chain
@@ -311,6 +319,8 @@ class ChainProcessor:
         self.fault_at: dict[str, tuple[int, int | None]] = {}
         self._by_name = {s.name: s for s in stages}
         self._mix = [s for s in stages if isinstance(s, MixStage)]
+        #: how many times :attr:`latency` moved live (a stage's latency grew)
+        self.latency_changes = 0
 
     def stage(self, name: str) -> Stage:
         try:
@@ -323,7 +333,32 @@ class ChainProcessor:
         if "." not in address:
             raise ParameterError(address, "address must be STAGE.PARAM, e.g. 'nr.strength'")
         sname, pname = address.split(".", 1)
-        return self.stage(sname).set_param(pname, value)
+        v = self.stage(sname).set_param(pname, value)
+        self._follow_latency()
+        return v
+
+    def _follow_latency(self) -> None:
+        """When a stage's latency moved (a hosted plugin whose latency a
+        live value lengthened), :attr:`latency` becomes the new sum and each
+        ``mix`` stage's delay of the chain input follows (crossfaded in the
+        same block as the stage's own change)."""
+        if sum(s.latency for s in self.stages) == self.latency:
+            return
+        acc = 0
+        for s in self.stages:
+            if isinstance(s, MixStage) and s.dry_delay != acc:
+                s.set_dry_delay(acc)
+            acc += s.latency
+        self.latency = acc
+        self.latency_changes += 1
+
+    def fix_latency(self) -> None:
+        """From now on no live value may lengthen this chain's latency (the
+        daemon has declared it): one that would is refused, named, and a
+        shorter one is padded (see :class:`~quietcast.bridge.stages.PluginStage`)."""
+        for s in self.stages:
+            if hasattr(s, "may_grow"):
+                s.may_grow = False
 
     @property
     def faults(self) -> dict[str, str]:
@@ -362,6 +397,7 @@ class ChainProcessor:
             raise ValueError(f"block must be shaped [channels={self.channels}, frames], got {tuple(x.shape)}")
         x, bad = sanitize(x)
         self.bad_samples += bad
+        self._follow_latency()  # (a stage's own set_param, not ours, may have moved it)
         for m in self._mix:
             m.feed_chain_input(x)
         y = x
@@ -376,6 +412,7 @@ class ChainProcessor:
                 k = s.fault_frame
                 self.fault_at[s.name] = (start, None if k is None else max(0, start + k - lat))
         self.frames += x.shape[1]
+        self._follow_latency()  # (a plugin that moved its latency by itself: from the next block)
         return y
 
     def process_aligned(self, x: np.ndarray, block: int = 65_536) -> np.ndarray:

@@ -21,9 +21,31 @@ Stage types:
 pedalboard plugins called with ``reset=False`` return their output already
 aligned (latency trimmed) but *shorter* until their latency is filled; a
 :class:`_AlignedFifo` turns that back into a fixed delay, which is measured
-once when the stage is built (:func:`probe_latency`). A plugin whose
-latency moves live (a hosted plugin's latency parameter) shifts its output:
-the declared latency does not follow.
+when the stage is built (:func:`probe_latency`).
+
+A hosted plugin whose latency moves live (a look-ahead, our test plugin's
+``delay_samples``, QC Test Lookahead's continuous ``lookahead_ms``) shifts
+its output: pedalboard trims a latency once, after a reset, and a running
+plugin's delay line jumps (played twice or skipped: a click 28 times the
+signal's own largest step). A plugin stage follows it only when asked
+(``live_latency = true``; most plugins never move their latency, and the
+cost is three times the plugin's memory and load time): such a
+:class:`PluginStage` keeps spare instances, and every live value (continuous
+ones too; several set together, together) is first asked of a prober
+instance; when it keeps the latency it is applied as elsewhere (ramped if
+continuous), when it brings another latency the spares take every value,
+are pre-rolled on the recent input and crossfaded in across the next block,
+both sides aligned to the stage's latency. A shorter latency is
+padded: the stage's latency, and so the chain's timing, never moves. A
+longer one than the stage's lengthens it: the crossfade goes from the old
+timing to the new, :attr:`ChainProcessor.latency` is the new sum at once
+(before the next block), and a ``mix`` stage after it and the stage's
+bypass path follow in the same block (:class:`MovableDelay`). A chain whose
+latency is declared elsewhere (the live daemon) refuses such a value
+instead (:meth:`ChainProcessor.fix_latency`); a ``live_latency`` stage's
+``min_latency`` declares room for it ahead. A move the prober could not
+foresee (a plugin that changes its latency by itself) is put back at the
+stage's latency from the next block.
 
 A live parameter change never steps (:class:`PedalboardStage`): a filter
 or dynamics built-in, a delay's time and a chorus's centre delay crossfade
@@ -34,7 +56,8 @@ whole numbers) are set at once; ``gain`` and ``mix`` ramp linearly over the bloc
 ``denoise``'s ``strength`` glides over 0.2 s.
 
 Every stage can be bypassed (``bypass = true``): its output is then its
-input delayed by its latency, bit-exact, so the chain's timing never moves.
+input delayed by its latency, bit-exact, so the chain's timing never moves
+(unless a plugin's latency grew live: the bypass path grows with it).
 A stage whose processing raises, or returns NaN/Inf, is put in fault bypass
 the same way and reports why in :attr:`Stage.fault` (a plugin fault costs
 only its own stage, never the process).
@@ -130,6 +153,16 @@ class _AlignedFifo:
             self._debt -= drop
         self._buf = np.concatenate([self._buf, y.astype(np.float32, copy=False)], axis=1)
 
+    def shift(self, k: int) -> None:
+        """The producer's output moved ``k`` samples later (earlier when
+        negative): the next ``k`` samples pushed are dropped, or ``-k``
+        samples (the last one held) are put in, so the delay stays."""
+        if k > 0:
+            self._debt += k
+        elif k < 0:
+            last = self._buf[:, -1:] if self._buf.shape[1] else np.zeros((self.channels, 1), np.float32)
+            self._buf = np.concatenate([self._buf, np.repeat(last, -k, axis=1)], axis=1)
+
     def pull(self, n: int) -> np.ndarray:
         have = self._buf.shape[1]
         if have >= n:
@@ -178,6 +211,10 @@ class _History:
         self._buf = np.zeros((channels, int(capacity)), np.float32)
         self._pos = 0  # where the next frame goes
 
+    @property
+    def capacity(self) -> int:
+        return self._buf.shape[1]
+
     def reset(self) -> None:
         self._buf[:] = 0.0
         self._pos = 0
@@ -204,6 +241,51 @@ class _History:
         if start + n <= cap:
             return self._buf[:, start:start + n].copy()
         return np.concatenate([self._buf[:, start:], self._buf[:, :self._pos]], axis=1)
+
+
+class MovableDelay:
+    """A delay line whose delay can be changed live without a step: the
+    block after :meth:`set_delay` crossfades linearly from the input
+    delayed by the old delay to the input delayed by the new one (a
+    delay grown by up to ``keep`` frames has the older input it needs).
+    Unchanged, its output is its input delayed, bit for bit."""
+
+    _CHUNK = 8192  # the longest block read in one pass (a longer one is taken in pieces)
+
+    def __init__(self, channels: int, delay: int, keep: int = 0):
+        self.channels = channels
+        self.delay = int(delay)
+        self.keep = int(keep)
+        self._to: int | None = None
+        self._hist = _History(channels, self.delay + self.keep + self._CHUNK)
+
+    def set_delay(self, delay: int) -> None:
+        """The next block moves to ``delay`` (crossfaded across it)."""
+        delay = int(delay)
+        self._to = None if delay == self.delay else delay
+        need = max(self.delay, delay) + self._CHUNK
+        if need > self._hist.capacity:  # (the input older than the ring held is silence)
+            old = self._hist.last(self._hist.capacity)
+            self._hist = _History(self.channels, need + self.keep)
+            self._hist.write(old)
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        n = x.shape[1]
+        if n > self._CHUNK:
+            return np.concatenate([self.process(x[:, i:i + self._CHUNK]) for i in range(0, n, self._CHUNK)], axis=1)
+        self._hist.write(x)
+        out = self._hist.last(self.delay + n)[:, :n]
+        if self._to is None or n == 0:
+            return np.array(out, np.float32, copy=True)
+        new = self._hist.last(self._to + n)[:, :n]
+        self.delay, self._to = self._to, None
+        r = np.arange(1, n + 1, dtype=np.float32)[None, :] / n
+        return out + r * (new - out)
+
+    def reset(self) -> None:
+        self._hist.reset()
+        if self._to is not None:
+            self.delay, self._to = self._to, None
 
 
 class _ShapeGuard:
@@ -476,6 +558,9 @@ _SUBBLOCKS = 8  # a ramped parameter moves in this many steps across one block
 #: low tone: a step 10 times the signal's own largest at once, 3.4 times in 8
 #: steps, 1.4 times in 32); each step is a process call (~25 us)
 _PLUGIN_SUBBLOCKS = 32
+#: input a hosted plugin stage keeps for its spare's pre-roll (beyond :data:`_PREROLL`), and how far
+#: its bypass path's delay can grow live with the input it needs: a plugin latency up to this long
+_PLUGIN_HISTORY_S = 1.0
 
 
 def _echo_span_s(cls_name: str, values: dict) -> float:
@@ -559,7 +644,7 @@ class PedalboardStage(Stage):
             return self._run_swap(x)
         self._since_swap += n  # (a delay's or chorus's next swap waits: see _SWAP_GAP_S)
         y = self._run_ramps(x) if self._ramps else self._plain(self.plugin, x)
-        if self._cls is not None:
+        if self._hist.capacity:
             self._hist.write(x)
         return y
 
@@ -743,6 +828,15 @@ PLUGIN_PARAMS = ParamSet.of(
     Param("path", "str", None, doc="path of a .vst3 bundle"),
     Param("plugin_name", "str", None, doc="which plugin of a multi-plugin bundle"),
     Param("params", "dict", {}, doc="initial values of the plugin's own parameters, by name"),
+    Param("live_latency", "bool", False,
+          doc="follow the plugin's latency when a live value moves it (a look-ahead): the output stays on the "
+              "stage's latency, crossfaded to spare instances; costs three times the plugin's memory and load time "
+              "and a round trip to the daemon's supervisor (~50 ms) for every live value of the stage. Off: a "
+              "live value that moves the plugin's latency shifts the stage's output by as much"),
+    Param("min_latency", "int", 0, 0, 480_000, "samples",
+          doc="with live_latency: the least latency the stage declares, room for the plugin's latency to grow "
+              "live (a look-ahead turned up) where the chain's latency may not (the live daemon); 0: the "
+              "plugin's own"),
 )
 
 
@@ -847,14 +941,34 @@ class PluginStage(PedalboardStage):
     times as far as the signal's own largest step). A discrete one (a
     switch, a list of choices, a whole number of samples) is set at once:
     each step in between would be a step of its own, and a plugin's latency
-    (which the chain does not follow live) would walk through each of them.
-    A continuous parameter seen to move the plugin's latency during a ramp
-    jumps to its value there and is set at once from then on."""
+    would walk through each of them. A continuous parameter seen to move the
+    plugin's latency during a ramp jumps to its value there and is set at
+    once from then on.
+
+    By default (``live_latency`` False) that is all: one set of instances,
+    and a value that moves the plugin's latency shifts the stage's output
+    by as much (the declared latency does not follow). With
+    ``live_latency`` every live value of the plugin's own (continuous ones
+    too) is first asked of a prober instance (:meth:`foresee`, several
+    together; :meth:`_latency_with`): with the same latency it is applied
+    as above (set at once or ramped), with another the spare instances
+    take every value and take over crossfaded (:meth:`_latency_swap`): a
+    shorter latency is padded to the stage's, a longer one lengthens the
+    stage's (refused where :attr:`may_grow` is off; ``min_latency``
+    declares room ahead). pedalboard's ``reported_latency_samples`` follows
+    a change only on JUCE's message thread (the one that loaded the first
+    plugin): the live daemon foresees there and sets on the engine thread.
+    Three sets of instances are then loaded (running, spare, one prober):
+    three times a plugin's memory and load time."""
 
     type_name = "plugin"
     _subblocks = _PLUGIN_SUBBLOCKS
 
-    def __init__(self, name, sample_rate, channels, path, plugin_name=None, params=None):
+    def __init__(self, name, sample_rate, channels, path, plugin_name=None, params=None, min_latency: int = 0,
+                 live_latency: bool = False):
+        if int(min_latency) and not live_latency:
+            raise ParameterError(f"{name}.min_latency", "is room for a plugin latency moved live: give the stage "
+                                                        "live_latency = true too")
         first = load_vst3(path, plugin_name)
         own = _plugin_param_set(first)
         values = {}
@@ -876,7 +990,57 @@ class PluginStage(PedalboardStage):
                                      if k in own and own.get(k).kind == "float" and _is_continuous(prm))
         adapter = _ChannelAdapter(instances, mode)
         adapter.pb_channels = adapter.pb_channels or channels
+        #: whether the stage follows a live move of the plugin's latency (the chain stage's live_latency)
+        self.live_latency = bool(live_latency)
+        #: (name, value) -> [latency, sets still to come, swap]: what foresee said of a value set next
+        self._foreseen: dict[tuple[str, Any], list] = {}
+        #: values foreseen whose set has not come yet: a value foreseen after them is foreseen with them
+        self._ahead: dict[str, Any] = {}
+        self._swap_lat: int | None = None  # the plugin latency a pending swap to the spare brings
+        #: whether the stage may declare a longer latency live (the daemon's chains may not: see
+        #: ChainProcessor.fix_latency); a change that would need it is refused
+        self.may_grow = True
+        #: live moves of the plugin's latency the stage followed after the fact (not foreseen by the spare)
+        self.unforeseen_latency_moves = 0
+        #: pedalboard's trimming after a reset, checked on the first output: id of the instances' adapter ->
+        #: [frames fed, the plugin's latency, frames still to drop (None: no output yet)] (pedalboard trims
+        #: its cached latency, which is stale where the plugin's latency moved on another thread than JUCE's)
+        self._trims: dict[int, list[int]] = {}
+        if not self.live_latency:  # one set of instances, every value set or ramped on them
+            self._spare = self._spare_instances = self._prober = None
+            super().__init__(name, sample_rate, channels, own, adapter, values)
+            return
+        # a second set of instances, loaded here (a hosted plugin loads on the main thread only): it tells
+        # what latency a value would give before the running plugin takes it, and takes over, crossfaded,
+        # when it moves the latency (_latency_swap)
+        spares = [load_vst3(path, plugin_name) for _ in instances]
+        for inst in spares:
+            for k, v in values.items():
+                set_plugin_param(inst, k, v)
+        self._spare = _ChannelAdapter(spares, mode)
+        self._spare.pb_channels = adapter.pb_channels
+        self._spare_instances = spares
+        # one more, only ever asked what latency a value would give (foresee: on JUCE's message thread, the
+        # one that loaded the first plugin, where a plugin's new latency is known at once; on another thread
+        # pedalboard's reported_latency_samples keeps its old value)
+        self._prober = load_vst3(path, plugin_name)
+        # an instance's first block, and the first value set after it, cost ~25 ms with our test plugin
+        # (JUCE and the plugin prepare): here, not in the live hop of the first swap (it took 24 ms)
+        for inst in (*spares, self._prober):
+            inst.process(np.zeros((self._spare.pb_channels or channels, 64), np.float32), float(sample_rate),
+                         buffer_size=64, reset=False)
+            for prm in list(inst.parameters.values())[:1]:
+                prm.raw_value = prm.raw_value
+            inst.reset()
         super().__init__(name, sample_rate, channels, own, adapter, values)
+        self._hist = _History(channels, _PREROLL + math.ceil(_PLUGIN_HISTORY_S * self.sample_rate))
+        self._plug_lat = self._plugin_latency()  # the running plugin's latency
+        self._reported = self._plug_lat  # what pedalboard last said it was
+        self._slack = max(0, self.latency - self._plug_lat)  # what a block-size shortfall adds (_ShapeGuard)
+        if int(min_latency) > self.latency:  # room declared ahead for a longer latency: padded until then
+            self.latency = int(min_latency)
+            self._fifo = _AlignedFifo(channels, self.latency)
+        self._dry = MovableDelay(channels, self.latency, math.ceil(_PLUGIN_HISTORY_S * self.sample_rate))
 
     @staticmethod
     def _fit_channels(plugin, path, plugin_name, channels, sample_rate):
@@ -921,6 +1085,211 @@ class PluginStage(PedalboardStage):
 
     def _plugin_latency(self) -> int | None:
         return int(self._instances[0].reported_latency_samples)
+
+    # -- a live change of the plugin's latency
+
+    def _sync(self, instances) -> None:
+        for inst in instances:
+            for k, v in self.values.items():
+                set_plugin_param(inst, k, v)
+
+    def _latency_with(self, changes: dict) -> int:
+        """The latency the plugin reports with the stage's values and
+        ``changes`` (name -> value, all together): asked of the prober
+        instance (set, then one short block of silence, after which a
+        plugin has announced it)."""
+        probe = self._prober
+        for k, v in {**self.values, **self._ahead, **changes}.items():
+            set_plugin_param(probe, k, v)
+        probe.process(np.zeros((self._spare.pb_channels or self.channels, 64), np.float32), float(self.sample_rate),
+                      buffer_size=64, reset=False)
+        return int(probe.reported_latency_samples)
+
+    def needs_foresight(self, name: str) -> bool:
+        """Whether a live value of ``name`` is to be :meth:`foresee`-n
+        first where :meth:`set_param` does not run on JUCE's message thread:
+        every parameter of the plugin's own, continuous ones too, where the
+        stage follows live latency (:attr:`live_latency`); none elsewhere."""
+        return self.live_latency and name in self.param_set
+
+    def foretell(self, changes: dict) -> tuple[int, bool]:
+        """``(latency, swap)``: the plugin's latency with ``changes`` (name
+        -> value, checked, applied together), and whether they go to the
+        spare instances (the latency moves, or, several together, one of
+        them alone would move it: a ramp or a value set before the others
+        would walk the latency). Raises ParameterError where it would
+        lengthen a latency that may not grow (:attr:`may_grow`). Changes
+        nothing: :meth:`foresee` keeps it for the sets that follow."""
+        changes = {k: self.param_set.get(k, self.name).check(v, self.name) for k, v in changes.items()}
+        lat = self._latency_with(changes)
+        name, value = next(iter(changes.items()))
+        if len(changes) > 1:  # (refused: named by the first, the message gives them all)
+            value = ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v!r}" for k, v in changes.items())
+        self._check_growth(name, value, lat, together=len(changes) > 1)
+        swap = lat != self._plug_lat
+        if not swap and len(changes) > 1:
+            swap = any(self._latency_with({k: v}) != self._plug_lat for k, v in changes.items())
+        return lat, swap
+
+    def remember(self, changes: dict, lat: int, swap: bool) -> None:
+        """Keep what :meth:`foretell` said of ``changes`` for their
+        :meth:`set_param` that follows (on another thread)."""
+        if len(self._foreseen) > 64:  # (values foreseen and never set: a refused set elsewhere)
+            self._foreseen.clear()
+            self._ahead.clear()
+        for k, v in changes.items():
+            key = (k, self.param_set.get(k, self.name).check(v, self.name))
+            # (the same value twice: two sets)
+            self._foreseen[key] = [lat, self._foreseen.get(key, [0, 0])[1] + 1, swap]
+            self._ahead[k] = key[1]
+
+    def foresee(self, changes: dict, keep: bool = True) -> int:
+        """The plugin's latency with ``changes`` (name -> value, applied
+        together), asked now, for the :meth:`set_param` of each that follows
+        (the live daemon asks on its main thread, JUCE's message thread, and
+        sets the values on the engine thread, where a plugin's new latency
+        is not seen). Raises ParameterError where it would lengthen a
+        latency that may not grow (:attr:`may_grow`). ``keep``: False to
+        check only (no set follows)."""
+        lat, swap = self.foretell(changes)
+        if keep:
+            self.remember(changes, lat, swap)
+        return lat
+
+    def _check_growth(self, name: str, value, lat: int, together: bool = False) -> None:
+        if lat + self._slack > self.latency and not self.may_grow:
+            shown = value if together else f"{value:g}" if isinstance(value, float) else repr(value)
+            raise ParameterError(f"{self.name}.{name}", f"value{'s' if together else ''} {shown} would make the "
+                                 f"plugin's latency {lat} samples, more than the {self.latency - self._slack} the latency this running chain "
+                                 f"declared has room for; to declare more, set the value in the chain (or give the stage "
+                                 f"min_latency = {lat + self._slack} or more) and load the chain again")
+
+    def _apply_param(self, name, value):
+        if not self.live_latency:
+            return super()._apply_param(name, value)
+        seen = self._foreseen.get((name, value))
+        if seen is not None:
+            lat, swap = seen[0], seen[2]
+            seen[1] -= 1
+            if seen[1] <= 0:
+                self._foreseen.pop((name, value), None)
+                if self._ahead.get(name) == value:
+                    del self._ahead[name]
+        else:
+            self._ahead.pop(name, None)
+            lat, swap = self._latency_with({name: value}), False
+        swap = swap or lat != self._plug_lat  # (a swap made since it was foreseen: the running latency moved)
+        if not swap and self._swap_lat is None:
+            return super()._apply_param(name, value)  # the latency stays: set at once, or ramped
+        need = max(self.latency, lat + self._slack)  # a shorter latency is padded: the stage's timing stays
+        self._check_growth(name, value, lat)
+        self._ramps.pop(name, None)
+        self.values[name] = value  # (the spare takes every value at the swap)
+        self._swap_lat = lat
+        if need != self.latency:
+            self.latency = need
+            self._dry.set_delay(need)
+
+    def _process(self, x):
+        if not self.live_latency:
+            return super()._process(x)
+        if self._swap_lat is not None and x.shape[1]:
+            return self._latency_swap(x)
+        y = super()._process(x)
+        lat = self._plugin_latency()
+        if lat != self._reported:  # (on another thread than JUCE's message thread it never changes)
+            self._reported = lat
+            if lat != self._plug_lat:
+                self._follow(lat)
+        return y
+
+    def _plain(self, plugin, x: np.ndarray) -> np.ndarray:
+        y = super()._plain(plugin, x)
+        if not self._trims:
+            return y
+        t = self._trims.get(id(plugin))
+        if t is None:
+            return y
+        t[0] += x.shape[1]
+        if t[2] is None:
+            if not y.shape[1]:
+                return y
+            # the first output since the reset: pedalboard trimmed what it took for the latency (fed - got
+            # frames), the plugin's output is delayed by its real one
+            t[2] = t[1] - (t[0] - y.shape[1])
+            if t[2] < 0:  # it trimmed too much: the output is that much early
+                y = np.concatenate([np.zeros((y.shape[0], -t[2]), np.float32), y], axis=1)
+                t[2] = 0
+        if t[2] > 0:  # too little: the rest of the plugin's delay goes
+            k = min(t[2], y.shape[1])
+            y, t[2] = y[:, k:], t[2] - k
+        if t[2] == 0:
+            del self._trims[id(plugin)]
+        return y
+
+    def _latency_swap(self, x: np.ndarray) -> np.ndarray:
+        """The block after a change that moves the plugin's latency: the
+        spare instances take every value, are run over the recent input
+        (:data:`_PREROLL` frames and their latency, as a built-in's new
+        instance is) and take over, crossfaded across this block from the
+        running ones; both are aligned to the stage's latency, so nothing
+        is skipped or played twice, and the stage's timing moves only when
+        its latency grew (the crossfade then goes from the old timing to the
+        new one)."""
+        lat, self._swap_lat = self._swap_lat, None
+        new, spares = self._spare, self._spare_instances
+        self._sync(spares)  # (a ramp's end value too: the running instances end their ramps in this block)
+        new.reset()
+        self._trims[id(new)] = [0, lat, None]
+        fifo = _AlignedFifo(self.channels, self.latency)
+        guard = _ShapeGuard(self.channels, new.pb_channels or self.channels)
+        guard._pending = self._guard._pending.copy()
+        pre = self._hist.last(_PREROLL + lat)
+        if pre.shape[1] > guard.limit:
+            fifo.push(self._plain(new, pre))
+            fifo.pull(pre.shape[1])  # (what it made of the past: not heard)
+        a = PedalboardStage._process(self, x)  # the running instances, at the old latency
+        xs = guard.take(x)
+        if xs.shape[1]:
+            fifo.push(self._plain(new, xs))
+        b = fifo.pull(x.shape[1])
+        self.plugin, self._spare = new, self.plugin
+        self._instances, self._spare_instances = spares, self._instances
+        self._fifo, self._guard = fifo, guard
+        self._ramps = {}
+        self._plug_lat, self._reported = lat, self._plugin_latency()
+        r = np.arange(1, x.shape[1] + 1, dtype=np.float32)[None, :] / x.shape[1]
+        return a + r * (b - a)
+
+    def _follow(self, lat: int) -> None:
+        """The plugin's latency moved without the spare foreseeing it (a
+        plugin that changes it by itself, or a continuous parameter seen to
+        move it during a ramp): its output shifted in this block. From the
+        next block on it is put back at the stage's latency (samples
+        dropped or held); when the new latency does not fit under it, the
+        stage's latency grows to it. (Seen only on JUCE's message thread:
+        elsewhere pedalboard's reported latency does not move.)"""
+        self.unforeseen_latency_moves += 1
+        need = max(self.latency, lat + self._slack)  # (a latency that may not grow grows: nothing else is true)
+        self._fifo.shift(self.latency + lat - self._plug_lat - need)
+        self._plug_lat = lat
+        if need != self.latency:
+            self.latency = self._fifo.latency = need
+            self._dry.set_delay(need)
+
+    def _reset(self):
+        if not self.live_latency:
+            return super()._reset()
+        if self._swap_lat is not None:  # a pending swap is made at once (nothing is playing)
+            self._plug_lat, self._swap_lat = self._swap_lat, None
+            self._sync(self._spare_instances)
+            self.plugin, self._spare = self._spare, self.plugin
+            self._instances, self._spare_instances = self._spare_instances, self._instances
+            self._ramps = {}
+        super()._reset()
+        self._fifo = _AlignedFifo(self.channels, self.latency)
+        self._trims = {id(self.plugin): [0, self._plug_lat, None]}
+        self._reported = self._plugin_latency()
 
 
 # --------------------------------------------------------------------------
@@ -1250,9 +1619,20 @@ class MixStage(Stage):
         super().__init__(name, sample_rate, channels, MIX_PARAMS)
         self.values = {"wet": wet}
         self._wet = self._target = float(wet)
-        self._chain_dry = DelayLine(channels, dry_delay)
+        # (a stage before it whose latency grows live moves it: crossfaded, with the input it needs)
+        self._chain_dry = MovableDelay(channels, dry_delay, math.ceil(_PLUGIN_HISTORY_S * self.sample_rate))
         self._chain_in: np.ndarray | None = None
         self._finish_init()
+
+    @property
+    def dry_delay(self) -> int:
+        """How far the chain's input is delayed to line up with the stages before it."""
+        return self._chain_dry._to if self._chain_dry._to is not None else self._chain_dry.delay
+
+    def set_dry_delay(self, delay: int) -> None:
+        """The stages before it now have latency ``delay``: the chain's input
+        follows, crossfaded across the next block (as their output does)."""
+        self._chain_dry.set_delay(delay)
 
     def feed_chain_input(self, x: np.ndarray) -> None:
         self._chain_in = self._chain_dry.process(x)
@@ -1313,7 +1693,8 @@ def build_stage(type_name: str, name: str, values: dict, sample_rate: int, chann
     """Build a runtime stage from checked ``values`` (without ``bypass``);
     ``device``: where a denoise stage runs its model."""
     if type_name == "plugin":
-        st = PluginStage(name, sample_rate, channels, values["path"], values.get("plugin_name"), values.get("params"))
+        st = PluginStage(name, sample_rate, channels, values["path"], values.get("plugin_name"), values.get("params"),
+                         min_latency=values.get("min_latency", 0), live_latency=values.get("live_latency", False))
     elif type_name == "denoise":
         st = DenoiseStage(name, sample_rate, channels, device=device, **values)
     elif type_name == "gain":

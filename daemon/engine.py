@@ -25,7 +25,11 @@ and declared::
     latency = suppressor latency + longest post-chain latency + B
 
 Channels with shorter post-chains are padded so all channels stay aligned
-with one another. If the engine misses a deadline, the callback plays the
+with one another. A chain's latency never moves while it runs: in a plugin
+stage with ``live_latency``, a live value that would lengthen the plugin's
+latency is refused (the registry foresees it on the supervisor thread), a
+shorter one is padded by its stage (:meth:`Engine.plan_latency`); in other
+plugin stages such a value shifts the stage's output. If the engine misses a deadline, the callback plays the
 dry input delayed by exactly this latency (see jackio.py) and counts it.
 """
 
@@ -153,22 +157,12 @@ class Engine:
                     if getattr(c, g, None) is not None:
                         raise ParameterError(f"{c.name}.{g}", f"model {model!r} has no pause gate "
                                                              "(the shipped neural models do)")
-        ls = self.sup.latency
         self.chains = [self._chain_of(c) for c in channels]
-        lc = [p.latency if p else 0 for p in self.chains]
-        lmax = max(lc) if lc else 0
-        self.chain_budget = lmax  # a swapped-in chain may use up to this much latency
-        self.chain_pad = [DelayLine(1, lmax - L) for L in lc]
         #: channel -> [old chain, its pad, hops since the swap, (a swap waiting for the crossfade's end,) or None]
         self._chain_fades: dict[int, list] = {}
-        H = self.hop
-        #: hops a swapped-in chain runs unheard (its latency and pad fill, plus 100 ms to settle)
-        self.chain_warmup_hops = -(-lmax // H) + 10
         self.chain_fade_hops = 2  #: then the crossfade from the old chain, 20 ms
-        self.stem_delay = DelayLine(2 * n, lmax)
-        self.align_delay = DelayLine(n, ls)  # x (after input gain) lined up with the voice
-        self.dry_delay = DelayLine(n, ls + lmax)  # raw input lined up with the output (bypass)
-        self.processing_latency = ls + lmax
+        self.align_delay = DelayLine(n, self.sup.latency)  # x (after input gain) lined up with the voice
+        self._plan_latency()
         self.params: tuple[ChannelParams, ...] = tuple(
             ChannelParams(**{f: getattr(c, f) for f in ChannelParams.__dataclass_fields__ if hasattr(c, f)})
             for c in channels
@@ -210,6 +204,35 @@ class Engine:
 
     # ------------------------------------------------------------------
     # latency
+
+    def _plan_latency(self) -> None:
+        """The chain budget, each channel's pad to it, the stem and dry
+        delays and :attr:`processing_latency`, from the chains' latencies
+        now (before the engine runs)."""
+        n, ls = self.n, self.sup.latency
+        lc = [p.latency if p else 0 for p in self.chains]
+        lmax = max(lc) if lc else 0
+        self.chain_budget = lmax  # a swapped-in chain may use up to this much latency
+        self.chain_pad = [DelayLine(1, lmax - L) for L in lc]
+        #: hops a swapped-in chain runs unheard (its latency and pad fill, plus 100 ms to settle)
+        self.chain_warmup_hops = -(-lmax // self.hop) + 10
+        self.stem_delay = DelayLine(2 * n, lmax)
+        self.dry_delay = DelayLine(n, ls + lmax)  # raw input lined up with the output (bypass)
+        self.processing_latency = ls + lmax
+
+    def plan_latency(self) -> None:
+        """After the live chain values were put back into a new engine
+        (``Registry.reapply``, before it declares its latency): plan the
+        latency again (a value may have lengthened a hosted plugin's
+        latency), and from now on refuse a live value that would lengthen a
+        chain's (:meth:`ChainProcessor.fix_latency`): the latency declared
+        to JACK, in ``status`` and by the dry fallback stays true. A value
+        that shortens a plugin's latency is padded by its stage: nothing
+        moves."""
+        self._plan_latency()
+        for proc in self.chains:
+            if proc is not None:
+                proc.fix_latency()
 
 
     @property
@@ -412,6 +435,9 @@ class Engine:
         """Start serving ``io`` (after it opened): positions from zero."""
         self.io = io
         self.B = buffering(self.hop, io.period, self.safety)
+        for proc in self.chains:  # (the daemon did so before declaring the latency: Daemon._engine_for)
+            if proc is not None:
+                proc.fix_latency()
         self.next_in = 0
         # the engine reads input up to max_backlog behind the callback, which overwrites the ring a
         # lap later: a longer backlog than the ring holds would read new audio as old
@@ -543,6 +569,8 @@ class Engine:
         L = proc.latency if proc else 0
         if L > self.chain_budget:
             raise ValueError(f"chain latency {L} exceeds the budget of {self.chain_budget} frames")
+        if proc is not None:
+            proc.fix_latency()  # (its live values were put in before: from now on its latency stays)
         fade = self._chain_fades.get(i)
         if fade is None:  # what is heard now becomes the old side
             self._chain_fades[i] = [self.chains[i], self.chain_pad[i], 0, None]

@@ -18,7 +18,10 @@ Thread safety: :meth:`set` may be called from any thread (the control
 thread, the MIDI dispatcher). Channel values reach the engine as one
 immutable snapshot swap; chain values are queued and applied by the engine
 thread at the start of its next hop, so a plugin is never touched from two
-threads at once. Listeners (:meth:`add_listener`) hear every change with
+threads at once (a value of a plugin stage with ``live_latency``, which may
+move the plugin's latency, is first foreseen on the supervisor thread, by an
+instance of its own, several of one ``set`` together: :meth:`Registry._foresee`;
+other values never wait for the supervisor). Listeners (:meth:`add_listener`) hear every change with
 its source ("zmq", "midi", "state", "config", ...), which is how MIDI
 feedback, ``event.param`` and the state file follow changes from
 elsewhere.
@@ -230,11 +233,13 @@ class Registry:
         """Raise what :meth:`set` would for this address and value, and
         change nothing (``None`` is allowed for ``CHANNEL.pause_db`` and
         ``CHANNEL.pause_threshold``: back to the engine's value)."""
-        _, stage, p = self.resolve(address)
+        i, stage, p = self.resolve(address)
         if not self._to_engine_value(stage, p, value):
-            p.check(value, address.rsplit(".", 1)[0])
+            v = p.check(value, address.rsplit(".", 1)[0])
+            if stage is not None:  # (a value that would lengthen a plugin's declared latency is refused)
+                self._foresee({(i, stage): {p.name: v}}, keep=False)
 
-    def set(self, address: str, value: Any, source: str = "api") -> Any:
+    def set(self, address: str, value: Any, source: str = "api", _foreseen: bool = False) -> Any:
         """Check ``value`` against the address's range and apply it.
         Returns the stored value. Raises ParameterError (a ValueError)."""
         i, stage, p = self.resolve(address)
@@ -249,10 +254,79 @@ class Registry:
         if stage is None:
             self.engine.set_params(self.channels()[i], **{p.name: v})
         else:
+            if not _foreseen:
+                self._foresee({(i, stage): {p.name: v}})
             self.chain_overrides[address] = v
             self.pending.append((i, stage, p.name, v))
         self._notify(address, v, source)
         return v
+
+    def set_many(self, values: dict[str, Any], source: str = "api") -> dict[str, Any]:
+        """Check every ``address -> value`` first (nothing is applied when
+        one is refused), then apply them in order; returns the stored
+        values. The values of one stage that follows its plugin's latency
+        live (``live_latency``) are foreseen together, as they are applied:
+        two that move the latency are judged by the latency they bring
+        together, not one by one."""
+        groups: dict[tuple[int, str], dict[str, Any]] = {}
+        for a, v in values.items():
+            i, stage, p = self.resolve(a)
+            if self._to_engine_value(stage, p, v):
+                continue
+            v = p.check(v, a.rsplit(".", 1)[0])
+            if stage is not None:
+                groups.setdefault((i, stage), {})[p.name] = v
+        self._foresee(groups)
+        return {a: self.set(a, v, source=source, _foreseen=True) for a, v in values.items()}
+
+    #: how long :meth:`set` waits for the supervisor to foresee a hosted plugin's latency
+    FORESEE_TIMEOUT_S = 1.0
+
+    def _foresee(self, groups: dict[tuple[int, str], dict[str, Any]], keep: bool = True) -> None:
+        """Chain values (``(channel, stage) -> {name: value}``) of a stage
+        that follows its hosted plugin's latency live (``live_latency``;
+        any of its plugin's parameters: it may move the latency) are first
+        asked of the stage's prober instance on the supervisor thread,
+        JUCE's message thread (on the engine thread a plugin's new latency
+        is not seen), each stage's values together, in one round trip: the
+        stage then knows the latency they bring before it takes them, and
+        values that would lengthen the latency the daemon declared are
+        refused here, named, with nothing changed (``keep``: for the sets
+        that follow; else a check only). Other stages' values (a plugin
+        stage without ``live_latency`` too) never wait for the supervisor."""
+        asks = []
+        for (i, stage), vals in groups.items():
+            proc = self.engine.chain(i)
+            st = proc.stage(stage) if proc is not None else None
+            vals = {k: v for k, v in vals.items() if st is not None and getattr(st, "needs_foresight", None)
+                    and st.needs_foresight(k)}
+            if vals:
+                asks.append((f"{self.channels()[i]}.chain.{stage}", st, vals))
+        if not asks:
+            return
+        from .errors import ControlError
+
+        def fn():
+            told = []
+            for prefix, st, vals in asks:
+                try:
+                    told.append(st.foretell(vals))
+                except ParameterError as e:  # named by the address the caller gave, not the stage's own name
+                    name = e.address.removeprefix(f"{st.name}.")
+                    raise ParameterError(f"{prefix}.{name}", str(e).removeprefix(f"{e.address}: ")) from None
+            if keep:  # (all or none)
+                for (_, st, vals), (lat, swap) in zip(asks, told):
+                    st.remember(vals, lat, swap)
+
+        call = getattr(self.daemon, "call_in_main", None)
+        try:
+            call(fn, timeout=self.FORESEE_TIMEOUT_S) if call is not None else fn()
+        except ControlError as e:  # the supervisor did not answer (a frozen jackd): refused like a bad value
+            prefix, _, vals = asks[0]
+            name, v = next(iter(vals.items()))
+            shown = f"{v:g}" if isinstance(v, float) else repr(v)
+            raise ParameterError(f"{prefix}.{name}", f"cannot tell now what latency the plugin would have with "
+                                                     f"{shown}: {e.message}") from None
 
     # ------------------------------------------------------------------
     # engine side

@@ -66,9 +66,10 @@ def _private_dirs(tmp_path_factory):
             os.environ[k] = v
 
 
-def _build(tmp_path_factory, channels: int) -> pathlib.Path:
+def _build(tmp_path_factory, channels: int, lookahead: bool = False) -> pathlib.Path:
     try:
-        return build_qcgain(tmp_path_factory.mktemp(f"qcgain{channels}"), channels=channels)
+        return build_qcgain(tmp_path_factory.mktemp(f"qcgain{channels}{'la' if lookahead else ''}"),
+                            channels=channels, lookahead=lookahead)
     except ToolchainMissing as exc:
         if os.environ.get("CI"):
             pytest.fail(f"CI must install the plugin toolchain: {exc}")
@@ -86,6 +87,14 @@ def qcgain_vst3(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def qcgain_mono_vst3(tmp_path_factory) -> pathlib.Path:
     return _build(tmp_path_factory, 1)
+
+
+@pytest.fixture(scope="session")
+def qcgain_la_vst3(tmp_path_factory) -> pathlib.Path:
+    """Path of 'QC Test Lookahead' (stereo .vst3 bundle): QC Test Gain with
+    one more, continuous, parameter lookahead_ms [0, 50] that adds
+    round(lookahead_ms * rate / 1000) samples to its delay and latency."""
+    return _build(tmp_path_factory, 2, lookahead=True)
 
 
 @pytest.fixture

@@ -642,8 +642,9 @@ def test_plugin_parameter_set_live_is_exact(qcgain_vst3):
         proc.set_param("v.gain_db", 30)
 
 
-def plugin_only(path, **params):
-    return Chain([{"name": "v", "type": "plugin", "path": str(path), "params": params}])
+def plugin_only(path, live=False, **params):
+    """A chain of one plugin stage (``live``: with ``live_latency = true``)."""
+    return Chain([{"name": "v", "type": "plugin", "path": str(path), "params": params, "live_latency": live}])
 
 
 def _tones(seconds: float, channels: int) -> np.ndarray:
@@ -678,7 +679,9 @@ def test_a_discrete_plugin_parameter_is_set_at_once(qcgain_vst3):
     """``delay_samples`` (a whole number of samples, declared as the
     plugin's latency) and ``fault`` (a switch) are not ramped: the next
     block runs the new value from its first sample, never the values in
-    between (a walk through 32 delays would be 32 steps)."""
+    between (a walk through 32 delays would be 32 steps). A plugin stage
+    without ``live_latency``: its output shifts with the plugin's latency
+    (see test_a_plugin_latency_moved_live_stays_on_the_declared_latency)."""
     proc = plugin_only(qcgain_vst3).processor(SR, 2)
     st = proc.stage("v")
     assert st._continuous == {"gain_db"}
@@ -716,6 +719,51 @@ def test_a_ramp_that_moves_a_plugins_latency_stops_there(qcgain_vst3):
     np.testing.assert_allclose(y[L:], x[0, :480 - L], atol=1e-6)  # (96 is two click periods)
     proc.set_param("v.delay_samples", 0)
     assert not st._ramps  # set at once now
+
+
+@pytest.mark.plugin
+def test_a_discrete_plugin_parameter_is_set_at_once_in_a_live_latency_stage(qcgain_vst3):
+    """``delay_samples`` (a whole number of samples, declared as the
+    plugin's latency) and ``fault`` (a switch) are not ramped: the plugin
+    that runs after the next block has the new value, never the values in
+    between (a walk through 32 delays would be 32 steps). (A new latency
+    comes with its crossfade: see
+    test_a_plugin_latency_moved_live_stays_on_the_declared_latency.)"""
+    proc = plugin_only(qcgain_vst3, live=True).processor(SR, 2)
+    st = proc.stage("v")
+    assert st._continuous == {"gain_db"}
+    x = _tones(0.2, 2)
+    proc.process(x[:, :4800])
+    proc.set_param("v.delay_samples", 100)
+    assert not st._ramps
+    proc.process(x[:, 4800:5280])
+    assert st._instances[0].delay_samples == 100 and st._plug_lat == 100
+    y = proc.process(x[:, 5280:5760])
+    L = proc.latency
+    np.testing.assert_allclose(y, x[:, 5280 - L:5760 - L], atol=1e-6)
+    proc.set_param("v.fault", True)
+    assert not st._ramps and st._instances[0].fault
+
+
+@pytest.mark.plugin
+def test_a_plugin_that_moves_its_latency_by_itself_is_put_back_in_a_live_latency_stage(qcgain_vst3):
+    """A move of the plugin's latency that no value foresaw (a plugin that
+    changes it by itself; here its running instances are set behind the
+    stage's back) shifts the output for one block; from the next block a
+    ``live_latency`` stage puts it back at its latency, or lengthens its
+    latency to the plugin's new one (a chain that may grow)."""
+    proc = plugin_only(qcgain_vst3, live=True).processor(SR, 2)
+    st = proc.stage("v")
+    x = np.zeros((2, 480), np.float32)
+    x[:, ::48] = 1.0  # a click every 48 samples: where it comes out says the delay
+    proc.process(x)
+    for inst in st._instances:
+        inst.delay_samples = 96
+    proc.process(x)
+    y = proc.process(x)[0]
+    L = proc.latency
+    assert st.unforeseen_latency_moves == 1 and L == 96 + st._slack
+    np.testing.assert_allclose(y[L:], x[0, :480 - L], atol=1e-6)
 
 
 @pytest.mark.plugin
@@ -854,3 +902,263 @@ def test_denoise_pause_threshold(tmp_path):
         chain("", model="dsp").stage("nr").set_param("pause_threshold", 0.5)
     probs = spec_problems('[[stage]]\nname = "nr"\ntype = "denoise"\npause_threshold = 0\n')
     assert "pause_threshold: value 0 is out of range [0.01, 1]" in probs[0]
+
+
+def _impulse_lags(y: np.ndarray, x: np.ndarray) -> list[tuple[int, int, float]]:
+    """(where, how far after its input impulse, how high) for each output
+    peak; ``x`` has an impulse every 960 frames."""
+    ins = np.nonzero(x[0])[0]
+    out = []
+    for p in np.nonzero(np.abs(y[0]) > 0.2)[0]:
+        lag = [int(p - i) for i in ins if 0 <= p - i < 960]
+        out.append((int(p), lag[0] if lag else -1, float(y[0, p])))
+    return out
+
+
+@pytest.mark.plugin
+@pytest.mark.parametrize("mix", [False, True])
+@pytest.mark.parametrize("before,after", [(0, 300), (300, 100), (100, 300)])
+def test_a_plugin_latency_moved_live_stays_on_the_declared_latency(qcgain_vst3, before, after, mix):
+    """``delay_samples`` is our plugin's latency. Set live, it used to
+    shift the stage's output off the declared latency (0 -> 300: 300
+    samples late, with the declared latency still 2); a mix after it then
+    played two copies 300 samples apart, and a bypass afterwards jumped back.
+    Now, with ``live_latency``, a shorter latency is padded (the chain's
+    timing stays), a longer one lengthens the stage's latency, and the
+    output, the mix's dry path and the bypass path are at the declared
+    latency before and after."""
+    stages = [{"name": "v", "type": "plugin", "path": str(qcgain_vst3), "params": {"delay_samples": before},
+               "live_latency": True}]
+    if mix:
+        stages.append({"name": "m", "type": "mix", "wet": 0.5})
+    proc = Chain(stages).processor(SR, 2)
+    L0 = proc.latency
+    assert before <= L0 <= before + 4
+    x = np.zeros((2, 480 * 40), np.float32)
+    x[:, 7::960] = 1.0
+    ys, lats = [], []
+    for k in range(40):
+        if k == 10:
+            proc.set_param("v.delay_samples", after)
+            assert proc.latency == max(L0, after + L0 - before)  # declared at once, before the next block
+        if k == 25:
+            proc.set_param("v.bypass", True)
+        ys.append(proc.process(x[:, k * 480:(k + 1) * 480]))
+        lats.append(proc.latency)
+    y = np.concatenate(ys, axis=1)
+    L1 = proc.latency
+    assert L1 == max(L0, after + L0 - before) and set(lats[10:]) == {L1}
+    peaks = _impulse_lags(y, x)
+    # every impulse comes out once, whole (wet and dry of the mix on the same sample), at the declared
+    # latency: before the change, after it (the block of the crossfade aside) and after the bypass
+    before_peaks = [p for p in peaks if p[0] < 4800]
+    after_peaks = [p for p in peaks if p[0] >= 5280 + L1]
+    assert before_peaks and all(lag == L0 and abs(v - 1.0) < 1e-4 for _, lag, v in before_peaks), before_peaks
+    assert len(after_peaks) >= 13 and all(lag == L1 and abs(v - 1.0) < 1e-4 for _, lag, v in after_peaks), after_peaks
+    assert all(lag in (L0, L1) for _, lag, _ in peaks), peaks  # (in the crossfade's block: both, in part)
+
+
+@pytest.mark.plugin
+@pytest.mark.parametrize("before,after", [(0, 300), (300, 0)])
+def test_a_plugin_latency_moved_live_does_not_click(qcgain_vst3, before, after):
+    """The running plugin jumps its delay line at once (0 -> 300 played 300
+    samples twice, 300 -> 0 skipped 300). The spare instances, pre-rolled
+    on the recent input, take over crossfaded across one block: the
+    largest second difference around the change stays that of the tones,
+    and afterwards the output is the tones at the declared latency."""
+    x = _tones(1.5, 2)
+    proc = plugin_only(qcgain_vst3, live=True, delay_samples=before).processor(SR, 2)
+    k0 = 101
+    y, _ = (a[0] for a in _hops(proc, plugin_only(qcgain_vst3).processor(SR, 2), x,
+                                {k0: [("v.delay_samples", after)]}))
+    L = proc.latency
+    d2 = lambda a: np.abs(np.diff(a, 2)).max()  # noqa: E731
+    own = d2(x[0, 20 * 480:60 * 480])
+    assert d2(y[(k0 - 2) * 480:(k0 + 3) * 480]) <= 1.5 * own
+    np.testing.assert_allclose(y[(k0 + 1) * 480:], x[0, (k0 + 1) * 480 - L:x.shape[1] - L], atol=1e-6)
+
+
+@pytest.mark.plugin
+@pytest.mark.parametrize("before,after", [(0, 300), (300, 100)])
+def test_a_plugin_latency_foreseen_here_and_set_on_another_thread(qcgain_vst3, before, after):
+    """As the live daemon does it: the value is foreseen on this thread
+    (JUCE's message thread: the one that loaded the first plugin) and set
+    and streamed on another (the engine's), where pedalboard's reported
+    latency and the latency it trims after a reset are stale (measured: a
+    plugin's new latency reads 0 there). The spare comes in aligned all the
+    same (without checking pedalboard's trimming, an impulse came out 300
+    samples late after 0 -> 300), and so does a reset there."""
+    import threading
+
+    proc = Chain([{"name": "v", "type": "plugin", "path": str(qcgain_vst3), "live_latency": True,
+                   "params": {"delay_samples": before}}]).processor(SR, 1)
+    L0 = proc.latency
+    assert proc.stage("v").foresee({"delay_samples": after}) == after
+    x = np.zeros((1, 480 * 40), np.float32)
+    x[:, 7::960] = 1.0
+    out: dict = {}
+
+    def engine():
+        ys = []
+        for k in range(40):
+            if k == 10:
+                proc.set_param("v.delay_samples", after)
+            if k == 25:
+                proc.reset()
+            ys.append(proc.process(x[:, k * 480:(k + 1) * 480]))
+        out["y"] = np.concatenate(ys, axis=1)
+
+    th = threading.Thread(target=engine)
+    th.start()
+    th.join(60)
+    L1 = proc.latency
+    assert L1 == max(L0, after + L0 - before)
+    peaks = _impulse_lags(out["y"], x)
+    assert {lag for p, lag, _ in peaks if p < 4800} == {L0}
+    late = [(lag, v) for p, lag, v in peaks if p >= 5280 + L1]
+    assert len(late) >= 14 and all(lag == L1 and abs(v - 1.0) < 1e-4 for lag, v in late), late
+
+
+@pytest.mark.plugin
+def test_min_latency_declares_room_for_a_plugin_latency_to_grow_where_the_chain_may_not(qcgain_vst3):
+    """Where the chain's latency may not move (the live daemon:
+    ``fix_latency``), a plugin stage's ``min_latency`` declares room ahead:
+    a longer plugin latency up to it is taken live, padded, at the same
+    declared latency; beyond it the value is refused, naming what to give."""
+    spec = lambda **kw: Chain([{"name": "v", "type": "plugin", "path": str(qcgain_vst3),  # noqa: E731
+                                "live_latency": True, **kw}])
+    assert spec().processor(SR, 1).latency <= 4
+    proc = spec(min_latency=600).processor(SR, 1)
+    assert proc.latency == 600
+    proc.fix_latency()
+    x = np.zeros((1, 480 * 20), np.float32)
+    x[:, 7::960] = 1.0
+    ys = []
+    for k in range(20):
+        if k == 5:
+            proc.set_param("v.delay_samples", 500)
+        ys.append(proc.process(x[:, k * 480:(k + 1) * 480]))
+    assert proc.latency == 600 and proc.stage("v")._plug_lat == 500
+    assert {lag for _, lag, _ in _impulse_lags(np.concatenate(ys, axis=1), x)} == {600}
+    with pytest.raises(ParameterError, match=r"v\.delay_samples: value 900(\.0)? would make the plugin's latency "
+                                             r"900 samples, more than the \d+ .*min_latency = 9\d\d or more"):
+        proc.set_param("v.delay_samples", 900)
+    assert proc.latency == 600 and proc.stage("v").values["delay_samples"] == 500
+    with pytest.raises(ChainSpecError, match=r"min_latency.*out of range \[0, 480000\]"):
+        spec(min_latency=-1)
+    with pytest.raises(ChainSpecError, match=r"v\.min_latency: is room for a plugin latency moved live: give the "
+                                             r"stage live_latency = true too"):
+        Chain([{"name": "v", "type": "plugin", "path": str(qcgain_vst3), "min_latency": 600}]).processor(SR, 1)
+
+
+@pytest.mark.plugin
+def test_the_first_latency_swap_fits_in_a_live_hop(qcgain_vst3):
+    """A spare instance's first block, and the first value set after it,
+    cost ~25 ms with our plugin (JUCE and the plugin prepare): the first
+    swap's hop took 24 ms, past the 10 ms a live hop has (a missed
+    deadline: the dry fallback). They are warmed up when the stage is
+    built; the first swap's hop now takes well under a millisecond."""
+    import time
+
+    took = []
+    for _ in range(3):  # (the quickest of three: a loaded machine slows any one)
+        proc = plugin_only(qcgain_vst3, live=True).processor(SR, 2)
+        x = np.zeros((2, 480), np.float32)
+        proc.process(x)
+        t0 = time.perf_counter()
+        proc.stage("v").foresee({"delay_samples": 300})
+        proc.set_param("v.delay_samples", 300)
+        proc.process(x)
+        took.append(time.perf_counter() - t0)
+        assert proc.stage("v")._plug_lat == 300
+    assert min(took) < 0.005, took
+
+
+@pytest.mark.plugin
+def test_only_a_live_latency_plugin_stage_loads_the_plugin_more_than_once(qcgain_vst3, qcgain_mono_vst3,
+                                                                           monkeypatch):
+    """A plugin stage loads its plugin once per instance it runs (a stereo
+    plugin on a stereo chain: once; a mono one: once a channel), as it did
+    before live latency was followed; only ``live_latency = true`` loads
+    the spare instances and the prober too (three times as many, plus one)."""
+    from quietcast.bridge import stages
+
+    loads = []
+    real = stages.load_vst3
+    monkeypatch.setattr(stages, "load_vst3", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    for path, live, n in ((qcgain_vst3, False, 1), (qcgain_mono_vst3, False, 2),
+                          (qcgain_vst3, True, 3), (qcgain_mono_vst3, True, 5)):
+        loads.clear()
+        st = plugin_only(path, live=live).processor(SR, 2).stage("v")
+        assert len(loads) == n, (path, live, loads)
+        assert (st._prober is None) == (not live) and st.needs_foresight("delay_samples") == live
+
+
+def _lookahead_only(path, ms, **kw):
+    return Chain([{"name": "v", "type": "plugin", "path": str(path), "live_latency": True,
+                   "params": {"lookahead_ms": ms}, **kw}])
+
+
+@pytest.mark.plugin
+@pytest.mark.parametrize("room", [0, 480])
+@pytest.mark.parametrize("before,after", [(5.0, 2.0), (5.0, 8.0)])
+def test_a_continuous_lookahead_moved_live_stays_on_the_declared_latency(qcgain_la_vst3, before, after, room):
+    """A look-ahead exposed as a continuous parameter (``lookahead_ms`` of
+    QC Test Lookahead, as real look-ahead limiters have it) in a
+    ``live_latency`` stage is foreseen like a discrete one: ramped, it
+    walked the plugin's latency (5 -> 2 ms: the output 144 samples early),
+    now the spares take it and every impulse comes out whole at the
+    declared latency before and after (padded when shorter; a longer one
+    lengthens the chain's, or fits in ``min_latency``, the chain's latency
+    fixed). As the live daemon does it: foreseen on this thread (JUCE's
+    message thread), set and streamed on another, where pedalboard's
+    reported latency does not move (nothing there sees the latency move)."""
+    import threading
+
+    kw = {"min_latency": room} if room else {}
+    proc = _lookahead_only(qcgain_la_vst3, before, **kw).processor(SR, 1)
+    if room:
+        proc.fix_latency()
+    L0 = proc.latency
+    x = np.zeros((1, 480 * 30), np.float32)
+    x[:, 7::960] = 1.0
+    proc.stage("v").foresee({"lookahead_ms": after})
+    ys = []
+
+    def engine():
+        for k in range(30):
+            if k == 10:
+                proc.set_param("v.lookahead_ms", after)
+            ys.append(proc.process(x[:, k * 480:(k + 1) * 480]))
+
+    th = threading.Thread(target=engine)
+    th.start()
+    th.join(60)
+    L1 = proc.latency
+    shift = round(after * SR / 1000) - round(before * SR / 1000)
+    peaks = _impulse_lags(np.concatenate(ys, axis=1), x)
+    assert {lag for p, lag, _ in peaks if p < 4800} == {L0}
+    late = [(lag, v) for p, lag, v in peaks if p >= 5280 + L1]
+    assert len(late) >= 8 and all(lag == L1 and abs(v - 1.0) < 1e-4 for lag, v in late), late
+    assert L1 == (L0 if room or shift < 0 else L0 + shift) and proc.stage("v")._plug_lat == round(after * SR / 1000)
+
+
+@pytest.mark.plugin
+@pytest.mark.parametrize("before,after", [(5.0, 2.0), (2.0, 8.0)])
+def test_a_continuous_lookahead_moved_live_does_not_click(qcgain_la_vst3, before, after):
+    """Ramped across a block, a look-ahead moved the plugin's delay line
+    through every latency in between (a second difference 42 to 167 times
+    the tones' own); taken by the crossfaded spares, the largest second
+    difference around the change stays that of the tones, and afterwards
+    the output is the tones at the declared latency."""
+    x = _tones(1.5, 2)
+    proc = _lookahead_only(qcgain_la_vst3, before).processor(SR, 2)
+    k0 = 101
+    y, _ = (a[0] for a in _hops(proc, plugin_only(qcgain_la_vst3).processor(SR, 2), x,
+                                {k0: [("v.lookahead_ms", after)]}))
+    L = proc.latency
+    assert proc.stage("v").unforeseen_latency_moves == 0
+    d2 = lambda a: np.abs(np.diff(a, 2)).max()  # noqa: E731
+    own = d2(x[0, 20 * 480:60 * 480])
+    assert d2(y[(k0 - 2) * 480:(k0 + 3) * 480]) <= 1.5 * own
+    np.testing.assert_allclose(y[(k0 + 1) * 480:], x[0, (k0 + 1) * 480 - L:x.shape[1] - L], atol=1e-6)

@@ -23,6 +23,12 @@ the daemon's chain-latency accounting depends on it:
   pedalboard's load-time probe (no reset afterwards), so its first
   ``reset=False`` stream is not trimmed, unless the latency exceeds that.
 * Latency changes mid-stream are not compensated: the output simply shifts.
+* A new latency reaches ``reported_latency_samples`` only on JUCE's message
+  thread (see Threads): on another one it keeps its old value, however many
+  blocks run (JUCE applies the plugin's kLatencyChanged restart there,
+  asynchronously, and nothing runs that message loop). The live daemon
+  therefore foresees a value's latency on its main thread
+  (``PluginStage.foresee``).
 * Continuing with ``reset=False`` after a ``reset=True`` call inserts
   ``latency`` zeros: the padding that flushed the ``reset=True`` call.
   Mixing the two on one live stream is a bug.
@@ -197,6 +203,30 @@ def test_latency_change_mid_stream_is_not_compensated(plugin):
     assert plugin.reported_latency_samples == 50
     np.testing.assert_array_equal(b[:, 50:], x[:, 2400:-50])
     np.testing.assert_array_equal(b[:, :50], x[:, 2350:2400])  # 50 samples repeated
+
+
+def test_a_new_latency_is_not_seen_off_the_message_thread(plugin):
+    # this thread loaded the plugin (the fixture): it is JUCE's message thread
+    set_exact(plugin, "delay_samples", 100)
+    plugin.process(np.zeros((2, 64), np.float32), SR, reset=False)
+    assert plugin.reported_latency_samples == 100
+    seen = []
+
+    def engine():
+        for d in (300, 50):
+            set_exact(plugin, "delay_samples", d)
+            for _ in range(3):
+                plugin.process(np.zeros((2, 64), np.float32), SR, reset=False)
+            seen.append(plugin.reported_latency_samples)
+
+    worker = threading.Thread(target=engine)
+    worker.start()
+    worker.join(30)
+    assert seen == [100, 100]
+    # (here it moves again at the plugin's next change)
+    set_exact(plugin, "delay_samples", 20)
+    plugin.process(np.zeros((2, 64), np.float32), SR, reset=False)
+    assert plugin.reported_latency_samples == 20
 
 
 def test_streaming_from_a_worker_thread(plugin):

@@ -1193,3 +1193,147 @@ def test_a_reload_does_not_wait_for_a_midi_start_under_way(tmp_path):
     finally:
         done.set()
         t.join(5)
+
+
+def _registry_on(proc, asked):
+    """A Registry over one channel "host" running ``proc``, whose supervisor
+    (``call_in_main``) runs each job at once and notes its timeout in ``asked``."""
+    import types
+
+    from quietcast.daemon.registry import Registry
+
+    def call_in_main(fn, timeout=60.0):
+        asked.append(timeout)
+        return fn()
+
+    daemon = types.SimpleNamespace(engine=types.SimpleNamespace(chain=lambda i: proc),
+                                   config=types.SimpleNamespace(channels=[types.SimpleNamespace(name="host")]),
+                                   call_in_main=call_in_main)
+    return Registry(daemon), daemon
+
+
+@pytest.mark.plugin
+def test_a_plugin_value_that_may_move_its_latency_is_foreseen_on_the_supervisor(qcgain_vst3):
+    """``Registry.set`` of a value of a plugin stage with ``live_latency``
+    (here ``delay_samples``, and the continuous ``gain_db`` too) asks the
+    supervisor (``call_in_main``) what latency it brings: a longer one than
+    the chain declared is refused there, named, with nothing queued for the
+    engine; a supervisor that does not answer is a refusal too, saying why
+    (not a traceback in the MIDI dispatcher)."""
+    from quietcast.bridge import Chain, ParameterError
+
+    proc = Chain([{"name": "v", "type": "plugin", "path": str(qcgain_vst3), "live_latency": True,
+                   "params": {"delay_samples": 300}}]).processor(48_000, 1)
+    proc.fix_latency()
+    asked = []
+    reg, daemon = _registry_on(proc, asked)
+    assert reg.set("host.chain.v.delay_samples", 100) == 100 and len(asked) == 1
+    assert proc.stage("v")._foreseen == {("delay_samples", 100): [100, 1, True]}
+    with pytest.raises(ParameterError, match=r"^host\.chain\.v\.delay_samples: value 600 would make the "
+                                             r"plugin's latency 600 samples, more than the 300 "):
+        reg.set("host.chain.v.delay_samples", 600)
+    assert len(reg.pending) == 1 and reg.chain_overrides == {"host.chain.v.delay_samples": 100}
+    reg.set("host.chain.v.gain_db", -6.0)
+    assert len(asked) == 3  # (the 600, and the continuous gain too)
+
+    def frozen(fn, timeout=60.0):
+        raise ControlError("failed", "the daemon's supervisor did not get to it within 1 s")
+
+    daemon.call_in_main = frozen
+    with pytest.raises(ParameterError, match=r"host\.chain\.v\.delay_samples: cannot tell now what latency the "
+                                             r"plugin would have with 50: the daemon's supervisor did not"):
+        reg.set("host.chain.v.delay_samples", 50)
+
+
+@pytest.mark.plugin
+def test_a_plain_plugin_stage_never_waits_for_the_supervisor(qcgain_vst3):
+    """A plugin stage without ``live_latency``: its values (a whole number,
+    a switch, a continuous one; one at a time or several at once) are
+    queued for the engine without a round trip to the supervisor, and its
+    prober is not there to ask."""
+    from quietcast.bridge import Chain
+
+    proc = Chain([{"name": "v", "type": "plugin", "path": str(qcgain_vst3),
+                   "params": {"delay_samples": 300}}]).processor(48_000, 1)
+    proc.fix_latency()
+    asked = []
+    reg, _ = _registry_on(proc, asked)
+    reg.set("host.chain.v.delay_samples", 100)
+    reg.set("host.chain.v.fault", False)
+    reg.set("host.chain.v.gain_db", -6.0)
+    reg.set_many({"host.chain.v.delay_samples": 200, "host.chain.v.gain_db": -3.0})
+    assert asked == [] and len(reg.pending) == 5 and proc.stage("v")._prober is None
+
+
+def _impulse_lag(proc, n=24_000, at=4_000, block=480):
+    x = np.zeros((1, n), np.float32)
+    x[0, at] = 0.5
+    y = np.concatenate([proc.process(x[:, i:i + block]) for i in range(0, n, block)], axis=1)
+    return int(np.argmax(np.abs(y[0]))) - at
+
+
+@pytest.mark.plugin
+def test_several_latency_values_of_one_stage_set_together_are_foreseen_together(qcgain_la_vst3):
+    """A ``set`` of several values (``Registry.set_many``) of one stage with
+    ``live_latency`` is foreseen with all of them applied together: two
+    that move the latency are judged by the latency they bring together
+    (``delay_samples`` 300 -> 0 with ``lookahead_ms`` 0 -> 5: 240 samples,
+    within the 300 declared, though the look-ahead alone would make 540),
+    in one round trip, and the output stays on the declared latency; two
+    that each fit but together do not are refused, nothing applied."""
+    from quietcast.bridge import Chain, ParameterError
+
+    def proc_at(**kw):
+        p = Chain([{"name": "v", "type": "plugin", "path": str(qcgain_la_vst3), "live_latency": True,
+                    "params": {"delay_samples": 300}, **kw}]).processor(48_000, 1)
+        p.fix_latency()
+        return p
+
+    proc = proc_at()
+    lat = proc.latency
+    asked = []
+    reg, _ = _registry_on(proc, asked)
+    with pytest.raises(ParameterError, match=r"lookahead_ms: value 5 would make the plugin's latency 540"):
+        reg.set("host.chain.v.lookahead_ms", 5.0)  # (alone)
+    asked.clear()
+    assert reg.set_many({"host.chain.v.delay_samples": 0, "host.chain.v.lookahead_ms": 5.0}) == {
+        "host.chain.v.delay_samples": 0, "host.chain.v.lookahead_ms": 5.0}
+    assert len(asked) == 1
+    reg.apply_pending(types_engine(proc))
+    assert _impulse_lag(proc) == lat == proc.latency
+    assert proc.stage("v")._plug_lat == 240
+
+    proc = proc_at(min_latency=600)
+    reg, _ = _registry_on(proc, [])
+    with pytest.raises(ParameterError, match=r"^host\.chain\.v\.delay_samples: values delay_samples = 500, "
+                                             r"lookahead_ms = 5 would make the plugin's latency 740 samples"):
+        reg.set_many({"host.chain.v.delay_samples": 500, "host.chain.v.lookahead_ms": 5.0})
+    assert not reg.pending and not reg.chain_overrides and not proc.stage("v")._foreseen
+
+
+def types_engine(proc):
+    import types
+
+    return types.SimpleNamespace(chain=lambda i: proc)
+
+
+@pytest.mark.plugin
+def test_a_value_is_foreseen_with_those_still_queued_for_the_engine(qcgain_la_vst3):
+    """Values of a ``live_latency`` stage set one by one reach the engine at
+    its next hop; one set before then is foreseen with those still queued,
+    not with the values the stage runs: ``delay_samples`` 300 -> 0, then
+    ``lookahead_ms`` 5 before a hop: 240 samples, within the 300 declared
+    (against the running 300 it was 540: refused), and the output stays on
+    the declared latency."""
+    from quietcast.bridge import Chain
+
+    proc = Chain([{"name": "v", "type": "plugin", "path": str(qcgain_la_vst3), "live_latency": True,
+                   "params": {"delay_samples": 300}}]).processor(48_000, 1)
+    proc.fix_latency()
+    lat = proc.latency
+    reg, _ = _registry_on(proc, [])
+    reg.set("host.chain.v.delay_samples", 0)
+    reg.set("host.chain.v.lookahead_ms", 5.0)
+    reg.apply_pending(types_engine(proc))
+    assert _impulse_lag(proc) == lat == proc.latency and proc.stage("v")._plug_lat == 240
+    assert not proc.stage("v")._ahead and not proc.stage("v")._foreseen

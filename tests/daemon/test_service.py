@@ -22,6 +22,7 @@ import pytest
 
 from conftest import quietcast_exe
 
+from quietcast.daemon import jackio
 from quietcast.daemon.client import Client
 from quietcast.daemon.errors import ControlError
 from quietcast.daemon.config import load_config
@@ -824,3 +825,109 @@ def test_a_failure_while_connecting_by_rule_is_logged_not_raised(caplog):
         Daemon._apply_rules(me)
     assert not me.io.ports_changed.is_set()
     assert "connecting ports by rule failed: the server went away" in caplog.text
+
+
+# --------------------------------------------------------------------------
+# a hosted plugin's latency moved live
+
+
+@pytest.mark.plugin
+def test_a_plugin_value_set_answers_in_about_a_millisecond(tmp_path, jack_server, qcgain_vst3):
+    """``set`` of a hosted plugin's value answers at once: a plain plugin
+    stage's never waits for the supervisor (measured: 0.4 ms median), and
+    a ``live_latency`` stage's, foreseen there, is run as soon as it is
+    posted (0.9 ms median; it waited for the supervisor's next 50 ms round,
+    50.5 ms, so a MIDI burst of 20 took a second)."""
+    post = (f'[[stage]]\nname = "p"\ntype = "plugin"\npath = "{qcgain_vst3}"\n'
+            f'[[stage]]\nname = "v"\ntype = "plugin"\npath = "{qcgain_vst3}"\nlive_latency = true\n'
+            'params = { delay_samples = 300 }\n')
+    proc = start(write_config(tmp_path, jack_server.name, post=post))
+    try:
+        assert wait_ready(tmp_path)
+        with client(tmp_path) as c:
+            for stage in ("p", "v"):
+                took = []
+                for i in range(20):
+                    t0 = time.perf_counter()
+                    c.set(f"host.chain.{stage}.delay_samples", 100 + i % 2)
+                    took.append(time.perf_counter() - t0)
+                assert np.median(took) < 0.02, (stage, took)
+    finally:
+        stop(proc)
+
+
+@pytest.mark.plugin
+def test_a_plugin_latency_moved_live_keeps_the_declared_latency_true(tmp_path, jack_server, qcgain_vst3,
+                                                                     qcgain_la_vst3):
+    """A hosted plugin's latency set live through the daemon (``delay_samples``
+    is our plugin's). A shorter one used to shift the output off the
+    declared latency (300 -> 100: 200 samples early); now it is padded, so
+    ``status``, JACK's port latency and the output agree before and after.
+    A longer one than the daemon declared is refused at once, named, and
+    nothing moves (the engine thread never sees a plugin's new latency:
+    the supervisor foresees it on an instance of its own). The stages say
+    ``live_latency = true``. A continuous look-ahead (``lookahead_ms``)
+    is foreseen too, and two latency values of one stage set together
+    (``set`` with ``values``) are judged together: 200 samples + 2 ms ->
+    0 + 6 ms is 288 samples, within the 296 declared (the 6 ms alone: 488,
+    refused)."""
+    post = (f'[[stage]]\nname = "v"\ntype = "plugin"\npath = "{qcgain_vst3}"\nlive_latency = true\n'
+            'params = { delay_samples = 300 }\n'
+            f'[[stage]]\nname = "la"\ntype = "plugin"\npath = "{qcgain_la_vst3}"\nlive_latency = true\n'
+            'params = { delay_samples = 200, lookahead_ms = 2.0 }\n')
+    cfg = write_config(tmp_path, jack_server.name, post=post, extra_channel_host="strength = 0.0\n")
+    proc = start(cfg)
+    rec = play = None
+    try:
+        assert wait_ready(tmp_path)
+        srv = jack_server.name
+        rec = Recorder(srv, 1, name="lrec")
+        play = Player(srv, 1, name="lplay", recorder=rec)
+        play.client.connect(play.name(0), "qcs:host_in")
+        play.client.connect("qcs:host_out", rec.name(0))
+        x = np.zeros(24_000, np.float32)
+        x[1000] = 0.5
+
+        def impulse_at() -> tuple[int, float]:
+            r, start_i, _ = take(play, rec, x[None], lat / 48_000 + 0.3)
+            y = r[0, start_i:]
+            k = int(np.argmax(np.abs(y)))
+            return k - 1000, float(y[k])
+
+        with client(tmp_path) as c:
+            lat = c.status()["latency_frames"]
+            assert impulse_at() == (lat, pytest.approx(0.5, abs=1e-6))
+            c.set("host.chain.v.delay_samples", 100)
+            time.sleep(0.3)  # (applied at the next hop, crossfaded across it)
+            assert c.status()["latency_frames"] == lat
+            assert impulse_at() == (lat, pytest.approx(0.5, abs=1e-6))  # (was lat - 200)
+            lo, _ = jackio.port_latency(play.client, "qcs:host_out", jackio.CAPTURE)
+            cap_lo, _ = jackio.port_latency(play.client, "qcs:host_in", jackio.CAPTURE)
+            assert lo == cap_lo + lat
+            c.set("host.chain.la.lookahead_ms", 1.0)  # (continuous: 296 -> 248 samples, padded)
+            time.sleep(0.3)
+            assert impulse_at() == (lat, pytest.approx(0.5, abs=1e-6))
+            with pytest.raises(ControlError, match=r"host\.chain\.la\.lookahead_ms: value 6 would make the plugin's "
+                                                   r"latency 488 samples"):
+                c.set("host.chain.la.lookahead_ms", 6.0)
+            c.call("set", values={"host.chain.la.delay_samples": 0, "host.chain.la.lookahead_ms": 6.0})
+            time.sleep(0.3)
+            assert c.status()["latency_frames"] == lat
+            assert impulse_at() == (lat, pytest.approx(0.5, abs=1e-6))
+            with pytest.raises(ControlError) as ei:
+                c.set("host.chain.v.delay_samples", 600)
+            assert "delay_samples" in str(ei.value) and "600" in str(ei.value) and "300" in str(ei.value)
+            assert c.get("host.chain.v.delay_samples") == 100
+            with pytest.raises(ControlError):  # several at once: all are checked before any is applied
+                c.call("set", values={"host.output_gain_db": -6.0, "host.chain.v.delay_samples": 600})
+            assert c.get("host.output_gain_db") == 0.0
+            c.set("host.chain.v.delay_samples", 300)  # back up to what was declared: allowed
+            time.sleep(0.3)
+            assert c.status()["latency_frames"] == lat
+            assert impulse_at() == (lat, pytest.approx(0.5, abs=1e-6))
+    finally:
+        for cl in (play, rec):
+            if cl is not None:
+                cl.close()
+        out = stop(proc)
+    assert "Traceback" not in out, out

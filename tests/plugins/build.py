@@ -1,4 +1,5 @@
-"""Build quietcast's test VST3 plugin ("QC Test Gain", tests/plugins/qcgain/).
+"""Build quietcast's test VST3 plugin ("QC Test Gain", tests/plugins/qcgain/; also
+"QC Test Lookahead", the same with a continuous ``lookahead_ms``).
 
     from plugins.build import build_qcgain      # with tests/ on sys.path
     bundle = build_qcgain(tmp_dir)               # -> tmp_dir/qcgain.vst3
@@ -55,18 +56,23 @@ def _newest_source_mtime() -> float:
     return max(p.stat().st_mtime for p in SOURCE_DIR.iterdir() if p.is_file())
 
 
-def build_qcgain(build_dir: pathlib.Path, channels: int = 2) -> pathlib.Path:
+def build_qcgain(build_dir: pathlib.Path, channels: int = 2, lookahead: bool = False) -> pathlib.Path:
     """Compile QC Test Gain into ``build_dir`` and return the ``.vst3`` bundle path.
 
     ``channels=2`` (default) gives "QC Test Gain" (qcgain.vst3, 2 in / 2 out);
     ``channels=1`` gives "QC Test Gain Mono" (qcgain_mono.vst3, 1 in / 1 out).
     DPF's VST3 wrapper accepts only the declared bus layout, hence two builds.
+    ``lookahead=True`` (stereo only) gives "QC Test Lookahead" (qcgain_la.vst3):
+    one more, continuous, parameter ``lookahead_ms`` [0, 50] that adds
+    round(lookahead_ms * rate / 1000) samples to the delay and the latency.
     Raises ToolchainMissing (a RuntimeError) naming what is missing when the
     toolchain is absent, or RuntimeError with make's output when the build fails.
     """
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 or 2, not {channels!r}")
-    name = "qcgain" if channels == 2 else "qcgain_mono"
+    if lookahead and channels != 2:
+        raise ValueError("the look-ahead variant is stereo only")
+    name = "qcgain_la" if lookahead else "qcgain" if channels == 2 else "qcgain_mono"
     build_dir = pathlib.Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
     bundle = build_dir / f"{name}.vst3"
@@ -87,6 +93,7 @@ def build_qcgain(build_dir: pathlib.Path, channels: int = 2) -> pathlib.Path:
         cmd = [
             "make", "-C", str(SOURCE_DIR), "-j2", "vst3",
             f"CHANNELS={channels}",
+            f"LOOKAHEAD={int(lookahead)}",
             f"DPF_PATH={dpf}",
             f"DPF_TARGET_DIR={build_dir}",
             f"DPF_BUILD_DIR={obj_dir}",

@@ -1,5 +1,8 @@
 // QC Test Gain: out = gain * (in delayed by delay_samples); fault=1 outputs NaN.
 // Latency is declared as delay_samples, so a host can compensate.
+// Built with QC_LOOKAHEAD=1 ("QC Test Lookahead", qcgain_la): one more, continuous,
+// parameter lookahead_ms [0, 50] adds round(lookahead_ms * rate / 1000) samples to
+// the delay and the latency (as a look-ahead limiter's time does).
 #include "DistrhoPlugin.hpp"
 #include <cmath>
 #include <cstring>
@@ -7,19 +10,22 @@
 
 START_NAMESPACE_DISTRHO
 
-enum { kGainDb, kDelay, kFault, kParamCount };
-static constexpr uint32_t kMaxDelay = 4800, kRing = 8192;   // kRing: power of two > kMaxDelay
+#ifndef QC_LOOKAHEAD
+#define QC_LOOKAHEAD 0
+#endif
+enum { kGainDb, kDelay, kFault, kLookahead, kParamCount = QC_LOOKAHEAD ? 4 : 3 };
+static constexpr uint32_t kMaxDelay = 4800, kRing = 16384;   // kRing: power of two > kMaxDelay + 50 ms
 
 class QCGain : public Plugin {
 public:
-    QCGain() : Plugin(kParamCount, 0, 0), fParams{0.f, 0.f, 0.f} { activate(); }
+    QCGain() : Plugin(kParamCount, 0, 0), fParams{} { activate(); }
 protected:
-    const char* getLabel() const override { return QC_CHANNELS == 1 ? "qcgain_mono" : "qcgain"; }
+    const char* getLabel() const override { return QC_LOOKAHEAD ? "qcgain_la" : QC_CHANNELS == 1 ? "qcgain_mono" : "qcgain"; }
     const char* getDescription() const override { return "quietcast test plugin: gain, pure delay, NaN fault"; }
     const char* getMaker() const override { return "quietcast"; }
     const char* getLicense() const override { return "ISC"; }
     uint32_t getVersion() const override { return d_version(1, 0, 0); }
-    int64_t getUniqueId() const override { return d_cconst('Q', 'c', 'G', QC_CHANNELS == 1 ? 'm' : 's'); }
+    int64_t getUniqueId() const override { return d_cconst('Q', 'c', QC_LOOKAHEAD ? 'L' : 'G', QC_CHANNELS == 1 ? 'm' : 's'); }
 
     // No units: pedalboard names a parameter "<name> <unit>" (gain_db + dB -> gain_db_db).
     void initParameter(uint32_t i, Parameter& p) override {
@@ -29,6 +35,7 @@ protected:
         case kGainDb: p.name = p.symbol = "gain_db"; p.ranges.min = -60.f; p.ranges.max = 24.f; break;
         case kDelay: p.name = p.symbol = "delay_samples"; p.hints |= kParameterIsInteger; p.ranges.max = kMaxDelay; break;
         case kFault: p.name = p.symbol = "fault"; p.hints |= kParameterIsBoolean | kParameterIsInteger; p.ranges.max = 1.f; break;
+        case kLookahead: p.name = p.symbol = "lookahead_ms"; p.ranges.max = 50.f; break;
         }
     }
     float getParameterValue(uint32_t i) const override { return fParams[i]; }
@@ -37,7 +44,10 @@ protected:
     void activate() override { std::memset(fRing, 0, sizeof(fRing)); fPos = 0; }
 
     void run(const float** inputs, float** outputs, uint32_t frames) override {
-        const uint32_t delay = (uint32_t)std::lround(fParams[kDelay]);
+        uint32_t delay = (uint32_t)std::lround(fParams[kDelay]);
+#if QC_LOOKAHEAD
+        delay += (uint32_t)std::lround(fParams[kLookahead] * getSampleRate() / 1000.0);
+#endif
         setLatency(delay);   // DPF tells a VST3 host via restartComponent(kLatencyChanged)
         const bool fault = fParams[kFault] >= 0.5f;
         const float gain = std::pow(10.f, fParams[kGainDb] / 20.f);
