@@ -96,8 +96,8 @@ def cmd_process(args) -> int:
     from quietcast.bridge.offline import INTERRUPTED, NOT_STARTED
 
     if any(r.error in (INTERRUPTED, NOT_STARTED) for r in summary.failed):
-        # Ctrl-C reached the workers (the whole process group) but not this process in time (a loaded
-        # machine): the batch was interrupted all the same, and says so as when it is seen here
+        # a SIGINT stopped the workers (their own handler) but not this process (one started in the
+        # background by a non-interactive shell ignores SIGINT): the batch was interrupted all the same
         raise KeyboardInterrupt
     if args.json:
         print(json.dumps({

@@ -35,6 +35,17 @@ def quietcast_exe() -> str:
     return str(here) if here.exists() else (shutil.which("quietcast") or "quietcast")
 
 
+def sigint_default() -> None:
+    """``preexec_fn`` for a child that a test sends SIGINT (Ctrl-C): its
+    SIGINT back to the default action, so Python in it raises
+    KeyboardInterrupt. A test run started in the background by a
+    non-interactive shell (``pytest ... &``) has SIGINT ignored, and a
+    child inherits that: it would never see the Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Under CI, a skipped test fails, naming why it would have skipped;

@@ -83,14 +83,15 @@ def test_ctrl_c_stops_a_parallel_batch_promptly_and_leaves_no_temporary_file(tmp
     import subprocess
     import time
 
-    from conftest import quietcast_exe
+    from conftest import quietcast_exe, sigint_default
 
     for i in range(8):
         write(tmp_path / "in" / f"l{i}.wav", sig(1, 48_000 * 10, i), 48_000)
     (tmp_path / "nr.toml").write_text('[[stage]]\nname = "nr"\ntype = "denoise"\nmodel = "dsp"\n')
     out = tmp_path / "out"
     p = subprocess.Popen([quietcast_exe(), "process", str(tmp_path / "nr.toml"), str(tmp_path / "in"), "-o", str(out),
-                          "-j", "2", "-q"], start_new_session=True, stderr=subprocess.PIPE, text=True, env=_cli_env())
+                          "-j", "2", "-q"], start_new_session=True, stderr=subprocess.PIPE, text=True, env=_cli_env(),
+                         preexec_fn=sigint_default)
     try:
         deadline = time.monotonic() + 120
         while not _outputs(out) and p.poll() is None and time.monotonic() < deadline:
@@ -112,11 +113,14 @@ def test_ctrl_c_stops_a_parallel_batch_promptly_and_leaves_no_temporary_file(tmp
 
 
 def test_a_ctrl_c_that_reaches_only_the_workers_still_ends_the_batch_as_interrupted(tmp_path):
-    """Ctrl-C reaches the whole process group; on a loaded machine the
-    workers may act on it before this process does (seen once in CI: the
+    """The workers install their own SIGINT handler; the parent keeps the
+    SIGINT it inherited, which is ignored when it was started in the
+    background by a non-interactive shell (``quietcast process ... &``).
+    A SIGINT to the process group then stopped the workers only, and the
     batch ended with its files "interrupted" and exit 1, as if files had
-    failed). Here only the workers get SIGINT: the batch still ends as
-    interrupted (exit 130), with no temporary output left."""
+    failed (seen in a test run started that way). Here only the workers
+    get SIGINT: the batch still ends as interrupted (exit 130), with no
+    temporary output left."""
     import signal
     import subprocess
     import time

@@ -1355,7 +1355,7 @@ def test_ctl_learn_catches_a_control_already_moving_and_ends_when_cancelled(jack
     and asks `status` when the stream stays quiet); a learn cancelled from
     elsewhere ends `ctl learn` at once, with the reason (it waited out its
     time, then said "no answer")."""
-    from conftest import quietcast_exe
+    from conftest import quietcast_exe, sigint_default
 
     from quietcast.daemon.client import Client
     from quietcast.daemon.config import load_config
@@ -1416,7 +1416,7 @@ def test_ctl_learn_catches_a_control_already_moving_and_ends_when_cancelled(jack
             assert "learn for host.input_gain_db ended without a binding: cancelled by a client" in err, err
             # Ctrl-C disarms it (else the next control moved would be bound, with nobody waiting)
             p = subprocess.Popen(ctl + ["host.input_gain_db", "--wait", "30"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+                                 stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
             try:
                 assert wait_until(lambda: c.status()["midi"]["learn"].get("state") == "armed", 20)
                 time.sleep(0.3)
