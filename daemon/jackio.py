@@ -121,6 +121,19 @@ def libjack():
     return _libjack
 
 
+def libjack_version() -> str:
+    """The JACK implementation the daemon talks through, as its libjack
+    says: ``1.9.21`` for JACK2, ``3.0.0.0 (using PipeWire 0.3.65)`` under
+    PipeWire's JACK layer; "" where it cannot tell."""
+    try:
+        fn = libjack().jack_get_version_string
+        fn.restype = ctypes.c_char_p
+        fn.argtypes = []
+        return (fn() or b"").decode("utf-8", "replace")
+    except (OSError, AttributeError):
+        return ""
+
+
 _MESSAGE_SETTERS = (("jack_set_error_function", "jack_error_callback"),
                     ("jack_set_info_function", "jack_info_callback"))
 

@@ -310,9 +310,9 @@ class Daemon:
         self._remembered = dict.fromkeys([*self._remembered, *kept])
         self._restore_remembered("restored %d connection(s) the ports had before")
         self._follow_connections()  # (what no longer fits the ports, e.g. a renamed channel's, goes)
-        log.info("connected to JACK%s: %d Hz, period %d, latency %d frames (%.1f ms)",
-                 f" server {self.server!r}" if self.server else "", io.sample_rate, io.period, io.latency,
-                 1000.0 * io.latency / io.sample_rate)
+        log.info("connected to JACK%s (%s): %d Hz, period %d, latency %d frames (%.1f ms)",
+                 f" server {self.server!r}" if self.server else "", jackio.libjack_version() or "libjack",
+                 io.sample_rate, io.period, io.latency, 1000.0 * io.latency / io.sample_rate)
         return True
 
     def _name_taken(self, name: str) -> bool:
@@ -1324,6 +1324,7 @@ class Daemon:
                 "callback_load_p50": round(float(np.percentile(t, 50)) / period_s, 4) if len(t) else 0.0,
                 "callback_load_p99": round(float(np.percentile(t, 99)) / period_s, 4) if len(t) else 0.0,
                 "callback": io.callback_kind,
+                "jack_version": jackio.libjack_version(),
             })
         if self.control is not None:
             st["control"] = {"endpoint": self.control.endpoint, "events": self.control.events_endpoint,

@@ -16,7 +16,9 @@ class Status(Command):
     ms), ``callback_load_p50``/``_p99`` (share of a period), ``callback``
     (which JACK process callback runs: ``c``, the compiled one that never
     takes the GIL, or ``python (REASON)``, the fallback, e.g. when it was
-    not built), ``reconnects``, ``jack_stalled_s`` (seconds the JACK
+    not built), ``jack_version`` (the JACK implementation, as its libjack
+    says: e.g. ``1.9.21`` for JACK2, ``3.0.0.0 (using PipeWire 0.3.65)``
+    under PipeWire's JACK layer), ``reconnects``, ``jack_stalled_s`` (seconds the JACK
     server has run no cycle while the daemon stays connected, e.g. a
     frozen jackd; ``ready`` is false meanwhile; null when it runs),
     ``bad_samples`` (NaN/Inf samples that

@@ -224,6 +224,7 @@ def test_the_daemon_under_pipewires_jack_layer_states_its_latency_and_takes_jack
             assert first[0] == "ready", first
             sr, period = int(first[1]), int(first[2])
             assert (st["sample_rate"], st["period"]) == (sr, period)
+            assert "PipeWire" in st["jack_version"], st["jack_version"]  # (what answers, in status)
             lat = st["latency_frames"]
             lsp = subprocess.run(["pw-jack", "jack_lsp", "-l", f"{name}:host_out"], env=pipewire.env,
                                  capture_output=True, text=True, timeout=20).stdout
