@@ -243,6 +243,14 @@ class _History:
         return np.concatenate([self._buf[:, start:], self._buf[:, :self._pos]], axis=1)
 
 
+def _crossfade(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a`` fading linearly into ``b`` across the block (``[channels,
+    frames]``): all ``b`` at its last frame."""
+    n = a.shape[1]
+    r = np.arange(1, n + 1, dtype=np.float32)[None, :] / n
+    return a + r * (b - a)
+
+
 class MovableDelay:
     """A delay line whose delay can be changed live without a step: the
     block after :meth:`set_delay` crossfades linearly from the input
@@ -279,8 +287,7 @@ class MovableDelay:
             return np.array(out, np.float32, copy=True)
         new = self._hist.last(self._to + n)[:, :n]
         self.delay, self._to = self._to, None
-        r = np.arange(1, n + 1, dtype=np.float32)[None, :] / n
-        return out + r * (new - out)
+        return _crossfade(out, new)
 
     def reset(self) -> None:
         self._hist.reset()
@@ -693,8 +700,7 @@ class PedalboardStage(Stage):
             self.plugin = new
             if a.shape != b.shape:  # (a filter has no latency; should never differ)
                 return b
-            r = np.arange(1, x.shape[1] + 1, dtype=np.float32)[None, :] / x.shape[1]
-            return a + r * (b - a)
+            return _crossfade(a, b)
         backlog.append(x.copy())
         take, k = [], self._step + x.shape[1]  # (the backlog shrinks by a step a block)
         while k > 0 and backlog:
@@ -1258,8 +1264,7 @@ class PluginStage(PedalboardStage):
         self._fifo, self._guard = fifo, guard
         self._ramps = {}
         self._plug_lat, self._reported = lat, self._plugin_latency()
-        r = np.arange(1, x.shape[1] + 1, dtype=np.float32)[None, :] / x.shape[1]
-        return a + r * (b - a)
+        return _crossfade(a, b)
 
     def _follow(self, lat: int) -> None:
         """The plugin's latency moved without the spare foreseeing it (a

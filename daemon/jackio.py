@@ -67,6 +67,7 @@ import collections
 import ctypes
 import ctypes.util
 import fnmatch
+import functools
 import logging
 import os
 import pathlib
@@ -121,10 +122,12 @@ def libjack():
     return _libjack
 
 
+@functools.cache
 def libjack_version() -> str:
     """The JACK implementation the daemon talks through, as its libjack
     says: ``1.9.21`` for JACK2, ``3.0.0.0 (using PipeWire 0.3.65)`` under
-    PipeWire's JACK layer; "" where it cannot tell."""
+    PipeWire's JACK layer; "" where it cannot tell. Asked once: the
+    library loaded stays for the process (``status`` reports it)."""
     try:
         fn = libjack().jack_get_version_string
         fn.restype = ctypes.c_char_p

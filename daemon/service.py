@@ -315,6 +315,24 @@ class Daemon:
                  io.sample_rate, io.period, io.latency, 1000.0 * io.latency / io.sample_rate)
         return True
 
+    def _ports_on_server(self, name: str) -> list | None:
+        """The ports of a client called ``name`` as the server lists them
+        to a probe client of its own, or None when no server answers
+        (jack.JackError when it fails to list them)."""
+        import jack
+
+        try:
+            probe = jack.Client("quietcast-probe", servername=self.server, no_start_server=True)
+        except jack.JackError:
+            return None
+        try:
+            return probe.get_ports(jackio.ports_of(name))
+        finally:
+            try:
+                probe.close()
+            except jack.JackError:
+                pass
+
     def _name_taken(self, name: str) -> bool:
         """Whether the server runs and a client called ``name`` has ports
         there (JACK2 answers an exact name that is taken with a plain
@@ -322,15 +340,9 @@ class Daemon:
         import jack
 
         try:
-            probe = jack.Client("quietcast-probe", servername=self.server, no_start_server=True)
-        except jack.JackError:
-            return False  # no server
-        try:
-            return bool(probe.get_ports(jackio.ports_of(name)))
+            return bool(self._ports_on_server(name))
         except jack.JackError:
             return False
-        finally:
-            probe.close()
 
     def _close_io(self) -> None:
         self._stalled_since = None  # (a stalled server that went away: now it is a reconnect)
@@ -1230,20 +1242,10 @@ class Daemon:
         import jack
 
         try:
-            probe = jack.Client("quietcast-probe", servername=self.server, no_start_server=True)
-        except jack.JackError:
-            self._probe_lost.set()
-            return
-        try:
-            if not probe.get_ports(jackio.ports_of(name)):
+            if not self._ports_on_server(name):
                 self._probe_lost.set()
         except jack.JackError:
             pass
-        finally:
-            try:
-                probe.close()
-            except jack.JackError:
-                pass
 
     def _housekeeping(self) -> None:
         """Watchdog pings (only while the engine makes progress), STATUS
