@@ -441,6 +441,19 @@ class Rig:
         assert wait_until(ok, timeout, 0.005), f"{address} = {self.reg.get(address)!r}, expected {want!r}"
 
 
+def _refused_naming(mapping: str, expected: list[tuple[str, str]]) -> tuple[list, str]:
+    """Parse ``mapping`` (as ``midi.toml``), which must be refused, each
+    ``(where, what)`` of ``expected`` naming one of its problems (``what``
+    in its message); returns the problems and the error's text."""
+    with pytest.raises(MidiMapError) as ei:
+        parse_mapping(mapping, source="midi.toml")
+    e = ei.value
+    text = str(e)
+    for where, what in expected:
+        assert any(p.where == where and what in p.message for p in e.problems), (where, what, text)
+    return e.problems, text
+
+
 def _map(**entries) -> str:
     out = []
     for addr, kv in entries.items():
@@ -1493,10 +1506,6 @@ mode = "relative"
 cc14 = true
 takeover = "jump"
 """
-    with pytest.raises(MidiMapError) as ei:
-        parse_mapping(bad, source="midi.toml")
-    e = ei.value
-    text = str(e)
     expected = [
         ("[[map]] 1 (host.strength) mode", "did you mean 'relative'"),
         ("[[map]] 2 (host.input_gain_db) encoding", "twos_complement, binary_offset, sign_magnitude"),
@@ -1508,9 +1517,8 @@ takeover = "jump"
         ("[[map]] 5 (host.background_db) cc14", "7-bit steps"),
         ("[[map]] 5 (host.background_db) takeover", "no soft takeover needed"),
     ]
-    for where, what in expected:
-        assert any(p.where == where and what in p.message for p in e.problems), (where, what, text)
-    assert len(e.problems) == len(expected), text
+    problems, text = _refused_naming(bad, expected)
+    assert len(problems) == len(expected), text
     # one knob sends one kind of value
     mixed = _map(host__strength=dict(number=9, mode="relative"), guest__strength=dict(number=9))
     with pytest.raises(MidiMapError, match=r"CC 9 on channel 1 is absolute here but relative \(twos_complement\) "
@@ -1809,10 +1817,6 @@ address = "host.background_db"
 number = 7
 step = 0.1
 """
-    with pytest.raises(MidiMapError) as ei:
-        parse_mapping(bad, source="midi.toml")
-    e = ei.value
-    text = str(e)
     expected = [
         ("[[map]] 1 (host.strength) number_msb", "number = MSB * 128 + LSB"),
         ("[[map]] 1 (host.strength) number_msb", "(here number = 1234)"),
@@ -1824,9 +1828,8 @@ step = 0.1
         ("[[map]] 4 (guest.input_gain_db) type", "cc, note, pitch_bend, nrpn (did you mean 'nrpn'?)"),
         ("[[map]] 5 (host.background_db) step", 'type = "nrpn"'),
     ]
-    for where, what in expected:
-        assert any(p.where == where and what in p.message for p in e.problems), (where, what, text)
-    assert len(e.problems) == len(expected) - 1, text  # (number_msb's two checks are one problem)
+    problems, text = _refused_naming(bad, expected)
+    assert len(problems) == len(expected) - 1, text  # (number_msb's two checks are one problem)
     # one NRPN on one channel is 7- or 14-bit, not both
     mixed = _map(host__strength=dict(type="nrpn", channel=2, number=1234, cc14=True),
                  guest__strength=dict(type="nrpn", channel=2, number=1234))
