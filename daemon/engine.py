@@ -20,7 +20,7 @@ result at output frames ``[kH + B, (k+1)H + B)``. ``B`` is the smallest
 buffering that lets every hop's output be ready before the callback needs
 it for any JACK period ``P`` (``H + P - gcd(H, P)``), plus ``safety_ms``
 for the engine's own compute time. The daemon's latency is therefore fixed
-and declared::
+for a period, and declared::
 
     latency = suppressor latency + longest post-chain latency + B
 
@@ -31,6 +31,8 @@ latency is refused (the registry foresees it on the supervisor thread), a
 shorter one is padded by its stage (:meth:`Engine.plan_latency`); in other
 plugin stages such a value shifts the stage's output. If the engine misses a deadline, the callback plays the
 dry input delayed by exactly this latency (see jackio.py) and counts it.
+When the JACK period changes, ``B`` follows it in place, with a 10 ms
+crossfade in the output ring (:meth:`Engine.change_period`).
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ class Engine:
         n = self.n = len(channels)
         self.hop = max(1, round(self.sample_rate / 100))
         self.safety = int(round(safety_ms * self.sample_rate / 1000.0))
-        self.max_backlog = int(max_backlog_ms * self.sample_rate / 1000.0)
+        self.max_backlog = self._max_backlog_asked = int(max_backlog_ms * self.sample_rate / 1000.0)
         self.slow_hop_s = slow_hop_s  # test hook: an injected slow stage
         try:
             self.sup = DenoiseStage("nr", self.sample_rate, n, model=model, strength=1.0,
@@ -179,6 +181,8 @@ class Engine:
         self._stop = threading.Event()
         self.io: jackio.JackIO | None = None
         self.B = 0
+        self._ring_lock = threading.Lock()  # the output ring's writers: this thread, and change_period
+        self._fade: tuple[int, np.ndarray] | None = None  # a period change's crossfade still to write (_fade_in)
         self.next_in = 0
         self.registry = None  # set by the daemon: chain changes queued for this thread
         self.realtime = False  # whether the engine thread got SCHED_FIFO
@@ -435,18 +439,63 @@ class Engine:
         """Start serving ``io`` (after it opened): positions from zero."""
         self.io = io
         self.B = buffering(self.hop, io.period, self.safety)
+        self._fade = None
         for proc in self.chains:  # (the daemon did so before declaring the latency: Daemon._engine_for)
             if proc is not None:
                 proc.fix_latency()
         self.next_in = 0
-        # the engine reads input up to max_backlog behind the callback, which overwrites the ring a
-        # lap later: a longer backlog than the ring holds would read new audio as old
-        room = jackio.RING - 2 * io.period - 2 * self.hop - 4096
-        if self.max_backlog > room:
-            log.warning("max_backlog_ms %.0f is more than the input ring holds at %d Hz: %.0f ms is used",
-                        1000.0 * self.max_backlog / self.sample_rate, self.sample_rate, 1000.0 * room / self.sample_rate)
-            self.max_backlog = room
+        self._fit_backlog(io.period)
         self.publish_dry_gains(io)
+
+    def _fit_backlog(self, period: int) -> None:
+        """The engine reads input up to max_backlog behind the callback,
+        which overwrites the ring a lap later: a longer backlog than the
+        ring holds at this period would read new audio as old."""
+        want = self._max_backlog_asked
+        room = jackio.RING - 2 * period - 2 * self.hop - 4096
+        if want > room:
+            log.warning("max_backlog_ms %.0f is more than the input ring holds at %d Hz: %.0f ms is used",
+                        1000.0 * want / self.sample_rate, self.sample_rate, 1000.0 * room / self.sample_rate)
+        self.max_backlog = min(want, room)
+
+    def change_period(self, period: int) -> int | None:
+        """The JACK period is now ``period``: move the buffering ``B`` (and
+        ``io.latency``) to what that period needs, in place, before the
+        first cycle of the new size; the new latency, or None when it was
+        not done (the latency would not fit the rings; the engine thread
+        kept its ring for 0.1 s): the daemon then re-opens its client, as
+        it did for every period change before.
+
+        Called in the JACK client's buffer-size callback, on libjack's
+        notification thread, while no process callback runs: JACK2 stops
+        its driver around the change, and PipeWire's JACK layer runs no
+        client's process callback while its buffer-size callback is
+        pending (pipewire-jack.c). So every output frame from the
+        callback's position on is unplayed and may be written.
+
+        Output frame ``t`` plays the engine's output ``u(t - B)``, kept in
+        the output ring at ``t``, written up to ``R`` (``OUT_READY``). From
+        the callback's next frame ``p`` on, the ring gets ``u`` at the new
+        mapping (``ring[t - (B2 - B)]``, all written already), faded in
+        over the old one across one hop (10 ms): a longer latency plays the
+        frames in between again, a shorter one skips them; no silence, no
+        dry path, no port re-registered (a period change used to re-open
+        the client: ~50 ms of silence). The written end moves to
+        ``R + B2 - B``, which is where the next hop's output goes."""
+        io = self.io
+        if io is None:
+            return None
+        B2 = buffering(self.hop, period, self.safety)
+        latency = self.processing_latency + B2
+        if latency + 2 * period + 4096 > jackio.RING // 2 or not self._ring_lock.acquire(timeout=0.1):
+            return None
+        try:
+            self._fit_backlog(period)
+            if B2 != self.B:
+                self._rebuffer(B2)
+        finally:
+            self._ring_lock.release()
+        return latency
 
     def publish_dry_gains(self, io: jackio.JackIO) -> None:
         """Each main output's gain now (0 while muted) to ``io.dry_gain``,
@@ -472,7 +521,7 @@ class Engine:
         if io is None:
             return False
         cnt = io.counters
-        H, B = self.hop, self.B
+        H = self.hop
         did = False
         while True:
             pos = int(cnt[jackio.IN_POS])
@@ -486,40 +535,102 @@ class Engine:
             t0 = time.perf_counter()
             y = self.process_hop(x)
             self.hop_times[self.stats.hops % len(self.hop_times)] = time.perf_counter() - t0
-            _ring_write(io.outring, k0 + B, y)
-            io.dry_gain[:self.n] = self._targets(self.params)["out"][:, 0]  # publish_dry_gains, cached
-            cnt[jackio.OUT_READY] = k0 + B + H
+            with self._ring_lock:  # (against change_period on libjack's notification thread)
+                B = self.B
+                if self._fade is not None:
+                    y = self._fade_in(k0 + B, y)
+                _ring_write(io.outring, k0 + B, y)
+                io.dry_gain[:self.n] = self._targets(self.params)["out"][:, 0]  # publish_dry_gains, cached
+                cnt[jackio.OUT_READY] = k0 + B + H
             if k0 + B < int(cnt[jackio.IN_POS]):
                 self.stats.late_hops += 1
             self.stats.hops += 1
             self.next_in = k0 + H
             did = True
 
+    def _rebuffer(self, B2: int) -> None:
+        """:meth:`change_period`'s move of ``B`` to ``B2`` (ring lock held).
+
+        Over the hop from the callback's next frame ``p``, the ring fades
+        from ``s1``, what the callback would play at the old latency (the
+        ring up to ``R``, the dry path beyond, where the engine is behind),
+        to ``s2``, the output at the new mapping (the ring ``B2 - B``
+        frames back, up to the new written end ``R2``; the dry path at the
+        new latency beyond it until the engine's next hops are there). The
+        part of that hop the engine has yet to write (``R2 < p + H``: a
+        shorter period, whose new end comes sooner) is faded in as it
+        writes it (:meth:`_fade_in`, from a copy of ``s1``)."""
+        io, H = self.io, self.hop
+        cnt = io.counters
+        d = B2 - self.B
+        p, R = int(cnt[jackio.IN_POS]), int(cnt[jackio.OUT_READY])
+        R2 = R + d  # the new written end: the next hop's output lands there
+        D1, D2 = io.latency, self.processing_latency + B2
+        s1 = self._dry_block(p, H, D1) if R < p + H else _ring_read(io.outring, p, H)
+        if p < R < p + H:
+            s1[:, :R - p] = _ring_read(io.outring, p, R - p)
+        end = max(R2, p + H)
+        s2 = self._dry_block(p, end - p, D2) if R2 < end else _ring_read(io.outring, p - d, end - p)
+        if p < R2 < end:
+            s2[:, :R2 - p] = _ring_read(io.outring, p - d, R2 - p)
+        s2[:, :H] = s1 + (s2[:, :H] - s1) * self._ramp
+        _ring_write(io.outring, p, s2)
+        if R < p:  # the callback's last frame was dry, which its declick now reads at the new latency:
+            _ring_write(io.outring, p - 1, self._dry_block(p - 1, 1, D2))  # no step for it to find there
+        self._fade = (p, s1) if R2 < p + H else None
+        self.B = B2
+        io.latency = D2  # the dry fallback's too, before the new end is published
+        cnt[jackio.OUT_READY] = end
+
+    def _fade_in(self, at: int, y: np.ndarray) -> np.ndarray:
+        """Hop output ``y`` (for output frames from ``at``) faded in over
+        what a period change's crossfade started from, where the two meet
+        (:meth:`_rebuffer`); the fade ends with the hop that passes it."""
+        start, s1 = self._fade
+        H = self.hop
+        lo, hi = max(at, start), min(at + H, start + H)
+        if lo < hi:
+            y = y.copy()
+            a, b = y[:, lo - at:hi - at], s1[:, lo - start:hi - start]
+            y[:, lo - at:hi - at] = b + (a - b) * self._ramp[:, lo - start:hi - start]
+        if at + H >= start + H:
+            self._fade = None
+        return y
+
+    def _dry_block(self, start: int, n: int, latency: int) -> np.ndarray:
+        """Output frames ``[start, start+n)`` as the callback's dry fallback
+        plays them at ``latency``: each output's input that much earlier,
+        with the engine's hygiene (NaN/Inf silenced), times its gain, and
+        silence for a background stem."""
+        io = self.io
+        dry = _ring_read(io.inring[[io.out_channel[j] for j in range(len(io.out_names))]], start - latency, n)
+        if not all_finite(dry):
+            dry, bad = sanitize(dry)
+            self.stats.bad_samples += bad
+        for j, kind in enumerate(io.out_kind):
+            if kind == "background":
+                dry[j] = 0.0
+        dry[:self.n] *= io.dry_gain[:self.n, None]
+        return dry
+
     def _skip_ahead(self, pos: int) -> None:
         """After a stall: jump to the newest complete hop, fill the output
         gap with the dry path so the callback never reads stale frames."""
         io = self.io
-        H, B = self.hop, self.B
+        H = self.hop
         new = (pos // H - 1) * H
         self.stats.stalls += 1
         self.stats.skipped_hops += (new - self.next_in) // H
-        ready = int(io.counters[jackio.OUT_READY])
-        start = max(ready, pos)
-        if start > ready:  # the frame before the fill, which the callback played dry: the fill starts there
-            start -= 1     # too, so its declick finds the dry value where it switches to the fill
-        end = new + B
-        if end > start:
-            D = io.latency
-            dry = _ring_read(io.inring[[io.out_channel[j] for j in range(len(io.out_names))]], start - D, end - start)
-            if not all_finite(dry):  # the gap gets the same hygiene as the processed hops
-                dry, bad = sanitize(dry)
-                self.stats.bad_samples += bad
-            for j, kind in enumerate(io.out_kind):
-                if kind == "background":
-                    dry[j] = 0.0
-            dry[:self.n] *= io.dry_gain[:self.n, None]
-            _ring_write(io.outring, start, dry)
-            io.counters[jackio.OUT_READY] = end
+        with self._ring_lock:  # (against change_period)
+            self._fade = None  # (a period change's fade, if one was going on: the fill replaces it)
+            ready = int(io.counters[jackio.OUT_READY])
+            start = max(ready, pos)
+            if start > ready:  # the frame before the fill, which the callback played dry: the fill starts
+                start -= 1     # there too, so its declick finds the dry value where it switches to the fill
+            end = new + self.B
+            if end > start:
+                _ring_write(io.outring, start, self._dry_block(start, end - start, io.latency))
+                io.counters[jackio.OUT_READY] = end
         # every stateful part restarts from the new position: reset, then
         # pre-roll the hops just before it (their output is already covered
         # by the dry path) so delay lines hold the right history

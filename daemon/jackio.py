@@ -313,7 +313,10 @@ class JackIO:
             period size (called when the client opens).
 
     The engine talks to this object only through :attr:`inring`,
-    :attr:`outring`, :attr:`dryidx` and :attr:`counters`.
+    :attr:`outring`, :attr:`dryidx` and :attr:`counters`; the daemon sets
+    :attr:`on_period` to the engine's ``change_period``, which the
+    buffer-size callback calls with a new period (then
+    :attr:`period_changed` is set for the supervisor).
     :attr:`callback_kind` is ``"c"`` or ``"python (REASON)"`` once open.
     """
 
@@ -359,6 +362,9 @@ class JackIO:
         #: (source, destination) pairs the connection rules asked for (made, or found made)
         self.rule_pairs: set[tuple[str, str]] = set()
         self.period_changed = threading.Event()
+        self._blocksize_seen = 0  # the period the blocksize callback last told
+        #: called with the new period in the buffer-size callback (see _on_blocksize), or None
+        self.on_period: Callable[[int], object] | None = None
         self._cb_refs: list = []
 
     @property
@@ -384,6 +390,7 @@ class JackIO:
 
         self.shutdown_event.clear()
         self.period_changed.clear()
+        self._blocksize_seen = 0
         rt_library()  # loaded (once) before the ports exist: not while others may already see them
         # the exact name: JACK would rename a second "qc" to "qc-01", whose ports the connection rules
         # (and every patch) do not name, while it reported ready
@@ -651,7 +658,17 @@ class JackIO:
         self.shutdown_event.set()
 
     def _on_blocksize(self, frames):
-        if self.period and frames != self.period:
+        # libjack's notification thread, while no process callback runs (JACK2 stops its driver around
+        # a change; PipeWire's JACK layer runs none while this callback is pending): on_period may move
+        # what the callback reads (Engine.change_period), then the supervisor follows
+        seen, self._blocksize_seen = self._blocksize_seen or self.period, frames
+        if self.period and frames != seen:
+            hook = self.on_period
+            if hook is not None:
+                try:
+                    hook(frames)
+                except Exception:  # (never into libjack; the supervisor sees the period unfollowed)
+                    pass
             self.period_changed.set()
 
     #: JACK is freewheeling (a DAW's export): the callback waits for the engine

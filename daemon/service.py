@@ -46,7 +46,7 @@ from quietcast.bridge.errors import ChainSpecError, ParameterError
 from quietcast.models import available_models, bundle_licence
 
 from . import jackio
-from .engine import Engine
+from .engine import Engine, buffering
 from .errors import ControlError, NotReadyError
 from .config import GATE_PARAMS
 from .registry import CHANNEL_PARAMS
@@ -302,6 +302,7 @@ class Daemon:
         eng = self.engine
         eng.reset_state()  # a reused engine holds the last audio before the outage: it must not play again
         eng.attach(io)
+        io.on_period = eng.change_period  # (a period change: moved in place, in the buffer-size callback)
         self._engine_thread = threading.Thread(target=eng.run, name="quietcast-engine", daemon=True)
         self._engine_thread.start()
         self._apply_rules(restore=False)
@@ -1120,7 +1121,7 @@ class Daemon:
                         self._conn_due = time.monotonic() + 0.3
                 elif self._conn_due is not None and time.monotonic() >= self._conn_due:
                     self._follow_connections()
-                if self.io.period_changed.is_set():
+                if self.io.period_changed.is_set() and not self._follow_period():
                     log.warning("JACK period changed; reopening to re-declare latency")
                     self._kept_connections = self.io.connections()
                     self._close_io()
@@ -1154,6 +1155,35 @@ class Daemon:
                                                     default=str))
             self._finished.set()
         return 0
+
+    def _follow_period(self) -> bool:
+        """The JACK period changed (``jack_bufsize``; PipeWire changes its
+        quantum whenever an application asking for another latency starts
+        or stops). The engine moved its buffering, and with it the
+        declared latency, in the buffer-size callback already
+        (:meth:`Engine.change_period`: a 10 ms crossfade, no silence, the
+        ports and their connections untouched): report the new latency on
+        the ports (``jack_recompute_total_latencies``), in ``status``, the
+        log and an ``event.state``. False when the engine did not (the
+        latency would not fit the rings): the client is then re-opened, as
+        it was for every period change before."""
+        io, eng = self.io, self.engine
+        io.period_changed.clear()
+        new = io._blocksize_seen
+        if not new or new == io.period:
+            return True
+        if eng is None or eng.io is not io or eng.B != buffering(eng.hop, new, eng.safety):
+            return False
+        old, io.period = io.period, new
+        try:
+            jackio.libjack().jack_recompute_total_latencies(jackio._addr(io.client._ptr))
+        except Exception as e:  # (the ports keep the old figure: said, not fatal)
+            log.warning("could not re-declare the latency on the JACK ports: %s", e)
+        log.info("JACK period changed %d -> %d frames: latency now %d frames (%.1f ms), changed in place "
+                 "(a 10 ms crossfade, no dropout)", old, new, io.latency, 1000.0 * io.latency / io.sample_rate)
+        self.notifier.status(self._status_line())
+        self.emit("event.state", {"state": "ready", "latency_frames": io.latency, "period": new})
+        return True
 
     def _status_line(self) -> str:
         io = self.io

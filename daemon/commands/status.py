@@ -6,8 +6,9 @@ class Status(Command):
 
     Result: ``ready`` (audio flows, connections made), ``channels``,
     ``sample_rate``, ``period``, ``latency_frames`` and ``latency_ms`` (the
-    fixed, declared latency through the daemon, also reported to JACK on
-    the ports), ``model``, ``backend`` (where it runs: ``cpu``,
+    declared latency through the daemon, also reported to JACK on the
+    ports: fixed for a JACK period, moved in place when the period
+    changes), ``model``, ``backend`` (where it runs: ``cpu``,
     ``cuda-graph (GPU)``, or ``cpu (fallback: REASON)`` after a GPU
     problem; on the CPU, `` [torch step: REASON]`` follows when the neural
     model runs its torch step instead of the compiled C step), ``cycles``, ``xruns``, ``deadline_misses`` and

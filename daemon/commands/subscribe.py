@@ -10,8 +10,9 @@ class Subscribe(Command):
     (count, deadline_misses), ``event.bad_input`` (NaN/Inf samples arrived
     on the input ports and were silenced: ``bad_samples``, the total, and
     ``new_bad_samples``; at most ~20 a second), ``event.state`` (ready,
-    reconnecting, stalled: the JACK server runs no cycles, e.g. a frozen
-    jackd; reloaded, stopping), ``event.learn`` (a MIDI binding made
+    with ``latency_frames``, again with the new ``period`` after a JACK
+    period change; reconnecting, stalled: the JACK server runs no cycles,
+    e.g. a frozen jackd; reloaded, stopping), ``event.learn`` (a MIDI binding made
     or timed out).
     A slow subscriber only loses its own messages: the daemon never waits
     for one."""

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 
 import jack
 import numpy as np
@@ -420,6 +421,96 @@ def test_the_readme_demo_runs_live_on_a_private_server(tmp_path):
         assert (out / f).stat().st_size > 1000
     # the private server is gone again
     assert subprocess.run(["pgrep", "-f", "jackd -n quietcast-demo-"], capture_output=True).returncode != 0
+
+
+def _lags(y: np.ndarray, ref: np.ndarray, lags: list[int], win: int = 160) -> list[int | None]:
+    """For each ``win``-frame window of ``y`` (from the largest lag on):
+    which of ``lags`` makes it exactly ``ref`` that many frames earlier
+    (None: none does)."""
+    out = []
+    for s in range(max(lags), y.size - win + 1, win):
+        hit = [L for L in lags if np.abs(y[s:s + win] - ref[s - L:s - L + win]).max() <= 1e-6]
+        out.append(hit[0] if len(hit) == 1 else None)
+    return out
+
+
+def test_a_period_change_moves_the_latency_in_place_with_no_gap_and_no_click(jack_servers):
+    """A JACK period change (``jack_bufsize``; PipeWire's quantum) used to
+    re-open the daemon's client: silence and its ports re-registered. Now
+    the engine moves its buffering in place: the output is the input
+    delayed by the old latency up to one 10 ms crossfade and by the new one
+    after it, with nothing silent and no click between (the second
+    difference stays within the tone's own); the new latency is in
+    ``status`` and on the ports; the client is the same one. Both ways: a
+    longer period (256 -> 1024: the latency grows, the frames between are
+    played again) and a shorter one (1024 -> 128: it shrinks, they are
+    skipped)."""
+    from conftest import JackServer
+
+    srv = JackServer(f"qcb{os.getpid()}{uuid.uuid4().hex[:6]}", period=256).start()
+    try:
+        cfg = config(srv.name, [{"name": "host", "strength": 0.0}])  # (the output is the delayed input)
+        with Running(cfg, n_rec=2) as r:
+            d = r.daemon
+            r.connect(r.player.name(), "qcd:host_in")
+            r.connect("qcd:host_out", r.recorder.name(0))
+            r.connect(r.player.name(), r.recorder.name(1))  # the reference: what went in, as recorded
+            io = d.io
+            sr = 48_000
+            t = np.arange(6 * sr) / sr
+            x = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 3130 * t)).astype(np.float32)
+            ctl = jack.Client("bufsize", servername=srv.name, no_start_server=True)
+
+            def period(p):
+                ctl.blocksize = p
+                assert wait_until(lambda: d.status().get("period") == p, 5), d.status()
+                return d.io.latency
+
+            try:
+                for _ in range(4):  # (a take with an xrun, the machine too loaded, is played again)
+                    L1 = period(256)
+                    x0, p0 = int(io.counters[jackio.XRUNS]), r.player.xruns
+                    r.recorder.start()
+                    play = threading.Thread(target=r.player.play, args=(x,))
+                    play.start()
+                    time.sleep(2.0)
+                    L2 = period(1024)
+                    time.sleep(1.5)
+                    L3 = period(128)
+                    st = d.status()
+                    play.join(20)
+                    time.sleep(0.3)
+                    rec = r.recorder.stop()
+                    if int(io.counters[jackio.XRUNS]) == x0 and r.player.xruns == p0:
+                        break
+                else:
+                    raise AssertionError("an xrun in each of 4 takes: the machine is too loaded to measure")
+                lo, _ = jackio.port_latency(ctl, "qcd:host_out", jackio.CAPTURE)
+                cap_lo, _ = jackio.port_latency(ctl, "qcd:host_in", jackio.CAPTURE)
+            finally:
+                ctl.close()
+            assert d.io is io and st["reconnects"] == 0  # the same client throughout: not re-opened
+            assert st["latency_frames"] == L3
+            assert (L1, L2, L3) == tuple(d.engine.latency_for_period(p) for p in (256, 1024, 128))
+            assert lo == cap_lo + L3  # re-declared on the ports
+            y, ref = rec[0], rec[1]
+            on = np.flatnonzero(np.abs(ref) > 0)
+            y, ref = y[:on[-1] + L3], ref[:on[-1] + L3]
+            lags = _lags(y[on[0]:], ref[on[0]:], [L1, L2, L3])
+            # exactly the old latency, then the new one, each change within one crossfade (480 frames)
+            known = [L for L in lags if L is not None]
+            order = [k for i, k in enumerate(known) if i == 0 or known[i - 1] != k]
+            assert order == [L1, L2, L3], order
+            assert lags.count(None) <= 2 * (480 // 160 + 1), lags.count(None)
+            # nothing silent, nothing that clicks
+            seg = y[on[0] + L1 + 1:]
+            quiet = np.abs(seg) < 1e-4
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]])))
+            assert (edges[1::2] - edges[::2]).max(initial=0) <= 2
+            assert np.abs(np.diff(seg, 2)).max() <= 1.5 * np.abs(np.diff(x, 2)).max()
+            assert st["deadline_misses"] == 0  # (none while the period grew: B moved before its first cycle)
+    finally:
+        srv.stop()
 
 
 def test_at_44_1_khz_the_latency_is_still_declared(jack_servers):

@@ -95,6 +95,24 @@ for line in sys.stdin:  # commands from the test, one a line
             seg = np.abs(rec[i:i + sr // 2])
             d.append(int(np.argmax(seg > 0.02)) if seg.max() > 0.02 else -1)
         sys.stdout.write("audio %s\n" % json.dumps(d)); sys.stdout.flush()
+    elif cmd[0] == "steady":  # play a steady tone for SECONDS; save what was played and what came back
+        m = int(float(cmd[2]) * sr)
+        t = np.arange(m) / sr
+        sig[:] = 0.0
+        sig2 = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 3130 * t)).astype(np.float32)
+        rec2 = np.zeros(m, np.float32)
+        sig, rec, n, base[0] = sig2, rec2, m, None  # (the callbacks read these names at each cycle)
+        try:
+            play.activate()
+            play.connect(out, qc + ":host_in")
+        except jack.JackError:
+            pass  # (active already)
+        sys.stdout.write("steady started\n"); sys.stdout.flush()
+        t0 = time.monotonic()
+        while (base[0] is None or recc.frame_time - base[0] < n + 2 * period) and time.monotonic() - t0 < 60:
+            time.sleep(0.05)
+        np.save(cmd[1], np.stack([sig2, rec2]))
+        sys.stdout.write("steady %s\n" % json.dumps(cmd[1])); sys.stdout.flush()
 for cl in (play, recc):
     cl.deactivate()
     cl.close()
@@ -150,12 +168,13 @@ def pipewire(tmp_path_factory):
         pw.stop()
 
 
-def _config(tmp_path, name: str, mapping: str = "") -> pathlib.Path:
+def _config(tmp_path, name: str, mapping: str = "", strength: float | None = None) -> pathlib.Path:
     (tmp_path / "map.toml").write_text(mapping)
     cfg = tmp_path / "quietcast.toml"
     cfg.write_text(f'[jack]\nclient_name = "{name}"\n[engine]\nmodel = "dsp"\n'
                    f'[control]\nbind = "ipc://{tmp_path}/ctl"\nevents = "ipc://{tmp_path}/ev"\n'
-                   '[midi]\nmapping = "map.toml"\n[state]\nenabled = false\n[[channel]]\nname = "host"\n')
+                   '[midi]\nmapping = "map.toml"\n[state]\nenabled = false\n[[channel]]\nname = "host"\n'
+                   + (f"strength = {strength}\n" if strength is not None else ""))
     return cfg
 
 
@@ -285,3 +304,68 @@ def test_the_daemon_comes_back_after_pipewire_restarts(pipewire, tmp_path):
     finally:
         _stop(daemon)
     assert daemon.returncode == 0, log()
+
+
+def test_a_quantum_change_moves_the_latency_in_place_with_no_gap(pipewire, tmp_path):
+    """PipeWire changes its quantum (the JACK period) whenever an
+    application asking for another latency starts or stops. The daemon
+    used to re-open its JACK client to declare the new latency: ~50 ms of
+    silence (2,176 frames measured here) and its ports re-registered, at every
+    such change. Now it moves its buffering in place: the new latency is
+    in ``status`` and on the ports, nothing reconnects, and the output
+    goes on. What is left is PipeWire's own: at a quantum change its JACK
+    layer runs no client's process callback for a cycle (the peer's and
+    the daemon's alike, pipewire-jack.c: ``c->pending``), so one cycle
+    (256 frames) is lost, as for every JACK application there. (The clean
+    crossfade itself is measured under JACK2, test_live.py, where no cycle
+    is lost.)"""
+    import numpy as np
+
+    from conftest import quietcast_exe
+
+    from quietcast.daemon.client import Client
+
+    name = f"qpw{uuid.uuid4().hex[:5]}"
+    cfg = _config(tmp_path, name, strength=0.0)  # (the output is the input, delayed: easy to check exactly)
+    daemon = subprocess.Popen(["pw-jack", quietcast_exe(), "run", "--config", str(cfg)], env=pipewire.env,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"))
+    log = lambda: (tmp_path / "daemon.log").read_text()[-3000:]  # noqa: E731
+    peer = None
+    try:
+        with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
+            assert _wait(lambda: c.status()["ready"], 30), log()
+            before = c.status()
+            peer = subprocess.Popen(["pw-jack", sys.executable, "-c", PEER, name], env=pipewire.env, text=True,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            assert peer.stdout.readline().startswith("ready ")
+            out = tmp_path / "steady.npy"
+            peer.stdin.write(f"steady {out} 5\n")
+            peer.stdin.flush()
+            assert peer.stdout.readline().startswith("steady started")
+            time.sleep(2.0)
+            subprocess.run(["pw-metadata", "-n", "settings", "0", "clock.force-quantum", "256"], env=pipewire.env,
+                           check=True, capture_output=True, timeout=20)
+            assert _wait(lambda: c.status()["period"] == 256, 10), (c.status(), log())
+            after = c.status()
+            lsp = subprocess.run(["pw-jack", "jack_lsp", "-l", f"{name}:host_out"], env=pipewire.env,
+                                 capture_output=True, text=True, timeout=20).stdout
+            got = peer.stdout.readline()
+            assert got.startswith("steady "), got
+            sig, rec = np.load(out)
+    finally:
+        _stop(peer, daemon)
+    assert daemon.returncode == 0, log()
+    L1, L2 = before["latency_frames"], after["latency_frames"]
+    assert (before["period"], after["period"]) == (1024, 256) and L2 < L1, (before, after)
+    assert f"port capture latency = [ {L2} {L2} ] frames" in lsp, lsp  # re-declared on the ports
+    sr = after["sample_rate"]
+    # before the change the output is the input L1 later, after it L2 later: exactly
+    np.testing.assert_allclose(rec[L1 + sr // 2:L1 + sr], sig[sr // 2:sr], atol=1e-6)
+    np.testing.assert_allclose(rec[-sr:], sig[-sr - L2:-L2], atol=1e-6)
+    # in between, nothing quiet for longer than PipeWire's own lost cycle (a re-open: ~2,256 frames)
+    seg = rec[L1 + 100:-L2]
+    quiet = np.abs(seg) < 1e-4
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]])))
+    runs = edges[1::2] - edges[::2]
+    assert runs.max(initial=0) <= 256, f"{runs.max()} quiet frames in a row"
+    assert after["reconnects"] == 0 and "changed in place" in log(), (after, log())

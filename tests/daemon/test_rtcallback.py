@@ -367,3 +367,98 @@ def test_a_declick_longer_than_what_is_left_of_the_cycle_goes_on_in_the_next(sid
     y = np.concatenate(out)
     assert (y[:10 * period] == 0).all() and y[-1] == np.float32(0.5)
     assert np.abs(np.diff(y)).max() <= 0.5 / 64 + 1e-6
+
+
+def _longest_quiet(y: np.ndarray) -> int:
+    """The most frames in a row below 1e-4."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], (np.abs(y) < 1e-4).astype(np.int8), [0]])))
+    return int((edges[1::2] - edges[::2]).max(initial=0))
+
+
+def _run_period_change(P1, P2, late_cycles=0, cycles=(120, 120)):
+    """The engine (``dsp``, strength 0: its output is its input delayed by
+    the declared latency) and the C callback in lockstep, ``cycles[0]``
+    cycles of ``P1`` frames, then the period change as libjack makes it
+    (the buffer-size callback between two cycles: ``Engine.change_period``),
+    then ``cycles[1]`` of ``P2``. ``late_cycles``: the engine runs no hop in
+    that many cycles before the change (it is behind the callback).
+    Returns (input, output, L1, L2, the engine, the counters)."""
+    from quietcast.daemon.config import ChannelConfig
+    from quietcast.daemon.engine import Engine
+
+    lib = rt_lib()
+    eng = Engine([ChannelConfig(name="a", strength=0.0)], 48_000, model="dsp")
+    L1 = eng.latency_for_period(P1)
+    _, c = _pair(["a"], [False], L1)
+    c.io.period = P1
+    eng.attach(c.io)
+    n = cycles[0] * P1 + cycles[1] * P2
+    t = np.arange(n) / 48_000
+    x = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 3130 * t)).astype(np.float32)
+    out, pos, L2 = [], 0, None
+    for k in range(cycles[0] + cycles[1]):
+        P = P1 if k < cycles[0] else P2
+        if k == cycles[0]:
+            L2 = eng.change_period(P2)
+        c.inputs()[0][:P] = x[pos:pos + P]
+        assert lib.qc_rt_process(P, ctypes.addressof(c.rt)) == 0
+        out.append(c.outputs(P)[0].copy())
+        pos += P
+        if not cycles[0] - late_cycles <= k < cycles[0]:
+            eng.step()
+    return x, np.concatenate(out), L1, L2, eng, c.io.counters
+
+
+@pytest.mark.parametrize("P1,P2", [(256, 1024), (1024, 128), (64, 2048), (2048, 64), (256, 128)])
+def test_a_period_change_moves_the_latency_in_place_crossfaded(P1, P2):
+    """A JACK period change (``jack_bufsize``, a PipeWire quantum) moves the
+    engine's buffering in the buffer-size callback, before the first
+    cycle of the new size: the output is the input delayed by the old
+    latency up to the change and by the new one from one hop (480
+    frames) after it, a crossfade between, with no missed deadline (the
+    period that grew had its output ready from its first cycle), nothing
+    silent and no click (the second difference within the tone's own).
+    ``io.latency`` (the dry fallback's too) follows."""
+    x, y, L1, L2, eng, cnt = _run_period_change(P1, P2)
+    assert L2 == eng.latency_for_period(P2) == eng.io.latency and L1 == eng.latency_for_period(P1)
+    assert int(cnt[DEADLINE_MISSES]) == 0
+    at = 120 * P1  # the first frame of the new period
+    np.testing.assert_allclose(y[L1:at], x[:at - L1], atol=1e-6)
+    np.testing.assert_allclose(y[at + 480:], x[at + 480 - L2:y.size - L2], atol=1e-6)
+    seg = y[L1:]
+    assert np.abs(seg).max() > 0.3 and _longest_quiet(seg) <= 2  # (zero crossings only)
+    assert np.abs(np.diff(seg, 2)).max() <= 1.5 * np.abs(np.diff(x, 2)).max()
+
+
+@pytest.mark.parametrize("late", [2, 6, 60])
+@pytest.mark.parametrize("P1,P2", [(1024, 256), (256, 1024), (2048, 128)])
+def test_a_period_change_while_the_engine_is_behind_fades_from_the_dry_path(P1, P2, late):
+    """The engine behind the callback when the period changes (it ran no
+    hop for ``late`` cycles: the callback plays the dry input; 60 cycles
+    is past ``max_backlog``, a stall): the crossfade starts from what the
+    callback plays, the new latency holds for the dry path at once and for
+    the processed output when the engine catches up, and nothing clicks
+    (the callback's declick read its last dry frame at the new latency and
+    found a step there that was not: a click of 0.34 with a 1024 -> 256
+    change)."""
+    x, y, L1, L2, eng, cnt = _run_period_change(P1, P2, late_cycles=late)
+    assert int(cnt[DEADLINE_MISSES]) > 0  # (the dry path did play)
+    np.testing.assert_allclose(y[-4800:], x[y.size - 4800 - L2:y.size - L2], atol=1e-6)
+    assert _longest_quiet(y[L1:]) <= 2
+    assert np.abs(np.diff(y[L1:], 2)).max() <= 1.5 * np.abs(np.diff(x, 2)).max()
+
+
+def test_a_period_whose_latency_the_rings_cannot_hold_is_left_to_a_reopen():
+    """A period so long that its latency would not fit the rings is not
+    moved in place (None: the daemon re-opens its client, which refuses
+    it with a message)."""
+    from quietcast.daemon.config import ChannelConfig
+    from quietcast.daemon.engine import Engine
+
+    eng = Engine([ChannelConfig(name="a")], 48_000, model="dsp")
+    _, c = _pair(["a"], [False], eng.latency_for_period(256))
+    c.io.period = 256
+    eng.attach(c.io)
+    B = eng.B
+    assert eng.change_period(RING // 2) is None and eng.B == B and c.io.latency == eng.latency_for_period(256)
+    assert eng.change_period(512) == eng.latency_for_period(512) == c.io.latency
