@@ -1495,6 +1495,15 @@ class MidiControl:
     # ------------------------------------------------------------------
     # lifecycle
 
+    def _server_words(self) -> str:
+        """Which JACK server the ports wait for, in words for the log:
+        PipeWire's JACK layer has no server names."""
+        if self.server:
+            return f"server {self.server!r}"
+        from .jackio import libjack_version
+
+        return "PipeWire's JACK layer" if "PipeWire" in libjack_version() else "the default JACK server"
+
     def start(self, wait_ready_s: float = JACK_READY_S) -> None:
         """Load the mapping (raises :class:`MidiMapError` with every
         problem), open the ports, start the dispatcher, send every mapped
@@ -1506,7 +1515,7 @@ class MidiControl:
         self._install(load_mapping(self.mapping_path, self.registry))
         if self._open_jack() and wait_ready_s > 0 and not self._jack.ready.wait(wait_ready_s):
             self._jack_problem = (f"the JACK MIDI ports are not there after {wait_ready_s:g} s "
-                                  f"(server {self.server or 'default'!r}); they will appear when it answers")
+                                  f"({self._server_words()}); they will appear when it answers")
             log.warning("%s", self._jack_problem)
         self._hw_in = [_Hardware("in", n) for n in self.config.inputs]
         self._hw_out = [_Hardware("out", n) for n in self.config.outputs]

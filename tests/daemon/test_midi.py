@@ -153,6 +153,19 @@ def test_the_shipped_config_names_the_real_midi_ports():
     assert mc.jack_in_name in line and mc.jack_out_name in line and "quietcast-midi:" not in text
 
 
+def test_the_log_names_the_server_the_midi_ports_wait_for(monkeypatch):
+    """Under PipeWire's JACK layer the warning about MIDI ports not there
+    yet said "server 'default'" (PipeWire has no server names)."""
+    from quietcast.daemon import jackio
+
+    assert MidiControl(None, MidiConfig(), "qcx", "q")._server_words() == "server 'qcx'"
+    mc = MidiControl(None, MidiConfig(), "", "q")
+    monkeypatch.setattr(jackio, "libjack_version", lambda: "3.0.0.0 (using PipeWire 0.3.65)")
+    assert mc._server_words() == "PipeWire's JACK layer"
+    monkeypatch.setattr(jackio, "libjack_version", lambda: "1.9.21")
+    assert mc._server_words() == "the default JACK server"
+
+
 def test_ports_are_matched_by_name_never_blindly():
     names = ["Midi Through:Midi Through Port-0 14:0", "X-TOUCH COMPACT:X-TOUCH COMPACT MIDI 1 20:0"]
     assert midi._match_port("X-Touch Compact", names) == (1, "")
