@@ -362,7 +362,7 @@ class JackIO:
         #: (source, destination) pairs the connection rules asked for (made, or found made)
         self.rule_pairs: set[tuple[str, str]] = set()
         self.period_changed = threading.Event()
-        self._blocksize_seen = 0  # the period the blocksize callback last told
+        self.blocksize_seen = 0  # the period the buffer-size callback last told (0: none yet)
         #: called with the new period in the buffer-size callback (see _on_blocksize), or None
         self.on_period: Callable[[int], object] | None = None
         self._cb_refs: list = []
@@ -390,7 +390,7 @@ class JackIO:
 
         self.shutdown_event.clear()
         self.period_changed.clear()
-        self._blocksize_seen = 0
+        self.blocksize_seen = 0
         rt_library()  # loaded (once) before the ports exist: not while others may already see them
         # the exact name: JACK would rename a second "qc" to "qc-01", whose ports the connection rules
         # (and every patch) do not name, while it reported ready
@@ -453,6 +453,7 @@ class JackIO:
             # cycle collection (which never comes to a frozen object: service.settle_heap)
             self._cb_refs = []
             self._latency_for = lambda period: 0
+            self.on_period = None  # (the engine's bound method: it refers back to this object)
 
         limit = self.CLOSE_TIMEOUT_S if timeout is None else timeout
         th = threading.Thread(target=finish, name="quietcast-jack-close", daemon=True)
@@ -661,7 +662,7 @@ class JackIO:
         # libjack's notification thread, while no process callback runs (JACK2 stops its driver around
         # a change; PipeWire's JACK layer runs none while this callback is pending): on_period may move
         # what the callback reads (Engine.change_period), then the supervisor follows
-        seen, self._blocksize_seen = self._blocksize_seen or self.period, frames
+        seen, self.blocksize_seen = self.blocksize_seen or self.period, frames
         if self.period and frames != seen:
             hook = self.on_period
             if hook is not None:

@@ -1169,7 +1169,7 @@ class Daemon:
         it was for every period change before."""
         io, eng = self.io, self.engine
         io.period_changed.clear()
-        new = io._blocksize_seen
+        new = io.blocksize_seen
         if not new or new == io.period:
             return True
         if eng is None or eng.io is not io or eng.B != buffering(eng.hop, new, eng.safety):
