@@ -362,6 +362,10 @@ class JackIO:
         #: (source, destination) pairs the connection rules asked for (made, or found made)
         self.rule_pairs: set[tuple[str, str]] = set()
         self.period_changed = threading.Event()
+        #: the server's sample rate changed under the client (PipeWire's ``clock.force-rate``; a JACK2
+        #: server cannot): the engine must be built again at the new rate (the supervisor re-opens)
+        self.rate_changed = threading.Event()
+        self.rate_seen = 0  # the rate the sample-rate callback last told
         self.blocksize_seen = 0  # the period the buffer-size callback last told (0: none yet)
         #: called with the new period in the buffer-size callback (see _on_blocksize), or None
         self.on_period: Callable[[int], object] | None = None
@@ -390,6 +394,7 @@ class JackIO:
 
         self.shutdown_event.clear()
         self.period_changed.clear()
+        self.rate_changed.clear()
         self.blocksize_seen = 0
         rt_library()  # loaded (once) before the ports exist: not while others may already see them
         # the exact name: JACK would rename a second "qc" to "qc-01", whose ports the connection rules
@@ -410,6 +415,7 @@ class JackIO:
             client.set_port_registration_callback(self._on_port_registration, only_available=False)
             client.set_port_connect_callback(self._on_port_connect, only_available=False)
             client.set_blocksize_callback(self._on_blocksize)
+            client.set_samplerate_callback(self._on_samplerate)
             client.set_freewheel_callback(self._on_freewheel)
             self._set_latency_callback(client)
             self.counters[:] = 0
@@ -671,6 +677,11 @@ class JackIO:
                 except Exception:  # (never into libjack; the supervisor sees the period unfollowed)
                     pass
             self.period_changed.set()
+
+    def _on_samplerate(self, rate):
+        self.rate_seen = rate
+        if self.sample_rate and rate != self.sample_rate:
+            self.rate_changed.set()
 
     #: JACK is freewheeling (a DAW's export): the callback waits for the engine
     freewheel = False

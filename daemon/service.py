@@ -1121,6 +1121,12 @@ class Daemon:
                         self._conn_due = time.monotonic() + 0.3
                 elif self._conn_due is not None and time.monotonic() >= self._conn_due:
                     self._follow_connections()
+                if self.io.rate_changed.is_set():
+                    log.warning("JACK sample rate changed %d -> %d Hz; re-opening to run the engine at the new rate",
+                                self.io.sample_rate, self.io.rate_seen)
+                    self._kept_connections = self.io.connections()
+                    self._close_io()
+                    continue
                 if self.io.period_changed.is_set() and not self._follow_period():
                     log.warning("JACK period changed; reopening to re-declare latency")
                     self._kept_connections = self.io.connections()

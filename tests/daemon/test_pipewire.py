@@ -369,3 +369,44 @@ def test_a_quantum_change_moves_the_latency_in_place_with_no_gap(pipewire, tmp_p
     runs = edges[1::2] - edges[::2]
     assert runs.max(initial=0) <= 256, f"{runs.max()} quiet frames in a row"
     assert after["reconnects"] == 0 and "changed in place" in log(), (after, log())
+
+
+def test_a_sample_rate_forced_under_the_daemon_rebuilds_its_engine_at_that_rate(pipewire, tmp_path):
+    """PipeWire can change its graph's rate under a running client
+    (``clock.force-rate``; JACK2 cannot). The daemon went on at 48 kHz:
+    its suppressor and chains ran 44.1 kHz audio as if it were 48 kHz and
+    ``status`` said 48000. Now it re-opens and builds its engine at the
+    new rate: ``status`` says 44100 with that rate's latency, and an
+    impulse comes out exactly that latency later."""
+    from conftest import quietcast_exe
+
+    from quietcast.daemon.client import Client
+
+    name = f"qpw{uuid.uuid4().hex[:5]}"
+    cfg = _config(tmp_path, name, strength=0.0)
+    daemon = subprocess.Popen(["pw-jack", quietcast_exe(), "run", "--config", str(cfg)], env=pipewire.env,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"))
+    log = lambda: (tmp_path / "daemon.log").read_text()[-3000:]  # noqa: E731
+    peer = None
+    try:
+        with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
+            assert _wait(lambda: c.status()["ready"], 30), log()
+            assert c.status()["sample_rate"] == 48000
+            subprocess.run(["pw-metadata", "-n", "settings", "0", "clock.force-rate", "44100"], env=pipewire.env,
+                           check=True, capture_output=True, timeout=20)
+            assert _wait(lambda: c.status()["sample_rate"] == 44100 and c.status()["ready"], 20), (c.status(), log())
+            st = c.status()
+            peer = subprocess.Popen(["pw-jack", sys.executable, "-c", PEER, name], env=pipewire.env, text=True,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            first = peer.stdout.readline().split()
+            assert first[0] == "ready" and int(first[1]) == 44100, first
+            peer.stdin.write("audio\n")
+            peer.stdin.flush()
+            got = peer.stdout.readline()
+            assert got.startswith("audio "), got
+            delays = json.loads(got[len("audio "):])
+    finally:
+        _stop(peer, daemon)
+    assert daemon.returncode == 0, log()
+    assert "engine: 1 channel(s) at 44100 Hz" in log()
+    assert delays == [st["latency_frames"]] * 3, (delays, st)
