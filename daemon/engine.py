@@ -440,6 +440,10 @@ class Engine:
         self.io = io
         self.B = buffering(self.hop, io.period, self.safety)
         self._fade = None
+        #: the engine's output by input frame (``u(v)`` at ``v``), whatever the buffering was when it
+        #: was written: where a period change reads the output at its new mapping (the output ring
+        #: holds it by output frame, each stretch at the buffering of its time)
+        self._uring = np.zeros(io.outring.shape, np.float32)
         for proc in self.chains:  # (the daemon did so before declaring the latency: Daemon._engine_for)
             if proc is not None:
                 proc.fix_latency()
@@ -537,15 +541,16 @@ class Engine:
             self.hop_times[self.stats.hops % len(self.hop_times)] = time.perf_counter() - t0
             with self._ring_lock:  # (against change_period on libjack's notification thread)
                 B = self.B
+                _ring_write(self._uring, k0, y)
                 if self._fade is not None:
                     y = self._fade_in(k0 + B, y)
                 _ring_write(io.outring, k0 + B, y)
                 io.dry_gain[:self.n] = self._targets(self.params)["out"][:, 0]  # publish_dry_gains, cached
                 cnt[jackio.OUT_READY] = k0 + B + H
+                self.next_in = k0 + H  # (inside: change_period reads where the next hop lands)
             if k0 + B < int(cnt[jackio.IN_POS]):
                 self.stats.late_hops += 1
             self.stats.hops += 1
-            self.next_in = k0 + H
             did = True
 
     def _rebuffer(self, B2: int) -> None:
@@ -553,34 +558,55 @@ class Engine:
 
         Over the hop from the callback's next frame ``p``, the ring fades
         from ``s1``, what the callback would play at the old latency (the
-        ring up to ``R``, the dry path beyond, where the engine is behind),
-        to ``s2``, the output at the new mapping (the ring ``B2 - B``
-        frames back, up to the new written end ``R2``; the dry path at the
-        new latency beyond it until the engine's next hops are there). The
-        part of that hop the engine has yet to write (``R2 < p + H``: a
-        shorter period, whose new end comes sooner) is faded in as it
-        writes it (:meth:`_fade_in`, from a copy of ``s1``)."""
+        ring up to its published end ``R``, the dry path beyond, where the
+        engine is behind), to ``s2``, the output at the new mapping (from
+        :attr:`_uring` up to ``R2``, where the engine's next hop will land
+        under it; the dry path at the new latency beyond, until the engine's
+        hops are there). The part of that hop the engine has yet to write
+        (``R2 < p + H``: a shorter period, whose new end comes sooner) is
+        faded in as it writes it (:meth:`_fade_in`, from a copy of ``s1``).
+        (The published end can be past the engine's: a fade still going
+        on from a change a moment ago, whose ``s1`` is then what the
+        callback would play.)"""
         io, H = self.io, self.hop
         cnt = io.counters
-        d = B2 - self.B
         p, R = int(cnt[jackio.IN_POS]), int(cnt[jackio.OUT_READY])
-        R2 = R + d  # the new written end: the next hop's output lands there
+        R2 = self.next_in + B2  # the engine's next hop lands there under the new mapping
         D1, D2 = io.latency, self.processing_latency + B2
         s1 = self._dry_block(p, H, D1) if R < p + H else _ring_read(io.outring, p, H)
         if p < R < p + H:
             s1[:, :R - p] = _ring_read(io.outring, p, R - p)
         end = max(R2, p + H)
-        s2 = self._dry_block(p, end - p, D2) if R2 < end else _ring_read(io.outring, p - d, end - p)
+        s2 = self._dry_block(p, end - p, D2) if R2 < end else _ring_read(self._uring, p - B2, end - p)
         if p < R2 < end:
-            s2[:, :R2 - p] = _ring_read(io.outring, p - d, R2 - p)
+            s2[:, :R2 - p] = _ring_read(self._uring, p - B2, R2 - p)
         s2[:, :H] = s1 + (s2[:, :H] - s1) * self._ramp
         _ring_write(io.outring, p, s2)
-        if R < p:  # the callback's last frame was dry, which its declick now reads at the new latency:
-            _ring_write(io.outring, p - 1, self._dry_block(p - 1, 1, D2))  # no step for it to find there
+        self._true_step_at(p - 1, R, D1, D2)
         self._fade = (p, s1) if R2 < p + H else None
         self.B = B2
         io.latency = D2  # the dry fallback's too, before the new end is published
         cnt[jackio.OUT_READY] = end
+
+    def _true_step_at(self, q: int, R: int, D1: int, D2: int) -> None:
+        """Where the callback's last frame ``q`` was dry, its declick will
+        read it at the new latency ``D2`` (its ``was``) against the ring at
+        ``q`` (its ``now``); the frame was played at ``D1``. The ring at
+        ``q``, never played again, is set so that the step it finds is the
+        true one: the dry frame as played minus what the ring's output
+        goes on from (the ring at ``q`` where written, ``R > q``, else the
+        dry path at ``D1``, where the crossfade starts from)."""
+        io = self.io
+        rows = [j for j, silent in enumerate(io._dry_silent) if io._last_dry[j] and not silent]
+        if not rows:
+            return
+        now = _ring_read(io.outring, q, 1) if R > q else self._dry_block(q, 1, D1)
+        for j in rows:
+            x, g = io.inring[io.out_channel[j]], np.float32(io._last_gain[j])
+            was_read = jackio._dry_values(x[(q - D2) & jackio.MASK], g)
+            was_played = jackio._dry_values(x[(q - D1) & jackio.MASK], g)
+            now[j, 0] += was_read - was_played
+        _ring_write(io.outring, q, now)
 
     def _fade_in(self, at: int, y: np.ndarray) -> np.ndarray:
         """Hop output ``y`` (for output frames from ``at``) faded in over
@@ -629,8 +655,11 @@ class Engine:
                 start -= 1     # there too, so its declick finds the dry value where it switches to the fill
             end = new + self.B
             if end > start:
-                _ring_write(io.outring, start, self._dry_block(start, end - start, io.latency))
+                fill = self._dry_block(start, end - start, io.latency)
+                _ring_write(io.outring, start, fill)
+                _ring_write(self._uring, start - self.B, fill)
                 io.counters[jackio.OUT_READY] = end
+            self.next_in = new  # (the hops before it are pre-rolled below, unheard)
         # every stateful part restarts from the new position: reset, then
         # pre-roll the hops just before it (their output is already covered
         # by the dry path) so delay lines hold the right history
@@ -638,7 +667,6 @@ class Engine:
         roll = -(-self.processing_latency // H) + 1
         for k in range(max(0, new - roll * H), new, H):
             self.process_hop(_ring_read(io.inring, k, H))
-        self.next_in = new
         self._from_dry = True  # the first hop after the gap crossfades from the dry fill: no step
 
     def _run_chains(self, main: np.ndarray) -> None:

@@ -462,3 +462,50 @@ def test_a_period_whose_latency_the_rings_cannot_hold_is_left_to_a_reopen():
     B = eng.B
     assert eng.change_period(RING // 2) is None and eng.B == B and c.io.latency == eng.latency_for_period(256)
     assert eng.change_period(512) == eng.latency_for_period(512) == c.io.latency
+
+
+@pytest.mark.parametrize("seed", [5, 10])
+def test_many_period_changes_in_a_row_keep_the_output_continuous(seed):
+    """30 period changes at random (64 to 2048 frames, a few cycles apart,
+    the engine now and then a few cycles behind; with seed 10 one comes
+    while the last one's crossfade is still being written): the output
+    stays the delayed input, continuous (no quiet run, no click), and
+    after the last change it is exactly the last period's latency late."""
+    from quietcast.daemon.config import ChannelConfig
+    from quietcast.daemon.engine import Engine
+
+    lib = rt_lib()
+    rng = np.random.default_rng(seed)
+    eng = Engine([ChannelConfig(name="a", strength=0.0), ChannelConfig(name="b", strength=0.0, stems=True)],
+                 48_000, model="dsp")
+    P = 256
+    _, c = _pair(["a", "b"], [False, True], eng.latency_for_period(P))
+    c.io.period = P
+    eng.attach(c.io)
+    n = 48_000 * 12
+    t = np.arange(n) / 48_000
+    x = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 3130 * t)).astype(np.float32)
+    out, pos, changes, late = [], 0, 0, 0
+    while pos + 2048 <= n - 48_000:
+        if pos > 24_000 and changes < 30 and rng.random() < 0.15:
+            P = int(rng.choice([64, 128, 256, 512, 1024, 2048]))
+            assert eng.change_period(P) == eng.latency_for_period(P) == c.io.latency
+            changes += 1
+            late = int(rng.choice([0, 0, 0, 1, 3]))
+        for b in c.inputs():
+            b[:P] = x[pos:pos + P]
+        assert lib.qc_rt_process(P, ctypes.addressof(c.rt)) == 0
+        out.append(c.outputs(P)[:, :P].copy())
+        pos += P
+        if late:
+            late -= 1
+        else:
+            eng.step()
+    y = np.concatenate(out, axis=1)
+    L = c.io.latency
+    assert changes == 30
+    for row in (0, 1):  # a's and b's main outputs (b's stems, rows 2 and 3, are moved with them)
+        np.testing.assert_allclose(y[row, -4800:], x[y.shape[1] - 4800 - L:y.shape[1] - L], atol=1e-6)
+        assert _longest_quiet(y[row, 5000:]) <= 2
+        assert np.abs(np.diff(y[row, 5000:], 2)).max() <= 1.5 * np.abs(np.diff(x, 2)).max()
+    assert np.isfinite(y).all()
