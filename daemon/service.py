@@ -307,7 +307,7 @@ class Daemon:
         self._engine_thread.start()
         self._apply_rules(restore=False)
         kept, self._kept_connections = self._kept_connections, []
-        # (with the ports' connections just before a reopen: a period change, a rebuild)
+        # (with the ports' connections just before a reopen: a sample-rate change, a rebuild)
         self._remembered = dict.fromkeys([*self._remembered, *kept])
         self._restore_remembered("restored %d connection(s) the ports had before")
         self._follow_connections()  # (what no longer fits the ports, e.g. a renamed channel's, goes)
