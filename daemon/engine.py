@@ -440,10 +440,10 @@ class Engine:
         self.io = io
         self.B = buffering(self.hop, io.period, self.safety)
         self._fade = None
-        #: the engine's output by input frame (``u(v)`` at ``v``), whatever the buffering was when it
-        #: was written: where a period change reads the output at its new mapping (the output ring
-        #: holds it by output frame, each stretch at the buffering of its time)
-        self._uring = np.zeros(io.outring.shape, np.float32)
+        #: the engine's output by input frame (``u(v)`` at ``v``; the last UHISTORY frames), whatever
+        #: the buffering was when it was written: where a period change reads the output at its new
+        #: mapping (the output ring holds it by output frame, each stretch at the buffering of its time)
+        self._uring = np.zeros((io.outring.shape[0], self.UHISTORY), np.float32)
         for proc in self.chains:  # (the daemon did so before declaring the latency: Daemon._engine_for)
             if proc is not None:
                 proc.fix_latency()
@@ -491,7 +491,8 @@ class Engine:
             return None
         B2 = buffering(self.hop, period, self.safety)
         latency = self.processing_latency + B2
-        if latency + 2 * period + 4096 > jackio.RING // 2 or not self._ring_lock.acquire(timeout=0.1):
+        if (latency + 2 * period + 4096 > jackio.RING // 2 or B2 + self.hop > self.UHISTORY
+                or not self._ring_lock.acquire(timeout=0.1)):
             return None
         try:
             self._fit_backlog(period)
@@ -552,6 +553,10 @@ class Engine:
                 self.stats.late_hops += 1
             self.stats.hops += 1
             did = True
+
+    #: frames of the engine's output kept by input frame (:attr:`_uring`): a new buffering reads up to
+    #: ``B2`` of them back (a period of up to ~15,000 frames at 48 kHz moves in place)
+    UHISTORY = 1 << 14
 
     def _rebuffer(self, B2: int) -> None:
         """:meth:`change_period`'s move of ``B`` to ``B2`` (ring lock held).
@@ -773,19 +778,22 @@ def _try_realtime(priority: int) -> bool:
 
 
 def _ring_read(ring: np.ndarray, start: int, n: int) -> np.ndarray:
-    off = start & jackio.MASK
-    if off + n <= jackio.RING:
+    """Frames ``[start, start+n)`` of a ring indexed by absolute position
+    (its length a power of two: JACK's rings, :attr:`Engine._uring`)."""
+    size = ring.shape[1]
+    off = start & (size - 1)
+    if off + n <= size:
         return ring[:, off:off + n].copy()
-    first = jackio.RING - off
+    first = size - off
     return np.concatenate([ring[:, off:], ring[:, :n - first]], axis=1)
 
 
 def _ring_write(ring: np.ndarray, start: int, y: np.ndarray) -> None:
-    n = y.shape[1]
-    off = start & jackio.MASK
-    if off + n <= jackio.RING:
+    n, size = y.shape[1], ring.shape[1]
+    off = start & (size - 1)
+    if off + n <= size:
         ring[:, off:off + n] = y
     else:
-        first = jackio.RING - off
+        first = size - off
         ring[:, off:] = y[:, :first]
         ring[:, :n - first] = y[:, first:]

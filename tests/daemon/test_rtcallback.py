@@ -460,7 +460,9 @@ def test_a_period_whose_latency_the_rings_cannot_hold_is_left_to_a_reopen():
     c.io.period = 256
     eng.attach(c.io)
     B = eng.B
-    assert eng.change_period(RING // 2) is None and eng.B == B and c.io.latency == eng.latency_for_period(256)
+    for P in (RING // 2, 16384):  # (the rings; the engine's output history, Engine.UHISTORY)
+        assert eng.change_period(P) is None and eng.B == B and c.io.latency == eng.latency_for_period(256)
+    assert eng.change_period(8192) == eng.latency_for_period(8192) == c.io.latency  # (PipeWire's largest)
     assert eng.change_period(512) == eng.latency_for_period(512) == c.io.latency
 
 
