@@ -477,15 +477,13 @@ class Engine:
         pending (pipewire-jack.c). So every output frame from the
         callback's position on is unplayed and may be written.
 
-        Output frame ``t`` plays the engine's output ``u(t - B)``, kept in
-        the output ring at ``t``, written up to ``R`` (``OUT_READY``). From
-        the callback's next frame ``p`` on, the ring gets ``u`` at the new
-        mapping (``ring[t - (B2 - B)]``, all written already), faded in
-        over the old one across one hop (10 ms): a longer latency plays the
-        frames in between again, a shorter one skips them; no silence, no
-        dry path, no port re-registered (a period change used to re-open
-        the client: ~50 ms of silence). The written end moves to
-        ``R + B2 - B``, which is where the next hop's output goes."""
+        Output frame ``t`` plays the engine's output ``u(t - B)``. From
+        the callback's next frame on, the output ring gets ``u`` at the new
+        mapping, faded in over the old one across one hop (10 ms,
+        :meth:`_rebuffer`): a longer latency plays the frames in between
+        again, a shorter one skips them; no silence, no dry path, no port
+        re-registered (a period change used to re-open the client: ~50 ms
+        of silence)."""
         io = self.io
         if io is None:
             return None
@@ -660,10 +658,13 @@ class Engine:
                 start -= 1     # there too, so its declick finds the dry value where it switches to the fill
             end = new + self.B
             if end > start:
-                fill = self._dry_block(start, end - start, io.latency)
-                _ring_write(io.outring, start, fill)
-                _ring_write(self._uring, start - self.B, fill)
+                _ring_write(io.outring, start, self._dry_block(start, end - start, io.latency))
                 io.counters[jackio.OUT_READY] = end
+            # the output history of the hops skipped (never computed): the dry path, as the callback
+            # plays it (what a period change reads back, up to UHISTORY frames)
+            lo = max(self.next_in, new - self.UHISTORY + H)
+            if lo < new:
+                _ring_write(self._uring, lo, self._dry_block(lo + self.B, new - lo, io.latency))
             self.next_in = new  # (the hops before it are pre-rolled below, unheard)
         # every stateful part restarts from the new position: reset, then
         # pre-roll the hops just before it (their output is already covered

@@ -375,13 +375,15 @@ def _longest_quiet(y: np.ndarray) -> int:
     return int((edges[1::2] - edges[::2]).max(initial=0))
 
 
-def _run_period_change(P1, P2, late_cycles=0, cycles=(120, 120)):
+def _run_period_change(P1, P2, late_cycles=0, cycles=(120, 120), stall_before=0):
     """The engine (``dsp``, strength 0: its output is its input delayed by
     the declared latency) and the C callback in lockstep, ``cycles[0]``
     cycles of ``P1`` frames, then the period change as libjack makes it
     (the buffer-size callback between two cycles: ``Engine.change_period``),
     then ``cycles[1]`` of ``P2``. ``late_cycles``: the engine runs no hop in
-    that many cycles before the change (it is behind the callback).
+    that many cycles before the change (it is behind the callback);
+    ``stall_before``: it runs none in that many cycles ending 2 cycles
+    before the change (past ``max_backlog``: it skips ahead, then runs).
     Returns (input, output, L1, L2, the engine, the counters)."""
     from quietcast.daemon.config import ChannelConfig
     from quietcast.daemon.engine import Engine
@@ -404,7 +406,8 @@ def _run_period_change(P1, P2, late_cycles=0, cycles=(120, 120)):
         assert lib.qc_rt_process(P, ctypes.addressof(c.rt)) == 0
         out.append(c.outputs(P)[0].copy())
         pos += P
-        if not cycles[0] - late_cycles <= k < cycles[0]:
+        stalled = cycles[0] - 2 - stall_before <= k < cycles[0] - 2
+        if not (cycles[0] - late_cycles <= k < cycles[0] or stalled):
             eng.step()
     return x, np.concatenate(out), L1, L2, eng, c.io.counters
 
@@ -443,6 +446,20 @@ def test_a_period_change_while_the_engine_is_behind_fades_from_the_dry_path(P1, 
     change)."""
     x, y, L1, L2, eng, cnt = _run_period_change(P1, P2, late_cycles=late)
     assert int(cnt[DEADLINE_MISSES]) > 0  # (the dry path did play)
+    np.testing.assert_allclose(y[-4800:], x[y.size - 4800 - L2:y.size - L2], atol=1e-6)
+    assert _longest_quiet(y[L1:]) <= 2
+    assert np.abs(np.diff(y[L1:], 2)).max() <= 1.5 * np.abs(np.diff(x, 2)).max()
+
+
+@pytest.mark.parametrize("P1,P2", [(256, 2048), (2048, 256)])
+def test_a_period_change_right_after_the_engine_skipped_ahead_is_continuous(P1, P2):
+    """The engine stalled past ``max_backlog`` (it skips ahead: a dry fill,
+    then a pre-roll of the hops before the new position) and the period
+    changes two cycles later: the output at the new mapping is read from
+    the engine's output history where the fill and the pre-roll put it,
+    not from what was there before the stall."""
+    x, y, L1, L2, eng, cnt = _run_period_change(P1, P2, stall_before=24_000 // P1 + 12)
+    assert eng.stats.stalls == 1
     np.testing.assert_allclose(y[-4800:], x[y.size - 4800 - L2:y.size - L2], atol=1e-6)
     assert _longest_quiet(y[L1:]) <= 2
     assert np.abs(np.diff(y[L1:], 2)).max() <= 1.5 * np.abs(np.diff(x, 2)).max()
