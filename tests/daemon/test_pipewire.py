@@ -178,6 +178,16 @@ def _config(tmp_path, name: str, mapping: str = "", strength: float | None = Non
     return cfg
 
 
+def _run_daemon(pipewire, tmp_path, cfg):
+    """``quietcast run --config CFG`` under ``pw-jack``; (the process, a
+    function giving the end of its log)."""
+    from conftest import quietcast_exe
+
+    daemon = subprocess.Popen(["pw-jack", quietcast_exe(), "run", "--config", str(cfg)], env=pipewire.env,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"))
+    return daemon, lambda: (tmp_path / "daemon.log").read_text()[-3000:]
+
+
 def _stop(*procs) -> None:
     for p in procs:
         if p is not None and p.poll() is None:
@@ -212,20 +222,16 @@ def test_the_daemon_under_pipewires_jack_layer_states_its_latency_and_takes_jack
     goes back to the controller. (JACK MIDI did not start at all here:
     python-rtmidi's wheel brings a libjack of its own that only reaches a
     JACK2 server.)"""
-    from conftest import quietcast_exe
-
     from quietcast.daemon.client import Client
 
     name = f"qpw{uuid.uuid4().hex[:5]}"
     cfg = _config(tmp_path, name, '[[map]]\naddress = "host.strength"\ntype = "cc"\nchannel = 1\nnumber = 7\n'
                   'takeover = "jump"\n')
-    daemon = subprocess.Popen(["pw-jack", quietcast_exe(), "run", "--config", str(cfg)], env=pipewire.env,
-                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"))
+    daemon, log = _run_daemon(pipewire, tmp_path, cfg)
     peer = None
     try:
         with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
-            assert _wait(lambda: c.status()["ready"] and c.status()["midi"]["jack"]["in"], 30), \
-                (tmp_path / "daemon.log").read_text()[-3000:]
+            assert _wait(lambda: c.status()["ready"] and c.status()["midi"]["jack"]["in"], 30), log()
             st = c.status()
             peer = subprocess.Popen(["pw-jack", sys.executable, "-c", PEER, name], env=pipewire.env, text=True,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -267,7 +273,7 @@ def test_the_daemon_under_pipewires_jack_layer_states_its_latency_and_takes_jack
             assert c.status()["xruns"] == 0
     finally:
         _stop(peer, daemon)
-    assert daemon.returncode == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    assert daemon.returncode == 0, log()
 
 
 def test_the_daemon_comes_back_after_pipewire_restarts(pipewire, tmp_path):
@@ -277,15 +283,11 @@ def test_the_daemon_comes_back_after_pipewire_restarts(pipewire, tmp_path):
     server and waited for ever. Now, while stalled, it asks the server
     whether it still has the daemon's client; it has not: a reconnect,
     ready again, its JACK MIDI ports back."""
-    from conftest import quietcast_exe
-
     from quietcast.daemon.client import Client
 
     name = f"qpw{uuid.uuid4().hex[:5]}"
     cfg = _config(tmp_path, name)
-    daemon = subprocess.Popen(["pw-jack", quietcast_exe(), "run", "--config", str(cfg)], env=pipewire.env,
-                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"))
-    log = lambda: (tmp_path / "daemon.log").read_text()[-3000:]  # noqa: E731
+    daemon, log = _run_daemon(pipewire, tmp_path, cfg)
     try:
         with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
             assert _wait(lambda: c.status()["ready"] and c.status()["midi"]["jack"]["in"], 30), log()
@@ -321,15 +323,11 @@ def test_a_quantum_change_moves_the_latency_in_place_with_no_gap(pipewire, tmp_p
     is lost.)"""
     import numpy as np
 
-    from conftest import quietcast_exe
-
     from quietcast.daemon.client import Client
 
     name = f"qpw{uuid.uuid4().hex[:5]}"
     cfg = _config(tmp_path, name, strength=0.0)  # (the output is the input, delayed: easy to check exactly)
-    daemon = subprocess.Popen(["pw-jack", quietcast_exe(), "run", "--config", str(cfg)], env=pipewire.env,
-                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"))
-    log = lambda: (tmp_path / "daemon.log").read_text()[-3000:]  # noqa: E731
+    daemon, log = _run_daemon(pipewire, tmp_path, cfg)
     peer = None
     try:
         with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
@@ -378,15 +376,11 @@ def test_a_sample_rate_forced_under_the_daemon_rebuilds_its_engine_at_that_rate(
     ``status`` said 48000. Now it re-opens and builds its engine at the
     new rate: ``status`` says 44100 with that rate's latency, and an
     impulse comes out exactly that latency later."""
-    from conftest import quietcast_exe
-
     from quietcast.daemon.client import Client
 
     name = f"qpw{uuid.uuid4().hex[:5]}"
     cfg = _config(tmp_path, name, strength=0.0)
-    daemon = subprocess.Popen(["pw-jack", quietcast_exe(), "run", "--config", str(cfg)], env=pipewire.env,
-                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"))
-    log = lambda: (tmp_path / "daemon.log").read_text()[-3000:]  # noqa: E731
+    daemon, log = _run_daemon(pipewire, tmp_path, cfg)
     peer = None
     try:
         with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
