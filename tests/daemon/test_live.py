@@ -434,7 +434,8 @@ def _lags(y: np.ndarray, ref: np.ndarray, lags: list[int], win: int = 160) -> li
     return out
 
 
-def test_a_period_change_moves_the_latency_in_place_with_no_gap_and_no_click(jack_servers):
+@pytest.mark.parametrize("callback", ["c", "python"])
+def test_a_period_change_moves_the_latency_in_place_with_no_gap_and_no_click(callback, monkeypatch):
     """A JACK period change (``jack_bufsize``; PipeWire's quantum) used to
     re-open the daemon's client: silence and its ports re-registered. Now
     the engine moves its buffering in place: the output is the input
@@ -444,9 +445,11 @@ def test_a_period_change_moves_the_latency_in_place_with_no_gap_and_no_click(jac
     ``status`` and on the ports; the client is the same one. Both ways: a
     longer period (256 -> 1024: the latency grows, the frames between are
     played again) and a shorter one (1024 -> 128: it shrinks, they are
-    skipped)."""
+    skipped). With the C callback and with its Python twin."""
     from conftest import JackServer
 
+    if callback == "python":
+        monkeypatch.setenv(jackio.RT_ENV, "python")
     srv = JackServer(f"qcb{os.getpid()}{uuid.uuid4().hex[:6]}", period=256).start()
     try:
         cfg = config(srv.name, [{"name": "host", "strength": 0.0}])  # (the output is the delayed input)
@@ -490,6 +493,10 @@ def test_a_period_change_moves_the_latency_in_place_with_no_gap_and_no_click(jac
             finally:
                 ctl.close()
             assert d.io is io and st["reconnects"] == 0  # the same client throughout: not re-opened
+            if callback == "python":
+                assert st["callback"].startswith("python ("), st["callback"]
+            else:
+                assert_c_callback_under_ci(st)
             assert st["latency_frames"] == L3
             assert (L1, L2, L3) == tuple(d.engine.latency_for_period(p) for p in (256, 1024, 128))
             assert lo == cap_lo + L3  # re-declared on the ports
