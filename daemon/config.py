@@ -9,6 +9,8 @@ The file (the shipped example is ``daemon/default.toml``, see
     client_name = "quietcast"       # str, 1..48 chars, JACK-safe (no ':')
     server = ""                     # JACK server name; "" = $JACK_DEFAULT_SERVER or "default"
     reconnect_interval_ms = 500     # 50..10000, how often to retry when jackd is gone
+    pipewire_quantum = 256          # 0, or 32..8192 frames: the period asked of PipeWire's graph
+                                    # (PIPEWIRE_LATENCY); 0 = PipeWire's own; JACK2 ignores it (jackd -p)
 
     [engine]
     model = "default"               # suppressor for all channels (one batch); one of quietcast.models.available_models(), or a bundle folder
@@ -265,6 +267,12 @@ JACK_KEYS: tuple[Key, ...] = (
     Key(Param("server", "str", "", doc="JACK server name; \"\" = $JACK_DEFAULT_SERVER or \"default\""),
         extra=_server_rule, rule=f"at most {SERVER_NAME_MAX} characters, no '/'"),
     Key(Param("reconnect_interval_ms", "int", 500, 50, 10_000, "ms", doc="how often to retry when jackd is gone")),
+    Key(Param("pipewire_quantum", "int", 256, 0, 8192, "frames",
+              doc="under PipeWire's JACK layer, the period the daemon asks of the graph (PIPEWIRE_LATENCY, "
+                  "QUANTUM/48000; an explicit PIPEWIRE_LATENCY wins); 0 = ask for none (PipeWire's own, 1024 by "
+                  "default); JACK2 ignores it (its period is jackd's -p)"),
+        extra=lambda v: None if v == 0 or v >= 32 else "is not allowed: 0 (none), or 32..8192 frames",
+        rule="0, or 32..8192"),
 )
 
 ENGINE_KEYS_STATIC: tuple[Key, ...] = (
@@ -388,6 +396,17 @@ class JackConfig:
     client_name: str = "quietcast"
     server: str = ""
     reconnect_interval_ms: int = 500
+    pipewire_quantum: int = 256
+
+    def pipewire_latency(self, environ: dict | None = None) -> str | None:
+        """What ``PIPEWIRE_LATENCY`` the daemon's JACK clients run with
+        (PipeWire's JACK layer reads it at each client's open; JACK2 never
+        does): one already in the environment, else ``QUANTUM/48000`` from
+        :attr:`pipewire_quantum`, else None."""
+        env = os.environ if environ is None else environ
+        if env.get("PIPEWIRE_LATENCY"):
+            return env["PIPEWIRE_LATENCY"]
+        return f"{self.pipewire_quantum}/48000" if self.pipewire_quantum else None
 
     def resolved_server(self, environ: dict | None = None) -> str:
         """The server to open: ``server``, else $JACK_DEFAULT_SERVER, else "default"."""

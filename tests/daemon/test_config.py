@@ -717,7 +717,23 @@ def test_describe_schema():
     eng = {k["name"]: k for k in s["engine"]}
     assert "dsp" in eng["model"]["rule"] and "bundle folder" in eng["model"]["rule"]
     assert eng["model"]["default"] == "default"
-    assert {k["name"] for k in s["jack"]} == {"client_name", "server", "reconnect_interval_ms"}
+    assert {k["name"] for k in s["jack"]} == {"client_name", "server", "reconnect_interval_ms", "pipewire_quantum"}
+
+
+def test_the_pipewire_quantum_is_zero_or_32_to_8192_and_an_explicit_pipewire_latency_wins():
+    """``[jack] pipewire_quantum``: the period the daemon asks of PipeWire's
+    graph (PIPEWIRE_LATENCY); 0 asks for none; 1..31 and above 8192 are
+    refused with the allowed values named."""
+    base = '[[channel]]\nname = "a"\n'
+    assert parse_config(base).jack.pipewire_quantum == 256
+    assert parse_config(base).jack.pipewire_latency({}) == "256/48000"
+    assert parse_config("[jack]\npipewire_quantum = 0\n" + base).jack.pipewire_latency({}) is None
+    assert parse_config("[jack]\npipewire_quantum = 64\n" + base).jack.pipewire_latency(
+        {"PIPEWIRE_LATENCY": "512/48000"}) == "512/48000"
+    for bad, words in ((16, "0 (none), or 32..8192"), (9000, "8192")):
+        with pytest.raises(ConfigError) as e:
+            parse_config(f"[jack]\npipewire_quantum = {bad}\n" + base)
+        assert "[jack] pipewire_quantum" in str(e.value) and words in str(e.value), str(e.value)
 
 
 def test_cmd_config_schema():

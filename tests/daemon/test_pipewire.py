@@ -168,10 +168,13 @@ def pipewire(tmp_path_factory):
         pw.stop()
 
 
-def _config(tmp_path, name: str, mapping: str = "", strength: float | None = None) -> pathlib.Path:
+def _config(tmp_path, name: str, mapping: str = "", strength: float | None = None,
+            quantum: int = 0) -> pathlib.Path:
+    """A config for the daemon under PipeWire (``quantum``: ``[jack]
+    pipewire_quantum``; 0, PipeWire's own, 1024 frames here)."""
     (tmp_path / "map.toml").write_text(mapping)
     cfg = tmp_path / "quietcast.toml"
-    cfg.write_text(f'[jack]\nclient_name = "{name}"\n[engine]\nmodel = "dsp"\n'
+    cfg.write_text(f'[jack]\nclient_name = "{name}"\npipewire_quantum = {quantum}\n[engine]\nmodel = "dsp"\n'
                    f'[control]\nbind = "ipc://{tmp_path}/ctl"\nevents = "ipc://{tmp_path}/ev"\n'
                    '[midi]\nmapping = "map.toml"\n[state]\nenabled = false\n[[channel]]\nname = "host"\n'
                    + (f"strength = {strength}\n" if strength is not None else ""))
@@ -406,3 +409,37 @@ def test_a_sample_rate_forced_under_the_daemon_rebuilds_its_engine_at_that_rate(
     assert daemon.returncode == 0, log()
     assert "engine: 1 channel(s) at 44100 Hz" in log() and st["sample_rate"] == 44100
     assert delays == [st["latency_frames"]] * 3, (delays, st, log())
+
+
+def test_the_daemon_asks_pipewire_for_its_quantum(pipewire, tmp_path):
+    """``[jack] pipewire_quantum`` (256 by default): under PipeWire the
+    daemon asks the graph for that period (PIPEWIRE_LATENCY), so it runs
+    at 34.7 ms instead of PipeWire's own 1024 frames (50.7 ms); the other
+    tests here ask for none (0) and run at 1024."""
+    from quietcast.daemon.client import Client
+
+    name = f"qpw{uuid.uuid4().hex[:5]}"
+    daemon, log = _run_daemon(pipewire, tmp_path, _config(tmp_path, name, quantum=256))
+    try:
+        with Client(f"ipc://{tmp_path}/ctl", timeout=10) as c:
+            assert _wait(lambda: c.status()["ready"] and c.status()["period"] == 256, 30), (c.status(), log())
+            st = c.status()
+            # (PipeWire 0.3.65's JACK layer passes a port latency partly in quanta, which a reader turns
+            # back into frames with the quantum it knows: a jack_lsp asking for none reads 1664 frames as
+            # 6 x 1024 + 128 = 6272; one at the graph's quantum, as a running DAW is, reads 1664)
+            # (and it publishes it a moment after the client is up: [ 0 0 ] until then)
+            lsp = ""
+
+            def latency_shown() -> bool:
+                nonlocal lsp
+                lsp = subprocess.run(["pw-jack", "jack_lsp", "-l", f"{name}:host_out"],
+                                     env=dict(pipewire.env, PIPEWIRE_LATENCY="256/48000"),
+                                     capture_output=True, text=True, timeout=20).stdout
+                return "port capture latency = [ 0 0 ]" not in lsp
+
+            _wait(latency_shown, 10, step=0.2)
+    finally:
+        _stop(daemon)
+    assert daemon.returncode == 0, log()
+    assert st["latency_frames"] == 1664 and "PIPEWIRE_LATENCY=256/48000" in log(), (st, log())
+    assert "port capture latency = [ 1664 1664 ] frames" in lsp, lsp
