@@ -161,6 +161,8 @@ class Daemon:
         self._bad_before = 0  # NaN/Inf input samples counted by engines since replaced
         self._bad_lock = threading.Lock()  # the total and the engine change together
         self._kept_connections: list[tuple[str, str]] = []  # to make again after a reopen
+        #: PIPEWIRE_LATENCY as the daemon found it ("" none; None: not looked at yet): _ask_pipewire_quantum
+        self._pw_latency_env: str | None = None
         #: the connections of our ports (by hand or by rule), as last seen: made again when the
         #: server comes back (a jackd crash), when the other port comes back (a player restarted),
         #: and at the next start (saved in the state file); one taken down while both ports exist
@@ -269,6 +271,7 @@ class Daemon:
         import jack
 
         cfg = self.config
+        self._ask_pipewire_quantum()
         io = jackio.JackIO(cfg.jack.client_name, self.server, [c.name for c in cfg.channels],
                            [c.stems for c in cfg.channels], latency=lambda period: 0)
 
@@ -1064,7 +1067,7 @@ class Daemon:
         # must hand it over within 0.1 ms, not Python's default 5 ms (a whole
         # period at 256 frames)
         sys.setswitchinterval(0.0001)
-        self._ask_pipewire_quantum()
+        self._ask_pipewire_quantum()  # (before the MIDI bridge's process starts: it inherits it)
         try:
             self._start_services()
             while not self._stop.is_set():
@@ -1167,20 +1170,29 @@ class Daemon:
         """Under PipeWire's JACK layer, ask the graph for ``[jack]
         pipewire_quantum`` (PIPEWIRE_LATENCY, which PipeWire's libjack reads
         at each client's open: the audio client, the probes, the MIDI
-        bridge's process), unless the environment names one already.
-        PipeWire runs its graph at the smallest quantum its nodes ask for
-        (within its clock.min/max-quantum): 1024 frames by default, a
-        declared latency of 50.7 ms; 256 gives 34.7 ms. JACK2 has no such
-        request (its period is jackd's ``-p``): nothing is set."""
-        want = self.config.jack.pipewire_latency()
-        if not want or "PipeWire" not in jackio.libjack_version():
+        bridge's process), unless the environment the daemon started with
+        names one (:meth:`JackConfig.pipewire_latency`). Called before each
+        open, so a reload that changes the key takes effect with the client
+        it re-opens. PipeWire runs its
+        graph at the smallest quantum its nodes ask for (within its
+        clock.min/max-quantum): 1024 frames by default, a declared latency
+        of 50.7 ms; 256 gives 34.7 ms. JACK2 has no such request (its period
+        is jackd's ``-p``): nothing is set."""
+        if "PipeWire" not in jackio.libjack_version():
             return
-        if os.environ.get("PIPEWIRE_LATENCY"):
-            log.info("PipeWire: PIPEWIRE_LATENCY=%s from the environment", want)
-        else:
+        if self._pw_latency_env is None:  # the environment the daemon started with, once
+            self._pw_latency_env = os.environ.get("PIPEWIRE_LATENCY", "")
+            if self._pw_latency_env:
+                log.info("PipeWire: PIPEWIRE_LATENCY=%s from the environment", self._pw_latency_env)
+        want = self.config.jack.pipewire_latency({"PIPEWIRE_LATENCY": self._pw_latency_env}) or ""
+        if want == os.environ.get("PIPEWIRE_LATENCY", ""):
+            return
+        if want:
             os.environ["PIPEWIRE_LATENCY"] = want
             log.info("PipeWire: asking its graph for a quantum of %d frames (PIPEWIRE_LATENCY=%s)",
                      self.config.jack.pipewire_quantum, want)
+        else:
+            os.environ.pop("PIPEWIRE_LATENCY", None)
 
     def _follow_period(self) -> bool:
         """The JACK period changed (``jack_bufsize``; PipeWire changes its

@@ -438,6 +438,10 @@ def test_the_daemon_asks_pipewire_for_its_quantum(pipewire, tmp_path):
                 return "port capture latency = [ 0 0 ]" not in lsp
 
             _wait(latency_shown, 10, step=0.2)
+            # a reload that asks for none re-opens the client without the request: PipeWire's own 1024
+            _config(tmp_path, name, quantum=0)
+            c.call("reload")
+            assert _wait(lambda: c.status()["ready"] and c.status()["period"] == 1024, 20), (c.status(), log())
     finally:
         _stop(daemon)
     assert daemon.returncode == 0, log()
