@@ -470,9 +470,12 @@ def test_a_period_change_moves_the_latency_in_place_with_no_gap_and_no_click(cal
                 return d.io.latency
 
             try:
-                for _ in range(4):  # (a take with an xrun, the machine too loaded, is played again)
+                # a take with an xrun or a missed deadline (the machine too loaded) is played again; a period
+                # that grows before the buffering does misses deadlines in every take
+                for _ in range(4):
                     L1 = period(256)
                     x0, p0 = int(io.counters[jackio.XRUNS]), r.player.xruns
+                    m0 = int(io.counters[jackio.DEADLINE_MISSES])
                     r.recorder.start()
                     play = threading.Thread(target=r.player.play, args=(x,))
                     play.start()
@@ -484,10 +487,12 @@ def test_a_period_change_moves_the_latency_in_place_with_no_gap_and_no_click(cal
                     play.join(20)
                     time.sleep(0.3)
                     rec = r.recorder.stop()
-                    if int(io.counters[jackio.XRUNS]) == x0 and r.player.xruns == p0:
+                    misses = int(io.counters[jackio.DEADLINE_MISSES]) - m0
+                    if int(io.counters[jackio.XRUNS]) == x0 and r.player.xruns == p0 and not misses:
                         break
                 else:
-                    raise AssertionError("an xrun in each of 4 takes: the machine is too loaded to measure")
+                    raise AssertionError(f"an xrun or a missed deadline in each of 4 takes (the last: {misses} "
+                                         "missed)")
                 lo, _ = jackio.port_latency(ctl, "qcd:host_out", jackio.CAPTURE)
                 cap_lo, _ = jackio.port_latency(ctl, "qcd:host_in", jackio.CAPTURE)
             finally:
@@ -515,7 +520,6 @@ def test_a_period_change_moves_the_latency_in_place_with_no_gap_and_no_click(cal
             edges = np.flatnonzero(np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]])))
             assert (edges[1::2] - edges[::2]).max(initial=0) <= 2
             assert np.abs(np.diff(seg, 2)).max() <= 1.5 * np.abs(np.diff(x, 2)).max()
-            assert st["deadline_misses"] == 0  # (none while the period grew: B moved before its first cycle)
     finally:
         srv.stop()
 
