@@ -46,7 +46,7 @@ from quietcast.bridge.errors import ChainSpecError, ParameterError
 from quietcast.models import available_models, bundle_licence
 
 from . import jackio
-from .engine import Engine, buffering
+from .engine import Engine
 from .errors import ControlError, NotReadyError
 from .config import GATE_PARAMS
 from .registry import CHANNEL_PARAMS
@@ -1125,15 +1125,15 @@ class Daemon:
                         self._conn_due = time.monotonic() + 0.3
                 elif self._conn_due is not None and time.monotonic() >= self._conn_due:
                     self._follow_connections()
-                if self.io.rate_changed.is_set():
-                    log.warning("JACK sample rate changed %d -> %d Hz; re-opening to run the engine at the new rate",
-                                self.io.sample_rate, self.io.rate_seen)
-                    self._kept_connections = self.io.connections()
-                    self._close_io()
-                    continue
-                if self.io.period_changed.is_set() and not self._follow_period():
-                    log.warning("JACK period changed; reopening to re-declare latency")
-                    self._kept_connections = self.io.connections()
+                io, why = self.io, ""
+                if io.rate_changed.is_set():
+                    why = (f"JACK sample rate changed {io.sample_rate} -> {io.rate_seen} Hz; re-opening to run the "
+                           "engine at the new rate")
+                elif io.period_changed.is_set() and not self._follow_period():
+                    why = "JACK period changed; reopening to re-declare latency"
+                if why:  # (the new client gets the connections these ports had)
+                    log.warning("%s", why)
+                    self._kept_connections = io.connections()
                     self._close_io()
                     continue
                 self._nap(0.05)
@@ -1210,8 +1210,8 @@ class Daemon:
         new = io.blocksize_seen
         if not new or new == io.period:
             return True
-        if eng is None or eng.io is not io or eng.B != buffering(eng.hop, new, eng.safety):
-            return False
+        if eng is None or eng.io is not io or io.latency != eng.latency_for_period(new):
+            return False  # (change_period set io.latency for the new period, or could not)
         old, io.period = io.period, new
         try:
             jackio.libjack().jack_recompute_total_latencies(jackio._addr(io.client._ptr))
