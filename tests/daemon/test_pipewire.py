@@ -44,15 +44,18 @@ marks = [sr, 2 * sr + 123, 3 * sr + 457]
 for i in marks:
     sig[i] = 0.9
 base, rec = [None], np.zeros(n, np.float32)  # indexed by JACK frame time - base (the player's first cycle)
+armed = [False]  # the player plays from its first cycle once connected to the daemon (before: into nothing)
 out = play.outports.register("out")
 inp = recc.inports.register("in")
 @play.set_process_callback
 def playing(frames):
+    o = out.get_array()
+    o[:] = 0.0
+    if not armed[0]:
+        return
     if base[0] is None:
         base[0] = play.last_frame_time
     p = play.last_frame_time - base[0]
-    o = out.get_array()
-    o[:] = 0.0
     if 0 <= p < n:
         k = min(frames, n - p)
         o[:k] = sig[p:p + k]
@@ -87,6 +90,7 @@ for line in sys.stdin:  # commands from the test, one a line
     elif cmd[0] == "audio":  # play, and the delays of the marks once all is recorded
         play.activate()
         play.connect(out, qc + ":host_in")
+        armed[0] = True
         t0 = time.monotonic()
         while (base[0] is None or recc.frame_time - base[0] < n + 2 * period) and time.monotonic() - t0 < 30:
             time.sleep(0.05)
@@ -98,15 +102,16 @@ for line in sys.stdin:  # commands from the test, one a line
     elif cmd[0] == "steady":  # play a steady tone for SECONDS; save what was played and what came back
         m = int(float(cmd[2]) * sr)
         t = np.arange(m) / sr
-        sig[:] = 0.0
         sig2 = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 3130 * t)).astype(np.float32)
         rec2 = np.zeros(m, np.float32)
+        armed[0] = False
         sig, rec, n, base[0] = sig2, rec2, m, None  # (the callbacks read these names at each cycle)
         try:
             play.activate()
             play.connect(out, qc + ":host_in")
         except jack.JackError:
-            pass  # (active already)
+            pass  # (active and connected already)
+        armed[0] = True
         sys.stdout.write("steady started\n"); sys.stdout.flush()
         t0 = time.monotonic()
         while (base[0] is None or recc.frame_time - base[0] < n + 2 * period) and time.monotonic() - t0 < 60:
