@@ -1125,16 +1125,7 @@ class Daemon:
                         self._conn_due = time.monotonic() + 0.3
                 elif self._conn_due is not None and time.monotonic() >= self._conn_due:
                     self._follow_connections()
-                io, why = self.io, ""
-                if io.rate_changed.is_set():
-                    why = (f"JACK sample rate changed {io.sample_rate} -> {io.rate_seen} Hz; re-opening to run the "
-                           "engine at the new rate")
-                elif io.period_changed.is_set() and not self._follow_period():
-                    why = "JACK period changed; reopening to re-declare latency"
-                if why:  # (the new client gets the connections these ports had)
-                    log.warning("%s", why)
-                    self._kept_connections = io.connections()
-                    self._close_io()
+                if self._closed_for_a_change():
                     continue
                 self._nap(0.05)
         finally:
@@ -1165,6 +1156,27 @@ class Daemon:
                                                     default=str))
             self._finished.set()
         return 0
+
+    def _closed_for_a_change(self) -> bool:
+        """A change under the client it cannot follow in place (a sample
+        rate; a period :meth:`_follow_period` could not take): close it,
+        keeping its ports' connections for the client the supervisor opens
+        next; True when it did. (A method, not lines of the supervisor loop:
+        with them there, a rebuild's old client and its rings were kept for
+        good: test_the_heap_is_frozen_before_audio_and_thawed_on_a_rebuild.
+        Its locals end with the call.)"""
+        io, why = self.io, ""
+        if io.rate_changed.is_set():
+            why = (f"JACK sample rate changed {io.sample_rate} -> {io.rate_seen} Hz; re-opening to run the engine "
+                   "at the new rate")
+        elif io.period_changed.is_set() and not self._follow_period():
+            why = "JACK period changed; reopening to re-declare latency"
+        if not why:
+            return False
+        log.warning("%s", why)
+        self._kept_connections = io.connections()
+        self._close_io()
+        return True
 
     def _ask_pipewire_quantum(self) -> None:
         """Under PipeWire's JACK layer, ask the graph for ``[jack]
