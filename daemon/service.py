@@ -779,6 +779,16 @@ class Daemon:
                     drop.append(address)
         return edited, drop
 
+    @staticmethod
+    def _jack_needs_reopen(old, new) -> bool:
+        """Whether a reload's ``[jack]`` section needs the client re-opened:
+        another client name or server; another ``pipewire_quantum`` under
+        PipeWire's JACK layer (asked for at an open; JACK2 has no such
+        request). ``reconnect_interval_ms`` is read where it is used."""
+        if (old.client_name, old.server) != (new.client_name, new.server):
+            return True
+        return old.pipewire_quantum != new.pipewire_quantum and "PipeWire" in jackio.libjack_version()
+
     def reload(self) -> dict:
         from .config import ConfigError, load_config
 
@@ -798,13 +808,16 @@ class Daemon:
             old = self.config
 
             def shape(c):
-                return (c.name, c.stems, tuple(c.connect_in), tuple(c.connect_out))
+                return (c.name, c.stems)
 
-            structural = (old.jack != new.jack or old.engine != new.engine
+            structural = (self._jack_needs_reopen(old.jack, new.jack) or old.engine != new.engine
                           or [shape(c) for c in old.channels] != [shape(c) for c in new.channels])
             olds = {c.name: c for c in old.channels}  # the channel values the new file changes
             edits = [(nc.name, k, getattr(nc, k)) for nc in new.channels if nc.name in olds
                      for k in CHANNEL_PARAMS if getattr(olds[nc.name], k) != getattr(nc, k)]
+            # new connection rules connect at once, with no rebuild (a rule taken out leaves what it connected)
+            rules = [f"{nc.name}.{k}" for nc in new.channels if nc.name in olds
+                     for k in ("connect_in", "connect_out") if getattr(olds[nc.name], k) != getattr(nc, k)]
             edited, drop = self._edited_chains(old, new)
             news = {c.name: c for c in new.channels}
             procs = {}
@@ -822,7 +835,7 @@ class Daemon:
             if structural:
                 # they win over the live values the rebuild keeps
                 self._reload_edits = {(n, k) for n, k, _ in edits}
-                changed = sorted([f"{n}.{k}" for n, k, _ in edits] + [f"{n}.chain" for n in edited])
+                changed = sorted([f"{n}.{k}" for n, k, _ in edits] + [f"{n}.chain" for n in edited] + rules)
                 self.config = new
                 # a chain load_chain put on a channel stays, unless the file changed that channel's chain
                 self.chains = {n: c for n, c in old_chains.items() if n in news and n not in edited}
@@ -867,6 +880,9 @@ class Daemon:
                     self.registry.set(address, v, source="config")
                     changed.append(address)
                 self.config = new
+                if rules:
+                    self._apply_rules(restore=False)
+                    changed.extend(rules)
                 for a in drop:
                     del self.registry.chain_overrides[a]
                 left = list(edited)
@@ -1061,7 +1077,6 @@ class Daemon:
         self._supervisor = threading.get_ident()
         if self._supervisor != self._prebuilt_on:  # its plugins were loaded on another thread: built again here
             self._prebuilt = None
-        interval = self.config.jack.reconnect_interval_ms / 1000.0
         waiting_logged = False
         # the JACK callback needs the GIL every period: a thread that holds it
         # must hand it over within 0.1 ms, not Python's default 5 ms (a whole
@@ -1081,6 +1096,7 @@ class Daemon:
                     except Exception as e:  # whatever a reload meets, the daemon keeps running
                         log.exception("SIGHUP reload failed, the running config stays: %s", e)
                 io = self.io
+                interval = self.config.jack.reconnect_interval_ms / 1000.0  # (a reload may change it)
                 if io is None or not io.alive:
                     if io is not None:
                         log.warning("JACK server went away; reconnecting every %.1f s", interval)

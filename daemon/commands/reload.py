@@ -12,10 +12,13 @@ class Reload(Command):
     chain as ``load_chain`` puts one there: with no dropout and a crossfade
     when it fits in the declared latency; the file's chain replaces one
     ``load_chain`` put on that channel. Live chain values survive, except
-    those the edited chain file changes (by stage and parameter). A change
-    to the channels' list, names, stems or connection rules, or to the
-    engine, rebuilds the engine (a short dropout; connections made by hand
-    are made again). A rebuild keeps each channel's live values and
+    those the edited chain file changes (by stage and parameter). New
+    connection rules (``connect_in``, ``connect_out``) connect the ports
+    they match at once, with no rebuild; a rule taken out leaves the
+    connections it made (take them down by hand). A change to the
+    channels' list, names or stems, to the engine, or to the JACK client
+    name, server or (under PipeWire) ``pipewire_quantum`` rebuilds the
+    engine (a short dropout; connections made by hand are made again). A rebuild keeps each channel's live values and
     ``load_chain`` choices, except those the file changes, which it
     applies. Live pause-gate values a new model has no gate for are
     dropped (logged). A rebuild the new config cannot run (a new channel's
@@ -27,8 +30,9 @@ class Reload(Command):
     (``status``'s ``midi.problem`` says why when it still cannot); a
     changed ``[midi]`` section (off, other ports, another mapping file)
     stops MIDI control and starts it again with the new settings. Result:
-    ``changed`` (the channel values the file changed, and ``CHANNEL.chain``
-    for each new chain) and ``rebuilt``."""
+    ``changed`` (the channel values the file changed, ``CHANNEL.chain``
+    for each new chain, ``CHANNEL.connect_in``/``connect_out`` for new
+    rules) and ``rebuilt``."""
 
     name = "reload"
     args = {}

@@ -1100,6 +1100,40 @@ def test_a_rebuilding_reload_applies_the_files_channel_values(served, tmp_path):
         assert c.get("host.strength") == 0.25 and c.get("guest.input_gain_db") == -4.0
 
 
+def test_a_reload_of_connection_rules_connects_at_once_with_no_rebuild(served, tmp_path, jack_server):
+    """A reload that adds a connection rule (and changes the reconnect
+    interval) connects the matching ports at once and rebuilds nothing:
+    the same engine and JACK client, no dropout on any channel. (Until
+    session 29 a changed rule, or any change in ``[jack]``, rebuilt the
+    engine and re-opened the client: a short dropout on every channel.)
+    A rule taken out leaves the connection it made."""
+    from quietcast.daemon.jackclients import Recorder
+
+    rec = Recorder(jack_server.name, 2, seconds=2, name="rulerec")
+    rec.start()
+    try:
+        with Client(f"ipc://{tmp_path}/ctl", timeout=30) as c:
+            d = served.daemon
+            engine, io = d.engine, d.io
+            path = tmp_path / "quietcast.toml"
+            plain = path.read_text()
+            path.write_text(plain.replace('name = "guest"\n', 'name = "guest"\nconnect_out = ["rulerec:in_*"]\n')
+                            .replace("reconnect_interval_ms = 100", "reconnect_interval_ms = 250"))
+            assert c.call("reload") == {"changed": ["guest.connect_out"], "rebuilt": False}
+            guest = {f"qcc:{n}" for n, k, ch in zip(io.out_names, io.out_kind, io.out_channel)
+                     if k == "main" and ch == 1}
+            assert guest and {p.name for p in rec.client.get_all_connections(rec.name(0))} == guest
+            assert {p.name for p in rec.client.get_all_connections(rec.name(1))} == guest
+            assert d.engine is engine and d.io is io and c.status()["reconnects"] == 0
+            assert d.config.jack.reconnect_interval_ms == 250
+            path.write_text(plain)
+            assert c.call("reload") == {"changed": ["guest.connect_out"], "rebuilt": False}
+            assert {p.name for p in rec.client.get_all_connections(rec.name(0))} == guest
+            assert d.engine is engine and d.io is io
+    finally:
+        rec.close()
+
+
 def test_a_reload_takes_an_edited_chain_file_and_keeps_the_live_values_it_did_not_change(served, tmp_path):
     """The chain file a channel names is edited and the daemon reloaded:
     the new chain runs, swapped in without a rebuild (no dropout), the
