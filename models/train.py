@@ -52,7 +52,8 @@ plus synthetic scenes (machines, impacts, sirens, wind) in half the
 backgrounds, 11: in 80 % of them, 12: version 9 plus the Czech fillets-ng
 voices (a man and a woman) read from a copy denoised by DeepFilterNet3
 (``--denoise-speech fillets-cs`` writes it into the cache once), in a
-quarter of the utterances; see
+quarter of the utterances, 15: version 10 plus the sound effects and
+ambiences of the game 0 A.D. (Debian ``0ad-data``, CC BY-SA 3.0); see
 :func:`make_mixture` and the model card for the two-stage recipe of the
 shipped ``default`` bundle). ``--exclude urbansound8k,nonspeech100`` trains
 a licence-clean model; ``--noise-weights music=0.02`` changes a noise
@@ -90,6 +91,7 @@ speech-only examples), level -50..-6 dBFS, and sometimes band-limiting
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -126,12 +128,22 @@ SPEECH_VERSIONS = {"fillets-cs": (4, 12), "fillets-nl": (4, 6)}
 #: network to keep (mix version 4, "Tried and not shipped" in the card)
 DENOISED_GROUPS = ("fillets-cs",)
 DENOISED_P = 0.25
+#: the sound effects and ambiences of the game 0 A.D. (Debian 0ad-data, Wildfire Games, CC BY-SA 3.0),
+#: read from the package's archive: weather, water, birds and other animals, crafts (hammering,
+#: chopping, mining, building), impacts and weapons, fire, ships, horses, footsteps, gates; never its
+#: voices, its human sounds (shouts, grunts), its interface sounds or its music. Real recordings that
+#: allow commercial use, for the licence-clean bundle (mix version 15; all in the training split)
+ZAD = pathlib.Path("/usr/share/games/0ad/mods/public/public.zip")
+ZAD_FOLDERS = ("audio/ambient/", "audio/actor/fauna/", "audio/actor/ship/", "audio/actor/mounted/",
+               "audio/actor/singlesteps/", "audio/actor/gate/", "audio/resource/", "audio/attack/")
+#: noise groups drawn only by these mix versions (as SPEECH_VERSIONS)
+NOISE_VERSIONS = {"0ad": (15,)}
 HELDOUT_GROUPS = ("ljspeech", "asterisk-ru")  # the speech groups of the held-out mixtures
 HELDOUT_LJ_EXTRA = ("LJ001-0054", "LJ001-0107")  # the demo clip's speech
 HELDOUT_MISC = ("noise1.flac",)  # the demo clip's bed
 HELDOUT_NONSPEECH = tuple(f"n{i}.flac" for i in range(91, 101))
 HELDOUT_MUSIC = ("Karissa_Hobbs_-_Lets_Go_Fishin.hq.ogg",)
-CACHE_VERSION = 3  # 2: adds the fillets-ng voices; 3: holds out a sixth of their scenes
+CACHE_VERSION = 4  # 2: adds the fillets-ng voices; 3: holds out a sixth of their scenes; 4: adds 0ad
 
 
 # --------------------------------------------------------------------- data
@@ -190,6 +202,13 @@ def list_sources(data=None) -> list[dict]:
     for p in sorted((root / "music").glob("*.ogg")):
         out.append(dict(name=f"music/{p.name}", path=str(p), kind="noise", group="music",
                         split="heldout" if p.name in HELDOUT_MUSIC else "train"))
+    if ZAD.is_file():  # (last: the items before it are those of a cache without it)
+        import zipfile
+
+        with zipfile.ZipFile(ZAD) as z:
+            for m in sorted(n for n in z.namelist() if n.endswith(".ogg") and n.startswith(ZAD_FOLDERS)):
+                out.append(dict(name=f"0ad/{m[len('audio/'):]}", path=f"{ZAD}!{m}", kind="noise", group="0ad",
+                                split="train"))
     return out
 
 
@@ -216,9 +235,27 @@ def _heldout_lists(cache: pathlib.Path, data=None) -> dict:
         return {k: [s["name"] for s in index if s["kind"] == k and s["split"] == "heldout"] for k in ("speech", "noise")}
 
 
+@functools.lru_cache(maxsize=2)
+def _zip_archive(path: str):
+    """An open zip archive, kept for the next member (0ad-data's 3.3 GB
+    archive: opening it again for each sound took about 50 times as long
+    as reading the sound)."""
+    import zipfile
+
+    return zipfile.ZipFile(path)
+
+
 def read_audio(path: str) -> tuple[np.ndarray, int]:
     """Mono float32 samples and their rate (FLAC/Ogg via soundfile, raw
-    G.722 via PyAV)."""
+    G.722 via PyAV; ``ARCHIVE.zip!MEMBER``: a member of a zip archive)."""
+    if ".zip!" in path:
+        import io
+
+        import soundfile as sf
+
+        archive, member = path.split("!", 1)
+        x, rate = sf.read(io.BytesIO(_zip_archive(archive).read(member)), dtype="float32", always_2d=True)
+        return x.mean(axis=1), int(rate)
     if path.endswith(".g722"):
         import av
 
@@ -378,7 +415,7 @@ def denoise_group(cache: str | pathlib.Path, group: str, log=print) -> pathlib.P
 #: relative weight of each noise group in the draws of a noise file (a
 #: group's files share its weight equally; the weights of the groups left
 #: in are normalised); ``--noise-weights`` changes them
-NOISE_WEIGHTS = {"urbansound8k": 0.55, "nonspeech100": 0.2, "misc": 0.13, "music": 0.12}
+NOISE_WEIGHTS = {"urbansound8k": 0.55, "nonspeech100": 0.2, "misc": 0.13, "music": 0.12, "0ad": 0.3}
 
 
 def parse_noise_weights(text: str) -> dict:
@@ -456,9 +493,10 @@ class Corpus:
 
 def train_corpus(cache: pathlib.Path, version: int, exclude=(), noise_weights: dict | None = None) -> Corpus:
     """The training split as mix ``version`` draws it: the speech groups
-    of :data:`SPEECH_VERSIONS` only in their versions, so an earlier
+    of :data:`SPEECH_VERSIONS` and the noise groups of
+    :data:`NOISE_VERSIONS` only in their versions, so an earlier
     version replays exactly the draws it made before they were added."""
-    later = tuple(g for g, v in SPEECH_VERSIONS.items() if version not in v)
+    later = tuple(g for g, v in {**SPEECH_VERSIONS, **NOISE_VERSIONS}.items() if version not in v)
     den = tuple(g for g in DENOISED_GROUPS if g not in exclude) if version == 12 else ()
     return Corpus(cache, "train", tuple(exclude) + later, noise_weights, denoised=den)
 
@@ -633,7 +671,8 @@ SCENE_KINDS_V14 = SCENE_KINDS + ("animal", "horn", "music")
 #: one, the kinds drawn, and the version named in the training record
 #: (version 11 records the scenes of version 10)
 SCENE_VERSIONS = {10: (SCENE_P, SCENE_KINDS, 10), 11: (SCENE_P_V11, SCENE_KINDS, 10),
-                  13: (SCENE_P, SCENE_KINDS_V13, 13), 14: (SCENE_P, SCENE_KINDS_V14, 14)}
+                  13: (SCENE_P, SCENE_KINDS_V13, 13), 14: (SCENE_P, SCENE_KINDS_V14, 14),
+                  15: (SCENE_P, SCENE_KINDS, 10)}
 #: each kind of scene as the training record names it
 SCENE_NOTES = {"machine": "machines", "impacts": "impacts", "siren": "sirens and beeps", "wind": "wind",
                "babble": "babble of the training voices", "animal": "dogs and birds",
@@ -997,7 +1036,10 @@ def make_mixture(rng, corpus: Corpus, n: int, snr_range=SNR_RANGE, augment: bool
     as version 9. Version 13 is version 10 with four more kinds of scene
     (:data:`SCENE_KINDS_V13`: babble of the training voices, dogs and
     birds, horns and bells, music), for the licence-clean bundle; version
-    14 is version 13 without the babble (:data:`SCENE_KINDS_V14`)."""
+    14 is version 13 without the babble (:data:`SCENE_KINDS_V14`).
+    Version 15 mixes exactly as version 10, from one more noise group:
+    the 0 A.D. sound effects and ambiences (:data:`ZAD`, real recordings
+    that allow commercial use; :data:`NOISE_VERSIONS`)."""
     r = rng.random()
     speech_on = r >= 0.04  # 4 % noise only
     noise_on = not (0.04 <= r < 0.08) or version >= 2  # v1: 4 % clean speech only
@@ -1418,6 +1460,9 @@ _SOURCE_NOTES = {
     "nonspeech100": "nonspeech100, Hu & Wang (research set, licence not stated)",
     "misc": "shared/data/noise/misc (test samples of Apache-2.0 / MIT repositories)",
     "music": "music beds (CC BY 3.0 / public domain; credits in shared/data/music/*.txt)",
+    "0ad": "0ad-data 0.0.26 (Debian), the sound effects and ambiences of the game 0 A.D. by Wildfire Games: "
+           "weather, water, animals, crafts, impacts, fire, ships, horses, footsteps; no voices or music "
+           "(CC BY-SA 3.0)",
     "synthetic": "generated harmonic tones and noises (models.train.synthetic_cache: for timing, not speech)",
 }
 
@@ -2305,7 +2350,7 @@ def main(argv=None) -> int:
                    help="train the pause head with the network: add W times its binary cross-entropy against "
                         "the speech-present labels to the loss (needs an --init bundle with a pause head, see "
                         "--fit-pause; default 0: the head is not trained)")
-    p.add_argument("--mix-version", type=int, default=2, choices=tuple(range(1, 15)),
+    p.add_argument("--mix-version", type=int, default=2, choices=tuple(range(1, 16)),
                    help="mixing recipe (1: the first stage of the default bundle; 2: no digital silence inside "
                         "examples, starts mid-hop; 3: also lower voices, half the utterances slowed 0.6-0.95x; "
                         "4: version 3 from more voices, the fillets-ng dialogue (Debian fillets-ng-data-cs/-nl), "
@@ -2318,7 +2363,9 @@ def main(argv=None) -> int:
                         "the backgrounds; 12: version 9 plus the Czech fillets-ng voices, a man and a woman, "
                         "denoised (--denoise-speech fillets-cs first), in 25 %% of the utterances; 13: version 10 with four "
                         "more kinds of scene: babble of the training voices, dogs and birds, horns and bells, music; "
-                        "14: version 13 without the babble; see make_mixture)")
+                        "14: version 13 without the babble; 15: version 10 plus the sound effects and "
+                        "ambiences of the game 0 A.D. (Debian 0ad-data, CC BY-SA 3.0: real recordings that "
+                        "allow commercial use); see make_mixture)")
     p.add_argument("--strength-db", type=_strength_arg, default=None, metavar="DB",
                    help="the bundle's default strength_db, the most it attenuates the background, 0-60 dB "
                         "(config.json defaults; default: the --init bundle's, else 15)")

@@ -34,10 +34,12 @@ def _voice(rng, seconds: float, f0: float) -> np.ndarray:
 
 @pytest.fixture(autouse=True)
 def _no_system_voices(monkeypatch, tmp_path):
-    """Only the data folder below: not the asterisk prompts or the
-    fillets-ng dialogue a training machine may have installed."""
+    """Only the data folder below: not the asterisk prompts, the
+    fillets-ng dialogue or the 0 A.D. sounds a training machine may have
+    installed."""
     monkeypatch.setattr(T, "ASTERISK", tmp_path / "no-asterisk")
     monkeypatch.setattr(T, "FILLETS", tmp_path / "no-fillets")
+    monkeypatch.setattr(T, "ZAD", tmp_path / "no-0ad.zip")
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +141,59 @@ def test_fillets_voices_only_from_mix_versions_4_and_6(data, tmp_path, monkeypat
     assert {s["group"] for s in v6.items["speech"][-2:]} == {"fillets-nl"}
     d = T.make_batch(np.random.default_rng(5), v6, 24_000, 3, 6)
     assert not np.array_equal(T.make_batch(np.random.default_rng(5), T.train_corpus(cache, 5), 24_000, 3, 5)[1], d[1])
+
+
+def test_the_0ad_sounds_only_from_mix_version_15(data, tmp_path, monkeypatch):
+    """The 0 A.D. sounds (Debian 0ad-data), read from the package's zip
+    archive: only the folders of sound effects and ambiences (not its
+    voices, human sounds, interface sounds or music), all in the
+    training split, listed after every other source; mix versions up to
+    14 do not draw them, so they replay exactly what they drew before
+    (the same batches as a cache without them); version 15 mixes as
+    version 10 with them, and its record names the source and licence."""
+    import io
+    import zipfile
+
+    rng = np.random.default_rng(4)
+    zpath = tmp_path / "public.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for member in ("audio/ambient/weather/rain_1.ogg", "audio/resource/mining/pick_2.ogg",
+                       "audio/voice/latin/civ/citizen_1.ogg", "audio/actor/human/death/grunt_1.ogg",
+                       "audio/interface/alarm/alarm_1.ogg", "audio/music/Theme.ogg",
+                       "audio/ambient/weather/rain.xml"):
+            buf = io.BytesIO()
+            if member.endswith(".ogg"):
+                sf.write(buf, (0.2 * rng.standard_normal(44_100)).astype(np.float32), 44_100, format="OGG")
+            z.writestr(member, buf.getvalue())
+    monkeypatch.setattr(T, "ZAD", zpath)
+    src = T.list_sources(data)
+    zad = [s for s in src if s["group"] == "0ad"]
+    assert [s["name"] for s in zad] == ["0ad/ambient/weather/rain_1.ogg", "0ad/resource/mining/pick_2.ogg"]
+    assert {s["split"] for s in zad} == {"train"} and src[-2:] == zad
+    x, rate = T.read_audio(zad[0]["path"])
+    assert rate == 44_100 and x.shape == (44_100,) and 0.1 < float(np.std(x)) < 0.3
+    cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
+    v10, v15 = T.train_corpus(cache, 10), T.train_corpus(cache, 15)
+    assert not any(s["group"] == "0ad" for s in v10.items["noise"])
+    assert [s["group"] for s in v15.items["noise"][-2:]] == ["0ad", "0ad"]
+    assert v15.noise_share["0ad"] == pytest.approx(0.3 / (0.3 + 0.13 + 0.12))
+    assert T.Corpus(cache, "heldout").items["noise"] == T.Corpus(
+        T.build_cache(tmp_path / "cache-plain", data, log=lambda m: None), "heldout").items["noise"]
+
+    monkeypatch.setattr(T, "ZAD", tmp_path / "no-0ad.zip")
+    plain = T.train_corpus(T.build_cache(tmp_path / "cache-plain", data, log=lambda m: None), 10)
+    a = T.make_batch(np.random.default_rng(5), v10, 24_000, 3, 10)
+    b = T.make_batch(np.random.default_rng(5), plain, 24_000, 3, 10)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    drawn = []
+    get = v15.get
+    monkeypatch.setattr(v15, "get", lambda kind, i: drawn.append((kind, v15.items[kind][i]["group"])) or get(kind, i))
+    T.make_batch(np.random.default_rng(5), v15, 24_000, 12, 15)
+    assert ("noise", "0ad") in drawn
+    rec = T._train_sources(v15, ("urbansound8k",), 15)
+    assert any("0 A.D." in t and "CC BY-SA 3.0" in t and t.endswith(": 2 files") for t in rec["noise"])
+    assert any("mix version 10" in t for t in rec["noise"])
+    assert T.weights_licence({s["group"] for s in v15.items["noise"]})["commercial_use"] is True
 
 
 def test_mix_version_12_reads_the_denoised_czech_voices(data, tmp_path, monkeypatch):
