@@ -196,6 +196,41 @@ def test_the_0ad_sounds_only_from_mix_version_15(data, tmp_path, monkeypatch):
     assert T.weights_licence({s["group"] for s in v15.items["noise"]})["commercial_use"] is True
 
 
+def test_mix_version_16_leaves_out_the_voiced_0ad_sounds(data, tmp_path, monkeypatch):
+    """Version 16 is version 15 without the 0 A.D. sounds a voice could be
+    taken for: a harmonic series at 140 Hz (an animal's call, a cry) is
+    periodic at a voice's f0 in all its sounding frames and is left out; a
+    burst of noise (rain, an impact) in none and stays. The shares are
+    computed once and kept in the cache; the record names what was left
+    out."""
+    import io
+    import zipfile
+
+    rng = np.random.default_rng(6)
+    t = np.arange(44_100) / 44_100
+    call = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 12)).astype(np.float32) * 0.1
+    zpath = tmp_path / "public.zip"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for member, x in (("audio/actor/fauna/animal/goat_1.ogg", call),
+                          ("audio/ambient/weather/rain_1.ogg", (0.2 * rng.standard_normal(44_100)).astype(np.float32))):
+            buf = io.BytesIO()
+            sf.write(buf, x, 44_100, format="OGG")
+            z.writestr(member, buf.getvalue())
+    monkeypatch.setattr(T, "ZAD", zpath)
+    cache = T.build_cache(tmp_path / "cache", data, log=lambda m: None)
+    shares = T.voiced_shares(cache, "0ad")
+    assert shares["0ad/actor/fauna/animal/goat_1.ogg"] > 0.9 and shares["0ad/ambient/weather/rain_1.ogg"] < 0.05
+    assert (cache / "voiced-0ad.json").exists()
+    v15, v16 = T.train_corpus(cache, 15), T.train_corpus(cache, 16)
+    assert [s["name"] for s in v15.items["noise"] if s["group"] == "0ad"] == [
+        "0ad/actor/fauna/animal/goat_1.ogg", "0ad/ambient/weather/rain_1.ogg"]
+    assert [s["name"] for s in v16.items["noise"] if s["group"] == "0ad"] == ["0ad/ambient/weather/rain_1.ogg"]
+    assert v16.screened == ["0ad/actor/fauna/animal/goat_1.ogg"] and v15.screened == []
+    rec = T._train_sources(v16, (), 16)
+    assert rec["screened"] == v16.screened and any("left out as voiced" in t for t in rec["noise"])
+    assert T.train_corpus(cache, 10).screened == []
+
+
 def test_mix_version_12_reads_the_denoised_czech_voices(data, tmp_path, monkeypatch):
     """``--denoise-speech fillets-cs`` runs DeepFilterNet3 over that group's
     items (both splits) into the cache, with their offsets and the energy
