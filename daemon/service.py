@@ -900,9 +900,14 @@ class Daemon:
                     raise ControlError("failed", f"{e.message} on {', '.join(left)}: reload again once the server "
                                                  f"runs; applied meanwhile: {', '.join(changed) or 'nothing'}") \
                         from None
-            if self.midi is not None and getattr(old, "midi", None) != getattr(new, "midi", None):
-                # its section changed (off, other ports, another mapping file): stopped, then started
-                # again below with the new settings when it is still enabled
+            # the MIDI bridge's JACK client asks PipeWire for the quantum it started with (it inherits
+            # PIPEWIRE_LATENCY): while it runs with the old request the graph keeps the old quantum
+            pw_moved = (old.jack.pipewire_quantum != new.jack.pipewire_quantum
+                        and "PipeWire" in jackio.libjack_version())
+            if self.midi is not None and (getattr(old, "midi", None) != getattr(new, "midi", None) or pw_moved):
+                # its section changed (off, other ports, another mapping file), or the quantum to ask
+                # PipeWire for: stopped, then started again below with the new settings when it is
+                # still enabled
                 with self._midi_set:
                     running, self.midi = self.midi, None
                 self._midi_connections = running.jack_connections  # the next one makes them again
@@ -911,7 +916,8 @@ class Daemon:
                 except Exception as e:  # pragma: no cover - MIDI trouble never stops a reload
                     log.warning("MIDI control did not stop cleanly: %s", e)
                 self.midi_problem = None
-                log.info("MIDI control stopped: the [midi] section changed")
+                log.info("MIDI control stopped: %s", "the [midi] section changed" if not pw_moved else
+                         "[jack] pipewire_quantum changed (its JACK client asks PipeWire for a quantum)")
             if self.midi is not None:
                 try:
                     self.midi.reload()  # the mapping file too; a broken one keeps the old bindings
