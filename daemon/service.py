@@ -780,14 +780,17 @@ class Daemon:
         return edited, drop
 
     @staticmethod
-    def _jack_needs_reopen(old, new) -> bool:
-        """Whether a reload's ``[jack]`` section needs the client re-opened:
-        another client name or server; another ``pipewire_quantum`` under
-        PipeWire's JACK layer (asked for at an open; JACK2 has no such
-        request). ``reconnect_interval_ms`` is read where it is used."""
-        if (old.client_name, old.server) != (new.client_name, new.server):
-            return True
+    def _pw_quantum_moved(old, new) -> bool:
+        """Whether a reload's ``[jack]`` section asks PipeWire for another
+        quantum, under PipeWire's JACK layer (JACK2 has no such request)."""
         return old.pipewire_quantum != new.pipewire_quantum and "PipeWire" in jackio.libjack_version()
+
+    @classmethod
+    def _jack_needs_reopen(cls, old, new) -> bool:
+        """Whether a reload's ``[jack]`` section needs the client re-opened:
+        another client name or server; another PipeWire quantum (asked for
+        at an open). ``reconnect_interval_ms`` is read where it is used."""
+        return (old.client_name, old.server) != (new.client_name, new.server) or cls._pw_quantum_moved(old, new)
 
     def reload(self) -> dict:
         from .config import ConfigError, load_config
@@ -902,8 +905,7 @@ class Daemon:
                         from None
             # the MIDI bridge's JACK client asks PipeWire for the quantum it started with (it inherits
             # PIPEWIRE_LATENCY): while it runs with the old request the graph keeps the old quantum
-            pw_moved = (old.jack.pipewire_quantum != new.jack.pipewire_quantum
-                        and "PipeWire" in jackio.libjack_version())
+            pw_moved = self._pw_quantum_moved(old.jack, new.jack)
             if self.midi is not None and (getattr(old, "midi", None) != getattr(new, "midi", None) or pw_moved):
                 # its section changed (off, other ports, another mapping file), or the quantum to ask
                 # PipeWire for: stopped, then started again below with the new settings when it is
