@@ -53,7 +53,8 @@ backgrounds, 11: in 80 % of them, 12: version 9 plus the Czech fillets-ng
 voices (a man and a woman) read from a copy denoised by DeepFilterNet3
 (``--denoise-speech fillets-cs`` writes it into the cache once), in a
 quarter of the utterances, 15: version 10 plus the sound effects and
-ambiences of the game 0 A.D. (Debian ``0ad-data``, CC BY-SA 3.0); see
+ambiences of the game 0 A.D. (Debian ``0ad-data``, CC BY-SA 3.0), 16:
+version 15 without those of them a voice could be taken for; see
 :func:`make_mixture` and the model card for the two-stage recipe of the
 shipped ``default`` bundle). ``--exclude urbansound8k,nonspeech100`` trains
 a licence-clean model; ``--noise-weights music=0.02`` changes a noise
